@@ -1,7 +1,11 @@
 //! Board definitions: `board/boards/NAME.toml`, data rather than code, so adding a board is
 //! adding a file. The image builder reads the build-side fields (target, kernel, bootloader);
-//! `cairn init` reads the run-side ones (modules, storage, GPIO lines) from the copy in the image.
+//! `cairn init` reads the run-side ones (modules, storage, GPIO lines, timing) from the copy in
+//! the image.
 
+use crate::button::Timing;
+use crate::pattern::Role;
+use crate::ui::UiConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,20 +23,50 @@ pub struct Board {
     /// Hostname set at boot (until the owner names the device).
     #[serde(default = "default_hostname")]
     pub hostname: String,
+    /// The kernel: where its source comes from, its config, device tree and command line.
     pub kernel: Kernel,
+    /// What boots the kernel.
     pub bootloader: Bootloader,
+    /// Where the image lives on the device.
     pub storage: Storage,
     /// Kernel modules to load at boot, by name; their dependencies are resolved from
     /// `modules.dep` and loaded first. Empty where every driver is built in.
     #[serde(default)]
     pub modules: Vec<String>,
-    /// LEDs by role (`status`, …).
+    /// LEDs by role: `status` (every pattern readable from it alone) and optionally `alert`
+    /// (red). See `pattern::Role`.
     #[serde(default)]
     pub leds: BTreeMap<String, GpioLine>,
     /// The setup button, if the board has one.
     pub button: Option<GpioLine>,
     /// A power button that asks for a clean poweroff, if the board has one.
     pub power_button: Option<GpioLine>,
+    /// Pairing window and confirmation timing.
+    #[serde(default)]
+    pub ui: UiConfig,
+    /// Debounce and gesture thresholds of the setup button.
+    #[serde(default)]
+    pub button_timing: Timing,
+    /// A `gpio-sim` chip `cairn init` creates at boot to carry the LED and button lines (the
+    /// qemu-virt board only); its lines are those of `leds` and `button` on `label`.
+    pub gpio_sim: Option<GpioSim>,
+}
+
+/// A simulated GPIO chip (Linux `gpio-sim`, set up through configfs).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GpioSim {
+    /// The chip's label; LED and button lines name it as their `chip`.
+    pub label: String,
+}
+
+/// A line of the simulated chip: its offset and the name it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimLine {
+    /// Offset on the chip.
+    pub line: u32,
+    /// Line name (`led-status`, `button`), visible to `gpioinfo`.
+    pub name: String,
 }
 
 fn default_hostname() -> String {
@@ -87,8 +121,11 @@ pub struct Storage {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GpioLine {
+    /// The chip's label as the kernel reports it (`gpiodetect`).
     pub chip: String,
+    /// Offset of the line on that chip.
     pub line: u32,
+    /// The line is low when the LED is lit or the button pressed.
     #[serde(default)]
     pub active_low: bool,
     /// Bias for inputs.
@@ -100,26 +137,49 @@ pub struct GpioLine {
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Pull {
+    /// No bias (the board has its own resistor, or the line is an output).
     #[default]
     None,
+    /// Pull up: an active-low button to ground reads high when up.
     Up,
+    /// Pull down.
     Down,
+}
+
+/// The 1-based line of `text` where `needle` first appears (0 if nowhere).
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(needle) || l.contains(needle))
+        .map_or(0, |i| i + 1)
 }
 
 /// Why a board definition could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum BoardError {
+    /// No such board file.
     #[error("unknown board '{name}' (known: {known}); add board/boards/{name}.toml")]
-    Unknown { name: String, known: String },
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The boards there are.
+        known: String,
+    },
+    /// The file could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// The board file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not a valid board definition.
     #[error("{path}:{line}: {message}")]
     Malformed {
+        /// The board file.
         path: PathBuf,
+        /// The 1-based line at fault (0: unknown).
         line: usize,
+        /// What is wrong.
         message: String,
     },
 }
@@ -138,15 +198,93 @@ impl Board {
                 message: e.message().to_string(),
             }
         })?;
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        if !stem.is_empty() && board.name != stem {
-            return Err(BoardError::Malformed {
-                path: path.to_path_buf(),
-                line: 1,
-                message: format!("name = '{}' but the file is {stem}.toml", board.name),
-            });
-        }
+        board.validate().map_err(|(key, message)| BoardError::Malformed {
+            path: path.to_path_buf(),
+            line: line_of(text, &key),
+            message,
+        })?;
         Ok(board)
+    }
+
+    /// Checks what the schema alone cannot; on error returns the key to point at and why.
+    fn validate(&self) -> Result<(), (String, String)> {
+        for role in self.leds.keys() {
+            if Role::from_name(role).is_none() {
+                return Err((
+                    format!("[leds.{role}]"),
+                    format!("unknown LED role '{role}' (known: status, alert)"),
+                ));
+            }
+        }
+        if !self.leds.is_empty() && !self.leds.contains_key("status") {
+            return Err((
+                "[leds.".into(),
+                "a board with LEDs needs a `status` LED: every pattern is read from it".into(),
+            ));
+        }
+        self.ui
+            .validate()
+            .map_err(|m| ("[ui]".into(), m))?;
+        self.button_timing
+            .validate()
+            .map_err(|m| ("[button_timing]".into(), m))?;
+        let mut seen: Vec<(&str, u32, String)> = Vec::new();
+        let lines = self
+            .leds
+            .iter()
+            .map(|(role, l)| (format!("[leds.{role}]"), l))
+            .chain(self.button.iter().map(|l| ("[button]".to_string(), l)))
+            .chain(self.power_button.iter().map(|l| ("[power_button]".to_string(), l)));
+        for (key, l) in lines {
+            if l.chip.is_empty() {
+                return Err((key, "chip label is empty".into()));
+            }
+            if let Some((_, _, other)) = seen.iter().find(|(c, n, _)| *c == l.chip && *n == l.line) {
+                return Err((
+                    key.clone(),
+                    format!("line {} of chip '{}' is also used by {other}", l.line, l.chip),
+                ));
+            }
+            seen.push((&l.chip, l.line, key));
+        }
+        if let Some(sim) = &self.gpio_sim {
+            let lines = self.sim_lines();
+            if lines.is_empty() {
+                return Err((
+                    "[gpio_sim]".into(),
+                    format!("no LED or button is on the simulated chip '{}'", sim.label),
+                ));
+            }
+            if lines.iter().any(|l| l.line >= 64) {
+                return Err((
+                    "[gpio_sim]".into(),
+                    "simulated lines must be numbered below 64".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The lines of the simulated chip, if the board has one, by offset.
+    pub fn sim_lines(&self) -> Vec<SimLine> {
+        let Some(sim) = &self.gpio_sim else {
+            return Vec::new();
+        };
+        let mut lines: Vec<SimLine> = self
+            .leds
+            .iter()
+            .map(|(role, l)| (format!("led-{role}"), l))
+            .chain(self.button.iter().map(|l| ("button".to_string(), l)))
+            .filter(|(_, l)| l.chip == sim.label)
+            .map(|(name, l)| SimLine { line: l.line, name })
+            .collect();
+        lines.sort_by_key(|l| l.line);
+        lines
+    }
+
+    /// The LED line of `role`, if the board has that LED.
+    pub fn led(&self, role: Role) -> Option<&GpioLine> {
+        self.leds.get(role.name())
     }
 
     /// Loads `DIR/NAME.toml`, with an error listing the known boards if there is none.
@@ -166,7 +304,15 @@ impl Board {
             path: path.clone(),
             source,
         })?;
-        Self::parse(&path, &text)
+        let board = Self::parse(&path, &text)?;
+        if board.name != name {
+            return Err(BoardError::Malformed {
+                path,
+                line: 1,
+                message: format!("name = '{}' but the file is {name}.toml", board.name),
+            });
+        }
+        Ok(board)
     }
 
     /// Names of the boards defined in `dir`, sorted.

@@ -1,6 +1,25 @@
 //! Board support for Cairn: what a board is (its definition file) and, generic over
-//! `embedded-hal` traits, what its LEDs and button mean. Nothing here needs Linux.
+//! `embedded-hal` traits, what its LEDs and button mean: LED patterns, button gestures, the
+//! pairing window, and the virtual board's front-panel protocol. Nothing here needs Linux
+//! except the `linux` module (cargo feature `linux`): GPIO character-device pins, line events
+//! and the gpio-sim chip of the qemu-virt board.
+
+#![warn(missing_docs)]
 
 pub mod board;
+pub mod button;
+pub mod clock;
+pub mod pairing;
+pub mod panel;
+pub mod pattern;
+pub mod ui;
 
-pub use board::{Board, BoardError};
+#[cfg(feature = "linux")]
+pub mod linux;
+
+pub use board::{Board, BoardError, GpioLine, Pull};
+pub use button::{Button, ButtonEvent, Gestures, Timing};
+pub use clock::{Clock, ManualClock, StdClock};
+pub use pairing::{Completion, PairingError, PairingWindow, WindowStatus};
+pub use pattern::{Led, LedDriver, Pattern, Role};
+pub use ui::{Action, Health, SharedUi, Ui, UiConfig};

@@ -1,0 +1,159 @@
+//! The pairing window: the physical proof that whoever claims the device, or pairs it with a
+//! friend's plug, stands next to it.
+//!
+//! A short press opens the window for `duration` (120 s unless the board or the kernel command
+//! line says otherwise). While it is open exactly one claim *or* one peer pairing may complete;
+//! completing closes it. Pressing again while it is open changes nothing (presses do not
+//! stack: the window still closes when the first press said). The setup UI and the network
+//! consume this through `SharedUi`; this type is the plain state machine.
+
+/// What completed in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The owner claimed the device from the setup page.
+    Claim,
+    /// The device paired with a friend's plug.
+    Pairing,
+}
+
+/// Why a claim or pairing was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PairingError {
+    /// No window is open: nobody pressed the button, it timed out, or it was used.
+    #[error("the pairing window is closed: press the device's button, then try again within {window_s} s")]
+    Closed {
+        /// The window's length, to tell the person how long they have.
+        window_s: u64,
+    },
+}
+
+/// Result of a press.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// A new window opened; it closes at `closes_at_ms`.
+    New {
+        /// The window's number (counts from 1 since boot).
+        id: u64,
+        /// When it closes unless used first.
+        closes_at_ms: u64,
+    },
+    /// A window was already open; it still closes at `closes_at_ms`.
+    AlreadyOpen {
+        /// The open window's number.
+        id: u64,
+        /// When it closes (unchanged by this press).
+        closes_at_ms: u64,
+    },
+}
+
+/// The window's state as others see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowStatus {
+    /// Closed.
+    Closed,
+    /// Open for `remaining_ms` more.
+    Open {
+        /// The window's number.
+        id: u64,
+        /// Time left before it closes by itself.
+        remaining_ms: u64,
+    },
+}
+
+/// How a window ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// Nothing completed before the timeout.
+    Expired {
+        /// The window's number.
+        id: u64,
+    },
+    /// A claim or pairing used it.
+    Completed {
+        /// The window's number.
+        id: u64,
+        /// What completed.
+        what: Completion,
+    },
+}
+
+/// The pairing window state machine.
+#[derive(Debug, Clone)]
+pub struct PairingWindow {
+    duration_ms: u64,
+    /// The open window: its number and when it closes.
+    open: Option<(u64, u64)>,
+    last_id: u64,
+}
+
+impl PairingWindow {
+    /// A closed window that will stay open `duration_ms` once opened.
+    pub fn new(duration_ms: u64) -> Self {
+        assert!(duration_ms > 0, "a pairing window must stay open for some time");
+        Self {
+            duration_ms,
+            open: None,
+            last_id: 0,
+        }
+    }
+
+    /// How long an opened window stays open.
+    pub fn duration_ms(&self) -> u64 {
+        self.duration_ms
+    }
+
+    /// A button press: opens a window unless one is open.
+    pub fn press(&mut self, now_ms: u64) -> Opened {
+        self.expire(now_ms);
+        if let Some((id, closes_at_ms)) = self.open {
+            return Opened::AlreadyOpen { id, closes_at_ms };
+        }
+        self.last_id += 1;
+        let closes_at_ms = now_ms + self.duration_ms;
+        self.open = Some((self.last_id, closes_at_ms));
+        Opened::New {
+            id: self.last_id,
+            closes_at_ms,
+        }
+    }
+
+    /// Closes the window if its time is up; returns the closing if it happened now.
+    pub fn expire(&mut self, now_ms: u64) -> Option<Closing> {
+        match self.open {
+            Some((id, closes_at_ms)) if now_ms >= closes_at_ms => {
+                self.open = None;
+                Some(Closing::Expired { id })
+            }
+            _ => None,
+        }
+    }
+
+    /// The window's state at `now_ms`.
+    pub fn status(&mut self, now_ms: u64) -> WindowStatus {
+        self.expire(now_ms);
+        match self.open {
+            Some((id, closes_at_ms)) => WindowStatus::Open {
+                id,
+                remaining_ms: closes_at_ms - now_ms,
+            },
+            None => WindowStatus::Closed,
+        }
+    }
+
+    /// Completes a claim or pairing: succeeds only while a window is open, and closes it, so
+    /// of several attempts in one window exactly one succeeds.
+    pub fn complete(&mut self, what: Completion, now_ms: u64) -> Result<Closing, PairingError> {
+        self.expire(now_ms);
+        match self.open.take() {
+            Some((id, _)) => Ok(Closing::Completed { id, what }),
+            None => Err(PairingError::Closed {
+                window_s: self.duration_ms.div_ceil(1000),
+            }),
+        }
+    }
+
+    /// When the open window closes by itself (clock ms).
+    pub fn closes_at_ms(&self) -> Option<u64> {
+        self.open.map(|(_, at)| at)
+    }
+}

@@ -1,0 +1,199 @@
+//! The virtual board's front panel: a line protocol on the virtio-serial port `cairn.panel`,
+//! by which a test or a person presses the qemu-virt board's button and watches its LEDs.
+//!
+//! Host → guest: `button down`, `button up`, `leds` (ask for the state).
+//! Guest → host: `led NAME on|off MS` on every change (MS: milliseconds since boot),
+//! `leds NAME=on|off …` in answer to `leds`, and `pattern NAME MS` when the LEDs start a new
+//! pattern (so a person or test need not infer it from the blinking).
+//!
+//! Pure codec: parsing and formatting, no I/O. Lines are at most `MAX_LINE` bytes.
+
+use std::fmt;
+
+/// Longest line either side sends or accepts, in bytes (bounds the reader's buffer).
+pub const MAX_LINE: usize = 256;
+/// Most LEDs a `leds` answer may list.
+pub const MAX_LEDS: usize = 8;
+/// Longest LED or pattern name.
+pub const MAX_NAME: usize = 32;
+
+/// A message from the host to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToGuest {
+    /// Press the button (and keep it down).
+    ButtonDown,
+    /// Release the button.
+    ButtonUp,
+    /// Ask for every LED's state.
+    Leds,
+}
+
+/// A message from the device to the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToHost {
+    /// An LED changed.
+    Led {
+        /// The LED's role name (`status`, `alert`).
+        name: String,
+        /// Lit or dark.
+        on: bool,
+        /// When, in milliseconds since boot.
+        ms: u64,
+    },
+    /// Every LED's state, in answer to `leds`.
+    Leds(Vec<(String, bool)>),
+    /// The LEDs started showing a pattern.
+    Pattern {
+        /// The pattern's name (`setup-needed`, …).
+        name: String,
+        /// When, in milliseconds since boot.
+        ms: u64,
+    },
+}
+
+/// A line that is not part of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("front panel: bad line {line:?}: {reason}")]
+pub struct PanelError {
+    /// The offending line (cut to 64 characters).
+    pub line: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn bad(line: &str, reason: impl Into<String>) -> PanelError {
+    PanelError {
+        line: line.chars().take(64).collect(),
+        reason: reason.into(),
+    }
+}
+
+/// Strips the line ending and checks the length.
+fn words(line: &str) -> Result<Vec<&str>, PanelError> {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.len() > MAX_LINE {
+        return Err(bad(line, format!("longer than {MAX_LINE} bytes")));
+    }
+    let w: Vec<&str> = line.split_ascii_whitespace().collect();
+    if w.is_empty() {
+        return Err(bad(line, "empty line"));
+    }
+    Ok(w)
+}
+
+fn name<'a>(line: &str, s: &'a str) -> Result<&'a str, PanelError> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(s)
+    } else {
+        Err(bad(line, format!("{s:?} is not a name (a-z, 0-9, - and _, at most {MAX_NAME})")))
+    }
+}
+
+fn state(line: &str, s: &str) -> Result<bool, PanelError> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(bad(line, format!("state {s:?} is neither on nor off"))),
+    }
+}
+
+fn millis(line: &str, s: &str) -> Result<u64, PanelError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(line, format!("time {s:?} is not a number of milliseconds")));
+    }
+    s.parse()
+        .map_err(|_| bad(line, format!("time {s:?} is out of range")))
+}
+
+impl ToGuest {
+    /// Parses one line from the host.
+    pub fn parse(line: &str) -> Result<ToGuest, PanelError> {
+        match words(line)?.as_slice() {
+            ["button", "down"] => Ok(ToGuest::ButtonDown),
+            ["button", "up"] => Ok(ToGuest::ButtonUp),
+            ["leds"] => Ok(ToGuest::Leds),
+            ["button", ..] => Err(bad(line, "expected `button down` or `button up`")),
+            ["leds", ..] => Err(bad(line, "`leds` takes no arguments")),
+            [cmd, ..] => Err(bad(line, format!("unknown command {cmd:?}"))),
+            [] => Err(bad(line, "empty line")),
+        }
+    }
+}
+
+impl fmt::Display for ToGuest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ToGuest::ButtonDown => "button down",
+            ToGuest::ButtonUp => "button up",
+            ToGuest::Leds => "leds",
+        })
+    }
+}
+
+impl ToHost {
+    /// Parses one line from the device.
+    pub fn parse(line: &str) -> Result<ToHost, PanelError> {
+        match words(line)?.as_slice() {
+            ["led", n, s, ms] => Ok(ToHost::Led {
+                name: name(line, n)?.to_string(),
+                on: state(line, s)?,
+                ms: millis(line, ms)?,
+            }),
+            ["led", ..] => Err(bad(line, "expected `led NAME on|off MS`")),
+            ["pattern", n, ms] => Ok(ToHost::Pattern {
+                name: name(line, n)?.to_string(),
+                ms: millis(line, ms)?,
+            }),
+            ["pattern", ..] => Err(bad(line, "expected `pattern NAME MS`")),
+            ["leds", rest @ ..] => {
+                if rest.len() > MAX_LEDS {
+                    return Err(bad(line, format!("more than {MAX_LEDS} LEDs")));
+                }
+                let mut leds: Vec<(String, bool)> = Vec::with_capacity(rest.len());
+                for item in rest {
+                    let (n, s) = item
+                        .split_once('=')
+                        .ok_or_else(|| bad(line, format!("{item:?} is not NAME=on|off")))?;
+                    let n = name(line, n)?;
+                    if leds.iter().any(|(m, _)| m == n) {
+                        return Err(bad(line, format!("LED {n:?} listed twice")));
+                    }
+                    leds.push((n.to_string(), state(line, s)?));
+                }
+                Ok(ToHost::Leds(leds))
+            }
+            [cmd, ..] => Err(bad(line, format!("unknown message {cmd:?}"))),
+            [] => Err(bad(line, "empty line")),
+        }
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+impl fmt::Display for ToHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ToHost::Led { name, on, ms } => write!(f, "led {name} {} {ms}", on_off(*on)),
+            ToHost::Pattern { name, ms } => write!(f, "pattern {name} {ms}"),
+            ToHost::Leds(leds) => {
+                f.write_str("leds")?;
+                for (n, on) in leds {
+                    write!(f, " {n}={}", on_off(*on))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}

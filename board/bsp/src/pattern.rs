@@ -1,0 +1,336 @@
+//! LED patterns as data, and a driver that plays them on `embedded-hal` output pins.
+//!
+//! A board has a `status` LED (green on most boards) and may have an `alert` LED (red). Every
+//! pattern is told apart by the status LED's rhythm alone, so a one-LED board is never ambiguous;
+//! the alert LED adds colour (red for trouble, red + green for amber) where it exists.
+//! The README's "The LEDs and the button" table is generated from the same numbers (see
+//! `Pattern::describe`).
+
+use embedded_hal::digital::OutputPin;
+
+/// Which LED of the board.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// The main LED, green on most boards; every pattern is readable from it alone.
+    Status,
+    /// A second, red LED where the board has one: trouble, and amber together with green.
+    Alert,
+}
+
+impl Role {
+    /// Both roles, in the order the front panel lists them.
+    pub const ALL: [Role; 2] = [Role::Status, Role::Alert];
+
+    /// The name used in board files and on the front panel.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Status => "status",
+            Role::Alert => "alert",
+        }
+    }
+
+    /// The role with this name.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// One step of an LED's rhythm: lit or dark for `ms` milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Whether the LED is lit during this step.
+    pub on: bool,
+    /// How long the step lasts.
+    pub ms: u32,
+}
+
+const fn on(ms: u32) -> Step {
+    Step { on: true, ms }
+}
+const fn off(ms: u32) -> Step {
+    Step { on: false, ms }
+}
+
+/// A looping rhythm for one LED. A single step means steady.
+pub type Track = &'static [Step];
+
+const STEADY_ON: Track = &[on(1000)];
+const STEADY_OFF: Track = &[off(1000)];
+/// An even 1 Hz blink: the universal "busy starting".
+const BOOTING: Track = &[on(500), off(500)];
+/// A double flash every 2 s: calm, but unlike anything a running device shows.
+const SETUP_NEEDED: Track = &[on(150), off(150), on(150), off(1550)];
+/// A fast 4 Hz blink, as push-button pairing (WPS, Hue) does while it waits.
+const PAIRING_OPEN: Track = &[on(125), off(125)];
+/// Steady with a short dip every 3 s, so a one-LED board still shows "not quite".
+const DEGRADED: Track = &[on(2800), off(200)];
+/// A triple flash every 2 s.
+const ERROR: Track = &[on(100), off(100), on(100), off(100), on(100), off(1500)];
+/// One tick a second while the reset counts down.
+const COUNTDOWN: Track = &[on(100), off(900)];
+const COUNTDOWN_ALERT: Track = &[on(500), off(500)];
+/// A frantic 10 Hz flicker: impossible to mistake, and it asks for action.
+const RELEASE_NOW: Track = &[on(50), off(50)];
+
+/// What the LEDs say. The names are what the front panel and the README use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pattern {
+    /// The firmware is starting.
+    Booting,
+    /// First boot: nobody has claimed the device yet; open the setup page.
+    SetupNeeded,
+    /// The pairing window is open: a claim or a friend's plug may pair now.
+    PairingOpen,
+    /// A claim or pairing just completed (shown for a few seconds).
+    Confirmed,
+    /// Everything is fine.
+    Healthy,
+    /// Running, but storage redundancy is below target.
+    Degraded,
+    /// Something needs the owner's attention (see the web UI or the logs).
+    Error,
+    /// The button has been held 5 s: a factory reset is counting down; release to cancel.
+    ResetCountdown,
+    /// The button has been held 10 s: release now to wipe the device.
+    ReleaseNow,
+}
+
+impl Pattern {
+    /// Every pattern, in the README's order.
+    pub const ALL: [Pattern; 9] = [
+        Pattern::Booting,
+        Pattern::SetupNeeded,
+        Pattern::PairingOpen,
+        Pattern::Confirmed,
+        Pattern::Healthy,
+        Pattern::Degraded,
+        Pattern::Error,
+        Pattern::ResetCountdown,
+        Pattern::ReleaseNow,
+    ];
+
+    /// The pattern's name on the front panel.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::Booting => "booting",
+            Pattern::SetupNeeded => "setup-needed",
+            Pattern::PairingOpen => "pairing-open",
+            Pattern::Confirmed => "confirmed",
+            Pattern::Healthy => "healthy",
+            Pattern::Degraded => "degraded",
+            Pattern::Error => "error",
+            Pattern::ResetCountdown => "reset-countdown",
+            Pattern::ReleaseNow => "release-now",
+        }
+    }
+
+    /// The pattern with this name.
+    pub fn from_name(name: &str) -> Option<Pattern> {
+        Pattern::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The rhythm of one LED in this pattern.
+    pub fn track(self, role: Role) -> Track {
+        match (self, role) {
+            (Pattern::Booting, Role::Status) => BOOTING,
+            (Pattern::SetupNeeded, Role::Status) => SETUP_NEEDED,
+            (Pattern::PairingOpen, Role::Status) => PAIRING_OPEN,
+            (Pattern::Confirmed, Role::Status) => STEADY_ON,
+            (Pattern::Healthy, Role::Status) => STEADY_ON,
+            (Pattern::Degraded, Role::Status) => DEGRADED,
+            (Pattern::Degraded, Role::Alert) => STEADY_ON,
+            (Pattern::Error, Role::Status) => ERROR,
+            (Pattern::Error, Role::Alert) => STEADY_ON,
+            (Pattern::ResetCountdown, Role::Status) => COUNTDOWN,
+            (Pattern::ResetCountdown, Role::Alert) => COUNTDOWN_ALERT,
+            (Pattern::ReleaseNow, Role::Status) => RELEASE_NOW,
+            (Pattern::ReleaseNow, Role::Alert) => STEADY_ON,
+            (_, Role::Alert) => STEADY_OFF,
+        }
+    }
+
+    /// One line for people: what the status LED does, and the alert LED where it is lit.
+    pub fn describe(self) -> String {
+        let mut s = describe_track(self.track(Role::Status));
+        let alert = self.track(Role::Alert);
+        if alert != STEADY_OFF {
+            s.push_str("; red LED ");
+            s.push_str(&describe_track(alert));
+        }
+        s
+    }
+}
+
+fn describe_track(track: Track) -> String {
+    if is_steady(track) {
+        return if track[0].on { "on" } else { "off" }.to_string();
+    }
+    track
+        .iter()
+        .map(|s| format!("{} {} ms", if s.on { "on" } else { "off" }, s.ms))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_steady(track: Track) -> bool {
+    track.iter().all(|s| s.on == track[0].on)
+}
+
+/// The LED's level `elapsed_ms` into a track, and how many ms until it next changes (`None`:
+/// never, the track is steady).
+pub fn level_at(track: Track, elapsed_ms: u64) -> (bool, Option<u64>) {
+    assert!(!track.is_empty(), "an LED track needs at least one step");
+    if is_steady(track) {
+        return (track[0].on, None);
+    }
+    let period: u64 = track.iter().map(|s| u64::from(s.ms)).sum();
+    let t = elapsed_ms % period;
+    let mut start = 0u64;
+    let mut idx = 0;
+    for (i, s) in track.iter().enumerate() {
+        if t < start + u64::from(s.ms) {
+            idx = i;
+            break;
+        }
+        start += u64::from(s.ms);
+    }
+    let level = track[idx].on;
+    // Walk forward (at most once round the loop: the track is not steady) to the next step of
+    // the other level.
+    let mut until = start + u64::from(track[idx].ms) - t;
+    let mut j = (idx + 1) % track.len();
+    while track[j].on == level {
+        until += u64::from(track[j].ms);
+        j = (j + 1) % track.len();
+    }
+    (level, Some(until))
+}
+
+/// One LED on an output pin. Active-low wiring is handled here, once; the pin is written only
+/// when the level changes, so an idle pattern costs nothing.
+#[derive(Debug)]
+pub struct Led<P> {
+    pin: P,
+    active_low: bool,
+    lit: Option<bool>,
+}
+
+impl<P: OutputPin> Led<P> {
+    /// An LED on `pin`, lit by driving it low if `active_low`. Its state is unknown until the
+    /// first `set`.
+    pub fn new(pin: P, active_low: bool) -> Self {
+        Self {
+            pin,
+            active_low,
+            lit: None,
+        }
+    }
+
+    /// Lights or darkens the LED; returns whether its state changed.
+    pub fn set(&mut self, lit: bool) -> Result<bool, P::Error> {
+        if self.lit == Some(lit) {
+            return Ok(false);
+        }
+        if lit != self.active_low {
+            self.pin.set_high()?;
+        } else {
+            self.pin.set_low()?;
+        }
+        self.lit = Some(lit);
+        Ok(true)
+    }
+
+    /// Whether the LED is lit (`None` before the first `set`).
+    pub fn lit(&self) -> Option<bool> {
+        self.lit
+    }
+
+    /// The pin, given back.
+    pub fn into_pin(self) -> P {
+        self.pin
+    }
+}
+
+/// What one `LedDriver::update` did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Update {
+    /// LEDs whose state changed, with their new state.
+    pub changed: heapless::Vec<(Role, bool), 2>,
+    /// When (clock ms) the next change is due; `None` while the pattern is steady.
+    pub next_change_ms: Option<u64>,
+}
+
+/// Plays a pattern on the board's LEDs. Memory: two pins and a few words; no buffers.
+#[derive(Debug)]
+pub struct LedDriver<P> {
+    status: Option<Led<P>>,
+    alert: Option<Led<P>>,
+    pattern: Pattern,
+    started_ms: u64,
+}
+
+impl<P: OutputPin> LedDriver<P> {
+    /// A driver for the LEDs the board has (either may be missing), showing `Booting` from
+    /// `now_ms`.
+    pub fn new(status: Option<Led<P>>, alert: Option<Led<P>>, now_ms: u64) -> Self {
+        Self {
+            status,
+            alert,
+            pattern: Pattern::Booting,
+            started_ms: now_ms,
+        }
+    }
+
+    /// The pattern being shown.
+    pub fn pattern(&self) -> Pattern {
+        self.pattern
+    }
+
+    /// Switches to `pattern`, starting its rhythm at `now_ms`; showing the pattern already
+    /// shown keeps its rhythm going. Call `update` to apply.
+    pub fn show(&mut self, pattern: Pattern, now_ms: u64) {
+        if pattern != self.pattern {
+            self.pattern = pattern;
+            self.started_ms = now_ms;
+        }
+    }
+
+    /// Sets the LEDs to where the pattern is at `now_ms`.
+    pub fn update(&mut self, now_ms: u64) -> Result<Update, P::Error> {
+        let elapsed = now_ms.saturating_sub(self.started_ms);
+        let mut out = Update::default();
+        for role in Role::ALL {
+            let led = match role {
+                Role::Status => self.status.as_mut(),
+                Role::Alert => self.alert.as_mut(),
+            };
+            let Some(led) = led else { continue };
+            let (level, until) = level_at(self.pattern.track(role), elapsed);
+            if led.set(level)? {
+                // Two roles, capacity two: cannot overflow.
+                let _ = out.changed.push((role, level));
+            }
+            if let Some(until) = until {
+                let at = now_ms + until;
+                out.next_change_ms = Some(out.next_change_ms.map_or(at, |n: u64| n.min(at)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the LED of `role` is lit (`None`: the board has no such LED, or it was never set).
+    pub fn lit(&self, role: Role) -> Option<bool> {
+        match role {
+            Role::Status => self.status.as_ref()?.lit(),
+            Role::Alert => self.alert.as_ref()?.lit(),
+        }
+    }
+
+    /// Which LEDs the board has.
+    pub fn roles(&self) -> impl Iterator<Item = Role> + '_ {
+        Role::ALL.into_iter().filter(|r| match r {
+            Role::Status => self.status.is_some(),
+            Role::Alert => self.alert.is_some(),
+        })
+    }
+}

@@ -1,0 +1,292 @@
+//! The device's whole user interface before the web UI is reachable: what the LEDs should show,
+//! given the device's health, the pairing window, a fresh confirmation and a held button.
+//!
+//! `Ui` is the plain state machine; `SharedUi` puts it behind a lock with a clock so the button
+//! thread, the LED thread, the setup UI and the network can share it.
+
+use crate::button::ButtonEvent;
+use crate::clock::Clock;
+use crate::pairing::{Closing, Completion, Opened, PairingError, PairingWindow, WindowStatus};
+use crate::pattern::Pattern;
+use serde::Deserialize;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Timing of the pairing window and the confirmation, from the board file's `[ui]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// How long a short press keeps the pairing window open.
+    pub pairing_window_s: u64,
+    /// How long the LEDs confirm a completed claim or pairing.
+    pub confirmation_ms: u64,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            pairing_window_s: 120,
+            confirmation_ms: 3_000,
+        }
+    }
+}
+
+impl UiConfig {
+    /// Checks the values; the message names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=3600).contains(&self.pairing_window_s) {
+            return Err(format!(
+                "ui.pairing_window_s = {} must be between 1 and 3600",
+                self.pairing_window_s
+            ));
+        }
+        if self.confirmation_ms == 0 || self.confirmation_ms > 60_000 {
+            return Err(format!(
+                "ui.confirmation_ms = {} must be between 1 and 60000",
+                self.confirmation_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The device's standing condition, set by the firmware as it learns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Still starting.
+    Booting,
+    /// Running, but nobody has claimed it yet.
+    SetupNeeded,
+    /// Running and claimed; everything fine.
+    Healthy,
+    /// Running; storage redundancy below target.
+    Degraded,
+    /// Something is wrong.
+    Error,
+}
+
+/// Something the firmware must do because of the button.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The button opened a pairing window (or found one open).
+    PairingOpened(Opened),
+    /// Wipe the data partition's configuration and keys, then reboot.
+    FactoryReset,
+}
+
+/// The user-interface state machine.
+#[derive(Debug, Clone)]
+pub struct Ui {
+    config: UiConfig,
+    health: Health,
+    pairing: PairingWindow,
+    /// End of the confirmation shown after a claim or pairing (clock ms).
+    confirmed_until_ms: Option<u64>,
+    /// What a held button shows, overriding everything else.
+    hold: Option<Pattern>,
+}
+
+impl Ui {
+    /// A UI for a booting device.
+    pub fn new(config: UiConfig) -> Self {
+        Self {
+            config,
+            health: Health::Booting,
+            pairing: PairingWindow::new(config.pairing_window_s * 1000),
+            confirmed_until_ms: None,
+            hold: None,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> UiConfig {
+        self.config
+    }
+
+    /// Sets the device's health.
+    pub fn set_health(&mut self, health: Health) {
+        self.health = health;
+    }
+
+    /// The device's health.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Applies a button event; returns what the firmware must do.
+    pub fn on_button(&mut self, event: ButtonEvent, now_ms: u64) -> Option<Action> {
+        match event {
+            ButtonEvent::Pressed { .. } => None,
+            ButtonEvent::ShortPress => {
+                self.hold = None;
+                Some(Action::PairingOpened(self.pairing.press(now_ms)))
+            }
+            ButtonEvent::LongPress | ButtonEvent::ResetCancelled => {
+                self.hold = None;
+                None
+            }
+            ButtonEvent::CountdownStarted => {
+                self.hold = Some(Pattern::ResetCountdown);
+                None
+            }
+            ButtonEvent::ReleaseNow => {
+                self.hold = Some(Pattern::ReleaseNow);
+                None
+            }
+            // "Release now" stays on while the device wipes itself and reboots.
+            ButtonEvent::FactoryReset => Some(Action::FactoryReset),
+        }
+    }
+
+    /// Completes a claim or pairing if the window is open (see `PairingWindow::complete`), and
+    /// starts the confirmation.
+    pub fn complete(&mut self, what: Completion, now_ms: u64) -> Result<Closing, PairingError> {
+        let closing = self.pairing.complete(what, now_ms)?;
+        self.confirmed_until_ms = Some(now_ms + self.config.confirmation_ms);
+        Ok(closing)
+    }
+
+    /// The pairing window's state.
+    pub fn pairing_status(&mut self, now_ms: u64) -> WindowStatus {
+        self.pairing.status(now_ms)
+    }
+
+    /// What the LEDs show at `now_ms`. A held button wins, then a fresh confirmation, then an
+    /// open pairing window, then the health.
+    pub fn pattern(&mut self, now_ms: u64) -> Pattern {
+        self.pairing.expire(now_ms);
+        if self.confirmed_until_ms.is_some_and(|t| now_ms >= t) {
+            self.confirmed_until_ms = None;
+        }
+        if let Some(p) = self.hold {
+            return p;
+        }
+        if self.confirmed_until_ms.is_some() {
+            return Pattern::Confirmed;
+        }
+        if self.pairing.closes_at_ms().is_some() {
+            return Pattern::PairingOpen;
+        }
+        match self.health {
+            Health::Booting => Pattern::Booting,
+            Health::SetupNeeded => Pattern::SetupNeeded,
+            Health::Healthy => Pattern::Healthy,
+            Health::Degraded => Pattern::Degraded,
+            Health::Error => Pattern::Error,
+        }
+    }
+
+    /// When `pattern` next changes by itself (window timeout, end of confirmation).
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        match (self.pairing.closes_at_ms(), self.confirmed_until_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// `Ui` shared between threads, with the clock it runs on. Every change wakes the waiters
+/// (the LED thread), so LEDs follow at once without polling.
+#[derive(Debug)]
+pub struct SharedUi<C> {
+    clock: C,
+    state: Mutex<(Ui, u64)>,
+    changed: Condvar,
+}
+
+impl<C: Clock> SharedUi<C> {
+    /// Shares `ui`, timed by `clock`.
+    pub fn new(ui: Ui, clock: C) -> Self {
+        Self {
+            clock,
+            state: Mutex::new((ui, 0)),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// The clock's reading.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (Ui, u64)> {
+        // A panic elsewhere while holding the lock leaves a consistent state machine behind
+        // (every method completes its update before returning): keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self, mut g: MutexGuard<'_, (Ui, u64)>) {
+        g.1 += 1;
+        drop(g);
+        self.changed.notify_all();
+    }
+
+    /// Applies a button event (see `Ui::on_button`).
+    pub fn on_button(&self, event: ButtonEvent) -> Option<Action> {
+        let now = self.now_ms();
+        let mut g = self.lock();
+        let action = g.0.on_button(event, now);
+        self.changed(g);
+        action
+    }
+
+    /// Completes a claim or pairing (see `PairingWindow::complete`). The setup UI calls this
+    /// with `Completion::Claim`, the network with `Completion::Pairing`.
+    pub fn complete(&self, what: Completion) -> Result<Closing, PairingError> {
+        let now = self.now_ms();
+        let mut g = self.lock();
+        let r = g.0.complete(what, now);
+        self.changed(g);
+        r
+    }
+
+    /// The pairing window's state now.
+    pub fn pairing_status(&self) -> WindowStatus {
+        let now = self.now_ms();
+        self.lock().0.pairing_status(now)
+    }
+
+    /// Sets the device's health.
+    pub fn set_health(&self, health: Health) {
+        let mut g = self.lock();
+        g.0.set_health(health);
+        self.changed(g);
+    }
+
+    /// The pattern to show now, when it next changes by itself, and the change counter to pass
+    /// to `wait`.
+    pub fn pattern(&self) -> (Pattern, Option<u64>, u64) {
+        let now = self.now_ms();
+        let mut g = self.lock();
+        let p = g.0.pattern(now);
+        (p, g.0.next_deadline_ms(), g.1)
+    }
+
+    /// Blocks until something changed since `seen` (a counter from `pattern`) or the clock
+    /// reaches `until_ms`; returns at once if either already happened.
+    pub fn wait(&self, seen: u64, until_ms: Option<u64>) {
+        let mut g = self.lock();
+        while g.1 == seen {
+            let timeout = match until_ms {
+                Some(t) => {
+                    let now = self.now_ms();
+                    if now >= t {
+                        return;
+                    }
+                    Duration::from_millis(t - now)
+                }
+                // Nothing timed pending: sleep until told (bounded, so a lost wake-up costs
+                // at most this long).
+                None => Duration::from_secs(60),
+            };
+            g = self
+                .changed
+                .wait_timeout(g, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if until_ms.is_none() && g.1 == seen {
+                return;
+            }
+        }
+    }
+}
