@@ -1,0 +1,685 @@
+//! The Linux runtime: one single-threaded loop around the state machine that reads signals
+//! (signalfd), reaps every child, collects service output into the log rings, serves the
+//! control socket and pings the hardware watchdog; and the shutdown that follows.
+//!
+//! It never panics on bad input or failed system calls: errors are logged on the console and
+//! the loop goes on, because this runs as PID 1.
+
+use crate::logbuf::LogRing;
+use crate::machine::{Clock, ExitStatus, Policy, Supervisor};
+use crate::manifest;
+use crate::proto::{Request, Response};
+use crate::spawn::{self, LinuxSpawner};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What the supervisor was asked to do at the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Power the device off.
+    Poweroff,
+    /// Reboot the device.
+    Reboot,
+}
+
+/// How [`run`] is set up.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Directory of service manifests (`*.toml`).
+    pub services_dir: PathBuf,
+    /// Directory for state that outlives a boot (logs are saved under `logs/`).
+    pub state_dir: PathBuf,
+    /// Path of the control socket.
+    pub socket_path: PathBuf,
+    /// Hardware watchdog device to ping, if it exists.
+    pub watchdog: Option<PathBuf>,
+    /// Running as PID 1 (of the device or of a PID namespace): at shutdown, every remaining
+    /// process gets SIGTERM, then SIGKILL.
+    pub pid1: bool,
+    /// Where `passwd` and `group` are (service accounts are added there).
+    pub etc_dir: PathBuf,
+    /// Where the cgroup v2 hierarchy is (or is mounted, when `mount_cgroup`).
+    pub cgroup_root: PathBuf,
+    /// Mount cgroup2 at `cgroup_root` when nothing is mounted there (on the device).
+    pub mount_cgroup: bool,
+}
+
+impl RunConfig {
+    /// A configuration with the device's defaults for everything but the three paths.
+    pub fn new(services_dir: PathBuf, state_dir: PathBuf, socket_path: PathBuf) -> Self {
+        RunConfig {
+            services_dir,
+            state_dir,
+            socket_path,
+            watchdog: Some(PathBuf::from("/dev/watchdog")),
+            pid1: nix::unistd::getpid().as_raw() == 1,
+            etc_dir: PathBuf::from("/etc"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            mount_cgroup: false,
+        }
+    }
+}
+
+/// Interval between watchdog pings (drivers' timeouts are tens of seconds).
+const WATCHDOG_PING_MS: u64 = 1000;
+/// Longest the loop sleeps: bounds the watchdog ping interval.
+const LOOP_WAIT_MS_MAX: u64 = 1000;
+/// Bytes read from one pipe per loop turn, so one chatty service cannot starve the loop.
+const READ_BYTES_PER_TURN: usize = 64 * 1024;
+/// Longest control request line.
+const REQUEST_BYTES_MAX: usize = 4096;
+/// Most `logs -f` clients at once; the oldest is dropped for a new one.
+const FOLLOWERS_MAX: usize = 8;
+/// Connections accepted per loop turn.
+const ACCEPTS_PER_TURN: usize = 8;
+/// Time for all remaining processes to exit after SIGTERM at the end of a shutdown.
+const KILL_ALL_GRACE_MS: u64 = 2000;
+
+/// The signals the supervisor takes through its signalfd.
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Blocks the supervisor's signals in the calling thread. Call it before starting any other
+/// thread, so every thread inherits the mask and no signal is delivered (and lost) elsewhere.
+pub fn block_signals() {
+    if let Err(e) = handled_signals().thread_block() {
+        eprintln!("cairn: cannot block signals: {e}");
+    }
+}
+
+struct MonoClock(Instant);
+
+impl Clock for MonoClock {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+/// A `cairn ctl logs -f` client.
+struct Follower {
+    stream: UnixStream,
+    service: String,
+    next_seq: u64,
+}
+
+struct Runtime {
+    cfg: RunConfig,
+    sup: Supervisor<MonoClock, LinuxSpawner>,
+    /// One ring per service, created with the service.
+    logs: BTreeMap<String, LogRing>,
+    followers: VecDeque<Follower>,
+    requested: Option<Shutdown>,
+    ready_announced: bool,
+}
+
+/// Supervises the services in `cfg.services_dir` until a poweroff or reboot is requested
+/// (signal or control socket), stops them in reverse dependency order, and returns which.
+pub fn run(cfg: RunConfig) -> Shutdown {
+    block_signals();
+    let sfd = loop {
+        match SignalFd::with_flags(
+            &handled_signals(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        ) {
+            Ok(fd) => break fd,
+            Err(e) => {
+                // Without it nothing is reaped; retrying is all PID 1 can do.
+                eprintln!("cairn: signalfd: {e}; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    let (manifests, errors) = manifest::load_dir(&cfg.services_dir);
+    for e in &errors {
+        eprintln!("cairn: {e}");
+    }
+    for dir in [
+        cfg.state_dir.join("logs"),
+        cfg.socket_path
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+    ] {
+        if !dir.as_os_str().is_empty() {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                eprintln!("cairn: {}: {e}", dir.display());
+            }
+        }
+    }
+    let cgroup = match spawn::setup_cgroups(&cfg.cgroup_root, cfg.mount_cgroup) {
+        Ok(root) => Some(root),
+        Err(e) => {
+            eprintln!("cairn: {e}");
+            None
+        }
+    };
+    let spawner = LinuxSpawner::new(cfg.etc_dir.clone(), cgroup);
+    let logs = manifests
+        .iter()
+        .map(|m| (m.name.clone(), LogRing::default()))
+        .collect();
+    let sup = Supervisor::new(
+        manifests,
+        MonoClock(Instant::now()),
+        spawner,
+        Policy::default(),
+    );
+    let listener = bind_control(&cfg.socket_path);
+    let mut watchdog = cfg.watchdog.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .map_err(|e| {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    eprintln!("cairn: {}: {e}", p.display());
+                }
+            })
+            .ok()
+    });
+    let mut rt = Runtime {
+        cfg,
+        sup,
+        logs,
+        followers: VecDeque::new(),
+        requested: None,
+        ready_announced: false,
+    };
+    let mut last_ping = Instant::now();
+    if let Some(w) = watchdog.as_mut() {
+        let _ = w.write_all(b"p");
+    }
+    loop {
+        rt.sup.tick();
+        rt.after_step();
+        if rt.requested.is_some() && !rt.sup.shutting_down() {
+            rt.sup.shutdown();
+            rt.after_step();
+        }
+        if rt.sup.shutting_down() && rt.sup.all_stopped() {
+            break;
+        }
+        if let Some(w) = watchdog.as_mut() {
+            if last_ping.elapsed() >= Duration::from_millis(WATCHDOG_PING_MS) {
+                if let Err(e) = w.write_all(b"p") {
+                    eprintln!("cairn: watchdog: {e}");
+                }
+                last_ping = Instant::now();
+            }
+        }
+        rt.wait_and_handle(&sfd, listener.as_ref());
+    }
+    let shutdown = rt.requested.unwrap_or(Shutdown::Reboot);
+    rt.save_logs();
+    for f in &rt.followers {
+        let _ = f.stream.shutdown(std::net::Shutdown::Both);
+    }
+    if rt.cfg.pid1 {
+        kill_everything(&sfd);
+    }
+    let _ = std::fs::remove_file(&rt.cfg.socket_path);
+    // The watchdog stays armed (closed without the magic 'V'): should the rest of the shutdown
+    // hang, the hardware resets the device.
+    drop(watchdog);
+    shutdown
+}
+
+fn bind_control(path: &std::path::Path) -> Option<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    match UnixListener::bind(path) {
+        Ok(l) => {
+            // Root only; the peer's uid is checked on every connection as well.
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+                eprintln!("cairn: {}: {e}", path.display());
+            }
+            let _ = l.set_nonblocking(true);
+            Some(l)
+        }
+        Err(e) => {
+            eprintln!(
+                "cairn: {}: cannot listen: {e}; no control socket",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+impl Runtime {
+    /// Logs the machine's events and announces readiness once.
+    fn after_step(&mut self) {
+        for e in self.sup.drain_events() {
+            eprintln!("cairn: {e}");
+            if let Some(ring) = self.logs.get_mut(e.service()) {
+                ring.push_line(&format!("cairn: {e}"));
+            }
+        }
+        if !self.ready_announced && !self.sup.shutting_down() && self.sup.all_ready() {
+            self.ready_announced = true;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "cairn: ready");
+            let _ = out.flush();
+        }
+        self.feed_followers();
+    }
+
+    fn wait_and_handle(&mut self, sfd: &SignalFd, listener: Option<&UnixListener>) {
+        let now = self.sup.now_ms();
+        let wait_ms = self
+            .sup
+            .next_deadline()
+            .map_or(LOOP_WAIT_MS_MAX, |d| d.saturating_sub(now))
+            .min(LOOP_WAIT_MS_MAX);
+        // Poll set: [signalfd, listener?, then per child: stdout, stderr, notify].
+        let mut targets: Vec<(u32, usize)> = Vec::new();
+        let mut raw: Vec<i32> = vec![sfd.as_fd().as_raw_fd()];
+        if let Some(l) = listener {
+            raw.push(l.as_raw_fd());
+        }
+        let fixed = raw.len();
+        for (&pid, io) in &self.sup.spawner().children {
+            for (slot, fd) in io.output.iter().enumerate() {
+                if let Some(fd) = fd {
+                    raw.push(fd.as_raw_fd());
+                    targets.push((pid, slot));
+                }
+            }
+            if let Some(fd) = &io.notify {
+                raw.push(fd.as_raw_fd());
+                targets.push((pid, 2));
+            }
+        }
+        // SAFETY: every raw fd is owned by `sfd`, `listener` or the spawner's children table,
+        // none of which changes until the borrowed fds are dropped at the end of this block.
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = raw
+                .iter()
+                .map(|&fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
+                .collect();
+            let timeout = PollTimeout::try_from(wait_ms as i32).unwrap_or(PollTimeout::MAX);
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) => fds
+                    .iter()
+                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                    .collect(),
+                Err(nix::errno::Errno::EINTR) => vec![false; fds.len()],
+                Err(e) => {
+                    eprintln!("cairn: poll: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    vec![false; fds.len()]
+                }
+            }
+        };
+        for (i, &(pid, slot)) in targets.iter().enumerate() {
+            if ready[fixed + i] {
+                self.read_child(pid, slot);
+            }
+        }
+        if listener.is_some() && ready[1] {
+            if let Some(l) = listener {
+                self.accept(l);
+            }
+        }
+        if ready[0] {
+            self.read_signals(sfd);
+        }
+    }
+
+    /// Reads what a child wrote on stdout/stderr (slot 0/1) or its readiness pipe (slot 2).
+    fn read_child(&mut self, pid: u32, slot: usize) {
+        let Some(io) = self.sup.spawner_mut().children.get_mut(&pid) else {
+            return;
+        };
+        let service = io.service.clone();
+        let fd = match slot {
+            0 | 1 => &mut io.output[slot],
+            _ => &mut io.notify,
+        };
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        let mut notified = false;
+        while total < READ_BYTES_PER_TURN {
+            let Some(f) = fd.as_ref() else { break };
+            match nix::unistd::read(f, &mut buf) {
+                Ok(0) => {
+                    *fd = None;
+                    break;
+                }
+                Ok(n) => {
+                    total += n;
+                    if slot == 2 {
+                        if buf[..n].contains(&b'\n') {
+                            notified = true;
+                            *fd = None;
+                        }
+                    } else if let Some(ring) = self.logs.get_mut(&service) {
+                        ring.feed(slot, &buf[..n]);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(_) => {
+                    *fd = None;
+                    break;
+                }
+            }
+        }
+        if notified {
+            self.sup.on_notify(pid);
+        }
+    }
+
+    fn read_signals(&mut self, sfd: &SignalFd) {
+        let mut child_exited = false;
+        // Bounded: the signalfd holds at most one pending instance per signal number.
+        for _ in 0..64 {
+            match sfd.read_signal() {
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => child_exited = true,
+                    Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                        self.request(Shutdown::Reboot, "signal")
+                    }
+                    Ok(Signal::SIGUSR1 | Signal::SIGUSR2) => {
+                        self.request(Shutdown::Poweroff, "signal")
+                    }
+                    _ => {}
+                },
+                Ok(None) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    eprintln!("cairn: signalfd: {e}");
+                    break;
+                }
+            }
+        }
+        if child_exited {
+            self.reap();
+        }
+    }
+
+    fn request(&mut self, what: Shutdown, by: &str) {
+        if self.requested.is_none() {
+            eprintln!(
+                "cairn: {} requested by {by}",
+                if what == Shutdown::Poweroff {
+                    "poweroff"
+                } else {
+                    "reboot"
+                }
+            );
+            self.requested = Some(what);
+        }
+    }
+
+    /// Reaps every exited child: services' main processes and orphans alike.
+    fn reap(&mut self) {
+        // Bounded by the number of children; the cap only guards against a kernel surprise.
+        for _ in 0..100_000 {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.child_exited(pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.child_exited(pid, ExitStatus::Signal(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break, // ECHILD: no children left
+            }
+        }
+    }
+
+    fn child_exited(&mut self, pid: Pid, status: ExitStatus) {
+        let pid = pid.as_raw() as u32;
+        // Drain what the process wrote before it ended, so its last words precede the exit note.
+        if self.sup.spawner().children.contains_key(&pid) {
+            for slot in 0..2 {
+                self.read_child(pid, slot);
+            }
+            if let Some(io) = self.sup.spawner_mut().children.remove(&pid) {
+                if let Some(ring) = self.logs.get_mut(&io.service) {
+                    ring.flush_partial();
+                }
+            }
+        }
+        self.sup.on_exit(pid, status);
+    }
+
+    fn accept(&mut self, listener: &UnixListener) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            match listener.accept() {
+                Ok((stream, _)) => self.serve(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    eprintln!("cairn: control socket: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Answers one control request. Requests are short; the timeouts bound how long a client
+    /// can hold the loop.
+    fn serve(&mut self, mut stream: UnixStream) {
+        let allowed =
+            match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            {
+                Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
+                Err(_) => false,
+            };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(1000)));
+        if !allowed {
+            let _ = send(
+                &mut stream,
+                &Response::error("permission denied: root only"),
+            );
+            return;
+        }
+        let req = match read_request(&mut stream) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = send(&mut stream, &Response::error(&e));
+                return;
+            }
+        };
+        let service = req.service.clone().unwrap_or_default();
+        let resp = match req.cmd.as_str() {
+            "status" => {
+                let mut services = self.sup.status();
+                for s in &mut services {
+                    s.memory_bytes = self.memory_of(&s.name, s.pid);
+                }
+                Response {
+                    services: Some(services),
+                    ..Response::ok("")
+                }
+            }
+            "start" => Response::from(self.sup.start(&service)),
+            "stop" => Response::from(self.sup.stop(&service)),
+            "restart" => Response::from(self.sup.restart(&service)),
+            "logs" => {
+                let Some(ring) = self.logs.get(&service) else {
+                    let _ = send(
+                        &mut stream,
+                        &Response::error(&format!("no service named {service:?}")),
+                    );
+                    return;
+                };
+                let head = Response {
+                    dropped: Some(ring.dropped()),
+                    ..Response::ok("")
+                };
+                let mut text = String::with_capacity(ring.bytes() + 1024);
+                for l in ring.since(0) {
+                    text.push_str(l);
+                    text.push('\n');
+                }
+                let next_seq = ring.next_seq();
+                if send(&mut stream, &head).is_err() || stream.write_all(text.as_bytes()).is_err() {
+                    return;
+                }
+                if req.follow {
+                    let _ = stream.set_nonblocking(true);
+                    if self.followers.len() >= FOLLOWERS_MAX {
+                        self.followers.pop_front();
+                    }
+                    self.followers.push_back(Follower {
+                        stream,
+                        service,
+                        next_seq,
+                    });
+                }
+                return;
+            }
+            "save-logs" => match self.save_logs() {
+                0 => Response::ok(&format!(
+                    "logs saved in {}",
+                    self.cfg.state_dir.join("logs").display()
+                )),
+                n => Response::error(&format!("{n} logs could not be saved (see the console)")),
+            },
+            "poweroff" => {
+                self.request(Shutdown::Poweroff, "control socket");
+                Response::ok("powering off")
+            }
+            "reboot" => {
+                self.request(Shutdown::Reboot, "control socket");
+                Response::ok("rebooting")
+            }
+            other => Response::error(&format!("unknown command {other:?}")),
+        };
+        let _ = send(&mut stream, &resp);
+    }
+
+    /// Memory in use: the cgroup's count where cgroups are used, else the main process's RSS.
+    fn memory_of(&self, service: &str, pid: Option<u32>) -> Option<u64> {
+        if let Some(dir) = self.sup.spawner().cgroup_dir(service) {
+            if let Ok(s) = std::fs::read_to_string(dir.join("memory.current")) {
+                return s.trim().parse().ok();
+            }
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Sends new log lines to `logs -f` clients; a client that does not keep up is dropped.
+    fn feed_followers(&mut self) {
+        let logs = &self.logs;
+        self.followers.retain_mut(|f| {
+            let Some(ring) = logs.get(&f.service) else {
+                return false;
+            };
+            let mut text = String::new();
+            for l in ring.since(f.next_seq) {
+                text.push_str(l);
+                text.push('\n');
+            }
+            f.next_seq = ring.next_seq();
+            text.is_empty() || f.stream.write_all(text.as_bytes()).is_ok()
+        });
+    }
+
+    /// Writes every service's log ring under `state_dir/logs`; returns how many failed.
+    fn save_logs(&mut self) -> usize {
+        let dir = self.cfg.state_dir.join("logs");
+        let _ = std::fs::create_dir_all(&dir);
+        let mut failed = 0;
+        for (name, ring) in &self.logs {
+            let path = dir.join(format!("{name}.log"));
+            if let Err(e) = crate::users::write_atomically(&path, ring.to_text().as_bytes()) {
+                eprintln!("cairn: {}: {e}", path.display());
+                failed += 1;
+            }
+        }
+        failed
+    }
+}
+
+fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    while !buf.contains(&b'\n') {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("reading the request: {e}")),
+        }
+        if buf.len() > REQUEST_BYTES_MAX {
+            return Err("request too long".into());
+        }
+    }
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))
+}
+
+fn send(stream: &mut UnixStream, resp: &Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(resp).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+/// SIGTERM to every process left, a short grace, then SIGKILL; reaps all of them.
+fn kill_everything(sfd: &SignalFd) {
+    // SAFETY: kill(-1, …) signals every process but ourselves; no memory involved.
+    unsafe {
+        libc::kill(-1, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_millis(KILL_ALL_GRACE_MS);
+    while Instant::now() < deadline {
+        if reap_all() {
+            break;
+        }
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let _ = nix::poll::poll(&mut fds, PollTimeout::from(100u8));
+        while let Ok(Some(_)) = sfd.read_signal() {}
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_millis(KILL_ALL_GRACE_MS);
+    while Instant::now() < deadline && !reap_all() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reaps what has exited; true when no children are left.
+fn reap_all() -> bool {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return false,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return true,
+        }
+    }
+}
