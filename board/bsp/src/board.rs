@@ -198,11 +198,13 @@ impl Board {
                 message: e.message().to_string(),
             }
         })?;
-        board.validate().map_err(|(key, message)| BoardError::Malformed {
-            path: path.to_path_buf(),
-            line: line_of(text, &key),
-            message,
-        })?;
+        board
+            .validate()
+            .map_err(|(key, message)| BoardError::Malformed {
+                path: path.to_path_buf(),
+                line: line_of(text, &key),
+                message,
+            })?;
         Ok(board)
     }
 
@@ -222,9 +224,7 @@ impl Board {
                 "a board with LEDs needs a `status` LED: every pattern is read from it".into(),
             ));
         }
-        self.ui
-            .validate()
-            .map_err(|m| ("[ui]".into(), m))?;
+        self.ui.validate().map_err(|m| ("[ui]".into(), m))?;
         self.button_timing
             .validate()
             .map_err(|m| ("[button_timing]".into(), m))?;
@@ -234,15 +234,23 @@ impl Board {
             .iter()
             .map(|(role, l)| (format!("[leds.{role}]"), l))
             .chain(self.button.iter().map(|l| ("[button]".to_string(), l)))
-            .chain(self.power_button.iter().map(|l| ("[power_button]".to_string(), l)));
+            .chain(
+                self.power_button
+                    .iter()
+                    .map(|l| ("[power_button]".to_string(), l)),
+            );
         for (key, l) in lines {
             if l.chip.is_empty() {
                 return Err((key, "chip label is empty".into()));
             }
-            if let Some((_, _, other)) = seen.iter().find(|(c, n, _)| *c == l.chip && *n == l.line) {
+            if let Some((_, _, other)) = seen.iter().find(|(c, n, _)| *c == l.chip && *n == l.line)
+            {
                 return Err((
                     key.clone(),
-                    format!("line {} of chip '{}' is also used by {other}", l.line, l.chip),
+                    format!(
+                        "line {} of chip '{}' is also used by {other}",
+                        l.line, l.chip
+                    ),
                 ));
             }
             seen.push((&l.chip, l.line, key));
@@ -351,7 +359,9 @@ mod tests {
 
     #[test]
     fn unknown_board_names_the_known_ones() {
-        let e = Board::load(&boards_dir(), "toaster").unwrap_err().to_string();
+        let e = Board::load(&boards_dir(), "toaster")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("unknown board 'toaster'"), "{e}");
         assert!(e.contains("qemu-virt"), "{e}");
         let e = Board::load(&boards_dir(), "../etc/passwd").unwrap_err();
@@ -372,5 +382,124 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    fn qemu_text() -> (PathBuf, String) {
+        let path = boards_dir().join("qemu-virt.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        (path, text)
+    }
+
+    fn malformed(path: &Path, text: &str) -> (usize, String) {
+        match Board::parse(path, text).unwrap_err() {
+            BoardError::Malformed { line, message, .. } => (line, message),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn every_hardware_board_has_a_status_led_and_a_button() {
+        for name in ["rpi4", "rpi3", "lime2"] {
+            let b = Board::load(&boards_dir(), name).unwrap();
+            assert!(b.led(Role::Status).is_some(), "{name}");
+            let button = b.button.as_ref().unwrap();
+            assert!(button.active_low && button.pull == Pull::Up, "{name}");
+            assert!(b.gpio_sim.is_none(), "{name}");
+            assert!(b.kernel.dtb.is_some(), "{name}");
+            let fragment = boards_dir().join(&b.kernel.config_fragment);
+            let config = std::fs::read_to_string(&fragment).unwrap();
+            assert!(config.contains("CONFIG_GPIO_CDEV=y"), "{name}");
+            assert!(config.contains("# CONFIG_LEDS_GPIO is not set"), "{name}");
+        }
+        let lime2 = Board::load(&boards_dir(), "lime2").unwrap();
+        assert_eq!(lime2.target, "armv7-unknown-linux-musleabihf");
+        // PH2 on the A20's single pin controller.
+        assert_eq!(lime2.led(Role::Status).unwrap().line, 7 * 32 + 2);
+    }
+
+    #[test]
+    fn qemu_virt_puts_its_panel_on_a_simulated_chip() {
+        let b = Board::load(&boards_dir(), "qemu-virt").unwrap();
+        assert_eq!(b.gpio_sim.as_ref().unwrap().label, "cairn-panel");
+        let lines = b.sim_lines();
+        let lines: Vec<(u32, &str)> = lines.iter().map(|l| (l.line, l.name.as_str())).collect();
+        assert_eq!(
+            lines,
+            vec![(0, "led-status"), (1, "led-alert"), (2, "button")]
+        );
+        assert_eq!(b.ui, UiConfig::default());
+        assert_eq!(b.button_timing, Timing::default());
+    }
+
+    #[test]
+    fn an_unknown_led_role_is_named_with_its_line() {
+        let (path, text) = qemu_text();
+        let bad = text.replace("[leds.alert]", "[leds.blue]");
+        let (line, message) = malformed(&path, &bad);
+        assert_eq!(message, "unknown LED role 'blue' (known: status, alert)");
+        assert_eq!(bad.lines().nth(line - 1), Some("[leds.blue]"));
+    }
+
+    #[test]
+    fn leds_without_a_status_led_are_refused() {
+        let (path, text) = qemu_text();
+        let bad = text.replace("[leds.status]\nchip = \"cairn-panel\"\nline = 0\n", "");
+        assert_ne!(bad, text);
+        let (_, message) = malformed(&path, &bad);
+        assert!(message.contains("needs a `status` LED"), "{message}");
+    }
+
+    #[test]
+    fn two_uses_of_one_line_are_refused() {
+        let (path, text) = qemu_text();
+        let bad = text.replace("line = 2\n", "line = 1\n");
+        let (line, message) = malformed(&path, &bad);
+        assert_eq!(
+            message,
+            "line 1 of chip 'cairn-panel' is also used by [leds.alert]"
+        );
+        assert_eq!(bad.lines().nth(line - 1), Some("[button]"));
+    }
+
+    #[test]
+    fn bad_timing_is_refused_with_the_field() {
+        let (path, text) = qemu_text();
+        let bad = format!("{text}\n[button_timing]\ncountdown_ms = 20000\n");
+        let (line, message) = malformed(&path, &bad);
+        assert!(
+            message.contains("countdown_ms = 20000 must be below reset_ms"),
+            "{message}"
+        );
+        assert_eq!(bad.lines().nth(line - 1), Some("[button_timing]"));
+        let bad = format!("{text}\n[ui]\npairing_window_s = 0\n");
+        let (_, message) = malformed(&path, &bad);
+        assert!(message.contains("pairing_window_s = 0"), "{message}");
+        let bad = format!("{text}\n[ui]\npairing_window = 10\n");
+        let (_, message) = malformed(&path, &bad);
+        assert!(message.contains("pairing_window"), "{message}");
+    }
+
+    #[test]
+    fn timing_can_be_set_per_board() {
+        let (path, text) = qemu_text();
+        let b = Board::parse(
+            &path,
+            &format!("{text}\n[ui]\npairing_window_s = 5\n[button_timing]\ndebounce_ms = 20\n"),
+        )
+        .unwrap();
+        assert_eq!(b.ui.pairing_window_s, 5);
+        assert_eq!(b.button_timing.debounce_ms, 20);
+        assert_eq!(b.button_timing.reset_ms, 10_000);
+    }
+
+    #[test]
+    fn a_simulated_chip_without_lines_is_refused() {
+        let (path, text) = qemu_text();
+        let bad = text.replace("label = \"cairn-panel\"", "label = \"elsewhere\"");
+        let (_, message) = malformed(&path, &bad);
+        assert_eq!(
+            message,
+            "no LED or button is on the simulated chip 'elsewhere'"
+        );
     }
 }

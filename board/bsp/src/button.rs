@@ -7,8 +7,8 @@
 //! | 5 s – 10 s          | from 5 s: reset countdown  | cancelled             |
 //! | ≥ 10 s              | from 10 s: "release now"   | factory reset         |
 //!
-//! Durations run from the first edge of a press to the first edge of its release, once each
-//! has been stable for the debounce time; a glitch shorter than that does nothing at all.
+//! Durations run from the edge that starts a press to the edge that ends it, each counted only
+//! once its level has held for the debounce time; a glitch shorter than that does nothing.
 //! The gesture machine is fed samples `(pressed, now)`: on Linux one per line edge event plus
 //! one at each deadline it asks for, so an idle button costs no CPU.
 
@@ -136,13 +136,21 @@ impl Gestures {
         self.stable
     }
 
-    /// Feeds one sample of the button's level; returns what it completed.
+    /// Feeds one sample: the button's level now. The level seen before held until `now_ms`, so
+    /// what it completed by then (a debounced edge, a threshold) is reported first; the new
+    /// level starts counting from `now_ms`. Returns the completed events in order.
     pub fn sample(&mut self, pressed: bool, now_ms: u64) -> Events {
         let mut ev = Events::new();
+        self.advance(now_ms, &mut ev);
         if pressed != self.raw {
             self.raw = pressed;
             self.raw_since_ms = now_ms;
         }
+        ev
+    }
+
+    /// Applies the passage of time up to `now_ms` with the raw level unchanged.
+    fn advance(&mut self, now_ms: u64, ev: &mut Events) {
         if self.raw != self.stable
             && now_ms.saturating_sub(self.raw_since_ms) >= self.timing.debounce_ms
         {
@@ -150,28 +158,32 @@ impl Gestures {
             if self.stable {
                 self.pressed_at_ms = self.raw_since_ms;
                 self.phase = Phase::Held;
-                push(&mut ev, ButtonEvent::Pressed { at_ms: self.pressed_at_ms });
+                push(
+                    ev,
+                    ButtonEvent::Pressed {
+                        at_ms: self.pressed_at_ms,
+                    },
+                );
             } else {
                 let held = self.raw_since_ms - self.pressed_at_ms;
                 self.phase = Phase::Up;
-                push(&mut ev, self.classify(held));
-                return ev;
+                push(ev, self.classify(held));
+                return;
             }
         }
         // Thresholds count only while the raw level is still down: a release that is still
-        // being debounced has already ended the hold at its first edge.
+        // being debounced has already ended the hold at its edge.
         if self.stable && self.raw {
             let held = now_ms - self.pressed_at_ms;
             if self.phase < Phase::Countdown && held >= self.timing.countdown_ms {
                 self.phase = Phase::Countdown;
-                push(&mut ev, ButtonEvent::CountdownStarted);
+                push(ev, ButtonEvent::CountdownStarted);
             }
             if self.phase < Phase::ReleaseNow && held >= self.timing.reset_ms {
                 self.phase = Phase::ReleaseNow;
-                push(&mut ev, ButtonEvent::ReleaseNow);
+                push(ev, ButtonEvent::ReleaseNow);
             }
         }
-        ev
     }
 
     /// When the machine next needs a sample even if the level does not change (clock ms).
@@ -244,5 +256,250 @@ impl<P: InputPin> Button<P> {
     /// The pin, to wait for its edges.
     pub fn pin_mut(&mut self) -> &mut P {
         &mut self.pin
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embedded_hal_mock::eh1::digital::{Mock, State, Transaction};
+    use ButtonEvent::*;
+
+    /// Runs the machine over raw edges `(t, pressed)` as the Linux backend would: a sample at
+    /// every edge and at every deadline the machine asks for, up to `end_ms`.
+    fn run(edges: &[(u64, bool)], end_ms: u64) -> Vec<(u64, ButtonEvent)> {
+        let mut g = Gestures::new(Timing::default());
+        let mut out = Vec::new();
+        let mut level = false;
+        let mut i = 0;
+        let mut now = 0;
+        loop {
+            let next_edge = edges.get(i).map(|e| e.0);
+            let next = match (next_edge, g.next_deadline_ms()) {
+                (Some(e), Some(d)) => e.min(d.max(now)),
+                (Some(e), None) => e,
+                (None, Some(d)) => d.max(now),
+                (None, None) => break,
+            };
+            if next > end_ms {
+                break;
+            }
+            now = next;
+            if next_edge == Some(now) {
+                level = edges[i].1;
+                i += 1;
+            }
+            for e in g.sample(level, now) {
+                out.push((now, e));
+            }
+        }
+        out
+    }
+
+    fn hold(ms: u64) -> Vec<ButtonEvent> {
+        run(&[(1000, true), (1000 + ms, false)], 100_000)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    #[test]
+    fn short_press_boundary_is_2_s() {
+        assert_eq!(hold(1999), vec![Pressed { at_ms: 1000 }, ShortPress]);
+        assert_eq!(hold(2000), vec![Pressed { at_ms: 1000 }, LongPress]);
+        assert_eq!(hold(2001), vec![Pressed { at_ms: 1000 }, LongPress]);
+    }
+
+    #[test]
+    fn countdown_starts_at_5_s_and_a_release_before_10_s_cancels() {
+        assert_eq!(hold(4999), vec![Pressed { at_ms: 1000 }, LongPress]);
+        assert_eq!(
+            hold(5000),
+            vec![Pressed { at_ms: 1000 }, CountdownStarted, ResetCancelled]
+        );
+        assert_eq!(
+            hold(5001),
+            vec![Pressed { at_ms: 1000 }, CountdownStarted, ResetCancelled]
+        );
+        assert_eq!(
+            hold(9999),
+            vec![Pressed { at_ms: 1000 }, CountdownStarted, ResetCancelled]
+        );
+    }
+
+    #[test]
+    fn release_now_at_10_s_and_a_release_after_it_resets() {
+        assert_eq!(
+            hold(10_000),
+            vec![
+                Pressed { at_ms: 1000 },
+                CountdownStarted,
+                ReleaseNow,
+                FactoryReset
+            ]
+        );
+        assert_eq!(
+            hold(10_001),
+            vec![
+                Pressed { at_ms: 1000 },
+                CountdownStarted,
+                ReleaseNow,
+                FactoryReset
+            ]
+        );
+        assert_eq!(
+            hold(60_000),
+            vec![
+                Pressed { at_ms: 1000 },
+                CountdownStarted,
+                ReleaseNow,
+                FactoryReset
+            ]
+        );
+    }
+
+    #[test]
+    fn threshold_events_come_on_time_while_held() {
+        let ev = run(&[(1000, true), (12_000, false)], 100_000);
+        assert_eq!(
+            ev,
+            vec![
+                (1050, Pressed { at_ms: 1000 }),
+                (6000, CountdownStarted),
+                (11_000, ReleaseNow),
+                (12_050, FactoryReset),
+            ]
+        );
+    }
+
+    #[test]
+    fn glitch_shorter_than_debounce_does_nothing() {
+        assert_eq!(run(&[(1000, true), (1049, false)], 100_000), vec![]);
+        // A glitch in an otherwise idle stretch asks for no deadline afterwards.
+        let mut g = Gestures::new(Timing::default());
+        assert!(g.sample(true, 10).is_empty());
+        assert!(g.sample(false, 59).is_empty());
+        assert_eq!(g.next_deadline_ms(), None);
+        assert!(g.sample(false, 5000).is_empty());
+        assert!(!g.is_pressed());
+    }
+
+    #[test]
+    fn a_press_as_long_as_the_debounce_counts() {
+        assert_eq!(hold(50), vec![Pressed { at_ms: 1000 }, ShortPress]);
+    }
+
+    #[test]
+    fn contact_bounce_on_press_and_release_makes_one_short_press() {
+        let edges = [
+            (1000, true),
+            (1005, false),
+            (1012, true),
+            (1020, false),
+            (1030, true),
+            (1800, false),
+            (1810, true),
+            (1815, false),
+        ];
+        let ev = run(&edges, 100_000);
+        assert_eq!(
+            ev,
+            vec![(1080, Pressed { at_ms: 1030 }), (1865, ShortPress)]
+        );
+    }
+
+    #[test]
+    fn a_dropout_during_a_hold_does_not_end_it() {
+        // 30 ms of contact loss at 4 s: still one hold, and it reaches the countdown.
+        let edges = [(1000, true), (5000, false), (5030, true), (8000, false)];
+        let ev: Vec<_> = run(&edges, 100_000).into_iter().map(|(_, e)| e).collect();
+        assert_eq!(
+            ev,
+            vec![Pressed { at_ms: 1000 }, CountdownStarted, ResetCancelled]
+        );
+    }
+
+    #[test]
+    fn a_release_being_debounced_at_a_threshold_does_not_cross_it() {
+        // Released 5 ms before the countdown would start: the countdown never shows.
+        let ev: Vec<_> = run(&[(1000, true), (5995, false)], 100_000)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(ev, vec![Pressed { at_ms: 1000 }, LongPress]);
+    }
+
+    #[test]
+    fn a_late_sample_reports_every_crossing_in_order() {
+        let mut g = Gestures::new(Timing::default());
+        assert!(g.sample(true, 0).is_empty());
+        let ev = g.sample(true, 20_000);
+        assert_eq!(
+            ev.as_slice(),
+            &[Pressed { at_ms: 0 }, CountdownStarted, ReleaseNow]
+        );
+        assert_eq!(g.next_deadline_ms(), None);
+    }
+
+    #[test]
+    fn deadlines_follow_the_hold() {
+        let mut g = Gestures::new(Timing::default());
+        assert_eq!(g.next_deadline_ms(), None);
+        g.sample(true, 100);
+        assert_eq!(g.next_deadline_ms(), Some(150));
+        g.sample(true, 150);
+        assert_eq!(g.next_deadline_ms(), Some(5100));
+        g.sample(true, 5100);
+        assert_eq!(g.next_deadline_ms(), Some(10_100));
+    }
+
+    #[test]
+    fn button_reads_an_active_low_pin() {
+        let pin = Mock::new(&[
+            Transaction::get(State::High),
+            Transaction::get(State::Low),
+            Transaction::get(State::Low),
+            Transaction::get(State::High),
+            Transaction::get(State::High),
+        ]);
+        let mut b = Button::new(pin, true, Timing::default());
+        assert!(b.poll(0).unwrap().is_empty());
+        assert!(b.poll(10).unwrap().is_empty());
+        assert_eq!(b.poll(60).unwrap().as_slice(), &[Pressed { at_ms: 10 }]);
+        assert!(b.poll(500).unwrap().is_empty());
+        assert_eq!(b.poll(550).unwrap().as_slice(), &[ShortPress]);
+        b.pin_mut().done();
+    }
+
+    #[test]
+    fn button_reads_an_active_high_pin() {
+        let pin = Mock::new(&[Transaction::get(State::High), Transaction::get(State::High)]);
+        let mut b = Button::new(pin, false, Timing::default());
+        assert!(b.poll(0).unwrap().is_empty());
+        assert_eq!(b.poll(50).unwrap().as_slice(), &[Pressed { at_ms: 0 }]);
+        b.pin_mut().done();
+    }
+
+    #[test]
+    fn timing_is_checked() {
+        assert!(Timing::default().validate().is_ok());
+        let bad = Timing {
+            countdown_ms: 10_000,
+            ..Timing::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("countdown_ms = 10000"));
+        let bad = Timing {
+            debounce_ms: 0,
+            ..Timing::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("debounce_ms = 0"));
+        let bad = Timing {
+            short_press_max_ms: 6000,
+            ..Timing::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .contains("short_press_max_ms = 6000"));
     }
 }

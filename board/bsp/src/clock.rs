@@ -67,7 +67,10 @@ impl ManualClock {
     /// Sets the clock; it must not go backwards.
     pub fn set(&self, now_ms: u64) {
         let old = self.now_ms.swap(now_ms, Ordering::SeqCst);
-        assert!(now_ms >= old, "a monotonic clock cannot go back ({old} → {now_ms})");
+        assert!(
+            now_ms >= old,
+            "a monotonic clock cannot go back ({old} → {now_ms})"
+        );
     }
 }
 

@@ -89,7 +89,10 @@ pub struct PairingWindow {
 impl PairingWindow {
     /// A closed window that will stay open `duration_ms` once opened.
     pub fn new(duration_ms: u64) -> Self {
-        assert!(duration_ms > 0, "a pairing window must stay open for some time");
+        assert!(
+            duration_ms > 0,
+            "a pairing window must stay open for some time"
+        );
         Self {
             duration_ms,
             open: None,
@@ -155,5 +158,96 @@ impl PairingWindow {
     /// When the open window closes by itself (clock ms).
     pub fn closes_at_ms(&self) -> Option<u64> {
         self.open.map(|(_, at)| at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_press_opens_the_window_for_its_duration() {
+        let mut w = PairingWindow::new(120_000);
+        assert_eq!(w.status(0), WindowStatus::Closed);
+        assert_eq!(
+            w.press(1000),
+            Opened::New {
+                id: 1,
+                closes_at_ms: 121_000
+            }
+        );
+        assert_eq!(
+            w.status(120_999),
+            WindowStatus::Open {
+                id: 1,
+                remaining_ms: 1
+            }
+        );
+        assert_eq!(w.status(121_000), WindowStatus::Closed);
+    }
+
+    #[test]
+    fn expiry_is_reported_once() {
+        let mut w = PairingWindow::new(5000);
+        w.press(0);
+        assert_eq!(w.expire(4999), None);
+        assert_eq!(w.expire(5000), Some(Closing::Expired { id: 1 }));
+        assert_eq!(w.expire(5001), None);
+        assert_eq!(w.closes_at_ms(), None);
+    }
+
+    #[test]
+    fn presses_do_not_stack() {
+        let mut w = PairingWindow::new(120_000);
+        w.press(0);
+        assert_eq!(
+            w.press(60_000),
+            Opened::AlreadyOpen {
+                id: 1,
+                closes_at_ms: 120_000
+            }
+        );
+        assert_eq!(w.status(120_000), WindowStatus::Closed);
+    }
+
+    #[test]
+    fn exactly_one_completion_per_window_and_it_closes_the_window() {
+        let mut w = PairingWindow::new(120_000);
+        w.press(0);
+        assert_eq!(
+            w.complete(Completion::Pairing, 10_000),
+            Ok(Closing::Completed {
+                id: 1,
+                what: Completion::Pairing
+            })
+        );
+        assert_eq!(w.status(10_000), WindowStatus::Closed);
+        assert_eq!(
+            w.complete(Completion::Claim, 10_001),
+            Err(PairingError::Closed { window_s: 120 })
+        );
+        // The next press opens a new window, with a new number.
+        assert!(matches!(w.press(20_000), Opened::New { id: 2, .. }));
+        assert!(w.complete(Completion::Claim, 20_001).is_ok());
+    }
+
+    #[test]
+    fn no_completion_without_a_press_or_after_the_timeout() {
+        let mut w = PairingWindow::new(120_000);
+        let e = w.complete(Completion::Claim, 0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the pairing window is closed: press the device's button, then try again within 120 s"
+        );
+        w.press(0);
+        assert!(w.complete(Completion::Claim, 120_000).is_err());
+        w.press(200_000);
+        assert!(w.complete(Completion::Claim, 319_999).is_ok());
+    }
+
+    #[test]
+    #[should_panic(expected = "must stay open")]
+    fn a_zero_window_is_refused() {
+        PairingWindow::new(0);
     }
 }

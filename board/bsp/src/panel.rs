@@ -85,13 +85,15 @@ fn words(line: &str) -> Result<Vec<&str>, PanelError> {
 fn name<'a>(line: &str, s: &'a str) -> Result<&'a str, PanelError> {
     let ok = !s.is_empty()
         && s.len() <= MAX_NAME
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if ok {
         Ok(s)
     } else {
-        Err(bad(line, format!("{s:?} is not a name (a-z, 0-9, - and _, at most {MAX_NAME})")))
+        Err(bad(
+            line,
+            format!("{s:?} is not a name (a-z, 0-9, - and _, at most {MAX_NAME})"),
+        ))
     }
 }
 
@@ -105,7 +107,10 @@ fn state(line: &str, s: &str) -> Result<bool, PanelError> {
 
 fn millis(line: &str, s: &str) -> Result<u64, PanelError> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad(line, format!("time {s:?} is not a number of milliseconds")));
+        return Err(bad(
+            line,
+            format!("time {s:?} is not a number of milliseconds"),
+        ));
     }
     s.parse()
         .map_err(|_| bad(line, format!("time {s:?} is out of range")))
@@ -194,6 +199,175 @@ impl fmt::Display for ToHost {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(line: &str) -> ToHost {
+        ToHost::parse(line).unwrap()
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in [ToGuest::ButtonDown, ToGuest::ButtonUp, ToGuest::Leds] {
+            assert_eq!(ToGuest::parse(&m.to_string()), Ok(m));
+        }
+        let msgs = [
+            ToHost::Led {
+                name: "status".into(),
+                on: true,
+                ms: 1234,
+            },
+            ToHost::Led {
+                name: "alert".into(),
+                on: false,
+                ms: 0,
+            },
+            ToHost::Leds(vec![("status".into(), true), ("alert".into(), false)]),
+            ToHost::Leds(vec![]),
+            ToHost::Pattern {
+                name: "setup-needed".into(),
+                ms: u64::MAX,
+            },
+        ];
+        for m in msgs {
+            assert_eq!(ToHost::parse(&m.to_string()), Ok(m.clone()), "{m}");
+        }
+    }
+
+    #[test]
+    fn wire_form_is_the_documented_one() {
+        let m = ToHost::Led {
+            name: "status".into(),
+            on: true,
+            ms: 1500,
+        };
+        assert_eq!(m.to_string(), "led status on 1500");
+        let m = ToHost::Leds(vec![("status".into(), true), ("alert".into(), false)]);
+        assert_eq!(m.to_string(), "leds status=on alert=off");
+        assert_eq!(ToGuest::ButtonDown.to_string(), "button down");
+    }
+
+    #[test]
+    fn line_endings_and_spacing_are_tolerated() {
+        assert_eq!(ToGuest::parse("button down\n"), Ok(ToGuest::ButtonDown));
+        assert_eq!(ToGuest::parse("button up\r\n"), Ok(ToGuest::ButtonUp));
+        assert_eq!(ToGuest::parse("  leds  "), Ok(ToGuest::Leds));
+        assert_eq!(
+            host("led  status\toff 7\n"),
+            ToHost::Led {
+                name: "status".into(),
+                on: false,
+                ms: 7
+            }
+        );
+    }
+
+    fn guest_err(line: &str) -> String {
+        ToGuest::parse(line).unwrap_err().to_string()
+    }
+
+    fn host_err(line: &str) -> String {
+        ToHost::parse(line).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn malformed_host_lines_are_refused_with_the_reason() {
+        assert_eq!(guest_err(""), "front panel: bad line \"\": empty line");
+        assert!(guest_err("   \n").ends_with("empty line"));
+        assert!(guest_err("button").contains("expected `button down` or `button up`"));
+        assert!(guest_err("button sideways").contains("expected `button down`"));
+        assert!(guest_err("button down now").contains("expected `button down`"));
+        assert!(guest_err("leds all").contains("`leds` takes no arguments"));
+        assert!(guest_err("reboot").contains("unknown command \"reboot\""));
+        assert!(guest_err("BUTTON DOWN").contains("unknown command"));
+        let long = format!("button {}", "x".repeat(MAX_LINE));
+        assert!(guest_err(&long).contains("longer than 256 bytes"));
+    }
+
+    #[test]
+    fn malformed_device_lines_are_refused_with_the_reason() {
+        assert!(host_err("led status on").contains("expected `led NAME on|off MS`"));
+        assert!(host_err("led status on 5 6").contains("expected `led NAME on|off MS`"));
+        assert!(host_err("led status dim 5").contains("state \"dim\" is neither on nor off"));
+        assert!(host_err("led status on -5").contains("time \"-5\" is not a number"));
+        assert!(host_err("led status on 5ms").contains("is not a number"));
+        assert!(host_err("led status on 99999999999999999999999").contains("out of range"));
+        assert!(host_err("led Status on 5").contains("\"Status\" is not a name"));
+        assert!(host_err(&format!("led {} on 5", "a".repeat(33))).contains("is not a name"));
+        assert!(host_err("leds status").contains("\"status\" is not NAME=on|off"));
+        assert!(host_err("leds status=on status=off").contains("listed twice"));
+        assert!(host_err("leds =on").contains("\"\" is not a name"));
+        assert!(host_err("leds a=yes").contains("neither on nor off"));
+        let many: Vec<String> = (0..9).map(|i| format!("l{i}=on")).collect();
+        assert!(host_err(&format!("leds {}", many.join(" "))).contains("more than 8 LEDs"));
+        assert!(host_err("pattern").contains("expected `pattern NAME MS`"));
+        assert!(host_err("pattern x y").contains("time \"y\""));
+        assert!(host_err("hello world").contains("unknown message \"hello\""));
+    }
+
+    #[test]
+    fn the_offending_line_is_cut_in_the_message() {
+        let e = ToHost::parse(&format!("nonsense {}", "z".repeat(200))).unwrap_err();
+        assert_eq!(e.line.chars().count(), 64);
+    }
+
+    /// The fuzz target's body: any bytes parse to a message or an error, never a panic, and
+    /// whatever parses formats back to something that parses to the same message.
+    pub(crate) fn check_any_line(data: &[u8]) {
+        let line = String::from_utf8_lossy(data);
+        if let Ok(m) = ToGuest::parse(&line) {
+            assert_eq!(ToGuest::parse(&m.to_string()), Ok(m));
+        }
+        if let Ok(m) = ToHost::parse(&line) {
+            assert_eq!(ToHost::parse(&m.to_string()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn random_lines_never_panic() {
+        // A small xorshift so the run is the same every time; 20 000 lines of up to 300 bytes
+        // drawn from an alphabet rich in the protocol's own words.
+        let words: [&[u8]; 12] = [
+            b"led ",
+            b"leds ",
+            b"button ",
+            b"down",
+            b"up",
+            b"on",
+            b"off",
+            b"=",
+            b" ",
+            b"12",
+            b"status",
+            b"pattern ",
+        ];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut line = Vec::new();
+            let n = next() % 12;
+            for _ in 0..n {
+                let r = next();
+                if r % 4 == 0 {
+                    line.push((r >> 8) as u8);
+                } else {
+                    line.extend_from_slice(words[(r >> 8) as usize % words.len()]);
+                }
+            }
+            if next() % 50 == 0 {
+                line.extend(std::iter::repeat_n(b'a', 300));
+            }
+            check_any_line(&line);
         }
     }
 }

@@ -334,3 +334,236 @@ impl<P: OutputPin> LedDriver<P> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embedded_hal_mock::eh1::digital::{Mock, State, Transaction};
+
+    /// Plays `pattern` from 0 up to (excluding) `until_ms`, jumping from change to change, and
+    /// checks the exact transitions of both LEDs against the pins' expected writes.
+    fn plays(pattern: Pattern, until_ms: u64, status: &[(u64, bool)], alert: &[(u64, bool)]) {
+        let pin_writes = |t: &[(u64, bool)], active_low: bool| -> Vec<Transaction> {
+            t.iter()
+                .map(|&(_, on)| {
+                    Transaction::set(if on != active_low {
+                        State::High
+                    } else {
+                        State::Low
+                    })
+                })
+                .collect()
+        };
+        let status_pin = Mock::new(&pin_writes(status, false));
+        // The alert LED is wired active-low here to prove the inversion happens in one place.
+        let alert_pin = Mock::new(&pin_writes(alert, true));
+        let mut d = LedDriver::new(
+            Some(Led::new(status_pin, false)),
+            Some(Led::new(alert_pin, true)),
+            0,
+        );
+        d.show(pattern, 0);
+        let (mut seen_s, mut seen_a) = (Vec::new(), Vec::new());
+        let mut now = 0;
+        let mut steps = 0;
+        while now < until_ms {
+            let u = d.update(now).unwrap();
+            for (role, on) in u.changed {
+                match role {
+                    Role::Status => seen_s.push((now, on)),
+                    Role::Alert => seen_a.push((now, on)),
+                }
+            }
+            match u.next_change_ms {
+                Some(t) => {
+                    assert!(t > now, "{pattern:?}: next change {t} not after {now}");
+                    now = t;
+                }
+                None => break,
+            }
+            steps += 1;
+            assert!(steps < 1000);
+        }
+        assert_eq!(seen_s, status, "{pattern:?} status LED");
+        assert_eq!(seen_a, alert, "{pattern:?} alert LED");
+        let LedDriver { status, alert, .. } = d;
+        status.unwrap().into_pin().done();
+        alert.unwrap().into_pin().done();
+    }
+
+    #[test]
+    fn booting_blinks_at_1_hz() {
+        let s = [(0, true), (500, false), (1000, true), (1500, false)];
+        plays(Pattern::Booting, 2000, &s, &[(0, false)]);
+    }
+
+    #[test]
+    fn setup_needed_double_flashes_every_2_s() {
+        let s = [
+            (0, true),
+            (150, false),
+            (300, true),
+            (450, false),
+            (2000, true),
+            (2150, false),
+            (2300, true),
+            (2450, false),
+        ];
+        plays(Pattern::SetupNeeded, 4000, &s, &[(0, false)]);
+    }
+
+    #[test]
+    fn pairing_open_blinks_at_4_hz() {
+        let s = [
+            (0, true),
+            (125, false),
+            (250, true),
+            (375, false),
+            (500, true),
+        ];
+        plays(Pattern::PairingOpen, 501, &s, &[(0, false)]);
+    }
+
+    #[test]
+    fn confirmed_and_healthy_are_steady_green() {
+        plays(Pattern::Confirmed, 10_000, &[(0, true)], &[(0, false)]);
+        plays(Pattern::Healthy, 10_000, &[(0, true)], &[(0, false)]);
+    }
+
+    #[test]
+    fn degraded_is_amber_with_a_dip_every_3_s() {
+        let s = [(0, true), (2800, false), (3000, true), (5800, false)];
+        plays(Pattern::Degraded, 6000, &s, &[(0, true)]);
+    }
+
+    #[test]
+    fn error_is_red_with_a_triple_flash() {
+        let s = [
+            (0, true),
+            (100, false),
+            (200, true),
+            (300, false),
+            (400, true),
+            (500, false),
+            (2000, true),
+        ];
+        plays(Pattern::Error, 2001, &s, &[(0, true)]);
+    }
+
+    #[test]
+    fn reset_countdown_ticks_each_second_with_red_blinking() {
+        let s = [(0, true), (100, false), (1000, true), (1100, false)];
+        let a = [(0, true), (500, false), (1000, true), (1500, false)];
+        plays(Pattern::ResetCountdown, 2000, &s, &a);
+    }
+
+    #[test]
+    fn release_now_flickers_at_10_hz_with_red_on() {
+        let s = [(0, true), (50, false), (100, true), (150, false)];
+        plays(Pattern::ReleaseNow, 200, &s, &[(0, true)]);
+    }
+
+    #[test]
+    fn every_pattern_is_told_apart_by_the_status_led_alone() {
+        for a in Pattern::ALL {
+            for b in Pattern::ALL {
+                let same = a.track(Role::Status) == b.track(Role::Status);
+                let both_steady_ok = matches!(
+                    (a, b),
+                    (Pattern::Confirmed, Pattern::Healthy) | (Pattern::Healthy, Pattern::Confirmed)
+                );
+                // Confirmed is Healthy's steady green for a few seconds, by design (WPS shows
+                // success the same way); every other pair differs.
+                assert!(
+                    a == b || !same || both_steady_ok,
+                    "{a:?} and {b:?} look alike"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in Pattern::ALL {
+            assert_eq!(Pattern::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Pattern::from_name("disco"), None);
+        assert_eq!(Role::from_name("alert"), Some(Role::Alert));
+        assert_eq!(Role::from_name("blue"), None);
+    }
+
+    #[test]
+    fn showing_the_same_pattern_keeps_its_rhythm_and_a_new_one_restarts() {
+        let pin = Mock::new(&[
+            Transaction::set(State::High), // 0: booting on
+            Transaction::set(State::Low),  // 500: off
+            Transaction::set(State::High), // 700: pairing starts lit
+            Transaction::set(State::Low),  // 825
+        ]);
+        let mut d = LedDriver::new(Some(Led::new(pin, false)), None, 0);
+        assert_eq!(d.update(0).unwrap().next_change_ms, Some(500));
+        d.show(Pattern::Booting, 300);
+        // Unchanged pattern: nothing written, and still due at 500.
+        let u = d.update(300).unwrap();
+        assert!(u.changed.is_empty());
+        assert_eq!(u.next_change_ms, Some(500));
+        d.update(500).unwrap();
+        d.show(Pattern::PairingOpen, 700);
+        assert_eq!(d.update(700).unwrap().next_change_ms, Some(825));
+        assert_eq!(d.update(825).unwrap().next_change_ms, Some(950));
+        assert_eq!(d.lit(Role::Status), Some(false));
+        assert_eq!(d.lit(Role::Alert), None);
+        assert_eq!(d.roles().collect::<Vec<_>>(), vec![Role::Status]);
+        let LedDriver { status, .. } = d;
+        status.unwrap().into_pin().done();
+    }
+
+    #[test]
+    fn a_late_update_lands_in_the_right_step() {
+        // 2340 ms into setup-needed is 340 ms into the second cycle: the second flash, lit
+        // until 2450.
+        let pin = Mock::new(&[Transaction::set(State::High)]);
+        let mut d = LedDriver::new(Some(Led::new(pin, false)), None, 0);
+        d.show(Pattern::SetupNeeded, 0);
+        assert_eq!(d.update(2340).unwrap().next_change_ms, Some(2450));
+        let LedDriver { status, .. } = d;
+        status.unwrap().into_pin().done();
+    }
+
+    #[test]
+    fn level_at_merges_neighbouring_steps_of_one_level() {
+        const T: Track = &[on(100), on(100), off(50)];
+        assert_eq!(level_at(T, 0), (true, Some(200)));
+        assert_eq!(level_at(T, 150), (true, Some(50)));
+        assert_eq!(level_at(T, 220), (false, Some(30)));
+        assert_eq!(level_at(STEADY_OFF, 123_456), (false, None));
+    }
+
+    #[test]
+    fn a_pin_error_is_returned_and_the_write_retried() {
+        use embedded_hal_mock::eh1::MockError;
+        let err = MockError::Io(std::io::ErrorKind::NotConnected);
+        let pin = Mock::new(&[
+            Transaction::set(State::High).with_error(err),
+            Transaction::set(State::High),
+        ]);
+        let mut d = LedDriver::new(Some(Led::new(pin, false)), None, 0);
+        assert!(d.update(0).is_err());
+        assert_eq!(
+            d.update(10).unwrap().changed.as_slice(),
+            &[(Role::Status, true)]
+        );
+        let LedDriver { status, .. } = d;
+        status.unwrap().into_pin().done();
+    }
+
+    #[test]
+    fn describe_gives_the_readme_wording() {
+        assert_eq!(Pattern::Healthy.describe(), "on");
+        assert_eq!(Pattern::PairingOpen.describe(), "on 125 ms, off 125 ms");
+        assert_eq!(
+            Pattern::Degraded.describe(),
+            "on 2800 ms, off 200 ms; red LED on"
+        );
+    }
+}

@@ -290,3 +290,168 @@ impl<C: Clock> SharedUi<C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::sync::Arc;
+
+    fn ui() -> Ui {
+        let mut u = Ui::new(UiConfig {
+            pairing_window_s: 120,
+            confirmation_ms: 3000,
+        });
+        u.set_health(Health::SetupNeeded);
+        u
+    }
+
+    #[test]
+    fn health_sets_the_base_pattern() {
+        let mut u = Ui::new(UiConfig::default());
+        assert_eq!(u.pattern(0), Pattern::Booting);
+        for (h, p) in [
+            (Health::SetupNeeded, Pattern::SetupNeeded),
+            (Health::Healthy, Pattern::Healthy),
+            (Health::Degraded, Pattern::Degraded),
+            (Health::Error, Pattern::Error),
+            (Health::Booting, Pattern::Booting),
+        ] {
+            u.set_health(h);
+            assert_eq!(u.health(), h);
+            assert_eq!(u.pattern(0), p);
+        }
+    }
+
+    #[test]
+    fn short_press_opens_the_window_which_closes_by_itself() {
+        let mut u = ui();
+        let a = u.on_button(ButtonEvent::ShortPress, 1000);
+        assert_eq!(
+            a,
+            Some(Action::PairingOpened(Opened::New {
+                id: 1,
+                closes_at_ms: 121_000
+            }))
+        );
+        assert_eq!(u.pattern(1000), Pattern::PairingOpen);
+        assert_eq!(u.next_deadline_ms(), Some(121_000));
+        assert_eq!(u.pattern(120_999), Pattern::PairingOpen);
+        assert_eq!(u.pattern(121_000), Pattern::SetupNeeded);
+        assert_eq!(u.next_deadline_ms(), None);
+    }
+
+    #[test]
+    fn a_completion_confirms_then_falls_back() {
+        let mut u = ui();
+        u.on_button(ButtonEvent::ShortPress, 0);
+        u.complete(Completion::Claim, 5000).unwrap();
+        assert_eq!(u.pattern(5000), Pattern::Confirmed);
+        assert_eq!(u.next_deadline_ms(), Some(8000));
+        assert_eq!(u.pattern(7999), Pattern::Confirmed);
+        u.set_health(Health::Healthy);
+        assert_eq!(u.pattern(8000), Pattern::Healthy);
+        assert_eq!(u.pairing_status(8000), WindowStatus::Closed);
+    }
+
+    #[test]
+    fn a_held_button_overrides_everything_and_cancelling_restores_it() {
+        let mut u = ui();
+        u.on_button(ButtonEvent::ShortPress, 0);
+        u.on_button(ButtonEvent::Pressed { at_ms: 1000 }, 1050);
+        assert_eq!(u.pattern(1050), Pattern::PairingOpen);
+        u.on_button(ButtonEvent::CountdownStarted, 6000);
+        assert_eq!(u.pattern(6000), Pattern::ResetCountdown);
+        u.on_button(ButtonEvent::ReleaseNow, 11_000);
+        assert_eq!(u.pattern(11_000), Pattern::ReleaseNow);
+        // The pairing window runs on underneath; its timeout still applies.
+        assert_eq!(u.next_deadline_ms(), Some(120_000));
+        u.on_button(ButtonEvent::ResetCancelled, 11_500);
+        assert_eq!(u.pattern(11_500), Pattern::PairingOpen);
+    }
+
+    #[test]
+    fn factory_reset_is_asked_for_and_release_now_stays_on() {
+        let mut u = ui();
+        u.on_button(ButtonEvent::CountdownStarted, 5000);
+        u.on_button(ButtonEvent::ReleaseNow, 10_000);
+        assert_eq!(
+            u.on_button(ButtonEvent::FactoryReset, 10_500),
+            Some(Action::FactoryReset)
+        );
+        assert_eq!(u.pattern(10_500), Pattern::ReleaseNow);
+    }
+
+    #[test]
+    fn a_long_press_does_not_open_the_window() {
+        let mut u = ui();
+        assert_eq!(u.on_button(ButtonEvent::LongPress, 3000), None);
+        assert_eq!(u.pattern(3000), Pattern::SetupNeeded);
+        assert_eq!(u.pairing_status(3000), WindowStatus::Closed);
+    }
+
+    #[test]
+    fn config_is_checked() {
+        assert!(UiConfig::default().validate().is_ok());
+        let e = UiConfig {
+            pairing_window_s: 0,
+            ..UiConfig::default()
+        };
+        assert!(e.validate().unwrap_err().contains("pairing_window_s = 0"));
+        let e = UiConfig {
+            confirmation_ms: 0,
+            ..UiConfig::default()
+        };
+        assert!(e.validate().unwrap_err().contains("confirmation_ms = 0"));
+    }
+
+    #[test]
+    fn of_racing_claims_and_pairings_exactly_one_wins() {
+        let clock = Arc::new(ManualClock::new(0));
+        let shared = Arc::new(SharedUi::new(ui(), clock.clone()));
+        shared.on_button(ButtonEvent::ShortPress);
+        clock.advance(1000);
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let s = shared.clone();
+                std::thread::spawn(move || {
+                    let what = if i % 2 == 0 {
+                        Completion::Claim
+                    } else {
+                        Completion::Pairing
+                    };
+                    s.complete(what).is_ok()
+                })
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|&ok| ok)
+            .count();
+        assert_eq!(wins, 1);
+        assert_eq!(shared.pattern().0, Pattern::Confirmed);
+        assert_eq!(shared.pairing_status(), WindowStatus::Closed);
+    }
+
+    #[test]
+    fn shared_ui_reports_changes_to_waiters() {
+        let clock = Arc::new(ManualClock::new(0));
+        let shared = Arc::new(SharedUi::new(ui(), clock.clone()));
+        let (p, deadline, seen) = shared.pattern();
+        assert_eq!((p, deadline), (Pattern::SetupNeeded, None));
+        let s = shared.clone();
+        let waiter = std::thread::spawn(move || {
+            s.wait(seen, None);
+            s.pattern().0
+        });
+        shared.set_health(Health::Healthy);
+        // The waiter wakes on the change (or, if it missed the notification, because the
+        // counter moved), and sees the new pattern.
+        assert_eq!(waiter.join().unwrap(), Pattern::Healthy);
+        // A deadline already passed returns at once.
+        let (_, _, seen) = shared.pattern();
+        shared.wait(seen, Some(0));
+        assert_eq!(shared.now_ms(), 0);
+    }
+}
