@@ -8,7 +8,11 @@
 //!
 //! Pure codec: parsing and formatting, no I/O. Lines are at most `MAX_LINE` bytes.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Longest line either side sends or accepts, in bytes (bounds the reader's buffer).
 pub const MAX_LINE: usize = 256;
@@ -203,6 +207,198 @@ impl fmt::Display for ToHost {
     }
 }
 
+/// The fuzz target's body (`fuzz/fuzz_targets/bsp_panel.rs`), also run by the unit tests:
+/// any bytes parse to a message or an error, never a panic, and whatever parses formats back
+/// to text that parses to the same message.
+#[doc(hidden)]
+pub fn fuzz_line(data: &[u8]) {
+    let line = String::from_utf8_lossy(data);
+    if let Ok(m) = ToGuest::parse(&line) {
+        assert_eq!(ToGuest::parse(&m.to_string()), Ok(m));
+    }
+    if let Ok(m) = ToHost::parse(&line) {
+        assert_eq!(ToHost::parse(&m.to_string()), Ok(m));
+    }
+}
+
+/// Most messages a `PanelLink` keeps (older ones are dropped): about 20 minutes of the
+/// fastest pattern on two LEDs, ~200 KiB.
+pub const KEEP_MESSAGES: usize = 8192;
+
+/// What the reader thread has received.
+#[derive(Debug, Default)]
+struct Received {
+    /// Messages with their sequence numbers, oldest first, at most `KEEP_MESSAGES`.
+    msgs: VecDeque<(u64, ToHost)>,
+    /// Sequence number of the next message.
+    next_seq: u64,
+    /// Lines that did not parse (at most 16 kept), with the reason.
+    bad: Vec<String>,
+    /// The device side closed the stream.
+    closed: bool,
+}
+
+/// The host side of the front panel over any byte stream (QEMU's chardev socket): sends
+/// presses, and keeps what the device reports, for tests and for a person at a terminal.
+pub struct PanelLink {
+    writer: Mutex<Box<dyn Write + Send>>,
+    shared: Arc<(Mutex<Received>, Condvar)>,
+}
+
+impl PanelLink {
+    /// Starts reading `reader` on a thread; `writer` carries the presses.
+    pub fn new(
+        reader: impl Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+    ) -> std::io::Result<PanelLink> {
+        let shared: Arc<(Mutex<Received>, Condvar)> = Arc::default();
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("panel-reader".into())
+            .spawn(move || read_loop(reader, &s))?;
+        Ok(PanelLink {
+            writer: Mutex::new(Box::new(writer)),
+            shared,
+        })
+    }
+
+    /// Sends one message.
+    pub fn send(&self, m: ToGuest) -> std::io::Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.write_all(format!("{m}\n").as_bytes())?;
+        w.flush()
+    }
+
+    fn received(&self) -> MutexGuard<'_, Received> {
+        self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sequence number the next message will get: pass it to `wait_for` or `since` to
+    /// look only at what comes after now.
+    pub fn cursor(&self) -> u64 {
+        self.received().next_seq
+    }
+
+    /// Messages received from sequence number `from` on (those still kept).
+    pub fn since(&self, from: u64) -> Vec<ToHost> {
+        self.received()
+            .msgs
+            .iter()
+            .filter(|(n, _)| *n >= from)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// Waits up to `timeout` for a message from sequence number `from` on for which `f` says
+    /// `Some`; returns that and the message's sequence number.
+    pub fn wait_for<T>(
+        &self,
+        from: u64,
+        timeout: Duration,
+        mut f: impl FnMut(&ToHost) -> Option<T>,
+    ) -> Option<(u64, T)> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.received();
+        let mut next = from;
+        loop {
+            for (n, m) in g.msgs.iter().filter(|(n, _)| *n >= next) {
+                if let Some(t) = f(m) {
+                    return Some((*n, t));
+                }
+            }
+            next = g.next_seq;
+            let now = Instant::now();
+            if now >= deadline || g.closed {
+                return None;
+            }
+            g = self
+                .shared
+                .1
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits for the device to report it started `pattern`; returns the report's time
+    /// (ms since boot) and sequence number.
+    pub fn wait_pattern(&self, from: u64, pattern: &str, timeout: Duration) -> Option<(u64, u64)> {
+        self.wait_for(from, timeout, |m| match m {
+            ToHost::Pattern { name, ms } if name == pattern => Some(*ms),
+            _ => None,
+        })
+        .map(|(seq, ms)| (ms, seq))
+    }
+
+    /// The changes `(ms, lit)` of one LED reported from sequence number `from` on.
+    pub fn led_changes(&self, from: u64, led: &str) -> Vec<(u64, bool)> {
+        self.since(from)
+            .into_iter()
+            .filter_map(|m| match m {
+                ToHost::Led { name, on, ms } if name == led => Some((ms, on)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Lines from the device that did not parse, with the reason.
+    pub fn bad_lines(&self) -> Vec<String> {
+        self.received().bad.clone()
+    }
+
+    /// Whether the device side closed the stream.
+    pub fn is_closed(&self) -> bool {
+        self.received().closed
+    }
+}
+
+fn read_loop(reader: impl Read, shared: &(Mutex<Received>, Condvar)) {
+    let mut reader = BufReader::with_capacity(MAX_LINE * 4, reader);
+    let mut line = Vec::with_capacity(MAX_LINE + 1);
+    loop {
+        line.clear();
+        // At most MAX_LINE + 1 bytes per read: a longer line is reported and skipped.
+        let n = match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        let mut g = shared.0.lock().unwrap_or_else(|e| e.into_inner());
+        if n == 0 {
+            g.closed = true;
+            drop(g);
+            shared.1.notify_all();
+            return;
+        }
+        let text = String::from_utf8_lossy(&line);
+        match ToHost::parse(&text) {
+            Ok(m) => {
+                let seq = g.next_seq;
+                g.next_seq += 1;
+                if g.msgs.len() == KEEP_MESSAGES {
+                    g.msgs.pop_front();
+                }
+                g.msgs.push_back((seq, m));
+            }
+            Err(e) => {
+                if g.bad.len() < 16 {
+                    g.bad.push(e.to_string());
+                }
+                if !line.ends_with(b"\n") {
+                    // The rest of an over-long line: skip to its end.
+                    let mut rest = Vec::new();
+                    let _ = (&mut reader).take(1 << 20).read_until(b'\n', &mut rest);
+                }
+            }
+        }
+        drop(g);
+        shared.1.notify_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,18 +512,6 @@ mod tests {
         assert_eq!(e.line.chars().count(), 64);
     }
 
-    /// The fuzz target's body: any bytes parse to a message or an error, never a panic, and
-    /// whatever parses formats back to something that parses to the same message.
-    pub(crate) fn check_any_line(data: &[u8]) {
-        let line = String::from_utf8_lossy(data);
-        if let Ok(m) = ToGuest::parse(&line) {
-            assert_eq!(ToGuest::parse(&m.to_string()), Ok(m));
-        }
-        if let Ok(m) = ToHost::parse(&line) {
-            assert_eq!(ToHost::parse(&m.to_string()), Ok(m));
-        }
-    }
-
     #[test]
     fn random_lines_never_panic() {
         // A small xorshift so the run is the same every time; 20 000 lines of up to 300 bytes
@@ -367,7 +551,73 @@ mod tests {
             if next() % 50 == 0 {
                 line.extend(std::iter::repeat_n(b'a', 300));
             }
-            check_any_line(&line);
+            fuzz_line(&line);
         }
+    }
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn link_sends_presses_and_keeps_reports() {
+        let device = "pattern setup-needed 900\nled status on 900\nnonsense\nled status off 1100\n\
+                      led alert on 1200\npattern pairing-open 5000\n";
+        let sink = Sink::default();
+        let link = PanelLink::new(
+            std::io::Cursor::new(device.as_bytes().to_vec()),
+            sink.clone(),
+        )
+        .unwrap();
+        link.send(ToGuest::ButtonDown).unwrap();
+        link.send(ToGuest::ButtonUp).unwrap();
+        assert_eq!(&*sink.0.lock().unwrap(), b"button down\nbutton up\n");
+        assert_eq!(
+            link.wait_pattern(0, "pairing-open", Duration::from_secs(10)),
+            Some((5000, 4))
+        );
+        assert_eq!(
+            link.led_changes(0, "status"),
+            vec![(900, true), (1100, false)]
+        );
+        assert_eq!(link.led_changes(2, "status"), vec![(1100, false)]);
+        assert_eq!(link.bad_lines().len(), 1);
+        assert!(link.bad_lines()[0].contains("unknown message \"nonsense\""));
+        // The stream ended: waiting for what never comes returns at once.
+        assert_eq!(
+            link.wait_pattern(0, "healthy", Duration::from_secs(600)),
+            None
+        );
+        assert!(link.is_closed());
+        assert_eq!(link.cursor(), 5);
+    }
+
+    #[test]
+    fn link_skips_an_over_long_line_and_goes_on() {
+        let device = format!("led status on {}\nled status off 5\n", "9".repeat(1000));
+        let link =
+            PanelLink::new(std::io::Cursor::new(device.into_bytes()), Sink::default()).unwrap();
+        assert!(link
+            .wait_for(0, Duration::from_secs(10), |m| matches!(
+                m,
+                ToHost::Led { ms: 5, .. }
+            )
+            .then_some(()))
+            .is_some());
+        assert_eq!(link.led_changes(0, "status"), vec![(5, false)]);
+        assert!(
+            link.bad_lines()[0].contains("longer than 256 bytes"),
+            "{:?}",
+            link.bad_lines()
+        );
     }
 }

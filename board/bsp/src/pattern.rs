@@ -59,7 +59,7 @@ const STEADY_OFF: Track = &[off(1000)];
 /// An even 1 Hz blink: the universal "busy starting".
 const BOOTING: Track = &[on(500), off(500)];
 /// A double flash every 2 s: calm, but unlike anything a running device shows.
-const SETUP_NEEDED: Track = &[on(150), off(150), on(150), off(1550)];
+const SETUP_NEEDED: Track = &[on(200), off(200), on(200), off(1400)];
 /// A fast 4 Hz blink, as push-button pairing (WPS, Hue) does while it waits.
 const PAIRING_OPEN: Track = &[on(125), off(125)];
 /// Steady with a short dip every 3 s, so a one-LED board still shows "not quite".
@@ -204,6 +204,58 @@ pub fn level_at(track: Track, elapsed_ms: u64) -> (bool, Option<u64>) {
         j = (j + 1) % track.len();
     }
     (level, Some(until))
+}
+
+/// Which blinking pattern a status LED's observed changes `(ms, lit)` show, judged from the
+/// lengths of the complete lit and dark spells between them (the first and last spell are
+/// partial and ignored). At least one full cycle of the pattern must be seen. Each spell may
+/// be off by `max(tolerance_ms, a quarter of its length)`, for an observer whose clock or
+/// scheduling jitters (an emulated board). Steady patterns have no spells: `None`.
+pub fn recognize(changes: &[(u64, bool)], tolerance_ms: u64) -> Option<Pattern> {
+    // Spells between consecutive changes (merging repeats of one level).
+    let mut edges: Vec<(u64, bool)> = Vec::with_capacity(changes.len());
+    for &(t, on) in changes {
+        if edges.last().is_none_or(|&(_, l)| l != on) {
+            edges.push((t, on));
+        }
+    }
+    let spells: Vec<(bool, u64)> = edges
+        .windows(2)
+        .map(|w| (w[0].1, w[1].0.saturating_sub(w[0].0)))
+        .collect();
+    Pattern::ALL.into_iter().find(|p| {
+        let cycle = spells_of(p.track(Role::Status));
+        !cycle.is_empty()
+            && spells.len() >= cycle.len()
+            && (0..cycle.len()).any(|rot| {
+                spells.iter().enumerate().all(|(i, &(on, ms))| {
+                    let (c_on, c_ms) = cycle[(rot + i) % cycle.len()];
+                    let tol = tolerance_ms.max(c_ms / 4);
+                    on == c_on && ms.abs_diff(c_ms) <= tol
+                })
+            })
+    })
+}
+
+/// A track's cycle as alternating spells (neighbouring steps of one level merged); empty for
+/// a steady track.
+fn spells_of(track: Track) -> Vec<(bool, u64)> {
+    if is_steady(track) {
+        return Vec::new();
+    }
+    let mut spells: Vec<(bool, u64)> = Vec::with_capacity(track.len());
+    for s in track {
+        match spells.last_mut() {
+            Some((on, ms)) if *on == s.on => *ms += u64::from(s.ms),
+            _ => spells.push((s.on, u64::from(s.ms))),
+        }
+    }
+    // The cycle wraps: a last spell of the first spell's level joins it.
+    if spells.len() > 1 && spells[0].0 == spells[spells.len() - 1].0 {
+        let (_, ms) = spells.pop().expect("len > 1");
+        spells[0].1 += ms;
+    }
+    spells
 }
 
 /// One LED on an output pin. Active-low wiring is handled here, once; the pin is written only
@@ -401,13 +453,13 @@ mod tests {
     fn setup_needed_double_flashes_every_2_s() {
         let s = [
             (0, true),
-            (150, false),
-            (300, true),
-            (450, false),
+            (200, false),
+            (400, true),
+            (600, false),
             (2000, true),
-            (2150, false),
-            (2300, true),
-            (2450, false),
+            (2200, false),
+            (2400, true),
+            (2600, false),
         ];
         plays(Pattern::SetupNeeded, 4000, &s, &[(0, false)]);
     }
@@ -520,12 +572,12 @@ mod tests {
 
     #[test]
     fn a_late_update_lands_in_the_right_step() {
-        // 2340 ms into setup-needed is 340 ms into the second cycle: the second flash, lit
-        // until 2450.
+        // 2440 ms into setup-needed is 440 ms into the second cycle: the second flash, lit
+        // until 2600.
         let pin = Mock::new(&[Transaction::set(State::High)]);
         let mut d = LedDriver::new(Some(Led::new(pin, false)), None, 0);
         d.show(Pattern::SetupNeeded, 0);
-        assert_eq!(d.update(2340).unwrap().next_change_ms, Some(2450));
+        assert_eq!(d.update(2440).unwrap().next_change_ms, Some(2600));
         let LedDriver { status, .. } = d;
         status.unwrap().into_pin().done();
     }
@@ -565,5 +617,78 @@ mod tests {
             Pattern::Degraded.describe(),
             "on 2800 ms, off 200 ms; red LED on"
         );
+    }
+
+    /// The changes a driver makes playing `pattern` from `start` for `ms`.
+    fn changes(pattern: Pattern, start: u64, ms: u64) -> Vec<(u64, bool)> {
+        let mut out = Vec::new();
+        let mut t = 0;
+        let mut level = None;
+        while t < ms {
+            let (on, until) = level_at(pattern.track(Role::Status), t);
+            if level != Some(on) {
+                out.push((start + t, on));
+                level = Some(on);
+            }
+            match until {
+                Some(u) => t += u,
+                None => break,
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn recognize_finds_every_blinking_pattern_from_any_phase() {
+        for p in Pattern::ALL {
+            if is_steady(p.track(Role::Status)) {
+                assert_eq!(recognize(&changes(p, 0, 10_000), 40), None, "{p:?}");
+                continue;
+            }
+            for skip in [0, 1, 2, 3] {
+                let c = changes(p, 1000, 10_000);
+                assert_eq!(
+                    recognize(&c[skip..], 40),
+                    Some(p),
+                    "{p:?} from change {skip}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn recognize_tolerates_jitter_but_not_another_rhythm() {
+        // 4 Hz pairing blink seen with ±30 ms of scheduling jitter.
+        let jittered: Vec<(u64, bool)> = changes(Pattern::PairingOpen, 0, 3000)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (t, on))| (t + if i % 2 == 0 { 30 } else { 0 }, on))
+            .collect();
+        assert_eq!(recognize(&jittered, 40), Some(Pattern::PairingOpen));
+        // Booting (500/500) is not pairing (125/125), and too little is nothing.
+        assert_eq!(
+            recognize(&changes(Pattern::Booting, 0, 5000), 40),
+            Some(Pattern::Booting)
+        );
+        assert_eq!(recognize(&[(0, true), (125, false)], 40), None);
+        // A full double-flash cycle is not a pairing blink, though its flashes are short too.
+        assert_eq!(
+            recognize(&changes(Pattern::SetupNeeded, 0, 2700), 40),
+            Some(Pattern::SetupNeeded)
+        );
+    }
+
+    #[test]
+    fn the_readme_gives_each_pattern_its_exact_timing() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        for p in Pattern::ALL {
+            let row = format!("| `{}` | {} |", p.name(), p.describe());
+            assert!(
+                readme.contains(&row),
+                "{} lacks the row {row}",
+                path.display()
+            );
+        }
     }
 }
