@@ -50,6 +50,38 @@ impl UiConfig {
     }
 }
 
+impl UiConfig {
+    /// Applies `cairn.pairing_window_s=N` and `cairn.confirmation_ms=N` from a kernel command
+    /// line (test images shorten the window this way). Returns one message per word that was
+    /// not applied, naming it; the rest of the configuration stays as it was.
+    pub fn apply_cmdline(&mut self, cmdline: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        for word in cmdline.split_ascii_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            let mut next = *self;
+            let field = match key {
+                "cairn.pairing_window_s" => &mut next.pairing_window_s,
+                "cairn.confirmation_ms" => &mut next.confirmation_ms,
+                _ => continue,
+            };
+            match value.parse::<u64>() {
+                Ok(v) => *field = v,
+                Err(_) => {
+                    problems.push(format!("kernel command line: {word}: not a number"));
+                    continue;
+                }
+            }
+            match next.validate() {
+                Ok(()) => *self = next,
+                Err(e) => problems.push(format!("kernel command line: {word}: {e}")),
+            }
+        }
+        problems
+    }
+}
+
 /// The device's standing condition, set by the firmware as it learns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -453,5 +485,25 @@ mod tests {
         let (_, _, seen) = shared.pattern();
         shared.wait(seen, Some(0));
         assert_eq!(shared.now_ms(), 0);
+    }
+
+    #[test]
+    fn the_kernel_command_line_can_shorten_the_window() {
+        let mut c = UiConfig::default();
+        let problems = c.apply_cmdline(
+            "console=ttyAMA0 cairn.pairing_window_s=5 quiet cairn.confirmation_ms=x \
+             cairn.pairing_window_s=0",
+        );
+        assert_eq!(c.pairing_window_s, 5);
+        assert_eq!(c.confirmation_ms, 3000);
+        assert_eq!(
+            problems,
+            vec![
+                "kernel command line: cairn.confirmation_ms=x: not a number".to_string(),
+                "kernel command line: cairn.pairing_window_s=0: ui.pairing_window_s = 0 must be \
+                 between 1 and 3600"
+                    .to_string(),
+            ]
+        );
     }
 }

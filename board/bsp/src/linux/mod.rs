@@ -12,8 +12,10 @@ use crate::clock::Clock;
 use crate::pattern::Led;
 use embedded_hal::digital::{ErrorType, InputPin};
 use gpio_cdev::{Chip, EventRequestFlags, LineEventHandle, LineRequestFlags};
-use linux_embedded_hal::CdevPin;
 use std::os::fd::AsFd;
+
+/// An LED's output line (linux-embedded-hal's character-device pin).
+pub use linux_embedded_hal::CdevPin;
 
 /// The consumer name on every line the firmware requests (shown by `gpioinfo`).
 pub const CONSUMER: &str = "cairn";

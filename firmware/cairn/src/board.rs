@@ -1,0 +1,472 @@
+//! The board's LEDs, setup button and (on qemu-virt) front panel, started by `cairn init` right
+//! after stage 1. Three small threads, each asleep until something happens:
+//! - LEDs: plays what `SharedUi` says, waking at the pattern's next change or a UI change;
+//! - button: waits for line edge events (or the next gesture deadline) and feeds the gestures;
+//! - panel (qemu-virt only): the virtio-serial port `cairn.panel`, which presses the gpio-sim
+//!   button line and reports the LED lines as read back from the simulated chip.
+//!
+//! Nothing here is fatal: a missing chip or line is logged and the device runs without it.
+//! Memory: three threads with 64 KiB stacks, one 1 KiB line buffer, a few small structs.
+
+use crate::init::log;
+use cairn_bsp::linux::{self, gpiosim, BootClock, CdevPin, EdgePin};
+use cairn_bsp::panel::{ToGuest, ToHost, MAX_LINE};
+use cairn_bsp::pattern::Update;
+use cairn_bsp::{Action, Board, Button, ButtonEvent, Health, LedDriver, Role, SharedUi, Ui};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Written on the data partition before a factory reset starts wiping it, removed when the wipe
+/// is complete: a reset cut short by a power loss is finished at the next boot.
+pub const RESET_MARKER: &str = ".factory-reset";
+/// Present on the data partition once the device has an owner (the setup UI writes it when a
+/// claim completes); without it the LEDs say "setup needed".
+pub const CLAIMED: &str = "cairn/claimed";
+/// The front panel's virtio-serial port name.
+pub const PANEL_PORT: &str = "cairn.panel";
+const STACK: usize = 64 * 1024;
+
+/// What init keeps of the board: the shared user-interface state.
+#[derive(Clone)]
+pub struct BoardUi {
+    /// The LEDs' and pairing window's state; the setup UI and the network complete claims and
+    /// pairings through it.
+    pub ui: Arc<SharedUi<BootClock>>,
+    data_dir: PathBuf,
+}
+
+impl BoardUi {
+    /// The services are up: show whether the device still needs setting up, or is healthy.
+    pub fn booted(&self) {
+        let claimed = self.data_dir.join(CLAIMED).exists();
+        self.ui.set_health(if claimed {
+            Health::Healthy
+        } else {
+            Health::SetupNeeded
+        });
+    }
+}
+
+/// The line the front panel's button is on, and the simulated chip it belongs to.
+struct SimButton {
+    chip: gpiosim::SimChip,
+    line: u32,
+    active_low: bool,
+}
+
+/// The simulated chip's LED lines, to report their levels as the panel sees them.
+struct SimLeds {
+    chip: gpiosim::SimChip,
+    lines: Vec<(Role, u32, bool)>,
+}
+
+impl SimLeds {
+    /// The board's LEDs that are lines of the simulated chip.
+    fn new(board: &Board, chip: gpiosim::SimChip) -> SimLeds {
+        let label = board.gpio_sim.as_ref().map(|s| s.label.as_str());
+        let lines = Role::ALL
+            .into_iter()
+            .filter_map(|r| {
+                let l = board.led(r)?;
+                (Some(l.chip.as_str()) == label).then_some((r, l.line, l.active_low))
+            })
+            .collect();
+        SimLeds { chip, lines }
+    }
+
+    /// Whether the LED of `role` is lit, read back from the chip (what a person would see).
+    fn lit(&self, role: Role) -> Option<bool> {
+        let &(_, line, active_low) = self.lines.iter().find(|(r, _, _)| *r == role)?;
+        match self.chip.value(line) {
+            Ok(high) => Some(high != active_low),
+            Err(e) => {
+                log!("error: front panel: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// The panel port, shared by the LED thread (reports) and the panel thread (answers).
+type Port = Arc<Mutex<Option<File>>>;
+
+/// Starts the board's LEDs, button and front panel; finishes an interrupted factory reset first.
+pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
+    if data_dir.join(RESET_MARKER).exists() {
+        log!("factory reset: finishing the wipe an earlier reset began");
+        wipe(data_dir);
+    }
+    let mut config = board.ui;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    for problem in config.apply_cmdline(&cmdline) {
+        log!("error: {problem}; keeping the board's setting");
+    }
+    let ui = Arc::new(SharedUi::new(Ui::new(config), BootClock));
+    let handle = BoardUi {
+        ui: ui.clone(),
+        data_dir: data_dir.to_path_buf(),
+    };
+
+    let sim = board.gpio_sim.as_ref().and_then(|_| {
+        let made = gpiosim::ensure_configfs().and_then(|()| {
+            gpiosim::create(
+                board,
+                Path::new(gpiosim::CONFIGFS),
+                Path::new(gpiosim::SYSFS_GPIO),
+            )
+        });
+        match made {
+            Ok(chip) => {
+                log!("board: simulated GPIO chip {} ready", chip.chip_name);
+                Some(chip)
+            }
+            Err(e) => {
+                log!("error: {e}; the board runs without LEDs and button");
+                None
+            }
+        }
+    });
+    let port: Port = Arc::new(Mutex::new(None));
+
+    let mut leds = Vec::new();
+    for role in Role::ALL {
+        let Some(line) = board.led(role) else {
+            leds.push(None);
+            continue;
+        };
+        match linux::request_led(line) {
+            Ok(led) => leds.push(Some(led)),
+            Err(e) => {
+                log!("error: {} LED: {e}; running without it", role.name());
+                leds.push(None);
+            }
+        }
+    }
+    let alert = leds.pop().flatten();
+    let status = leds.pop().flatten();
+    if board.leds.is_empty() {
+        log!("board: no LEDs on this board");
+    }
+    let sim_leds = sim.as_ref().map(|chip| SimLeds::new(board, chip.clone()));
+    let driver = LedDriver::new(status, alert, ui.now_ms());
+    spawn("leds", {
+        let (ui, port) = (ui.clone(), port.clone());
+        move || led_loop(&ui, driver, sim_leds.as_ref(), &port)
+    });
+
+    if let Some(line) = &board.button {
+        match linux::request_button(line) {
+            Ok(pin) => {
+                let button = Button::new(pin, line.active_low, board.button_timing);
+                let (ui, data) = (ui.clone(), data_dir.to_path_buf());
+                spawn("button", move || button_loop(&ui, button, &data));
+            }
+            Err(e) => log!("error: setup button: {e}; running without it"),
+        }
+    } else {
+        log!("board: no setup button on this board");
+    }
+
+    if let Some(chip) = sim {
+        let button = board
+            .button
+            .as_ref()
+            .filter(|b| Some(&b.chip) == board.gpio_sim.as_ref().map(|s| &s.label))
+            .map(|b| SimButton {
+                chip: chip.clone(),
+                line: b.line,
+                active_low: b.active_low,
+            });
+        let leds = SimLeds::new(board, chip);
+        match open_panel() {
+            Ok(file) => spawn("panel", move || panel_loop(file, &port, button, &leds)),
+            Err(e) => log!("error: front panel: {e}"),
+        }
+    }
+    handle
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(STACK)
+        .spawn(f)
+    {
+        log!("error: {name} thread: {e}");
+    }
+}
+
+/// Writes one line to the panel if a host is listening; drops it otherwise (the port is
+/// non-blocking: a panel nobody reads must never stall the LEDs).
+fn report(port: &Port, msg: &ToHost) {
+    let mut g = port.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = g.as_mut() {
+        let _ = f.write(format!("{msg}\n").as_bytes());
+    }
+}
+
+fn led_loop(
+    ui: &SharedUi<BootClock>,
+    mut driver: LedDriver<CdevPin>,
+    sim: Option<&SimLeds>,
+    port: &Port,
+) {
+    let mut shown = None;
+    let mut failing = false;
+    loop {
+        let (pattern, ui_deadline, seen) = ui.pattern();
+        let now = ui.now_ms();
+        driver.show(pattern, now);
+        if shown != Some(pattern) {
+            shown = Some(pattern);
+            log!("leds: {}", pattern.name());
+            report(
+                port,
+                &ToHost::Pattern {
+                    name: pattern.name().into(),
+                    ms: now,
+                },
+            );
+        }
+        let next = match driver.update(now) {
+            Ok(Update {
+                changed,
+                next_change_ms,
+            }) => {
+                failing = false;
+                for (role, on) in changed {
+                    let on = sim.and_then(|s| s.lit(role)).unwrap_or(on);
+                    report(
+                        port,
+                        &ToHost::Led {
+                            name: role.name().into(),
+                            on,
+                            ms: now,
+                        },
+                    );
+                }
+                next_change_ms
+            }
+            Err(e) => {
+                if !failing {
+                    log!("error: LEDs: {e}; retrying each second");
+                    failing = true;
+                }
+                Some(now + 1000)
+            }
+        };
+        let until = match (next, ui_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ui.wait(seen, until);
+    }
+}
+
+fn button_loop(ui: &SharedUi<BootClock>, mut button: Button<EdgePin>, data_dir: &Path) {
+    loop {
+        match button.poll(ui.now_ms()) {
+            Ok(events) => {
+                for ev in events {
+                    describe(ev, ui);
+                    if let Some(Action::FactoryReset) = ui.on_button(ev) {
+                        factory_reset(data_dir);
+                    }
+                }
+            }
+            Err(e) => {
+                log!("error: setup button: {e}; retrying in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        let timeout = button
+            .next_deadline_ms()
+            .map(|d| d.saturating_sub(ui.now_ms()));
+        if let Err(e) = button.pin_mut().wait_edge(timeout) {
+            log!("error: setup button: {e}; retrying in 1 s");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// One console line per gesture, for whoever reads the console.
+fn describe(ev: ButtonEvent, ui: &SharedUi<BootClock>) {
+    match ev {
+        ButtonEvent::Pressed { .. } => {}
+        ButtonEvent::ShortPress => {
+            let s = ui.pairing_status();
+            log!("button: short press; pairing window was {s:?}");
+        }
+        ButtonEvent::LongPress => log!("button: released after 2–5 s: nothing to do"),
+        ButtonEvent::CountdownStarted => {
+            log!("button: held 5 s: factory reset counting down; release to cancel")
+        }
+        ButtonEvent::ReleaseNow => log!("button: held 10 s: release now to factory-reset"),
+        ButtonEvent::ResetCancelled => {
+            log!("button: released before 10 s: factory reset cancelled")
+        }
+        ButtonEvent::FactoryReset => log!("button: factory reset"),
+    }
+}
+
+/// Wipes the data partition's configuration and keys, then asks PID 1 to reboot. The marker
+/// goes first so a power loss mid-wipe is finished at the next boot.
+fn factory_reset(data_dir: &Path) {
+    let marker = data_dir.join(RESET_MARKER);
+    match File::create(&marker).and_then(|f| f.sync_all()) {
+        Ok(()) => {}
+        Err(e) => log!("error: factory reset: {}: {e}", marker.display()),
+    }
+    wipe(data_dir);
+    log!("factory reset: data wiped; rebooting");
+    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), nix::sys::signal::SIGTERM)
+    {
+        log!("error: factory reset: cannot ask init to reboot: {e}");
+    }
+}
+
+/// Removes everything on the data partition but `lost+found` (fsck's), the marker last.
+fn wipe(data_dir: &Path) {
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(e) => e,
+        Err(e) => {
+            log!("error: factory reset: {}: {e}", data_dir.display());
+            return;
+        }
+    };
+    let mut failed = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name == "lost+found" || name == RESET_MARKER {
+            continue;
+        }
+        let path = entry.path();
+        let r = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(e) = r {
+            log!("error: factory reset: removing {}: {e}", path.display());
+            failed = true;
+        }
+    }
+    nix::unistd::sync();
+    // With something left behind, keep the marker: the next boot tries again.
+    if !failed {
+        let _ = std::fs::remove_file(data_dir.join(RESET_MARKER));
+        nix::unistd::sync();
+    }
+}
+
+/// Finds the virtio-serial port named `cairn.panel` and opens it, non-blocking.
+fn open_panel() -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    for entry in std::fs::read_dir("/sys/class/virtio-ports")?.flatten() {
+        let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if name.trim() == PANEL_PORT {
+            let dev = Path::new("/dev").join(entry.file_name());
+            return std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&dev)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dev.display())));
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("no virtio-serial port named {PANEL_PORT}"),
+    ))
+}
+
+fn panel_loop(file: File, port: &Port, button: Option<SimButton>, leds: &SimLeds) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut reader = match file.try_clone() {
+        Ok(r) => r,
+        Err(e) => {
+            log!("error: front panel: {e}");
+            return;
+        }
+    };
+    *port.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    log!("board: front panel on {PANEL_PORT}");
+    // One line at most MAX_LINE bytes; a longer one is dropped up to its newline.
+    let mut line: Vec<u8> = Vec::with_capacity(MAX_LINE + 1);
+    let mut skipping = false;
+    let mut buf = [0u8; 256];
+    loop {
+        let revents = {
+            let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(1000u16)) {
+                Ok(_) => fds[0].revents().unwrap_or(PollFlags::empty()),
+                Err(_) => PollFlags::empty(),
+            }
+        };
+        if !revents.contains(PollFlags::POLLIN) {
+            if revents.contains(PollFlags::POLLHUP) {
+                // No host on the other end: poll(2) would return at once; look again shortly.
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            continue;
+        }
+        let n = match reader.read(&mut buf) {
+            Ok(0) => {
+                std::thread::sleep(Duration::from_millis(250));
+                continue;
+            }
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        for &b in &buf[..n] {
+            if b != b'\n' {
+                if line.len() <= MAX_LINE {
+                    line.push(b);
+                } else {
+                    skipping = true;
+                }
+                continue;
+            }
+            if skipping {
+                log!("error: front panel: line longer than {MAX_LINE} bytes ignored");
+            } else {
+                handle_line(&String::from_utf8_lossy(&line), port, button.as_ref(), leds);
+            }
+            line.clear();
+            skipping = false;
+        }
+    }
+}
+
+fn handle_line(text: &str, port: &Port, button: Option<&SimButton>, leds: &SimLeds) {
+    let msg = match ToGuest::parse(text) {
+        Ok(m) => m,
+        Err(e) => {
+            log!("error: {e}");
+            return;
+        }
+    };
+    match (msg, button) {
+        (ToGuest::ButtonDown | ToGuest::ButtonUp, Some(b)) => {
+            let down = msg == ToGuest::ButtonDown;
+            if let Err(e) = b.chip.press(b.line, b.active_low, down) {
+                log!("error: front panel: {e}");
+            }
+        }
+        (ToGuest::ButtonDown | ToGuest::ButtonUp, None) => {
+            log!("error: front panel: this board has no simulated button")
+        }
+        (ToGuest::Leds, _) => {
+            let all = leds
+                .lines
+                .iter()
+                .filter_map(|&(role, _, _)| Some((role.name().to_string(), leds.lit(role)?)))
+                .collect();
+            report(port, &ToHost::Leds(all));
+        }
+    }
+}
