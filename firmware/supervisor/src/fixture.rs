@@ -42,6 +42,9 @@ enum Role {
     Group {
         #[arg(long, default_value_t = 2)]
         children: usize,
+        /// The whole group ignores SIGTERM.
+        #[arg(long)]
+        ignore_term: bool,
     },
     /// Print `count` numbered lines of `width` bytes, then run until killed.
     LogLines {
@@ -157,7 +160,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             notify_ready();
             forever()
         }
-        Role::Group { children } => {
+        Role::Group {
+            children,
+            ignore_term,
+        } => {
+            if ignore_term {
+                // SAFETY: as for ignore-term; inherited by the children forked below.
+                unsafe {
+                    libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                }
+            }
             for _ in 0..children.min(64) {
                 // SAFETY: as above; the child only sleeps.
                 if unsafe { libc::fork() } == 0 {

@@ -490,6 +490,9 @@ impl Runtime {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
         let _ = stream.set_write_timeout(Some(Duration::from_millis(1000)));
+        // The request is read before the credentials are judged, so that the client gets the
+        // answer instead of a broken pipe.
+        let req = read_request(&mut stream);
         if !allowed {
             let _ = send(
                 &mut stream,
@@ -497,7 +500,7 @@ impl Runtime {
             );
             return;
         }
-        let req = match read_request(&mut stream) {
+        let req = match req {
             Ok(r) => r,
             Err(e) => {
                 let _ = send(&mut stream, &Response::error(&e));

@@ -99,6 +99,9 @@ fn ensure_entry(
 /// Writes through a temporary file and a rename, so readers never see half a file.
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let tmp = path.with_extension("cairn-tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(data)?;
@@ -161,12 +164,13 @@ mod tests {
 
     #[test]
     fn missing_files_are_created() {
-        let etc = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
         assert_eq!(
-            ensure_account(etc.path(), Some("svc"), None).unwrap(),
+            ensure_account(&etc, Some("svc"), None).unwrap(),
             (Some(SERVICE_ID_MIN), Some(SERVICE_ID_MIN))
         );
-        assert!(etc.path().join("group").exists());
+        assert!(etc.join("group").exists());
     }
 
     #[test]
