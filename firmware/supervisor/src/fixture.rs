@@ -17,10 +17,14 @@ pub struct Args {
 enum Role {
     /// Run until killed.
     Sleep,
-    /// Listen on 127.0.0.1:PORT; a connection sending `crash` makes it abort, `exit N` exit N.
+    /// Take commands, one per line, from TCP 127.0.0.1:PORT or from the virtio-serial port
+    /// named NAME (hot-plugged by a QEMU test): `crash` aborts, `exit N` exits with N, `rss`
+    /// answers PID 1's resident memory, `ctl ARGS…` runs `cairn ctl ARGS…` and answers its output.
     CrashOnCommand {
+        #[arg(long, required_unless_present = "virtio")]
+        port: Option<u16>,
         #[arg(long)]
-        port: u16,
+        virtio: Option<String>,
     },
     /// Ignore SIGTERM and run until killed.
     IgnoreTerm,
@@ -71,41 +75,53 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             notify_ready();
             forever()
         }
-        Role::CrashOnCommand { port } => {
-            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
-            say(&format!(
-                "crash-on-command: pid {pid} listening on {port} at {} ms",
-                monotonic_ms()
-            ));
-            notify_ready();
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let mut line = String::new();
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut reader = BufReader::new(&conn);
-                if reader.read_line(&mut line).is_err() {
-                    continue;
+        Role::CrashOnCommand { port, virtio } => {
+            let started = monotonic_ms();
+            if let Some(port) = port {
+                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
+                say(&format!(
+                    "crash-on-command: pid {pid} listening on {port} at {started} ms"
+                ));
+                notify_ready();
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut line = String::new();
+                    if BufReader::new(&conn).read_line(&mut line).is_ok() {
+                        command(&line, &mut &conn);
+                    }
                 }
-                match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                    ["crash"] => {
-                        say(&format!(
-                            "crash-on-command: crashing at {} ms",
-                            monotonic_ms()
-                        ));
-                        std::process::abort();
-                    }
-                    ["exit", code] => {
-                        let code = code.parse().unwrap_or(1);
-                        say(&format!("crash-on-command: exiting with {code}"));
-                        std::process::exit(code);
-                    }
-                    _ => {
-                        let mut w = &conn;
-                        let _ = w.write_all(b"unknown command\n");
-                    }
+                return Ok(());
+            }
+            let name = virtio.unwrap_or_default();
+            notify_ready();
+            // The port appears when the test plugs it in; until then, wait.
+            let dev = loop {
+                if let Some(dev) = find_virtio_port(&name) {
+                    break dev;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            say(&format!(
+                "crash-on-command: pid {pid} on {} started at {started} ms",
+                dev.display()
+            ));
+            let port = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&dev)?;
+            let mut w = &port;
+            writeln!(w, "started {started} pid {pid}")?;
+            let mut reader = BufReader::new(&port);
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    // The host side is not connected: wait for it.
+                    Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+                    Ok(_) => command(&line, &mut &port),
+                    Err(e) => anyhow::bail!("{}: {e}", dev.display()),
                 }
             }
-            Ok(())
         }
         Role::IgnoreTerm => {
             // SAFETY: setting a signal's disposition to SIG_IGN involves no handler code.
@@ -200,6 +216,70 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             std::process::exit(code)
         }
     }
+}
+
+/// Carries out one command line of `crash-on-command`, answering on `out`.
+fn command(line: &str, out: &mut impl Write) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["crash"] => {
+            let at = monotonic_ms();
+            say(&format!("crash-on-command: crashing at {at} ms"));
+            let _ = writeln!(out, "crashing {at}");
+            let _ = out.flush();
+            std::process::abort();
+        }
+        ["exit", code] => {
+            let code = code.parse().unwrap_or(1);
+            say(&format!("crash-on-command: exiting with {code}"));
+            std::process::exit(code);
+        }
+        ["rss"] => {
+            let kib = std::fs::read_to_string("/proc/1/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+                })
+                .unwrap_or_else(|| "?".into());
+            let _ = writeln!(out, "rss {kib}");
+        }
+        ["ctl", args @ ..] => {
+            let exe = std::env::current_exe().unwrap_or_else(|_| "/bin/cairn".into());
+            match std::process::Command::new(exe)
+                .arg("ctl")
+                .args(args)
+                .output()
+            {
+                Ok(o) => {
+                    for l in String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .chain(String::from_utf8_lossy(&o.stderr).lines())
+                    {
+                        let _ = writeln!(out, "ctl-out {l}");
+                    }
+                    let _ = writeln!(out, "ctl-done {}", o.status.code().unwrap_or(-1));
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "ctl-out {e}\nctl-done -1");
+                }
+            }
+        }
+        _ => {
+            let _ = writeln!(out, "unknown command {:?}", line.trim());
+        }
+    }
+    let _ = out.flush();
+}
+
+/// `/dev/vportNpM` of the virtio-serial port called `name`, once it exists.
+fn find_virtio_port(name: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/sys/class/virtio-ports")
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name))
+        .map(|e| std::path::Path::new("/dev").join(e.file_name()))
 }
 
 /// One line on stdout, flushed at once (stdout is a pipe, not a terminal).

@@ -701,6 +701,9 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
         let now = self.clock.now_ms();
         match self.services[i].state.clone() {
             State::Starting { pid, .. } | State::Ready { pid, .. } if !self.shutting_down => {
+                // An administrator's restart is a fresh start: no backoff, no crash history.
+                self.services[i].consecutive_failures = 0;
+                self.services[i].recent_failures.clear();
                 self.begin_stop(i, pid, now, After::Restart);
                 Ok(format!("{name}: restarting"))
             }

@@ -547,3 +547,23 @@ fn random_event_sequences_keep_invariants() {
         assert!(h.sup.all_stopped());
     }
 }
+
+#[test]
+fn administrator_restart_clears_the_backoff() {
+    let mut h = Harness::new(vec![svc("a")]);
+    h.sup.tick();
+    h.crash("a");
+    h.crash("a");
+    h.advance_to_deadline(); // 100 ms backoff: the failures count
+    let pid = h.pid("a");
+    h.sup.restart("a").unwrap();
+    h.sup.on_exit(pid, ExitStatus::Signal(15));
+    h.sup.tick();
+    let before = h.spawned().len();
+    h.crash("a");
+    assert_eq!(
+        h.spawned().len(),
+        before + 1,
+        "first restart is immediate again"
+    );
+}
