@@ -36,6 +36,10 @@ enum Role {
         interval_ms: u64,
         #[arg(long, default_value_t = 1024)]
         max_mib: usize,
+        /// Hog only if this file does not exist yet (it is created first): a restarted hog
+        /// then stays small.
+        #[arg(long)]
+        once_marker: Option<std::path::PathBuf>,
     },
     /// Leave an orphan behind that exits after `linger_ms`, then run until killed.
     Orphan {
@@ -128,7 +132,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             unsafe {
                 libc::signal(libc::SIGTERM, libc::SIG_IGN);
             }
-            say(&format!("ignore-term: pid {pid} ignores SIGTERM"));
+            say(&format!(
+                "ignore-term: pid {pid} uid {} ignores SIGTERM",
+                nix::unistd::getuid()
+            ));
             notify_ready();
             forever()
         }
@@ -136,9 +143,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             step_mib,
             interval_ms,
             max_mib,
+            once_marker,
         } => {
             say(&format!("hog-memory: pid {pid}"));
             notify_ready();
+            if let Some(marker) = once_marker {
+                if marker.exists() {
+                    say("hog-memory: ran before; staying small");
+                    forever();
+                }
+                std::fs::write(&marker, b"")?;
+            }
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             let step = step_mib.max(1) << 20;
             while hoard.len() * step_mib.max(1) < max_mib {

@@ -1,0 +1,187 @@
+//! The supervisor on the virtual board, with the test image's fixture services
+//! (hil-tests/fixtures/services): a crashing service is restarted, a memory hog is OOM-killed
+//! inside its own cgroup and restarted alone, a service ignoring SIGTERM is killed after its grace
+//! and the shutdown completes, and `cairn ctl poweroff` powers QEMU off by itself.
+//!
+//! The `crasher` fixture takes commands on a virtio-serial port the test plugs in through QMP, so
+//! the test can crash it and run `cairn ctl` inside the guest.
+
+use cairn_hil::{image, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// A line channel to the `crasher` fixture inside the guest.
+struct Port {
+    _dir: tempfile::TempDir,
+    reader: BufReader<UnixStream>,
+}
+
+impl Port {
+    /// Hot-plugs the virtio-serial port `cairn.test` and connects to it.
+    fn plug(q: &mut Qemu) -> Port {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.sock");
+        q.qmp(
+            "chardev-add",
+            json!({"id": "test", "backend": {"type": "socket", "data": {
+                "addr": {"type": "unix", "data": {"path": path}},
+                "server": true, "wait": false}}}),
+        )
+        .unwrap();
+        q.qmp(
+            "device_add",
+            json!({"driver": "virtserialport", "chardev": "test", "name": "cairn.test", "id": "testport"}),
+        )
+        .unwrap();
+        let stream = UnixStream::connect(&path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Port {
+            _dir: dir,
+            reader: BufReader::new(stream),
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.reader.get_mut(), "{line}").unwrap();
+    }
+
+    /// The next line starting with `prefix` (other lines are skipped).
+    fn expect(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "no {prefix:?} from the guest");
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "the port closed while waiting for {prefix:?}");
+            if let Some(rest) = line.trim_end().strip_prefix(prefix) {
+                return rest.trim().to_string();
+            }
+        }
+    }
+
+    /// Runs `cairn ctl ARGS` in the guest; returns its output and exit code.
+    fn ctl(&mut self, args: &str) -> (String, i32) {
+        self.send(&format!("ctl {args}"));
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(self.reader.read_line(&mut line).unwrap() > 0, "port closed");
+            let line = line.trim_end();
+            if let Some(l) = line.strip_prefix("ctl-out ") {
+                out.push_str(l);
+                out.push('\n');
+            } else if let Some(code) = line.strip_prefix("ctl-done ") {
+                return (out, code.parse().unwrap());
+            }
+        }
+    }
+
+    fn status(&mut self) -> Vec<Value> {
+        let (out, code) = self.ctl("status --json");
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+fn service<'a>(status: &'a [Value], name: &str) -> &'a Value {
+    status
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {status:?}"))
+}
+
+/// "started T pid P" → (T, P).
+fn started(line: &str) -> (u64, u64) {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    (w[0].parse().unwrap(), w[2].parse().unwrap())
+}
+
+fn boot() -> Qemu {
+    let q = Qemu::boot(&Config::new(image("cairn-qemu-virt-test.img").unwrap())).unwrap();
+    q.wait_line("cairn: crasher: ready", BOOT_TIMEOUT).unwrap();
+    q
+}
+
+#[test]
+fn crashed_service_is_restarted_and_memory_hog_is_killed_alone() {
+    let mut q = boot();
+    let mut port = Port::plug(&mut q);
+    let (_, pid) = started(&port.expect("started"));
+    port.send("crash");
+    port.expect("crashing");
+    let (_, new_pid) = started(&port.expect("started"));
+    assert_ne!(pid, new_pid);
+    q.wait_line(
+        &format!("cairn: crasher: pid {pid} ended with signal 6"),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+
+    // The hog grew past its 24 MiB cgroup limit: the kernel's memory-cgroup OOM killer took it,
+    // and the supervisor started it again.
+    let (i, killed) = q
+        .wait_line_from(0, "cairn: hog: pid", BOOT_TIMEOUT)
+        .unwrap();
+    assert!(killed.ends_with("ended with signal 9"), "{killed}");
+    q.wait_line_from(i, "cairn: hog: started", Duration::from_secs(30))
+        .unwrap();
+    let console = q.console();
+    assert!(
+        console
+            .iter()
+            .any(|l| l.contains("Memory cgroup out of memory")),
+        "not a cgroup OOM kill:\n{}",
+        console.join("\n")
+    );
+    let status = port.status();
+    let hog = service(&status, "hog");
+    assert_eq!(hog["state"], "ready");
+    assert!(hog["restarts"].as_u64().unwrap() >= 1);
+    assert!(hog["memory_bytes"].as_u64().unwrap() < 24 << 20);
+    // Nobody else was taken down.
+    assert_eq!(service(&status, "stubborn")["restarts"], 0);
+    assert_eq!(service(&status, "stubborn")["state"], "ready");
+    assert_eq!(service(&status, "crasher")["restarts"], 1);
+    assert_eq!(service(&status, "crasher")["pid"], new_pid);
+}
+
+#[test]
+fn ctl_poweroff_kills_the_term_ignoring_service_and_powers_off() {
+    let mut q = boot();
+    q.wait_line("cairn: stubborn: ready", BOOT_TIMEOUT).unwrap();
+    let mut port = Port::plug(&mut q);
+    port.expect("started");
+    // The stubborn fixture runs as its own user, created at boot.
+    let (logs, code) = port.ctl("logs stubborn");
+    assert_eq!(code, 0, "{logs}");
+    let uid: u32 = logs
+        .lines()
+        .find_map(|l| l.split(" uid ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no uid in {logs}"));
+    assert_ne!(uid, 0, "stubborn runs as root");
+    port.send("ctl poweroff");
+    let status = q.wait_exit(SHUTDOWN_TIMEOUT).unwrap();
+    assert!(status.success(), "QEMU exit status {status}");
+    let console = q.console();
+    let text = console.join("\n");
+    assert!(
+        text.contains("cairn: poweroff requested by control socket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cairn: stubborn: still running after its grace period; killed"),
+        "{text}"
+    );
+    assert!(text.contains("cairn: stage 3: poweroff"), "{text}");
+    assert!(!text.contains("Kernel panic"), "{text}");
+}
