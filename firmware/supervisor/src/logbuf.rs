@@ -66,7 +66,10 @@ impl LogRing {
     }
 
     fn push_one(&mut self, line: &str) {
-        let len = line.len().min(self.bytes_max);
+        let mut len = line.len().min(self.bytes_max);
+        while !line.is_char_boundary(len) {
+            len -= 1;
+        }
         while self.bytes + len > self.bytes_max {
             match self.lines.pop_front() {
                 Some(old) => {
@@ -210,5 +213,8 @@ mod tests {
         let mut r = LogRing::with_capacity(10);
         r.push_line("abcdefghijklmnop");
         assert!(r.bytes() <= 10);
+        r.push_line("ééééééééééé");
+        assert!(r.bytes() <= 10);
+        assert_eq!(r.since(1).next(), Some("ééééé"));
     }
 }

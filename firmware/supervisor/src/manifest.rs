@@ -309,7 +309,8 @@ fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ManifestError {
     let message = e.message().trim().replace('\n', " ");
     let (line, key_on_line) = match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
             (line, key_at_line(text, line))
         }
         None => (1, None),
@@ -370,6 +371,18 @@ fn valid_account(s: &str) -> bool {
         && s.as_bytes()[0] != b'-'
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Fuzz body: any bytes give a manifest or a one-line error naming the file, never a panic.
+pub fn fuzz_parse(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Err(e) = parse(Path::new("/fuzz/a.toml"), &text) {
+        let line = e.to_string();
+        assert!(
+            !line.contains('\n') && line.starts_with("/fuzz/a.toml:"),
+            "{line}"
+        );
+    }
 }
 
 /// Parses `"64M"`, `"512K"`, `"1G"` or a plain byte count (binary units).
@@ -546,6 +559,18 @@ nofile = 1024
     }
 
     proptest::proptest! {
+        /// The fuzz target's body on random bytes.
+        #[test]
+        fn fuzz_body_on_random_bytes(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            fuzz_parse(&data);
+        }
+
+        /// Near-valid manifests with a random field value.
+        #[test]
+        fn random_field_values(key in "[a-z_]{1,12}", value in "[ -~]{0,20}") {
+            fuzz_parse(format!("name = \"a\"\nexec = [\"x\"]\n{key} = {value}\n").as_bytes());
+        }
+
         /// Any text gives a manifest or a one-line error, never a panic.
         #[test]
         fn arbitrary_text_never_panics(text in ".{0,200}") {
