@@ -763,12 +763,16 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                     Some(self.clock.now_ms())
                 }
                 State::Backoff { until } => Some(*until),
+                // During a shutdown the readiness timeout no longer applies (see `step`).
                 State::Starting { next_probe, .. } => {
-                    let timeout = s.started_at + s.manifest.ready_timeout_ms;
-                    Some(match s.manifest.ready {
-                        Readiness::Tcp(_) => (*next_probe).min(timeout),
+                    let timeout =
+                        (!self.shutting_down).then_some(s.started_at + s.manifest.ready_timeout_ms);
+                    match s.manifest.ready {
+                        Readiness::Tcp(_) => {
+                            Some(timeout.map_or(*next_probe, |t| t.min(*next_probe)))
+                        }
                         _ => timeout,
-                    })
+                    }
                 }
                 State::Ready { since, .. } if s.consecutive_failures > 0 => {
                     Some(since + self.policy.stable_ms)

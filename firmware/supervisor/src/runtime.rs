@@ -82,6 +82,8 @@ const REQUEST_BYTES_MAX: usize = 4096;
 const FOLLOWERS_MAX: usize = 8;
 /// Connections accepted per loop turn.
 const ACCEPTS_PER_TURN: usize = 8;
+/// Time a shutdown may take beyond the services' grace periods before it goes on regardless.
+const SHUTDOWN_SLACK_MS: u64 = 10_000;
 /// Time for all remaining processes to exit after SIGTERM at the end of a shutdown.
 const KILL_ALL_GRACE_MS: u64 = 2000;
 
@@ -207,6 +209,15 @@ pub fn run(cfg: RunConfig) -> Shutdown {
         ready_announced: false,
     };
     let mut last_ping = Instant::now();
+    // A process stuck in the kernel survives SIGKILL; the shutdown must still end. Every
+    // service's grace in turn, plus slack for the SIGKILLs to land.
+    let shutdown_limit = Duration::from_millis(
+        rt.sup
+            .manifests()
+            .map(|m| m.stop_grace_ms)
+            .fold(SHUTDOWN_SLACK_MS, u64::saturating_add),
+    );
+    let mut shutdown_started: Option<Instant> = None;
     if let Some(w) = watchdog.as_mut() {
         let _ = w.write_all(b"p");
     }
@@ -219,6 +230,24 @@ pub fn run(cfg: RunConfig) -> Shutdown {
         }
         if rt.sup.shutting_down() && rt.sup.all_stopped() {
             break;
+        }
+        if rt.sup.shutting_down() {
+            let started = *shutdown_started.get_or_insert_with(Instant::now);
+            if started.elapsed() > shutdown_limit {
+                let stuck: Vec<String> = rt
+                    .sup
+                    .status()
+                    .into_iter()
+                    .filter(|s| s.pid.is_some())
+                    .map(|s| s.name)
+                    .collect();
+                eprintln!(
+                    "cairn: shutdown: giving up on {} after {} ms",
+                    stuck.join(", "),
+                    shutdown_limit.as_millis()
+                );
+                break;
+            }
         }
         if let Some(w) = watchdog.as_mut() {
             if last_ping.elapsed() >= Duration::from_millis(WATCHDOG_PING_MS) {

@@ -567,3 +567,30 @@ fn administrator_restart_clears_the_backoff() {
         "first restart is immediate again"
     );
 }
+
+#[test]
+fn shutdown_waiting_on_a_starting_service_has_no_stale_deadline() {
+    let mut a = svc("a");
+    a.ready = Readiness::Notify;
+    a.ready_timeout_ms = 100;
+    let mut b = svc("b");
+    b.depends_on = vec!["a".into()];
+    let mut h = Harness::new(vec![a, b]);
+    h.sup.tick();
+    h.sup.on_notify(h.pid("a"));
+    h.sup.tick();
+    assert_eq!(h.state("b"), "ready");
+    // a restarts and is starting again while b still runs.
+    let old = h.pid("a");
+    h.sup.restart("a").unwrap();
+    h.sup.on_exit(old, ExitStatus::Signal(15));
+    h.sup.tick();
+    assert_eq!(h.state("a"), "starting");
+    h.sup.shutdown();
+    assert_eq!(h.state("b"), "stopping");
+    // a waits for b (grace 1000 ms); its readiness timeout (100 ms) no longer counts, and a
+    // deadline in the past would make the runtime's loop spin.
+    h.advance(500);
+    assert_eq!(h.state("a"), "starting");
+    assert_eq!(h.sup.next_deadline(), Some(1000));
+}
