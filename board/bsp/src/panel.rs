@@ -269,6 +269,15 @@ impl PanelLink {
         w.flush()
     }
 
+    /// Sends several messages in one write, so they arrive together: a burst of contact
+    /// bounce far shorter than any debounce time.
+    pub fn send_burst(&self, msgs: &[ToGuest]) -> std::io::Result<()> {
+        let text: String = msgs.iter().map(|m| format!("{m}\n")).collect();
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.write_all(text.as_bytes())?;
+        w.flush()
+    }
+
     fn received(&self) -> MutexGuard<'_, Received> {
         self.shared.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -580,7 +589,12 @@ mod tests {
         .unwrap();
         link.send(ToGuest::ButtonDown).unwrap();
         link.send(ToGuest::ButtonUp).unwrap();
-        assert_eq!(&*sink.0.lock().unwrap(), b"button down\nbutton up\n");
+        link.send_burst(&[ToGuest::ButtonDown, ToGuest::ButtonUp])
+            .unwrap();
+        assert_eq!(
+            &*sink.0.lock().unwrap(),
+            b"button down\nbutton up\nbutton down\nbutton up\n"
+        );
         assert_eq!(
             link.wait_pattern(0, "pairing-open", Duration::from_secs(10)),
             Some((5000, 4))

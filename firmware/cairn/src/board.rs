@@ -10,6 +10,7 @@
 
 use crate::init::log;
 use cairn_bsp::linux::{self, gpiosim, BootClock, CdevPin, EdgePin};
+use cairn_bsp::pairing::Opened;
 use cairn_bsp::panel::{ToGuest, ToHost, MAX_LINE};
 use cairn_bsp::pattern::Update;
 use cairn_bsp::{Action, Board, Button, ButtonEvent, Health, LedDriver, Role, SharedUi, Ui};
@@ -131,6 +132,24 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
         }
     });
     let port: Port = Arc::new(Mutex::new(None));
+    // The panel opens before the LEDs start, so a host already listening sees "booting".
+    let panel = sim.as_ref().and_then(|_| match open_panel() {
+        Ok(file) => {
+            let reader = file.try_clone();
+            *port.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+            match reader {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    log!("error: front panel: {e}");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            log!("error: front panel: {e}");
+            None
+        }
+    });
 
     let mut leds = Vec::new();
     for role in Role::ALL {
@@ -171,21 +190,29 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
         log!("board: no setup button on this board");
     }
 
-    if let Some(chip) = sim {
+    if let (Some(chip), Some(reader)) = (sim, panel) {
+        let label = board.gpio_sim.as_ref().map(|s| s.label.as_str());
         let button = board
             .button
             .as_ref()
-            .filter(|b| Some(&b.chip) == board.gpio_sim.as_ref().map(|s| &s.label))
+            .filter(|b| Some(b.chip.as_str()) == label)
             .map(|b| SimButton {
                 chip: chip.clone(),
                 line: b.line,
                 active_low: b.active_low,
             });
         let leds = SimLeds::new(board, chip);
-        match open_panel() {
-            Ok(file) => spawn("panel", move || panel_loop(file, &port, button, &leds)),
-            Err(e) => log!("error: front panel: {e}"),
-        }
+        spawn("panel", move || {
+            panel_loop(
+                reader,
+                &Panel {
+                    port,
+                    button,
+                    leds,
+                    ui,
+                },
+            )
+        });
     }
     handle
 }
@@ -272,9 +299,20 @@ fn button_loop(ui: &SharedUi<BootClock>, mut button: Button<EdgePin>, data_dir: 
         match button.poll(ui.now_ms()) {
             Ok(events) => {
                 for ev in events {
-                    describe(ev, ui);
-                    if let Some(Action::FactoryReset) = ui.on_button(ev) {
-                        factory_reset(data_dir);
+                    describe(ev);
+                    match ui.on_button(ev) {
+                        Some(Action::FactoryReset) => factory_reset(data_dir),
+                        Some(Action::PairingOpened(Opened::New { closes_at_ms, .. })) => {
+                            let s = closes_at_ms.saturating_sub(ui.now_ms()).div_ceil(1000);
+                            log!("button: pairing window open for {s} s");
+                        }
+                        Some(Action::PairingOpened(Opened::AlreadyOpen {
+                            closes_at_ms, ..
+                        })) => {
+                            let s = closes_at_ms.saturating_sub(ui.now_ms()).div_ceil(1000);
+                            log!("button: pairing window already open, {s} s left");
+                        }
+                        None => {}
                     }
                 }
             }
@@ -294,13 +332,10 @@ fn button_loop(ui: &SharedUi<BootClock>, mut button: Button<EdgePin>, data_dir: 
 }
 
 /// One console line per gesture, for whoever reads the console.
-fn describe(ev: ButtonEvent, ui: &SharedUi<BootClock>) {
+fn describe(ev: ButtonEvent) {
     match ev {
         ButtonEvent::Pressed { .. } => {}
-        ButtonEvent::ShortPress => {
-            let s = ui.pairing_status();
-            log!("button: short press; pairing window was {s:?}");
-        }
+        ButtonEvent::ShortPress => log!("button: short press"),
         ButtonEvent::LongPress => log!("button: released after 2–5 s: nothing to do"),
         ButtonEvent::CountdownStarted => {
             log!("button: held 5 s: factory reset counting down; release to cancel")
@@ -384,21 +419,70 @@ fn open_panel() -> std::io::Result<File> {
     ))
 }
 
-fn panel_loop(file: File, port: &Port, button: Option<SimButton>, leds: &SimLeds) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut reader = match file.try_clone() {
-        Ok(r) => r,
-        Err(e) => {
-            log!("error: front panel: {e}");
-            return;
+/// What the panel thread works with.
+struct Panel {
+    port: Port,
+    button: Option<SimButton>,
+    leds: SimLeds,
+    ui: Arc<SharedUi<BootClock>>,
+}
+
+impl Panel {
+    /// Tells a host that just connected what the LEDs show.
+    fn snapshot(&self) {
+        let (pattern, _, _) = self.ui.pattern();
+        let ms = self.ui.now_ms();
+        report(
+            &self.port,
+            &ToHost::Pattern {
+                name: pattern.name().into(),
+                ms,
+            },
+        );
+        self.answer_leds();
+    }
+
+    fn answer_leds(&self) {
+        let all = self
+            .leds
+            .lines
+            .iter()
+            .filter_map(|&(role, _, _)| Some((role.name().to_string(), self.leds.lit(role)?)))
+            .collect();
+        report(&self.port, &ToHost::Leds(all));
+    }
+
+    fn handle_line(&self, text: &str) {
+        let msg = match ToGuest::parse(text) {
+            Ok(m) => m,
+            Err(e) => {
+                log!("error: {e}");
+                return;
+            }
+        };
+        match (msg, &self.button) {
+            (ToGuest::ButtonDown | ToGuest::ButtonUp, Some(b)) => {
+                let down = msg == ToGuest::ButtonDown;
+                if let Err(e) = b.chip.press(b.line, b.active_low, down) {
+                    log!("error: front panel: {e}");
+                }
+            }
+            (ToGuest::ButtonDown | ToGuest::ButtonUp, None) => {
+                log!("error: front panel: this board has no simulated button")
+            }
+            (ToGuest::Leds, _) => self.answer_leds(),
         }
-    };
-    *port.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    }
+}
+
+fn panel_loop(mut reader: File, panel: &Panel) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     log!("board: front panel on {PANEL_PORT}");
     // One line at most MAX_LINE bytes; a longer one is dropped up to its newline.
     let mut line: Vec<u8> = Vec::with_capacity(MAX_LINE + 1);
     let mut skipping = false;
     let mut buf = [0u8; 256];
+    let mut host = false;
     loop {
         let revents = {
             let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
@@ -407,9 +491,15 @@ fn panel_loop(file: File, port: &Port, button: Option<SimButton>, leds: &SimLeds
                 Err(_) => PollFlags::empty(),
             }
         };
+        // POLLHUP: no host on the other end (poll(2) would return at once: look again
+        // shortly). Its end means a host connected: tell it the current state.
+        let connected = !revents.contains(PollFlags::POLLHUP);
+        if connected && !host {
+            panel.snapshot();
+        }
+        host = connected;
         if !revents.contains(PollFlags::POLLIN) {
-            if revents.contains(PollFlags::POLLHUP) {
-                // No host on the other end: poll(2) would return at once; look again shortly.
+            if !connected {
                 std::thread::sleep(Duration::from_millis(250));
             }
             continue;
@@ -434,39 +524,10 @@ fn panel_loop(file: File, port: &Port, button: Option<SimButton>, leds: &SimLeds
             if skipping {
                 log!("error: front panel: line longer than {MAX_LINE} bytes ignored");
             } else {
-                handle_line(&String::from_utf8_lossy(&line), port, button.as_ref(), leds);
+                panel.handle_line(&String::from_utf8_lossy(&line));
             }
             line.clear();
             skipping = false;
-        }
-    }
-}
-
-fn handle_line(text: &str, port: &Port, button: Option<&SimButton>, leds: &SimLeds) {
-    let msg = match ToGuest::parse(text) {
-        Ok(m) => m,
-        Err(e) => {
-            log!("error: {e}");
-            return;
-        }
-    };
-    match (msg, button) {
-        (ToGuest::ButtonDown | ToGuest::ButtonUp, Some(b)) => {
-            let down = msg == ToGuest::ButtonDown;
-            if let Err(e) = b.chip.press(b.line, b.active_low, down) {
-                log!("error: front panel: {e}");
-            }
-        }
-        (ToGuest::ButtonDown | ToGuest::ButtonUp, None) => {
-            log!("error: front panel: this board has no simulated button")
-        }
-        (ToGuest::Leds, _) => {
-            let all = leds
-                .lines
-                .iter()
-                .filter_map(|&(role, _, _)| Some((role.name().to_string(), leds.lit(role)?)))
-                .collect();
-            report(port, &ToHost::Leds(all));
         }
     }
 }

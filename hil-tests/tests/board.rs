@@ -1,0 +1,276 @@
+//! The board's LEDs and setup button, as a person at the plug sees and presses them: through the
+//! qemu-virt board's front panel (virtio-serial `cairn.panel`), whose button line and LED lines
+//! are gpio-sim lines the firmware drives with its ordinary GPIO code.
+//!
+//! LED patterns are judged from the LED changes the board reports (their timing, with a
+//! tolerance for an emulated CPU), not only from the pattern names it announces.
+
+use cairn_bsp::panel::{PanelLink, ToGuest};
+use cairn_bsp::pattern::{recognize, Pattern};
+use cairn_hil::{image, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The pairing window the test image asks for on its kernel command line (120 s by default).
+const WINDOW_S: u64 = 5;
+/// How far an LED spell may stray from the pattern's timing on an emulated board. Patterns
+/// differ by at least 75 ms per spell, so this cannot mistake one for another.
+const TOLERANCE_MS: u64 = 40;
+/// Bound for a pattern to follow a press (generous for a loaded CI machine).
+const REACT: Duration = Duration::from_secs(10);
+
+/// A booted board with its front panel connected.
+struct Board {
+    q: Qemu,
+    panel: PanelLink,
+    _dir: tempfile::TempDir,
+}
+
+/// Byte offset of partition `n` (1-based) of an MBR disk image.
+fn partition_offset(disk: &Path, n: usize) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut mbr = [0u8; 512];
+    std::fs::File::open(disk)
+        .unwrap()
+        .read_exact_at(&mut mbr, 0)
+        .unwrap();
+    let e = 446 + 16 * (n - 1);
+    u64::from(u32::from_le_bytes(mbr[e + 8..e + 12].try_into().unwrap())) * 512
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Appends kernel command-line words in the boot partition's extlinux.conf (what a person
+/// would edit on the card's FAT partition).
+fn append_cmdline(disk: &Path, words: &str) {
+    let img = format!("{}@@{}", disk.display(), partition_offset(disk, 1));
+    let conf = run(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args([
+        "-i",
+        &img,
+        "::/extlinux/extlinux.conf",
+    ]));
+    assert!(conf.contains("  append "), "{conf}");
+    let conf = conf.replace("  append ", &format!("  append {words} "));
+    let local = disk.with_file_name("extlinux.conf");
+    std::fs::write(&local, conf).unwrap();
+    run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i", &img])
+        .arg(&local)
+        .arg("::/extlinux/extlinux.conf"));
+}
+
+/// The root directory of the data partition (ext4), as `debugfs` lists it.
+fn data_root(disk: &Path) -> Vec<String> {
+    let fs = format!("{}?offset={}", disk.display(), partition_offset(disk, 2));
+    run(Command::new("debugfs").args(["-R", "ls -l /", &fs]))
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(String::from))
+        .collect()
+}
+
+/// Puts a file in the data partition's root.
+fn put_on_data(disk: &Path, name: &str) {
+    let fs = format!("{}?offset={}", disk.display(), partition_offset(disk, 2));
+    let local = disk.with_file_name(name);
+    std::fs::write(&local, b"the owner's data\n").unwrap();
+    let cmd = format!("write {} {name}", local.display());
+    run(Command::new("debugfs").args(["-w", "-R", &cmd, &fs]));
+}
+
+/// Boots the test image, prepared by `prepare` (given the disk copy), with the panel connected
+/// from the start so nothing the board reports is missed.
+fn boot(reboot: bool, prepare: impl FnOnce(&Path)) -> Board {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::copy(image("cairn-qemu-virt.img").unwrap(), &disk).unwrap();
+    append_cmdline(&disk, &format!("cairn.pairing_window_s={WINDOW_S}"));
+    prepare(&disk);
+    let mut cfg = Config::new(disk);
+    cfg.reboot = reboot;
+    let q = Qemu::boot(&cfg).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        match UnixStream::connect(q.panel_socket()) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => panic!("front panel socket: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let panel = PanelLink::new(stream.try_clone().unwrap(), stream).unwrap();
+    Board {
+        q,
+        panel,
+        _dir: dir,
+    }
+}
+
+impl Board {
+    /// Waits for the board to announce `pattern` (after message `from`); returns the
+    /// announcement's sequence number.
+    fn wait_pattern(&self, from: u64, pattern: Pattern, timeout: Duration) -> u64 {
+        match self.panel.wait_pattern(from, pattern.name(), timeout) {
+            Some((_, seq)) => seq,
+            None => panic!(
+                "no '{}' on the front panel in {timeout:?}; console:\n{}",
+                pattern.name(),
+                self.q.console().join("\n")
+            ),
+        }
+    }
+
+    /// Watches the status LED for `secs` from message `from` on, and says which pattern its
+    /// blinking is.
+    fn status_led_shows(&self, from: u64, secs: f64) -> Option<Pattern> {
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        recognize(&self.panel.led_changes(from, "status"), TOLERANCE_MS)
+    }
+
+    /// Pattern names announced from message `from` on.
+    fn patterns_since(&self, from: u64) -> Vec<String> {
+        self.panel
+            .since(from)
+            .into_iter()
+            .filter_map(|m| match m {
+                cairn_bsp::panel::ToHost::Pattern { name, .. } => Some(name),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn press(&self, hold: Duration) {
+        self.panel.send(ToGuest::ButtonDown).unwrap();
+        std::thread::sleep(hold);
+        self.panel.send(ToGuest::ButtonUp).unwrap();
+    }
+}
+
+#[test]
+fn first_boot_says_setup_needed_and_the_button_works() {
+    let b = boot(false, |_| {});
+
+    // First boot: "setup needed", and the status LED really double-flashes.
+    let seq = b.wait_pattern(0, Pattern::SetupNeeded, BOOT_TIMEOUT);
+    assert_eq!(b.status_led_shows(seq, 4.5), Some(Pattern::SetupNeeded));
+    assert!(b.panel.bad_lines().is_empty(), "{:?}", b.panel.bad_lines());
+
+    // Contact bounce, far shorter than the debounce time: nothing happens.
+    let lines = b.q.line_count();
+    let seq = b.panel.cursor();
+    let bounce = [ToGuest::ButtonDown, ToGuest::ButtonUp];
+    b.panel
+        .send_burst(&[bounce, bounce, bounce].concat())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(b.patterns_since(seq), Vec::<String>::new());
+    let console = b.q.console()[lines..].join("\n");
+    assert!(
+        !console.contains("cairn: button"),
+        "a bounce counted:\n{console}"
+    );
+
+    // A short press opens the pairing window: a fast blink …
+    let seq = b.panel.cursor();
+    b.press(Duration::from_millis(300));
+    let opened = b.wait_pattern(seq, Pattern::PairingOpen, REACT);
+    assert_eq!(b.status_led_shows(opened, 2.0), Some(Pattern::PairingOpen));
+    let line =
+        b.q.wait_line_from(lines, "cairn: button: pairing window open", REACT)
+            .unwrap();
+    assert!(
+        line.1.ends_with(&format!("open for {WINDOW_S} s")),
+        "{}",
+        line.1
+    );
+    // … that ends by itself after the window's time, back to "setup needed".
+    let closed = b.wait_pattern(
+        opened,
+        Pattern::SetupNeeded,
+        Duration::from_secs(WINDOW_S + 10),
+    );
+    let when = |seq: u64| match &b.panel.since(seq)[0] {
+        cairn_bsp::panel::ToHost::Pattern { ms, .. } => *ms,
+        other => panic!("{other:?}"),
+    };
+    let open_ms = when(closed) - when(opened);
+    assert!(
+        (WINDOW_S * 1000 - 100..=WINDOW_S * 1000 + 500).contains(&open_ms),
+        "the window stayed open {open_ms} ms, not {WINDOW_S} s"
+    );
+
+    // Held 5 s: the factory-reset countdown, which releasing cancels.
+    let lines = b.q.line_count();
+    let seq = b.panel.cursor();
+    b.panel.send(ToGuest::ButtonDown).unwrap();
+    // Held under 4 s from the board's view (it learns of the press after we send it).
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(b.patterns_since(seq), Vec::<String>::new(), "too early");
+    let countdown = b.wait_pattern(seq, Pattern::ResetCountdown, REACT);
+    assert_eq!(
+        b.status_led_shows(countdown, 2.2),
+        Some(Pattern::ResetCountdown)
+    );
+    b.panel.send(ToGuest::ButtonUp).unwrap();
+    b.wait_pattern(countdown, Pattern::SetupNeeded, REACT);
+    b.q.wait_line_from(
+        lines,
+        "cairn: button: released before 10 s: factory reset cancelled",
+        REACT,
+    )
+    .unwrap();
+    assert!(!b.patterns_since(seq).contains(&"release-now".to_string()));
+    let console = b.q.console()[lines..].join("\n");
+    assert!(
+        !console.contains("stage 3"),
+        "a cancelled reset rebooted:\n{console}"
+    );
+}
+
+#[test]
+fn holding_10_s_wipes_the_data_partition_and_reboots() {
+    let b = boot(true, |disk| {
+        put_on_data(disk, "marker");
+        assert!(data_root(disk).contains(&"marker".to_string()));
+    });
+    let mut b = b;
+    b.wait_pattern(0, Pattern::SetupNeeded, BOOT_TIMEOUT);
+    b.q.wait_line("cairn: ready", BOOT_TIMEOUT).unwrap();
+
+    let seq = b.panel.cursor();
+    b.panel.send(ToGuest::ButtonDown).unwrap();
+    let countdown = b.wait_pattern(seq, Pattern::ResetCountdown, REACT);
+    // At 10 s: "release now", a frantic flicker.
+    let release = b.wait_pattern(countdown, Pattern::ReleaseNow, REACT);
+    assert_eq!(b.status_led_shows(release, 1.0), Some(Pattern::ReleaseNow));
+    let lines = b.q.line_count();
+    b.panel.send(ToGuest::ButtonUp).unwrap();
+
+    // The device wipes itself, reboots, and comes back as new.
+    b.q.wait_line_from(lines, "cairn: factory reset: data wiped; rebooting", REACT)
+        .unwrap();
+    let (again, _) =
+        b.q.wait_line_from(lines, "cairn: stage 1: starting", BOOT_TIMEOUT)
+            .unwrap();
+    b.q.wait_line_from(again, "cairn: ready", BOOT_TIMEOUT)
+        .unwrap();
+    b.wait_pattern(release, Pattern::SetupNeeded, BOOT_TIMEOUT);
+
+    b.q.power_button().unwrap();
+    assert!(b.q.wait_exit(SHUTDOWN_TIMEOUT).unwrap().success());
+    let root = data_root(&b.q.disk());
+    assert!(
+        !root.contains(&"marker".to_string()),
+        "the owner's file survived: {root:?}"
+    );
+    assert!(root.contains(&"lost+found".to_string()), "{root:?}");
+}
