@@ -484,15 +484,21 @@ fn panel_loop(mut reader: File, panel: &Panel) {
     let mut buf = [0u8; 256];
     let mut host = false;
     loop {
+        // With a host attached, sleep until it sends or leaves (either wakes poll(2)). Without
+        // one, poll(2) reports POLLHUP at once, so look again each second: 1 wake-up a second
+        // on a board nobody watches, and a host that connects gets the state within 1 s.
+        let timeout = if host {
+            PollTimeout::NONE
+        } else {
+            PollTimeout::from(1000u16)
+        };
         let revents = {
             let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(1000u16)) {
+            match poll(&mut fds, timeout) {
                 Ok(_) => fds[0].revents().unwrap_or(PollFlags::empty()),
                 Err(_) => PollFlags::empty(),
             }
         };
-        // POLLHUP: no host on the other end (poll(2) would return at once: look again
-        // shortly). Its end means a host connected: tell it the current state.
         let connected = !revents.contains(PollFlags::POLLHUP);
         if connected && !host {
             panel.snapshot();
@@ -500,13 +506,13 @@ fn panel_loop(mut reader: File, panel: &Panel) {
         host = connected;
         if !revents.contains(PollFlags::POLLIN) {
             if !connected {
-                std::thread::sleep(Duration::from_millis(250));
+                std::thread::sleep(Duration::from_secs(1));
             }
             continue;
         }
         let n = match reader.read(&mut buf) {
             Ok(0) => {
-                std::thread::sleep(Duration::from_millis(250));
+                std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
             Ok(n) => n,
@@ -529,5 +535,84 @@ fn panel_loop(mut reader: File, panel: &Panel) {
             line.clear();
             skipping = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_bsp::UiConfig;
+
+    #[test]
+    fn wipe_removes_everything_but_lost_and_found_and_then_its_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        std::fs::create_dir_all(data.join("cairn/keys")).unwrap();
+        std::fs::write(data.join("cairn/keys/owner.key"), b"secret").unwrap();
+        std::fs::write(data.join("marker"), b"x").unwrap();
+        std::fs::create_dir(data.join("lost+found")).unwrap();
+        std::fs::write(data.join(RESET_MARKER), b"").unwrap();
+        wipe(data);
+        let left: Vec<_> = std::fs::read_dir(data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec!["lost+found".to_string()]);
+    }
+
+    #[test]
+    fn claimed_devices_boot_healthy_and_new_ones_need_setup() {
+        let dir = tempfile::tempdir().unwrap();
+        let ui = Arc::new(SharedUi::new(Ui::new(UiConfig::default()), BootClock));
+        let board = BoardUi {
+            ui: ui.clone(),
+            data_dir: dir.path().to_path_buf(),
+        };
+        assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Booting);
+        board.booted();
+        assert_eq!(ui.pattern().0, cairn_bsp::Pattern::SetupNeeded);
+        std::fs::create_dir_all(dir.path().join("cairn")).unwrap();
+        std::fs::write(dir.path().join(CLAIMED), b"").unwrap();
+        board.booted();
+        assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Healthy);
+    }
+
+    /// The panel's commands against a stand-in for the gpio-sim sysfs files and the port.
+    #[test]
+    fn panel_presses_the_button_line_and_reports_the_led_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        for (line, value) in [(0, "1\n"), (1, "0\n"), (2, "1\n")] {
+            let d = sys.join(format!("gpiochip3/sim_gpio{line}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("value"), value).unwrap();
+            std::fs::write(d.join("pull"), "pull-up\n").unwrap();
+        }
+        let boards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../board/boards");
+        let board = Board::load(&boards, "qemu-virt").unwrap();
+        let chip = gpiosim::SimChip::open("gpiochip3", &sys);
+        let out = dir.path().join("port");
+        let port: Port = Arc::new(Mutex::new(Some(File::create(&out).unwrap())));
+        let panel = Panel {
+            port,
+            button: Some(SimButton {
+                chip: chip.clone(),
+                line: 2,
+                active_low: true,
+            }),
+            leds: SimLeds::new(&board, chip),
+            ui: Arc::new(SharedUi::new(Ui::new(UiConfig::default()), BootClock)),
+        };
+        let pull = sys.join("gpiochip3/sim_gpio2/pull");
+        panel.handle_line("button down");
+        assert_eq!(std::fs::read_to_string(&pull).unwrap(), "pull-down");
+        panel.handle_line("button up\r");
+        assert_eq!(std::fs::read_to_string(&pull).unwrap(), "pull-up");
+        panel.handle_line("leds");
+        panel.handle_line("reboot now");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "leds status=on alert=off\n"
+        );
     }
 }
