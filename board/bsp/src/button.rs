@@ -502,4 +502,30 @@ mod tests {
             .unwrap_err()
             .contains("short_press_max_ms = 6000"));
     }
+
+    #[test]
+    fn the_readme_states_the_default_thresholds() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(&path).unwrap();
+        let t = Timing::default();
+        let s = |ms: u64| ms / 1000;
+        for phrase in [
+            format!("| less than {} s |", s(t.short_press_max_ms)),
+            format!("| {} to {} s |", s(t.short_press_max_ms), s(t.countdown_ms)),
+            format!(
+                "| {} to {} s | from {} s:",
+                s(t.countdown_ms),
+                s(t.reset_ms),
+                s(t.countdown_ms)
+            ),
+            format!("| {} s or more | from {} s:", s(t.reset_ms), s(t.reset_ms)),
+            format!("A press shorter than {} ms", t.debounce_ms),
+        ] {
+            assert!(
+                readme.contains(&phrase),
+                "{} lacks {phrase:?}",
+                path.display()
+            );
+        }
+    }
 }
