@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 const WINDOW_S: u64 = 5;
 /// How far an LED spell may stray from the pattern's timing on an emulated board. Patterns
 /// differ by at least 75 ms per spell, so this cannot mistake one for another.
-const TOLERANCE_MS: u64 = 40;
+const TOLERANCE_MS: u64 = 60;
 /// Bound for a pattern to follow a press (generous for a loaded CI machine).
 const REACT: Duration = Duration::from_secs(10);
 
@@ -204,7 +204,7 @@ fn first_boot_says_setup_needed_and_the_button_works() {
     };
     let open_ms = when(closed) - when(opened);
     assert!(
-        (WINDOW_S * 1000 - 100..=WINDOW_S * 1000 + 500).contains(&open_ms),
+        (WINDOW_S * 1000 - 100..=WINDOW_S * 1000 + 1000).contains(&open_ms),
         "the window stayed open {open_ms} ms, not {WINDOW_S} s"
     );
 

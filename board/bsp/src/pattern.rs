@@ -645,10 +645,11 @@ mod tests {
                 assert_eq!(recognize(&changes(p, 0, 10_000), 40), None, "{p:?}");
                 continue;
             }
-            for skip in [0, 1, 2, 3] {
+            // Up to 60 ms of tolerance (what the QEMU tests allow) still tells them apart.
+            for (skip, tolerance) in [(0, 0), (1, 40), (2, 60), (3, 60)] {
                 let c = changes(p, 1000, 10_000);
                 assert_eq!(
-                    recognize(&c[skip..], 40),
+                    recognize(&c[skip..], tolerance),
                     Some(p),
                     "{p:?} from change {skip}"
                 );
