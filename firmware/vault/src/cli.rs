@@ -1,0 +1,431 @@
+//! `cairn vault …`: the vault's command line. The `cairn` binary embeds [`Args`] as its `vault`
+//! subcommand and calls [`run`].
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::home::{Config, Target};
+use crate::keys::{KdfParams, OwnerSecret, RootCapability};
+use crate::manifest::EntryKind;
+use crate::progress::{human_bytes, LinePrinter, NoProgress, Progress};
+use crate::seal::AeadKind;
+use crate::vault::Vault;
+
+/// Environment variable that may hold the passphrase (for scripts; prefer the prompt).
+pub const PASSPHRASE_ENV: &str = "CAIRN_VAULT_PASSPHRASE";
+
+/// Encrypted, erasure-coded storage of your files; only you hold the key.
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// Where the vault keeps its state (default: $XDG_DATA_HOME/cairn/vault or
+    /// ~/.local/share/cairn/vault).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Read the passphrase from this file's first line (default: $CAIRN_VAULT_PASSPHRASE, or a
+    /// prompt).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The vault's commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a vault: a new key, k-of-n erasure coding over n targets.
+    Init {
+        /// Shards needed to read a chunk.
+        #[arg(long, default_value_t = 4)]
+        k: usize,
+        /// Shards written per chunk (one per target).
+        #[arg(long, default_value_t = 8)]
+        n: usize,
+        /// Where shards go, `dir:PATH`; give it n times.
+        #[arg(long = "target", value_name = "dir:PATH", required = true)]
+        targets: Vec<Target>,
+        /// `auto` (measure both here and take the faster), `chacha20-poly1305` or `aes-256-gcm`.
+        #[arg(long, default_value = "auto")]
+        aead: String,
+    },
+    /// Store files and directories in a new snapshot.
+    Put {
+        /// Files or directories; each is stored under its name at the top of the vault.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List what the vault holds (below PATH).
+    Ls {
+        /// A path in the vault.
+        path: Option<String>,
+        /// Snapshot number (default: the latest).
+        #[arg(long)]
+        snapshot: Option<u64>,
+    },
+    /// Copy PATH out of the vault to DEST (`/` for everything).
+    Get {
+        /// A path in the vault.
+        path: String,
+        /// Where to write it.
+        dest: PathBuf,
+        /// Snapshot number (default: the latest).
+        #[arg(long)]
+        snapshot: Option<u64>,
+    },
+    /// List snapshots, newest first.
+    Snapshots,
+    /// Print the recovery key and the root capability (keep them offline).
+    RecoveryKey,
+    /// Set up this device's vault from a recovery key (or capability) and the shards, and
+    /// optionally write every file to DEST.
+    Restore {
+        /// The recovery key (asked for when neither it nor --capability is given).
+        #[arg(long, conflicts_with = "capability")]
+        recovery_key: Option<String>,
+        /// A root capability (`cairn:root:1:…`): restores that snapshot.
+        #[arg(long)]
+        capability: Option<String>,
+        /// Where the shards are, `dir:PATH`, one per target.
+        #[arg(long = "target", value_name = "dir:PATH", required = true)]
+        targets: Vec<Target>,
+        /// Write the restored tree here.
+        dest: Option<PathBuf>,
+    },
+}
+
+fn default_home() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("cairn/vault"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/cairn/vault")),
+        None => bail!("no --home given and neither XDG_DATA_HOME nor HOME is set"),
+    }
+}
+
+/// Reads the passphrase: the file, the environment, or a prompt (asked twice when `confirm`).
+fn passphrase(args: &Args, confirm: bool) -> anyhow::Result<Vec<u8>> {
+    if let Some(f) = &args.passphrase_file {
+        let text = std::fs::read(f).with_context(|| format!("{}", f.display()))?;
+        let line = text.split(|&b| b == b'\n').next().unwrap_or(&[]).to_vec();
+        return Ok(line);
+    }
+    if let Some(p) = std::env::var_os(PASSPHRASE_ENV) {
+        return Ok(std::os::unix::ffi::OsStringExt::into_vec(p));
+    }
+    let first = prompt("Vault passphrase: ", true)?;
+    if confirm && std::io::stdin().is_terminal() {
+        let again = prompt("Again: ", true)?;
+        if again != first {
+            bail!("the two passphrases differ");
+        }
+    }
+    Ok(first.into_bytes())
+}
+
+/// Reads one line from the terminal (echo off when `secret`) or from standard input.
+fn prompt(text: &str, secret: bool) -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    if tty {
+        eprint!("{text}");
+        let _ = std::io::stderr().flush();
+    }
+    let _echo = (tty && secret).then(EchoOff::new).flatten();
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading standard input")?;
+    if tty && secret {
+        eprintln!();
+    }
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Turns terminal echo off until dropped.
+struct EchoOff(libc::termios);
+
+impl EchoOff {
+    fn new() -> Option<Self> {
+        // SAFETY: termios is plain data; tcgetattr fills it for fd 0 or fails.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return None;
+            }
+            let old = t;
+            t.c_lflag &= !libc::ECHO;
+            (libc::tcsetattr(0, libc::TCSANOW, &t) == 0).then_some(Self(old))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `new`.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &self.0);
+        }
+    }
+}
+
+/// Runs a vault command.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let home = match &args.home {
+        Some(h) => h.clone(),
+        None => default_home()?,
+    };
+    let mut printer = LinePrinter::new();
+    let mut quiet = NoProgress;
+    let progress: &mut dyn Progress = if args.quiet { &mut quiet } else { &mut printer };
+    let out = &mut std::io::stdout().lock();
+    match &args.command {
+        Command::Init {
+            k,
+            n,
+            targets,
+            aead,
+        } => {
+            let aead = match aead.as_str() {
+                "auto" => AeadKind::fastest_here(50),
+                name => AeadKind::from_name(name).with_context(|| {
+                    format!("--aead {name}: expected auto, chacha20-poly1305 or aes-256-gcm")
+                })?,
+            };
+            let config = Config {
+                k: *k,
+                n: *n,
+                aead,
+                targets: targets.clone(),
+            };
+            if home.join("key").exists() {
+                bail!("{}: a vault already exists here", home.display());
+            }
+            let pass = passphrase(&args, true)?;
+            let v = Vault::init(&home, config, &pass, KdfParams::default())?;
+            writeln!(
+                out,
+                "vault created in {} ({k}-of-{n}, {})",
+                home.display(),
+                aead.name()
+            )?;
+            writeln!(
+                out,
+                "Write down this recovery key and keep it offline; with it and the shards, \
+                 everything comes back:\n\n  {}\n",
+                v.secret().recovery_key()
+            )?;
+        }
+        Command::Put { paths } => {
+            let pass = passphrase(&args, false)?;
+            let mut v = Vault::open(&home, &pass)?;
+            let r = v.put(paths, progress)?;
+            writeln!(
+                out,
+                "snapshot {}: {} files, {} ({} chunks stored, {} already stored, {} as holes), \
+                 {} of shards written",
+                r.seq,
+                r.files,
+                human_bytes(r.bytes),
+                r.stored_chunks,
+                r.dedup_chunks,
+                human_bytes(r.zero_bytes),
+                human_bytes(r.shard_bytes)
+            )?;
+        }
+        Command::Ls { path, snapshot } => {
+            let pass = passphrase(&args, false)?;
+            let v = Vault::open(&home, &pass)?;
+            let tree = v.tree(*snapshot)?;
+            let base = path.as_deref().unwrap_or("").trim_matches('/');
+            if !base.is_empty() && tree.find(base.as_bytes()).is_none() {
+                bail!("{base}: not in the vault");
+            }
+            for e in tree.subtree(base.as_bytes()) {
+                let (t, suffix) = match &e.kind {
+                    EntryKind::Dir => ('d', "/".to_string()),
+                    EntryKind::File { .. } => ('-', String::new()),
+                    EntryKind::Symlink { target } => {
+                        ('l', format!(" -> {}", String::from_utf8_lossy(target)))
+                    }
+                };
+                writeln!(
+                    out,
+                    "{t}{} {:>12} {} {}{suffix}",
+                    mode_string(e.mode),
+                    e.size,
+                    date(e.mtime),
+                    String::from_utf8_lossy(&e.path)
+                )?;
+            }
+        }
+        Command::Get {
+            path,
+            dest,
+            snapshot,
+        } => {
+            let pass = passphrase(&args, false)?;
+            let v = Vault::open(&home, &pass)?;
+            let r = v.get(*snapshot, path, dest, progress)?;
+            report_get(out, &r, dest)?;
+        }
+        Command::Snapshots => {
+            let pass = passphrase(&args, false)?;
+            let v = Vault::open(&home, &pass)?;
+            writeln!(
+                out,
+                "{:>6}  {:<19}  {:>8}  {:>10}",
+                "seq", "time (UTC)", "files", "bytes"
+            )?;
+            for r in v.snapshots()? {
+                writeln!(
+                    out,
+                    "{:>6}  {:<19}  {:>8}  {:>10}",
+                    r.seq,
+                    date(r.time),
+                    r.files,
+                    human_bytes(r.bytes)
+                )?;
+            }
+        }
+        Command::RecoveryKey => {
+            let pass = passphrase(&args, false)?;
+            let v = Vault::open(&home, &pass)?;
+            writeln!(out, "recovery key:     {}", v.secret().recovery_key())?;
+            writeln!(out, "root capability:  {}", v.capability()?)?;
+            writeln!(
+                out,
+                "Either one gives full access to everything in this vault: keep them offline."
+            )?;
+        }
+        Command::Restore {
+            recovery_key,
+            capability,
+            targets,
+            dest,
+        } => {
+            let (secret, seq) = match (recovery_key, capability) {
+                (_, Some(c)) => {
+                    let cap: RootCapability = c.parse()?;
+                    (cap.secret, Some(cap.seq))
+                }
+                (Some(k), None) => (OwnerSecret::from_recovery_key(k)?, None),
+                (None, None) => (
+                    OwnerSecret::from_recovery_key(&prompt("Recovery key: ", false)?)?,
+                    None,
+                ),
+            };
+            let pass = passphrase(&args, true)?;
+            let v = Vault::restore(
+                &home,
+                secret,
+                seq,
+                targets.clone(),
+                &pass,
+                KdfParams::default(),
+            )?;
+            let head = v.head()?;
+            writeln!(
+                out,
+                "vault restored in {}: snapshot {head}, {}-of-{}",
+                home.display(),
+                v.config().k,
+                v.config().n
+            )?;
+            if let Some(d) = dest {
+                let r = v.get(Some(head), "/", d, progress)?;
+                report_get(out, &r, d)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report_get(out: &mut dyn Write, r: &crate::GetReport, dest: &Path) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{} files, {} written to {}",
+        r.files,
+        human_bytes(r.bytes),
+        dest.display()
+    )?;
+    if r.shards_missing + r.shards_corrupt > 0 {
+        writeln!(
+            out,
+            "warning: {} shards missing and {} corrupt on the way: redundancy is degraded \
+             (data intact); put the files again to rewrite them",
+            r.shards_missing, r.shards_corrupt
+        )?;
+    }
+    Ok(())
+}
+
+fn mode_string(mode: u32) -> String {
+    let mut s = String::with_capacity(9);
+    for shift in [6, 3, 0] {
+        let m = (mode >> shift) & 7;
+        s.push(if m & 4 != 0 { 'r' } else { '-' });
+        s.push(if m & 2 != 0 { 'w' } else { '-' });
+        s.push(if m & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) from seconds since the epoch.
+fn date(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_modes_print_like_ls() {
+        assert_eq!(date(0), "1970-01-01 00:00:00");
+        assert_eq!(date(1_764_046_031), "2025-11-25 04:47:11");
+        assert_eq!(date(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(mode_string(0o754), "rwxr-xr--");
+    }
+
+    #[test]
+    fn command_line_parses_as_documented() {
+        let a = Args::try_parse_from([
+            "vault", "--home", "/h", "init", "--k", "2", "--n", "3", "--target", "dir:/a",
+            "--target", "dir:/b", "--target", "dir:/c",
+        ])
+        .unwrap();
+        match a.command {
+            Command::Init { k, n, targets, .. } => {
+                assert_eq!((k, n, targets.len()), (2, 3, 3));
+            }
+            c => panic!("{c:?}"),
+        }
+        let e = Args::try_parse_from(["vault", "init", "--target", "usb:/x"]).unwrap_err();
+        assert!(e.to_string().contains("usb:/x"), "{e}");
+    }
+}

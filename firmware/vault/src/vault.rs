@@ -1,0 +1,959 @@
+//! The vault: put files in, list and get them back, list snapshots, restore on a new device.
+//!
+//! Put pipeline (memory is bounded whatever the file sizes):
+//! ```text
+//! calling thread: walk ─► read data regions (holes skipped) ─► FastCDC ─► job queue (bounded)
+//! W workers:      zero check ─► id ─► dedup ─► seal ─► Reed–Solomon ─► shards ─► sink
+//! ```
+//! Memory: the chunker's 8 MiB buffer, W + 2 chunk buffers of ≈5 MiB (a sealed largest chunk)
+//! and per worker ≈ (n − k)/k × 5 MiB of parity plus one framed shard; with W ≤ 4 and 4-of-8
+//! that is at most ≈ 65 MiB of address space, and in practice far less is touched (chunks
+//! average 1 MiB). The tree being built costs ~100 bytes per file.
+//!
+//! Snapshots are numbered 1, 2, …; snapshot N's root record is stored under `head_id(N)`, so a
+//! new device holding only the key finds the latest one by probing (see [`Vault::restore`]).
+//! A put never overwrites an existing snapshot: it writes the first free number.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use crate::chunker::{Chunker, MAX_CHUNK};
+use crate::error::{corrupt, io_err, Result, VaultError};
+use crate::home::{Config, Home, Target};
+use crate::keys::{self, KdfParams, Keys, Kind, OwnerSecret, RootCapability};
+use crate::manifest::{self, Entry, EntryKind, Extent, RootRecord, Tree};
+use crate::progress::Progress;
+use crate::seal;
+use crate::shard::Codec;
+use crate::sink::{DirStore, ShardSink, ShardSource};
+use crate::store::{ChunkReader, ChunkWriter, Scratch};
+use crate::ChunkId;
+
+/// Most worker threads a put uses (bounds its memory; see the module notes).
+pub const MAX_WORKERS: usize = 4;
+/// Holes shorter than this are read as data (avoids a manifest full of tiny extents).
+const MIN_HOLE: u64 = 1024 * 1024;
+
+/// An open vault.
+pub struct Vault {
+    home: Home,
+    config: Config,
+    secret: OwnerSecret,
+    keys: Keys,
+    codec: Codec,
+    sink: Arc<dyn ShardSink>,
+    source: Arc<dyn ShardSource>,
+    /// Worker threads for puts (0 = all work on the calling thread).
+    workers: usize,
+    /// Held while the vault is open.
+    _lock: File,
+}
+
+/// What a put did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutReport {
+    /// The new snapshot.
+    pub seq: u64,
+    /// Files read.
+    pub files: u64,
+    /// File bytes read.
+    pub bytes: u64,
+    /// Chunks sealed and stored.
+    pub stored_chunks: u64,
+    /// Chunks already stored (deduplicated).
+    pub dedup_chunks: u64,
+    /// Bytes kept as zero runs (holes, all-zero chunks).
+    pub zero_bytes: u64,
+    /// Shard bytes written.
+    pub shard_bytes: u64,
+}
+
+/// What a get did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GetReport {
+    /// Files written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Shards found missing on the way (redundancy degraded, data intact).
+    pub shards_missing: u64,
+    /// Shards found corrupt or unreadable on the way.
+    pub shards_corrupt: u64,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_WORKERS)
+}
+
+fn backend(targets: &[Target]) -> Result<(Arc<dyn ShardSink>, Arc<dyn ShardSource>)> {
+    if targets.is_empty() {
+        return Err(VaultError::Usage(
+            "no shard target: give --target dir:PATH".into(),
+        ));
+    }
+    let dirs = targets
+        .iter()
+        .map(|t| match t {
+            Target::Dir(p) => p.clone(),
+        })
+        .collect();
+    let store = Arc::new(DirStore::new(dirs));
+    Ok((store.clone(), store))
+}
+
+impl Vault {
+    /// Creates a vault in `home`: a new owner secret, encrypted under `passphrase`.
+    pub fn init(home: &Path, config: Config, passphrase: &[u8], kdf: KdfParams) -> Result<Self> {
+        Self::create(home, config, OwnerSecret::generate()?, passphrase, kdf, 0)
+    }
+
+    fn create(
+        home: &Path,
+        config: Config,
+        secret: OwnerSecret,
+        passphrase: &[u8],
+        kdf: KdfParams,
+        head: u64,
+    ) -> Result<Self> {
+        let h = Home::new(home);
+        if h.exists() {
+            return Err(VaultError::Usage(format!(
+                "{}: a vault already exists here",
+                home.display()
+            )));
+        }
+        let codec = Codec::new(config.k, config.n)?;
+        if config.targets.len() != config.n {
+            return Err(VaultError::Usage(format!(
+                "{}-of-{} needs {} targets (one per shard), {} given",
+                config.k,
+                config.n,
+                config.n,
+                config.targets.len()
+            )));
+        }
+        if passphrase.is_empty() {
+            return Err(VaultError::Usage("the passphrase must not be empty".into()));
+        }
+        for t in &config.targets {
+            let Target::Dir(d) = t;
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        fs::create_dir_all(home).map_err(io_err(home))?;
+        fs::set_permissions(home, fs::Permissions::from_mode(0o700)).map_err(io_err(home))?;
+        let lock = h.lock()?;
+        let (sink, source) = backend(&config.targets)?;
+        keys::write_key_file(&h.key(), &secret, passphrase, kdf)?;
+        crate::home::write_atomic(&h.config(), config.encode().as_bytes(), 0o644)?;
+        h.write_head(head)?;
+        Ok(Self {
+            keys: secret.keys(),
+            secret,
+            home: h,
+            config,
+            codec,
+            sink,
+            source,
+            workers: default_workers(),
+            _lock: lock,
+        })
+    }
+
+    /// Opens the vault in `home` with the passphrase.
+    pub fn open(home: &Path, passphrase: &[u8]) -> Result<Self> {
+        let h = Home::new(home);
+        if !h.exists() {
+            return Err(VaultError::Usage(format!(
+                "{}: no vault here (run `cairn vault init` or `cairn vault restore`)",
+                home.display()
+            )));
+        }
+        let lock = h.lock()?;
+        let cpath = h.config();
+        let text = fs::read_to_string(&cpath).map_err(io_err(&cpath))?;
+        let config = Config::decode(&text, &cpath)?;
+        let codec = Codec::new(config.k, config.n)?;
+        let secret = keys::read_key_file(&h.key(), passphrase)?;
+        let (sink, source) = backend(&config.targets)?;
+        Ok(Self {
+            keys: secret.keys(),
+            secret,
+            home: h,
+            config,
+            codec,
+            sink,
+            source,
+            workers: default_workers(),
+            _lock: lock,
+        })
+    }
+
+    /// Restores a vault into a new `home` from the owner secret and the shards on `targets`:
+    /// finds the latest snapshot (or takes `seq`), learns k, n and the AEAD from its shards and
+    /// writes the configuration and key file. Files come back with [`Vault::get`].
+    pub fn restore(
+        home: &Path,
+        secret: OwnerSecret,
+        seq: Option<u64>,
+        targets: Vec<Target>,
+        passphrase: &[u8],
+        kdf: KdfParams,
+    ) -> Result<Self> {
+        let (_, source) = backend(&targets)?;
+        let keys = secret.keys();
+        let reader = ChunkReader::new(&keys, source.as_ref(), None);
+        let n_probe = 255;
+        let exists = |s: u64| reader.exists(&keys.head_id(s), n_probe);
+        let seq = match seq {
+            Some(s) => s,
+            None => {
+                if !exists(1)? {
+                    return Err(VaultError::Usage(format!(
+                        "no snapshot of this vault on {}: wrong recovery key, or not the targets \
+                         that hold its shards",
+                        targets
+                            .iter()
+                            .map(|t| t.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                // Snapshots are numbered without gaps: gallop, then bisect.
+                let mut lo = 1u64;
+                let mut hi = 2u64;
+                while exists(hi)? {
+                    lo = hi;
+                    hi = hi.saturating_mul(2);
+                }
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if exists(mid)? {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            }
+        };
+        let root = reader
+            .fetch(Kind::Root, &keys.head_id(seq))
+            .map_err(|e| match e {
+                VaultError::NotEnoughShards { found: 0, .. } => VaultError::Usage(format!(
+                    "snapshot {seq} not found on the targets (wrong key or targets?)"
+                )),
+                e => e,
+            })?;
+        let record = RootRecord::decode(&root.data, &format!("root record of snapshot {seq}"))?;
+        let config = Config {
+            k: usize::from(record.k),
+            n: usize::from(record.n),
+            aead: root.header.aead,
+            targets,
+        };
+        Self::create(home, config, secret, passphrase, kdf, seq)
+    }
+
+    /// Replaces the shard backend (the network node; failing stores in tests).
+    pub fn set_backend(&mut self, sink: Arc<dyn ShardSink>, source: Arc<dyn ShardSource>) {
+        self.sink = sink;
+        self.source = source;
+    }
+
+    /// Sets the number of put worker threads (0 = on the calling thread; capped at
+    /// [`MAX_WORKERS`]).
+    pub fn set_workers(&mut self, workers: usize) {
+        self.workers = workers.min(MAX_WORKERS);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The owner secret (for printing the recovery key).
+    pub fn secret(&self) -> &OwnerSecret {
+        &self.secret
+    }
+
+    /// The latest snapshot number recorded here (0: none).
+    pub fn head(&self) -> Result<u64> {
+        self.home.read_head()
+    }
+
+    /// The root capability of the latest snapshot.
+    pub fn capability(&self) -> Result<RootCapability> {
+        Ok(RootCapability {
+            secret: self.secret.clone(),
+            seq: self.head()?,
+        })
+    }
+
+    fn reader(&self) -> ChunkReader<'_> {
+        ChunkReader::new(&self.keys, self.source.as_ref(), Some(self.config.n))
+    }
+
+    /// The root record of snapshot `seq`.
+    pub fn root(&self, seq: u64) -> Result<RootRecord> {
+        let f = self.reader().fetch(Kind::Root, &self.keys.head_id(seq))?;
+        RootRecord::decode(&f.data, &format!("root record of snapshot {seq}"))
+    }
+
+    /// All snapshots, newest first.
+    pub fn snapshots(&self) -> Result<Vec<RootRecord>> {
+        (1..=self.head()?).rev().map(|s| self.root(s)).collect()
+    }
+
+    /// The file tree of snapshot `seq` (the latest when `None`; empty when there is none).
+    pub fn tree(&self, seq: Option<u64>) -> Result<Tree> {
+        let seq = match seq {
+            Some(s) => s,
+            None => self.head()?,
+        };
+        if seq == 0 {
+            return Ok(Tree::default());
+        }
+        let root = self.root(seq)?;
+        let what = format!("manifest of snapshot {seq}");
+        let reader = self.reader();
+        let total: u64 = root.manifest.iter().map(|(_, l)| u64::from(*l)).sum();
+        let mut bytes = Vec::with_capacity(total as usize);
+        for (id, len) in &root.manifest {
+            let f = reader.fetch(Kind::Manifest, id)?;
+            if f.data.len() != *len as usize {
+                return Err(corrupt(&what, format!("chunk {id} has the wrong length")));
+            }
+            bytes.extend_from_slice(&f.data);
+        }
+        Tree::decode(&bytes, &what)
+    }
+
+    fn known_chunks(&self) -> Result<HashSet<ChunkId>> {
+        let path = self.home.index();
+        match fs::read(&path) {
+            Ok(b) => Ok(b
+                .chunks_exact(32)
+                .map(|c| ChunkId(c.try_into().expect("32 bytes")))
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashSet::new()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Puts files and directories into a new snapshot: each path is stored under its last
+    /// component at the top of the tree, replacing what was there; everything else is kept.
+    pub fn put<P: AsRef<Path>>(
+        &mut self,
+        paths: &[P],
+        progress: &mut dyn Progress,
+    ) -> Result<PutReport> {
+        // Start from the newest snapshot, even one this home has not recorded (a put that
+        // crashed after writing its root, or another device).
+        let reader = self.reader();
+        let mut latest = self.head()?;
+        while reader.exists(&self.keys.head_id(latest + 1), self.config.n)? {
+            latest += 1;
+        }
+        drop(reader);
+        let mut tree = self.tree(Some(latest))?;
+
+        // Walk first: the entries (with empty extents) and the total for progress.
+        let mut entries = Vec::new();
+        let mut roots = Vec::new();
+        for p in paths {
+            let p = p.as_ref();
+            let name = match p.file_name() {
+                Some(n) => Some(n.as_bytes().to_vec()),
+                None => p
+                    .canonicalize()
+                    .ok()
+                    .and_then(|c| c.file_name().map(|n| n.as_bytes().to_vec())),
+            }
+            .ok_or_else(|| VaultError::Usage(format!("{}: has no name", p.display())))?;
+            if roots.contains(&name) {
+                return Err(VaultError::Usage(format!(
+                    "{}: two paths would both be stored as `{}`",
+                    p.display(),
+                    String::from_utf8_lossy(&name)
+                )));
+            }
+            walk(p, name.clone(), &mut entries)?;
+            roots.push(name);
+        }
+        let total: u64 = entries.iter().map(|(e, _)| e.size).sum();
+        progress.start("put", total);
+
+        let known = self.known_chunks()?;
+        let writer = ChunkWriter::new(
+            &self.keys,
+            self.config.aead,
+            &self.codec,
+            self.sink.as_ref(),
+            known,
+        );
+        let mut chunker = Chunker::new(self.keys.chunker_seed());
+        let files: Vec<(usize, PathBuf)> = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (e, src))| match e.kind {
+                EntryKind::File { .. } => Some((i, src.clone())),
+                _ => None,
+            })
+            .collect();
+        let extents = run_pipeline(&writer, &mut chunker, &files, self.workers, progress)?;
+        let mut bytes = 0;
+        for ((i, _), ext) in files.iter().zip(extents) {
+            let e = &mut entries[*i].0;
+            // The file may have changed while read: the manifest records what was read.
+            e.size = ext.iter().map(Extent::len).sum();
+            bytes += e.size;
+            e.kind = EntryKind::File { extents: ext };
+        }
+        progress.finish();
+        tree.replace(&roots, entries.into_iter().map(|(e, _)| e).collect());
+
+        // The manifest, chunked and stored like data; then the root record.
+        let encoded = tree.encode();
+        if encoded.len() as u64 > manifest::MAX_MANIFEST {
+            return Err(VaultError::Usage(format!(
+                "the tree would need a {} byte manifest, over the {} limit",
+                encoded.len(),
+                manifest::MAX_MANIFEST
+            )));
+        }
+        let mut manifest_chunks = Vec::new();
+        let mut scratch = Scratch::default();
+        let mut reader: &[u8] = &encoded;
+        chunker.reset();
+        let mut buf = Vec::with_capacity(chunk_capacity(self.config.k));
+        while let Some(c) = chunker
+            .next_chunk(&mut reader)
+            .map_err(|e| VaultError::Usage(format!("manifest: {e}")))?
+        {
+            buf.clear();
+            buf.extend_from_slice(c);
+            let len = c.len() as u32;
+            let id = writer.store(Kind::Manifest, &mut buf, &mut scratch)?;
+            manifest_chunks.push((id, len));
+        }
+        let seq = latest + 1;
+        let record = RootRecord {
+            seq,
+            time: now_secs(),
+            k: self.config.k as u8,
+            n: self.config.n as u8,
+            files: tree.file_count(),
+            bytes: tree.total_bytes(),
+            manifest: manifest_chunks,
+        };
+        // Everything the root points at is durable before the root is written, and the root
+        // before this home records it.
+        self.sink.flush()?;
+        writer.store_root(seq, &record.encode())?;
+        self.sink.flush()?;
+        self.append_index(&writer.take_fresh())?;
+        self.home.write_head(seq)?;
+        let s = &writer.stats;
+        Ok(PutReport {
+            seq,
+            files: files.len() as u64,
+            bytes,
+            stored_chunks: s.stored.load(Ordering::Relaxed),
+            dedup_chunks: s.deduplicated.load(Ordering::Relaxed),
+            zero_bytes: bytes_zero(&tree, &roots),
+            shard_bytes: s.shard_bytes.load(Ordering::Relaxed),
+        })
+    }
+
+    fn append_index(&self, ids: &[ChunkId]) -> Result<()> {
+        let path = self.home.index();
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut b = Vec::with_capacity(ids.len() * 32);
+        for id in ids {
+            b.extend_from_slice(&id.0);
+        }
+        f.write_all(&b).map_err(io_err(&path))?;
+        f.sync_all().map_err(io_err(&path))
+    }
+
+    /// Writes `path` of snapshot `seq` (latest if `None`; the whole tree for an empty path or
+    /// `/`) to `dest`. A file goes to `dest` (or into it, if `dest` is a directory); a directory's
+    /// content goes into `dest`. Existing files are not overwritten.
+    pub fn get(
+        &self,
+        seq: Option<u64>,
+        path: &str,
+        dest: &Path,
+        progress: &mut dyn Progress,
+    ) -> Result<GetReport> {
+        let tree = self.tree(seq)?;
+        let vpath = path.trim_matches('/').as_bytes();
+        let base: Vec<u8> = if vpath.is_empty() {
+            Vec::new()
+        } else {
+            tree.find(vpath).ok_or_else(|| {
+                VaultError::Usage(format!("{path}: not in the vault (see `cairn vault ls`)"))
+            })?;
+            vpath.to_vec()
+        };
+        let single_file = tree
+            .find(&base)
+            .is_some_and(|i| !matches!(tree.entries[i].kind, EntryKind::Dir));
+        let reader = self.reader();
+        let mut report = GetReport::default();
+        let total: u64 = tree.subtree(&base).map(|e| e.size).sum();
+        progress.start("get", total);
+        let mut dirs = Vec::new();
+        for e in tree.subtree(&base) {
+            let rel = if base.is_empty() {
+                &e.path[..]
+            } else if e.path.len() == base.len() {
+                &b""[..]
+            } else {
+                &e.path[base.len() + 1..]
+            };
+            let out = if single_file {
+                if dest.is_dir() {
+                    dest.join(std::ffi::OsStr::from_bytes(
+                        e.path.rsplit(|&b| b == b'/').next().unwrap_or(&e.path),
+                    ))
+                } else {
+                    dest.to_path_buf()
+                }
+            } else if rel.is_empty() {
+                dest.to_path_buf()
+            } else {
+                dest.join(std::ffi::OsStr::from_bytes(rel))
+            };
+            match &e.kind {
+                EntryKind::Dir => {
+                    fs::create_dir_all(&out).map_err(io_err(&out))?;
+                    dirs.push((out, e));
+                }
+                EntryKind::Symlink { target } => {
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &out)
+                        .map_err(io_err(&out))?;
+                }
+                EntryKind::File { extents } => {
+                    if let Some(parent) = out.parent() {
+                        fs::create_dir_all(parent).map_err(io_err(parent))?;
+                    }
+                    write_file(&reader, &out, e, extents, progress)?;
+                    report.files += 1;
+                    report.bytes += e.size;
+                }
+            }
+        }
+        // Directory times last: writing their content changed them.
+        for (out, e) in dirs.iter().rev() {
+            set_meta(out, e)?;
+        }
+        progress.finish();
+        report.shards_missing = reader.stats.missing.load(Ordering::Relaxed);
+        report.shards_corrupt = reader.stats.corrupt.load(Ordering::Relaxed);
+        Ok(report)
+    }
+}
+
+fn bytes_zero(tree: &Tree, roots: &[Vec<u8>]) -> u64 {
+    tree.entries
+        .iter()
+        .filter(|e| roots.iter().any(|r| manifest::under(&e.path, r)))
+        .filter_map(|e| match &e.kind {
+            EntryKind::File { extents } => Some(
+                extents
+                    .iter()
+                    .filter(|x| matches!(x, Extent::Zero { .. }))
+                    .map(Extent::len)
+                    .sum::<u64>(),
+            ),
+            _ => None,
+        })
+        .sum()
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Capacity of a chunk buffer: the largest chunk sealed and padded to a multiple of k.
+fn chunk_capacity(k: usize) -> usize {
+    seal::sealed_len(MAX_CHUNK) + k
+}
+
+/// Lists `p` (stored as `name`) and everything below it, sorted by path. File sizes are those
+/// seen now; the pipeline records what it reads.
+fn walk(p: &Path, name: Vec<u8>, out: &mut Vec<(Entry, PathBuf)>) -> Result<()> {
+    let md = fs::symlink_metadata(p).map_err(io_err(p))?;
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File {
+            extents: Vec::new(),
+        }
+    } else if ft.is_symlink() {
+        EntryKind::Symlink {
+            target: fs::read_link(p)
+                .map_err(io_err(p))?
+                .into_os_string()
+                .into_vec(),
+        }
+    } else {
+        // Sockets, fifos and devices have no content to keep.
+        return Ok(());
+    };
+    out.push((
+        Entry {
+            path: name.clone(),
+            mode: md.mode() & 0o7777,
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            size: if ft.is_file() { md.len() } else { 0 },
+            kind,
+        },
+        p.to_path_buf(),
+    ));
+    if ft.is_dir() {
+        let mut children: Vec<_> = fs::read_dir(p)
+            .map_err(io_err(p))?
+            .map(|d| d.map(|d| d.file_name()))
+            .collect::<std::io::Result<_>>()
+            .map_err(io_err(p))?;
+        children.sort();
+        for c in children {
+            let mut child = name.clone();
+            child.push(b'/');
+            child.extend_from_slice(c.as_bytes());
+            walk(&p.join(&c), child, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The next data region of `f` at or after `pos`, as `(start, end)`; holes shorter than
+/// [`MIN_HOLE`] are part of the data.
+fn next_data(f: &File, pos: u64, size: u64) -> std::io::Result<Option<(u64, u64)>> {
+    if pos >= size {
+        return Ok(None);
+    }
+    let Some(start) = seek_data(f, pos)? else {
+        return Ok(None);
+    };
+    let mut end = seek_hole(f, start)?.min(size);
+    while end < size {
+        match seek_data(f, end)? {
+            Some(next) if next - end < MIN_HOLE => end = seek_hole(f, next)?.min(size),
+            _ => break,
+        }
+    }
+    Ok(Some((start.min(size), end)))
+}
+
+#[cfg(target_os = "linux")]
+fn seek_data(f: &File, pos: u64) -> std::io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek only reads the descriptor, which `f` keeps open.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            // Filesystems without hole reporting: everything is data.
+            Some(libc::EINVAL) => Ok(Some(pos)),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(r as u64))
+}
+
+#[cfg(target_os = "linux")]
+fn seek_hole(f: &File, pos: u64) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: as above.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), pos as libc::off_t, libc::SEEK_HOLE) };
+    if r < 0 {
+        return Ok(u64::MAX);
+    }
+    Ok(r as u64)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn seek_data(_f: &File, pos: u64) -> std::io::Result<Option<u64>> {
+    Ok(Some(pos))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn seek_hole(_f: &File, _pos: u64) -> std::io::Result<u64> {
+    Ok(u64::MAX)
+}
+
+/// A chunk in flight: which file, which extent slot, and its bytes.
+struct Job {
+    file: usize,
+    slot: usize,
+    buf: Vec<u8>,
+}
+
+type Done = (usize, usize, Result<Extent>, Vec<u8>);
+
+/// Chunks `files` and stores the chunks with `workers` threads; returns each file's extents.
+fn run_pipeline(
+    writer: &ChunkWriter<'_>,
+    chunker: &mut Chunker,
+    files: &[(usize, PathBuf)],
+    workers: usize,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Vec<Extent>>> {
+    let k = writer_k(writer);
+    let mut extents: Vec<Vec<Option<Extent>>> = vec![Vec::new(); files.len()];
+    if workers == 0 {
+        let mut scratch = Scratch::default();
+        let mut buf = Vec::with_capacity(chunk_capacity(k));
+        for (fi, (_, path)) in files.iter().enumerate() {
+            read_file_chunks(path, chunker, progress, |slot_ext, chunk| {
+                match chunk {
+                    None => extents[fi].push(Some(slot_ext)),
+                    Some(c) => {
+                        buf.clear();
+                        buf.extend_from_slice(c);
+                        extents[fi].push(Some(writer.store_data(&mut buf, &mut scratch)?));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        return Ok(finish_extents(extents));
+    }
+    std::thread::scope(|scope| -> Result<Vec<Vec<Extent>>> {
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        for _ in 0..workers {
+            let rx = job_rx.clone();
+            let tx = done_tx.clone();
+            scope.spawn(move || {
+                let mut scratch = Scratch::default();
+                loop {
+                    let job = rx.lock().expect("job queue").recv();
+                    let Ok(mut job) = job else { break };
+                    let r = writer.store_data(&mut job.buf, &mut scratch);
+                    if tx.send((job.file, job.slot, r, job.buf)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        // Buffers in circulation: one per worker, one queued per worker, plus two.
+        let pool_max = 2 * workers + 2;
+        let mut free: Vec<Vec<u8>> = Vec::new();
+        let mut allocated = 0usize;
+        let mut in_flight = 0usize;
+        let mut first_err: Option<VaultError> = None;
+        let settle = |d: Done,
+                      extents: &mut Vec<Vec<Option<Extent>>>,
+                      free: &mut Vec<Vec<u8>>,
+                      first_err: &mut Option<VaultError>| {
+            let (f, s, r, mut b) = d;
+            match r {
+                Ok(x) => extents[f][s] = Some(x),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+            b.clear();
+            free.push(b);
+        };
+        let feed = (|| -> Result<()> {
+            for (fi, (_, path)) in files.iter().enumerate() {
+                read_file_chunks(path, chunker, progress, |hole, chunk| {
+                    let slot = extents[fi].len();
+                    let Some(c) = chunk else {
+                        extents[fi].push(Some(hole));
+                        return Ok(());
+                    };
+                    extents[fi].push(None);
+                    // Collect finished chunks; wait for one when every buffer is in use.
+                    while let Ok(d) = done_rx.try_recv() {
+                        in_flight -= 1;
+                        settle(d, &mut extents, &mut free, &mut first_err);
+                    }
+                    if free.is_empty() && allocated >= pool_max {
+                        let d = done_rx.recv().expect("workers alive while jobs are queued");
+                        in_flight -= 1;
+                        settle(d, &mut extents, &mut free, &mut first_err);
+                    }
+                    if let Some(e) = first_err.take() {
+                        return Err(e);
+                    }
+                    let mut buf = free.pop().unwrap_or_else(|| {
+                        allocated += 1;
+                        Vec::with_capacity(chunk_capacity(k))
+                    });
+                    buf.extend_from_slice(c);
+                    in_flight += 1;
+                    job_tx
+                        .send(Job {
+                            file: fi,
+                            slot,
+                            buf,
+                        })
+                        .expect("workers alive");
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })();
+        drop(job_tx);
+        while in_flight > 0 {
+            let d = done_rx.recv().expect("workers finish their jobs");
+            in_flight -= 1;
+            settle(d, &mut extents, &mut free, &mut first_err);
+        }
+        feed?;
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(finish_extents(extents))
+    })
+}
+
+fn writer_k(w: &ChunkWriter<'_>) -> usize {
+    w.codec_k()
+}
+
+/// Unwraps the extents and merges neighbouring zero runs.
+fn finish_extents(extents: Vec<Vec<Option<Extent>>>) -> Vec<Vec<Extent>> {
+    extents
+        .into_iter()
+        .map(|v| {
+            let mut out: Vec<Extent> = Vec::with_capacity(v.len());
+            for x in v.into_iter().map(|x| x.expect("every chunk settled")) {
+                match (out.last_mut(), &x) {
+                    (Some(Extent::Zero { len }), Extent::Zero { len: more }) => *len += more,
+                    _ => out.push(x),
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// Reads `path` region by region: `each(Zero extent, None)` for a hole, `each(_, Some(chunk))`
+/// for each chunk of data.
+fn read_file_chunks(
+    path: &Path,
+    chunker: &mut Chunker,
+    progress: &mut dyn Progress,
+    mut each: impl FnMut(Extent, Option<&[u8]>) -> Result<()>,
+) -> Result<()> {
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let size = f.metadata().map_err(io_err(path))?.len();
+    let mut pos = 0u64;
+    loop {
+        let region = next_data(&f, pos, size).map_err(io_err(path))?;
+        let (start, end) = region.unwrap_or((size, size));
+        if start > pos {
+            each(Extent::Zero { len: start - pos }, None)?;
+            progress.advance(start - pos);
+        }
+        if region.is_none() {
+            break;
+        }
+        f.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
+        chunker.reset();
+        let mut r = (&f).take(end - start);
+        let mut read = 0u64;
+        while let Some(c) = chunker.next_chunk(&mut r).map_err(io_err(path))? {
+            read += c.len() as u64;
+            let n = c.len() as u64;
+            each(Extent::Zero { len: 0 }, Some(c))?;
+            progress.advance(n);
+        }
+        // A file that shrank while read ends here.
+        if read < end - start {
+            break;
+        }
+        pos = end;
+    }
+    Ok(())
+}
+
+fn write_file(
+    reader: &ChunkReader<'_>,
+    out: &Path,
+    e: &Entry,
+    extents: &[Extent],
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::AlreadyExists => VaultError::Usage(format!(
+                "{}: already exists; not overwriting it",
+                out.display()
+            )),
+            _ => io_err(out)(err),
+        })?;
+    let mut pos = 0u64;
+    for x in extents {
+        match x {
+            Extent::Data { id, len } => {
+                let got = reader.fetch(Kind::Data, id)?;
+                if got.data.len() != *len as usize {
+                    return Err(corrupt(
+                        format!("chunk {id}"),
+                        format!(
+                            "is {} bytes, the manifest says {len} ({})",
+                            got.data.len(),
+                            out.display()
+                        ),
+                    ));
+                }
+                f.write_all(&got.data).map_err(io_err(out))?;
+            }
+            Extent::Zero { len } => {
+                // Leave a hole: seek past it (the final set_len covers a trailing one).
+                f.seek(SeekFrom::Start(pos + len)).map_err(io_err(out))?;
+            }
+        }
+        pos += x.len();
+        progress.advance(x.len());
+    }
+    f.set_len(e.size).map_err(io_err(out))?;
+    drop(f);
+    set_meta(out, e)
+}
+
+/// Sets the modification time, then the mode (last: it may take away the right to open).
+fn set_meta(out: &Path, e: &Entry) -> Result<()> {
+    let t = std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::new(
+            e.mtime.max(0) as u64,
+            e.mtime_nsec,
+        ))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let f = File::open(out).map_err(io_err(out))?;
+    f.set_times(fs::FileTimes::new().set_modified(t))
+        .map_err(io_err(out))?;
+    drop(f);
+    fs::set_permissions(out, fs::Permissions::from_mode(e.mode)).map_err(io_err(out))
+}
