@@ -181,3 +181,32 @@ pub fn request_button(l: &GpioLine) -> Result<EdgePin, LineError> {
         .map_err(line_err(l))?;
     Ok(EdgePin { events })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_chip_is_named_with_the_chips_there_are() {
+        let line = GpioLine {
+            chip: "no-such-chip".into(),
+            line: 3,
+            active_low: false,
+            pull: Pull::Up,
+        };
+        let e = request_led(&line).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("no GPIO chip labelled 'no-such-chip' (chips here: "),
+            "{e}"
+        );
+        let e = request_button(&line).map(|_| ()).unwrap_err().to_string();
+        assert!(e.starts_with("no GPIO chip labelled 'no-such-chip'"), "{e}");
+    }
+
+    #[test]
+    fn the_boot_clock_moves_forward() {
+        let a = BootClock.now_ms();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(BootClock.now_ms() > a);
+    }
+}
