@@ -176,8 +176,13 @@ impl Drop for EchoOff {
     }
 }
 
-/// Runs a vault command.
+/// Runs a vault command, printing its results on standard output.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    run_to(args, &mut std::io::stdout().lock())
+}
+
+/// Runs a vault command, printing its results to `out` (progress goes to standard error).
+pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     let home = match &args.home {
         Some(h) => h.clone(),
         None => default_home()?,
@@ -185,7 +190,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut printer = LinePrinter::new();
     let mut quiet = NoProgress;
     let progress: &mut dyn Progress = if args.quiet { &mut quiet } else { &mut printer };
-    let out = &mut std::io::stdout().lock();
     match &args.command {
         Command::Init {
             k,
