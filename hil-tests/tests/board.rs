@@ -261,6 +261,14 @@ fn holding_10_s_wipes_the_data_partition_and_reboots() {
     let (again, _) =
         b.q.wait_line_from(lines, "cairn: stage 1: starting", BOOT_TIMEOUT)
             .unwrap();
+    // The next boot wipes again before any service starts (what services wrote while
+    // stopping goes too).
+    b.q.wait_line_from(
+        again,
+        "cairn: factory reset: finishing the wipe",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
     b.q.wait_line_from(again, "cairn: ready", BOOT_TIMEOUT)
         .unwrap();
     b.wait_pattern(release, Pattern::SetupNeeded, BOOT_TIMEOUT);

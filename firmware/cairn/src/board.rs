@@ -98,8 +98,8 @@ type Port = Arc<Mutex<Option<File>>>;
 /// Starts the board's LEDs, button and front panel; finishes an interrupted factory reset first.
 pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
     if data_dir.join(RESET_MARKER).exists() {
-        log!("factory reset: finishing the wipe an earlier reset began");
-        wipe(data_dir);
+        log!("factory reset: finishing the wipe before anything starts");
+        wipe(data_dir, true);
     }
     let mut config = board.ui;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -349,14 +349,15 @@ fn describe(ev: ButtonEvent) {
 }
 
 /// Wipes the data partition's configuration and keys, then asks PID 1 to reboot. The marker
-/// goes first so a power loss mid-wipe is finished at the next boot.
+/// goes first and stays: the next boot wipes again before any service starts, catching what
+/// services wrote while stopping, and a wipe cut short by a power loss.
 fn factory_reset(data_dir: &Path) {
     let marker = data_dir.join(RESET_MARKER);
     match File::create(&marker).and_then(|f| f.sync_all()) {
         Ok(()) => {}
         Err(e) => log!("error: factory reset: {}: {e}", marker.display()),
     }
-    wipe(data_dir);
+    wipe(data_dir, false);
     log!("factory reset: data wiped; rebooting");
     if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), nix::sys::signal::SIGTERM)
     {
@@ -364,8 +365,9 @@ fn factory_reset(data_dir: &Path) {
     }
 }
 
-/// Removes everything on the data partition but `lost+found` (fsck's), the marker last.
-fn wipe(data_dir: &Path) {
+/// Removes everything on the data partition but `lost+found` (fsck's), and last the marker if
+/// `done` and nothing was left behind.
+fn wipe(data_dir: &Path, done: bool) {
     let entries = match std::fs::read_dir(data_dir) {
         Ok(e) => e,
         Err(e) => {
@@ -392,7 +394,7 @@ fn wipe(data_dir: &Path) {
     }
     nix::unistd::sync();
     // With something left behind, keep the marker: the next boot tries again.
-    if !failed {
+    if done && !failed {
         let _ = std::fs::remove_file(data_dir.join(RESET_MARKER));
         nix::unistd::sync();
     }
@@ -544,7 +546,7 @@ mod tests {
     use cairn_bsp::UiConfig;
 
     #[test]
-    fn wipe_removes_everything_but_lost_and_found_and_then_its_marker() {
+    fn wipe_removes_everything_but_lost_and_found_and_at_boot_its_marker() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
         std::fs::create_dir_all(data.join("cairn/keys")).unwrap();
@@ -552,7 +554,18 @@ mod tests {
         std::fs::write(data.join("marker"), b"x").unwrap();
         std::fs::create_dir(data.join("lost+found")).unwrap();
         std::fs::write(data.join(RESET_MARKER), b"").unwrap();
-        wipe(data);
+        wipe(data, false);
+        let mut left: Vec<_> = std::fs::read_dir(data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![RESET_MARKER.to_string(), "lost+found".to_string()]
+        );
+        std::fs::write(data.join("written-while-stopping"), b"x").unwrap();
+        wipe(data, true);
         let left: Vec<_> = std::fs::read_dir(data)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
