@@ -21,6 +21,7 @@
 //! ```
 
 mod format;
+pub mod fuzzing;
 mod run;
 pub mod sim;
 pub mod storage;
@@ -139,6 +140,10 @@ pub struct Config {
     pub max_shard_bytes: u32,
     /// Largest group-commit batch (also the bound on queued, not yet written put bytes).
     pub max_batch_bytes: usize,
+    /// Disk space held in a `RESERVE` file and given up when the disk is full, so deletes
+    /// and compaction can still write their records and free space. Recreated after a
+    /// compaction when there is room. 0 disables it.
+    pub reserve_bytes: u64,
     /// Source of the current time for leases.
     pub clock: Clock,
 }
@@ -150,6 +155,7 @@ impl Default for Config {
             segment_bytes: 64 << 20,
             max_shard_bytes: 4 << 20,
             max_batch_bytes: 4 << 20,
+            reserve_bytes: 8 << 20,
             clock: system_clock(),
         }
     }
@@ -162,6 +168,7 @@ impl fmt::Debug for Config {
             .field("segment_bytes", &self.segment_bytes)
             .field("max_shard_bytes", &self.max_shard_bytes)
             .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("reserve_bytes", &self.reserve_bytes)
             .finish_non_exhaustive()
     }
 }

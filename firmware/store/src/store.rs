@@ -20,6 +20,9 @@ use crate::{Config, Error, Lease, OwnerId, Result, ShardId};
 
 const MANIFEST: &str = "MANIFEST";
 const MANIFEST_TMP: &str = "MANIFEST.tmp";
+/// Space held back so deletes and compaction can still write when the disk is full.
+const RESERVE: &str = "RESERVE";
+const RESERVE_TMP: &str = "RESERVE.tmp";
 const MANIFEST_MAGIC: &[u8; 8] = b"CAIRNMF1";
 /// RAM one memtable entry costs in a `BTreeMap` (key, value and node overhead), measured
 /// roughly; used to turn the memory budget into an entry limit.
@@ -427,23 +430,30 @@ fn scan_segment(
         let Some(next) = r.next_batch(pos + 1, last_seq)? else {
             break;
         };
-        // Salvage what the damaged batch still proves about its records.
-        let hdr = r.get(pos, BATCH_HDR)?.and_then(decode_batch_header);
-        let mut salvaged_to = pos;
-        if let Some(h) = hdr.filter(|h| h.seq > last_seq) {
-            let body_at = pos + BATCH_HDR as u64;
-            let body_len = (u64::from(h.body_len)).min(next - body_at) as usize;
-            if let Some(body) = r.get(body_at, body_len)? {
-                let body = body.to_vec();
-                salvaged_to = body_at + walk_records(&body, body_at, &mut f) as u64;
-            }
-            last_seq = h.seq;
+        // Salvage what the damaged batch still proves: its records carry their own
+        // checksums, so even with a damaged batch header they can be read one by one.
+        let hdr = r
+            .get(pos, BATCH_HDR)?
+            .and_then(decode_batch_header)
+            .filter(|h| h.seq > last_seq);
+        let body_at = pos + BATCH_HDR as u64;
+        let room = next.saturating_sub(body_at);
+        let body_len = hdr.map_or(room, |h| u64::from(h.body_len).min(room)) as usize;
+        if hdr.is_none() {
+            f(ScanEvent::Damaged { from: pos, to: body_at });
         }
-        if salvaged_to < next {
-            f(ScanEvent::Damaged {
-                from: salvaged_to,
-                to: next,
-            });
+        if let Some(body) = r.get(body_at, body_len)? {
+            let body = body.to_vec();
+            let walked = walk_records(&body, body_at, &mut f);
+            if walked < body.len() {
+                f(ScanEvent::Damaged {
+                    from: body_at + walked as u64,
+                    to: body_at + body.len() as u64,
+                });
+            }
+        }
+        if let Some(h) = hdr {
+            last_seq = h.seq;
         }
         pos = next;
     }
@@ -693,7 +703,7 @@ impl Store {
                     // Compacted away, but the removal was not yet durable.
                     let _ = storage.remove(n);
                 }
-            } else if n == MANIFEST_TMP {
+            } else if n == MANIFEST_TMP || n == RESERVE_TMP {
                 let _ = storage.remove(n);
             }
         }
@@ -819,6 +829,7 @@ impl Store {
             truncated_at_open: truncated,
             cfg,
         };
+        store.ensure_reserve();
         if store.read_index().mem.len() > store.mem_limit {
             let mut io = lock(&store.io);
             store.checkpoint(&mut io, false, &[])?;
@@ -859,15 +870,83 @@ impl Store {
     }
 
     /// Deletes shard `id` durably; `NotFound` if there is no live shard with that id.
+    ///
+    /// Each call writes one 4 KiB page; [`Store::delete_many`] packs many deletes into one.
+    /// On a full disk, deletes draw on the space reserve (see [`Config::reserve_bytes`]).
     pub fn delete(&self, id: ShardId) -> Result<()> {
-        let op = Op::Delete {
-            id,
-            expired_only: false,
-        };
-        self.submit(vec![op])?
+        self.delete_many(&[id])?
             .pop()
-            .expect("one result per op")
-            .map(|_| ())
+            .expect("one result per id")
+    }
+
+    /// Deletes several shards in one durable batch (up to the batch limit per batch);
+    /// returns one result per id, `NotFound` for ids with no live shard.
+    pub fn delete_many(&self, ids: &[ShardId]) -> Result<Vec<Result<()>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        let per_batch = (self.cfg.max_batch_bytes / REC_HDR).max(1);
+        for chunk in ids.chunks(per_batch) {
+            let ops = || {
+                chunk
+                    .iter()
+                    .map(|&id| Op::Delete {
+                        id,
+                        expired_only: false,
+                    })
+                    .collect()
+            };
+            let rs = self.submit_with_reserve(ops)?;
+            out.extend(rs.into_iter().map(|r| r.map(|_| ())));
+        }
+        Ok(out)
+    }
+
+    /// Submits ops that free space; if the disk is full, gives up the reserve file and tries
+    /// once more.
+    fn submit_with_reserve(&self, ops: impl Fn() -> Vec<Op>) -> Result<Vec<OpResult>> {
+        let rs = self.submit(ops())?;
+        if rs.iter().any(|r| matches!(r, Err(Error::NoSpace { .. }))) && self.release_reserve() {
+            return self.submit(ops());
+        }
+        Ok(rs)
+    }
+
+    /// Creates the reserve file if it is missing and the disk has room (best effort).
+    fn ensure_reserve(&self) {
+        let want = self.cfg.reserve_bytes;
+        if want == 0 {
+            return;
+        }
+        if let Ok(f) = self.storage.open(RESERVE) {
+            if f.len().is_ok_and(|l| l >= want) {
+                return;
+            }
+        }
+        let made = (|| -> std::io::Result<()> {
+            let f = self.storage.create(RESERVE_TMP)?;
+            // Written, not just sized: a sparse file would hold no space.
+            let zeros = vec![0u8; 64 << 10];
+            let mut at = 0;
+            while at < want {
+                let n = (want - at).min(zeros.len() as u64) as usize;
+                f.write_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            f.sync()?;
+            self.storage.rename(RESERVE_TMP, RESERVE)?;
+            self.storage.sync_dir()
+        })();
+        if made.is_err() {
+            let _ = self.storage.remove(RESERVE_TMP);
+        }
+    }
+
+    /// Removes the reserve file; true if there was one.
+    fn release_reserve(&self) -> bool {
+        let released = self.storage.remove(RESERVE).is_ok();
+        if released {
+            let _ = self.storage.sync_dir();
+        }
+        released
     }
 
     /// Reads shard `id`. Costs one index-page read (none if the shard is unsealed) plus one
@@ -1624,7 +1703,8 @@ impl Store {
                 .map(|(id, s)| (*id, s.len, s.live_bytes))
                 .collect()
         };
-        victims.sort_by_key(|&(_, len, live)| std::cmp::Reverse(len - live.min(len)));
+        // Wholly dead segments first (they cost no copying), then the deadest.
+        victims.sort_by_key(|&(_, len, live)| (live > 0, std::cmp::Reverse(len - live.min(len))));
         let mut budget = opts.max_read_bytes;
         let mut done = Vec::new();
         for (seg, len, live) in victims {
@@ -1633,8 +1713,12 @@ impl Store {
                     continue;
                 }
                 budget -= len;
-                let Some(copied) = self.copy_live(seg, now)? else {
-                    continue;
+                let copied = match self.copy_live(seg, now) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    // The disk is full: keep what is reclaimed so far.
+                    Err(Error::NoSpace { .. }) => break,
+                    Err(e) => return Err(e),
                 };
                 rep.bytes_copied += copied;
             }
@@ -1666,6 +1750,7 @@ impl Store {
                 self.merge_runs(&mut io, true)?;
             }
         }
+        self.ensure_reserve();
         Ok(rep)
     }
 
@@ -1708,7 +1793,8 @@ impl Store {
                             ops_bytes += op.bytes();
                             ops.push(op);
                             if ops_bytes >= self.cfg.max_batch_bytes {
-                                match self.submit(std::mem::take(&mut ops)) {
+                                let batch = std::mem::take(&mut ops);
+                                match self.submit_copies(batch) {
                                     Ok(rs) => {
                                         for r in rs {
                                             if let Err(e) = r {
@@ -1733,12 +1819,45 @@ impl Store {
             return Err(e);
         }
         if !ops.is_empty() {
-            for r in self.submit(ops)? {
+            for r in self.submit_copies(ops)? {
                 r?;
             }
             copied += ops_bytes as u64;
         }
         Ok(if damaged { None } else { Some(copied) })
+    }
+
+    /// Submits compaction copies, drawing on the reserve if the disk is full.
+    fn submit_copies(&self, ops: Vec<Op>) -> Result<Vec<OpResult>> {
+        let clone_ops = |v: &Vec<Op>| -> Vec<Op> {
+            v.iter()
+                .map(|o| match o {
+                    Op::Copy {
+                        id,
+                        from,
+                        owner,
+                        expiry,
+                        payload,
+                        payload_crc,
+                    } => Op::Copy {
+                        id: *id,
+                        from: *from,
+                        owner: *owner,
+                        expiry: *expiry,
+                        payload: payload.clone(),
+                        payload_crc: *payload_crc,
+                    },
+                    _ => unreachable!("only copies here"),
+                })
+                .collect()
+        };
+        // A second copy for the retry: at most one batch more of RAM, during compaction only.
+        let again = clone_ops(&ops);
+        let rs = self.submit(ops)?;
+        if rs.iter().any(|r| matches!(r, Err(Error::NoSpace { .. }))) && self.release_reserve() {
+            return self.submit(again);
+        }
+        Ok(rs)
     }
 
     /// Reads every segment and index page and checks every checksum; reports each live

@@ -22,6 +22,7 @@ fn config(clock: &Arc<AtomicU64>) -> Config {
         segment_bytes: 64 << 10,
         max_shard_bytes: 8 << 10,
         max_batch_bytes: 16 << 10,
+        reserve_bytes: 16 << 10,
         clock: Arc::new(move || c.load(Ordering::SeqCst)),
     }
 }
