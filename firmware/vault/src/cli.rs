@@ -364,7 +364,7 @@ fn report_get(out: &mut dyn Write, r: &crate::GetReport, dest: &Path) -> anyhow:
         writeln!(
             out,
             "warning: {} shards missing and {} corrupt on the way: redundancy is degraded \
-             (data intact); put the files again to rewrite them",
+             (data intact): check the targets",
             r.shards_missing, r.shards_corrupt
         )?;
     }

@@ -113,7 +113,15 @@ fn backend(targets: &[Target]) -> Result<(Arc<dyn ShardSink>, Arc<dyn ShardSourc
 impl Vault {
     /// Creates a vault in `home`: a new owner secret, encrypted under `passphrase`.
     pub fn init(home: &Path, config: Config, passphrase: &[u8], kdf: KdfParams) -> Result<Self> {
-        Self::create(home, config, OwnerSecret::generate()?, passphrase, kdf, 0)
+        Self::create(
+            home,
+            config,
+            OwnerSecret::generate()?,
+            passphrase,
+            kdf,
+            0,
+            true,
+        )
     }
 
     fn create(
@@ -123,6 +131,7 @@ impl Vault {
         passphrase: &[u8],
         kdf: KdfParams,
         head: u64,
+        one_target_per_shard: bool,
     ) -> Result<Self> {
         let h = Home::new(home);
         if h.exists() {
@@ -132,7 +141,7 @@ impl Vault {
             )));
         }
         let codec = Codec::new(config.k, config.n)?;
-        if config.targets.len() != config.n {
+        if one_target_per_shard && config.targets.len() != config.n {
             return Err(VaultError::Usage(format!(
                 "{}-of-{} needs {} targets (one per shard), {} given",
                 config.k,
@@ -199,7 +208,9 @@ impl Vault {
 
     /// Restores a vault into a new `home` from the owner secret and the shards on `targets`:
     /// finds the latest snapshot (or takes `seq`), learns k, n and the AEAD from its shards and
-    /// writes the configuration and key file. Files come back with [`Vault::get`].
+    /// writes the configuration and key file. Files come back with [`Vault::get`]. Fewer targets
+    /// than n will do as long as they hold k shards of every chunk (later puts then place
+    /// several shards of a chunk on one target: re-create the vault with n targets).
     pub fn restore(
         home: &Path,
         secret: OwnerSecret,
@@ -260,7 +271,8 @@ impl Vault {
             aead: root.header.aead,
             targets,
         };
-        Self::create(home, config, secret, passphrase, kdf, seq)
+        // Restoring with some targets lost is the point: any k of them may do.
+        Self::create(home, config, secret, passphrase, kdf, seq, false)
     }
 
     /// Replaces the shard backend (the network node; failing stores in tests).
