@@ -5,10 +5,11 @@
 //! calling thread: walk ─► read data regions (holes skipped) ─► FastCDC ─► job queue (bounded)
 //! W workers:      zero check ─► id ─► dedup ─► seal ─► Reed–Solomon ─► shards ─► sink
 //! ```
-//! Memory: the chunker's 8 MiB buffer, W + 2 chunk buffers of ≈5 MiB (a sealed largest chunk)
-//! and per worker ≈ (n − k)/k × 5 MiB of parity plus one framed shard; with W ≤ 4 and 4-of-8
-//! that is at most ≈ 65 MiB of address space, and in practice far less is touched (chunks
-//! average 1 MiB). The tree being built costs ~100 bytes per file.
+//! Memory: the chunker's 8 MiB buffer, W + 2 chunk buffers of ≈5 MiB (room for a sealed largest
+//! chunk) and per worker ≈ (n − k)/k × 5 MiB of parity plus one framed shard (≈1.3 MiB). With
+//! W ≤ 3 (the calling thread is the fourth on a 4-core plug) and 4-of-8 that is at most
+//! 8 + 25 + 19 ≈ 52 MiB, reached only once the rare largest chunks have passed through every
+//! buffer; the tree being built costs ~100 bytes per file.
 //!
 //! Snapshots are numbered 1, 2, …; snapshot N's root record is stored under `head_id(N)`, so a
 //! new device holding only the key finds the latest one by probing (see [`Vault::restore`]).
@@ -37,7 +38,7 @@ use crate::store::{ChunkReader, ChunkWriter, Scratch};
 use crate::ChunkId;
 
 /// Most worker threads a put uses (bounds its memory; see the module notes).
-pub const MAX_WORKERS: usize = 4;
+pub const MAX_WORKERS: usize = 3;
 /// Holes shorter than this are read as data (avoids a manifest full of tiny extents).
 const MIN_HOLE: u64 = 1024 * 1024;
 
@@ -753,7 +754,7 @@ fn run_pipeline(
         return Ok(finish_extents(extents));
     }
     std::thread::scope(|scope| -> Result<Vec<Vec<Extent>>> {
-        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(workers);
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(2);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         for _ in 0..workers {
@@ -772,8 +773,8 @@ fn run_pipeline(
             });
         }
         drop(done_tx);
-        // Buffers in circulation: one per worker, one queued per worker, plus two.
-        let pool_max = 2 * workers + 2;
+        // Buffers in circulation: one per worker, plus two queued or being filled.
+        let pool_max = workers + 2;
         let mut free: Vec<Vec<u8>> = Vec::new();
         let mut allocated = 0usize;
         let mut in_flight = 0usize;
