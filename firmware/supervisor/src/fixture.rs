@@ -75,7 +75,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let pid = std::process::id();
     match args.role {
         Role::Sleep => {
-            say(&format!("sleep: pid {pid}"));
+            // What the supervisor set up, for tests to check: account, directory, limits, env.
+            let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(0, |(soft, _)| soft);
+            let cwd = std::env::current_dir().unwrap_or_default();
+            say(&format!(
+                "sleep: pid {pid} pgid {} sid {} uid {} gid {} cwd {} nofile {nofile} note {}",
+                nix::unistd::getpgrp(),
+                nix::unistd::getsid(None).map_or(-1, |p| p.as_raw()),
+                nix::unistd::getuid(),
+                nix::unistd::getgid(),
+                cwd.display(),
+                std::env::var("FIXTURE_NOTE").unwrap_or_default()
+            ));
             notify_ready();
             forever()
         }
