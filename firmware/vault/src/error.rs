@@ -18,7 +18,7 @@ pub enum VaultError {
         source: std::io::Error,
     },
     /// Fewer than k shards of a chunk could be read and verified.
-    #[error("chunk {chunk}: only {found} of the {k} shards needed are readable ({missing} missing, {corrupt} corrupt or failed){detail}")]
+    #[error("chunk {chunk}: {}", not_enough(*found, *k, *missing, *corrupt, detail))]
     NotEnoughShards {
         /// The chunk that cannot be rebuilt.
         chunk: ChunkId,
@@ -58,6 +58,17 @@ pub enum VaultError {
     /// A user request that cannot be met (unknown path, bad parameters, …).
     #[error("{0}")]
     Usage(String),
+}
+
+fn not_enough(found: usize, k: usize, missing: usize, corrupt: usize, detail: &str) -> String {
+    if k == 0 {
+        format!("no shard is readable ({missing} missing, {corrupt} corrupt or failed){detail}")
+    } else {
+        format!(
+            "only {found} of the {k} shards needed are readable ({missing} missing, {corrupt} \
+             corrupt or failed){detail}"
+        )
+    }
 }
 
 /// Result with [`VaultError`].

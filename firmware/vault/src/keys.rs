@@ -10,7 +10,6 @@
 //! - `chunker`: seeds FastCDC's gear table, so chunk boundaries (and sizes) depend on the key.
 
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -501,11 +500,6 @@ pub fn open_key_file(path: &Path, data: &mut [u8], passphrase: &[u8]) -> Result<
     let mut b = [0u8; SECRET_LEN];
     b.copy_from_slice(plain);
     Ok(OwnerSecret(b))
-}
-
-/// Writes the recovery key to `w` as a short paper-ready block.
-pub fn print_recovery(w: &mut dyn Write, secret: &OwnerSecret) -> std::io::Result<()> {
-    writeln!(w, "{}", secret.recovery_key())
 }
 
 #[cfg(test)]

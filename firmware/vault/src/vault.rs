@@ -317,7 +317,21 @@ impl Vault {
 
     /// The root record of snapshot `seq`.
     pub fn root(&self, seq: u64) -> Result<RootRecord> {
-        let f = self.reader().fetch(Kind::Root, &self.keys.head_id(seq))?;
+        let head = self.head()?;
+        if seq == 0 || seq > head {
+            return Err(VaultError::Usage(format!(
+                "there is no snapshot {seq} (snapshots here: 1 to {head})"
+            )));
+        }
+        let f = self
+            .reader()
+            .fetch(Kind::Root, &self.keys.head_id(seq))
+            .map_err(|e| match e {
+                VaultError::NotEnoughShards { .. } => VaultError::Usage(format!(
+                    "snapshot {seq}: its root record cannot be read: {e}"
+                )),
+                e => e,
+            })?;
         RootRecord::decode(&f.data, &format!("root record of snapshot {seq}"))
     }
 
