@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    cairn_store::fuzzing::recover_from_bytes(data);
+    let _ = cairn_store::fuzzing::recover_from_bytes(data);
 });

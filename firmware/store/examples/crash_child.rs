@@ -59,11 +59,15 @@ fn main() {
                         let id = mine.swap_remove(rng.below(mine.len() as u64) as usize);
                         {
                             let mut o = out.lock().unwrap();
-                            writeln!(o, "d {id}").and_then(|()| o.flush()).expect("stdout");
+                            writeln!(o, "d {id}")
+                                .and_then(|()| o.flush())
+                                .expect("stdout");
                         }
                         store.delete(id).expect("delete");
                         let mut o = out.lock().unwrap();
-                        writeln!(o, "D {id}").and_then(|()| o.flush()).expect("stdout");
+                        writeln!(o, "D {id}")
+                            .and_then(|()| o.flush())
+                            .expect("stdout");
                         continue;
                     }
                     let mut b = [0u8; 32];
@@ -71,11 +75,18 @@ fn main() {
                     let id = ShardId(b);
                     let len = 1 + rng.below(64 << 10) as usize;
                     store
-                        .put(id, &payload_of(&id, len), OwnerId([t as u8; 32]), Lease::Forever)
+                        .put(
+                            id,
+                            &payload_of(&id, len),
+                            OwnerId([t as u8; 32]),
+                            Lease::Forever,
+                        )
                         .expect("put");
                     mine.push(id);
                     let mut o = out.lock().unwrap();
-                    writeln!(o, "P {id} {len}").and_then(|()| o.flush()).expect("stdout");
+                    writeln!(o, "P {id} {len}")
+                        .and_then(|()| o.flush())
+                        .expect("stdout");
                 }
             })
         })

@@ -19,7 +19,8 @@ pub fn decode_bytes(data: &[u8]) {
 /// Opens a store whose only segment holds `data` (after a valid prefix written by the store
 /// itself when `data[0]` is odd), then reads, writes and verifies it. Recovery must never
 /// panic, never return bytes other than those put, and leave a store that accepts writes.
-pub fn recover_from_bytes(data: &[u8]) {
+/// Returns how many of the shards put before the damage were still readable.
+pub fn recover_from_bytes(data: &[u8]) -> usize {
     let sim = SimStorage::new(7);
     let cfg = Config {
         memory_budget_bytes: 256 << 10,
@@ -62,12 +63,16 @@ pub fn recover_from_bytes(data: &[u8]) {
         Err(e) => {
             // Only a clear error naming a file is acceptable.
             assert!(!e.to_string().is_empty());
-            return;
+            return 0;
         }
     };
+    let mut readable = 0;
     for id in &ids {
         match store.get(*id) {
-            Ok(b) => assert!(!in_place || b == id.0, "recovered wrong bytes for {id}"),
+            Ok(b) => {
+                assert!(!in_place || b == id.0, "recovered wrong bytes for {id}");
+                readable += 1;
+            }
             Err(Error::NotFound { .. }) | Err(Error::Corrupt { .. }) => {}
             Err(e) => panic!("unexpected error: {e}"),
         }
@@ -78,4 +83,5 @@ pub fn recover_from_bytes(data: &[u8]) {
         .put(new, b"after recovery", OwnerId([9; 32]), Lease::Forever)
         .expect("writes resume after recovery");
     assert_eq!(store.get(new).expect("readable"), b"after recovery");
+    readable
 }

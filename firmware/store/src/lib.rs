@@ -32,9 +32,7 @@ use std::io;
 use std::sync::Arc;
 
 pub use storage::{CountingStorage, FileStorage, IoCounters, Storage, StorageFile};
-pub use store::{
-    CompactOptions, CompactReport, Damage, ShardInfo, Stats, Store, VerifyReport,
-};
+pub use store::{CompactOptions, CompactReport, Damage, ShardInfo, Stats, Store, VerifyReport};
 
 /// Record-format helpers exposed for fuzzing and tests: decode arbitrary bytes as a record or
 /// a batch, never panicking.

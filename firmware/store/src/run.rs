@@ -274,7 +274,9 @@ impl Run {
         if self.fences.is_empty() || !self.bloom.may_contain(id) {
             return Ok(None);
         }
-        for p in self.candidate_pages(id) {
+        // Newest candidate first: only equal 8-byte prefixes straddling a boundary need the
+        // earlier pages, and a key that opens a page is found with one read.
+        for p in self.candidate_pages(id).rev() {
             let entries = self.page(p)?;
             if let Ok(i) = entries.binary_search_by(|(k, _)| k.cmp(id)) {
                 return Ok(Some(entries[i].1));
@@ -339,7 +341,10 @@ impl RunWriter {
 
     /// Adds the next entry (ids strictly increasing).
     pub fn add(&mut self, id: &ShardId, e: &Entry) -> Result<()> {
-        assert!(self.last.is_none_or(|l| l < *id), "run entries out of order");
+        assert!(
+            self.last.is_none_or(|l| l < *id),
+            "run entries out of order"
+        );
         self.last = Some(*id);
         if self.in_page == 0 {
             self.fences.push(prefix(id));
@@ -379,9 +384,7 @@ impl RunWriter {
             return Ok(());
         }
         let at = u64::from(self.pages) * PAGE - self.out.len() as u64;
-        self.file
-            .write_at(&self.out, at)
-            .map_err(|e| self.io(e))?;
+        self.file.write_at(&self.out, at).map_err(|e| self.io(e))?;
         self.out.clear();
         Ok(())
     }

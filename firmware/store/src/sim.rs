@@ -292,7 +292,10 @@ impl SimStorage {
     /// The current content of `name`, if it exists.
     pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
         let names = lock(&self.names);
-        names.current.get(name).map(|f| lock(&f.data).current.clone())
+        names
+            .current
+            .get(name)
+            .map(|f| lock(&f.data).current.clone())
     }
 }
 

@@ -154,6 +154,9 @@ pub struct VerifyReport {
     pub damaged: Vec<Damage>,
 }
 
+/// A segment's number, open file and name, for scans done without the index lock.
+type SegHandle = (u32, Arc<dyn StorageFile>, String);
+
 struct SegInfo {
     file: Arc<dyn StorageFile>,
     name: String,
@@ -440,7 +443,10 @@ fn scan_segment(
         let room = next.saturating_sub(body_at);
         let body_len = hdr.map_or(room, |h| u64::from(h.body_len).min(room)) as usize;
         if hdr.is_none() {
-            f(ScanEvent::Damaged { from: pos, to: body_at });
+            f(ScanEvent::Damaged {
+                from: pos,
+                to: body_at,
+            });
         }
         if let Some(body) = r.get(body_at, body_len)? {
             let body = body.to_vec();
@@ -682,7 +688,12 @@ impl Store {
         for &r in &manifest.runs {
             let name = Run::file_name(r);
             let f = storage.open(&name).map_err(|e| ioerr(&name, e))?;
-            runs.push(Arc::new(Run::open(r, storage.describe(&name), f, manifest.seed)?));
+            runs.push(Arc::new(Run::open(
+                r,
+                storage.describe(&name),
+                f,
+                manifest.seed,
+            )?));
         }
         let mut max_seg = manifest.next_seg.saturating_sub(1);
         let mut max_run = manifest.next_run.saturating_sub(1);
@@ -747,19 +758,16 @@ impl Store {
             );
         }
         for &s in &tail_segs {
-            if !index.segs.contains_key(&s) {
+            if let std::collections::btree_map::Entry::Vacant(v) = index.segs.entry(s) {
                 let name = seg_name(s);
                 let file = storage.open(&name).map_err(|e| ioerr(&name, e))?;
-                index.segs.insert(
-                    s,
-                    SegInfo {
-                        file,
-                        name: storage.describe(&name),
-                        len: 0,
-                        live_bytes: 0,
-                        live_count: 0,
-                    },
-                );
+                v.insert(SegInfo {
+                    file,
+                    name: storage.describe(&name),
+                    len: 0,
+                    live_bytes: 0,
+                    live_count: 0,
+                });
             }
         }
 
@@ -869,14 +877,57 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Stores several shards; one durable batch per `max_batch_bytes` of them, so bulk
+    /// loads pay one fsync per batch rather than per shard. Returns one result per item.
+    pub fn put_many(&self, items: &[(ShardId, &[u8], OwnerId, Lease)]) -> Result<Vec<Result<()>>> {
+        let mut out: Vec<Result<()>> = Vec::with_capacity(items.len());
+        let mut ops = Vec::new();
+        let mut slots = Vec::new();
+        let mut bytes = 0;
+        let flush = |ops: &mut Vec<Op>, slots: &mut Vec<usize>, out: &mut Vec<Result<()>>| {
+            if ops.is_empty() {
+                return Ok(());
+            }
+            let rs = self.submit(std::mem::take(ops))?;
+            for (slot, r) in slots.drain(..).zip(rs) {
+                out[slot] = r.map(|_| ());
+            }
+            Ok::<(), Error>(())
+        };
+        for (i, (id, bytes_in, owner, lease)) in items.iter().enumerate() {
+            if bytes_in.len() > self.cfg.max_shard_bytes as usize {
+                out.push(Err(Error::TooLarge {
+                    id: *id,
+                    len: bytes_in.len(),
+                    max: self.cfg.max_shard_bytes,
+                }));
+                continue;
+            }
+            out.push(Ok(()));
+            let op = Op::Put {
+                id: *id,
+                owner: *owner,
+                expiry: lease.to_expiry(),
+                payload: bytes_in.to_vec(),
+            };
+            bytes += op.bytes();
+            ops.push(op);
+            slots.push(i);
+            if bytes >= self.cfg.max_batch_bytes {
+                flush(&mut ops, &mut slots, &mut out)?;
+                bytes = 0;
+            }
+        }
+        flush(&mut ops, &mut slots, &mut out)?;
+        Ok(out)
+    }
+
     /// Deletes shard `id` durably; `NotFound` if there is no live shard with that id.
     ///
     /// Each call writes one 4 KiB page; [`Store::delete_many`] packs many deletes into one.
     /// On a full disk, deletes draw on the space reserve (see [`Config::reserve_bytes`]).
     pub fn delete(&self, id: ShardId) -> Result<()> {
-        self.delete_many(&[id])?
-            .pop()
-            .expect("one result per id")
+        self.delete_many(&[id])?.pop().expect("one result per id")
     }
 
     /// Deletes several shards in one durable batch (up to the batch limit per batch);
@@ -1781,7 +1832,9 @@ impl Store {
                         return;
                     }
                     match self.lookup(&rec.id) {
-                        Ok(Some(e)) if e.seg == seg && u64::from(e.off) == off && e.is_live(now) => {
+                        Ok(Some(e))
+                            if e.seg == seg && u64::from(e.off) == off && e.is_live(now) =>
+                        {
                             let op = Op::Copy {
                                 id: rec.id,
                                 from: (seg, off as u32),
@@ -1866,7 +1919,7 @@ impl Store {
     pub fn verify(&self) -> Result<VerifyReport> {
         let _m = lock(&self.maint);
         let mut rep = VerifyReport::default();
-        let (runs, segs): (Vec<Arc<Run>>, Vec<(u32, Arc<dyn StorageFile>, String)>) = {
+        let (runs, segs): (Vec<Arc<Run>>, Vec<SegHandle>) = {
             let idx = self.read_index();
             (
                 idx.runs.clone(),
@@ -1935,7 +1988,10 @@ impl Store {
             if let Some(detail) = detail {
                 rep.damaged.push(Damage::Shard {
                     id,
-                    file: names.get(&e.seg).cloned().unwrap_or_else(|| seg_name(e.seg)),
+                    file: names
+                        .get(&e.seg)
+                        .cloned()
+                        .unwrap_or_else(|| seg_name(e.seg)),
                     offset: off,
                     detail,
                 });
@@ -1965,7 +2021,8 @@ impl Drop for LeaderGuard<'_> {
                 dir: self.store.dir.clone(),
                 file: "(batch writer panicked)".into(),
             };
-            w.results.insert(*no, (0..*n).map(|_| Err(e.clone())).collect());
+            w.results
+                .insert(*no, (0..*n).map(|_| Err(e.clone())).collect());
         }
         w.leader = false;
         self.store.cv.notify_all();
@@ -1977,7 +2034,9 @@ impl Drop for LeaderGuard<'_> {
 fn write_manifest_file(storage: &dyn Storage, m: &Manifest) -> Result<()> {
     let b = m.encode();
     let err = |n: &str, e| Error::io(storage.describe(n), e);
-    let f = storage.create(MANIFEST_TMP).map_err(|e| err(MANIFEST_TMP, e))?;
+    let f = storage
+        .create(MANIFEST_TMP)
+        .map_err(|e| err(MANIFEST_TMP, e))?;
     f.write_at(&b, 0).map_err(|e| err(MANIFEST_TMP, e))?;
     f.sync().map_err(|e| err(MANIFEST_TMP, e))?;
     storage

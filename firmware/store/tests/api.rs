@@ -49,8 +49,13 @@ fn shards_survive_reopen_across_many_segments_and_index_runs() {
     {
         let s = Store::open_dir(dir.path(), small_config(&c)).unwrap();
         for n in 0..3000 {
-            s.put(id(n), &payload(n, (n % 700) as usize), ALICE, Lease::Forever)
-                .unwrap();
+            s.put(
+                id(n),
+                &payload(n, (n % 700) as usize),
+                ALICE,
+                Lease::Forever,
+            )
+            .unwrap();
         }
         let st = s.stats();
         assert_eq!(st.shards, 3000);
@@ -62,7 +67,10 @@ fn shards_survive_reopen_across_many_segments_and_index_runs() {
         assert_eq!(s.get(id(n)).unwrap(), payload(n, (n % 700) as usize));
     }
     let info = s.info(id(5)).unwrap().expect("present");
-    assert_eq!((info.owner, info.lease, info.len), (ALICE, Lease::Forever, 5));
+    assert_eq!(
+        (info.owner, info.lease, info.len),
+        (ALICE, Lease::Forever, 5)
+    );
     assert!(matches!(s.get(id(99_999)), Err(Error::NotFound { .. })));
     assert!(s.info(id(99_999)).unwrap().is_none());
 }
@@ -104,8 +112,10 @@ fn leases_expire_and_compaction_reclaims_them() {
     let c = clock();
     let s = Store::open(Arc::new(SimStorage::new(2)), small_config(&c)).unwrap();
     let now = c.load(Ordering::SeqCst);
-    s.put(id(1), b"short", ALICE, Lease::Until(now + 10)).unwrap();
-    s.put(id(2), b"long", ALICE, Lease::Until(now + 1000)).unwrap();
+    s.put(id(1), b"short", ALICE, Lease::Until(now + 10))
+        .unwrap();
+    s.put(id(2), b"long", ALICE, Lease::Until(now + 1000))
+        .unwrap();
     s.put(id(3), b"forever", ALICE, Lease::Forever).unwrap();
     assert_eq!(s.get(id(1)).unwrap(), b"short");
     assert_eq!(
@@ -120,7 +130,8 @@ fn leases_expire_and_compaction_reclaims_them() {
     assert_eq!(rep.expired, 1);
     assert_eq!(s.stats().shards, 2);
     // Renewal: putting again with a later lease keeps the shard.
-    s.put(id(2), b"long", ALICE, Lease::Until(now + 5000)).unwrap();
+    s.put(id(2), b"long", ALICE, Lease::Until(now + 5000))
+        .unwrap();
     c.store(now + 2000, Ordering::SeqCst);
     assert_eq!(s.get(id(2)).unwrap(), b"long");
 }
@@ -132,7 +143,8 @@ fn shards_of_pages_through_one_owner_only() {
     let mut alice = Vec::new();
     for n in 0..2500 {
         let owner = if n % 3 == 0 { BOB } else { ALICE };
-        s.put(id(n), &payload(n, 20), owner, Lease::Forever).unwrap();
+        s.put(id(n), &payload(n, 20), owner, Lease::Forever)
+            .unwrap();
         if owner == ALICE {
             alice.push(id(n));
         }
@@ -163,7 +175,8 @@ fn compaction_reclaims_deleted_space_and_keeps_the_rest() {
     let sim = SimStorage::new(4);
     let s = Store::open(Arc::new(sim.clone()), small_config(&c)).unwrap();
     for n in 0..400 {
-        s.put(id(n), &payload(n, 2000), ALICE, Lease::Forever).unwrap();
+        s.put(id(n), &payload(n, 2000), ALICE, Lease::Forever)
+            .unwrap();
     }
     for n in 0..400 {
         if n % 5 != 0 {
@@ -180,7 +193,10 @@ fn compaction_reclaims_deleted_space_and_keeps_the_rest() {
     assert_eq!(after.live_bytes, before.live_bytes);
     assert!(after.dead_bytes < before.dead_bytes / 3, "{after:?}");
     assert!(sim.used_bytes() < used_before / 2);
-    assert_eq!(after.index_runs, 1, "compaction folds the index into one run");
+    assert_eq!(
+        after.index_runs, 1,
+        "compaction folds the index into one run"
+    );
     drop(s);
     let s = Store::open(Arc::new(sim), small_config(&c)).unwrap();
     for n in 0..400 {
@@ -200,7 +216,8 @@ fn compaction_is_bounded_by_its_read_budget() {
     let c = clock();
     let s = Store::open(Arc::new(SimStorage::new(5)), small_config(&c)).unwrap();
     for n in 0..400 {
-        s.put(id(n), &payload(n, 2000), ALICE, Lease::Forever).unwrap();
+        s.put(id(n), &payload(n, 2000), ALICE, Lease::Forever)
+            .unwrap();
     }
     for n in 0..400 {
         if n % 4 != 0 {
@@ -213,9 +230,15 @@ fn compaction_is_bounded_by_its_read_budget() {
     };
     let rep = s.compact(opts).unwrap();
     // Wholly dead segments (tombstones only) cost no reading; of the rest only two fit.
-    assert!(rep.bytes_copied > 0 && rep.bytes_copied <= 2 * (64 << 10) / 4 + 8192, "{rep:?}");
+    assert!(
+        rep.bytes_copied > 0 && rep.bytes_copied <= 2 * (64 << 10) / 4 + 8192,
+        "{rep:?}"
+    );
     let again = s.compact(CompactOptions::default()).unwrap();
-    assert!(again.bytes_copied > rep.bytes_copied, "the first call stopped early: {again:?}");
+    assert!(
+        again.bytes_copied > rep.bytes_copied,
+        "the first call stopped early: {again:?}"
+    );
     for n in (0..400).step_by(4) {
         assert_eq!(s.get(id(n)).unwrap(), payload(n, 2000));
     }
@@ -282,7 +305,8 @@ fn concurrent_puts_share_fsyncs_and_all_land() {
             std::thread::spawn(move || {
                 for k in 0..25 {
                     let n = t * 1000 + k;
-                    s.put(id(n), &payload(n, 500), ALICE, Lease::Forever).unwrap();
+                    s.put(id(n), &payload(n, 500), ALICE, Lease::Forever)
+                        .unwrap();
                     assert_eq!(s.get(id(n)).unwrap(), payload(n, 500));
                 }
             })
@@ -348,7 +372,10 @@ fn deleting_and_compacting_frees_space_on_a_full_disk() {
     let c = clock();
     let sim = SimStorage::new(7);
     let s = Store::open(Arc::new(sim.clone()), small_config(&c)).unwrap();
-    assert!(sim.file_bytes("RESERVE").is_some(), "the reserve is held from the start");
+    assert!(
+        sim.file_bytes("RESERVE").is_some(),
+        "the reserve is held from the start"
+    );
     sim.set_capacity(sim.used_bytes() + (1 << 20));
     let mut stored = Vec::new();
     for n in 0..10_000 {
@@ -360,7 +387,11 @@ fn deleting_and_compacting_frees_space_on_a_full_disk() {
     }
     assert!(stored.len() > 100, "{}", stored.len());
     // Deleting on the full disk still works (drawing on the reserve) and so does compaction.
-    let doomed: Vec<ShardId> = stored.iter().filter(|n| *n % 10 != 0).map(|&n| id(n)).collect();
+    let doomed: Vec<ShardId> = stored
+        .iter()
+        .filter(|n| *n % 10 != 0)
+        .map(|&n| id(n))
+        .collect();
     for r in s.delete_many(&doomed).unwrap() {
         r.unwrap();
     }
@@ -368,7 +399,9 @@ fn deleting_and_compacting_frees_space_on_a_full_disk() {
     assert!(rep.bytes_reclaimed > 512 << 10, "{rep:?}");
     let mut fresh = 0;
     for n in 20_000..20_100 {
-        if s.put(id(n), &payload(n, 3000), ALICE, Lease::Forever).is_ok() {
+        if s.put(id(n), &payload(n, 3000), ALICE, Lease::Forever)
+            .is_ok()
+        {
             fresh += 1;
         }
     }
@@ -392,7 +425,8 @@ fn flipped_bit_gives_an_error_naming_the_shard_and_verify_finds_it() {
     let sim = SimStorage::new(8);
     let s = Store::open(Arc::new(sim.clone()), small_config(&c)).unwrap();
     for n in 0..50 {
-        s.put(id(n), &payload(n, 1000), ALICE, Lease::Forever).unwrap();
+        s.put(id(n), &payload(n, 1000), ALICE, Lease::Forever)
+            .unwrap();
     }
     s.flush_index().unwrap();
     drop(s);
@@ -409,7 +443,10 @@ fn flipped_bit_gives_an_error_naming_the_shard_and_verify_finds_it() {
     let e = s.get(id(victim)).unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains(&id(victim).to_string()) && msg.contains(&seg), "{msg}");
+    assert!(
+        msg.contains(&id(victim).to_string()) && msg.contains(&seg),
+        "{msg}"
+    );
     for n in (0..50).filter(|&n| n != victim) {
         assert_eq!(s.get(id(n)).unwrap(), payload(n, 1000));
     }
@@ -426,7 +463,8 @@ fn random_bit_flips_never_yield_wrong_bytes_and_verify_reports_each_damaged_shar
         let sim = SimStorage::new(seed);
         let s = Store::open(Arc::new(sim.clone()), small_config(&c)).unwrap();
         for n in 0..120 {
-            s.put(id(n), &payload(n, 1500), ALICE, Lease::Forever).unwrap();
+            s.put(id(n), &payload(n, 1500), ALICE, Lease::Forever)
+                .unwrap();
         }
         s.flush_index().unwrap();
         drop(s);
@@ -467,7 +505,8 @@ fn damaged_index_page_is_named_by_get_and_verify() {
     let sim = SimStorage::new(9);
     let s = Store::open(Arc::new(sim.clone()), small_config(&c)).unwrap();
     for n in 0..100 {
-        s.put(id(n), &payload(n, 10), ALICE, Lease::Forever).unwrap();
+        s.put(id(n), &payload(n, 10), ALICE, Lease::Forever)
+            .unwrap();
     }
     s.flush_index().unwrap();
     drop(s);
@@ -482,7 +521,10 @@ fn damaged_index_page_is_named_by_get_and_verify() {
     let errors = (0..100).filter(|&n| s.get(id(n)).is_err()).count();
     assert!(errors > 0);
     let e = (0..100).find_map(|n| s.get(id(n)).err()).unwrap();
-    assert!(e.to_string().contains(&run) && e.to_string().contains("page 0"), "{e}");
+    assert!(
+        e.to_string().contains(&run) && e.to_string().contains("page 0"),
+        "{e}"
+    );
     let rep = s.verify().unwrap();
     assert!(rep
         .damaged
@@ -496,7 +538,8 @@ fn damaged_manifest_or_run_footer_is_a_clear_error_and_touches_nothing() {
     let sim = SimStorage::new(10);
     let s = Store::open(Arc::new(sim.clone()), small_config(&c)).unwrap();
     for n in 0..100 {
-        s.put(id(n), &payload(n, 10), ALICE, Lease::Forever).unwrap();
+        s.put(id(n), &payload(n, 10), ALICE, Lease::Forever)
+            .unwrap();
     }
     s.flush_index().unwrap();
     drop(s);
@@ -511,7 +554,10 @@ fn damaged_manifest_or_run_footer_is_a_clear_error_and_touches_nothing() {
         .collect();
     sim.flip_bit("MANIFEST", 20, 1).unwrap();
     let e = Store::open(Arc::new(sim.clone()), small_config(&c)).unwrap_err();
-    assert!(e.to_string().contains("MANIFEST") && e.to_string().contains("damaged"), "{e}");
+    assert!(
+        e.to_string().contains("MANIFEST") && e.to_string().contains("damaged"),
+        "{e}"
+    );
     sim.flip_bit("MANIFEST", 20, 1).unwrap();
     let run = files_before.keys().find(|n| n.starts_with("idx-")).unwrap();
     let len = files_before[run].len() as u64;

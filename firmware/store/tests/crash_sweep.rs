@@ -72,21 +72,33 @@ fn run_seed(seed: u64, seen: &mut Seen) {
     for cycle in 0..4 {
         let store = Store::open(Arc::new(sim.clone()), config(&clock))
             .unwrap_or_else(|e| panic!("seed {seed} cycle {cycle}: reopen failed: {e}"));
-        check(&store, seed, &model, clock.load(Ordering::SeqCst), "after reopen");
+        check(
+            &store,
+            seed,
+            &model,
+            clock.load(Ordering::SeqCst),
+            "after reopen",
+        );
         sim.power_cut_after(5 + rng.below(250));
         // The one operation that failed when the power went: its key may end either way.
         let mut uncertain: Option<(ShardId, Val)> = None;
         for step in 0..80 {
             if std::env::var("SWEEP_DEBUG").is_ok() {
                 let live = model.values().filter(|v| v.is_some()).count();
-                eprintln!("cycle {cycle} step {step}: store {} model {live}", store.stats().shards);
+                eprintln!(
+                    "cycle {cycle} step {step}: store {} model {live}",
+                    store.stats().shards
+                );
             }
             clock.fetch_add(rng.below(3), Ordering::SeqCst);
             let now = clock.load(Ordering::SeqCst);
             let id = id_of(rng.below(40));
             let r = rng.below(100);
             if std::env::var("SWEEP_DEBUG").is_ok() {
-                eprintln!("  op r={r} id={id:?} present={:?}", model.get(&id).map(|v| v.as_ref().map(|x| x.1)));
+                eprintln!(
+                    "  op r={r} id={id:?} present={:?}",
+                    model.get(&id).map(|v| v.as_ref().map(|x| x.1))
+                );
             }
             if r < 55 {
                 let mut payload = vec![0u8; rng.below(3000) as usize];
@@ -115,7 +127,10 @@ fn run_seed(seed: u64, seen: &mut Seen) {
                         model.insert(id, None);
                     }
                     Err(Error::NotFound { .. }) => {
-                        assert!(!present, "seed {seed}: delete of present {id} said not found")
+                        assert!(
+                            !present,
+                            "seed {seed}: delete of present {id} said not found"
+                        )
                     }
                     Err(_) => {
                         uncertain = Some((id, None));
@@ -166,7 +181,9 @@ fn run_seed(seed: u64, seen: &mut Seen) {
         let now = clock.load(Ordering::SeqCst);
         seen.torn_bytes += store.stats().truncated_bytes_at_open;
         seen.cut_mid_op += u64::from(uncertain.is_some());
-        let uncertain_dbg = uncertain.as_ref().map(|(i, v)| (*i, v.as_ref().map(|x| x.1)));
+        let uncertain_dbg = uncertain
+            .as_ref()
+            .map(|(i, v)| (*i, v.as_ref().map(|x| x.1)));
         if let Some((id, new)) = uncertain {
             let old = model.get(&id).cloned().unwrap_or(None);
             let got = match store.get(id) {
@@ -176,19 +193,32 @@ fn run_seed(seed: u64, seen: &mut Seen) {
             };
             let ok_old = got.as_ref() == visible(&old, now);
             let ok_new = got.as_ref() == visible(&new, now);
-            assert!(ok_old || ok_new, "seed {seed}: {id} holds neither old nor new value");
+            assert!(
+                ok_old || ok_new,
+                "seed {seed}: {id} holds neither old nor new value"
+            );
             // When both read alike (both absent) nothing was written: keep the old one.
             model.insert(id, if ok_old { old } else { new });
         }
         check(&store, seed, &model, now, "after crash");
         let st = store.stats();
         if std::env::var("SWEEP_DEBUG").is_ok() {
-            let n: usize = owners.iter().map(|o| store.shards_of(*o, None, 1000).unwrap().len()).sum();
-            eprintln!("cycle {cycle}: stats {st:?} scan-live {n} uncertain {:?}", uncertain_dbg);
+            let n: usize = owners
+                .iter()
+                .map(|o| store.shards_of(*o, None, 1000).unwrap().len())
+                .sum();
+            eprintln!(
+                "cycle {cycle}: stats {st:?} scan-live {n} uncertain {:?}",
+                uncertain_dbg
+            );
         }
         let live = model.values().filter(|v| v.is_some()).count() as u64;
         // Expired but not yet swept shards still count; no more than the model's puts.
-        assert!(st.shards <= live, "seed {seed}: stats say {} shards, model has at most {live}", st.shards);
+        assert!(
+            st.shards <= live,
+            "seed {seed}: stats say {} shards, model has at most {live}",
+            st.shards
+        );
         drop(store);
     }
 }
@@ -196,7 +226,10 @@ fn run_seed(seed: u64, seen: &mut Seen) {
 #[test]
 fn crash_sweep_thousand_seeds_loses_nothing_acknowledged() {
     if let Ok(s) = std::env::var("SWEEP_SEED") {
-        run_seed(s.parse().expect("SWEEP_SEED is a number"), &mut Seen::default());
+        run_seed(
+            s.parse().expect("SWEEP_SEED is a number"),
+            &mut Seen::default(),
+        );
         return;
     }
     let mut seen = Seen::default();
@@ -204,8 +237,15 @@ fn crash_sweep_thousand_seeds_loses_nothing_acknowledged() {
         run_seed(seed, &mut seen);
     }
     // The sweep must really have cut the power inside operations and met torn tails.
-    assert!(seen.cut_mid_op > 500, "only {} operations cut by power loss", seen.cut_mid_op);
-    assert!(seen.torn_bytes > 0, "no torn write was ever cut off at open");
+    assert!(
+        seen.cut_mid_op > 500,
+        "only {} operations cut by power loss",
+        seen.cut_mid_op
+    );
+    assert!(
+        seen.torn_bytes > 0,
+        "no torn write was ever cut off at open"
+    );
     eprintln!(
         "crash sweep: {} operations cut by power loss, {} torn bytes cut off",
         seen.cut_mid_op, seen.torn_bytes

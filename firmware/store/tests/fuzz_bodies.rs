@@ -24,6 +24,7 @@ fn record_decoder_survives_random_bytes() {
 #[test]
 fn recovery_survives_arbitrary_and_damaged_segment_bytes() {
     let mut rng = SimRng::new(2);
+    let mut readable = 0;
     for _ in 0..300 {
         let mut b = vec![0u8; rng.below(9000) as usize];
         rng.fill(&mut b);
@@ -33,6 +34,8 @@ fn recovery_survives_arbitrary_and_damaged_segment_bytes() {
             let to = (from + rng.below(5000) as usize).min(b.len());
             b[from..to].fill(0);
         }
-        recover_from_bytes(&b);
+        readable += recover_from_bytes(&b);
     }
+    // About half the inputs start from a store holding four shards; damage spares most.
+    assert!(readable > 200, "only {readable} shards survived");
 }

@@ -18,7 +18,11 @@ fn child_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let p = profile_dir.join("examples").join("crash_child");
-    assert!(p.exists(), "{} missing: cargo test builds examples", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: cargo test builds examples",
+        p.display()
+    );
     p
 }
 
@@ -119,5 +123,9 @@ fn kill_dash_nine_at_random_points_loses_nothing_acknowledged() {
         }
         assert!(store.verify().unwrap().damaged.is_empty(), "round {round}");
     }
-    assert!(acked.len() > 100, "the child acknowledged only {} operations", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the child acknowledged only {} operations",
+        acked.len()
+    );
 }
