@@ -138,7 +138,8 @@ fn store_cfg() -> Config {
     }
 }
 
-fn ingest_ours(dir: &Path, pool: &[u8], size: usize, count: u64) -> (f64, u64) {
+/// Returns (seconds, device bytes written, shards per fsync).
+fn ingest_ours(dir: &Path, pool: &[u8], size: usize, count: u64) -> (f64, u64, f64) {
     let store = Store::open_dir(dir, store_cfg()).unwrap();
     let w0 = io_write_bytes();
     let secs = parallel(count, |n| {
@@ -151,7 +152,12 @@ fn ingest_ours(dir: &Path, pool: &[u8], size: usize, count: u64) -> (f64, u64) {
             )
             .unwrap()
     });
-    (secs, io_write_bytes() - w0)
+    let st = store.stats();
+    (
+        secs,
+        io_write_bytes() - w0,
+        st.batched_records as f64 / st.batches.max(1) as f64,
+    )
 }
 
 fn ingest_file_per_shard(dir: &Path, pool: &[u8], size: usize, count: u64) -> f64 {
@@ -327,12 +333,13 @@ fn main() {
         let d = fresh_dir(&work.join("dd"));
         let dd_before = dd_secs(&d, total);
         let ours_dir = fresh_dir(&work.join(format!("ours-{k}k")));
-        let (ours, written) = ingest_ours(&ours_dir, &pool, size, count);
+        let (ours, written, per_sync) = ingest_ours(&ours_dir, &pool, size, count);
         let dd_after = dd_secs(&d, total);
         let dd = (dd_before + dd_after) / 2.0;
         f.num(&format!("ingest_vs_dd_{k}k"), dd / ours);
         f.num(&format!("ingest_mb_s_{k}k"), total as f64 / 1e6 / ours);
         f.num(&format!("dd_mb_s_{k}k"), total as f64 / 1e6 / dd);
+        f.num(&format!("shards_per_fsync_{k}k"), per_sync);
         if size == 256 << 10 {
             f.num("write_amplification", written as f64 / total as f64);
             let fps_dir = fresh_dir(&work.join("file-per-shard"));

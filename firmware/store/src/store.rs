@@ -29,6 +29,9 @@ const MANIFEST_MAGIC: &[u8; 8] = b"CAIRNMF1";
 const MEM_ENTRY_RAM: usize = 96;
 /// Filter bits per shard when the budget allows: about 0.3 % false positives.
 const MAX_BLOOM_BITS: u32 = 12;
+/// How long a batch leader waits for as many requests as the last batch had. Bounded so a
+/// writer that went away costs one short delay, after which the target drops.
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(200);
 /// Bytes read per call when scanning a segment sequentially.
 const SCAN_WINDOW: usize = 1 << 20;
 
@@ -87,6 +90,10 @@ pub struct Stats {
     pub damaged_regions_at_open: u64,
     /// Bytes of torn writes cut off at open.
     pub truncated_bytes_at_open: u64,
+    /// Batches written (one fsync each) since open.
+    pub batches: u64,
+    /// Records written in those batches: `records / batches` is the group-commit factor.
+    pub batched_records: u64,
 }
 
 /// Limits for one [`Store::compact`] call.
@@ -293,8 +300,10 @@ struct Writer {
     /// Requests waiting for the next batch; their bytes are bounded by `max_batch_bytes`.
     pending: Vec<Request>,
     pending_bytes: usize,
-    /// Whether some thread is writing a batch now.
+    /// Whether some thread is writing (or gathering) a batch now.
     leader: bool,
+    /// Requests in the last batch: how many the next leader waits for, briefly.
+    last_batch_requests: usize,
     next_no: u64,
     /// Results for requests whose batch is done, until their threads pick them up (one per
     /// waiting thread).
@@ -317,6 +326,8 @@ pub struct Store {
     maint: Mutex<()>,
     damaged_at_open: u64,
     truncated_at_open: u64,
+    batches: std::sync::atomic::AtomicU64,
+    batched_records: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -817,6 +828,7 @@ impl Store {
                 pending: Vec::new(),
                 pending_bytes: 0,
                 leader: false,
+                last_batch_requests: 1,
                 next_no: 0,
                 results: HashMap::new(),
             }),
@@ -835,6 +847,8 @@ impl Store {
             maint: Mutex::new(()),
             damaged_at_open: damaged,
             truncated_at_open: truncated,
+            batches: Default::default(),
+            batched_records: Default::default(),
             cfg,
         };
         store.ensure_reserve();
@@ -1188,6 +1202,10 @@ impl Store {
             memory_budget_bytes: self.cfg.memory_budget_bytes as u64,
             damaged_regions_at_open: self.damaged_at_open,
             truncated_bytes_at_open: self.truncated_at_open,
+            batches: self.batches.load(std::sync::atomic::Ordering::Relaxed),
+            batched_records: self
+                .batched_records
+                .load(std::sync::atomic::Ordering::Relaxed),
             segments: idx.segs.len() as u64,
             index_runs: idx.runs.len() as u64,
             unsealed_entries: idx.mem.len() as u64,
@@ -1229,12 +1247,32 @@ impl Store {
         w.next_no += 1;
         w.pending.push(Request { no, ops });
         w.pending_bytes += bytes;
+        if w.leader {
+            // A leader may be gathering a batch.
+            self.cv.notify_all();
+        }
         loop {
             if let Some(r) = w.results.remove(&no) {
                 return Ok(r);
             }
             if !w.leader {
                 w.leader = true;
+                // Writers just released by the previous batch are still on their way back:
+                // give them a moment to join, so N writers keep sharing one fsync.
+                let target = w.last_batch_requests;
+                let deadline = std::time::Instant::now() + GATHER_WAIT;
+                while w.pending.len() < target && w.pending_bytes < self.cfg.max_batch_bytes {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    w = self
+                        .cv
+                        .wait_timeout(w, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                w.last_batch_requests = w.pending.len();
                 let batch = std::mem::take(&mut w.pending);
                 w.pending_bytes = 0;
                 self.cv.notify_all();
@@ -1427,6 +1465,10 @@ impl Store {
         }
         drop(idx);
         io.write_off = base + padded;
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.batched_records
+            .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
         results
     }
 
