@@ -869,8 +869,10 @@ impl Store {
         (self.cfg.clock)()
     }
 
-    /// Stores `bytes` as shard `id` for `owner`, replacing any shard with that id. Returns
-    /// once the shard is durable on the medium; concurrent puts share one fsync.
+    /// Stores `bytes` as shard `id` for `owner`, replacing any shard with that id (whoever
+    /// owned it: a caller serving several peers checks [`Store::info`] first). Putting the
+    /// same shard again with a later lease renews it. Returns once the shard is durable on
+    /// the medium; concurrent puts share one fsync.
     pub fn put(&self, id: ShardId, bytes: &[u8], owner: OwnerId, lease: Lease) -> Result<()> {
         if bytes.len() > self.cfg.max_shard_bytes as usize {
             return Err(Error::TooLarge {
