@@ -104,7 +104,7 @@ fn main() {
         figures.push((name, format!("{v:.3}")));
     };
 
-    // memcpy: the read stage's cost (page cache → chunker buffer), 1 MiB at a time.
+    // memcpy, for scale (the chunker's figure includes the copy reading makes).
     let mut dst = vec![0u8; 1 << 20];
     let memcpy = rate(size, || {
         for c in data.chunks(1 << 20) {
@@ -114,17 +114,19 @@ fn main() {
     });
     num("memcpy_mb_s", memcpy);
 
-    // FastCDC as the vault runs it (streaming from a reader, keyed gear).
-    let mut chunker = Chunker::new(keys.chunker_seed());
+    // FastCDC as the vault runs it: reading 128 KiB at a time into the chunk's buffer (the
+    // copy a read from the page cache makes) and cutting with the keyed gear.
+    let chunker = Chunker::new(keys.chunker_seed());
     let mut chunks: Vec<(usize, usize)> = Vec::new();
+    let (mut cbuf, mut carry) = (Vec::with_capacity(8 << 20), Vec::new());
     let fastcdc = rate(size, || {
         chunks.clear();
-        chunker.reset();
+        carry.clear();
         let mut r: &[u8] = &data;
         let mut pos = 0;
-        while let Some(c) = chunker.next_chunk(&mut r).unwrap() {
-            chunks.push((pos, c.len()));
-            pos += c.len();
+        while chunker.next_chunk(&mut r, &mut cbuf, &mut carry).unwrap() {
+            chunks.push((pos, cbuf.len()));
+            pos += cbuf.len();
         }
     });
     num("fastcdc_mb_s", fastcdc);
@@ -234,18 +236,18 @@ fn main() {
     fs::write(&file, &data).unwrap();
     drop(data);
     let mut run = 0;
+    // Each run puts into a new vault (a new key: nothing deduplicates); only the put is timed.
     let mut pipeline = |workers: usize| {
-        rate(size, || {
+        let mut best = f64::MAX;
+        for _ in 0..3 {
             run += 1;
             let home = work.join(format!("home{run}"));
-            let targets = (0..8)
-                .map(|i| Target::Dir(work.join(format!("t{run}-{i}"))))
-                .collect();
+            let dirs: Vec<PathBuf> = (0..8).map(|i| work.join(format!("t{run}-{i}"))).collect();
             let cfg = Config {
                 k: 4,
                 n: 8,
                 aead,
-                targets,
+                targets: dirs.iter().map(|d| Target::Dir(d.clone())).collect(),
             };
             let kdf = KdfParams {
                 m_kib: 64,
@@ -253,15 +255,17 @@ fn main() {
                 p: 1,
             };
             let mut v = Vault::init(&home, cfg, b"bench", kdf).unwrap();
-            let dirs = (0..8).map(|i| work.join(format!("t{run}-{i}"))).collect();
             v.set_backend(
                 Arc::new(Discard(AtomicU64::new(0))),
                 Arc::new(DirStore::new(dirs)),
             );
             v.set_workers(workers);
+            let t = Instant::now();
             let r = v.put(&[&file], &mut NoProgress).unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
             assert_eq!(r.bytes as usize, size);
-        })
+        }
+        size as f64 / best / 1e6
     };
     let one = pipeline(0);
     let all = pipeline(cores);
@@ -271,8 +275,8 @@ fn main() {
     } else {
         chacha
     };
-    let serial =
-        1.0 / (1.0 / memcpy + 1.0 / fastcdc + 1.0 / blake3 + 1.0 / aead_rate + 1.0 / encode);
+    // The pipeline's stages: read+cut, id, seal, encode+frame.
+    let serial = 1.0 / (1.0 / fastcdc + 1.0 / blake3 + 1.0 / aead_rate + 1.0 / encode);
     num("serial_limit_mb_s", serial);
     num("pipeline_mb_s", one);
     num("pipeline_vs_serial_limit", one / serial);

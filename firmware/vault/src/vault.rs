@@ -2,14 +2,15 @@
 //!
 //! Put pipeline (memory is bounded whatever the file sizes):
 //! ```text
-//! calling thread: walk ─► read data regions (holes skipped) ─► FastCDC ─► job queue (bounded)
-//! W workers:      zero check ─► id ─► dedup ─► seal ─► Reed–Solomon ─► shards ─► sink
+//! calling thread: walk ─► data regions (holes skipped) ─► 32 MiB segments ─► queue (bounded)
+//! W workers:      read ─► FastCDC ─► zero check ─► id ─► dedup ─► seal ─► Reed–Solomon
+//!                 ─► shards ─► sink
 //! ```
-//! Memory: the chunker's 8 MiB buffer, W + 2 chunk buffers of ≈5 MiB (room for a sealed largest
-//! chunk) and per worker ≈ (n − k)/k × 5 MiB of parity plus one framed shard (≈1.3 MiB). With
-//! W ≤ 3 (the calling thread is the fourth on a 4-core plug) and 4-of-8 that is at most
-//! 8 + 25 + 19 ≈ 52 MiB, reached only once the rare largest chunks have passed through every
-//! buffer; the tree being built costs ~100 bytes per file.
+//! Each worker reads a chunk straight into the buffer it seals it in. Memory per worker: that
+//! buffer (≈5 MiB: a sealed largest chunk), the read carry (< 256 KiB), parity and one framed
+//! shard (≈6.3 MiB for 4-of-8): ≈12 MiB, so W ≤ 4 workers stay under 48 MiB even after the
+//! rare largest chunks have passed through every buffer. The tree being built costs ~100
+//! bytes per file.
 //!
 //! Snapshots are numbered 1, 2, …; snapshot N's root record is stored under `head_id(N)`, so a
 //! new device holding only the key finds the latest one by probing (see [`Vault::restore`]).
@@ -21,11 +22,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use crate::chunker::{Chunker, MAX_CHUNK};
+use crate::chunker::{Chunker, MAX_CHUNK, READ_STEP};
 use crate::error::{corrupt, io_err, Result, VaultError};
 use crate::home::{Config, Home, Target};
 use crate::keys::{self, KdfParams, Keys, Kind, OwnerSecret, RootCapability};
@@ -38,9 +39,11 @@ use crate::store::{ChunkReader, ChunkWriter, Scratch};
 use crate::ChunkId;
 
 /// Most worker threads a put uses (bounds its memory; see the module notes).
-pub const MAX_WORKERS: usize = 3;
+pub const MAX_WORKERS: usize = 4;
 /// Holes shorter than this are read as data (avoids a manifest full of tiny extents).
 const MIN_HOLE: u64 = 1024 * 1024;
+/// Files are chunked in segments of this size, in parallel (see `run_pipeline`).
+const SEGMENT: u64 = 32 * 1024 * 1024;
 
 /// An open vault.
 pub struct Vault {
@@ -427,7 +430,7 @@ impl Vault {
             self.sink.as_ref(),
             known,
         );
-        let mut chunker = Chunker::new(self.keys.chunker_seed());
+        let chunker = Chunker::new(self.keys.chunker_seed());
         let files: Vec<(usize, PathBuf)> = entries
             .iter()
             .enumerate()
@@ -436,7 +439,7 @@ impl Vault {
                 _ => None,
             })
             .collect();
-        let extents = run_pipeline(&writer, &mut chunker, &files, self.workers, progress)?;
+        let extents = run_pipeline(&writer, &chunker, &files, self.workers, progress)?;
         let mut bytes = 0;
         for ((i, _), ext) in files.iter().zip(extents) {
             let e = &mut entries[*i].0;
@@ -460,15 +463,15 @@ impl Vault {
         let mut manifest_chunks = Vec::new();
         let mut scratch = Scratch::default();
         let mut reader: &[u8] = &encoded;
-        chunker.reset();
-        let mut buf = Vec::with_capacity(chunk_capacity(self.config.k));
-        while let Some(c) = chunker
-            .next_chunk(&mut reader)
+        let (mut buf, mut carry) = (
+            Vec::with_capacity(chunk_capacity(self.config.k)),
+            Vec::new(),
+        );
+        while chunker
+            .next_chunk(&mut reader, &mut buf, &mut carry)
             .map_err(|e| VaultError::Usage(format!("manifest: {e}")))?
         {
-            buf.clear();
-            buf.extend_from_slice(c);
-            let len = c.len() as u32;
+            let len = buf.len() as u32;
             let id = writer.store(Kind::Manifest, &mut buf, &mut scratch)?;
             manifest_chunks.push((id, len));
         }
@@ -730,148 +733,214 @@ fn seek_hole(_f: &File, _pos: u64) -> std::io::Result<u64> {
     Ok(u64::MAX)
 }
 
-/// A chunk in flight: which file, which extent slot, and its bytes.
-struct Job {
+/// A piece of work: one segment of one file's data.
+struct Unit {
     file: usize,
     slot: usize,
-    buf: Vec<u8>,
+    src: Arc<File>,
+    path: Arc<PathBuf>,
+    start: u64,
+    end: u64,
 }
 
-type Done = (usize, usize, Result<Extent>, Vec<u8>);
+type Done = (usize, usize, Result<Vec<Extent>>);
 
-/// Chunks `files` and stores the chunks with `workers` threads; returns each file's extents.
+/// What a worker keeps from segment to segment. Memory: the chunk buffer (room for a sealed
+/// largest chunk, ≈5 MiB), the carry (< [`READ_STEP`]) and the scratch (parity and one
+/// framed shard, ≈6.3 MiB for 4-of-8) — about 12 MiB per worker at most.
+struct WorkerState {
+    buf: Vec<u8>,
+    carry: Vec<u8>,
+    scratch: Scratch,
+}
+
+impl WorkerState {
+    fn new(k: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(chunk_capacity(k)),
+            carry: Vec::with_capacity(READ_STEP),
+            scratch: Scratch::default(),
+        }
+    }
+}
+
+/// Reads `file` from `pos` to `end` with positioned reads (workers share one open file).
+struct Segment<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Segment<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = (buf.len() as u64).min(self.end - self.pos) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.file.read_at(&mut buf[..n], self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+/// Chunks and stores one segment; returns its extents.
+fn process(
+    writer: &ChunkWriter<'_>,
+    chunker: &Chunker,
+    st: &mut WorkerState,
+    unit: &Unit,
+    done_bytes: &AtomicU64,
+) -> Result<Vec<Extent>> {
+    let mut r = Segment {
+        file: &unit.src,
+        pos: unit.start,
+        end: unit.end,
+    };
+    st.carry.clear();
+    let mut out = Vec::new();
+    while chunker
+        .next_chunk(&mut r, &mut st.buf, &mut st.carry)
+        .map_err(io_err(unit.path.as_path()))?
+    {
+        let n = st.buf.len() as u64;
+        out.push(writer.store_data(&mut st.buf, &mut st.scratch)?);
+        done_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(out)
+}
+
+/// Splits `files` into holes and data segments of at most [`SEGMENT`] bytes, chunks and stores
+/// the segments on `workers` threads (0: on this one), and returns each file's extents.
+///
+/// Segments are cut at fixed file offsets, so chunking is parallel even within one file; the
+/// cost is a forced chunk boundary every [`SEGMENT`] bytes (a few more chunks, and after an
+/// insertion one or two re-stored chunks per later segment).
 fn run_pipeline(
     writer: &ChunkWriter<'_>,
-    chunker: &mut Chunker,
+    chunker: &Chunker,
     files: &[(usize, PathBuf)],
     workers: usize,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Vec<Extent>>> {
-    let k = writer_k(writer);
-    let mut extents: Vec<Vec<Option<Extent>>> = vec![Vec::new(); files.len()];
-    if workers == 0 {
-        let mut scratch = Scratch::default();
-        let mut buf = Vec::with_capacity(chunk_capacity(k));
-        for (fi, (_, path)) in files.iter().enumerate() {
-            read_file_chunks(path, chunker, progress, |slot_ext, chunk| {
-                match chunk {
-                    None => extents[fi].push(Some(slot_ext)),
-                    Some(c) => {
-                        buf.clear();
-                        buf.extend_from_slice(c);
-                        extents[fi].push(Some(writer.store_data(&mut buf, &mut scratch)?));
-                    }
-                }
-                Ok(())
-            })?;
-        }
-        return Ok(finish_extents(extents));
-    }
+    let k = writer.codec_k();
+    // Per file, per slot (hole or segment): the extents once known.
+    let mut slots: Vec<Vec<Option<Vec<Extent>>>> = vec![Vec::new(); files.len()];
+    let done_bytes = AtomicU64::new(0);
+    let mut reported = 0u64;
+    let mut report = |progress: &mut dyn Progress, done: &AtomicU64, extra: u64| {
+        let now = done.fetch_add(extra, Ordering::Relaxed) + extra;
+        progress.advance(now - reported);
+        reported = now;
+    };
+    let mut inline = (workers == 0).then(|| WorkerState::new(k));
     std::thread::scope(|scope| -> Result<Vec<Vec<Extent>>> {
-        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(2);
+        let (job_tx, job_rx) = mpsc::sync_channel::<Unit>(workers.max(1));
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         for _ in 0..workers {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
+            let done_bytes = &done_bytes;
             scope.spawn(move || {
-                let mut scratch = Scratch::default();
+                let mut st = WorkerState::new(k);
                 loop {
-                    let job = rx.lock().expect("job queue").recv();
-                    let Ok(mut job) = job else { break };
-                    let r = writer.store_data(&mut job.buf, &mut scratch);
-                    if tx.send((job.file, job.slot, r, job.buf)).is_err() {
+                    let unit = rx.lock().expect("job queue").recv();
+                    let Ok(unit) = unit else { break };
+                    let r = process(writer, chunker, &mut st, &unit, done_bytes);
+                    if tx.send((unit.file, unit.slot, r)).is_err() {
                         break;
                     }
                 }
             });
         }
         drop(done_tx);
-        // Buffers in circulation: one per worker, plus two queued or being filled.
-        let pool_max = workers + 2;
-        let mut free: Vec<Vec<u8>> = Vec::new();
-        let mut allocated = 0usize;
         let mut in_flight = 0usize;
         let mut first_err: Option<VaultError> = None;
         let settle = |d: Done,
-                      extents: &mut Vec<Vec<Option<Extent>>>,
-                      free: &mut Vec<Vec<u8>>,
-                      first_err: &mut Option<VaultError>| {
-            let (f, s, r, mut b) = d;
-            match r {
-                Ok(x) => extents[f][s] = Some(x),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
+                      slots: &mut Vec<Vec<Option<Vec<Extent>>>>,
+                      first_err: &mut Option<VaultError>| match d.2 {
+            Ok(x) => slots[d.0][d.1] = Some(x),
+            Err(e) => {
+                first_err.get_or_insert(e);
             }
-            b.clear();
-            free.push(b);
         };
         let feed = (|| -> Result<()> {
             for (fi, (_, path)) in files.iter().enumerate() {
-                read_file_chunks(path, chunker, progress, |hole, chunk| {
-                    let slot = extents[fi].len();
-                    let Some(c) = chunk else {
-                        extents[fi].push(Some(hole));
-                        return Ok(());
-                    };
-                    extents[fi].push(None);
-                    // Collect finished chunks; wait for one when every buffer is in use.
-                    while let Ok(d) = done_rx.try_recv() {
-                        in_flight -= 1;
-                        settle(d, &mut extents, &mut free, &mut first_err);
+                let f = File::open(path).map_err(io_err(path))?;
+                let size = f.metadata().map_err(io_err(path))?.len();
+                let (src, path) = (Arc::new(f), Arc::new(path.clone()));
+                let mut pos = 0u64;
+                while pos < size {
+                    let region = next_data(&src, pos, size).map_err(io_err(path.as_path()))?;
+                    let (start, end) = region.unwrap_or((size, size));
+                    if start > pos {
+                        slots[fi].push(Some(vec![Extent::Zero { len: start - pos }]));
+                        report(progress, &done_bytes, start - pos);
                     }
-                    if free.is_empty() && allocated >= pool_max {
-                        let d = done_rx.recv().expect("workers alive while jobs are queued");
-                        in_flight -= 1;
-                        settle(d, &mut extents, &mut free, &mut first_err);
-                    }
-                    if let Some(e) = first_err.take() {
-                        return Err(e);
-                    }
-                    let mut buf = free.pop().unwrap_or_else(|| {
-                        allocated += 1;
-                        Vec::with_capacity(chunk_capacity(k))
-                    });
-                    buf.extend_from_slice(c);
-                    in_flight += 1;
-                    job_tx
-                        .send(Job {
+                    let mut seg = start;
+                    while seg < end {
+                        let unit = Unit {
                             file: fi,
-                            slot,
-                            buf,
-                        })
-                        .expect("workers alive");
-                    Ok(())
-                })?;
+                            slot: slots[fi].len(),
+                            src: src.clone(),
+                            path: path.clone(),
+                            start: seg,
+                            end: (seg + SEGMENT).min(end),
+                        };
+                        seg = unit.end;
+                        slots[fi].push(None);
+                        if let Some(st) = inline.as_mut() {
+                            let x = process(writer, chunker, st, &unit, &done_bytes)?;
+                            slots[fi][unit.slot] = Some(x);
+                        } else {
+                            in_flight += 1;
+                            job_tx.send(unit).expect("workers alive");
+                        }
+                        while let Ok(d) = done_rx.try_recv() {
+                            in_flight -= 1;
+                            settle(d, &mut slots, &mut first_err);
+                        }
+                        report(progress, &done_bytes, 0);
+                        if let Some(e) = first_err.take() {
+                            return Err(e);
+                        }
+                    }
+                    pos = end;
+                }
             }
             Ok(())
         })();
         drop(job_tx);
         while in_flight > 0 {
-            let d = done_rx.recv().expect("workers finish their jobs");
-            in_flight -= 1;
-            settle(d, &mut extents, &mut free, &mut first_err);
+            match done_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(d) => {
+                    in_flight -= 1;
+                    settle(d, &mut slots, &mut first_err);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            report(progress, &done_bytes, 0);
         }
         feed?;
         if let Some(e) = first_err {
             return Err(e);
         }
-        Ok(finish_extents(extents))
+        Ok(finish_extents(slots))
     })
 }
 
-fn writer_k(w: &ChunkWriter<'_>) -> usize {
-    w.codec_k()
-}
-
-/// Unwraps the extents and merges neighbouring zero runs.
-fn finish_extents(extents: Vec<Vec<Option<Extent>>>) -> Vec<Vec<Extent>> {
-    extents
+/// Flattens the slots and merges neighbouring zero runs.
+fn finish_extents(slots: Vec<Vec<Option<Vec<Extent>>>>) -> Vec<Vec<Extent>> {
+    slots
         .into_iter()
         .map(|v| {
-            let mut out: Vec<Extent> = Vec::with_capacity(v.len());
-            for x in v.into_iter().map(|x| x.expect("every chunk settled")) {
+            let mut out: Vec<Extent> = Vec::new();
+            for x in v
+                .into_iter()
+                .flat_map(|x| x.expect("every segment settled"))
+            {
                 match (out.last_mut(), &x) {
                     (Some(Extent::Zero { len }), Extent::Zero { len: more }) => *len += more,
                     _ => out.push(x),
@@ -880,46 +949,6 @@ fn finish_extents(extents: Vec<Vec<Option<Extent>>>) -> Vec<Vec<Extent>> {
             out
         })
         .collect()
-}
-
-/// Reads `path` region by region: `each(Zero extent, None)` for a hole, `each(_, Some(chunk))`
-/// for each chunk of data.
-fn read_file_chunks(
-    path: &Path,
-    chunker: &mut Chunker,
-    progress: &mut dyn Progress,
-    mut each: impl FnMut(Extent, Option<&[u8]>) -> Result<()>,
-) -> Result<()> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let size = f.metadata().map_err(io_err(path))?.len();
-    let mut pos = 0u64;
-    loop {
-        let region = next_data(&f, pos, size).map_err(io_err(path))?;
-        let (start, end) = region.unwrap_or((size, size));
-        if start > pos {
-            each(Extent::Zero { len: start - pos }, None)?;
-            progress.advance(start - pos);
-        }
-        if region.is_none() {
-            break;
-        }
-        f.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
-        chunker.reset();
-        let mut r = (&f).take(end - start);
-        let mut read = 0u64;
-        while let Some(c) = chunker.next_chunk(&mut r).map_err(io_err(path))? {
-            read += c.len() as u64;
-            let n = c.len() as u64;
-            each(Extent::Zero { len: 0 }, Some(c))?;
-            progress.advance(n);
-        }
-        // A file that shrank while read ends here.
-        if read < end - start {
-            break;
-        }
-        pos = end;
-    }
-    Ok(())
 }
 
 fn write_file(
