@@ -245,6 +245,9 @@ struct IoState {
     seed: u64,
     /// The batch buffer, reused; bounded by `max_batch_bytes` plus one shard.
     buf: Vec<u8>,
+    /// The manifest as last written: index merges rewrite it with only the run list
+    /// changed, so its tail mark and byte counts stay those of the last checkpoint.
+    manifest: Manifest,
 }
 
 enum Op {
@@ -324,6 +327,8 @@ pub struct Store {
     poisoned: Mutex<Option<String>>,
     /// One compaction or verification at a time.
     maint: Mutex<()>,
+    /// One index-run merge at a time.
+    merging: Mutex<()>,
     damaged_at_open: u64,
     truncated_at_open: u64,
     batches: std::sync::atomic::AtomicU64,
@@ -518,6 +523,7 @@ fn walk_records(body: &[u8], body_at: u64, f: &mut impl FnMut(ScanEvent<'_>)) ->
     o
 }
 
+#[derive(Clone)]
 struct Manifest {
     seed: u64,
     seq: u64,
@@ -841,10 +847,12 @@ impl Store {
                 next_run: max_run + 1,
                 seed: manifest.seed,
                 buf: Vec::new(),
+                manifest: manifest.clone(),
             }),
             index: RwLock::new(index),
             poisoned: Mutex::new(None),
             maint: Mutex::new(()),
+            merging: Mutex::new(()),
             damaged_at_open: damaged,
             truncated_at_open: truncated,
             batches: Default::default(),
@@ -1194,7 +1202,9 @@ impl Store {
         if self.read_index().mem.is_empty() {
             return Ok(());
         }
-        self.checkpoint(&mut io, false, &[])
+        self.checkpoint(&mut io, false, &[])?;
+        drop(io);
+        self.merge_runs(false)
     }
 
     /// Current counters.
@@ -1293,6 +1303,14 @@ impl Store {
                 }
                 w.leader = false;
                 self.cv.notify_all();
+                if self.merge_due() {
+                    // Index upkeep on this caller's time, after its batch is out and with
+                    // no lock held, so other writers are not held up by it. A failure
+                    // (e.g. a full disk) leaves the runs as they were, to retry later.
+                    drop(w);
+                    let _ = self.merge_runs(false);
+                    w = lock(&self.writer);
+                }
                 continue;
             }
             w = self.cv.wait(w).unwrap_or_else(|e| e.into_inner());
@@ -1560,6 +1578,7 @@ impl Store {
             }
             return Err(e);
         }
+        io.manifest = m;
         {
             let mut idx = self.write_index();
             if let Some(r) = new_run {
@@ -1589,7 +1608,7 @@ impl Store {
         for r in remove {
             let _ = self.storage.remove(&seg_name(*r));
         }
-        self.merge_runs(io, false)
+        Ok(())
     }
 
     /// Bloom bits per key that keep all filters and fences within the budget at `total`
@@ -1600,10 +1619,27 @@ impl Store {
         ((avail * 8) / total.max(1)).min(u64::from(MAX_BLOOM_BITS)) as u32
     }
 
-    /// Merges the two newest runs while the newer is at least half the older's size (a
-    /// binary counter: O(log n) runs, each entry rewritten O(log n) times); with `all`,
-    /// merges everything into one run.
-    fn merge_runs(&self, io: &mut IoState, all: bool) -> Result<()> {
+    /// Whether the run policy asks for a merge now.
+    fn merge_due(&self) -> bool {
+        let idx = self.read_index();
+        idx.runs.windows(2).any(|w| w[1].count * 2 >= w[0].count)
+    }
+
+    /// Merges adjacent runs while a newer one is at least half the size of the one before
+    /// it (a binary counter: O(log n) runs, each entry rewritten O(log n) times); with
+    /// `all`, merges everything into one run. Runs without the I/O lock, so puts go on
+    /// meanwhile; only installing the result takes it. One merger at a time: without `all`,
+    /// a caller finding a merge under way returns at once.
+    fn merge_runs(&self, all: bool) -> Result<()> {
+        let _merging = if all {
+            lock(&self.merging)
+        } else {
+            match self.merging.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            }
+        };
         loop {
             let (a, b, bottom) = {
                 let idx = self.read_index();
@@ -1611,59 +1647,55 @@ impl Store {
                 if n < 2 {
                     return Ok(());
                 }
-                let (older, newer) = (&idx.runs[n - 2], &idx.runs[n - 1]);
-                if !all && newer.count * 2 < older.count {
-                    return Ok(());
-                }
-                (older.clone(), newer.clone(), n == 2)
+                let i = if all {
+                    n - 2
+                } else {
+                    match (0..n - 1)
+                        .rev()
+                        .find(|&i| idx.runs[i + 1].count * 2 >= idx.runs[i].count)
+                    {
+                        Some(i) => i,
+                        None => return Ok(()),
+                    }
+                };
+                (idx.runs[i].clone(), idx.runs[i + 1].clone(), i == 0)
             };
-            let id = io.next_run;
+            let (id, seed) = {
+                let mut io = lock(&self.io);
+                io.next_run += 1;
+                (io.next_run - 1, io.seed)
+            };
             let name = Run::file_name(id);
-            let merged = self.merge_two(io, &a, &b, bottom, id, &name);
-            let run = match merged {
+            let run = match self.merge_two(seed, &a, &b, bottom, id, &name) {
                 Ok(r) => Arc::new(r),
                 Err(e) => {
                     let _ = self.storage.remove(&name);
                     return Err(e);
                 }
             };
-            io.next_run += 1;
-            let m = {
-                let idx = self.read_index();
-                let runs: Vec<u32> = idx
+            {
+                let mut io = lock(&self.io);
+                let mut m = io.manifest.clone();
+                m.runs = m
                     .runs
                     .iter()
-                    .map(|r| r.id)
-                    .filter(|&r| r != a.id && r != b.id)
-                    .chain(std::iter::once(id))
+                    .filter(|&&r| r != b.id)
+                    .map(|&r| if r == a.id { id } else { r })
                     .collect();
-                Manifest {
-                    seed: io.seed,
-                    seq: io.seq,
-                    tail_seg: io.active_seg,
-                    tail_off: io.write_off,
-                    next_seg: io.next_seg,
-                    next_run: io.next_run,
-                    owners: idx.owners.clone(),
-                    segs: idx
-                        .segs
-                        .iter()
-                        .map(|(id, s)| (*id, s.live_bytes, s.live_count))
-                        .collect(),
-                    runs,
+                m.next_run = m.next_run.max(io.next_run);
+                if let Err(e) = write_manifest_file(&*self.storage, &m) {
+                    let _ = self.storage.remove(&name);
+                    return Err(e);
                 }
-            };
-            // The tail mark may only move with an empty memtable; merges run right after a
-            // flush, and the batch leader holds `io`, so it is.
-            debug_assert!(self.read_index().mem.is_empty());
-            if let Err(e) = write_manifest_file(&*self.storage, &m) {
-                let _ = self.storage.remove(&name);
-                return Err(e);
-            }
-            {
+                io.manifest = m;
                 let mut idx = self.write_index();
-                idx.runs.retain(|r| r.id != a.id && r.id != b.id);
-                idx.runs.push(run);
+                idx.runs.retain(|r| r.id != b.id);
+                let pos = idx
+                    .runs
+                    .iter()
+                    .position(|r| r.id == a.id)
+                    .expect("only the merger removes runs");
+                idx.runs[pos] = run;
             }
             let _ = self.storage.remove(&Run::file_name(a.id));
             let _ = self.storage.remove(&Run::file_name(b.id));
@@ -1672,7 +1704,7 @@ impl Store {
 
     fn merge_two(
         &self,
-        io: &IoState,
+        seed: u64,
         older: &Arc<Run>,
         newer: &Arc<Run>,
         bottom: bool,
@@ -1695,7 +1727,7 @@ impl Store {
             self.storage.describe(name),
             older.count + newer.count,
             self.bloom_bits(total),
-            io.seed,
+            seed,
         );
         let mut a = RunCursor::new(older.clone(), None)?;
         let mut b = RunCursor::new(newer.clone(), None)?;
@@ -1842,7 +1874,8 @@ impl Store {
             let mut io = lock(&self.io);
             if self.read_index().runs.len() > 1 {
                 self.checkpoint(&mut io, false, &[])?;
-                self.merge_runs(&mut io, true)?;
+                drop(io);
+                self.merge_runs(true)?;
             }
         }
         self.ensure_reserve();

@@ -1,7 +1,7 @@
 //! Seeded crash sweep on the simulated medium: random workloads (puts, overwrites, deletes,
 //! leases, compaction, index flushes) with power cuts at random operations, torn and lost
 //! unsynced writes; after every crash the reopened store must hold exactly what was
-//! acknowledged. A failing seed replays with `SWEEP_SEED=<n>`.
+//! acknowledged. A failing seed replays with `SWEEP_SEED=<n>`; `SWEEP_SEEDS=<n>` sweeps more.
 //!
 //! Size: 1,000 seeds × 4 crash cycles × up to 80 operations (about 2 s in release).
 
@@ -204,7 +204,12 @@ fn crash_sweep_thousand_seeds_loses_nothing_acknowledged() {
         return;
     }
     let mut seen = Seen::default();
-    for seed in 0..1000 {
+    // `SWEEP_SEEDS=n` runs a longer sweep by hand.
+    let seeds: u64 = std::env::var("SWEEP_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    for seed in 0..seeds {
         run_seed(seed, &mut seen);
     }
     // The sweep must really have cut the power inside operations and met torn tails.
