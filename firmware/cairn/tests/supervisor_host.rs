@@ -1,0 +1,638 @@
+//! The real `cairn init` as PID 1 of a new PID namespace (`unshare --fork --pid --mount-proc`),
+//! supervising real processes (`cairn fixture …`), driven through `cairn ctl` as a person would.
+//! Needs root (as the test machine has) for the PID namespace.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+/// Generous bound for anything to happen; tests poll and return as soon as it has.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A supervisor running as PID 1 of its own PID namespace.
+struct Init {
+    dir: tempfile::TempDir,
+    unshare: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn manifest(name: &str, fixture: &str, extra: &str) -> (String, String) {
+    let args: Vec<String> = fixture
+        .split_whitespace()
+        .map(|a| format!("{a:?}"))
+        .collect();
+    (
+        name.to_string(),
+        format!(
+            "name = \"{name}\"\nexec = [\"{CAIRN}\", \"fixture\", {}]\n{extra}\n",
+            args.join(", ")
+        ),
+    )
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+impl Init {
+    fn start(manifests: &[(String, String)]) -> Init {
+        let dir = tempfile::tempdir().unwrap();
+        let services = dir.path().join("services");
+        std::fs::create_dir(&services).unwrap();
+        for (name, text) in manifests {
+            std::fs::write(services.join(format!("{name}.toml")), text).unwrap();
+        }
+        let mut unshare = Command::new("unshare")
+            .args([
+                "--fork",
+                "--pid",
+                "--mount-proc",
+                CAIRN,
+                "init",
+                "--services",
+            ])
+            .arg(&services)
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux) must be installed");
+        let stdout = collect(unshare.stdout.take().unwrap());
+        let stderr = collect(unshare.stderr.take().unwrap());
+        let init = Init {
+            dir,
+            unshare,
+            stdout,
+            stderr,
+        };
+        init.wait_for("the control socket", || init.socket().exists());
+        init
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("state/control.sock")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            if start.elapsed() > PATIENCE {
+                panic!(
+                    "timed out waiting for {what}\nstdout: {:#?}\nstderr: {:#?}",
+                    self.stdout.lock().unwrap(),
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(CAIRN)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "cairn ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn status(&self, service: &str) -> Value {
+        let v: Value = serde_json::from_str(&self.ctl_ok(&["status", "--json"])).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    fn wait_state(&self, service: &str, state: &str) -> Value {
+        let mut last = Value::Null;
+        self.wait_for(&format!("{service} to be {state}"), || {
+            last = self.status(service);
+            last["state"] == state
+        });
+        last
+    }
+
+    fn logs(&self, service: &str) -> String {
+        self.ctl_ok(&["logs", service])
+    }
+
+    /// The supervisor's pid as the host sees it.
+    fn host_pid(&self) -> u32 {
+        let unshare = self.unshare.id();
+        processes()
+            .into_iter()
+            .find(|p| p.ppid == unshare)
+            .map(|p| p.pid)
+            .expect("unshare's child")
+    }
+
+    /// Every process below the supervisor (host pids).
+    fn descendants(&self) -> Vec<Proc> {
+        let all = processes();
+        let mut found = vec![self.host_pid()];
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < found.len() {
+            let parent = found[i];
+            for p in all.iter().filter(|p| p.ppid == parent) {
+                found.push(p.pid);
+                out.push(p.clone());
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// The host pid of the process that is `ns_pid` inside the namespace.
+    fn host_pid_of(&self, ns_pid: u32) -> Option<Proc> {
+        self.descendants().into_iter().find(|p| p.ns_pid == ns_pid)
+    }
+
+    /// Asks for a poweroff and waits for the supervisor (and so the namespace) to end.
+    fn poweroff(&mut self) -> (Vec<String>, Vec<String>) {
+        self.ctl_ok(&["poweroff"]);
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.unshare.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "init did not exit after poweroff"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "init exited with {status}");
+        // Let the readers take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let out = self.stdout.lock().unwrap().clone();
+        let err = self.stderr.lock().unwrap().clone();
+        (out, err)
+    }
+}
+
+impl Drop for Init {
+    fn drop(&mut self) {
+        if self.unshare.try_wait().ok().flatten().is_none() {
+            // Killing the namespace's init takes every process in it along.
+            if let Some(p) = processes()
+                .into_iter()
+                .find(|p| p.ppid == self.unshare.id())
+            {
+                let _ = Command::new("kill")
+                    .args(["-9", &p.pid.to_string()])
+                    .status();
+            }
+            let _ = self.unshare.wait();
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Proc {
+    pid: u32,
+    ppid: u32,
+    ns_pid: u32,
+    state: char,
+    cmdline: String,
+}
+
+fn processes() -> Vec<Proc> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rsplit_once(')').map(|(_, a)| a.to_string()) else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ns_pid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(pid);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        out.push(Proc {
+            pid,
+            ppid: fields.get(1).and_then(|p| p.parse().ok()).unwrap_or(0),
+            ns_pid,
+            state: fields.first().and_then(|s| s.chars().next()).unwrap_or('?'),
+            cmdline,
+        });
+    }
+    out
+}
+
+fn kill(pid: u32, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn malformed_manifest_gets_one_line_and_the_others_start() {
+    let mut init = Init::start(&[
+        manifest("good", "sleep", "ready = \"notify\""),
+        (
+            "bad".into(),
+            "name = \"bad\"\nexec = [\"/bin/true\"]\nrestrat = \"always\"\n".into(),
+        ),
+    ]);
+    init.wait_state("good", "ready");
+    assert_eq!(
+        init.status("bad"),
+        Value::Null,
+        "a bad manifest is not loaded"
+    );
+    let (out, err) = init.poweroff();
+    let bad: Vec<&String> = err.iter().filter(|l| l.contains("bad.toml")).collect();
+    assert_eq!(bad.len(), 1, "{err:#?}");
+    assert!(
+        bad[0].contains("bad.toml:3: field `restrat`: unknown field"),
+        "{}",
+        bad[0]
+    );
+    assert_eq!(
+        out.iter().filter(|l| *l == "cairn: ready").count(),
+        1,
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn ready_is_announced_with_no_services() {
+    let mut init = Init::start(&[]);
+    init.wait_for("cairn: ready", || {
+        init.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "cairn: ready")
+    });
+    init.poweroff();
+}
+
+#[test]
+fn killed_service_is_restarted() {
+    let mut init = Init::start(&[manifest("svc", "sleep", "ready = \"notify\"")]);
+    let first = init.wait_state("svc", "ready");
+    let ns_pid = first["pid"].as_u64().unwrap() as u32;
+    let host = init.host_pid_of(ns_pid).expect("the service process");
+    kill(host.pid, "-9");
+    init.wait_for("a new pid", || {
+        let s = init.status("svc");
+        s["state"] == "ready" && s["pid"].as_u64() != Some(ns_pid as u64)
+    });
+    let s = init.status("svc");
+    assert_eq!(s["restarts"], 1);
+    assert_eq!(s["last_exit"]["signal"], 9);
+    assert!(init
+        .logs("svc")
+        .contains(&format!("svc: pid {ns_pid} ended with signal 9")));
+    init.poweroff();
+}
+
+#[test]
+fn orphans_are_reaped() {
+    let mut init = Init::start(&[manifest(
+        "orphans",
+        "orphan --linger-ms 1500",
+        "ready = \"notify\"",
+    )]);
+    init.wait_state("orphans", "ready");
+    let logs = init.logs("orphans");
+    let ns_pid: u32 = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("orphan: pid "))
+        .expect("the orphan's pid in the log")
+        .parse()
+        .unwrap();
+    let orphan = init.host_pid_of(ns_pid).expect("the orphan, alive");
+    assert_eq!(
+        orphan.ppid,
+        init.host_pid(),
+        "the orphan was re-parented to PID 1"
+    );
+    // Once it exits, PID 1 must reap it: no zombie may stay behind.
+    init.wait_for("the orphan to be reaped", || {
+        init.host_pid_of(ns_pid).is_none()
+    });
+    assert!(init.descendants().iter().all(|p| p.state != 'Z'));
+    init.poweroff();
+}
+
+#[test]
+fn stop_kills_the_whole_process_group_after_the_grace() {
+    let mut init = Init::start(&[manifest(
+        "grp",
+        "group --children 3 --ignore-term",
+        "ready = \"notify\"\nstop_grace_ms = 300",
+    )]);
+    init.wait_state("grp", "ready");
+    let members = || {
+        init.descendants()
+            .iter()
+            .filter(|p| p.cmdline.contains("fixture group"))
+            .count()
+    };
+    init.wait_for("four group processes", || members() == 4);
+    assert!(init.ctl_ok(&["stop", "grp"]).contains("stopping"));
+    init.wait_state("grp", "down");
+    init.wait_for("the group to be gone", || members() == 0);
+    assert!(init
+        .logs("grp")
+        .contains("grp: still running after its grace period; killed"));
+    // Stopped means stopped: it is not restarted.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(init.status("grp")["state"], "down");
+    init.poweroff();
+}
+
+#[test]
+fn log_ring_keeps_the_newest_lines_and_counts_drops() {
+    let mut init = Init::start(&[manifest(
+        "chatty",
+        "log-lines --count 5000 --width 64",
+        "ready = \"notify\"",
+    )]);
+    init.wait_state("chatty", "ready");
+    init.wait_for("all lines", || {
+        init.logs("chatty").contains("log-lines: done")
+    });
+    let logs = init.logs("chatty");
+    let first = logs.lines().next().unwrap();
+    let dropped: u64 = first
+        .strip_prefix('[')
+        .and_then(|l| l.strip_suffix(" earlier lines dropped]"))
+        .expect("a drop count first")
+        .parse()
+        .unwrap();
+    assert!(dropped > 3000, "{first}");
+    assert!(logs.contains("line 00004999 "));
+    assert!(!logs.contains("line 00000000 "));
+    assert!(
+        logs.len() <= cairn_ring_bound(),
+        "{} bytes of log",
+        logs.len()
+    );
+    // Saved on demand and at shutdown, under the state directory.
+    init.ctl_ok(&["save-logs"]);
+    let saved = std::fs::read_to_string(init.state().join("logs/chatty.log")).unwrap();
+    assert!(saved.contains("line 00004999 "));
+    let state = init.state();
+    std::fs::remove_file(state.join("logs/chatty.log")).unwrap();
+    init.poweroff();
+    // `init` still holds the temporary directory.
+    let saved = std::fs::read_to_string(state.join("logs/chatty.log")).unwrap();
+    assert!(saved.contains("log-lines: done"));
+}
+
+/// The ring's bound (64 KiB of text) plus a line per line for newlines and the drop note.
+fn cairn_ring_bound() -> usize {
+    64 * 1024 + 64 * 1024 / 64 + 100
+}
+
+#[test]
+fn control_socket_commands() {
+    let port = free_port();
+    let mut init = Init::start(&[
+        manifest("a", "sleep", "ready = \"notify\""),
+        manifest(
+            "b",
+            &format!("crash-on-command --port {port}"),
+            &format!("ready = \"tcp:{port}\"\ndepends_on = [\"a\"]"),
+        ),
+    ]);
+    init.wait_state("b", "ready");
+    let mode = std::fs::metadata(init.socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let table = init.ctl_ok(&["status"]);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows[0].starts_with("SERVICE") && rows[0].contains("MEMORY"));
+    assert!(
+        rows[1].starts_with("a ") && rows[1].contains("ready"),
+        "{table}"
+    );
+    let a = init.status("a");
+    assert!(a["uptime_ms"].as_u64().is_some());
+    assert!(a["memory_bytes"].as_u64().unwrap() > 0);
+
+    // A crash on command: restarted (immediately, the first time).
+    let old = init.status("b")["pid"].clone();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut conn, b"crash\n").unwrap();
+    init.wait_for("b restarted", || {
+        let s = init.status("b");
+        s["state"] == "ready" && s["pid"] != old
+    });
+    assert_eq!(init.status("b")["last_exit"]["signal"], 6);
+
+    // logs -f follows new lines.
+    let mut follow = Command::new(CAIRN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(init.socket())
+        .args(["logs", "-f", "a"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = collect(follow.stdout.take().unwrap());
+    init.wait_for("the backlog", || {
+        followed
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("a: ready"))
+    });
+    assert!(init.ctl_ok(&["restart", "a"]).contains("restarting"));
+    init.wait_for("a followed restart", || {
+        followed
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("a: pid") && l.contains("ended with signal 15"))
+    });
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    assert!(init.ctl_ok(&["stop", "a"]).contains("a: stopping"));
+    init.wait_state("a", "down");
+    assert!(init.ctl_ok(&["start", "a"]).contains("a: starting"));
+    init.wait_state("a", "ready");
+
+    let out = init.ctl(&["restart", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no service named \"nosuch\""));
+
+    // Peer credentials are checked even if the socket's mode were opened up.
+    std::fs::set_permissions(init.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(CAIRN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(init.socket())
+        .arg("status")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("root only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    init.poweroff();
+}
+
+#[test]
+fn shutdown_kills_a_term_ignoring_service_and_completes() {
+    let mut init = Init::start(&[
+        manifest(
+            "stubborn",
+            "ignore-term",
+            "ready = \"notify\"\nstop_grace_ms = 400",
+        ),
+        manifest("polite", "sleep", ""),
+    ]);
+    init.wait_state("stubborn", "ready");
+    init.wait_state("polite", "ready");
+    let (_, err) = init.poweroff();
+    assert!(
+        err.iter()
+            .any(|l| l == "cairn: stubborn: still running after its grace period; killed"),
+        "{err:#?}"
+    );
+    assert!(err.iter().any(|l| l == "cairn: polite: stopped"));
+}
+
+#[test]
+fn sigterm_to_init_means_reboot() {
+    let init = Init::start(&[manifest("svc", "sleep", "")]);
+    init.wait_state("svc", "ready");
+    kill(init.host_pid(), "-TERM");
+    init.wait_for("the reboot request", || {
+        init.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "cairn: reboot requested by signal")
+    });
+    init.wait_for("services stopped", || {
+        init.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "cairn: svc: stopped")
+    });
+}
+
+#[test]
+fn missing_program_fails_naming_it() {
+    let mut init = Init::start(&[(
+        "ghost".into(),
+        "name = \"ghost\"\nexec = [\"/nonexistent/ghostd\"]\n".into(),
+    )]);
+    let s = init.wait_state("ghost", "failed");
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("crash loop") && reason.contains("/nonexistent/ghostd"),
+        "{reason}"
+    );
+    init.poweroff();
+}
+
+#[test]
+fn service_gets_its_account_directory_limits_and_session() {
+    let mut init = Init::start(&[manifest(
+        "svc",
+        "sleep",
+        "ready = \"notify\"\nuser = \"svcuser\"\ngroup = \"svcgroup\"\nworkdir = \"/tmp\"\n\
+         env = { FIXTURE_NOTE = \"hello\" }\n[limits]\nnofile = 77",
+    )]);
+    let pid = init.wait_state("svc", "ready")["pid"].as_u64().unwrap();
+    let logs = init.logs("svc");
+    let line = logs
+        .lines()
+        .find(|l| l.starts_with("sleep: pid"))
+        .expect("the fixture's report");
+    // Own session and process group; the account was created (host runs keep it under STATE/etc).
+    let passwd = std::fs::read_to_string(init.state().join("etc/passwd")).unwrap();
+    let group = std::fs::read_to_string(init.state().join("etc/group")).unwrap();
+    let uid: u32 = passwd
+        .lines()
+        .find_map(|l| l.strip_prefix("svcuser:x:"))
+        .and_then(|r| r.split(':').next())
+        .and_then(|u| u.parse().ok())
+        .expect("svcuser in passwd");
+    let gid: u32 = group
+        .lines()
+        .find_map(|l| l.strip_prefix("svcgroup:x:"))
+        .and_then(|r| r.split(':').next())
+        .and_then(|g| g.parse().ok())
+        .expect("svcgroup in group");
+    assert_eq!(
+        line,
+        format!(
+            "sleep: pid {pid} pgid {pid} sid {pid} uid {uid} gid {gid} cwd /tmp nofile 77 note hello"
+        )
+    );
+    init.poweroff();
+}
