@@ -184,4 +184,34 @@ fn ctl_poweroff_kills_the_term_ignoring_service_and_powers_off() {
     );
     assert!(text.contains("cairn: stage 3: poweroff"), "{text}");
     assert!(!text.contains("Kernel panic"), "{text}");
+    // The log rings were saved to the data partition on the way down.
+    let saved = read_data_file(&q.disk(), "/cairn/logs/stubborn.log");
+    assert!(saved.contains("ignores SIGTERM"), "{saved}");
+    assert!(
+        saved.contains("stubborn: still running after its grace period; killed"),
+        "{saved}"
+    );
+}
+
+/// A file from the ext4 data partition (MBR entry 2) of a disk image, read with debugfs.
+fn read_data_file(disk: &std::path::Path, path: &str) -> String {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(disk).unwrap();
+    let mut mbr = [0u8; 512];
+    f.read_exact_at(&mut mbr, 0).unwrap();
+    let e = 446 + 16;
+    let start = u32::from_le_bytes(mbr[e + 8..e + 12].try_into().unwrap()) as u64 * 512;
+    let len = u32::from_le_bytes(mbr[e + 12..e + 16].try_into().unwrap()) as u64 * 512;
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("data.img");
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, start).unwrap();
+    std::fs::write(&part, &buf).unwrap();
+    let out = std::process::Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(&part)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
