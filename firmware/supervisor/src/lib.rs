@@ -7,6 +7,8 @@
 //!   control socket, the watchdog — behind one entry point, [`run`].
 //! - [`ctl`]: the `cairn ctl` client; [`fixture`]: test services (`cairn fixture …`).
 
+#![warn(missing_docs)]
+
 pub mod ctl;
 pub mod fixture;
 pub mod logbuf;
