@@ -141,6 +141,12 @@ fn crashed_service_is_restarted_and_memory_hog_is_killed_alone() {
         "not a cgroup OOM kill:\n{}",
         console.join("\n")
     );
+    // PID 1 holds the board's hardware watchdog (i6300esb) open, so it is armed: were the
+    // pings to stop, the board would reset.
+    port.send("fds 1");
+    let fds = port.expect("fds");
+    assert!(fds.split(' ').any(|f| f == "/dev/watchdog"), "{fds}");
+
     let status = port.status();
     let hog = service(&status, "hog");
     assert_eq!(hog["state"], "ready");

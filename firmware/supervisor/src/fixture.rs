@@ -19,7 +19,7 @@ enum Role {
     Sleep,
     /// Take commands, one per line, from TCP 127.0.0.1:PORT or from the virtio-serial port
     /// named NAME (hot-plugged by a QEMU test): `crash` aborts, `exit N` exits with N, `rss`
-    /// answers PID 1's resident memory, `ctl ARGS…` runs `cairn ctl ARGS…` and answers its output.
+    /// answers PID 1's resident memory, `read PATH` a small file's text, `fds PID` what a process has open, `ctl ARGS…` runs `cairn ctl ARGS…` and answers its output.
     CrashOnCommand {
         #[arg(long, required_unless_present = "virtio")]
         port: Option<u16>,
@@ -271,6 +271,21 @@ fn command(line: &str, out: &mut impl Write) {
                 })
                 .unwrap_or_else(|| "?".into());
             let _ = writeln!(out, "rss {kib}");
+        }
+        ["read", path] => {
+            let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("error {e}"));
+            let _ = writeln!(out, "file {}", text.trim().replace('\n', " "));
+        }
+        ["fds", pid] => {
+            let links: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|rd| {
+                    rd.flatten()
+                        .filter_map(|e| std::fs::read_link(e.path()).ok())
+                        .map(|l| l.display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = writeln!(out, "fds {}", links.join(" "));
         }
         ["ctl", args @ ..] => {
             let exe = std::env::current_exe().unwrap_or_else(|_| "/bin/cairn".into());
