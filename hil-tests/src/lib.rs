@@ -1,1 +1,374 @@
-//! QEMU harness.
+//! The QEMU harness: boots a Cairn image on the qemu-virt board as a person would power a plug
+//! (from its disk, through u-boot), reads the serial console, talks QMP (QEMU's control
+//! protocol: power button, reset) and the board's front panel (a virtio-serial port).
+//!
+//! Every wait is bounded; a QEMU left running is killed when its [`Qemu`] is dropped.
+
+use anyhow::{bail, Context};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous bounds for a 2-core CI machine emulating ARM in software.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where `scripts/image` puts images.
+pub fn images_dir() -> PathBuf {
+    std::env::var_os("CAIRN_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images"))
+}
+
+/// An image by file name in [`images_dir`], with a clear error if it was not built.
+pub fn image(name: &str) -> anyhow::Result<PathBuf> {
+    let p = images_dir().join(name);
+    anyhow::ensure!(
+        p.is_file(),
+        "{} is missing: build it with scripts/image (scripts/test does)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// How to start the virtual board.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The disk image; it is copied, so the original stays pristine.
+    pub image: PathBuf,
+    /// Grow the copy to this many bytes (a bigger "SD card").
+    pub disk_bytes: Option<u64>,
+    pub memory_mib: u32,
+    /// Host TCP port forwarded to the guest's 443.
+    pub https_port: Option<u16>,
+    /// Reset instead of exit on a guest reboot (a real board reboots).
+    pub reboot: bool,
+}
+
+impl Config {
+    pub fn new(image: PathBuf) -> Config {
+        Config {
+            image,
+            disk_bytes: None,
+            memory_mib: 256,
+            https_port: None,
+            reboot: false,
+        }
+    }
+}
+
+/// Console lines seen so far, with when they arrived.
+#[derive(Default)]
+struct Console {
+    lines: Vec<(Instant, String)>,
+    closed: bool,
+}
+
+/// A running virtual board.
+pub struct Qemu {
+    child: Child,
+    console: Arc<(Mutex<Console>, Condvar)>,
+    dir: tempfile::TempDir,
+    qmp: Option<BufReader<UnixStream>>,
+    pub started: Instant,
+}
+
+/// The u-boot binary Debian's u-boot-qemu ships.
+pub const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+
+impl Qemu {
+    /// Copies the image into a fresh directory and boots it.
+    pub fn boot(cfg: &Config) -> anyhow::Result<Qemu> {
+        let dir = tempfile::tempdir()?;
+        let disk = dir.path().join("disk.img");
+        std::fs::copy(&cfg.image, &disk)
+            .with_context(|| format!("copying {}", cfg.image.display()))?;
+        if let Some(n) = cfg.disk_bytes {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&disk)?
+                .set_len(n)?;
+        }
+        Self::boot_disk(cfg, dir, disk)
+    }
+
+    /// Boots again from the disk a previous (now exited) run left behind.
+    pub fn reboot_from(previous: Qemu, cfg: &Config) -> anyhow::Result<Qemu> {
+        let mut previous = previous;
+        let _ = previous.child.kill();
+        let _ = previous.child.wait();
+        let dir = std::mem::replace(&mut previous.dir, tempfile::tempdir()?);
+        let disk = dir.path().join("disk.img");
+        Self::boot_disk(cfg, dir, disk)
+    }
+
+    fn boot_disk(cfg: &Config, dir: tempfile::TempDir, disk: PathBuf) -> anyhow::Result<Qemu> {
+        let env = images_dir().join("qemu-virt-uboot-env.bin");
+        anyhow::ensure!(
+            env.is_file(),
+            "{} is missing: build it with scripts/image",
+            env.display()
+        );
+        let qmp = dir.path().join("qmp.sock");
+        let panel = dir.path().join("panel.sock");
+        let mut cmd = Command::new("qemu-system-aarch64");
+        cmd.args(["-M", "virt,acpi=off", "-cpu", "cortex-a53", "-smp", "1"])
+            .args(["-m", &cfg.memory_mib.to_string()])
+            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+            .args(["-bios", UBOOT])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,unit=1,format=raw,readonly=on,file={}",
+                env.display()
+            ))
+            .arg("-drive")
+            .arg(format!("if=none,file={},format=raw,id=hd0", disk.display()))
+            .args(["-device", "virtio-blk-device,drive=hd0"])
+            .args(["-device", "virtio-rng-device"])
+            .args(["-device", "i6300esb"])
+            .args(["-device", "virtio-serial-device"])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=panel,path={},server=on,wait=off",
+                panel.display()
+            ))
+            .args(["-device", "virtserialport,chardev=panel,name=cairn.panel"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        match cfg.https_port {
+            Some(p) => cmd.args([
+                "-nic",
+                &format!("user,model=virtio-net-device,hostfwd=tcp:127.0.0.1:{p}-:443"),
+            ]),
+            None => cmd.args(["-nic", "none"]),
+        };
+        if !cfg.reboot {
+            cmd.arg("-no-reboot");
+        }
+        // Any byte on u-boot's stdin would stop autoboot: give it none.
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .context("starting qemu-system-aarch64 (run scripts/setup)")?;
+        let out = child.stdout.take().unwrap();
+        let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
+        let c = console.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                        if std::env::var_os("CAIRN_CONSOLE").is_some() {
+                            eprintln!("console: {line}");
+                        }
+                        c.0.lock().unwrap().lines.push((Instant::now(), line));
+                        c.1.notify_all();
+                    }
+                }
+            }
+            c.0.lock().unwrap().closed = true;
+            c.1.notify_all();
+        });
+        let mut q = Qemu {
+            child,
+            console,
+            dir,
+            qmp: None,
+            started,
+        };
+        q.connect_qmp(&qmp)?;
+        Ok(q)
+    }
+
+    fn connect_qmp(&mut self, path: &Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(e).context("connecting to QMP"),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut r = BufReader::new(stream);
+        let mut greeting = String::new();
+        r.read_line(&mut greeting)?;
+        self.qmp = Some(r);
+        self.qmp("qmp_capabilities", serde_json::json!({}))?;
+        Ok(())
+    }
+
+    /// Runs a QMP command and returns its `return` value.
+    pub fn qmp(
+        &mut self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let r = self.qmp.as_mut().context("QMP not connected")?;
+        let msg = serde_json::json!({ "execute": command, "arguments": arguments });
+        writeln!(r.get_mut(), "{msg}")?;
+        loop {
+            let mut line = String::new();
+            anyhow::ensure!(r.read_line(&mut line)? > 0, "QMP closed during {command}");
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            if let Some(ret) = v.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(err) = v.get("error") {
+                bail!("QMP {command}: {err}");
+            }
+            // else an asynchronous event: skip
+        }
+    }
+
+    /// Presses the board's power button (QEMU pulses the PL061 line wired to it).
+    pub fn power_button(&mut self) -> anyhow::Result<()> {
+        self.qmp("system_powerdown", serde_json::json!({}))
+            .map(|_| ())
+    }
+
+    /// Waits for a console line containing `needle` (after line index `from`); returns
+    /// its index and text.
+    pub fn wait_line_from(
+        &self,
+        from: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.console;
+        let mut c = lock.lock().unwrap();
+        loop {
+            if let Some(i) = c
+                .lines
+                .iter()
+                .skip(from)
+                .position(|(_, l)| l.contains(needle))
+            {
+                return Ok((from + i, c.lines[from + i].1.clone()));
+            }
+            let now = Instant::now();
+            if c.closed || now >= deadline {
+                let tail: Vec<_> = c
+                    .lines
+                    .iter()
+                    .rev()
+                    .take(25)
+                    .rev()
+                    .map(|(_, l)| l.as_str())
+                    .collect();
+                bail!(
+                    "no console line with '{needle}' {}; last lines:\n{}",
+                    if c.closed {
+                        "before QEMU exited"
+                    } else {
+                        "in time"
+                    },
+                    tail.join("\n")
+                );
+            }
+            c = cv.wait_timeout(c, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        self.wait_line_from(0, needle, timeout).map(|(_, l)| l)
+    }
+
+    /// Time from QEMU's start to the first console line containing `needle`, if seen.
+    pub fn time_of(&self, needle: &str) -> Option<Duration> {
+        let c = self.console.0.lock().unwrap();
+        c.lines
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t - self.started)
+    }
+
+    /// All console lines so far.
+    pub fn console(&self) -> Vec<String> {
+        self.console
+            .0
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    pub fn line_count(&self) -> usize {
+        self.console.0.lock().unwrap().lines.len()
+    }
+
+    /// Waits for QEMU to exit by itself (it is never killed here).
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                let tail = self.console();
+                let tail = tail[tail.len().saturating_sub(20)..].join("\n");
+                bail!("QEMU did not exit within {timeout:?}; last console lines:\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The copy of the disk this board runs from.
+    pub fn disk(&self) -> PathBuf {
+        self.dir.path().join("disk.img")
+    }
+
+    /// The front panel's socket (virtio-serial `cairn.panel`).
+    pub fn panel_socket(&self) -> PathBuf {
+        self.dir.path().join("panel.sock")
+    }
+
+    /// Pulls the power: no shutdown, QEMU is killed at once.
+    pub fn pull_power(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.pull_power();
+    }
+}
+
+/// Reads a disk image's data partition size from its MBR (entry 2) and its ext4 size from the
+/// superblock: what `fdisk -l` and `dumpe2fs` would tell a person, in bytes.
+pub fn data_partition_sizes(disk: &Path) -> anyhow::Result<(u64, u64)> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(disk)?;
+    let mut mbr = [0u8; 512];
+    f.read_exact_at(&mut mbr, 0)?;
+    anyhow::ensure!(mbr[510..] == [0x55, 0xAA], "no MBR on {}", disk.display());
+    let e = 446 + 16;
+    let start = u32::from_le_bytes(mbr[e + 8..e + 12].try_into()?) as u64 * 512;
+    let part = u32::from_le_bytes(mbr[e + 12..e + 16].try_into()?) as u64 * 512;
+    let mut sb = [0u8; 1024];
+    f.read_exact_at(&mut sb, start + 1024)?;
+    anyhow::ensure!(
+        u16::from_le_bytes([sb[56], sb[57]]) == 0xEF53,
+        "no ext4 on partition 2"
+    );
+    let blocks = u32::from_le_bytes(sb[4..8].try_into()?) as u64;
+    let block = 1024u64 << u32::from_le_bytes(sb[24..28].try_into()?);
+    Ok((part, blocks * block))
+}

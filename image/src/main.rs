@@ -1,1 +1,131 @@
-fn main() {}
+//! `cairn-image`: builds a board's kernel and flashable image. Called by `scripts/image`.
+
+use anyhow::Context;
+use cairn_image::{artifacts, execute, kernel, load_board, plan, uboot_env, Inputs};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "cairn-image",
+    about = "Build Cairn kernels and flashable disk images"
+)]
+struct Cli {
+    /// Directory of board definitions.
+    #[arg(long, default_value = "board/boards", global = true)]
+    boards: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the board's Rust target triple (checks the board exists).
+    Target { board: String },
+    /// Build (or find in the cache) the board's kernel; prints the Image's path.
+    Kernel {
+        board: String,
+        /// Cache directory (entries are keyed by the hash of all inputs).
+        #[arg(long)]
+        cache: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+    },
+    /// Build the flashable image (+ .img.xz, .bmap, .sha256).
+    Build {
+        board: String,
+        /// The cairn binary for the board's target.
+        #[arg(long)]
+        cairn: PathBuf,
+        /// The kernel Image.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Directories of service manifests to bundle (repeatable).
+        #[arg(long)]
+        services: Vec<PathBuf>,
+        /// Extra kernel command-line words.
+        #[arg(long, default_value = "")]
+        append: String,
+        #[arg(long, default_value_t = 32)]
+        boot_mib: u64,
+        #[arg(long, default_value_t = 64)]
+        data_mib: u64,
+        /// Skip .img.xz/.bmap/.sha256 (test images).
+        #[arg(long)]
+        no_artifacts: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a u-boot environment flash bank for QEMU that boots without a countdown.
+    UbootEnv {
+        #[arg(long)]
+        uboot: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("cairn-image: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Target { board } => {
+            let (b, _) = load_board(&cli.boards, &board)?;
+            println!("{}", b.target);
+        }
+        Cmd::Kernel { board, cache, jobs } => {
+            let (b, _) = load_board(&cli.boards, &board)?;
+            println!(
+                "{}",
+                kernel::build(&b, &cli.boards, &cache, jobs)?.display()
+            );
+        }
+        Cmd::Build {
+            board,
+            cairn,
+            kernel,
+            services,
+            append,
+            boot_mib,
+            data_mib,
+            no_artifacts,
+            out,
+        } => {
+            let (board, board_text) = load_board(&cli.boards, &board)?;
+            let inputs = Inputs {
+                board,
+                board_text,
+                cairn,
+                kernel,
+                services,
+                append,
+                boot_mib,
+                data_mib,
+            };
+            let plan = plan(&inputs)?;
+            execute(&plan, &out).with_context(|| format!("building {}", out.display()))?;
+            if !no_artifacts {
+                artifacts(&out)?;
+            }
+            eprintln!(
+                "cairn-image: wrote {} ({} MiB)",
+                out.display(),
+                plan.total_bytes() >> 20
+            );
+        }
+        Cmd::UbootEnv { uboot, out } => {
+            let bin = std::fs::read(&uboot).with_context(|| format!("{}", uboot.display()))?;
+            let mut env = uboot_env::default_env(&bin)?;
+            // No countdown, and only the disk: QEMU has no other boot device here.
+            uboot_env::set(&mut env, "bootdelay", "-2");
+            uboot_env::set(&mut env, "boot_targets", "virtio0");
+            std::fs::write(&out, uboot_env::flash_image(&env)?)?;
+        }
+    }
+    Ok(())
+}

@@ -308,6 +308,15 @@ impl Runtime {
             self.ready_announced = true;
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "cairn: ready");
+            // What the whole system uses once up: the figure a plug's RAM budget is held to.
+            if let Some((used, total)) = memory_in_use_kib() {
+                let _ = writeln!(
+                    out,
+                    "cairn: memory in use: {} MiB of {} MiB",
+                    used / 1024,
+                    total / 1024
+                );
+            }
             let _ = out.flush();
         }
         self.feed_followers();
@@ -714,4 +723,21 @@ fn reap_all() -> bool {
             Err(_) => return true,
         }
     }
+}
+
+/// MemTotal − MemAvailable and MemTotal from /proc/meminfo, in KiB.
+fn memory_in_use_kib() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let total = field("MemTotal:")?;
+    Some((total.saturating_sub(field("MemAvailable:")?), total))
 }

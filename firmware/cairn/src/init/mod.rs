@@ -1,8 +1,245 @@
-//! `cairn init`: PID 1.
+//! `cairn init`: PID 1, in three stages (after s6-svscan-1):
+//! 1. mount the kernel file systems, load the board's modules, grow and mount the data
+//!    partition, set the hostname — each step logged, none fatal;
+//! 2. supervise the services until a poweroff or reboot is asked for (`stage2`);
+//! 3. stop what is left, sync, unmount, reboot(2).
+//!
+//! The same command runs on any Linux host as PID 1 of a new PID namespace
+//! (`unshare --fork --pid --mount-proc cairn init --services DIR --state DIR`): then it skips
+//! what only a device has (mounts, modules, the data partition) and exits instead of rebooting.
 
-#[derive(clap::Args, Default)]
-pub struct Args {}
+mod data;
+mod modules;
+mod mounts;
+mod power_button;
+mod stage2;
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+use cairn_bsp::Board;
+use nix::sys::signal::{SigSet, Signal};
+use std::path::{Path, PathBuf};
+
+pub use stage2::Shutdown;
+
+/// Where things live on the device (the initramfs holds /etc/cairn; /data is the data partition).
+pub mod paths {
+    pub const BOARD: &str = "/etc/cairn/board.toml";
+    pub const SERVICES: &str = "/etc/cairn/services";
+    pub const DATA: &str = "/data";
+    pub const STATE: &str = "/data/cairn";
+    pub const SOCKET: &str = "/run/cairn/control.sock";
+}
+
+#[derive(clap::Args, Default, Debug)]
+pub struct Args {
+    /// Directory of service manifests (default on the device: /etc/cairn/services).
+    #[arg(long)]
+    pub services: Option<PathBuf>,
+    /// Directory for persistent state: logs, service state (default on the device: /data/cairn).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Control socket (default: /run/cairn/control.sock on the device, STATE/control.sock otherwise).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+/// Log a line on the console; PID 1's stdout is the console.
+macro_rules! log {
+    ($($arg:tt)*) => { println!("cairn: {}", format_args!($($arg)*)) };
+}
+pub(crate) use log;
+
+/// Signals PID 1 handles itself; blocked from the start so none is lost before stage 2 reads them.
+pub(crate) fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let pid1 = nix::unistd::getpid().as_raw() == 1;
+    let device = pid1 && args.services.is_none() && args.state.is_none();
+    if device {
+        device_main(args)
+    } else {
+        host_main(args, pid1)
+    }
+}
+
+/// Init on a host: supervision only. Exits when asked to power off or reboot.
+fn host_main(args: Args, pid1: bool) -> anyhow::Result<()> {
+    let state = args
+        .state
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--state DIR is needed when not the device's PID 1"))?;
+    let services = args
+        .services
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(paths::SERVICES));
+    std::fs::create_dir_all(&state)
+        .map_err(|e| anyhow::anyhow!("cannot create state dir {}: {e}", state.display()))?;
+    let socket = args.socket.unwrap_or_else(|| state.join("control.sock"));
+    handled_signals().thread_block()?;
+    let how = stage2::run(stage2::Config {
+        services_dir: services,
+        state_dir: state,
+        socket_path: socket,
+        watchdog: None,
+        pid1,
+    });
+    if pid1 {
+        stage3_kill_all();
+    }
+    log!("{} requested: exiting (not the device's init)", how.verb());
+    Ok(())
+}
+
+/// Init on the device. Never returns: PID 1 exiting would panic the kernel.
+fn device_main(_args: Args) -> ! {
+    install_panic_hook();
+    if let Err(e) = handled_signals().thread_block() {
+        log!("cannot block signals: {e}");
+    }
+    log!("stage 1: starting cairn {}", env!("CARGO_PKG_VERSION"));
+    let board = match std::fs::read_to_string(paths::BOARD)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", paths::BOARD))
+        .and_then(|t| Board::parse(Path::new(paths::BOARD), &t).map_err(Into::into))
+    {
+        Ok(b) => Some(b),
+        Err(e) => {
+            log!("error: {e:#}; continuing without board support");
+            None
+        }
+    };
+    stage1(board.as_ref());
+    // LEDs, setup button, front panel (see crate::board); they leave "booting" here for now.
+    let board_ui = board
+        .as_ref()
+        .map(|b| crate::board::start(b, Path::new(paths::DATA)));
+    if let Some(b) = &board_ui {
+        b.booted();
+    }
+    let how = stage2::run(stage2::Config {
+        services_dir: PathBuf::from(paths::SERVICES),
+        state_dir: PathBuf::from(paths::STATE),
+        socket_path: PathBuf::from(paths::SOCKET),
+        watchdog: Some(PathBuf::from("/dev/watchdog")),
+        pid1: true,
+    });
+    stage3(how)
+}
+
+/// Stage 1: every step is logged and none is fatal — a device without its data partition still
+/// boots far enough to show an error and accept a reboot.
+fn stage1(board: Option<&Board>) {
+    for e in mounts::mount_kernel_filesystems() {
+        log!("error: {e:#}");
+    }
+    if let Some(board) = board {
+        if let Err(e) = nix::unistd::sethostname(&board.hostname) {
+            log!("error: sethostname {}: {e}", board.hostname);
+        }
+        if let Err(e) = modules::load_all(&board.modules) {
+            log!("error: {e:#}");
+        }
+        match data::prepare(&board.storage, Path::new(paths::DATA)) {
+            Ok(report) => log!("{report}"),
+            Err(e) => log!("error: data partition: {e:#}; running without persistent state"),
+        }
+        if let Some(line) = &board.power_button {
+            power_button::watch(line.clone());
+        }
+    }
+}
+
+/// Stage 3, after stage 2 stopped the services: the rest of the processes, then the disk.
+fn stage3(how: Shutdown) -> ! {
+    log!("stage 3: {}", how.verb());
+    stage3_kill_all();
+    nix::unistd::sync();
+    if let Err(e) = data::unmount(Path::new(paths::DATA)) {
+        log!("error: {e:#}");
+    }
+    nix::unistd::sync();
+    log!("{}", how.verb());
+    let mode = match how {
+        Shutdown::Poweroff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+        Shutdown::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+    };
+    let err = nix::sys::reboot::reboot(mode);
+    log!("error: reboot(2) failed: {err:?}");
+    emergency_loop("reboot(2) failed")
+}
+
+/// SIGTERM to every process but us, a grace period while reaping, then SIGKILL.
+fn stage3_kill_all() {
+    use nix::sys::signal::kill;
+    use nix::unistd::Pid;
+    const GRACE_MS: u64 = 2000;
+    let all = Pid::from_raw(-1);
+    if kill(all, Signal::SIGTERM).is_err() {
+        return; // ESRCH: nobody left
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(GRACE_MS);
+    while std::time::Instant::now() < deadline {
+        if !reap_all() {
+            return; // ECHILD: every child is gone
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = kill(all, Signal::SIGKILL);
+    while reap_all() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Reaps every exited child; false once there are no children left at all.
+pub(crate) fn reap_all() -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return true,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// With `panic = "abort"`, a panic would kill PID 1 and panic the kernel; instead the hook
+/// reports it and never returns, leaving a device that still reaps and obeys reboot requests.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        println!("cairn: FATAL: {info}");
+        emergency_loop("init failed");
+    }));
+}
+
+/// The error state: reap children, and on SIGTERM/SIGINT reboot, on SIGUSR1/2 power off.
+pub(crate) fn emergency_loop(why: &str) -> ! {
+    log!("EMERGENCY: {why}; power off with the button or reboot with a signal");
+    let set = handled_signals();
+    let _ = set.thread_block();
+    loop {
+        let how = match set.wait() {
+            Ok(Signal::SIGTERM | Signal::SIGINT) => Some(nix::sys::reboot::RebootMode::RB_AUTOBOOT),
+            Ok(Signal::SIGUSR1 | Signal::SIGUSR2) => {
+                Some(nix::sys::reboot::RebootMode::RB_POWER_OFF)
+            }
+            _ => None,
+        };
+        reap_all();
+        if let Some(mode) = how {
+            nix::unistd::sync();
+            let _ = nix::sys::reboot::reboot(mode);
+        }
+    }
 }

@@ -1,0 +1,424 @@
+//! `cairn-image`: Cairn's flashable disk images. The [`plan`] (partitions, files) is computed
+//! apart from its [`execute`]ion, so it can be read and tested; execution needs no root and no
+//! loop mounts (the FAT and ext4 file systems are made in plain files by Debian's dosfstools,
+//! mtools and e2fsprogs), and is reproducible: the same inputs give the same bytes.
+//!
+//! Layout (MBR): 1 MiB gap · boot (FAT: kernel, initramfs, extlinux.conf) · data (ext4, grown
+//! to fill the card on first boot). The firmware itself lives in the initramfs: read-only by
+//! construction, loaded whole into RAM (≈3 MiB).
+
+pub mod cpio;
+pub mod kernel;
+pub mod mbr;
+pub mod uboot_env;
+
+use cairn_bsp::{board::Bootloader, Board};
+use cpio::Entry;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SECTOR: u64 = 512;
+const MIB: u64 = 1 << 20;
+/// Timestamps inside the image: fixed, for reproducible bytes.
+pub const EPOCH: u64 = 1_700_000_000;
+/// Fixed identities for the same reason (volume id, UUID, hash seed, disk signature).
+const FAT_VOLUME_ID: &str = "CA1B0001";
+const EXT4_UUID: &str = "ca1b0000-0000-4000-8000-00000000da7a";
+const EXT4_HASH_SEED: &str = "ca1b0000-0000-4000-8000-0000000005ed";
+const DISK_ID: u32 = 0xCA1B_0001;
+
+/// What goes into an image.
+pub struct Inputs {
+    pub board: Board,
+    /// The board file's text, bundled for init.
+    pub board_text: String,
+    /// The `cairn` binary built for the board's target.
+    pub cairn: PathBuf,
+    /// The kernel Image.
+    pub kernel: PathBuf,
+    /// Directories whose `*.toml` service manifests are bundled (later ones may add fixtures).
+    pub services: Vec<PathBuf>,
+    /// Extra kernel command-line words (test images use this).
+    pub append: String,
+    pub boot_mib: u64,
+    pub data_mib: u64,
+}
+
+/// Bytes of a file to place, from disk or made here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// The image as a plan: partitions and what each holds.
+#[derive(Debug)]
+pub struct Plan {
+    pub partitions: Vec<mbr::Partition>,
+    /// Files on the boot partition, by path there.
+    pub boot_files: Vec<(String, Source)>,
+    /// The initramfs (files given by source, resolved at execution).
+    pub initramfs: Vec<(Entry, Option<PathBuf>)>,
+}
+
+impl Plan {
+    pub fn total_bytes(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|p| (p.start + p.sectors) * SECTOR)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Works out the image for `inputs` without writing anything.
+pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
+    let board = &inputs.board;
+    anyhow::ensure!(
+        matches!(board.bootloader, Bootloader::UBootExtlinux { .. }),
+        "board {}: only u-boot extlinux boards can be imaged so far",
+        board.name
+    );
+    let boot_start = MIB / SECTOR;
+    let boot_sectors = inputs.boot_mib * MIB / SECTOR;
+    let data_start = boot_start + boot_sectors;
+    let partitions = vec![
+        mbr::Partition {
+            start: boot_start,
+            sectors: boot_sectors,
+            kind: 0x0C,
+            bootable: true,
+        },
+        mbr::Partition {
+            start: data_start,
+            sectors: inputs.data_mib * MIB / SECTOR,
+            kind: 0x83,
+            bootable: false,
+        },
+    ];
+    anyhow::ensure!(
+        board.storage.data_partition == 2,
+        "board {}: this layout puts the data partition at 2",
+        board.name
+    );
+    let cmdline = [board.kernel.cmdline.as_str(), inputs.append.as_str()]
+        .join(" ")
+        .trim()
+        .to_string();
+    let extlinux = format!(
+        "# Cairn boot menu, read by the bootloader's distro boot.\ndefault cairn\n\nlabel cairn\n  kernel /Image\n  initrd /initramfs.cpio\n  append {cmdline}\n"
+    );
+    let boot_files = vec![
+        ("Image".to_string(), Source::File(inputs.kernel.clone())),
+        ("initramfs.cpio".to_string(), Source::Bytes(Vec::new())), // filled at execution
+        (
+            "extlinux/extlinux.conf".to_string(),
+            Source::Bytes(extlinux.into_bytes()),
+        ),
+    ];
+
+    let dir = |p: &str| {
+        (
+            Entry::Dir {
+                path: p.into(),
+                mode: 0o755,
+            },
+            None,
+        )
+    };
+    let text = |p: &str, s: String| {
+        (
+            Entry::File {
+                path: p.into(),
+                mode: 0o644,
+                data: s.into_bytes(),
+            },
+            None,
+        )
+    };
+    let mut initramfs = vec![
+        dir("/bin"),
+        dir("/dev"),
+        (
+            Entry::CharDev {
+                path: "/dev/console".into(),
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            },
+            None,
+        ),
+        (
+            Entry::CharDev {
+                path: "/dev/null".into(),
+                mode: 0o666,
+                major: 1,
+                minor: 3,
+            },
+            None,
+        ),
+        dir("/etc"),
+        dir("/etc/cairn"),
+        dir("/etc/cairn/services"),
+        dir("/data"),
+        dir("/proc"),
+        dir("/run"),
+        dir("/sys"),
+        (
+            Entry::Dir {
+                path: "/tmp".into(),
+                mode: 0o1777,
+            },
+            None,
+        ),
+        (
+            Entry::File {
+                path: "/init".into(),
+                mode: 0o755,
+                data: Vec::new(),
+            },
+            Some(inputs.cairn.clone()),
+        ),
+        (
+            Entry::Symlink {
+                path: "/bin/cairn".into(),
+                target: "/init".into(),
+            },
+            None,
+        ),
+        text("/etc/passwd", "root:x:0:0:root:/data:/bin/false\n".into()),
+        text("/etc/group", "root:x:0:\n".into()),
+        text("/etc/hostname", format!("{}\n", board.hostname)),
+        text("/etc/cairn/board.toml", inputs.board_text.clone()),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for dir in &inputs.services {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        for f in files {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            anyhow::ensure!(
+                seen.insert(name.clone()),
+                "{}: a service named {name} is already bundled",
+                f.display()
+            );
+            initramfs.push((
+                Entry::File {
+                    path: format!("/etc/cairn/services/{name}"),
+                    mode: 0o644,
+                    data: Vec::new(),
+                },
+                Some(f),
+            ));
+        }
+    }
+    Ok(Plan {
+        partitions,
+        boot_files,
+        initramfs,
+    })
+}
+
+/// Loads a board with its file's text (bundled as is, so its comments reach the device).
+pub fn load_board(boards_dir: &Path, name: &str) -> anyhow::Result<(Board, String)> {
+    let board = Board::load(boards_dir, name)?;
+    let path = boards_dir.join(format!("{name}.toml"));
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((board, text))
+}
+
+/// Writes the image to `out` (plus nothing else: see [`artifacts`]).
+pub fn execute(plan: &Plan, out: &Path) -> anyhow::Result<()> {
+    let work = tempfile_dir(out)?;
+    let result = execute_in(plan, out, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn tempfile_dir(out: &Path) -> anyhow::Result<PathBuf> {
+    let parent = out.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let work = parent.join(format!(".work-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    Ok(work)
+}
+
+fn read(src: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(src).map_err(|e| anyhow::anyhow!("{}: {e}", src.display()))
+}
+
+fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
+    // 1. initramfs
+    let mut entries = Vec::with_capacity(plan.initramfs.len());
+    for (entry, src) in &plan.initramfs {
+        let mut e = entry.clone();
+        if let (Entry::File { data, .. }, Some(src)) = (&mut e, src) {
+            *data = read(src)?;
+        }
+        entries.push(e);
+    }
+    let mut initramfs = Vec::new();
+    cpio::write(&mut initramfs, &entries)?;
+
+    // 2. boot partition: staged files with fixed times, then a FAT made and filled in a file
+    let stage = work.join("boot");
+    for (path, src) in &plan.boot_files {
+        let dest = stage.join(path);
+        std::fs::create_dir_all(dest.parent().unwrap())?;
+        let bytes = match src {
+            _ if path == "initramfs.cpio" => initramfs.clone(),
+            Source::File(p) => read(p)?,
+            Source::Bytes(b) => b.clone(),
+        };
+        std::fs::write(&dest, bytes)?;
+    }
+    set_times(&stage)?;
+    let boot = &plan.partitions[0];
+    let fat = work.join("boot.fat");
+    std::fs::File::create(&fat)?.set_len(boot.sectors * SECTOR)?;
+    run(
+        Command::new("mkfs.vfat")
+            .args([
+                "--invariant",
+                "-i",
+                FAT_VOLUME_ID,
+                "-n",
+                "CAIRN-BOOT",
+                "-F",
+                "16",
+            ])
+            .arg(&fat),
+        "mkfs.vfat",
+    )?;
+    let mut names: Vec<_> = std::fs::read_dir(&stage)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    let mut mcopy = Command::new("mcopy");
+    mcopy
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&fat)
+        .args(["-s", "-m", "-p", "-Q"]);
+    mcopy.args(&names).arg("::");
+    run(&mut mcopy, "mcopy")?;
+
+    // 3. data partition: empty (init creates what it needs); no `mke2fs -d`, whose inodes
+    //    would carry the staging files' ctimes and break reproducibility.
+    let data = &plan.partitions[1];
+    let ext4 = work.join("data.ext4");
+    run(
+        Command::new("mke2fs")
+            .env("E2FSPROGS_FAKE_TIME", EPOCH.to_string())
+            .args([
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-b",
+                "4096",
+                "-L",
+                "cairn-data",
+                "-U",
+                EXT4_UUID,
+            ])
+            .args(["-E", &format!("hash_seed={EXT4_HASH_SEED},root_owner=0:0")])
+            .args(["-O", "^metadata_csum_seed"])
+            .arg(&ext4)
+            .arg(format!("{}k", data.sectors * SECTOR / 1024)),
+        "mke2fs",
+    )?;
+
+    // 4. the disk: MBR, then each partition at its offset (the file stays sparse elsewhere)
+    let tmp = out.with_extension("img.tmp");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut disk = std::fs::File::create(&tmp)?;
+        disk.set_len(plan.total_bytes())?;
+        disk.write_all(&mbr::encode(&plan.partitions, DISK_ID)?)?;
+        for (p, file) in plan.partitions.iter().zip([&fat, &ext4]) {
+            let bytes = read(file)?;
+            anyhow::ensure!(
+                bytes.len() as u64 <= p.sectors * SECTOR,
+                "{} outgrew its partition",
+                file.display()
+            );
+            disk.seek(SeekFrom::Start(p.start * SECTOR))?;
+            disk.write_all(&bytes)?;
+        }
+        disk.sync_all()?;
+    }
+    std::fs::rename(&tmp, out)?;
+    Ok(())
+}
+
+/// Every file and directory under `dir` gets the fixed timestamp.
+fn set_times(dir: &Path) -> anyhow::Result<()> {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(EPOCH);
+    let times = std::fs::FileTimes::new().set_accessed(t).set_modified(t);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            } else {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)?
+                    .set_times(times)?;
+            }
+        }
+        std::fs::File::open(&d)?.set_times(times)?;
+    }
+    Ok(())
+}
+
+/// Next to `img`: `.img.xz` (for flashing tools), `.bmap` (bmaptool skips the empty parts),
+/// `.sha256`.
+pub fn artifacts(img: &Path) -> anyhow::Result<()> {
+    let xz = PathBuf::from(format!("{}.xz", img.display()));
+    let file = std::fs::File::create(&xz)?;
+    run(
+        Command::new("xz")
+            .args(["-T0", "-6", "-c"])
+            .arg(img)
+            .stdout(file),
+        "xz",
+    )?;
+    let bmap = img.with_extension("bmap");
+    run(
+        Command::new("bmaptool")
+            .args(["-q", "create", "-o"])
+            .arg(&bmap)
+            .arg(img),
+        "bmaptool create",
+    )?;
+    let sum = kernel::sha256_file(img)?;
+    let name = img.file_name().unwrap().to_string_lossy();
+    std::fs::write(img.with_extension("img.sha256"), format!("{sum}  {name}\n"))?;
+    Ok(())
+}
+
+fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd.output().map_err(|e| {
+        anyhow::anyhow!(
+            "{what}: cannot run {:?} ({e}): run scripts/setup",
+            cmd.get_program()
+        )
+    })?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
