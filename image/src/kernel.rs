@@ -56,6 +56,8 @@ impl KernelInputs {
         let fragment = boards_dir.join(&k.config_fragment);
         let fragment_text = std::fs::read_to_string(&fragment)
             .map_err(|e| anyhow::anyhow!("{}: {e}", fragment.display()))?;
+        // The build runs inside the unpacked source tree: the fragment must be named absolutely.
+        let fragment = fragment.canonicalize()?;
         let cross_compile = match k.arch.as_str() {
             "arm64" => "aarch64-linux-gnu-",
             "arm" => "arm-linux-gnueabihf-",
