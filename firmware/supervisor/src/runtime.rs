@@ -52,6 +52,8 @@ pub struct RunConfig {
     pub cgroup_root: PathBuf,
     /// Mount cgroup2 at `cgroup_root` when nothing is mounted there (on the device).
     pub mount_cgroup: bool,
+    /// Told once, when every service is ready (the board's LEDs leave "booting" then).
+    pub ready: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl RunConfig {
@@ -66,6 +68,7 @@ impl RunConfig {
             etc_dir: PathBuf::from("/etc"),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             mount_cgroup: false,
+            ready: None,
         }
     }
 }
@@ -308,6 +311,9 @@ impl Runtime {
             self.ready_announced = true;
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "cairn: ready");
+            if let Some(tx) = &self.cfg.ready {
+                let _ = tx.try_send(());
+            }
             // What the whole system uses once up: the figure a plug's RAM budget is held to.
             if let Some((used, total)) = memory_in_use_kib() {
                 let _ = writeln!(

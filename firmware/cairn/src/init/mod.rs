@@ -94,6 +94,7 @@ fn host_main(args: Args, pid1: bool) -> anyhow::Result<()> {
         socket_path: socket,
         watchdog: None,
         pid1,
+        ready: None,
     });
     if pid1 {
         stage3_kill_all();
@@ -120,12 +121,24 @@ fn device_main(_args: Args) -> ! {
         }
     };
     stage1(board.as_ref());
-    // LEDs, setup button, front panel (see crate::board); they leave "booting" here for now.
+    // LEDs, setup button, front panel (see crate::board): "booting" until every service is
+    // ready, then "setup needed" or "healthy".
     let board_ui = board
         .as_ref()
         .map(|b| crate::board::start(b, Path::new(paths::DATA)));
-    if let Some(b) = &board_ui {
-        b.booted();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    if let Some(b) = board_ui {
+        let spawned = std::thread::Builder::new()
+            .name("booted".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                if ready_rx.recv().is_ok() {
+                    b.booted();
+                }
+            });
+        if let Err(e) = spawned {
+            log!("error: LED thread: {e}");
+        }
     }
     let how = stage2::run(stage2::Config {
         services_dir: PathBuf::from(paths::SERVICES),
@@ -133,6 +146,7 @@ fn device_main(_args: Args) -> ! {
         socket_path: PathBuf::from(paths::SOCKET),
         watchdog: Some(PathBuf::from("/dev/watchdog")),
         pid1: true,
+        ready: Some(ready_tx),
     });
     stage3(how)
 }
