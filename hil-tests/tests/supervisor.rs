@@ -221,3 +221,30 @@ fn read_data_file(disk: &std::path::Path, path: &str) -> String {
         .expect("debugfs (e2fsprogs)");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[test]
+fn a_crash_loop_marks_the_service_failed_and_the_status_led_shows_error() {
+    let mut q = boot();
+    let mut port = Port::plug(&mut q);
+    // Five failures within a minute: the supervisor stops restarting.
+    for _ in 0..5 {
+        port.expect("started");
+        port.send("crash");
+        port.expect("crashing");
+    }
+    let (i, failed) = q
+        .wait_line_from(0, "cairn: crasher: failed", Duration::from_secs(60))
+        .unwrap();
+    assert!(failed.contains("failed"), "{failed}");
+    q.wait_line_from(i, "cairn: leds: error", Duration::from_secs(30))
+        .unwrap();
+    // Nothing else went down with it.
+    let console = q.console();
+    assert!(
+        !console
+            .iter()
+            .any(|l| l.starts_with("cairn: stubborn: failed")),
+        "{}",
+        console.join("\n")
+    );
+}

@@ -32,6 +32,15 @@ pub enum Shutdown {
     Reboot,
 }
 
+/// What the supervisor tells the rest of init (the board's LEDs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Every enabled service is ready (sent once, with the `cairn: ready` line).
+    Ready,
+    /// This service failed and will not be restarted (crash loop or permanent failure).
+    Failed(String),
+}
+
 /// How [`run`] is set up.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -52,8 +61,9 @@ pub struct RunConfig {
     pub cgroup_root: PathBuf,
     /// Mount cgroup2 at `cgroup_root` when nothing is mounted there (on the device).
     pub mount_cgroup: bool,
-    /// Told once, when every service is ready (the board's LEDs leave "booting" then).
-    pub ready: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Told when every service is ready and when a service fails for good: what the board's
+    /// status LED shows. Bounded; a notice is dropped rather than block the supervisor.
+    pub notices: Option<std::sync::mpsc::SyncSender<Notice>>,
 }
 
 impl RunConfig {
@@ -68,7 +78,7 @@ impl RunConfig {
             etc_dir: PathBuf::from("/etc"),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             mount_cgroup: false,
-            ready: None,
+            notices: None,
         }
     }
 }
@@ -299,10 +309,19 @@ fn bind_control(path: &std::path::Path) -> Option<UnixListener> {
 }
 
 impl Runtime {
+    fn notify(&self, notice: Notice) {
+        if let Some(tx) = &self.cfg.notices {
+            let _ = tx.try_send(notice);
+        }
+    }
+
     /// Logs the machine's events and announces readiness once.
     fn after_step(&mut self) {
         for e in self.sup.drain_events() {
             eprintln!("cairn: {e}");
+            if let crate::machine::Event::Failed { service, .. } = &e {
+                self.notify(Notice::Failed(service.clone()));
+            }
             if let Some(ring) = self.logs.get_mut(e.service()) {
                 ring.push_line(&format!("cairn: {e}"));
             }
@@ -311,9 +330,7 @@ impl Runtime {
             self.ready_announced = true;
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "cairn: ready");
-            if let Some(tx) = &self.cfg.ready {
-                let _ = tx.try_send(());
-            }
+            self.notify(Notice::Ready);
             // What the whole system uses once up: the figure a plug's RAM budget is held to.
             if let Some((used, total)) = memory_in_use_kib() {
                 let _ = writeln!(

@@ -94,7 +94,7 @@ fn host_main(args: Args, pid1: bool) -> anyhow::Result<()> {
         socket_path: socket,
         watchdog: None,
         pid1,
-        ready: None,
+        notices: None,
     });
     if pid1 {
         stage3_kill_all();
@@ -126,14 +126,19 @@ fn device_main(_args: Args) -> ! {
     let board_ui = board
         .as_ref()
         .map(|b| crate::board::start(b, Path::new(paths::DATA)));
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let (notice_tx, notice_rx) = std::sync::mpsc::sync_channel(8);
     if let Some(b) = board_ui {
         let spawned = std::thread::Builder::new()
-            .name("booted".into())
+            .name("status-led".into())
             .stack_size(64 * 1024)
             .spawn(move || {
-                if ready_rx.recv().is_ok() {
-                    b.booted();
+                for notice in notice_rx {
+                    match notice {
+                        cairn_supervisor::Notice::Ready => b.booted(),
+                        cairn_supervisor::Notice::Failed(_) => {
+                            b.ui.set_health(cairn_bsp::ui::Health::Error)
+                        }
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -146,7 +151,7 @@ fn device_main(_args: Args) -> ! {
         socket_path: PathBuf::from(paths::SOCKET),
         watchdog: Some(PathBuf::from("/dev/watchdog")),
         pid1: true,
-        ready: Some(ready_tx),
+        notices: Some(notice_tx),
     });
     stage3(how)
 }

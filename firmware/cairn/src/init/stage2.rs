@@ -11,8 +11,8 @@ pub struct Config {
     pub watchdog: Option<PathBuf>,
     /// PID 1 (of the device or of a PID namespace): every orphan is ours to reap.
     pub pid1: bool,
-    /// Told once, when every service is ready.
-    pub ready: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Told when every service is ready and when one fails for good.
+    pub notices: Option<std::sync::mpsc::SyncSender<cairn_supervisor::Notice>>,
 }
 
 /// How the system is to go down.
@@ -45,7 +45,7 @@ pub fn run(cfg: Config) -> Shutdown {
     let mut rc = cairn_supervisor::RunConfig::new(cfg.services_dir, cfg.state_dir, cfg.socket_path);
     rc.watchdog = cfg.watchdog;
     rc.pid1 = cfg.pid1;
-    rc.ready = cfg.ready;
+    rc.notices = cfg.notices;
     rc.etc_dir = etc_dir;
     rc.mount_cgroup = device;
     match cairn_supervisor::run(rc) {
