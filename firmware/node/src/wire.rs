@@ -1,0 +1,855 @@
+//! The shard protocol's wire codec: compact, versioned, length-bounded binary frames.
+//!
+//! Every frame is a fixed 10-byte header — version (u8), kind (u8), request id (u32 LE), body
+//! length (u32 LE) — followed by the body. The header is checked on its own
+//! ([`parse_header`]) so that a stream reader validates the declared length against the bound for
+//! that kind *before* it allocates a buffer for the body; a hostile peer can therefore make us
+//! allocate at most [`MAX_FRAME`] bytes per frame in flight. Shard bytes are the only variable
+//! payload (≤ [`MAX_SHARD`]), plus a short error reason (≤ [`MAX_REASON`]).
+
+use thiserror::Error;
+
+/// Protocol version spoken by this node; frames with any other version are refused.
+pub const VERSION: u8 = 1;
+/// Size of the fixed frame header in bytes.
+pub const HEADER_LEN: usize = 10;
+/// Largest shard carried in one frame (4 MiB).
+pub const MAX_SHARD: usize = 4 * 1024 * 1024;
+/// Longest error reason, in bytes of UTF-8.
+pub const MAX_REASON: usize = 256;
+/// Largest body of any frame: a shard plus its id and lease.
+pub const MAX_BODY: usize = MAX_SHARD + SHARD_ID_LEN + 4;
+/// Largest complete frame: the most a reader ever buffers for one frame.
+pub const MAX_FRAME: usize = HEADER_LEN + MAX_BODY;
+/// Length of a shard identifier (its BLAKE3 hash).
+pub const SHARD_ID_LEN: usize = 32;
+
+/// A shard's identifier: the BLAKE3 hash of its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(pub [u8; SHARD_ID_LEN]);
+
+impl ShardId {
+    /// The identifier of `bytes` (their BLAKE3 hash).
+    pub fn of(bytes: &[u8]) -> Self {
+        ShardId(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+/// Refuses shard bytes that do not hash to the id they were sent under.
+pub fn check_shard(shard: &ShardId, data: &[u8]) -> Result<(), WireError> {
+    let actual = ShardId::of(data);
+    if actual != *shard {
+        return Err(WireError::HashMismatch {
+            shard: *shard,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a peer refused a request; travels in an [`Msg::Error`] reply with a human reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ErrorCode {
+    /// The owner already uses more than it contributes (plus allowance).
+    QuotaExceeded = 1,
+    /// No such shard here.
+    NotFound = 2,
+    /// The shard's bytes do not hash to its id.
+    HashMismatch = 3,
+    /// A request was too large or the store is full.
+    TooLarge = 4,
+    /// The request was malformed or not allowed.
+    BadRequest = 5,
+    /// Too many requests in flight; retry later.
+    Busy = 6,
+    /// The node failed internally (e.g. storage I/O).
+    Internal = 7,
+}
+
+impl ErrorCode {
+    fn from_u8(b: u8) -> Result<Self, WireError> {
+        Ok(match b {
+            1 => Self::QuotaExceeded,
+            2 => Self::NotFound,
+            3 => Self::HashMismatch,
+            4 => Self::TooLarge,
+            5 => Self::BadRequest,
+            6 => Self::Busy,
+            7 => Self::Internal,
+            other => return Err(WireError::UnknownErrorCode(other)),
+        })
+    }
+}
+
+/// One protocol message; requests and their replies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    /// Store `data` as shard `shard` for `lease_secs` seconds.
+    Put {
+        shard: ShardId,
+        lease_secs: u32,
+        data: Vec<u8>,
+    },
+    /// Fetch a shard's bytes.
+    Get { shard: ShardId },
+    /// Drop a shard (only its owner may).
+    Delete { shard: ShardId },
+    /// Extend a shard's lease to `lease_secs` from now.
+    RenewLease { shard: ShardId, lease_secs: u32 },
+    /// Prove possession: keyed hash over `len` bytes at `offset` of `shard`, keyed by `nonce`.
+    AuditChallenge {
+        shard: ShardId,
+        nonce: [u8; 32],
+        offset: u64,
+        len: u32,
+    },
+    /// Ask how much space the peer has free and offers.
+    FreeSpaceQuery,
+    /// Reply to `Put`: the shard is durably stored.
+    Stored { shard: ShardId },
+    /// Reply to `Get`: the shard's bytes.
+    ShardData { shard: ShardId, data: Vec<u8> },
+    /// Reply to `Delete`.
+    Deleted { shard: ShardId },
+    /// Reply to `RenewLease`: seconds until the lease now expires.
+    LeaseRenewed { shard: ShardId, lease_secs: u32 },
+    /// Reply to `AuditChallenge`.
+    AuditResponse { shard: ShardId, proof: [u8; 32] },
+    /// Reply to `FreeSpaceQuery`, in bytes.
+    FreeSpace { free: u64, offered: u64 },
+    /// A refusal with its reason.
+    Error { code: ErrorCode, reason: String },
+}
+
+/// A message with the request id that pairs a reply with its request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Chosen by the requester; echoed in the reply.
+    pub id: u32,
+    /// The message.
+    pub msg: Msg,
+}
+
+/// A frame header, validated: the body length is within the bound for its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Message kind byte.
+    pub kind: u8,
+    /// Request id.
+    pub id: u32,
+    /// Body length in bytes (already checked against the kind's bound).
+    pub body_len: usize,
+}
+
+/// Why a frame was rejected.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    /// Fewer bytes than the frame needs.
+    #[error("truncated frame: need {need} bytes, have {have}")]
+    Truncated { need: usize, have: usize },
+    /// A protocol version this node does not speak.
+    #[error("unsupported protocol version {0} (this node speaks {VERSION})")]
+    UnsupportedVersion(u8),
+    /// A kind byte that names no message.
+    #[error("unknown message kind 0x{0:02x}")]
+    UnknownKind(u8),
+    /// A declared or actual length over the bound for its kind.
+    #[error("{kind} frame too large: {len} bytes, limit {max}")]
+    Oversized {
+        kind: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// A fixed-size body of the wrong length.
+    #[error("{kind} frame body has {len} bytes, expected {expected}")]
+    BadLength {
+        kind: &'static str,
+        len: usize,
+        expected: usize,
+    },
+    /// An error reply with an unknown code.
+    #[error("unknown error code {0}")]
+    UnknownErrorCode(u8),
+    /// An error reason that is not UTF-8.
+    #[error("error reason is not valid UTF-8")]
+    BadReason,
+    /// Shard bytes that do not match their id.
+    #[error("shard {shard}: bytes hash to {actual}, not to the shard's id")]
+    HashMismatch { shard: ShardId, actual: ShardId },
+    /// Bytes left after a complete frame where exactly one was expected.
+    #[error("{0} unexpected bytes after the frame")]
+    Trailing(usize),
+}
+
+/// Body shape per kind: fixed length, or variable with a maximum and a fixed prefix.
+enum Shape {
+    Fixed(usize),
+    Var { min: usize, max: usize },
+}
+
+const K_PUT: u8 = 0x01;
+const K_GET: u8 = 0x02;
+const K_DELETE: u8 = 0x03;
+const K_RENEW: u8 = 0x04;
+const K_AUDIT: u8 = 0x05;
+const K_FREE_Q: u8 = 0x06;
+const K_STORED: u8 = 0x81;
+const K_DATA: u8 = 0x82;
+const K_DELETED: u8 = 0x83;
+const K_RENEWED: u8 = 0x84;
+const K_PROOF: u8 = 0x85;
+const K_FREE: u8 = 0x86;
+const K_ERROR: u8 = 0x87;
+
+fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
+    const S: usize = SHARD_ID_LEN;
+    Ok(match kind {
+        K_PUT => (
+            "put",
+            Shape::Var {
+                min: S + 4,
+                max: S + 4 + MAX_SHARD,
+            },
+        ),
+        K_GET => ("get", Shape::Fixed(S)),
+        K_DELETE => ("delete", Shape::Fixed(S)),
+        K_RENEW => ("renew-lease", Shape::Fixed(S + 4)),
+        K_AUDIT => ("audit-challenge", Shape::Fixed(S + 32 + 8 + 4)),
+        K_FREE_Q => ("free-space-query", Shape::Fixed(0)),
+        K_STORED => ("stored", Shape::Fixed(S)),
+        K_DATA => (
+            "shard-data",
+            Shape::Var {
+                min: S,
+                max: S + MAX_SHARD,
+            },
+        ),
+        K_DELETED => ("deleted", Shape::Fixed(S)),
+        K_RENEWED => ("lease-renewed", Shape::Fixed(S + 4)),
+        K_PROOF => ("audit-response", Shape::Fixed(S + 32)),
+        K_FREE => ("free-space", Shape::Fixed(16)),
+        K_ERROR => (
+            "error",
+            Shape::Var {
+                min: 1,
+                max: 1 + MAX_REASON,
+            },
+        ),
+        other => return Err(WireError::UnknownKind(other)),
+    })
+}
+
+fn check_len(kind: u8, len: usize) -> Result<(), WireError> {
+    let (name, s) = shape(kind)?;
+    match s {
+        Shape::Fixed(expected) if len != expected => Err(WireError::BadLength {
+            kind: name,
+            len,
+            expected,
+        }),
+        Shape::Var { max, .. } if len > max => Err(WireError::Oversized {
+            kind: name,
+            len,
+            max,
+        }),
+        Shape::Var { min, .. } if len < min => Err(WireError::BadLength {
+            kind: name,
+            len,
+            expected: min,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Validates a frame header: version, kind, and body length against the kind's bound.
+///
+/// Call this on the first [`HEADER_LEN`] bytes before allocating the body buffer.
+pub fn parse_header(buf: &[u8]) -> Result<Header, WireError> {
+    if buf.len() < HEADER_LEN {
+        return Err(WireError::Truncated {
+            need: HEADER_LEN,
+            have: buf.len(),
+        });
+    }
+    if buf[0] != VERSION {
+        return Err(WireError::UnsupportedVersion(buf[0]));
+    }
+    let kind = buf[1];
+    let id = u32::from_le_bytes([buf[2], buf[3], buf[4], buf[5]]);
+    let body_len = u32::from_le_bytes([buf[6], buf[7], buf[8], buf[9]]) as usize;
+    check_len(kind, body_len)?;
+    Ok(Header { kind, id, body_len })
+}
+
+/// Reads fixed-size fields from a body whose length was already validated.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        let mut out = [0u8; N];
+        out.copy_from_slice(head);
+        out
+    }
+    fn shard(&mut self) -> ShardId {
+        ShardId(self.take())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+    fn rest(self) -> &'a [u8] {
+        self.0
+    }
+}
+
+impl Frame {
+    /// Decodes one frame from the front of `buf`; returns it and the bytes consumed.
+    pub fn decode(buf: &[u8]) -> Result<(Frame, usize), WireError> {
+        let h = parse_header(buf)?;
+        let total = HEADER_LEN + h.body_len;
+        if buf.len() < total {
+            return Err(WireError::Truncated {
+                need: total,
+                have: buf.len(),
+            });
+        }
+        let msg = decode_body(h.kind, &buf[HEADER_LEN..total])?;
+        Ok((Frame { id: h.id, msg }, total))
+    }
+
+    /// Decodes exactly one frame; trailing bytes are an error.
+    pub fn decode_exact(buf: &[u8]) -> Result<Frame, WireError> {
+        let (f, used) = Self::decode(buf)?;
+        if used != buf.len() {
+            return Err(WireError::Trailing(buf.len() - used));
+        }
+        Ok(f)
+    }
+
+    /// Appends the encoded frame to `out`; refuses messages over the bounds the decoder enforces.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        let start = out.len();
+        out.extend_from_slice(&[VERSION, self.msg.kind()]);
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        let body = out.len();
+        match &self.msg {
+            Msg::Put {
+                shard,
+                lease_secs,
+                data,
+            } => {
+                out.extend_from_slice(&shard.0);
+                out.extend_from_slice(&lease_secs.to_le_bytes());
+                out.extend_from_slice(data);
+            }
+            Msg::Get { shard }
+            | Msg::Delete { shard }
+            | Msg::Stored { shard }
+            | Msg::Deleted { shard } => out.extend_from_slice(&shard.0),
+            Msg::RenewLease { shard, lease_secs } | Msg::LeaseRenewed { shard, lease_secs } => {
+                out.extend_from_slice(&shard.0);
+                out.extend_from_slice(&lease_secs.to_le_bytes());
+            }
+            Msg::AuditChallenge {
+                shard,
+                nonce,
+                offset,
+                len,
+            } => {
+                out.extend_from_slice(&shard.0);
+                out.extend_from_slice(nonce);
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&len.to_le_bytes());
+            }
+            Msg::FreeSpaceQuery => {}
+            Msg::ShardData { shard, data } => {
+                out.extend_from_slice(&shard.0);
+                out.extend_from_slice(data);
+            }
+            Msg::AuditResponse { shard, proof } => {
+                out.extend_from_slice(&shard.0);
+                out.extend_from_slice(proof);
+            }
+            Msg::FreeSpace { free, offered } => {
+                out.extend_from_slice(&free.to_le_bytes());
+                out.extend_from_slice(&offered.to_le_bytes());
+            }
+            Msg::Error { code, reason } => {
+                out.push(*code as u8);
+                out.extend_from_slice(reason.as_bytes());
+            }
+        }
+        let len = out.len() - body;
+        if let Err(e) = check_len(self.msg.kind(), len) {
+            out.truncate(start);
+            return Err(e);
+        }
+        // The bound check above keeps `len` far below u32::MAX.
+        out[body - 4..body].copy_from_slice(&(len as u32).to_le_bytes());
+        Ok(())
+    }
+
+    /// Encodes into a fresh buffer.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, WireError> {
+        let mut v = Vec::new();
+        self.encode(&mut v)?;
+        Ok(v)
+    }
+}
+
+impl Msg {
+    fn kind(&self) -> u8 {
+        match self {
+            Msg::Put { .. } => K_PUT,
+            Msg::Get { .. } => K_GET,
+            Msg::Delete { .. } => K_DELETE,
+            Msg::RenewLease { .. } => K_RENEW,
+            Msg::AuditChallenge { .. } => K_AUDIT,
+            Msg::FreeSpaceQuery => K_FREE_Q,
+            Msg::Stored { .. } => K_STORED,
+            Msg::ShardData { .. } => K_DATA,
+            Msg::Deleted { .. } => K_DELETED,
+            Msg::LeaseRenewed { .. } => K_RENEWED,
+            Msg::AuditResponse { .. } => K_PROOF,
+            Msg::FreeSpace { .. } => K_FREE,
+            Msg::Error { .. } => K_ERROR,
+        }
+    }
+
+    /// True for messages a requester sends (as opposed to replies).
+    pub fn is_request(&self) -> bool {
+        self.kind() < 0x80
+    }
+}
+
+/// Decodes a body whose length `check_len` already accepted for `kind`.
+fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
+    let mut r = Reader(body);
+    Ok(match kind {
+        K_PUT => {
+            let shard = r.shard();
+            let lease_secs = r.u32();
+            Msg::Put {
+                shard,
+                lease_secs,
+                data: r.rest().to_vec(),
+            }
+        }
+        K_GET => Msg::Get { shard: r.shard() },
+        K_DELETE => Msg::Delete { shard: r.shard() },
+        K_RENEW => Msg::RenewLease {
+            shard: r.shard(),
+            lease_secs: r.u32(),
+        },
+        K_AUDIT => Msg::AuditChallenge {
+            shard: r.shard(),
+            nonce: r.take(),
+            offset: r.u64(),
+            len: r.u32(),
+        },
+        K_FREE_Q => Msg::FreeSpaceQuery,
+        K_STORED => Msg::Stored { shard: r.shard() },
+        K_DATA => {
+            let shard = r.shard();
+            Msg::ShardData {
+                shard,
+                data: r.rest().to_vec(),
+            }
+        }
+        K_DELETED => Msg::Deleted { shard: r.shard() },
+        K_RENEWED => Msg::LeaseRenewed {
+            shard: r.shard(),
+            lease_secs: r.u32(),
+        },
+        K_PROOF => Msg::AuditResponse {
+            shard: r.shard(),
+            proof: r.take(),
+        },
+        K_FREE => Msg::FreeSpace {
+            free: r.u64(),
+            offered: r.u64(),
+        },
+        K_ERROR => {
+            let [code] = r.take::<1>();
+            let code = ErrorCode::from_u8(code)?;
+            let reason = std::str::from_utf8(r.rest())
+                .map_err(|_| WireError::BadReason)?
+                .to_owned();
+            Msg::Error { code, reason }
+        }
+        other => return Err(WireError::UnknownKind(other)),
+    })
+}
+
+/// Why reading a frame from a byte stream failed.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    /// The stream failed or ended mid-frame.
+    #[error("reading frame: {0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes are not a valid frame.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Reads one frame from a byte stream; `Ok(None)` on a clean end of stream between frames.
+///
+/// The header is validated before the body buffer is allocated, so a peer declaring a huge
+/// length costs us [`HEADER_LEN`] bytes, and the largest buffer ever allocated is [`MAX_BODY`].
+pub fn read_frame<R: std::io::Read>(r: &mut R) -> Result<Option<Frame>, ReadError> {
+    let mut head = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match r.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(WireError::Truncated {
+                    need: HEADER_LEN,
+                    have: got,
+                }
+                .into())
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let h = parse_header(&head)?;
+    let mut body = vec![0u8; h.body_len];
+    r.read_exact(&mut body)?;
+    Ok(Some(Frame {
+        id: h.id,
+        msg: decode_body(h.kind, &body)?,
+    }))
+}
+
+/// Decodes arbitrary bytes as a sequence of frames until the first error; never panics.
+///
+/// The body of the `node_wire` fuzz target, kept here so ordinary tests exercise it too.
+/// Returns the number of frames decoded; each decoded frame must re-encode to its own bytes.
+pub fn fuzz_decode(data: &[u8]) -> usize {
+    let mut rest = data;
+    let mut n = 0;
+    while let Ok((frame, used)) = Frame::decode(rest) {
+        let again = frame.to_bytes().expect("a decoded frame re-encodes");
+        assert_eq!(again, rest[..used], "decode/encode is not canonical");
+        rest = &rest[used..];
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_shard() -> impl Strategy<Value = ShardId> {
+        any::<[u8; 32]>().prop_map(ShardId)
+    }
+
+    fn arb_code() -> impl Strategy<Value = ErrorCode> {
+        (1u8..=7).prop_map(|c| ErrorCode::from_u8(c).unwrap())
+    }
+
+    fn arb_msg() -> impl Strategy<Value = Msg> {
+        let data = proptest::collection::vec(any::<u8>(), 0..512);
+        prop_oneof![
+            (arb_shard(), any::<u32>(), data.clone()).prop_map(|(shard, lease_secs, data)| {
+                Msg::Put {
+                    shard,
+                    lease_secs,
+                    data,
+                }
+            }),
+            arb_shard().prop_map(|shard| Msg::Get { shard }),
+            arb_shard().prop_map(|shard| Msg::Delete { shard }),
+            (arb_shard(), any::<u32>())
+                .prop_map(|(shard, lease_secs)| Msg::RenewLease { shard, lease_secs }),
+            (arb_shard(), any::<[u8; 32]>(), any::<u64>(), any::<u32>()).prop_map(
+                |(shard, nonce, offset, len)| Msg::AuditChallenge {
+                    shard,
+                    nonce,
+                    offset,
+                    len
+                }
+            ),
+            Just(Msg::FreeSpaceQuery),
+            arb_shard().prop_map(|shard| Msg::Stored { shard }),
+            (arb_shard(), data).prop_map(|(shard, data)| Msg::ShardData { shard, data }),
+            arb_shard().prop_map(|shard| Msg::Deleted { shard }),
+            (arb_shard(), any::<u32>())
+                .prop_map(|(shard, lease_secs)| Msg::LeaseRenewed { shard, lease_secs }),
+            (arb_shard(), any::<[u8; 32]>())
+                .prop_map(|(shard, proof)| Msg::AuditResponse { shard, proof }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(free, offered)| Msg::FreeSpace { free, offered }),
+            (arb_code(), "[a-z é]{0,80}").prop_map(|(code, reason)| Msg::Error { code, reason }),
+        ]
+    }
+
+    proptest! {
+        // 256 cases each (proptest default); frames up to ~600 bytes keep this well under a second.
+        #[test]
+        fn round_trip(id in any::<u32>(), msg in arb_msg()) {
+            let f = Frame { id, msg };
+            let bytes = f.to_bytes().unwrap();
+            prop_assert_eq!(Frame::decode_exact(&bytes).unwrap(), f);
+        }
+
+        #[test]
+        fn every_truncation_is_rejected(id in any::<u32>(), msg in arb_msg()) {
+            let bytes = Frame { id, msg }.to_bytes().unwrap();
+            for cut in 0..bytes.len() {
+                let err = Frame::decode(&bytes[..cut]).unwrap_err();
+                let is_truncated = matches!(err, WireError::Truncated { .. });
+                prop_assert!(is_truncated, "cut {}: {}", cut, err);
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            fuzz_decode(&data);
+        }
+
+        #[test]
+        fn random_bodies_behind_valid_headers_never_panic(
+            kind in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..128)
+        ) {
+            let mut bytes = vec![VERSION, kind, 0, 0, 0, 0];
+            bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&body);
+            fuzz_decode(&bytes);
+        }
+    }
+
+    fn header(kind: u8, len: u32) -> Vec<u8> {
+        let mut h = vec![VERSION, kind, 7, 0, 0, 0];
+        h.extend_from_slice(&len.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_from_the_header_alone() {
+        // Only the header is present: the bound check must fire before any wait for the body.
+        let err = Frame::decode(&header(K_PUT, u32::MAX)).unwrap_err();
+        assert_eq!(
+            err,
+            WireError::Oversized {
+                kind: "put",
+                len: u32::MAX as usize,
+                max: MAX_BODY
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("put frame too large: 4294967295 bytes, limit {MAX_BODY}")
+        );
+        let err = parse_header(&header(K_DATA, (SHARD_ID_LEN + MAX_SHARD + 1) as u32)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::Oversized {
+                    kind: "shard-data",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn largest_shard_is_accepted_and_one_more_byte_is_not() {
+        let shard = ShardId([1; 32]);
+        let f = Frame {
+            id: 1,
+            msg: Msg::Put {
+                shard,
+                lease_secs: 60,
+                data: vec![9; MAX_SHARD],
+            },
+        };
+        let bytes = f.to_bytes().unwrap();
+        assert_eq!(bytes.len(), MAX_FRAME);
+        assert_eq!(Frame::decode_exact(&bytes).unwrap(), f);
+        let big = Frame {
+            id: 1,
+            msg: Msg::Put {
+                shard,
+                lease_secs: 60,
+                data: vec![9; MAX_SHARD + 1],
+            },
+        };
+        let mut out = vec![0xAA];
+        assert!(matches!(
+            big.encode(&mut out),
+            Err(WireError::Oversized { .. })
+        ));
+        assert_eq!(
+            out,
+            vec![0xAA],
+            "a refused encode leaves the buffer as it was"
+        );
+    }
+
+    #[test]
+    fn unknown_version_kind_and_code_are_named() {
+        let mut b = Frame {
+            id: 1,
+            msg: Msg::FreeSpaceQuery,
+        }
+        .to_bytes()
+        .unwrap();
+        b[0] = 2;
+        assert_eq!(
+            Frame::decode(&b).unwrap_err().to_string(),
+            "unsupported protocol version 2 (this node speaks 1)"
+        );
+        b[0] = VERSION;
+        b[1] = 0x42;
+        assert_eq!(
+            Frame::decode(&b).unwrap_err().to_string(),
+            "unknown message kind 0x42"
+        );
+        let mut e = header(K_ERROR, 3);
+        e.extend_from_slice(&[99, b'h', b'i']);
+        assert_eq!(
+            Frame::decode(&e).unwrap_err(),
+            WireError::UnknownErrorCode(99)
+        );
+        let mut e = header(K_ERROR, 2);
+        e.extend_from_slice(&[1, 0xff]);
+        assert_eq!(Frame::decode(&e).unwrap_err(), WireError::BadReason);
+    }
+
+    #[test]
+    fn fixed_size_bodies_must_match_exactly() {
+        let err = Frame::decode(&header(K_GET, 31)).unwrap_err();
+        assert_eq!(err.to_string(), "get frame body has 31 bytes, expected 32");
+        let err = Frame::decode(&header(K_FREE_Q, 1)).unwrap_err();
+        assert!(matches!(
+            err,
+            WireError::BadLength {
+                kind: "free-space-query",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn stream_reader_checks_the_length_before_reading_the_body() {
+        let a = Frame {
+            id: 3,
+            msg: Msg::FreeSpace {
+                free: 1,
+                offered: 2,
+            },
+        };
+        let b = Frame {
+            id: 4,
+            msg: Msg::ShardData {
+                shard: ShardId::of(b"x"),
+                data: b"x".to_vec(),
+            },
+        };
+        let mut buf = a.to_bytes().unwrap();
+        b.encode(&mut buf).unwrap();
+        let mut cur = std::io::Cursor::new(&buf);
+        assert_eq!(read_frame(&mut cur).unwrap(), Some(a));
+        assert_eq!(read_frame(&mut cur).unwrap(), Some(b));
+        assert!(read_frame(&mut cur).unwrap().is_none());
+
+        // A header claiming a 4 GiB put followed by endless bytes: refused after the header.
+        let mut hostile = std::io::Read::chain(
+            std::io::Cursor::new(header(K_PUT, u32::MAX)),
+            std::io::repeat(0),
+        );
+        let err = read_frame(&mut hostile).unwrap_err();
+        assert!(
+            matches!(err, ReadError::Wire(WireError::Oversized { .. })),
+            "{err}"
+        );
+
+        let mut cut = std::io::Cursor::new(&buf[..5]);
+        let err = read_frame(&mut cut).unwrap_err();
+        assert_eq!(err.to_string(), "truncated frame: need 10 bytes, have 5");
+        let mut cut = std::io::Cursor::new(&buf[..HEADER_LEN + 3]);
+        assert!(matches!(read_frame(&mut cut), Err(ReadError::Io(_))));
+    }
+
+    #[test]
+    fn shard_bytes_must_match_their_id() {
+        let id = ShardId::of(b"shard bytes");
+        check_shard(&id, b"shard bytes").unwrap();
+        let err = check_shard(&id, b"shard bytez").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("shard {id}: bytes hash to ")),
+            "{msg}"
+        );
+        assert_eq!(
+            err,
+            WireError::HashMismatch {
+                shard: id,
+                actual: ShardId::of(b"shard bytez")
+            }
+        );
+    }
+
+    #[test]
+    fn overlong_reason_is_refused_on_encode() {
+        let f = Frame {
+            id: 0,
+            msg: Msg::Error {
+                code: ErrorCode::Busy,
+                reason: "x".repeat(MAX_REASON + 1),
+            },
+        };
+        assert!(matches!(
+            f.to_bytes(),
+            Err(WireError::Oversized { kind: "error", .. })
+        ));
+    }
+
+    #[test]
+    fn frames_decode_back_to_back_and_trailing_bytes_are_flagged() {
+        let a = Frame {
+            id: 1,
+            msg: Msg::Get {
+                shard: ShardId::of(b"a"),
+            },
+        };
+        let b = Frame {
+            id: 2,
+            msg: Msg::Stored {
+                shard: ShardId::of(b"b"),
+            },
+        };
+        let mut buf = a.to_bytes().unwrap();
+        b.encode(&mut buf).unwrap();
+        assert_eq!(fuzz_decode(&buf), 2);
+        let (first, used) = Frame::decode(&buf).unwrap();
+        assert_eq!(first, a);
+        assert_eq!(Frame::decode_exact(&buf[used..]).unwrap(), b);
+        assert_eq!(
+            Frame::decode_exact(&buf).unwrap_err(),
+            WireError::Trailing(buf.len() - used)
+        );
+        assert!(a.msg.is_request() && !b.msg.is_request());
+    }
+}
