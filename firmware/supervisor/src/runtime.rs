@@ -100,8 +100,8 @@ const SHUTDOWN_SLACK_MS: u64 = 10_000;
 /// Time for all remaining processes to exit after SIGTERM at the end of a shutdown.
 const KILL_ALL_GRACE_MS: u64 = 2000;
 
-/// The signals the supervisor takes through its signalfd.
-fn handled_signals() -> SigSet {
+/// The signals the supervisor takes through its signalfd (init blocks the same set at once).
+pub fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGCHLD,

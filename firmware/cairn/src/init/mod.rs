@@ -15,7 +15,7 @@ mod power_button;
 mod stage2;
 
 use cairn_bsp::Board;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 
 pub use stage2::Shutdown;
@@ -48,21 +48,9 @@ macro_rules! log {
 }
 pub(crate) use log;
 
-/// Signals PID 1 handles itself; blocked from the start so none is lost before stage 2 reads them.
-pub(crate) fn handled_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGHUP,
-    ] {
-        set.add(s);
-    }
-    set
-}
+/// Signals PID 1 handles itself (the supervisor's set): blocked from the start so none is lost
+/// before stage 2 reads them.
+pub(crate) use cairn_supervisor::handled_signals;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let pid1 = nix::unistd::getpid().as_raw() == 1;
