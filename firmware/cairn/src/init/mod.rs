@@ -84,9 +84,6 @@ fn host_main(args: Args, pid1: bool) -> anyhow::Result<()> {
         pid1,
         notices: None,
     });
-    if pid1 {
-        stage3_kill_all();
-    }
     log!("{} requested: exiting (not the device's init)", how.verb());
     Ok(())
 }
@@ -167,10 +164,10 @@ fn stage1(board: Option<&Board>) {
     }
 }
 
-/// Stage 3, after stage 2 stopped the services: the rest of the processes, then the disk.
+/// Stage 3. Stage 2 has stopped the services and, as PID 1, every remaining process
+/// (`cairn_supervisor::run` with `pid1`); what is left is the disk and the reboot itself.
 fn stage3(how: Shutdown) -> ! {
     log!("stage 3: {}", how.verb());
-    stage3_kill_all();
     nix::unistd::sync();
     if let Err(e) = data::unmount(Path::new(paths::DATA)) {
         log!("error: {e:#}");
@@ -184,28 +181,6 @@ fn stage3(how: Shutdown) -> ! {
     let err = nix::sys::reboot::reboot(mode);
     log!("error: reboot(2) failed: {err:?}");
     emergency_loop("reboot(2) failed")
-}
-
-/// SIGTERM to every process but us, a grace period while reaping, then SIGKILL.
-fn stage3_kill_all() {
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
-    const GRACE_MS: u64 = 2000;
-    let all = Pid::from_raw(-1);
-    if kill(all, Signal::SIGTERM).is_err() {
-        return; // ESRCH: nobody left
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(GRACE_MS);
-    while std::time::Instant::now() < deadline {
-        if !reap_all() {
-            return; // ECHILD: every child is gone
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let _ = kill(all, Signal::SIGKILL);
-    while reap_all() {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
 }
 
 /// Reaps every exited child; false once there are no children left at all.
