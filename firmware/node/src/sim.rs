@@ -75,6 +75,9 @@ pub struct SimConfig {
     pub tick_ms: u64,
     /// Long-run fraction of time each node is online, drawn uniformly from this range.
     pub availability: (f64, f64),
+    /// The same for owners: the repair loop runs on the owner's plug, so an owner that is
+    /// rarely online repairs rarely (plugs are always-on appliances).
+    pub owner_availability: (f64, f64),
     /// Mean length of an online session.
     pub mean_session_hours: f64,
     /// Mean time before a node (not an owner) leaves for good; newcomers arrive at the rate
@@ -118,6 +121,7 @@ impl SimConfig {
             weeks: 4,
             tick_ms: HOUR_MS,
             availability: (0.17, 1.0),
+            owner_availability: (0.9, 1.0),
             mean_session_hours: 8.0,
             mean_lifetime_weeks: 6.0,
             dishonest: 2,
@@ -536,7 +540,12 @@ impl<'a> Sim<'a> {
         let i = self.nodes.len();
         let rng = &mut self.rng;
         let capacity = rng.gen_range(cfg.capacity_shards.0..=cfg.capacity_shards.1);
-        let a = rng.gen_range(cfg.availability.0..=cfg.availability.1);
+        let range = if owner.is_some() {
+            cfg.owner_availability
+        } else {
+            cfg.availability
+        };
+        let a = rng.gen_range(range.0..=range.1);
         let on_mean_ms = cfg.mean_session_hours * HOUR_MS as f64;
         let off_mean_ms = if a >= 0.999 {
             0.0
@@ -940,7 +949,7 @@ impl<'a> Sim<'a> {
                 self.c.repairs_abandoned += owner.pending.len() as u64;
                 owner.pending.clear();
             }
-            self.check(t);
+            self.check();
         }
     }
 
@@ -1055,8 +1064,8 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Ground truth at the end of tick `t`: shards that still exist, chunks lost for good.
-    fn check(&mut self, _t: u64) {
+    /// Ground truth at the end of a tick: shards that still exist, chunks lost for good.
+    fn check(&mut self) {
         let k = self.cfg.k as usize;
         let mut on_dishonest = 0;
         for (c, ch) in self.chunks.iter_mut().enumerate() {
