@@ -676,4 +676,85 @@ mod tests {
         seeded.seen(&a, 0);
         assert_eq!(seeded.health(&a, 0), PeerHealth::Gone, "score below 0.9");
     }
+
+    fn health_from(code: u8) -> PeerHealth {
+        match code % 3 {
+            0 => PeerHealth::Gone,
+            1 => PeerHealth::Suspect,
+            _ => PeerHealth::Live,
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the books and the peers' health, a plan is consistent: it rebuilds only
+        /// indices no counted peer holds, fetches exactly k distinct indices from live peers,
+        /// and keeps exactly the peers not gone.
+        #[test]
+        fn plans_are_consistent(
+            k in 1u8..6, extra in 0u8..6,
+            holdings in proptest::collection::vec((0u8..14, 0u8..10), 0..20),
+            healths in proptest::collection::vec(0u8..3, 10),
+            threshold in 0u8..14,
+        ) {
+            let n = k + extra;
+            let c = ChunkState {
+                k,
+                n,
+                holdings: holdings
+                    .iter()
+                    .map(|&(index, peer)| Holding { index, peer: p(&format!("p{peer}")) })
+                    .collect(),
+            };
+            let health = |peer: &PeerId| {
+                let i: usize = peer.0[1..].parse().unwrap();
+                health_from(healths[i])
+            };
+            let pol = Policy { threshold, ..Policy::for_code(k, n) };
+            let not_gone: Vec<&Holding> = c
+                .holdings
+                .iter()
+                .filter(|h| h.index < n && health(&h.peer) != PeerHealth::Gone)
+                .collect();
+            match plan(&c, health, &pol) {
+                Ok(None) => {}
+                Ok(Some(got)) => {
+                    proptest::prop_assert_eq!(got.sources.len(), k as usize);
+                    let mut idx: Vec<u8> = got.sources.iter().map(|s| s.index).collect();
+                    idx.dedup();
+                    proptest::prop_assert_eq!(idx.len(), k as usize, "distinct, ascending");
+                    for s in &got.sources {
+                        proptest::prop_assert_eq!(health(&s.peer), PeerHealth::Live);
+                        proptest::prop_assert!(c.holdings.contains(s));
+                        proptest::prop_assert!(!got.rebuild.contains(&s.index));
+                    }
+                    let mut peers: Vec<&PeerId> = got.sources.iter().map(|s| &s.peer).collect();
+                    peers.sort();
+                    peers.dedup();
+                    proptest::prop_assert_eq!(peers.len(), k as usize, "one source per peer");
+                    proptest::prop_assert!(!got.rebuild.is_empty());
+                    proptest::prop_assert!(got.rebuild.iter().all(|&i| i < n));
+                    proptest::prop_assert!(n as usize - got.rebuild.len() < pol.threshold.min(n) as usize);
+                    for h in &not_gone {
+                        proptest::prop_assert!(got.keep.contains(&h.peer));
+                    }
+                    proptest::prop_assert_eq!(got.keep.len(), {
+                        let mut v: Vec<&PeerId> = not_gone.iter().map(|h| &h.peer).collect();
+                        v.sort();
+                        v.dedup();
+                        v.len()
+                    });
+                }
+                Err(RepairError::Unrecoverable { live, k: kk }) => {
+                    proptest::prop_assert_eq!(kk, k);
+                    proptest::prop_assert!(live < k as usize);
+                }
+                Err(RepairError::Unreachable { reachable, suspect, k: kk }) => {
+                    proptest::prop_assert_eq!(kk, k);
+                    proptest::prop_assert!(reachable < k as usize);
+                    proptest::prop_assert!(reachable + suspect >= k as usize);
+                }
+                Err(e @ RepairError::BadCode { .. }) => proptest::prop_assert!(false, "{e}"),
+            }
+        }
+    }
 }

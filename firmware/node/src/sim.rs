@@ -1199,6 +1199,7 @@ mod tests {
             chunks: 40,
             weeks: 1,
             availability: (1.0, 1.0),
+            owner_availability: (1.0, 1.0),
             mean_lifetime_weeks: f64::INFINITY,
             dishonest: 0,
             ..SimConfig::quick(3)
