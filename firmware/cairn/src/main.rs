@@ -29,6 +29,24 @@ enum Command {
     Fixture(cairn_supervisor::fixture::Args),
     /// Your encrypted, erasure-coded vault: init, put, ls, get, snapshots, recovery-key, restore.
     Vault(cairn_vault::cli::Args),
+    /// The storage node: run, status, pair, invite, join, audit, repair.
+    Node(cairn_node::cli::Args),
+}
+
+/// The vault's `node:SOCKET` targets and `--node` go through the node's control socket.
+fn node_backend(
+    path: &std::path::Path,
+) -> Result<
+    (
+        std::sync::Arc<dyn cairn_vault::sink::ShardSink>,
+        std::sync::Arc<dyn cairn_vault::sink::ShardSource>,
+    ),
+    String,
+> {
+    let b = std::sync::Arc::new(
+        cairn_node::control::NodeBackend::new(path).map_err(|e| e.to_string())?,
+    );
+    Ok((b.clone(), b))
 }
 
 fn main() {
@@ -43,7 +61,11 @@ fn main() {
         Command::Init(args) => init::run(args),
         Command::Ctl(args) => cairn_supervisor::ctl::run(args),
         Command::Fixture(args) => cairn_supervisor::fixture::run(args),
-        Command::Vault(args) => cairn_vault::cli::run(args),
+        Command::Vault(args) => {
+            cairn_vault::vault::register_node_backend(node_backend);
+            cairn_vault::cli::run(args)
+        }
+        Command::Node(args) => cairn_node::cli::run(args),
     };
     if let Err(e) = result {
         eprintln!("cairn: {e:#}");

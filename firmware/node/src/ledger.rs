@@ -111,6 +111,22 @@ impl Ledger {
         Ok(())
     }
 
+    /// Sets what we hold for `partner` (rebuilt from the chunk store at start).
+    pub fn set_held_for_them(&mut self, partner: &PeerId, bytes: u64) {
+        self.partners
+            .entry(partner.clone())
+            .or_default()
+            .held_for_them = bytes;
+    }
+
+    /// Sets what `partner` holds for us (rebuilt from our placement records at start).
+    pub fn set_held_for_us(&mut self, partner: &PeerId, bytes: u64) {
+        self.partners
+            .entry(partner.clone())
+            .or_default()
+            .held_for_us = bytes;
+    }
+
     /// Books the release of `bytes` we held for `partner` (deleted or lease expired).
     pub fn released_for_them(&mut self, partner: &PeerId, bytes: u64) -> Result<(), QuotaError> {
         let a = self.get_mut(partner)?;

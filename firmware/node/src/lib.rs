@@ -1,13 +1,30 @@
-//! Cairn's storage node: the parts that do not depend on the network transport.
+//! Cairn's storage node: plugs hold each other's encrypted shards over libp2p.
 //!
-//! - [`wire`]: the shard protocol's bounded binary codec.
-//! - [`ledger`]: give-to-get accounting per partner.
-//! - [`placement`]: choosing distinct peers for a chunk's shards.
-//! - [`audit`]: possession challenges and per-peer scores.
+//! - [`wire`]: the shard protocol's bounded binary codec; [`codec`]: on a libp2p stream.
+//! - [`net`]: transports and behaviours; [`node`]: the running node and the holder's side;
+//!   [`owner`]: placing, fetching, auditing and repairing our own shards.
+//! - [`control`] / [`server`]: the local control socket (vault, CLI, PID 1's pairing window).
+//! - [`ledger`]: give-to-get accounting per partner; [`placement`]: distinct peers per chunk;
+//!   [`audit`]: possession challenges and scores; [`repair`]: what to rebuild; [`records`]:
+//!   shard keys and placement records; [`invite`]: invitation codes; [`identity`]: the key.
+//! - [`sim`]: a seeded churn simulation of the same placement/repair logic.
+//! - [`cli`]: `cairn node …`.
 
 pub mod audit;
+pub mod cli;
+pub mod codec;
+pub mod control;
+pub mod identity;
+pub mod invite;
 pub mod ledger;
+pub mod net;
+pub mod node;
+pub mod owner;
 pub mod placement;
+pub mod records;
+pub mod repair;
+pub mod server;
+pub mod sim;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};

@@ -14,7 +14,7 @@ pub const VERSION: u8 = 1;
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest shard carried in one frame (4 MiB).
-pub const MAX_SHARD: usize = 4 * 1024 * 1024;
+pub const MAX_SHARD: usize = 6 * 1024 * 1024;
 /// Longest error reason, in bytes of UTF-8.
 pub const MAX_REASON: usize = 256;
 /// Largest body of any frame: a shard plus its id and lease.
@@ -115,6 +115,9 @@ pub enum Msg {
     },
     /// Ask how much space the peer has free and offers.
     FreeSpaceQuery,
+    /// Ask to become partners: during both plugs' pairing windows (`mode` [`PAIR_WINDOW`],
+    /// `secret` zero) or with an invitation's one-time secret (`mode` [`PAIR_INVITE`]).
+    Pair { mode: u8, secret: [u8; 16] },
     /// Reply to `Put`: the shard is durably stored.
     Stored { shard: ShardId },
     /// Reply to `Get`: the shard's bytes.
@@ -129,7 +132,14 @@ pub enum Msg {
     FreeSpace { free: u64, offered: u64 },
     /// A refusal with its reason.
     Error { code: ErrorCode, reason: String },
+    /// Reply to `Pair`: the peer recorded us as a partner.
+    Paired,
 }
+
+/// [`Msg::Pair`] mode: both plugs' pairing windows are open.
+pub const PAIR_WINDOW: u8 = 1;
+/// [`Msg::Pair`] mode: the secret of an invitation code.
+pub const PAIR_INVITE: u8 = 2;
 
 /// A message with the request id that pairs a reply with its request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,6 +213,7 @@ const K_DELETE: u8 = 0x03;
 const K_RENEW: u8 = 0x04;
 const K_AUDIT: u8 = 0x05;
 const K_FREE_Q: u8 = 0x06;
+const K_PAIR: u8 = 0x07;
 const K_STORED: u8 = 0x81;
 const K_DATA: u8 = 0x82;
 const K_DELETED: u8 = 0x83;
@@ -210,6 +221,7 @@ const K_RENEWED: u8 = 0x84;
 const K_PROOF: u8 = 0x85;
 const K_FREE: u8 = 0x86;
 const K_ERROR: u8 = 0x87;
+const K_PAIRED: u8 = 0x88;
 
 fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
     const S: usize = SHARD_ID_LEN;
@@ -226,6 +238,8 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
         K_RENEW => ("renew-lease", Shape::Fixed(S + 4)),
         K_AUDIT => ("audit-challenge", Shape::Fixed(S + 32 + 8 + 4)),
         K_FREE_Q => ("free-space-query", Shape::Fixed(0)),
+        K_PAIR => ("pair", Shape::Fixed(17)),
+        K_PAIRED => ("paired", Shape::Fixed(0)),
         K_STORED => ("stored", Shape::Fixed(S)),
         K_DATA => (
             "shard-data",
@@ -376,7 +390,11 @@ impl Frame {
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(&len.to_le_bytes());
             }
-            Msg::FreeSpaceQuery => {}
+            Msg::FreeSpaceQuery | Msg::Paired => {}
+            Msg::Pair { mode, secret } => {
+                out.push(*mode);
+                out.extend_from_slice(secret);
+            }
             Msg::ShardData { shard, data } => {
                 out.extend_from_slice(&shard.0);
                 out.extend_from_slice(data);
@@ -428,6 +446,8 @@ impl Msg {
             Msg::AuditResponse { .. } => K_PROOF,
             Msg::FreeSpace { .. } => K_FREE,
             Msg::Error { .. } => K_ERROR,
+            Msg::Pair { .. } => K_PAIR,
+            Msg::Paired => K_PAIRED,
         }
     }
 
@@ -463,6 +483,14 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
             len: r.u32(),
         },
         K_FREE_Q => Msg::FreeSpaceQuery,
+        K_PAIR => {
+            let [mode] = r.take::<1>();
+            Msg::Pair {
+                mode,
+                secret: r.take(),
+            }
+        }
+        K_PAIRED => Msg::Paired,
         K_STORED => Msg::Stored { shard: r.shard() },
         K_DATA => {
             let shard = r.shard();
@@ -590,6 +618,8 @@ mod tests {
                 }
             ),
             Just(Msg::FreeSpaceQuery),
+            Just(Msg::Paired),
+            (any::<u8>(), any::<[u8; 16]>()).prop_map(|(mode, secret)| Msg::Pair { mode, secret }),
             arb_shard().prop_map(|shard| Msg::Stored { shard }),
             (arb_shard(), data).prop_map(|(shard, data)| Msg::ShardData { shard, data }),
             arb_shard().prop_map(|shard| Msg::Deleted { shard }),

@@ -31,6 +31,10 @@ pub struct Args {
     /// No progress lines.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Use the storage node whose control socket is SOCKET for shards, whatever targets the
+    /// vault was created with (e.g. /run/cairn/node.sock on a plug).
+    #[arg(long, global = true, value_name = "SOCKET")]
+    pub node: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -176,6 +180,16 @@ impl Drop for EchoOff {
     }
 }
 
+/// Opens the vault, switched to the node of `--node` if given.
+fn open_vault(args: &Args, home: &Path, pass: &[u8]) -> anyhow::Result<Vault> {
+    let mut v = Vault::open(home, pass)?;
+    if let Some(sock) = &args.node {
+        let (sink, source) = crate::vault::node_backend(sock)?;
+        v.set_backend(sink, source);
+    }
+    Ok(v)
+}
+
 /// Runs a vault command, printing its results on standard output.
 pub fn run(args: Args) -> anyhow::Result<()> {
     run_to(args, &mut std::io::stdout().lock())
@@ -229,7 +243,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Put { paths } => {
             let pass = passphrase(&args, false)?;
-            let mut v = Vault::open(&home, &pass)?;
+            let mut v = open_vault(&args, &home, &pass)?;
             let r = v.put(paths, progress)?;
             writeln!(
                 out,
@@ -246,7 +260,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Ls { path, snapshot } => {
             let pass = passphrase(&args, false)?;
-            let v = Vault::open(&home, &pass)?;
+            let v = open_vault(&args, &home, &pass)?;
             let tree = v.tree(*snapshot)?;
             let base = path.as_deref().unwrap_or("").trim_matches('/');
             if !base.is_empty() && tree.find(base.as_bytes()).is_none() {
@@ -276,13 +290,13 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             snapshot,
         } => {
             let pass = passphrase(&args, false)?;
-            let v = Vault::open(&home, &pass)?;
+            let v = open_vault(&args, &home, &pass)?;
             let r = v.get(*snapshot, path, dest, progress)?;
             report_get(out, &r, dest)?;
         }
         Command::Snapshots => {
             let pass = passphrase(&args, false)?;
-            let v = Vault::open(&home, &pass)?;
+            let v = open_vault(&args, &home, &pass)?;
             writeln!(
                 out,
                 "{:>6}  {:<19}  {:>8}  {:>10}",
@@ -301,7 +315,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::RecoveryKey => {
             let pass = passphrase(&args, false)?;
-            let v = Vault::open(&home, &pass)?;
+            let v = open_vault(&args, &home, &pass)?;
             writeln!(out, "recovery key:     {}", v.secret().recovery_key())?;
             writeln!(out, "root capability:  {}", v.capability()?)?;
             writeln!(

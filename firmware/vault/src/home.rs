@@ -23,6 +23,8 @@ use crate::seal::AeadKind;
 pub enum Target {
     /// A local directory (`dir:PATH`).
     Dir(PathBuf),
+    /// A running storage node, by its control socket (`node:PATH`): shards go to partners.
+    Node(PathBuf),
 }
 
 impl std::str::FromStr for Target {
@@ -31,8 +33,9 @@ impl std::str::FromStr for Target {
     fn from_str(s: &str) -> Result<Self> {
         match s.split_once(':') {
             Some(("dir", p)) if !p.is_empty() => Ok(Target::Dir(PathBuf::from(p))),
+            Some(("node", p)) if !p.is_empty() => Ok(Target::Node(PathBuf::from(p))),
             _ => Err(VaultError::Usage(format!(
-                "target `{s}`: unknown kind (expected dir:PATH)"
+                "target `{s}`: unknown kind (expected dir:PATH or node:SOCKET)"
             ))),
         }
     }
@@ -42,6 +45,7 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Dir(p) => write!(f, "dir:{}", p.display()),
+            Target::Node(p) => write!(f, "node:{}", p.display()),
         }
     }
 }

@@ -98,16 +98,45 @@ fn default_workers() -> usize {
         .min(MAX_WORKERS)
 }
 
+/// Opens the backend of a storage node's control socket (registered by the binary that links
+/// the node, which depends on this crate and not the other way round).
+pub type NodeConnector =
+    fn(&Path) -> std::result::Result<(Arc<dyn ShardSink>, Arc<dyn ShardSource>), String>;
+
+static NODE_CONNECTOR: std::sync::OnceLock<NodeConnector> = std::sync::OnceLock::new();
+
+/// Makes `node:SOCKET` targets usable.
+pub fn register_node_backend(f: NodeConnector) {
+    let _ = NODE_CONNECTOR.set(f);
+}
+
+/// The backend of a node's control socket at `path`.
+pub fn node_backend(path: &Path) -> Result<(Arc<dyn ShardSink>, Arc<dyn ShardSource>)> {
+    let connect = NODE_CONNECTOR.get().ok_or_else(|| {
+        VaultError::Usage("this program cannot use a storage node (node: targets)".into())
+    })?;
+    connect(path).map_err(VaultError::Usage)
+}
+
 fn backend(targets: &[Target]) -> Result<(Arc<dyn ShardSink>, Arc<dyn ShardSource>)> {
     if targets.is_empty() {
         return Err(VaultError::Usage(
-            "no shard target: give --target dir:PATH".into(),
+            "no shard target: give --target dir:PATH or --target node:SOCKET".into(),
         ));
+    }
+    if let Some(Target::Node(p)) = targets.iter().find(|t| matches!(t, Target::Node(_))) {
+        if targets.len() != 1 {
+            return Err(VaultError::Usage(
+                "a node target places every shard itself: give it alone".into(),
+            ));
+        }
+        return node_backend(p);
     }
     let dirs = targets
         .iter()
-        .map(|t| match t {
-            Target::Dir(p) => p.clone(),
+        .filter_map(|t| match t {
+            Target::Dir(p) => Some(p.clone()),
+            Target::Node(_) => None,
         })
         .collect();
     let store = Arc::new(DirStore::new(dirs));
@@ -145,7 +174,8 @@ impl Vault {
             )));
         }
         let codec = Codec::new(config.k, config.n)?;
-        if one_target_per_shard && config.targets.len() != config.n {
+        let node = matches!(config.targets.as_slice(), [Target::Node(_)]);
+        if one_target_per_shard && !node && config.targets.len() != config.n {
             return Err(VaultError::Usage(format!(
                 "{}-of-{} needs {} targets (one per shard), {} given",
                 config.k,
@@ -158,8 +188,9 @@ impl Vault {
             return Err(VaultError::Usage("the passphrase must not be empty".into()));
         }
         for t in &config.targets {
-            let Target::Dir(d) = t;
-            fs::create_dir_all(d).map_err(io_err(d))?;
+            if let Target::Dir(d) = t {
+                fs::create_dir_all(d).map_err(io_err(d))?;
+            }
         }
         fs::create_dir_all(home).map_err(io_err(home))?;
         fs::set_permissions(home, fs::Permissions::from_mode(0o700)).map_err(io_err(home))?;

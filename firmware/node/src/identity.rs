@@ -1,0 +1,77 @@
+//! The node's identity: an Ed25519 key on the data partition, created on first start.
+//!
+//! The peer id partners know this plug by derives from it, so a damaged key file is an error
+//! that names the file, never a reason to make a new key (that would orphan every pairing).
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use libp2p::identity::Keypair;
+
+/// Loads the key at `path`, or creates it (mode 0600, written aside and renamed) if absent.
+pub fn load_or_create(path: &Path) -> Result<Keypair> {
+    match fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            anyhow!(
+                "{}: not a node key ({e}); move it away only if this plug may get a new identity \
+                 (partners would have to pair again)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .context("encoding the node key")?;
+            let tmp = path.with_extension("tmp");
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("{}: creating the node key", tmp.display()))?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)
+                .with_context(|| format!("{}: storing the node key", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(anyhow!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_created_once_and_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("identity.key");
+        let a = load_or_create(&p).unwrap();
+        let b = load_or_create(&p).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn damaged_key_is_an_error_naming_the_file_and_is_left_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("identity.key");
+        fs::write(&p, b"garbage").unwrap();
+        let e = load_or_create(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("identity.key") && e.contains("not a node key"),
+            "{e}"
+        );
+        assert_eq!(fs::read(&p).unwrap(), b"garbage");
+    }
+}

@@ -1,0 +1,860 @@
+//! The owner's side: placing this plug's shards on partners, fetching them back, auditing the
+//! holders and repairing chunks whose holders failed or vanished.
+//!
+//! Shards of one chunk go to distinct partners (and distinct public IPs where known), chosen by
+//! [`placement`](crate::placement) among live partners weighted by the free space they report
+//! for us and their audit score. Each chunk's record (see [`crate::records`]) stays in RAM
+//! while its shards are being placed — at most [`MAX_PENDING`] chunks — and is then written
+//! to the node's chunk store; audits and repair page through the records 64 at a time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use cairn_store::{Lease, ShardInfo};
+use cairn_vault::shard::{decode_shard, Codec};
+use libp2p::PeerId;
+use serde::Serialize;
+
+use crate::node::{now_secs, Shared};
+use crate::placement::{place, Candidate};
+use crate::records::{
+    check_vault_shard, hex, record_id, shard_key, unhex32, AuditRec, ChunkRecord, Slot, OWN_RECORDS,
+};
+use crate::repair::{plan, ChunkState, Holding, PeerHealth, Policy};
+use crate::wire::{ErrorCode, Msg};
+
+/// Chunks whose records may wait in RAM for their shards to be placed (~1 KiB each).
+pub const MAX_PENDING: usize = 256;
+
+/// Records read per page when walking all of them.
+const PAGE: usize = 64;
+
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Shared) -> T + Send + 'static,
+) -> T {
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .expect("blocking task panicked")
+}
+
+fn load_record(shared: &Shared, chunk: &[u8; 32]) -> Result<Option<ChunkRecord>, String> {
+    let id = record_id(chunk);
+    match shared.store.get(id) {
+        Ok(b) => ChunkRecord::decode(&b, &id).map(Some),
+        Err(cairn_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(format!("placement record {id}: {e}")),
+    }
+}
+
+fn save_record(shared: &Shared, r: &ChunkRecord) -> Result<(), String> {
+    let chunk = r.chunk_id().ok_or("record without chunk id")?;
+    shared
+        .store
+        .put(record_id(&chunk), &r.encode(), OWN_RECORDS, Lease::Forever)
+        .map_err(|e| format!("writing placement record of chunk {}: {e}", r.chunk))
+}
+
+/// Calls `f` on every stored record, page by page (blocking).
+fn each_record(shared: &Shared, mut f: impl FnMut(ChunkRecord)) -> Result<(), String> {
+    let mut after = None;
+    loop {
+        let page: Vec<ShardInfo> = shared
+            .store
+            .shards_of(OWN_RECORDS, after, PAGE)
+            .map_err(|e| format!("listing placement records: {e}"))?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = Some(last.id);
+        for info in page {
+            match shared.store.get(info.id) {
+                Ok(b) => match ChunkRecord::decode(&b, &info.id) {
+                    Ok(r) => f(r),
+                    Err(e) => eprintln!("cairn-node: {e}"),
+                },
+                Err(e) => eprintln!("cairn-node: placement record {}: {e}", info.id),
+            }
+        }
+    }
+}
+
+/// Rebuilds "bytes partners hold for us" from the records (authoritative after a crash).
+pub fn rebuild_books(shared: &Shared) -> anyhow::Result<()> {
+    let mut per_peer: BTreeMap<String, u64> = BTreeMap::new();
+    each_record(shared, |r| {
+        for s in r.slots.iter().flatten() {
+            *per_peer.entry(s.peer.clone()).or_default() += u64::from(s.len);
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    let mut st = shared.state();
+    for (p, bytes) in per_peer {
+        if st.saved.partners.contains_key(&p) {
+            st.ledger.set_held_for_us(&crate::PeerId(p), bytes);
+        }
+    }
+    Ok(())
+}
+
+/// Live partners that may take a shard of `len` bytes, minus `exclude` and their public IPs.
+fn candidates(shared: &Shared, exclude: &HashSet<String>, len: u64) -> Vec<Candidate> {
+    let now = now_secs();
+    let mut st = shared.state();
+    let connected: Vec<PeerId> = st
+        .peers
+        .iter()
+        .filter(|(_, m)| m.connections > 0)
+        .map(|(p, _)| *p)
+        .collect();
+    for p in connected {
+        st.tracker.seen(&crate::PeerId(p.to_string()), now);
+    }
+    let taken_ips: HashSet<std::net::IpAddr> = exclude
+        .iter()
+        .filter_map(|p| p.parse::<PeerId>().ok())
+        .filter_map(|p| st.peers.get(&p).and_then(|m| m.public_ip))
+        .collect();
+    st.partner_ids()
+        .into_iter()
+        .filter(|p| !exclude.contains(&p.to_string()))
+        .filter_map(|p| {
+            let id = crate::PeerId(p.to_string());
+            if st.tracker.health(&id, now) != PeerHealth::Live {
+                return None;
+            }
+            let meta = st.peers.get(&p).cloned().unwrap_or_default();
+            if meta.public_ip.is_some_and(|ip| taken_ips.contains(&ip)) {
+                return None;
+            }
+            Some(Candidate {
+                peer: id.clone(),
+                public_ip: meta.public_ip,
+                // Unknown until the partner answers a free-space query: assume it has room,
+                // its answer to the put will tell.
+                free_bytes: meta.free_for_us.unwrap_or(u64::MAX / 4).max(len.min(1)),
+                trust: st.tracker.score(&id).max(0.01),
+            })
+        })
+        .collect()
+}
+
+/// Sends `bytes` (shard `index` of `chunk`) to one partner outside `exclude`; retries others
+/// on refusal. Returns the holder.
+async fn place_one(
+    shared: &Arc<Shared>,
+    chunk: [u8; 32],
+    index: u8,
+    key: crate::wire::ShardId,
+    bytes: &[u8],
+    exclude: &mut HashSet<String>,
+    prefer: Option<String>,
+) -> Result<PeerId, String> {
+    let len = bytes.len() as u64;
+    let lease_secs = shared.cfg.lease.as_secs().min(u64::from(u32::MAX)) as u32;
+    let mut refusals: Vec<String> = Vec::new();
+    let mut prefer = prefer;
+    for attempt in 0..32u64 {
+        let chosen = match prefer.take() {
+            Some(p) if shared.health(&p) == PeerHealth::Live && !exclude.contains(&p) => p,
+            _ => {
+                let cands = candidates(shared, exclude, len);
+                let seed = u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes")) ^ attempt;
+                match place(&cands, 1, len, seed) {
+                    Ok(v) => v[0].0.clone(),
+                    Err(_) => {
+                        let partners = shared.state().saved.partners.len();
+                        return Err(format!(
+                            "no partner can take shard {key} ({len} bytes): {partners} partners, \
+                             {} eligible after excluding those holding this chunk's other \
+                             shards{}",
+                            cands.len(),
+                            if refusals.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; refused by: {}", refusals.join("; "))
+                            }
+                        ));
+                    }
+                }
+            }
+        };
+        let peer: PeerId = chosen
+            .parse()
+            .map_err(|_| format!("bad peer id {chosen}"))?;
+        exclude.insert(chosen.clone());
+        // Another shard of this chunk may be on its way to the same partner right now.
+        {
+            let mut st = shared.state();
+            let taken = st.reserving.contains(&(chunk, chosen.clone()))
+                || st.pending.get(&chunk).is_some_and(|r| {
+                    r.slots.iter().enumerate().any(|(i, s)| {
+                        i != usize::from(index) && s.as_ref().is_some_and(|s| s.peer == chosen)
+                    })
+                });
+            if taken {
+                continue;
+            }
+            st.reserving.insert((chunk, chosen.clone()));
+        }
+        let result = send_put(shared, peer, key, bytes, lease_secs).await;
+        shared.state().reserving.remove(&(chunk, chosen.clone()));
+        match result {
+            Ok(()) => return Ok(peer),
+            Err(e) => refusals.push(e),
+        }
+    }
+    Err(format!(
+        "shard {key}: every partner tried refused: {}",
+        refusals.join("; ")
+    ))
+}
+
+async fn send_put(
+    shared: &Arc<Shared>,
+    peer: PeerId,
+    key: crate::wire::ShardId,
+    bytes: &[u8],
+    lease_secs: u32,
+) -> Result<(), String> {
+    let len = bytes.len() as u64;
+    {
+        let msg = Msg::Put {
+            shard: key,
+            lease_secs,
+            data: bytes.to_vec(),
+        };
+        match shared.request(peer, msg).await {
+            Ok(Msg::Stored { shard }) if shard == key => {
+                let mut st = shared.state();
+                if let Some(m) = st.peers.get_mut(&peer) {
+                    m.free_for_us = m.free_for_us.map(|f| f.saturating_sub(len));
+                }
+                Ok(())
+            }
+            Ok(Msg::Error { code, reason }) => {
+                if code == ErrorCode::QuotaExceeded || code == ErrorCode::TooLarge {
+                    if let Some(m) = shared.state().peers.get_mut(&peer) {
+                        m.free_for_us = Some(0);
+                    }
+                }
+                Err(format!("{peer}: {reason}"))
+            }
+            Ok(other) => Err(format!("{peer}: unexpected answer {other:?}")),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Stores one shard of this plug's vault on a partner (the vault's `put_shard`).
+pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), String> {
+    let (h, _) = decode_shard(&bytes).map_err(|e| format!("not a vault shard: {e}"))?;
+    let chunk = h.chunk.0;
+    let index = h.index;
+    let key = shard_key(&chunk, index);
+    let hash = hex(blake3::hash(&bytes).as_bytes());
+    let needs_load = !shared.state().pending.contains_key(&chunk);
+    let stored = if needs_load {
+        blocking(shared, move |s| load_record(s, &chunk)).await?
+    } else {
+        None
+    };
+    if shared.state().pending.len() >= MAX_PENDING {
+        flush(shared).await?;
+    }
+    // Reserve this index's slot and learn which partners hold the chunk's other shards.
+    let (mut exclude, prefer) = {
+        let mut st = shared.state();
+        let lease_until = now_secs() + shared.cfg.lease.as_secs();
+        let rec = st.pending.entry(chunk).or_insert_with(|| {
+            stored.unwrap_or_else(|| ChunkRecord::new(&chunk, h.k, h.n, lease_until))
+        });
+        if rec.k != h.k || rec.n != h.n {
+            return Err(format!(
+                "shard {}.{index}: {}-of-{} does not match the chunk's {}-of-{}",
+                h.chunk, h.k, h.n, rec.k, rec.n
+            ));
+        }
+        let slot = &rec.slots[usize::from(index)];
+        if slot.as_ref().is_some_and(|s| s.hash == hash) {
+            return Ok(()); // Already placed: putting the same bytes again is harmless.
+        }
+        let prefer = slot
+            .as_ref()
+            .filter(|s| !s.hash.is_empty())
+            .map(|s| s.peer.clone());
+        let exclude: HashSet<String> = rec
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != usize::from(index))
+            .filter_map(|(_, s)| s.as_ref().map(|s| s.peer.clone()))
+            .collect();
+        (exclude, prefer)
+    };
+    let peer = place_one(shared, chunk, index, key, &bytes, &mut exclude, prefer).await;
+    let peer = peer?;
+    let slot = Slot {
+        peer: peer.to_string(),
+        hash,
+        len: bytes.len() as u32,
+        audit: AuditRec::prepare(key, &bytes),
+    };
+    let record = {
+        let mut st = shared.state();
+        let Some(rec) = st.pending.get_mut(&chunk) else {
+            return Err(format!("chunk {}: record lost while placing", h.chunk));
+        };
+        let old = rec.slots[usize::from(index)].replace(slot.clone());
+        let complete = rec.slots.iter().all(Option::is_some);
+        let record = if complete {
+            st.pending.remove(&chunk)
+        } else {
+            None
+        };
+        let partner = crate::PeerId(slot.peer.clone());
+        if let Some(o) = old.filter(|o| o.peer == slot.peer) {
+            let _ = st.ledger.removed_from_them(&partner, u64::from(o.len));
+        }
+        let _ = st.ledger.stored_with_them(&partner, u64::from(slot.len));
+        record
+    };
+    if let Some(r) = record {
+        blocking(shared, move |s| save_record(s, &r)).await?;
+    }
+    Ok(())
+}
+
+/// Why a get failed.
+pub struct GetError {
+    /// Nobody has the shard (as opposed to: could not tell).
+    pub missing: bool,
+    /// One line for a person.
+    pub reason: String,
+}
+
+/// Fetches shard `index` of `chunk` from whoever holds it (the vault's `get_shard`).
+pub async fn get_shard(
+    shared: &Arc<Shared>,
+    chunk: [u8; 32],
+    index: u8,
+) -> Result<Vec<u8>, GetError> {
+    let key = shard_key(&chunk, index);
+    let pending = shared.state().pending.get(&chunk).cloned();
+    let rec = match pending {
+        Some(r) => Some(r),
+        None => blocking(shared, move |s| load_record(s, &chunk))
+            .await
+            .map_err(|reason| GetError {
+                missing: false,
+                reason,
+            })?,
+    };
+    let slot = rec.and_then(|r| r.slots.get(usize::from(index)).cloned().flatten());
+    if let Some(slot) = slot {
+        let peer: PeerId = slot.peer.parse().map_err(|_| GetError {
+            missing: false,
+            reason: format!("bad peer id {}", slot.peer),
+        })?;
+        return match shared.request(peer, Msg::Get { shard: key }).await {
+            Ok(Msg::ShardData { data, .. }) => {
+                if hex(blake3::hash(&data).as_bytes()) == slot.hash {
+                    Ok(data)
+                } else {
+                    shared
+                        .state()
+                        .tracker
+                        .audit(&crate::PeerId(slot.peer.clone()), false);
+                    eprintln!("cairn-node: {peer} returned wrong bytes for shard {key}");
+                    Err(GetError {
+                        missing: false,
+                        reason: format!("partner {peer} returned bytes that are not shard {key}"),
+                    })
+                }
+            }
+            Ok(Msg::Error {
+                code: ErrorCode::NotFound,
+                reason,
+            }) => Err(GetError {
+                missing: true,
+                reason: format!("partner {peer}: {reason}"),
+            }),
+            Ok(Msg::Error { reason, .. }) => Err(GetError {
+                missing: false,
+                reason: format!("partner {peer}: {reason}"),
+            }),
+            Ok(other) => Err(GetError {
+                missing: false,
+                reason: format!("partner {peer}: unexpected answer {other:?}"),
+            }),
+            Err(reason) => Err(GetError {
+                missing: false,
+                reason,
+            }),
+        };
+    }
+    // No record (a new plug restoring from its recovery key): ask the live partners.
+    let partners = shared.state().partner_ids();
+    let mut failures = 0;
+    for peer in partners {
+        if shared.health(&peer.to_string()) != PeerHealth::Live {
+            continue;
+        }
+        match shared.request(peer, Msg::Get { shard: key }).await {
+            Ok(Msg::ShardData { data, .. }) if check_vault_shard(&key, &data).is_ok() => {
+                return Ok(data)
+            }
+            Ok(Msg::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }) => {}
+            _ => failures += 1,
+        }
+    }
+    Err(GetError {
+        missing: failures == 0,
+        reason: format!("no live partner holds shard {key}"),
+    })
+}
+
+/// Writes every record still in RAM to the store and syncs it (the vault's `flush`).
+pub async fn flush(shared: &Arc<Shared>) -> Result<(), String> {
+    let records: Vec<ChunkRecord> = shared.state().pending.drain().map(|(_, r)| r).collect();
+    blocking(shared, move |s| {
+        for r in &records {
+            save_record(s, r)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// What an audit round found.
+#[derive(Debug, Default, Serialize)]
+pub struct AuditReport {
+    /// Shards challenged.
+    pub checked: u64,
+    /// Answered correctly.
+    pub passed: u64,
+    /// Wrong, missing or no answer.
+    pub failed: u64,
+    /// Failures per partner.
+    pub failed_by: BTreeMap<String, u64>,
+    /// Leases renewed.
+    pub renewed: u64,
+}
+
+/// Challenges holders of up to `max` chunks' shards (all when `max` is 0).
+pub async fn audit_round(shared: &Arc<Shared>, max: usize) -> Result<AuditReport, String> {
+    flush(shared).await?;
+    let mut report = AuditReport::default();
+    let mut after: Option<cairn_store::ShardId> = None;
+    let mut done = 0usize;
+    loop {
+        let page = blocking(shared, move |s| {
+            s.store
+                .shards_of(OWN_RECORDS, after, PAGE)
+                .map_err(|e| format!("listing placement records: {e}"))
+        })
+        .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for info in page {
+            if max != 0 && done >= max {
+                return Ok(report);
+            }
+            done += 1;
+            let id = info.id;
+            let rec = blocking(shared, move |s| {
+                s.store
+                    .get(id)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| ChunkRecord::decode(&b, &id))
+            })
+            .await;
+            let Ok(mut rec) = rec else { continue };
+            if audit_chunk(shared, &mut rec, &mut report).await {
+                blocking(shared, move |s| save_record(s, &rec)).await?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Audits each live holder of one chunk; returns whether the record changed.
+async fn audit_chunk(
+    shared: &Arc<Shared>,
+    rec: &mut ChunkRecord,
+    report: &mut AuditReport,
+) -> bool {
+    let Some(chunk) = rec.chunk_id() else {
+        return false;
+    };
+    let now = now_secs();
+    let renew = rec.lease_until < now + shared.cfg.lease.as_secs() / 2;
+    let lease_secs = shared.cfg.lease.as_secs().min(u64::from(u32::MAX)) as u32;
+    let mut changed = false;
+    let mut all_renewed = true;
+    for (index, slot) in rec.slots.iter_mut().enumerate() {
+        let Some(slot) = slot.as_mut() else { continue };
+        if shared.health(&slot.peer) != PeerHealth::Live {
+            all_renewed = false;
+            continue;
+        }
+        let Ok(peer) = slot.peer.parse::<PeerId>() else {
+            continue;
+        };
+        let key = shard_key(&chunk, index as u8);
+        report.checked += 1;
+        let passed = match slot.audit.take().and_then(|a| a.expected(key)) {
+            Some(e) => {
+                changed = true;
+                let c = e.challenge;
+                let msg = Msg::AuditChallenge {
+                    shard: key,
+                    nonce: c.nonce,
+                    offset: c.offset,
+                    len: c.len,
+                };
+                matches!(shared.request(peer, msg).await,
+                    Ok(Msg::AuditResponse { proof, .. }) if e.check(&proof))
+            }
+            // The prepared challenge was used: fetch the shard, check it whole, prepare anew.
+            None => match shared.request(peer, Msg::Get { shard: key }).await {
+                Ok(Msg::ShardData { data, .. })
+                    if hex(blake3::hash(&data).as_bytes()) == slot.hash =>
+                {
+                    slot.audit = AuditRec::prepare(key, &data);
+                    changed = true;
+                    true
+                }
+                _ => false,
+            },
+        };
+        shared
+            .state()
+            .tracker
+            .audit(&crate::PeerId(slot.peer.clone()), passed);
+        if passed {
+            report.passed += 1;
+        } else {
+            report.failed += 1;
+            *report.failed_by.entry(slot.peer.clone()).or_default() += 1;
+            eprintln!("cairn-node: audit of shard {key} on {peer} failed");
+        }
+        if renew {
+            match shared
+                .request(
+                    peer,
+                    Msg::RenewLease {
+                        shard: key,
+                        lease_secs,
+                    },
+                )
+                .await
+            {
+                Ok(Msg::LeaseRenewed { .. }) => report.renewed += 1,
+                _ => all_renewed = false,
+            }
+        }
+    }
+    if renew && all_renewed {
+        rec.lease_until = now + u64::from(lease_secs);
+        changed = true;
+    }
+    changed
+}
+
+/// What a repair round did.
+#[derive(Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// Chunks looked at.
+    pub chunks: u64,
+    /// Chunks with every shard on a live holder after the round.
+    pub healthy: u64,
+    /// Chunks repaired in this round.
+    pub repaired: u64,
+    /// Shards rebuilt and placed.
+    pub shards_placed: u64,
+    /// Chunks that could not be repaired now, with why.
+    pub stuck: Vec<String>,
+}
+
+/// Rebuilds lost shards of every chunk below full redundancy and places them on other partners.
+pub async fn repair_round(shared: &Arc<Shared>) -> Result<RepairReport, String> {
+    flush(shared).await?;
+    let mut report = RepairReport::default();
+    let mut after: Option<cairn_store::ShardId> = None;
+    loop {
+        let page = blocking(shared, move |s| {
+            s.store
+                .shards_of(OWN_RECORDS, after, PAGE)
+                .map_err(|e| format!("listing placement records: {e}"))
+        })
+        .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for info in page {
+            let id = info.id;
+            let rec = blocking(shared, move |s| {
+                s.store
+                    .get(id)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| ChunkRecord::decode(&b, &id))
+            })
+            .await;
+            let Ok(rec) = rec else { continue };
+            report.chunks += 1;
+            match repair_chunk(shared, rec).await {
+                Ok(0) => report.healthy += 1,
+                Ok(n) => {
+                    report.repaired += 1;
+                    report.healthy += 1;
+                    report.shards_placed += n;
+                }
+                Err(e) => report.stuck.push(e),
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Repairs one chunk; returns the number of shards placed.
+async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64, String> {
+    let chunk = rec.chunk_id().ok_or("record without chunk id")?;
+    let state = ChunkState {
+        k: rec.k,
+        n: rec.n,
+        holdings: rec
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.as_ref().map(|s| Holding {
+                    index: i as u8,
+                    peer: crate::PeerId(s.peer.clone()),
+                })
+            })
+            .collect(),
+    };
+    let policy = Policy {
+        threshold: rec.n,
+        grace_secs: shared.cfg.grace.as_secs(),
+        min_score: shared.cfg.min_score,
+    };
+    let now = now_secs();
+    let health = |p: &crate::PeerId| shared.health(&p.0);
+    let _ = now;
+    let Some(plan) =
+        plan(&state, health, &policy).map_err(|e| format!("chunk {}: {e}", rec.chunk))?
+    else {
+        return Ok(0);
+    };
+    // Fetch k sources, each checked against its recorded hash.
+    let mut payloads: Vec<Option<Vec<u8>>> = vec![None; usize::from(rec.n)];
+    let mut header = None;
+    let mut got = 0usize;
+    let mut sources: Vec<Holding> = plan.sources.clone();
+    // Any other live holding may stand in for a source that fails.
+    for (i, s) in rec.slots.iter().enumerate() {
+        if let Some(s) = s {
+            if !sources.iter().any(|h| usize::from(h.index) == i)
+                && !plan.rebuild.contains(&(i as u8))
+            {
+                sources.push(Holding {
+                    index: i as u8,
+                    peer: crate::PeerId(s.peer.clone()),
+                });
+            }
+        }
+    }
+    for src in sources {
+        if got >= usize::from(rec.k) {
+            break;
+        }
+        let Some(slot) = rec.slots[usize::from(src.index)].clone() else {
+            continue;
+        };
+        let Ok(peer) = slot.peer.parse::<PeerId>() else {
+            continue;
+        };
+        let key = shard_key(&chunk, src.index);
+        if let Ok(Msg::ShardData { data, .. }) = shared.request(peer, Msg::Get { shard: key }).await
+        {
+            if hex(blake3::hash(&data).as_bytes()) == slot.hash {
+                if let Ok((h, payload)) = decode_shard(&data) {
+                    payloads[usize::from(src.index)] = Some(payload.to_vec());
+                    header = Some(h);
+                    got += 1;
+                }
+            } else {
+                shared.state().tracker.audit(&src.peer, false);
+            }
+        }
+    }
+    let h =
+        header.ok_or_else(|| format!("chunk {}: no source shard could be fetched", rec.chunk))?;
+    if got < usize::from(rec.k) {
+        return Err(format!(
+            "chunk {}: fetched {got} of the {} shards needed to rebuild",
+            rec.chunk, rec.k
+        ));
+    }
+    let rebuild = plan.rebuild.clone();
+    let rebuilt: Vec<(u8, Vec<u8>)> = tokio::task::spawn_blocking(move || {
+        let codec = Codec::new(usize::from(h.k), usize::from(h.n)).map_err(|e| e.to_string())?;
+        let mut sealed = codec
+            .decode(payloads, h.sealed_len as usize)
+            .map_err(|e| e.to_string())?;
+        let (mut parity, mut frame) = (Vec::new(), Vec::new());
+        let mut out = Vec::new();
+        codec
+            .encode(
+                &h.chunk,
+                h.aead,
+                &mut sealed,
+                &mut parity,
+                &mut frame,
+                |i, f| {
+                    if rebuild.contains(&i) {
+                        out.push((i, f.to_vec()));
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(out)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("chunk {}: rebuilding: {e}", rec.chunk))?;
+    let mut exclude: HashSet<String> = plan.keep.iter().map(|p| p.0.clone()).collect();
+    let mut placed = 0;
+    for (i, bytes) in rebuilt {
+        let key = shard_key(&chunk, i);
+        let old = rec.slots[usize::from(i)].take();
+        match place_one(shared, chunk, i, key, &bytes, &mut exclude, None).await {
+            Ok(peer) => {
+                let slot = Slot {
+                    peer: peer.to_string(),
+                    hash: hex(blake3::hash(&bytes).as_bytes()),
+                    len: bytes.len() as u32,
+                    audit: AuditRec::prepare(key, &bytes),
+                };
+                let mut st = shared.state();
+                if let Some(o) = &old {
+                    let _ = st
+                        .ledger
+                        .removed_from_them(&crate::PeerId(o.peer.clone()), u64::from(o.len));
+                }
+                let _ = st
+                    .ledger
+                    .stored_with_them(&crate::PeerId(slot.peer.clone()), u64::from(slot.len));
+                drop(st);
+                rec.slots[usize::from(i)] = Some(slot);
+                placed += 1;
+            }
+            Err(e) => {
+                rec.slots[usize::from(i)] = old;
+                let r = rec.clone();
+                blocking(shared, move |s| save_record(s, &r)).await?;
+                return Err(format!("chunk {}: {e}", rec.chunk));
+            }
+        }
+    }
+    blocking(shared, move |s| save_record(s, &rec)).await?;
+    Ok(placed)
+}
+
+/// Counts of this plug's own chunks by redundancy (for status).
+#[derive(Debug, Default, Serialize)]
+pub struct Redundancy {
+    /// Chunks recorded.
+    pub chunks: u64,
+    /// Chunks with every shard on a live or briefly unreachable partner.
+    pub full: u64,
+    /// Chunks below full redundancy but still readable.
+    pub degraded: u64,
+    /// Chunks with fewer than k shards on partners that are not gone.
+    pub unreadable: u64,
+}
+
+/// Walks the records and classifies each chunk.
+pub async fn redundancy(shared: &Arc<Shared>) -> Result<Redundancy, String> {
+    flush(shared).await?;
+    let s2 = shared.clone();
+    blocking(shared, move |s| {
+        let mut r = Redundancy::default();
+        each_record(s, |rec| {
+            r.chunks += 1;
+            let ok = rec
+                .slots
+                .iter()
+                .flatten()
+                .filter(|sl| s2.health(&sl.peer) != PeerHealth::Gone)
+                .count();
+            if ok >= usize::from(rec.n) {
+                r.full += 1;
+            } else if ok >= usize::from(rec.k) {
+                r.degraded += 1;
+            } else {
+                r.unreadable += 1;
+            }
+        })?;
+        Ok(r)
+    })
+    .await
+}
+
+/// Refreshes free-space figures of connected partners, then audits and repairs on schedule.
+pub async fn background(shared: Arc<Shared>) {
+    let mut last_audit = tokio::time::Instant::now();
+    let mut last_repair = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let connected: Vec<PeerId> = {
+            let st = shared.state();
+            st.partner_ids()
+                .into_iter()
+                .filter(|p| st.peers.get(p).is_some_and(|m| m.connections > 0))
+                .collect()
+        };
+        for p in connected {
+            if let Ok(Msg::FreeSpace { free, .. }) = shared.request(p, Msg::FreeSpaceQuery).await {
+                if let Some(m) = shared.state().peers.get_mut(&p) {
+                    m.free_for_us = Some(free);
+                }
+            }
+        }
+        if last_audit.elapsed() >= shared.cfg.audit_every {
+            last_audit = tokio::time::Instant::now();
+            match audit_round(&shared, 64).await {
+                Ok(r) if r.failed > 0 => {
+                    eprintln!("cairn-node: audit: {} of {} failed", r.failed, r.checked)
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("cairn-node: audit: {e}"),
+            }
+        }
+        if last_repair.elapsed() >= shared.cfg.repair_every {
+            last_repair = tokio::time::Instant::now();
+            match repair_round(&shared).await {
+                Ok(r) if r.repaired > 0 || !r.stuck.is_empty() => eprintln!(
+                    "cairn-node: repair: {} chunks repaired, {} shards placed, {} stuck",
+                    r.repaired,
+                    r.shards_placed,
+                    r.stuck.len()
+                ),
+                Ok(_) => {}
+                Err(e) => eprintln!("cairn-node: repair: {e}"),
+            }
+        }
+    }
+}
+
+/// Hex chunk id from the control protocol.
+pub fn parse_chunk(s: &str) -> Option<[u8; 32]> {
+    unhex32(s)
+}

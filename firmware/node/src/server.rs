@@ -1,0 +1,324 @@
+//! The control socket's server side (the protocol is described in [`crate::control`]).
+//!
+//! At most [`MAX_CLIENTS`] connections are served at once; each holds at most one message
+//! (≤ one shard) in memory. The socket is created mode 0600: only the node's own user (and
+//! root) may place, fetch or pair.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use libp2p::multiaddr::Protocol;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::control::{PairOutcome, MAX_HEADER};
+use crate::invite::{secret_hash, Invitation};
+use crate::node::{now_secs, Cmd, Shared};
+use crate::owner;
+use crate::wire::{Msg, MAX_SHARD, PAIR_INVITE};
+
+/// Control connections served at once.
+pub const MAX_CLIENTS: usize = 16;
+
+/// Longest pairing window a request may open.
+const MAX_WINDOW: Duration = Duration::from_secs(600);
+
+/// Binds the socket (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("{}: binding", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Accepts and serves control connections forever.
+pub async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection(&shared, stream).await {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    eprintln!("cairn-node: control connection: {e}");
+                }
+            }
+        });
+    }
+}
+
+async fn read_msg(s: &mut UnixStream) -> std::io::Result<Option<(Value, Vec<u8>)>> {
+    let mut len = [0u8; 4];
+    match s.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let hl = u32::from_le_bytes(len) as usize;
+    if hl > MAX_HEADER {
+        return Err(invalid(format!(
+            "header of {hl} bytes (limit {MAX_HEADER})"
+        )));
+    }
+    let mut h = vec![0u8; hl];
+    s.read_exact(&mut h).await?;
+    let header = serde_json::from_slice(&h).map_err(|e| invalid(format!("header: {e}")))?;
+    s.read_exact(&mut len).await?;
+    let pl = u32::from_le_bytes(len) as usize;
+    if pl > MAX_SHARD {
+        return Err(invalid(format!(
+            "payload of {pl} bytes (limit {MAX_SHARD})"
+        )));
+    }
+    let mut payload = vec![0u8; pl];
+    s.read_exact(&mut payload).await?;
+    Ok(Some((header, payload)))
+}
+
+fn invalid(m: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, m)
+}
+
+async fn write_msg(s: &mut UnixStream, header: &Value, payload: &[u8]) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(payload.len() + 256);
+    crate::control::write_msg(&mut buf, header, payload)?;
+    s.write_all(&buf).await
+}
+
+async fn connection(shared: &Arc<Shared>, mut s: UnixStream) -> std::io::Result<()> {
+    loop {
+        let (h, payload) = match read_msg(&mut s).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // Tell the client what was wrong, then close: the stream is out of step.
+                let _ = write_msg(&mut s, &json!({"ok": false, "error": e.to_string()}), &[]).await;
+                return Err(e);
+            }
+        };
+        let (answer, data) = handle(shared, &h, payload).await;
+        write_msg(&mut s, &answer, &data).await?;
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> (Value, Vec<u8>) {
+    (json!({"ok": false, "error": e.to_string()}), Vec::new())
+}
+
+fn ok(v: Value) -> (Value, Vec<u8>) {
+    let mut v = v;
+    v["ok"] = json!(true);
+    (v, Vec::new())
+}
+
+async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Vec<u8>) {
+    let op = h["op"].as_str().unwrap_or("");
+    match op {
+        "put_shard" => match owner::put_shard(shared, payload).await {
+            Ok(()) => ok(json!({})),
+            Err(e) => fail(e),
+        },
+        "get_shard" => {
+            let (Some(chunk), Some(index)) = (
+                h["chunk"].as_str().and_then(owner::parse_chunk),
+                h["index"].as_u64().and_then(|i| u8::try_from(i).ok()),
+            ) else {
+                return fail("get_shard needs chunk (64 hex digits) and index (0-255)");
+            };
+            match owner::get_shard(shared, chunk, index).await {
+                Ok(data) => (json!({"ok": true}), data),
+                Err(e) => (
+                    json!({"ok": false, "missing": e.missing, "error": e.reason}),
+                    Vec::new(),
+                ),
+            }
+        }
+        "flush" => match owner::flush(shared).await {
+            Ok(()) => ok(json!({})),
+            Err(e) => fail(e),
+        },
+        "status" => status(shared).await,
+        "pair" => {
+            let window =
+                Duration::from_millis(h["window_ms"].as_u64().unwrap_or(120_000)).min(MAX_WINDOW);
+            let (tx, rx) = oneshot::channel();
+            if shared
+                .cmd
+                .send(Cmd::Pair { window, reply: tx })
+                .await
+                .is_err()
+            {
+                return fail("node is shutting down");
+            }
+            match rx.await {
+                Ok(Ok(PairOutcome::Paired { peer })) => {
+                    ok(json!({"outcome": "paired", "peer": peer}))
+                }
+                Ok(Ok(PairOutcome::Overlap { candidates })) => ok(json!({
+                    "outcome": "overlap",
+                    "candidates": candidates,
+                    "message": format!(
+                        "{} plugs are in pairing mode: {}; refused, as nobody can tell which one \
+                         is meant — press the buttons again with only two plugs",
+                        candidates.len(),
+                        candidates.join(", ")
+                    ),
+                })),
+                Ok(Ok(PairOutcome::NoneFound)) => ok(json!({"outcome": "none"})),
+                Ok(Err(e)) => fail(e),
+                Err(_) => fail("node is shutting down"),
+            }
+        }
+        "invite" => invite(shared, h["ttl_secs"].as_u64().unwrap_or(24 * 3600)),
+        "join" => join(shared, h["code"].as_str().unwrap_or("")).await,
+        "audit" => match owner::audit_round(shared, 0).await {
+            Ok(r) => ok(serde_json::to_value(r).unwrap_or_default()),
+            Err(e) => fail(e),
+        },
+        "repair" => match owner::repair_round(shared).await {
+            Ok(r) => ok(serde_json::to_value(r).unwrap_or_default()),
+            Err(e) => fail(e),
+        },
+        other => fail(format!(
+            "unknown operation {other:?} (put_shard, get_shard, flush, status, pair, invite, \
+             join, audit, repair)"
+        )),
+    }
+}
+
+fn invite(shared: &Arc<Shared>, ttl: u64) -> (Value, Vec<u8>) {
+    let ttl = ttl.clamp(60, 30 * 24 * 3600);
+    let secret: [u8; 16] = rand::random();
+    let expires = now_secs() + ttl;
+    let addrs: Vec<libp2p::Multiaddr> = {
+        let mut st = shared.state();
+        let now = now_secs();
+        // Expired invitations are dropped whenever a new one is made (bounded list).
+        st.saved.invites.retain(|_, t| *t >= now);
+        if st.saved.invites.len() >= 64 {
+            return fail("64 invitations are open already; wait for some to be used or expire");
+        }
+        st.saved.invites.insert(secret_hash(&secret), expires);
+        // Unspecified addresses (0.0.0.0) are useless to a friend; the concrete ones first.
+        let mut a: Vec<_> = st
+            .listen
+            .iter()
+            .filter(|a| {
+                !a.iter().any(|p| {
+                    matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                        || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+                })
+            })
+            .cloned()
+            .collect();
+        a.sort_by_key(crate::net::is_local);
+        a
+    };
+    if let Err(e) = shared.persist() {
+        return fail(format!("{e:#}"));
+    }
+    let code = Invitation {
+        peer: shared.me,
+        addrs,
+        secret,
+        expires,
+    }
+    .encode();
+    ok(json!({"code": code, "expires": expires}))
+}
+
+async fn join(shared: &Arc<Shared>, code: &str) -> (Value, Vec<u8>) {
+    let inv = match Invitation::decode(code) {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    if inv.expires < now_secs() {
+        return fail(format!("the invitation of {} has expired", inv.peer));
+    }
+    if inv.peer == shared.me {
+        return fail("this is this plug's own invitation");
+    }
+    let _ = shared
+        .cmd
+        .send(Cmd::Dial {
+            peer: inv.peer,
+            addrs: inv.addrs.clone(),
+        })
+        .await;
+    let msg = Msg::Pair {
+        mode: PAIR_INVITE,
+        secret: inv.secret,
+    };
+    match shared.request(inv.peer, msg).await {
+        Ok(Msg::Paired) => match shared.add_partner(inv.peer, inv.addrs, "invitation") {
+            Ok(()) => ok(json!({"peer": inv.peer.to_string()})),
+            Err(e) => fail(format!("{e:#}")),
+        },
+        Ok(Msg::Error { reason, .. }) => fail(format!("{} refused: {reason}", inv.peer)),
+        Ok(other) => fail(format!("{}: unexpected answer {other:?}", inv.peer)),
+        Err(e) => fail(e),
+    }
+}
+
+async fn status(shared: &Arc<Shared>) -> (Value, Vec<u8>) {
+    let red = owner::redundancy(shared).await;
+    let now = now_secs();
+    let st = shared.state();
+    let partners: Vec<Value> = st
+        .saved
+        .partners
+        .iter()
+        .map(|(p, info)| {
+            let id = crate::PeerId(p.clone());
+            let a = st.ledger.account(&id).unwrap_or_default();
+            let connected = p
+                .parse::<libp2p::PeerId>()
+                .ok()
+                .and_then(|pp| st.peers.get(&pp))
+                .is_some_and(|m| m.connections > 0);
+            json!({
+                "peer": p,
+                "via": info.via,
+                "since": info.since,
+                "connected": connected,
+                "health": format!("{:?}", st.tracker.health(&id, now)).to_lowercase(),
+                "score": st.tracker.score(&id),
+                "held_for_them": a.held_for_them,
+                "held_for_us": a.held_for_us,
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "peer": shared.me.to_string(),
+        "listen": st.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "capacity": shared.cfg.capacity,
+        "used": st.used,
+        "allowance": st.ledger.allowance,
+        "partners": partners,
+        "frame_budget_free": shared.budget.available(),
+    });
+    drop(st);
+    match red {
+        Ok(r) => v["chunks"] = serde_json::to_value(r).unwrap_or_default(),
+        Err(e) => v["chunks_error"] = json!(e),
+    }
+    ok(v)
+}
