@@ -1054,13 +1054,14 @@ impl<'a> Sim<'a> {
         let mut budget = self.cfg.repair_budget_shards;
         let planned = plans.len();
         for (done, (c, plan)) in plans.into_iter().enumerate() {
-            let cost = plan.sources.len() + plan.rebuild.len();
-            if cost > budget {
-                // The most urgent come first: the rest wait for the next tick.
+            if budget == 0 {
+                // The most urgent came first: the rest wait for the next tick.
                 self.c.repairs_deferred += (planned - done) as u64;
                 break;
             }
-            budget -= cost;
+            // A repair is started while budget remains, so one larger than the whole budget
+            // still runs (alone) instead of blocking every tick.
+            budget = budget.saturating_sub(plan.sources.len() + plan.rebuild.len());
             let mut keep = plan.keep.clone();
             keep.push(self.nodes[me].id.clone());
             self.owners[o].pending.insert(
@@ -1230,6 +1231,22 @@ mod tests {
         assert_eq!(r.audits_failed, 0);
         assert!(r.audits_passed > 0);
         assert_eq!(r.messages_undelivered, 0);
+    }
+
+    #[test]
+    fn the_repair_budget_bounds_repairs_per_tick() {
+        // Room for one repair (at least 4 fetches + 1 upload) per owner and tick.
+        let cfg = SimConfig {
+            repair_budget_shards: 5,
+            ..SimConfig::quick(5)
+        };
+        let r = run(&cfg).unwrap();
+        let ticks = cfg.weeks as u64 * WEEK_MS / cfg.tick_ms;
+        assert!(r.repairs > 0, "{r:#?}");
+        assert!(r.repairs <= ticks * cfg.owners as u64, "{r:#?}");
+        assert!(r.repairs_deferred > 0, "{r:#?}");
+        let roomy = run(&SimConfig::quick(5)).unwrap();
+        assert_eq!(roomy.repairs_deferred, 0, "{roomy:#?}");
     }
 
     #[test]
