@@ -3,10 +3,8 @@
 //! process running (median of several first restarts).
 //! Usage: supervisor_bench OUT.json   (run by scripts/bench.d/supervisor)
 
-use cairn_hil::{image, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+use cairn_hil::{image, Config, FixturePort, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 use serde_json::json;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 /// Crash/restart rounds; the median is reported.
@@ -14,48 +12,12 @@ const ROUNDS: usize = 9;
 /// PID 1 memory samples; the largest is reported.
 const RSS_SAMPLES: usize = 5;
 
-struct Port {
-    reader: BufReader<UnixStream>,
-}
-
-impl Port {
-    /// Hot-plugs the virtio-serial port `cairn.test` (the `crasher` fixture's command line).
-    fn plug(q: &mut Qemu, dir: &std::path::Path) -> anyhow::Result<Port> {
-        let path = dir.join("test.sock");
-        q.qmp(
-            "chardev-add",
-            json!({"id": "test", "backend": {"type": "socket", "data": {
-                "addr": {"type": "unix", "data": {"path": path}},
-                "server": true, "wait": false}}}),
-        )?;
-        q.qmp(
-            "device_add",
-            json!({"driver": "virtserialport", "chardev": "test", "name": "cairn.test"}),
-        )?;
-        let stream = UnixStream::connect(&path)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        Ok(Port {
-            reader: BufReader::new(stream),
-        })
-    }
-
-    fn send(&mut self, line: &str) -> anyhow::Result<()> {
-        Ok(writeln!(self.reader.get_mut(), "{line}")?)
-    }
-
-    /// The first word after `prefix` on the next line starting with it, as a number.
-    fn expect(&mut self, prefix: &str) -> anyhow::Result<u64> {
-        loop {
-            let mut line = String::new();
-            anyhow::ensure!(self.reader.read_line(&mut line)? > 0, "port closed");
-            if let Some(rest) = line.strip_prefix(prefix) {
-                let word = rest.split_whitespace().next().unwrap_or("");
-                return word
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("bad answer {line:?}"));
-            }
-        }
-    }
+/// The first word of a fixture answer, as a number.
+fn number(answer: anyhow::Result<String>) -> anyhow::Result<u64> {
+    let answer = answer?;
+    let word = answer.split_whitespace().next().unwrap_or("");
+    word.parse()
+        .map_err(|_| anyhow::anyhow!("bad answer {answer:?}"))
 }
 
 fn median(v: &mut [u64]) -> u64 {
@@ -67,28 +29,27 @@ fn main() -> anyhow::Result<()> {
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "target/bench/supervisor.json".into());
-    let dir = tempfile::tempdir()?;
     let mut q = Qemu::boot(&Config::new(image("cairn-qemu-virt-test.img")?))?;
     q.wait_line("cairn: ready", BOOT_TIMEOUT)?;
-    let mut port = Port::plug(&mut q, dir.path())?;
-    port.expect("started ")?;
+    let mut port = FixturePort::plug(&mut q)?;
+    number(port.expect("started"))?;
 
     let mut restart_ms = Vec::new();
     for _ in 0..ROUNDS {
         port.send("crash")?;
-        let crashed = port.expect("crashing ")?;
-        let started = port.expect("started ")?;
+        let crashed = number(port.expect("crashing"))?;
+        let started = number(port.expect("started"))?;
         restart_ms.push(started.saturating_sub(crashed));
         // An administrator's restart clears the backoff, so every crash is a first restart.
         port.send("ctl restart crasher")?;
-        port.expect("started ")?;
+        number(port.expect("started"))?;
     }
 
     let mut rss_kib = Vec::new();
     for _ in 0..RSS_SAMPLES {
         std::thread::sleep(Duration::from_millis(200));
         port.send("rss")?;
-        rss_kib.push(port.expect("rss ")?);
+        rss_kib.push(number(port.expect("rss"))?);
     }
     let rss_max_kib = rss_kib.iter().copied().max().unwrap_or(0);
 

@@ -44,6 +44,10 @@ pub struct Config {
     pub memory_mib: u32,
     /// Host TCP port forwarded to the guest's 443.
     pub https_port: Option<u16>,
+    /// The board's Ethernet (see [`Ethernet`]).
+    pub ethernet: Ethernet,
+    /// Further host TCP ports (on 127.0.0.1) forwarded to guest ports: `(host, guest)`.
+    pub tcp_forwards: Vec<(u16, u16)>,
     /// Reset instead of exit on a guest reboot (a real board reboots).
     pub reboot: bool,
 }
@@ -55,9 +59,31 @@ impl Config {
             disk_bytes: None,
             memory_mib: 256,
             https_port: None,
+            ethernet: Ethernet::User,
+            tcp_forwards: Vec::new(),
             reboot: false,
         }
     }
+}
+
+/// What the board's Ethernet port is plugged into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ethernet {
+    /// Nothing: no network interface at all.
+    None,
+    /// QEMU's user-mode network: its DHCP server leases 10.0.2.15/24 (router 10.0.2.2, DNS
+    /// 10.0.2.3). `restrict=on` keeps the guest off every network outside it; the forwards
+    /// still reach the guest.
+    User,
+    /// A virtual LAN shared with other boards on this host: a multicast group on the loopback
+    /// interface (`-netdev socket,mcast=…`, no root needed), with this board's MAC address. No
+    /// DHCP server is on it; the boards have IPv6 link-local addresses.
+    Lan {
+        /// UDP port of the group 230.0.0.1 on 127.0.0.1 that makes up the LAN.
+        port: u16,
+        /// This board's MAC address, distinct per board (`52:54:00:…`).
+        mac: String,
+    },
 }
 
 /// Console lines seen so far, with when they arrived.
@@ -138,12 +164,28 @@ impl Qemu {
             .args(["-device", "virtserialport,chardev=panel,name=cairn.panel"])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()));
-        match cfg.https_port {
-            Some(p) => cmd.args([
-                "-nic",
-                &format!("user,model=virtio-net-device,hostfwd=tcp:127.0.0.1:{p}-:443"),
-            ]),
-            None => cmd.args(["-nic", "none"]),
+        let forwards: String = cfg
+            .https_port
+            .map(|p| (p, 443))
+            .into_iter()
+            .chain(cfg.tcp_forwards.iter().copied())
+            .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+            .collect();
+        match &cfg.ethernet {
+            Ethernet::None => cmd.args(["-nic", "none"]),
+            // `-netdev` + `-device`: `-nic model=virtio-net-device` is silently dropped on the
+            // virt machine, which only places PCI NICs itself.
+            Ethernet::User => cmd
+                .arg("-netdev")
+                .arg(format!("user,id=lan,restrict=on{forwards}"))
+                .args(["-device", "virtio-net-device,netdev=lan"]),
+            Ethernet::Lan { port, mac } => cmd
+                .arg("-netdev")
+                .arg(format!(
+                    "socket,id=lan,mcast=230.0.0.1:{port},localaddr=127.0.0.1"
+                ))
+                .arg("-device")
+                .arg(format!("virtio-net-device,netdev=lan,mac={mac}")),
         };
         if !cfg.reboot {
             cmd.arg("-no-reboot");
@@ -371,4 +413,102 @@ pub fn data_partition_sizes(disk: &Path) -> anyhow::Result<(u64, u64)> {
     let blocks = u32::from_le_bytes(sb[4..8].try_into()?) as u64;
     let block = 1024u64 << u32::from_le_bytes(sb[24..28].try_into()?);
     Ok((part, blocks * block))
+}
+
+/// A line channel to the test image's `crasher` fixture inside the guest: a virtio-serial port
+/// (`cairn.test`) plugged in through QMP. Through it a test crashes the fixture, asks for
+/// PID 1's memory and open files, and runs `cairn ctl` inside the guest.
+pub struct FixturePort {
+    _dir: tempfile::TempDir,
+    reader: BufReader<UnixStream>,
+}
+
+/// How long a fixture answer may take on a loaded CI machine.
+pub const FIXTURE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl FixturePort {
+    /// Hot-plugs the virtio-serial port `cairn.test` and connects to it.
+    pub fn plug(q: &mut Qemu) -> anyhow::Result<FixturePort> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("test.sock");
+        q.qmp(
+            "chardev-add",
+            serde_json::json!({"id": "test", "backend": {"type": "socket", "data": {
+                "addr": {"type": "unix", "data": {"path": path}},
+                "server": true, "wait": false}}}),
+        )?;
+        q.qmp(
+            "device_add",
+            serde_json::json!({"driver": "virtserialport", "chardev": "test", "name": "cairn.test", "id": "testport"}),
+        )?;
+        let stream = UnixStream::connect(&path).context("connecting to the cairn.test port")?;
+        stream.set_read_timeout(Some(FIXTURE_TIMEOUT))?;
+        Ok(FixturePort {
+            _dir: dir,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one command line.
+    pub fn send(&mut self, line: &str) -> anyhow::Result<()> {
+        writeln!(self.reader.get_mut(), "{line}").context("writing to the cairn.test port")
+    }
+
+    fn read_line(&mut self, waiting_for: &str) -> anyhow::Result<String> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .with_context(|| format!("no {waiting_for:?} from the guest"))?;
+        anyhow::ensure!(n > 0, "the port closed while waiting for {waiting_for:?}");
+        Ok(line.trim_end().to_string())
+    }
+
+    /// The rest (trimmed) of the next line starting with `prefix`; other lines are skipped.
+    pub fn expect(&mut self, prefix: &str) -> anyhow::Result<String> {
+        let deadline = Instant::now() + FIXTURE_TIMEOUT;
+        loop {
+            anyhow::ensure!(Instant::now() < deadline, "no {prefix:?} from the guest");
+            let line = self.read_line(prefix)?;
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok(rest.trim().to_string());
+            }
+        }
+    }
+
+    /// Runs `cairn ctl ARGS` in the guest; returns its output and exit code.
+    pub fn ctl(&mut self, args: &str) -> anyhow::Result<(String, i32)> {
+        self.send(&format!("ctl {args}"))?;
+        let mut out = String::new();
+        loop {
+            let line = self.read_line("ctl-done")?;
+            if let Some(l) = line.strip_prefix("ctl-out ") {
+                out.push_str(l);
+                out.push('\n');
+            } else if let Some(code) = line.strip_prefix("ctl-done ") {
+                return Ok((out, code.trim().parse()?));
+            }
+        }
+    }
+
+    /// `cairn ctl status --json` in the guest: one object per service.
+    pub fn status(&mut self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let (out, code) = self.ctl("status --json")?;
+        anyhow::ensure!(code == 0, "cairn ctl status failed ({code}): {out}");
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v.as_array()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("status is not a list: {out}"))
+    }
+}
+
+/// The entry of `name` in a `cairn ctl status --json` answer.
+pub fn service<'a>(
+    status: &'a [serde_json::Value],
+    name: &str,
+) -> anyhow::Result<&'a serde_json::Value> {
+    status
+        .iter()
+        .find(|s| s["name"] == name)
+        .ok_or_else(|| anyhow::anyhow!("no service {name} in {status:?}"))
 }

@@ -6,96 +6,37 @@
 //! The `crasher` fixture takes commands on a virtio-serial port the test plugs in through QMP, so
 //! the test can crash it and run `cairn ctl` inside the guest.
 
-use cairn_hil::{image, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use cairn_hil::{image, Config, FixturePort, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+use serde_json::Value;
+use std::time::Duration;
 
-/// A line channel to the `crasher` fixture inside the guest.
-struct Port {
-    _dir: tempfile::TempDir,
-    reader: BufReader<UnixStream>,
-}
+/// The harness's fixture port, unwrapping: a failure here fails the test with its message.
+struct Port(FixturePort);
 
 impl Port {
-    /// Hot-plugs the virtio-serial port `cairn.test` and connects to it.
     fn plug(q: &mut Qemu) -> Port {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("test.sock");
-        q.qmp(
-            "chardev-add",
-            json!({"id": "test", "backend": {"type": "socket", "data": {
-                "addr": {"type": "unix", "data": {"path": path}},
-                "server": true, "wait": false}}}),
-        )
-        .unwrap();
-        q.qmp(
-            "device_add",
-            json!({"driver": "virtserialport", "chardev": "test", "name": "cairn.test", "id": "testport"}),
-        )
-        .unwrap();
-        let stream = UnixStream::connect(&path).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        Port {
-            _dir: dir,
-            reader: BufReader::new(stream),
-        }
+        Port(FixturePort::plug(q).unwrap())
     }
 
     fn send(&mut self, line: &str) {
-        writeln!(self.reader.get_mut(), "{line}").unwrap();
+        self.0.send(line).unwrap()
     }
 
-    /// The next line starting with `prefix` (other lines are skipped).
     fn expect(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            assert!(Instant::now() < deadline, "no {prefix:?} from the guest");
-            let mut line = String::new();
-            let n = self.reader.read_line(&mut line).unwrap();
-            assert!(n > 0, "the port closed while waiting for {prefix:?}");
-            if let Some(rest) = line.trim_end().strip_prefix(prefix) {
-                return rest.trim().to_string();
-            }
-        }
+        self.0.expect(prefix).unwrap()
     }
 
-    /// Runs `cairn ctl ARGS` in the guest; returns its output and exit code.
     fn ctl(&mut self, args: &str) -> (String, i32) {
-        self.send(&format!("ctl {args}"));
-        let mut out = String::new();
-        loop {
-            let mut line = String::new();
-            assert!(self.reader.read_line(&mut line).unwrap() > 0, "port closed");
-            let line = line.trim_end();
-            if let Some(l) = line.strip_prefix("ctl-out ") {
-                out.push_str(l);
-                out.push('\n');
-            } else if let Some(code) = line.strip_prefix("ctl-done ") {
-                return (out, code.parse().unwrap());
-            }
-        }
+        self.0.ctl(args).unwrap()
     }
 
     fn status(&mut self) -> Vec<Value> {
-        let (out, code) = self.ctl("status --json");
-        assert_eq!(code, 0, "{out}");
-        serde_json::from_str::<Value>(&out)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
+        self.0.status().unwrap()
     }
 }
 
 fn service<'a>(status: &'a [Value], name: &str) -> &'a Value {
-    status
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {status:?}"))
+    cairn_hil::service(status, name).unwrap()
 }
 
 /// "started T pid P" → (T, P).

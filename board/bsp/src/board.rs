@@ -50,6 +50,39 @@ pub struct Board {
     /// A `gpio-sim` chip `cairn init` creates at boot to carry the LED and button lines (the
     /// qemu-virt board only); its lines are those of `leds` and `button` on `label`.
     pub gpio_sim: Option<GpioSim>,
+    /// The wired network interface `cairn init` configures at boot.
+    #[serde(default)]
+    pub network: Network,
+}
+
+/// The board's wired network: the interface brought up at boot and configured by DHCPv4.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Kernel name of the Ethernet interface (no udev renames it on the device).
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    /// Ask the LAN's DHCP server for an address; without it the interface stays link-local
+    /// (IPv6) only.
+    #[serde(default = "default_dhcp")]
+    pub dhcp: bool,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            interface: default_interface(),
+            dhcp: default_dhcp(),
+        }
+    }
+}
+
+fn default_interface() -> String {
+    "eth0".to_string()
+}
+
+fn default_dhcp() -> bool {
+    true
 }
 
 /// A simulated GPIO chip (Linux `gpio-sim`, set up through configfs).
@@ -225,6 +258,14 @@ impl Board {
             ));
         }
         self.ui.validate().map_err(|m| ("[ui]".into(), m))?;
+        let iface = &self.network.interface;
+        // The kernel's limit (IFNAMSIZ, 16 with the NUL); a '/' or space names no interface.
+        if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ', ':']) {
+            return Err((
+                "[network]".into(),
+                format!("interface '{iface}' is not a network interface name (1–15 characters, no '/', ':' or space)"),
+            ));
+        }
         self.button_timing
             .validate()
             .map_err(|m| ("[button_timing]".into(), m))?;
@@ -382,6 +423,28 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn network_defaults_to_dhcp_on_eth0_and_bad_interface_names_are_refused() {
+        let (path, text) = qemu_text();
+        let b = Board::parse(&path, &text).unwrap();
+        assert_eq!(b.network.interface, "eth0");
+        assert!(b.network.dhcp);
+        let without: String = text
+            .lines()
+            .take_while(|l| !l.starts_with("[network]"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let d = Board::parse(&path, &without).unwrap();
+        assert_eq!(d.network, Network::default());
+        let bad = format!("{without}\n[network]\ninterface = \"../eth0\"\n");
+        let (line, message) = malformed(&path, &bad);
+        assert_eq!(
+            line,
+            bad.lines().position(|l| l == "[network]").unwrap() + 1
+        );
+        assert!(message.contains("'../eth0'"), "{message}");
     }
 
     fn qemu_text() -> (PathBuf, String) {

@@ -11,8 +11,10 @@
 mod data;
 mod modules;
 mod mounts;
+mod net;
 mod power_button;
 mod stage2;
+mod workdirs;
 
 use cairn_bsp::Board;
 use nix::sys::signal::Signal;
@@ -154,9 +156,16 @@ fn stage1(board: Option<&Board>) {
         if let Err(e) = modules::load_all(&board.modules) {
             log!("error: {e:#}");
         }
+        // lo at once; the board's Ethernet by DHCP on a thread of its own (never waited for).
+        net::start(&board.network, &board.hostname);
         match data::prepare(&board.storage, Path::new(paths::DATA)) {
             Ok(report) => log!("{report}"),
             Err(e) => log!("error: data partition: {e:#}; running without persistent state"),
+        }
+        // Services running as their own user get their state directory on /data.
+        let etc = Path::new("/etc");
+        for line in workdirs::prepare(Path::new(paths::SERVICES), etc, Path::new(paths::DATA)) {
+            log!("{line}");
         }
         if let Some(line) = &board.power_button {
             power_button::watch(line.clone());

@@ -1,0 +1,173 @@
+//! Service working directories on the data partition, made before the services start: a
+//! service that runs as its own user (the storage node as `node`) keeps its state in its
+//! `workdir` (`/data/node`), which root-owned `/data` would not let it create.
+//!
+//! The accounts are created here, in manifest order, with the supervisor's own
+//! `ensure_account`, so the supervisor later finds the same uid. A uid can change between boots
+//! (`/etc/passwd` is rebuilt from the image each boot, and a new service may take an earlier
+//! number): then the directory's tree is handed over to the new uid once.
+
+use cairn_supervisor::{manifest, users};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// Deepest directory level walked when handing a tree to a new uid (the chunk store nests two).
+const DEPTH_MAX: usize = 8;
+
+/// Makes the workdirs under `data` of the manifests in `services` that name a user, owned by
+/// that user; returns one line per directory made or handed over, and per problem.
+pub fn prepare(services: &Path, etc: &Path, data: &Path) -> Vec<String> {
+    let (manifests, _) = manifest::load_dir(services); // bad manifests: the supervisor says why
+    let mut lines = Vec::new();
+    for m in manifests {
+        let (Some(dir), Some(user)) = (&m.workdir, &m.user) else {
+            continue;
+        };
+        if !dir.starts_with(data) || user == "root" {
+            continue;
+        }
+        let ids = users::ensure_account(etc, Some(user), m.group.as_deref());
+        let (uid, gid) = match ids {
+            Ok((Some(u), Some(g))) => (u, g),
+            Ok(_) => continue,
+            Err(e) => {
+                lines.push(format!("error: {}: account {user}: {e}", m.name));
+                continue;
+            }
+        };
+        match ensure_dir(dir, uid, gid) {
+            Ok(Some(what)) => lines.push(format!("{}: {} {what}", m.name, dir.display())),
+            Ok(None) => {}
+            Err(e) => lines.push(format!("error: {}: {}: {e}", m.name, dir.display())),
+        }
+    }
+    lines
+}
+
+/// Creates `dir` (mode 0700) owned by `uid:gid`, or hands an existing tree owned by someone
+/// else to them. Returns what was done, if anything.
+fn ensure_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<Option<String>> {
+    let (u, g) = (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
+    );
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            nix::unistd::chown(dir, Some(u), Some(g))?;
+            Ok(Some(format!("made for uid {uid}")))
+        }
+        Err(e) => Err(e),
+        Ok(meta) if meta.uid() == uid && meta.gid() == gid => Ok(None),
+        Ok(meta) => {
+            let n = chown_tree(dir, u, g, 0)?;
+            Ok(Some(format!(
+                "handed from uid {} to uid {uid} ({n} entries)",
+                meta.uid()
+            )))
+        }
+    }
+}
+
+fn chown_tree(
+    path: &Path,
+    u: nix::unistd::Uid,
+    g: nix::unistd::Gid,
+    depth: usize,
+) -> std::io::Result<u64> {
+    // lchown: a symlink is changed itself, never what it points to.
+    std::os::unix::fs::lchown(path, Some(u.as_raw()), Some(g.as_raw()))?;
+    let mut n = 1;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() && depth < DEPTH_MAX {
+        for entry in std::fs::read_dir(path)? {
+            n += chown_tree(&entry?.path(), u, g, depth + 1)?;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As root (the tests' user here and in CI) the directory is made and handed over; the
+    /// accounts go to a test `etc`.
+    #[test]
+    fn a_service_user_gets_its_workdir_and_keeps_it_when_its_uid_changes() {
+        if !nix::unistd::geteuid().is_root() {
+            // chown needs root; the QEMU test covers the device.
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (services, etc, data) = (
+            t.path().join("s"),
+            t.path().join("etc"),
+            t.path().join("data"),
+        );
+        for d in [&services, &etc, &data] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let home = data.join("node");
+        std::fs::write(
+            services.join("node.toml"),
+            format!(
+                "name = \"node\"\nexec = [\"/bin/true\"]\nuser = \"node\"\nworkdir = \"{}\"\n",
+                home.display()
+            ),
+        )
+        .unwrap();
+        // Not under data, or root: left alone.
+        std::fs::write(
+            services.join("web.toml"),
+            "name = \"web\"\nexec = [\"/bin/true\"]\nuser = \"web\"\nworkdir = \"/srv/web\"\n",
+        )
+        .unwrap();
+        let lines = prepare(&services, &etc, &data);
+        assert_eq!(
+            lines,
+            vec![format!("node: {} made for uid 200", home.display())]
+        );
+        let meta = std::fs::metadata(&home).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (200, 200, 0o700)
+        );
+        // Second boot: nothing to do.
+        assert!(prepare(&services, &etc, &data).is_empty());
+        // A boot where another account took uid 200 first: the tree moves to node's new uid.
+        std::fs::create_dir_all(home.join("store/seg")).unwrap();
+        std::fs::write(home.join("store/seg/1"), b"x").unwrap();
+        nix::unistd::chown(
+            &home.join("store/seg/1"),
+            Some(nix::unistd::Uid::from_raw(200)),
+            None,
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("passwd"),
+            "root:x:0:0::/:/bin/false\nweb:x:200:200::/:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(etc.join("group"), "root:x:0:\nweb:x:200:\n").unwrap();
+        let lines = prepare(&services, &etc, &data);
+        assert_eq!(
+            lines,
+            vec![format!(
+                "node: {} handed from uid 200 to uid 201 (4 entries)",
+                home.display()
+            )]
+        );
+        assert_eq!(
+            std::fs::metadata(home.join("store/seg/1")).unwrap().uid(),
+            201
+        );
+    }
+
+    #[test]
+    fn a_missing_services_dir_prepares_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(prepare(&t.path().join("none"), t.path(), t.path()).is_empty());
+    }
+}
