@@ -137,8 +137,9 @@ impl SimConfig {
         }
     }
 
-    /// The long run of the benchmark: 200 nodes (20 owners, 6 dishonest), 26 weeks, 5000 chunks,
-    /// a mean lifetime of 26 weeks.
+    /// The long run of the benchmark: 200 nodes (20 owners, 6 dishonest), 26 weeks, 5000 chunks
+    /// written over the first week, a mean lifetime of 26 weeks, audits every two hours (half
+    /// the messages of hourly ones; about a minute in release builds).
     pub fn long(seed: u64) -> Self {
         SimConfig {
             nodes: 200,
