@@ -34,15 +34,7 @@ enum Command {
 }
 
 /// The vault's `node:SOCKET` targets and `--node` go through the node's control socket.
-fn node_backend(
-    path: &std::path::Path,
-) -> Result<
-    (
-        std::sync::Arc<dyn cairn_vault::sink::ShardSink>,
-        std::sync::Arc<dyn cairn_vault::sink::ShardSource>,
-    ),
-    String,
-> {
+fn node_backend(path: &std::path::Path) -> Result<cairn_vault::vault::Backend, String> {
     let b = std::sync::Arc::new(
         cairn_node::control::NodeBackend::new(path).map_err(|e| e.to_string())?,
     );

@@ -25,6 +25,7 @@ pub mod records;
 pub mod repair;
 pub mod server;
 pub mod sim;
+pub mod testnet;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};

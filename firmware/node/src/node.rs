@@ -134,6 +134,22 @@ pub struct PeerMeta {
     pub free_for_us: Option<u64>,
     /// Found by mDNS or connected over a local address.
     pub local: bool,
+    /// When dialing it last failed (cleared when a connection is established): requests fail
+    /// fast for [`UNREACHABLE_FOR`] instead of each waiting for a dial timeout.
+    pub dial_failed_at: Option<Instant>,
+}
+
+/// How long a failed dial marks a peer unreachable for requests (background redials go on).
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
+
+impl PeerMeta {
+    /// Not connected, and the last dial failed recently.
+    pub fn unreachable(&self) -> bool {
+        self.connections == 0
+            && self
+                .dial_failed_at
+                .is_some_and(|t| t.elapsed() < UNREACHABLE_FOR)
+    }
 }
 
 /// State shared by the swarm task and the control connections (one mutex, held briefly).
@@ -260,9 +276,20 @@ impl Shared {
 
     /// A partner's health for repair.
     pub fn health(&self, peer: &str) -> PeerHealth {
-        self.state()
-            .tracker
-            .health(&crate::PeerId(peer.to_owned()), now_secs())
+        let now = now_secs();
+        let id = crate::PeerId(peer.to_owned());
+        let mut st = self.state();
+        let meta = peer
+            .parse::<PeerId>()
+            .ok()
+            .and_then(|p| st.peers.get(&p).cloned());
+        if meta.as_ref().is_some_and(|m| m.connections > 0) {
+            st.tracker.seen(&id, now);
+        }
+        match st.tracker.health(&id, now) {
+            PeerHealth::Live if meta.is_some_and(|m| m.unreachable()) => PeerHealth::Suspect,
+            h => h,
+        }
     }
 
     /// Sends a request to `peer` and waits for the answer (bounded by the request timeout).
@@ -565,6 +592,16 @@ impl SwarmTask {
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Request { peer, msg, reply } => {
+                let unreachable = self
+                    .shared
+                    .state()
+                    .peers
+                    .get(&peer)
+                    .is_some_and(PeerMeta::unreachable);
+                if unreachable {
+                    let _ = reply.send(Err(format!("partner {peer} is unreachable")));
+                    return;
+                }
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -708,6 +745,7 @@ impl SwarmTask {
                 let mut st = self.shared.state();
                 let m = st.peers.entry(peer_id).or_default();
                 m.connections += 1;
+                m.dial_failed_at = None;
                 if net::is_local(&addr) {
                     m.local = true;
                 }
@@ -716,6 +754,16 @@ impl SwarmTask {
                 }
                 st.tracker
                     .seen(&crate::PeerId(peer_id.to_string()), now_secs());
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } => {
+                let mut st = self.shared.state();
+                let m = st.peers.entry(peer).or_default();
+                if m.connections == 0 {
+                    m.dial_failed_at = Some(Instant::now());
+                }
             }
             SwarmEvent::ConnectionClosed { peer_id, .. } => {
                 let mut st = self.shared.state();
@@ -948,9 +996,11 @@ pub fn err(code: ErrorCode, mut reason: String) -> Msg {
 }
 
 fn flip_for_hostile(shared: &Shared, bytes: &mut [u8]) {
-    if shared.cfg.hostile.as_deref() == Some("wrong-bytes") && !bytes.is_empty() {
-        let i = bytes.len() / 2;
-        bytes[i] ^= 0x5a;
+    // A holder that kept something else than it was given: one byte in every 512 differs.
+    if shared.cfg.hostile.as_deref() == Some("wrong-bytes") {
+        for b in bytes.iter_mut().step_by(512) {
+            *b ^= 0x5a;
+        }
     }
 }
 

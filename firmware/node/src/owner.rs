@@ -125,6 +125,9 @@ fn candidates(shared: &Shared, exclude: &HashSet<String>, len: u64) -> Vec<Candi
                 return None;
             }
             let meta = st.peers.get(&p).cloned().unwrap_or_default();
+            if meta.unreachable() {
+                return None;
+            }
             if meta.public_ip.is_some_and(|ip| taken_ips.contains(&ip)) {
                 return None;
             }

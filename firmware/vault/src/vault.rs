@@ -100,8 +100,10 @@ fn default_workers() -> usize {
 
 /// Opens the backend of a storage node's control socket (registered by the binary that links
 /// the node, which depends on this crate and not the other way round).
-pub type NodeConnector =
-    fn(&Path) -> std::result::Result<(Arc<dyn ShardSink>, Arc<dyn ShardSource>), String>;
+pub type NodeConnector = fn(&Path) -> std::result::Result<Backend, String>;
+
+/// Where a vault's shards go and come from.
+pub type Backend = (Arc<dyn ShardSink>, Arc<dyn ShardSource>);
 
 static NODE_CONNECTOR: std::sync::OnceLock<NodeConnector> = std::sync::OnceLock::new();
 

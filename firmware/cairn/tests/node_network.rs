@@ -1,0 +1,282 @@
+//! Storage nodes as real processes of the `cairn` binary on loopback (TCP and QUIC): pairing,
+//! placing a vault across partners, losing nodes, repair, hostile and freeloading partners,
+//! restarts. Each node gets its own home in a temporary directory and is killed on drop.
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use cairn_node::testnet::{random_file, same_file, Node, Transport, Vault};
+use serde_json::Value;
+
+fn start(dir: &Path, name: &str, t: Transport, extra: &[&str]) -> Node {
+    Node::start(Path::new(env!("CARGO_BIN_EXE_cairn")), dir, name, t, extra)
+}
+
+fn partner<'a>(status: &'a Value, peer: &str) -> &'a Value {
+    status["partners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == peer)
+        .unwrap_or_else(|| panic!("{peer} is not a partner: {status}"))
+}
+
+#[test]
+fn two_plugs_pair_by_their_pairing_windows_and_a_third_makes_it_an_overlap() {
+    let t = tempfile::tempdir().unwrap();
+    let a = start(t.path(), "a", Transport::Tcp, &[]);
+    let b_boot = format!("{}/p2p/{}", a.listen, a.peer());
+    let b = start(t.path(), "b", Transport::Quic, &["--bootstrap", &b_boot]);
+    // Both buttons pressed: both windows open at about the same time.
+    let (pa, pb) = std::thread::scope(|s| {
+        let ha = s.spawn(|| a.ctl(&["pair", "--window", "20"]));
+        let hb = s.spawn(|| b.ctl(&["pair", "--window", "20"]));
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    assert_eq!(pa.trim(), format!("paired with {}", b.peer()));
+    assert_eq!(pb.trim(), format!("paired with {}", a.peer()));
+    assert_eq!(partner(&a.status(), &b.peer())["via"], "button");
+    assert_eq!(partner(&b.status(), &a.peer())["via"], "button");
+
+    // A window that nobody else opens ends with a clear message, and pairs with nobody.
+    let o = a.try_ctl(&["pair", "--window", "2"]).unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no other plug"));
+
+    // Three plugs in pairing mode at once: nobody can tell which is meant, so all refuse.
+    let c = start(t.path(), "c", Transport::Tcp, &["--bootstrap", &b_boot]);
+    let d_boot = format!("{}/p2p/{}", c.listen, c.peer());
+    let d = start(
+        t.path(),
+        "d",
+        Transport::Tcp,
+        &["--bootstrap", &b_boot, "--bootstrap", &d_boot],
+    );
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = [&a, &c, &d]
+            .iter()
+            .map(|n| s.spawn(|| n.try_ctl(&["pair", "--window", "20"]).unwrap()))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &outs {
+        assert!(
+            !o.status.success(),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains("refused") && e.contains("plugs are in pairing mode"),
+            "{e}"
+        );
+    }
+    assert_eq!(c.status()["partners"].as_array().unwrap().len(), 0);
+    assert_eq!(a.status()["partners"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn one_gib_on_eight_partners_survives_four_losses_and_repair_restores_full_redundancy() {
+    let t = tempfile::tempdir().unwrap();
+    let fast = [
+        "--grace",
+        "3",
+        "--repair-every",
+        "100000",
+        "--capacity",
+        "2G",
+        "--allowance",
+        "1G",
+    ];
+    let owner = start(t.path(), "owner", Transport::Tcp, &fast);
+    let mut holders: Vec<Node> = (0..8)
+        .map(|i| {
+            let tr = if i % 2 == 0 {
+                Transport::Tcp
+            } else {
+                Transport::Quic
+            };
+            start(t.path(), &format!("h{i}"), tr, &fast)
+        })
+        .collect();
+    for h in &holders {
+        owner.invite(h);
+    }
+    let v = Vault::init(t.path(), &owner, 4, 8);
+    let file = t.path().join("big.bin");
+    random_file(&file, 1 << 30, 7);
+    v.ok(&["put", file.to_str().unwrap()]);
+    let st = owner.status();
+    let chunks = st["chunks"]["chunks"].as_u64().unwrap();
+    assert!(chunks >= 512, "{st}");
+    assert_eq!(st["chunks"]["full"].as_u64().unwrap(), chunks, "{st}");
+    // Every holder got an eighth: one shard of every chunk.
+    for h in &holders {
+        let held = partner(&st, &h.peer())["held_for_us"].as_u64().unwrap();
+        assert!(
+            held > (1 << 30) / 4 / 8 * 7 / 8,
+            "{} holds only {held}",
+            h.peer()
+        );
+    }
+
+    // Four plugs die. Any four shards of each chunk are enough.
+    for h in holders.iter_mut().take(4) {
+        h.kill();
+    }
+    let out = t.path().join("restored.bin");
+    v.ok(&["get", "big.bin", out.to_str().unwrap()]);
+    assert!(same_file(&file, &out), "restored bytes differ");
+    fs::remove_file(&out).unwrap();
+
+    // Newcomers join; once the grace period is over, repair rebuilds the lost shards on them.
+    let newcomers: Vec<Node> = (0..4)
+        .map(|i| start(t.path(), &format!("new{i}"), Transport::Tcp, &fast))
+        .collect();
+    for n in &newcomers {
+        owner.invite(n);
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let r: Value = serde_json::from_str(&owner.ctl(&["repair"])).unwrap();
+    assert_eq!(r["repaired"].as_u64().unwrap(), chunks, "{r}");
+    assert_eq!(r["stuck"].as_array().unwrap().len(), 0, "{r}");
+    let st = owner.status();
+    assert_eq!(st["chunks"]["full"].as_u64().unwrap(), chunks, "{st}");
+
+    // Full redundancy again: the four survivors may now fail too, the newcomers carry it.
+    for h in holders.iter_mut().skip(4) {
+        h.kill();
+    }
+    v.ok(&["get", "big.bin", out.to_str().unwrap()]);
+    assert!(same_file(&file, &out), "restored bytes differ after repair");
+}
+
+#[test]
+fn a_partner_returning_wrong_bytes_fails_audits_is_scored_down_and_reads_still_succeed() {
+    let t = tempfile::tempdir().unwrap();
+    let owner = start(t.path(), "owner", Transport::Tcp, &[]);
+    let honest: Vec<Node> = (0..3)
+        .map(|i| start(t.path(), &format!("h{i}"), Transport::Tcp, &[]))
+        .collect();
+    let liar = start(
+        t.path(),
+        "liar",
+        Transport::Quic,
+        &["--hostile", "wrong-bytes"],
+    );
+    for h in honest.iter().chain([&liar]) {
+        owner.invite(h);
+    }
+    let v = Vault::init(t.path(), &owner, 2, 4);
+    let file = t.path().join("f.bin");
+    random_file(&file, 20 << 20, 3);
+    v.ok(&["put", file.to_str().unwrap()]);
+    let a: Value = serde_json::from_str(&owner.ctl(&["audit"])).unwrap();
+    let liar_fails = a["failed_by"][liar.peer()].as_u64().unwrap_or(0);
+    assert!(liar_fails > 0, "{a}");
+    assert_eq!(
+        a["failed"].as_u64().unwrap(),
+        liar_fails,
+        "only the liar fails: {a}"
+    );
+    let st = owner.status();
+    // Below the minimum score the liar counts as gone: its shards are due for repair elsewhere.
+    let liar = partner(&st, &liar.peer());
+    assert!(liar["score"].as_f64().unwrap() < 0.2, "{st}");
+    assert_eq!(liar["health"], "gone", "{st}");
+    for h in &honest {
+        let p = partner(&st, &h.peer());
+        assert!(p["score"].as_f64().unwrap() > 0.5, "{st}");
+        assert_eq!(p["health"], "live", "{st}");
+    }
+    assert_eq!(st["chunks"]["degraded"], st["chunks"]["chunks"], "{st}");
+    let out = t.path().join("out.bin");
+    v.ok(&["get", "f.bin", out.to_str().unwrap()]);
+    assert!(same_file(&file, &out));
+}
+
+#[test]
+fn a_freeloader_is_refused_beyond_its_allowance_with_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let tight = ["--allowance", "2M"];
+    let freeloader = start(t.path(), "freeloader", Transport::Tcp, &[]);
+    let holders: Vec<Node> = (0..2)
+        .map(|i| start(t.path(), &format!("h{i}"), Transport::Tcp, &tight))
+        .collect();
+    for h in &holders {
+        h.invite(&freeloader);
+    }
+    let v = Vault::init(t.path(), &freeloader, 1, 2);
+    let small = t.path().join("small.bin");
+    random_file(&small, 1 << 20, 1);
+    v.ok(&["put", small.to_str().unwrap()]);
+    let big = t.path().join("big.bin");
+    random_file(&big, 16 << 20, 2);
+    let o = v.run(&["put", big.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("refusing") && e.contains("allowance 2097152"),
+        "{e}"
+    );
+    // The holders kept serving: what was stored within the allowance still reads back.
+    let out = t.path().join("out.bin");
+    v.ok(&["get", "small.bin", out.to_str().unwrap()]);
+    assert!(same_file(&small, &out));
+    for h in &holders {
+        let held = partner(&h.status(), &freeloader.peer())["held_for_them"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            held <= 2 << 20,
+            "holder keeps {held} bytes beyond the allowance"
+        );
+    }
+}
+
+#[test]
+fn every_node_restarts_and_everything_is_still_readable() {
+    let t = tempfile::tempdir().unwrap();
+    let mut owner = start(t.path(), "owner", Transport::Tcp, &[]);
+    let mut holders: Vec<Node> = (0..4)
+        .map(|i| {
+            let tr = if i % 2 == 0 {
+                Transport::Quic
+            } else {
+                Transport::Tcp
+            };
+            start(t.path(), &format!("h{i}"), tr, &[])
+        })
+        .collect();
+    for h in &holders {
+        owner.invite(h);
+    }
+    let v = Vault::init(t.path(), &owner, 2, 4);
+    let file = t.path().join("f.bin");
+    random_file(&file, 30 << 20, 9);
+    v.ok(&["put", file.to_str().unwrap()]);
+    let before = owner.status();
+    owner.stop();
+    for h in holders.iter_mut() {
+        h.stop();
+    }
+    for h in holders.iter_mut() {
+        h.spawn();
+    }
+    owner.spawn();
+    let after = owner.status();
+    assert_eq!(after["peer"], before["peer"], "identity kept");
+    assert_eq!(after["chunks"]["chunks"], before["chunks"]["chunks"]);
+    for h in &holders {
+        assert_eq!(
+            partner(&after, &h.peer())["held_for_us"],
+            partner(&before, &h.peer())["held_for_us"],
+            "books rebuilt from the records"
+        );
+    }
+    let out = t.path().join("out.bin");
+    v.ok(&["get", "f.bin", out.to_str().unwrap()]);
+    assert!(same_file(&file, &out));
+}
