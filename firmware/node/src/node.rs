@@ -433,6 +433,16 @@ fn held_for(store: &Store, peer: &PeerId) -> Result<u64> {
 
 /// Runs the node until SIGTERM/SIGINT. `ready` is called once it listens and serves control.
 pub fn run(cfg: Config, ready: impl FnOnce() + Send + 'static) -> Result<()> {
+    run_until(cfg, ready, None)
+}
+
+/// Runs the node until SIGTERM/SIGINT or until `stop` fires (for tests that run a node in
+/// their own process).
+pub fn run_until(
+    cfg: Config,
+    ready: impl FnOnce() + Send + 'static,
+    stop: Option<oneshot::Receiver<()>>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -449,25 +459,31 @@ pub fn run(cfg: Config, ready: impl FnOnce() + Send + 'static) -> Result<()> {
         let listener = crate::server::bind(&shared.cfg.control)?;
         let mut task = SwarmTask::new(shared.clone(), swarm, rx);
         task.start()?;
-        tokio::spawn(crate::server::serve(shared.clone(), listener));
-        tokio::spawn(crate::owner::background(shared.clone()));
+        let server = tokio::spawn(crate::server::serve(shared.clone(), listener));
+        let background = tokio::spawn(crate::owner::background(shared.clone()));
         eprintln!(
-            "cairn-node: {} listening, control {}",
+            "cairn-node: {} starting, control {}",
             shared.me,
             shared.cfg.control.display()
         );
         let mut ready = Some(ready);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        let mut announced = false;
+        let stop = async move {
+            match stop {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                () = &mut stop => break,
                 () = task.step() => {
-                    if !announced && !task.swarm.listeners().count() == 0 {
-                        announced = true;
-                    }
                     if task.listening && ready.is_some() {
                         (ready.take().expect("once"))();
                     }
@@ -475,6 +491,8 @@ pub fn run(cfg: Config, ready: impl FnOnce() + Send + 'static) -> Result<()> {
             }
         }
         eprintln!("cairn-node: stopping");
+        server.abort();
+        background.abort();
         crate::owner::flush(&shared).await.ok();
         shared.persist()?;
         let _ = std::fs::remove_file(&shared.cfg.control);
