@@ -5,19 +5,28 @@
 //! - panel (qemu-virt only): the virtio-serial port `cairn.panel`, which presses the gpio-sim
 //!   button line and reports the LED lines as read back from the simulated chip.
 //!
+//! A short press that opens a pairing window also asks the storage node, through its control
+//! socket, to pair during that window (one attempt at a time, on a fourth short-lived thread);
+//! a pairing completes the window, so the LEDs confirm it.
+//!
 //! Nothing here is fatal: a missing chip or line is logged and the device runs without it.
-//! Memory: three threads with 64 KiB stacks, one 1 KiB line buffer, a few small structs.
+//! Memory: three threads with 64 KiB stacks (four while pairing), one 1 KiB line buffer, a few
+//! small structs.
 
 use crate::init::log;
 use cairn_bsp::linux::{self, gpiosim, BootClock, CdevPin, EdgePin};
 use cairn_bsp::pairing::Opened;
 use cairn_bsp::panel::{ToGuest, ToHost, MAX_LINE};
 use cairn_bsp::pattern::Update;
-use cairn_bsp::{Action, Board, Button, ButtonEvent, Health, LedDriver, Role, SharedUi, Ui};
+use cairn_bsp::{
+    Action, Board, Button, ButtonEvent, Clock, Completion, Health, LedDriver, Role, SharedUi, Ui,
+};
+use cairn_node::control::PairOutcome;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +38,8 @@ pub const RESET_MARKER: &str = ".factory-reset";
 pub const CLAIMED: &str = "cairn/claimed";
 /// The front panel's virtio-serial port name.
 pub const PANEL_PORT: &str = "cairn.panel";
+/// The storage node's control socket, as `services/node.toml` sets it (`--control`).
+pub const NODE_SOCKET: &str = "/data/node/node.sock";
 const STACK: usize = 64 * 1024;
 
 /// What init keeps of the board: the shared user-interface state.
@@ -182,7 +193,8 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
             Ok(pin) => {
                 let button = Button::new(pin, line.active_low, board.button_timing);
                 let (ui, data) = (ui.clone(), data_dir.to_path_buf());
-                spawn("button", move || button_loop(&ui, button, &data));
+                let pairing = Pairing::new(Arc::new(NodeSocket(PathBuf::from(NODE_SOCKET))));
+                spawn("button", move || button_loop(&ui, button, &data, &pairing));
             }
             Err(e) => log!("error: setup button: {e}; running without it"),
         }
@@ -294,7 +306,12 @@ fn led_loop(
     }
 }
 
-fn button_loop(ui: &SharedUi<BootClock>, mut button: Button<EdgePin>, data_dir: &Path) {
+fn button_loop(
+    ui: &Arc<SharedUi<BootClock>>,
+    mut button: Button<EdgePin>,
+    data_dir: &Path,
+    pairing: &Pairing,
+) {
     loop {
         match button.poll(ui.now_ms()) {
             Ok(events) => {
@@ -303,8 +320,9 @@ fn button_loop(ui: &SharedUi<BootClock>, mut button: Button<EdgePin>, data_dir: 
                     match ui.on_button(ev) {
                         Some(Action::FactoryReset) => factory_reset(data_dir),
                         Some(Action::PairingOpened(Opened::New { closes_at_ms, .. })) => {
-                            let s = closes_at_ms.saturating_sub(ui.now_ms()).div_ceil(1000);
-                            log!("button: pairing window open for {s} s");
+                            let left = closes_at_ms.saturating_sub(ui.now_ms());
+                            log!("button: pairing window open for {} s", left.div_ceil(1000));
+                            pairing.start(ui.clone(), Duration::from_millis(left));
                         }
                         Some(Action::PairingOpened(Opened::AlreadyOpen {
                             closes_at_ms, ..
@@ -328,6 +346,94 @@ fn button_loop(ui: &SharedUi<BootClock>, mut button: Button<EdgePin>, data_dir: 
             log!("error: setup button: {e}; retrying in 1 s");
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+}
+
+/// Asks the storage node to pair with the one other plug whose window is open too.
+pub trait Pairer: Send + Sync {
+    /// Blocks until the node paired, refused an overlap, or `window` ended; `Err` is a line for
+    /// the console (the node is not running, the socket broke, …).
+    fn pair(&self, window: Duration) -> Result<PairOutcome, String>;
+}
+
+/// The node's control socket (the device's `Pairer`).
+pub struct NodeSocket(pub PathBuf);
+
+impl Pairer for NodeSocket {
+    fn pair(&self, window: Duration) -> Result<PairOutcome, String> {
+        cairn_node::control::Client::connect(&self.0)
+            .and_then(|mut c| c.pair(window))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// One pairing attempt at a time, each on its own short-lived thread.
+#[derive(Clone)]
+pub struct Pairing {
+    pairer: Arc<dyn Pairer>,
+    busy: Arc<AtomicBool>,
+}
+
+impl Pairing {
+    /// Pairing through `pairer`.
+    pub fn new(pairer: Arc<dyn Pairer>) -> Pairing {
+        Pairing {
+            pairer,
+            busy: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Starts an attempt for a window that stays open `window` more; false (and a console line)
+    /// if one is still under way.
+    pub fn start<C: Clock + 'static>(&self, ui: Arc<SharedUi<C>>, window: Duration) -> bool {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            log!(
+                "pairing: the previous attempt is still finishing; this window is for a claim only"
+            );
+            return false;
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pairing".into())
+            .stack_size(STACK)
+            .spawn(move || {
+                let outcome = me.pairer.pair(window);
+                log!("{}", settle(&ui, outcome));
+                me.busy.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            log!("error: pairing thread: {e}");
+            self.busy.store(false, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// Whether an attempt is under way.
+    #[cfg(test)]
+    fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+/// Applies the node's answer to the window; returns the console line. A pairing completes the
+/// window (the LEDs confirm); a refusal or nobody found leaves it to expire, still open for a
+/// claim from the setup page.
+pub fn settle<C: Clock>(ui: &SharedUi<C>, outcome: Result<PairOutcome, String>) -> String {
+    match outcome {
+        Ok(PairOutcome::Paired { peer }) => match ui.complete(Completion::Pairing) {
+            Ok(_) => format!("pairing: paired with {peer}"),
+            Err(e) => format!("pairing: paired with {peer}, after the window closed ({e})"),
+        },
+        Ok(PairOutcome::Overlap { candidates }) => format!(
+            "pairing: refused: {} plugs are in pairing mode ({}); press again when only one other is",
+            candidates.len(),
+            candidates.join(", ")
+        ),
+        Ok(PairOutcome::NoneFound) => {
+            "pairing: no other plug in pairing mode on this network".to_string()
+        }
+        Err(e) => format!("pairing: the storage node cannot pair now: {e}"),
     }
 }
 
@@ -588,6 +694,115 @@ mod tests {
         std::fs::write(dir.path().join(CLAIMED), b"").unwrap();
         board.booted();
         assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Healthy);
+    }
+
+    /// A node double: answers after `delay` with `outcome`.
+    struct FakeNode {
+        outcome: Mutex<Option<Result<PairOutcome, String>>>,
+        delay: Duration,
+        asked: Mutex<Vec<Duration>>,
+    }
+
+    impl Pairer for FakeNode {
+        fn pair(&self, window: Duration) -> Result<PairOutcome, String> {
+            self.asked.lock().unwrap().push(window);
+            std::thread::sleep(self.delay);
+            self.outcome.lock().unwrap().take().expect("asked once")
+        }
+    }
+
+    fn open_window() -> Arc<SharedUi<BootClock>> {
+        let ui = Arc::new(SharedUi::new(Ui::new(UiConfig::default()), BootClock));
+        ui.set_health(Health::Healthy);
+        assert!(matches!(
+            ui.on_button(ButtonEvent::ShortPress),
+            Some(Action::PairingOpened(Opened::New { .. }))
+        ));
+        ui
+    }
+
+    #[test]
+    fn a_pairing_completes_the_window_and_the_leds_confirm() {
+        let ui = open_window();
+        let line = settle(
+            &ui,
+            Ok(PairOutcome::Paired {
+                peer: "12D3KooWpeer".into(),
+            }),
+        );
+        assert_eq!(line, "pairing: paired with 12D3KooWpeer");
+        assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Confirmed);
+        assert_eq!(ui.pairing_status(), cairn_bsp::WindowStatus::Closed);
+    }
+
+    #[test]
+    fn an_overlap_or_nobody_leaves_the_window_to_expire() {
+        let ui = open_window();
+        let line = settle(
+            &ui,
+            Ok(PairOutcome::Overlap {
+                candidates: vec!["12D3KooWa".into(), "12D3KooWb".into()],
+            }),
+        );
+        assert_eq!(
+            line,
+            "pairing: refused: 2 plugs are in pairing mode (12D3KooWa, 12D3KooWb); press again when only one other is"
+        );
+        assert_eq!(ui.pattern().0, cairn_bsp::Pattern::PairingOpen);
+        let line = settle(&ui, Ok(PairOutcome::NoneFound));
+        assert_eq!(
+            line,
+            "pairing: no other plug in pairing mode on this network"
+        );
+        assert_eq!(ui.pattern().0, cairn_bsp::Pattern::PairingOpen);
+    }
+
+    #[test]
+    fn without_a_running_node_the_reason_names_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("node.sock");
+        let ui = open_window();
+        let line = settle(&ui, NodeSocket(sock.clone()).pair(Duration::from_secs(1)));
+        assert!(
+            line.starts_with("pairing: the storage node cannot pair now: "),
+            "{line}"
+        );
+        assert!(line.contains(&sock.display().to_string()), "{line}");
+        assert_eq!(ui.pattern().0, cairn_bsp::Pattern::PairingOpen);
+    }
+
+    #[test]
+    fn one_attempt_at_a_time_for_the_window_left() {
+        let node = Arc::new(FakeNode {
+            outcome: Mutex::new(Some(Ok(PairOutcome::Paired { peer: "p".into() }))),
+            delay: Duration::from_millis(300),
+            asked: Mutex::new(Vec::new()),
+        });
+        let pairing = Pairing::new(node.clone());
+        let ui = open_window();
+        assert!(pairing.start(ui.clone(), Duration::from_secs(120)));
+        assert!(
+            !pairing.start(ui.clone(), Duration::from_secs(120)),
+            "second attempt"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pairing.busy() {
+            assert!(std::time::Instant::now() < deadline, "attempt never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(*node.asked.lock().unwrap(), vec![Duration::from_secs(120)]);
+        assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Confirmed);
+    }
+
+    #[test]
+    fn the_node_socket_is_where_the_node_service_puts_it() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../services/node.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        assert!(
+            text.contains(&format!("\"--control\", \"{NODE_SOCKET}\"")),
+            "{} does not put the socket at {NODE_SOCKET}",
+            manifest.display()
+        );
     }
 
     /// The panel's commands against a stand-in for the gpio-sim sysfs files and the port.

@@ -113,6 +113,12 @@ fn device_main(_args: Args) -> ! {
     let board_ui = board
         .as_ref()
         .map(|b| crate::board::start(b, Path::new(paths::DATA)));
+    // Services running as their own user get their state directory on /data (after the board
+    // finished any interrupted factory reset, which wipes /data).
+    let etc = Path::new("/etc");
+    for line in workdirs::prepare(Path::new(paths::SERVICES), etc, Path::new(paths::DATA)) {
+        log!("{line}");
+    }
     let (notice_tx, notice_rx) = std::sync::mpsc::sync_channel(8);
     if let Some(b) = board_ui {
         let spawned = std::thread::Builder::new()
@@ -161,11 +167,6 @@ fn stage1(board: Option<&Board>) {
         match data::prepare(&board.storage, Path::new(paths::DATA)) {
             Ok(report) => log!("{report}"),
             Err(e) => log!("error: data partition: {e:#}; running without persistent state"),
-        }
-        // Services running as their own user get their state directory on /data.
-        let etc = Path::new("/etc");
-        for line in workdirs::prepare(Path::new(paths::SERVICES), etc, Path::new(paths::DATA)) {
-            log!("{line}");
         }
         if let Some(line) = &board.power_button {
             power_button::watch(line.clone());
