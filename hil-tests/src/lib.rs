@@ -75,12 +75,14 @@ pub enum Ethernet {
     /// 10.0.2.3). `restrict=on` keeps the guest off every network outside it; the forwards
     /// still reach the guest.
     User,
-    /// A virtual LAN shared with other boards on this host: a multicast group on the loopback
-    /// interface (`-netdev socket,mcast=…`, no root needed), with this board's MAC address. No
-    /// DHCP server is on it; the boards have IPv6 link-local addresses.
-    Lan {
-        /// UDP port of the group 230.0.0.1 on 127.0.0.1 that makes up the LAN.
-        port: u16,
+    /// A cable to one other board on this host: Ethernet frames as UDP datagrams between two
+    /// ports of the host's loopback (`-netdev dgram`, no root needed). No DHCP server is on it:
+    /// the boards take link-local addresses.
+    Cable {
+        /// This board's end: the UDP port it receives on.
+        local_port: u16,
+        /// The other board's end.
+        remote_port: u16,
         /// This board's MAC address, distinct per board (`52:54:00:…`).
         mac: String,
     },
@@ -179,10 +181,15 @@ impl Qemu {
                 .arg("-netdev")
                 .arg(format!("user,id=lan,restrict=on{forwards}"))
                 .args(["-device", "virtio-net-device,netdev=lan"]),
-            Ethernet::Lan { port, mac } => cmd
+            Ethernet::Cable {
+                local_port,
+                remote_port,
+                mac,
+            } => cmd
                 .arg("-netdev")
                 .arg(format!(
-                    "socket,id=lan,mcast=230.0.0.1:{port},localaddr=127.0.0.1"
+                    "dgram,id=lan,local.type=inet,local.host=127.0.0.1,local.port={local_port},\
+                     remote.type=inet,remote.host=127.0.0.1,remote.port={remote_port}"
                 ))
                 .arg("-device")
                 .arg(format!("virtio-net-device,netdev=lan,mac={mac}")),
@@ -380,6 +387,24 @@ impl Qemu {
         self.dir.path().join("panel.sock")
     }
 
+    /// Connects to the front panel (waiting up to 10 s for QEMU to open its socket).
+    pub fn panel(&self) -> anyhow::Result<cairn_bsp::panel::PanelLink> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(self.panel_socket()) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).context("connecting to the front panel")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        Ok(cairn_bsp::panel::PanelLink::new(
+            stream.try_clone()?,
+            stream,
+        )?)
+    }
+
     /// Pulls the power: no shutdown, QEMU is killed at once.
     pub fn pull_power(&mut self) {
         let _ = self.child.kill();
@@ -511,4 +536,47 @@ pub fn service<'a>(
         .iter()
         .find(|s| s["name"] == name)
         .ok_or_else(|| anyhow::anyhow!("no service {name} in {status:?}"))
+}
+
+/// Byte offset of partition `n` (1-based) of an MBR disk image.
+fn partition_offset(disk: &Path, n: usize) -> anyhow::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut mbr = [0u8; 512];
+    std::fs::File::open(disk)?.read_exact_at(&mut mbr, 0)?;
+    let e = 446 + 16 * (n - 1);
+    Ok(u64::from(u32::from_le_bytes(mbr[e + 8..e + 12].try_into()?)) * 512)
+}
+
+/// Appends kernel command-line words in the boot partition's extlinux.conf of a disk image
+/// (what a person would edit on the card's FAT partition), with mtools.
+pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {
+    let img = format!("{}@@{}", disk.display(), partition_offset(disk, 1)?);
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &img, "::/extlinux/extlinux.conf"])
+        .output()
+        .context("mtype (mtools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mtype: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = String::from_utf8(out.stdout)?;
+    anyhow::ensure!(conf.contains("  append "), "no append line in {conf}");
+    let conf = conf.replace("  append ", &format!("  append {words} "));
+    let local = disk.with_file_name("extlinux.conf");
+    std::fs::write(&local, conf)?;
+    let out = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i", &img])
+        .arg(&local)
+        .arg("::/extlinux/extlinux.conf")
+        .output()
+        .context("mcopy (mtools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mcopy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }

@@ -4,11 +4,21 @@
 //! QEMU runs it with `restrict=on` (nothing leaves the host), in which mode its server names no
 //! router and no name server: the lease line says "no router". The node's TCP port 4001 is
 //! forwarded from a free port on the host's loopback.
+//!
+//! Pairing: two boards joined by a virtual cable (no DHCP server: link-local addresses), both
+//! buttons pressed, pair, and both front panels show the confirmation.
 
-use cairn_hil::{image, service, Config, FixturePort, Qemu, BOOT_TIMEOUT};
+use cairn_bsp::panel::{PanelLink, ToGuest};
+use cairn_hil::{
+    append_cmdline, image, service, Config, Ethernet, FixturePort, Qemu, BOOT_TIMEOUT,
+};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Bound for the LEDs to follow something the board did (generous for a loaded CI machine).
+const REACT: Duration = Duration::from_secs(15);
 
 /// A TCP port free on the host's loopback right now.
 fn free_port() -> u16 {
@@ -48,4 +58,128 @@ fn ethernet_gets_its_address_by_dhcp_and_the_node_serves_libp2p_on_it() {
     let mut back = [0u8; MULTISTREAM.len()];
     s.read_exact(&mut back).unwrap();
     assert_eq!(&back[..], MULTISTREAM);
+}
+
+/// A copy of the test image whose pairing window lasts `window_s` (kernel command line).
+fn image_with_window(dir: &Path, window_s: u64) -> PathBuf {
+    let disk = dir.join("disk.img");
+    std::fs::copy(image("cairn-qemu-virt-test.img").unwrap(), &disk).unwrap();
+    append_cmdline(&disk, &format!("cairn.pairing_window_s={window_s}")).unwrap();
+    disk
+}
+
+/// A short press of the front panel's button.
+fn press(panel: &PanelLink) {
+    panel.send(ToGuest::ButtonDown).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    panel.send(ToGuest::ButtonUp).unwrap();
+}
+
+#[test]
+fn a_press_asks_the_node_to_pair_and_alone_on_the_lan_the_window_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Qemu::boot(&Config::new(image_with_window(dir.path(), 5))).unwrap();
+    let panel = q.panel().unwrap();
+    q.wait_line("cairn: ready", BOOT_TIMEOUT).unwrap();
+    panel
+        .wait_pattern(0, "setup-needed", BOOT_TIMEOUT)
+        .expect("setup-needed");
+    let seq = panel.cursor();
+    let lines = q.line_count();
+    press(&panel);
+    let (_, open) = panel
+        .wait_pattern(seq, "pairing-open", REACT)
+        .expect("the window opens");
+    q.wait_line_from(
+        lines,
+        "cairn: pairing: no other plug in pairing mode on this network",
+        REACT + Duration::from_secs(5),
+    )
+    .unwrap();
+    panel
+        .wait_pattern(open, "setup-needed", REACT)
+        .expect("back to setup-needed when the window expires");
+    let console = q.console()[lines..].join("\n");
+    assert!(!console.contains("confirmed"), "{console}");
+}
+
+/// Two free UDP ports on the host's loopback, for the two ends of a cable.
+fn free_udp_ports() -> (u16, u16) {
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+/// The node's peer id, from its log (`cairn-node: PEERID starting, …`).
+fn peer_id(q: &mut Qemu) -> String {
+    let mut port = FixturePort::plug(q).unwrap();
+    let (logs, code) = port.ctl("logs node").unwrap();
+    assert_eq!(code, 0, "{logs}");
+    logs.lines()
+        .find_map(|l| {
+            // Ed25519 peer ids all start so; the node names itself first thing.
+            let id = l.strip_prefix("cairn-node: ")?.split(' ').next()?;
+            id.starts_with("12D3KooW").then(|| id.to_string())
+        })
+        .unwrap_or_else(|| panic!("no peer id in {logs}"))
+}
+
+#[test]
+fn two_plugs_on_one_cable_pair_when_both_buttons_are_pressed() {
+    const WINDOW_S: u64 = 60;
+    let (port_a, port_b) = free_udp_ports();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let ends = [
+        (port_a, port_b, "52:54:00:00:00:0a"),
+        (port_b, port_a, "52:54:00:00:00:0b"),
+    ];
+    let mut boards: Vec<Qemu> = dirs
+        .iter()
+        .zip(ends)
+        .map(|(dir, (local_port, remote_port, mac))| {
+            let mut cfg = Config::new(image_with_window(dir.path(), WINDOW_S));
+            cfg.ethernet = Ethernet::Cable {
+                local_port,
+                remote_port,
+                mac: mac.into(),
+            };
+            Qemu::boot(&cfg).unwrap()
+        })
+        .collect();
+    let panels: Vec<PanelLink> = boards.iter().map(|q| q.panel().unwrap()).collect();
+    // No DHCP server on a cable: each board takes its link-local address.
+    for q in &boards {
+        q.wait_line("cairn: ready", BOOT_TIMEOUT).unwrap();
+        let line = q.wait_line("cairn: net: eth0", BOOT_TIMEOUT).unwrap();
+        assert!(line.contains(" 169.254."), "{line}");
+        assert!(line.contains("/16 link-local"), "{line}");
+    }
+    let ids: Vec<String> = boards.iter_mut().map(peer_id).collect();
+    assert_ne!(ids[0], ids[1]);
+
+    let starts: Vec<(u64, usize)> = boards
+        .iter()
+        .zip(&panels)
+        .map(|(q, p)| (p.cursor(), q.line_count()))
+        .collect();
+    for p in &panels {
+        press(p);
+    }
+    for (i, (q, p)) in boards.iter().zip(&panels).enumerate() {
+        let other = &ids[1 - i];
+        let line = q
+            .wait_line_from(
+                starts[i].1,
+                "cairn: pairing: ",
+                Duration::from_secs(WINDOW_S) + REACT,
+            )
+            .unwrap()
+            .1;
+        assert_eq!(line, format!("cairn: pairing: paired with {other}"));
+        p.wait_pattern(starts[i].0, "confirmed", REACT)
+            .unwrap_or_else(|| panic!("board {i}'s LEDs did not confirm"));
+    }
 }

@@ -5,7 +5,9 @@
 //! The client (RFC 2131, the parts a plug on a home LAN needs): DISCOVER → OFFER → REQUEST → ACK
 //! with a bounded number of attempts and a doubling wait; the lease is renewed from T1 with the
 //! server that gave it, rebound with any server from T2, and given up when it expires. Without an
-//! answer the device keeps running on loopback (and IPv6 link-local) and asks again later.
+//! answer the device takes an IPv4 link-local address (169.254/16, RFC 3927, chosen from its MAC
+//! address), so plugs cabled together without a router still find each other by mDNS, and asks
+//! again every few minutes; a lease, when one comes, replaces it.
 //!
 //! Packets are encoded and parsed with `dhcproto`; they go through a UDP socket on port 68 bound
 //! to the interface with `SO_BINDTODEVICE` and `SO_BROADCAST` (which works before the interface
@@ -31,8 +33,9 @@ pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// to parse, which only drops them.
 const PACKET_BYTES_MAX: usize = 1500;
 /// How long each DISCOVER (and the REQUEST after its OFFER) waits for an answer: doubling, as
-/// RFC 2131 asks, but starting at 2 s so a LAN's server is found within a few seconds. 62 s in all.
-const ATTEMPT_WAITS_S: [u64; 5] = [2, 4, 8, 16, 32];
+/// RFC 2131 asks, but starting at 2 s so a LAN's server is found within a few seconds, and
+/// giving up after 30 s, when a link-local address takes over until a later round.
+const ATTEMPT_WAITS_S: [u64; 4] = [2, 4, 8, 16];
 /// After a round of attempts without an answer, the next round starts this much later.
 const RETRY_PAUSE: Duration = Duration::from_secs(300);
 /// Renewal and rebinding retry at half the time left, but not more often than this (RFC 2131
@@ -322,6 +325,18 @@ pub trait Link {
     fn apply(&mut self, lease: &Lease, old: Option<&Lease>) -> io::Result<()>;
     /// Takes the (expired) lease's address off the interface.
     fn remove(&mut self, lease: &Lease) -> io::Result<()>;
+    /// Puts an IPv4 link-local address (/16, no router) on the interface.
+    fn link_local(&mut self, addr: Ipv4Addr) -> io::Result<()>;
+}
+
+/// The IPv4 link-local address of a MAC address: 169.254.1.0–169.254.254.255 (RFC 3927 §2.1),
+/// the same at every boot, spread by a hash so neighbours rarely collide.
+pub fn link_local_addr(mac: &[u8; 6]) -> Ipv4Addr {
+    // FNV-1a: small, and any bit of the MAC moves the result.
+    let h = mac.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    Ipv4Addr::new(169, 254, 1 + (h % 254) as u8, (h >> 8) as u8)
 }
 
 /// The DHCP client of one interface.
@@ -548,6 +563,7 @@ impl<L: Link> Client<L> {
             match self.acquire() {
                 Some(lease) => {
                     failures = 0;
+                    // The lease's address replaces a link-local one (SIOCSIFADDR replaces).
                     let granted = self.link.now();
                     match self.link.apply(&lease, None) {
                         Ok(()) => log!("{}", describe(&self.iface, &lease)),
@@ -562,11 +578,18 @@ impl<L: Link> Client<L> {
                 None => {
                     if failures == 0 {
                         let total: u64 = ATTEMPT_WAITS_S.iter().sum();
-                        log!(
-                            "net: {}: no DHCP server answered in {total} s; running on loopback only, asking again every {} s",
-                            self.iface,
-                            RETRY_PAUSE.as_secs()
-                        );
+                        let addr = link_local_addr(&self.mac);
+                        match self.link.link_local(addr) {
+                            Ok(()) => log!(
+                                "net: {} {addr}/16 link-local: no DHCP server answered in {total} s; asking again every {} s",
+                                self.iface,
+                                RETRY_PAUSE.as_secs()
+                            ),
+                            Err(e) => log!(
+                                "error: net: {}: no DHCP server answered in {total} s, and link-local {addr}: {e}",
+                                self.iface
+                            ),
+                        }
                     }
                     failures = failures.saturating_add(1);
                     let now = self.link.now();
@@ -899,6 +922,11 @@ mod sys {
             // Setting 0.0.0.0 deletes the interface's address; its routes go with it.
             set_addr(&self.ctl, &self.iface, Ipv4Addr::UNSPECIFIED)
         }
+
+        fn link_local(&mut self, addr: Ipv4Addr) -> io::Result<()> {
+            set_addr(&self.ctl, &self.iface, addr)?;
+            set_netmask(&self.ctl, &self.iface, Ipv4Addr::new(255, 255, 0, 0))
+        }
     }
 
     /// A random transaction id seed (getrandom(2), never blocking; the MAC and the clock if the
@@ -937,6 +965,7 @@ mod tests {
         server: Server,
         applied: Vec<(Duration, Lease)>,
         removed: Vec<(Duration, Ipv4Addr)>,
+        link_local: Vec<(Duration, Ipv4Addr)>,
     }
 
     impl FakeLink {
@@ -948,6 +977,7 @@ mod tests {
                 server,
                 applied: Vec::new(),
                 removed: Vec::new(),
+                link_local: Vec::new(),
             }
         }
 
@@ -1001,6 +1031,11 @@ mod tests {
 
         fn remove(&mut self, lease: &Lease) -> io::Result<()> {
             self.removed.push((self.now, lease.addr));
+            Ok(())
+        }
+
+        fn link_local(&mut self, addr: Ipv4Addr) -> io::Result<()> {
+            self.link_local.push((self.now, addr));
             Ok(())
         }
     }
@@ -1248,8 +1283,11 @@ mod tests {
                 t.as_secs()
             })
             .collect();
-        // 2, 4, 8, 16, 32 s of waiting; then a pause of RETRY_PAUSE before the next round.
-        assert_eq!(times, vec![0, 2, 6, 14, 30, 362, 364, 368, 376, 392]);
+        // 2, 4, 8, 16 s of waiting; then a pause of RETRY_PAUSE before the next round.
+        assert_eq!(times, vec![0, 2, 6, 14, 330, 332, 336, 344]);
+        // After the first round, once: a link-local address.
+        let ll = link_local_addr(&MAC);
+        assert_eq!(l.link_local, vec![(Duration::from_secs(30), ll)]);
     }
 
     #[test]
@@ -1365,6 +1403,35 @@ mod tests {
         c.run(Duration::from_secs(5));
         assert_eq!(c.link().applied.len(), 1);
         assert_eq!(c.link().sent_of(MessageType::Discover).len(), 1);
+    }
+
+    #[test]
+    fn a_server_that_comes_later_replaces_the_link_local_address() {
+        let mut c = client(FakeLink::new(server(600, |t| {
+            t >= Duration::from_secs(100)
+        })));
+        c.run(Duration::from_secs(340));
+        let l = c.link();
+        assert_eq!(l.link_local.len(), 1);
+        assert_eq!(l.applied.len(), 1);
+        assert_eq!(
+            l.applied[0].0.as_secs(),
+            330,
+            "the next round, after the pause"
+        );
+    }
+
+    #[test]
+    fn link_local_addresses_stay_in_the_usable_range_and_differ_by_mac() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..=255u8 {
+            let a = link_local_addr(&[0x52, 0x54, 0, 0, 0, i]).octets();
+            assert_eq!((a[0], a[1]), (169, 254));
+            assert!((1..=254).contains(&a[2]), "{a:?}");
+            seen.insert(a);
+        }
+        assert!(seen.len() > 250, "only {} distinct of 256", seen.len());
+        assert_eq!(link_local_addr(&MAC), link_local_addr(&MAC));
     }
 
     #[test]
