@@ -1,0 +1,915 @@
+//! Hostile peers against a running storage node: garbage, oversized and truncated frames,
+//! strangers, shards that do not match their key, floods of requests, quota abuse and other
+//! owners' shards. Each is refused (with a reason naming the peer or shard where there is an
+//! answer at all), the node keeps serving well-behaved partners, and the frame budget — the
+//! bound on the bytes of frames in memory — is whole again afterwards.
+//!
+//! The node runs in this process (`node::run_until`, its own runtime on its own thread) on
+//! loopback TCP. The peers are minimal libp2p clients (TCP, Noise, Yamux, request-response on
+//! the shard protocol) whose codec writes a request's bytes verbatim and reads whatever comes
+//! back, so they can send what no honest node would. Every wait is bounded by [`WAIT`]; shards
+//! are small (≤ 300 KiB), so the file runs in a few seconds in release builds.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cairn_node::control::Client;
+use cairn_node::invite::Invitation;
+use cairn_node::node::{self, Config};
+use cairn_node::records::shard_key;
+use cairn_node::wire::{
+    ErrorCode, Frame, Msg, ShardId, HEADER_LEN, MAX_FRAME, PAIR_INVITE, VERSION,
+};
+use cairn_vault::seal::AeadKind;
+use cairn_vault::shard::{encode_shard, ShardHeader};
+use cairn_vault::ChunkId;
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// Longest any single wait in this file may take before the test fails.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The shard protocol's name, as the node negotiates it.
+const SHARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/shard/1");
+
+/// Lease asked for with each put.
+const LEASE: u32 = 3600;
+
+// ---------------------------------------------------------------------------------------------
+// The node under test.
+
+/// A node running on its own thread in this process; stopped on drop.
+struct Node {
+    _dir: tempfile::TempDir,
+    sock: PathBuf,
+    peer: PeerId,
+    addr: Multiaddr,
+    /// The frame budget when nothing is being read (what "full" means in `status`).
+    budget: usize,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Node {
+    /// Starts a node on a loopback TCP port, `tune` adjusting its configuration.
+    fn start(tune: impl FnOnce(&mut Config)) -> Node {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut cfg = Config::new(dir.path().join("home"));
+        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
+        cfg.mdns = false;
+        cfg.control = dir.path().join("node.sock");
+        tune(&mut cfg);
+        // The node never budgets less than one largest frame.
+        let budget = cfg.limits.frame_budget.max(MAX_FRAME);
+        let sock = cfg.control.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            node::run_until(
+                cfg,
+                move || {
+                    let _ = ready_tx.send(());
+                },
+                Some(stop_rx),
+            )
+        });
+        if ready_rx.recv_timeout(WAIT).is_err() {
+            let why = if thread.is_finished() {
+                format!("{:?}", thread.join())
+            } else {
+                "no listener after 20 s".to_owned()
+            };
+            panic!("node did not start: {why}");
+        }
+        let mut node = Node {
+            _dir: dir,
+            sock,
+            peer: PeerId::random(),
+            addr: Multiaddr::empty(),
+            budget,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        let st = node.status();
+        node.peer = st["peer"]
+            .as_str()
+            .expect("peer id")
+            .parse()
+            .expect("peer id");
+        node.addr = st["listen"][0]
+            .as_str()
+            .expect("a listen address")
+            .parse()
+            .expect("multiaddr");
+        assert_eq!(st["frame_budget_free"], json!(budget), "{st}");
+        node
+    }
+
+    /// One control request; the node's one-line reason on refusal.
+    fn op(&self, req: Value) -> Result<Value, String> {
+        let mut c = Client::connect(&self.sock).map_err(|e| e.to_string())?;
+        c.op(req).map_err(|e| e.to_string())
+    }
+
+    fn status(&self) -> Value {
+        self.op(json!({"op": "status"})).expect("status")
+    }
+
+    /// What this node's books say about `peer`, as `status` shows them to an operator.
+    fn partner(&self, peer: &PeerId) -> Value {
+        let st = self.status();
+        st["partners"]
+            .as_array()
+            .expect("partners")
+            .iter()
+            .find(|p| p["peer"] == json!(peer.to_string()))
+            .cloned()
+            .unwrap_or_else(|| panic!("{peer} is not among the partners: {st}"))
+    }
+
+    /// The node's thread is still running and its control socket answers.
+    fn assert_alive(&self) {
+        let t = self.thread.as_ref().expect("running");
+        assert!(!t.is_finished(), "the node stopped");
+        assert_eq!(self.status()["ok"], json!(true));
+    }
+
+    /// Waits until no frame holds any of the budget (bounded by [`WAIT`]).
+    fn assert_budget_returns_to_full(&self) {
+        let t = Instant::now();
+        loop {
+            let st = self.status();
+            if st["frame_budget_free"] == json!(self.budget) {
+                return;
+            }
+            assert!(
+                t.elapsed() < WAIT,
+                "frame budget still partly taken after {WAIT:?}: {} of {} free",
+                st["frame_budget_free"],
+                self.budget
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the node and checks that it stopped cleanly.
+    fn stop(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        let r = self.thread.take().expect("running").join();
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("node stopped with an error: {e:#}"),
+            Err(_) => panic!("node thread panicked"),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A peer that says whatever it likes on the shard protocol.
+
+/// Writes a request's bytes verbatim and closes its side; reads the answer up to one byte more
+/// than any legal frame (so an oversized answer would show), an empty answer being an error.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+#[async_trait]
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::Error::other("this peer serves no requests"))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut buf = Vec::new();
+        io.take(MAX_FRAME as u64 + 1).read_to_end(&mut buf).await?;
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stream closed without an answer",
+            ));
+        }
+        Ok(buf)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Err(io::Error::other("this peer serves no requests"))
+    }
+}
+
+/// What became of one request: the node's answer, or why there was none.
+type Answer = Result<Msg, String>;
+
+/// A libp2p peer with one connection to the node.
+struct Peer {
+    swarm: Swarm<request_response::Behaviour<RawCodec>>,
+    node: PeerId,
+}
+
+impl Peer {
+    /// A fresh identity, connected to `node`.
+    async fn connect(node: &Node) -> Peer {
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("tcp transport")
+            .with_behaviour(|_| {
+                request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(SHARD_PROTOCOL, ProtocolSupport::Outbound)],
+                    // Room for a whole flood on one connection: the node's limits are tested,
+                    // not ours.
+                    request_response::Config::default()
+                        .with_request_timeout(WAIT)
+                        .with_max_concurrent_streams(512),
+                )
+            })
+            .expect("behaviour")
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        swarm
+            .dial(
+                DialOpts::peer_id(node.peer)
+                    .addresses(vec![node.addr.clone()])
+                    .build(),
+            )
+            .expect("dial");
+        let connected = tokio::time::timeout(WAIT, async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node.peer => {
+                        return;
+                    }
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        panic!("connecting to the node: {error}")
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(connected.is_ok(), "no connection to the node in {WAIT:?}");
+        Peer {
+            swarm,
+            node: node.peer,
+        }
+    }
+
+    fn id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Sends every request at once on its own stream; the answers, in order (bounded wait).
+    async fn send_raw(&mut self, reqs: Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, String>> {
+        let mut pending: HashMap<OutboundRequestId, usize> = HashMap::new();
+        for (i, r) in reqs.into_iter().enumerate() {
+            let id = self.swarm.behaviour_mut().send_request(&self.node, r);
+            pending.insert(id, i);
+        }
+        let mut out: Vec<Option<Result<Vec<u8>, String>>> = vec![None; pending.len()];
+        let done = tokio::time::timeout(WAIT + Duration::from_secs(5), async {
+            while !pending.is_empty() {
+                match self.swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message:
+                            request_response::Message::Response {
+                                request_id,
+                                response,
+                            },
+                        ..
+                    }) => {
+                        if let Some(i) = pending.remove(&request_id) {
+                            out[i] = Some(Ok(response));
+                        }
+                    }
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        request_id,
+                        error,
+                        ..
+                    }) => {
+                        if let Some(i) = pending.remove(&request_id) {
+                            out[i] = Some(Err(error.to_string()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert!(done.is_ok(), "{} requests got no outcome", pending.len());
+        out.into_iter().map(|a| a.expect("outcome")).collect()
+    }
+
+    /// Sends well-formed requests at once; the decoded answers (an answer that is not exactly
+    /// one valid reply frame fails the test: the node must never send one).
+    async fn ask_all(&mut self, msgs: Vec<Msg>) -> Vec<Answer> {
+        let reqs = msgs.into_iter().map(frame).collect();
+        self.send_raw(reqs)
+            .await
+            .into_iter()
+            .map(|r| {
+                r.map(|bytes| {
+                    let f = Frame::decode_exact(&bytes)
+                        .unwrap_or_else(|e| panic!("the node answered a malformed frame: {e}"));
+                    assert!(!f.msg.is_request(), "the node answered with a request");
+                    f.msg
+                })
+            })
+            .collect()
+    }
+
+    /// One well-formed request that must be answered.
+    async fn ask(&mut self, msg: Msg) -> Msg {
+        let what = format!("{msg:.60?}");
+        self.ask_all(vec![msg])
+            .await
+            .pop()
+            .expect("one answer")
+            .unwrap_or_else(|e| panic!("{what}: no answer: {e}"))
+    }
+
+    /// Becomes the node's partner with a fresh invitation, as `cairn node join` would.
+    async fn pair(&mut self, node: &Node) {
+        let inv = invitation(node);
+        let answer = self
+            .ask(Msg::Pair {
+                mode: PAIR_INVITE,
+                secret: inv.secret,
+            })
+            .await;
+        assert_eq!(answer, Msg::Paired);
+        assert_eq!(node.partner(&self.id())["via"], json!("invitation"));
+    }
+}
+
+fn invitation(node: &Node) -> Invitation {
+    let v = node.op(json!({"op": "invite"})).expect("invite");
+    let inv = Invitation::decode(v["code"].as_str().expect("code")).expect("valid code");
+    assert_eq!(inv.peer, node.peer);
+    inv
+}
+
+fn frame(msg: Msg) -> Vec<u8> {
+    Frame { id: 1, msg }.to_bytes().expect("encodable")
+}
+
+/// A frame header as a hostile peer writes it: any kind, any claimed body length.
+fn header(version: u8, kind: u8, body_len: u32) -> Vec<u8> {
+    let mut h = vec![version, kind, 9, 0, 0, 0];
+    h.extend_from_slice(&body_len.to_le_bytes());
+    h
+}
+
+/// Runs a test body on a single-threaded runtime (the peers' swarms live there).
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shards.
+
+/// A well-formed vault shard of `payload` bytes (2-of-4), its bytes derived from `seed`.
+fn vault_shard(chunk: [u8; 32], index: u8, payload: usize, seed: &str) -> Vec<u8> {
+    let h = ShardHeader {
+        aead: AeadKind::ChaCha20Poly1305,
+        k: 2,
+        n: 4,
+        index,
+        sealed_len: (payload * 2) as u32,
+        chunk: ChunkId(chunk),
+    };
+    let mut body = vec![0u8; payload];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .update(&chunk)
+        .update(&[index])
+        .finalize_xof()
+        .fill(&mut body);
+    let mut out = Vec::new();
+    encode_shard(&h, &body, &mut out);
+    out
+}
+
+fn put(key: ShardId, data: &[u8]) -> Msg {
+    Msg::Put {
+        shard: key,
+        lease_secs: LEASE,
+        data: data.to_vec(),
+    }
+}
+
+/// Asserts an error answer with `code` whose reason contains every one of `parts`.
+fn assert_refused(answer: &Msg, code: ErrorCode, parts: &[&str]) {
+    match answer {
+        Msg::Error { code: c, reason } => {
+            assert_eq!(*c, code, "{reason}");
+            for p in parts {
+                assert!(
+                    reason.contains(p),
+                    "reason {reason:?} does not mention {p:?}"
+                );
+            }
+        }
+        other => panic!("expected a {code:?} refusal, got {other:.80?}"),
+    }
+}
+
+/// Puts `data` under `key` and checks it is stored and reads back identical.
+async fn put_and_get_back(peer: &mut Peer, key: ShardId, data: &[u8]) {
+    assert_eq!(peer.ask(put(key, data)).await, Msg::Stored { shard: key });
+    assert_eq!(
+        peer.ask(Msg::Get { shard: key }).await,
+        Msg::ShardData {
+            shard: key,
+            data: data.to_vec()
+        }
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases.
+
+#[test]
+fn garbage_oversized_truncated_and_misplaced_frames_are_dropped_and_partners_still_served() {
+    let node = Node::start(|_| {});
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+
+        let get = frame(Msg::Get {
+            shard: ShardId([3; 32]),
+        });
+        let mut claims_4gib = header(VERSION, 0x01, u32::MAX);
+        claims_4gib.extend_from_slice(&[0xAB; 4096]);
+        let mut truncated_put = header(VERSION, 0x01, 1 << 20);
+        truncated_put.extend_from_slice(&[7; 1000]);
+        let mut wrong_version = get.clone();
+        wrong_version[0] = VERSION + 1;
+        let mut seeded = vec![0u8; 300];
+        blake3::Hasher::new()
+            .update(b"garbage")
+            .finalize_xof()
+            .fill(&mut seeded);
+        let hostile: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "an HTTP request",
+                b"GET / HTTP/1.1\r\nHost: plug\r\n\r\n".to_vec(),
+            ),
+            ("random bytes", seeded),
+            ("a put claiming a 4 GiB body", claims_4gib),
+            (
+                "a get claiming a 4 GiB body",
+                header(VERSION, 0x02, u32::MAX),
+            ),
+            ("an unknown kind", header(VERSION, 0x42, 0)),
+            ("another protocol version", wrong_version),
+            ("a put cut short after 1000 of 1 MiB", truncated_put),
+            (
+                "a frame cut inside its header",
+                get[..HEADER_LEN - 3].to_vec(),
+            ),
+            (
+                "a frame cut inside its body",
+                get[..HEADER_LEN + 5].to_vec(),
+            ),
+            ("nothing at all", Vec::new()),
+            (
+                "a stored reply sent as a request",
+                frame(Msg::Stored {
+                    shard: ShardId([3; 32]),
+                }),
+            ),
+            (
+                "shard data sent as a request",
+                frame(Msg::ShardData {
+                    shard: ShardId([3; 32]),
+                    data: vec![1; 100],
+                }),
+            ),
+            (
+                "an error reply sent as a request",
+                frame(Msg::Error {
+                    code: ErrorCode::Busy,
+                    reason: "busy".into(),
+                }),
+            ),
+            ("a paired reply sent as a request", frame(Msg::Paired)),
+        ];
+        let (names, reqs): (Vec<_>, Vec<_>) = hostile.into_iter().unzip();
+        let answers = a.send_raw(reqs).await;
+        for (name, answer) in names.iter().zip(&answers) {
+            // Nothing is answered to a frame the node cannot read: the stream is closed.
+            assert!(
+                answer.is_err(),
+                "{name}: the node answered {:?}",
+                answer.as_ref().map(|b| Frame::decode(b))
+            );
+        }
+        node.assert_alive();
+        node.assert_budget_returns_to_full();
+
+        // The same partner on the same connection, and a second one, are served as before.
+        let chunk = [0x11; 32];
+        let s0 = vault_shard(chunk, 0, 4096, "a");
+        put_and_get_back(&mut a, shard_key(&chunk, 0), &s0).await;
+        let mut b = Peer::connect(&node).await;
+        b.pair(&node).await;
+        let s1 = vault_shard(chunk, 1, 4096, "b");
+        put_and_get_back(&mut b, shard_key(&chunk, 1), &s1).await;
+        node.assert_budget_returns_to_full();
+        assert_eq!(node.status()["used"], json!(s0.len() + s1.len()));
+    });
+    node.stop();
+}
+
+#[test]
+fn a_stranger_is_refused_as_not_a_partner_and_cannot_reuse_an_invitation() {
+    let node = Node::start(|_| {});
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        let inv = invitation(&node);
+        let mut stranger = Peer::connect(&node).await;
+        let me = stranger.id().to_string();
+        let chunk = [0x22; 32];
+        let key = shard_key(&chunk, 0);
+        let s = vault_shard(chunk, 0, 4096, "stranger");
+        let answers = stranger
+            .ask_all(vec![
+                put(key, &s),
+                Msg::Get { shard: key },
+                Msg::Delete { shard: key },
+                Msg::FreeSpaceQuery,
+                Msg::Pair {
+                    mode: PAIR_INVITE,
+                    secret: [0x5a; 16],
+                },
+            ])
+            .await;
+        let answers: Vec<Msg> = answers.into_iter().map(|a| a.expect("answered")).collect();
+        for answer in &answers[..4] {
+            assert_refused(answer, ErrorCode::BadRequest, &["is not a partner", &me]);
+        }
+        assert_refused(
+            &answers[4],
+            ErrorCode::BadRequest,
+            &["unknown or already used invitation"],
+        );
+        assert_eq!(node.status()["used"], json!(0));
+        assert!(node.status()["partners"].as_array().unwrap().is_empty());
+
+        // A partner uses the invitation; the stranger cannot use it after it.
+        let ok = a
+            .ask(Msg::Pair {
+                mode: PAIR_INVITE,
+                secret: inv.secret,
+            })
+            .await;
+        assert_eq!(ok, Msg::Paired);
+        let again = stranger
+            .ask(Msg::Pair {
+                mode: PAIR_INVITE,
+                secret: inv.secret,
+            })
+            .await;
+        assert_refused(&again, ErrorCode::BadRequest, &["already used"]);
+        let still = stranger.ask(put(key, &s)).await;
+        assert_refused(&still, ErrorCode::BadRequest, &["is not a partner", &me]);
+        put_and_get_back(&mut a, key, &s).await;
+        let partners = node.status()["partners"].as_array().unwrap().len();
+        assert_eq!(partners, 1);
+    });
+    node.stop();
+}
+
+#[test]
+fn shards_that_do_not_match_their_key_are_refused_and_a_valid_one_is_stored_intact() {
+    let node = Node::start(|_| {});
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let chunk = [0x33; 32];
+        let key = shard_key(&chunk, 0);
+        let name = format!("shard {key}");
+        let good = vault_shard(chunk, 0, 8192, "good");
+
+        let mut flipped = good.clone();
+        flipped[100] ^= 1;
+        let of_other_index = vault_shard(chunk, 1, 8192, "good");
+        let of_other_chunk = vault_shard([0x34; 32], 0, 8192, "good");
+        let mut not_a_shard = vec![0u8; 8192];
+        blake3::Hasher::new()
+            .update(b"noise")
+            .finalize_xof()
+            .fill(&mut not_a_shard);
+        let answers = a
+            .ask_all(vec![
+                put(key, &flipped),
+                put(key, &not_a_shard),
+                put(key, &[]),
+                put(key, &of_other_index),
+                put(key, &of_other_chunk),
+            ])
+            .await;
+        let answers: Vec<Msg> = answers.into_iter().map(|a| a.expect("answered")).collect();
+        for answer in &answers[..3] {
+            assert_refused(
+                answer,
+                ErrorCode::HashMismatch,
+                &[&name, "not a valid shard"],
+            );
+        }
+        for answer in &answers[3..] {
+            assert_refused(answer, ErrorCode::HashMismatch, &[&name, "belong to shard"]);
+        }
+        // Nothing of those was kept.
+        assert_refused(
+            &a.ask(Msg::Get { shard: key }).await,
+            ErrorCode::NotFound,
+            &[&name],
+        );
+        assert_eq!(node.status()["used"], json!(0));
+
+        put_and_get_back(&mut a, key, &good).await;
+        assert_eq!(node.status()["used"], json!(good.len()));
+        assert_eq!(node.partner(&a.id())["held_for_them"], json!(good.len()));
+        // A corrupt copy cannot replace the stored shard either.
+        assert_refused(
+            &a.ask(put(key, &flipped)).await,
+            ErrorCode::HashMismatch,
+            &[&name],
+        );
+        assert_eq!(
+            a.ask(Msg::Get { shard: key }).await,
+            Msg::ShardData {
+                shard: key,
+                data: good.clone()
+            }
+        );
+        node.assert_budget_returns_to_full();
+    });
+    node.stop();
+}
+
+#[test]
+fn a_flood_from_one_partner_is_limited_while_another_partner_is_served() {
+    let node = Node::start(|_| {});
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let mut b = Peer::connect(&node).await;
+        b.pair(&node).await;
+        let chunk = [0x44; 32];
+        let (ka, kb) = (shard_key(&chunk, 0), shard_key(&chunk, 1));
+        let sa = vault_shard(chunk, 0, 32 << 10, "a");
+        let sb = vault_shard(chunk, 1, 32 << 10, "b");
+        put_and_get_back(&mut a, ka, &sa).await;
+        put_and_get_back(&mut b, kb, &sb).await;
+
+        // 200 gets at once from A on its one connection; meanwhile B asks for its shard in
+        // rounds of 8 (its own in-flight limit).
+        const FLOOD: usize = 200;
+        let flood = a.ask_all(vec![Msg::Get { shard: ka }; FLOOD]);
+        let steady = async {
+            let mut all = Vec::new();
+            for _ in 0..4 {
+                all.extend(b.ask_all(vec![Msg::Get { shard: kb }; 8]).await);
+            }
+            all
+        };
+        let (flooded, steady) = tokio::join!(flood, steady);
+
+        let (mut served, mut busy, mut dropped) = (0, 0, 0);
+        for answer in flooded {
+            match answer {
+                Ok(Msg::ShardData { shard, data }) => {
+                    assert_eq!((shard, &data), (ka, &sa));
+                    served += 1;
+                }
+                Ok(Msg::Error {
+                    code: ErrorCode::Busy,
+                    reason,
+                }) => {
+                    assert!(
+                        reason.contains("too many requests in flight")
+                            && reason.contains(&a.id().to_string()),
+                        "{reason}"
+                    );
+                    busy += 1;
+                }
+                Ok(other) => panic!("unexpected answer to a flooded get: {other:.80?}"),
+                Err(_) => dropped += 1,
+            }
+        }
+        assert!(served > 0, "no get of the flood was served");
+        assert!(
+            busy + dropped > 0,
+            "all {FLOOD} concurrent gets were served: no limit held"
+        );
+        assert_eq!(served + busy + dropped, FLOOD);
+        assert_eq!(steady.len(), 32);
+        for answer in steady {
+            assert_eq!(
+                answer.expect("B's get answered"),
+                Msg::ShardData {
+                    shard: kb,
+                    data: sb.clone()
+                }
+            );
+        }
+
+        node.assert_alive();
+        node.assert_budget_returns_to_full();
+        // The flood is over: A is served normally again.
+        assert_eq!(
+            a.ask(Msg::Get { shard: ka }).await,
+            Msg::ShardData {
+                shard: ka,
+                data: sa.clone()
+            }
+        );
+    });
+    node.stop();
+}
+
+#[test]
+fn a_partner_over_its_allowance_is_refused_with_the_numbers_and_keeps_what_it_stored() {
+    const ALLOWANCE: u64 = 1 << 20;
+    let node = Node::start(|c| c.allowance = ALLOWANCE);
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let me = a.id().to_string();
+        let chunk = [0x55; 32];
+        // Four shards of ~300 KiB: three fit in 1 MiB, the fourth does not.
+        let shards: Vec<Vec<u8>> = (0..4)
+            .map(|i| vault_shard(chunk, i, 300 << 10, "quota"))
+            .collect();
+        let len = shards[0].len() as u64;
+        for (i, s) in shards.iter().take(3).enumerate() {
+            let key = shard_key(&chunk, i as u8);
+            assert_eq!(a.ask(put(key, s)).await, Msg::Stored { shard: key });
+        }
+        let k3 = shard_key(&chunk, 3);
+        let refused = a.ask(put(k3, &shards[3])).await;
+        assert_refused(
+            &refused,
+            ErrorCode::QuotaExceeded,
+            &[
+                &me,
+                &format!("refusing {len} bytes"),
+                &format!("would hold {} bytes", 4 * len),
+                "holds 0 bytes for us",
+                &format!("allowance {ALLOWANCE} bytes"),
+            ],
+        );
+        let books = node.partner(&a.id());
+        assert_eq!(books["held_for_them"], json!(3 * len), "{books}");
+        assert_eq!(node.status()["used"], json!(3 * len));
+
+        // What it stored is still served to it; the refused shard is not there.
+        for (i, s) in shards.iter().take(3).enumerate() {
+            let key = shard_key(&chunk, i as u8);
+            assert_eq!(
+                a.ask(Msg::Get { shard: key }).await,
+                Msg::ShardData {
+                    shard: key,
+                    data: s.clone()
+                }
+            );
+        }
+        assert_refused(
+            &a.ask(Msg::Get { shard: k3 }).await,
+            ErrorCode::NotFound,
+            &[&format!("{k3}")],
+        );
+        // Deleting one frees its share of the allowance.
+        let k0 = shard_key(&chunk, 0);
+        assert_eq!(
+            a.ask(Msg::Delete { shard: k0 }).await,
+            Msg::Deleted { shard: k0 }
+        );
+        assert_eq!(a.ask(put(k3, &shards[3])).await, Msg::Stored { shard: k3 });
+        assert_eq!(node.partner(&a.id())["held_for_them"], json!(3 * len));
+        node.assert_budget_returns_to_full();
+    });
+    node.stop();
+}
+
+#[test]
+fn a_partner_cannot_overwrite_renew_or_delete_another_owners_shard() {
+    let node = Node::start(|_| {});
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let mut b = Peer::connect(&node).await;
+        b.pair(&node).await;
+        let chunk = [0x66; 32];
+        let key = shard_key(&chunk, 2);
+        let theirs = vault_shard(chunk, 2, 16 << 10, "owner a");
+        put_and_get_back(&mut a, key, &theirs).await;
+
+        // B's shard for the same key is well formed but different bytes.
+        let mine = vault_shard(chunk, 2, 16 << 10, "owner b");
+        assert_ne!(mine, theirs);
+        let answers = b
+            .ask_all(vec![
+                put(key, &mine),
+                Msg::Delete { shard: key },
+                Msg::RenewLease {
+                    shard: key,
+                    lease_secs: 1,
+                },
+            ])
+            .await;
+        let held = format!("shard {key} is held for another owner");
+        for answer in answers {
+            assert_refused(&answer.expect("answered"), ErrorCode::BadRequest, &[&held]);
+        }
+        assert_eq!(
+            a.ask(Msg::Get { shard: key }).await,
+            Msg::ShardData {
+                shard: key,
+                data: theirs.clone()
+            }
+        );
+        assert_eq!(node.partner(&b.id())["held_for_them"], json!(0));
+        assert_eq!(node.partner(&a.id())["held_for_them"], json!(theirs.len()));
+
+        // Its owner still may.
+        assert_eq!(
+            a.ask(Msg::RenewLease {
+                shard: key,
+                lease_secs: LEASE
+            })
+            .await,
+            Msg::LeaseRenewed {
+                shard: key,
+                lease_secs: LEASE
+            }
+        );
+        assert_eq!(
+            a.ask(Msg::Delete { shard: key }).await,
+            Msg::Deleted { shard: key }
+        );
+        assert_eq!(node.partner(&a.id())["held_for_them"], json!(0));
+        assert_eq!(node.status()["used"], json!(0));
+    });
+    node.stop();
+}
