@@ -172,6 +172,8 @@ pub struct State {
     pub listen: Vec<Multiaddr>,
     /// (chunk, partner) pairs with a put on the way: never two shards of a chunk to one peer.
     pub reserving: HashSet<([u8; 32], String)>,
+    /// Chunks with shards being placed right now, and how many.
+    pub busy: HashMap<[u8; 32], u32>,
 }
 
 impl State {
@@ -231,6 +233,32 @@ pub struct Shared {
     /// Frames in memory.
     pub budget: Budget,
     persist_lock: Mutex<()>,
+    /// Shards accepted from the vault and still being placed (see [`Placing`]).
+    pub placing: Mutex<Placing>,
+    /// Wakes `flush` when a placement ends.
+    pub placed: tokio::sync::Notify,
+    /// Bytes of shards accepted from the vault and not yet placed.
+    pub placing_budget: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight to each peer, from our side (stays under the holders' limit).
+    peer_slots: Mutex<HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// Bytes of the vault's shards the node accepts ahead of placing them: the vault streams
+/// instead of waiting one round trip per shard; errors come back at its `flush`.
+pub const PLACING_BYTES: usize = 16 << 20;
+
+/// Requests we keep in flight to one peer.
+pub const PER_PEER_REQUESTS: usize = 6;
+
+/// Placements in progress and the errors of those that failed since the last flush.
+#[derive(Debug, Default)]
+pub struct Placing {
+    /// Shards being placed.
+    pub inflight: usize,
+    /// Failures since the last flush (the first few kept, all counted).
+    pub errors: Vec<String>,
+    /// All failures since the last flush.
+    pub failed: usize,
 }
 
 impl Shared {
@@ -294,6 +322,17 @@ impl Shared {
 
     /// Sends a request to `peer` and waits for the answer (bounded by the request timeout).
     pub async fn request(&self, peer: PeerId, msg: Msg) -> Result<Msg, String> {
+        let slots = self
+            .peer_slots
+            .lock()
+            .expect("peer slots")
+            .entry(peer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PER_PEER_REQUESTS)))
+            .clone();
+        let _slot = slots
+            .acquire_owned()
+            .await
+            .map_err(|_| "node is shutting down".to_owned())?;
         let (tx, rx) = oneshot::channel();
         self.cmd
             .send(Cmd::Request {
@@ -407,10 +446,15 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
             pending: HashMap::new(),
             listen: Vec::new(),
             reserving: HashSet::new(),
+            busy: HashMap::new(),
         }),
         cmd: tx,
         budget,
         persist_lock: Mutex::new(()),
+        placing: Mutex::new(Placing::default()),
+        placed: tokio::sync::Notify::new(),
+        placing_budget: Arc::new(tokio::sync::Semaphore::new(PLACING_BYTES)),
+        peer_slots: Mutex::new(HashMap::new()),
         cfg,
     });
     crate::owner::rebuild_books(&shared)?;

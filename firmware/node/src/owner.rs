@@ -201,11 +201,14 @@ async fn place_one(
             }
             st.reserving.insert((chunk, chosen.clone()));
         }
-        let result = send_put(shared, peer, key, bytes, lease_secs).await;
-        shared.state().reserving.remove(&(chunk, chosen.clone()));
-        match result {
+        // On success the reservation stays until the caller has recorded the holder, so no
+        // other shard of the chunk can slip onto this peer in between.
+        match send_put(shared, peer, key, bytes, lease_secs).await {
             Ok(()) => return Ok(peer),
-            Err(e) => refusals.push(e),
+            Err(e) => {
+                shared.state().reserving.remove(&(chunk, chosen.clone()));
+                refusals.push(e);
+            }
         }
     }
     Err(format!(
@@ -287,7 +290,8 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
             .as_ref()
             .filter(|s| !s.hash.is_empty())
             .map(|s| s.peer.clone());
-        let exclude: HashSet<String> = rec
+        *st.busy.entry(chunk).or_default() += 1;
+        let exclude: HashSet<String> = st.pending[&chunk]
             .slots
             .iter()
             .enumerate()
@@ -295,6 +299,10 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
             .filter_map(|(_, s)| s.as_ref().map(|s| s.peer.clone()))
             .collect();
         (exclude, prefer)
+    };
+    let _busy = BusyChunk {
+        shared: shared.clone(),
+        chunk,
     };
     let peer = place_one(shared, chunk, index, key, &bytes, &mut exclude, prefer).await;
     let peer = peer?;
@@ -306,6 +314,7 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
     };
     let record = {
         let mut st = shared.state();
+        st.reserving.remove(&(chunk, slot.peer.clone()));
         let Some(rec) = st.pending.get_mut(&chunk) else {
             return Err(format!("chunk {}: record lost while placing", h.chunk));
         };
@@ -327,6 +336,24 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
         blocking(shared, move |s| save_record(s, &r)).await?;
     }
     Ok(())
+}
+
+/// Marks a chunk as having a shard on its way while alive.
+struct BusyChunk {
+    shared: Arc<Shared>,
+    chunk: [u8; 32],
+}
+
+impl Drop for BusyChunk {
+    fn drop(&mut self) {
+        let mut st = self.shared.state();
+        if let Some(n) = st.busy.get_mut(&self.chunk) {
+            *n -= 1;
+            if *n == 0 {
+                st.busy.remove(&self.chunk);
+            }
+        }
+    }
 }
 
 /// Why a get failed.
@@ -360,7 +387,25 @@ pub async fn get_shard(
             missing: false,
             reason: format!("bad peer id {}", slot.peer),
         })?;
-        return match shared.request(peer, Msg::Get { shard: key }).await {
+        // A live holder's transient failure (busy, a stream reset) is retried twice.
+        let mut attempt = 0;
+        let answer = loop {
+            let r = shared.request(peer, Msg::Get { shard: key }).await;
+            let transient = match &r {
+                Ok(Msg::Error { code, .. }) => *code == ErrorCode::Busy,
+                Err(e) => !e.ends_with("is unreachable"),
+                Ok(_) => false,
+            };
+            if !transient || attempt == 2 {
+                if transient {
+                    eprintln!("cairn-node: get of shard {key} from {peer} failed: {r:?}");
+                }
+                break r;
+            }
+            attempt += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+        };
+        return match answer {
             Ok(Msg::ShardData { data, .. }) => {
                 if hex(blake3::hash(&data).as_bytes()) == slot.hash {
                     Ok(data)
@@ -423,7 +468,15 @@ pub async fn get_shard(
 
 /// Writes every record still in RAM to the store and syncs it (the vault's `flush`).
 pub async fn flush(shared: &Arc<Shared>) -> Result<(), String> {
-    let records: Vec<ChunkRecord> = shared.state().pending.drain().map(|(_, r)| r).collect();
+    let records: Vec<ChunkRecord> = {
+        let mut st = shared.state();
+        let all = st.pending.values().cloned().collect();
+        // Chunks with shards still on their way stay in RAM: those puts record into them.
+        let busy = std::mem::take(&mut st.busy);
+        st.pending.retain(|c, _| busy.contains_key(c));
+        st.busy = busy;
+        all
+    };
     blocking(shared, move |s| {
         for r in &records {
             save_record(s, r)?;
@@ -746,6 +799,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
                     audit: AuditRec::prepare(key, &bytes),
                 };
                 let mut st = shared.state();
+                st.reserving.remove(&(chunk, slot.peer.clone()));
                 if let Some(o) = &old {
                     let _ = st
                         .ledger
@@ -791,12 +845,15 @@ pub async fn redundancy(shared: &Arc<Shared>) -> Result<Redundancy, String> {
         let mut r = Redundancy::default();
         each_record(s, |rec| {
             r.chunks += 1;
+            // A peer holding two shards of a chunk counts once: losing it loses both.
             let ok = rec
                 .slots
                 .iter()
                 .flatten()
                 .filter(|sl| s2.health(&sl.peer) != PeerHealth::Gone)
-                .count();
+                .map(|sl| sl.peer.as_str())
+                .collect::<HashSet<_>>()
+                .len();
             if ok >= usize::from(rec.n) {
                 r.full += 1;
             } else if ok >= usize::from(rec.k) {

@@ -132,10 +132,7 @@ fn ok(v: Value) -> (Value, Vec<u8>) {
 async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Vec<u8>) {
     let op = h["op"].as_str().unwrap_or("");
     match op {
-        "put_shard" => match owner::put_shard(shared, payload).await {
-            Ok(()) => ok(json!({})),
-            Err(e) => fail(e),
-        },
+        "put_shard" => put_shard(shared, payload).await,
         "get_shard" => {
             let (Some(chunk), Some(index)) = (
                 h["chunk"].as_str().and_then(owner::parse_chunk),
@@ -151,10 +148,7 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
                 ),
             }
         }
-        "flush" => match owner::flush(shared).await {
-            Ok(()) => ok(json!({})),
-            Err(e) => fail(e),
-        },
+        "flush" => flush(shared).await,
         "status" => status(shared).await,
         "pair" => {
             let window =
@@ -202,6 +196,58 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
              join, audit, repair)"
         )),
     }
+}
+
+/// Accepts a shard for placement and answers at once; placement goes on in the background
+/// within [`PLACING_BYTES`](crate::node::PLACING_BYTES) (the client waits when it is used up).
+async fn put_shard(shared: &Arc<Shared>, payload: Vec<u8>) -> (Value, Vec<u8>) {
+    let len = u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX);
+    let Ok(permit) = shared.placing_budget.clone().acquire_many_owned(len).await else {
+        return fail("node is shutting down");
+    };
+    shared.placing.lock().expect("placing").inflight += 1;
+    let s = shared.clone();
+    tokio::spawn(async move {
+        let r = owner::put_shard(&s, payload).await;
+        drop(permit);
+        {
+            let mut p = s.placing.lock().expect("placing");
+            p.inflight -= 1;
+            if let Err(e) = r {
+                p.failed += 1;
+                if p.errors.len() < 4 {
+                    p.errors.push(e);
+                }
+            }
+        }
+        s.placed.notify_waiters();
+    });
+    ok(json!({"accepted": true}))
+}
+
+/// Waits for every accepted shard to be placed, writes the records, and reports failures.
+async fn flush(shared: &Arc<Shared>) -> (Value, Vec<u8>) {
+    loop {
+        let wait = shared.placed.notified();
+        if shared.placing.lock().expect("placing").inflight == 0 {
+            break;
+        }
+        wait.await;
+    }
+    if let Err(e) = owner::flush(shared).await {
+        return fail(e);
+    }
+    let (failed, errors) = {
+        let mut p = shared.placing.lock().expect("placing");
+        (std::mem::take(&mut p.failed), std::mem::take(&mut p.errors))
+    };
+    if failed > 0 {
+        return fail(format!(
+            "{failed} shards could not be placed: {}",
+            errors.join("; ")
+        ));
+    }
+    ok(json!({}))
 }
 
 fn invite(shared: &Arc<Shared>, ttl: u64) -> (Value, Vec<u8>) {

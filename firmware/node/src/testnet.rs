@@ -202,30 +202,23 @@ pub struct Vault {
 impl Vault {
     /// `cairn vault init` in `dir/vault`, k-of-n, shards through `node`.
     pub fn init(dir: &Path, node: &Node, k: u32, n: u32) -> Vault {
-        Self::init_target(
-            &node.cairn,
-            &dir.join("vault"),
-            &format!("node:{}", node.sock().display()),
-            k,
-            n,
-        )
+        let target = format!("node:{}", node.sock().display());
+        Self::init_targets(&node.cairn, &dir.join("vault"), &[target], k, n)
     }
 
-    /// `cairn vault init` in `home` with one target.
-    pub fn init_target(cairn: &Path, home: &Path, target: &str, k: u32, n: u32) -> Vault {
+    /// `cairn vault init` in `home` with these targets.
+    pub fn init_targets(cairn: &Path, home: &Path, targets: &[String], k: u32, n: u32) -> Vault {
         let v = Vault {
             cairn: cairn.to_owned(),
             home: home.to_owned(),
         };
-        v.ok(&[
-            "init",
-            "--k",
-            &k.to_string(),
-            "--n",
-            &n.to_string(),
-            "--target",
-            target,
-        ]);
+        let (k, n) = (k.to_string(), n.to_string());
+        let mut args = vec!["init", "--k", &k, "--n", &n];
+        for t in targets {
+            args.push("--target");
+            args.push(t);
+        }
+        v.ok(&args);
         v
     }
 

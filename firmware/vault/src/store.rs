@@ -175,6 +175,9 @@ pub struct ChunkReader<'a> {
     source: &'a dyn ShardSource,
     /// n when known (bounds the search for shards); up to 255 indices are tried otherwise.
     n_hint: Option<usize>,
+    /// Shards asked for at once before the others, one thread each (k when known): a network
+    /// backend then waits one round trip per chunk instead of k.
+    prefetch: usize,
     codecs: Mutex<HashMap<(u8, u8), Arc<Codec>>>,
     /// Counters.
     pub stats: ReadStats,
@@ -195,9 +198,16 @@ impl<'a> ChunkReader<'a> {
             keys,
             source,
             n_hint,
+            prefetch: 1,
             codecs: Mutex::new(HashMap::new()),
             stats: ReadStats::default(),
         }
+    }
+
+    /// Asks for the first `count` shards of a chunk concurrently (normally k).
+    pub fn with_prefetch(mut self, count: usize) -> Self {
+        self.prefetch = count.clamp(1, 32);
+        self
     }
 
     /// Fetches, checks, rebuilds and opens chunk `id` of `kind`.
@@ -207,6 +217,27 @@ impl<'a> ChunkReader<'a> {
         let (mut found, mut missing, mut corrupt) = (0usize, 0usize, 0usize);
         let mut detail = String::new();
         let mut i = 0usize;
+        // Memory: at most `prefetch` shards held at once before decoding, as without it k are.
+        let mut early: Vec<Option<std::result::Result<Vec<u8>, ShardError>>> = Vec::new();
+        if self.prefetch > 1 {
+            let count = self.prefetch.min(self.n_hint.unwrap_or(255));
+            early = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..count)
+                    .map(|j| {
+                        scope.spawn(move || {
+                            self.source.get_shard(&ShardId {
+                                chunk: *id,
+                                index: j as u8,
+                            })
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| Some(h.join().expect("shard fetch thread")))
+                    .collect()
+            });
+        }
         loop {
             let limit = header.map_or(self.n_hint.unwrap_or(255), |h| usize::from(h.n));
             let want = header.map_or(usize::MAX, |h| usize::from(h.k));
@@ -217,7 +248,11 @@ impl<'a> ChunkReader<'a> {
                 chunk: *id,
                 index: i as u8,
             };
-            match self.source.get_shard(&sid) {
+            let got = match early.get_mut(i).and_then(Option::take) {
+                Some(r) => r,
+                None => self.source.get_shard(&sid),
+            };
+            match got {
                 Ok(bytes) => match decode_shard(&bytes) {
                     Ok((h, payload)) => {
                         let consistent = h.chunk == *id

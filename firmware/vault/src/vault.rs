@@ -349,6 +349,7 @@ impl Vault {
 
     fn reader(&self) -> ChunkReader<'_> {
         ChunkReader::new(&self.keys, self.source.as_ref(), Some(self.config.n))
+            .with_prefetch(self.config.k)
     }
 
     /// The root record of snapshot `seq`.
@@ -1003,33 +1004,130 @@ fn write_file(
             _ => io_err(out)(err),
         })?;
     let mut pos = 0u64;
-    for x in extents {
-        match x {
-            Extent::Data { id, len } => {
-                let got = reader.fetch(Kind::Data, id)?;
-                if got.data.len() != *len as usize {
-                    return Err(corrupt(
-                        format!("chunk {id}"),
-                        format!(
-                            "is {} bytes, the manifest says {len} ({})",
-                            got.data.len(),
-                            out.display()
-                        ),
-                    ));
+    std::thread::scope(|scope| -> Result<()> {
+        let mut ahead = ReadAhead::start(scope, reader, extents);
+        for (i, x) in extents.iter().enumerate() {
+            match x {
+                Extent::Data { id, len } => {
+                    let got = ahead.take(i)?;
+                    if got.data.len() != *len as usize {
+                        return Err(corrupt(
+                            format!("chunk {id}"),
+                            format!(
+                                "is {} bytes, the manifest says {len} ({})",
+                                got.data.len(),
+                                out.display()
+                            ),
+                        ));
+                    }
+                    f.write_all(&got.data).map_err(io_err(out))?;
                 }
-                f.write_all(&got.data).map_err(io_err(out))?;
+                Extent::Zero { len } => {
+                    // Leave a hole: seek past it (the final set_len covers a trailing one).
+                    f.seek(SeekFrom::Start(pos + len)).map_err(io_err(out))?;
+                }
             }
-            Extent::Zero { len } => {
-                // Leave a hole: seek past it (the final set_len covers a trailing one).
-                f.seek(SeekFrom::Start(pos + len)).map_err(io_err(out))?;
-            }
+            pos += x.len();
+            progress.advance(x.len());
         }
-        pos += x.len();
-        progress.advance(x.len());
-    }
+        Ok(())
+    })?;
     f.set_len(e.size).map_err(io_err(out))?;
     drop(f);
     set_meta(out, e)
+}
+
+/// Chunks a file's writer will need next, fetched by [`READ_AHEAD`] threads while it writes:
+/// a network backend then has several chunks' shards in flight instead of one.
+///
+/// Memory: at most `READ_AHEAD` fetched chunks wait for the writer (≤ 5 MiB each).
+const READ_AHEAD: usize = 4;
+
+type FetchResult = (usize, Result<crate::store::Fetched>);
+
+struct ReadAhead {
+    rx: Option<mpsc::Receiver<FetchResult>>,
+    ready: std::collections::BTreeMap<usize, Result<crate::store::Fetched>>,
+    /// The extent the writer waits for; `usize::MAX` tells the fetchers to stop.
+    window: Arc<(Mutex<usize>, std::sync::Condvar)>,
+}
+
+impl ReadAhead {
+    fn start<'scope, 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        reader: &'env ChunkReader<'env>,
+        extents: &'env [Extent],
+    ) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<FetchResult>(READ_AHEAD);
+        let window = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let data = extents
+            .iter()
+            .filter(|x| matches!(x, Extent::Data { .. }))
+            .count();
+        for _ in 0..READ_AHEAD.min(data) {
+            let (tx, window, next) = (tx.clone(), window.clone(), next.clone());
+            scope.spawn(move || loop {
+                // The next data extent nobody took yet.
+                let (i, id) = loop {
+                    let j = next.fetch_add(1, Ordering::SeqCst);
+                    match extents.get(j) {
+                        None => return,
+                        Some(Extent::Data { id, .. }) => break (j, *id),
+                        Some(Extent::Zero { .. }) => {}
+                    }
+                };
+                {
+                    let (lock, cv) = &*window;
+                    let mut want = lock.lock().expect("read-ahead window");
+                    while *want != usize::MAX && i >= *want + READ_AHEAD {
+                        want = cv.wait(want).expect("read-ahead window");
+                    }
+                    if *want == usize::MAX {
+                        return;
+                    }
+                }
+                if tx.send((i, reader.fetch(Kind::Data, &id))).is_err() {
+                    return;
+                }
+            });
+        }
+        ReadAhead {
+            rx: Some(rx),
+            ready: std::collections::BTreeMap::new(),
+            window,
+        }
+    }
+
+    /// The fetched chunk of extent `i` (called in increasing `i`).
+    fn take(&mut self, i: usize) -> Result<crate::store::Fetched> {
+        {
+            let (lock, cv) = &*self.window;
+            *lock.lock().expect("read-ahead window") = i;
+            cv.notify_all();
+        }
+        loop {
+            if let Some(r) = self.ready.remove(&i) {
+                return r;
+            }
+            let rx = self.rx.as_ref().expect("receiver while running");
+            let (j, r) = rx
+                .recv()
+                .map_err(|_| VaultError::Usage("read-ahead threads ended early".into()))?;
+            self.ready.insert(j, r);
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Stop waiting fetchers and close the channel so blocked senders return; the scope
+        // then joins them.
+        let (lock, cv) = &*self.window;
+        *lock.lock().expect("read-ahead window") = usize::MAX;
+        cv.notify_all();
+        self.rx = None;
+    }
 }
 
 /// Sets the modification time, then the mode (last: it may take away the right to open).

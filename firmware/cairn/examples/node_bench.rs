@@ -1,0 +1,154 @@
+//! `scripts/bench node`: the vault through storage nodes on loopback against the vault to local
+//! directories, in one run.
+//!
+//! usage: node_bench CAIRN_BINARY OUT.json [SIZE_MIB]
+//!
+//! Figures: `put_vs_local` / `get_vs_local` (MB/s of `cairn vault put/get` with 4-of-8 over 8
+//! partner nodes ÷ the same with 8 local directories), `node_rss_mib_max` (peak RSS of any node,
+//! VmHWM), `wire_overhead` (bytes sent over loopback during the put ÷ bytes of shards placed).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use cairn_node::testnet::{random_file, same_file, Node, Transport, Vault};
+use serde_json::json;
+
+fn lo_tx_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/dev").expect("/proc/net/dev");
+    text.lines()
+        .find_map(|l| {
+            let (name, rest) = l.trim().split_once(':')?;
+            (name == "lo").then(|| rest.split_whitespace().nth(8)?.parse().ok())?
+        })
+        .expect("no lo in /proc/net/dev")
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process used so far.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 of stat(5), counted after the command name.
+    (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) as f64 / 100.0
+}
+
+/// CPU seconds of waited-for children (the vault commands).
+fn children_cpu_s() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+fn timed(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let cairn = PathBuf::from(&args[1]);
+    let out = PathBuf::from(&args[2]);
+    let mib: usize = args.get(3).map_or(512, |s| s.parse().expect("SIZE_MIB"));
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let file = w.join("data.bin");
+    random_file(&file, mib << 20, 11);
+    let mb = (mib << 20) as f64 / 1e6;
+
+    // The vault's local pipeline: 8 directories on this disk.
+    let dirs: Vec<String> = (0..8)
+        .map(|i| format!("dir:{}", w.join(format!("d{i}")).display()))
+        .collect();
+    let local = Vault::init_targets(&cairn, &w.join("vault-local"), &dirs, 4, 8);
+    let local_put = timed(|| {
+        local.ok(&["put", file.to_str().unwrap()]);
+    });
+    let back = w.join("back-local.bin");
+    let local_get = timed(|| {
+        local.ok(&["get", "data.bin", back.to_str().unwrap()]);
+    });
+    assert!(same_file(&file, &back));
+    std::fs::remove_file(&back).unwrap();
+
+    // Through nodes: an owner and 8 partners (TCP unless NODE_BENCH_TRANSPORT=quic).
+    let transport = match std::env::var("NODE_BENCH_TRANSPORT").as_deref() {
+        Ok("quic") => Transport::Quic,
+        _ => Transport::Tcp,
+    };
+    let extra = ["--capacity", "8G", "--allowance", "8G"];
+    let owner = Node::start(&cairn, w, "owner", Transport::Tcp, &extra);
+    let holders: Vec<Node> = (0..8)
+        .map(|i| Node::start(&cairn, w, &format!("h{i}"), transport, &extra))
+        .collect();
+    for h in &holders {
+        owner.invite(h);
+    }
+    let net = Vault::init(w, &owner, 4, 8);
+    let pids: Vec<u32> = std::iter::once(&owner)
+        .chain(holders.iter())
+        .filter_map(Node::pid)
+        .collect();
+    let cpu = |pids: &[u32]| -> (f64, f64) {
+        (cpu_s(pids[0]), pids[1..].iter().map(|&p| cpu_s(p)).sum())
+    };
+    let (o0, h0, v0) = (cpu(&pids).0, cpu(&pids).1, children_cpu_s());
+    let lo0 = lo_tx_bytes();
+    let net_put = timed(|| {
+        net.ok(&["put", file.to_str().unwrap()]);
+    });
+    let lo1 = lo_tx_bytes();
+    let st = owner.status();
+    let shard_bytes: u64 = st["partners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["held_for_us"].as_u64().unwrap())
+        .sum();
+    let (o1, h1, v1) = (cpu(&pids).0, cpu(&pids).1, children_cpu_s());
+    let net_get = timed(|| {
+        net.ok(&["get", "data.bin", back.to_str().unwrap()]);
+    });
+    let (o2, h2, v2) = (cpu(&pids).0, cpu(&pids).1, children_cpu_s());
+    assert!(same_file(&file, &back));
+    let rss_max_kib = std::iter::once(&owner)
+        .chain(holders.iter())
+        .filter_map(Node::pid)
+        .map(vm_hwm_kib)
+        .max()
+        .unwrap_or(0);
+
+    let figures = json!({
+        "put_vs_local": (mb / net_put) / (mb / local_put),
+        "get_vs_local": (mb / net_get) / (mb / local_get),
+        "node_rss_mib_max": rss_max_kib as f64 / 1024.0,
+        "wire_overhead": (lo1 - lo0) as f64 / shard_bytes as f64,
+        "put_mb_s": mb / net_put,
+        "get_mb_s": mb / net_get,
+        "local_put_mb_s": mb / local_put,
+        "local_get_mb_s": mb / local_get,
+        "size_mib": mib,
+        "put_cpu_s": {"vault": v1 - v0, "owner_node": o1 - o0, "partner_nodes": h1 - h0},
+        "get_cpu_s": {"vault": v2 - v1, "owner_node": o2 - o1, "partner_nodes": h2 - h1},
+        "nodes": 9,
+        "code": "4-of-8",
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&figures).unwrap() + "\n").unwrap();
+    println!("{}", serde_json::to_string_pretty(&figures).unwrap());
+}
