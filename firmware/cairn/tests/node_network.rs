@@ -156,7 +156,7 @@ fn one_gib_on_eight_partners_survives_four_losses_and_repair_restores_full_redun
 #[test]
 fn a_partner_returning_wrong_bytes_fails_audits_is_scored_down_and_reads_still_succeed() {
     let t = tempfile::tempdir().unwrap();
-    let owner = start(t.path(), "owner", Transport::Tcp, &[]);
+    let mut owner = start(t.path(), "owner", Transport::Tcp, &[]);
     let honest: Vec<Node> = (0..3)
         .map(|i| start(t.path(), &format!("h{i}"), Transport::Tcp, &[]))
         .collect();
@@ -192,6 +192,12 @@ fn a_partner_returning_wrong_bytes_fails_audits_is_scored_down_and_reads_still_s
         assert_eq!(p["health"], "live", "{st}");
     }
     assert_eq!(st["chunks"]["degraded"], st["chunks"]["chunks"], "{st}");
+    // The record survives a restart of the owner's node.
+    let liar_peer = liar["peer"].as_str().unwrap().to_owned();
+    owner.stop();
+    owner.spawn();
+    let st = owner.status();
+    assert_eq!(partner(&st, &liar_peer)["health"], "gone", "{st}");
     let out = t.path().join("out.bin");
     v.ok(&["get", "f.bin", out.to_str().unwrap()]);
     assert!(same_file(&file, &out));

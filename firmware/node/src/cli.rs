@@ -12,13 +12,14 @@ use serde_json::{json, Value};
 use crate::control::{Client, PairOutcome};
 use crate::node::Config;
 
-/// The control socket the commands use unless `--node` or `$CAIRN_NODE` says otherwise.
-pub const DEFAULT_SOCKET: &str = "/run/cairn/node.sock";
+/// The control socket the commands use unless `--node` or `$CAIRN_NODE` says otherwise: the
+/// `node` service's on a plug.
+pub const DEFAULT_SOCKET: &str = "/data/node/node.sock";
 
 /// The storage node: hold friends' shards, place yours on theirs.
 #[derive(Parser, Debug)]
 pub struct Args {
-    /// The running node's control socket (default: $CAIRN_NODE, else /run/cairn/node.sock).
+    /// The running node's control socket (default: $CAIRN_NODE, else /data/node/node.sock).
     #[arg(long, global = true, value_name = "SOCKET")]
     pub node: Option<PathBuf>,
     /// The command.

@@ -121,6 +121,9 @@ pub struct Persisted {
     pub partners: BTreeMap<String, Partner>,
     /// Open invitations: secret hash → expiry (Unix seconds).
     pub invites: BTreeMap<String, u64>,
+    /// Partners' audit records (a liar stays scored down across restarts).
+    #[serde(default)]
+    pub scores: crate::audit::Scores,
 }
 
 /// Runtime knowledge of a peer.
@@ -274,7 +277,11 @@ impl Shared {
     /// Writes partners and invitations (aside, then renamed; fsynced).
     pub fn persist(&self) -> Result<()> {
         let _g = self.persist_lock.lock().expect("persist lock");
-        let bytes = serde_json::to_vec_pretty(&self.state().saved)?;
+        let bytes = {
+            let mut st = self.state();
+            st.saved.scores = st.tracker.scores().clone();
+            serde_json::to_vec_pretty(&st.saved)?
+        };
         write_atomic(&self.partners_path(), &bytes)
     }
 
@@ -416,7 +423,8 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
     })?;
     let saved = load_persisted(&cfg.home.join("partners.json"))?;
     let mut ledger = Ledger::new(cfg.allowance);
-    let mut tracker = PeerTracker::new(cfg.grace.as_secs(), cfg.min_score);
+    let mut tracker =
+        PeerTracker::new(cfg.grace.as_secs(), cfg.min_score).with_scores(saved.scores.clone());
     let mut used = 0u64;
     let start = now_secs();
     for p in saved.partners.keys() {

@@ -890,7 +890,11 @@ pub async fn background(shared: Arc<Shared>) {
         }
         if last_audit.elapsed() >= shared.cfg.audit_every {
             last_audit = tokio::time::Instant::now();
-            match audit_round(&shared, 64).await {
+            let r = audit_round(&shared, 64).await;
+            if let Err(e) = shared.persist() {
+                eprintln!("cairn-node: saving audit scores: {e:#}");
+            }
+            match r {
                 Ok(r) if r.failed > 0 => {
                     eprintln!("cairn-node: audit: {} of {} failed", r.failed, r.checked)
                 }

@@ -184,7 +184,12 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
         "invite" => invite(shared, h["ttl_secs"].as_u64().unwrap_or(24 * 3600)),
         "join" => join(shared, h["code"].as_str().unwrap_or("")).await,
         "audit" => match owner::audit_round(shared, 0).await {
-            Ok(r) => ok(serde_json::to_value(r).unwrap_or_default()),
+            Ok(r) => {
+                if let Err(e) = shared.persist() {
+                    return fail(format!("saving audit scores: {e:#}"));
+                }
+                ok(serde_json::to_value(r).unwrap_or_default())
+            }
             Err(e) => fail(e),
         },
         "repair" => match owner::repair_round(shared).await {
