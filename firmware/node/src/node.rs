@@ -469,6 +469,25 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
     Ok((shared, rx, key))
 }
 
+/// Recomputes what we hold for each partner from the store (after leases ran out).
+pub fn recount_held(shared: &Shared) -> Result<()> {
+    let partners = shared.state().partner_ids();
+    let mut total = 0;
+    let mut held = Vec::with_capacity(partners.len());
+    for p in partners {
+        let h = held_for(&shared.store, &p)?;
+        total += h;
+        held.push((p, h));
+    }
+    let mut st = shared.state();
+    for (p, h) in held {
+        st.ledger
+            .set_held_for_them(&crate::PeerId(p.to_string()), h);
+    }
+    st.used = total;
+    Ok(())
+}
+
 /// Bytes the store holds for `peer`.
 fn held_for(store: &Store, peer: &PeerId) -> Result<u64> {
     let owner = owner_of(peer);

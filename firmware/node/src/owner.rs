@@ -904,6 +904,25 @@ pub async fn background(shared: Arc<Shared>) {
         }
         if last_repair.elapsed() >= shared.cfg.repair_every {
             last_repair = tokio::time::Instant::now();
+            // Reclaim space of deleted shards and of leases that ran out (owners that stopped
+            // renewing), then bring the books in line with what is really held.
+            let compacted = blocking(&shared, |s| {
+                s.store.compact(cairn_store::CompactOptions::default())
+            })
+            .await;
+            match compacted {
+                Ok(r) if r.expired > 0 => {
+                    eprintln!(
+                        "cairn-node: {} shards whose lease ran out were dropped",
+                        r.expired
+                    );
+                    if let Err(e) = blocking(&shared, crate::node::recount_held).await {
+                        eprintln!("cairn-node: recounting the books: {e:#}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("cairn-node: compacting the chunk store: {e}"),
+            }
             match repair_round(&shared).await {
                 Ok(r) if r.repaired > 0 || !r.stuck.is_empty() => eprintln!(
                     "cairn-node: repair: {} chunks repaired, {} shards placed, {} stuck",
