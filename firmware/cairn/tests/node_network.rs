@@ -286,3 +286,29 @@ fn every_node_restarts_and_everything_is_still_readable() {
     v.ok(&["get", "f.bin", out.to_str().unwrap()]);
     assert!(same_file(&file, &out));
 }
+
+#[test]
+fn an_invitation_pairs_once_and_not_after_it_expires() {
+    let t = tempfile::tempdir().unwrap();
+    let a = start(t.path(), "a", Transport::Tcp, &[]);
+    let b = start(t.path(), "b", Transport::Quic, &[]);
+    let c = start(t.path(), "c", Transport::Tcp, &[]);
+    let code = a.ctl(&["invite"]);
+    assert!(b.ctl(&["join", code.trim()]).contains(&a.peer()));
+    // The same code again, from another plug: single use.
+    let o = c.try_ctl(&["join", code.trim()]).unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("unknown or already used invitation"), "{e}");
+    // An expired one.
+    let code = a.ctl(&["invite", "--ttl", "1"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let o = c.try_ctl(&["join", code.trim()]).unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expired"));
+    // A damaged one says so.
+    let o = c.try_ctl(&["join", "cairn1-00ff"]).unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cut short"));
+    assert_eq!(a.status()["partners"].as_array().unwrap().len(), 1);
+    assert_eq!(c.status()["partners"].as_array().unwrap().len(), 0);
+}

@@ -256,7 +256,7 @@ async fn flush(shared: &Arc<Shared>) -> (Value, Vec<u8>) {
 }
 
 fn invite(shared: &Arc<Shared>, ttl: u64) -> (Value, Vec<u8>) {
-    let ttl = ttl.clamp(60, 30 * 24 * 3600);
+    let ttl = ttl.clamp(1, 30 * 24 * 3600);
     let secret: [u8; 16] = rand::random();
     let expires = now_secs() + ttl;
     let addrs: Vec<libp2p::Multiaddr> = {
