@@ -1,6 +1,6 @@
 //! Hostile peers against a running storage node: garbage, oversized and truncated frames,
-//! strangers, shards that do not match their key, floods of requests, quota abuse and other
-//! owners' shards. Each is refused (with a reason naming the peer or shard where there is an
+//! strangers, shards that do not match their key, absurd challenges, floods of requests, quota
+//! abuse, other owners' shards and races for one key. Each is refused (with a reason naming the peer or shard where there is an
 //! answer at all), the node keeps serving well-behaved partners, and the frame budget — the
 //! bound on the bytes of frames in memory — is whole again afterwards.
 //!
@@ -8,7 +8,7 @@
 //! loopback TCP. The peers are minimal libp2p clients (TCP, Noise, Yamux, request-response on
 //! the shard protocol) whose codec writes a request's bytes verbatim and reads whatever comes
 //! back, so they can send what no honest node would. Every wait is bounded by [`WAIT`]; shards
-//! are small (≤ 300 KiB), so the file runs in a few seconds in release builds.
+//! are small (≤ 300 KiB), so the file runs in under a second in release builds.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,12 +17,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use cairn_node::audit::{Challenge, MAX_RANGE};
 use cairn_node::control::Client;
 use cairn_node::invite::Invitation;
 use cairn_node::node::{self, Config};
 use cairn_node::records::shard_key;
 use cairn_node::wire::{
-    ErrorCode, Frame, Msg, ShardId, HEADER_LEN, MAX_FRAME, PAIR_INVITE, VERSION,
+    ErrorCode, Frame, Msg, ShardId, HEADER_LEN, MAX_FRAME, PAIR_INVITE, PAIR_WINDOW, VERSION,
 };
 use cairn_vault::seal::AeadKind;
 use cairn_vault::shard::{encode_shard, ShardHeader};
@@ -456,6 +457,7 @@ fn put(key: ShardId, data: &[u8]) -> Msg {
 }
 
 /// Asserts an error answer with `code` whose reason contains every one of `parts`.
+#[track_caller]
 fn assert_refused(answer: &Msg, code: ErrorCode, parts: &[&str]) {
     match answer {
         Msg::Error { code: c, reason } => {
@@ -910,6 +912,195 @@ fn a_partner_cannot_overwrite_renew_or_delete_another_owners_shard() {
         );
         assert_eq!(node.partner(&a.id())["held_for_them"], json!(0));
         assert_eq!(node.status()["used"], json!(0));
+    });
+    node.stop();
+}
+
+#[test]
+fn well_formed_but_absurd_requests_are_refused_with_reasons() {
+    let node = Node::start(|_| {});
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let chunk = [0x77; 32];
+        let key = shard_key(&chunk, 0);
+        let absent = shard_key(&chunk, 3);
+        let s = vault_shard(chunk, 0, 4096, "audited");
+        put_and_get_back(&mut a, key, &s).await;
+        let audit = |offset: u64, len: u32| Msg::AuditChallenge {
+            shard: key,
+            nonce: [9; 32],
+            offset,
+            len,
+        };
+        let answers = a
+            .ask_all(vec![
+                audit(u64::MAX, 16),
+                audit(0, 0),
+                audit(0, MAX_RANGE + 1),
+                audit(s.len() as u64 - 8, 16),
+                Msg::AuditChallenge {
+                    shard: absent,
+                    nonce: [9; 32],
+                    offset: 0,
+                    len: 16,
+                },
+                Msg::RenewLease {
+                    shard: absent,
+                    lease_secs: LEASE,
+                },
+                Msg::Delete { shard: absent },
+            ])
+            .await;
+        let answers: Vec<Msg> = answers.into_iter().map(|a| a.expect("answered")).collect();
+        let outside = format!("outside its {} bytes", s.len());
+        for answer in &answers[..4] {
+            assert_refused(
+                answer,
+                ErrorCode::BadRequest,
+                &[&format!("audit of shard {key}"), &outside],
+            );
+        }
+        let missing = format!("no shard {absent} here");
+        for answer in &answers[4..] {
+            assert_refused(answer, ErrorCode::NotFound, &[&missing]);
+        }
+        let pairs = a
+            .ask_all(vec![
+                Msg::Pair {
+                    mode: 9,
+                    secret: [0; 16],
+                },
+                Msg::Pair {
+                    mode: PAIR_WINDOW,
+                    secret: [0; 16],
+                },
+            ])
+            .await;
+        assert_refused(
+            pairs[0].as_ref().expect("answered"),
+            ErrorCode::BadRequest,
+            &["unknown pairing mode 9"],
+        );
+        assert_refused(
+            pairs[1].as_ref().expect("answered"),
+            ErrorCode::BadRequest,
+            &[&format!("pairing window of {} is not open", node.peer)],
+        );
+
+        // A sound challenge over the same shard is answered with the one right proof.
+        let expected = Challenge::prepare(key, &s, &mut rand::thread_rng()).expect("challenge");
+        let c = expected.challenge;
+        let answer = a
+            .ask(Msg::AuditChallenge {
+                shard: key,
+                nonce: c.nonce,
+                offset: c.offset,
+                len: c.len,
+            })
+            .await;
+        match answer {
+            Msg::AuditResponse { shard, proof } => {
+                assert_eq!(shard, key);
+                assert!(expected.check(&proof), "wrong proof for a shard it holds");
+            }
+            other => panic!("audit not answered: {other:.80?}"),
+        }
+        node.assert_alive();
+        node.assert_budget_returns_to_full();
+    });
+    node.stop();
+}
+
+#[test]
+fn a_partner_replacing_its_shard_with_a_smaller_one_is_booked_at_the_new_size() {
+    let node = Node::start(|_| {});
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let chunk = [0x88; 32];
+        let key = shard_key(&chunk, 1);
+        let big = vault_shard(chunk, 1, 64 << 10, "big");
+        let small = vault_shard(chunk, 1, 4 << 10, "small");
+        put_and_get_back(&mut a, key, &big).await;
+        put_and_get_back(&mut a, key, &small).await;
+        // The books (quota and the space offered to all partners) count what is stored now,
+        // so a partner cannot inflate them by growing and shrinking one shard.
+        assert_eq!(
+            node.partner(&a.id())["held_for_them"],
+            json!(small.len()),
+            "books still count the replaced shard's size"
+        );
+        assert_eq!(node.status()["used"], json!(small.len()));
+        assert_eq!(
+            a.ask(Msg::Delete { shard: key }).await,
+            Msg::Deleted { shard: key }
+        );
+        assert_eq!(node.partner(&a.id())["held_for_them"], json!(0));
+        assert_eq!(node.status()["used"], json!(0));
+    });
+    node.stop();
+}
+
+#[test]
+fn partners_racing_for_the_same_new_keys_get_one_owner_each_and_honest_books() {
+    let node = Node::start(|_| {});
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let mut b = Peer::connect(&node).await;
+        b.pair(&node).await;
+        let (mut held_a, mut held_b) = (0usize, 0usize);
+        // 20 rounds of 4 keys that A and B put at the same moment.
+        for round in 0..20u8 {
+            let chunk = [round; 32];
+            let mine = |seed: &str| -> Vec<Vec<u8>> {
+                (0..4)
+                    .map(|i| vault_shard(chunk, i, 8 << 10, seed))
+                    .collect()
+            };
+            let (sa, sb) = (mine("racer a"), mine("racer b"));
+            let keys: Vec<ShardId> = (0..4).map(|i| shard_key(&chunk, i)).collect();
+            let puts = |s: &[Vec<u8>]| -> Vec<Msg> {
+                keys.iter().zip(s).map(|(k, d)| put(*k, d)).collect()
+            };
+            let (ra, rb) = tokio::join!(a.ask_all(puts(&sa)), b.ask_all(puts(&sb)));
+            for i in 0..4 {
+                let key = keys[i];
+                let (x, y) = (
+                    ra[i].as_ref().expect("A answered"),
+                    rb[i].as_ref().expect("B answered"),
+                );
+                let held = format!("shard {key} is held for another owner");
+                let winner = match (x, y) {
+                    (Msg::Stored { .. }, Msg::Stored { .. }) => panic!(
+                        "round {round}: both partners' puts of shard {key} were stored (the owner \
+                         check and the write are not one step)"
+                    ),
+                    (Msg::Stored { .. }, other) => {
+                        assert_refused(other, ErrorCode::BadRequest, &[&held]);
+                        held_a += sa[i].len();
+                        &sa[i]
+                    }
+                    (other, Msg::Stored { .. }) => {
+                        assert_refused(other, ErrorCode::BadRequest, &[&held]);
+                        held_b += sb[i].len();
+                        &sb[i]
+                    }
+                    (x, y) => panic!("neither put of {key} was stored: {x:.60?} / {y:.60?}"),
+                };
+                assert_eq!(
+                    a.ask(Msg::Get { shard: key }).await,
+                    Msg::ShardData {
+                        shard: key,
+                        data: winner.clone()
+                    }
+                );
+            }
+        }
+        assert_eq!(node.partner(&a.id())["held_for_them"], json!(held_a));
+        assert_eq!(node.partner(&b.id())["held_for_them"], json!(held_b));
+        assert_eq!(node.status()["used"], json!(held_a + held_b));
     });
     node.stop();
 }
