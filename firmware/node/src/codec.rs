@@ -1,10 +1,14 @@
 //! The shard protocol on a libp2p stream: one [`wire`](crate::wire) frame per request and one
 //! per response, read under a node-wide byte budget.
 //!
-//! Memory: the header (10 bytes) is read and checked first; the body buffer is allocated only
-//! after the frame's bytes were taken from the [`Budget`], which bounds the bytes of all frames
-//! being read or waiting to be handled, whatever the number of peers and streams. A peer that
-//! declares a larger body than its kind allows is cut off after 10 bytes.
+//! Memory: the header (10 bytes) is read and checked first; a large body's buffer is allocated
+//! only after its bytes were taken from the [`Budget`], which bounds the bytes of all large
+//! frames being read or waiting to be handled, whatever the number of peers and streams. Small
+//! frames (gets, audits, replies without data: ≤ [`SMALL_BODY`]) do not draw on it — bounded
+//! by connections × streams × 4 KiB — so a peer that ties up the budget cannot stop them. A
+//! peer that declares a larger body than its kind allows is cut off after 10 bytes; one that
+//! cannot have its budget within [`BUDGET_WAIT`], or does not send its body within
+//! [`BODY_DEADLINE`], loses the stream and gives the budget back.
 
 use std::io;
 use std::sync::Arc;
@@ -15,6 +19,15 @@ use libp2p::StreamProtocol;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::wire::{self, Frame, Msg, HEADER_LEN, MAX_FRAME};
+
+/// Bodies up to this size are read without drawing on the budget.
+pub const SMALL_BODY: usize = 4096;
+
+/// How long a large frame waits for budget before its stream is dropped.
+pub const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the sender may take over one frame's body (≥ 100 KB/s for the largest).
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The protocol name negotiated on each stream.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/shard/1");
@@ -87,14 +100,27 @@ impl ShardCodec {
         let mut head = [0u8; HEADER_LEN];
         io.read_exact(&mut head).await?;
         let h = wire::parse_header(&head).map_err(invalid)?;
-        let permit = self.budget.take(HEADER_LEN + h.body_len).await?;
+        let permit = if h.body_len <= SMALL_BODY {
+            None
+        } else {
+            let take = self.budget.take(HEADER_LEN + h.body_len);
+            Some(
+                tokio::time::timeout(BUDGET_WAIT, take)
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "node busy: no room for the frame")
+                    })??,
+            )
+        };
         let mut buf = vec![0u8; HEADER_LEN + h.body_len];
         buf[..HEADER_LEN].copy_from_slice(&head);
-        io.read_exact(&mut buf[HEADER_LEN..]).await?;
+        tokio::time::timeout(BODY_DEADLINE, io.read_exact(&mut buf[HEADER_LEN..]))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "frame body too slow"))??;
         let frame = Frame::decode_exact(&buf).map_err(invalid)?;
         Ok(Held {
             msg: frame.msg,
-            _permit: Some(permit),
+            _permit: permit,
         })
     }
 
@@ -175,6 +201,7 @@ mod tests {
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap()
             .block_on(f)
@@ -186,8 +213,29 @@ mod tests {
             let budget = Budget::new(0);
             let mut c = ShardCodec::new(budget.clone());
             let mut buf = Vec::new();
-            let msg = Msg::Get {
+            // A small frame holds no budget.
+            let get = Msg::Get {
                 shard: wire::ShardId([7; 32]),
+            };
+            let mut small = Vec::new();
+            c.write_request(
+                &PROTOCOL,
+                &mut futures::io::Cursor::new(&mut small),
+                Held::new(get.clone()),
+            )
+            .await
+            .unwrap();
+            let held_get = c
+                .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&small))
+                .await
+                .unwrap();
+            assert_eq!(held_get.msg, get);
+            assert_eq!(budget.available(), budget.bytes());
+            // A large one holds its bytes until it is dropped.
+            let msg = Msg::Put {
+                shard: wire::ShardId([7; 32]),
+                lease_secs: 60,
+                data: vec![9; 3 * SMALL_BODY],
             };
             c.write_request(
                 &PROTOCOL,
@@ -256,5 +304,89 @@ mod tests {
                 .is_err());
             assert_eq!(budget.available(), budget.bytes());
         });
+    }
+
+    /// Gives `head`, then never another byte (a peer holding its stream open).
+    struct Stalls {
+        head: Vec<u8>,
+    }
+
+    impl futures::AsyncRead for Stalls {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            if self.head.is_empty() {
+                return std::task::Poll::Pending;
+            }
+            let n = buf.len().min(self.head.len());
+            buf[..n].copy_from_slice(&self.head[..n]);
+            self.head.drain(..n);
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    fn put_header(body: u32) -> Vec<u8> {
+        let mut h = vec![wire::VERSION, 0x01, 0, 0, 0, 0];
+        h.extend_from_slice(&body.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn a_peer_holding_streams_open_cannot_keep_the_budget_or_stop_small_frames() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(async {
+                let budget = Budget::new(0);
+                let mut c = ShardCodec::new(budget.clone());
+                // A put header claiming 6 MiB, then silence: dropped at the body deadline,
+                // its budget given back.
+                let t = tokio::time::Instant::now();
+                let e = c
+                    .read_request(
+                        &PROTOCOL,
+                        &mut Stalls {
+                            head: put_header(MAX_FRAME as u32 - HEADER_LEN as u32),
+                        },
+                    )
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+                assert!(t.elapsed() >= BODY_DEADLINE);
+                assert_eq!(budget.available(), budget.bytes());
+                // While the whole budget is taken, a large frame waits at most BUDGET_WAIT …
+                let hog = budget.take(budget.bytes()).await.unwrap();
+                let e = c
+                    .read_request(
+                        &PROTOCOL,
+                        &mut Stalls {
+                            head: put_header(100_000),
+                        },
+                    )
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+                assert!(e.to_string().contains("busy"), "{e}");
+                // … and small frames are read as usual.
+                let get = Frame {
+                    id: 0,
+                    msg: Msg::Get {
+                        shard: wire::ShardId([1; 32]),
+                    },
+                }
+                .to_bytes()
+                .unwrap();
+                let held = c
+                    .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&get))
+                    .await
+                    .unwrap();
+                assert!(matches!(held.msg, Msg::Get { .. }));
+                drop(hog);
+                assert_eq!(budget.available(), budget.bytes());
+            });
     }
 }

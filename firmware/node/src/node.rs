@@ -236,6 +236,8 @@ pub struct Shared {
     /// Frames in memory.
     pub budget: Budget,
     persist_lock: Mutex<()>,
+    /// Serialises check-then-write of one shard key (striped: 64 locks).
+    key_locks: Vec<Mutex<()>>,
     /// Shards accepted from the vault and still being placed (see [`Placing`]).
     pub placing: Mutex<Placing>,
     /// Wakes `flush` when a placement ends.
@@ -272,6 +274,14 @@ impl Shared {
 
     fn partners_path(&self) -> PathBuf {
         self.cfg.home.join("partners.json")
+    }
+
+    /// Held while a shard key is checked and written, so two puts (or a put and a delete) of
+    /// one key cannot both pass the owner check; striped so other keys go on in parallel.
+    fn key_lock(&self, shard: &crate::wire::ShardId) -> MutexGuard<'_, ()> {
+        self.key_locks[usize::from(shard.0[0]) % self.key_locks.len()]
+            .lock()
+            .expect("key lock")
     }
 
     /// Writes partners and invitations (aside, then renamed; fsynced).
@@ -459,6 +469,7 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
         cmd: tx,
         budget,
         persist_lock: Mutex::new(()),
+        key_locks: (0..64).map(|_| Mutex::new(())).collect(),
         placing: Mutex::new(Placing::default()),
         placed: tokio::sync::Notify::new(),
         placing_budget: Arc::new(tokio::sync::Semaphore::new(PLACING_BYTES)),
@@ -1106,6 +1117,7 @@ fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             if let Err(e) = check_vault_shard(&shard, &data) {
                 return err(ErrorCode::HashMismatch, e);
             }
+            let _key = shared.key_lock(&shard);
             let id = cairn_store::ShardId(shard.0);
             let existing = match shared.store.info(id) {
                 Ok(i) => i,
@@ -1141,7 +1153,16 @@ fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             }
             let lease = Lease::Until(now_secs() + u64::from(lease_secs));
             match shared.store.put(id, &data, owner, lease) {
-                Ok(()) => Msg::Stored { shard },
+                Ok(()) => {
+                    // A smaller replacement frees the difference.
+                    let freed = old.saturating_sub(len);
+                    if freed > 0 {
+                        let mut st = shared.state();
+                        let _ = st.ledger.released_for_them(&partner, freed);
+                        st.used = st.used.saturating_sub(freed);
+                    }
+                    Msg::Stored { shard }
+                }
                 Err(e) => {
                     let mut st = shared.state();
                     let _ = st.ledger.released_for_them(&partner, extra);
@@ -1161,6 +1182,7 @@ fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             Err(e) => err(ErrorCode::Internal, format!("chunk store: {e}")),
         },
         Msg::Delete { shard } => {
+            let _key = shared.key_lock(&shard);
             let id = cairn_store::ShardId(shard.0);
             match shared.store.info(id) {
                 Ok(Some(i)) if i.owner == owner => match shared.store.delete(id) {
@@ -1181,6 +1203,7 @@ fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             }
         }
         Msg::RenewLease { shard, lease_secs } => {
+            let _key = shared.key_lock(&shard);
             let id = cairn_store::ShardId(shard.0);
             match shared.store.info(id) {
                 Ok(Some(i)) if i.owner == owner => {
