@@ -25,8 +25,11 @@ use crate::codec::{Budget, ShardCodec, PROTOCOL};
 /// Limits on what peers may make this node hold.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Established connections in total.
+    /// Established connections in total (a hard bound, partners included).
     pub max_connections: u32,
+    /// Connections of peers that are not partners; beyond it new ones are closed, so strangers
+    /// cannot crowd partners out.
+    pub max_stranger_connections: u32,
     /// Established connections per peer.
     pub max_per_peer: u32,
     /// Incoming connections still in their handshake.
@@ -44,7 +47,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 64,
+            max_connections: 160,
+            max_stranger_connections: 48,
             max_per_peer: 2,
             max_pending_incoming: 16,
             max_streams: 16,

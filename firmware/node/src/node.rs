@@ -9,7 +9,8 @@
 //! Memory (the node's RSS budget is 64 MiB): frames in flight ≤ `frame_budget` (24 MiB), the
 //! chunk store's index ≤ `store_memory` (8 MiB), partners and peers a few hundred bytes each,
 //! chunks being placed ≤ [`crate::owner::MAX_PENDING`] records, libp2p connections ≤
-//! `max_connections` with at most `max_streams` streams each.
+//! `max_connections` (strangers ≤ `max_stranger_connections`) with at most `max_streams`
+//! streams each.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -596,6 +597,8 @@ pub struct SwarmTask {
     redial: Instant,
     /// True once at least one listener is up.
     pub listening: bool,
+    /// Strangers' connections closed at once for being over their limit (not counted).
+    uncounted: HashSet<libp2p::swarm::ConnectionId>,
 }
 
 enum Outstanding {
@@ -618,6 +621,7 @@ impl SwarmTask {
             tick: tokio::time::interval(Duration::from_millis(250)),
             redial: Instant::now(),
             listening: false,
+            uncounted: HashSet::new(),
         }
     }
 
@@ -839,9 +843,30 @@ impl SwarmTask {
                 self.shared.state().listen.push(address);
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 let addr = endpoint.get_remote_address().clone();
+                {
+                    let st = self.shared.state();
+                    if !st.is_partner(&peer_id) {
+                        let strangers: u32 = st
+                            .peers
+                            .iter()
+                            .filter(|(p, _)| !st.is_partner(p))
+                            .map(|(_, m)| m.connections)
+                            .sum();
+                        if strangers >= self.shared.cfg.limits.max_stranger_connections {
+                            drop(st);
+                            // Not counted: the close event finds no connection to take off.
+                            self.uncounted.insert(connection_id);
+                            self.swarm.close_connection(connection_id);
+                            return;
+                        }
+                    }
+                }
                 let mut st = self.shared.state();
                 let m = st.peers.entry(peer_id).or_default();
                 m.connections += 1;
@@ -865,7 +890,14 @@ impl SwarmTask {
                     m.dial_failed_at = Some(Instant::now());
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                if self.uncounted.remove(&connection_id) {
+                    return;
+                }
                 let mut st = self.shared.state();
                 if let Some(m) = st.peers.get_mut(&peer_id) {
                     m.connections = m.connections.saturating_sub(1);

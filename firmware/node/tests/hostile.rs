@@ -1104,3 +1104,40 @@ fn partners_racing_for_the_same_new_keys_get_one_owner_each_and_honest_books() {
     });
     node.stop();
 }
+
+#[test]
+fn strangers_beyond_their_connection_limit_are_cut_off_and_partners_still_served() {
+    let node = Node::start(|c| c.limits.max_stranger_connections = 4);
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let chunk = [0x55; 32];
+        let key = shard_key(&chunk, 0);
+        let shard = vault_shard(chunk, 0, 16 << 10, "a");
+        put_and_get_back(&mut a, key, &shard).await;
+        // Ten throwaway identities connect; the node keeps four of them.
+        let mut strangers = Vec::new();
+        for _ in 0..10 {
+            strangers.push(Peer::connect(&node).await);
+        }
+        let mut refused = 0;
+        for s in strangers.iter_mut() {
+            let answers = s.send_raw(vec![frame(Msg::FreeSpaceQuery)]).await;
+            match &answers[0] {
+                // Kept: answered (as a stranger, with a refusal).
+                Ok(bytes) => {
+                    let f = Frame::decode_exact(bytes).expect("a valid reply");
+                    assert_refused(&f.msg, ErrorCode::BadRequest, &["is not a partner"]);
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(refused >= 6, "only {refused} of 10 strangers were cut off");
+        // The partner is served as before.
+        match a.ask(Msg::Get { shard: key }).await {
+            Msg::ShardData { data, .. } => assert_eq!(data, shard),
+            other => panic!("partner not served: {other:?}"),
+        }
+        node.assert_alive();
+    });
+}
