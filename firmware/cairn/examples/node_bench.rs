@@ -1,5 +1,6 @@
 //! `scripts/bench node`: the vault through storage nodes on loopback against the vault to local
-//! directories, in one run.
+//! directories, in one run: three rounds, each into fresh vaults, medians compared (this
+//! machine's page cache makes single local timings swing several-fold).
 //!
 //! usage: node_bench CAIRN_BINARY OUT.json [SIZE_MIB]
 //!
@@ -55,6 +56,25 @@ fn children_cpu_s() -> f64 {
     t(ru.ru_utime) + t(ru.ru_stime)
 }
 
+/// Rounds of each measurement; the figures compare medians.
+const ROUNDS: usize = 3;
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Bytes the owner's partners hold for it.
+fn held_total(owner: &Node) -> u64 {
+    owner.status()["partners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["held_for_us"].as_u64().unwrap())
+        .sum()
+}
+
 fn timed(f: impl FnOnce()) -> f64 {
     let t = Instant::now();
     f();
@@ -72,27 +92,12 @@ fn main() {
     random_file(&file, mib << 20, 11);
     let mb = (mib << 20) as f64 / 1e6;
 
-    // The vault's local pipeline: 8 directories on this disk.
-    let dirs: Vec<String> = (0..8)
-        .map(|i| format!("dir:{}", w.join(format!("d{i}")).display()))
-        .collect();
-    let local = Vault::init_targets(&cairn, &w.join("vault-local"), &dirs, 4, 8);
-    let local_put = timed(|| {
-        local.ok(&["put", file.to_str().unwrap()]);
-    });
-    let back = w.join("back-local.bin");
-    let local_get = timed(|| {
-        local.ok(&["get", "data.bin", back.to_str().unwrap()]);
-    });
-    assert!(same_file(&file, &back));
-    std::fs::remove_file(&back).unwrap();
-
     // Through nodes: an owner and 8 partners (TCP unless NODE_BENCH_TRANSPORT=quic).
     let transport = match std::env::var("NODE_BENCH_TRANSPORT").as_deref() {
         Ok("quic") => Transport::Quic,
         _ => Transport::Tcp,
     };
-    let extra = ["--capacity", "8G", "--allowance", "8G"];
+    let extra = ["--capacity", "16G", "--allowance", "16G"];
     let owner = Node::start(&cairn, w, "owner", Transport::Tcp, &extra);
     let holders: Vec<Node> = (0..8)
         .map(|i| Node::start(&cairn, w, &format!("h{i}"), transport, &extra))
@@ -100,7 +105,6 @@ fn main() {
     for h in &holders {
         owner.invite(h);
     }
-    let net = Vault::init(w, &owner, 4, 8);
     let pids: Vec<u32> = std::iter::once(&owner)
         .chain(holders.iter())
         .filter_map(Node::pid)
@@ -108,25 +112,73 @@ fn main() {
     let cpu = |pids: &[u32]| -> (f64, f64) {
         (cpu_s(pids[0]), pids[1..].iter().map(|&p| cpu_s(p)).sum())
     };
-    let (o0, h0, v0) = (cpu(&pids).0, cpu(&pids).1, children_cpu_s());
-    let lo0 = lo_tx_bytes();
-    let net_put = timed(|| {
-        net.ok(&["put", file.to_str().unwrap()]);
-    });
-    let lo1 = lo_tx_bytes();
-    let st = owner.status();
-    let shard_bytes: u64 = st["partners"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["held_for_us"].as_u64().unwrap())
-        .sum();
-    let (o1, h1, v1) = (cpu(&pids).0, cpu(&pids).1, children_cpu_s());
-    let net_get = timed(|| {
-        net.ok(&["get", "data.bin", back.to_str().unwrap()]);
-    });
-    let (o2, h2, v2) = (cpu(&pids).0, cpu(&pids).1, children_cpu_s());
-    assert!(same_file(&file, &back));
+    let back = w.join("back.bin");
+    let settle = || {
+        // Write-back of the previous phase must not bill the next one.
+        // SAFETY: sync(2) takes no arguments.
+        unsafe { libc::sync() };
+    };
+
+    // Rounds of: the vault's local pipeline (8 directories on this disk) and the same vault
+    // through the nodes, each into a fresh vault, then both read back. Medians are compared.
+    let (mut lp, mut lg, mut np, mut ng) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut wire, mut shard_bytes) = (0u64, 0u64);
+    let (mut put_cpu, mut get_cpu) = ([0f64; 3], [0f64; 3]);
+    for round in 0..ROUNDS {
+        let dirs: Vec<String> = (0..8)
+            .map(|i| format!("dir:{}", w.join(format!("r{round}-d{i}")).display()))
+            .collect();
+        let local =
+            Vault::init_targets(&cairn, &w.join(format!("vault-local-{round}")), &dirs, 4, 8);
+        let net = Vault::init_targets(
+            &cairn,
+            &w.join(format!("vault-net-{round}")),
+            &[format!("node:{}", owner.sock().display())],
+            4,
+            8,
+        );
+        settle();
+        lp.push(timed(|| {
+            local.ok(&["put", file.to_str().unwrap()]);
+        }));
+        settle();
+        let before: u64 = held_total(&owner);
+        let (o0, h0, v0) = (cpu(&pids).0, cpu(&pids).1, children_cpu_s());
+        let lo0 = lo_tx_bytes();
+        np.push(timed(|| {
+            net.ok(&["put", file.to_str().unwrap()]);
+        }));
+        wire += lo_tx_bytes() - lo0;
+        let (o1, h1, v1) = (cpu(&pids).0, cpu(&pids).1, children_cpu_s());
+        put_cpu = [
+            put_cpu[0] + v1 - v0,
+            put_cpu[1] + o1 - o0,
+            put_cpu[2] + h1 - h0,
+        ];
+        shard_bytes += held_total(&owner) - before;
+        settle();
+        lg.push(timed(|| {
+            local.ok(&["get", "data.bin", back.to_str().unwrap()]);
+        }));
+        assert!(same_file(&file, &back));
+        std::fs::remove_file(&back).unwrap();
+        settle();
+        let (o1, h1, v1) = (cpu(&pids).0, cpu(&pids).1, children_cpu_s());
+        ng.push(timed(|| {
+            net.ok(&["get", "data.bin", back.to_str().unwrap()]);
+        }));
+        let (o2, h2, v2) = (cpu(&pids).0, cpu(&pids).1, children_cpu_s());
+        get_cpu = [
+            get_cpu[0] + v2 - v1,
+            get_cpu[1] + o2 - o1,
+            get_cpu[2] + h2 - h1,
+        ];
+        assert!(same_file(&file, &back));
+        std::fs::remove_file(&back).unwrap();
+    }
+    let (local_put, local_get, net_put, net_get) =
+        (median(&lp), median(&lg), median(&np), median(&ng));
+    let per_round = |x: f64| x / ROUNDS as f64;
     let rss_max_kib = std::iter::once(&owner)
         .chain(holders.iter())
         .filter_map(Node::pid)
@@ -138,14 +190,24 @@ fn main() {
         "put_vs_local": (mb / net_put) / (mb / local_put),
         "get_vs_local": (mb / net_get) / (mb / local_get),
         "node_rss_mib_max": rss_max_kib as f64 / 1024.0,
-        "wire_overhead": (lo1 - lo0) as f64 / shard_bytes as f64,
+        "wire_overhead": wire as f64 / shard_bytes as f64,
         "put_mb_s": mb / net_put,
         "get_mb_s": mb / net_get,
         "local_put_mb_s": mb / local_put,
         "local_get_mb_s": mb / local_get,
         "size_mib": mib,
-        "put_cpu_s": {"vault": v1 - v0, "owner_node": o1 - o0, "partner_nodes": h1 - h0},
-        "get_cpu_s": {"vault": v2 - v1, "owner_node": o2 - o1, "partner_nodes": h2 - h1},
+        "rounds": ROUNDS,
+        "samples_s": {"local_put": lp, "node_put": np, "local_get": lg, "node_get": ng},
+        "put_cpu_s_per_round": {
+            "vault": per_round(put_cpu[0]),
+            "owner_node": per_round(put_cpu[1]),
+            "partner_nodes": per_round(put_cpu[2]),
+        },
+        "get_cpu_s_per_round": {
+            "vault": per_round(get_cpu[0]),
+            "owner_node": per_round(get_cpu[1]),
+            "partner_nodes": per_round(get_cpu[2]),
+        },
         "nodes": 9,
         "code": "4-of-8",
     });

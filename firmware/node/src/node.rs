@@ -178,21 +178,47 @@ pub struct State {
     pub reserving: HashSet<([u8; 32], String)>,
     /// Chunks with shards being placed right now, and how many.
     pub busy: HashMap<[u8; 32], u32>,
+    /// Partners' ids both ways: base58 conversions are costly on the per-shard paths.
+    names: HashMap<PeerId, String>,
+    ids: HashMap<String, PeerId>,
 }
 
 impl State {
     /// Whether `peer` is a partner.
     pub fn is_partner(&self, peer: &PeerId) -> bool {
-        self.saved.partners.contains_key(&peer.to_string())
+        self.names.contains_key(peer)
     }
 
     /// Partners' peer ids.
     pub fn partner_ids(&self) -> Vec<PeerId> {
-        self.saved
-            .partners
-            .keys()
-            .filter_map(|p| p.parse().ok())
-            .collect()
+        self.names.keys().copied().collect()
+    }
+
+    /// A peer's id in text form (cached for partners).
+    pub fn name(&self, peer: &PeerId) -> crate::PeerId {
+        crate::PeerId(
+            self.names
+                .get(peer)
+                .cloned()
+                .unwrap_or_else(|| peer.to_string()),
+        )
+    }
+
+    /// A peer id from its text form (cached for partners).
+    pub fn id(&self, text: &str) -> Option<PeerId> {
+        self.ids.get(text).copied().or_else(|| text.parse().ok())
+    }
+
+    /// Rebuilds the id caches from the partner list.
+    fn reindex(&mut self) {
+        self.names.clear();
+        self.ids.clear();
+        for p in self.saved.partners.keys() {
+            if let Ok(id) = p.parse::<PeerId>() {
+                self.names.insert(id, p.clone());
+                self.ids.insert(p.clone(), id);
+            }
+        }
     }
 }
 
@@ -312,6 +338,7 @@ impl Shared {
                     entry.addrs.push(s);
                 }
             }
+            st.reindex();
             st.ledger.add_partner(crate::PeerId(peer.to_string()));
             st.tracker
                 .seen(&crate::PeerId(peer.to_string()), now_secs());
@@ -325,10 +352,7 @@ impl Shared {
         let now = now_secs();
         let id = crate::PeerId(peer.to_owned());
         let mut st = self.state();
-        let meta = peer
-            .parse::<PeerId>()
-            .ok()
-            .and_then(|p| st.peers.get(&p).cloned());
+        let meta = st.id(peer).and_then(|p| st.peers.get(&p).cloned());
         if meta.as_ref().is_some_and(|m| m.connections > 0) {
             st.tracker.seen(&id, now);
         }
@@ -365,9 +389,9 @@ impl Shared {
             .map_err(|_| format!("peer {peer} did not answer in time"))?
             .map_err(|_| "node is shutting down".to_owned())?;
         let msg = r?.msg;
-        self.state()
-            .tracker
-            .seen(&crate::PeerId(peer.to_string()), now_secs());
+        let mut st = self.state();
+        let name = st.name(&peer);
+        st.tracker.seen(&name, now_secs());
         Ok(msg)
     }
 }
@@ -466,6 +490,8 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
             listen: Vec::new(),
             reserving: HashSet::new(),
             busy: HashMap::new(),
+            names: HashMap::new(),
+            ids: HashMap::new(),
         }),
         cmd: tx,
         budget,
@@ -477,6 +503,7 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
         peer_slots: Mutex::new(HashMap::new()),
         cfg,
     });
+    shared.state().reindex();
     crate::owner::rebuild_books(&shared)?;
     Ok((shared, rx, key))
 }
@@ -956,10 +983,9 @@ impl SwarmTask {
                 result: Ok(_),
                 ..
             })) => {
-                self.shared
-                    .state()
-                    .tracker
-                    .seen(&crate::PeerId(peer.to_string()), now_secs());
+                let mut st = self.shared.state();
+                let name = st.name(&peer);
+                st.tracker.seen(&name, now_secs());
             }
             _ => {}
         }
@@ -1139,7 +1165,7 @@ fn flip_for_hostile(shared: &Shared, bytes: &mut [u8]) {
 /// Serves one shard request of partner `peer` (blocking: runs on the blocking pool).
 fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
     let owner = owner_of(&peer);
-    let partner = crate::PeerId(peer.to_string());
+    let partner = shared.state().name(&peer);
     match request.msg {
         Msg::Put {
             shard,

@@ -109,18 +109,21 @@ fn candidates(shared: &Shared, exclude: &HashSet<String>, len: u64) -> Vec<Candi
         .map(|(p, _)| *p)
         .collect();
     for p in connected {
-        st.tracker.seen(&crate::PeerId(p.to_string()), now);
+        let name = st.name(&p);
+        st.tracker.seen(&name, now);
     }
     let taken_ips: HashSet<std::net::IpAddr> = exclude
         .iter()
-        .filter_map(|p| p.parse::<PeerId>().ok())
+        .filter_map(|p| st.id(p))
         .filter_map(|p| st.peers.get(&p).and_then(|m| m.public_ip))
         .collect();
     st.partner_ids()
         .into_iter()
-        .filter(|p| !exclude.contains(&p.to_string()))
         .filter_map(|p| {
-            let id = crate::PeerId(p.to_string());
+            let id = st.name(&p);
+            if exclude.contains(&id.0) {
+                return None;
+            }
             if st.tracker.health(&id, now) != PeerHealth::Live {
                 return None;
             }
