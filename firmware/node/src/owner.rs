@@ -56,28 +56,40 @@ fn save_record(shared: &Shared, r: &ChunkRecord) -> Result<(), String> {
         .map_err(|e| format!("writing placement record of chunk {}: {e}", r.chunk))
 }
 
+/// The page of records after `after` (blocking): the last id and the records, damaged ones
+/// logged and skipped; `None` past the last.
+fn load_page(
+    shared: &Shared,
+    after: Option<cairn_store::ShardId>,
+) -> Result<Option<(cairn_store::ShardId, Vec<ChunkRecord>)>, String> {
+    let page: Vec<ShardInfo> = shared
+        .store
+        .shards_of(OWN_RECORDS, after, PAGE)
+        .map_err(|e| format!("listing placement records: {e}"))?;
+    let Some(last) = page.last().map(|i| i.id) else {
+        return Ok(None);
+    };
+    let mut records = Vec::with_capacity(page.len());
+    for info in page {
+        match shared.store.get(info.id) {
+            Ok(b) => match ChunkRecord::decode(&b, &info.id) {
+                Ok(r) => records.push(r),
+                Err(e) => eprintln!("cairn-node: {e}"),
+            },
+            Err(e) => eprintln!("cairn-node: placement record {}: {e}", info.id),
+        }
+    }
+    Ok(Some((last, records)))
+}
+
 /// Calls `f` on every stored record, page by page (blocking).
 fn each_record(shared: &Shared, mut f: impl FnMut(ChunkRecord)) -> Result<(), String> {
     let mut after = None;
-    loop {
-        let page: Vec<ShardInfo> = shared
-            .store
-            .shards_of(OWN_RECORDS, after, PAGE)
-            .map_err(|e| format!("listing placement records: {e}"))?;
-        let Some(last) = page.last() else {
-            return Ok(());
-        };
-        after = Some(last.id);
-        for info in page {
-            match shared.store.get(info.id) {
-                Ok(b) => match ChunkRecord::decode(&b, &info.id) {
-                    Ok(r) => f(r),
-                    Err(e) => eprintln!("cairn-node: {e}"),
-                },
-                Err(e) => eprintln!("cairn-node: placement record {}: {e}", info.id),
-            }
-        }
+    while let Some((last, records)) = load_page(shared, after)? {
+        after = Some(last);
+        records.into_iter().for_each(&mut f);
     }
+    Ok(())
 }
 
 /// Rebuilds "bytes partners hold for us" from the records (authoritative after a crash).
@@ -504,40 +516,31 @@ pub struct AuditReport {
     pub renewed: u64,
 }
 
-/// Challenges holders of up to `max` chunks' shards (all when `max` is 0).
+/// Challenges the holders of every chunk's shards (`max` 0), or of about `max` chunks from
+/// where the last partial round stopped (whole pages; wraps around at the end).
 pub async fn audit_round(shared: &Arc<Shared>, max: usize) -> Result<AuditReport, String> {
     flush(shared).await?;
     let mut report = AuditReport::default();
-    let mut after: Option<cairn_store::ShardId> = None;
+    let mut after = if max == 0 {
+        None
+    } else {
+        shared.state().audit_after
+    };
     let mut done = 0usize;
-    loop {
-        let page = blocking(shared, move |s| {
-            s.store
-                .shards_of(OWN_RECORDS, after, PAGE)
-                .map_err(|e| format!("listing placement records: {e}"))
-        })
-        .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        for info in page {
-            if max != 0 && done >= max {
-                return Ok(report);
-            }
+    while let Some((last, records)) = blocking(shared, move |s| load_page(s, after)).await? {
+        after = Some(last);
+        for mut rec in records {
             done += 1;
-            let id = info.id;
-            let rec = blocking(shared, move |s| {
-                s.store
-                    .get(id)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| ChunkRecord::decode(&b, &id))
-            })
-            .await;
-            let Ok(mut rec) = rec else { continue };
             if audit_chunk(shared, &mut rec, &mut report).await {
                 blocking(shared, move |s| save_record(s, &rec)).await?;
             }
         }
+        if max != 0 && done >= max {
+            shared.state().audit_after = after;
+            return Ok(report);
+        }
     }
+    shared.state().audit_after = None;
     Ok(report)
 }
 
@@ -645,25 +648,9 @@ pub async fn repair_round(shared: &Arc<Shared>) -> Result<RepairReport, String> 
     flush(shared).await?;
     let mut report = RepairReport::default();
     let mut after: Option<cairn_store::ShardId> = None;
-    loop {
-        let page = blocking(shared, move |s| {
-            s.store
-                .shards_of(OWN_RECORDS, after, PAGE)
-                .map_err(|e| format!("listing placement records: {e}"))
-        })
-        .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        for info in page {
-            let id = info.id;
-            let rec = blocking(shared, move |s| {
-                s.store
-                    .get(id)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| ChunkRecord::decode(&b, &id))
-            })
-            .await;
-            let Ok(rec) = rec else { continue };
+    while let Some((last, records)) = blocking(shared, move |s| load_page(s, after)).await? {
+        after = Some(last);
+        for rec in records {
             report.chunks += 1;
             match repair_chunk(shared, rec).await {
                 Ok(0) => report.healthy += 1,
