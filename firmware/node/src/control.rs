@@ -36,6 +36,9 @@ pub enum ControlError {
     /// The node refused or failed the request; its one-line reason.
     #[error("{0}")]
     Refused(String),
+    /// The shard asked for is not held anywhere the node knows of; where it looked.
+    #[error("{0}")]
+    Missing(String),
     /// The node answered something this client cannot read.
     #[error("node control socket {0}: malformed answer")]
     Malformed(PathBuf),
@@ -58,6 +61,29 @@ pub fn write_msg<W: Write>(w: &mut W, header: &Value, payload: &[u8]) -> io::Res
     w.write_all(&buf)
 }
 
+/// The header length a message announces, refused over [`MAX_HEADER`].
+pub fn header_len(raw: [u8; 4]) -> io::Result<usize> {
+    let n = u32::from_le_bytes(raw) as usize;
+    if n > MAX_HEADER {
+        return Err(bad(format!("header of {n} bytes (limit {MAX_HEADER})")));
+    }
+    Ok(n)
+}
+
+/// The payload length a message announces, refused over [`MAX_SHARD`].
+pub fn payload_len(raw: [u8; 4]) -> io::Result<usize> {
+    let n = u32::from_le_bytes(raw) as usize;
+    if n > MAX_SHARD {
+        return Err(bad(format!("payload of {n} bytes (limit {MAX_SHARD})")));
+    }
+    Ok(n)
+}
+
+/// Parses a message's JSON header.
+pub fn parse_header(bytes: &[u8]) -> io::Result<Value> {
+    serde_json::from_slice(bytes).map_err(|e| bad(format!("header is not JSON: {e}")))
+}
+
 /// Reads one message; `Ok(None)` at a clean end of stream. Sizes are checked before allocation.
 pub fn read_msg<R: Read>(r: &mut R) -> io::Result<Option<(Value, Vec<u8>)>> {
     let mut len = [0u8; 4];
@@ -66,20 +92,11 @@ pub fn read_msg<R: Read>(r: &mut R) -> io::Result<Option<(Value, Vec<u8>)>> {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let hl = u32::from_le_bytes(len) as usize;
-    if hl > MAX_HEADER {
-        return Err(bad(format!("header of {hl} bytes (limit {MAX_HEADER})")));
-    }
-    let mut h = vec![0u8; hl];
+    let mut h = vec![0u8; header_len(len)?];
     r.read_exact(&mut h)?;
-    let header: Value =
-        serde_json::from_slice(&h).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let header = parse_header(&h)?;
     r.read_exact(&mut len)?;
-    let pl = u32::from_le_bytes(len) as usize;
-    if pl > MAX_SHARD {
-        return Err(bad(format!("payload of {pl} bytes (limit {MAX_SHARD})")));
-    }
-    let mut payload = vec![0u8; pl];
+    let mut payload = vec![0u8; payload_len(len)?];
     r.read_exact(&mut payload)?;
     Ok(Some((header, payload)))
 }
@@ -145,14 +162,16 @@ impl Client {
                 err: io::Error::new(io::ErrorKind::UnexpectedEof, "node closed the connection"),
             })?;
         if h["ok"].as_bool() == Some(true) {
-            Ok((h, p))
+            return Ok((h, p));
+        }
+        let reason = h["error"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ControlError::Malformed(self.path.clone()))?;
+        if h["missing"].as_bool() == Some(true) {
+            Err(ControlError::Missing(reason))
         } else {
-            Err(ControlError::Refused(
-                h["error"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| ControlError::Malformed(self.path.clone()))?,
-            ))
+            Err(ControlError::Refused(reason))
         }
     }
 
@@ -238,10 +257,13 @@ impl NodeBackend {
     }
 
     fn failed(&self, id: &ShardId, e: ControlError) -> ShardError {
-        ShardError::Failed {
-            id: *id,
-            place: format!("node {}", self.path.display()),
-            reason: e.to_string(),
+        match e {
+            ControlError::Missing(place) => ShardError::Missing { id: *id, place },
+            e => ShardError::Failed {
+                id: *id,
+                place: format!("node {}", self.path.display()),
+                reason: e.to_string(),
+            },
         }
     }
 }
@@ -272,47 +294,13 @@ impl ShardSink for NodeBackend {
 
 impl ShardSource for NodeBackend {
     fn get_shard(&self, id: &ShardId) -> Result<Vec<u8>, ShardError> {
-        let pooled = self.pool.lock().expect("pool lock").pop();
-        let mut c = match pooled {
-            Some(c) => c,
-            None => Client::connect(&self.path).map_err(|e| self.failed(id, e))?,
-        };
-        let header = json!({"op": "get_shard", "chunk": chunk_hex(id), "index": id.index});
-        let r = write_msg(&mut c.stream, &header, &[]).and_then(|()| read_msg(&mut c.stream));
-        match r {
-            Ok(Some((h, p))) => {
-                let mut pool = self.pool.lock().expect("pool lock");
-                if pool.len() < POOL {
-                    pool.push(c);
-                }
-                drop(pool);
-                if h["ok"].as_bool() == Some(true) {
-                    Ok(p)
-                } else if h["missing"].as_bool() == Some(true) {
-                    Err(ShardError::Missing {
-                        id: *id,
-                        place: h["error"].as_str().unwrap_or("the network").to_owned(),
-                    })
-                } else {
-                    Err(ShardError::Failed {
-                        id: *id,
-                        place: format!("node {}", self.path.display()),
-                        reason: h["error"].as_str().unwrap_or("malformed answer").to_owned(),
-                    })
-                }
-            }
-            Ok(None) => Err(self.failed(
-                id,
-                ControlError::Refused("node closed the connection".into()),
-            )),
-            Err(err) => Err(self.failed(
-                id,
-                ControlError::Io {
-                    path: self.path.clone(),
-                    err,
-                },
-            )),
-        }
+        self.with(id, |c| {
+            c.call(
+                json!({"op": "get_shard", "chunk": chunk_hex(id), "index": id.index}),
+                &[],
+            )
+            .map(|(_, payload)| payload)
+        })
     }
 }
 

@@ -462,19 +462,12 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
     let mut ledger = Ledger::new(cfg.allowance);
     let mut tracker =
         PeerTracker::new(cfg.grace.as_secs(), cfg.min_score).with_scores(saved.scores.clone());
-    let mut used = 0u64;
     let start = now_secs();
     for p in saved.partners.keys() {
         let id = crate::PeerId(p.clone());
         ledger.add_partner(id.clone());
         // Partners count as seen at start: the grace period runs from now.
         tracker.seen(&id, start);
-        if let Ok(peer) = p.parse::<PeerId>() {
-            // Books rebuilt from what the store really holds (authoritative after a crash).
-            let held = held_for(&store, &peer)?;
-            used += held;
-            ledger.set_held_for_them(&id, held);
-        }
     }
     let (tx, rx) = mpsc::channel(256);
     let budget = Budget::new(cfg.limits.frame_budget);
@@ -484,7 +477,7 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
         state: Mutex::new(State {
             saved,
             ledger,
-            used,
+            used: 0,
             peers: HashMap::new(),
             tracker,
             inflight: HashMap::new(),
@@ -507,11 +500,14 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
         cfg,
     });
     shared.state().reindex();
+    // Books rebuilt from what the store and the records really hold (authoritative after a
+    // crash).
+    recount_held(&shared)?;
     crate::owner::rebuild_books(&shared)?;
     Ok((shared, rx, key))
 }
 
-/// Recomputes what we hold for each partner from the store (after leases ran out).
+/// Recomputes what we hold for each partner from the store (at start, after leases ran out).
 pub fn recount_held(shared: &Shared) -> Result<()> {
     let partners = shared.state().partner_ids();
     let mut total = 0;
@@ -697,14 +693,19 @@ impl SwarmTask {
                 .collect()
         };
         for (peer, addrs) in partners {
-            for a in &addrs {
-                self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
-            }
-            if !self.swarm.is_connected(&peer) && !addrs.is_empty() {
-                let _ = self
-                    .swarm
-                    .dial(DialOpts::peer_id(peer).addresses(addrs).build());
-            }
+            self.dial_known(peer, addrs);
+        }
+    }
+
+    /// Remembers `peer`'s addresses and connects to it unless it is connected already.
+    fn dial_known(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        for a in &addrs {
+            self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+        }
+        if !self.swarm.is_connected(&peer) && !addrs.is_empty() {
+            let _ = self
+                .swarm
+                .dial(DialOpts::peer_id(peer).addresses(addrs).build());
         }
     }
 
@@ -758,14 +759,7 @@ impl SwarmTask {
                 });
             }
             Cmd::Dial { peer, addrs } => {
-                for a in &addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
-                }
-                if !self.swarm.is_connected(&peer) {
-                    let _ = self
-                        .swarm
-                        .dial(DialOpts::peer_id(peer).addresses(addrs).build());
-                }
+                self.dial_known(peer, addrs);
             }
         }
     }
@@ -935,20 +929,9 @@ impl SwarmTask {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Shard(ev)) => self.on_shard(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
-                let mut st = self.shared.state();
                 for (peer, addr) in list {
-                    st.peers.entry(peer).or_default().local = true;
-                    drop(st);
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
-                    if !self.swarm.is_connected(&peer) {
-                        let _ = self
-                            .swarm
-                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
-                    }
-                    st = self.shared.state();
+                    self.shared.state().peers.entry(peer).or_default().local = true;
+                    self.dial_known(peer, vec![addr]);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -1006,7 +989,6 @@ impl SwarmTask {
                 ..
             } => self.on_request(peer, request, channel),
             Event::Message {
-                peer,
                 message:
                     Message::Response {
                         request_id,
@@ -1021,7 +1003,6 @@ impl SwarmTask {
                     if matches!(response.msg, Msg::Paired) {
                         self.pair_candidate(p);
                     }
-                    let _ = peer;
                 }
                 None => {}
             },
@@ -1165,6 +1146,52 @@ fn flip_for_hostile(shared: &Shared, bytes: &mut [u8]) {
     }
 }
 
+fn store_err(e: cairn_store::Error) -> Msg {
+    err(ErrorCode::Internal, format!("chunk store: {e}"))
+}
+
+fn not_here(shard: &crate::wire::ShardId) -> Msg {
+    err(ErrorCode::NotFound, format!("no shard {shard} here"))
+}
+
+/// The shard's bytes as this holder has them; the error reply otherwise.
+fn held(shared: &Shared, shard: &crate::wire::ShardId) -> Result<Vec<u8>, Msg> {
+    match shared.store.get(cairn_store::ShardId(shard.0)) {
+        Ok(mut data) => {
+            flip_for_hostile(shared, &mut data);
+            Ok(data)
+        }
+        Err(cairn_store::Error::NotFound { .. }) => Err(not_here(shard)),
+        Err(e) => Err(store_err(e)),
+    }
+}
+
+/// The shard's entry if `owner` may change it (or it is absent); a refusal if another owner's.
+fn owned(
+    shared: &Shared,
+    shard: &crate::wire::ShardId,
+    owner: cairn_store::OwnerId,
+) -> Result<Option<cairn_store::ShardInfo>, Msg> {
+    match shared.store.info(cairn_store::ShardId(shard.0)) {
+        Ok(Some(i)) if i.owner != owner => Err(err(
+            ErrorCode::BadRequest,
+            format!("shard {shard} is held for another owner"),
+        )),
+        Ok(i) => Ok(i),
+        Err(e) => Err(store_err(e)),
+    }
+}
+
+/// Books `bytes` no longer held for `partner`.
+fn release(shared: &Shared, partner: &crate::PeerId, bytes: u64) {
+    if bytes == 0 {
+        return;
+    }
+    let mut st = shared.state();
+    let _ = st.ledger.released_for_them(partner, bytes);
+    st.used = st.used.saturating_sub(bytes);
+}
+
 /// Serves one shard request of partner `peer` (blocking: runs on the blocking pool).
 fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
     let owner = owner_of(&peer);
@@ -1179,20 +1206,9 @@ fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
                 return err(ErrorCode::HashMismatch, e);
             }
             let _key = shared.key_lock(&shard);
-            let id = cairn_store::ShardId(shard.0);
-            let existing = match shared.store.info(id) {
-                Ok(i) => i,
-                Err(e) => return err(ErrorCode::Internal, format!("chunk store: {e}")),
-            };
-            let old = match existing {
-                Some(i) if i.owner != owner => {
-                    return err(
-                        ErrorCode::BadRequest,
-                        format!("shard {shard} is held for another owner"),
-                    )
-                }
-                Some(i) => u64::from(i.len),
-                None => 0,
+            let old = match owned(shared, &shard, owner) {
+                Ok(i) => i.map_or(0, |i| u64::from(i.len)),
+                Err(m) => return m,
             };
             let len = data.len() as u64;
             let extra = len.saturating_sub(old);
@@ -1213,80 +1229,56 @@ fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
                 st.used += extra;
             }
             let lease = Lease::Until(now_secs() + u64::from(lease_secs));
-            match shared.store.put(id, &data, owner, lease) {
+            match shared
+                .store
+                .put(cairn_store::ShardId(shard.0), &data, owner, lease)
+            {
                 Ok(()) => {
                     // A smaller replacement frees the difference.
-                    let freed = old.saturating_sub(len);
-                    if freed > 0 {
-                        let mut st = shared.state();
-                        let _ = st.ledger.released_for_them(&partner, freed);
-                        st.used = st.used.saturating_sub(freed);
-                    }
+                    release(shared, &partner, old.saturating_sub(len));
                     Msg::Stored { shard }
                 }
                 Err(e) => {
-                    let mut st = shared.state();
-                    let _ = st.ledger.released_for_them(&partner, extra);
-                    st.used = st.used.saturating_sub(extra);
+                    release(shared, &partner, extra);
                     err(ErrorCode::TooLarge, format!("chunk store: {e}"))
                 }
             }
         }
-        Msg::Get { shard } => match shared.store.get(cairn_store::ShardId(shard.0)) {
-            Ok(mut data) => {
-                flip_for_hostile(shared, &mut data);
-                Msg::ShardData { shard, data }
-            }
-            Err(cairn_store::Error::NotFound { .. }) => {
-                err(ErrorCode::NotFound, format!("no shard {shard} here"))
-            }
-            Err(e) => err(ErrorCode::Internal, format!("chunk store: {e}")),
+        Msg::Get { shard } => match held(shared, &shard) {
+            Ok(data) => Msg::ShardData { shard, data },
+            Err(m) => m,
         },
         Msg::Delete { shard } => {
             let _key = shared.key_lock(&shard);
-            let id = cairn_store::ShardId(shard.0);
-            match shared.store.info(id) {
-                Ok(Some(i)) if i.owner == owner => match shared.store.delete(id) {
+            match owned(shared, &shard, owner) {
+                Ok(Some(i)) => match shared.store.delete(cairn_store::ShardId(shard.0)) {
                     Ok(()) => {
-                        let mut st = shared.state();
-                        let _ = st.ledger.released_for_them(&partner, u64::from(i.len));
-                        st.used = st.used.saturating_sub(u64::from(i.len));
+                        release(shared, &partner, u64::from(i.len));
                         Msg::Deleted { shard }
                     }
-                    Err(e) => err(ErrorCode::Internal, format!("chunk store: {e}")),
+                    Err(e) => store_err(e),
                 },
-                Ok(Some(_)) => err(
-                    ErrorCode::BadRequest,
-                    format!("shard {shard} is held for another owner"),
-                ),
-                Ok(None) => err(ErrorCode::NotFound, format!("no shard {shard} here")),
-                Err(e) => err(ErrorCode::Internal, format!("chunk store: {e}")),
+                Ok(None) => not_here(&shard),
+                Err(m) => m,
             }
         }
         Msg::RenewLease { shard, lease_secs } => {
             let _key = shared.key_lock(&shard);
             let id = cairn_store::ShardId(shard.0);
-            match shared.store.info(id) {
-                Ok(Some(i)) if i.owner == owner => {
-                    let r = shared.store.get(id).and_then(|data| {
-                        shared.store.put(
-                            id,
-                            &data,
-                            owner,
-                            Lease::Until(now_secs() + u64::from(lease_secs)),
-                        )
-                    });
+            match owned(shared, &shard, owner) {
+                Ok(Some(_)) => {
+                    let until = Lease::Until(now_secs() + u64::from(lease_secs));
+                    let r = shared
+                        .store
+                        .get(id)
+                        .and_then(|data| shared.store.put(id, &data, owner, until));
                     match r {
                         Ok(()) => Msg::LeaseRenewed { shard, lease_secs },
-                        Err(e) => err(ErrorCode::Internal, format!("chunk store: {e}")),
+                        Err(e) => store_err(e),
                     }
                 }
-                Ok(Some(_)) => err(
-                    ErrorCode::BadRequest,
-                    format!("shard {shard} is held for another owner"),
-                ),
-                Ok(None) => err(ErrorCode::NotFound, format!("no shard {shard} here")),
-                Err(e) => err(ErrorCode::Internal, format!("chunk store: {e}")),
+                Ok(None) => not_here(&shard),
+                Err(m) => m,
             }
         }
         Msg::AuditChallenge {
@@ -1294,9 +1286,8 @@ fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             nonce,
             offset,
             len,
-        } => match shared.store.get(cairn_store::ShardId(shard.0)) {
-            Ok(mut data) => {
-                flip_for_hostile(shared, &mut data);
+        } => match held(shared, &shard) {
+            Ok(data) => {
                 let c = Challenge {
                     shard,
                     nonce,
@@ -1308,10 +1299,7 @@ fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
                     Err(e) => err(ErrorCode::BadRequest, e.to_string()),
                 }
             }
-            Err(cairn_store::Error::NotFound { .. }) => {
-                err(ErrorCode::NotFound, format!("no shard {shard} here"))
-            }
-            Err(e) => err(ErrorCode::Internal, format!("chunk store: {e}")),
+            Err(m) => m,
         },
         Msg::FreeSpaceQuery => {
             let st = shared.state();

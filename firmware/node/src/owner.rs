@@ -689,9 +689,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
         grace_secs: shared.cfg.grace.as_secs(),
         min_score: shared.cfg.min_score,
     };
-    let now = now_secs();
     let health = |p: &crate::PeerId| shared.health(&p.0);
-    let _ = now;
     let Some(plan) =
         plan(&state, health, &policy).map_err(|e| format!("chunk {}: {e}", rec.chunk))?
     else {

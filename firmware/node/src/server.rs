@@ -16,11 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::control::{PairOutcome, MAX_HEADER};
+use crate::control::{self, PairOutcome};
 use crate::invite::{secret_hash, Invitation};
 use crate::node::{now_secs, Cmd, Shared};
 use crate::owner;
-use crate::wire::{Msg, MAX_SHARD, PAIR_INVITE};
+use crate::wire::{Msg, PAIR_INVITE};
 
 /// Control connections served at once.
 pub const MAX_CLIENTS: usize = 16;
@@ -72,29 +72,13 @@ async fn read_msg(s: &mut UnixStream) -> std::io::Result<Option<(Value, Vec<u8>)
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let hl = u32::from_le_bytes(len) as usize;
-    if hl > MAX_HEADER {
-        return Err(invalid(format!(
-            "header of {hl} bytes (limit {MAX_HEADER})"
-        )));
-    }
-    let mut h = vec![0u8; hl];
+    let mut h = vec![0u8; control::header_len(len)?];
     s.read_exact(&mut h).await?;
-    let header = serde_json::from_slice(&h).map_err(|e| invalid(format!("header: {e}")))?;
+    let header = control::parse_header(&h)?;
     s.read_exact(&mut len).await?;
-    let pl = u32::from_le_bytes(len) as usize;
-    if pl > MAX_SHARD {
-        return Err(invalid(format!(
-            "payload of {pl} bytes (limit {MAX_SHARD})"
-        )));
-    }
-    let mut payload = vec![0u8; pl];
+    let mut payload = vec![0u8; control::payload_len(len)?];
     s.read_exact(&mut payload).await?;
     Ok(Some((header, payload)))
-}
-
-fn invalid(m: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, m)
 }
 
 async fn write_msg(s: &mut UnixStream, header: &Value, payload: &[u8]) -> std::io::Result<()> {
