@@ -178,6 +178,8 @@ pub struct State {
     pub reserving: HashSet<([u8; 32], String)>,
     /// Chunks with shards being placed right now, and how many.
     pub busy: HashMap<[u8; 32], u32>,
+    /// Placement records read lately, newest last (at most [`crate::owner::RECENT_RECORDS`]).
+    pub recent: std::collections::VecDeque<([u8; 32], crate::records::ChunkRecord)>,
     /// Where the next partial audit round starts (the last record id audited).
     pub audit_after: Option<cairn_store::ShardId>,
     /// Partners' ids both ways: base58 conversions are costly on the per-shard paths.
@@ -486,6 +488,7 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
             reserving: HashSet::new(),
             busy: HashMap::new(),
             audit_after: None,
+            recent: std::collections::VecDeque::new(),
             names: HashMap::new(),
             ids: HashMap::new(),
         }),

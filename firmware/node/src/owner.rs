@@ -26,6 +26,9 @@ use crate::wire::{ErrorCode, Msg};
 /// Chunks whose records may wait in RAM for their shards to be placed (~1 KiB each).
 pub const MAX_PENDING: usize = 256;
 
+/// Records kept after a read for the other shards of the same chunk (~1 KiB each).
+pub const RECENT_RECORDS: usize = 32;
+
 /// Records read per page when walking all of them.
 const PAGE: usize = 64;
 
@@ -50,6 +53,7 @@ fn load_record(shared: &Shared, chunk: &[u8; 32]) -> Result<Option<ChunkRecord>,
 
 fn save_record(shared: &Shared, r: &ChunkRecord) -> Result<(), String> {
     let chunk = r.chunk_id().ok_or("record without chunk id")?;
+    shared.state().recent.retain(|(c, _)| *c != chunk);
     shared
         .store
         .put(record_id(&chunk), &r.encode(), OWN_RECORDS, Lease::Forever)
@@ -385,16 +389,48 @@ pub async fn get_shard(
     chunk: [u8; 32],
     index: u8,
 ) -> Result<Vec<u8>, GetError> {
+    let r = fetch_shard(shared, chunk, index).await;
+    if r.is_err() {
+        // A cached record may predate a repair that moved this shard: read it afresh next time.
+        shared.state().recent.retain(|(c, _)| *c != chunk);
+    }
+    r
+}
+
+async fn fetch_shard(
+    shared: &Arc<Shared>,
+    chunk: [u8; 32],
+    index: u8,
+) -> Result<Vec<u8>, GetError> {
     let key = shard_key(&chunk, index);
-    let pending = shared.state().pending.get(&chunk).cloned();
-    let rec = match pending {
+    // The vault asks for a chunk's shards together: its record is read from the store once.
+    let known = {
+        let st = shared.state();
+        st.pending.get(&chunk).cloned().or_else(|| {
+            st.recent
+                .iter()
+                .find(|(c, _)| *c == chunk)
+                .map(|(_, r)| r.clone())
+        })
+    };
+    let rec = match known {
         Some(r) => Some(r),
-        None => blocking(shared, move |s| load_record(s, &chunk))
-            .await
-            .map_err(|reason| GetError {
-                missing: false,
-                reason,
-            })?,
+        None => {
+            let r = blocking(shared, move |s| load_record(s, &chunk))
+                .await
+                .map_err(|reason| GetError {
+                    missing: false,
+                    reason,
+                })?;
+            if let Some(r) = &r {
+                let mut st = shared.state();
+                if st.recent.len() >= RECENT_RECORDS {
+                    st.recent.pop_front();
+                }
+                st.recent.push_back((chunk, r.clone()));
+            }
+            r
+        }
     };
     let slot = rec.and_then(|r| r.slots.get(usize::from(index)).cloned().flatten());
     if let Some(slot) = slot {
