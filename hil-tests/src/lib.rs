@@ -50,6 +50,46 @@ pub struct Config {
     pub tcp_forwards: Vec<(u16, u16)>,
     /// Reset instead of exit on a guest reboot (a real board reboots).
     pub reboot: bool,
+    /// Where the serial console goes.
+    pub console: Console,
+    /// Let the user-mode network reach beyond this host (a plug at home is online); tests keep
+    /// the guest off every network but its forwards.
+    pub internet: bool,
+}
+
+/// Where the board's serial console is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// Read by the harness: QEMU's stdout is a pipe, its stdin empty, no monitor.
+    Piped,
+    /// A person's terminal (`scripts/run`): console and QEMU's monitor share stdio
+    /// (Ctrl-A X quits, Ctrl-A C switches to the monitor).
+    Terminal,
+}
+
+/// The files a running board uses on the host.
+#[derive(Clone, Debug)]
+pub struct Files {
+    /// The board's disk, written in place.
+    pub disk: PathBuf,
+    /// The front panel's socket (virtio-serial `cairn.panel`).
+    pub panel: PathBuf,
+    /// QEMU's control socket (QMP): the power button, reset, hot-plugging.
+    pub qmp: PathBuf,
+    /// u-boot's environment flash bank (built by `scripts/image`).
+    pub uboot_env: PathBuf,
+}
+
+impl Files {
+    /// The board's files in `dir`, with its disk at `disk`.
+    pub fn in_dir(dir: &Path, disk: PathBuf) -> Files {
+        Files {
+            disk,
+            panel: dir.join("panel.sock"),
+            qmp: dir.join("qmp.sock"),
+            uboot_env: images_dir().join("qemu-virt-uboot-env.bin"),
+        }
+    }
 }
 
 impl Config {
@@ -62,6 +102,8 @@ impl Config {
             ethernet: Ethernet::User,
             tcp_forwards: Vec::new(),
             reboot: false,
+            console: Console::Piped,
+            internet: false,
         }
     }
 }
@@ -90,7 +132,7 @@ pub enum Ethernet {
 
 /// Console lines seen so far, with when they arrived.
 #[derive(Default)]
-struct Console {
+struct ConsoleLines {
     lines: Vec<(Instant, String)>,
     closed: bool,
 }
@@ -98,9 +140,9 @@ struct Console {
 /// A running virtual board.
 pub struct Qemu {
     child: Child,
-    console: Arc<(Mutex<Console>, Condvar)>,
+    console: Arc<(Mutex<ConsoleLines>, Condvar)>,
     dir: tempfile::TempDir,
-    qmp: Option<BufReader<UnixStream>>,
+    qmp: Option<Qmp>,
     pub started: Instant,
 }
 
@@ -134,69 +176,9 @@ impl Qemu {
     }
 
     fn boot_disk(cfg: &Config, dir: tempfile::TempDir, disk: PathBuf) -> anyhow::Result<Qemu> {
-        let env = images_dir().join("qemu-virt-uboot-env.bin");
-        anyhow::ensure!(
-            env.is_file(),
-            "{} is missing: build it with scripts/image",
-            env.display()
-        );
-        let qmp = dir.path().join("qmp.sock");
-        let panel = dir.path().join("panel.sock");
-        let mut cmd = Command::new("qemu-system-aarch64");
-        cmd.args(["-M", "virt,acpi=off", "-cpu", "cortex-a53", "-smp", "1"])
-            .args(["-m", &cfg.memory_mib.to_string()])
-            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
-            .args(["-bios", UBOOT])
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,unit=1,format=raw,readonly=on,file={}",
-                env.display()
-            ))
-            .arg("-drive")
-            .arg(format!("if=none,file={},format=raw,id=hd0", disk.display()))
-            .args(["-device", "virtio-blk-device,drive=hd0"])
-            .args(["-device", "virtio-rng-device"])
-            .args(["-device", "i6300esb"])
-            .args(["-device", "virtio-serial-device"])
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=panel,path={},server=on,wait=off",
-                panel.display()
-            ))
-            .args(["-device", "virtserialport,chardev=panel,name=cairn.panel"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()));
-        let forwards: String = cfg
-            .https_port
-            .map(|p| (p, 443))
-            .into_iter()
-            .chain(cfg.tcp_forwards.iter().copied())
-            .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
-            .collect();
-        match &cfg.ethernet {
-            Ethernet::None => cmd.args(["-nic", "none"]),
-            // `-netdev` + `-device`: `-nic model=virtio-net-device` is silently dropped on the
-            // virt machine, which only places PCI NICs itself.
-            Ethernet::User => cmd
-                .arg("-netdev")
-                .arg(format!("user,id=lan,restrict=on{forwards}"))
-                .args(["-device", "virtio-net-device,netdev=lan"]),
-            Ethernet::Cable {
-                local_port,
-                remote_port,
-                mac,
-            } => cmd
-                .arg("-netdev")
-                .arg(format!(
-                    "dgram,id=lan,local.type=inet,local.host=127.0.0.1,local.port={local_port},\
-                     remote.type=inet,remote.host=127.0.0.1,remote.port={remote_port}"
-                ))
-                .arg("-device")
-                .arg(format!("virtio-net-device,netdev=lan,mac={mac}")),
-        };
-        if !cfg.reboot {
-            cmd.arg("-no-reboot");
-        }
+        let files = Files::in_dir(dir.path(), disk);
+        let qmp = files.qmp.clone();
+        let mut cmd = command(cfg, &files)?;
         // Any byte on u-boot's stdin would stop autoboot: give it none.
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -206,7 +188,7 @@ impl Qemu {
             .spawn()
             .context("starting qemu-system-aarch64 (run scripts/setup)")?;
         let out = child.stdout.take().unwrap();
-        let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
+        let console = Arc::new((Mutex::new(ConsoleLines::default()), Condvar::new()));
         let c = console.clone();
         std::thread::spawn(move || {
             let mut r = BufReader::new(out);
@@ -235,28 +217,8 @@ impl Qemu {
             qmp: None,
             started,
         };
-        q.connect_qmp(&qmp)?;
+        q.qmp = Some(Qmp::connect(&qmp)?);
         Ok(q)
-    }
-
-    fn connect_qmp(&mut self, path: &Path) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => return Err(e).context("connecting to QMP"),
-            }
-        };
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut r = BufReader::new(stream);
-        let mut greeting = String::new();
-        r.read_line(&mut greeting)?;
-        self.qmp = Some(r);
-        self.qmp("qmp_capabilities", serde_json::json!({}))?;
-        Ok(())
     }
 
     /// Runs a QMP command and returns its `return` value.
@@ -265,21 +227,10 @@ impl Qemu {
         command: &str,
         arguments: serde_json::Value,
     ) -> anyhow::Result<serde_json::Value> {
-        let r = self.qmp.as_mut().context("QMP not connected")?;
-        let msg = serde_json::json!({ "execute": command, "arguments": arguments });
-        writeln!(r.get_mut(), "{msg}")?;
-        loop {
-            let mut line = String::new();
-            anyhow::ensure!(r.read_line(&mut line)? > 0, "QMP closed during {command}");
-            let v: serde_json::Value = serde_json::from_str(&line)?;
-            if let Some(ret) = v.get("return") {
-                return Ok(ret.clone());
-            }
-            if let Some(err) = v.get("error") {
-                bail!("QMP {command}: {err}");
-            }
-            // else an asynchronous event: skip
-        }
+        self.qmp
+            .as_mut()
+            .context("QMP not connected")?
+            .execute(command, arguments)
     }
 
     /// Presses the board's power button (QEMU pulses the PL061 line wired to it).
@@ -412,9 +363,134 @@ impl Qemu {
     }
 }
 
+/// The QEMU command line of the qemu-virt board: the one source of it, for the tests and for
+/// `scripts/run` (`cairn-hil run`). Boots from the disk through u-boot, as a plug boots from
+/// its card.
+pub fn command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
+    anyhow::ensure!(
+        files.uboot_env.is_file(),
+        "{} is missing: build it with scripts/image",
+        files.uboot_env.display()
+    );
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.args(["-M", "virt,acpi=off", "-cpu", "cortex-a53", "-smp", "1"])
+        .args(["-m", &cfg.memory_mib.to_string()])
+        .args(["-display", "none"]);
+    match cfg.console {
+        Console::Piped => cmd.args(["-serial", "stdio", "-monitor", "none"]),
+        Console::Terminal => cmd.args(["-serial", "mon:stdio"]),
+    };
+    cmd.args(["-bios", UBOOT])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,unit=1,format=raw,readonly=on,file={}",
+            files.uboot_env.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=none,file={},format=raw,id=hd0",
+            files.disk.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=hd0"])
+        .args(["-device", "virtio-rng-device"])
+        .args(["-device", "i6300esb"])
+        .args(["-device", "virtio-serial-device"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=panel,path={},server=on,wait=off",
+            files.panel.display()
+        ))
+        .args(["-device", "virtserialport,chardev=panel,name=cairn.panel"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", files.qmp.display()));
+    let forwards: String = cfg
+        .https_port
+        .map(|p| (p, 443))
+        .into_iter()
+        .chain(cfg.tcp_forwards.iter().copied())
+        .map(|(h, g)| format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+        .collect();
+    let restrict = if cfg.internet { "off" } else { "on" };
+    match &cfg.ethernet {
+        Ethernet::None => cmd.args(["-nic", "none"]),
+        // `-netdev` + `-device`: `-nic model=virtio-net-device` is silently dropped on the
+        // virt machine, which only places PCI NICs itself.
+        Ethernet::User => cmd
+            .arg("-netdev")
+            .arg(format!("user,id=lan,restrict={restrict}{forwards}"))
+            .args(["-device", "virtio-net-device,netdev=lan"]),
+        Ethernet::Cable {
+            local_port,
+            remote_port,
+            mac,
+        } => cmd
+            .arg("-netdev")
+            .arg(format!(
+                "dgram,id=lan,local.type=inet,local.host=127.0.0.1,local.port={local_port},\
+                 remote.type=inet,remote.host=127.0.0.1,remote.port={remote_port}"
+            ))
+            .arg("-device")
+            .arg(format!("virtio-net-device,netdev=lan,mac={mac}")),
+    };
+    if !cfg.reboot {
+        cmd.arg("-no-reboot");
+    }
+    Ok(cmd)
+}
+
 impl Drop for Qemu {
     fn drop(&mut self) {
         self.pull_power();
+    }
+}
+
+/// A connection to QEMU's control socket (QMP).
+pub struct Qmp(BufReader<UnixStream>);
+
+impl Qmp {
+    /// Connects (waiting up to 10 s for QEMU to open the socket) and enters command mode.
+    pub fn connect(path: &Path) -> anyhow::Result<Qmp> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(e).context("connecting to QMP"),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut q = Qmp(BufReader::new(stream));
+        let mut greeting = String::new();
+        q.0.read_line(&mut greeting)?;
+        q.execute("qmp_capabilities", serde_json::json!({}))?;
+        Ok(q)
+    }
+
+    /// Runs a QMP command and returns its `return` value.
+    pub fn execute(
+        &mut self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let msg = serde_json::json!({ "execute": command, "arguments": arguments });
+        writeln!(self.0.get_mut(), "{msg}")?;
+        loop {
+            let mut line = String::new();
+            anyhow::ensure!(
+                self.0.read_line(&mut line)? > 0,
+                "QMP closed during {command}"
+            );
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            if let Some(ret) = v.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(err) = v.get("error") {
+                bail!("QMP {command}: {err}");
+            }
+            // else an asynchronous event: skip
+        }
     }
 }
 

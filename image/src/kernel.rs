@@ -3,56 +3,175 @@
 //! A cache entry is only ever found by that hash, so changed inputs always rebuild.
 
 use cairn_bsp::Board;
+use serde::Deserialize;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// Bump when the build recipe below changes, so old cache entries are not reused.
-const RECIPE: &str = "tinyconfig+fragment/v1";
+/// v2: fixed build identity (KBUILD_BUILD_*), so kernels from two caches are the same bytes.
+const RECIPE: &str = "tinyconfig+fragment/v2";
+
+/// Where the one kernel source pin lives, relative to the boards directory.
+pub const SOURCE_PIN: &str = "../kernel-source.toml";
+
+/// The Debian kernel source every board is built from (`board/kernel-source.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// Debian source package, `linux-source-X.Y`.
+    pub package: String,
+    /// Exact version of that package: fetched as pinned, never "the newest".
+    pub version: String,
+    /// sha256 of the tarball the package ships (`/usr/src/linux-source-X.Y.tar.xz`).
+    pub sha256: String,
+    /// The pin file, named in errors (so a person knows which file to change).
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+impl Source {
+    /// Reads the pin file.
+    pub fn load(file: &Path) -> anyhow::Result<Source> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let mut s: Source =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        anyhow::ensure!(
+            s.package.starts_with("linux-source-"),
+            "{}: package {} is not a linux-source-X.Y package",
+            file.display(),
+            s.package
+        );
+        s.file = file.to_path_buf();
+        Ok(s)
+    }
+
+    /// The pin of the boards in `boards_dir`.
+    pub fn for_boards(boards_dir: &Path) -> anyhow::Result<Source> {
+        Self::load(&boards_dir.join(SOURCE_PIN))
+    }
+
+    /// The tarball's path in the cache (by package and version).
+    pub fn cached(&self, cache: &Path) -> PathBuf {
+        cache
+            .join("src")
+            .join(format!("{}_{}.tar.xz", self.package, self.version))
+    }
+
+    /// The pinned tarball, fetched into `cache` if it is not there yet, checked against the pin.
+    pub fn fetch(&self, cache: &Path) -> anyhow::Result<PathBuf> {
+        let dest = self.cached(cache);
+        if !dest.is_file() {
+            let work = cache.join(format!("fetch-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::create_dir_all(&work)?;
+            let result = self.fetch_in(&work, &dest);
+            let _ = std::fs::remove_dir_all(&work);
+            result?;
+        }
+        let sum = sha256_file(&dest).map_err(|e| anyhow::anyhow!("{}: {e}", dest.display()))?;
+        anyhow::ensure!(
+            sum == self.sha256,
+            "{} is corrupt (sha256 {sum}, {} pins {}): delete it and run again to fetch it anew",
+            dest.display(),
+            self.file.display(),
+            self.sha256
+        );
+        Ok(dest)
+    }
+
+    fn fetch_in(&self, work: &Path, dest: &Path) -> anyhow::Result<()> {
+        eprintln!(
+            "cairn-image: fetching {} {} from the Debian archive",
+            self.package, self.version
+        );
+        let spec = format!("{}={}", self.package, self.version);
+        if run(
+            Command::new("apt-get")
+                .args(["download", "-q", &spec])
+                .current_dir(work),
+            "apt-get download",
+        )
+        .is_err()
+        {
+            return Err(self.unavailable());
+        }
+        let deb = std::fs::read_dir(work)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or_else(|| anyhow::anyhow!("apt-get download {spec} left no .deb"))?;
+        let root = work.join("root");
+        run(
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+            "unpacking the kernel source package",
+        )?;
+        let tarball = root.join(format!("usr/src/{}.tar.xz", self.package));
+        let sum =
+            sha256_file(&tarball).map_err(|e| anyhow::anyhow!("{}: {e}", tarball.display()))?;
+        anyhow::ensure!(
+            sum == self.sha256,
+            "{spec} from the archive ships a tarball with sha256 {sum}, but {} pins {}",
+            self.file.display(),
+            self.sha256
+        );
+        std::fs::create_dir_all(dest.parent().unwrap_or(work))?;
+        std::fs::rename(&tarball, dest)?; // same file system: the tarball appears whole
+        Ok(())
+    }
+
+    /// The one-line error for a pin apt could not fetch, naming what the archive has now.
+    fn unavailable(&self) -> anyhow::Error {
+        let listed = Command::new("apt-cache")
+            .args(["madison", &self.package])
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut versions: Vec<&str> = listed
+            .lines()
+            .filter_map(|l| l.split('|').nth(1).map(str::trim))
+            .collect();
+        versions.dedup();
+        if versions.is_empty() {
+            anyhow::anyhow!(
+                "{} {}: apt knows no {} at all: run `apt-get update` (scripts/setup does)",
+                self.package,
+                self.version,
+                self.package
+            )
+        } else if versions.contains(&self.version.as_str()) {
+            anyhow::anyhow!(
+                "{} {} is listed but could not be downloaded (see apt's message above): check \
+                 the network to the Debian mirror, or run `apt-get update` if the lists are old",
+                self.package,
+                self.version
+            )
+        } else {
+            anyhow::anyhow!(
+                "{} {} is no longer in the Debian archive (available now: {}): pin one of them, \
+                 with its tarball's sha256, in {}",
+                self.package,
+                self.version,
+                versions.join(", "),
+                self.file.display()
+            )
+        }
+    }
+}
 
 /// Inputs of one kernel build.
 pub struct KernelInputs {
-    pub tarball: PathBuf,
     pub fragment: PathBuf,
     pub fragment_text: String,
     pub cross_compile: String,
 }
 
 impl KernelInputs {
-    /// Checks the installed source package against the board's pinned version and sha256.
-    pub fn check(board: &Board, boards_dir: &Path) -> anyhow::Result<KernelInputs> {
+    /// The board's config fragment and cross compiler.
+    pub fn new(board: &Board, boards_dir: &Path) -> anyhow::Result<KernelInputs> {
         let k = &board.kernel;
-        let pkg = &k.source_package;
-        let out = Command::new("dpkg-query")
-            .args(["-W", "-f", "${Version}", pkg])
-            .output();
-        let installed = match out {
-            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            _ => anyhow::bail!("kernel source package {pkg} is not installed: run scripts/setup"),
-        };
-        anyhow::ensure!(
-            installed == k.source_version,
-            "{pkg} {installed} is installed but board {} pins {}: pin the new version and its \
-             sha256 in board/boards/{}.toml once it boots, or install the pinned one",
-            board.name,
-            k.source_version,
-            board.name
-        );
-        let version = pkg
-            .strip_prefix("linux-source-")
-            .ok_or_else(|| anyhow::anyhow!("{pkg}: not a linux-source-X.Y package"))?;
-        let tarball = PathBuf::from(format!("/usr/src/linux-source-{version}.tar.xz"));
-        let sum = sha256_file(&tarball).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: {e}: reinstall with `apt-get install --reinstall {pkg}`",
-                tarball.display()
-            )
-        })?;
-        anyhow::ensure!(
-            sum == k.source_sha256,
-            "{} is corrupt (sha256 {sum}, want {}): reinstall with `apt-get install --reinstall {pkg}`",
-            tarball.display(),
-            k.source_sha256
-        );
         let fragment = boards_dir.join(&k.config_fragment);
         let fragment_text = std::fs::read_to_string(&fragment)
             .map_err(|e| anyhow::anyhow!("{}: {e}", fragment.display()))?;
@@ -65,18 +184,18 @@ impl KernelInputs {
         }
         .to_string();
         Ok(KernelInputs {
-            tarball,
             fragment,
             fragment_text,
             cross_compile,
         })
     }
 
-    /// The cache key: source checksum, fragment, recipe.
-    pub fn key(&self, board: &Board) -> String {
+    /// The cache key: source checksum, arch, fragment, recipe. Known without the source, so a
+    /// warm cache needs no download.
+    pub fn key(&self, board: &Board, source: &Source) -> String {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         for part in [
-            board.kernel.source_sha256.as_str(),
+            source.sha256.as_str(),
             board.kernel.arch.as_str(),
             &self.fragment_text,
             RECIPE,
@@ -92,15 +211,21 @@ impl KernelInputs {
 pub fn build(
     board: &Board,
     boards_dir: &Path,
+    source: &Source,
     cache: &Path,
     jobs: usize,
 ) -> anyhow::Result<PathBuf> {
-    let inputs = KernelInputs::check(board, boards_dir)?;
-    let dir = cache.join(format!("kernel-{}-{}", board.name, inputs.key(board)));
+    let inputs = KernelInputs::new(board, boards_dir)?;
+    let dir = cache.join(format!(
+        "kernel-{}-{}",
+        board.name,
+        inputs.key(board, source)
+    ));
     let image = dir.join("Image");
     if image.is_file() {
         return Ok(image);
     }
+    let tarball = source.fetch(cache)?;
     eprintln!(
         "cairn-image: building the {} kernel (a few minutes, once; cached in {})",
         board.name,
@@ -109,7 +234,7 @@ pub fn build(
     let work = cache.join(format!("build-{}-{}", board.name, std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let result = build_in(&inputs, board, &work, jobs);
+    let result = build_in(&inputs, &tarball, board, &work, jobs);
     let built = result.and_then(|src| {
         std::fs::create_dir_all(&dir)?;
         let tmp = dir.join("Image.tmp");
@@ -125,6 +250,7 @@ pub fn build(
 
 fn build_in(
     inputs: &KernelInputs,
+    tarball: &Path,
     board: &Board,
     work: &Path,
     jobs: usize,
@@ -132,7 +258,7 @@ fn build_in(
     run(
         Command::new("tar")
             .arg("-xf")
-            .arg(&inputs.tarball)
+            .arg(tarball)
             .arg("-C")
             .arg(work),
         "unpacking the kernel source",
@@ -144,7 +270,12 @@ fn build_in(
         .ok_or_else(|| anyhow::anyhow!("kernel tarball had no directory"))?;
     let make = |args: &[&str]| {
         let mut c = Command::new("make");
+        // A fixed build identity: otherwise the build's time, user and host are in the Image.
         c.current_dir(&src)
+            .env("KBUILD_BUILD_TIMESTAMP", "Thu Jan  1 00:00:00 UTC 2026")
+            .env("KBUILD_BUILD_USER", "cairn")
+            .env("KBUILD_BUILD_HOST", "cairn")
+            .env("KBUILD_BUILD_VERSION", "1")
             .arg(format!("ARCH={}", board.kernel.arch))
             .arg(format!("CROSS_COMPILE={}", inputs.cross_compile))
             .args(args);
@@ -185,8 +316,13 @@ pub fn lost_options(fragment: &str, config: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs a build step. Its output goes to our stderr: stdout carries only the tool's answer
+/// (`cairn-image kernel` prints one path, which `scripts/image` reads).
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
     let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stderr))
         .status()
         .map_err(|e| anyhow::anyhow!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
     anyhow::ensure!(status.success(), "{what} failed ({status})");

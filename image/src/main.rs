@@ -30,6 +30,9 @@ enum Cmd {
         cache: PathBuf,
         #[arg(long, default_value_t = 2)]
         jobs: usize,
+        /// The kernel source pin (default: kernel-source.toml beside the boards directory).
+        #[arg(long)]
+        source: Option<PathBuf>,
     },
     /// Build the flashable image (+ .img.xz, .bmap, .sha256).
     Build {
@@ -78,12 +81,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (b, _) = load_board(&cli.boards, &board)?;
             println!("{}", b.target);
         }
-        Cmd::Kernel { board, cache, jobs } => {
+        Cmd::Kernel {
+            board,
+            cache,
+            jobs,
+            source,
+        } => {
             let (b, _) = load_board(&cli.boards, &board)?;
-            println!(
-                "{}",
-                kernel::build(&b, &cli.boards, &cache, jobs)?.display()
-            );
+            let source = match source {
+                Some(file) => kernel::Source::load(&file)?,
+                None => kernel::Source::for_boards(&cli.boards)?,
+            };
+            let image = kernel::build(&b, &cli.boards, &source, &cache, jobs)?;
+            println!("{}", image.display());
         }
         Cmd::Build {
             board,

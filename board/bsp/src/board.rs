@@ -23,7 +23,7 @@ pub struct Board {
     /// Hostname set at boot (until the owner names the device).
     #[serde(default = "default_hostname")]
     pub hostname: String,
-    /// The kernel: where its source comes from, its config, device tree and command line.
+    /// The kernel: its config, device tree and command line (its source is pinned once for all boards).
     pub kernel: Kernel,
     /// What boots the kernel.
     pub bootloader: Bootloader,
@@ -106,16 +106,11 @@ fn default_hostname() -> String {
     "cairn".to_string()
 }
 
-/// How the kernel for this board is obtained and started.
+/// How the kernel for this board is built and started. Its source is one pin for all boards
+/// (`board/kernel-source.toml`, read by the image builder).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Kernel {
-    /// Debian source package the kernel is built from, e.g. `linux-source-6.1`.
-    pub source_package: String,
-    /// Exact version of that package (the build checks it and the tarball's sha256).
-    pub source_version: String,
-    /// sha256 of the source tarball the package ships.
-    pub source_sha256: String,
     /// Kernel `ARCH=` value.
     pub arch: String,
     /// Config fragment merged over `tinyconfig`, relative to the board file's directory.

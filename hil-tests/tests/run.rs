@@ -1,0 +1,98 @@
+//! `scripts/run`, as a person types it: it builds what is missing and boots the device the
+//! tests boot — online by DHCP, to `cairn: ready` — and the device's power button (QMP) shuts
+//! it down cleanly, after which `scripts/run` ends by itself.
+
+use cairn_hil::Qmp;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// scripts/run may have an image to build first (the cargo builds are warm in scripts/test).
+const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Kills the whole process group of `scripts/run` if the test ends early.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pgid = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn scripts_run_boots_online_to_ready_and_powers_off_cleanly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(root.join("scripts/run"))
+        .current_dir(&root)
+        .env("CAIRN_RUN_DIR", dir.path())
+        .env("CAIRN_HTTPS_PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut run = Group(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let mut seen = Vec::new();
+    let mut wait_for = |needle: &str| -> String {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no '{needle}' from scripts/run; last lines:\n{}",
+                    seen[seen.len().saturating_sub(30)..].join("\n")
+                ),
+            }
+        }
+    };
+    // Online: QEMU's DHCP server leases the address and names its router.
+    let lease = wait_for("cairn: net: eth0");
+    assert!(
+        lease.contains("10.0.2.15/24 via 10.0.2.2"),
+        "no DHCP lease: {lease}"
+    );
+    wait_for("cairn: ready");
+    // The QMP socket sits beside the disk; the power button powers the device off.
+    assert!(dir.path().join("disk.img").is_file());
+    assert!(dir.path().join("panel.sock").exists());
+    let mut qmp = Qmp::connect(&dir.path().join("qmp.sock")).unwrap();
+    qmp.execute("system_powerdown", serde_json::json!({}))
+        .unwrap();
+    wait_for("cairn: stage 3: poweroff");
+    let exit = loop {
+        if let Some(s) = run.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "scripts/run did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "scripts/run ended with {exit}");
+}
