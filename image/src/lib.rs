@@ -408,6 +408,23 @@ pub fn artifacts(img: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes the artifacts of an earlier build of `img`, so none is left that does not match it.
+pub fn remove_artifacts(img: &Path) -> anyhow::Result<()> {
+    for p in [
+        PathBuf::from(format!("{}.xz", img.display())),
+        img.with_extension("bmap"),
+        img.with_extension("img.sha256"),
+    ] {
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::anyhow!("{}: {e}", p.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let out = cmd.output().map_err(|e| {
         anyhow::anyhow!(

@@ -1,7 +1,9 @@
 //! `cairn-image`: builds a board's kernel and flashable image. Called by `scripts/image`.
 
 use anyhow::Context;
-use cairn_image::{artifacts, execute, kernel, load_board, plan, uboot_env, Inputs};
+use cairn_image::{
+    artifacts, execute, kernel, load_board, plan, remove_artifacts, uboot_env, Inputs,
+};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -53,7 +55,7 @@ enum Cmd {
         boot_mib: u64,
         #[arg(long, default_value_t = 64)]
         data_mib: u64,
-        /// Skip .img.xz/.bmap/.sha256 (test images).
+        /// Skip .img.xz/.bmap/.sha256 (test images, scripts/run); removes stale ones.
         #[arg(long)]
         no_artifacts: bool,
         #[arg(long)]
@@ -119,7 +121,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let plan = plan(&inputs)?;
             execute(&plan, &out).with_context(|| format!("building {}", out.display()))?;
-            if !no_artifacts {
+            if no_artifacts {
+                remove_artifacts(&out)?; // stale ones would not match the new image
+            } else {
                 artifacts(&out)?;
             }
             eprintln!(

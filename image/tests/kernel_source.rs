@@ -117,3 +117,37 @@ fn the_kernel_command_prints_exactly_one_path() {
     let head = std::fs::read(image).unwrap();
     assert_eq!(&head[56..60], b"ARM\x64");
 }
+
+/// `scripts/setup` with a host package pinned at a version Debian does not have: one line
+/// naming the versions the archive has and the file to change, and nothing installed.
+#[test]
+fn a_host_package_pin_that_left_the_archive_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("host-packages");
+    std::fs::write(&list, "# a pin Debian never had\nbc=0.0-0\n").unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let before = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "bc"])
+        .output()
+        .unwrap()
+        .stdout;
+    let out = Command::new(root.join("scripts/setup"))
+        .env("CAIRN_HOST_PACKAGES", &list)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("bc 0.0-0 (pinned in ")
+            && last.contains(&list.display().to_string())
+            && last.contains("is no longer in the Debian archive (available now: 1."),
+        "{err}"
+    );
+    let after = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "bc"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(before, after, "setup changed bc");
+}
