@@ -230,11 +230,7 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = std::thread::Builder::new()
-        .name(name.into())
-        .stack_size(STACK)
-        .spawn(f)
-    {
+    if let Err(e) = crate::init::helpers::spawn(name, STACK, f) {
         log!("error: {name} thread: {e}");
     }
 }
@@ -393,14 +389,11 @@ impl Pairing {
             return false;
         }
         let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("pairing".into())
-            .stack_size(STACK)
-            .spawn(move || {
-                let outcome = me.pairer.pair(window);
-                log!("{}", settle(&ui, outcome));
-                me.busy.store(false, Ordering::Release);
-            });
+        let spawned = crate::init::helpers::spawn("pairing", STACK, move || {
+            let outcome = me.pairer.pair(window);
+            log!("{}", settle(&ui, outcome));
+            me.busy.store(false, Ordering::Release);
+        });
         if let Err(e) = spawned {
             log!("error: pairing thread: {e}");
             self.busy.store(false, Ordering::Release);

@@ -9,6 +9,7 @@
 //! what only a device has (mounts, modules, the data partition) and exits instead of rebooting.
 
 mod data;
+pub(crate) mod helpers;
 mod modules;
 mod mounts;
 mod net;
@@ -18,7 +19,9 @@ mod workdirs;
 
 use cairn_bsp::Board;
 use nix::sys::signal::Signal;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use stage2::Shutdown;
 
@@ -66,6 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Init on a host: supervision only. Exits when asked to power off or reboot.
 fn host_main(args: Args, pid1: bool) -> anyhow::Result<()> {
+    // The same hook as on the device, so host tests exercise what the device runs.
+    install_panic_hook(false);
     let state = args
         .state
         .clone()
@@ -78,6 +83,8 @@ fn host_main(args: Args, pid1: bool) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot create state dir {}: {e}", state.display()))?;
     let socket = args.socket.unwrap_or_else(|| state.join("control.sock"));
     handled_signals().thread_block()?;
+    #[cfg(feature = "test-fixtures")]
+    helpers::arm_fault_switch();
     let how = stage2::run(stage2::Config {
         services_dir: services,
         state_dir: state,
@@ -92,10 +99,14 @@ fn host_main(args: Args, pid1: bool) -> anyhow::Result<()> {
 
 /// Init on the device. Never returns: PID 1 exiting would panic the kernel.
 fn device_main(_args: Args) -> ! {
-    install_panic_hook();
+    install_panic_hook(true);
+    // Before any thread starts (every helper goes through `helpers::spawn`, which blocks them
+    // for the new thread in any case).
     if let Err(e) = handled_signals().thread_block() {
         log!("cannot block signals: {e}");
     }
+    #[cfg(feature = "test-fixtures")]
+    helpers::arm_fault_switch();
     log!("stage 1: starting cairn {}", env!("CARGO_PKG_VERSION"));
     let board = match std::fs::read_to_string(paths::BOARD)
         .map_err(|e| anyhow::anyhow!("{}: {e}", paths::BOARD))
@@ -113,6 +124,9 @@ fn device_main(_args: Args) -> ! {
     let board_ui = board
         .as_ref()
         .map(|b| crate::board::start(b, Path::new(paths::DATA)));
+    if let Some(b) = &board_ui {
+        helpers::show_failures_on(b.ui.clone());
+    }
     // Services running as their own user get their state directory on /data (after the board
     // finished any interrupted factory reset, which wipes /data).
     let etc = Path::new("/etc");
@@ -121,19 +135,22 @@ fn device_main(_args: Args) -> ! {
     }
     let (notice_tx, notice_rx) = std::sync::mpsc::sync_channel(8);
     if let Some(b) = board_ui {
-        let spawned = std::thread::Builder::new()
-            .name("status-led".into())
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                for notice in notice_rx {
-                    match notice {
-                        cairn_supervisor::Notice::Ready => b.booted(),
-                        cairn_supervisor::Notice::Failed(_) => {
-                            b.ui.set_health(cairn_bsp::ui::Health::Error)
+        let spawned = helpers::spawn("status-led", 64 * 1024, move || {
+            for notice in notice_rx {
+                match notice {
+                    cairn_supervisor::Notice::Ready => {
+                        b.booted();
+                        // A helper that failed before the services came up keeps it at error.
+                        if helpers::failed() {
+                            b.ui.set_health(cairn_bsp::ui::Health::Error);
                         }
                     }
+                    cairn_supervisor::Notice::Failed(_) => {
+                        b.ui.set_health(cairn_bsp::ui::Health::Error)
+                    }
                 }
-            });
+            }
+        });
         if let Err(e) = spawned {
             log!("error: LED thread: {e}");
         }
@@ -206,18 +223,42 @@ pub(crate) fn reap_all() -> bool {
     }
 }
 
-/// With `panic = "abort"`, a panic would kill PID 1 and panic the kernel; instead the hook
-/// reports it and never returns, leaving a device that still reaps and obeys reboot requests.
-fn install_panic_hook() {
+/// Whether the emergency state may reboot(2): on a host it must never reboot the host.
+static ON_DEVICE: AtomicBool = AtomicBool::new(false);
+
+/// With `panic = "abort"` (the firmware profile), a panic would kill PID 1 and panic the
+/// kernel; instead the hook never returns, in every profile (host builds unwind, and park or
+/// loop the same way). A panic on a helper thread is contained to that thread
+/// (`helpers::contain`); a panic of the supervisor itself — the main thread, which runs stages
+/// 1 to 3 — leaves a device that still reaps and obeys reboot requests.
+fn install_panic_hook(device: bool) {
+    ON_DEVICE.store(device, Ordering::SeqCst);
     std::panic::set_hook(Box::new(|info| {
-        println!("cairn: FATAL: {info}");
+        if !helpers::is_supervisor_thread() {
+            helpers::contain(info);
+        }
+        console(&format!(
+            "FATAL: supervisor {}",
+            helpers::describe_panic(info)
+        ));
         emergency_loop("init failed");
     }));
 }
 
-/// The error state: reap children, and on SIGTERM/SIGINT reboot, on SIGUSR1/2 power off.
+/// A console line that never panics (`println!` does when the console fails, and a panic inside
+/// the panic hook aborts PID 1).
+pub(crate) fn console(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "cairn: {line}");
+    let _ = out.flush();
+}
+
+/// The error state: reap children, and on SIGTERM/SIGINT reboot, on SIGUSR1/2 power off (on a
+/// host: exit, as a host run does instead of rebooting).
 pub(crate) fn emergency_loop(why: &str) -> ! {
-    log!("EMERGENCY: {why}; power off with the button or reboot with a signal");
+    console(&format!(
+        "EMERGENCY: {why}; power off with the button or reboot with a signal"
+    ));
     let set = handled_signals();
     let _ = set.thread_block();
     loop {
@@ -230,6 +271,10 @@ pub(crate) fn emergency_loop(why: &str) -> ! {
         };
         reap_all();
         if let Some(mode) = how {
+            if !ON_DEVICE.load(Ordering::SeqCst) {
+                console("EMERGENCY: asked to stop: exiting (not the device's init)");
+                std::process::exit(1);
+            }
             nix::unistd::sync();
             let _ = nix::sys::reboot::reboot(mode);
         }

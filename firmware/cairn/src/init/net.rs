@@ -642,19 +642,16 @@ pub fn start(network: &cairn_bsp::board::Network, hostname: &str) {
         }
     };
     let hostname = hostname.to_string();
-    let spawned = std::thread::Builder::new()
-        .name("dhcp".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let link = match sys::SysLink::open(&iface, PathBuf::from(RESOLV_CONF)) {
-                Ok(l) => l,
-                Err(e) => {
-                    log!("error: net: {iface}: {e}");
-                    return;
-                }
-            };
-            Client::new(link, &iface, mac, &hostname, sys::random_u32(&mac)).run(Duration::MAX);
-        });
+    let spawned = super::helpers::spawn("dhcp", 64 * 1024, move || {
+        let link = match sys::SysLink::open(&iface, PathBuf::from(RESOLV_CONF)) {
+            Ok(l) => l,
+            Err(e) => {
+                log!("error: net: {iface}: {e}");
+                return;
+            }
+        };
+        Client::new(link, &iface, mac, &hostname, sys::random_u32(&mac)).run(Duration::MAX);
+    });
     if let Err(e) = spawned {
         log!("error: net: DHCP thread: {e}");
     }

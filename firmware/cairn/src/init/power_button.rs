@@ -18,22 +18,17 @@ pub fn watch(line: GpioLine) {
             return;
         }
     };
-    let spawned = std::thread::Builder::new()
-        .name("power-button".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            for event in events {
-                if let Err(e) = event {
-                    super::log!("error: power button: {e}");
-                    return;
-                }
-                super::log!("power button pressed");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(1),
-                    nix::sys::signal::SIGUSR2,
-                );
+    let spawned = super::helpers::spawn("power-button", 64 * 1024, move || {
+        for event in events {
+            if let Err(e) = event {
+                super::log!("error: power button: {e}");
+                return;
             }
-        });
+            super::log!("power button pressed");
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), nix::sys::signal::SIGUSR2);
+        }
+    });
     if let Err(e) = spawned {
         super::log!("error: power button thread: {e}");
     }
