@@ -33,6 +33,7 @@ impl Shutdown {
 
 /// Supervises the services until a poweroff or reboot is asked for, then stops them.
 pub fn run(cfg: Config) -> Shutdown {
+    super::log!("stage 2: supervising {}", cfg.services_dir.display());
     // The device's init passes its watchdog; a run on a host passes none. On a host, service
     // accounts go to a private passwd/group under the state directory, never the host's /etc,
     // and cgroup2 is only used if the host already has it.
