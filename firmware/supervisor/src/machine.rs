@@ -76,6 +76,9 @@ pub struct Policy {
     pub crash_window_ms: Millis,
     /// Failures within `crash_window_ms` that make a crash loop.
     pub crash_limit: usize,
+    /// A crash-looped service is tried again after this long; a try that fails before it was
+    /// ready for `stable_ms` waits this long again.
+    pub retry_after_failed_ms: Millis,
     /// Interval between TCP readiness probes.
     pub tcp_probe_ms: Millis,
     /// Exit code meaning "permanent failure, do not restart".
@@ -85,6 +88,10 @@ pub struct Policy {
 /// Exit code by which a service says "permanent failure, do not restart" (as in s6).
 pub const PERMANENT_FAILURE_CODE: i32 = 100;
 
+/// Wait before a crash-looped service is tried again: an unattended plug must not give up on a
+/// service for good, yet a service that cannot run should cost little (one try per 10 minutes).
+pub const RETRY_AFTER_FAILED_MS: Millis = 10 * 60 * 1000;
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
@@ -93,6 +100,7 @@ impl Default for Policy {
             stable_ms: 10_000,
             crash_window_ms: 60_000,
             crash_limit: 5,
+            retry_after_failed_ms: RETRY_AFTER_FAILED_MS,
             tcp_probe_ms: 50,
             permanent_failure_code: PERMANENT_FAILURE_CODE,
         }
@@ -145,8 +153,12 @@ enum State {
     Down,
     /// Ended and not restarted, as its restart policy says.
     Exited { status: ExitStatus },
-    /// Given up on: crash loop, permanent failure, bad dependencies.
-    Failed { reason: String },
+    /// Given up on: crash loop, permanent failure, bad dependencies. A crash loop is tried again
+    /// at `retry_at`; the others stay failed until an administrator's start.
+    Failed {
+        reason: String,
+        retry_at: Option<Millis>,
+    },
 }
 
 /// Things that happened, for the console and the service's log. Every variant names its
@@ -170,8 +182,12 @@ pub enum Event {
     SpawnFailed { service: String, error: String },
     /// Its process group got SIGKILL after the grace period.
     Killed { service: String },
-    /// It is given up on.
-    Failed { service: String, reason: String },
+    /// It is given up on; tried again after `retry_in_ms` if that is set (crash loop).
+    Failed {
+        service: String,
+        reason: String,
+        retry_in_ms: Option<Millis>,
+    },
     /// It stopped on request.
     Stopped { service: String },
 }
@@ -209,7 +225,20 @@ impl std::fmt::Display for Event {
             Event::Killed { service } => {
                 write!(f, "{service}: still running after its grace period; killed")
             }
-            Event::Failed { service, reason } => write!(f, "{service}: failed: {reason}"),
+            Event::Failed {
+                service,
+                reason,
+                retry_in_ms: None,
+            } => write!(f, "{service}: failed: {reason}"),
+            Event::Failed {
+                service,
+                reason,
+                retry_in_ms: Some(ms),
+            } => write!(
+                f,
+                "{service}: failed: {reason}; next try in {}",
+                human_ms(*ms)
+            ),
             Event::Stopped { service } => write!(f, "{service}: stopped"),
         }
     }
@@ -230,8 +259,10 @@ pub struct ServiceStatus {
     pub restarts: u32,
     /// How the last process ended.
     pub last_exit: Option<ExitStatus>,
-    /// Why it failed, or what it waits for.
+    /// Why it failed, or what it waits for (a crash-looped service: also when it is tried again).
     pub reason: Option<String>,
+    /// A crash-looped (`failed`) service: milliseconds until it is tried again.
+    pub retry_in_ms: Option<Millis>,
     /// Memory in use (filled in by the runtime).
     pub memory_bytes: Option<u64>,
 }
@@ -250,6 +281,9 @@ struct Service {
     consecutive_failures: u32,
     /// Failure times within the crash window; at most `crash_limit` entries.
     recent_failures: VecDeque<Millis>,
+    /// Crash-looped and not ready for `stable_ms` since: a failure waits
+    /// `retry_after_failed_ms` again instead of going through the backoff.
+    crash_looped: bool,
     last_exit: Option<ExitStatus>,
 }
 
@@ -280,6 +314,7 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                 restarts: 0,
                 consecutive_failures: 0,
                 recent_failures: VecDeque::new(),
+                crash_looped: false,
                 last_exit: None,
             })
             .collect();
@@ -291,6 +326,7 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                     None => {
                         s.state = State::Failed {
                             reason: format!("depends on {d}, which has no valid manifest"),
+                            retry_at: None,
                         }
                     }
                 }
@@ -309,6 +345,7 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
             if sup.in_cycle(i) {
                 sup.services[i].state = State::Failed {
                     reason: "dependency cycle".into(),
+                    retry_at: None,
                 };
             }
         }
@@ -401,6 +438,13 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                 self.services[i].state = State::Waiting;
                 true
             }
+            // The failure history stays: `crash_looped` sends a failed try back to waiting.
+            State::Failed {
+                retry_at: Some(at), ..
+            } if now >= at && !self.shutting_down => {
+                self.services[i].state = State::Waiting;
+                true
+            }
             State::Waiting if self.deps_ready(i) => {
                 self.spawn(i, now);
                 true
@@ -442,8 +486,11 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
             }
             State::Ready { pid, since } => {
                 let s = &mut self.services[i];
-                if s.consecutive_failures > 0 && now >= since + self.policy.stable_ms {
+                if (s.consecutive_failures > 0 || s.crash_looped)
+                    && now >= since + self.policy.stable_ms
+                {
                     s.consecutive_failures = 0;
+                    s.crash_looped = false;
                 }
                 if self.shutting_down && self.dependents_down(i) {
                     self.begin_stop(i, pid, now, After::Down);
@@ -542,7 +589,8 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
         };
     }
 
-    /// Counts a failure: restart after backoff, or give up on a crash loop.
+    /// Counts a failure: restart after backoff, or, on a crash loop (or a failed try after one),
+    /// wait `retry_after_failed_ms`.
     fn fail(&mut self, i: usize, now: Millis, reason: String) {
         let window = self.policy.crash_window_ms;
         let limit = self.policy.crash_limit.max(1);
@@ -562,15 +610,26 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
         let service = s.manifest.name.clone();
         if self.shutting_down {
             s.state = State::Down;
-        } else if s.recent_failures.len() >= limit {
-            let reason = format!(
-                "crash loop: {limit} failures within {} s (last: {reason})",
-                window / 1000
-            );
+        } else if s.crash_looped || s.recent_failures.len() >= limit {
+            let reason = if s.recent_failures.len() >= limit {
+                format!(
+                    "crash loop: {limit} failures within {} s (last: {reason})",
+                    window / 1000
+                )
+            } else {
+                format!("crash loop: failed again when tried ({reason})")
+            };
+            let retry_in_ms = self.policy.retry_after_failed_ms;
+            s.crash_looped = true;
             s.state = State::Failed {
                 reason: reason.clone(),
+                retry_at: Some(now.saturating_add(retry_in_ms)),
             };
-            self.push_event(Event::Failed { service, reason });
+            self.push_event(Event::Failed {
+                service,
+                reason,
+                retry_in_ms: Some(retry_in_ms),
+            });
         } else {
             let delay_ms = self.policy.backoff_ms(s.consecutive_failures);
             s.state = State::Backoff {
@@ -617,8 +676,13 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                 let reason = format!("permanent failure ({status})");
                 self.services[i].state = State::Failed {
                     reason: reason.clone(),
+                    retry_at: None,
                 };
-                self.push_event(Event::Failed { service, reason });
+                self.push_event(Event::Failed {
+                    service,
+                    reason,
+                    retry_in_ms: None,
+                });
             }
             _ => {
                 let restart = match self.services[i].manifest.restart {
@@ -658,6 +722,7 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
             State::Down | State::Exited { .. } | State::Failed { .. } => {
                 s.consecutive_failures = 0;
                 s.recent_failures.clear();
+                s.crash_looped = false;
                 s.state = State::Waiting;
                 self.tick();
                 Ok(format!("{name}: starting"))
@@ -689,7 +754,12 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                 };
                 Ok(format!("{name}: stopping"))
             }
-            State::Waiting | State::Backoff { .. } => {
+            // A crash loop's pending try is cancelled too: stopped means stay down.
+            State::Waiting
+            | State::Backoff { .. }
+            | State::Failed {
+                retry_at: Some(_), ..
+            } => {
                 self.services[i].state = State::Down;
                 Ok(format!("{name}: stopped"))
             }
@@ -706,6 +776,7 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                 // An administrator's restart is a fresh start: no backoff, no crash history.
                 self.services[i].consecutive_failures = 0;
                 self.services[i].recent_failures.clear();
+                self.services[i].crash_looped = false;
                 self.begin_stop(i, pid, now, After::Restart);
                 Ok(format!("{name}: restarting"))
             }
@@ -765,6 +836,9 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                     Some(self.clock.now_ms())
                 }
                 State::Backoff { until } => Some(*until),
+                State::Failed {
+                    retry_at: Some(at), ..
+                } if !self.shutting_down => Some(*at),
                 // During a shutdown the readiness timeout no longer applies (see `step`).
                 State::Starting { next_probe, .. } => {
                     let timeout =
@@ -776,7 +850,7 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                         _ => timeout,
                     }
                 }
-                State::Ready { since, .. } if s.consecutive_failures > 0 => {
+                State::Ready { since, .. } if s.consecutive_failures > 0 || s.crash_looped => {
                     Some(since + self.policy.stable_ms)
                 }
                 State::Stopping {
@@ -795,6 +869,7 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
         self.services
             .iter()
             .map(|s| {
+                let mut retry_in_ms = None;
                 let (state, pid, reason) = match &s.state {
                     State::Waiting => {
                         let missing: Vec<&str> = s
@@ -818,7 +893,16 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                     State::Stopping { pid, .. } => ("stopping", Some(*pid), None),
                     State::Down => ("down", None, None),
                     State::Exited { .. } => ("exited", None, None),
-                    State::Failed { reason } => ("failed", None, Some(reason.clone())),
+                    State::Failed {
+                        reason,
+                        retry_at: Some(at),
+                    } if !self.shutting_down => {
+                        let ms = at.saturating_sub(now);
+                        retry_in_ms = Some(ms);
+                        let reason = format!("{reason}; next try in {}", human_ms(ms));
+                        ("failed", None, Some(reason))
+                    }
+                    State::Failed { reason, .. } => ("failed", None, Some(reason.clone())),
                 };
                 ServiceStatus {
                     name: s.manifest.name.clone(),
@@ -828,6 +912,7 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
                     restarts: s.restarts,
                     last_exit: s.last_exit,
                     reason,
+                    retry_in_ms,
                     memory_bytes: None,
                 }
             })
@@ -842,6 +927,16 @@ impl<C: Clock, S: Spawner> Supervisor<C, S> {
             | State::Stopping { pid, .. } => Some(pid),
             _ => None,
         })
+    }
+}
+
+/// `ms` for a person, rounded up to whole seconds: `45s`, `9m12s`.
+fn human_ms(ms: Millis) -> String {
+    let s = ms.div_ceil(1000);
+    if s < 60 {
+        format!("{s}s")
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
     }
 }
 

@@ -35,10 +35,15 @@ pub enum Shutdown {
 /// What the supervisor tells the rest of init (the board's LEDs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
-    /// Every enabled service is ready (sent once, with the `cairn: ready` line).
+    /// Every enabled service is ready: sent with the `cairn: ready` line, and again whenever
+    /// every service is ready once more after a `Failed` or `Retrying` notice.
     Ready,
-    /// This service failed and will not be restarted (crash loop or permanent failure).
+    /// This service failed and will not be restarted (permanent failure, bad dependencies)
+    /// until an administrator's start.
     Failed(String),
+    /// This service crash-looped and waits to be tried again
+    /// ([`crate::machine::RETRY_AFTER_FAILED_MS`]); sent again for every try that fails.
+    Retrying(String),
 }
 
 /// How [`run`] is set up.
@@ -61,8 +66,8 @@ pub struct RunConfig {
     pub cgroup_root: PathBuf,
     /// Mount cgroup2 at `cgroup_root` when nothing is mounted there (on the device).
     pub mount_cgroup: bool,
-    /// Told when every service is ready and when a service fails for good: what the board's
-    /// status LED shows. Bounded; a notice is dropped rather than block the supervisor.
+    /// Told when every service is ready, when a service fails for good and when one waits to be
+    /// tried again after a crash loop: what the board's status LED shows. Bounded; a notice is dropped rather than block the supervisor.
     pub notices: Option<std::sync::mpsc::SyncSender<Notice>>,
 }
 
@@ -147,6 +152,9 @@ struct Runtime {
     followers: VecDeque<Follower>,
     requested: Option<Shutdown>,
     ready_announced: bool,
+    /// A `Failed` or `Retrying` notice went out since the last `Ready`: the next time every
+    /// service is ready, `Ready` is sent again so the LEDs recover.
+    unwell_since_ready: bool,
 }
 
 /// Supervises the services in `cfg.services_dir` until a poweroff or reboot is requested
@@ -220,6 +228,7 @@ pub fn run(cfg: RunConfig) -> Shutdown {
         followers: VecDeque::new(),
         requested: None,
         ready_announced: false,
+        unwell_since_ready: false,
     };
     let mut last_ping = Instant::now();
     // A process stuck in the kernel survives SIGKILL; the shutdown must still end. Every
@@ -315,19 +324,37 @@ impl Runtime {
         }
     }
 
-    /// Logs the machine's events and announces readiness once.
+    /// Logs the machine's events, tells init of failures, and announces readiness (on stdout
+    /// once; to init again when every service is back after a failure).
     fn after_step(&mut self) {
         for e in self.sup.drain_events() {
             eprintln!("cairn: {e}");
-            if let crate::machine::Event::Failed { service, .. } = &e {
-                self.notify(Notice::Failed(service.clone()));
+            if let crate::machine::Event::Failed {
+                service,
+                retry_in_ms,
+                ..
+            } = &e
+            {
+                self.unwell_since_ready = true;
+                self.notify(match retry_in_ms {
+                    Some(_) => Notice::Retrying(service.clone()),
+                    None => Notice::Failed(service.clone()),
+                });
             }
             if let Some(ring) = self.logs.get_mut(e.service()) {
                 ring.push_line(&format!("cairn: {e}"));
             }
         }
-        if !self.ready_announced && !self.sup.shutting_down() && self.sup.all_ready() {
+        let all_ready = !self.sup.shutting_down() && self.sup.all_ready();
+        if all_ready && self.ready_announced && self.unwell_since_ready {
+            // Back from a failure (a retry that came up, or an administrator's start).
+            self.unwell_since_ready = false;
+            eprintln!("cairn: every service is ready again");
+            self.notify(Notice::Ready);
+        }
+        if all_ready && !self.ready_announced {
             self.ready_announced = true;
+            self.unwell_since_ready = false;
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "cairn: ready");
             self.notify(Notice::Ready);

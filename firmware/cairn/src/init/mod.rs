@@ -17,8 +17,11 @@ mod power_button;
 mod stage2;
 mod workdirs;
 
+use cairn_bsp::ui::Health;
 use cairn_bsp::Board;
+use cairn_supervisor::Notice;
 use nix::sys::signal::Signal;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,18 +139,18 @@ fn device_main(_args: Args) -> ! {
     let (notice_tx, notice_rx) = std::sync::mpsc::sync_channel(8);
     if let Some(b) = board_ui {
         let spawned = helpers::spawn("status-led", 64 * 1024, move || {
+            let mut led = StatusLed::default();
             for notice in notice_rx {
-                match notice {
-                    cairn_supervisor::Notice::Ready => {
+                match led.on(notice, helpers::failed()) {
+                    LedChange::Booted => {
                         b.booted();
                         // A helper that failed before the services came up keeps it at error.
                         if helpers::failed() {
-                            b.ui.set_health(cairn_bsp::ui::Health::Error);
+                            b.ui.set_health(Health::Error);
                         }
                     }
-                    cairn_supervisor::Notice::Failed(_) => {
-                        b.ui.set_health(cairn_bsp::ui::Health::Error)
-                    }
+                    LedChange::Set(health) => b.ui.set_health(health),
+                    LedChange::Keep => {}
                 }
             }
         });
@@ -164,6 +167,51 @@ fn device_main(_args: Args) -> ! {
         notices: Some(notice_tx),
     });
     stage3(how)
+}
+
+/// What the `status-led` thread does with the supervisor's notices.
+#[derive(Default)]
+struct StatusLed {
+    /// Services failed for good since the last `Ready`: while there is one, a crash loop
+    /// elsewhere must not turn the error into amber.
+    failed: BTreeSet<String>,
+}
+
+/// A change of the status LED.
+#[derive(Debug, PartialEq, Eq)]
+enum LedChange {
+    /// Every service is ready: healthy or setup needed, as the board says.
+    Booted,
+    /// Show this.
+    Set(Health),
+    /// Leave it as it is.
+    Keep,
+}
+
+impl StatusLed {
+    /// `helper_failed`: an init helper failed, which keeps the LED at error.
+    fn on(&mut self, notice: Notice, helper_failed: bool) -> LedChange {
+        match notice {
+            // At boot, or back after a crash loop's retry or an administrator's start.
+            Notice::Ready => {
+                self.failed.clear();
+                LedChange::Booted
+            }
+            Notice::Failed(name) => {
+                self.failed.insert(name);
+                LedChange::Set(Health::Error)
+            }
+            // Crash-looped and tried again in a while: amber, unless something is worse.
+            Notice::Retrying(name) => {
+                self.failed.remove(&name);
+                if self.failed.is_empty() && !helper_failed {
+                    LedChange::Set(Health::Degraded)
+                } else {
+                    LedChange::Keep
+                }
+            }
+        }
+    }
 }
 
 /// Stage 1: every step is logged and none is fatal — a device without its data partition still
@@ -278,5 +326,46 @@ pub(crate) fn emergency_loop(why: &str) -> ! {
             nix::unistd::sync();
             let _ = nix::sys::reboot::reboot(mode);
         }
+    }
+}
+
+#[cfg(test)]
+mod status_led_tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_loop_shows_amber_and_ready_clears_it() {
+        let mut led = StatusLed::default();
+        assert_eq!(led.on(Notice::Ready, false), LedChange::Booted);
+        assert_eq!(
+            led.on(Notice::Retrying("node".into()), false),
+            LedChange::Set(Health::Degraded)
+        );
+        // The retry came up: every service is ready again.
+        assert_eq!(led.on(Notice::Ready, false), LedChange::Booted);
+    }
+
+    #[test]
+    fn a_failure_for_good_is_not_turned_amber() {
+        let mut led = StatusLed::default();
+        assert_eq!(
+            led.on(Notice::Failed("web".into()), false),
+            LedChange::Set(Health::Error)
+        );
+        assert_eq!(
+            led.on(Notice::Retrying("node".into()), false),
+            LedChange::Keep
+        );
+        // Started again by hand, the failed service crash-loops: then amber is right.
+        assert_eq!(
+            led.on(Notice::Retrying("web".into()), false),
+            LedChange::Set(Health::Degraded)
+        );
+        // A failed init helper keeps the error.
+        let mut led = StatusLed::default();
+        assert_eq!(
+            led.on(Notice::Retrying("node".into()), true),
+            LedChange::Keep
+        );
     }
 }

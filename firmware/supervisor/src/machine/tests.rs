@@ -117,6 +117,28 @@ impl Harness {
     fn signals(&self) -> Vec<(u32, StopSignal)> {
         self.world.0.borrow().signals.clone()
     }
+    fn now(&self) -> Millis {
+        self.clock.0.get()
+    }
+    /// Crashes a running service until it is failed for a crash loop (5 failures within 60 s).
+    fn crash_loop(&mut self, name: &str) {
+        for _ in 0..5 {
+            assert!(self.sup.pid_of(name).is_some(), "{name} runs");
+            self.crash(name);
+            if self.state(name) == "backoff" {
+                self.advance_to_deadline();
+            }
+        }
+        assert_eq!(self.state(name), "failed");
+        assert!(self.now() < 60_000);
+    }
+    fn status_of(&self, name: &str) -> ServiceStatus {
+        self.sup
+            .status()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap()
+    }
 }
 
 #[test]
@@ -209,7 +231,7 @@ fn staying_ready_resets_the_backoff() {
 }
 
 #[test]
-fn crash_loop_marks_failed_and_stops_restarting() {
+fn crash_loop_marks_failed_until_the_long_retry() {
     let mut h = Harness::new(vec![svc("a")]);
     h.sup.tick();
     for _ in 0..4 {
@@ -227,9 +249,14 @@ fn crash_loop_marks_failed_and_stops_restarting() {
         "{st:?}"
     );
     let n = h.spawned().len();
+    let failed_at = h.now();
     h.advance(120_000);
     assert_eq!(h.spawned().len(), n, "a failed service is not restarted");
-    assert_eq!(h.sup.next_deadline(), None);
+    // Not before the long retry (see `crash_loop_is_retried_every_ten_minutes`).
+    assert_eq!(
+        h.sup.next_deadline(),
+        Some(failed_at + RETRY_AFTER_FAILED_MS)
+    );
     // An administrator's start clears the failure.
     h.sup.start("a").unwrap();
     assert_eq!(h.spawned().len(), n + 1);
@@ -259,6 +286,209 @@ fn permanent_failure_code_is_not_restarted() {
     h.advance(10_000);
     assert_eq!(h.state("a"), "failed");
     assert_eq!(h.spawned().len(), 1);
+    // Not even at the crash loop's long retry.
+    h.advance(3 * RETRY_AFTER_FAILED_MS);
+    assert_eq!(h.spawned().len(), 1);
+    assert_eq!(h.sup.next_deadline(), None);
+    assert_eq!(h.status_of("a").retry_in_ms, None);
+}
+
+#[test]
+fn crash_loop_is_retried_every_ten_minutes() {
+    assert_eq!(RETRY_AFTER_FAILED_MS, 10 * 60 * 1000);
+    let mut h = Harness::new(vec![svc("a")]);
+    h.sup.tick();
+    h.crash_loop("a");
+    let events = h.sup.drain_events();
+    let failed = events
+        .iter()
+        .find(|e| matches!(e, Event::Failed { .. }))
+        .unwrap();
+    assert_eq!(
+        failed,
+        &Event::Failed {
+            service: "a".into(),
+            reason: "crash loop: 5 failures within 60 s (last: ended with signal 9)".into(),
+            retry_in_ms: Some(RETRY_AFTER_FAILED_MS),
+        }
+    );
+    assert!(
+        failed.to_string().ends_with("; next try in 10m00s"),
+        "{failed}"
+    );
+    let n = h.spawned().len();
+    // Not restarted one millisecond before the 10 minutes; the status says when.
+    h.advance(RETRY_AFTER_FAILED_MS - 1);
+    assert_eq!(h.spawned().len(), n);
+    let st = h.status_of("a");
+    assert_eq!((st.state, st.retry_in_ms), ("failed", Some(1)));
+    let reason = st.reason.unwrap();
+    assert!(
+        reason.starts_with("crash loop: 5 failures") && reason.ends_with("; next try in 1s"),
+        "{reason}"
+    );
+    // Restarted at 10 minutes.
+    h.advance(1);
+    assert_eq!(h.spawned().len(), n + 1);
+    assert_eq!(h.state("a"), "ready");
+    assert_eq!(h.status_of("a").retry_in_ms, None);
+    // Ready, but not yet for the stable period: a crash waits 10 minutes again, with no fast
+    // restart or backoff in between.
+    h.advance(Policy::default().stable_ms - 1);
+    h.crash("a");
+    let again = h.now();
+    assert_eq!(h.state("a"), "failed");
+    assert_eq!(h.spawned().len(), n + 1);
+    assert!(h
+        .status_of("a")
+        .reason
+        .unwrap()
+        .starts_with("crash loop: failed again when tried (ended with signal 9)"));
+    assert_eq!(h.sup.next_deadline(), Some(again + RETRY_AFTER_FAILED_MS));
+    h.advance(RETRY_AFTER_FAILED_MS - 1);
+    assert_eq!(h.spawned().len(), n + 1);
+    h.advance(1);
+    assert_eq!(h.spawned().len(), n + 2);
+    assert_eq!(h.state("a"), "ready");
+}
+
+#[test]
+fn a_failed_try_of_any_kind_waits_ten_minutes_again() {
+    // The try times out waiting for readiness.
+    let mut a = svc("a");
+    a.ready = Readiness::Notify;
+    let mut h = Harness::new(vec![a]);
+    h.sup.tick();
+    for _ in 0..5 {
+        let pid = h.pid("a");
+        h.sup.on_notify(pid);
+        h.crash("a");
+        if h.state("a") == "backoff" {
+            h.advance_to_deadline();
+        }
+    }
+    assert_eq!(h.state("a"), "failed");
+    assert_eq!(h.advance_to_deadline(), RETRY_AFTER_FAILED_MS);
+    let pid = h.pid("a");
+    assert_eq!(h.advance_to_deadline(), 5000, "the readiness timeout");
+    assert!(h.sup.on_exit(pid, ExitStatus::Signal(9)));
+    h.sup.tick();
+    assert_eq!(h.state("a"), "failed");
+    assert_eq!(h.advance_to_deadline(), RETRY_AFTER_FAILED_MS);
+    assert_eq!(h.state("a"), "starting");
+
+    // The try cannot even be spawned.
+    let mut h = Harness::new(vec![svc("b")]);
+    h.world.0.borrow_mut().unspawnable.insert("b".into());
+    h.sup.tick();
+    while h.state("b") != "failed" {
+        h.advance_to_deadline();
+    }
+    for _ in 0..3 {
+        assert_eq!(h.advance_to_deadline(), RETRY_AFTER_FAILED_MS);
+        assert_eq!(h.state("b"), "failed");
+    }
+    let spawn_failures = h
+        .sup
+        .drain_events()
+        .iter()
+        .filter(|e| matches!(e, Event::SpawnFailed { .. }))
+        .count();
+    assert_eq!(
+        spawn_failures,
+        5 + 3,
+        "one try per 10 minutes after the crash loop"
+    );
+}
+
+#[test]
+fn staying_ready_after_a_retry_resets_the_failure_count() {
+    let mut h = Harness::new(vec![svc("a")]);
+    h.sup.tick();
+    h.crash_loop("a");
+    h.advance(RETRY_AFTER_FAILED_MS);
+    assert_eq!(h.state("a"), "ready");
+    h.advance(Policy::default().stable_ms);
+    assert_eq!(h.sup.next_deadline(), None, "nothing left to reset");
+    // Back to the ordinary rules: an immediate restart, then the backoff, and 5 failures
+    // within 60 s before the service counts as failed again.
+    let n = h.spawned().len();
+    h.crash("a");
+    assert_eq!(h.spawned().len(), n + 1, "first restart is immediate");
+    h.crash("a");
+    assert_eq!(h.state("a"), "backoff");
+    assert_eq!(h.advance_to_deadline(), 100);
+    h.crash("a");
+    h.advance_to_deadline();
+    h.crash("a");
+    h.advance_to_deadline();
+    assert_eq!(h.state("a"), "ready");
+    h.crash("a");
+    assert_eq!(h.state("a"), "failed");
+    assert_eq!(h.status_of("a").retry_in_ms, Some(RETRY_AFTER_FAILED_MS));
+}
+
+#[test]
+fn permanent_failure_after_a_crash_loop_is_never_retried() {
+    let mut h = Harness::new(vec![svc("a")]);
+    h.sup.tick();
+    h.crash_loop("a");
+    h.advance(RETRY_AFTER_FAILED_MS);
+    let pid = h.pid("a");
+    h.sup.on_exit(pid, ExitStatus::Code(PERMANENT_FAILURE_CODE));
+    h.sup.tick();
+    let st = h.status_of("a");
+    assert_eq!(st.state, "failed");
+    assert_eq!(st.retry_in_ms, None);
+    assert!(st.reason.unwrap().starts_with("permanent failure"));
+    let n = h.spawned().len();
+    assert_eq!(h.sup.next_deadline(), None);
+    h.advance(3 * RETRY_AFTER_FAILED_MS);
+    assert_eq!(h.spawned().len(), n);
+    assert!(h.sup.drain_events().contains(&Event::Failed {
+        service: "a".into(),
+        reason: format!("permanent failure (exit code {PERMANENT_FAILURE_CODE})"),
+        retry_in_ms: None,
+    }));
+}
+
+#[test]
+fn start_and_restart_commands_try_a_crash_looped_service_at_once() {
+    for cmd in ["start", "restart"] {
+        let mut h = Harness::new(vec![svc("a")]);
+        h.sup.tick();
+        h.crash_loop("a");
+        h.advance(1000);
+        let n = h.spawned().len();
+        match cmd {
+            "start" => h.sup.start("a").unwrap(),
+            _ => h.sup.restart("a").unwrap(),
+        };
+        assert_eq!(h.spawned().len(), n + 1, "{cmd}");
+        assert_eq!(h.state("a"), "ready", "{cmd}");
+        // A fresh start: the next crash restarts at once instead of waiting 10 minutes.
+        h.crash("a");
+        assert_eq!(h.spawned().len(), n + 2, "{cmd}");
+        assert_eq!(h.state("a"), "ready", "{cmd}");
+    }
+}
+
+#[test]
+fn stop_and_shutdown_cancel_the_long_retry() {
+    let mut h = Harness::new(vec![svc("a"), svc("b")]);
+    h.sup.tick();
+    h.crash_loop("a");
+    h.crash_loop("b");
+    h.sup.stop("a").unwrap();
+    assert_eq!(h.state("a"), "down");
+    h.sup.shutdown();
+    assert_eq!(h.state("b"), "failed");
+    assert_eq!(h.status_of("b").retry_in_ms, None);
+    assert_eq!(h.sup.next_deadline(), None);
+    let n = h.spawned().len();
+    h.advance(2 * RETRY_AFTER_FAILED_MS);
+    assert_eq!(h.spawned().len(), n, "nothing is tried again");
+    assert!(h.sup.all_stopped());
 }
 
 #[test]
