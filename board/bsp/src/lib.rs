@@ -23,3 +23,15 @@ pub use clock::{Clock, ManualClock, StdClock};
 pub use pairing::{Completion, PairingError, PairingWindow, WindowStatus};
 pub use pattern::{Led, LedDriver, Pattern, Role};
 pub use ui::{Action, Health, SharedUi, Ui, UiConfig};
+
+/// The message of the panic `f` raises (tests of documented panics, instead of
+/// `#[should_panic]`, so the test says which panic it expects and fails on any other).
+#[cfg(test)]
+pub(crate) fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+    let payload = std::panic::catch_unwind(f).expect_err("expected a panic");
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
