@@ -13,7 +13,7 @@ use thiserror::Error;
 pub const VERSION: u8 = 1;
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 10;
-/// Largest shard carried in one frame (4 MiB).
+/// Largest shard carried in one frame (6 MiB).
 pub const MAX_SHARD: usize = 6 * 1024 * 1024;
 /// Longest error reason, in bytes of UTF-8.
 pub const MAX_REASON: usize = 256;
@@ -21,10 +21,13 @@ pub const MAX_REASON: usize = 256;
 pub const MAX_BODY: usize = MAX_SHARD + SHARD_ID_LEN + 4;
 /// Largest complete frame: the most a reader ever buffers for one frame.
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_BODY;
-/// Length of a shard identifier (its BLAKE3 hash).
+/// Length of a shard identifier, in bytes.
 pub const SHARD_ID_LEN: usize = 32;
 
-/// A shard's identifier: the BLAKE3 hash of its bytes.
+/// A shard's identifier on the network. The vault's shards are stored under a key derived from
+/// their chunk id and index (`records::shard_key`), checked against the shard's own header
+/// (`records::check_vault_shard`); [`ShardId::of`] and [`check_shard`] serve content-addressed
+/// shards (audit tests, the wire's own tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub [u8; SHARD_ID_LEN]);
 

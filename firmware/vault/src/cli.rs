@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, short, global = true)]
     pub quiet: bool,
     /// Use the storage node whose control socket is SOCKET for shards, whatever targets the
-    /// vault was created with (e.g. /run/cairn/node.sock on a plug).
+    /// vault was created with (on a plug: /data/node/node.sock).
     #[arg(long, global = true, value_name = "SOCKET")]
     pub node: Option<PathBuf>,
     /// The command.
