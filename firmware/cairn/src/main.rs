@@ -48,6 +48,12 @@ fn main() {
             eprintln!("cairn: {e:#}");
         }
     }
+    // `cairn node …` parses its own arguments only: the node service starts this way at every
+    // boot, and building the parser of every role's arguments first costs tens of milliseconds
+    // of an emulated or small ARM CPU before the node is ready.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "node") {
+        exit_on_error(cairn_node::cli::run(parse_node()));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(args) => init::run(args),
@@ -59,8 +65,22 @@ fn main() {
         }
         Command::Node(args) => cairn_node::cli::run(args),
     };
+    exit_on_error(result);
+}
+
+fn exit_on_error(result: anyhow::Result<()>) {
     if let Err(e) = result {
         eprintln!("cairn: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `cairn node …`'s arguments, parsed (help and errors as `cairn node` shows them).
+fn parse_node() -> cairn_node::cli::Args {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = cairn_node::cli::Args::command()
+        .name("node")
+        .bin_name("cairn node")
+        .get_matches_from(std::env::args_os().skip(1));
+    cairn_node::cli::Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

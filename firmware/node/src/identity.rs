@@ -13,35 +13,48 @@ use libp2p::identity::Keypair;
 
 /// Loads the key at `path`, or creates it (mode 0600, written aside and renamed) if absent.
 pub fn load_or_create(path: &Path) -> Result<Keypair> {
+    let (key, new) = load_or_generate(path)?;
+    if new {
+        store(path, &key)?;
+    }
+    Ok(key)
+}
+
+/// Loads the key at `path`, or generates a new one without storing it: `(key, true)` means
+/// the caller must [`store`] it before the peer id is shown to anyone (so the node can set
+/// up its network while the key file is written and synced).
+pub fn load_or_generate(path: &Path) -> Result<(Keypair, bool)> {
     match fs::read(path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
-            anyhow!(
-                "{}: not a node key ({e}); move it away only if this plug may get a new identity \
-                 (partners would have to pair again)",
-                path.display()
-            )
-        }),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let key = Keypair::generate_ed25519();
-            let bytes = key
-                .to_protobuf_encoding()
-                .context("encoding the node key")?;
-            let tmp = path.with_extension("tmp");
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("{}: creating the node key", tmp.display()))?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)
-                .with_context(|| format!("{}: storing the node key", path.display()))?;
-            Ok(key)
-        }
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map(|k| (k, false))
+            .map_err(|e| {
+                anyhow!(
+                    "{}: not a node key ({e}); move it away only if this plug may get a new \
+                     identity (partners would have to pair again)",
+                    path.display()
+                )
+            }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok((Keypair::generate_ed25519(), true)),
         Err(e) => Err(anyhow!("{}: {e}", path.display())),
     }
+}
+
+/// Stores `key` at `path` (mode 0600, written aside, synced and renamed).
+pub fn store(path: &Path, key: &Keypair) -> Result<()> {
+    let bytes = key
+        .to_protobuf_encoding()
+        .context("encoding the node key")?;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("{}: creating the node key", tmp.display()))?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("{}: storing the node key", path.display()))
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! [`crate::owner`]; the control socket in [`crate::server`].
 //!
 //! Threads: one tokio runtime with two workers runs the swarm task and the control
-//! connections; chunk-store calls (blocking I/O) run on tokio's blocking pool, at most
-//! `inflight_per_peer` per peer and bounded in bytes by the frame budget.
+//! connections (at start, two short-lived threads store a new key and open the chunk store
+//! while the runtime and libp2p are set up); chunk-store calls (blocking I/O) run on tokio's
+//! blocking pool, at most `inflight_per_peer` per peer and bounded in bytes by the frame budget.
 //!
 //! Memory (the node's RSS budget is 64 MiB): frames in flight ≤ `frame_budget` (24 MiB), the
 //! chunk store's index ≤ `store_memory` (8 MiB), partners and peers a few hundred bytes each,
@@ -442,24 +443,42 @@ struct PairSession {
 /// overlap detection) before pairing.
 const PAIR_SETTLE: Duration = Duration::from_millis(2500);
 
-/// Opens the node: key, store, partners; rebuilds the ledger from the store.
+/// Opens the node: key, store (its space reserve held), partners; rebuilds the ledger from
+/// the store.
 pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::identity::Keypair)> {
-    std::fs::create_dir_all(&cfg.home)
-        .with_context(|| format!("{}: creating the node's home", cfg.home.display()))?;
+    make_home(&cfg)?;
     let key = crate::identity::load_or_create(&cfg.home.join("identity.key"))?;
-    let me = key.public().to_peer_id();
+    let budget = Budget::new(cfg.limits.frame_budget);
+    let (shared, rx) = open_state(cfg, key.public().to_peer_id(), budget, true)?;
+    Ok((shared, rx, key))
+}
+
+fn make_home(cfg: &Config) -> Result<()> {
+    std::fs::create_dir_all(&cfg.home)
+        .with_context(|| format!("{}: creating the node's home", cfg.home.display()))
+}
+
+/// The node's state around its chunk store; with `reserve_now` false a missing space reserve
+/// is left for [`make_reserve`].
+fn open_state(
+    cfg: Config,
+    me: PeerId,
+    budget: Budget,
+    reserve_now: bool,
+) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>)> {
     let store_cfg = cairn_store::Config {
         memory_budget_bytes: cfg.store_memory,
         max_shard_bytes: crate::wire::MAX_SHARD as u32,
         max_batch_bytes: 8 << 20,
         ..Default::default()
     };
-    let store = Store::open_dir(cfg.home.join("store"), store_cfg).with_context(|| {
-        format!(
-            "{}: opening the chunk store",
-            cfg.home.join("store").display()
-        )
-    })?;
+    let dir = cfg.home.join("store");
+    let store = if reserve_now {
+        Store::open_dir(&dir, store_cfg)
+    } else {
+        Store::open_dir_reserve_later(&dir, store_cfg)
+    }
+    .with_context(|| format!("{}: opening the chunk store", dir.display()))?;
     let saved = load_persisted(&cfg.home.join("partners.json"))?;
     let mut ledger = Ledger::new(cfg.allowance);
     let mut tracker =
@@ -472,7 +491,6 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
         tracker.seen(&id, start);
     }
     let (tx, rx) = mpsc::channel(256);
-    let budget = Budget::new(cfg.limits.frame_budget);
     let shared = Arc::new(Shared {
         me,
         store,
@@ -507,7 +525,22 @@ pub fn open(cfg: Config) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>, libp2p::id
     // crash).
     recount_held(&shared)?;
     crate::owner::rebuild_books(&shared)?;
-    Ok((shared, rx, key))
+    Ok((shared, rx))
+}
+
+/// Makes the chunk store's space reserve if it is missing (on a first start: `reserve_bytes`
+/// of zeros, synced — long on an SD card), after the node is ready; see
+/// [`Store::open_reserve_later`].
+fn make_reserve(shared: &Arc<Shared>) {
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        if !s.store.ensure_reserve() {
+            eprintln!(
+                "cairn-node: chunk store: no room for its space reserve (deletes on a full disk \
+                 may fail until compaction frees space)"
+            );
+        }
+    });
 }
 
 /// Recomputes what we hold for each partner from the store (at start, after leases ran out).
@@ -543,6 +576,26 @@ fn held_for(store: &Store, peer: &PeerId) -> Result<u64> {
     Ok(total)
 }
 
+/// Runs `f` on a thread of its own; its result comes through the receiver (an error if the
+/// thread could not start or panicked).
+fn on_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> oneshot::Receiver<Result<T>> {
+    let (tx, rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    if let Err(e) = spawned {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(anyhow::anyhow!("starting a thread: {e}")));
+        return rx;
+    }
+    rx
+}
+
 /// Runs the node until SIGTERM/SIGINT. `ready` is called once it listens and serves control.
 pub fn run(cfg: Config, ready: impl FnOnce() + Send + 'static) -> Result<()> {
     run_until(cfg, ready, None)
@@ -555,19 +608,35 @@ pub fn run_until(
     ready: impl FnOnce() + Send + 'static,
     stop: Option<oneshot::Receiver<()>>,
 ) -> Result<()> {
+    make_home(&cfg)?;
+    let key_path = cfg.home.join("identity.key");
+    let (key, new_key) = crate::identity::load_or_generate(&key_path)?;
+    let me = key.public().to_peer_id();
+    let budget = Budget::new(cfg.limits.frame_budget);
+    let (limits, mdns) = (cfg.limits.clone(), cfg.mdns);
+    // The disk work (a new key's file; the chunk store) runs on threads of its own while the
+    // runtime and the libp2p stack are set up, so the waits for the medium overlap that CPU
+    // work (and two syncs may share one journal commit). Both are done before anything
+    // listens or the peer id is shown.
+    let key_saved = new_key.then(|| {
+        let (key, path) = (key.clone(), key_path.clone());
+        on_thread("node-key", move || crate::identity::store(&path, &key))
+    });
+    let opened = {
+        let budget = budget.clone();
+        on_thread("node-store", move || open_state(cfg, me, budget, false))
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let (shared, rx, key) = open(cfg)?;
-        let swarm = net::build(
-            key,
-            &shared.cfg.limits,
-            shared.budget.clone(),
-            shared.cfg.mdns,
-        )?;
+        let swarm = net::build(key, &limits, budget, mdns)?;
+        if let Some(saved) = key_saved {
+            saved.await.context("storing the node key")??;
+        }
+        let (shared, rx) = opened.await.context("opening the node")??;
         let listener = crate::server::bind(&shared.cfg.control)?;
         let mut task = SwarmTask::new(shared.clone(), swarm, rx);
         task.start()?;
@@ -598,6 +667,8 @@ pub fn run_until(
                 () = task.step() => {
                     if task.listening && ready.is_some() {
                         (ready.take().expect("once"))();
+                        // What can follow readiness does.
+                        make_reserve(&shared);
                     }
                 }
             }

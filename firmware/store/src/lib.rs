@@ -139,8 +139,9 @@ pub struct Config {
     /// Largest group-commit batch (also the bound on queued, not yet written put bytes).
     pub max_batch_bytes: usize,
     /// Disk space held in a `RESERVE` file and given up when the disk is full, so deletes
-    /// and compaction can still write their records and free space. Recreated after a
-    /// compaction when there is room. 0 disables it.
+    /// and compaction can still write their records and free space. Made at open
+    /// ([`Store::open`]; [`Store::open_reserve_later`] leaves it to [`Store::ensure_reserve`])
+    /// and recreated after a compaction when there is room. 0 disables it.
     pub reserve_bytes: u64,
     /// Source of the current time for leases.
     pub clock: Clock,

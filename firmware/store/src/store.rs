@@ -329,6 +329,8 @@ pub struct Store {
     maint: Mutex<()>,
     /// One index-run merge at a time.
     merging: Mutex<()>,
+    /// One change of the reserve file at a time (`ensure_reserve` may run on its own thread).
+    reserve: Mutex<()>,
     damaged_at_open: u64,
     truncated_at_open: u64,
     batches: std::sync::atomic::AtomicU64,
@@ -637,8 +639,29 @@ impl Store {
 
     /// Opens (or creates) a store on `storage`. After a crash this reads only the manifest,
     /// the index runs' summaries and the unsealed tail (at most one segment), cutting off
-    /// torn writes.
+    /// torn writes. The space reserve ([`Config::reserve_bytes`]) is held when this returns
+    /// (made now if it is missing and the disk has room).
     pub fn open(storage: Arc<dyn Storage>, cfg: Config) -> Result<Store> {
+        let store = Store::open_reserve_later(storage, cfg)?;
+        store.ensure_reserve();
+        Ok(store)
+    }
+
+    /// [`Store::open_dir`] without making a missing reserve file: see
+    /// [`Store::open_reserve_later`].
+    pub fn open_dir_reserve_later(path: impl AsRef<Path>, cfg: Config) -> Result<Store> {
+        let p = path.as_ref();
+        let fs = FileStorage::new(p).map_err(|e| Error::io(p.display().to_string(), e))?;
+        Store::open_reserve_later(Arc::new(fs), cfg)
+    }
+
+    /// [`Store::open`], except that a missing reserve file is not made: the caller makes it
+    /// with [`Store::ensure_reserve`], for instance on a thread of its own once it serves. On
+    /// a store's first open that file is most of the open's writing (`reserve_bytes` of zeros,
+    /// synced), which a service that must be up quickly need not wait for. Until then a full
+    /// disk has no reserve to draw on for deletes and compaction, exactly as when the reserve
+    /// could not be made for want of room.
+    pub fn open_reserve_later(storage: Arc<dyn Storage>, cfg: Config) -> Result<Store> {
         if cfg.segment_bytes < 64 * 1024
             || cfg.segment_bytes + cfg.max_batch_bytes as u64 + u64::from(cfg.max_shard_bytes)
                 >= u64::from(u32::MAX)
@@ -853,13 +876,13 @@ impl Store {
             poisoned: Mutex::new(None),
             maint: Mutex::new(()),
             merging: Mutex::new(()),
+            reserve: Mutex::new(()),
             damaged_at_open: damaged,
             truncated_at_open: truncated,
             batches: Default::default(),
             batched_records: Default::default(),
             cfg,
         };
-        store.ensure_reserve();
         if store.read_index().mem.len() > store.mem_limit {
             let mut io = lock(&store.io);
             store.checkpoint(&mut io, false, &[])?;
@@ -985,15 +1008,19 @@ impl Store {
         Ok(rs)
     }
 
-    /// Creates the reserve file if it is missing and the disk has room (best effort).
-    fn ensure_reserve(&self) {
+    /// Creates the reserve file ([`Config::reserve_bytes`]) if it is missing and the disk has
+    /// room (best effort); true if the reserve is held when it returns (or none is configured).
+    /// [`Store::open`] and [`Store::compact`] call it; after [`Store::open_reserve_later`] the
+    /// caller does. Safe to call while other threads use the store.
+    pub fn ensure_reserve(&self) -> bool {
         let want = self.cfg.reserve_bytes;
         if want == 0 {
-            return;
+            return true;
         }
+        let _r = lock(&self.reserve);
         if let Ok(f) = self.storage.open(RESERVE) {
             if f.len().is_ok_and(|l| l >= want) {
-                return;
+                return true;
             }
         }
         let made = (|| -> std::io::Result<()> {
@@ -1013,10 +1040,12 @@ impl Store {
         if made.is_err() {
             let _ = self.storage.remove(RESERVE_TMP);
         }
+        made.is_ok()
     }
 
     /// Removes the reserve file; true if there was one.
     fn release_reserve(&self) -> bool {
+        let _r = lock(&self.reserve);
         let released = self.storage.remove(RESERVE).is_ok();
         if released {
             let _ = self.storage.sync_dir();
@@ -1878,7 +1907,7 @@ impl Store {
                 self.merge_runs(true)?;
             }
         }
-        self.ensure_reserve();
+        let _ = self.ensure_reserve();
         Ok(rep)
     }
 

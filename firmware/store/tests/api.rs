@@ -411,6 +411,48 @@ fn deleting_and_compacting_frees_space_on_a_full_disk() {
     }
 }
 
+#[test]
+fn the_reserve_can_be_made_after_open_and_then_serves_a_full_disk() {
+    let c = clock();
+    let sim = SimStorage::new(8);
+    let s = Store::open_reserve_later(Arc::new(sim.clone()), small_config(&c)).unwrap();
+    assert!(
+        sim.file_bytes("RESERVE").is_none(),
+        "open_reserve_later writes no reserve"
+    );
+    s.put(id(1), b"before the reserve", ALICE, Lease::Forever)
+        .unwrap();
+    assert!(s.ensure_reserve());
+    assert_eq!(
+        sim.file_bytes("RESERVE").map(|b| b.len()),
+        Some(256 << 10),
+        "the reserve is held once ensure_reserve returns"
+    );
+    assert!(s.ensure_reserve(), "a second call finds it held");
+    // From then on a full disk behaves as after `Store::open`: deletes draw on the reserve.
+    sim.set_capacity(sim.used_bytes() + (256 << 10));
+    let mut stored = Vec::new();
+    for n in 2..10_000 {
+        match s.put(id(n), &payload(n, 3000), ALICE, Lease::Forever) {
+            Ok(()) => stored.push(n),
+            Err(Error::NoSpace { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(stored.len() > 10, "{}", stored.len());
+    let doomed: Vec<ShardId> = stored.iter().map(|&n| id(n)).collect();
+    for r in s.delete_many(&doomed).unwrap() {
+        r.unwrap();
+    }
+    assert_eq!(s.get(id(1)).unwrap(), b"before the reserve");
+    // A store opened the usual way over it finds the reserve there.
+    drop(s);
+    sim.set_capacity(u64::MAX);
+    let s = Store::open(Arc::new(sim.clone()), small_config(&c)).unwrap();
+    assert!(sim.file_bytes("RESERVE").is_some());
+    assert_eq!(s.get(id(1)).unwrap(), b"before the reserve");
+}
+
 /// Finds where `needle` sits in a file of the simulated medium.
 fn find(sim: &SimStorage, file: &str, needle: &[u8]) -> Option<u64> {
     let b = sim.file_bytes(file)?;

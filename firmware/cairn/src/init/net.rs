@@ -611,7 +611,23 @@ pub fn describe(iface: &str, lease: &Lease) -> String {
     )
 }
 
-/// Brings `lo` up, then the board's interface with DHCP on a background thread.
+/// Nice value of the DHCP thread.
+const DHCP_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority to [`DHCP_NICE`] (Linux: per thread).
+fn lower_priority() {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority(2) on our own thread id; no memory involved.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, DHCP_NICE) };
+    if r != 0 {
+        log!(
+            "net: cannot lower the DHCP thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Brings `lo` up at once, and the board's Ethernet up and configured on a thread of its own.
 pub fn start(network: &cairn_bsp::board::Network, hostname: &str) {
     match sys::set_up("lo") {
         Ok(()) => {}
@@ -623,12 +639,13 @@ pub fn start(network: &cairn_bsp::board::Network, hostname: &str) {
         log!("net: no interface {iface} on this board: loopback only");
         return;
     }
-    if let Err(e) = sys::set_up(&iface) {
-        log!("error: net: {iface}: {e}");
-        return;
-    }
     if !network.dhcp {
-        log!("net: {iface} up without DHCP (the board says so): IPv6 link-local only");
+        match sys::set_up(&iface) {
+            Ok(()) => {
+                log!("net: {iface} up without DHCP (the board says so): IPv6 link-local only")
+            }
+            Err(e) => log!("error: net: {iface}: {e}"),
+        }
         return;
     }
     let mac = match std::fs::read_to_string(class.join("address"))
@@ -643,6 +660,14 @@ pub fn start(network: &cairn_bsp::board::Network, hostname: &str) {
     };
     let hostname = hostname.to_string();
     let spawned = super::helpers::spawn("dhcp", 64 * 1024, move || {
+        // Below the boot's own work: on a one-core board the exchange (and bringing the
+        // interface's queues up) otherwise takes the CPU from stage 1 and the services, while
+        // `cairn: ready` does not wait for an address anyway. A few packets a day need no more.
+        lower_priority();
+        if let Err(e) = sys::set_up(&iface) {
+            log!("error: net: {iface}: {e}");
+            return;
+        }
         let link = match sys::SysLink::open(&iface, PathBuf::from(RESOLV_CONF)) {
             Ok(l) => l,
             Err(e) => {
