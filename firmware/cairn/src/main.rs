@@ -1,8 +1,10 @@
 //! `cairn`: the one binary of the firmware. Multi-call: PID 1 (`cairn init`), the control client,
 //! the service roles and the user's commands share one static executable, so the image carries
-//! a single copy of the Rust runtime and libraries.
+//! a single copy of the Rust runtime and libraries. The command lines live here (one module per
+//! subcommand in [`cmd`]); the libraries under them take plain values.
 
 mod board;
+mod cmd;
 mod init;
 
 use clap::{Parser, Subcommand};
@@ -23,22 +25,15 @@ enum Command {
     /// Run as init (PID 1): mount, supervise services, shut down cleanly.
     Init(init::Args),
     /// Control the running supervisor: status, start/stop/restart, logs, poweroff, reboot.
-    Ctl(cairn_supervisor::ctl::Args),
-    /// Test services that misbehave on purpose (for the supervisor's tests).
+    Ctl(cmd::ctl::Args),
+    /// Test services that misbehave on purpose (for the supervisor's tests; test builds only).
+    #[cfg(feature = "test-fixtures")]
     #[command(hide = true)]
-    Fixture(cairn_supervisor::fixture::Args),
+    Fixture(cmd::fixture::Args),
     /// Your encrypted, erasure-coded vault: init, put, ls, get, snapshots, recovery-key, restore.
-    Vault(cairn_vault::cli::Args),
+    Vault(cmd::vault::Args),
     /// The storage node: run, status, pair, invite, join, audit, repair.
-    Node(cairn_node::cli::Args),
-}
-
-/// The vault's `node:SOCKET` targets and `--node` go through the node's control socket.
-fn node_backend(path: &std::path::Path) -> Result<cairn_vault::vault::Backend, String> {
-    let b = std::sync::Arc::new(
-        cairn_node::control::NodeBackend::new(path).map_err(|e| e.to_string())?,
-    );
-    Ok((b.clone(), b))
+    Node(cmd::node::Args),
 }
 
 fn main() {
@@ -52,18 +47,18 @@ fn main() {
     // boot, and building the parser of every role's arguments first costs tens of milliseconds
     // of an emulated or small ARM CPU before the node is ready.
     if std::env::args_os().nth(1).is_some_and(|a| a == "node") {
-        exit_on_error(cairn_node::cli::run(parse_node()));
+        exit_on_error(cmd::node::run(parse_node()));
+        // Done: not a second time through the full parser below.
+        return;
     }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(args) => init::run(args),
-        Command::Ctl(args) => cairn_supervisor::ctl::run(args),
-        Command::Fixture(args) => cairn_supervisor::fixture::run(args),
-        Command::Vault(args) => {
-            cairn_vault::vault::register_node_backend(node_backend);
-            cairn_vault::cli::run(args)
-        }
-        Command::Node(args) => cairn_node::cli::run(args),
+        Command::Ctl(args) => cmd::ctl::run(args),
+        #[cfg(feature = "test-fixtures")]
+        Command::Fixture(args) => cmd::fixture::run(args),
+        Command::Vault(args) => cmd::vault::run(args),
+        Command::Node(args) => cmd::node::run(args),
     };
     exit_on_error(result);
 }
@@ -76,11 +71,11 @@ fn exit_on_error(result: anyhow::Result<()>) {
 }
 
 /// `cairn node …`'s arguments, parsed (help and errors as `cairn node` shows them).
-fn parse_node() -> cairn_node::cli::Args {
+fn parse_node() -> cmd::node::Args {
     use clap::{CommandFactory, FromArgMatches};
-    let matches = cairn_node::cli::Args::command()
+    let matches = cmd::node::Args::command()
         .name("node")
         .bin_name("cairn node")
         .get_matches_from(std::env::args_os().skip(1));
-    cairn_node::cli::Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    cmd::node::Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

@@ -147,19 +147,28 @@ impl Default for PeerScore {
 }
 
 /// Audit scores of all partners; plain data, persisted with the ledger.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Scores {
-    peers: BTreeMap<PeerId, PeerScore>,
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(bound(deserialize = "P: Deserialize<'de> + Ord"))]
+pub struct Scores<P = PeerId> {
+    peers: BTreeMap<P, PeerScore>,
 }
 
-impl Scores {
+impl<P> Default for Scores<P> {
+    fn default() -> Self {
+        Scores {
+            peers: BTreeMap::new(),
+        }
+    }
+}
+
+impl<P: Ord + Clone> Scores<P> {
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Records an audit outcome for `peer` and returns its new score.
-    pub fn record(&mut self, peer: &PeerId, passed: bool) -> f64 {
+    pub fn record(&mut self, peer: &P, passed: bool) -> f64 {
         let s = self.peers.entry(peer.clone()).or_default();
         if passed {
             s.passed += 1;
@@ -172,20 +181,32 @@ impl Scores {
     }
 
     /// Checks `answer` against `expected`, records the outcome for `peer`, returns whether it passed.
-    pub fn judge(&mut self, peer: &PeerId, expected: &Expected, answer: Option<&[u8; 32]>) -> bool {
+    pub fn judge(&mut self, peer: &P, expected: &Expected, answer: Option<&[u8; 32]>) -> bool {
         let ok = answer.is_some_and(|a| expected.check(a));
         self.record(peer, ok);
         ok
     }
 
     /// The peer's trust score ([`INITIAL_SCORE`] if never audited).
-    pub fn score(&self, peer: &PeerId) -> f64 {
+    pub fn score(&self, peer: &P) -> f64 {
         self.peers.get(peer).map_or(INITIAL_SCORE, |s| s.score)
     }
 
     /// The peer's full record, if audited.
-    pub fn get(&self, peer: &PeerId) -> Option<&PeerScore> {
+    pub fn get(&self, peer: &P) -> Option<&PeerScore> {
         self.peers.get(peer)
+    }
+
+    /// The same records under other names (`f` gives `None` to drop a peer): the node's
+    /// `libp2p::PeerId`s to and from the text ids `partners.json` keeps.
+    pub fn map_peers<Q: Ord>(&self, mut f: impl FnMut(&P) -> Option<Q>) -> Scores<Q> {
+        Scores {
+            peers: self
+                .peers
+                .iter()
+                .filter_map(|(p, s)| Some((f(p)?, *s)))
+                .collect(),
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! A partner may store with us as much as it stores for us, plus a configurable allowance (so a
 //! new pairing can start before either side has given anything). The ledger is plain data
 //! (serde) so the node persists it on the data partition; memory is one small entry per partner.
+//! Generic over the peer type: the node keys it by `libp2p::PeerId`, the simulation and the
+//! tests by the crate's text [`PeerId`].
 
 use crate::PeerId;
 use serde::{Deserialize, Serialize};
@@ -20,14 +22,14 @@ pub struct Account {
 
 /// Why a partner's put is refused.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum QuotaError {
+pub enum QuotaError<P = PeerId> {
     /// The partner would use more than it contributes plus the allowance.
     #[error(
         "partner {partner}: refusing {requested} bytes: we would hold {would_hold} bytes for it \
          while it holds {contributed} bytes for us (allowance {allowance} bytes)"
     )]
     Exceeded {
-        partner: PeerId,
+        partner: P,
         requested: u64,
         would_hold: u64,
         contributed: u64,
@@ -35,18 +37,19 @@ pub enum QuotaError {
     },
     /// The peer is not a paired partner.
     #[error("peer {0} is not a paired partner")]
-    UnknownPartner(PeerId),
+    UnknownPartner(P),
 }
 
 /// The give-to-get books of this node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ledger {
+#[serde(bound(deserialize = "P: Deserialize<'de> + Ord"))]
+pub struct Ledger<P = PeerId> {
     /// Bytes any partner may store beyond what it stores for us.
     pub allowance: u64,
-    partners: BTreeMap<PeerId, Account>,
+    partners: BTreeMap<P, Account>,
 }
 
-impl Ledger {
+impl<P: Ord + Clone> Ledger<P> {
     /// An empty ledger with the given allowance in bytes.
     pub fn new(allowance: u64) -> Self {
         Ledger {
@@ -56,39 +59,39 @@ impl Ledger {
     }
 
     /// Records a paired partner (keeps its books if already known).
-    pub fn add_partner(&mut self, partner: PeerId) {
+    pub fn add_partner(&mut self, partner: P) {
         self.partners.entry(partner).or_default();
     }
 
     /// Forgets a partner and its books (after unpairing).
-    pub fn remove_partner(&mut self, partner: &PeerId) -> Option<Account> {
+    pub fn remove_partner(&mut self, partner: &P) -> Option<Account> {
         self.partners.remove(partner)
     }
 
     /// The partner's books, if it is paired.
-    pub fn account(&self, partner: &PeerId) -> Option<Account> {
+    pub fn account(&self, partner: &P) -> Option<Account> {
         self.partners.get(partner).copied()
     }
 
     /// Paired partners and their books, in peer-id order.
-    pub fn partners(&self) -> impl Iterator<Item = (&PeerId, &Account)> {
+    pub fn partners(&self) -> impl Iterator<Item = (&P, &Account)> {
         self.partners.iter()
     }
 
-    fn get(&self, partner: &PeerId) -> Result<&Account, QuotaError> {
+    fn get(&self, partner: &P) -> Result<&Account, QuotaError<P>> {
         self.partners
             .get(partner)
             .ok_or_else(|| QuotaError::UnknownPartner(partner.clone()))
     }
 
-    fn get_mut(&mut self, partner: &PeerId) -> Result<&mut Account, QuotaError> {
+    fn get_mut(&mut self, partner: &P) -> Result<&mut Account, QuotaError<P>> {
         self.partners
             .get_mut(partner)
             .ok_or_else(|| QuotaError::UnknownPartner(partner.clone()))
     }
 
     /// Whether we may accept `bytes` more of `partner`'s shards.
-    pub fn may_accept(&self, partner: &PeerId, bytes: u64) -> Result<(), QuotaError> {
+    pub fn may_accept(&self, partner: &P, bytes: u64) -> Result<(), QuotaError<P>> {
         let a = self.get(partner)?;
         let would_hold = a.held_for_them.saturating_add(bytes);
         if would_hold > a.held_for_us.saturating_add(self.allowance) {
@@ -104,7 +107,7 @@ impl Ledger {
     }
 
     /// Checks the quota and, if it allows, books `bytes` as held for `partner`.
-    pub fn accept(&mut self, partner: &PeerId, bytes: u64) -> Result<(), QuotaError> {
+    pub fn accept(&mut self, partner: &P, bytes: u64) -> Result<(), QuotaError<P>> {
         self.may_accept(partner, bytes)?;
         let a = self.get_mut(partner)?;
         a.held_for_them = a.held_for_them.saturating_add(bytes);
@@ -112,7 +115,7 @@ impl Ledger {
     }
 
     /// Sets what we hold for `partner` (rebuilt from the chunk store at start).
-    pub fn set_held_for_them(&mut self, partner: &PeerId, bytes: u64) {
+    pub fn set_held_for_them(&mut self, partner: &P, bytes: u64) {
         self.partners
             .entry(partner.clone())
             .or_default()
@@ -120,7 +123,7 @@ impl Ledger {
     }
 
     /// Sets what `partner` holds for us (rebuilt from our placement records at start).
-    pub fn set_held_for_us(&mut self, partner: &PeerId, bytes: u64) {
+    pub fn set_held_for_us(&mut self, partner: &P, bytes: u64) {
         self.partners
             .entry(partner.clone())
             .or_default()
@@ -128,21 +131,21 @@ impl Ledger {
     }
 
     /// Books the release of `bytes` we held for `partner` (deleted or lease expired).
-    pub fn released_for_them(&mut self, partner: &PeerId, bytes: u64) -> Result<(), QuotaError> {
+    pub fn released_for_them(&mut self, partner: &P, bytes: u64) -> Result<(), QuotaError<P>> {
         let a = self.get_mut(partner)?;
         a.held_for_them = a.held_for_them.saturating_sub(bytes);
         Ok(())
     }
 
     /// Books `bytes` of ours that `partner` confirmed it stores.
-    pub fn stored_with_them(&mut self, partner: &PeerId, bytes: u64) -> Result<(), QuotaError> {
+    pub fn stored_with_them(&mut self, partner: &P, bytes: u64) -> Result<(), QuotaError<P>> {
         let a = self.get_mut(partner)?;
         a.held_for_us = a.held_for_us.saturating_add(bytes);
         Ok(())
     }
 
     /// Books the removal of `bytes` of ours from `partner` (deleted, or lost per audit).
-    pub fn removed_from_them(&mut self, partner: &PeerId, bytes: u64) -> Result<(), QuotaError> {
+    pub fn removed_from_them(&mut self, partner: &P, bytes: u64) -> Result<(), QuotaError<P>> {
         let a = self.get_mut(partner)?;
         a.held_for_us = a.held_for_us.saturating_sub(bytes);
         Ok(())

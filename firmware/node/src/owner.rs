@@ -15,12 +15,12 @@ use cairn_vault::shard::{decode_shard, Codec};
 use libp2p::PeerId;
 use serde::Serialize;
 
-use crate::node::{now_secs, Shared};
 use crate::placement::{place, Candidate};
 use crate::records::{
     check_vault_shard, hex, record_id, shard_key, unhex32, AuditRec, ChunkRecord, Slot, OWN_RECORDS,
 };
 use crate::repair::{plan, ChunkState, Holding, PeerHealth, Policy};
+use crate::state::{now_secs, Shared};
 use crate::wire::{ErrorCode, Msg};
 
 /// Chunks whose records may wait in RAM for their shards to be placed (~1 KiB each).
@@ -107,15 +107,18 @@ pub fn rebuild_books(shared: &Shared) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let mut st = shared.state();
     for (p, bytes) in per_peer {
-        if st.saved.partners.contains_key(&p) {
-            st.ledger.set_held_for_us(&crate::PeerId(p), bytes);
+        let Ok(id) = p.parse::<PeerId>() else {
+            continue;
+        };
+        if st.is_partner(&id) {
+            st.ledger.set_held_for_us(&id, bytes);
         }
     }
     Ok(())
 }
 
 /// Live partners that may take a shard of `len` bytes, minus `exclude` and their public IPs.
-fn candidates(shared: &Shared, exclude: &HashSet<String>, len: u64) -> Vec<Candidate> {
+fn candidates(shared: &Shared, exclude: &HashSet<PeerId>, len: u64) -> Vec<Candidate<PeerId>> {
     let now = now_secs();
     let mut st = shared.state();
     let connected: Vec<PeerId> = st
@@ -125,22 +128,19 @@ fn candidates(shared: &Shared, exclude: &HashSet<String>, len: u64) -> Vec<Candi
         .map(|(p, _)| *p)
         .collect();
     for p in connected {
-        let name = st.name(&p);
-        st.tracker.seen(&name, now);
+        st.tracker.seen(&p, now);
     }
     let taken_ips: HashSet<std::net::IpAddr> = exclude
         .iter()
-        .filter_map(|p| st.id(p))
-        .filter_map(|p| st.peers.get(&p).and_then(|m| m.public_ip))
+        .filter_map(|p| st.peers.get(p).and_then(|m| m.public_ip))
         .collect();
     st.partner_ids()
         .into_iter()
         .filter_map(|p| {
-            let id = st.name(&p);
-            if exclude.contains(&id.0) {
+            if exclude.contains(&p) {
                 return None;
             }
-            if st.tracker.health(&id, now) != PeerHealth::Live {
+            if st.tracker.health(&p, now) != PeerHealth::Live {
                 return None;
             }
             let meta = st.peers.get(&p).cloned().unwrap_or_default();
@@ -151,28 +151,28 @@ fn candidates(shared: &Shared, exclude: &HashSet<String>, len: u64) -> Vec<Candi
                 return None;
             }
             Some(Candidate {
-                peer: id.clone(),
+                peer: p,
                 public_ip: meta.public_ip,
                 // Unknown until the partner answers a free-space query: assume it has room,
                 // its answer to the put will tell.
                 free_bytes: meta.free_for_us.unwrap_or(u64::MAX / 4).max(len.min(1)),
-                trust: st.tracker.score(&id).max(0.01),
+                trust: st.tracker.score(&p).max(0.01),
             })
         })
         .collect()
 }
 
 /// Sends `bytes` (shard `index` of `chunk`) to one partner outside `exclude`; retries others
-/// on refusal. Returns the holder.
+/// on refusal. Returns the holder and its id in text form (for the record).
 async fn place_one(
     shared: &Arc<Shared>,
     chunk: [u8; 32],
     index: u8,
     key: crate::wire::ShardId,
     bytes: &[u8],
-    exclude: &mut HashSet<String>,
-    prefer: Option<String>,
-) -> Result<PeerId, String> {
+    exclude: &mut HashSet<PeerId>,
+    prefer: Option<PeerId>,
+) -> Result<(PeerId, String), String> {
     let len = bytes.len() as u64;
     let lease_secs = shared.cfg.lease.as_secs().min(u64::from(u32::MAX)) as u32;
     let mut refusals: Vec<String> = Vec::new();
@@ -184,7 +184,7 @@ async fn place_one(
                 let cands = candidates(shared, exclude, len);
                 let seed = u64::from_le_bytes(key.0[..8].try_into().expect("8 bytes")) ^ attempt;
                 match place(&cands, 1, len, seed) {
-                    Ok(v) => v[0].0.clone(),
+                    Ok(v) => v[0],
                     Err(_) => {
                         let partners = shared.state().saved.partners.len();
                         return Err(format!(
@@ -202,30 +202,29 @@ async fn place_one(
                 }
             }
         };
-        let peer: PeerId = chosen
-            .parse()
-            .map_err(|_| format!("bad peer id {chosen}"))?;
-        exclude.insert(chosen.clone());
+        let peer = chosen;
+        let name = peer.to_base58();
+        exclude.insert(peer);
         // Another shard of this chunk may be on its way to the same partner right now.
         {
             let mut st = shared.state();
-            let taken = st.reserving.contains(&(chunk, chosen.clone()))
+            let taken = st.reserving.contains(&(chunk, peer))
                 || st.pending.get(&chunk).is_some_and(|r| {
                     r.slots.iter().enumerate().any(|(i, s)| {
-                        i != usize::from(index) && s.as_ref().is_some_and(|s| s.peer == chosen)
+                        i != usize::from(index) && s.as_ref().is_some_and(|s| s.peer == name)
                     })
                 });
             if taken {
                 continue;
             }
-            st.reserving.insert((chunk, chosen.clone()));
+            st.reserving.insert((chunk, peer));
         }
         // On success the reservation stays until the caller has recorded the holder, so no
         // other shard of the chunk can slip onto this peer in between.
         match send_put(shared, peer, key, bytes, lease_secs).await {
-            Ok(()) => return Ok(peer),
+            Ok(()) => return Ok((peer, name)),
             Err(e) => {
-                shared.state().reserving.remove(&(chunk, chosen.clone()));
+                shared.state().reserving.remove(&(chunk, peer));
                 refusals.push(e);
             }
         }
@@ -308,14 +307,14 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
         let prefer = slot
             .as_ref()
             .filter(|s| !s.hash.is_empty())
-            .map(|s| s.peer.clone());
+            .and_then(|s| s.peer.parse::<PeerId>().ok());
         *st.busy.entry(chunk).or_default() += 1;
-        let exclude: HashSet<String> = st.pending[&chunk]
+        let exclude: HashSet<PeerId> = st.pending[&chunk]
             .slots
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != usize::from(index))
-            .filter_map(|(_, s)| s.as_ref().map(|s| s.peer.clone()))
+            .filter_map(|(_, s)| s.as_ref().and_then(|s| s.peer.parse().ok()))
             .collect();
         (exclude, prefer)
     };
@@ -323,17 +322,16 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
         shared: shared.clone(),
         chunk,
     };
-    let peer = place_one(shared, chunk, index, key, &bytes, &mut exclude, prefer).await;
-    let peer = peer?;
+    let (peer, name) = place_one(shared, chunk, index, key, &bytes, &mut exclude, prefer).await?;
     let slot = Slot {
-        peer: peer.to_string(),
+        peer: name,
         hash,
         len: bytes.len() as u32,
         audit: AuditRec::prepare(key, &bytes),
     };
     let record = {
         let mut st = shared.state();
-        st.reserving.remove(&(chunk, slot.peer.clone()));
+        st.reserving.remove(&(chunk, peer));
         let Some(rec) = st.pending.get_mut(&chunk) else {
             return Err(format!("chunk {}: record lost while placing", h.chunk));
         };
@@ -344,11 +342,10 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
         } else {
             None
         };
-        let partner = crate::PeerId(slot.peer.clone());
         if let Some(o) = old.filter(|o| o.peer == slot.peer) {
-            let _ = st.ledger.removed_from_them(&partner, u64::from(o.len));
+            let _ = st.ledger.removed_from_them(&peer, u64::from(o.len));
         }
-        let _ = st.ledger.stored_with_them(&partner, u64::from(slot.len));
+        let _ = st.ledger.stored_with_them(&peer, u64::from(slot.len));
         record
     };
     if let Some(r) = record {
@@ -461,10 +458,7 @@ async fn fetch_shard(
                 if hex(blake3::hash(&data).as_bytes()) == slot.hash {
                     Ok(data)
                 } else {
-                    shared
-                        .state()
-                        .tracker
-                        .audit(&crate::PeerId(slot.peer.clone()), false);
+                    shared.state().tracker.audit(&peer, false);
                     eprintln!("cairn-node: {peer} returned wrong bytes for shard {key}");
                     Err(GetError {
                         missing: false,
@@ -497,7 +491,7 @@ async fn fetch_shard(
     let partners = shared.state().partner_ids();
     let mut failures = 0;
     for peer in partners {
-        if shared.health(&peer.to_string()) != PeerHealth::Live {
+        if shared.health(&peer) != PeerHealth::Live {
             continue;
         }
         match shared.request(peer, Msg::Get { shard: key }).await {
@@ -596,13 +590,14 @@ async fn audit_chunk(
     let mut all_renewed = true;
     for (index, slot) in rec.slots.iter_mut().enumerate() {
         let Some(slot) = slot.as_mut() else { continue };
-        if shared.health(&slot.peer) != PeerHealth::Live {
+        let Ok(peer) = slot.peer.parse::<PeerId>() else {
+            all_renewed = false;
+            continue;
+        };
+        if shared.health(&peer) != PeerHealth::Live {
             all_renewed = false;
             continue;
         }
-        let Ok(peer) = slot.peer.parse::<PeerId>() else {
-            continue;
-        };
         let key = shard_key(&chunk, index as u8);
         report.checked += 1;
         let passed = match slot.audit.take().and_then(|a| a.expected(key)) {
@@ -630,10 +625,7 @@ async fn audit_chunk(
                 _ => false,
             },
         };
-        shared
-            .state()
-            .tracker
-            .audit(&crate::PeerId(slot.peer.clone()), passed);
+        shared.state().tracker.audit(&peer, passed);
         if passed {
             report.passed += 1;
         } else {
@@ -713,9 +705,11 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                s.as_ref().map(|s| Holding {
+                // A holder whose id does not parse holds nothing usable: its shard is rebuilt.
+                let peer = s.as_ref()?.peer.parse().ok()?;
+                Some(Holding {
                     index: i as u8,
-                    peer: crate::PeerId(s.peer.clone()),
+                    peer,
                 })
             })
             .collect(),
@@ -725,7 +719,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
         grace_secs: shared.cfg.grace.as_secs(),
         min_score: shared.cfg.min_score,
     };
-    let health = |p: &crate::PeerId| shared.health(&p.0);
+    let health = |p: &PeerId| shared.health(p);
     let Some(plan) =
         plan(&state, health, &policy).map_err(|e| format!("chunk {}: {e}", rec.chunk))?
     else {
@@ -735,17 +729,19 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
     let mut payloads: Vec<Option<Vec<u8>>> = vec![None; usize::from(rec.n)];
     let mut header = None;
     let mut got = 0usize;
-    let mut sources: Vec<Holding> = plan.sources.clone();
+    let mut sources: Vec<Holding<PeerId>> = plan.sources.clone();
     // Any other live holding may stand in for a source that fails.
     for (i, s) in rec.slots.iter().enumerate() {
         if let Some(s) = s {
             if !sources.iter().any(|h| usize::from(h.index) == i)
                 && !plan.rebuild.contains(&(i as u8))
             {
-                sources.push(Holding {
-                    index: i as u8,
-                    peer: crate::PeerId(s.peer.clone()),
-                });
+                if let Ok(peer) = s.peer.parse() {
+                    sources.push(Holding {
+                        index: i as u8,
+                        peer,
+                    });
+                }
             }
         }
     }
@@ -756,9 +752,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
         let Some(slot) = rec.slots[usize::from(src.index)].clone() else {
             continue;
         };
-        let Ok(peer) = slot.peer.parse::<PeerId>() else {
-            continue;
-        };
+        let peer = src.peer;
         let key = shard_key(&chunk, src.index);
         if let Ok(Msg::ShardData { data, .. }) = shared.request(peer, Msg::Get { shard: key }).await
         {
@@ -809,29 +803,27 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("chunk {}: rebuilding: {e}", rec.chunk))?;
-    let mut exclude: HashSet<String> = plan.keep.iter().map(|p| p.0.clone()).collect();
+    let mut exclude: HashSet<PeerId> = plan.keep.iter().copied().collect();
     let mut placed = 0;
     for (i, bytes) in rebuilt {
         let key = shard_key(&chunk, i);
         let old = rec.slots[usize::from(i)].take();
         match place_one(shared, chunk, i, key, &bytes, &mut exclude, None).await {
-            Ok(peer) => {
+            Ok((peer, name)) => {
                 let slot = Slot {
-                    peer: peer.to_string(),
+                    peer: name,
                     hash: hex(blake3::hash(&bytes).as_bytes()),
                     len: bytes.len() as u32,
                     audit: AuditRec::prepare(key, &bytes),
                 };
                 let mut st = shared.state();
-                st.reserving.remove(&(chunk, slot.peer.clone()));
+                st.reserving.remove(&(chunk, peer));
                 if let Some(o) = &old {
-                    let _ = st
-                        .ledger
-                        .removed_from_them(&crate::PeerId(o.peer.clone()), u64::from(o.len));
+                    if let Ok(old_peer) = o.peer.parse::<PeerId>() {
+                        let _ = st.ledger.removed_from_them(&old_peer, u64::from(o.len));
+                    }
                 }
-                let _ = st
-                    .ledger
-                    .stored_with_them(&crate::PeerId(slot.peer.clone()), u64::from(slot.len));
+                let _ = st.ledger.stored_with_them(&peer, u64::from(slot.len));
                 drop(st);
                 rec.slots[usize::from(i)] = Some(slot);
                 placed += 1;
@@ -874,7 +866,11 @@ pub async fn redundancy(shared: &Arc<Shared>) -> Result<Redundancy, String> {
                 .slots
                 .iter()
                 .flatten()
-                .filter(|sl| s2.health(&sl.peer) != PeerHealth::Gone)
+                .filter(|sl| {
+                    sl.peer
+                        .parse::<PeerId>()
+                        .is_ok_and(|p| s2.health(&p) != PeerHealth::Gone)
+                })
                 .map(|sl| sl.peer.as_str())
                 .collect::<HashSet<_>>()
                 .len();
@@ -940,7 +936,7 @@ pub async fn background(shared: Arc<Shared>) {
                         "cairn-node: {} shards whose lease ran out were dropped",
                         r.expired
                     );
-                    if let Err(e) = blocking(&shared, crate::node::recount_held).await {
+                    if let Err(e) = blocking(&shared, crate::state::recount_held).await {
                         eprintln!("cairn-node: recounting the books: {e:#}");
                     }
                 }

@@ -14,9 +14,9 @@ use thiserror::Error;
 
 /// What placement knows about a possible holder.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Candidate {
+pub struct Candidate<P = PeerId> {
     /// The peer.
-    pub peer: PeerId,
+    pub peer: P,
     /// Its public address, if observed (e.g. by AutoNAT/identify).
     pub public_ip: Option<IpAddr>,
     /// Bytes it says it has free for us.
@@ -41,13 +41,13 @@ pub enum PlacementError {
 ///
 /// Eligible: at least `shard_bytes` free and trust above zero. Deterministic for a given `seed`
 /// and candidate set. Memory: a few words per candidate.
-pub fn place(
-    candidates: &[Candidate],
+pub fn place<P: Ord + Clone>(
+    candidates: &[Candidate<P>],
     n: usize,
     shard_bytes: u64,
     seed: u64,
-) -> Result<Vec<PeerId>, PlacementError> {
-    let mut eligible: Vec<&Candidate> = candidates
+) -> Result<Vec<P>, PlacementError> {
+    let mut eligible: Vec<&Candidate<P>> = candidates
         .iter()
         .filter(|c| c.free_bytes >= shard_bytes && c.trust.is_finite() && c.trust > 0.0)
         .collect();
@@ -57,7 +57,7 @@ pub fn place(
     eligible.dedup_by(|a, b| a.peer == b.peer);
 
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut keyed: Vec<(f64, &Candidate)> = eligible
+    let mut keyed: Vec<(f64, &Candidate<P>)> = eligible
         .into_iter()
         .map(|c| {
             let weight = c.free_bytes as f64 * c.trust.min(1.0);

@@ -23,11 +23,11 @@ use std::net::IpAddr;
 
 /// One shard of a chunk and who holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holding {
+pub struct Holding<P = PeerId> {
     /// The shard's index in the code: `0..k` data shards, `k..n` parity.
     pub index: u8,
     /// The peer holding it.
-    pub peer: PeerId,
+    pub peer: P,
 }
 
 /// What the owner knows of one chunk's shards.
@@ -37,13 +37,13 @@ pub struct Holding {
 /// holding several indices counts for one of them only (its lowest), so the others are rebuilt
 /// elsewhere: one peer going away must never cost two shards.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkState {
+pub struct ChunkState<P = PeerId> {
     /// Shards needed to rebuild the chunk.
     pub k: u8,
     /// Shards made of it.
     pub n: u8,
     /// Who holds which shard.
-    pub holdings: Vec<Holding>,
+    pub holdings: Vec<Holding<P>>,
 }
 
 /// How a peer stands, as far as repair is concerned.
@@ -91,24 +91,24 @@ impl Policy {
 
 /// What to do for one chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RepairPlan {
+pub struct RepairPlan<P = PeerId> {
     /// Shard indices to rebuild and place on new peers, ascending.
     pub rebuild: Vec<u8>,
     /// Exactly `k` holdings on live peers to fetch, data shards (index `< k`) first.
-    pub sources: Vec<Holding>,
+    pub sources: Vec<Holding<P>>,
     /// Peers still holding a live or suspect shard of this chunk: new shards must not go there.
-    pub keep: Vec<PeerId>,
+    pub keep: Vec<P>,
 }
 
-impl RepairPlan {
+impl<P: Ord + Clone> RepairPlan<P> {
     /// The candidates that may receive this plan's new shards: not a peer in [`Self::keep`], nor
     /// on a public address of one (`ip_of` tells a kept peer's address, where known), so one
     /// household going offline still costs at most one shard.
     pub fn eligible(
         &self,
-        candidates: &[Candidate],
-        ip_of: impl Fn(&PeerId) -> Option<IpAddr>,
-    ) -> Vec<Candidate> {
+        candidates: &[Candidate<P>],
+        ip_of: impl Fn(&P) -> Option<IpAddr>,
+    ) -> Vec<Candidate<P>> {
         let kept_ips: Vec<IpAddr> = self.keep.iter().filter_map(&ip_of).collect();
         candidates
             .iter()
@@ -141,11 +141,11 @@ pub enum RepairError {
 /// Decides whether `chunk` needs repair under `policy`, given each holder's `health`.
 ///
 /// `Ok(None)` when nothing needs doing. Works in `O(holdings)` with a few words per holding.
-pub fn plan(
-    chunk: &ChunkState,
-    health: impl Fn(&PeerId) -> PeerHealth,
+pub fn plan<P: Ord + Clone>(
+    chunk: &ChunkState<P>,
+    health: impl Fn(&P) -> PeerHealth,
     policy: &Policy,
-) -> Result<Option<RepairPlan>, RepairError> {
+) -> Result<Option<RepairPlan<P>>, RepairError> {
     let (k, n) = (chunk.k, chunk.n);
     if k == 0 || k > n {
         return Err(RepairError::BadCode { k, n });
@@ -153,7 +153,7 @@ pub fn plan(
 
     // Holdings on peers not gone, in index order (stable: among equal holders the listed order
     // decides), with out-of-code indices dropped.
-    let mut held: Vec<(&Holding, PeerHealth)> = chunk
+    let mut held: Vec<(&Holding<P>, PeerHealth)> = chunk
         .holdings
         .iter()
         .filter(|h| h.index < n)
@@ -162,7 +162,7 @@ pub fn plan(
         .collect();
     held.sort_by_key(|(h, _)| h.index);
 
-    let mut keep: Vec<PeerId> = Vec::new();
+    let mut keep: Vec<P> = Vec::new();
     for (h, _) in &held {
         if !keep.contains(&h.peer) {
             keep.push(h.peer.clone());
@@ -171,15 +171,15 @@ pub fn plan(
 
     // Greedily, index by index: its healthiest holder not already counted for a lower index, so
     // each peer counts for one shard only.
-    let mut best: BTreeMap<u8, (&Holding, PeerHealth)> = BTreeMap::new();
-    let mut counted: Vec<&PeerId> = Vec::new();
+    let mut best: BTreeMap<u8, (&Holding<P>, PeerHealth)> = BTreeMap::new();
+    let mut counted: Vec<&P> = Vec::new();
     for group in held.chunk_by(|a, b| a.0.index == b.0.index) {
         let pick = group
             .iter()
             .filter(|(h, _)| !counted.contains(&&h.peer))
             .fold(
                 None,
-                |acc: Option<&(&Holding, PeerHealth)>, cur| match acc {
+                |acc: Option<&(&Holding<P>, PeerHealth)>, cur| match acc {
                     Some(a) if a.1 >= cur.1 => Some(a),
                     _ => Some(cur),
                 },
@@ -198,7 +198,7 @@ pub fn plan(
     if live < k as usize {
         return Err(RepairError::Unrecoverable { live, k });
     }
-    let reachable: Vec<&Holding> = best
+    let reachable: Vec<&Holding<P>> = best
         .values()
         .filter(|(_, hh)| *hh == PeerHealth::Live)
         .map(|(h, _)| *h)
@@ -229,7 +229,8 @@ pub const DEFAULT_LIVE_WINDOW_SECS: u64 = 120;
 ///
 /// Memory: one map entry per known peer (its id, a timestamp, an audit record).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PeerTracker {
+#[serde(bound(deserialize = "P: Deserialize<'de> + Ord"))]
+pub struct PeerTracker<P = PeerId> {
     /// Past this many seconds unseen, a peer is gone.
     grace_secs: u64,
     /// Below this audit score, a peer is gone.
@@ -237,12 +238,12 @@ pub struct PeerTracker {
     /// Within this many seconds of being seen, a peer is live (else suspect).
     live_window_secs: u64,
     /// Last sign of life per peer, in the caller's seconds.
-    last_seen: BTreeMap<PeerId, u64>,
+    last_seen: BTreeMap<P, u64>,
     /// Audit outcomes per peer.
-    scores: Scores,
+    scores: Scores<P>,
 }
 
-impl PeerTracker {
+impl<P: Ord + Clone> PeerTracker<P> {
     /// A tracker with the given grace period and minimum score, and the default live window
     /// ([`DEFAULT_LIVE_WINDOW_SECS`], capped at the grace period).
     pub fn new(grace_secs: u64, min_score: f64) -> Self {
@@ -268,26 +269,26 @@ impl PeerTracker {
     }
 
     /// Uses `scores` (e.g. persisted with the ledger) as the audit record.
-    pub fn with_scores(mut self, scores: Scores) -> Self {
+    pub fn with_scores(mut self, scores: Scores<P>) -> Self {
         self.scores = scores;
         self
     }
 
     /// Records a sign of life from `peer` at `now_secs` (an earlier time than already known is
     /// ignored, so late reports cannot make a peer look older).
-    pub fn seen(&mut self, peer: &PeerId, now_secs: u64) {
+    pub fn seen(&mut self, peer: &P, now_secs: u64) {
         let t = self.last_seen.entry(peer.clone()).or_insert(now_secs);
         *t = (*t).max(now_secs);
     }
 
     /// Records an audit outcome for `peer`.
-    pub fn audit(&mut self, peer: &PeerId, passed: bool) {
+    pub fn audit(&mut self, peer: &P, passed: bool) {
         self.scores.record(peer, passed);
     }
 
     /// `peer`'s health at `now_secs`: gone if never seen, unseen for longer than the grace
     /// period, or scored below the minimum; live if seen within the live window; else suspect.
-    pub fn health(&self, peer: &PeerId, now_secs: u64) -> PeerHealth {
+    pub fn health(&self, peer: &P, now_secs: u64) -> PeerHealth {
         let Some(&seen) = self.last_seen.get(peer) else {
             return PeerHealth::Gone;
         };
@@ -305,17 +306,17 @@ impl PeerTracker {
     }
 
     /// `peer`'s audit score (the initial score if never audited).
-    pub fn score(&self, peer: &PeerId) -> f64 {
+    pub fn score(&self, peer: &P) -> f64 {
         self.scores.score(peer)
     }
 
     /// When `peer` was last seen, if ever.
-    pub fn last_seen(&self, peer: &PeerId) -> Option<u64> {
+    pub fn last_seen(&self, peer: &P) -> Option<u64> {
         self.last_seen.get(peer).copied()
     }
 
     /// The audit record of every peer.
-    pub fn scores(&self) -> &Scores {
+    pub fn scores(&self) -> &Scores<P> {
         &self.scores
     }
 
@@ -329,12 +330,12 @@ impl PeerTracker {
     }
 
     /// Peers known to the tracker (seen at least once and not forgotten), in id order.
-    pub fn peers(&self) -> impl Iterator<Item = &PeerId> {
+    pub fn peers(&self) -> impl Iterator<Item = &P> {
         self.last_seen.keys()
     }
 
     /// Drops everything known about `peer` (it is no longer a partner); it is then gone.
-    pub fn forget(&mut self, peer: &PeerId) {
+    pub fn forget(&mut self, peer: &P) {
         self.last_seen.remove(peer);
     }
 }

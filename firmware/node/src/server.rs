@@ -18,8 +18,8 @@ use tokio::sync::{oneshot, Semaphore};
 
 use crate::control::{self, PairOutcome};
 use crate::invite::{secret_hash, Invitation};
-use crate::node::{now_secs, Cmd, Shared};
 use crate::owner;
+use crate::state::{now_secs, Cmd, Shared};
 use crate::wire::{Msg, PAIR_INVITE};
 
 /// Control connections served at once.
@@ -188,7 +188,7 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
 }
 
 /// Accepts a shard for placement and answers at once; placement goes on in the background
-/// within [`PLACING_BYTES`](crate::node::PLACING_BYTES) (the client waits when it is used up).
+/// within [`PLACING_BYTES`](crate::state::PLACING_BYTES) (the client waits when it is used up).
 async fn put_shard(shared: &Arc<Shared>, payload: Vec<u8>) -> (Value, Vec<u8>) {
     let len = u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX);
     let Ok(permit) = shared.placing_budget.clone().acquire_many_owned(len).await else {
@@ -317,30 +317,30 @@ async fn status(shared: &Arc<Shared>) -> (Value, Vec<u8>) {
     let red = owner::redundancy(shared).await;
     let now = now_secs();
     let st = shared.state();
-    let partners: Vec<Value> = st
+    // Listed in the order of their ids' text form, as partners.json has them.
+    let mut partners: Vec<(String, Value)> = st
         .saved
         .partners
         .iter()
-        .map(|(p, info)| {
-            let id = crate::PeerId(p.clone());
-            let a = st.ledger.account(&id).unwrap_or_default();
-            let connected = p
-                .parse::<libp2p::PeerId>()
-                .ok()
-                .and_then(|pp| st.peers.get(&pp))
-                .is_some_and(|m| m.connections > 0);
-            json!({
+        .map(|(id, info)| {
+            let a = st.ledger.account(id).unwrap_or_default();
+            let connected = st.peers.get(id).is_some_and(|m| m.connections > 0);
+            let p = id.to_base58();
+            let v = json!({
                 "peer": p,
                 "via": info.via,
                 "since": info.since,
                 "connected": connected,
-                "health": format!("{:?}", st.tracker.health(&id, now)).to_lowercase(),
-                "score": st.tracker.score(&id),
+                "health": format!("{:?}", st.tracker.health(id, now)).to_lowercase(),
+                "score": st.tracker.score(id),
                 "held_for_them": a.held_for_them,
                 "held_for_us": a.held_for_us,
-            })
+            });
+            (p, v)
         })
         .collect();
+    partners.sort_by(|a, b| a.0.cmp(&b.0));
+    let partners: Vec<Value> = partners.into_iter().map(|(_, v)| v).collect();
     let mut v = json!({
         "peer": shared.me.to_string(),
         "listen": st.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),

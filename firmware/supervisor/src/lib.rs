@@ -5,12 +5,11 @@
 //!   stop and shutdown order) over the [`machine::Clock`] and [`machine::Spawner`] traits.
 //! - [`spawn`] and [`runtime`]: the Linux side — processes, signals, reaping, log rings, the
 //!   control socket, the watchdog — behind one entry point, [`run`].
-//! - [`ctl`]: the `cairn ctl` client; [`fixture`]: test services (`cairn fixture …`).
+//! - [`proto`]: the control socket's requests and answers (the `cairn ctl` client and the test
+//!   services, `cairn fixture …`, live in the `cairn` binary).
 
 #![warn(missing_docs)]
 
-pub mod ctl;
-pub mod fixture;
 pub mod logbuf;
 pub mod machine;
 pub mod manifest;

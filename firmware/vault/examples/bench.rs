@@ -3,7 +3,8 @@
 //! 4 GiB `cairn vault put` run in a child process. Writes one JSON object of named figures.
 //!
 //! `bench OUT.json [--size-mib N] [--rss-gib G] [--work DIR]`; `--rss-gib 0` skips the RSS run.
-//! (Internal: `bench --child-cli ARGS…` runs the vault command line and prints its VmHWM.)
+//! (Internal: `bench --child HOME PASSFILE init DIR…|put FILE` does what `cairn vault --quiet
+//! init|put` does, through the library, and prints its VmHWM.)
 
 use std::fmt::Write as _;
 use std::fs;
@@ -19,7 +20,7 @@ use cairn_vault::keys::{Kind, OwnerSecret};
 use cairn_vault::progress::NoProgress;
 use cairn_vault::seal::{nonce_for, seal_in_place, sealed_len};
 use cairn_vault::shard::Codec;
-use cairn_vault::{AeadKind, DirStore, KdfParams, ShardError, ShardId, ShardSink, Vault};
+use cairn_vault::{AeadKind, DirStore, KdfParams, NoNode, ShardError, ShardId, ShardSink, Vault};
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
 /// Counts shard bytes and drops them: the pipeline's compute without the storage under it.
@@ -66,11 +67,9 @@ fn vmhwm_kib() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--child-cli") {
-        use clap::Parser;
-        let cli = cairn_vault::cli::Args::parse_from(&args[1..]);
-        if let Err(e) = cairn_vault::cli::run(cli) {
-            eprintln!("cairn vault: {e:#}");
+    if args.get(1).map(String::as_str) == Some("--child") {
+        if let Err(e) = child(&args[2..]) {
+            eprintln!("cairn vault: {e}");
             std::process::exit(1);
         }
         eprintln!("VmHWM_kib {}", vmhwm_kib());
@@ -255,7 +254,7 @@ fn main() {
                 t: 1,
                 p: 1,
             };
-            let mut v = Vault::init(&home, cfg, b"bench", kdf).unwrap();
+            let mut v = Vault::init(&home, cfg, b"bench", kdf, &NoNode).unwrap();
             v.set_backend(
                 Arc::new(Discard(AtomicU64::new(0))),
                 Arc::new(DirStore::new(dirs)),
@@ -309,7 +308,33 @@ fn main() {
     eprintln!("wrote {}", out.display());
 }
 
-/// Puts a `gib` GiB random file with the real command line in a child process (4-of-8 over
+/// `HOME PASSFILE init DIR…` or `HOME PASSFILE put FILE`: what `cairn vault --quiet init` (4-of-8,
+/// the faster AEAD here) and `cairn vault --quiet put` do, in this process.
+fn child(args: &[String]) -> cairn_vault::Result<()> {
+    let [home, pass, cmd, rest @ ..] = args else {
+        panic!("usage: bench --child HOME PASSFILE init DIR…|put FILE");
+    };
+    let home = Path::new(home);
+    let pass = fs::read(pass).unwrap();
+    let pass = pass.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    match cmd.as_str() {
+        "init" => {
+            let config = Config {
+                k: 4,
+                n: 8,
+                aead: AeadKind::fastest_here(50),
+                targets: rest.iter().map(|d| Target::Dir(d.into())).collect(),
+            };
+            Vault::init(home, config, pass, KdfParams::default(), &NoNode).map(drop)
+        }
+        "put" => Vault::open(home, pass, &NoNode)?
+            .put(rest, &mut NoProgress)
+            .map(drop),
+        c => panic!("bench --child: unknown command {c}"),
+    }
+}
+
+/// Puts a `gib` GiB random file in a child process as `cairn vault put` does (4-of-8 over
 /// directories) and returns the child's peak RSS in MiB.
 fn rss_put(work: &Path, gib: u64) -> f64 {
     let dir = work.join("rss");
@@ -329,19 +354,12 @@ fn rss_put(work: &Path, gib: u64) -> f64 {
     let exe = std::env::current_exe().unwrap();
     let base = |cmd: &[&str]| {
         let mut c = std::process::Command::new(&exe);
-        c.arg("--child-cli")
-            .arg("--home")
-            .arg(dir.join("home"))
-            .arg("--passphrase-file")
-            .arg(&pass)
-            .arg("--quiet")
-            .args(cmd);
+        c.arg("--child").arg(dir.join("home")).arg(&pass).args(cmd);
         c
     };
-    let mut init = base(&["init", "--k", "4", "--n", "8"]);
+    let mut init = base(&["init"]);
     for i in 0..8 {
-        init.arg("--target")
-            .arg(format!("dir:{}", dir.join(format!("t{i}")).display()));
+        init.arg(dir.join(format!("t{i}")));
     }
     init.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());

@@ -13,10 +13,11 @@
 //! Modules: [`keys`] (secret, derivation, recovery key, capability, key file), [`chunker`],
 //! [`seal`], [`shard`] (erasure coding and shard format), [`sink`] (the shard traits and the
 //! directory backend), [`manifest`], [`store`] (chunk write and read paths), [`vault`] (put, get,
-//! snapshots, restore), [`home`] (state on disk), [`progress`], [`cli`].
+//! snapshots, restore; [`vault::NodeConnector`]: how `node:` targets reach a storage node, given
+//! by the program), [`home`] (state on disk), [`progress`]. The command line, `cairn vault …`,
+//! lives in the `cairn` binary.
 
 pub mod chunker;
-pub mod cli;
 pub mod error;
 pub mod home;
 pub mod keys;
@@ -34,7 +35,7 @@ pub use error::{Result, VaultError};
 pub use keys::{KdfParams, OwnerSecret, RootCapability};
 pub use seal::AeadKind;
 pub use sink::{DirStore, ShardError, ShardId, ShardSink, ShardSource};
-pub use vault::{GetReport, PutReport, Vault};
+pub use vault::{GetReport, NoNode, NodeConnector, PutReport, Vault};
 
 /// A chunk's id: keyed BLAKE3 of its content (or, for root records, of the snapshot number).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

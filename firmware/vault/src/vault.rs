@@ -98,29 +98,41 @@ fn default_workers() -> usize {
         .min(MAX_WORKERS)
 }
 
-/// Opens the backend of a storage node's control socket (registered by the binary that links
-/// the node, which depends on this crate and not the other way round).
-pub type NodeConnector = fn(&Path) -> std::result::Result<Backend, String>;
-
 /// Where a vault's shards go and come from.
 pub type Backend = (Arc<dyn ShardSink>, Arc<dyn ShardSource>);
 
-static NODE_CONNECTOR: std::sync::OnceLock<NodeConnector> = std::sync::OnceLock::new();
-
-/// Makes `node:SOCKET` targets usable.
-pub fn register_node_backend(f: NodeConnector) {
-    let _ = NODE_CONNECTOR.set(f);
+/// Opens the shard backend of a storage node by its control socket: what `node:SOCKET` targets
+/// use. This crate does not link the node (the node depends on it, not the other way round):
+/// the program that does passes a connector to [`Vault::init`], [`Vault::open`] and
+/// [`Vault::restore`]; [`NoNode`] refuses node targets. A closure `Fn(&Path) -> Result<Backend,
+/// String>` is one too.
+pub trait NodeConnector {
+    /// The backend of the node whose control socket is `socket`, or why there is none.
+    fn connect(&self, socket: &Path) -> std::result::Result<Backend, String>;
 }
 
-/// The backend of a node's control socket at `path`.
-pub fn node_backend(path: &Path) -> Result<(Arc<dyn ShardSink>, Arc<dyn ShardSource>)> {
-    let connect = NODE_CONNECTOR.get().ok_or_else(|| {
-        VaultError::Usage("this program cannot use a storage node (node: targets)".into())
-    })?;
-    connect(path).map_err(VaultError::Usage)
+impl<F: Fn(&Path) -> std::result::Result<Backend, String>> NodeConnector for F {
+    fn connect(&self, socket: &Path) -> std::result::Result<Backend, String> {
+        self(socket)
+    }
 }
 
-fn backend(targets: &[Target]) -> Result<(Arc<dyn ShardSink>, Arc<dyn ShardSource>)> {
+/// No storage node here: `node:` targets are refused with a usage error.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoNode;
+
+impl NodeConnector for NoNode {
+    fn connect(&self, _socket: &Path) -> std::result::Result<Backend, String> {
+        Err("this program cannot use a storage node (node: targets)".into())
+    }
+}
+
+/// The backend of the node whose control socket is at `path`, opened by `nodes`.
+pub fn node_backend(nodes: &dyn NodeConnector, path: &Path) -> Result<Backend> {
+    nodes.connect(path).map_err(VaultError::Usage)
+}
+
+fn backend(targets: &[Target], nodes: &dyn NodeConnector) -> Result<Backend> {
     if targets.is_empty() {
         return Err(VaultError::Usage(
             "no shard target: give --target dir:PATH or --target node:SOCKET".into(),
@@ -132,7 +144,7 @@ fn backend(targets: &[Target]) -> Result<(Arc<dyn ShardSink>, Arc<dyn ShardSourc
                 "a node target places every shard itself: give it alone".into(),
             ));
         }
-        return node_backend(p);
+        return node_backend(nodes, p);
     }
     let dirs = targets
         .iter()
@@ -146,27 +158,36 @@ fn backend(targets: &[Target]) -> Result<(Arc<dyn ShardSink>, Arc<dyn ShardSourc
 }
 
 impl Vault {
-    /// Creates a vault in `home`: a new owner secret, encrypted under `passphrase`.
-    pub fn init(home: &Path, config: Config, passphrase: &[u8], kdf: KdfParams) -> Result<Self> {
+    /// Creates a vault in `home`: a new owner secret, encrypted under `passphrase`. `nodes`
+    /// opens a `node:SOCKET` target ([`NoNode`] when the program has no storage node).
+    pub fn init(
+        home: &Path,
+        config: Config,
+        passphrase: &[u8],
+        kdf: KdfParams,
+        nodes: &dyn NodeConnector,
+    ) -> Result<Self> {
         Self::create(
             home,
             config,
             OwnerSecret::generate()?,
             passphrase,
             kdf,
-            0,
-            true,
+            (0, true),
+            nodes,
         )
     }
 
+    /// `(head, one_target_per_shard)`: the snapshot recorded as the head, and whether n targets
+    /// (one per shard) are required.
     fn create(
         home: &Path,
         config: Config,
         secret: OwnerSecret,
         passphrase: &[u8],
         kdf: KdfParams,
-        head: u64,
-        one_target_per_shard: bool,
+        (head, one_target_per_shard): (u64, bool),
+        nodes: &dyn NodeConnector,
     ) -> Result<Self> {
         let h = Home::new(home);
         if h.exists() {
@@ -197,7 +218,7 @@ impl Vault {
         fs::create_dir_all(home).map_err(io_err(home))?;
         fs::set_permissions(home, fs::Permissions::from_mode(0o700)).map_err(io_err(home))?;
         let lock = h.lock()?;
-        let (sink, source) = backend(&config.targets)?;
+        let (sink, source) = backend(&config.targets, nodes)?;
         keys::write_key_file(&h.key(), &secret, passphrase, kdf)?;
         crate::home::write_atomic(&h.config(), config.encode().as_bytes(), 0o644)?;
         h.write_head(head)?;
@@ -214,8 +235,8 @@ impl Vault {
         })
     }
 
-    /// Opens the vault in `home` with the passphrase.
-    pub fn open(home: &Path, passphrase: &[u8]) -> Result<Self> {
+    /// Opens the vault in `home` with the passphrase; `nodes` opens a `node:SOCKET` target.
+    pub fn open(home: &Path, passphrase: &[u8], nodes: &dyn NodeConnector) -> Result<Self> {
         let h = Home::new(home);
         if !h.exists() {
             return Err(VaultError::Usage(format!(
@@ -229,7 +250,7 @@ impl Vault {
         let config = Config::decode(&text, &cpath)?;
         let codec = Codec::new(config.k, config.n)?;
         let secret = keys::read_key_file(&h.key(), passphrase)?;
-        let (sink, source) = backend(&config.targets)?;
+        let (sink, source) = backend(&config.targets, nodes)?;
         Ok(Self {
             keys: secret.keys(),
             secret,
@@ -247,7 +268,8 @@ impl Vault {
     /// finds the latest snapshot (or takes `seq`), learns k, n and the AEAD from its shards and
     /// writes the configuration and key file. Files come back with [`Vault::get`]. Fewer targets
     /// than n will do as long as they hold k shards of every chunk (later puts then place
-    /// several shards of a chunk on one target: re-create the vault with n targets).
+    /// several shards of a chunk on one target: re-create the vault with n targets). `nodes`
+    /// opens a `node:SOCKET` target.
     pub fn restore(
         home: &Path,
         secret: OwnerSecret,
@@ -255,8 +277,9 @@ impl Vault {
         targets: Vec<Target>,
         passphrase: &[u8],
         kdf: KdfParams,
+        nodes: &dyn NodeConnector,
     ) -> Result<Self> {
-        let (_, source) = backend(&targets)?;
+        let (_, source) = backend(&targets, nodes)?;
         let keys = secret.keys();
         let reader = ChunkReader::new(&keys, source.as_ref(), None);
         let n_probe = 255;
@@ -309,7 +332,7 @@ impl Vault {
             targets,
         };
         // Restoring with some targets lost is the point: any k of them may do.
-        Self::create(home, config, secret, passphrase, kdf, seq, false)
+        Self::create(home, config, secret, passphrase, kdf, (seq, false), nodes)
     }
 
     /// Replaces the shard backend (the network node; failing stores in tests).

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use cairn_vault::home::{Config, Target};
 use cairn_vault::progress::NoProgress;
 use cairn_vault::{
-    AeadKind, DirStore, KdfParams, OwnerSecret, RootCapability, ShardError, ShardId, ShardSink,
-    ShardSource, Vault,
+    AeadKind, DirStore, KdfParams, NoNode, OwnerSecret, RootCapability, ShardError, ShardId,
+    ShardSink, ShardSource, Vault,
 };
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -135,7 +135,7 @@ fn snapshot_of(dir: &Path) -> BTreeMap<PathBuf, (String, u32, i64, Vec<u8>)> {
 }
 
 fn init(s: &Setup, k: usize, aead: AeadKind) -> Vault {
-    Vault::init(&s.p("home"), s.config(k, aead), PASS, KDF).unwrap()
+    Vault::init(&s.p("home"), s.config(k, aead), PASS, KDF, &NoNode).unwrap()
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn identical_content_is_stored_once() {
     assert!(r3.stored_chunks <= 4, "{r3:?}");
     // Reopened (the index is on disk), the same content is still known.
     drop(v);
-    let mut v = Vault::open(&s.p("home"), PASS).unwrap();
+    let mut v = Vault::open(&s.p("home"), PASS, &NoNode).unwrap();
     let r4 = v.put(&[&src], &mut NoProgress).unwrap();
     assert_eq!(r4.stored_chunks, 0, "{r4:?}");
 }
@@ -429,6 +429,7 @@ fn a_new_device_restores_everything_from_the_recovery_key_and_the_shards() {
         targets.clone(),
         b"new pass",
         KDF,
+        &NoNode,
     )
     .unwrap();
     assert_eq!(v.head().unwrap(), 5);
@@ -444,7 +445,7 @@ fn a_new_device_restores_everything_from_the_recovery_key_and_the_shards() {
     );
     drop(v);
     assert!(
-        Vault::open(&s.p("home2"), PASS).is_err(),
+        Vault::open(&s.p("home2"), PASS, &NoNode).is_err(),
         "old passphrase opened the new home"
     );
 
@@ -457,6 +458,7 @@ fn a_new_device_restores_everything_from_the_recovery_key_and_the_shards() {
         targets[2..].to_vec(),
         PASS,
         KDF,
+        &NoNode,
     )
     .unwrap();
     let t = v.tree(None).unwrap();
@@ -474,6 +476,7 @@ fn a_new_device_restores_everything_from_the_recovery_key_and_the_shards() {
         targets,
         PASS,
         KDF,
+        &NoNode,
     )
     .err()
     .unwrap()
@@ -562,7 +565,7 @@ fn bad_input_gets_clear_errors() {
     let s = Setup::new(3);
     let v = init(&s, 2, AeadKind::ChaCha20Poly1305);
     drop(v);
-    let e = Vault::open(&s.p("home"), b"wrong")
+    let e = Vault::open(&s.p("home"), b"wrong", &NoNode)
         .err()
         .unwrap()
         .to_string();
@@ -570,19 +573,31 @@ fn bad_input_gets_clear_errors() {
         e.contains("wrong passphrase") && e.contains("home/key"),
         "{e}"
     );
-    let e = Vault::init(&s.p("home"), s.config(2, AeadKind::Aes256Gcm), PASS, KDF)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Vault::init(
+        &s.p("home"),
+        s.config(2, AeadKind::Aes256Gcm),
+        PASS,
+        KDF,
+        &NoNode,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("already exists"), "{e}");
-    let e = Vault::init(&s.p("h2"), s.config(3, AeadKind::Aes256Gcm), PASS, KDF)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Vault::init(
+        &s.p("h2"),
+        s.config(3, AeadKind::Aes256Gcm),
+        PASS,
+        KDF,
+        &NoNode,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("3-of-3 is not possible"), "{e}");
     let mut c = s.config(2, AeadKind::Aes256Gcm);
     c.targets.pop();
-    let e = Vault::init(&s.p("h3"), c, PASS, KDF)
+    let e = Vault::init(&s.p("h3"), c, PASS, KDF, &NoNode)
         .err()
         .unwrap()
         .to_string();
@@ -590,13 +605,13 @@ fn bad_input_gets_clear_errors() {
         e.contains("needs 3 targets") && e.contains("2 given"),
         "{e}"
     );
-    let e = Vault::open(&s.p("nothing"), PASS)
+    let e = Vault::open(&s.p("nothing"), PASS, &NoNode)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("no vault here"), "{e}");
     // A path that does not exist is named.
-    let mut v = Vault::open(&s.p("home"), PASS).unwrap();
+    let mut v = Vault::open(&s.p("home"), PASS, &NoNode).unwrap();
     let src = s.p("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("x"), b"x").unwrap();
@@ -629,4 +644,44 @@ fn a_file_of_several_segments_round_trips_with_parallel_workers() {
     // The same content again: nothing new stored, whichever worker cut which segment.
     let r2 = v.put(&[&src], &mut NoProgress).unwrap();
     assert_eq!(r2.stored_chunks, 0, "{r2:?}");
+}
+
+#[test]
+fn node_targets_go_through_the_connector_the_caller_passes() {
+    let s = Setup::new(3);
+    let sock = s.p("node.sock");
+    let config = |k| Config {
+        k,
+        n: 3,
+        aead: AeadKind::ChaCha20Poly1305,
+        targets: vec![Target::Node(sock.clone())],
+    };
+    // Without a node (NoNode), a node target is a clear usage error.
+    let e = Vault::init(&s.p("home"), config(2), PASS, KDF, &NoNode)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("cannot use a storage node"), "{e}");
+    // With a connector, it opens the node by the target's socket (here: directories stand in).
+    let asked = std::sync::Mutex::new(Vec::new());
+    let dirs = s.targets.clone();
+    for d in &dirs {
+        fs::create_dir_all(d).unwrap();
+    }
+    let nodes = |p: &Path| -> Result<cairn_vault::vault::Backend, String> {
+        asked.lock().unwrap().push(p.to_path_buf());
+        let store = Arc::new(DirStore::new(dirs.clone()));
+        Ok((store.clone(), store))
+    };
+    let mut v = Vault::init(&s.p("home2"), config(2), PASS, KDF, &nodes).unwrap();
+    let src = s.p("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "through the node").unwrap();
+    v.put(&[&src], &mut NoProgress).unwrap();
+    drop(v);
+    let v = Vault::open(&s.p("home2"), PASS, &nodes).unwrap();
+    let out = s.p("a-out");
+    v.get(None, "src/a.txt", &out, &mut NoProgress).unwrap();
+    assert_eq!(fs::read_to_string(&out).unwrap(), "through the node");
+    assert_eq!(*asked.lock().unwrap(), vec![sock.clone(), sock]);
 }

@@ -1,8 +1,8 @@
 //! `cairn ctl`: the control client. Sends one request over the supervisor's Unix socket and
 //! prints the answer for a person (or as JSON with `status --json`).
 
-use crate::proto::Request;
 use anyhow::{bail, Context};
+use cairn_supervisor::proto::Request;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The supervisor's control socket.
-    #[arg(long, default_value = crate::DEFAULT_SOCKET)]
+    #[arg(long, default_value = cairn_supervisor::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     #[command(subcommand)]
     command: Command,

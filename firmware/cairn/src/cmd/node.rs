@@ -1,4 +1,5 @@
-//! `cairn node …`: run a storage node, pair it, and look at it.
+//! `cairn node …`: run a storage node, pair it, and look at it (over the `cairn-node` library:
+//! the node itself and its control client).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,8 +10,8 @@ use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use serde_json::{json, Value};
 
-use crate::control::{Client, PairOutcome};
-use crate::node::Config;
+use cairn_node::control::{Client, PairOutcome};
+use cairn_node::node::Config;
 
 /// The control socket the commands use unless `--node` or `$CAIRN_NODE` says otherwise: the
 /// `node` service's on a plug.
@@ -171,7 +172,7 @@ pub fn run(args: Args) -> Result<()> {
                 bail!("--hostile: only `wrong-bytes` is known");
             }
             cfg.hostile = hostile;
-            crate::node::run(cfg, notify_ready)
+            cairn_node::node::run(cfg, notify_ready)
         }
         Command::Status { json } => {
             let v = Client::connect(&socket(&args))?.op(json!({"op": "status"}))?;

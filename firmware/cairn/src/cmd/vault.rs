@@ -1,5 +1,6 @@
-//! `cairn vault …`: the vault's command line. The `cairn` binary embeds [`Args`] as its `vault`
-//! subcommand and calls [`run`].
+//! `cairn vault …`: the vault's command line over the `cairn-vault` library. `node:SOCKET`
+//! targets and `--node` reach the storage node through the connector this module hands to the
+//! vault ([`NodeSockets`], over `cairn-node`'s control client).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -7,12 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::home::{Config, Target};
-use crate::keys::{KdfParams, OwnerSecret, RootCapability};
-use crate::manifest::EntryKind;
-use crate::progress::{human_bytes, LinePrinter, NoProgress, Progress};
-use crate::seal::AeadKind;
-use crate::vault::Vault;
+use cairn_vault::home::{Config, Target};
+use cairn_vault::keys::{KdfParams, OwnerSecret, RootCapability};
+use cairn_vault::manifest::EntryKind;
+use cairn_vault::progress::{human_bytes, LinePrinter, NoProgress, Progress};
+use cairn_vault::seal::AeadKind;
+use cairn_vault::vault::{Backend, NodeConnector};
+use cairn_vault::{GetReport, Vault};
 
 /// Environment variable that may hold the passphrase (for scripts; prefer the prompt).
 pub const PASSPHRASE_ENV: &str = "CAIRN_VAULT_PASSPHRASE";
@@ -180,11 +182,29 @@ impl Drop for EchoOff {
     }
 }
 
+/// The storage nodes this binary reaches: a `node:SOCKET` target (or `--node SOCKET`) is the
+/// running node's control socket, spoken to by `cairn-node`'s client.
+pub struct NodeSockets;
+
+impl NodeConnector for NodeSockets {
+    fn connect(&self, socket: &Path) -> Result<Backend, String> {
+        let b = std::sync::Arc::new(
+            cairn_node::control::NodeBackend::new(socket).map_err(|e| e.to_string())?,
+        );
+        Ok((b.clone(), b))
+    }
+}
+
 /// Opens the vault, switched to the node of `--node` if given.
-fn open_vault(args: &Args, home: &Path, pass: &[u8]) -> anyhow::Result<Vault> {
-    let mut v = Vault::open(home, pass)?;
+fn open_vault(
+    args: &Args,
+    home: &Path,
+    pass: &[u8],
+    nodes: &dyn NodeConnector,
+) -> anyhow::Result<Vault> {
+    let mut v = Vault::open(home, pass, nodes)?;
     if let Some(sock) = &args.node {
-        let (sink, source) = crate::vault::node_backend(sock)?;
+        let (sink, source) = cairn_vault::vault::node_backend(nodes, sock)?;
         v.set_backend(sink, source);
     }
     Ok(v)
@@ -192,11 +212,12 @@ fn open_vault(args: &Args, home: &Path, pass: &[u8]) -> anyhow::Result<Vault> {
 
 /// Runs a vault command, printing its results on standard output.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    run_to(args, &mut std::io::stdout().lock())
+    run_to(args, &NodeSockets, &mut std::io::stdout().lock())
 }
 
-/// Runs a vault command, printing its results to `out` (progress goes to standard error).
-pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Runs a vault command with `nodes` for `node:` targets and `--node`, printing its results to
+/// `out` (progress goes to standard error).
+pub fn run_to(args: Args, nodes: &dyn NodeConnector, out: &mut dyn Write) -> anyhow::Result<()> {
     let home = match &args.home {
         Some(h) => h.clone(),
         None => default_home()?,
@@ -227,7 +248,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
                 bail!("{}: a vault already exists here", home.display());
             }
             let pass = passphrase(&args, true)?;
-            let v = Vault::init(&home, config, &pass, KdfParams::default())?;
+            let v = Vault::init(&home, config, &pass, KdfParams::default(), nodes)?;
             writeln!(
                 out,
                 "vault created in {} ({k}-of-{n}, {})",
@@ -243,7 +264,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Put { paths } => {
             let pass = passphrase(&args, false)?;
-            let mut v = open_vault(&args, &home, &pass)?;
+            let mut v = open_vault(&args, &home, &pass, nodes)?;
             let r = v.put(paths, progress)?;
             writeln!(
                 out,
@@ -260,7 +281,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::Ls { path, snapshot } => {
             let pass = passphrase(&args, false)?;
-            let v = open_vault(&args, &home, &pass)?;
+            let v = open_vault(&args, &home, &pass, nodes)?;
             let tree = v.tree(*snapshot)?;
             let base = path.as_deref().unwrap_or("").trim_matches('/');
             if !base.is_empty() && tree.find(base.as_bytes()).is_none() {
@@ -290,13 +311,13 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
             snapshot,
         } => {
             let pass = passphrase(&args, false)?;
-            let v = open_vault(&args, &home, &pass)?;
+            let v = open_vault(&args, &home, &pass, nodes)?;
             let r = v.get(*snapshot, path, dest, progress)?;
             report_get(out, &r, dest)?;
         }
         Command::Snapshots => {
             let pass = passphrase(&args, false)?;
-            let v = open_vault(&args, &home, &pass)?;
+            let v = open_vault(&args, &home, &pass, nodes)?;
             writeln!(
                 out,
                 "{:>6}  {:<19}  {:>8}  {:>10}",
@@ -315,7 +336,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         Command::RecoveryKey => {
             let pass = passphrase(&args, false)?;
-            let v = open_vault(&args, &home, &pass)?;
+            let v = open_vault(&args, &home, &pass, nodes)?;
             writeln!(out, "recovery key:     {}", v.secret().recovery_key())?;
             writeln!(out, "root capability:  {}", v.capability()?)?;
             writeln!(
@@ -348,6 +369,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
                 targets.clone(),
                 &pass,
                 KdfParams::default(),
+                nodes,
             )?;
             let head = v.head()?;
             writeln!(
@@ -366,7 +388,7 @@ pub fn run_to(args: Args, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report_get(out: &mut dyn Write, r: &crate::GetReport, dest: &Path) -> anyhow::Result<()> {
+fn report_get(out: &mut dyn Write, r: &GetReport, dest: &Path) -> anyhow::Result<()> {
     writeln!(
         out,
         "{} files, {} written to {}",
@@ -421,6 +443,7 @@ fn date(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn dates_and_modes_print_like_ls() {
@@ -445,5 +468,130 @@ mod tests {
         }
         let e = Args::try_parse_from(["vault", "init", "--target", "usb:/x"]).unwrap_err();
         assert!(e.to_string().contains("usb:/x"), "{e}");
+    }
+
+    // The `cairn vault` command line end to end, in process: init, put, ls, get, snapshots,
+    // recovery-key and restore on a new home, as a user would type them.
+    fn vault(home: &Path, pass: &Path, args: &[&str]) -> anyhow::Result<String> {
+        let mut argv = vec![
+            "vault".to_string(),
+            "--quiet".into(),
+            "--home".into(),
+            home.display().to_string(),
+            "--passphrase-file".into(),
+            pass.display().to_string(),
+        ];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let mut out = Vec::new();
+        run_to(Args::try_parse_from(argv)?, &NodeSockets, &mut out)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn init_put_ls_get_snapshots_recovery_and_restore() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let pass = root.join("pass");
+        fs::write(&pass, "hunter2 but longer\n").unwrap();
+        let home = root.join("home");
+        let sticks: Vec<String> = (0..4)
+            .map(|i| format!("dir:{}", root.join(format!("usb{i}")).display()))
+            .collect();
+        let mut init = vec!["init", "--k", "2", "--n", "4"];
+        for s in &sticks {
+            init.extend(["--target", s.as_str()]);
+        }
+        let out = vault(&home, &pass, &init).unwrap();
+        assert!(out.contains("2-of-4"), "{out}");
+        let key_line = out
+            .lines()
+            .find(|l| l.trim().starts_with("cairn-recovery-1"))
+            .expect("recovery key printed")
+            .trim()
+            .to_string();
+        let e = vault(&home, &pass, &init).unwrap_err().to_string();
+        assert!(e.contains("already exists"), "{e}");
+
+        let docs = root.join("docs");
+        fs::create_dir_all(docs.join("sub")).unwrap();
+        fs::write(docs.join("a.txt"), "alpha").unwrap();
+        fs::write(docs.join("sub/b.txt"), vec![b'b'; 300_000]).unwrap();
+        let out = vault(&home, &pass, &["put", docs.to_str().unwrap()]).unwrap();
+        assert!(out.starts_with("snapshot 1: 2 files"), "{out}");
+
+        let out = vault(&home, &pass, &["ls"]).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(
+            lines[0].starts_with('d') && lines[0].ends_with(" docs/"),
+            "{out}"
+        );
+        assert!(
+            lines[3].contains("300000") && lines[3].ends_with("docs/sub/b.txt"),
+            "{out}"
+        );
+        let out = vault(&home, &pass, &["ls", "docs/sub"]).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        let e = vault(&home, &pass, &["ls", "nope"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope: not in the vault"), "{e}");
+
+        let dest = root.join("got.txt");
+        vault(&home, &pass, &["get", "docs/a.txt", dest.to_str().unwrap()]).unwrap();
+        assert_eq!(fs::read_to_string(&dest).unwrap(), "alpha");
+
+        fs::write(docs.join("a.txt"), "alpha 2").unwrap();
+        vault(&home, &pass, &["put", docs.to_str().unwrap()]).unwrap();
+        let out = vault(&home, &pass, &["snapshots"]).unwrap();
+        let seqs: Vec<&str> = out
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(seqs, ["2", "1"], "{out}");
+
+        let out = vault(&home, &pass, &["recovery-key"]).unwrap();
+        assert!(out.contains(&key_line), "{out}");
+        assert!(out.contains("cairn:root:1:"), "{out}");
+
+        let bad = root.join("bad");
+        fs::write(&bad, "wrong").unwrap();
+        let e = vault(&home, &bad, &["ls"]).unwrap_err().to_string();
+        assert!(e.contains("wrong passphrase"), "{e}");
+
+        // A new device: the recovery key, the sticks, and everything comes back.
+        let home2 = root.join("home2");
+        let restored = root.join("restored");
+        let mut restore = vec!["restore", "--recovery-key", key_line.as_str()];
+        for s in sticks.iter().rev() {
+            restore.extend(["--target", s.as_str()]);
+        }
+        restore.push(restored.to_str().unwrap());
+        let out = vault(&home2, &pass, &restore).unwrap();
+        assert!(out.contains("snapshot 2, 2-of-4"), "{out}");
+        assert_eq!(
+            fs::read_to_string(restored.join("docs/a.txt")).unwrap(),
+            "alpha 2"
+        );
+        assert_eq!(
+            fs::read(restored.join("docs/sub/b.txt")).unwrap(),
+            vec![b'b'; 300_000]
+        );
+
+        // A typo in the key is caught before anything is touched.
+        let mut typo = key_line.clone().into_bytes();
+        let last = typo.len() - 1;
+        typo[last] = if typo[last] == b'A' { b'B' } else { b'A' };
+        let typo = String::from_utf8(typo).unwrap();
+        let e = vault(
+            &root.join("home3"),
+            &pass,
+            &["restore", "--recovery-key", &typo, "--target", &sticks[0]],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("checksum"), "{e}");
+        assert!(!root.join("home3").exists());
     }
 }

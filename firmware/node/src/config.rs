@@ -1,0 +1,69 @@
+//! How a node is run: its settings, all in one place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+use crate::net::Limits;
+
+/// How a node is run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// State directory: identity key, partners, chunk store.
+    pub home: PathBuf,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to contact first (Kademlia bootstrap, and anyone to connect to at start).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Relays to reserve a slot on (for plugs behind NATs).
+    pub relays: Vec<Multiaddr>,
+    /// Bytes this plug offers to partners, all together (the one place capacity is set).
+    pub capacity: u64,
+    /// Bytes a partner may store here beyond what it stores for us.
+    pub allowance: u64,
+    /// The control socket.
+    pub control: PathBuf,
+    /// Discover plugs on the LAN by mDNS.
+    pub mdns: bool,
+    /// Time between audit rounds.
+    pub audit_every: Duration,
+    /// Time between repair rounds.
+    pub repair_every: Duration,
+    /// How long a partner may be unreachable before its shards are rebuilt elsewhere.
+    pub grace: Duration,
+    /// Audit score below which a partner's shards are rebuilt elsewhere.
+    pub min_score: f64,
+    /// Lease given with each put (renewed by audits).
+    pub lease: Duration,
+    /// Resource limits.
+    pub limits: Limits,
+    /// RAM for the chunk store's index.
+    pub store_memory: usize,
+    /// Test fixture only: misbehave as a holder (`wrong-bytes`).
+    pub hostile: Option<String>,
+}
+
+impl Config {
+    /// Defaults for a node at `home`.
+    pub fn new(home: PathBuf) -> Self {
+        Config {
+            control: home.join("node.sock"),
+            home,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            relays: Vec::new(),
+            capacity: 1 << 30,
+            allowance: 256 << 20,
+            mdns: true,
+            audit_every: Duration::from_secs(3600),
+            repair_every: Duration::from_secs(600),
+            grace: Duration::from_secs(24 * 3600),
+            min_score: 0.2,
+            lease: Duration::from_secs(90 * 24 * 3600),
+            limits: Limits::default(),
+            store_memory: 8 << 20,
+            hostile: None,
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The holder's side of the shard protocol: which partners' requests are admitted, and
+//! serving them — put, get, delete, lease renewal, audit challenges and free-space queries —
+//! against the chunk store (blocking: [`serve`] runs on tokio's blocking pool).
+
+use cairn_store::Lease;
+use libp2p::PeerId;
+
+use crate::audit::Challenge;
+use crate::codec::Held;
+use crate::records::{check_vault_shard, owner_of};
+use crate::state::{now_secs, Shared};
+use crate::wire::{ErrorCode, Msg};
+
+/// Admits a shard request of `peer`: partners only, at most `inflight_per_peer` at once
+/// (counted until [`finished`]); the error reply otherwise.
+pub(crate) fn admit(shared: &Shared, peer: PeerId) -> Result<(), Msg> {
+    let mut st = shared.state();
+    if !st.is_partner(&peer) {
+        return Err(err(
+            ErrorCode::BadRequest,
+            format!("peer {peer} is not a partner of {}: pair first", shared.me),
+        ));
+    }
+    let limit = shared.cfg.limits.inflight_per_peer;
+    let n = st.inflight.entry(peer).or_default();
+    if *n >= limit {
+        return Err(err(
+            ErrorCode::Busy,
+            format!("too many requests in flight from {peer} (limit {limit}); retry later"),
+        ));
+    }
+    *n += 1;
+    Ok(())
+}
+
+/// Ends what [`admit`] counted for `peer`.
+pub(crate) fn finished(shared: &Shared, peer: &PeerId) {
+    if let Some(n) = shared.state().inflight.get_mut(peer) {
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// An error reply (reason cut to the wire's bound).
+pub fn err(code: ErrorCode, mut reason: String) -> Msg {
+    if reason.len() > crate::wire::MAX_REASON {
+        let mut cut = crate::wire::MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    Msg::Error { code, reason }
+}
+
+fn flip_for_hostile(shared: &Shared, bytes: &mut [u8]) {
+    // A holder that kept something else than it was given: one byte in every 512 differs.
+    if shared.cfg.hostile.as_deref() == Some("wrong-bytes") {
+        for b in bytes.iter_mut().step_by(512) {
+            *b ^= 0x5a;
+        }
+    }
+}
+
+fn store_err(e: cairn_store::Error) -> Msg {
+    err(ErrorCode::Internal, format!("chunk store: {e}"))
+}
+
+fn not_here(shard: &crate::wire::ShardId) -> Msg {
+    err(ErrorCode::NotFound, format!("no shard {shard} here"))
+}
+
+/// The shard's bytes as this holder has them; the error reply otherwise.
+fn held(shared: &Shared, shard: &crate::wire::ShardId) -> Result<Vec<u8>, Msg> {
+    match shared.store.get(cairn_store::ShardId(shard.0)) {
+        Ok(mut data) => {
+            flip_for_hostile(shared, &mut data);
+            Ok(data)
+        }
+        Err(cairn_store::Error::NotFound { .. }) => Err(not_here(shard)),
+        Err(e) => Err(store_err(e)),
+    }
+}
+
+/// The shard's entry if `owner` may change it (or it is absent); a refusal if another owner's.
+fn owned(
+    shared: &Shared,
+    shard: &crate::wire::ShardId,
+    owner: cairn_store::OwnerId,
+) -> Result<Option<cairn_store::ShardInfo>, Msg> {
+    match shared.store.info(cairn_store::ShardId(shard.0)) {
+        Ok(Some(i)) if i.owner != owner => Err(err(
+            ErrorCode::BadRequest,
+            format!("shard {shard} is held for another owner"),
+        )),
+        Ok(i) => Ok(i),
+        Err(e) => Err(store_err(e)),
+    }
+}
+
+/// Books `bytes` no longer held for `partner`.
+fn release(shared: &Shared, partner: &PeerId, bytes: u64) {
+    if bytes == 0 {
+        return;
+    }
+    let mut st = shared.state();
+    let _ = st.ledger.released_for_them(partner, bytes);
+    st.used = st.used.saturating_sub(bytes);
+}
+
+/// Serves one shard request of partner `peer` (blocking: runs on the blocking pool).
+pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
+    let owner = owner_of(&peer);
+    match request.msg {
+        Msg::Put {
+            shard,
+            lease_secs,
+            data,
+        } => {
+            if let Err(e) = check_vault_shard(&shard, &data) {
+                return err(ErrorCode::HashMismatch, e);
+            }
+            let _key = shared.key_lock(&shard);
+            let old = match owned(shared, &shard, owner) {
+                Ok(i) => i.map_or(0, |i| u64::from(i.len)),
+                Err(m) => return m,
+            };
+            let len = data.len() as u64;
+            let extra = len.saturating_sub(old);
+            {
+                let mut st = shared.state();
+                if st.used + extra > shared.cfg.capacity {
+                    return err(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "{} offers {} bytes to partners and {} are in use",
+                            shared.me, shared.cfg.capacity, st.used
+                        ),
+                    );
+                }
+                if let Err(e) = st.ledger.accept(&peer, extra) {
+                    return err(ErrorCode::QuotaExceeded, e.to_string());
+                }
+                st.used += extra;
+            }
+            let lease = Lease::Until(now_secs() + u64::from(lease_secs));
+            match shared
+                .store
+                .put(cairn_store::ShardId(shard.0), &data, owner, lease)
+            {
+                Ok(()) => {
+                    // A smaller replacement frees the difference.
+                    release(shared, &peer, old.saturating_sub(len));
+                    Msg::Stored { shard }
+                }
+                Err(e) => {
+                    release(shared, &peer, extra);
+                    err(ErrorCode::TooLarge, format!("chunk store: {e}"))
+                }
+            }
+        }
+        Msg::Get { shard } => match held(shared, &shard) {
+            Ok(data) => Msg::ShardData { shard, data },
+            Err(m) => m,
+        },
+        Msg::Delete { shard } => {
+            let _key = shared.key_lock(&shard);
+            match owned(shared, &shard, owner) {
+                Ok(Some(i)) => match shared.store.delete(cairn_store::ShardId(shard.0)) {
+                    Ok(()) => {
+                        release(shared, &peer, u64::from(i.len));
+                        Msg::Deleted { shard }
+                    }
+                    Err(e) => store_err(e),
+                },
+                Ok(None) => not_here(&shard),
+                Err(m) => m,
+            }
+        }
+        Msg::RenewLease { shard, lease_secs } => {
+            let _key = shared.key_lock(&shard);
+            let id = cairn_store::ShardId(shard.0);
+            match owned(shared, &shard, owner) {
+                Ok(Some(_)) => {
+                    let until = Lease::Until(now_secs() + u64::from(lease_secs));
+                    let r = shared
+                        .store
+                        .get(id)
+                        .and_then(|data| shared.store.put(id, &data, owner, until));
+                    match r {
+                        Ok(()) => Msg::LeaseRenewed { shard, lease_secs },
+                        Err(e) => store_err(e),
+                    }
+                }
+                Ok(None) => not_here(&shard),
+                Err(m) => m,
+            }
+        }
+        Msg::AuditChallenge {
+            shard,
+            nonce,
+            offset,
+            len,
+        } => match held(shared, &shard) {
+            Ok(data) => {
+                let c = Challenge {
+                    shard,
+                    nonce,
+                    offset,
+                    len,
+                };
+                match c.prove(&data) {
+                    Ok(proof) => Msg::AuditResponse { shard, proof },
+                    Err(e) => err(ErrorCode::BadRequest, e.to_string()),
+                }
+            }
+            Err(m) => m,
+        },
+        Msg::FreeSpaceQuery => {
+            let st = shared.state();
+            let free = shared.cfg.capacity.saturating_sub(st.used);
+            let a = st.ledger.account(&peer).unwrap_or_default();
+            let quota = (a.held_for_us + st.ledger.allowance).saturating_sub(a.held_for_them);
+            Msg::FreeSpace {
+                free: free.min(quota),
+                offered: shared.cfg.capacity,
+            }
+        }
+        other => err(
+            ErrorCode::BadRequest,
+            format!("{} is not a request", kind_name(&other)),
+        ),
+    }
+}
+
+fn kind_name(m: &Msg) -> &'static str {
+    match m {
+        Msg::Stored { .. } => "stored",
+        Msg::ShardData { .. } => "shard-data",
+        Msg::Deleted { .. } => "deleted",
+        Msg::LeaseRenewed { .. } => "lease-renewed",
+        Msg::AuditResponse { .. } => "audit-response",
+        Msg::FreeSpace { .. } => "free-space",
+        Msg::Error { .. } => "error",
+        Msg::Paired => "paired",
+        _ => "this message",
+    }
+}

@@ -1,0 +1,533 @@
+//! The node's state: what the swarm task, the holder's side, the owner's side and the control
+//! connections share ([`Shared`]), the one mutex around the mutable part ([`State`]), and
+//! `partners.json`, its persisted part.
+//!
+//! This module imports none of the node's task modules (`node`, `swarm`, `holder`,
+//! `pairing`, `owner`, `server`); they all import it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use cairn_store::Store;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{Budget, Held};
+use crate::config::Config;
+use crate::ledger::Ledger;
+use crate::records::owner_of;
+use crate::repair::{PeerHealth, PeerTracker};
+use crate::wire::Msg;
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What this node records of a partner (persisted).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Partner {
+    /// Addresses it was reached at or announced (at most 8).
+    pub addrs: Vec<String>,
+    /// Unix seconds when paired.
+    pub since: u64,
+    /// How: "button" or "invitation".
+    pub via: String,
+}
+
+/// The persisted part of the node's state (`partners.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Persisted {
+    /// Partners by peer id (base58 text keys in the file, in text order).
+    #[serde(with = "text_keys")]
+    pub partners: BTreeMap<PeerId, Partner>,
+    /// Open invitations: secret hash → expiry (Unix seconds).
+    pub invites: BTreeMap<String, u64>,
+    /// Partners' audit records (a liar stays scored down across restarts), by peer id in
+    /// text form as the file has them; the running node keeps them in its [`PeerTracker`].
+    #[serde(default)]
+    pub scores: crate::audit::Scores,
+}
+
+/// `partners.json` names partners by their peer ids in text (base58) form, sorted as text;
+/// an entry whose key is not a peer id is left out (with a warning) as it always was ignored.
+mod text_keys {
+    use std::collections::BTreeMap;
+
+    use libp2p::PeerId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Partner;
+
+    pub fn serialize<S: Serializer>(
+        partners: &BTreeMap<PeerId, Partner>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let text: BTreeMap<String, &Partner> =
+            partners.iter().map(|(p, v)| (p.to_base58(), v)).collect();
+        text.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<PeerId, Partner>, D::Error> {
+        let text = BTreeMap::<String, Partner>::deserialize(d)?;
+        Ok(text
+            .into_iter()
+            .filter_map(|(k, v)| match k.parse::<PeerId>() {
+                Ok(p) => Some((p, v)),
+                Err(e) => {
+                    eprintln!("cairn-node: partners.json: ignoring partner {k:?}: {e}");
+                    None
+                }
+            })
+            .collect())
+    }
+}
+
+/// Runtime knowledge of a peer.
+#[derive(Clone, Debug, Default)]
+pub struct PeerMeta {
+    /// Open connections.
+    pub connections: u32,
+    /// Its public IP, if it connected from one.
+    pub public_ip: Option<std::net::IpAddr>,
+    /// Free space it last told us it has for us.
+    pub free_for_us: Option<u64>,
+    /// Found by mDNS or connected over a local address.
+    pub local: bool,
+    /// When dialing it last failed (cleared when a connection is established): requests fail
+    /// fast for [`UNREACHABLE_FOR`] instead of each waiting for a dial timeout.
+    pub dial_failed_at: Option<Instant>,
+}
+
+/// How long a failed dial marks a peer unreachable for requests (background redials go on).
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
+
+impl PeerMeta {
+    /// Not connected, and the last dial failed recently.
+    pub fn unreachable(&self) -> bool {
+        self.connections == 0
+            && self
+                .dial_failed_at
+                .is_some_and(|t| t.elapsed() < UNREACHABLE_FOR)
+    }
+}
+
+/// State shared by the swarm task and the control connections (one mutex, held briefly).
+pub struct State {
+    /// Partners and invitations (persisted).
+    pub saved: Persisted,
+    /// Give-to-get books (rebuilt from the store at start).
+    pub ledger: Ledger<PeerId>,
+    /// Bytes held for all partners together.
+    pub used: u64,
+    /// Peers seen at runtime.
+    pub peers: HashMap<PeerId, PeerMeta>,
+    /// Liveness and audit scores of partners.
+    pub tracker: PeerTracker<PeerId>,
+    /// Requests being served per peer.
+    pub inflight: HashMap<PeerId, usize>,
+    /// Chunks whose shards are being placed.
+    pub pending: HashMap<[u8; 32], crate::records::ChunkRecord>,
+    /// Our listen addresses (for invitations).
+    pub listen: Vec<Multiaddr>,
+    /// (chunk, partner) pairs with a put on the way: never two shards of a chunk to one peer.
+    pub reserving: HashSet<([u8; 32], PeerId)>,
+    /// Chunks with shards being placed right now, and how many.
+    pub busy: HashMap<[u8; 32], u32>,
+    /// Placement records read lately, newest last (at most [`crate::owner::RECENT_RECORDS`]).
+    pub recent: std::collections::VecDeque<([u8; 32], crate::records::ChunkRecord)>,
+    /// Where the next partial audit round starts (the last record id audited).
+    pub audit_after: Option<cairn_store::ShardId>,
+}
+
+impl State {
+    /// Whether `peer` is a partner.
+    pub fn is_partner(&self, peer: &PeerId) -> bool {
+        self.saved.partners.contains_key(peer)
+    }
+
+    /// Partners' peer ids.
+    pub fn partner_ids(&self) -> Vec<PeerId> {
+        self.saved.partners.keys().copied().collect()
+    }
+}
+
+/// A request for the swarm task.
+pub enum Cmd {
+    /// Send a shard-protocol request to a peer.
+    Request {
+        /// To whom.
+        peer: PeerId,
+        /// What.
+        msg: Msg,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Held, String>>,
+    },
+    /// Open the pairing window.
+    Pair {
+        /// For how long.
+        window: Duration,
+        /// The outcome.
+        reply: oneshot::Sender<Result<crate::control::PairOutcome, String>>,
+    },
+    /// Connect to a peer at the given addresses.
+    Dial {
+        /// The peer.
+        peer: PeerId,
+        /// Where.
+        addrs: Vec<Multiaddr>,
+    },
+}
+
+/// What the swarm task, the holder and the owner share.
+pub struct Shared {
+    /// Settings.
+    pub cfg: Config,
+    /// Our peer id.
+    pub me: PeerId,
+    /// Partners' shards and our own placement records.
+    pub store: Store,
+    state: Mutex<State>,
+    /// To the swarm task.
+    pub cmd: mpsc::Sender<Cmd>,
+    /// Frames in memory.
+    pub budget: Budget,
+    persist_lock: Mutex<()>,
+    /// Serialises check-then-write of one shard key (striped: 64 locks).
+    key_locks: Vec<Mutex<()>>,
+    /// Shards accepted from the vault and still being placed (see [`Placing`]).
+    pub placing: Mutex<Placing>,
+    /// Wakes `flush` when a placement ends.
+    pub placed: tokio::sync::Notify,
+    /// Bytes of shards accepted from the vault and not yet placed.
+    pub placing_budget: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight to each peer, from our side (stays under the holders' limit).
+    peer_slots: Mutex<HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// Bytes of the vault's shards the node accepts ahead of placing them: the vault streams
+/// instead of waiting one round trip per shard; errors come back at its `flush`.
+pub const PLACING_BYTES: usize = 16 << 20;
+
+/// Requests we keep in flight to one peer.
+pub const PER_PEER_REQUESTS: usize = 6;
+
+/// Placements in progress and the errors of those that failed since the last flush.
+#[derive(Debug, Default)]
+pub struct Placing {
+    /// Shards being placed.
+    pub inflight: usize,
+    /// Failures since the last flush (the first few kept, all counted).
+    pub errors: Vec<String>,
+    /// All failures since the last flush.
+    pub failed: usize,
+}
+
+impl Shared {
+    /// The node's state around an opened chunk store and the persisted partner list; the
+    /// receiver takes the commands for the swarm task. The books are not counted yet (see
+    /// [`recount_held`] and [`crate::owner::rebuild_books`]).
+    pub fn new(
+        cfg: Config,
+        me: PeerId,
+        store: Store,
+        saved: Persisted,
+        budget: Budget,
+    ) -> (Arc<Shared>, mpsc::Receiver<Cmd>) {
+        let mut ledger = Ledger::new(cfg.allowance);
+        let scores = saved.scores.map_peers(|p| p.0.parse::<PeerId>().ok());
+        let mut tracker = PeerTracker::new(cfg.grace.as_secs(), cfg.min_score).with_scores(scores);
+        let start = now_secs();
+        for p in saved.partners.keys() {
+            ledger.add_partner(*p);
+            // Partners count as seen at start: the grace period runs from now.
+            tracker.seen(p, start);
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let shared = Arc::new(Shared {
+            me,
+            store,
+            state: Mutex::new(State {
+                saved,
+                ledger,
+                used: 0,
+                peers: HashMap::new(),
+                tracker,
+                inflight: HashMap::new(),
+                pending: HashMap::new(),
+                listen: Vec::new(),
+                reserving: HashSet::new(),
+                busy: HashMap::new(),
+                audit_after: None,
+                recent: std::collections::VecDeque::new(),
+            }),
+            cmd: tx,
+            budget,
+            persist_lock: Mutex::new(()),
+            key_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            placing: Mutex::new(Placing::default()),
+            placed: tokio::sync::Notify::new(),
+            placing_budget: Arc::new(tokio::sync::Semaphore::new(PLACING_BYTES)),
+            peer_slots: Mutex::new(HashMap::new()),
+            cfg,
+        });
+        (shared, rx)
+    }
+
+    /// Locks the shared state.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("node state lock")
+    }
+
+    fn partners_path(&self) -> PathBuf {
+        self.cfg.home.join("partners.json")
+    }
+
+    /// Held while a shard key is checked and written, so two puts (or a put and a delete) of
+    /// one key cannot both pass the owner check; striped so other keys go on in parallel.
+    pub(crate) fn key_lock(&self, shard: &crate::wire::ShardId) -> MutexGuard<'_, ()> {
+        self.key_locks[usize::from(shard.0[0]) % self.key_locks.len()]
+            .lock()
+            .expect("key lock")
+    }
+
+    /// Writes partners and invitations (aside, then renamed; fsynced).
+    pub fn persist(&self) -> Result<()> {
+        let _g = self.persist_lock.lock().expect("persist lock");
+        let bytes = {
+            let mut st = self.state();
+            st.saved.scores = st
+                .tracker
+                .scores()
+                .map_peers(|p| Some(crate::PeerId(p.to_base58())));
+            serde_json::to_vec_pretty(&st.saved)?
+        };
+        write_atomic(&self.partners_path(), &bytes)
+    }
+
+    /// Records `peer` as a partner reached at `addrs`.
+    pub fn add_partner(&self, peer: PeerId, addrs: Vec<Multiaddr>, via: &str) -> Result<()> {
+        {
+            let mut st = self.state();
+            let entry = st.saved.partners.entry(peer).or_insert_with(|| Partner {
+                addrs: Vec::new(),
+                since: now_secs(),
+                via: via.to_owned(),
+            });
+            for a in addrs {
+                let s = a.to_string();
+                if !entry.addrs.contains(&s) && entry.addrs.len() < 8 {
+                    entry.addrs.push(s);
+                }
+            }
+            st.ledger.add_partner(peer);
+            st.tracker.seen(&peer, now_secs());
+        }
+        eprintln!("cairn-node: paired with {peer} ({via})");
+        self.persist()
+    }
+
+    /// A partner's health for repair.
+    pub fn health(&self, peer: &PeerId) -> PeerHealth {
+        let now = now_secs();
+        let mut st = self.state();
+        let meta = st.peers.get(peer).cloned();
+        if meta.as_ref().is_some_and(|m| m.connections > 0) {
+            st.tracker.seen(peer, now);
+        }
+        match st.tracker.health(peer, now) {
+            PeerHealth::Live if meta.is_some_and(|m| m.unreachable()) => PeerHealth::Suspect,
+            h => h,
+        }
+    }
+
+    /// Sends a request to `peer` and waits for the answer (bounded by the request timeout).
+    pub async fn request(&self, peer: PeerId, msg: Msg) -> Result<Msg, String> {
+        let slots = self
+            .peer_slots
+            .lock()
+            .expect("peer slots")
+            .entry(peer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PER_PEER_REQUESTS)))
+            .clone();
+        let _slot = slots
+            .acquire_owned()
+            .await
+            .map_err(|_| "node is shutting down".to_owned())?;
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Request {
+                peer,
+                msg,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| "node is shutting down".to_owned())?;
+        let r = tokio::time::timeout(self.cfg.limits.request_timeout + Duration::from_secs(5), rx)
+            .await
+            .map_err(|_| format!("peer {peer} did not answer in time"))?
+            .map_err(|_| "node is shutting down".to_owned())?;
+        let msg = r?.msg;
+        let mut st = self.state();
+        st.tracker.seen(&peer, now_secs());
+        Ok(msg)
+    }
+}
+
+/// Writes `data` to `path` aside and renames it into place, fsyncing both.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Reads `partners.json` (an empty list if there is none).
+pub(crate) fn load_persisted(path: &Path) -> Result<Persisted> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| {
+            format!(
+                "{}: damaged partner list (left as it is; fix or move it away)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
+        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
+    }
+}
+
+/// Recomputes what we hold for each partner from the store (at start, after leases ran out).
+pub fn recount_held(shared: &Shared) -> Result<()> {
+    let partners = shared.state().partner_ids();
+    let mut total = 0;
+    let mut held = Vec::with_capacity(partners.len());
+    for p in partners {
+        let h = held_for(&shared.store, &p)?;
+        total += h;
+        held.push((p, h));
+    }
+    let mut st = shared.state();
+    for (p, h) in held {
+        st.ledger.set_held_for_them(&p, h);
+    }
+    st.used = total;
+    Ok(())
+}
+
+/// Bytes the store holds for `peer`.
+fn held_for(store: &Store, peer: &PeerId) -> Result<u64> {
+    let owner = owner_of(peer);
+    let mut after = None;
+    let mut total = 0u64;
+    loop {
+        let page = store.shards_of(owner, after, 1024)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        total += page.iter().map(|s| u64::from(s.len)).sum::<u64>();
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn peer() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    /// A `partners.json` as the node wrote it while it kept peer ids as strings.
+    fn old_file(a: &str, b: &str) -> String {
+        format!(
+            r#"{{
+  "partners": {{
+    "{a}": {{ "addrs": ["/ip4/127.0.0.1/tcp/4001"], "since": 5, "via": "button" }},
+    "{b}": {{ "addrs": [], "since": 7, "via": "invitation" }}
+  }},
+  "invites": {{ "00ff": 99 }},
+  "scores": {{ "peers": {{ "{a}": {{ "passed": 1, "failed": 2, "score": 0.25 }} }} }}
+}}"#
+        )
+    }
+
+    #[test]
+    fn partner_lists_of_the_string_era_load_and_are_written_the_same() {
+        let (a, b) = (peer(), peer());
+        let (ta, tb) = (a.to_base58(), b.to_base58());
+        let old = old_file(&ta, &tb);
+        let p: Persisted = serde_json::from_str(&old).unwrap();
+        assert_eq!(p.partners[&a].via, "button");
+        assert_eq!(p.partners[&b].since, 7);
+        assert_eq!(p.scores.get(&crate::PeerId(ta.clone())).unwrap().failed, 2);
+        // Same JSON back, partners in the text order of their ids.
+        let text = serde_json::to_string_pretty(&p).unwrap();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, serde_json::from_str::<Value>(&old).unwrap());
+        assert_eq!(
+            text.find(&ta).unwrap() < text.find(&tb).unwrap(),
+            ta < tb,
+            "{text}"
+        );
+        // Files from before audit scores were kept load too; a key that is no peer id is
+        // left out.
+        let older = format!(
+            r#"{{"partners": {{"{ta}": {{"addrs": [], "since": 1, "via": "button"}}, "not-a-peer": {{"addrs": [], "since": 1, "via": "button"}}}}, "invites": {{}}}}"#
+        );
+        let p: Persisted = serde_json::from_str(&older).unwrap();
+        assert_eq!(p.partners.keys().collect::<Vec<_>>(), vec![&a]);
+    }
+
+    #[test]
+    fn a_node_opened_on_an_old_partner_list_knows_its_partners_and_scores() {
+        let home = tempfile::tempdir().unwrap();
+        let (a, b) = (peer(), peer());
+        let old = old_file(&a.to_base58(), &b.to_base58());
+        let path = home.path().join("partners.json");
+        std::fs::write(&path, &old).unwrap();
+        let store = Store::open_dir_reserve_later(
+            home.path().join("store"),
+            cairn_store::Config {
+                memory_budget_bytes: 1 << 20,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let saved = load_persisted(&path).unwrap();
+        let cfg = Config::new(home.path().to_owned());
+        let (shared, _rx) = Shared::new(cfg, peer(), store, saved, Budget::new(1 << 20));
+        {
+            let st = shared.state();
+            assert!(st.is_partner(&a) && st.is_partner(&b));
+            assert_eq!(st.tracker.score(&a), 0.25);
+            assert!(st.ledger.account(&b).is_some());
+            let mut ids = st.partner_ids();
+            ids.sort();
+            let mut want = vec![a, b];
+            want.sort();
+            assert_eq!(ids, want);
+        }
+        shared.persist().unwrap();
+        let written: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(written, serde_json::from_str::<Value>(&old).unwrap());
+    }
+}
