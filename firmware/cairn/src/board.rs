@@ -38,8 +38,7 @@ pub const RESET_MARKER: &str = ".factory-reset";
 pub const CLAIMED: &str = "cairn/claimed";
 /// The front panel's virtio-serial port name.
 pub const PANEL_PORT: &str = "cairn.panel";
-/// The storage node's control socket, as `services/node.toml` sets it (`--control`).
-pub const NODE_SOCKET: &str = "/data/node/node.sock";
+pub use crate::init::paths::NODE_SOCKET;
 const STACK: usize = 64 * 1024;
 
 /// What init keeps of the board: the shared user-interface state.

@@ -44,11 +44,14 @@ pub struct Config {
     pub hostile: Option<String>,
 }
 
+/// The control socket's file name in the node's home, unless configured otherwise.
+pub const SOCKET_FILE: &str = "node.sock";
+
 impl Config {
     /// Defaults for a node at `home`.
     pub fn new(home: PathBuf) -> Self {
         Config {
-            control: home.join("node.sock"),
+            control: home.join(SOCKET_FILE),
             home,
             listen: Vec::new(),
             bootstrap: Vec::new(),

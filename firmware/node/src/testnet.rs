@@ -69,7 +69,7 @@ impl Node {
 
     /// Its control socket.
     pub fn sock(&self) -> PathBuf {
-        self.home.join("node.sock")
+        self.home.join(crate::config::SOCKET_FILE)
     }
 
     /// (Re)starts the process.

@@ -15,7 +15,7 @@ use cairn_node::node::Config;
 
 /// The control socket the commands use unless `--node` or `$CAIRN_NODE` says otherwise: the
 /// `node` service's on a plug.
-pub const DEFAULT_SOCKET: &str = "/data/node/node.sock";
+pub const DEFAULT_SOCKET: &str = crate::init::paths::NODE_SOCKET;
 
 /// The storage node: hold friends' shards, place yours on theirs.
 #[derive(Parser, Debug)]
@@ -161,7 +161,7 @@ pub fn run(args: Args) -> Result<()> {
             cfg.relays = relay;
             cfg.capacity = capacity;
             cfg.allowance = allowance;
-            cfg.control = control.unwrap_or_else(|| home.join("node.sock"));
+            cfg.control = control.unwrap_or_else(|| home.join(cairn_node::config::SOCKET_FILE));
             cfg.mdns = !no_mdns;
             cfg.audit_every = Duration::from_secs(audit_every.max(1));
             cfg.repair_every = Duration::from_secs(repair_every.max(1));

@@ -34,7 +34,10 @@ pub mod paths {
     pub const SERVICES: &str = "/etc/cairn/services";
     pub const DATA: &str = "/data";
     pub const STATE: &str = "/data/cairn";
-    pub const SOCKET: &str = "/run/cairn/control.sock";
+    /// PID 1's control socket: one constant, the supervisor's.
+    pub const SOCKET: &str = cairn_supervisor::DEFAULT_SOCKET;
+    /// The storage node's control socket, as `services/node.toml` sets it (`--control`).
+    pub const NODE_SOCKET: &str = "/data/node/node.sock";
 }
 
 #[derive(clap::Args, Default, Debug)]
