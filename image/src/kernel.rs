@@ -203,7 +203,7 @@ impl KernelInputs {
             ctx.update(&(part.len() as u64).to_le_bytes());
             ctx.update(part.as_bytes());
         }
-        hex(ctx.finish().as_ref())[..16].to_string()
+        hex::encode(ctx.finish().as_ref())[..16].to_string()
     }
 }
 
@@ -341,11 +341,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         ctx.update(&buf[..n]);
     }
-    Ok(hex(ctx.finish().as_ref()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(hex::encode(ctx.finish().as_ref()))
 }
 
 #[cfg(test)]

@@ -50,20 +50,15 @@ pub fn record_id(chunk: &[u8; 32]) -> StoreId {
     StoreId(blake3::derive_key("cairn placement record v1", chunk))
 }
 
-/// Lowercase hex.
+/// Lowercase hex (a slice, so callers' arrays and vectors need no conversion).
 pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 /// Parses 64 hex digits.
 pub fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 

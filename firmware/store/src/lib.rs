@@ -53,10 +53,7 @@ pub struct ShardId(pub [u8; 32]);
 pub struct OwnerId(pub [u8; 32]);
 
 fn hex(f: &mut fmt::Formatter<'_>, b: &[u8]) -> fmt::Result {
-    for x in b {
-        write!(f, "{x:02x}")?;
-    }
-    Ok(())
+    f.write_str(&hex::encode(b))
 }
 
 impl fmt::Display for ShardId {
