@@ -61,6 +61,17 @@ impl Manifest {
         b
     }
 
+    /// Checks that this manifest lists exactly the runs of the in-memory index, in order.
+    pub(super) fn assert_runs_match(&self, runs: &[Arc<Run>], at: &str) {
+        // The manifest on disk lists exactly the runs lookups use (both change together,
+        // under the I/O lock): a new manifest is built from the in-RAM list.
+        assert!(
+            self.runs.iter().copied().eq(runs.iter().map(|r| r.id)),
+            "{at}: manifest run list {:?} differs from the index's",
+            self.runs
+        );
+    }
+
     /// Checks what every manifest the store writes must satisfy; called before each write
     /// (checkpoints, merges, the first manifest). Costs O(segments + runs), as does encoding.
     pub(super) fn assert_consistent(&self) {
@@ -166,17 +177,7 @@ impl Store {
         let run_id = io.next_run;
         let mem_len = {
             let idx = self.read_index();
-            // The manifest on disk lists exactly the runs lookups use (both change together,
-            // under the I/O lock): the new manifest is built from the in-RAM list.
-            assert!(
-                io.manifest
-                    .runs
-                    .iter()
-                    .copied()
-                    .eq(idx.runs.iter().map(|r| r.id)),
-                "checkpoint: manifest run list {:?} differs from the index's",
-                io.manifest.runs
-            );
+            io.manifest.assert_runs_match(&idx.runs, "checkpoint");
             idx.mem.len()
         };
         // New batches go to the active segment: compaction never drops it.

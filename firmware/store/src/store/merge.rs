@@ -119,16 +119,7 @@ impl Store {
                     a.id,
                     b.id
                 );
-                // The manifest lists exactly the runs lookups use.
-                assert!(
-                    io.manifest
-                        .runs
-                        .iter()
-                        .copied()
-                        .eq(idx.runs.iter().map(|r| r.id)),
-                    "merge: manifest run list {:?} differs from the index's",
-                    io.manifest.runs
-                );
+                io.manifest.assert_runs_match(&idx.runs, "merge");
                 io.manifest = m;
                 idx.runs[pos] = run;
                 idx.runs.remove(pos + 1);
