@@ -13,7 +13,7 @@
 //! Memory: three threads with 64 KiB stacks (four while pairing), one 1 KiB line buffer, a few
 //! small structs.
 
-use crate::init::log;
+use crate::sys::log;
 use cairn_bsp::linux::{self, gpiosim, BootClock, CdevPin, EdgePin};
 use cairn_bsp::pairing::Opened;
 use cairn_bsp::panel::{ToGuest, ToHost, MAX_LINE};
@@ -38,7 +38,7 @@ pub const RESET_MARKER: &str = ".factory-reset";
 pub const CLAIMED: &str = "cairn/claimed";
 /// The front panel's virtio-serial port name.
 pub const PANEL_PORT: &str = "cairn.panel";
-pub use crate::init::paths::NODE_SOCKET;
+pub use crate::sys::paths::NODE_SOCKET;
 const STACK: usize = 64 * 1024;
 
 /// What init keeps of the board: the shared user-interface state.
@@ -229,7 +229,7 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
-    if let Err(e) = crate::init::helpers::spawn(name, STACK, f) {
+    if let Err(e) = crate::sys::helpers::spawn(name, STACK, f) {
         log!("error: {name} thread: {e}");
     }
 }
@@ -388,7 +388,7 @@ impl Pairing {
             return false;
         }
         let me = self.clone();
-        let spawned = crate::init::helpers::spawn("pairing", STACK, move || {
+        let spawned = crate::sys::helpers::spawn("pairing", STACK, move || {
             let outcome = me.pairer.pair(window);
             log!("{}", settle(&ui, outcome));
             me.busy.store(false, Ordering::Release);

@@ -9,7 +9,7 @@ mod common;
 
 use common::{kill, manifest, Init};
 
-/// The fault switch's thread name and message (firmware/cairn/src/init/helpers.rs).
+/// The fault switch's thread name and message (firmware/cairn/src/sys/helpers.rs).
 const THREAD: &str = "fault-switch";
 const MESSAGE: &str = "fault switch: a helper panic on purpose";
 /// PID 1's handled signals (the supervisor's `handled_signals`): HUP, INT, USR1, USR2, TERM, CHLD.

@@ -15,7 +15,7 @@ use cairn_node::node::Config;
 
 /// The control socket the commands use unless `--node` or `$CAIRN_NODE` says otherwise: the
 /// `node` service's on a plug.
-pub const DEFAULT_SOCKET: &str = crate::init::paths::NODE_SOCKET;
+pub const DEFAULT_SOCKET: &str = crate::sys::paths::NODE_SOCKET;
 
 /// The storage node: hold friends' shards, place yours on theirs.
 #[derive(Parser, Debug)]

@@ -9,7 +9,6 @@
 //! what only a device has (mounts, modules, the data partition) and exits instead of rebooting.
 
 mod data;
-pub(crate) mod helpers;
 mod modules;
 mod mounts;
 mod net;
@@ -22,23 +21,12 @@ use cairn_bsp::Board;
 use cairn_supervisor::Notice;
 use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use stage2::Shutdown;
 
-/// Where things live on the device (the initramfs holds /etc/cairn; /data is the data partition).
-pub mod paths {
-    pub const BOARD: &str = "/etc/cairn/board.toml";
-    pub const SERVICES: &str = "/etc/cairn/services";
-    pub const DATA: &str = "/data";
-    pub const STATE: &str = "/data/cairn";
-    /// PID 1's control socket: one constant, the supervisor's.
-    pub const SOCKET: &str = cairn_supervisor::DEFAULT_SOCKET;
-    /// The storage node's control socket, as `services/node.toml` sets it (`--control`).
-    pub const NODE_SOCKET: &str = "/data/node/node.sock";
-}
+use crate::sys::{console, handled_signals, helpers, log, paths};
 
 #[derive(clap::Args, Default, Debug)]
 pub struct Args {
@@ -52,16 +40,6 @@ pub struct Args {
     #[arg(long)]
     pub socket: Option<PathBuf>,
 }
-
-/// Log a line on the console; PID 1's stdout is the console.
-macro_rules! log {
-    ($($arg:tt)*) => { println!("cairn: {}", format_args!($($arg)*)) };
-}
-pub(crate) use log;
-
-/// Signals PID 1 handles itself (the supervisor's set): blocked from the start so none is lost
-/// before stage 2 reads them.
-pub(crate) use cairn_supervisor::handled_signals;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let pid1 = nix::unistd::getpid().as_raw() == 1;
@@ -294,14 +272,6 @@ fn install_panic_hook(device: bool) {
         ));
         emergency_loop("init failed");
     }));
-}
-
-/// A console line that never panics (`println!` does when the console fails, and a panic inside
-/// the panic hook aborts PID 1).
-pub(crate) fn console(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "cairn: {line}");
-    let _ = out.flush();
 }
 
 /// The error state: reap children, and on SIGTERM/SIGINT reboot, on SIGUSR1/2 power off (on a

@@ -19,7 +19,7 @@
 //!
 //! Memory: one thread with a 64 KiB stack, one 1500-byte receive buffer, one lease.
 
-use super::log;
+use crate::sys::log;
 use dhcproto::v4::{self, DhcpOption, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use std::io;

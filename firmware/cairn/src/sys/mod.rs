@@ -1,0 +1,36 @@
+//! What PID 1's parts share: where things live, the console, and how helper threads start.
+//! `init` (the stages) and `board` (LEDs, button, front panel) both build on this module and
+//! never on each other's insides, so the two stay free of a module cycle.
+
+pub mod helpers;
+
+/// Where things live on the device (the initramfs holds /etc/cairn; /data is the data partition).
+pub mod paths {
+    pub const BOARD: &str = "/etc/cairn/board.toml";
+    pub const SERVICES: &str = "/etc/cairn/services";
+    pub const DATA: &str = "/data";
+    pub const STATE: &str = "/data/cairn";
+    /// PID 1's control socket: one constant, the supervisor's.
+    pub const SOCKET: &str = cairn_supervisor::DEFAULT_SOCKET;
+    /// The storage node's control socket, as `services/node.toml` sets it (`--control`).
+    pub const NODE_SOCKET: &str = "/data/node/node.sock";
+}
+
+/// Log a line on the console; PID 1's stdout is the console.
+macro_rules! log {
+    ($($arg:tt)*) => { println!("cairn: {}", format_args!($($arg)*)) };
+}
+pub(crate) use log;
+
+/// Signals PID 1 handles itself (the supervisor's set): blocked from the start so none is lost
+/// before stage 2 reads them.
+pub(crate) use cairn_supervisor::handled_signals;
+
+/// A console line that never panics (`println!` does when the console fails, and a panic inside
+/// the panic hook aborts PID 1).
+pub(crate) fn console(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "cairn: {line}");
+    let _ = out.flush();
+}
