@@ -1,5 +1,9 @@
-//! The control protocol between `cairn ctl` and the supervisor: one JSON request line, one JSON
-//! response line, then (for `logs`) the log text until the connection closes.
+//! The control protocol between `cairn ctl` (or a service allowed to ask) and the supervisor: one
+//! JSON request line, one JSON response line, then (for `logs`) the log text until the
+//! connection closes.
+//!
+//! Besides the supervisor's own commands, PID 1 answers the board's (`board`, `claim`,
+//! `claimed`) through an extension the binary installs; their answers carry `data`.
 
 use crate::machine::ServiceStatus;
 use serde::{Deserialize, Serialize};
@@ -8,7 +12,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
-    /// `status`, `start`, `stop`, `restart`, `logs`, `save-logs`, `poweroff` or `reboot`.
+    /// `status`, `start`, `stop`, `restart`, `logs`, `save-logs`, `poweroff` or `reboot`; or
+    /// one of the board's: `board` (claimed?, health, the pairing window), `claim` (complete a
+    /// claim in the open window `window`), `claimed` (setup finished: the device is `name`).
     pub cmd: String,
     /// The service, for commands about one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -16,6 +22,12 @@ pub struct Request {
     /// For `logs`: keep the connection and send new lines as they come.
     #[serde(default)]
     pub follow: bool,
+    /// For `claim`: the pairing window the claim belongs to (a later window refuses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
+    /// For `claimed`: the device's name (its hostname and `NAME.local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The supervisor's answer line.
@@ -35,6 +47,9 @@ pub struct Response {
     /// For `logs`: lines dropped from the ring so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped: Option<u64>,
+    /// The answer to an extension's command (e.g. `board`), as that command defines it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 impl Response {

@@ -118,7 +118,7 @@ fn request(cmd: &str, service: Option<String>) -> Request {
     Request {
         cmd: cmd.into(),
         service,
-        follow: false,
+        ..Request::default()
     }
 }
 
