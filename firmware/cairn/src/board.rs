@@ -48,9 +48,31 @@ pub struct BoardUi {
     /// pairings through it.
     pub ui: Arc<SharedUi<BootClock>>,
     data_dir: PathBuf,
+    /// Whether naming the device sets the system's hostname (the device; never a test host).
+    sets_hostname: bool,
 }
 
 impl BoardUi {
+    /// A board UI over `data_dir` that leaves the hostname alone (tests).
+    #[cfg(test)]
+    pub fn new(ui: Arc<SharedUi<BootClock>>, data_dir: PathBuf) -> BoardUi {
+        BoardUi {
+            ui,
+            data_dir,
+            sets_hostname: false,
+        }
+    }
+
+    /// The data partition's mount point.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Whether naming the device sets the system's hostname.
+    pub fn sets_hostname(&self) -> bool {
+        self.sets_hostname
+    }
+
     /// The services are up: show whether the device still needs setting up, or is healthy.
     pub fn booted(&self) {
         let claimed = self.data_dir.join(CLAIMED).exists();
@@ -120,6 +142,7 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
     let handle = BoardUi {
         ui: ui.clone(),
         data_dir: data_dir.to_path_buf(),
+        sets_hostname: true,
     };
 
     let sim = board.gpio_sim.as_ref().and_then(|_| {
@@ -675,10 +698,7 @@ mod tests {
     fn claimed_devices_boot_healthy_and_new_ones_need_setup() {
         let dir = tempfile::tempdir().unwrap();
         let ui = Arc::new(SharedUi::new(Ui::new(UiConfig::default()), BootClock));
-        let board = BoardUi {
-            ui: ui.clone(),
-            data_dir: dir.path().to_path_buf(),
-        };
+        let board = BoardUi::new(ui.clone(), dir.path().to_path_buf());
         assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Booting);
         board.booted();
         assert_eq!(ui.pattern().0, cairn_bsp::Pattern::SetupNeeded);

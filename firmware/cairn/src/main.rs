@@ -6,6 +6,7 @@
 mod board;
 mod cmd;
 mod init;
+mod requests;
 mod sys;
 
 use clap::{Parser, Subcommand};

@@ -69,6 +69,23 @@ pub struct RunConfig {
     /// Told when every service is ready, when a service fails for good and when one waits to be
     /// tried again after a crash loop: what the board's status LED shows. Bounded; a notice is dropped rather than block the supervisor.
     pub notices: Option<std::sync::mpsc::SyncSender<Notice>>,
+    /// Answers the control requests the supervisor does not know (PID 1's board commands).
+    pub extension: Option<Extension>,
+}
+
+/// A handler for control requests beyond the supervisor's own, given the request and the asking
+/// service's user (`None`: root); `None` back means "not mine either". It runs on the
+/// supervisor's loop, so it must answer at once.
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct Extension(
+    pub std::sync::Arc<dyn Fn(&Request, Option<&str>) -> Option<Response> + Send + Sync>,
+);
+
+impl std::fmt::Debug for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Extension")
+    }
 }
 
 impl RunConfig {
@@ -84,6 +101,7 @@ impl RunConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             mount_cgroup: false,
             notices: None,
+            extension: None,
         }
     }
 }
@@ -209,7 +227,10 @@ pub fn run(cfg: RunConfig) -> Shutdown {
         spawner,
         Policy::default(),
     );
-    let listener = bind_control(&cfg.socket_path);
+    // Other users may connect only when some service is allowed requests; each request is still
+    // judged by the peer's uid.
+    let open_to_services = sup.manifests().any(|m| !m.control.is_empty());
+    let listener = bind_control(&cfg.socket_path, open_to_services);
     let mut watchdog = cfg.watchdog.as_ref().and_then(|p| {
         std::fs::OpenOptions::new()
             .write(true)
@@ -296,12 +317,13 @@ pub fn run(cfg: RunConfig) -> Shutdown {
     shutdown
 }
 
-fn bind_control(path: &std::path::Path) -> Option<UnixListener> {
+fn bind_control(path: &std::path::Path, open_to_services: bool) -> Option<UnixListener> {
     let _ = std::fs::remove_file(path);
     match UnixListener::bind(path) {
         Ok(l) => {
-            // Root only; the peer's uid is checked on every connection as well.
-            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            // Root only unless a service may ask; the peer's uid is checked on every request.
+            let mode = if open_to_services { 0o666 } else { 0o600 };
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
                 eprintln!("cairn: {}: {e}", path.display());
             }
             let _ = l.set_nonblocking(true);
@@ -569,27 +591,24 @@ impl Runtime {
     /// Answers one control request. Requests are short; the timeouts bound how long a client
     /// can hold the loop.
     fn serve(&mut self, mut stream: UnixStream) {
-        let allowed =
-            match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-            {
-                Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
-                Err(_) => false,
-            };
+        let peer =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map(|c| c.uid())
+                .ok();
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
         let _ = stream.set_write_timeout(Some(Duration::from_millis(1000)));
         // The request is read before the credentials are judged, so that the client gets the
         // answer instead of a broken pipe.
-        let req = read_request(&mut stream);
-        if !allowed {
-            let _ = send(
-                &mut stream,
-                &Response::error("permission denied: root only"),
-            );
-            return;
-        }
-        let req = match req {
+        let req = match read_request(&mut stream) {
             Ok(r) => r,
+            Err(e) => {
+                let _ = send(&mut stream, &Response::error(&e));
+                return;
+            }
+        };
+        let asker = match self.may_ask(peer, &req.cmd) {
+            Ok(user) => user,
             Err(e) => {
                 let _ = send(&mut stream, &Response::error(&e));
                 return;
@@ -659,9 +678,43 @@ impl Runtime {
                 self.request(Shutdown::Reboot, "control socket");
                 Response::ok("rebooting")
             }
-            other => Response::error(&format!("unknown command {other:?}")),
+            other => match self
+                .cfg
+                .extension
+                .as_ref()
+                .and_then(|x| (x.0)(&req, asker.as_deref()))
+            {
+                Some(resp) => resp,
+                None => Response::error(&format!("unknown command {other:?}")),
+            },
         };
         let _ = send(&mut stream, &resp);
+    }
+
+    /// Root (and the supervisor's own user) may make every request; another user only what
+    /// the manifests of its services list under `control`. Returns the other user's name.
+    fn may_ask(&self, peer: Option<u32>, cmd: &str) -> Result<Option<String>, String> {
+        let Some(uid) = peer else {
+            return Err("permission denied: cannot tell who is asking".into());
+        };
+        if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+            return Ok(None);
+        }
+        let user = crate::users::user_of(&self.cfg.etc_dir, uid);
+        let allowed = user.as_deref().is_some_and(|u| {
+            self.sup
+                .manifests()
+                .filter(|m| m.user.as_deref() == Some(u))
+                .any(|m| m.control.iter().any(|c| c == cmd))
+        });
+        if allowed {
+            Ok(user)
+        } else {
+            Err(format!(
+                "permission denied: root only ({cmd:?} is not in the `control` list of user {}'s services)",
+                user.unwrap_or_else(|| uid.to_string())
+            ))
+        }
     }
 
     /// Memory in use: the cgroup's count where cgroups are used, else the main process's RSS.

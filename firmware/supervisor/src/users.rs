@@ -47,6 +47,16 @@ pub fn ensure_account(
     Ok((uid, gid))
 }
 
+/// The name of the account with `uid` in `etc/passwd`, if any.
+pub fn user_of(etc: &Path, uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(etc.join("passwd")).ok()?;
+    let uid = uid.to_string();
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&uid.as_str()))
+        .map(|f| f[0].to_string())
+}
+
 fn read_or_empty(path: &Path) -> Result<String, String> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(s),
