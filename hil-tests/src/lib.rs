@@ -3,6 +3,9 @@
 //! protocol: power button, reset) and the board's front panel (a virtio-serial port).
 //!
 //! Every wait is bounded; a QEMU left running is killed when its [`Qemu`] is dropped.
+//! [`browser`] drives the web UI in a real browser.
+
+pub mod browser;
 
 use anyhow::{bail, Context};
 use std::io::{BufRead, BufReader, Write};
