@@ -37,9 +37,13 @@ pub enum AuditError {
     /// The range lies outside the shard.
     #[error("audit of shard {shard}: range {offset}+{len} is outside its {shard_len} bytes")]
     OutOfRange {
+        /// The shard challenged.
         shard: ShardId,
+        /// Start of the challenged range.
         offset: u64,
+        /// Length of the challenged range.
         len: u32,
+        /// Length of the shard as held.
         shard_len: usize,
     },
     /// An empty shard cannot be audited.

@@ -99,42 +99,96 @@ impl ErrorCode {
 pub enum Msg {
     /// Store `data` as shard `shard` for `lease_secs` seconds.
     Put {
+        /// The shard's id.
         shard: ShardId,
+        /// How long to keep it, in seconds from now.
         lease_secs: u32,
+        /// The shard's bytes (at most [`MAX_SHARD`]).
         data: Vec<u8>,
     },
     /// Fetch a shard's bytes.
-    Get { shard: ShardId },
+    Get {
+        /// The shard wanted.
+        shard: ShardId,
+    },
     /// Drop a shard (only its owner may).
-    Delete { shard: ShardId },
+    Delete {
+        /// The shard to drop.
+        shard: ShardId,
+    },
     /// Extend a shard's lease to `lease_secs` from now.
-    RenewLease { shard: ShardId, lease_secs: u32 },
+    RenewLease {
+        /// The shard whose lease is extended.
+        shard: ShardId,
+        /// The new lease, in seconds from now.
+        lease_secs: u32,
+    },
     /// Prove possession: keyed hash over `len` bytes at `offset` of `shard`, keyed by `nonce`.
     AuditChallenge {
+        /// The shard challenged.
         shard: ShardId,
+        /// Fresh randomness, the key of the hash.
         nonce: [u8; 32],
+        /// Start of the range hashed.
         offset: u64,
+        /// Length of the range hashed.
         len: u32,
     },
     /// Ask how much space the peer has free and offers.
     FreeSpaceQuery,
     /// Ask to become partners: during both plugs' pairing windows (`mode` [`PAIR_WINDOW`],
     /// `secret` zero) or with an invitation's one-time secret (`mode` [`PAIR_INVITE`]).
-    Pair { mode: u8, secret: [u8; 16] },
+    Pair {
+        /// [`PAIR_WINDOW`] or [`PAIR_INVITE`].
+        mode: u8,
+        /// The invitation's secret, or zero for the pairing window.
+        secret: [u8; 16],
+    },
     /// Reply to `Put`: the shard is durably stored.
-    Stored { shard: ShardId },
+    Stored {
+        /// The shard stored.
+        shard: ShardId,
+    },
     /// Reply to `Get`: the shard's bytes.
-    ShardData { shard: ShardId, data: Vec<u8> },
+    ShardData {
+        /// The shard fetched.
+        shard: ShardId,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
     /// Reply to `Delete`.
-    Deleted { shard: ShardId },
+    Deleted {
+        /// The shard dropped.
+        shard: ShardId,
+    },
     /// Reply to `RenewLease`: seconds until the lease now expires.
-    LeaseRenewed { shard: ShardId, lease_secs: u32 },
+    LeaseRenewed {
+        /// The shard whose lease was extended.
+        shard: ShardId,
+        /// Seconds until the lease now expires.
+        lease_secs: u32,
+    },
     /// Reply to `AuditChallenge`.
-    AuditResponse { shard: ShardId, proof: [u8; 32] },
+    AuditResponse {
+        /// The shard challenged.
+        shard: ShardId,
+        /// The keyed hash over the challenged range.
+        proof: [u8; 32],
+    },
     /// Reply to `FreeSpaceQuery`, in bytes.
-    FreeSpace { free: u64, offered: u64 },
+    FreeSpace {
+        /// Bytes the peer would store for us now (its free space, capped by our quota).
+        free: u64,
+        /// Bytes the peer offers to all its partners together.
+        offered: u64,
+    },
     /// A refusal with its reason.
-    Error { code: ErrorCode, reason: String },
+    Error {
+        /// What kind of refusal.
+        code: ErrorCode,
+        /// Why, for people (at most [`MAX_REASON`] bytes).
+        reason: String,
+    },
     /// Reply to `Pair`: the peer recorded us as a partner.
     Paired,
 }
@@ -169,7 +223,12 @@ pub struct Header {
 pub enum WireError {
     /// Fewer bytes than the frame needs.
     #[error("truncated frame: need {need} bytes, have {have}")]
-    Truncated { need: usize, have: usize },
+    Truncated {
+        /// Bytes the frame needs.
+        need: usize,
+        /// Bytes there are.
+        have: usize,
+    },
     /// A protocol version this node does not speak.
     #[error("unsupported protocol version {0} (this node speaks {VERSION})")]
     UnsupportedVersion(u8),
@@ -179,15 +238,21 @@ pub enum WireError {
     /// A declared or actual length over the bound for its kind.
     #[error("{kind} frame too large: {len} bytes, limit {max}")]
     Oversized {
+        /// The message kind's name.
         kind: &'static str,
+        /// The length declared or found.
         len: usize,
+        /// The bound for the kind.
         max: usize,
     },
     /// A fixed-size body of the wrong length.
     #[error("{kind} frame body has {len} bytes, expected {expected}")]
     BadLength {
+        /// The message kind's name.
         kind: &'static str,
+        /// The body's length.
         len: usize,
+        /// The kind's fixed body length.
         expected: usize,
     },
     /// An error reply with an unknown code.
@@ -198,7 +263,12 @@ pub enum WireError {
     BadReason,
     /// Shard bytes that do not match their id.
     #[error("shard {shard}: bytes hash to {actual}, not to the shard's id")]
-    HashMismatch { shard: ShardId, actual: ShardId },
+    HashMismatch {
+        /// The id the bytes were sent under.
+        shard: ShardId,
+        /// The id the bytes hash to.
+        actual: ShardId,
+    },
     /// Bytes left after a complete frame where exactly one was expected.
     #[error("{0} unexpected bytes after the frame")]
     Trailing(usize),
