@@ -398,12 +398,16 @@ impl Runtime {
                 targets.push((pid, 2));
             }
         }
-        // SAFETY: every raw fd is owned by `sfd`, `listener` or the spawner's children table,
-        // none of which changes until the borrowed fds are dropped at the end of this block.
         let ready: Vec<bool> = {
-            let mut fds: Vec<PollFd> = raw
+            let mut fds: Vec<PollFd<'_>> = raw
                 .iter()
-                .map(|&fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
+                .map(|&fd| {
+                    // SAFETY: every raw fd is owned by `sfd`, `listener` or the spawner's
+                    // children table, none of which changes until the borrowed fds are dropped
+                    // at the end of this block.
+                    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                    PollFd::new(fd, PollFlags::POLLIN)
+                })
                 .collect();
             let timeout = PollTimeout::try_from(wait_ms as i32).unwrap_or(PollTimeout::MAX);
             match nix::poll::poll(&mut fds, timeout) {
