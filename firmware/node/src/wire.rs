@@ -4,8 +4,8 @@
 //! length (u32 LE) — followed by the body. The header is checked on its own
 //! ([`parse_header`]) so that a stream reader validates the declared length against the bound for
 //! that kind *before* it allocates a buffer for the body; a hostile peer can therefore make us
-//! allocate at most [`MAX_FRAME`] bytes per frame in flight. Shard bytes are the only variable
-//! payload (≤ [`MAX_SHARD`]), plus a short error reason (≤ [`MAX_REASON`]).
+//! allocate at most [`FRAME_BYTES_MAX`] bytes per frame in flight. Shard bytes are the only variable
+//! payload (≤ [`SHARD_BYTES_MAX`]), plus a short error reason (≤ [`REASON_BYTES_MAX`]).
 
 use thiserror::Error;
 
@@ -14,13 +14,13 @@ pub const VERSION: u8 = 1;
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest shard carried in one frame (6 MiB).
-pub const MAX_SHARD: usize = 6 * 1024 * 1024;
+pub const SHARD_BYTES_MAX: usize = 6 * 1024 * 1024;
 /// Longest error reason, in bytes of UTF-8.
-pub const MAX_REASON: usize = 256;
+pub const REASON_BYTES_MAX: usize = 256;
 /// Largest body of any frame: a shard plus its id and lease.
-pub const MAX_BODY: usize = MAX_SHARD + SHARD_ID_LEN + 4;
+pub const BODY_BYTES_MAX: usize = SHARD_BYTES_MAX + SHARD_ID_LEN + 4;
 /// Largest complete frame: the most a reader ever buffers for one frame.
-pub const MAX_FRAME: usize = HEADER_LEN + MAX_BODY;
+pub const FRAME_BYTES_MAX: usize = HEADER_LEN + BODY_BYTES_MAX;
 /// Length of a shard identifier, in bytes.
 pub const SHARD_ID_LEN: usize = 32;
 
@@ -103,7 +103,7 @@ pub enum Msg {
         shard: ShardId,
         /// How long to keep it, in seconds from now.
         lease_secs: u32,
-        /// The shard's bytes (at most [`MAX_SHARD`]).
+        /// The shard's bytes (at most [`SHARD_BYTES_MAX`]).
         data: Vec<u8>,
     },
     /// Fetch a shard's bytes.
@@ -186,7 +186,7 @@ pub enum Msg {
     Error {
         /// What kind of refusal.
         code: ErrorCode,
-        /// Why, for people (at most [`MAX_REASON`] bytes).
+        /// Why, for people (at most [`REASON_BYTES_MAX`] bytes).
         reason: String,
     },
     /// Reply to `Pair`: the peer recorded us as a partner.
@@ -303,7 +303,7 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
             "put",
             Shape::Var {
                 min: S + 4,
-                max: S + 4 + MAX_SHARD,
+                max: S + 4 + SHARD_BYTES_MAX,
             },
         ),
         K_GET => ("get", Shape::Fixed(S)),
@@ -318,7 +318,7 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
             "shard-data",
             Shape::Var {
                 min: S,
-                max: S + MAX_SHARD,
+                max: S + SHARD_BYTES_MAX,
             },
         ),
         K_DELETED => ("deleted", Shape::Fixed(S)),
@@ -329,7 +329,7 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
             "error",
             Shape::Var {
                 min: 1,
-                max: 1 + MAX_REASON,
+                max: 1 + REASON_BYTES_MAX,
             },
         ),
         other => return Err(WireError::UnknownKind(other)),
@@ -611,7 +611,7 @@ pub enum ReadError {
 /// Reads one frame from a byte stream; `Ok(None)` on a clean end of stream between frames.
 ///
 /// The header is validated before the body buffer is allocated, so a peer declaring a huge
-/// length costs us [`HEADER_LEN`] bytes, and the largest buffer ever allocated is [`MAX_BODY`].
+/// length costs us [`HEADER_LEN`] bytes, and the largest buffer ever allocated is [`BODY_BYTES_MAX`].
 pub fn read_frame<R: std::io::Read>(r: &mut R) -> Result<Option<Frame>, ReadError> {
     let mut head = [0u8; HEADER_LEN];
     let mut got = 0;
@@ -756,14 +756,15 @@ mod tests {
             WireError::Oversized {
                 kind: "put",
                 len: u32::MAX as usize,
-                max: MAX_BODY
+                max: BODY_BYTES_MAX
             }
         );
         assert_eq!(
             err.to_string(),
-            format!("put frame too large: 4294967295 bytes, limit {MAX_BODY}")
+            format!("put frame too large: 4294967295 bytes, limit {BODY_BYTES_MAX}")
         );
-        let err = parse_header(&header(K_DATA, (SHARD_ID_LEN + MAX_SHARD + 1) as u32)).unwrap_err();
+        let err =
+            parse_header(&header(K_DATA, (SHARD_ID_LEN + SHARD_BYTES_MAX + 1) as u32)).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -784,18 +785,18 @@ mod tests {
             msg: Msg::Put {
                 shard,
                 lease_secs: 60,
-                data: vec![9; MAX_SHARD],
+                data: vec![9; SHARD_BYTES_MAX],
             },
         };
         let bytes = f.to_bytes().unwrap();
-        assert_eq!(bytes.len(), MAX_FRAME);
+        assert_eq!(bytes.len(), FRAME_BYTES_MAX);
         assert_eq!(Frame::decode_exact(&bytes).unwrap(), f);
         let big = Frame {
             id: 1,
             msg: Msg::Put {
                 shard,
                 lease_secs: 60,
-                data: vec![9; MAX_SHARD + 1],
+                data: vec![9; SHARD_BYTES_MAX + 1],
             },
         };
         let mut out = vec![0xAA];
@@ -920,7 +921,7 @@ mod tests {
             id: 0,
             msg: Msg::Error {
                 code: ErrorCode::Busy,
-                reason: "x".repeat(MAX_REASON + 1),
+                reason: "x".repeat(REASON_BYTES_MAX + 1),
             },
         };
         assert!(matches!(
