@@ -45,6 +45,7 @@ impl SpkiPin {
         ))
     }
 
+    /// The pin as Chromium's `--ignore-certificate-errors-spki-list` takes it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -251,7 +252,9 @@ impl ServerCertVerifier for FingerprintVerifier {
 /// are this many pixels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Viewport {
+    /// Width in CSS pixels.
     pub width: u32,
+    /// Height in CSS pixels.
     pub height: u32,
 }
 
@@ -636,12 +639,16 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// How often [`Browser::wait_for_text`] looks again.
 pub const POLL: Duration = Duration::from_millis(100);
-/// Generous bounds for a loaded 2-core machine: chromedriver listening; Chromium's first
-/// start with a fresh profile; one page load; any other command; ending the session.
+// Generous bounds for a loaded 2-core machine.
+/// chromedriver listening.
 pub const DRIVER_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Chromium's first start with a fresh profile.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// One page load.
 pub const PAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Any other WebDriver command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Ending the session.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The TCP connect, each read and write, and the whole handshake of [`pin_from_fingerprint`].
 pub const TLS_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,8 +15,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Generous bounds for a 2-core CI machine emulating ARM in software.
+/// Generous bounds for a 2-core CI machine emulating ARM in software: power-on to ready…
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+/// … and a shutdown request to QEMU's exit.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where `scripts/image` puts images.
@@ -44,6 +45,7 @@ pub struct Config {
     pub image: PathBuf,
     /// Grow the copy to this many bytes (a bigger "SD card").
     pub disk_bytes: Option<u64>,
+    /// The guest's RAM, in MiB.
     pub memory_mib: u32,
     /// Host TCP port forwarded to the guest's 443.
     pub https_port: Option<u16>,
@@ -96,6 +98,8 @@ impl Files {
 }
 
 impl Config {
+    /// Boots `image` as the tests do: 256 MiB, user-mode network without internet, console
+    /// piped to the harness, exit on reboot.
     pub fn new(image: PathBuf) -> Config {
         Config {
             image,
@@ -146,6 +150,7 @@ pub struct Qemu {
     console: Arc<(Mutex<ConsoleLines>, Condvar)>,
     dir: tempfile::TempDir,
     qmp: Option<Qmp>,
+    /// When QEMU was started (console lines are timed from it).
     pub started: Instant,
 }
 
@@ -286,6 +291,7 @@ impl Qemu {
         }
     }
 
+    /// Waits for a console line containing `needle`, from the first line on; returns its text.
     pub fn wait_line(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
         self.wait_line_from(0, needle, timeout).map(|(_, l)| l)
     }
@@ -311,6 +317,7 @@ impl Qemu {
             .collect()
     }
 
+    /// Console lines so far (a `from` for [`Qemu::wait_line_from`] that skips them).
     pub fn line_count(&self) -> usize {
         self.console.0.lock().unwrap().lines.len()
     }

@@ -3,10 +3,13 @@
 /// One primary partition, in 512-byte sectors.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Partition {
+    /// First sector.
     pub start: u64,
+    /// Length in sectors.
     pub sectors: u64,
     /// MBR type byte: 0x0C FAT32 (LBA), 0x83 Linux.
     pub kind: u8,
+    /// Marked active (0x80), for boot ROMs that look for the flag.
     pub bootable: bool,
 }
 

@@ -4,8 +4,6 @@
 //! except the `linux` module (cargo feature `linux`): GPIO character-device pins, line events
 //! and the gpio-sim chip of the qemu-virt board.
 
-#![warn(missing_docs)]
-
 pub mod board;
 pub mod button;
 pub mod clock;

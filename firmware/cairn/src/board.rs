@@ -16,7 +16,7 @@
 use crate::sys::log;
 use cairn_bsp::linux::{self, gpiosim, BootClock, CdevPin, EdgePin};
 use cairn_bsp::pairing::Opened;
-use cairn_bsp::panel::{ToGuest, ToHost, MAX_LINE};
+use cairn_bsp::panel::{ToGuest, ToHost, LINE_BYTES_MAX};
 use cairn_bsp::pattern::Update;
 use cairn_bsp::{
     Action, Board, Button, ButtonEvent, Clock, Completion, Health, LedDriver, Role, SharedUi, Ui,
@@ -601,8 +601,8 @@ impl Panel {
 fn panel_loop(mut reader: File, panel: &Panel) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     log!("board: front panel on {PANEL_PORT}");
-    // One line at most MAX_LINE bytes; a longer one is dropped up to its newline.
-    let mut line: Vec<u8> = Vec::with_capacity(MAX_LINE + 1);
+    // One line at most LINE_BYTES_MAX bytes; a longer one is dropped up to its newline.
+    let mut line: Vec<u8> = Vec::with_capacity(LINE_BYTES_MAX + 1);
     let mut skipping = false;
     let mut buf = [0u8; 256];
     let mut host = false;
@@ -643,7 +643,7 @@ fn panel_loop(mut reader: File, panel: &Panel) {
         };
         for &b in &buf[..n] {
             if b != b'\n' {
-                if line.len() <= MAX_LINE {
+                if line.len() <= LINE_BYTES_MAX {
                     line.push(b);
                 } else {
                     skipping = true;
@@ -651,7 +651,7 @@ fn panel_loop(mut reader: File, panel: &Panel) {
                 continue;
             }
             if skipping {
-                log!("error: front panel: line longer than {MAX_LINE} bytes ignored");
+                log!("error: front panel: line longer than {LINE_BYTES_MAX} bytes ignored");
             } else {
                 panel.handle_line(&String::from_utf8_lossy(&line));
             }

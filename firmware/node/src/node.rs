@@ -11,7 +11,7 @@
 //!
 //! Memory (the node's RSS budget is 64 MiB): frames in flight ≤ `frame_budget` (24 MiB), the
 //! chunk store's index ≤ `store_memory` (8 MiB), partners and peers a few hundred bytes each,
-//! chunks being placed ≤ [`crate::owner::MAX_PENDING`] records, libp2p connections ≤
+//! chunks being placed ≤ [`crate::owner::PENDING_CHUNKS_MAX`] records, libp2p connections ≤
 //! `max_connections` (strangers ≤ `max_stranger_connections`) with at most `max_streams`
 //! streams each.
 
@@ -59,7 +59,7 @@ fn open_state(
 ) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>)> {
     let store_cfg = cairn_store::Config {
         memory_budget_bytes: cfg.store_memory,
-        max_shard_bytes: crate::wire::MAX_SHARD as u32,
+        max_shard_bytes: crate::wire::SHARD_BYTES_MAX as u32,
         max_batch_bytes: 8 << 20,
         ..Default::default()
     };

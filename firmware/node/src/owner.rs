@@ -4,7 +4,7 @@
 //! Shards of one chunk go to distinct partners (and distinct public IPs where known), chosen by
 //! [`placement`](crate::placement) among live partners weighted by the free space they report
 //! for us and their audit score. Each chunk's record (see [`crate::records`]) stays in RAM
-//! while its shards are being placed — at most [`MAX_PENDING`] chunks — and is then written
+//! while its shards are being placed — at most [`PENDING_CHUNKS_MAX`] chunks — and is then written
 //! to the node's chunk store; audits and repair page through the records 64 at a time.
 
 use std::collections::{BTreeMap, HashSet};
@@ -24,7 +24,7 @@ use crate::state::{now_secs, Shared};
 use crate::wire::{ErrorCode, Msg};
 
 /// Chunks whose records may wait in RAM for their shards to be placed (~1 KiB each).
-pub const MAX_PENDING: usize = 256;
+pub const PENDING_CHUNKS_MAX: usize = 256;
 
 /// Records kept after a read for the other shards of the same chunk (~1 KiB each).
 pub const RECENT_RECORDS: usize = 32;
@@ -284,7 +284,7 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
     } else {
         None
     };
-    if shared.state().pending.len() >= MAX_PENDING {
+    if shared.state().pending.len() >= PENDING_CHUNKS_MAX {
         flush(shared).await?;
     }
     // Reserve this index's slot and learn which partners hold the chunk's other shards.

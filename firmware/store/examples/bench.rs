@@ -176,7 +176,7 @@ fn ingest_file_per_shard(dir: &Path, pool: &[u8], size: usize, count: u64) -> f6
     })
 }
 
-const TABLE: redb::TableDefinition<&[u8; 32], &[u8]> = redb::TableDefinition::new("shards");
+const TABLE: redb::TableDefinition<'_, &[u8; 32], &[u8]> = redb::TableDefinition::new("shards");
 
 fn ingest_redb(dir: &Path, pool: &[u8], size: usize, count: u64) -> f64 {
     let db = redb::Database::create(dir.join("shards.redb")).unwrap();

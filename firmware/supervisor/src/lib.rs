@@ -8,8 +8,6 @@
 //! - [`proto`]: the control socket's requests and answers (the `cairn ctl` client and the test
 //!   services, `cairn fixture …`, live in the `cairn` binary).
 
-#![warn(missing_docs)]
-
 pub mod logbuf;
 pub mod machine;
 pub mod manifest;

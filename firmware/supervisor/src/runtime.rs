@@ -77,7 +77,7 @@ pub struct RunConfig {
 /// service's user (`None`: root); `None` back means "not mine either". It runs on the
 /// supervisor's loop, so it must answer at once.
 #[derive(Clone)]
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, reason = "one handler type, named once here")]
 pub struct Extension(
     pub std::sync::Arc<dyn Fn(&Request, Option<&str>) -> Option<Response> + Send + Sync>,
 );
@@ -420,12 +420,16 @@ impl Runtime {
                 targets.push((pid, 2));
             }
         }
-        // SAFETY: every raw fd is owned by `sfd`, `listener` or the spawner's children table,
-        // none of which changes until the borrowed fds are dropped at the end of this block.
         let ready: Vec<bool> = {
-            let mut fds: Vec<PollFd> = raw
+            let mut fds: Vec<PollFd<'_>> = raw
                 .iter()
-                .map(|&fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
+                .map(|&fd| {
+                    // SAFETY: every raw fd is owned by `sfd`, `listener` or the spawner's
+                    // children table, none of which changes until the borrowed fds are dropped
+                    // at the end of this block.
+                    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                    PollFd::new(fd, PollFlags::POLLIN)
+                })
                 .collect();
             let timeout = PollTimeout::try_from(wait_ms as i32).unwrap_or(PollTimeout::MAX);
             match nix::poll::poll(&mut fds, timeout) {

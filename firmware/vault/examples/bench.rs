@@ -136,7 +136,8 @@ fn main() {
 
     // The stages after the chunker work on a chunk just copied into its buffer (warm in the
     // cache), as in the pipeline: each is timed per chunk, the copy in is not.
-    let mut buf: Vec<u8> = Vec::with_capacity(sealed_len(cairn_vault::chunker::MAX_CHUNK) + 16);
+    let mut buf: Vec<u8> =
+        Vec::with_capacity(sealed_len(cairn_vault::chunker::CHUNK_BYTES_MAX) + 16);
     let mut per_chunk = |prep: &mut dyn FnMut(&mut Vec<u8>, usize, usize),
                          stage: &mut dyn FnMut(&mut Vec<u8>)| {
         let mut best = f64::MAX;

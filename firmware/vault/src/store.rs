@@ -69,7 +69,7 @@ impl<'a> ChunkWriter<'a> {
     }
 
     /// Stores one chunk of file data held in `buf` (its capacity is reused: reserve
-    /// `seal::sealed_len(MAX_CHUNK) + k` to avoid reallocations). Returns its extent: an
+    /// `seal::sealed_len(CHUNK_BYTES_MAX) + k` to avoid reallocations). Returns its extent: an
     /// all-zero chunk becomes a zero run and is not stored.
     pub fn store_data(&self, buf: &mut Vec<u8>, scratch: &mut Scratch) -> Result<Extent> {
         let len = buf.len();

@@ -199,17 +199,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 0 => {
                     // Middle process: start the orphan-to-be in a new session (out of the
                     // service's group), then exit so that it is re-parented to PID 1.
+                    // SAFETY: as above, the middle process has one thread.
                     if unsafe { libc::fork() } == 0 {
+                        // SAFETY: setsid takes no pointers; it only changes our session.
                         unsafe { libc::setsid() };
                         say(&format!("orphan: pid {}", std::process::id()));
                         std::thread::sleep(Duration::from_millis(linger_ms));
+                        // SAFETY: _exit ends the process without running anything of ours.
                         unsafe { libc::_exit(0) };
                     }
+                    // SAFETY: as above.
                     unsafe { libc::_exit(0) };
                 }
                 -1 => anyhow::bail!("fork: {}", std::io::Error::last_os_error()),
                 middle => {
                     let mut status = 0;
+                    // SAFETY: waitpid only writes `status`, which outlives the call.
                     unsafe { libc::waitpid(middle, &mut status, 0) };
                 }
             }

@@ -113,6 +113,7 @@ pub fn prepare(storage: &Storage, mountpoint: &Path) -> anyhow::Result<String> {
         .open(disk)
         .map_err(|e| anyhow::anyhow!("{disk}: {e}"))?;
     let mut disk_bytes = 0u64;
+    // SAFETY: BLKGETSIZE64 writes one u64 to `disk_bytes`; the fd is open until the end.
     unsafe { blk_getsize64(disk_file.as_raw_fd(), &mut disk_bytes) }
         .map_err(|e| anyhow::anyhow!("{disk}: size: {e}"))?;
     let mut mbr = [0u8; 512];
@@ -141,6 +142,7 @@ pub fn prepare(storage: &Storage, mountpoint: &Path) -> anyhow::Result<String> {
             datalen: std::mem::size_of::<BlkpgPartition>() as i32,
             data: &mut p as *mut _ as *mut libc::c_void,
         };
+        // SAFETY: `arg` and the partition it points to outlive the ioctl, which only reads them.
         unsafe { blkpg(disk_file.as_raw_fd(), &arg) }
             .map_err(|e| anyhow::anyhow!("{part}: BLKPG resize: {e}"))?;
         grew = true;
@@ -160,6 +162,7 @@ pub fn prepare(storage: &Storage, mountpoint: &Path) -> anyhow::Result<String> {
     // The file system may lag the partition (first boot, or a power cut after the MBR write).
     let part_file = File::open(&part).map_err(|e| anyhow::anyhow!("{part}: {e}"))?;
     let mut part_bytes = 0u64;
+    // SAFETY: as for the disk above.
     unsafe { blk_getsize64(part_file.as_raw_fd(), &mut part_bytes) }
         .map_err(|e| anyhow::anyhow!("{part}: size: {e}"))?;
     let mut sb = [0u8; 1024];
@@ -170,6 +173,7 @@ pub fn prepare(storage: &Storage, mountpoint: &Path) -> anyhow::Result<String> {
     let want = part_bytes / block;
     if want > blocks {
         let dir = File::open(mountpoint)?;
+        // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 from `want`, which outlives the call.
         unsafe { ext4_resize_fs(dir.as_raw_fd(), &want) }
             .map_err(|e| anyhow::anyhow!("{part}: growing ext4 to {want} blocks: {e}"))?;
         grew = true;
