@@ -308,7 +308,7 @@ impl Browser {
         // `--window-size` sizes the window, and headless Chromium still takes its (invisible)
         // toolbar off the page and keeps desktop windows at least 500 pixels wide: the
         // viewport itself is set by device emulation, a phone's as a mobile device with touch.
-        let phone = viewport.width < MIN_DESKTOP_WIDTH;
+        let phone = viewport.width < DESKTOP_WIDTH_MIN;
         caps.insert(
             "goog:chromeOptions".into(),
             serde_json::json!({
@@ -629,7 +629,7 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Narrower viewports are phones: emulated as mobile devices with touch.
-pub const MIN_DESKTOP_WIDTH: u32 = 600;
+pub const DESKTOP_WIDTH_MIN: u32 = 600;
 
 /// Debian's Chromium binary itself: its launcher `/usr/bin/chromium` adds Google API keys and
 /// flags from /etc/chromium.d that the harness sets, or does not want, itself.

@@ -95,7 +95,7 @@ fn serve(
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        anyhow::ensure!(buf.len() < MAX_REQUEST, "request head too long");
+        anyhow::ensure!(buf.len() < REQUEST_BYTES_MAX, "request head too long");
         let mut chunk = [0u8; 4096];
         let n = tls.read(&mut chunk)?;
         anyhow::ensure!(n > 0, "closed before a request");
@@ -116,7 +116,7 @@ fn serve(
     let length: usize = header("content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    anyhow::ensure!(length <= MAX_REQUEST, "request body too long");
+    anyhow::ensure!(length <= REQUEST_BYTES_MAX, "request body too long");
     let mut body = buf[head_end..].to_vec();
     while body.len() < length {
         let mut chunk = [0u8; 4096];
@@ -307,4 +307,4 @@ const WAIT: Duration = Duration::from_secs(10);
 /// The test server's reads and writes.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The test server's bound on a request's head and body, in bytes.
-const MAX_REQUEST: usize = 64 * 1024;
+const REQUEST_BYTES_MAX: usize = 64 * 1024;
