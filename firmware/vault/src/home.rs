@@ -11,8 +11,6 @@
 //! ```
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, Result, VaultError};
@@ -189,31 +187,10 @@ impl Home {
 
     /// Records the latest snapshot number.
     pub fn write_head(&self, seq: u64) -> Result<()> {
-        write_atomic(&self.head(), format!("seq = {seq}\n").as_bytes(), 0o644)
+        let path = self.head();
+        cairn_durable::write_mode(&path, format!("seq = {seq}\n").as_bytes(), 0o644)
+            .map_err(io_err(&path))
     }
-}
-
-/// Writes `data` to `path` through a temporary file, fsync and rename, then syncs the directory:
-/// after a crash the file is the old one or the new one, whole.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(io_err(path))
 }
 
 #[cfg(test)]

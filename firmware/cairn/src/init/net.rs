@@ -934,9 +934,7 @@ mod sys {
             if let Some(gw) = lease.router {
                 add_default_route(&self.ctl, &self.iface, gw)?;
             }
-            let tmp = self.resolv.with_extension("new");
-            std::fs::write(&tmp, resolv_conf(lease))
-                .and_then(|()| std::fs::rename(&tmp, &self.resolv))
+            cairn_durable::write(&self.resolv, resolv_conf(lease).as_bytes())
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.resolv.display())))
         }
 
