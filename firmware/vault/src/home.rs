@@ -7,7 +7,7 @@
 //! HOME/key         the owner secret under the passphrase (see keys::write_key_file)
 //! HOME/head        `seq = N`: the latest snapshot
 //! HOME/chunks.idx  32-byte ids of chunks known stored (dedup); memory: 32 B each when loaded
-//! HOME/lock        held (flock) while a command runs, so two puts cannot interleave
+//! HOME/lock        locked (File::try_lock) while a command runs, so two puts cannot interleave
 //! ```
 
 use std::fs::{self, File, OpenOptions};
@@ -158,15 +158,15 @@ impl Home {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock only reads the descriptor, which `f` keeps open.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(VaultError::Usage(format!(
+        // An flock(2) on Linux, released when the file is closed (or its process dies).
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => Err(VaultError::Usage(format!(
                 "{}: another cairn vault command is using this vault",
                 self.dir.display()
-            )));
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
         }
-        Ok(f)
     }
 
     /// Reads the latest snapshot number (0 = none yet).
@@ -196,6 +196,23 @@ impl Home {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_command_at_a_time_holds_the_lock() {
+        let t = tempfile::tempdir().unwrap();
+        let h = Home::new(t.path());
+        let held = h.lock().unwrap();
+        let e = h.lock().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: another cairn vault command is using this vault",
+                t.path().display()
+            )
+        );
+        drop(held);
+        h.lock().unwrap();
+    }
 
     #[test]
     fn config_round_trips_and_refuses_unknown_settings() {
