@@ -504,26 +504,28 @@ impl Qmp {
     }
 }
 
+/// Partition `n` (1-based) of an MBR disk image.
+pub fn partition(disk: &Path, n: u32) -> anyhow::Result<cairn_bsp::mbr::Partition> {
+    use std::os::unix::fs::FileExt;
+    let mut sector = [0u8; 512];
+    std::fs::File::open(disk)?.read_exact_at(&mut sector, 0)?;
+    cairn_bsp::mbr::partition(&sector, n).with_context(|| disk.display().to_string())
+}
+
 /// Reads a disk image's data partition size from its MBR (entry 2) and its ext4 size from the
 /// superblock: what `fdisk -l` and `dumpe2fs` would tell a person, in bytes.
 pub fn data_partition_sizes(disk: &Path) -> anyhow::Result<(u64, u64)> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(disk)?;
-    let mut mbr = [0u8; 512];
-    f.read_exact_at(&mut mbr, 0)?;
-    anyhow::ensure!(mbr[510..] == [0x55, 0xAA], "no MBR on {}", disk.display());
-    let e = 446 + 16;
-    let start = u32::from_le_bytes(mbr[e + 8..e + 12].try_into()?) as u64 * 512;
-    let part = u32::from_le_bytes(mbr[e + 12..e + 16].try_into()?) as u64 * 512;
+    let data = partition(disk, 2)?;
     let mut sb = [0u8; 1024];
-    f.read_exact_at(&mut sb, start + 1024)?;
+    std::fs::File::open(disk)?.read_exact_at(&mut sb, data.offset() + 1024)?;
     anyhow::ensure!(
         u16::from_le_bytes([sb[56], sb[57]]) == 0xEF53,
         "no ext4 on partition 2"
     );
     let blocks = u32::from_le_bytes(sb[4..8].try_into()?) as u64;
     let block = 1024u64 << u32::from_le_bytes(sb[24..28].try_into()?);
-    Ok((part, blocks * block))
+    Ok((data.bytes(), blocks * block))
 }
 
 /// A line channel to the test image's `crasher` fixture inside the guest: a virtio-serial port
@@ -624,19 +626,10 @@ pub fn service<'a>(
         .ok_or_else(|| anyhow::anyhow!("no service {name} in {status:?}"))
 }
 
-/// Byte offset of partition `n` (1-based) of an MBR disk image.
-fn partition_offset(disk: &Path, n: usize) -> anyhow::Result<u64> {
-    use std::os::unix::fs::FileExt;
-    let mut mbr = [0u8; 512];
-    std::fs::File::open(disk)?.read_exact_at(&mut mbr, 0)?;
-    let e = 446 + 16 * (n - 1);
-    Ok(u64::from(u32::from_le_bytes(mbr[e + 8..e + 12].try_into()?)) * 512)
-}
-
 /// Appends kernel command-line words in the boot partition's extlinux.conf of a disk image
 /// (what a person would edit on the card's FAT partition), with mtools.
 pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {
-    let img = format!("{}@@{}", disk.display(), partition_offset(disk, 1)?);
+    let img = format!("{}@@{}", disk.display(), partition(disk, 1)?.offset());
     let out = Command::new("mtype")
         .env("MTOOLS_SKIP_CHECK", "1")
         .args(["-i", &img, "::/extlinux/extlinux.conf"])
@@ -665,4 +658,34 @@ pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_bsp::mbr;
+
+    #[test]
+    fn partitions_are_read_from_the_image_and_a_bad_table_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        let data = mbr::Partition {
+            start: 34816,
+            sectors: 65536,
+            kind: 0x83,
+            bootable: false,
+        };
+        let boot = mbr::Partition {
+            start: 2048,
+            sectors: 32768,
+            kind: 0x0C,
+            bootable: true,
+        };
+        std::fs::write(&disk, mbr::encode(&[boot, data], 1).unwrap()).unwrap();
+        assert_eq!(partition(&disk, 2).unwrap(), data);
+        assert_eq!(partition(&disk, 1).unwrap().offset(), 1 << 20);
+        std::fs::write(&disk, [0u8; 512]).unwrap();
+        let e = format!("{:#}", partition(&disk, 2).unwrap_err());
+        assert_eq!(e, format!("{}: no MBR signature", disk.display()));
+    }
 }

@@ -9,15 +9,14 @@
 
 pub mod cpio;
 pub mod kernel;
-pub mod mbr;
 pub mod uboot_env;
 
+use cairn_bsp::mbr::{self, SECTOR};
 use cairn_bsp::{board::Bootloader, Board};
 use cpio::Entry;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SECTOR: u64 = 512;
 const MIB: u64 = 1 << 20;
 /// Timestamps inside the image: fixed, for reproducible bytes.
 pub const EPOCH: u64 = 1_700_000_000;

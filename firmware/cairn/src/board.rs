@@ -474,7 +474,8 @@ fn describe(ev: ButtonEvent) {
 /// services wrote while stopping, and a wipe cut short by a power loss.
 fn factory_reset(data_dir: &Path) {
     let marker = data_dir.join(RESET_MARKER);
-    match File::create(&marker).and_then(|f| f.sync_all()) {
+    // Durable, directory included: a power cut right after must still find the marker.
+    match cairn_durable::write(&marker, b"") {
         Ok(()) => {}
         Err(e) => log!("error: factory reset: {}: {e}", marker.display()),
     }

@@ -17,7 +17,6 @@ use crate::board::{BoardUi, CLAIMED};
 use crate::sys::log;
 use cairn_bsp::{Completion, Health, WindowStatus};
 use cairn_supervisor::proto::{Request, Response};
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -154,17 +153,11 @@ fn check_name(name: &str) -> Result<(), String> {
 
 /// Writes the marker so that a power cut leaves the old one or the new one, never a torn one.
 fn write_marker(path: &Path, name: &str) -> Result<(), String> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
     let err = |e: std::io::Error| format!("{}: {e}", path.display());
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(format!("{name}\n").as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    cairn_durable::write_mode(path, format!("{name}\n").as_bytes(), 0o644).map_err(err)
 }
 
 /// The health as the `board` answer names it.

@@ -29,8 +29,8 @@ use crate::net;
 pub use crate::config::Config;
 pub use crate::holder::err;
 pub use crate::state::{
-    now_secs, recount_held, write_atomic, Cmd, Partner, PeerMeta, Persisted, Placing, Shared,
-    State, PER_PEER_REQUESTS, PLACING_BYTES, UNREACHABLE_FOR,
+    now_secs, recount_held, Cmd, Partner, PeerMeta, Persisted, Placing, Shared, State,
+    PER_PEER_REQUESTS, PLACING_BYTES, UNREACHABLE_FOR,
 };
 pub use crate::swarm::SwarmTask;
 

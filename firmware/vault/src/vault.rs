@@ -220,7 +220,8 @@ impl Vault {
         let lock = h.lock()?;
         let (sink, source) = backend(&config.targets, nodes)?;
         keys::write_key_file(&h.key(), &secret, passphrase, kdf)?;
-        crate::home::write_atomic(&h.config(), config.encode().as_bytes(), 0o644)?;
+        cairn_durable::write_mode(&h.config(), config.encode().as_bytes(), 0o644)
+            .map_err(io_err(h.config()))?;
         h.write_head(head)?;
         Ok(Self {
             keys: secret.keys(),
