@@ -86,8 +86,8 @@ fn make_reserve(shared: &Arc<Shared>) {
     let s = shared.clone();
     tokio::task::spawn_blocking(move || {
         if !s.store.ensure_reserve() {
-            eprintln!(
-                "cairn-node: chunk store: no room for its space reserve (deletes on a full disk \
+            tracing::warn!(
+                "chunk store: no room for its space reserve (deletes on a full disk \
                  may fail until compaction frees space)"
             );
         }
@@ -160,8 +160,8 @@ pub fn run_until(
         task.start()?;
         let server = tokio::spawn(crate::server::serve(shared.clone(), listener));
         let background = tokio::spawn(crate::owner::background(shared.clone()));
-        eprintln!(
-            "cairn-node: {} starting, control {}",
+        tracing::info!(
+            "{} starting, control {}",
             shared.me,
             shared.cfg.control.display()
         );
@@ -191,7 +191,7 @@ pub fn run_until(
                 }
             }
         }
-        eprintln!("cairn-node: stopping");
+        tracing::info!("stopping");
         server.abort();
         background.abort();
         crate::owner::flush(&shared).await.ok();

@@ -58,7 +58,7 @@ pub async fn serve(shared: Arc<Shared>, listener: UnixListener) {
             let _permit = permit;
             if let Err(e) = connection(&shared, stream).await {
                 if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                    eprintln!("cairn-node: control connection: {e}");
+                    tracing::warn!("control connection: {e}");
                 }
             }
         });

@@ -84,7 +84,7 @@ mod text_keys {
             .filter_map(|(k, v)| match k.parse::<PeerId>() {
                 Ok(p) => Some((p, v)),
                 Err(e) => {
-                    eprintln!("cairn-node: partners.json: ignoring partner {k:?}: {e}");
+                    tracing::warn!("partners.json: ignoring partner {k:?}: {e}");
                     None
                 }
             })
@@ -333,7 +333,7 @@ impl Shared {
             st.ledger.add_partner(peer);
             st.tracker.seen(&peer, now_secs());
         }
-        eprintln!("cairn-node: paired with {peer} ({via})");
+        tracing::info!("paired with {peer} ({via})");
         self.persist()
     }
 

@@ -2,8 +2,9 @@
 //! (signalfd), reaps every child, collects service output into the log rings, serves the
 //! control socket and pings the hardware watchdog; and the shutdown that follows.
 //!
-//! It never panics on bad input or failed system calls: errors are logged on the console and
-//! the loop goes on, because this runs as PID 1.
+//! It never panics on bad input or failed system calls: errors are logged (`tracing` events,
+//! which the binary prints as `cairn: …` console lines) and the loop goes on, because this runs
+//! as PID 1. The one line written here directly is the readiness announcement on stdout.
 
 use crate::logbuf::LogRing;
 use crate::machine::{Clock, ExitStatus, Policy, Supervisor};
@@ -143,7 +144,7 @@ pub fn handled_signals() -> SigSet {
 /// thread, so every thread inherits the mask and no signal is delivered (and lost) elsewhere.
 pub fn block_signals() {
     if let Err(e) = handled_signals().thread_block() {
-        eprintln!("cairn: cannot block signals: {e}");
+        tracing::error!("cannot block signals: {e}");
     }
 }
 
@@ -187,14 +188,14 @@ pub fn run(cfg: RunConfig) -> Shutdown {
             Ok(fd) => break fd,
             Err(e) => {
                 // Without it nothing is reaped; retrying is all PID 1 can do.
-                eprintln!("cairn: signalfd: {e}; retrying");
+                tracing::error!("signalfd: {e}; retrying");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
     };
     let (manifests, errors) = manifest::load_dir(&cfg.services_dir);
     for e in &errors {
-        eprintln!("cairn: {e}");
+        tracing::error!("{e}");
     }
     for dir in [
         cfg.state_dir.join("logs"),
@@ -205,14 +206,14 @@ pub fn run(cfg: RunConfig) -> Shutdown {
     ] {
         if !dir.as_os_str().is_empty() {
             if let Err(e) = std::fs::create_dir_all(&dir) {
-                eprintln!("cairn: {}: {e}", dir.display());
+                tracing::error!("{}: {e}", dir.display());
             }
         }
     }
     let cgroup = match spawn::setup_cgroups(&cfg.cgroup_root, cfg.mount_cgroup) {
         Ok(root) => Some(root),
         Err(e) => {
-            eprintln!("cairn: {e}");
+            tracing::warn!("{e}");
             None
         }
     };
@@ -237,7 +238,7 @@ pub fn run(cfg: RunConfig) -> Shutdown {
             .open(p)
             .map_err(|e| {
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    eprintln!("cairn: {}: {e}", p.display());
+                    tracing::error!("{}: {e}", p.display());
                 }
             })
             .ok()
@@ -284,8 +285,8 @@ pub fn run(cfg: RunConfig) -> Shutdown {
                     .filter(|s| s.pid.is_some())
                     .map(|s| s.name)
                     .collect();
-                eprintln!(
-                    "cairn: shutdown: giving up on {} after {} ms",
+                tracing::error!(
+                    "shutdown: giving up on {} after {} ms",
                     stuck.join(", "),
                     shutdown_limit.as_millis()
                 );
@@ -295,7 +296,7 @@ pub fn run(cfg: RunConfig) -> Shutdown {
         if let Some(w) = watchdog.as_mut() {
             if last_ping.elapsed() >= Duration::from_millis(WATCHDOG_PING_MS) {
                 if let Err(e) = w.write_all(b"p") {
-                    eprintln!("cairn: watchdog: {e}");
+                    tracing::error!("watchdog: {e}");
                 }
                 last_ping = Instant::now();
             }
@@ -324,16 +325,13 @@ fn bind_control(path: &std::path::Path, open_to_services: bool) -> Option<UnixLi
             // Root only unless a service may ask; the peer's uid is checked on every request.
             let mode = if open_to_services { 0o666 } else { 0o600 };
             if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
-                eprintln!("cairn: {}: {e}", path.display());
+                tracing::error!("{}: {e}", path.display());
             }
             let _ = l.set_nonblocking(true);
             Some(l)
         }
         Err(e) => {
-            eprintln!(
-                "cairn: {}: cannot listen: {e}; no control socket",
-                path.display()
-            );
+            tracing::error!("{}: cannot listen: {e}; no control socket", path.display());
             None
         }
     }
@@ -350,8 +348,14 @@ impl Runtime {
     /// once; to init again when every service is back after a failure).
     fn after_step(&mut self) {
         for e in self.sup.drain_events() {
-            eprintln!("cairn: {e}");
-            if let crate::machine::Event::Failed {
+            use crate::machine::Event;
+            match e {
+                Event::SpawnFailed { .. } | Event::Killed { .. } | Event::Failed { .. } => {
+                    tracing::warn!("{e}")
+                }
+                _ => tracing::info!("{e}"),
+            }
+            if let Event::Failed {
                 service,
                 retry_in_ms,
                 ..
@@ -371,12 +375,14 @@ impl Runtime {
         if all_ready && self.ready_announced && self.unwell_since_ready {
             // Back from a failure (a retry that came up, or an administrator's start).
             self.unwell_since_ready = false;
-            eprintln!("cairn: every service is ready again");
+            tracing::info!("every service is ready again");
             self.notify(Notice::Ready);
         }
         if all_ready && !self.ready_announced {
             self.ready_announced = true;
             self.unwell_since_ready = false;
+            // Not a log event: the announcement the console, the tests and the boot benchmark
+            // wait for, on stdout whatever the log filter says.
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "cairn: ready");
             self.notify(Notice::Ready);
@@ -439,7 +445,7 @@ impl Runtime {
                     .collect(),
                 Err(nix::errno::Errno::EINTR) => vec![false; fds.len()],
                 Err(e) => {
-                    eprintln!("cairn: poll: {e}");
+                    tracing::error!("poll: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                     vec![false; fds.len()]
                 }
@@ -522,7 +528,7 @@ impl Runtime {
                 Ok(None) => break,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    eprintln!("cairn: signalfd: {e}");
+                    tracing::error!("signalfd: {e}");
                     break;
                 }
             }
@@ -534,8 +540,8 @@ impl Runtime {
 
     fn request(&mut self, what: Shutdown, by: &str) {
         if self.requested.is_none() {
-            eprintln!(
-                "cairn: {} requested by {by}",
+            tracing::info!(
+                "{} requested by {by}",
                 if what == Shutdown::Poweroff {
                     "poweroff"
                 } else {
@@ -585,7 +591,7 @@ impl Runtime {
                 Ok((stream, _)) => self.serve(stream),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    eprintln!("cairn: control socket: {e}");
+                    tracing::error!("control socket: {e}");
                     break;
                 }
             }
@@ -765,7 +771,7 @@ impl Runtime {
         for (name, ring) in &self.logs {
             let path = dir.join(format!("{name}.log"));
             if let Err(e) = crate::users::write_atomically(&path, ring.to_text().as_bytes()) {
-                eprintln!("cairn: {}: {e}", path.display());
+                tracing::error!("{}: {e}", path.display());
                 failed += 1;
             }
         }

@@ -269,17 +269,23 @@ impl<'a> ChunkReader<'a> {
                             found += 1;
                         } else {
                             corrupt += 1;
+                            tracing::debug!(shard = %sid, "shard's header does not match");
                             detail = format!(", last failure: shard {sid}: header does not match");
                         }
                     }
                     Err(e) => {
                         corrupt += 1;
+                        tracing::debug!(shard = %sid, error = %e, "shard is damaged");
                         detail = format!(", last failure: shard {sid}: {e}");
                     }
                 },
-                Err(ShardError::Missing { .. }) => missing += 1,
+                Err(ShardError::Missing { .. }) => {
+                    missing += 1;
+                    tracing::debug!(shard = %sid, "shard is missing");
+                }
                 Err(e) => {
                     corrupt += 1;
+                    tracing::debug!(shard = %sid, error = %e, "shard cannot be read");
                     detail = format!(", last failure: {e}");
                 }
             }
