@@ -105,15 +105,17 @@ pub(crate) async fn serve(
         kdf_gate: Semaphore::new(1),
         settings_write: tokio::sync::Mutex::new(()),
     });
+    // Said before ready, so the console shows where to go before `cairn: ready`.
+    eprintln!("web: {announcement}");
+    let said = announcement.clone();
+    if let Err(e) = app.call(move |d| d.say(&said)).await {
+        eprintln!("web: cannot tell the console: {e:#}");
+    }
     ready(&Started {
         fingerprint: identity.fingerprint.clone(),
         local_addrs,
-        announcement: announcement.clone(),
+        announcement,
     });
-    eprintln!("web: {announcement}");
-    if let Err(e) = app.call(move |d| d.say(&announcement)).await {
-        eprintln!("web: cannot tell the console: {e:#}");
-    }
     if let Some(name) = name {
         tokio::spawn(finish_claim(app.clone(), name));
     }
