@@ -163,15 +163,21 @@ impl Kdf {
 pub fn verify_passphrase(hash: &str, passphrase: &str) -> Result<bool> {
     let parsed = PasswordHash::new(hash).map_err(|e| anyhow::anyhow!("passphrase hash: {e}"))?;
     let params = Params::try_from(&parsed).map_err(|e| anyhow::anyhow!("passphrase hash: {e}"))?;
+    if parsed.hash.is_none() || parsed.salt.is_none() {
+        bail!("passphrase hash: no salt or no hash in it");
+    }
     if params.m_cost() > KDF_MEMORY_KIB_MAX {
         bail!(
             "passphrase hash asks for {} KiB (at most {KDF_MEMORY_KIB_MAX})",
             params.m_cost()
         );
     }
-    Ok(Argon2::default()
-        .verify_password(passphrase.as_bytes(), &parsed)
-        .is_ok())
+    match Argon2::default().verify_password(passphrase.as_bytes(), &parsed) {
+        Ok(()) => Ok(true),
+        Err(argon2::password_hash::Error::Password) => Ok(false),
+        // Not a wrong passphrase: a damaged hash or no memory for it; say so, not "wrong".
+        Err(e) => bail!("checking the passphrase: {e}"),
+    }
 }
 
 /// A DNS label's length limit (the device name is one label).
@@ -262,6 +268,8 @@ mod tests {
         assert_ne!(h, kdf.hash("correct horse").unwrap(), "salted");
         let greedy = h.replace("m=64", "m=1048576");
         assert!(verify_passphrase(&greedy, "correct horse").is_err());
+        assert!(verify_passphrase("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ", "x").is_err());
+        assert!(verify_passphrase("not a hash", "x").is_err());
     }
 
     #[test]
