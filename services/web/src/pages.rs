@@ -161,7 +161,7 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
                             tr {
                                 td { (s.name) }
                                 td { (s.state) @if let Some(r) = &s.reason { br; small { (r) } } }
-                                td { @if let Some(m) = s.memory_bytes { (human_bytes(m)) } @else { "–" } }
+                                td.num { @if let Some(m) = s.memory_bytes { (human_bytes(m)) } @else { "–" } }
                                 td {
                                     form method="post" action="/admin/restart" {
                                         input type="hidden" name="csrf" value=(csrf);

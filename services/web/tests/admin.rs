@@ -121,22 +121,48 @@ async fn a_post_without_the_csrf_token_or_from_another_site_is_refused() {
         .await;
     assert_eq!(r.status, 403);
     // Login is cross-site checked too (no session yet, so no token).
+    let login = format!("passphrase={PASSPHRASE}").into_bytes();
     let r = b
         .send(
             "POST",
             "/admin/login",
-            &[form, ("origin", "null")],
-            format!("passphrase={PASSPHRASE}").into_bytes(),
+            &[form, ("origin", "null"), ("sec-fetch-site", "cross-site")],
+            login.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = b
+        .send(
+            "POST",
+            "/admin/login",
+            &[form, ("origin", "https://evil.example")],
+            login,
         )
         .await;
     assert_eq!(r.status, 403);
     assert!(!server.device.called("reboot"));
-    // The same request from this site's page goes through.
+    // The same request from this site's page goes through, also as Chromium sends a form under
+    // `Referrer-Policy: no-referrer`: `Origin: null`, `Sec-Fetch-Site: same-origin`.
     assert_eq!(
         b.form("/admin/reboot", &[("csrf", &csrf)]).await.status,
         200
     );
-    assert!(server.device.called("reboot"));
+    let r = b
+        .send(
+            "POST",
+            "/admin/reboot",
+            &[form, ("origin", "null"), ("sec-fetch-site", "same-origin")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let reboots = server
+        .device
+        .calls()
+        .iter()
+        .filter(|c| *c == "reboot")
+        .count();
+    assert_eq!(reboots, 2);
 }
 
 #[tokio::test]
