@@ -81,6 +81,34 @@ mod tests {
         assert!(Form::parse("a=1&".repeat(40).as_bytes()).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a browser (or anyone) sends, decoding answers and never panics.
+        #[test]
+        fn any_body_decodes_or_is_refused(data in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            if let Ok(f) = Form::parse(&data) {
+                proptest::prop_assert!(f.0.len() <= FIELDS_MAX);
+            }
+            let text = String::from_utf8_lossy(&data);
+            let _ = cookie(&text, "cairn_session");
+        }
+
+        /// A value encoded as browsers do decodes to itself.
+        #[test]
+        fn encoded_values_round_trip(v in "\\PC{0,40}") {
+            let encoded: String = v
+                .bytes()
+                .map(|b| match b {
+                    b' ' => "+".to_string(),
+                    b if b.is_ascii_alphanumeric() => (b as char).to_string(),
+                    b => format!("%{b:02X}"),
+                })
+                .collect();
+            let f = Form::parse(format!("a={encoded}&b=1").as_bytes()).unwrap();
+            proptest::prop_assert_eq!(f.get("a"), v.as_str());
+            proptest::prop_assert_eq!(f.get("b"), "1");
+        }
+    }
+
     #[test]
     fn cookies_are_found_by_name() {
         let h = "cairn_claim=abc; cairn_session=def;other=1";
