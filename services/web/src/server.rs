@@ -139,21 +139,27 @@ fn announcement(
     name: Option<&str>,
     fingerprint: &str,
 ) -> String {
-    let ip = addresses
-        .iter()
-        .find(|a| !a.is_loopback())
-        .copied()
-        .unwrap_or(local.ip());
+    let dns = tls::dns_names(name).pop().unwrap_or_default();
     let port = match local.port() {
         443 => String::new(),
         p => format!(":{p}"),
     };
-    let host = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    };
-    let dns = tls::dns_names(name).pop().unwrap_or_default();
-    format!("https://{host}{port}/ ({dns}) certificate SHA-256 {fingerprint}")
+    // An address of the device; before it has one (the DHCP lease may come after the web
+    // starts), its name.
+    let ip = addresses
+        .iter()
+        .find(|a| !a.is_loopback())
+        .copied()
+        .or(Some(local.ip()).filter(|ip| !ip.is_unspecified()));
+    match ip {
+        Some(IpAddr::V4(v4)) => {
+            format!("https://{v4}{port}/ ({dns}) certificate SHA-256 {fingerprint}")
+        }
+        Some(IpAddr::V6(v6)) => {
+            format!("https://[{v6}]{port}/ ({dns}) certificate SHA-256 {fingerprint}")
+        }
+        None => format!("https://{dns}{port}/ certificate SHA-256 {fingerprint}"),
+    }
 }
 
 /// Settings exist but PID 1 does not know the device is claimed (the `claimed` after setup
@@ -580,6 +586,7 @@ async fn wait(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     let outcome = poll(app, &id).await;
+    let waiting = outcome.is_none();
     let resp = match outcome {
         None => json_response(StatusCode::OK, json!({"state": "waiting"})),
         Some(Outcome::Granted(token)) => with_cookie(
@@ -600,8 +607,9 @@ async fn wait(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             &clear_cookie(CLAIM_COOKIE, "/setup"),
         ),
     };
+    // A decided waiter is done: its cookie is cleared above, not set.
     match new_cookie {
-        Some(c) if matches!(resp.status(), StatusCode::OK) => with_cookie(resp, &c),
+        Some(c) if waiting => with_cookie(resp, &c),
         _ => resp,
     }
 }
@@ -1008,3 +1016,34 @@ pub const CONNECTION_BUF_BYTES: usize = 32 * 1024;
 pub const HEADERS_MAX: usize = 48;
 /// Longest service name a restart asks for.
 pub const SERVICE_NAME_BYTES_MAX: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_line_names_an_address_or_else_the_name() {
+        let local: SocketAddr = "0.0.0.0:443".parse().unwrap();
+        let v4 = [
+            "127.0.0.1".parse().unwrap(),
+            "192.168.1.23".parse().unwrap(),
+        ];
+        assert_eq!(
+            announcement(&v4, local, Some("plug"), "AB:CD"),
+            "https://192.168.1.23/ (plug.local) certificate SHA-256 AB:CD"
+        );
+        let v6 = ["fd00::23".parse().unwrap()];
+        assert_eq!(
+            announcement(&v6, "[::]:8443".parse().unwrap(), None, "AB"),
+            "https://[fd00::23]:8443/ (cairn.local) certificate SHA-256 AB"
+        );
+        assert_eq!(
+            announcement(&[], local, None, "AB"),
+            "https://cairn.local/ certificate SHA-256 AB"
+        );
+        assert_eq!(
+            announcement(&[], "127.0.0.1:8443".parse().unwrap(), None, "AB"),
+            "https://127.0.0.1:8443/ (cairn.local) certificate SHA-256 AB"
+        );
+    }
+}
