@@ -2,8 +2,9 @@
 //! by the test, every call recorded), the server started in this process on 127.0.0.1:0 with a
 //! temporary data directory, and a small HTTPS "browser" (hyper over tokio-rustls) that trusts
 //! the server's certificate by its SHA-256 fingerprint and keeps cookies.
-
-#![allow(dead_code)]
+//!
+//! Each test file builds this module as its own, so a helper only one file uses is marked
+//! `#[allow(dead_code)]` to keep the other file's build quiet.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -55,6 +56,7 @@ impl FakeDevice {
     }
 
     /// A short press of the button: a new pairing window opens.
+    #[allow(dead_code)] // claim only
     pub fn press(&self) -> u64 {
         let mut s = self.state.lock().unwrap();
         s.last_window += 1;
@@ -216,6 +218,7 @@ impl Server {
     }
 
     /// A browser logged in with [`PASSPHRASE`].
+    #[allow(dead_code)] // admin only
     pub async fn logged_in(&self) -> Browser {
         let mut b = self.browser();
         let r = b.form("/admin/login", &[("passphrase", PASSPHRASE)]).await;
@@ -389,6 +392,7 @@ impl Browser {
     }
 
     /// One claim poll, as the page's script sends it.
+    #[allow(dead_code)] // claim only
     pub async fn wait(&mut self) -> serde_json::Value {
         let r = self
             .send(
