@@ -45,7 +45,7 @@ struct App {
     /// A waiter registered: the board watcher wakes.
     waiter_came: Notify,
     /// One passphrase hash at a time (each takes [`Kdf::m_kib`] of memory).
-    kdf_gate: Semaphore,
+    kdf_gate: Arc<Semaphore>,
     /// Settings are written by one request at a time.
     settings_write: tokio::sync::Mutex<()>,
 }
@@ -102,7 +102,7 @@ pub(crate) async fn serve(
         }),
         decided: watch::channel(0).0,
         waiter_came: Notify::new(),
-        kdf_gate: Semaphore::new(1),
+        kdf_gate: Arc::new(Semaphore::new(1)),
         settings_write: tokio::sync::Mutex::new(()),
     });
     // Said before ready, so the console shows where to go before `cairn: ready`.
@@ -289,11 +289,16 @@ impl App {
             .map_err(|e| anyhow!("PID 1's call did not finish: {e}"))?
     }
 
-    /// Hashes a passphrase, one hash at a time.
+    /// Hashes a passphrase, one hash at a time. The turn goes with the hash onto its thread: a
+    /// browser that goes away mid-hash does not let a second 19 MiB hash start beside it.
     async fn hash(&self, passphrase: String) -> Result<String> {
-        let _turn = self.kdf_gate.acquire().await?;
+        let turn = self.kdf_gate.clone().acquire_owned().await?;
         let kdf = self.kdf;
-        tokio::task::spawn_blocking(move || kdf.hash(&passphrase)).await?
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            kdf.hash(&passphrase)
+        })
+        .await?
     }
 
     /// Checks a passphrase against the stored hash, one check at a time.
@@ -304,8 +309,12 @@ impl App {
             .as_ref()
             .map(|s| s.passphrase_hash.clone())
             .context("not set up")?;
-        let _turn = self.kdf_gate.acquire().await?;
-        tokio::task::spawn_blocking(move || verify_passphrase(&hash, &passphrase)).await?
+        let turn = self.kdf_gate.clone().acquire_owned().await?;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            verify_passphrase(&hash, &passphrase)
+        })
+        .await?
     }
 
     /// Writes settings durably, then makes them the ones in use.
