@@ -39,6 +39,8 @@ enum Command {
     Vault(cmd::vault::Args),
     /// The storage node: run, status, pair, invite, join, audit, repair.
     Node(cmd::node::Args),
+    /// The web service: the claim with the button, setup and the owner's dashboard, over HTTPS.
+    Web(cmd::web::Args),
 }
 
 fn main() {
@@ -49,19 +51,26 @@ fn main() {
             eprintln!("cairn: {e:#}");
         }
     }
-    // `cairn node …` parses its own arguments only: the node service starts this way at every
-    // boot, and building the parser of every role's arguments first costs tens of milliseconds
-    // of an emulated or small ARM CPU before the node is ready.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "node") {
-        let args = parse_node();
-        // The running node's lines are `cairn-node: …`, as its log and the tests know them.
-        logging::install(match args.command {
-            cmd::node::Command::Run { .. } => "cairn-node",
-            _ => "cairn",
-        });
-        exit_on_error(cmd::node::run(args));
-        // Done: not a second time through the full parser below.
-        return;
+    // `cairn node …` and `cairn web …` parse their own arguments only: the services start this
+    // way at every boot, and building the parser of every role's arguments first costs tens of
+    // milliseconds of an emulated or small ARM CPU before the service is ready.
+    match std::env::args_os().nth(1) {
+        Some(a) if a == "node" => {
+            let args: cmd::node::Args = parse_role("node");
+            // The running node's lines are `cairn-node: …`, as its log and the tests know them.
+            logging::install(match args.command {
+                cmd::node::Command::Run { .. } => "cairn-node",
+                _ => "cairn",
+            });
+            return exit_on_error(cmd::node::run(args));
+        }
+        Some(a) if a == "web" => {
+            let args = parse_role("web");
+            logging::install("cairn-web");
+            return exit_on_error(cmd::web::run(args));
+        }
+        // Everything else (and nothing): the full parser below.
+        _ => {}
     }
     let cli = Cli::parse();
     logging::install("cairn");
@@ -72,6 +81,7 @@ fn main() {
         Command::Fixture(args) => cmd::fixture::run(args),
         Command::Vault(args) => cmd::vault::run(args),
         Command::Node(args) => cmd::node::run(args),
+        Command::Web(args) => cmd::web::run(args),
     };
     exit_on_error(result);
 }
@@ -83,12 +93,12 @@ fn exit_on_error(result: anyhow::Result<()>) {
     }
 }
 
-/// `cairn node …`'s arguments, parsed (help and errors as `cairn node` shows them).
-fn parse_node() -> cmd::node::Args {
-    use clap::{CommandFactory, FromArgMatches};
-    let matches = cmd::node::Args::command()
-        .name("node")
-        .bin_name("cairn node")
+/// A service role's arguments (`cairn ROLE …`), parsed alone (help and errors as `cairn ROLE`
+/// shows them).
+fn parse_role<A: Parser>(role: &'static str) -> A {
+    let matches = A::command()
+        .name(role)
+        .bin_name(format!("cairn {role}"))
         .get_matches_from(std::env::args_os().skip(1));
-    cmd::node::Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    A::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }

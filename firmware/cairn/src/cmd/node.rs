@@ -172,7 +172,7 @@ pub fn run(args: Args) -> Result<()> {
                 bail!("--hostile: only `wrong-bytes` is known");
             }
             cfg.hostile = hostile;
-            cairn_node::node::run(cfg, notify_ready)
+            cairn_node::node::run(cfg, super::notify_ready)
         }
         Command::Status { json } => {
             let v = Client::connect(&socket(&args))?.op(json!({"op": "status"}))?;
@@ -251,20 +251,6 @@ fn print_status(out: &mut dyn Write, v: &Value) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// Tells the supervisor the node is ready: one line on `$NOTIFY_FD`, if set.
-fn notify_ready() {
-    use std::os::fd::FromRawFd;
-    let Some(fd) = std::env::var("NOTIFY_FD")
-        .ok()
-        .and_then(|s| s.parse::<i32>().ok())
-    else {
-        return;
-    };
-    // SAFETY: the supervisor passes this descriptor for exactly this one line; we own it now.
-    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-    let _ = f.write_all(b"ready\n");
 }
 
 #[cfg(test)]

@@ -1,0 +1,204 @@
+//! `cairn web`: the web service role (over the `cairn-web` library): HTTPS on the socket PID 1
+//! hands over (`$CAIRN_LISTEN_FDS`, a comma list of descriptor numbers) or on `--listen ADDR`,
+//! talking to PID 1 through its control socket.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+/// The web's state directory on a plug, as `services/web.toml` sets it (its workdir).
+pub const DEFAULT_DATA: &str = "/data/web";
+/// The environment variable naming the listening sockets PID 1 passes.
+pub const LISTEN_FDS_ENV: &str = "CAIRN_LISTEN_FDS";
+
+/// The web service: the claim with the button, setup, the owner's dashboard, over HTTPS.
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// State directory: settings.toml, tls/.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA)]
+    pub data: PathBuf,
+    /// PID 1's control socket.
+    #[arg(long, value_name = "SOCKET", default_value = crate::sys::paths::SOCKET)]
+    pub control: PathBuf,
+    /// Address to listen on when PID 1 passes no socket ($CAIRN_LISTEN_FDS), e.g. 0.0.0.0:8443.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Runs the web service until it fails.
+pub fn run(args: Args) -> Result<()> {
+    let listeners = match std::env::var(LISTEN_FDS_ENV) {
+        Ok(list) if !list.trim().is_empty() => inherited(&list)?,
+        _ => match args.listen {
+            Some(addr) => vec![TcpListener::bind(addr)
+                .with_context(|| format!("--listen {addr}: cannot listen"))?],
+            None => bail!("no socket to listen on: PID 1 passed none (${LISTEN_FDS_ENV}) and --listen is not given"),
+        },
+    };
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("{}: creating", args.data.display()))?;
+    let mut config = cairn_web::Config::new(args.data, listeners);
+    config.addresses = usable(interface_addresses());
+    let device = Arc::new(cairn_web::ControlSocket(args.control));
+    cairn_web::run(config, device, |_| super::notify_ready())
+}
+
+/// Takes the listening TCP sockets named by `list` (`3` or `3,4`), checking each is one.
+fn inherited(list: &str) -> Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        let fd: RawFd = item
+            .parse()
+            .with_context(|| format!("${LISTEN_FDS_ENV}: {item:?} is not a descriptor number"))?;
+        if listeners
+            .iter()
+            .any(|l: &TcpListener| std::os::fd::AsRawFd::as_raw_fd(l) == fd)
+        {
+            bail!("${LISTEN_FDS_ENV}: descriptor {fd} is named twice");
+        }
+        check_listening_tcp(fd).with_context(|| format!("${LISTEN_FDS_ENV}: descriptor {fd}"))?;
+        // SAFETY: PID 1 passed this descriptor for us to listen on; it is open, a listening
+        // TCP socket, and taken once (a number named twice is refused above).
+        listeners.push(unsafe { TcpListener::from_raw_fd(fd) });
+    }
+    Ok(listeners)
+}
+
+/// Whether `fd` is an open, listening IPv4/IPv6 stream socket.
+fn check_listening_tcp(fd: RawFd) -> Result<()> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockType};
+    use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+    if fd < 3 {
+        bail!("is standard input, output or error");
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags; any number is safe to ask about.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("is not open");
+    }
+    // SAFETY: open (checked above) and not closed while borrowed here.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    if getsockopt(&borrowed, sockopt::SockType).context("is not a socket")? != SockType::Stream {
+        bail!("is not a stream socket");
+    }
+    if !getsockopt(&borrowed, sockopt::AcceptConn).context("is not a socket")? {
+        bail!("is not listening");
+    }
+    let addr: SockaddrStorage = getsockname(fd).context("getsockname")?;
+    match addr.family() {
+        Some(AddressFamily::Inet | AddressFamily::Inet6) => Ok(()),
+        _ => bail!("is not an IPv4 or IPv6 socket"),
+    }
+}
+
+/// The addresses of the device's interfaces.
+fn interface_addresses() -> Vec<IpAddr> {
+    let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    ifaddrs
+        .filter_map(|i| {
+            let a = i.address?;
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .collect()
+}
+
+/// The addresses a browser can reach the device at, IPv4 first: not loopback, and no IPv6
+/// link-local one (unusable in a URL without the interface).
+fn usable(mut addrs: Vec<IpAddr>) -> Vec<IpAddr> {
+    addrs.retain(|a| match a {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
+        }
+    });
+    addrs.sort_by_key(IpAddr::is_ipv6);
+    addrs.dedup();
+    addrs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usable_addresses_leave_out_loopback_and_link_local_v6() {
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            usable(vec![
+                a("fe80::1"),
+                a("::1"),
+                a("fd00::5"),
+                a("127.0.0.1"),
+                a("169.254.3.4"),
+                a("192.168.1.23"),
+                a("192.168.1.23"),
+            ]),
+            [a("169.254.3.4"), a("192.168.1.23"), a("fd00::5")]
+        );
+    }
+
+    #[test]
+    fn inherited_descriptors_must_be_listening_tcp_sockets() {
+        let e = |list: &str| format!("{:#}", inherited(list).err().unwrap());
+        assert!(e("x").contains("\"x\" is not a descriptor number"));
+        assert!(e("1").contains("descriptor 1: is standard"));
+        assert!(e("999").contains("descriptor 999: is not open"));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&file);
+        assert!(e(&n.to_string()).contains("is not a socket"));
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&udp);
+        assert!(e(&n.to_string()).contains("not a stream socket"));
+        let dir = tempfile::tempdir().unwrap();
+        let unix = std::os::unix::net::UnixListener::bind(dir.path().join("s")).unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&unix);
+        assert!(e(&n.to_string()).contains("not an IPv4 or IPv6"));
+        let connected = std::net::TcpStream::connect(
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap(),
+        )
+        .unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&connected);
+        assert!(e(&n.to_string()).contains("is not listening"));
+    }
+
+    #[test]
+    fn the_manifest_runs_the_role_with_its_defaults_and_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../services/web.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&format!("\"--data\", \"{DEFAULT_DATA}\"")));
+        assert!(text.contains(&format!("\"--control\", \"{}\"", crate::sys::paths::SOCKET)));
+        let m = cairn_supervisor::manifest::parse(&path, &text).unwrap();
+        assert_eq!((m.name.as_str(), m.user.as_deref()), ("web", Some("web")));
+        assert_eq!(m.limits.memory_bytes, Some(48 << 20));
+        assert_eq!(m.listen, [443]);
+        // Every request the web makes of PID 1 is in its list (and nothing the web cannot use).
+        for cmd in [
+            "status", "board", "claim", "claimed", "say", "restart", "reboot", "poweroff",
+        ] {
+            assert!(m.control.iter().any(|c| c == cmd), "{cmd}");
+        }
+    }
+
+    #[test]
+    fn an_inherited_listener_is_taken() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(l);
+        let taken = inherited(&format!(" {fd} ")).unwrap();
+        assert_eq!(taken[0].local_addr().unwrap(), addr);
+        // Named twice: refused (and the one taken first closed once, with the error).
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(TcpListener::bind("127.0.0.1:0").unwrap());
+        let twice = format!("{fd},{fd}");
+        assert!(format!("{:#}", inherited(&twice).err().unwrap()).contains("named twice"));
+    }
+}

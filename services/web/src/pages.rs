@@ -1,0 +1,309 @@
+//! The pages, as maud templates: checked when the binary is built, and every value put into
+//! them is escaped (a device named `<script>` shows as text). No inline script or style (the
+//! Content-Security-Policy forbids both): the one stylesheet and script are served from the
+//! binary ([`STYLE`], [`SCRIPT`]).
+
+use maud::{html, Markup, DOCTYPE};
+
+use crate::device::{Board, Service};
+use crate::sysinfo::{human_bytes, Disk, Memory};
+
+/// The stylesheet, `/static/style.css`.
+pub const STYLE: &str = include_str!("../assets/style.css");
+/// The script of the claim and setup pages, `/static/setup.js`.
+pub const SCRIPT: &str = include_str!("../assets/setup.js");
+
+/// Every page's frame: small, readable on a phone.
+fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                link rel="stylesheet" href="/static/style.css";
+            }
+            body { main { (body) } }
+        }
+    }
+}
+
+/// The unclaimed device's page: press the button.
+pub fn press() -> Markup {
+    layout(
+        "Set up your Cairn",
+        html! {
+            h1 { "Press the button on your Cairn" }
+            p { "A short press on the plug's button lets this browser set the device up. \
+                 Keep this page open: it goes on by itself once you have pressed." }
+            p #status role="status" { "Waiting for the button…" }
+            button #again type="button" hidden { "Try again" }
+            noscript { p.error { "This page needs JavaScript to notice the button press." } }
+            script src="/static/setup.js" {}
+        },
+    )
+}
+
+/// What the setup form holds (kept when it comes back with errors).
+#[derive(Clone, Debug, Default)]
+pub struct SetupValues {
+    pub name: String,
+    pub passphrase: String,
+    pub passphrase2: String,
+    /// GiB, as typed.
+    pub offer_gib: String,
+    pub domain: String,
+}
+
+/// What is wrong with each field.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetupErrors {
+    pub name: Option<String>,
+    pub passphrase: Option<String>,
+    pub offer: Option<String>,
+    pub domain: Option<String>,
+    /// Not about one field (e.g. the settings could not be written).
+    pub form: Option<String>,
+}
+
+impl SetupErrors {
+    /// Whether every field is fine.
+    pub fn is_empty(&self) -> bool {
+        *self == SetupErrors::default()
+    }
+}
+
+fn field_error(e: &Option<String>) -> Markup {
+    html! { @if let Some(e) = e { p.error { (e) } } }
+}
+
+/// The setup form, for the browser that won the claim. `offer_max_gib`: the data partition.
+pub fn setup(v: &SetupValues, e: &SetupErrors, csrf: &str, offer_max_gib: u64) -> Markup {
+    layout(
+        "Set up your Cairn",
+        html! {
+            h1 { "Set up your Cairn" }
+            (field_error(&e.form))
+            form method="post" action="/setup" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="name" { "Device name" }
+                input #name type="text" name="name" value=(v.name) required
+                    maxlength="63" autocapitalize="none" autocomplete="off" spellcheck="false";
+                p.hint { "Lowercase letters, digits and hyphens; the device becomes "
+                         b { "NAME.local" } " on your network." }
+                (field_error(&e.name))
+                label for="passphrase" { "Admin passphrase" }
+                input #passphrase type="password" name="passphrase" value=(v.passphrase)
+                    required minlength="10" maxlength="1024" autocomplete="new-password";
+                label for="passphrase2" { "The passphrase again" }
+                input #passphrase2 type="password" name="passphrase2" value=(v.passphrase2)
+                    required minlength="10" maxlength="1024" autocomplete="new-password";
+                (field_error(&e.passphrase))
+                label for="offer" { "Storage offered to friends: " output #offer-value for="offer" { (v.offer_gib) " GiB" } }
+                input #offer type="range" name="offer" min="0" max=(offer_max_gib) step="1"
+                    value=(v.offer_gib);
+                p.hint { "Of " (offer_max_gib) " GiB on the card. Friends' plugs keep as much of yours in return." }
+                (field_error(&e.offer))
+                label for="domain" { "Public domain name (optional)" }
+                input #domain type="text" name="domain" value=(v.domain) placeholder="example.org"
+                    autocapitalize="none" spellcheck="false";
+                (field_error(&e.domain))
+                button type="submit" { "Finish setup" }
+            }
+            script src="/static/setup.js" {}
+        },
+    )
+}
+
+/// The login form.
+pub fn login(error: Option<&str>) -> Markup {
+    layout(
+        "Log in",
+        html! {
+            h1 { "Log in to your Cairn" }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            form method="post" action="/admin/login" {
+                label for="passphrase" { "Admin passphrase" }
+                input #passphrase type="password" name="passphrase" required autofocus
+                    autocomplete="current-password";
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+/// What the dashboard shows; each part may be missing with the reason.
+pub struct Dashboard {
+    pub name: String,
+    pub board: Result<Board, String>,
+    pub services: Result<Vec<Service>, String>,
+    pub memory: Result<Memory, String>,
+    pub disk: Result<Disk, String>,
+}
+
+/// The owner's dashboard.
+pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
+    layout(
+        &d.name,
+        html! {
+            h1 { (d.name) }
+            @match &d.board {
+                Ok(b) => p { "Health: " strong class=(format!("health-{}", b.health)) { (b.health) } },
+                Err(e) => p.error { "The board's state is unknown: " (e) },
+            }
+            h2 { "Services" }
+            @match &d.services {
+                Ok(services) => table {
+                    thead { tr { th { "Service" } th { "State" } th { "Memory" } th {} } }
+                    tbody {
+                        @for s in services {
+                            tr {
+                                td { (s.name) }
+                                td { (s.state) @if let Some(r) = &s.reason { br; small { (r) } } }
+                                td.num { @if let Some(m) = s.memory_bytes { (human_bytes(m)) } @else { "–" } }
+                                td {
+                                    form method="post" action="/admin/restart" {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        input type="hidden" name="service" value=(s.name);
+                                        button.small type="submit" { "Restart" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+                Err(e) => p.error { "The services' state is unknown: " (e) },
+            }
+            h2 { "Resources" }
+            p {
+                "Memory: "
+                @match &d.memory {
+                    Ok(m) => { (human_bytes(m.total - m.available.min(m.total))) " in use of " (human_bytes(m.total)) },
+                    Err(e) => span.error { (e) },
+                }
+                br;
+                "Storage: "
+                @match &d.disk {
+                    Ok(s) => { (human_bytes(s.total - s.available.min(s.total))) " in use of " (human_bytes(s.total)) },
+                    Err(e) => span.error { (e) },
+                }
+            }
+            h2 { "Device" }
+            details {
+                summary { "Reboot…" }
+                form method="post" action="/admin/reboot" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" { "Reboot now" }
+                }
+            }
+            details {
+                summary { "Power off…" }
+                p { "The device stays off until it is unplugged and plugged in again." }
+                form method="post" action="/admin/poweroff" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" { "Power off now" }
+                }
+            }
+            p { a href="/admin/passphrase" { "Change the passphrase" } }
+            form method="post" action="/admin/logout" {
+                input type="hidden" name="csrf" value=(csrf);
+                button.secondary type="submit" { "Log out" }
+            }
+        },
+    )
+}
+
+/// Errors of the passphrase form, by field.
+#[derive(Clone, Debug, Default)]
+pub struct PassphraseErrors {
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// The passphrase change form.
+pub fn passphrase(csrf: &str, e: &PassphraseErrors) -> Markup {
+    layout(
+        "Change the passphrase",
+        html! {
+            h1 { "Change the passphrase" }
+            p { "Every session ends, this one too: you log in again with the new passphrase." }
+            form method="post" action="/admin/passphrase" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="old" { "Current passphrase" }
+                input #old type="password" name="old" required autocomplete="current-password";
+                (field_error(&e.old))
+                label for="new" { "New passphrase" }
+                input #new type="password" name="new" required minlength="10" maxlength="1024"
+                    autocomplete="new-password";
+                label for="new2" { "The new passphrase again" }
+                input #new2 type="password" name="new2" required minlength="10" maxlength="1024"
+                    autocomplete="new-password";
+                (field_error(&e.new))
+                button type="submit" { "Change" }
+            }
+            p { a href="/admin/" { "Back" } }
+        },
+    )
+}
+
+/// A page that only says something, with a way on.
+pub fn message(title: &str, text: &str, link: (&str, &str)) -> Markup {
+    layout(
+        title,
+        html! {
+            h1 { (title) }
+            p { (text) }
+            p { a href=(link.0) { (link.1) } }
+        },
+    )
+}
+
+/// The owner's site until one is uploaded.
+pub fn owner_site(name: &str) -> Markup {
+    let title = format!("{name} — a Cairn plug");
+    layout(
+        &title,
+        html! {
+            h1 { (title) }
+            p { "This plug keeps its owner's files and serves their site. Nothing is published here yet." }
+        },
+    )
+}
+
+/// Nothing here.
+pub fn not_found() -> Markup {
+    message("Not found", "There is no page here.", ("/", "Home"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_escaped() {
+        let html = owner_site("<script>alert(1)</script>").into_string();
+        assert!(!html.contains("<script>alert"));
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        let v = SetupValues {
+            name: "\"><script>".into(),
+            ..SetupValues::default()
+        };
+        let html = setup(&v, &SetupErrors::default(), "t", 10).into_string();
+        assert!(html.contains("value=\"&quot;&gt;&lt;script&gt;\""));
+    }
+
+    #[test]
+    fn pages_have_no_inline_script() {
+        for html in [
+            press().into_string(),
+            setup(&SetupValues::default(), &SetupErrors::default(), "t", 1).into_string(),
+        ] {
+            for (i, _) in html.match_indices("<script") {
+                assert!(html[i..].starts_with("<script src=\"/static/setup.js\"></script>"));
+            }
+            assert!(html.contains("name=\"viewport\""));
+            assert!(!html.contains("style=") && !html.contains("onclick"));
+        }
+    }
+}

@@ -1,0 +1,1058 @@
+//! The HTTPS server: connections (bounded, with handshake and header timeouts), the routes, and
+//! what every response carries (security headers, bounded bodies). Unclaimed, the device shows
+//! the claim and setup pages; once `settings.toml` exists, the owner's site and `/admin/`.
+//!
+//! Shared state sits behind one mutex, never held across an await; PID 1's calls, the passphrase
+//! hash and durable writes run on the blocking pool.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use maud::Markup;
+use serde_json::json;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{tokens_equal, LoginLimiter, Sessions};
+use crate::claim::{Action, Claims, Outcome};
+use crate::device::Device;
+use crate::form::{cookie, Form};
+use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
+use crate::settings::{self, verify_passphrase, Kdf, Settings};
+use crate::{sysinfo, tls, Config, Started};
+
+type Body = Full<Bytes>;
+
+/// What the handlers share.
+struct App {
+    data_dir: PathBuf,
+    meminfo: PathBuf,
+    kdf: Kdf,
+    wait_poll: Duration,
+    device: Arc<dyn Device>,
+    state: Mutex<State>,
+    /// Bumped whenever a waiter's outcome is decided.
+    decided: watch::Sender<u64>,
+    /// A waiter registered: the board watcher wakes.
+    waiter_came: Notify,
+    /// One passphrase hash at a time (each takes [`Kdf::m_kib`] of memory).
+    kdf_gate: Arc<Semaphore>,
+    /// Settings are written by one request at a time.
+    settings_write: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct State {
+    settings: Option<Settings>,
+    claims: Claims,
+    sessions: Sessions,
+    limiter: LoginLimiter,
+}
+
+pub(crate) async fn serve(
+    config: Config,
+    device: Arc<dyn Device>,
+    ready: impl FnOnce(&Started),
+) -> Result<()> {
+    let settings = Settings::load(&config.data_dir)?;
+    let name = settings.as_ref().map(|s| s.name.clone());
+    let identity = {
+        let (dir, addrs, name) = (
+            config.data_dir.clone(),
+            config.addresses.clone(),
+            name.clone(),
+        );
+        tokio::task::spawn_blocking(move || tls::load_or_make(&dir, name.as_deref(), &addrs))
+            .await??
+    };
+    let mut listeners = Vec::new();
+    let mut local_addrs = Vec::new();
+    for l in config.listeners {
+        l.set_nonblocking(true)?;
+        local_addrs.push(l.local_addr()?);
+        listeners.push(tokio::net::TcpListener::from_std(l).context("listening")?);
+    }
+    if listeners.is_empty() {
+        return Err(anyhow!("no socket to listen on"));
+    }
+    let announcement = announcement(
+        &config.addresses,
+        local_addrs[0],
+        name.as_deref(),
+        &identity.fingerprint,
+    );
+    let app = Arc::new(App {
+        data_dir: config.data_dir,
+        meminfo: config.meminfo,
+        kdf: config.kdf,
+        wait_poll: config.wait_poll,
+        device,
+        state: Mutex::new(State {
+            settings,
+            ..State::default()
+        }),
+        decided: watch::channel(0).0,
+        waiter_came: Notify::new(),
+        kdf_gate: Arc::new(Semaphore::new(1)),
+        settings_write: tokio::sync::Mutex::new(()),
+    });
+    // Said before ready, so the console shows where to go before `cairn: ready`.
+    eprintln!("web: {announcement}");
+    let said = announcement.clone();
+    if let Err(e) = app.call(move |d| d.say(&said)).await {
+        eprintln!("web: cannot tell the console: {e:#}");
+    }
+    ready(&Started {
+        fingerprint: identity.fingerprint.clone(),
+        local_addrs,
+        announcement,
+    });
+    if let Some(name) = name {
+        tokio::spawn(finish_claim(app.clone(), name));
+    }
+    tokio::spawn(watch_board(app.clone()));
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let acceptor = TlsAcceptor::from(identity.config);
+    let mut tasks = tokio::task::JoinSet::new();
+    for l in listeners {
+        tasks.spawn(accept(app.clone(), l, acceptor.clone(), permits.clone()));
+    }
+    while let Some(r) = tasks.join_next().await {
+        r?;
+    }
+    Ok(())
+}
+
+/// The console's line: where to go and what certificate to expect.
+fn announcement(
+    addresses: &[IpAddr],
+    local: SocketAddr,
+    name: Option<&str>,
+    fingerprint: &str,
+) -> String {
+    let dns = tls::dns_names(name).pop().unwrap_or_default();
+    let port = match local.port() {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    // An address of the device; before it has one (the DHCP lease may come after the web
+    // starts), its name.
+    let ip = addresses
+        .iter()
+        .find(|a| !a.is_loopback())
+        .copied()
+        .or(Some(local.ip()).filter(|ip| !ip.is_unspecified()));
+    match ip {
+        Some(IpAddr::V4(v4)) => {
+            format!("https://{v4}{port}/ ({dns}) certificate SHA-256 {fingerprint}")
+        }
+        Some(IpAddr::V6(v6)) => {
+            format!("https://[{v6}]{port}/ ({dns}) certificate SHA-256 {fingerprint}")
+        }
+        None => format!("https://{dns}{port}/ certificate SHA-256 {fingerprint}"),
+    }
+}
+
+/// Settings exist but PID 1 does not know the device is claimed (the `claimed` after setup
+/// failed, or the state was lost): tell it again.
+async fn finish_claim(app: Arc<App>, name: String) {
+    match app.call(|d| d.board()).await {
+        Ok(b) if b.claimed => {}
+        Ok(_) => match app.call(move |d| d.claimed(&name)).await {
+            Ok(()) => eprintln!("web: told PID 1 the device is claimed"),
+            Err(e) => eprintln!("web: telling PID 1 the device is claimed: {e:#}"),
+        },
+        Err(e) => eprintln!("web: board: {e:#}"),
+    }
+}
+
+/// While anyone waits for the button, looks at the board every [`BOARD_POLL`] and settles each
+/// new window.
+async fn watch_board(app: Arc<App>) {
+    let mut failing = false;
+    loop {
+        if !app.state().claims.anyone_waiting(Instant::now()) {
+            app.waiter_came.notified().await;
+            continue;
+        }
+        tokio::time::sleep(BOARD_POLL).await;
+        let board = match app.call(|d| d.board()).await {
+            Ok(b) => {
+                failing = false;
+                b
+            }
+            Err(e) => {
+                // Once per outage, not four times a second.
+                if !failing {
+                    eprintln!("web: board: {e:#}");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        let action = app.state().claims.on_board(&board, Instant::now());
+        match action {
+            Action::Nothing => continue,
+            Action::Refused => {
+                eprintln!(
+                    "web: window {}: more than one browser waiting, all refused",
+                    board.last_window
+                );
+            }
+            Action::Claim { window, waiter } => {
+                let claimed = app.call(move |d| d.claim(window)).await;
+                let mut state = app.state();
+                match claimed {
+                    Ok(()) => {
+                        eprintln!("web: window {window}: claimed for the one browser waiting");
+                        state.claims.claimed(&waiter, Instant::now());
+                    }
+                    Err(e) => {
+                        eprintln!("web: window {window}: claim refused: {e:#}");
+                        state.claims.claim_failed(&waiter, &format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        app.decided.send_modify(|n| *n += 1);
+    }
+}
+
+/// Accepts connections while fewer than [`CONNECTIONS_MAX`] are open.
+async fn accept(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    acceptor: TlsAcceptor,
+    permits: Arc<Semaphore>,
+) {
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or the like: wait instead of spinning.
+                eprintln!("web: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, acceptor) = (app.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let client = peer.ip();
+            let service = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(respond(app, req, client).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(CONNECTION_BUF_BYTES)
+                .max_headers(HEADERS_MAX)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+impl App {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A handler that panicked mid-update leaves plain data; go on with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls PID 1 on the blocking pool.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Device) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let device = self.device.clone();
+        tokio::task::spawn_blocking(move || f(&*device))
+            .await
+            .map_err(|e| anyhow!("PID 1's call did not finish: {e}"))?
+    }
+
+    /// Hashes a passphrase, one hash at a time. The turn goes with the hash onto its thread: a
+    /// browser that goes away mid-hash does not let a second 19 MiB hash start beside it.
+    async fn hash(&self, passphrase: String) -> Result<String> {
+        let turn = self.kdf_gate.clone().acquire_owned().await?;
+        let kdf = self.kdf;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            kdf.hash(&passphrase)
+        })
+        .await?
+    }
+
+    /// Checks a passphrase against the stored hash, one check at a time.
+    async fn verify(&self, passphrase: String) -> Result<bool> {
+        let hash = self
+            .state()
+            .settings
+            .as_ref()
+            .map(|s| s.passphrase_hash.clone())
+            .context("not set up")?;
+        let turn = self.kdf_gate.clone().acquire_owned().await?;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            verify_passphrase(&hash, &passphrase)
+        })
+        .await?
+    }
+
+    /// Writes settings durably, then makes them the ones in use.
+    async fn save(&self, settings: Settings) -> Result<()> {
+        let dir = self.data_dir.clone();
+        let s = settings.clone();
+        tokio::task::spawn_blocking(move || s.save(&dir)).await??;
+        self.state().settings = Some(settings);
+        Ok(())
+    }
+
+    /// The live session of the request: its id and CSRF token.
+    fn session(&self, req: &Request<Incoming>) -> Option<(String, String)> {
+        let id = request_cookie(req, SESSION_COOKIE)?;
+        let csrf = self.state().sessions.touch(&id, Instant::now())?;
+        Some((id, csrf))
+    }
+
+    /// A new session's cookie.
+    fn log_in(&self) -> String {
+        let (id, _) = self.state().sessions.create(Instant::now());
+        format!("{SESSION_COOKIE}={id}; {COOKIE_ATTRIBUTES}; Path=/")
+    }
+}
+
+/// Routes one request and adds what every response carries.
+async fn respond(app: Arc<App>, req: Request<Incoming>, client: IpAddr) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let mut resp = route(&app, req, client).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    let cache = if path.starts_with("/static/") {
+        "max-age=3600"
+    } else {
+        "no-store"
+    };
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    resp
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Response<Body> {
+    let method = req.method().clone();
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
+    let path = req.uri().path().to_string();
+    if post && cross_site(&req) {
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::message(
+                "Refused",
+                "This request came from another site.",
+                ("/", "Home"),
+            ),
+        );
+    }
+    match path.as_str() {
+        "/static/style.css" if get => return asset(pages::STYLE, "text/css; charset=utf-8"),
+        "/static/setup.js" if get => return asset(pages::SCRIPT, "text/javascript; charset=utf-8"),
+        "/api/health" if get => return health(app).await,
+        _ => {}
+    }
+    let set_up = app.state().settings.is_some();
+    if !set_up {
+        return match (path.as_str(), get, post) {
+            ("/setup/api/wait", _, true) => wait(app, req).await,
+            ("/setup", true, _) => setup_form(app, &req),
+            ("/setup", _, true) => setup_submit(app, req).await,
+            (_, true, _) => html(StatusCode::OK, pages::press()),
+            _ => not_found(),
+        };
+    }
+    match (path.as_str(), get, post) {
+        ("/", true, _) => {
+            let name = app.state().settings.as_ref().map(|s| s.name.clone());
+            html(
+                StatusCode::OK,
+                pages::owner_site(name.as_deref().unwrap_or("cairn")),
+            )
+        }
+        (p, true, _) if p == "/setup" || p.starts_with("/setup/") => redirect("/admin/login"),
+        ("/admin", true, _) => redirect("/admin/"),
+        ("/admin/login", true, _) => match app.session(&req) {
+            Some(_) => redirect("/admin/"),
+            None => html(StatusCode::OK, pages::login(None)),
+        },
+        ("/admin/login", _, true) => login(app, req, client).await,
+        (p, _, _) if p.starts_with("/admin/") => admin(app, req, client, get, post).await,
+        _ => not_found(),
+    }
+}
+
+/// The owner's pages, behind a session (and its CSRF token for every change).
+async fn admin(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    client: IpAddr,
+    get: bool,
+    post: bool,
+) -> Response<Body> {
+    let Some((session, csrf)) = app.session(&req) else {
+        return redirect("/admin/login");
+    };
+    let path = req.uri().path().to_string();
+    if get {
+        return match path.as_str() {
+            "/admin/" => dashboard(app, &csrf).await,
+            "/admin/passphrase" => html(
+                StatusCode::OK,
+                pages::passphrase(&csrf, &PassphraseErrors::default()),
+            ),
+            _ => not_found(),
+        };
+    }
+    if !post {
+        return not_found();
+    }
+    let header_token = req
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let form = match read_form(req).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    let sent = header_token.as_deref().unwrap_or(form.get("csrf"));
+    if !tokens_equal(sent, &csrf) {
+        return csrf_refused();
+    }
+    let back = ("/admin/", "Back to the dashboard");
+    match path.as_str() {
+        "/admin/logout" => {
+            app.state().sessions.end(&session);
+            with_cookie(redirect("/admin/login"), &clear_cookie(SESSION_COOKIE, "/"))
+        }
+        "/admin/restart" => {
+            let service = form.get("service").to_string();
+            if service.is_empty() || service.len() > SERVICE_NAME_BYTES_MAX {
+                return html(
+                    StatusCode::BAD_REQUEST,
+                    pages::message("Restart", "Which service?", back),
+                );
+            }
+            let s = service.clone();
+            match app.call(move |d| d.restart(&s)).await {
+                Ok(()) => html(
+                    StatusCode::OK,
+                    pages::message("Restart", &format!("{service} is restarting."), back),
+                ),
+                Err(e) => device_error("Restart", &e),
+            }
+        }
+        "/admin/reboot" => match app.call(|d| d.reboot()).await {
+            Ok(()) => html(
+                StatusCode::OK,
+                pages::message(
+                    "Rebooting",
+                    "The device is rebooting; this page works again in about a minute.",
+                    back,
+                ),
+            ),
+            Err(e) => device_error("Reboot", &e),
+        },
+        "/admin/poweroff" => match app.call(|d| d.poweroff()).await {
+            Ok(()) => html(
+                StatusCode::OK,
+                pages::message(
+                    "Powering off",
+                    "The device is powering off. Unplug it and plug it in again to start it.",
+                    ("/", "Home"),
+                ),
+            ),
+            Err(e) => device_error("Power off", &e),
+        },
+        "/admin/passphrase" => change_passphrase(app, &form, &csrf, client).await,
+        _ => not_found(),
+    }
+}
+
+async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
+    let name = app
+        .state()
+        .settings
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    let board = app.call(|d| d.board()).await.map_err(|e| format!("{e:#}"));
+    let services = app.call(|d| d.status()).await.map_err(|e| format!("{e:#}"));
+    let d = pages::Dashboard {
+        name,
+        board,
+        services,
+        memory: sysinfo::memory(&app.meminfo).map_err(|e| format!("{e:#}")),
+        disk: sysinfo::disk(&app.data_dir).map_err(|e| format!("{e:#}")),
+    };
+    html(StatusCode::OK, pages::dashboard(&d, csrf))
+}
+
+async fn health(app: &Arc<App>) -> Response<Body> {
+    let board = app.call(|d| d.board()).await;
+    let services = app.call(|d| d.status()).await;
+    match (board, services) {
+        (Ok(b), Ok(s)) => json_response(
+            StatusCode::OK,
+            json!({
+                "health": b.health,
+                "services": s.iter().map(|s| json!({"name": s.name, "state": s.state})).collect::<Vec<_>>(),
+            }),
+        ),
+        (b, s) => {
+            let e = b
+                .err()
+                .or(s.err())
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"health": "unknown", "error": e}),
+            )
+        }
+    }
+}
+
+/// `POST /setup/api/wait`: the claim page's long poll.
+async fn wait(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    // A JSON body cannot come from another site's form, and a cross-site fetch of it needs a
+    // preflight this server never allows.
+    let json_body = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json_body {
+        return json_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!({"state": "error", "message": "expected a JSON request"}),
+        );
+    }
+    let known = request_cookie(&req, CLAIM_COOKIE)
+        .filter(|id| app.state().claims.knows(id, Instant::now()));
+    let (id, new_cookie) = match known {
+        Some(id) => (id, None),
+        None => {
+            let board = match app.call(|d| d.board()).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({"state": "error", "message": format!("the device does not answer: {e:#}")}),
+                    )
+                }
+            };
+            let registered = app
+                .state()
+                .claims
+                .register(board.last_window, Instant::now());
+            let Ok(id) = registered else {
+                return json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"state": "error", "message": "too many browsers are waiting to set up this device: close some and try again"}),
+                );
+            };
+            app.waiter_came.notify_one();
+            let cookie = format!("{CLAIM_COOKIE}={id}; {COOKIE_ATTRIBUTES}; Path=/setup");
+            (id, Some(cookie))
+        }
+    };
+    let outcome = poll(app, &id).await;
+    let waiting = outcome.is_none();
+    let resp = match outcome {
+        None => json_response(StatusCode::OK, json!({"state": "waiting"})),
+        Some(Outcome::Granted(token)) => with_cookie(
+            with_cookie(
+                json_response(StatusCode::OK, json!({"state": "granted"})),
+                &format!(
+                    "{SETUP_COOKIE}={token}; {COOKIE_ATTRIBUTES}; Path=/setup; Max-Age={}",
+                    crate::claim::SETUP_TOKEN_LIFETIME.as_secs()
+                ),
+            ),
+            &clear_cookie(CLAIM_COOKIE, "/setup"),
+        ),
+        Some(Outcome::Refused(message)) => with_cookie(
+            json_response(
+                StatusCode::OK,
+                json!({"state": "refused", "message": message}),
+            ),
+            &clear_cookie(CLAIM_COOKIE, "/setup"),
+        ),
+    };
+    // A decided waiter is done: its cookie is cleared above, not set.
+    match new_cookie {
+        Some(c) if waiting => with_cookie(resp, &c),
+        _ => resp,
+    }
+}
+
+/// Holds the poll open until the waiter's outcome or [`App::wait_poll`].
+async fn poll(app: &Arc<App>, id: &str) -> Option<Outcome> {
+    /// Marks the poll closed however it ends (answered, or the browser went away).
+    struct Open<'a>(&'a App, &'a str);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.state().claims.poll_closed(self.1, Instant::now());
+        }
+    }
+    let mut decided = app.decided.subscribe();
+    app.state().claims.poll_opened(id);
+    let _open = Open(app, id);
+    let deadline = tokio::time::Instant::now() + app.wait_poll;
+    loop {
+        if let Some(o) = app.state().claims.take_outcome(id) {
+            return Some(o);
+        }
+        if tokio::time::timeout_at(deadline, decided.changed())
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
+}
+
+/// `GET /setup`: the form, for the browser holding the setup token.
+fn setup_form(app: &Arc<App>, req: &Request<Incoming>) -> Response<Body> {
+    let Some(csrf) = setup_csrf(app, req) else {
+        return redirect("/");
+    };
+    let max = offer_max_gib(app);
+    let values = SetupValues {
+        offer_gib: (max / 2).to_string(),
+        ..SetupValues::default()
+    };
+    html(
+        StatusCode::OK,
+        pages::setup(&values, &SetupErrors::default(), &csrf, max),
+    )
+}
+
+fn setup_csrf(app: &Arc<App>, req: &Request<Incoming>) -> Option<String> {
+    let token = request_cookie(req, SETUP_COOKIE)?;
+    app.state().claims.setup_csrf(&token, Instant::now())
+}
+
+fn offer_max_gib(app: &Arc<App>) -> u64 {
+    sysinfo::disk(&app.data_dir).map_or(0, |d| d.total >> 30)
+}
+
+/// `POST /setup`: every field valid, or the form again with what is wrong; then the settings,
+/// PID 1's `claimed`, and a session.
+async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let Some(csrf) = setup_csrf(app, &req) else {
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::message(
+                "Setup",
+                "This browser may not set the device up (or its time ran out): press the button again.",
+                ("/", "Start again"),
+            ),
+        );
+    };
+    let form = match read_form(req).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    if !tokens_equal(form.get("csrf"), &csrf) {
+        return csrf_refused();
+    }
+    let max = offer_max_gib(app);
+    let v = SetupValues {
+        name: form.get("name").trim().to_string(),
+        passphrase: form.get("passphrase").to_string(),
+        passphrase2: form.get("passphrase2").to_string(),
+        offer_gib: form.get("offer").trim().to_string(),
+        domain: form.get("domain").trim().to_string(),
+    };
+    let mut e = SetupErrors {
+        name: settings::validate_name(&v.name).err(),
+        passphrase: settings::validate_passphrase(&v.passphrase, &v.passphrase2).err(),
+        ..SetupErrors::default()
+    };
+    let offer = match v.offer_gib.parse::<u64>() {
+        Ok(g) if g <= max => Some(g << 30),
+        _ => {
+            e.offer = Some(format!("choose between 0 and {max} GiB"));
+            None
+        }
+    };
+    let domain = settings::validate_domain(&v.domain).unwrap_or_else(|m| {
+        e.domain = Some(m);
+        None
+    });
+    let again = |e: &SetupErrors| html(StatusCode::BAD_REQUEST, pages::setup(&v, e, &csrf, max));
+    if !e.is_empty() {
+        return again(&e);
+    }
+    let hash = match app.hash(v.passphrase.clone()).await {
+        Ok(h) => h,
+        Err(err) => {
+            e.form = Some(format!("could not hash the passphrase: {err:#}"));
+            return again(&e);
+        }
+    };
+    let settings = Settings {
+        name: v.name.clone(),
+        passphrase_hash: hash,
+        offer_bytes: offer.unwrap_or(0),
+        domain,
+    };
+    {
+        let _writing = app.settings_write.lock().await;
+        if app.state().settings.is_some() {
+            return redirect("/admin/login");
+        }
+        if let Err(err) = app.save(settings).await {
+            e.form = Some(format!("nothing was changed: {err:#}"));
+            return again(&e);
+        }
+    }
+    app.state().claims.finish();
+    let name = v.name.clone();
+    if let Err(err) = app.call(move |d| d.claimed(&name)).await {
+        // The settings are the truth: the next start of the service tells PID 1 again.
+        eprintln!("web: telling PID 1 the device is claimed: {err:#}");
+    }
+    eprintln!("web: set up as {}", v.name);
+    with_cookie(
+        with_cookie(redirect("/admin/"), &app.log_in()),
+        &clear_cookie(SETUP_COOKIE, "/setup"),
+    )
+}
+
+async fn login(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Response<Body> {
+    let form = match read_form(req).await {
+        Ok(f) => f,
+        Err(resp) => return resp,
+    };
+    if let Err(limited) = app.state().limiter.attempt(client, Instant::now()) {
+        return html(
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::login(Some(&limited.message())),
+        );
+    }
+    match app.verify(form.get("passphrase").to_string()).await {
+        Ok(true) => {
+            app.state().limiter.succeeded(client);
+            with_cookie(redirect("/admin/"), &app.log_in())
+        }
+        Ok(false) => {
+            app.state().limiter.failed(client, Instant::now());
+            html(
+                StatusCode::UNAUTHORIZED,
+                pages::login(Some("Wrong passphrase.")),
+            )
+        }
+        Err(e) => html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            pages::login(Some(&format!("{e:#}"))),
+        ),
+    }
+}
+
+async fn change_passphrase(
+    app: &Arc<App>,
+    form: &Form,
+    csrf: &str,
+    client: IpAddr,
+) -> Response<Body> {
+    let mut e = PassphraseErrors::default();
+    let page = |e: &PassphraseErrors, status| html(status, pages::passphrase(csrf, e));
+    if let Err(limited) = app.state().limiter.attempt(client, Instant::now()) {
+        e.old = Some(limited.message());
+        return page(&e, StatusCode::TOO_MANY_REQUESTS);
+    }
+    e.new = settings::validate_passphrase(form.get("new"), form.get("new2")).err();
+    match app.verify(form.get("old").to_string()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            app.state().limiter.failed(client, Instant::now());
+            e.old = Some("Wrong passphrase.".into());
+        }
+        Err(err) => e.old = Some(format!("{err:#}")),
+    }
+    if e.old.is_some() || e.new.is_some() {
+        return page(&e, StatusCode::BAD_REQUEST);
+    }
+    let hash = match app.hash(form.get("new").to_string()).await {
+        Ok(h) => h,
+        Err(err) => {
+            e.new = Some(format!("could not hash the passphrase: {err:#}"));
+            return page(&e, StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    };
+    {
+        let _writing = app.settings_write.lock().await;
+        let Some(mut settings) = app.state().settings.clone() else {
+            return redirect("/");
+        };
+        settings.passphrase_hash = hash;
+        if let Err(err) = app.save(settings).await {
+            e.new = Some(format!("nothing was changed: {err:#}"));
+            return page(&e, StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    }
+    app.state().sessions.end_all();
+    with_cookie(
+        html(
+            StatusCode::OK,
+            pages::message(
+                "Passphrase changed",
+                "Every session has ended: log in again with the new passphrase.",
+                ("/admin/login", "Log in"),
+            ),
+        ),
+        &clear_cookie(SESSION_COOKIE, "/"),
+    )
+}
+
+/// Whether a state-changing request comes from another site (by the headers browsers set).
+/// `Sec-Fetch-Site` is what modern browsers say whatever the referrer policy; an `Origin` naming
+/// another site refuses too. `Origin: null` says nothing: browsers send it for this site's own
+/// form posts under `Referrer-Policy: no-referrer` (Chromium does, with `Sec-Fetch-Site:
+/// same-origin`); SameSite=Strict cookies and the CSRF token still guard those.
+fn cross_site(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return true;
+        }
+    }
+    match (get("origin"), get("host")) {
+        (None | Some("null"), _) => false,
+        (Some(origin), Some(host)) => origin != format!("https://{host}"),
+        (Some(_), None) => true,
+    }
+}
+
+/// Reads a form body of at most [`FORM_BYTES_MAX`] within [`BODY_TIMEOUT`].
+async fn read_form(req: Request<Incoming>) -> Result<Form, Response<Body>> {
+    let too_large = || {
+        let mut r = html(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            pages::message(
+                "Too large",
+                &format!("A form may send at most {} KiB.", FORM_BYTES_MAX / 1024),
+                ("/", "Home"),
+            ),
+        );
+        // The rest of the body is not read: the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > FORM_BYTES_MAX as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), FORM_BYTES_MAX);
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Err(_) => {
+            return Err(html(
+                StatusCode::REQUEST_TIMEOUT,
+                pages::message(
+                    "Too slow",
+                    "The form took too long to arrive.",
+                    ("/", "Home"),
+                ),
+            ))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(_)) => return Err(bad_request("The form did not arrive whole.")),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    Form::parse(&bytes).map_err(|e| bad_request(&e))
+}
+
+fn request_cookie(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| cookie(h, name))
+        .map(str::to_string)
+}
+
+fn html(status: StatusCode, page: Markup) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(page.into_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn asset(text: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// 303 See Other to a path on this server (relative: whatever host the browser used).
+fn redirect(to: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_static(to));
+    r
+}
+
+fn with_cookie(mut r: Response<Body>, cookie: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+fn clear_cookie(name: &str, path: &str) -> String {
+    format!("{name}=; {COOKIE_ATTRIBUTES}; Path={path}; Max-Age=0")
+}
+
+fn not_found() -> Response<Body> {
+    html(StatusCode::NOT_FOUND, pages::not_found())
+}
+
+fn bad_request(why: &str) -> Response<Body> {
+    html(
+        StatusCode::BAD_REQUEST,
+        pages::message("Bad request", why, ("/", "Home")),
+    )
+}
+
+fn csrf_refused() -> Response<Body> {
+    html(
+        StatusCode::FORBIDDEN,
+        pages::message(
+            "Refused",
+            "This form is out of date or came from elsewhere: go back, reload the page and try again.",
+            ("/admin/", "Dashboard"),
+        ),
+    )
+}
+
+fn device_error(what: &str, e: &anyhow::Error) -> Response<Body> {
+    html(
+        StatusCode::BAD_GATEWAY,
+        pages::message(
+            what,
+            &format!("The device refused: {e:#}"),
+            ("/admin/", "Back"),
+        ),
+    )
+}
+
+/// Every response's Content-Security-Policy: only this server's own files, never framed.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                       frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+/// The owner's session.
+pub const SESSION_COOKIE: &str = "cairn_session";
+/// A browser waiting for the button.
+pub const CLAIM_COOKIE: &str = "cairn_claim";
+/// The browser that won the claim, until setup is done.
+pub const SETUP_COOKIE: &str = "cairn_setup";
+/// Every cookie's: HTTPS only, never to scripts, never on another site's requests.
+const COOKIE_ATTRIBUTES: &str = "Secure; HttpOnly; SameSite=Strict";
+/// How often the board is asked while someone waits for the button.
+pub const BOARD_POLL: Duration = Duration::from_millis(250);
+/// Most connections open at once (more wait in the listen backlog).
+pub const CONNECTIONS_MAX: usize = 64;
+/// A TLS handshake must finish within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's headers must arrive within this (also how long an idle connection stays).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A form's body must arrive within this.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest form body.
+pub const FORM_BYTES_MAX: usize = 16 * 1024;
+/// A connection's read buffer (headers and what is read ahead of the body).
+pub const CONNECTION_BUF_BYTES: usize = 32 * 1024;
+/// Most headers in one request.
+pub const HEADERS_MAX: usize = 48;
+/// Longest service name a restart asks for.
+pub const SERVICE_NAME_BYTES_MAX: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_line_names_an_address_or_else_the_name() {
+        let local: SocketAddr = "0.0.0.0:443".parse().unwrap();
+        let v4 = [
+            "127.0.0.1".parse().unwrap(),
+            "192.168.1.23".parse().unwrap(),
+        ];
+        assert_eq!(
+            announcement(&v4, local, Some("plug"), "AB:CD"),
+            "https://192.168.1.23/ (plug.local) certificate SHA-256 AB:CD"
+        );
+        let v6 = ["fd00::23".parse().unwrap()];
+        assert_eq!(
+            announcement(&v6, "[::]:8443".parse().unwrap(), None, "AB"),
+            "https://[fd00::23]:8443/ (cairn.local) certificate SHA-256 AB"
+        );
+        assert_eq!(
+            announcement(&[], local, None, "AB"),
+            "https://cairn.local/ certificate SHA-256 AB"
+        );
+        assert_eq!(
+            announcement(&[], "127.0.0.1:8443".parse().unwrap(), None, "AB"),
+            "https://127.0.0.1:8443/ (cairn.local) certificate SHA-256 AB"
+        );
+    }
+}

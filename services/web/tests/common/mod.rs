@@ -1,0 +1,484 @@
+//! What the web's tests share: a fake PID 1 behind the `Device` trait (its pairing window opened
+//! by the test, every call recorded), the server started in this process on 127.0.0.1:0 with a
+//! temporary data directory, and a small HTTPS "browser" (hyper over tokio-rustls) that trusts
+//! the server's certificate by its SHA-256 fingerprint and keeps cookies.
+//!
+//! Each test file builds this module as its own, so a helper only one file uses is marked
+//! `#[allow(dead_code)]` to keep the other file's build quiet.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use cairn_web::{Board, Config, Device, Kdf, Service, Settings, Window};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tempfile::TempDir;
+
+/// A cheap passphrase hash for tests (the real cost is the default `Kdf`).
+pub const TEST_KDF: Kdf = Kdf {
+    m_kib: 256,
+    t: 1,
+    p: 1,
+};
+/// How long a claim poll stays open in tests.
+pub const POLL: Duration = Duration::from_millis(600);
+/// The owner's passphrase in tests that start set up.
+pub const PASSPHRASE: &str = "correct horse battery";
+
+/// PID 1 as the tests play it.
+#[derive(Default)]
+pub struct FakeDevice {
+    state: Mutex<FakeState>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    claimed: bool,
+    name: Option<String>,
+    window: Option<u64>,
+    last_window: u64,
+    calls: Vec<String>,
+}
+
+impl FakeDevice {
+    /// A device already claimed by its owner (or not).
+    pub fn new(claimed: bool) -> Arc<FakeDevice> {
+        let d = FakeDevice::default();
+        d.state.lock().unwrap().claimed = claimed;
+        Arc::new(d)
+    }
+
+    /// A short press of the button: a new pairing window opens.
+    #[allow(dead_code)] // claim only
+    pub fn press(&self) -> u64 {
+        let mut s = self.state.lock().unwrap();
+        s.last_window += 1;
+        s.window = Some(s.last_window);
+        s.last_window
+    }
+
+    /// Every call but `board` and `status`, in order (`claim 1`, `claimed plug`, `say …`).
+    pub fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    /// Whether a call starting with `prefix` was made.
+    pub fn called(&self, prefix: &str) -> bool {
+        self.calls().iter().any(|c| c.starts_with(prefix))
+    }
+
+    fn record(&self, call: String) {
+        self.state.lock().unwrap().calls.push(call);
+    }
+}
+
+impl Device for FakeDevice {
+    fn status(&self) -> Result<Vec<Service>> {
+        Ok(vec![
+            Service {
+                name: "node".into(),
+                state: "ready".into(),
+                pid: Some(42),
+                uptime_ms: Some(5000),
+                restarts: 0,
+                reason: None,
+                memory_bytes: Some(30 << 20),
+            },
+            Service {
+                name: "web".into(),
+                state: "ready".into(),
+                pid: Some(43),
+                uptime_ms: Some(5000),
+                restarts: 1,
+                reason: None,
+                memory_bytes: Some(9 << 20),
+            },
+        ])
+    }
+
+    fn board(&self) -> Result<Board> {
+        let s = self.state.lock().unwrap();
+        Ok(Board {
+            claimed: s.claimed,
+            name: s.name.clone(),
+            health: if s.claimed { "healthy" } else { "setup-needed" }.into(),
+            window: s.window.map(|id| Window {
+                id,
+                remaining_ms: 60_000,
+            }),
+            last_window: s.last_window,
+        })
+    }
+
+    fn claim(&self, window: u64) -> Result<()> {
+        let mut s = self.state.lock().unwrap();
+        if s.window != Some(window) {
+            bail!("window {window} is not open");
+        }
+        // A claim completes the window, as PID 1's does.
+        s.window = None;
+        s.calls.push(format!("claim {window}"));
+        Ok(())
+    }
+
+    fn claimed(&self, name: &str) -> Result<()> {
+        let mut s = self.state.lock().unwrap();
+        s.claimed = true;
+        s.name = Some(name.into());
+        s.calls.push(format!("claimed {name}"));
+        Ok(())
+    }
+
+    fn restart(&self, service: &str) -> Result<()> {
+        self.record(format!("restart {service}"));
+        Ok(())
+    }
+
+    fn reboot(&self) -> Result<()> {
+        self.record("reboot".into());
+        Ok(())
+    }
+
+    fn poweroff(&self) -> Result<()> {
+        self.record("poweroff".into());
+        Ok(())
+    }
+
+    fn say(&self, text: &str) -> Result<()> {
+        self.record(format!("say {text}"));
+        Ok(())
+    }
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    pub device: Arc<FakeDevice>,
+    pub data: Arc<TempDir>,
+}
+
+impl Server {
+    /// An unclaimed device's web, fresh.
+    pub fn unclaimed() -> Server {
+        let data = Arc::new(tempfile::tempdir().unwrap());
+        Server::start(data, FakeDevice::new(false))
+    }
+
+    /// A device set up as `plug` with [`PASSPHRASE`] (PID 1 knowing it, or not).
+    pub fn set_up(pid1_knows: bool) -> Server {
+        let data = Arc::new(tempfile::tempdir().unwrap());
+        write_settings(data.path(), "plug");
+        Server::start(data, FakeDevice::new(pid1_knows))
+    }
+
+    /// Starts the service over `data` the way the role does (its own runtime and thread).
+    pub fn start(data: Arc<TempDir>, device: Arc<FakeDevice>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = Config::new(data.path().to_path_buf(), vec![listener]);
+        config.addresses = vec!["127.0.0.1".parse().unwrap()];
+        config.kdf = TEST_KDF;
+        config.wait_poll = POLL;
+        let meminfo = data.path().join("meminfo");
+        std::fs::write(
+            &meminfo,
+            "MemTotal:         251904 kB\nMemFree:  100 kB\nMemAvailable:     219000 kB\n",
+        )
+        .unwrap();
+        config.meminfo = meminfo;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dev: Arc<dyn Device> = device.clone();
+        std::thread::spawn(move || {
+            let result = cairn_web::run(config, dev, |s| tx.send(s.clone()).unwrap());
+            panic!("the server stopped: {result:?}");
+        });
+        let started = rx.recv_timeout(Duration::from_secs(10)).expect("started");
+        Server {
+            addr: started.local_addrs[0],
+            fingerprint: started.fingerprint,
+            device,
+            data,
+        }
+    }
+
+    /// A new browser, with no cookies.
+    pub fn browser(&self) -> Browser {
+        Browser::new(
+            self.addr,
+            &self.fingerprint,
+            tls_config(&self.fingerprint, ALL),
+        )
+    }
+
+    /// A browser logged in with [`PASSPHRASE`].
+    #[allow(dead_code)] // admin only
+    pub async fn logged_in(&self) -> Browser {
+        let mut b = self.browser();
+        let r = b.form("/admin/login", &[("passphrase", PASSPHRASE)]).await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        assert_eq!(r.header("location"), Some("/admin/"));
+        b
+    }
+}
+
+/// Writes `settings.toml` for a device named `name` with [`PASSPHRASE`].
+pub fn write_settings(data: &Path, name: &str) {
+    Settings {
+        name: name.into(),
+        passphrase_hash: TEST_KDF.hash(PASSPHRASE).unwrap(),
+        offer_bytes: 1 << 30,
+        domain: None,
+    }
+    .save(data)
+    .unwrap();
+}
+
+/// An answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// The value of a hidden `csrf` field in the page.
+    pub fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .unwrap_or_else(|| panic!("no csrf field in {}", self.body));
+        let rest = &self.body[at + 19..];
+        rest[..rest.find('"').unwrap()].to_string()
+    }
+}
+
+/// TLS 1.2 and 1.3, or one of them.
+pub const ALL: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// A client configuration trusting exactly the certificate with `fingerprint`.
+pub fn tls_config(
+    fingerprint: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(Pinned {
+        fingerprint: fingerprint.to_string(),
+        provider: provider.clone(),
+    });
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
+}
+
+/// Trusts one certificate by its SHA-256, as a person comparing the console's line does.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if cairn_web::tls::fingerprint(end_entity) == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not the pinned certificate".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A browser: one HTTPS connection per request, a cookie jar, and the headers a browser sends
+/// on a same-origin request.
+pub struct Browser {
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    pub cookies: BTreeMap<String, String>,
+}
+
+impl Browser {
+    pub fn new(addr: SocketAddr, _fingerprint: &str, tls: Arc<rustls::ClientConfig>) -> Browser {
+        Browser {
+            addr,
+            tls,
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        self.send("GET", path, &[], Vec::new()).await
+    }
+
+    /// A form, as a browser posts it from a page of this site.
+    pub async fn form(&mut self, path: &str, fields: &[(&str, &str)]) -> Reply {
+        let body = fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        self.send(
+            "POST",
+            path,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &self.origin()),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            body.into_bytes(),
+        )
+        .await
+    }
+
+    /// One claim poll, as the page's script sends it.
+    #[allow(dead_code)] // claim only
+    pub async fn wait(&mut self) -> serde_json::Value {
+        let r = self
+            .send(
+                "POST",
+                "/setup/api/wait",
+                &[
+                    ("content-type", "application/json"),
+                    ("origin", &self.origin()),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+                b"{}".to_vec(),
+            )
+            .await;
+        r.json()
+    }
+
+    pub fn origin(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// Sends one request on a new connection (Host and cookies added) and reads the answer.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(ServerName::try_from("cairn.local").unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
+        if !self.cookies.is_empty() {
+            let jar = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req = req.header("cookie", jar);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .expect("an answer");
+        for c in resp.headers().get_all("set-cookie") {
+            let c = c.to_str().unwrap();
+            let (kv, attrs) = c.split_once(';').unwrap_or((c, ""));
+            let (k, v) = kv.split_once('=').unwrap();
+            if v.is_empty() || attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_string(), v.to_string());
+            }
+        }
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+}
+
+/// Form encoding of a value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            b' ' => "+".to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
