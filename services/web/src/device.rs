@@ -16,17 +16,23 @@ use serde::{Deserialize, Serialize};
 /// One service as `status` reports it (the fields the web shows; others are ignored).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
+    /// Its manifest's name.
     pub name: String,
     /// `waiting`, `backoff`, `starting`, `ready`, `stopping`, `down`, `exited` or `failed`.
     pub state: String,
+    /// Its process, while one runs.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// How long the process has run.
     #[serde(default)]
     pub uptime_ms: Option<u64>,
+    /// Restarts since boot.
     #[serde(default)]
     pub restarts: u32,
+    /// Why it is in its state (e.g. why it failed), when PID 1 says.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Its cgroup's memory, when known.
     #[serde(default)]
     pub memory_bytes: Option<u64>,
 }
@@ -36,12 +42,14 @@ pub struct Service {
 pub struct Window {
     /// Its number since boot (1, 2, …).
     pub id: u64,
+    /// How long it stays open.
     pub remaining_ms: u64,
 }
 
 /// The board's state, as `board` answers it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Board {
+    /// Whether setup has finished (`claimed` was sent).
     pub claimed: bool,
     /// The device's name once claimed.
     #[serde(default)]
@@ -109,7 +117,7 @@ pub struct ControlSocket(pub PathBuf);
 
 impl ControlSocket {
     /// Sends one request, returns the answer when `ok`, PID 1's error otherwise.
-    fn call(&self, req: &Request) -> Result<Response> {
+    fn call(&self, req: &Request<'_>) -> Result<Response> {
         let path = &self.0;
         let mut stream = UnixStream::connect(path)
             .with_context(|| format!("{}: cannot connect to PID 1", path.display()))?;
@@ -143,7 +151,7 @@ impl ControlSocket {
         Ok(resp)
     }
 
-    fn command(&self, req: Request) -> Result<()> {
+    fn command(&self, req: Request<'_>) -> Result<()> {
         self.call(&req).map(drop)
     }
 }

@@ -48,20 +48,28 @@ pub fn press() -> Markup {
 /// What the setup form holds (kept when it comes back with errors).
 #[derive(Clone, Debug, Default)]
 pub struct SetupValues {
+    /// The device's name.
     pub name: String,
+    /// The admin passphrase.
     pub passphrase: String,
+    /// The passphrase again.
     pub passphrase2: String,
     /// GiB, as typed.
     pub offer_gib: String,
+    /// The public domain name, empty for none.
     pub domain: String,
 }
 
 /// What is wrong with each field.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetupErrors {
+    /// The device's name.
     pub name: Option<String>,
+    /// The passphrase (either field).
     pub passphrase: Option<String>,
+    /// The storage offered.
     pub offer: Option<String>,
+    /// The domain name.
     pub domain: Option<String>,
     /// Not about one field (e.g. the settings could not be written).
     pub form: Option<String>,
@@ -135,10 +143,15 @@ pub fn login(error: Option<&str>) -> Markup {
 
 /// What the dashboard shows; each part may be missing with the reason.
 pub struct Dashboard {
+    /// The device's name.
     pub name: String,
+    /// `board`'s answer (the health shown).
     pub board: Result<Board, String>,
+    /// `status`'s answer.
     pub services: Result<Vec<Service>, String>,
+    /// The device's memory.
     pub memory: Result<Memory, String>,
+    /// The data partition.
     pub disk: Result<Disk, String>,
 }
 
@@ -217,7 +230,9 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
 /// Errors of the passphrase form, by field.
 #[derive(Clone, Debug, Default)]
 pub struct PassphraseErrors {
+    /// The current passphrase (wrong, or too many tries).
     pub old: Option<String>,
+    /// The new one (either field).
     pub new: Option<String>,
 }
 

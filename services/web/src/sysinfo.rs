@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 /// Memory, bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Memory {
+    /// `MemTotal`.
     pub total: u64,
+    /// `MemAvailable`: what could be had without swapping.
     pub available: u64,
 }
 
@@ -36,7 +38,9 @@ fn parse_meminfo(text: &str) -> Option<Memory> {
 /// A file system's size, bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Disk {
+    /// The file system's size.
     pub total: u64,
+    /// What an unprivileged user may still write.
     pub available: u64,
 }
 

@@ -56,7 +56,7 @@ impl FakeDevice {
     }
 
     /// A short press of the button: a new pairing window opens.
-    #[allow(dead_code)] // claim only
+    #[allow(dead_code, reason = "claim only")]
     pub fn press(&self) -> u64 {
         let mut s = self.state.lock().unwrap();
         s.last_window += 1;
@@ -218,7 +218,7 @@ impl Server {
     }
 
     /// A browser logged in with [`PASSPHRASE`].
-    #[allow(dead_code)] // admin only
+    #[allow(dead_code, reason = "admin only")]
     pub async fn logged_in(&self) -> Browser {
         let mut b = self.browser();
         let r = b.form("/admin/login", &[("passphrase", PASSPHRASE)]).await;
@@ -392,7 +392,7 @@ impl Browser {
     }
 
     /// One claim poll, as the page's script sends it.
-    #[allow(dead_code)] // claim only
+    #[allow(dead_code, reason = "claim only")]
     pub async fn wait(&mut self) -> serde_json::Value {
         let r = self
             .send(
