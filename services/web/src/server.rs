@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{tokens_equal, LoginLimiter, Sessions};
 use crate::claim::{Action, Claims, Outcome};
-use crate::device::Device;
+use crate::device::{valid_service_name, Device};
 use crate::form::{cookie, Form};
 use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
 use crate::settings::{self, verify_passphrase, Kdf, Settings};
@@ -464,7 +464,7 @@ async fn admin(
         }
         "/admin/restart" => {
             let service = form.get("service").to_string();
-            if service.is_empty() || service.len() > SERVICE_NAME_BYTES_MAX {
+            if !valid_service_name(&service) {
                 return html(
                     StatusCode::BAD_REQUEST,
                     pages::message("Restart", "Which service?", back),
@@ -1023,8 +1023,6 @@ pub const FORM_BYTES_MAX: usize = 16 * 1024;
 pub const CONNECTION_BUF_BYTES: usize = 32 * 1024;
 /// Most headers in one request.
 pub const HEADERS_MAX: usize = 48;
-/// Longest service name a restart asks for.
-pub const SERVICE_NAME_BYTES_MAX: usize = 64;
 
 #[cfg(test)]
 mod tests {
