@@ -232,9 +232,11 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Failed logins one client may have within [`CLIENT_WINDOW`] before it must wait.
 pub const CLIENT_FAILURES_MAX: usize = 5;
+/// How long a failed login counts against its client.
 pub const CLIENT_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Login attempts on the device within [`ATTEMPTS_WINDOW`].
 pub const ATTEMPTS_MAX: usize = 30;
+/// How long a login attempt counts against the device's [`ATTEMPTS_MAX`].
 pub const ATTEMPTS_WINDOW: Duration = Duration::from_secs(60);
 /// Most clients whose failures are remembered.
 pub const CLIENTS_MAX: usize = 256;

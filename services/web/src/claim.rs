@@ -47,11 +47,14 @@ struct Setup {
 /// What to do about the board's latest state.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
+    /// No new window, or nobody eligible for it.
     Nothing,
     /// Claim `window` for `waiter`, then report with [`Claims::claimed`] or
     /// [`Claims::claim_failed`].
     Claim {
+        /// The window's number, as `board` reported it.
         window: u64,
+        /// The one eligible waiter's id.
         waiter: String,
     },
     /// Every waiter was refused.

@@ -1,14 +1,15 @@
 //! What the web asks of PID 1, behind the [`Device`] trait: the services' status, the board's
 //! state (claimed, health, the pairing window), the claim, and the owner's commands. The real
 //! implementation, [`ControlSocket`], speaks PID 1's control protocol: one JSON request line,
-//! one JSON answer line (`firmware/supervisor/src/proto.rs`).
+//! one JSON answer line, and for `logs` the log's text after it until PID 1 closes
+//! (`firmware/supervisor/src/proto.rs`).
 //!
 //! The calls block (a Unix socket, a short answer): the server makes them on its blocking pool.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -16,17 +17,23 @@ use serde::{Deserialize, Serialize};
 /// One service as `status` reports it (the fields the web shows; others are ignored).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
+    /// Its manifest's name.
     pub name: String,
     /// `waiting`, `backoff`, `starting`, `ready`, `stopping`, `down`, `exited` or `failed`.
     pub state: String,
+    /// Its process, while one runs.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// How long the process has run.
     #[serde(default)]
     pub uptime_ms: Option<u64>,
+    /// Restarts since boot.
     #[serde(default)]
     pub restarts: u32,
+    /// Why it is in its state (e.g. why it failed), when PID 1 says.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Its cgroup's memory, when known.
     #[serde(default)]
     pub memory_bytes: Option<u64>,
 }
@@ -36,12 +43,14 @@ pub struct Service {
 pub struct Window {
     /// Its number since boot (1, 2, …).
     pub id: u64,
+    /// How long it stays open.
     pub remaining_ms: u64,
 }
 
 /// The board's state, as `board` answers it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Board {
+    /// Whether setup has finished (`claimed` was sent).
     pub claimed: bool,
     /// The device's name once claimed.
     #[serde(default)]
@@ -69,6 +78,9 @@ pub trait Device: Send + Sync {
     fn claimed(&self, name: &str) -> Result<()>;
     /// Restarts one service.
     fn restart(&self, service: &str) -> Result<()>;
+    /// One service's log as PID 1 keeps it, oldest line first; a line in brackets says where
+    /// older lines were dropped or the text was cut.
+    fn logs(&self, service: &str) -> Result<String>;
     /// Stops every service and reboots.
     fn reboot(&self) -> Result<()>;
     /// Stops every service and powers off.
@@ -101,6 +113,20 @@ struct Response {
     services: Option<Vec<Service>>,
     #[serde(default)]
     data: Option<serde_json::Value>,
+    /// For `logs`: lines PID 1 has dropped from the service's ring so far.
+    #[serde(default)]
+    dropped: Option<u64>,
+}
+
+/// Whether `name` can be a service's name, by the rule of PID 1's manifests (ASCII letters,
+/// digits, `-` and `_`, 1 to [`SERVICE_NAME_BYTES_MAX`]). A name from a browser is checked with
+/// this before it goes to PID 1, so that nothing else (a path, a very long string) ever does.
+pub fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= SERVICE_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// PID 1's control socket (`/run/cairn/control.sock` on the device).
@@ -109,7 +135,13 @@ pub struct ControlSocket(pub PathBuf);
 
 impl ControlSocket {
     /// Sends one request, returns the answer when `ok`, PID 1's error otherwise.
-    fn call(&self, req: &Request) -> Result<Response> {
+    fn call(&self, req: &Request<'_>) -> Result<Response> {
+        self.exchange(req).map(|(resp, _)| resp)
+    }
+
+    /// [`ControlSocket::call`], also giving back the connection, for what PID 1 sends after the
+    /// answer line (the reader may already hold the start of it).
+    fn exchange(&self, req: &Request<'_>) -> Result<(Response, BufReader<UnixStream>)> {
         let path = &self.0;
         let mut stream = UnixStream::connect(path)
             .with_context(|| format!("{}: cannot connect to PID 1", path.display()))?;
@@ -121,7 +153,8 @@ impl ControlSocket {
             .write_all(&line)
             .with_context(|| format!("{}: sending `{}`", path.display(), req.cmd))?;
         let mut head = Vec::new();
-        BufReader::new(stream)
+        let mut reader = BufReader::new(stream);
+        (&mut reader)
             .take(ANSWER_BYTES_MAX as u64)
             .read_until(b'\n', &mut head)
             .with_context(|| format!("{}: reading the answer to `{}`", path.display(), req.cmd))?;
@@ -140,10 +173,10 @@ impl ControlSocket {
                     .unwrap_or_else(|| format!("`{}` failed", req.cmd))
             );
         }
-        Ok(resp)
+        Ok((resp, reader))
     }
 
-    fn command(&self, req: Request) -> Result<()> {
+    fn command(&self, req: Request<'_>) -> Result<()> {
         self.call(&req).map(drop)
     }
 }
@@ -190,6 +223,34 @@ impl Device for ControlSocket {
         })
     }
 
+    fn logs(&self, service: &str) -> Result<String> {
+        let (resp, mut reader) = self.exchange(&Request {
+            cmd: "logs",
+            service: Some(service),
+            ..Request::default()
+        })?;
+        let (text, cut) =
+            read_to_close(&mut reader, LOG_BYTES_MAX, Instant::now() + LOG_TIMEOUT)
+                .with_context(|| format!("{}: reading the log of {service}", self.0.display()))?;
+        let mut log = String::with_capacity(text.len() + 128);
+        // As `cairn ctl logs` says it.
+        if let Some(n) = resp.dropped.filter(|&n| n > 0) {
+            log.push_str(&format!("[{n} earlier lines dropped]\n"));
+        }
+        // PID 1 keeps text; a cut may still split a character.
+        log.push_str(&String::from_utf8_lossy(&text));
+        if cut {
+            if !log.ends_with('\n') {
+                log.push('\n');
+            }
+            log.push_str(&format!(
+                "[cut here: the log is longer than {} KiB]\n",
+                LOG_BYTES_MAX / 1024
+            ));
+        }
+        Ok(log)
+    }
+
     fn reboot(&self) -> Result<()> {
         self.command(Request {
             cmd: "reboot",
@@ -213,11 +274,59 @@ impl Device for ControlSocket {
     }
 }
 
+/// Reads what PID 1 sends until it closes: at most `max` bytes (and whether there was more),
+/// all of it before `deadline` (else an error: a PID 1 that never closes, or sends slowly, must
+/// not hold a blocking thread).
+fn read_to_close(
+    reader: &mut BufReader<UnixStream>,
+    max: usize,
+    deadline: Instant,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    let timed_out = || {
+        std::io::Error::new(
+            ErrorKind::TimedOut,
+            "PID 1 did not finish sending it in time",
+        )
+    };
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 8 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        reader.get_ref().set_read_timeout(Some(left))?;
+        let n = match reader.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            // A read timeout is `WouldBlock` on Unix: say what it means.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Err(timed_out()),
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok((text, false));
+        }
+        let room = max - text.len();
+        if n > room {
+            text.extend_from_slice(&chunk[..room]);
+            return Ok((text, true));
+        }
+        text.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// How long one call may take, each way (PID 1 answers at once; a stuck one must not hold the
 /// web's blocking threads).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest answer line read (a status of 64 services fits many times over).
 const ANSWER_BYTES_MAX: usize = 256 * 1024;
+/// Most of a log read; the rest is cut (PID 1 keeps at most 64 KiB per service, so this is only
+/// reached by a PID 1 that misbehaves).
+pub const LOG_BYTES_MAX: usize = 256 * 1024;
+/// A whole log must arrive within this (PID 1 writes it at once).
+pub const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest service name (PID 1's manifests allow no longer).
+pub const SERVICE_NAME_BYTES_MAX: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -227,8 +336,9 @@ mod tests {
     /// A one-shot PID 1: answers one connection with `answer`, returns the request line.
     fn serve_once(
         dir: &std::path::Path,
-        answer: &'static str,
+        answer: impl Into<Vec<u8>>,
     ) -> (ControlSocket, std::thread::JoinHandle<String>) {
+        let answer = answer.into();
         let path = dir.join("control.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let handle = std::thread::spawn(move || {
@@ -236,7 +346,8 @@ mod tests {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
-            (&stream).write_all(answer.as_bytes()).unwrap();
+            // A client that read enough closes early: PID 1 sees a broken pipe, as here.
+            let _ = (&stream).write_all(&answer);
             line
         });
         (ControlSocket(path), handle)
@@ -298,6 +409,93 @@ mod tests {
             (s[0].name.as_str(), s[0].memory_bytes),
             ("node", Some(1024))
         );
+    }
+
+    #[test]
+    fn logs_are_the_text_after_the_answer_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, h) = serve_once(
+            dir.path(),
+            "{\"ok\":true,\"dropped\":3}\nnode: started\nnode: <b>ready</b>\n",
+        );
+        let log = sock.logs("node").unwrap();
+        assert_eq!(
+            h.join().unwrap().trim(),
+            "{\"cmd\":\"logs\",\"service\":\"node\"}"
+        );
+        assert_eq!(
+            log,
+            "[3 earlier lines dropped]\nnode: started\nnode: <b>ready</b>\n"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, h) = serve_once(dir.path(), "{\"ok\":true,\"dropped\":0}\n");
+        assert_eq!(sock.logs("web").unwrap(), "");
+        h.join().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, h) = serve_once(
+            dir.path(),
+            "{\"ok\":false,\"error\":\"no service named \\\"x\\\"\"}\n",
+        );
+        assert_eq!(
+            sock.logs("x").unwrap_err().to_string(),
+            "no service named \"x\""
+        );
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn a_log_longer_than_the_bound_is_cut_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut answer = b"{\"ok\":true}\n".to_vec();
+        // Lines of 100 bytes, well past the bound; the cut falls inside one.
+        while answer.len() < LOG_BYTES_MAX + 64 * 1024 {
+            answer.extend_from_slice(&[b'x'; 99]);
+            answer.push(b'\n');
+        }
+        let (sock, h) = serve_once(dir.path(), answer);
+        let log = sock.logs("node").unwrap();
+        h.join().unwrap();
+        let (text, note) = log.split_at(LOG_BYTES_MAX);
+        assert!(text.bytes().all(|b| b == b'x' || b == b'\n'));
+        assert_eq!(note, "\n[cut here: the log is longer than 256 KiB]\n");
+    }
+
+    #[test]
+    fn a_log_that_never_ends_is_an_error_by_the_deadline() {
+        let (mut pid1, web) = UnixStream::pair().unwrap();
+        pid1.write_all(b"node: started\n").unwrap();
+        let started = Instant::now();
+        let e = read_to_close(
+            &mut BufReader::new(web),
+            LOG_BYTES_MAX,
+            started + Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(pid1);
+    }
+
+    #[test]
+    fn service_names_are_pid1s_manifest_names() {
+        for ok in ["node", "web", "a", "Big_one-2", &"x".repeat(32)] {
+            assert!(valid_service_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a b",
+            "a.b",
+            "%2e",
+            "é",
+            "x\n",
+            &"x".repeat(33),
+        ] {
+            assert!(!valid_service_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

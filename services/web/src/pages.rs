@@ -3,10 +3,12 @@
 //! Content-Security-Policy forbids both): the one stylesheet and script are served from the
 //! binary ([`STYLE`], [`SCRIPT`]).
 
+use std::borrow::Cow;
+
 use maud::{html, Markup, DOCTYPE};
 
-use crate::device::{Board, Service};
-use crate::sysinfo::{human_bytes, Disk, Memory};
+use crate::device::{valid_service_name, Board, Service};
+use crate::sysinfo::{human_bytes, human_duration, Disk, Memory};
 
 /// The stylesheet, `/static/style.css`.
 pub const STYLE: &str = include_str!("../assets/style.css");
@@ -48,20 +50,28 @@ pub fn press() -> Markup {
 /// What the setup form holds (kept when it comes back with errors).
 #[derive(Clone, Debug, Default)]
 pub struct SetupValues {
+    /// The device's name.
     pub name: String,
+    /// The admin passphrase.
     pub passphrase: String,
+    /// The passphrase again.
     pub passphrase2: String,
     /// GiB, as typed.
     pub offer_gib: String,
+    /// The public domain name, empty for none.
     pub domain: String,
 }
 
 /// What is wrong with each field.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SetupErrors {
+    /// The device's name.
     pub name: Option<String>,
+    /// The passphrase (either field).
     pub passphrase: Option<String>,
+    /// The storage offered.
     pub offer: Option<String>,
+    /// The domain name.
     pub domain: Option<String>,
     /// Not about one field (e.g. the settings could not be written).
     pub form: Option<String>,
@@ -135,10 +145,15 @@ pub fn login(error: Option<&str>) -> Markup {
 
 /// What the dashboard shows; each part may be missing with the reason.
 pub struct Dashboard {
+    /// The device's name.
     pub name: String,
+    /// `board`'s answer (the health shown).
     pub board: Result<Board, String>,
+    /// `status`'s answer.
     pub services: Result<Vec<Service>, String>,
+    /// The device's memory.
     pub memory: Result<Memory, String>,
+    /// The data partition.
     pub disk: Result<Disk, String>,
 }
 
@@ -147,6 +162,7 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
     layout(
         &d.name,
         html! {
+            (nav(Section::Dashboard))
             h1 { (d.name) }
             @match &d.board {
                 Ok(b) => p { "Health: " strong class=(format!("health-{}", b.health)) { (b.health) } },
@@ -162,13 +178,7 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
                                 td { (s.name) }
                                 td { (s.state) @if let Some(r) = &s.reason { br; small { (r) } } }
                                 td.num { @if let Some(m) = s.memory_bytes { (human_bytes(m)) } @else { "–" } }
-                                td {
-                                    form method="post" action="/admin/restart" {
-                                        input type="hidden" name="csrf" value=(csrf);
-                                        input type="hidden" name="service" value=(s.name);
-                                        button.small type="submit" { "Restart" }
-                                    }
-                                }
+                                td { (restart_form(csrf, &s.name, None)) }
                             }
                         }
                     }
@@ -190,21 +200,7 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
                 }
             }
             h2 { "Device" }
-            details {
-                summary { "Reboot…" }
-                form method="post" action="/admin/reboot" {
-                    input type="hidden" name="csrf" value=(csrf);
-                    button type="submit" { "Reboot now" }
-                }
-            }
-            details {
-                summary { "Power off…" }
-                p { "The device stays off until it is unplugged and plugged in again." }
-                form method="post" action="/admin/poweroff" {
-                    input type="hidden" name="csrf" value=(csrf);
-                    button type="submit" { "Power off now" }
-                }
-            }
+            (device_controls(csrf, None))
             p { a href="/admin/passphrase" { "Change the passphrase" } }
             form method="post" action="/admin/logout" {
                 input type="hidden" name="csrf" value=(csrf);
@@ -214,10 +210,158 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
     )
 }
 
+/// Which part of the owner's pages one is in (the navigation marks it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// `/admin/`: health, services, resources.
+    Dashboard,
+    /// `/admin/system` and each service's log.
+    System,
+}
+
+/// The owner's navigation, atop each of their pages.
+fn nav(current: Section) -> Markup {
+    let here = |s: Section| (s == current).then_some("page");
+    html! {
+        nav aria-label="Admin" {
+            a href="/admin/" aria-current=[here(Section::Dashboard)] { "Dashboard" }
+            a href="/admin/system" aria-current=[here(Section::System)] { "System" }
+        }
+    }
+}
+
+/// A service's restart button. `back`: the page the result leads back to (the server knows
+/// which values it takes; none: the dashboard).
+fn restart_form(csrf: &str, service: &str, back: Option<&str>) -> Markup {
+    html! {
+        form method="post" action="/admin/restart" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="service" value=(service);
+            @if let Some(b) = back { input type="hidden" name="back" value=(b); }
+            button.small type="submit" { "Restart" }
+        }
+    }
+}
+
+/// Reboot and power off, each folded away so that neither is one stray tap.
+fn device_controls(csrf: &str, back: Option<&str>) -> Markup {
+    html! {
+        details {
+            summary { "Reboot…" }
+            form method="post" action="/admin/reboot" {
+                input type="hidden" name="csrf" value=(csrf);
+                @if let Some(b) = back { input type="hidden" name="back" value=(b); }
+                button type="submit" { "Reboot now" }
+            }
+        }
+        details {
+            summary { "Power off…" }
+            p { "The device stays off until it is unplugged and plugged in again." }
+            form method="post" action="/admin/poweroff" {
+                input type="hidden" name="csrf" value=(csrf);
+                button type="submit" { "Power off now" }
+            }
+        }
+    }
+}
+
+/// The link to a service's log page (none for a name no log page accepts).
+fn log_href(service: &str) -> Option<String> {
+    valid_service_name(service).then(|| format!("/admin/logs/{service}"))
+}
+
+/// The System page: each service with its state, its log and a restart; reboot, power off and
+/// the passphrase.
+pub fn system(services: &Result<Vec<Service>, String>, csrf: &str) -> Markup {
+    layout(
+        "System",
+        html! {
+            (nav(Section::System))
+            h1 { "System" }
+            h2 { "Services" }
+            @match services {
+                Ok(services) => table {
+                    thead { tr { th { "Service" } th { "State" } th { "Up for" } th { "Restarts" } th {} } }
+                    tbody {
+                        @for s in services {
+                            tr {
+                                td { (s.name) }
+                                td { (s.state) @if let Some(r) = &s.reason { br; small { (r) } } }
+                                td.num { @if let Some(u) = s.uptime_ms { (human_duration(u)) } @else { "–" } }
+                                td.num { (s.restarts) }
+                                td.actions {
+                                    @if let Some(href) = log_href(&s.name) {
+                                        a href=(href) { "Log" }
+                                        " "
+                                    }
+                                    (restart_form(csrf, &s.name, Some("system")))
+                                }
+                            }
+                        }
+                    }
+                },
+                Err(e) => p.error { "The services' state is unknown: " (e) },
+            }
+            h2 { "Device" }
+            (device_controls(csrf, Some("system")))
+            p { a href="/admin/passphrase" { "Change the passphrase" } }
+        },
+    )
+}
+
+/// One service's log page: its state, then its log as PID 1 keeps it, the newest lines at the
+/// bottom.
+pub fn logs(service: &Service, log: &str, csrf: &str) -> Markup {
+    let title = format!("Log: {}", service.name);
+    let here = log_href(&service.name).unwrap_or_default();
+    layout(
+        &title,
+        html! {
+            (nav(Section::System))
+            h1 { (title) }
+            p {
+                "State: " strong { (service.state) }
+                @if let Some(r) = &service.reason { " (" (r) ")" }
+            }
+            @if log.is_empty() {
+                p { "Nothing logged yet." }
+            } @else {
+                p { a href="#newest" { "Jump to the newest lines" } }
+                pre.log { (printable(log)) }
+            }
+            p #newest { a href=(here) { "Reload" } " · " a href="/admin/system" { "All services" } }
+            (restart_form(csrf, &service.name, Some("system")))
+        },
+    )
+}
+
+/// Log text as it can be shown: control characters (a terminal's colour codes, a stray NUL)
+/// become their visible symbols (`␛`, `␀`), so that nothing in a log acts on the page or hides
+/// text; line breaks and tabs stay.
+fn printable(text: &str) -> Cow<'_, str> {
+    let shown = |c: char| c == '\n' || c == '\t' || !c.is_control();
+    if text.chars().all(shown) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| match c as u32 {
+                _ if shown(c) => c,
+                // U+2400…U+241F: the symbols for C0's controls.
+                n @ 0..=0x1f => char::from_u32(0x2400 + n).unwrap_or('\u{fffd}'),
+                0x7f => '\u{2421}',
+                _ => '\u{fffd}',
+            })
+            .collect(),
+    )
+}
+
 /// Errors of the passphrase form, by field.
 #[derive(Clone, Debug, Default)]
 pub struct PassphraseErrors {
+    /// The current passphrase (wrong, or too many tries).
     pub old: Option<String>,
+    /// The new one (either field).
     pub new: Option<String>,
 }
 
@@ -293,11 +437,48 @@ mod tests {
         assert!(html.contains("value=\"&quot;&gt;&lt;script&gt;\""));
     }
 
+    fn service(name: &str) -> Service {
+        Service {
+            name: name.into(),
+            state: "ready".into(),
+            ..Service::default()
+        }
+    }
+
+    #[test]
+    fn a_log_shows_as_text() {
+        let html = logs(
+            &service("node"),
+            "one\n<script>alert(1)</script>\n\u{1b}[31mred\0\tend\n",
+            "t",
+        )
+        .into_string();
+        assert!(!html.contains("<script>alert"));
+        assert!(html.contains(
+            "<pre class=\"log\">one\n&lt;script&gt;alert(1)&lt;/script&gt;\n␛[31mred␀\tend\n</pre>"
+        ));
+        assert_eq!(printable("plain\n"), Cow::Borrowed("plain\n"));
+        assert_eq!(printable("\r\u{7f}\u{85}"), "␍␡\u{fffd}");
+        let empty = logs(&service("web"), "", "t").into_string();
+        assert!(empty.contains("Nothing logged yet.") && !empty.contains("<pre"));
+    }
+
+    #[test]
+    fn only_a_name_pid1_could_have_is_linked_to_a_log() {
+        let html = system(&Ok(vec![service("node"), service("../x")]), "t").into_string();
+        assert!(html.contains("href=\"/admin/logs/node\""));
+        assert!(!html.contains("/admin/logs/.."));
+        assert!(html.contains("name=\"back\" value=\"system\""));
+    }
+
     #[test]
     fn pages_have_no_inline_script() {
+        let services = Ok(vec![service("node")]);
         for html in [
             press().into_string(),
             setup(&SetupValues::default(), &SetupErrors::default(), "t", 1).into_string(),
+            system(&services, "t").into_string(),
+            logs(&service("node"), "x\n", "t").into_string(),
         ] {
             for (i, _) in html.match_indices("<script") {
                 assert!(html[i..].starts_with("<script src=\"/static/setup.js\"></script>"));

@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{tokens_equal, LoginLimiter, Sessions};
 use crate::claim::{Action, Claims, Outcome};
-use crate::device::Device;
+use crate::device::{valid_service_name, Device, SERVICE_NAME_BYTES_MAX};
 use crate::form::{cookie, Form};
 use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
 use crate::settings::{self, verify_passphrase, Kdf, Settings};
@@ -433,6 +433,9 @@ async fn admin(
     if get {
         return match path.as_str() {
             "/admin/" => dashboard(app, &csrf).await,
+            "/admin/system" => system(app, &csrf).await,
+            "/admin/logs" | "/admin/logs/" => redirect("/admin/system"),
+            p if p.starts_with(LOGS_PREFIX) => logs(app, &p[LOGS_PREFIX.len()..], &csrf).await,
             "/admin/passphrase" => html(
                 StatusCode::OK,
                 pages::passphrase(&csrf, &PassphraseErrors::default()),
@@ -456,7 +459,7 @@ async fn admin(
     if !tokens_equal(sent, &csrf) {
         return csrf_refused();
     }
-    let back = ("/admin/", "Back to the dashboard");
+    let back = back_link(&form);
     match path.as_str() {
         "/admin/logout" => {
             app.state().sessions.end(&session);
@@ -464,7 +467,7 @@ async fn admin(
         }
         "/admin/restart" => {
             let service = form.get("service").to_string();
-            if service.is_empty() || service.len() > SERVICE_NAME_BYTES_MAX {
+            if !valid_service_name(&service) {
                 return html(
                     StatusCode::BAD_REQUEST,
                     pages::message("Restart", "Which service?", back),
@@ -523,6 +526,59 @@ async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
         disk: sysinfo::disk(&app.data_dir).map_err(|e| format!("{e:#}")),
     };
     html(StatusCode::OK, pages::dashboard(&d, csrf))
+}
+
+/// `GET /admin/system`.
+async fn system(app: &Arc<App>, csrf: &str) -> Response<Body> {
+    let services = app.call(|d| d.status()).await.map_err(|e| format!("{e:#}"));
+    html(StatusCode::OK, pages::system(&services, csrf))
+}
+
+/// `GET /admin/logs/SERVICE`: a name PID 1's manifests allow (else 400, and PID 1 is not asked
+/// anything), of a service `status` lists (else 404), then its log.
+async fn logs(app: &Arc<App>, service: &str, csrf: &str) -> Response<Body> {
+    let all = ("/admin/system", "All services");
+    if !valid_service_name(service) {
+        // The name is not repeated: it may be anything, of any length.
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::message(
+                "Not a service's name",
+                &format!(
+                    "A service's name is letters, digits, '-' and '_', at most {SERVICE_NAME_BYTES_MAX} of them."
+                ),
+                all,
+            ),
+        );
+    }
+    let services = match app.call(|d| d.status()).await {
+        Ok(s) => s,
+        Err(e) => return device_error("Log", &e),
+    };
+    let Some(s) = services.into_iter().find(|s| s.name == service) else {
+        return html(
+            StatusCode::NOT_FOUND,
+            pages::message(
+                "No such service",
+                &format!("There is no service named {service} on this device."),
+                all,
+            ),
+        );
+    };
+    let name = s.name.clone();
+    match app.call(move |d| d.logs(&name)).await {
+        Ok(log) => html(StatusCode::OK, pages::logs(&s, &log, csrf)),
+        Err(e) => device_error("Log", &e),
+    }
+}
+
+/// Where a form's result page leads back to: the page the form was on (`back=system`), else the
+/// dashboard. Only pages named here: a form never chooses the address.
+fn back_link(form: &Form) -> (&'static str, &'static str) {
+    match form.get("back") {
+        "system" => ("/admin/system", "Back to System"),
+        _ => ("/admin/", "Back to the dashboard"),
+    }
 }
 
 async fn health(app: &Arc<App>) -> Response<Body> {
@@ -996,6 +1052,8 @@ fn device_error(what: &str, e: &anyhow::Error) -> Response<Body> {
     )
 }
 
+/// The log pages' paths: this, then the service's name.
+const LOGS_PREFIX: &str = "/admin/logs/";
 /// Every response's Content-Security-Policy: only this server's own files, never framed.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; \
                        frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -1023,8 +1081,6 @@ pub const FORM_BYTES_MAX: usize = 16 * 1024;
 pub const CONNECTION_BUF_BYTES: usize = 32 * 1024;
 /// Most headers in one request.
 pub const HEADERS_MAX: usize = 48;
-/// Longest service name a restart asks for.
-pub const SERVICE_NAME_BYTES_MAX: usize = 64;
 
 #[cfg(test)]
 mod tests {

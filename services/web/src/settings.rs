@@ -186,6 +186,7 @@ pub const LABEL_CHARS_MAX: usize = 63;
 pub const DOMAIN_CHARS_MAX: usize = 253;
 /// Passphrase length, characters.
 pub const PASSPHRASE_CHARS_MIN: usize = 10;
+/// Longest passphrase, characters (the hash reads all of it).
 pub const PASSPHRASE_CHARS_MAX: usize = 1024;
 /// Largest Argon2 memory a stored hash may ask for, KiB (64 MiB).
 pub const KDF_MEMORY_KIB_MAX: u32 = 64 * 1024;

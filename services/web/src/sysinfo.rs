@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 /// Memory, bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Memory {
+    /// `MemTotal`.
     pub total: u64,
+    /// `MemAvailable`: what could be had without swapping.
     pub available: u64,
 }
 
@@ -36,7 +38,9 @@ fn parse_meminfo(text: &str) -> Option<Memory> {
 /// A file system's size, bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Disk {
+    /// The file system's size.
     pub total: u64,
+    /// What an unprivileged user may still write.
     pub available: u64,
 }
 
@@ -70,6 +74,18 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// A duration for a person, to the unit that matters: `45 s`, `12 min`, `3 h 5 min`, `2 d 4 h`.
+pub fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    let (m, h, d) = (s / 60, s / 3600, s / 86_400);
+    match () {
+        _ if s < 60 => format!("{s} s"),
+        _ if m < 60 => format!("{m} min"),
+        _ if h < 24 => format!("{h} h {} min", m % 60),
+        _ => format!("{d} d {} h", h % 24),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +115,15 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(300 << 20), "300 MiB");
         assert_eq!(human_bytes(3 << 40), "3.0 TiB");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(human_duration(999), "0 s");
+        assert_eq!(human_duration(45_000), "45 s");
+        assert_eq!(human_duration(12 * 60_000 + 59_000), "12 min");
+        assert_eq!(human_duration((3 * 60 + 5) * 60_000), "3 h 5 min");
+        assert_eq!(human_duration((2 * 24 + 4) * 3_600_000 + 1), "2 d 4 h");
+        assert_eq!(human_duration(u64::MAX), "213503982334 d 14 h");
     }
 }

@@ -45,6 +45,10 @@ struct FakeState {
     window: Option<u64>,
     last_window: u64,
     calls: Vec<String>,
+    /// Every call to PID 1 but `board`, `status` too.
+    asked: usize,
+    /// Each service's log, as `logs` answers it (none: empty).
+    logs: BTreeMap<String, String>,
 }
 
 impl FakeDevice {
@@ -56,12 +60,27 @@ impl FakeDevice {
     }
 
     /// A short press of the button: a new pairing window opens.
-    #[allow(dead_code)] // claim only
+    #[allow(dead_code, reason = "claim only")]
     pub fn press(&self) -> u64 {
         let mut s = self.state.lock().unwrap();
         s.last_window += 1;
         s.window = Some(s.last_window);
         s.last_window
+    }
+
+    /// Sets what `logs` answers for `service`.
+    #[allow(dead_code, reason = "system only")]
+    pub fn set_log(&self, service: &str, text: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.logs.insert(service.into(), text.into());
+    }
+
+    /// How many calls PID 1 has had, `status` too: unchanged across a request means the request
+    /// never reached PID 1. `board` is not counted: the server asks it on its own (once after
+    /// start, and while someone waits for the button), whatever a test's requests do.
+    #[allow(dead_code, reason = "system only")]
+    pub fn asked(&self) -> usize {
+        self.state.lock().unwrap().asked
     }
 
     /// Every call but `board` and `status`, in order (`claim 1`, `claimed plug`, `say …`).
@@ -75,32 +94,20 @@ impl FakeDevice {
     }
 
     fn record(&self, call: String) {
-        self.state.lock().unwrap().calls.push(call);
+        let mut s = self.state.lock().unwrap();
+        s.asked += 1;
+        s.calls.push(call);
+    }
+
+    fn count(&self) {
+        self.state.lock().unwrap().asked += 1;
     }
 }
 
 impl Device for FakeDevice {
     fn status(&self) -> Result<Vec<Service>> {
-        Ok(vec![
-            Service {
-                name: "node".into(),
-                state: "ready".into(),
-                pid: Some(42),
-                uptime_ms: Some(5000),
-                restarts: 0,
-                reason: None,
-                memory_bytes: Some(30 << 20),
-            },
-            Service {
-                name: "web".into(),
-                state: "ready".into(),
-                pid: Some(43),
-                uptime_ms: Some(5000),
-                restarts: 1,
-                reason: None,
-                memory_bytes: Some(9 << 20),
-            },
-        ])
+        self.count();
+        Ok(services())
     }
 
     fn board(&self) -> Result<Board> {
@@ -119,6 +126,7 @@ impl Device for FakeDevice {
 
     fn claim(&self, window: u64) -> Result<()> {
         let mut s = self.state.lock().unwrap();
+        s.asked += 1;
         if s.window != Some(window) {
             bail!("window {window} is not open");
         }
@@ -130,6 +138,7 @@ impl Device for FakeDevice {
 
     fn claimed(&self, name: &str) -> Result<()> {
         let mut s = self.state.lock().unwrap();
+        s.asked += 1;
         s.claimed = true;
         s.name = Some(name.into());
         s.calls.push(format!("claimed {name}"));
@@ -139,6 +148,16 @@ impl Device for FakeDevice {
     fn restart(&self, service: &str) -> Result<()> {
         self.record(format!("restart {service}"));
         Ok(())
+    }
+
+    fn logs(&self, service: &str) -> Result<String> {
+        self.record(format!("logs {service}"));
+        // As PID 1: only the services it runs have a log.
+        if !services().iter().any(|s| s.name == service) {
+            bail!("no service named {service:?}");
+        }
+        let s = self.state.lock().unwrap();
+        Ok(s.logs.get(service).cloned().unwrap_or_default())
     }
 
     fn reboot(&self) -> Result<()> {
@@ -157,16 +176,43 @@ impl Device for FakeDevice {
     }
 }
 
+/// The services the fake PID 1 runs.
+fn services() -> Vec<Service> {
+    vec![
+        Service {
+            name: "node".into(),
+            state: "ready".into(),
+            pid: Some(42),
+            uptime_ms: Some(5000),
+            restarts: 0,
+            reason: None,
+            memory_bytes: Some(30 << 20),
+        },
+        Service {
+            name: "web".into(),
+            state: "ready".into(),
+            pid: Some(43),
+            uptime_ms: Some(5000),
+            restarts: 1,
+            reason: None,
+            memory_bytes: Some(9 << 20),
+        },
+    ]
+}
+
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
     pub fingerprint: String,
     pub device: Arc<FakeDevice>,
+    /// The data directory, kept while the server runs.
+    #[allow(dead_code, reason = "read by claim and admin only")]
     pub data: Arc<TempDir>,
 }
 
 impl Server {
     /// An unclaimed device's web, fresh.
+    #[allow(dead_code, reason = "claim and admin only")]
     pub fn unclaimed() -> Server {
         let data = Arc::new(tempfile::tempdir().unwrap());
         Server::start(data, FakeDevice::new(false))
@@ -218,7 +264,7 @@ impl Server {
     }
 
     /// A browser logged in with [`PASSPHRASE`].
-    #[allow(dead_code)] // admin only
+    #[allow(dead_code, reason = "admin and system only")]
     pub async fn logged_in(&self) -> Browser {
         let mut b = self.browser();
         let r = b.form("/admin/login", &[("passphrase", PASSPHRASE)]).await;
@@ -392,7 +438,7 @@ impl Browser {
     }
 
     /// One claim poll, as the page's script sends it.
-    #[allow(dead_code)] // claim only
+    #[allow(dead_code, reason = "claim only")]
     pub async fn wait(&mut self) -> serde_json::Value {
         let r = self
             .send(
