@@ -118,6 +118,22 @@ pub fn pin_from_fingerprint(
     port: u16,
     sha256_fingerprint: &str,
 ) -> anyhow::Result<SpkiPin> {
+    let (conn, _sock) = pinned_handshake(host, port, sha256_fingerprint)?;
+    let cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("the server sent no certificate")?;
+    SpkiPin::of_certificate(cert)
+}
+
+/// A finished TLS handshake with `host:port` that accepted exactly the certificate whose
+/// SHA-256 is `sha256_fingerprint`: the connection and its socket (reads and writes bounded by
+/// [`TLS_TIMEOUT`]), for [`pin_from_fingerprint`] and [`crate::https`].
+pub(crate) fn pinned_handshake(
+    host: &str,
+    port: u16,
+    sha256_fingerprint: &str,
+) -> anyhow::Result<(ClientConnection, TcpStream)> {
     let want = Fingerprint::parse(sha256_fingerprint)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let seen = Arc::new(Mutex::new(None));
@@ -153,11 +169,7 @@ pub fn pin_from_fingerprint(
             "TLS handshake with {host}:{port} took over {TLS_TIMEOUT:?}"
         );
     }
-    let cert = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .context("the server sent no certificate")?;
-    SpkiPin::of_certificate(cert)
+    Ok((conn, sock))
 }
 
 /// TCP to the first address of `host` that answers, with bounded connect and I/O.

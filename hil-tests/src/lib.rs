@@ -3,9 +3,10 @@
 //! protocol: power button, reset) and the board's front panel (a virtio-serial port).
 //!
 //! Every wait is bounded; a QEMU left running is killed when its [`Qemu`] is dropped.
-//! [`browser`] drives the web UI in a real browser.
+//! [`browser`] drives the web UI in a real browser; [`https`] talks to it without one.
 
 pub mod browser;
+pub mod https;
 
 use anyhow::{bail, Context};
 use std::io::{BufRead, BufReader, Write};
