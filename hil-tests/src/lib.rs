@@ -3,6 +3,9 @@
 //! protocol: power button, reset) and the board's front panel (a virtio-serial port).
 //!
 //! Every wait is bounded; a QEMU left running is killed when its [`Qemu`] is dropped.
+//! [`browser`] drives the web UI in a real browser.
+
+pub mod browser;
 
 use anyhow::{bail, Context};
 use std::io::{BufRead, BufReader, Write};
@@ -12,8 +15,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Generous bounds for a 2-core CI machine emulating ARM in software.
+/// Generous bounds for a 2-core CI machine emulating ARM in software: power-on to ready…
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+/// … and a shutdown request to QEMU's exit.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where `scripts/image` puts images.
@@ -41,6 +45,7 @@ pub struct Config {
     pub image: PathBuf,
     /// Grow the copy to this many bytes (a bigger "SD card").
     pub disk_bytes: Option<u64>,
+    /// The guest's RAM, in MiB.
     pub memory_mib: u32,
     /// Host TCP port forwarded to the guest's 443.
     pub https_port: Option<u16>,
@@ -93,6 +98,8 @@ impl Files {
 }
 
 impl Config {
+    /// Boots `image` as the tests do: 256 MiB, user-mode network without internet, console
+    /// piped to the harness, exit on reboot.
     pub fn new(image: PathBuf) -> Config {
         Config {
             image,
@@ -143,6 +150,7 @@ pub struct Qemu {
     console: Arc<(Mutex<ConsoleLines>, Condvar)>,
     dir: tempfile::TempDir,
     qmp: Option<Qmp>,
+    /// When QEMU was started (console lines are timed from it).
     pub started: Instant,
 }
 
@@ -283,6 +291,7 @@ impl Qemu {
         }
     }
 
+    /// Waits for a console line containing `needle`, from the first line on; returns its text.
     pub fn wait_line(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
         self.wait_line_from(0, needle, timeout).map(|(_, l)| l)
     }
@@ -308,6 +317,7 @@ impl Qemu {
             .collect()
     }
 
+    /// Console lines so far (a `from` for [`Qemu::wait_line_from`] that skips them).
     pub fn line_count(&self) -> usize {
         self.console.0.lock().unwrap().lines.len()
     }
@@ -494,26 +504,28 @@ impl Qmp {
     }
 }
 
+/// Partition `n` (1-based) of an MBR disk image.
+pub fn partition(disk: &Path, n: u32) -> anyhow::Result<cairn_bsp::mbr::Partition> {
+    use std::os::unix::fs::FileExt;
+    let mut sector = [0u8; 512];
+    std::fs::File::open(disk)?.read_exact_at(&mut sector, 0)?;
+    cairn_bsp::mbr::partition(&sector, n).with_context(|| disk.display().to_string())
+}
+
 /// Reads a disk image's data partition size from its MBR (entry 2) and its ext4 size from the
 /// superblock: what `fdisk -l` and `dumpe2fs` would tell a person, in bytes.
 pub fn data_partition_sizes(disk: &Path) -> anyhow::Result<(u64, u64)> {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(disk)?;
-    let mut mbr = [0u8; 512];
-    f.read_exact_at(&mut mbr, 0)?;
-    anyhow::ensure!(mbr[510..] == [0x55, 0xAA], "no MBR on {}", disk.display());
-    let e = 446 + 16;
-    let start = u32::from_le_bytes(mbr[e + 8..e + 12].try_into()?) as u64 * 512;
-    let part = u32::from_le_bytes(mbr[e + 12..e + 16].try_into()?) as u64 * 512;
+    let data = partition(disk, 2)?;
     let mut sb = [0u8; 1024];
-    f.read_exact_at(&mut sb, start + 1024)?;
+    std::fs::File::open(disk)?.read_exact_at(&mut sb, data.offset() + 1024)?;
     anyhow::ensure!(
         u16::from_le_bytes([sb[56], sb[57]]) == 0xEF53,
         "no ext4 on partition 2"
     );
     let blocks = u32::from_le_bytes(sb[4..8].try_into()?) as u64;
     let block = 1024u64 << u32::from_le_bytes(sb[24..28].try_into()?);
-    Ok((part, blocks * block))
+    Ok((data.bytes(), blocks * block))
 }
 
 /// A line channel to the test image's `crasher` fixture inside the guest: a virtio-serial port
@@ -614,19 +626,10 @@ pub fn service<'a>(
         .ok_or_else(|| anyhow::anyhow!("no service {name} in {status:?}"))
 }
 
-/// Byte offset of partition `n` (1-based) of an MBR disk image.
-fn partition_offset(disk: &Path, n: usize) -> anyhow::Result<u64> {
-    use std::os::unix::fs::FileExt;
-    let mut mbr = [0u8; 512];
-    std::fs::File::open(disk)?.read_exact_at(&mut mbr, 0)?;
-    let e = 446 + 16 * (n - 1);
-    Ok(u64::from(u32::from_le_bytes(mbr[e + 8..e + 12].try_into()?)) * 512)
-}
-
 /// Appends kernel command-line words in the boot partition's extlinux.conf of a disk image
 /// (what a person would edit on the card's FAT partition), with mtools.
 pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {
-    let img = format!("{}@@{}", disk.display(), partition_offset(disk, 1)?);
+    let img = format!("{}@@{}", disk.display(), partition(disk, 1)?.offset());
     let out = Command::new("mtype")
         .env("MTOOLS_SKIP_CHECK", "1")
         .args(["-i", &img, "::/extlinux/extlinux.conf"])
@@ -655,4 +658,34 @@ pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_bsp::mbr;
+
+    #[test]
+    fn partitions_are_read_from_the_image_and_a_bad_table_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        let data = mbr::Partition {
+            start: 34816,
+            sectors: 65536,
+            kind: 0x83,
+            bootable: false,
+        };
+        let boot = mbr::Partition {
+            start: 2048,
+            sectors: 32768,
+            kind: 0x0C,
+            bootable: true,
+        };
+        std::fs::write(&disk, mbr::encode(&[boot, data], 1).unwrap()).unwrap();
+        assert_eq!(partition(&disk, 2).unwrap(), data);
+        assert_eq!(partition(&disk, 1).unwrap().offset(), 1 << 20);
+        std::fs::write(&disk, [0u8; 512]).unwrap();
+        let e = format!("{:#}", partition(&disk, 2).unwrap_err());
+        assert_eq!(e, format!("{}: no MBR signature", disk.display()));
+    }
 }

@@ -7,7 +7,7 @@
 
 use cairn_bsp::panel::{PanelLink, ToGuest};
 use cairn_bsp::pattern::{recognize, Pattern};
-use cairn_hil::{image, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+use cairn_hil::{image, partition, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
@@ -28,18 +28,6 @@ struct Board {
     _dir: tempfile::TempDir,
 }
 
-/// Byte offset of partition `n` (1-based) of an MBR disk image.
-fn partition_offset(disk: &Path, n: usize) -> u64 {
-    use std::os::unix::fs::FileExt;
-    let mut mbr = [0u8; 512];
-    std::fs::File::open(disk)
-        .unwrap()
-        .read_exact_at(&mut mbr, 0)
-        .unwrap();
-    let e = 446 + 16 * (n - 1);
-    u64::from(u32::from_le_bytes(mbr[e + 8..e + 12].try_into().unwrap())) * 512
-}
-
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -53,7 +41,11 @@ fn run(cmd: &mut Command) -> String {
 /// Appends kernel command-line words in the boot partition's extlinux.conf (what a person
 /// would edit on the card's FAT partition).
 fn append_cmdline(disk: &Path, words: &str) {
-    let img = format!("{}@@{}", disk.display(), partition_offset(disk, 1));
+    let img = format!(
+        "{}@@{}",
+        disk.display(),
+        partition(disk, 1).unwrap().offset()
+    );
     let conf = run(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args([
         "-i",
         &img,
@@ -72,7 +64,11 @@ fn append_cmdline(disk: &Path, words: &str) {
 
 /// The root directory of the data partition (ext4), as `debugfs` lists it.
 fn data_root(disk: &Path) -> Vec<String> {
-    let fs = format!("{}?offset={}", disk.display(), partition_offset(disk, 2));
+    let fs = format!(
+        "{}?offset={}",
+        disk.display(),
+        partition(disk, 2).unwrap().offset()
+    );
     run(Command::new("debugfs").args(["-R", "ls -l /", &fs]))
         .lines()
         .filter_map(|l| l.split_whitespace().last().map(String::from))
@@ -81,7 +77,11 @@ fn data_root(disk: &Path) -> Vec<String> {
 
 /// Puts a file in the data partition's root.
 fn put_on_data(disk: &Path, name: &str) {
-    let fs = format!("{}?offset={}", disk.display(), partition_offset(disk, 2));
+    let fs = format!(
+        "{}?offset={}",
+        disk.display(),
+        partition(disk, 2).unwrap().offset()
+    );
     let local = disk.with_file_name(name);
     std::fs::write(&local, b"the owner's data\n").unwrap();
     let cmd = format!("write {} {name}", local.display());

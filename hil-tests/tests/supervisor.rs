@@ -144,11 +144,8 @@ fn ctl_poweroff_kills_the_term_ignoring_service_and_powers_off() {
 fn read_data_file(disk: &std::path::Path, path: &str) -> String {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(disk).unwrap();
-    let mut mbr = [0u8; 512];
-    f.read_exact_at(&mut mbr, 0).unwrap();
-    let e = 446 + 16;
-    let start = u32::from_le_bytes(mbr[e + 8..e + 12].try_into().unwrap()) as u64 * 512;
-    let len = u32::from_le_bytes(mbr[e + 12..e + 16].try_into().unwrap()) as u64 * 512;
+    let data = cairn_hil::partition(disk, 2).unwrap();
+    let (start, len) = (data.offset(), data.bytes());
     let dir = tempfile::tempdir().unwrap();
     let part = dir.path().join("data.img");
     let mut buf = vec![0u8; len as usize];

@@ -7,28 +7,44 @@ use std::io::{self, Write};
 /// One archive member.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
+    /// A directory.
     Dir {
+        /// Where in the archive.
         path: String,
+        /// Permission bits.
         mode: u32,
     },
+    /// A regular file.
     File {
+        /// Where in the archive.
         path: String,
+        /// Permission bits.
         mode: u32,
+        /// Its contents.
         data: Vec<u8>,
     },
+    /// A symbolic link.
     Symlink {
+        /// Where in the archive.
         path: String,
+        /// What it points to.
         target: String,
     },
+    /// A character device node.
     CharDev {
+        /// Where in the archive.
         path: String,
+        /// Permission bits.
         mode: u32,
+        /// The device's major number.
         major: u32,
+        /// The device's minor number.
         minor: u32,
     },
 }
 
 impl Entry {
+    /// Where the member goes in the archive.
     pub fn path(&self) -> &str {
         match self {
             Entry::Dir { path, .. }

@@ -163,8 +163,11 @@ impl Source {
 
 /// Inputs of one kernel build.
 pub struct KernelInputs {
+    /// The board's config fragment, as an absolute path (the build runs in the source tree).
     pub fragment: PathBuf,
+    /// The fragment's text, part of the cache key.
     pub fragment_text: String,
+    /// The `CROSS_COMPILE` prefix for the board's architecture.
     pub cross_compile: String,
 }
 
@@ -329,6 +332,7 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The SHA-256 of the file at `path`, in lowercase hex (read in 1 MiB pieces).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;

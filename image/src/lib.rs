@@ -9,15 +9,14 @@
 
 pub mod cpio;
 pub mod kernel;
-pub mod mbr;
 pub mod uboot_env;
 
+use cairn_bsp::mbr::{self, SECTOR};
 use cairn_bsp::{board::Bootloader, Board};
 use cpio::Entry;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SECTOR: u64 = 512;
 const MIB: u64 = 1 << 20;
 /// Timestamps inside the image: fixed, for reproducible bytes.
 pub const EPOCH: u64 = 1_700_000_000;
@@ -29,6 +28,7 @@ const DISK_ID: u32 = 0xCA1B_0001;
 
 /// What goes into an image.
 pub struct Inputs {
+    /// The board the image is for.
     pub board: Board,
     /// The board file's text, bundled for init.
     pub board_text: String,
@@ -40,20 +40,25 @@ pub struct Inputs {
     pub services: Vec<PathBuf>,
     /// Extra kernel command-line words (test images use this).
     pub append: String,
+    /// Size of the boot partition, in MiB.
     pub boot_mib: u64,
+    /// Size of the data partition as built (it grows to fill the card on first boot), in MiB.
     pub data_mib: u64,
 }
 
 /// Bytes of a file to place, from disk or made here.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
+    /// The contents of a file on the host, read at execution.
     File(PathBuf),
+    /// These bytes.
     Bytes(Vec<u8>),
 }
 
 /// The image as a plan: partitions and what each holds.
 #[derive(Debug)]
 pub struct Plan {
+    /// The MBR's partitions, in order.
     pub partitions: Vec<mbr::Partition>,
     /// Files on the boot partition, by path there.
     pub boot_files: Vec<(String, Source)>,
@@ -62,6 +67,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Size of the image file: up to the end of the last partition.
     pub fn total_bytes(&self) -> u64 {
         self.partitions
             .iter()

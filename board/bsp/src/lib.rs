@@ -1,14 +1,14 @@
 //! Board support for Cairn: what a board is (its definition file) and, generic over
 //! `embedded-hal` traits, what its LEDs and button mean: LED patterns, button gestures, the
-//! pairing window, and the virtual board's front-panel protocol. Nothing here needs Linux
-//! except the `linux` module (cargo feature `linux`): GPIO character-device pins, line events
-//! and the gpio-sim chip of the qemu-virt board.
-
-#![warn(missing_docs)]
+//! pairing window, and the virtual board's front-panel protocol; and the MBR partition table
+//! the boards boot from (`mbr`), shared by the image builder, `cairn init` and the QEMU tests.
+//! Nothing here needs Linux except the `linux` module (cargo feature `linux`): GPIO
+//! character-device pins, line events and the gpio-sim chip of the qemu-virt board.
 
 pub mod board;
 pub mod button;
 pub mod clock;
+pub mod mbr;
 pub mod pairing;
 pub mod panel;
 pub mod pattern;

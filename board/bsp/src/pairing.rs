@@ -155,6 +155,28 @@ impl PairingWindow {
         }
     }
 
+    /// Completes a claim or pairing only in window `id`: a claim granted for one press must not
+    /// use the window a later press opened.
+    pub fn complete_window(
+        &mut self,
+        id: u64,
+        what: Completion,
+        now_ms: u64,
+    ) -> Result<Closing, PairingError> {
+        self.expire(now_ms);
+        match self.open {
+            Some((open_id, _)) if open_id == id => self.complete(what, now_ms),
+            _ => Err(PairingError::Closed {
+                window_s: self.duration_ms.div_ceil(1000),
+            }),
+        }
+    }
+
+    /// The number of the last window opened since boot (0: none yet).
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
     /// When the open window closes by itself (clock ms).
     pub fn closes_at_ms(&self) -> Option<u64> {
         self.open.map(|(_, at)| at)
@@ -164,6 +186,37 @@ impl PairingWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_completes_only_the_window_it_names() {
+        let mut w = PairingWindow::new(1000);
+        assert_eq!(w.last_id(), 0);
+        assert_eq!(
+            w.complete_window(1, Completion::Claim, 0),
+            Err(PairingError::Closed { window_s: 1 }),
+            "no press, no claim"
+        );
+        w.press(0);
+        assert_eq!(w.last_id(), 1);
+        w.expire(1000);
+        w.press(2000);
+        assert_eq!(w.last_id(), 2);
+        assert!(
+            w.complete_window(1, Completion::Claim, 2100).is_err(),
+            "the first window has closed"
+        );
+        assert_eq!(
+            w.complete_window(2, Completion::Claim, 2100),
+            Ok(Closing::Completed {
+                id: 2,
+                what: Completion::Claim
+            })
+        );
+        assert!(
+            w.complete_window(2, Completion::Claim, 2200).is_err(),
+            "a window completes once"
+        );
+    }
 
     #[test]
     fn a_press_opens_the_window_for_its_duration() {

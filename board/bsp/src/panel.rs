@@ -6,7 +6,7 @@
 //! `leds NAME=on|off …` in answer to `leds`, and `pattern NAME MS` when the LEDs start a new
 //! pattern (so a person or test need not infer it from the blinking).
 //!
-//! Pure codec: parsing and formatting, no I/O. Lines are at most `MAX_LINE` bytes.
+//! Pure codec: parsing and formatting, no I/O. Lines are at most `LINE_BYTES_MAX` bytes.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -15,11 +15,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Longest line either side sends or accepts, in bytes (bounds the reader's buffer).
-pub const MAX_LINE: usize = 256;
+pub const LINE_BYTES_MAX: usize = 256;
 /// Most LEDs a `leds` answer may list.
-pub const MAX_LEDS: usize = 8;
+pub const LEDS_MAX: usize = 8;
 /// Longest LED or pattern name.
-pub const MAX_NAME: usize = 32;
+pub const NAME_BYTES_MAX: usize = 32;
 
 /// A message from the host to the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +76,8 @@ fn bad(line: &str, reason: impl Into<String>) -> PanelError {
 fn words(line: &str) -> Result<Vec<&str>, PanelError> {
     let line = line.strip_suffix('\n').unwrap_or(line);
     let line = line.strip_suffix('\r').unwrap_or(line);
-    if line.len() > MAX_LINE {
-        return Err(bad(line, format!("longer than {MAX_LINE} bytes")));
+    if line.len() > LINE_BYTES_MAX {
+        return Err(bad(line, format!("longer than {LINE_BYTES_MAX} bytes")));
     }
     let w: Vec<&str> = line.split_ascii_whitespace().collect();
     if w.is_empty() {
@@ -88,7 +88,7 @@ fn words(line: &str) -> Result<Vec<&str>, PanelError> {
 
 fn name<'a>(line: &str, s: &'a str) -> Result<&'a str, PanelError> {
     let ok = !s.is_empty()
-        && s.len() <= MAX_NAME
+        && s.len() <= NAME_BYTES_MAX
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if ok {
@@ -96,7 +96,7 @@ fn name<'a>(line: &str, s: &'a str) -> Result<&'a str, PanelError> {
     } else {
         Err(bad(
             line,
-            format!("{s:?} is not a name (a-z, 0-9, - and _, at most {MAX_NAME})"),
+            format!("{s:?} is not a name (a-z, 0-9, - and _, at most {NAME_BYTES_MAX})"),
         ))
     }
 }
@@ -161,8 +161,8 @@ impl ToHost {
             }),
             ["pattern", ..] => Err(bad(line, "expected `pattern NAME MS`")),
             ["leds", rest @ ..] => {
-                if rest.len() > MAX_LEDS {
-                    return Err(bad(line, format!("more than {MAX_LEDS} LEDs")));
+                if rest.len() > LEDS_MAX {
+                    return Err(bad(line, format!("more than {LEDS_MAX} LEDs")));
                 }
                 let mut leds: Vec<(String, bool)> = Vec::with_capacity(rest.len());
                 for item in rest {
@@ -362,13 +362,13 @@ impl PanelLink {
 }
 
 fn read_loop(reader: impl Read, shared: &(Mutex<Received>, Condvar)) {
-    let mut reader = BufReader::with_capacity(MAX_LINE * 4, reader);
-    let mut line = Vec::with_capacity(MAX_LINE + 1);
+    let mut reader = BufReader::with_capacity(LINE_BYTES_MAX * 4, reader);
+    let mut line = Vec::with_capacity(LINE_BYTES_MAX + 1);
     loop {
         line.clear();
-        // At most MAX_LINE + 1 bytes per read: a longer line is reported and skipped.
+        // At most LINE_BYTES_MAX + 1 bytes per read: a longer line is reported and skipped.
         let n = match (&mut reader)
-            .take(MAX_LINE as u64 + 1)
+            .take(LINE_BYTES_MAX as u64 + 1)
             .read_until(b'\n', &mut line)
         {
             Ok(n) => n,
@@ -490,7 +490,7 @@ mod tests {
         assert!(guest_err("leds all").contains("`leds` takes no arguments"));
         assert!(guest_err("reboot").contains("unknown command \"reboot\""));
         assert!(guest_err("BUTTON DOWN").contains("unknown command"));
-        let long = format!("button {}", "x".repeat(MAX_LINE));
+        let long = format!("button {}", "x".repeat(LINE_BYTES_MAX));
         assert!(guest_err(&long).contains("longer than 256 bytes"));
     }
 

@@ -178,9 +178,26 @@ impl Ui {
         Ok(closing)
     }
 
+    /// Completes a claim or pairing in window `id` only (see `PairingWindow::complete_window`).
+    pub fn complete_window(
+        &mut self,
+        id: u64,
+        what: Completion,
+        now_ms: u64,
+    ) -> Result<Closing, PairingError> {
+        let closing = self.pairing.complete_window(id, what, now_ms)?;
+        self.confirmed_until_ms = Some(now_ms + self.config.confirmation_ms);
+        Ok(closing)
+    }
+
     /// The pairing window's state.
     pub fn pairing_status(&mut self, now_ms: u64) -> WindowStatus {
         self.pairing.status(now_ms)
+    }
+
+    /// The number of the last pairing window opened since boot (0: none yet).
+    pub fn last_window(&self) -> u64 {
+        self.pairing.last_id()
     }
 
     /// What the LEDs show at `now_ms`. A held button wins, then a fresh confirmation, then an
@@ -272,10 +289,29 @@ impl<C: Clock> SharedUi<C> {
         r
     }
 
+    /// Completes a claim or pairing in window `id` only (see `PairingWindow::complete_window`).
+    pub fn complete_window(&self, id: u64, what: Completion) -> Result<Closing, PairingError> {
+        let now = self.now_ms();
+        let mut g = self.lock();
+        let r = g.0.complete_window(id, what, now);
+        self.changed(g);
+        r
+    }
+
     /// The pairing window's state now.
     pub fn pairing_status(&self) -> WindowStatus {
         let now = self.now_ms();
         self.lock().0.pairing_status(now)
+    }
+
+    /// The number of the last pairing window opened since boot (0: none yet).
+    pub fn last_window(&self) -> u64 {
+        self.lock().0.last_window()
+    }
+
+    /// The device's health.
+    pub fn health(&self) -> Health {
+        self.lock().0.health()
     }
 
     /// Sets the device's health.

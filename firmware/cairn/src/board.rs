@@ -16,7 +16,7 @@
 use crate::sys::log;
 use cairn_bsp::linux::{self, gpiosim, BootClock, CdevPin, EdgePin};
 use cairn_bsp::pairing::Opened;
-use cairn_bsp::panel::{ToGuest, ToHost, MAX_LINE};
+use cairn_bsp::panel::{ToGuest, ToHost, LINE_BYTES_MAX};
 use cairn_bsp::pattern::Update;
 use cairn_bsp::{
     Action, Board, Button, ButtonEvent, Clock, Completion, Health, LedDriver, Role, SharedUi, Ui,
@@ -48,9 +48,31 @@ pub struct BoardUi {
     /// pairings through it.
     pub ui: Arc<SharedUi<BootClock>>,
     data_dir: PathBuf,
+    /// Whether naming the device sets the system's hostname (the device; never a test host).
+    sets_hostname: bool,
 }
 
 impl BoardUi {
+    /// A board UI over `data_dir` that leaves the hostname alone (tests).
+    #[cfg(test)]
+    pub fn new(ui: Arc<SharedUi<BootClock>>, data_dir: PathBuf) -> BoardUi {
+        BoardUi {
+            ui,
+            data_dir,
+            sets_hostname: false,
+        }
+    }
+
+    /// The data partition's mount point.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Whether naming the device sets the system's hostname.
+    pub fn sets_hostname(&self) -> bool {
+        self.sets_hostname
+    }
+
     /// The services are up: show whether the device still needs setting up, or is healthy.
     pub fn booted(&self) {
         let claimed = self.data_dir.join(CLAIMED).exists();
@@ -120,6 +142,7 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
     let handle = BoardUi {
         ui: ui.clone(),
         data_dir: data_dir.to_path_buf(),
+        sets_hostname: true,
     };
 
     let sim = board.gpio_sim.as_ref().and_then(|_| {
@@ -451,7 +474,8 @@ fn describe(ev: ButtonEvent) {
 /// services wrote while stopping, and a wipe cut short by a power loss.
 fn factory_reset(data_dir: &Path) {
     let marker = data_dir.join(RESET_MARKER);
-    match File::create(&marker).and_then(|f| f.sync_all()) {
+    // Durable, directory included: a power cut right after must still find the marker.
+    match cairn_durable::write(&marker, b"") {
         Ok(()) => {}
         Err(e) => log!("error: factory reset: {}: {e}", marker.display()),
     }
@@ -578,8 +602,8 @@ impl Panel {
 fn panel_loop(mut reader: File, panel: &Panel) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     log!("board: front panel on {PANEL_PORT}");
-    // One line at most MAX_LINE bytes; a longer one is dropped up to its newline.
-    let mut line: Vec<u8> = Vec::with_capacity(MAX_LINE + 1);
+    // One line at most LINE_BYTES_MAX bytes; a longer one is dropped up to its newline.
+    let mut line: Vec<u8> = Vec::with_capacity(LINE_BYTES_MAX + 1);
     let mut skipping = false;
     let mut buf = [0u8; 256];
     let mut host = false;
@@ -620,7 +644,7 @@ fn panel_loop(mut reader: File, panel: &Panel) {
         };
         for &b in &buf[..n] {
             if b != b'\n' {
-                if line.len() <= MAX_LINE {
+                if line.len() <= LINE_BYTES_MAX {
                     line.push(b);
                 } else {
                     skipping = true;
@@ -628,7 +652,7 @@ fn panel_loop(mut reader: File, panel: &Panel) {
                 continue;
             }
             if skipping {
-                log!("error: front panel: line longer than {MAX_LINE} bytes ignored");
+                log!("error: front panel: line longer than {LINE_BYTES_MAX} bytes ignored");
             } else {
                 panel.handle_line(&String::from_utf8_lossy(&line));
             }
@@ -675,10 +699,7 @@ mod tests {
     fn claimed_devices_boot_healthy_and_new_ones_need_setup() {
         let dir = tempfile::tempdir().unwrap();
         let ui = Arc::new(SharedUi::new(Ui::new(UiConfig::default()), BootClock));
-        let board = BoardUi {
-            ui: ui.clone(),
-            data_dir: dir.path().to_path_buf(),
-        };
+        let board = BoardUi::new(ui.clone(), dir.path().to_path_buf());
         assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Booting);
         board.booted();
         assert_eq!(ui.pattern().0, cairn_bsp::Pattern::SetupNeeded);

@@ -1,11 +1,15 @@
 //! `cairn`: the one binary of the firmware. Multi-call: PID 1 (`cairn init`), the control client,
 //! the service roles and the user's commands share one static executable, so the image carries
 //! a single copy of the Rust runtime and libraries. The command lines live here (one module per
-//! subcommand in [`cmd`]); the libraries under them take plain values.
+//! subcommand in [`cmd`]); the libraries under them take plain values. The libraries log
+//! through `tracing`; `main` installs the one subscriber that prints their events, with each
+//! role's prefix ([`logging`]).
 
 mod board;
 mod cmd;
 mod init;
+mod logging;
+mod requests;
 mod sys;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +46,7 @@ enum Command {
 fn main() {
     // The kernel starts /init with no arguments: PID 1 is init whatever argv says.
     if nix::unistd::getpid().as_raw() == 1 && std::env::args().len() <= 1 {
+        logging::install("cairn");
         if let Err(e) = init::run(init::Args::default()) {
             eprintln!("cairn: {e:#}");
         }
@@ -50,12 +55,26 @@ fn main() {
     // way at every boot, and building the parser of every role's arguments first costs tens of
     // milliseconds of an emulated or small ARM CPU before the service is ready.
     match std::env::args_os().nth(1) {
-        Some(a) if a == "node" => return exit_on_error(cmd::node::run(parse_role("node"))),
-        Some(a) if a == "web" => return exit_on_error(cmd::web::run(parse_role("web"))),
+        Some(a) if a == "node" => {
+            let args: cmd::node::Args = parse_role("node");
+            // The running node's lines are `cairn-node: …`, as its log and the tests know them.
+            logging::install(match args.command {
+                cmd::node::Command::Run { .. } => "cairn-node",
+                _ => "cairn",
+            });
+            // Done: not a second time through the full parser below.
+            return exit_on_error(cmd::node::run(args));
+        }
+        Some(a) if a == "web" => {
+            let args = parse_role("web");
+            logging::install("cairn");
+            return exit_on_error(cmd::web::run(args));
+        }
         // Everything else (and nothing): the full parser below.
         _ => {}
     }
     let cli = Cli::parse();
+    logging::install("cairn");
     let result = match cli.command {
         Command::Init(args) => init::run(args),
         Command::Ctl(args) => cmd::ctl::run(args),

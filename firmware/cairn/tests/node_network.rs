@@ -39,6 +39,20 @@ fn two_plugs_pair_by_their_pairing_windows_and_a_third_makes_it_an_overlap() {
     assert_eq!(pb.trim(), format!("paired with {}", a.peer()));
     assert_eq!(partner(&a.status(), &b.peer())["via"], "button");
     assert_eq!(partner(&b.status(), &a.peer())["via"], "button");
+    // The node's log lines (`tracing` events, printed by `cairn node run` on stderr) as a person,
+    // the plug's log ring and the QEMU tests read them.
+    let log = a.log();
+    for line in [
+        format!(
+            "cairn-node: {} starting, control {}",
+            a.peer(),
+            a.sock().display()
+        ),
+        format!("cairn-node: listening on {}", a.listen),
+        format!("cairn-node: paired with {} (button)", b.peer()),
+    ] {
+        assert!(log.lines().any(|l| l == line), "{line:?} not in:\n{log}");
+    }
 
     // A window that nobody else opens ends with a clear message, and pairs with nobody.
     let o = a.try_ctl(&["pair", "--window", "2"]).unwrap();

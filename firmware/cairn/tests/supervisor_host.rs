@@ -373,3 +373,92 @@ fn service_gets_its_account_directory_limits_and_session() {
     );
     init.poweroff();
 }
+
+#[test]
+fn a_service_gets_its_port_from_the_supervisor_and_may_ask_only_what_its_manifest_lists() {
+    let port = free_port();
+    let mut init = Init::start(&[manifest(
+        "web",
+        "crash-on-command --inherited",
+        &format!(
+            "user = \"websvc\"\nlisten = [\"tcp:{port}\"]\nready = \"tcp:{port}\"\ncontrol = [\"status\"]"
+        ),
+    )]);
+    init.wait_state("web", "ready");
+    // Open to services now; each request is still judged by the asker's uid.
+    let mode = std::fs::metadata(init.socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o666);
+    // The test's temporary directory is root's alone; the service's user must reach the socket.
+    for dir in [
+        init.socket().parent().unwrap(),
+        init.state().parent().unwrap(),
+    ] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let ask = |line: &str| -> Vec<String> {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        std::io::Write::write_all(&mut conn, format!("{line}\n").as_bytes()).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut text).unwrap();
+        text.lines().map(str::to_string).collect()
+    };
+    // The service runs as its own user, on the socket the supervisor bound for it.
+    let fds = ask(&format!("fds {}", init.status("web")["pid"]));
+    assert!(fds[0].contains("socket:"), "{fds:?}");
+    let socket = init.socket().display().to_string();
+    let allowed = ask(&format!("ctl --socket {socket} status"));
+    assert_eq!(allowed.last().unwrap(), "ctl-done 0", "{allowed:?}");
+    assert!(allowed
+        .iter()
+        .any(|l| l.contains("web") && l.contains("ready")));
+    let refused = ask(&format!("ctl --socket {socket} reboot"));
+    assert_ne!(refused.last().unwrap(), "ctl-done 0", "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("root only") && l.contains("websvc")),
+        "{refused:?}"
+    );
+
+    // A restart keeps the same socket: the port never goes unbound.
+    let old = init.status("web")["pid"].clone();
+    assert!(init.ctl_ok(&["restart", "web"]).contains("restarting"));
+    init.wait_for("web back", || {
+        let s = init.status("web");
+        s["state"] == "ready" && s["pid"] != old
+    });
+    assert!(ask("rss")[0].starts_with("rss "));
+    init.poweroff();
+}
+
+#[test]
+fn a_manifest_asking_for_unknown_requests_or_a_bad_port_is_refused_with_its_field() {
+    let mut init = Init::start(&[
+        manifest(
+            "greedy",
+            "sleep",
+            "user = \"greedy\"\ncontrol = [\"status\", \"format-disk\"]",
+        ),
+        manifest("badport", "sleep", "listen = [\"udp:53\"]"),
+        manifest("ok", "sleep", ""),
+    ]);
+    init.wait_state("ok", "ready");
+    let (_, errors) = init.poweroff();
+    assert!(
+        errors.iter().any(|l| l.contains("greedy.toml")
+            && l.contains("`control`")
+            && l.contains("format-disk")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("badport.toml") && l.contains("`listen`") && l.contains("udp:53")),
+        "{errors:?}"
+    );
+}

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// Largest range one challenge covers: bounds the prover's hashing work and read.
-pub const MAX_RANGE: u32 = 64 * 1024;
+pub const RANGE_BYTES_MAX: u32 = 64 * 1024;
 
 /// An audit challenge as sent to a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub struct Challenge {
     pub nonce: [u8; 32],
     /// Start of the range.
     pub offset: u64,
-    /// Length of the range (1..=MAX_RANGE).
+    /// Length of the range (1..=RANGE_BYTES_MAX).
     pub len: u32,
 }
 
@@ -37,9 +37,13 @@ pub enum AuditError {
     /// The range lies outside the shard.
     #[error("audit of shard {shard}: range {offset}+{len} is outside its {shard_len} bytes")]
     OutOfRange {
+        /// The shard challenged.
         shard: ShardId,
+        /// Start of the challenged range.
         offset: u64,
+        /// Length of the challenged range.
         len: u32,
+        /// Length of the shard as held.
         shard_len: usize,
     },
     /// An empty shard cannot be audited.
@@ -57,7 +61,7 @@ impl Challenge {
         if shard_len == 0 {
             return Err(AuditError::Empty(shard));
         }
-        let max = shard_len.min(MAX_RANGE as usize);
+        let max = shard_len.min(RANGE_BYTES_MAX as usize);
         let len = rng.gen_range(1..=max);
         let offset = rng.gen_range(0..=shard_len - len) as u64;
         Ok(Challenge {
@@ -80,7 +84,7 @@ impl Challenge {
         let end = start
             .checked_add(self.len as usize)
             .ok_or_else(out_of_range)?;
-        if self.len == 0 || self.len > MAX_RANGE || end > bytes.len() {
+        if self.len == 0 || self.len > RANGE_BYTES_MAX || end > bytes.len() {
             return Err(out_of_range());
         }
         let mut h = blake3::Hasher::new_keyed(&self.nonce);
@@ -228,7 +232,7 @@ mod tests {
         let id = ShardId::of(&bytes);
         for _ in 0..50 {
             let e = Challenge::prepare(id, &bytes, &mut rng).unwrap();
-            assert!(e.challenge.len >= 1 && e.challenge.len <= MAX_RANGE);
+            assert!(e.challenge.len >= 1 && e.challenge.len <= RANGE_BYTES_MAX);
             assert!(e.challenge.offset + e.challenge.len as u64 <= bytes.len() as u64);
             assert!(e.check(&e.challenge.prove(&bytes).unwrap()));
             // A peer that flipped one byte of the challenged range, or holds other bytes, fails.

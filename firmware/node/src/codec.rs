@@ -18,7 +18,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::wire::{self, Frame, Msg, HEADER_LEN, MAX_FRAME};
+use crate::wire::{self, Frame, Msg, FRAME_BYTES_MAX, HEADER_LEN};
 
 /// Bodies up to this size are read without drawing on the budget.
 pub const SMALL_BODY: usize = 4096;
@@ -42,7 +42,7 @@ pub struct Budget {
 impl Budget {
     /// A budget of `bytes` (at least one largest frame, so every legal frame can be read).
     pub fn new(bytes: usize) -> Self {
-        let bytes = bytes.max(MAX_FRAME);
+        let bytes = bytes.max(FRAME_BYTES_MAX);
         Budget {
             sem: Arc::new(Semaphore::new(bytes)),
             bytes,
@@ -350,7 +350,7 @@ mod tests {
                     .read_request(
                         &PROTOCOL,
                         &mut Stalls {
-                            head: put_header(MAX_FRAME as u32 - HEADER_LEN as u32),
+                            head: put_header(FRAME_BYTES_MAX as u32 - HEADER_LEN as u32),
                         },
                     )
                     .await

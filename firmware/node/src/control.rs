@@ -5,8 +5,8 @@
 //! is `u32 LE header length | JSON header | u32 LE payload length | payload`; a request gets
 //! exactly one answer of the same shape. The header names the operation (`"op"`); answers carry
 //! `"ok": true` or `"ok": false` with `"error"` (one line for a person) and `"missing": true`
-//! when a shard is simply not there. Headers are bounded by [`MAX_HEADER`] and payloads by the
-//! wire's [`MAX_SHARD`], checked before anything is allocated.
+//! when a shard is simply not there. Headers are bounded by [`HEADER_BYTES_MAX`] and payloads by the
+//! wire's [`SHARD_BYTES_MAX`], checked before anything is allocated.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -17,10 +17,10 @@ use std::time::Duration;
 use cairn_vault::sink::{ShardError, ShardId, ShardSink, ShardSource};
 use serde_json::{json, Value};
 
-use crate::wire::MAX_SHARD;
+use crate::wire::SHARD_BYTES_MAX;
 
 /// Largest JSON header accepted.
-pub const MAX_HEADER: usize = 64 * 1024;
+pub const HEADER_BYTES_MAX: usize = 64 * 1024;
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub enum ControlError {
 /// Writes one message.
 pub fn write_msg<W: Write>(w: &mut W, header: &Value, payload: &[u8]) -> io::Result<()> {
     let h = serde_json::to_vec(header).map_err(io::Error::other)?;
-    if h.len() > MAX_HEADER || payload.len() > MAX_SHARD {
+    if h.len() > HEADER_BYTES_MAX || payload.len() > SHARD_BYTES_MAX {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "message too large",
@@ -61,20 +61,24 @@ pub fn write_msg<W: Write>(w: &mut W, header: &Value, payload: &[u8]) -> io::Res
     w.write_all(&buf)
 }
 
-/// The header length a message announces, refused over [`MAX_HEADER`].
+/// The header length a message announces, refused over [`HEADER_BYTES_MAX`].
 pub fn header_len(raw: [u8; 4]) -> io::Result<usize> {
     let n = u32::from_le_bytes(raw) as usize;
-    if n > MAX_HEADER {
-        return Err(bad(format!("header of {n} bytes (limit {MAX_HEADER})")));
+    if n > HEADER_BYTES_MAX {
+        return Err(bad(format!(
+            "header of {n} bytes (limit {HEADER_BYTES_MAX})"
+        )));
     }
     Ok(n)
 }
 
-/// The payload length a message announces, refused over [`MAX_SHARD`].
+/// The payload length a message announces, refused over [`SHARD_BYTES_MAX`].
 pub fn payload_len(raw: [u8; 4]) -> io::Result<usize> {
     let n = u32::from_le_bytes(raw) as usize;
-    if n > MAX_SHARD {
-        return Err(bad(format!("payload of {n} bytes (limit {MAX_SHARD})")));
+    if n > SHARD_BYTES_MAX {
+        return Err(bad(format!(
+            "payload of {n} bytes (limit {SHARD_BYTES_MAX})"
+        )));
     }
     Ok(n)
 }

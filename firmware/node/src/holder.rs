@@ -42,8 +42,8 @@ pub(crate) fn finished(shared: &Shared, peer: &PeerId) {
 
 /// An error reply (reason cut to the wire's bound).
 pub fn err(code: ErrorCode, mut reason: String) -> Msg {
-    if reason.len() > crate::wire::MAX_REASON {
-        let mut cut = crate::wire::MAX_REASON;
+    if reason.len() > crate::wire::REASON_BYTES_MAX {
+        let mut cut = crate::wire::REASON_BYTES_MAX;
         while !reason.is_char_boundary(cut) {
             cut -= 1;
         }

@@ -4,8 +4,7 @@
 //! that names the file, never a reason to make a new key (that would orphan every pairing).
 
 use std::fs;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::ErrorKind;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -39,22 +38,13 @@ pub fn load_or_generate(path: &Path) -> Result<(Keypair, bool)> {
     }
 }
 
-/// Stores `key` at `path` (mode 0600, written aside, synced and renamed).
+/// Stores `key` at `path` (mode 0600, replaced durably: see `cairn_durable`).
 pub fn store(path: &Path, key: &Keypair) -> Result<()> {
     let bytes = key
         .to_protobuf_encoding()
         .context("encoding the node key")?;
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("{}: creating the node key", tmp.display()))?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("{}: storing the node key", path.display()))
+    cairn_durable::write_mode(path, &bytes, 0o600)
+        .with_context(|| format!("{}: storing the node key", path.display()))
 }
 
 #[cfg(test)]

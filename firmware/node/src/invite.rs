@@ -13,7 +13,7 @@ use libp2p::{Multiaddr, PeerId};
 
 const PREFIX: &str = "cairn1-";
 /// At most this many addresses travel in a code (keeps codes short enough to paste).
-pub const MAX_ADDRS: usize = 8;
+pub const ADDRS_MAX: usize = 8;
 
 /// A decoded invitation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl Invitation {
             .iter()
             .map(|a| a.to_vec())
             .filter(|a| a.len() <= 255)
-            .take(MAX_ADDRS)
+            .take(ADDRS_MAX)
             .collect();
         b.push(addrs.len() as u8);
         for a in addrs {
@@ -85,8 +85,8 @@ impl Invitation {
         let peer = PeerId::from_bytes(take(plen)?)
             .map_err(|e| anyhow!("invitation code names no valid peer: {e}"))?;
         let count = take(1)?[0] as usize;
-        if count > MAX_ADDRS {
-            bail!("invitation code lists {count} addresses (at most {MAX_ADDRS})");
+        if count > ADDRS_MAX {
+            bail!("invitation code lists {count} addresses (at most {ADDRS_MAX})");
         }
         let mut addrs = Vec::with_capacity(count);
         for _ in 0..count {

@@ -29,10 +29,15 @@ pub enum QuotaError<P = PeerId> {
          while it holds {contributed} bytes for us (allowance {allowance} bytes)"
     )]
     Exceeded {
+        /// The partner whose put is refused.
         partner: P,
+        /// Bytes the put would store.
         requested: u64,
+        /// Bytes we would then hold for the partner.
         would_hold: u64,
+        /// Bytes the partner holds for us.
         contributed: u64,
+        /// Bytes any partner may store beyond what it stores for us.
         allowance: u64,
     },
     /// The peer is not a paired partner.

@@ -59,29 +59,41 @@ impl Default for Limits {
     }
 }
 
-/// Every behaviour of the node.
-#[derive(NetworkBehaviour)]
-pub struct Behaviour {
-    /// Caps connections before any other behaviour sees them.
-    pub limits: connection_limits::Behaviour,
-    /// The shard protocol.
-    pub shard: request_response::Behaviour<ShardCodec>,
-    /// Learns peers' listen addresses and protocols.
-    pub identify: identify::Behaviour,
-    /// Keeps connections alive and tells us who is reachable.
-    pub ping: ping::Behaviour,
-    /// Finds plugs on the LAN (off in tests that run many nodes on one host).
-    pub mdns: Toggle<mdns::tokio::Behaviour>,
-    /// Finds peers beyond the LAN.
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
-    /// Tells whether we are reachable from outside.
-    pub autonat: autonat::Behaviour,
-    /// Reaches, and is reached through, relays.
-    pub relay_client: relay::client::Behaviour,
-    /// Offers a few relay slots to friends behind NATs.
-    pub relay: relay::Behaviour,
-    /// Upgrades relayed connections to direct ones.
-    pub dcutr: dcutr::Behaviour,
+pub use behaviour::{Behaviour, BehaviourEvent};
+
+// A module of its own so the allow reaches the event enum the derive writes beside the struct.
+mod behaviour {
+    #![allow(
+        missing_docs,
+        reason = "the derive's BehaviourEvent has one undocumented variant per field of Behaviour"
+    )]
+
+    use super::*;
+
+    /// Every behaviour of the node.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        /// Caps connections before any other behaviour sees them.
+        pub limits: connection_limits::Behaviour,
+        /// The shard protocol.
+        pub shard: request_response::Behaviour<ShardCodec>,
+        /// Learns peers' listen addresses and protocols.
+        pub identify: identify::Behaviour,
+        /// Keeps connections alive and tells us who is reachable.
+        pub ping: ping::Behaviour,
+        /// Finds plugs on the LAN (off in tests that run many nodes on one host).
+        pub mdns: Toggle<mdns::tokio::Behaviour>,
+        /// Finds peers beyond the LAN.
+        pub kad: kad::Behaviour<kad::store::MemoryStore>,
+        /// Tells whether we are reachable from outside.
+        pub autonat: autonat::Behaviour,
+        /// Reaches, and is reached through, relays.
+        pub relay_client: relay::client::Behaviour,
+        /// Offers a few relay slots to friends behind NATs.
+        pub relay: relay::Behaviour,
+        /// Upgrades relayed connections to direct ones.
+        pub dcutr: dcutr::Behaviour,
+    }
 }
 
 /// Builds the swarm (transports and behaviours) for `key`.

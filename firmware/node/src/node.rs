@@ -11,7 +11,7 @@
 //!
 //! Memory (the node's RSS budget is 64 MiB): frames in flight ≤ `frame_budget` (24 MiB), the
 //! chunk store's index ≤ `store_memory` (8 MiB), partners and peers a few hundred bytes each,
-//! chunks being placed ≤ [`crate::owner::MAX_PENDING`] records, libp2p connections ≤
+//! chunks being placed ≤ [`crate::owner::PENDING_CHUNKS_MAX`] records, libp2p connections ≤
 //! `max_connections` (strangers ≤ `max_stranger_connections`) with at most `max_streams`
 //! streams each.
 
@@ -29,8 +29,8 @@ use crate::net;
 pub use crate::config::Config;
 pub use crate::holder::err;
 pub use crate::state::{
-    now_secs, recount_held, write_atomic, Cmd, Partner, PeerMeta, Persisted, Placing, Shared,
-    State, PER_PEER_REQUESTS, PLACING_BYTES, UNREACHABLE_FOR,
+    now_secs, recount_held, Cmd, Partner, PeerMeta, Persisted, Placing, Shared, State,
+    PER_PEER_REQUESTS, PLACING_BYTES, UNREACHABLE_FOR,
 };
 pub use crate::swarm::SwarmTask;
 
@@ -59,7 +59,7 @@ fn open_state(
 ) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>)> {
     let store_cfg = cairn_store::Config {
         memory_budget_bytes: cfg.store_memory,
-        max_shard_bytes: crate::wire::MAX_SHARD as u32,
+        max_shard_bytes: crate::wire::SHARD_BYTES_MAX as u32,
         max_batch_bytes: 8 << 20,
         ..Default::default()
     };
@@ -86,8 +86,8 @@ fn make_reserve(shared: &Arc<Shared>) {
     let s = shared.clone();
     tokio::task::spawn_blocking(move || {
         if !s.store.ensure_reserve() {
-            eprintln!(
-                "cairn-node: chunk store: no room for its space reserve (deletes on a full disk \
+            tracing::warn!(
+                "chunk store: no room for its space reserve (deletes on a full disk \
                  may fail until compaction frees space)"
             );
         }
@@ -160,8 +160,8 @@ pub fn run_until(
         task.start()?;
         let server = tokio::spawn(crate::server::serve(shared.clone(), listener));
         let background = tokio::spawn(crate::owner::background(shared.clone()));
-        eprintln!(
-            "cairn-node: {} starting, control {}",
+        tracing::info!(
+            "{} starting, control {}",
             shared.me,
             shared.cfg.control.display()
         );
@@ -191,7 +191,7 @@ pub fn run_until(
                 }
             }
         }
-        eprintln!("cairn-node: stopping");
+        tracing::info!("stopping");
         server.abort();
         background.abort();
         crate::owner::flush(&shared).await.ok();

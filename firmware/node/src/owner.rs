@@ -4,7 +4,7 @@
 //! Shards of one chunk go to distinct partners (and distinct public IPs where known), chosen by
 //! [`placement`](crate::placement) among live partners weighted by the free space they report
 //! for us and their audit score. Each chunk's record (see [`crate::records`]) stays in RAM
-//! while its shards are being placed — at most [`MAX_PENDING`] chunks — and is then written
+//! while its shards are being placed — at most [`PENDING_CHUNKS_MAX`] chunks — and is then written
 //! to the node's chunk store; audits and repair page through the records 64 at a time.
 
 use std::collections::{BTreeMap, HashSet};
@@ -24,7 +24,7 @@ use crate::state::{now_secs, Shared};
 use crate::wire::{ErrorCode, Msg};
 
 /// Chunks whose records may wait in RAM for their shards to be placed (~1 KiB each).
-pub const MAX_PENDING: usize = 256;
+pub const PENDING_CHUNKS_MAX: usize = 256;
 
 /// Records kept after a read for the other shards of the same chunk (~1 KiB each).
 pub const RECENT_RECORDS: usize = 32;
@@ -78,9 +78,9 @@ fn load_page(
         match shared.store.get(info.id) {
             Ok(b) => match ChunkRecord::decode(&b, &info.id) {
                 Ok(r) => records.push(r),
-                Err(e) => eprintln!("cairn-node: {e}"),
+                Err(e) => tracing::error!("{e}"),
             },
-            Err(e) => eprintln!("cairn-node: placement record {}: {e}", info.id),
+            Err(e) => tracing::error!("placement record {}: {e}", info.id),
         }
     }
     Ok(Some((last, records)))
@@ -284,7 +284,7 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
     } else {
         None
     };
-    if shared.state().pending.len() >= MAX_PENDING {
+    if shared.state().pending.len() >= PENDING_CHUNKS_MAX {
         flush(shared).await?;
     }
     // Reserve this index's slot and learn which partners hold the chunk's other shards.
@@ -446,7 +446,7 @@ async fn fetch_shard(
             };
             if !transient || attempt == 2 {
                 if transient {
-                    eprintln!("cairn-node: get of shard {key} from {peer} failed: {r:?}");
+                    tracing::warn!("get of shard {key} from {peer} failed: {r:?}");
                 }
                 break r;
             }
@@ -459,7 +459,7 @@ async fn fetch_shard(
                     Ok(data)
                 } else {
                     shared.state().tracker.audit(&peer, false);
-                    eprintln!("cairn-node: {peer} returned wrong bytes for shard {key}");
+                    tracing::warn!("{peer} returned wrong bytes for shard {key}");
                     Err(GetError {
                         missing: false,
                         reason: format!("partner {peer} returned bytes that are not shard {key}"),
@@ -631,7 +631,7 @@ async fn audit_chunk(
         } else {
             report.failed += 1;
             *report.failed_by.entry(slot.peer.clone()).or_default() += 1;
-            eprintln!("cairn-node: audit of shard {key} on {peer} failed");
+            tracing::warn!("audit of shard {key} on {peer} failed");
         }
         if renew {
             match shared
@@ -912,14 +912,14 @@ pub async fn background(shared: Arc<Shared>) {
             last_audit = tokio::time::Instant::now();
             let r = audit_round(&shared, 64).await;
             if let Err(e) = shared.persist() {
-                eprintln!("cairn-node: saving audit scores: {e:#}");
+                tracing::error!("saving audit scores: {e:#}");
             }
             match r {
                 Ok(r) if r.failed > 0 => {
-                    eprintln!("cairn-node: audit: {} of {} failed", r.failed, r.checked)
+                    tracing::warn!("audit: {} of {} failed", r.failed, r.checked)
                 }
                 Ok(_) => {}
-                Err(e) => eprintln!("cairn-node: audit: {e}"),
+                Err(e) => tracing::error!("audit: {e}"),
             }
         }
         if last_repair.elapsed() >= shared.cfg.repair_every {
@@ -932,26 +932,23 @@ pub async fn background(shared: Arc<Shared>) {
             .await;
             match compacted {
                 Ok(r) if r.expired > 0 => {
-                    eprintln!(
-                        "cairn-node: {} shards whose lease ran out were dropped",
-                        r.expired
-                    );
+                    tracing::info!("{} shards whose lease ran out were dropped", r.expired);
                     if let Err(e) = blocking(&shared, crate::state::recount_held).await {
-                        eprintln!("cairn-node: recounting the books: {e:#}");
+                        tracing::error!("recounting the books: {e:#}");
                     }
                 }
                 Ok(_) => {}
-                Err(e) => eprintln!("cairn-node: compacting the chunk store: {e}"),
+                Err(e) => tracing::error!("compacting the chunk store: {e}"),
             }
             match repair_round(&shared).await {
-                Ok(r) if r.repaired > 0 || !r.stuck.is_empty() => eprintln!(
-                    "cairn-node: repair: {} chunks repaired, {} shards placed, {} stuck",
+                Ok(r) if r.repaired > 0 || !r.stuck.is_empty() => tracing::info!(
+                    "repair: {} chunks repaired, {} shards placed, {} stuck",
                     r.repaired,
                     r.shards_placed,
                     r.stuck.len()
                 ),
                 Ok(_) => {}
-                Err(e) => eprintln!("cairn-node: repair: {e}"),
+                Err(e) => tracing::error!("repair: {e}"),
             }
         }
     }

@@ -33,7 +33,7 @@ impl PairSession {
         window: Duration,
         reply: oneshot::Sender<Result<PairOutcome, String>>,
     ) -> Self {
-        eprintln!("cairn-node: pairing window open for {} s", window.as_secs());
+        tracing::info!("pairing window open for {} s", window.as_secs());
         PairSession {
             deadline: Instant::now() + window,
             candidates: BTreeSet::new(),
@@ -86,8 +86,8 @@ impl PairSession {
                 }
             }
             _ => {
-                eprintln!(
-                    "cairn-node: pairing refused: {} plugs are in pairing mode",
+                tracing::warn!(
+                    "pairing refused: {} plugs are in pairing mode",
                     self.candidates.len()
                 );
                 PairOutcome::Overlap {

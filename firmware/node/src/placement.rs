@@ -31,8 +31,11 @@ pub enum PlacementError {
     /// Too few peers that are distinct, on distinct addresses, with room and trust.
     #[error("need {needed} distinct peers for {needed} shards of {shard_bytes} bytes, only {eligible} eligible")]
     NotEnoughPeers {
+        /// Peers needed: one per shard.
         needed: usize,
+        /// Candidates that qualified.
         eligible: usize,
+        /// Size of each shard.
         shard_bytes: u64,
     },
 }

@@ -124,18 +124,31 @@ impl<P: Ord + Clone> RepairPlan<P> {
 pub enum RepairError {
     /// Fewer than `k` shards survive anywhere: the chunk is lost.
     #[error("chunk has only {live} live shards of the {k} needed: it cannot be rebuilt")]
-    Unrecoverable { live: usize, k: u8 },
+    Unrecoverable {
+        /// Shards that survive anywhere.
+        live: usize,
+        /// Shards needed to rebuild the chunk.
+        k: u8,
+    },
     /// Enough shards survive, but too few of their holders are reachable now to fetch `k`; repair
     /// must wait for a suspect peer to come back (or to be declared gone).
     #[error("chunk has only {reachable} reachable shards of the {k} needed (and {suspect} on unreachable peers): repair must wait")]
     Unreachable {
+        /// Surviving shards on reachable holders.
         reachable: usize,
+        /// Surviving shards on suspect (unreachable) holders.
         suspect: usize,
+        /// Shards needed to rebuild the chunk.
         k: u8,
     },
     /// The code itself is impossible: `k` must be in `1..=n`.
     #[error("chunk has an impossible {k}-of-{n} code: k must be between 1 and n")]
-    BadCode { k: u8, n: u8 },
+    BadCode {
+        /// Shards needed to rebuild a chunk.
+        k: u8,
+        /// Shards a chunk is coded into.
+        n: u8,
+    },
 }
 
 /// Decides whether `chunk` needs repair under `policy`, given each holder's `health`.

@@ -1,6 +1,6 @@
 //! The control socket's server side (the protocol is described in [`crate::control`]).
 //!
-//! At most [`MAX_CLIENTS`] connections are served at once; each holds at most one message
+//! At most [`CLIENTS_MAX`] connections are served at once; each holds at most one message
 //! (≤ one shard) in memory. The socket is created mode 0600: only the node's own user (and
 //! root) may place, fetch or pair.
 
@@ -23,10 +23,10 @@ use crate::state::{now_secs, Cmd, Shared};
 use crate::wire::{Msg, PAIR_INVITE};
 
 /// Control connections served at once.
-pub const MAX_CLIENTS: usize = 16;
+pub const CLIENTS_MAX: usize = 16;
 
 /// Longest pairing window a request may open.
-const MAX_WINDOW: Duration = Duration::from_secs(600);
+const WINDOW_MAX: Duration = Duration::from_secs(600);
 
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -45,7 +45,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 
 /// Accepts and serves control connections forever.
 pub async fn serve(shared: Arc<Shared>, listener: UnixListener) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let slots = Arc::new(Semaphore::new(CLIENTS_MAX));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -58,7 +58,7 @@ pub async fn serve(shared: Arc<Shared>, listener: UnixListener) {
             let _permit = permit;
             if let Err(e) = connection(&shared, stream).await {
                 if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                    eprintln!("cairn-node: control connection: {e}");
+                    tracing::warn!("control connection: {e}");
                 }
             }
         });
@@ -136,7 +136,7 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
         "status" => status(shared).await,
         "pair" => {
             let window =
-                Duration::from_millis(h["window_ms"].as_u64().unwrap_or(120_000)).min(MAX_WINDOW);
+                Duration::from_millis(h["window_ms"].as_u64().unwrap_or(120_000)).min(WINDOW_MAX);
             let (tx, rx) = oneshot::channel();
             if shared
                 .cmd

@@ -84,7 +84,7 @@ mod text_keys {
             .filter_map(|(k, v)| match k.parse::<PeerId>() {
                 Ok(p) => Some((p, v)),
                 Err(e) => {
-                    eprintln!("cairn-node: partners.json: ignoring partner {k:?}: {e}");
+                    tracing::warn!("partners.json: ignoring partner {k:?}: {e}");
                     None
                 }
             })
@@ -311,7 +311,8 @@ impl Shared {
                 .map_peers(|p| Some(crate::PeerId(p.to_base58())));
             serde_json::to_vec_pretty(&st.saved)?
         };
-        write_atomic(&self.partners_path(), &bytes)
+        let path = self.partners_path();
+        cairn_durable::write(&path, &bytes).with_context(|| format!("{}", path.display()))
     }
 
     /// Records `peer` as a partner reached at `addrs`.
@@ -332,7 +333,7 @@ impl Shared {
             st.ledger.add_partner(peer);
             st.tracker.seen(&peer, now_secs());
         }
-        eprintln!("cairn-node: paired with {peer} ({via})");
+        tracing::info!("paired with {peer} ({via})");
         self.persist()
     }
 
@@ -381,22 +382,6 @@ impl Shared {
         st.tracker.seen(&peer, now_secs());
         Ok(msg)
     }
-}
-
-/// Writes `data` to `path` aside and renames it into place, fsyncing both.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// Reads `partners.json` (an empty list if there is none).

@@ -78,7 +78,7 @@ impl SwarmTask {
         for r in &cfg.relays {
             let a = r.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
             if let Err(e) = self.swarm.listen_on(a.clone()) {
-                eprintln!("cairn-node: relay {r}: {e}");
+                tracing::warn!("relay {r}: {e}");
             }
         }
         for b in &cfg.bootstrap {
@@ -86,7 +86,7 @@ impl SwarmTask {
                 self.swarm.behaviour_mut().kad.add_address(&peer, b.clone());
             }
             if let Err(e) = self.swarm.dial(b.clone()) {
-                eprintln!("cairn-node: bootstrap {b}: {e}");
+                tracing::warn!("bootstrap {b}: {e}");
             }
         }
         if !cfg.bootstrap.is_empty() {
@@ -203,7 +203,7 @@ impl SwarmTask {
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
-                eprintln!("cairn-node: listening on {address}");
+                tracing::info!("listening on {address}");
                 self.listening = true;
                 self.shared.state().listen.push(address);
             }
@@ -355,7 +355,7 @@ impl SwarmTask {
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
-                eprintln!("cairn-node: request from {peer} failed: {error}");
+                tracing::warn!("request from {peer} failed: {error}");
             }
             Event::ResponseSent { .. } => {}
         }

@@ -4,8 +4,8 @@
 //! length (u32 LE) — followed by the body. The header is checked on its own
 //! ([`parse_header`]) so that a stream reader validates the declared length against the bound for
 //! that kind *before* it allocates a buffer for the body; a hostile peer can therefore make us
-//! allocate at most [`MAX_FRAME`] bytes per frame in flight. Shard bytes are the only variable
-//! payload (≤ [`MAX_SHARD`]), plus a short error reason (≤ [`MAX_REASON`]).
+//! allocate at most [`FRAME_BYTES_MAX`] bytes per frame in flight. Shard bytes are the only variable
+//! payload (≤ [`SHARD_BYTES_MAX`]), plus a short error reason (≤ [`REASON_BYTES_MAX`]).
 
 use thiserror::Error;
 
@@ -14,13 +14,13 @@ pub const VERSION: u8 = 1;
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest shard carried in one frame (6 MiB).
-pub const MAX_SHARD: usize = 6 * 1024 * 1024;
+pub const SHARD_BYTES_MAX: usize = 6 * 1024 * 1024;
 /// Longest error reason, in bytes of UTF-8.
-pub const MAX_REASON: usize = 256;
+pub const REASON_BYTES_MAX: usize = 256;
 /// Largest body of any frame: a shard plus its id and lease.
-pub const MAX_BODY: usize = MAX_SHARD + SHARD_ID_LEN + 4;
+pub const BODY_BYTES_MAX: usize = SHARD_BYTES_MAX + SHARD_ID_LEN + 4;
 /// Largest complete frame: the most a reader ever buffers for one frame.
-pub const MAX_FRAME: usize = HEADER_LEN + MAX_BODY;
+pub const FRAME_BYTES_MAX: usize = HEADER_LEN + BODY_BYTES_MAX;
 /// Length of a shard identifier, in bytes.
 pub const SHARD_ID_LEN: usize = 32;
 
@@ -99,42 +99,96 @@ impl ErrorCode {
 pub enum Msg {
     /// Store `data` as shard `shard` for `lease_secs` seconds.
     Put {
+        /// The shard's id.
         shard: ShardId,
+        /// How long to keep it, in seconds from now.
         lease_secs: u32,
+        /// The shard's bytes (at most [`SHARD_BYTES_MAX`]).
         data: Vec<u8>,
     },
     /// Fetch a shard's bytes.
-    Get { shard: ShardId },
+    Get {
+        /// The shard wanted.
+        shard: ShardId,
+    },
     /// Drop a shard (only its owner may).
-    Delete { shard: ShardId },
+    Delete {
+        /// The shard to drop.
+        shard: ShardId,
+    },
     /// Extend a shard's lease to `lease_secs` from now.
-    RenewLease { shard: ShardId, lease_secs: u32 },
+    RenewLease {
+        /// The shard whose lease is extended.
+        shard: ShardId,
+        /// The new lease, in seconds from now.
+        lease_secs: u32,
+    },
     /// Prove possession: keyed hash over `len` bytes at `offset` of `shard`, keyed by `nonce`.
     AuditChallenge {
+        /// The shard challenged.
         shard: ShardId,
+        /// Fresh randomness, the key of the hash.
         nonce: [u8; 32],
+        /// Start of the range hashed.
         offset: u64,
+        /// Length of the range hashed.
         len: u32,
     },
     /// Ask how much space the peer has free and offers.
     FreeSpaceQuery,
     /// Ask to become partners: during both plugs' pairing windows (`mode` [`PAIR_WINDOW`],
     /// `secret` zero) or with an invitation's one-time secret (`mode` [`PAIR_INVITE`]).
-    Pair { mode: u8, secret: [u8; 16] },
+    Pair {
+        /// [`PAIR_WINDOW`] or [`PAIR_INVITE`].
+        mode: u8,
+        /// The invitation's secret, or zero for the pairing window.
+        secret: [u8; 16],
+    },
     /// Reply to `Put`: the shard is durably stored.
-    Stored { shard: ShardId },
+    Stored {
+        /// The shard stored.
+        shard: ShardId,
+    },
     /// Reply to `Get`: the shard's bytes.
-    ShardData { shard: ShardId, data: Vec<u8> },
+    ShardData {
+        /// The shard fetched.
+        shard: ShardId,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
     /// Reply to `Delete`.
-    Deleted { shard: ShardId },
+    Deleted {
+        /// The shard dropped.
+        shard: ShardId,
+    },
     /// Reply to `RenewLease`: seconds until the lease now expires.
-    LeaseRenewed { shard: ShardId, lease_secs: u32 },
+    LeaseRenewed {
+        /// The shard whose lease was extended.
+        shard: ShardId,
+        /// Seconds until the lease now expires.
+        lease_secs: u32,
+    },
     /// Reply to `AuditChallenge`.
-    AuditResponse { shard: ShardId, proof: [u8; 32] },
+    AuditResponse {
+        /// The shard challenged.
+        shard: ShardId,
+        /// The keyed hash over the challenged range.
+        proof: [u8; 32],
+    },
     /// Reply to `FreeSpaceQuery`, in bytes.
-    FreeSpace { free: u64, offered: u64 },
+    FreeSpace {
+        /// Bytes the peer would store for us now (its free space, capped by our quota).
+        free: u64,
+        /// Bytes the peer offers to all its partners together.
+        offered: u64,
+    },
     /// A refusal with its reason.
-    Error { code: ErrorCode, reason: String },
+    Error {
+        /// What kind of refusal.
+        code: ErrorCode,
+        /// Why, for people (at most [`REASON_BYTES_MAX`] bytes).
+        reason: String,
+    },
     /// Reply to `Pair`: the peer recorded us as a partner.
     Paired,
 }
@@ -169,7 +223,12 @@ pub struct Header {
 pub enum WireError {
     /// Fewer bytes than the frame needs.
     #[error("truncated frame: need {need} bytes, have {have}")]
-    Truncated { need: usize, have: usize },
+    Truncated {
+        /// Bytes the frame needs.
+        need: usize,
+        /// Bytes there are.
+        have: usize,
+    },
     /// A protocol version this node does not speak.
     #[error("unsupported protocol version {0} (this node speaks {VERSION})")]
     UnsupportedVersion(u8),
@@ -179,15 +238,21 @@ pub enum WireError {
     /// A declared or actual length over the bound for its kind.
     #[error("{kind} frame too large: {len} bytes, limit {max}")]
     Oversized {
+        /// The message kind's name.
         kind: &'static str,
+        /// The length declared or found.
         len: usize,
+        /// The bound for the kind.
         max: usize,
     },
     /// A fixed-size body of the wrong length.
     #[error("{kind} frame body has {len} bytes, expected {expected}")]
     BadLength {
+        /// The message kind's name.
         kind: &'static str,
+        /// The body's length.
         len: usize,
+        /// The kind's fixed body length.
         expected: usize,
     },
     /// An error reply with an unknown code.
@@ -198,7 +263,12 @@ pub enum WireError {
     BadReason,
     /// Shard bytes that do not match their id.
     #[error("shard {shard}: bytes hash to {actual}, not to the shard's id")]
-    HashMismatch { shard: ShardId, actual: ShardId },
+    HashMismatch {
+        /// The id the bytes were sent under.
+        shard: ShardId,
+        /// The id the bytes hash to.
+        actual: ShardId,
+    },
     /// Bytes left after a complete frame where exactly one was expected.
     #[error("{0} unexpected bytes after the frame")]
     Trailing(usize),
@@ -233,7 +303,7 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
             "put",
             Shape::Var {
                 min: S + 4,
-                max: S + 4 + MAX_SHARD,
+                max: S + 4 + SHARD_BYTES_MAX,
             },
         ),
         K_GET => ("get", Shape::Fixed(S)),
@@ -248,7 +318,7 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
             "shard-data",
             Shape::Var {
                 min: S,
-                max: S + MAX_SHARD,
+                max: S + SHARD_BYTES_MAX,
             },
         ),
         K_DELETED => ("deleted", Shape::Fixed(S)),
@@ -259,7 +329,7 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
             "error",
             Shape::Var {
                 min: 1,
-                max: 1 + MAX_REASON,
+                max: 1 + REASON_BYTES_MAX,
             },
         ),
         other => return Err(WireError::UnknownKind(other)),
@@ -541,7 +611,7 @@ pub enum ReadError {
 /// Reads one frame from a byte stream; `Ok(None)` on a clean end of stream between frames.
 ///
 /// The header is validated before the body buffer is allocated, so a peer declaring a huge
-/// length costs us [`HEADER_LEN`] bytes, and the largest buffer ever allocated is [`MAX_BODY`].
+/// length costs us [`HEADER_LEN`] bytes, and the largest buffer ever allocated is [`BODY_BYTES_MAX`].
 pub fn read_frame<R: std::io::Read>(r: &mut R) -> Result<Option<Frame>, ReadError> {
     let mut head = [0u8; HEADER_LEN];
     let mut got = 0;
@@ -686,14 +756,15 @@ mod tests {
             WireError::Oversized {
                 kind: "put",
                 len: u32::MAX as usize,
-                max: MAX_BODY
+                max: BODY_BYTES_MAX
             }
         );
         assert_eq!(
             err.to_string(),
-            format!("put frame too large: 4294967295 bytes, limit {MAX_BODY}")
+            format!("put frame too large: 4294967295 bytes, limit {BODY_BYTES_MAX}")
         );
-        let err = parse_header(&header(K_DATA, (SHARD_ID_LEN + MAX_SHARD + 1) as u32)).unwrap_err();
+        let err =
+            parse_header(&header(K_DATA, (SHARD_ID_LEN + SHARD_BYTES_MAX + 1) as u32)).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -714,18 +785,18 @@ mod tests {
             msg: Msg::Put {
                 shard,
                 lease_secs: 60,
-                data: vec![9; MAX_SHARD],
+                data: vec![9; SHARD_BYTES_MAX],
             },
         };
         let bytes = f.to_bytes().unwrap();
-        assert_eq!(bytes.len(), MAX_FRAME);
+        assert_eq!(bytes.len(), FRAME_BYTES_MAX);
         assert_eq!(Frame::decode_exact(&bytes).unwrap(), f);
         let big = Frame {
             id: 1,
             msg: Msg::Put {
                 shard,
                 lease_secs: 60,
-                data: vec![9; MAX_SHARD + 1],
+                data: vec![9; SHARD_BYTES_MAX + 1],
             },
         };
         let mut out = vec![0xAA];
@@ -850,7 +921,7 @@ mod tests {
             id: 0,
             msg: Msg::Error {
                 code: ErrorCode::Busy,
-                reason: "x".repeat(MAX_REASON + 1),
+                reason: "x".repeat(REASON_BYTES_MAX + 1),
             },
         };
         assert!(matches!(

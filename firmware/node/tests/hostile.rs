@@ -17,13 +17,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cairn_node::audit::{Challenge, MAX_RANGE};
+use cairn_node::audit::{Challenge, RANGE_BYTES_MAX};
 use cairn_node::control::Client;
 use cairn_node::invite::Invitation;
 use cairn_node::node::{self, Config};
 use cairn_node::records::shard_key;
 use cairn_node::wire::{
-    ErrorCode, Frame, Msg, ShardId, HEADER_LEN, MAX_FRAME, PAIR_INVITE, PAIR_WINDOW, VERSION,
+    ErrorCode, Frame, Msg, ShardId, FRAME_BYTES_MAX, HEADER_LEN, PAIR_INVITE, PAIR_WINDOW, VERSION,
 };
 use cairn_vault::seal::AeadKind;
 use cairn_vault::shard::{encode_shard, ShardHeader};
@@ -70,7 +70,7 @@ impl Node {
         cfg.control = dir.path().join("node.sock");
         tune(&mut cfg);
         // The node never budgets less than one largest frame.
-        let budget = cfg.limits.frame_budget.max(MAX_FRAME);
+        let budget = cfg.limits.frame_budget.max(FRAME_BYTES_MAX);
         let sock = cfg.control.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -211,7 +211,9 @@ impl request_response::Codec for RawCodec {
         T: AsyncRead + Unpin + Send,
     {
         let mut buf = Vec::new();
-        io.take(MAX_FRAME as u64 + 1).read_to_end(&mut buf).await?;
+        io.take(FRAME_BYTES_MAX as u64 + 1)
+            .read_to_end(&mut buf)
+            .await?;
         if buf.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -937,7 +939,7 @@ fn well_formed_but_absurd_requests_are_refused_with_reasons() {
             .ask_all(vec![
                 audit(u64::MAX, 16),
                 audit(0, 0),
-                audit(0, MAX_RANGE + 1),
+                audit(0, RANGE_BYTES_MAX + 1),
                 audit(s.len() as u64 - 8, 16),
                 Msg::AuditChallenge {
                     shard: absent,

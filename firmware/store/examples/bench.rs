@@ -11,7 +11,6 @@
 //! Usage: `bench OUT.json [WORKDIR]`. Internal child modes: `bench ram DIR`,
 //! `bench crashwrite DIR`.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Write as _};
 use std::os::unix::io::AsRawFd;
@@ -176,7 +175,7 @@ fn ingest_file_per_shard(dir: &Path, pool: &[u8], size: usize, count: u64) -> f6
     })
 }
 
-const TABLE: redb::TableDefinition<&[u8; 32], &[u8]> = redb::TableDefinition::new("shards");
+const TABLE: redb::TableDefinition<'_, &[u8; 32], &[u8]> = redb::TableDefinition::new("shards");
 
 fn ingest_redb(dir: &Path, pool: &[u8], size: usize, count: u64) -> f64 {
     let db = redb::Database::create(dir.join("shards.redb")).unwrap();
@@ -280,26 +279,22 @@ fn child_crashwrite(dir: &str) {
     }
 }
 
-struct Figures(Vec<(String, String)>);
+/// The named figures, written as one JSON object.
+struct Figures(serde_json::Map<String, serde_json::Value>);
 
 impl Figures {
     fn num(&mut self, k: &str, v: f64) {
         eprintln!("  {k} = {v:.4}");
-        self.0.push((k.into(), format!("{v:.4}")));
+        // Four decimals, the figure as printed (a non-finite one becomes null).
+        let v: f64 = format!("{v:.4}").parse().unwrap_or(v);
+        self.0.insert(k.into(), v.into());
     }
     fn int(&mut self, k: &str, v: u64) {
         eprintln!("  {k} = {v}");
-        self.0.push((k.into(), v.to_string()));
+        self.0.insert(k.into(), v.into());
     }
     fn json(&self) -> String {
-        let mut s = String::from("{\n");
-        for (i, (k, v)) in self.0.iter().enumerate() {
-            let comma = if i + 1 < self.0.len() { "," } else { "" };
-            let _ = writeln!(s, "  \"{k}\": {v}{comma}");
-        }
-        s.push('}');
-        s.push('\n');
-        s
+        serde_json::to_string_pretty(&self.0).expect("figures are JSON") + "\n"
     }
 }
 
@@ -321,7 +316,7 @@ fn main() {
         .unwrap_or_else(|| out.parent().unwrap_or(Path::new(".")).join("store-work"));
     let me = std::env::current_exe().unwrap();
     let pool = pool();
-    let mut f = Figures(Vec::new());
+    let mut f = Figures(serde_json::Map::new());
     let started = Instant::now();
 
     // 1. Durable ingest, 256 KiB and 64 KiB shards, 4 writers, against dd and baselines.

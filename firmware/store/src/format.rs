@@ -84,7 +84,10 @@ pub fn record_len(payload_len: usize) -> usize {
 }
 
 /// Appends one record to `out`.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per header field, in the order they are written"
+)]
 pub fn encode_record(
     out: &mut Vec<u8>,
     kind: RecordKind,

@@ -8,8 +8,6 @@
 //! - [`proto`]: the control socket's requests and answers (the `cairn ctl` client and the test
 //!   services, `cairn fixture …`, live in the `cairn` binary).
 
-#![warn(missing_docs)]
-
 pub mod logbuf;
 pub mod machine;
 pub mod manifest;
@@ -18,7 +16,7 @@ pub mod runtime;
 pub mod spawn;
 pub mod users;
 
-pub use runtime::{block_signals, handled_signals, run, Notice, RunConfig, Shutdown};
+pub use runtime::{block_signals, handled_signals, run, Extension, Notice, RunConfig, Shutdown};
 
 /// Where the control socket lives on the device.
 pub const DEFAULT_SOCKET: &str = "/run/cairn/control.sock";

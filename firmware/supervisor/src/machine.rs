@@ -164,7 +164,10 @@ enum State {
 /// Things that happened, for the console and the service's log. Every variant names its
 /// `service`; the other fields are the pid, exit status, delay or reason the variant's text shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[allow(missing_docs)] // the fields are described above, once for all variants
+#[allow(
+    missing_docs,
+    reason = "the fields are described above, once for all variants"
+)]
 pub enum Event {
     /// A process was started.
     Started { service: String, pid: u32 },

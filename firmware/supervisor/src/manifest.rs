@@ -18,6 +18,15 @@ pub const STOP_GRACE_MS_DEFAULT: u64 = 5000;
 /// How long a service may take to become ready when a manifest does not set `ready_timeout_ms`.
 pub const READY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
+/// The control requests a service that is not root may be allowed (`control = [...]`): the
+/// supervisor's read-only and service commands, and the board's (answered by PID 1's extension).
+pub const CONTROL_COMMANDS: &[&str] = &[
+    "status", "start", "stop", "restart", "logs", "poweroff", "reboot", "board", "claim",
+    "claimed", "say",
+];
+/// Most listening sockets one service may be handed.
+pub const LISTEN_MAX: usize = 4;
+
 /// How the supervisor learns that a service is ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readiness {
@@ -79,6 +88,11 @@ pub struct Manifest {
     pub ready_timeout_ms: u64,
     /// Resource limits.
     pub limits: Limits,
+    /// TCP ports the supervisor listens on for the service (`listen = ["tcp:443"]`) and hands it
+    /// as inherited sockets, so it needs no privilege to serve a low port.
+    pub listen: Vec<u16>,
+    /// Control requests the service's user may make over the control socket (`control`).
+    pub control: Vec<String>,
 }
 
 /// A manifest that cannot be used, with the place at fault; displays as one line.
@@ -126,6 +140,10 @@ struct RawManifest {
     stop_grace_ms: Option<u64>,
     ready_timeout_ms: Option<u64>,
     limits: Option<RawLimits>,
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    control: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -214,6 +232,41 @@ pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
             }
         },
     };
+    if raw.listen.len() > LISTEN_MAX {
+        return Err(fail(
+            "listen",
+            format!("at most {LISTEN_MAX} sockets per service"),
+        ));
+    }
+    let mut listen = Vec::with_capacity(raw.listen.len());
+    for l in &raw.listen {
+        match l.strip_prefix("tcp:").map(str::parse::<u16>) {
+            Some(Ok(port)) if port != 0 && !listen.contains(&port) => listen.push(port),
+            _ => {
+                return Err(fail(
+                    "listen",
+                    format!("{l:?} is not \"tcp:PORT\" (each port once)"),
+                ))
+            }
+        }
+    }
+    for c in &raw.control {
+        if !CONTROL_COMMANDS.contains(&c.as_str()) {
+            return Err(fail(
+                "control",
+                format!(
+                    "{c:?} is not a request a service may make (one of {})",
+                    CONTROL_COMMANDS.join(", ")
+                ),
+            ));
+        }
+    }
+    if !raw.control.is_empty() && raw.user.as_deref().is_none_or(|u| u == "root") {
+        return Err(fail(
+            "control",
+            "only a service with its own user needs it (root may make every request)".into(),
+        ));
+    }
     let mut limits = Limits::default();
     if let Some(l) = raw.limits {
         if let Some(m) = l.memory {
@@ -243,6 +296,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
         stop_grace_ms: raw.stop_grace_ms.unwrap_or(STOP_GRACE_MS_DEFAULT),
         ready_timeout_ms: raw.ready_timeout_ms.unwrap_or(READY_TIMEOUT_MS_DEFAULT),
         limits,
+        listen,
+        control: raw.control,
     })
 }
 

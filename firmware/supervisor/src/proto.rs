@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub struct Request {
     /// `status`, `start`, `stop`, `restart`, `logs`, `save-logs`, `poweroff` or `reboot`; or
     /// one of the board's: `board` (claimed?, health, the pairing window), `claim` (complete a
-    /// claim in the open window `window`), `claimed` (setup finished: the device is `name`).
+    /// claim in the open window `window`), `claimed` (setup finished: the device is `name`), `say` (print `text` on the console).
     pub cmd: String,
     /// The service, for commands about one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,6 +28,9 @@ pub struct Request {
     /// For `claimed`: the device's name (its hostname and `NAME.local`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// For `say`: one line for PID 1 to print on the console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// The supervisor's answer line.

@@ -2,8 +2,9 @@
 //! (signalfd), reaps every child, collects service output into the log rings, serves the
 //! control socket and pings the hardware watchdog; and the shutdown that follows.
 //!
-//! It never panics on bad input or failed system calls: errors are logged on the console and
-//! the loop goes on, because this runs as PID 1.
+//! It never panics on bad input or failed system calls: errors are logged (`tracing` events,
+//! which the binary prints as `cairn: …` console lines) and the loop goes on, because this runs
+//! as PID 1. The one line written here directly is the readiness announcement on stdout.
 
 use crate::logbuf::LogRing;
 use crate::machine::{Clock, ExitStatus, Policy, Supervisor};
@@ -69,6 +70,23 @@ pub struct RunConfig {
     /// Told when every service is ready, when a service fails for good and when one waits to be
     /// tried again after a crash loop: what the board's status LED shows. Bounded; a notice is dropped rather than block the supervisor.
     pub notices: Option<std::sync::mpsc::SyncSender<Notice>>,
+    /// Answers the control requests the supervisor does not know (PID 1's board commands).
+    pub extension: Option<Extension>,
+}
+
+/// A handler for control requests beyond the supervisor's own, given the request and the asking
+/// service's user (`None`: root); `None` back means "not mine either". It runs on the
+/// supervisor's loop, so it must answer at once.
+#[derive(Clone)]
+#[allow(clippy::type_complexity, reason = "one handler type, named once here")]
+pub struct Extension(
+    pub std::sync::Arc<dyn Fn(&Request, Option<&str>) -> Option<Response> + Send + Sync>,
+);
+
+impl std::fmt::Debug for Extension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Extension")
+    }
 }
 
 impl RunConfig {
@@ -84,6 +102,7 @@ impl RunConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             mount_cgroup: false,
             notices: None,
+            extension: None,
         }
     }
 }
@@ -125,7 +144,7 @@ pub fn handled_signals() -> SigSet {
 /// thread, so every thread inherits the mask and no signal is delivered (and lost) elsewhere.
 pub fn block_signals() {
     if let Err(e) = handled_signals().thread_block() {
-        eprintln!("cairn: cannot block signals: {e}");
+        tracing::error!("cannot block signals: {e}");
     }
 }
 
@@ -169,14 +188,14 @@ pub fn run(cfg: RunConfig) -> Shutdown {
             Ok(fd) => break fd,
             Err(e) => {
                 // Without it nothing is reaped; retrying is all PID 1 can do.
-                eprintln!("cairn: signalfd: {e}; retrying");
+                tracing::error!("signalfd: {e}; retrying");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
     };
     let (manifests, errors) = manifest::load_dir(&cfg.services_dir);
     for e in &errors {
-        eprintln!("cairn: {e}");
+        tracing::error!("{e}");
     }
     for dir in [
         cfg.state_dir.join("logs"),
@@ -187,14 +206,14 @@ pub fn run(cfg: RunConfig) -> Shutdown {
     ] {
         if !dir.as_os_str().is_empty() {
             if let Err(e) = std::fs::create_dir_all(&dir) {
-                eprintln!("cairn: {}: {e}", dir.display());
+                tracing::error!("{}: {e}", dir.display());
             }
         }
     }
     let cgroup = match spawn::setup_cgroups(&cfg.cgroup_root, cfg.mount_cgroup) {
         Ok(root) => Some(root),
         Err(e) => {
-            eprintln!("cairn: {e}");
+            tracing::warn!("{e}");
             None
         }
     };
@@ -209,14 +228,17 @@ pub fn run(cfg: RunConfig) -> Shutdown {
         spawner,
         Policy::default(),
     );
-    let listener = bind_control(&cfg.socket_path);
+    // Other users may connect only when some service is allowed requests; each request is still
+    // judged by the peer's uid.
+    let open_to_services = sup.manifests().any(|m| !m.control.is_empty());
+    let listener = bind_control(&cfg.socket_path, open_to_services);
     let mut watchdog = cfg.watchdog.as_ref().and_then(|p| {
         std::fs::OpenOptions::new()
             .write(true)
             .open(p)
             .map_err(|e| {
                 if e.kind() != std::io::ErrorKind::NotFound {
-                    eprintln!("cairn: {}: {e}", p.display());
+                    tracing::error!("{}: {e}", p.display());
                 }
             })
             .ok()
@@ -263,8 +285,8 @@ pub fn run(cfg: RunConfig) -> Shutdown {
                     .filter(|s| s.pid.is_some())
                     .map(|s| s.name)
                     .collect();
-                eprintln!(
-                    "cairn: shutdown: giving up on {} after {} ms",
+                tracing::error!(
+                    "shutdown: giving up on {} after {} ms",
                     stuck.join(", "),
                     shutdown_limit.as_millis()
                 );
@@ -274,7 +296,7 @@ pub fn run(cfg: RunConfig) -> Shutdown {
         if let Some(w) = watchdog.as_mut() {
             if last_ping.elapsed() >= Duration::from_millis(WATCHDOG_PING_MS) {
                 if let Err(e) = w.write_all(b"p") {
-                    eprintln!("cairn: watchdog: {e}");
+                    tracing::error!("watchdog: {e}");
                 }
                 last_ping = Instant::now();
             }
@@ -296,22 +318,20 @@ pub fn run(cfg: RunConfig) -> Shutdown {
     shutdown
 }
 
-fn bind_control(path: &std::path::Path) -> Option<UnixListener> {
+fn bind_control(path: &std::path::Path, open_to_services: bool) -> Option<UnixListener> {
     let _ = std::fs::remove_file(path);
     match UnixListener::bind(path) {
         Ok(l) => {
-            // Root only; the peer's uid is checked on every connection as well.
-            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-                eprintln!("cairn: {}: {e}", path.display());
+            // Root only unless a service may ask; the peer's uid is checked on every request.
+            let mode = if open_to_services { 0o666 } else { 0o600 };
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+                tracing::error!("{}: {e}", path.display());
             }
             let _ = l.set_nonblocking(true);
             Some(l)
         }
         Err(e) => {
-            eprintln!(
-                "cairn: {}: cannot listen: {e}; no control socket",
-                path.display()
-            );
+            tracing::error!("{}: cannot listen: {e}; no control socket", path.display());
             None
         }
     }
@@ -328,8 +348,14 @@ impl Runtime {
     /// once; to init again when every service is back after a failure).
     fn after_step(&mut self) {
         for e in self.sup.drain_events() {
-            eprintln!("cairn: {e}");
-            if let crate::machine::Event::Failed {
+            use crate::machine::Event;
+            match e {
+                Event::SpawnFailed { .. } | Event::Killed { .. } | Event::Failed { .. } => {
+                    tracing::warn!("{e}")
+                }
+                _ => tracing::info!("{e}"),
+            }
+            if let Event::Failed {
                 service,
                 retry_in_ms,
                 ..
@@ -349,12 +375,14 @@ impl Runtime {
         if all_ready && self.ready_announced && self.unwell_since_ready {
             // Back from a failure (a retry that came up, or an administrator's start).
             self.unwell_since_ready = false;
-            eprintln!("cairn: every service is ready again");
+            tracing::info!("every service is ready again");
             self.notify(Notice::Ready);
         }
         if all_ready && !self.ready_announced {
             self.ready_announced = true;
             self.unwell_since_ready = false;
+            // Not a log event: the announcement the console, the tests and the boot benchmark
+            // wait for, on stdout whatever the log filter says.
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "cairn: ready");
             self.notify(Notice::Ready);
@@ -398,12 +426,16 @@ impl Runtime {
                 targets.push((pid, 2));
             }
         }
-        // SAFETY: every raw fd is owned by `sfd`, `listener` or the spawner's children table,
-        // none of which changes until the borrowed fds are dropped at the end of this block.
         let ready: Vec<bool> = {
-            let mut fds: Vec<PollFd> = raw
+            let mut fds: Vec<PollFd<'_>> = raw
                 .iter()
-                .map(|&fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
+                .map(|&fd| {
+                    // SAFETY: every raw fd is owned by `sfd`, `listener` or the spawner's
+                    // children table, none of which changes until the borrowed fds are dropped
+                    // at the end of this block.
+                    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                    PollFd::new(fd, PollFlags::POLLIN)
+                })
                 .collect();
             let timeout = PollTimeout::try_from(wait_ms as i32).unwrap_or(PollTimeout::MAX);
             match nix::poll::poll(&mut fds, timeout) {
@@ -413,7 +445,7 @@ impl Runtime {
                     .collect(),
                 Err(nix::errno::Errno::EINTR) => vec![false; fds.len()],
                 Err(e) => {
-                    eprintln!("cairn: poll: {e}");
+                    tracing::error!("poll: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                     vec![false; fds.len()]
                 }
@@ -496,7 +528,7 @@ impl Runtime {
                 Ok(None) => break,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    eprintln!("cairn: signalfd: {e}");
+                    tracing::error!("signalfd: {e}");
                     break;
                 }
             }
@@ -508,8 +540,8 @@ impl Runtime {
 
     fn request(&mut self, what: Shutdown, by: &str) {
         if self.requested.is_none() {
-            eprintln!(
-                "cairn: {} requested by {by}",
+            tracing::info!(
+                "{} requested by {by}",
                 if what == Shutdown::Poweroff {
                     "poweroff"
                 } else {
@@ -559,7 +591,7 @@ impl Runtime {
                 Ok((stream, _)) => self.serve(stream),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    eprintln!("cairn: control socket: {e}");
+                    tracing::error!("control socket: {e}");
                     break;
                 }
             }
@@ -569,27 +601,24 @@ impl Runtime {
     /// Answers one control request. Requests are short; the timeouts bound how long a client
     /// can hold the loop.
     fn serve(&mut self, mut stream: UnixStream) {
-        let allowed =
-            match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-            {
-                Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
-                Err(_) => false,
-            };
+        let peer =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map(|c| c.uid())
+                .ok();
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
         let _ = stream.set_write_timeout(Some(Duration::from_millis(1000)));
         // The request is read before the credentials are judged, so that the client gets the
         // answer instead of a broken pipe.
-        let req = read_request(&mut stream);
-        if !allowed {
-            let _ = send(
-                &mut stream,
-                &Response::error("permission denied: root only"),
-            );
-            return;
-        }
-        let req = match req {
+        let req = match read_request(&mut stream) {
             Ok(r) => r,
+            Err(e) => {
+                let _ = send(&mut stream, &Response::error(&e));
+                return;
+            }
+        };
+        let asker = match self.may_ask(peer, &req.cmd) {
+            Ok(user) => user,
             Err(e) => {
                 let _ = send(&mut stream, &Response::error(&e));
                 return;
@@ -659,9 +688,43 @@ impl Runtime {
                 self.request(Shutdown::Reboot, "control socket");
                 Response::ok("rebooting")
             }
-            other => Response::error(&format!("unknown command {other:?}")),
+            other => match self
+                .cfg
+                .extension
+                .as_ref()
+                .and_then(|x| (x.0)(&req, asker.as_deref()))
+            {
+                Some(resp) => resp,
+                None => Response::error(&format!("unknown command {other:?}")),
+            },
         };
         let _ = send(&mut stream, &resp);
+    }
+
+    /// Root (and the supervisor's own user) may make every request; another user only what
+    /// the manifests of its services list under `control`. Returns the other user's name.
+    fn may_ask(&self, peer: Option<u32>, cmd: &str) -> Result<Option<String>, String> {
+        let Some(uid) = peer else {
+            return Err("permission denied: cannot tell who is asking".into());
+        };
+        if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+            return Ok(None);
+        }
+        let user = crate::users::user_of(&self.cfg.etc_dir, uid);
+        let allowed = user.as_deref().is_some_and(|u| {
+            self.sup
+                .manifests()
+                .filter(|m| m.user.as_deref() == Some(u))
+                .any(|m| m.control.iter().any(|c| c == cmd))
+        });
+        if allowed {
+            Ok(user)
+        } else {
+            Err(format!(
+                "permission denied: root only ({cmd:?} is not in the `control` list of user {}'s services)",
+                user.unwrap_or_else(|| uid.to_string())
+            ))
+        }
     }
 
     /// Memory in use: the cgroup's count where cgroups are used, else the main process's RSS.
@@ -708,7 +771,7 @@ impl Runtime {
         for (name, ring) in &self.logs {
             let path = dir.join(format!("{name}.log"));
             if let Err(e) = crate::users::write_atomically(&path, ring.to_text().as_bytes()) {
-                eprintln!("cairn: {}: {e}", path.display());
+                tracing::error!("{}: {e}", path.display());
                 failed += 1;
             }
         }

@@ -3,7 +3,7 @@
 //! pipes for the log ring and an inherited readiness fd.
 
 use crate::machine::{Spawner, StopSignal};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, LISTEN_MAX};
 use crate::users;
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -18,6 +18,12 @@ use std::time::Duration;
 /// The fd number on which a `ready = "notify"` service finds its notification pipe
 /// (also given to it as `$NOTIFY_FD`).
 pub const NOTIFY_FD: i32 = 3;
+/// The fd number of a service's first inherited listening socket (`listen` in its manifest);
+/// the next ones follow. Their numbers are given to it as `$CAIRN_LISTEN_FDS` (`4,5`).
+pub const LISTEN_FD_FIRST: i32 = NOTIFY_FD + 1;
+/// Where the sockets are parked in the child before they move into place (above any fd the
+/// supervisor holds at spawn time, so no move overwrites a socket not yet moved).
+const LISTEN_FD_PARK: i32 = 64;
 /// PATH given to services.
 const SERVICE_PATH: &str = "/bin:/sbin:/usr/bin:/usr/sbin";
 
@@ -40,6 +46,9 @@ pub struct LinuxSpawner {
     cgroup_root: Option<PathBuf>,
     /// Pipes of running service processes, by pid.
     pub children: BTreeMap<u32, ChildIo>,
+    /// Listening sockets by service, bound at its first start and kept across restarts, so a
+    /// restart never leaves the port unbound or lets another process take it.
+    listeners: BTreeMap<String, Vec<OwnedFd>>,
 }
 
 impl LinuxSpawner {
@@ -49,6 +58,7 @@ impl LinuxSpawner {
             etc_dir,
             cgroup_root,
             children: BTreeMap::new(),
+            listeners: BTreeMap::new(),
         }
     }
 
@@ -106,6 +116,7 @@ impl Spawner for LinuxSpawner {
             _ => None,
         };
         let notify_w = notify.as_ref().map(|(_, w)| w.as_raw_fd());
+        let listen = self.listeners_for(m)?;
 
         let mut cmd = Command::new(&m.exec[0]);
         cmd.args(&m.exec[1..])
@@ -119,10 +130,16 @@ impl Spawner for LinuxSpawner {
         if notify.is_some() {
             cmd.env("NOTIFY_FD", NOTIFY_FD.to_string());
         }
+        if listen.count > 0 {
+            let fds: Vec<String> = (0..listen.count)
+                .map(|i| (LISTEN_FD_FIRST + i as i32).to_string())
+                .collect();
+            cmd.env("CAIRN_LISTEN_FDS", fds.join(","));
+        }
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
         // calls on values prepared before the fork; it allocates nothing.
         unsafe {
-            cmd.pre_exec(move || child_setup(procs.as_ref(), nofile, notify_w, uid, gid));
+            cmd.pre_exec(move || child_setup(procs.as_ref(), nofile, notify_w, listen, uid, gid));
         }
         let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", m.exec[0]))?;
         let pid = child.id();
@@ -173,6 +190,44 @@ impl Spawner for LinuxSpawner {
     }
 }
 
+/// The raw fds of a service's listening sockets, copied before the fork (no allocation after).
+#[derive(Clone, Copy)]
+struct ListenFds {
+    fds: [i32; LISTEN_MAX],
+    count: usize,
+}
+
+impl LinuxSpawner {
+    /// The service's listening sockets, bound now if this is its first start.
+    fn listeners_for(&mut self, m: &Manifest) -> Result<ListenFds, String> {
+        if !self.listeners.contains_key(&m.name) {
+            let mut socks = Vec::with_capacity(m.listen.len());
+            for &port in &m.listen {
+                socks.push(OwnedFd::from(bind_tcp(port)?));
+            }
+            self.listeners.insert(m.name.clone(), socks);
+        }
+        let mut out = ListenFds {
+            fds: [-1; LISTEN_MAX],
+            count: 0,
+        };
+        for (slot, fd) in out.fds.iter_mut().zip(&self.listeners[&m.name]) {
+            *slot = fd.as_raw_fd();
+            out.count += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// Listens on `port` on every address: IPv6 and IPv4 in one socket where the kernel has IPv6,
+/// IPv4 only where it has not.
+fn bind_tcp(port: u16) -> Result<std::net::TcpListener, String> {
+    use std::net::{Ipv6Addr, TcpListener};
+    TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+        .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .map_err(|e| format!("cannot listen on TCP port {port}: {e}"))
+}
+
 fn set_nonblocking(fd: &OwnedFd) {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
@@ -188,6 +243,7 @@ fn child_setup(
     procs: Option<&CString>,
     nofile: Option<u64>,
     notify_w: Option<i32>,
+    listen: ListenFds,
     uid: Option<u32>,
     gid: Option<u32>,
 ) -> std::io::Result<()> {
@@ -226,12 +282,23 @@ fn child_setup(
             };
             check(libc::setrlimit(libc::RLIMIT_NOFILE, &lim))?;
         }
+        // The sockets move out of the way first: one of them may sit on fd 3 or 4, where the
+        // notify pipe or another socket goes.
+        let mut parked = [-1; LISTEN_MAX];
+        for (park, &fd) in parked.iter_mut().zip(&listen.fds).take(listen.count) {
+            *park = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, LISTEN_FD_PARK);
+            check(*park)?;
+        }
         if let Some(w) = notify_w {
             if w == NOTIFY_FD {
                 check(libc::fcntl(w, libc::F_SETFD, 0))?;
             } else {
                 check(libc::dup2(w, NOTIFY_FD))?;
             }
+        }
+        // dup2 leaves the new fd without close-on-exec: exactly these survive the exec.
+        for (i, &fd) in parked.iter().enumerate().take(listen.count) {
+            check(libc::dup2(fd, LISTEN_FD_FIRST + i as i32))?;
         }
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         if let Some(g) = gid {

@@ -47,6 +47,16 @@ pub fn ensure_account(
     Ok((uid, gid))
 }
 
+/// The name of the account with `uid` in `etc/passwd`, if any.
+pub fn user_of(etc: &Path, uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(etc.join("passwd")).ok()?;
+    let uid = uid.to_string();
+    text.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.get(2) == Some(&uid.as_str()))
+        .map(|f| f[0].to_string())
+}
+
 fn read_or_empty(path: &Path) -> Result<String, String> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(s),
@@ -96,24 +106,12 @@ fn ensure_entry(
     Ok(id)
 }
 
-/// Writes through a temporary file and a rename, so readers never see half a file.
+/// Replaces `path` durably (readers never see half a file), making its directory if need be.
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("cairn-tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    // The rename is durable only once the directory is synced.
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    cairn_durable::write(path, data)
 }
 
 #[cfg(test)]

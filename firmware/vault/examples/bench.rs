@@ -6,7 +6,6 @@
 //! (Internal: `bench --child HOME PASSFILE init DIR…|put FILE` does what `cairn vault --quiet
 //! init|put` does, through the library, and prints its VmHWM.)
 
-use std::fmt::Write as _;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -97,10 +96,12 @@ fn main() {
     let mut data = vec![0u8; size];
     xorshift_fill(&mut data, 0x1234_5678_9abc_def1);
     let keys = OwnerSecret::from_bytes([7; 32]).keys();
-    let mut figures: Vec<(&str, String)> = Vec::new();
-    let mut num = |name: &'static str, v: f64| {
+    let mut figures = serde_json::Map::new();
+    let mut num = |name: &str, v: f64| {
         eprintln!("{name:>28} {v:10.2}");
-        figures.push((name, format!("{v:.3}")));
+        // Three decimals (a non-finite figure becomes null).
+        let v: f64 = format!("{v:.3}").parse().unwrap_or(v);
+        figures.insert(name.into(), v.into());
     };
 
     // memcpy, for scale (the chunker's figure includes the copy reading makes).
@@ -136,7 +137,8 @@ fn main() {
 
     // The stages after the chunker work on a chunk just copied into its buffer (warm in the
     // cache), as in the pipeline: each is timed per chunk, the copy in is not.
-    let mut buf: Vec<u8> = Vec::with_capacity(sealed_len(cairn_vault::chunker::MAX_CHUNK) + 16);
+    let mut buf: Vec<u8> =
+        Vec::with_capacity(sealed_len(cairn_vault::chunker::CHUNK_BYTES_MAX) + 16);
     let mut per_chunk = |prep: &mut dyn FnMut(&mut Vec<u8>, usize, usize),
                          stage: &mut dyn FnMut(&mut Vec<u8>)| {
         let mut best = f64::MAX;
@@ -288,18 +290,10 @@ fn main() {
         num("peak_rss_mib_4g", rss_put(&work, rss_gib));
     }
 
-    let mut json = String::from("{\n");
-    let _ = writeln!(json, "  \"aead_chosen\": \"{}\",", aead.name());
-    let _ = writeln!(json, "  \"bench_size_mib\": {},", size >> 20);
-    let _ = writeln!(json, "  \"rss_put_gib\": {rss_gib},");
-    for (i, (k, v)) in figures.iter().enumerate() {
-        let _ = writeln!(
-            json,
-            "  \"{k}\": {v}{}",
-            if i + 1 < figures.len() { "," } else { "" }
-        );
-    }
-    json.push_str("}\n");
+    figures.insert("aead_chosen".into(), aead.name().into());
+    figures.insert("bench_size_mib".into(), (size >> 20).into());
+    figures.insert("rss_put_gib".into(), rss_gib.into());
+    let json = serde_json::to_string_pretty(&figures).expect("figures are JSON") + "\n";
     if let Some(p) = out.parent() {
         fs::create_dir_all(p).unwrap();
     }

@@ -2,7 +2,7 @@
 //! tables and masks), made resumable so a chunk is read straight into the buffer it will be
 //! sealed in. The input is read in steps of at most [`READ_STEP`]; the few bytes read past a
 //! cut are carried over to the next chunk. Memory: the caller's chunk buffer (at most
-//! [`MAX_CHUNK`] plus sealing room) and a carry of less than one step, whatever the input size.
+//! [`CHUNK_BYTES_MAX`] plus sealing room) and a carry of less than one step, whatever the input size.
 //!
 //! The gear table is XORed with a seed derived from the owner secret, so where chunks are cut —
 //! and hence their sizes — depends on the key, and a peer cannot fingerprint a known file from
@@ -13,11 +13,11 @@ use std::io::{self, Read};
 use fastcdc::v2020::{get_gear_with_seed, MASKS};
 
 /// Smallest chunk (except a stream's last).
-pub const MIN_CHUNK: usize = 256 * 1024;
+pub const CHUNK_BYTES_MIN: usize = 256 * 1024;
 /// Target average chunk.
-pub const AVG_CHUNK: usize = 1024 * 1024;
+pub const CHUNK_BYTES_AVG: usize = 1024 * 1024;
 /// Largest chunk.
-pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
+pub const CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Most bytes read at once (and so the most carried over past a cut).
 pub const READ_STEP: usize = 256 * 1024;
 
@@ -42,12 +42,12 @@ struct Scan {
 impl Chunker {
     /// A chunker with the vault's sizes (256 KiB / 1 MiB / 4 MiB).
     pub fn new(seed: u64) -> Self {
-        Self::with_sizes(seed, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
+        Self::with_sizes(seed, CHUNK_BYTES_MIN, CHUNK_BYTES_AVG, CHUNK_BYTES_MAX)
     }
 
     /// A chunker with other sizes (tests use small ones to get many chunks from little data).
     pub fn with_sizes(seed: u64, min: usize, avg: usize, max: usize) -> Self {
-        assert!(64 <= min && min < avg && avg < max && max <= MAX_CHUNK);
+        assert!(64 <= min && min < avg && avg < max && max <= CHUNK_BYTES_MAX);
         assert!(avg.is_power_of_two());
         let bits = avg.trailing_zeros() as usize;
         let (gear, gear_ls) = get_gear_with_seed(seed);
@@ -187,16 +187,16 @@ mod tests {
         let mut pos = 0;
         for (i, ch) in got.iter().enumerate() {
             let rest = &data[pos..];
-            if rest.len() < AVG_CHUNK {
+            if rest.len() < CHUNK_BYTES_AVG {
                 // The stream's end: FastCDC narrows its centre there; ours does not.
                 assert!(i >= got.len() - 2);
                 break;
             }
             let (_, cut) = cut_gear(
                 rest,
-                MIN_CHUNK,
-                AVG_CHUNK,
-                MAX_CHUNK,
+                CHUNK_BYTES_MIN,
+                CHUNK_BYTES_AVG,
+                CHUNK_BYTES_MAX,
                 ms,
                 ml,
                 ms << 1,
@@ -242,6 +242,6 @@ mod tests {
         let zeros = vec![0u8; 9 << 20];
         let z = chunks_of(&c, &zeros[..]);
         assert_eq!(z.concat(), zeros);
-        assert!(z.iter().all(|ch| ch.len() <= MAX_CHUNK));
+        assert!(z.iter().all(|ch| ch.len() <= CHUNK_BYTES_MAX));
     }
 }

@@ -7,12 +7,10 @@
 //! HOME/key         the owner secret under the passphrase (see keys::write_key_file)
 //! HOME/head        `seq = N`: the latest snapshot
 //! HOME/chunks.idx  32-byte ids of chunks known stored (dedup); memory: 32 B each when loaded
-//! HOME/lock        held (flock) while a command runs, so two puts cannot interleave
+//! HOME/lock        locked (File::try_lock) while a command runs, so two puts cannot interleave
 //! ```
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_err, Result, VaultError};
@@ -160,15 +158,15 @@ impl Home {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock only reads the descriptor, which `f` keeps open.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(VaultError::Usage(format!(
+        // An flock(2) on Linux, released when the file is closed (or its process dies).
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => Err(VaultError::Usage(format!(
                 "{}: another cairn vault command is using this vault",
                 self.dir.display()
-            )));
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
         }
-        Ok(f)
     }
 
     /// Reads the latest snapshot number (0 = none yet).
@@ -189,36 +187,32 @@ impl Home {
 
     /// Records the latest snapshot number.
     pub fn write_head(&self, seq: u64) -> Result<()> {
-        write_atomic(&self.head(), format!("seq = {seq}\n").as_bytes(), 0o644)
+        let path = self.head();
+        cairn_durable::write_mode(&path, format!("seq = {seq}\n").as_bytes(), 0o644)
+            .map_err(io_err(&path))
     }
-}
-
-/// Writes `data` to `path` through a temporary file, fsync and rename, then syncs the directory:
-/// after a crash the file is the old one or the new one, whole.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(io_err(path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_command_at_a_time_holds_the_lock() {
+        let t = tempfile::tempdir().unwrap();
+        let h = Home::new(t.path());
+        let held = h.lock().unwrap();
+        let e = h.lock().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: another cairn vault command is using this vault",
+                t.path().display()
+            )
+        );
+        drop(held);
+        h.lock().unwrap();
+    }
 
     #[test]
     fn config_round_trips_and_refuses_unknown_settings() {

@@ -458,7 +458,7 @@ pub fn write_key_file(
     )
     .map_err(|_| VaultError::Usage("sealing the key file failed".into()))?;
     out.extend_from_slice(&body);
-    crate::home::write_atomic(path, &out, 0o600)
+    cairn_durable::write_mode(path, &out, 0o600).map_err(io_err(path))
 }
 
 /// Reads and decrypts the key file at `path`.

@@ -8,14 +8,14 @@
 //! Decoders trust nothing: every length is checked against the bytes left, paths cannot escape
 //! the destination (no `..`, no absolute paths), entries must be sorted and unique, and a file's
 //! extents must add up to its size. Memory: a decoded tree costs about its serialized size plus
-//! ~100 bytes per entry; manifests are limited to [`MAX_MANIFEST`].
+//! ~100 bytes per entry; manifests are limited to [`MANIFEST_BYTES_MAX`].
 
-use crate::chunker::MAX_CHUNK;
+use crate::chunker::CHUNK_BYTES_MAX;
 use crate::error::{corrupt, Result};
 use crate::ChunkId;
 
 /// Largest serialized tree accepted (about two million files).
-pub const MAX_MANIFEST: u64 = 256 * 1024 * 1024;
+pub const MANIFEST_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 /// One stretch of a file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,7 +219,7 @@ impl Tree {
                             0 => {
                                 let id = ChunkId(r.take(32)?.try_into().expect("32 bytes"));
                                 let len = r.varint()?;
-                                if len == 0 || len > MAX_CHUNK as u64 {
+                                if len == 0 || len > CHUNK_BYTES_MAX as u64 {
                                     return Err(r.err("chunk length out of range"));
                                 }
                                 Extent::Data {
@@ -335,13 +335,13 @@ impl RootRecord {
         for _ in 0..count {
             let id = ChunkId(r.take(32)?.try_into().expect("32 bytes"));
             let len = r.varint()?;
-            if len == 0 || len > MAX_CHUNK as u64 {
+            if len == 0 || len > CHUNK_BYTES_MAX as u64 {
                 return Err(r.err("manifest chunk length out of range"));
             }
             total += len;
             manifest.push((id, len as u32));
         }
-        if total > MAX_MANIFEST {
+        if total > MANIFEST_BYTES_MAX {
             return Err(r.err("manifest larger than the limit"));
         }
         r.end()?;
@@ -463,7 +463,7 @@ mod tests {
 
     fn arb_extent() -> impl Strategy<Value = Extent> {
         prop_oneof![
-            (any::<[u8; 32]>(), 1u32..=MAX_CHUNK as u32).prop_map(|(id, len)| Extent::Data {
+            (any::<[u8; 32]>(), 1u32..=CHUNK_BYTES_MAX as u32).prop_map(|(id, len)| Extent::Data {
                 id: ChunkId(id),
                 len
             }),
@@ -550,7 +550,7 @@ mod tests {
         #[test]
         fn root_record_round_trips(
             seq in any::<u64>(), time in any::<i64>(), files in any::<u64>(), bytes in any::<u64>(),
-            ids in proptest::collection::vec((any::<[u8; 32]>(), 1u32..=MAX_CHUNK as u32), 0..10),
+            ids in proptest::collection::vec((any::<[u8; 32]>(), 1u32..=CHUNK_BYTES_MAX as u32), 0..10),
         ) {
             let r = RootRecord {
                 seq, time, k: 4, n: 8, files, bytes,

@@ -92,13 +92,13 @@ impl AeadKind {
 /// Bytes a sealed object adds around its padded plaintext (nonce and tag).
 pub const SEAL_OVERHEAD: usize = 12 + 16;
 /// Smallest size class.
-pub const MIN_CLASS: usize = 4096;
+pub const CLASS_BYTES_MIN: usize = 4096;
 
 /// The padded length for a plaintext of `len` bytes (room for the 0x80 marker included).
 pub fn size_class(len: usize) -> usize {
     let x = len + 1;
-    if x <= MIN_CLASS {
-        return MIN_CLASS;
+    if x <= CLASS_BYTES_MIN {
+        return CLASS_BYTES_MIN;
     }
     let e = usize::BITS - 1 - (x - 1).leading_zeros(); // floor(log2(x - 1))
     let step = 1usize << (e - 2);

@@ -35,10 +35,10 @@ pub const HEADER_LEN: usize = 52;
 /// Trailer (checksum) length.
 pub const TRAILER_LEN: usize = 4;
 /// Largest sealed chunk (the largest chunk the chunker cuts, padded and sealed).
-pub const MAX_SEALED: usize = SEALED_MAX;
-const SEALED_MAX: usize = 28 + 5 * 1024 * 1024; // sealed_len(chunker::MAX_CHUNK), checked in tests
+// sealed_len(chunker::CHUNK_BYTES_MAX), written out for a const; a test keeps them equal.
+pub const SEALED_LEN_MAX: usize = 28 + 5 * 1024 * 1024;
 /// Largest valid shard (k = 1): sources may refuse anything longer unread.
-pub const MAX_SHARD_LEN: usize = HEADER_LEN + MAX_SEALED + TRAILER_LEN;
+pub const SHARD_LEN_MAX: usize = HEADER_LEN + SEALED_LEN_MAX + TRAILER_LEN;
 
 /// What a shard header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +86,7 @@ pub enum ShardFormatError {
 
 /// Checks and parses a shard; returns its header and payload.
 pub fn decode_shard(bytes: &[u8]) -> Result<(ShardHeader, &[u8]), ShardFormatError> {
-    if bytes.len() < HEADER_LEN + TRAILER_LEN || bytes.len() > MAX_SHARD_LEN {
+    if bytes.len() < HEADER_LEN + TRAILER_LEN || bytes.len() > SHARD_LEN_MAX {
         return Err(ShardFormatError::Length(bytes.len()));
     }
     if &bytes[..4] != MAGIC {
@@ -112,7 +112,7 @@ pub fn decode_shard(bytes: &[u8]) -> Result<(ShardHeader, &[u8]), ShardFormatErr
     }
     let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
     let sealed = u32_at(12);
-    if sealed as usize > MAX_SEALED || (sealed as usize) < crate::seal::SEAL_OVERHEAD {
+    if sealed as usize > SEALED_LEN_MAX || (sealed as usize) < crate::seal::SEAL_OVERHEAD {
         return Err(ShardFormatError::Params("sealed length out of range"));
     }
     let chunk = ChunkId(bytes[16..48].try_into().expect("32 bytes"));
@@ -245,7 +245,7 @@ impl Codec {
     }
 }
 
-/// The sealed length of the largest chunk (kept in step with [`MAX_SEALED`] by a test).
+/// The sealed length of the largest chunk (kept in step with [`SEALED_LEN_MAX`] by a test).
 pub fn max_sealed_for(max_chunk: usize) -> usize {
     sealed_len(max_chunk)
 }
@@ -256,7 +256,10 @@ mod tests {
 
     #[test]
     fn max_sealed_matches_chunker() {
-        assert_eq!(MAX_SEALED, max_sealed_for(crate::chunker::MAX_CHUNK));
+        assert_eq!(
+            SEALED_LEN_MAX,
+            max_sealed_for(crate::chunker::CHUNK_BYTES_MAX)
+        );
     }
 
     fn frames(codec: &Codec, sealed: &[u8]) -> Vec<Vec<u8>> {

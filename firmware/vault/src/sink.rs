@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::shard::MAX_SHARD_LEN;
+use crate::shard::SHARD_LEN_MAX;
 use crate::ChunkId;
 
 /// Names one shard: a chunk and the shard's index in its k-of-n code.
@@ -57,7 +57,7 @@ pub enum ShardError {
 /// Stores shards. Implementations must be usable from several threads at once.
 ///
 /// Contract:
-/// - `put_shard` stores `shard` (at most [`MAX_SHARD_LEN`] bytes, already checksummed and
+/// - `put_shard` stores `shard` (at most [`SHARD_LEN_MAX`] bytes, already checksummed and
 ///   self-describing) under `id`; putting the same id again with the same bytes is harmless.
 ///   Root records are the one case where an id may be put again with different bytes (a put
 ///   that crashed before it completed is retried): the last write wins.
@@ -80,7 +80,7 @@ pub trait ShardSink: Send + Sync {
 /// Contract: `get_shard` returns the bytes stored under `id` (the vault checks them: a corrupt
 /// shard is detected by its checksum and treated as missing), [`ShardError::Missing`] when the
 /// place answers that it does not hold it, [`ShardError::Failed`] when it cannot tell.
-/// Answers longer than [`MAX_SHARD_LEN`] should be refused as `Failed` without reading them.
+/// Answers longer than [`SHARD_LEN_MAX`] should be refused as `Failed` without reading them.
 pub trait ShardSource: Send + Sync {
     /// Fetches one shard.
     fn get_shard(&self, id: &ShardId) -> Result<Vec<u8>, ShardError>;
@@ -225,13 +225,13 @@ impl ShardSource for DirStore {
                 Ok(f) => {
                     let read = || -> std::io::Result<Vec<u8>> {
                         let len = f.metadata()?.len();
-                        if len > MAX_SHARD_LEN as u64 {
+                        if len > SHARD_LEN_MAX as u64 {
                             return Err(std::io::Error::other(format!(
                                 "{len} bytes is larger than any shard"
                             )));
                         }
                         let mut buf = Vec::with_capacity(len as usize);
-                        (&f).take(MAX_SHARD_LEN as u64 + 1).read_to_end(&mut buf)?;
+                        (&f).take(SHARD_LEN_MAX as u64 + 1).read_to_end(&mut buf)?;
                         Ok(buf)
                     };
                     match read() {

@@ -69,7 +69,7 @@ impl<'a> ChunkWriter<'a> {
     }
 
     /// Stores one chunk of file data held in `buf` (its capacity is reused: reserve
-    /// `seal::sealed_len(MAX_CHUNK) + k` to avoid reallocations). Returns its extent: an
+    /// `seal::sealed_len(CHUNK_BYTES_MAX) + k` to avoid reallocations). Returns its extent: an
     /// all-zero chunk becomes a zero run and is not stored.
     pub fn store_data(&self, buf: &mut Vec<u8>, scratch: &mut Scratch) -> Result<Extent> {
         let len = buf.len();
@@ -269,17 +269,23 @@ impl<'a> ChunkReader<'a> {
                             found += 1;
                         } else {
                             corrupt += 1;
+                            tracing::debug!(shard = %sid, "shard's header does not match");
                             detail = format!(", last failure: shard {sid}: header does not match");
                         }
                     }
                     Err(e) => {
                         corrupt += 1;
+                        tracing::debug!(shard = %sid, error = %e, "shard is damaged");
                         detail = format!(", last failure: shard {sid}: {e}");
                     }
                 },
-                Err(ShardError::Missing { .. }) => missing += 1,
+                Err(ShardError::Missing { .. }) => {
+                    missing += 1;
+                    tracing::debug!(shard = %sid, "shard is missing");
+                }
                 Err(e) => {
                     corrupt += 1;
+                    tracing::debug!(shard = %sid, error = %e, "shard cannot be read");
                     detail = format!(", last failure: {e}");
                 }
             }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use crate::chunker::{Chunker, MAX_CHUNK, READ_STEP};
+use crate::chunker::{Chunker, CHUNK_BYTES_MAX, READ_STEP};
 use crate::error::{corrupt, io_err, Result, VaultError};
 use crate::home::{Config, Home, Target};
 use crate::keys::{self, KdfParams, Keys, Kind, OwnerSecret, RootCapability};
@@ -39,9 +39,9 @@ use crate::store::{ChunkReader, ChunkWriter, Scratch};
 use crate::ChunkId;
 
 /// Most worker threads a put uses (bounds its memory; see the module notes).
-pub const MAX_WORKERS: usize = 4;
+pub const WORKERS_MAX: usize = 4;
 /// Holes shorter than this are read as data (avoids a manifest full of tiny extents).
-const MIN_HOLE: u64 = 1024 * 1024;
+const HOLE_BYTES_MIN: u64 = 1024 * 1024;
 /// Files are chunked in segments of this size, in parallel (see `run_pipeline`).
 const SEGMENT: u64 = 32 * 1024 * 1024;
 
@@ -95,7 +95,7 @@ pub struct GetReport {
 fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(MAX_WORKERS)
+        .min(WORKERS_MAX)
 }
 
 /// Where a vault's shards go and come from.
@@ -220,7 +220,8 @@ impl Vault {
         let lock = h.lock()?;
         let (sink, source) = backend(&config.targets, nodes)?;
         keys::write_key_file(&h.key(), &secret, passphrase, kdf)?;
-        crate::home::write_atomic(&h.config(), config.encode().as_bytes(), 0o644)?;
+        cairn_durable::write_mode(&h.config(), config.encode().as_bytes(), 0o644)
+            .map_err(io_err(h.config()))?;
         h.write_head(head)?;
         Ok(Self {
             keys: secret.keys(),
@@ -342,9 +343,9 @@ impl Vault {
     }
 
     /// Sets the number of put worker threads (0 = on the calling thread; capped at
-    /// [`MAX_WORKERS`]).
+    /// [`WORKERS_MAX`]).
     pub fn set_workers(&mut self, workers: usize) {
-        self.workers = workers.min(MAX_WORKERS);
+        self.workers = workers.min(WORKERS_MAX);
     }
 
     /// The configuration.
@@ -510,11 +511,11 @@ impl Vault {
 
         // The manifest, chunked and stored like data; then the root record.
         let encoded = tree.encode();
-        if encoded.len() as u64 > manifest::MAX_MANIFEST {
+        if encoded.len() as u64 > manifest::MANIFEST_BYTES_MAX {
             return Err(VaultError::Usage(format!(
                 "the tree would need a {} byte manifest, over the {} limit",
                 encoded.len(),
-                manifest::MAX_MANIFEST
+                manifest::MANIFEST_BYTES_MAX
             )));
         }
         let mut manifest_chunks = Vec::new();
@@ -680,7 +681,7 @@ fn now_secs() -> i64 {
 
 /// Capacity of a chunk buffer: the largest chunk sealed and padded to a multiple of k.
 fn chunk_capacity(k: usize) -> usize {
-    seal::sealed_len(MAX_CHUNK) + k
+    seal::sealed_len(CHUNK_BYTES_MAX) + k
 }
 
 /// Lists `p` (stored as `name`) and everything below it, sorted by path. File sizes are those
@@ -734,7 +735,7 @@ fn walk(p: &Path, name: Vec<u8>, out: &mut Vec<(Entry, PathBuf)>) -> Result<()> 
 }
 
 /// The next data region of `f` at or after `pos`, as `(start, end)`; holes shorter than
-/// [`MIN_HOLE`] are part of the data.
+/// [`HOLE_BYTES_MIN`] are part of the data.
 fn next_data(f: &File, pos: u64, size: u64) -> std::io::Result<Option<(u64, u64)>> {
     if pos >= size {
         return Ok(None);
@@ -745,7 +746,7 @@ fn next_data(f: &File, pos: u64, size: u64) -> std::io::Result<Option<(u64, u64)
     let mut end = seek_hole(f, start)?.min(size);
     while end < size {
         match seek_data(f, end)? {
-            Some(next) if next - end < MIN_HOLE => end = seek_hole(f, next)?.min(size),
+            Some(next) if next - end < HOLE_BYTES_MIN => end = seek_hole(f, next)?.min(size),
             _ => break,
         }
     }

@@ -20,9 +20,12 @@ enum Role {
     /// Take commands, one per line, from TCP 127.0.0.1:PORT or from the virtio-serial port
     /// named NAME (hot-plugged by a QEMU test): `crash` aborts, `exit N` exits with N, `rss`
     /// answers PID 1's resident memory, `read PATH` a small file's text, `fds PID` what a process has open, `ctl ARGS…` runs `cairn ctl ARGS…` and answers its output.
+    /// `--inherited`: on the first socket the supervisor handed over (`$CAIRN_LISTEN_FDS`).
     CrashOnCommand {
-        #[arg(long, required_unless_present = "virtio")]
+        #[arg(long, required_unless_present_any = ["virtio", "inherited"])]
         port: Option<u16>,
+        #[arg(long)]
+        inherited: bool,
         #[arg(long)]
         virtio: Option<String>,
     },
@@ -91,10 +94,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             notify_ready();
             forever()
         }
-        Role::CrashOnCommand { port, virtio } => {
+        Role::CrashOnCommand {
+            port,
+            virtio,
+            inherited,
+        } => {
             let started = monotonic_ms();
-            if let Some(port) = port {
-                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
+            let listener = if inherited {
+                Some(inherited_listener()?)
+            } else if let Some(port) = port {
+                Some(TcpListener::bind((Ipv4Addr::LOCALHOST, port))?)
+            } else {
+                None
+            };
+            if let Some(listener) = listener {
+                let port = listener.local_addr()?.port();
                 say(&format!(
                     "crash-on-command: pid {pid} listening on {port} at {started} ms"
                 ));
@@ -185,17 +199,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 0 => {
                     // Middle process: start the orphan-to-be in a new session (out of the
                     // service's group), then exit so that it is re-parented to PID 1.
+                    // SAFETY: as above, the middle process has one thread.
                     if unsafe { libc::fork() } == 0 {
+                        // SAFETY: setsid takes no pointers; it only changes our session.
                         unsafe { libc::setsid() };
                         say(&format!("orphan: pid {}", std::process::id()));
                         std::thread::sleep(Duration::from_millis(linger_ms));
+                        // SAFETY: _exit ends the process without running anything of ours.
                         unsafe { libc::_exit(0) };
                     }
+                    // SAFETY: as above.
                     unsafe { libc::_exit(0) };
                 }
                 -1 => anyhow::bail!("fork: {}", std::io::Error::last_os_error()),
                 middle => {
                     let mut status = 0;
+                    // SAFETY: waitpid only writes `status`, which outlives the call.
                     unsafe { libc::waitpid(middle, &mut status, 0) };
                 }
             }
@@ -243,6 +262,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             std::process::exit(code)
         }
     }
+}
+
+/// The first listening socket the supervisor handed over.
+fn inherited_listener() -> anyhow::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    let fds = std::env::var("CAIRN_LISTEN_FDS")?;
+    let fd: i32 = fds.split(',').next().unwrap_or("").parse()?;
+    // SAFETY: the supervisor passed this fd open, for this process alone.
+    Ok(unsafe { TcpListener::from_raw_fd(fd) })
 }
 
 /// Carries out one command line of `crash-on-command`, answering on `out`.

@@ -6,13 +6,13 @@
 //! already fills the disk is left alone.
 
 use cairn_bsp::board::Storage;
+use cairn_bsp::mbr::{self, SECTOR};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-const SECTOR: u64 = 512;
 /// Grow only when at least this much would be gained: avoids rewriting the MBR for slack.
 const GROW_MIN_SECTORS: u64 = 2048;
 
@@ -48,39 +48,23 @@ pub fn partition_device(disk: &str, n: u32) -> String {
     }
 }
 
-/// An MBR primary partition entry: (first sector, sector count).
-pub fn mbr_entry(mbr: &[u8; 512], n: u32) -> anyhow::Result<(u64, u64)> {
-    anyhow::ensure!(mbr[510] == 0x55 && mbr[511] == 0xAA, "no MBR signature");
-    anyhow::ensure!(
-        (1..=4).contains(&n),
-        "partition {n} is not an MBR primary partition"
-    );
-    let e = 446 + 16 * (n as usize - 1);
-    let start = u32::from_le_bytes(mbr[e + 8..e + 12].try_into().unwrap()) as u64;
-    let count = u32::from_le_bytes(mbr[e + 12..e + 16].try_into().unwrap()) as u64;
-    anyhow::ensure!(count > 0, "partition {n} is empty in the MBR");
-    Ok((start, count))
-}
-
 /// The new sector count for partition `n` if it is the last one and the disk has room after it;
 /// None if it already fills the disk. The end is kept 4 KiB-aligned for ext4's block size.
 pub fn grown_count(mbr: &[u8; 512], n: u32, disk_sectors: u64) -> anyhow::Result<Option<u64>> {
-    let (start, count) = mbr_entry(mbr, n)?;
-    for other in (1..=4).filter(|&o| o != n) {
-        if let Ok((s, _)) = mbr_entry(mbr, other) {
-            if s > start {
+    let mbr::Partition {
+        start,
+        sectors: count,
+        ..
+    } = mbr::partition(mbr, n)?;
+    for other in (1..=mbr::ENTRIES).filter(|&o| o != n) {
+        if let Ok(p) = mbr::partition(mbr, other) {
+            if p.start > start {
                 return Ok(None); // not the last partition: nothing to grow into
             }
         }
     }
     let max = disk_sectors.min(u32::MAX as u64).saturating_sub(start) / 8 * 8;
     Ok((max >= count + GROW_MIN_SECTORS).then_some(max))
-}
-
-/// Writes sector count `count` into entry `n`.
-pub fn set_count(mbr: &mut [u8; 512], n: u32, count: u64) {
-    let e = 446 + 16 * (n as usize - 1);
-    mbr[e + 12..e + 16].copy_from_slice(&(count as u32).to_le_bytes());
 }
 
 /// ext4 superblock facts: (block size in bytes, blocks count).
@@ -113,17 +97,19 @@ pub fn prepare(storage: &Storage, mountpoint: &Path) -> anyhow::Result<String> {
         .open(disk)
         .map_err(|e| anyhow::anyhow!("{disk}: {e}"))?;
     let mut disk_bytes = 0u64;
+    // SAFETY: BLKGETSIZE64 writes one u64 to `disk_bytes`; the fd is open until the end.
     unsafe { blk_getsize64(disk_file.as_raw_fd(), &mut disk_bytes) }
         .map_err(|e| anyhow::anyhow!("{disk}: size: {e}"))?;
     let mut mbr = [0u8; 512];
     disk_file
         .read_exact_at(&mut mbr, 0)
         .map_err(|e| anyhow::anyhow!("{disk}: reading the MBR: {e}"))?;
-    let (start, _) =
-        mbr_entry(&mbr, storage.data_partition).map_err(|e| anyhow::anyhow!("{disk}: {e}"))?;
+    let start = mbr::partition(&mbr, storage.data_partition)
+        .map_err(|e| anyhow::anyhow!("{disk}: {e}"))?
+        .start;
     let mut grew = false;
     if let Some(count) = grown_count(&mbr, storage.data_partition, disk_bytes / SECTOR)? {
-        set_count(&mut mbr, storage.data_partition, count);
+        mbr::set_sectors(&mut mbr, storage.data_partition, count)?;
         disk_file
             .write_all_at(&mbr, 0)
             .and_then(|()| disk_file.sync_all())
@@ -141,6 +127,7 @@ pub fn prepare(storage: &Storage, mountpoint: &Path) -> anyhow::Result<String> {
             datalen: std::mem::size_of::<BlkpgPartition>() as i32,
             data: &mut p as *mut _ as *mut libc::c_void,
         };
+        // SAFETY: `arg` and the partition it points to outlive the ioctl, which only reads them.
         unsafe { blkpg(disk_file.as_raw_fd(), &arg) }
             .map_err(|e| anyhow::anyhow!("{part}: BLKPG resize: {e}"))?;
         grew = true;
@@ -160,6 +147,7 @@ pub fn prepare(storage: &Storage, mountpoint: &Path) -> anyhow::Result<String> {
     // The file system may lag the partition (first boot, or a power cut after the MBR write).
     let part_file = File::open(&part).map_err(|e| anyhow::anyhow!("{part}: {e}"))?;
     let mut part_bytes = 0u64;
+    // SAFETY: as for the disk above.
     unsafe { blk_getsize64(part_file.as_raw_fd(), &mut part_bytes) }
         .map_err(|e| anyhow::anyhow!("{part}: size: {e}"))?;
     let mut sb = [0u8; 1024];
@@ -170,6 +158,7 @@ pub fn prepare(storage: &Storage, mountpoint: &Path) -> anyhow::Result<String> {
     let want = part_bytes / block;
     if want > blocks {
         let dir = File::open(mountpoint)?;
+        // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 from `want`, which outlives the call.
         unsafe { ext4_resize_fs(dir.as_raw_fd(), &want) }
             .map_err(|e| anyhow::anyhow!("{part}: growing ext4 to {want} blocks: {e}"))?;
         grew = true;
@@ -208,17 +197,22 @@ pub fn unmount(mountpoint: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn mbr(parts: &[(u32, u32)]) -> [u8; 512] {
-        let mut m = [0u8; 512];
-        m[510] = 0x55;
-        m[511] = 0xAA;
-        for (i, (start, count)) in parts.iter().enumerate() {
-            let e = 446 + 16 * i;
-            m[e + 4] = 0x83;
-            m[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
-            m[e + 12..e + 16].copy_from_slice(&count.to_le_bytes());
-        }
-        m
+    fn table(parts: &[(u64, u64)]) -> [u8; 512] {
+        let parts: Vec<mbr::Partition> = parts
+            .iter()
+            .map(|&(start, sectors)| mbr::Partition {
+                start,
+                sectors,
+                kind: 0x83,
+                bootable: false,
+            })
+            .collect();
+        mbr::encode(&parts, 0).unwrap()
+    }
+
+    /// (first sector, sector count) of entry `n`.
+    fn mbr_entry(m: &[u8; 512], n: u32) -> Result<(u64, u64), mbr::MbrError> {
+        mbr::partition(m, n).map(|p| (p.start, p.sectors))
     }
 
     #[test]
@@ -230,11 +224,11 @@ mod tests {
 
     #[test]
     fn grows_the_last_partition_to_the_end_of_the_disk_once() {
-        let mut m = mbr(&[(2048, 65536), (67584, 131072)]);
+        let mut m = table(&[(2048, 65536), (67584, 131072)]);
         let disk = 2 * 1024 * 1024 * 2; // 2 GiB in sectors
         let count = grown_count(&m, 2, disk).unwrap().unwrap();
         assert_eq!(count, disk - 67584);
-        set_count(&mut m, 2, count);
+        mbr::set_sectors(&mut m, 2, count).unwrap();
         assert_eq!(mbr_entry(&m, 2).unwrap(), (67584, count));
         assert_eq!(
             grown_count(&m, 2, disk).unwrap(),
@@ -245,15 +239,15 @@ mod tests {
 
     #[test]
     fn does_not_grow_into_a_later_partition_or_for_slack() {
-        let m = mbr(&[(2048, 65536), (67584, 1000), (100_000, 1000)]);
+        let m = table(&[(2048, 65536), (67584, 1000), (100_000, 1000)]);
         assert_eq!(grown_count(&m, 2, 1 << 22).unwrap(), None);
-        let m = mbr(&[(2048, 65536), (67584, 131072)]);
+        let m = table(&[(2048, 65536), (67584, 131072)]);
         assert_eq!(grown_count(&m, 2, 67584 + 131072 + 100).unwrap(), None);
     }
 
     #[test]
     fn bad_tables_are_clear_errors() {
-        let mut m = mbr(&[(2048, 65536)]);
+        let mut m = table(&[(2048, 65536)]);
         assert_eq!(
             mbr_entry(&m, 2).unwrap_err().to_string(),
             "partition 2 is empty in the MBR"

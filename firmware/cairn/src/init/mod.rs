@@ -76,6 +76,7 @@ fn host_main(args: Args, pid1: bool) -> anyhow::Result<()> {
         watchdog: None,
         pid1,
         notices: None,
+        extension: None,
     });
     log!("{} requested: exiting (not the device's init)", how.verb());
     Ok(())
@@ -118,6 +119,7 @@ fn device_main(_args: Args) -> ! {
         log!("{line}");
     }
     let (notice_tx, notice_rx) = std::sync::mpsc::sync_channel(8);
+    let extension = board_ui.clone().map(crate::requests::extension);
     if let Some(b) = board_ui {
         let spawned = helpers::spawn("status-led", 64 * 1024, move || {
             let mut led = StatusLed::default();
@@ -146,6 +148,7 @@ fn device_main(_args: Args) -> ! {
         watchdog: Some(PathBuf::from("/dev/watchdog")),
         pid1: true,
         notices: Some(notice_tx),
+        extension,
     });
     stage3(how)
 }
@@ -211,7 +214,17 @@ fn stage1(board: Option<&Board>) {
         // lo at once; the board's Ethernet by DHCP on a thread of its own (never waited for).
         net::start(&board.network, &board.hostname);
         match data::prepare(&board.storage, Path::new(paths::DATA)) {
-            Ok(report) => log!("{report}"),
+            Ok(report) => {
+                log!("{report}");
+                // The owner's name for the device, once it has one, wins over the board's.
+                if let Some(name) =
+                    crate::requests::claimed_name(Path::new(paths::DATA)).filter(|n| !n.is_empty())
+                {
+                    if let Err(e) = nix::unistd::sethostname(&name) {
+                        log!("error: sethostname {name}: {e}");
+                    }
+                }
+            }
             Err(e) => log!("error: data partition: {e:#}; running without persistent state"),
         }
         if let Some(line) = &board.power_button {

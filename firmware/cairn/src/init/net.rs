@@ -698,21 +698,25 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 /// The device's side: sockets and ioctls.
 mod sys {
     use super::{resolv_conf, Lease};
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    use std::ffi::OsString;
     use std::io;
     use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
-    /// A fresh AF_INET datagram socket, the handle the interface ioctls go through.
-    fn ctl_socket() -> io::Result<OwnedFd> {
-        // SAFETY: plain socket(2); the fd is owned at once.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a new, valid descriptor nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    /// A fresh AF_INET datagram socket: the DHCP socket, and the handle the interface ioctls go
+    /// through.
+    fn udp_socket() -> io::Result<OwnedFd> {
+        Ok(socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?)
     }
 
     fn ifreq(name: &str) -> io::Result<libc::ifreq> {
@@ -756,7 +760,7 @@ mod sys {
 
     /// Sets IFF_UP on `name`.
     pub fn set_up(name: &str) -> io::Result<()> {
-        let fd = ctl_socket()?;
+        let fd = udp_socket()?;
         let mut r = ifreq(name)?;
         ioctl(&fd, libc::SIOCGIFFLAGS, &mut r, "SIOCGIFFLAGS")?;
         // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
@@ -804,86 +808,31 @@ mod sys {
     impl SysLink {
         /// Binds 0.0.0.0:68 on `iface` (SO_BINDTODEVICE), broadcast allowed.
         pub fn open(iface: &str, resolv: PathBuf) -> io::Result<SysLink> {
-            let fd = {
-                // SAFETY: plain socket(2); owned at once.
-                let fd = unsafe {
-                    libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-                };
-                if fd < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // SAFETY: new valid descriptor.
-                unsafe { OwnedFd::from_raw_fd(fd) }
+            let fd = udp_socket()?;
+            // A failure names the step, as the console line shows it.
+            let named = |r: nix::Result<()>, what: &str| {
+                r.map_err(|e| {
+                    let e = io::Error::from(e);
+                    io::Error::new(e.kind(), format!("{what}: {e}"))
+                })
             };
-            let one: libc::c_int = 1;
-            let set = |opt: libc::c_int, val: *const libc::c_void, len: usize, what: &str| {
-                // SAFETY: val points to `len` valid bytes for the option.
-                let r = unsafe {
-                    libc::setsockopt(
-                        fd.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        opt,
-                        val,
-                        len as libc::socklen_t,
-                    )
-                };
-                if r < 0 {
-                    let e = io::Error::last_os_error();
-                    return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-                }
-                Ok(())
-            };
-            set(
-                libc::SO_REUSEADDR,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of_val(&one),
-                "SO_REUSEADDR",
-            )?;
-            set(
-                libc::SO_BROADCAST,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of_val(&one),
-                "SO_BROADCAST",
-            )?;
-            set(
-                libc::SO_BINDTODEVICE,
-                iface.as_ptr() as *const libc::c_void,
-                iface.len(),
+            named(setsockopt(&fd, sockopt::ReuseAddr, &true), "SO_REUSEADDR")?;
+            named(setsockopt(&fd, sockopt::Broadcast, &true), "SO_BROADCAST")?;
+            named(
+                setsockopt(&fd, sockopt::BindToDevice, &OsString::from(iface)),
                 "SO_BINDTODEVICE",
             )?;
+            let port68 = SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68));
+            named(bind(fd.as_raw_fd(), &port68), "binding UDP port 68")?;
             let sock = UdpSocket::from(fd);
-            let bind = socket2_bind(&sock);
-            bind.map_err(|e| io::Error::new(e.kind(), format!("binding UDP port 68: {e}")))?;
             Ok(SysLink {
                 sock,
-                ctl: ctl_socket()?,
+                ctl: udp_socket()?,
                 iface: iface.to_string(),
                 resolv,
                 start: Instant::now(),
             })
         }
-    }
-
-    /// bind(2) to 0.0.0.0:68 on an already configured socket.
-    fn socket2_bind(sock: &UdpSocket) -> io::Result<()> {
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 68u16.to_be(),
-            sin_addr: libc::in_addr { s_addr: 0 },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: sin is a valid sockaddr_in of the size passed.
-        let r = unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                &sin as *const libc::sockaddr_in as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
     }
 
     impl super::Link for SysLink {
@@ -934,9 +883,7 @@ mod sys {
             if let Some(gw) = lease.router {
                 add_default_route(&self.ctl, &self.iface, gw)?;
             }
-            let tmp = self.resolv.with_extension("new");
-            std::fs::write(&tmp, resolv_conf(lease))
-                .and_then(|()| std::fs::rename(&tmp, &self.resolv))
+            cairn_durable::write(&self.resolv, resolv_conf(lease).as_bytes())
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.resolv.display())))
         }
 

@@ -13,6 +13,8 @@ pub struct Config {
     pub pid1: bool,
     /// Told when every service is ready and when one fails for good.
     pub notices: Option<std::sync::mpsc::SyncSender<cairn_supervisor::Notice>>,
+    /// Answers the board's control requests (the device's init only).
+    pub extension: Option<cairn_supervisor::Extension>,
 }
 
 /// How the system is to go down.
@@ -47,6 +49,7 @@ pub fn run(cfg: Config) -> Shutdown {
     rc.watchdog = cfg.watchdog;
     rc.pid1 = cfg.pid1;
     rc.notices = cfg.notices;
+    rc.extension = cfg.extension;
     rc.etc_dir = etc_dir;
     rc.mount_cgroup = device;
     match cairn_supervisor::run(rc) {

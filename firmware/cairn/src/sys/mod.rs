@@ -16,9 +16,11 @@ pub mod paths {
     pub const NODE_SOCKET: &str = "/data/node/node.sock";
 }
 
-/// Log a line on the console; PID 1's stdout is the console.
+/// Log one of init's own lines on the console (PID 1's stdout), through [`console`] so a failing
+/// console is ignored instead of panicking as `println!` does. The supervisor's lines are `tracing` events, on stderr (`crate::logging`); both
+/// streams are the console on the device, and the host tests read each where it has always been.
 macro_rules! log {
-    ($($arg:tt)*) => { println!("cairn: {}", format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::sys::console(&format!($($arg)*)) };
 }
 pub(crate) use log;
 

@@ -65,7 +65,10 @@ pub struct Init {
 impl Init {
     /// Starts init on a services directory holding `manifests` (name, text; written as
     /// `<name>.toml`) and waits for its control socket, so `ctl` works at once.
-    #[allow(dead_code)] // supervisor_host only (helper_panic_host needs an environment)
+    #[allow(
+        dead_code,
+        reason = "supervisor_host only (helper_panic_host needs an environment)"
+    )]
     pub fn start(manifests: &[(String, String)]) -> Init {
         Init::start_with_env(manifests, &[])
     }
@@ -113,7 +116,7 @@ impl Init {
         self.dir.path().join("state/control.sock")
     }
 
-    #[allow(dead_code)] // supervisor_host only
+    #[allow(dead_code, reason = "supervisor_host only")]
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }
@@ -165,7 +168,7 @@ impl Init {
             .unwrap_or(Value::Null)
     }
 
-    #[allow(dead_code)] // supervisor_host only
+    #[allow(dead_code, reason = "supervisor_host only")]
     pub fn wait_state(&self, service: &str, state: &str) -> Value {
         let mut last = Value::Null;
         self.wait_for(&format!("{service} to be {state}"), || {
@@ -175,13 +178,13 @@ impl Init {
         last
     }
 
-    #[allow(dead_code)] // supervisor_host only
+    #[allow(dead_code, reason = "supervisor_host only")]
     pub fn logs(&self, service: &str) -> String {
         self.ctl_ok(&["logs", service])
     }
 
     /// The lines init has written to stdout so far that satisfy `pred`.
-    #[allow(dead_code)] // helper_panic_host only
+    #[allow(dead_code, reason = "helper_panic_host only")]
     pub fn stdout_lines(&self, pred: impl Fn(&str) -> bool) -> Vec<String> {
         let lines = self.stdout.lock().unwrap();
         lines.iter().filter(|l| pred(l)).cloned().collect()
@@ -221,7 +224,7 @@ impl Init {
 
     /// Asks for a poweroff and waits for the supervisor (and so the namespace) to end; what
     /// init wrote to stdout and stderr.
-    #[allow(dead_code)] // supervisor_host only
+    #[allow(dead_code, reason = "supervisor_host only")]
     pub fn poweroff(&mut self) -> (Vec<String>, Vec<String>) {
         self.ctl_ok(&["poweroff"]);
         self.wait_exit()
@@ -274,9 +277,9 @@ pub struct Proc {
     pub ppid: u32,
     /// Its pid inside its own (innermost) PID namespace.
     pub ns_pid: u32,
-    #[allow(dead_code)] // supervisor_host only
+    #[allow(dead_code, reason = "supervisor_host only")]
     pub state: char,
-    #[allow(dead_code)] // supervisor_host only
+    #[allow(dead_code, reason = "supervisor_host only")]
     pub cmdline: String,
 }
 

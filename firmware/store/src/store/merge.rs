@@ -13,7 +13,7 @@ use crate::{Error, Result, ShardId};
 use super::checkpoint::write_manifest_file;
 
 /// Filter bits per shard when the budget allows: about 0.3 % false positives.
-const MAX_BLOOM_BITS: u32 = 12;
+const BLOOM_BITS_MAX: u32 = 12;
 
 impl Store {
     /// Bloom bits per key that keep all filters and fences within the budget at `total`
@@ -21,7 +21,7 @@ impl Store {
     pub(super) fn bloom_bits(&self, total: u64) -> u32 {
         let avail = (self.cfg.memory_budget_bytes as u64 * 3 / 4)
             .saturating_sub(total * 8 / PER_PAGE as u64);
-        ((avail * 8) / total.max(1)).min(u64::from(MAX_BLOOM_BITS)) as u32
+        ((avail * 8) / total.max(1)).min(u64::from(BLOOM_BITS_MAX)) as u32
     }
 
     /// Whether the run policy asks for a merge now.

@@ -62,6 +62,8 @@ fn svc(name: &str) -> Manifest {
         stop_grace_ms: 1000,
         ready_timeout_ms: 5000,
         limits: Limits::default(),
+        listen: vec![],
+        control: vec![],
     }
 }
 

@@ -1,0 +1,249 @@
+//! PID 1's answers to the board's control requests, which the supervisor passes on (its
+//! `Extension`): the web service asks through them whether the device is claimed, completes a
+//! claim in the pairing window a button press opened, records the owner's device name, and
+//! prints its address and certificate fingerprint on the console.
+//!
+//! - `board` → `data: {claimed, name, health, window: {id, remaining_ms} | null, last_window}`
+//! - `claim` + `window` → completes that window with a claim (refused once claimed, or when
+//!   that window is not the open one: a claim needs a press)
+//! - `claimed` + `name` → after a granted claim (or to rename a claimed device): writes the
+//!   `CLAIMED` marker holding the name, sets the hostname, and the LED leaves "setup needed"
+//! - `say` + `text` → one console line `cairn: USER: TEXT`
+//!
+//! Which service may make which request is its manifest's `control` list (the supervisor
+//! checks); everything here runs on the supervisor's loop, so nothing blocks.
+
+use crate::board::{BoardUi, CLAIMED};
+use crate::sys::log;
+use cairn_bsp::{Completion, Health, WindowStatus};
+use cairn_supervisor::proto::{Request, Response};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Longest console line a service may print (characters).
+const SAY_CHARS_MAX: usize = 300;
+
+/// The supervisor extension answering the board's requests.
+pub fn extension(board: BoardUi) -> cairn_supervisor::Extension {
+    let granted = Arc::new(AtomicBool::new(false));
+    cairn_supervisor::Extension(Arc::new(move |req: &Request, asker: Option<&str>| {
+        answer(&board, &granted, req, asker)
+    }))
+}
+
+fn answer(
+    board: &BoardUi,
+    granted: &AtomicBool,
+    req: &Request,
+    asker: Option<&str>,
+) -> Option<Response> {
+    let data_dir = board.data_dir();
+    Some(match req.cmd.as_str() {
+        "board" => {
+            let window = match board.ui.pairing_status() {
+                WindowStatus::Open { id, remaining_ms } => {
+                    serde_json::json!({ "id": id, "remaining_ms": remaining_ms })
+                }
+                WindowStatus::Closed => serde_json::Value::Null,
+            };
+            let name = claimed_name(data_dir);
+            Response {
+                data: Some(serde_json::json!({
+                    "claimed": name.is_some(),
+                    "name": name,
+                    "health": health_name(board.ui.health()),
+                    "window": window,
+                    "last_window": board.ui.last_window(),
+                })),
+                ..Response::ok("")
+            }
+        }
+        "claim" => {
+            let Some(id) = req.window else {
+                return Some(Response::error("claim: which pairing window? (window)"));
+            };
+            if claimed_name(data_dir).is_some() {
+                return Some(Response::error("this device already has an owner"));
+            }
+            match board.ui.complete_window(id, Completion::Claim) {
+                Ok(_) => {
+                    granted.store(true, Ordering::SeqCst);
+                    log!("setup: claimed from the setup page (pairing window {id})");
+                    Response::ok(&format!("claimed in pairing window {id}"))
+                }
+                Err(e) => Response::error(&e.to_string()),
+            }
+        }
+        "claimed" => {
+            let Some(name) = req.name.as_deref() else {
+                return Some(Response::error(
+                    "claimed: the device's name is missing (name)",
+                ));
+            };
+            if let Err(e) = check_name(name) {
+                return Some(Response::error(&e));
+            }
+            let before = claimed_name(data_dir);
+            if before.is_none() && !granted.load(Ordering::SeqCst) {
+                return Some(Response::error(
+                    "no claim was granted: press the device's button while the setup page waits",
+                ));
+            }
+            if let Err(e) = write_marker(&data_dir.join(CLAIMED), name) {
+                return Some(Response::error(&e));
+            }
+            if board.sets_hostname() {
+                if let Err(e) = nix::unistd::sethostname(name) {
+                    log!("error: sethostname {name}: {e}");
+                }
+            }
+            if board.ui.health() == Health::SetupNeeded {
+                board.ui.set_health(Health::Healthy);
+            }
+            if before.is_none() {
+                log!("setup: done; this device is {name}");
+            }
+            Response::ok(&format!("this device is {name}"))
+        }
+        "say" => {
+            let text: String = req
+                .text
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(SAY_CHARS_MAX)
+                .collect();
+            log!("{}: {text}", asker.unwrap_or("root"));
+            Response::ok("")
+        }
+        _ => return None,
+    })
+}
+
+/// The owner's name for the device, once claimed (the `CLAIMED` marker's content).
+pub fn claimed_name(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join(CLAIMED)).ok()?;
+    let name = text.trim();
+    // A marker from before names were kept still means "claimed".
+    Some(if check_name(name).is_ok() {
+        name.to_string()
+    } else {
+        String::new()
+    })
+}
+
+/// A device name is a hostname label: 1–63 lowercase letters, digits and inner hyphens.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a device name (1 to 63 lowercase letters, digits and inner hyphens)"
+        ))
+    }
+}
+
+/// Writes the marker so that a power cut leaves the old one or the new one, never a torn one.
+fn write_marker(path: &Path, name: &str) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    cairn_durable::write_mode(path, format!("{name}\n").as_bytes(), 0o644).map_err(err)
+}
+
+/// The health as the `board` answer names it.
+fn health_name(h: Health) -> &'static str {
+    match h {
+        Health::Booting => "booting",
+        Health::SetupNeeded => "setup-needed",
+        Health::Healthy => "healthy",
+        Health::Degraded => "degraded",
+        Health::Error => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_bsp::linux::BootClock;
+    use cairn_bsp::{ButtonEvent, SharedUi, Ui, UiConfig};
+
+    fn board(dir: &Path) -> BoardUi {
+        let ui = Arc::new(SharedUi::new(Ui::new(UiConfig::default()), BootClock));
+        ui.set_health(Health::SetupNeeded);
+        BoardUi::new(ui, dir.to_path_buf())
+    }
+
+    fn ask(x: &cairn_supervisor::Extension, req: serde_json::Value) -> serde_json::Value {
+        let req: Request = serde_json::from_value(req).unwrap();
+        serde_json::to_value((x.0)(&req, Some("web")).expect("answered")).unwrap()
+    }
+
+    #[test]
+    fn a_claim_needs_the_press_and_the_name_needs_the_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = board(dir.path());
+        let x = extension(b.clone());
+        let state = ask(&x, serde_json::json!({"cmd": "board"}));
+        assert_eq!(state["data"]["claimed"], false);
+        assert_eq!(state["data"]["window"], serde_json::Value::Null);
+        assert_eq!(state["data"]["last_window"], 0);
+        assert_eq!(state["data"]["health"], "setup-needed");
+
+        let r = ask(&x, serde_json::json!({"cmd": "claim", "window": 1}));
+        assert_eq!(r["ok"], false, "no press, no claim: {r}");
+        let r = ask(&x, serde_json::json!({"cmd": "claimed", "name": "attic"}));
+        assert_eq!(r["ok"], false, "no claim, no owner: {r}");
+        assert!(!dir.path().join(CLAIMED).exists());
+
+        b.ui.on_button(ButtonEvent::ShortPress);
+        let state = ask(&x, serde_json::json!({"cmd": "board"}));
+        assert_eq!(state["data"]["window"]["id"], 1);
+        assert_eq!(state["data"]["last_window"], 1);
+        let r = ask(&x, serde_json::json!({"cmd": "claim", "window": 2}));
+        assert_eq!(r["ok"], false, "another window's claim: {r}");
+        let r = ask(&x, serde_json::json!({"cmd": "claim", "window": 1}));
+        assert_eq!(r["ok"], true, "{r}");
+
+        let r = ask(
+            &x,
+            serde_json::json!({"cmd": "claimed", "name": "<script>"}),
+        );
+        assert_eq!(r["ok"], false, "{r}");
+        let r = ask(&x, serde_json::json!({"cmd": "claimed", "name": "attic"}));
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(claimed_name(dir.path()).as_deref(), Some("attic"));
+        assert_eq!(b.ui.health(), Health::Healthy);
+        let state = ask(&x, serde_json::json!({"cmd": "board"}));
+        assert_eq!(state["data"]["claimed"], true);
+        assert_eq!(state["data"]["name"], "attic");
+
+        b.ui.on_button(ButtonEvent::ShortPress);
+        let r = ask(&x, serde_json::json!({"cmd": "claim", "window": 2}));
+        assert_eq!(r["ok"], false, "a second claim after the owner's: {r}");
+        assert!(r["error"]
+            .as_str()
+            .unwrap()
+            .contains("already has an owner"));
+    }
+
+    #[test]
+    fn unknown_commands_are_left_to_the_supervisor() {
+        let dir = tempfile::tempdir().unwrap();
+        let x = extension(board(dir.path()));
+        let req = Request {
+            cmd: "frobnicate".into(),
+            ..Request::default()
+        };
+        assert!((x.0)(&req, None).is_none());
+    }
+}

@@ -1,0 +1,654 @@
+//! A real browser for the web UI tests: Debian's headless Chromium, driven over WebDriver by
+//! its own chromedriver, trusting the device only by the certificate its console printed.
+//!
+//! The device's certificate is self-signed, so no CA vouches for it. Instead of turning
+//! certificate checks off ([`pin_from_fingerprint`] reads the certificate whose SHA-256 the
+//! console printed and turns it into an SPKI pin), each [`Browser`] accepts exactly that key
+//! (`--ignore-certificate-errors-spki-list`) and still refuses any other certificate error.
+//!
+//! Every wait is bounded; chromedriver and the browser it started are killed when their
+//! [`Browser`] is dropped. The browser reaches nothing beyond this host: its background
+//! services are off and every name but `localhost` fails to resolve.
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use fantoccini::{wd::Capabilities, wd::TimeoutConfiguration, Client, ClientBuilder, Locator};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use std::fmt;
+use std::future::Future;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The SPKI pin Chromium takes: base64 of the SHA-256 of the certificate's
+/// SubjectPublicKeyInfo (DER). It names the key, so it holds across a renewed certificate
+/// with the same key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpkiPin(String);
+
+impl SpkiPin {
+    /// The pin of a certificate (DER).
+    pub fn of_certificate(der: &[u8]) -> anyhow::Result<SpkiPin> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).context("parsing the certificate")?;
+        let spki = cert.tbs_certificate.subject_pki.raw;
+        let digest = ring::digest::digest(&ring::digest::SHA256, spki);
+        Ok(SpkiPin(
+            base64::engine::general_purpose::STANDARD.encode(digest.as_ref()),
+        ))
+    }
+
+    /// The pin as Chromium's `--ignore-certificate-errors-spki-list` takes it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SpkiPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A certificate's SHA-256 fingerprint as consoles and `openssl x509 -fingerprint` print it
+/// (`AA:BB:…`, upper case).
+pub fn fingerprint_of(der: &[u8]) -> String {
+    Fingerprint::of(der).to_string()
+}
+
+/// A certificate's SHA-256.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    fn of(der: &[u8]) -> Fingerprint {
+        let d = ring::digest::digest(&ring::digest::SHA256, der);
+        Fingerprint(d.as_ref().try_into().expect("SHA-256 is 32 bytes"))
+    }
+
+    /// `AA:BB:…` (either case) or 64 plain hex digits.
+    fn parse(s: &str) -> anyhow::Result<Fingerprint> {
+        let t = s.trim();
+        let plain = if t.contains(':') {
+            let parts: Vec<&str> = t.split(':').collect();
+            anyhow::ensure!(
+                parts.iter().all(|p| p.len() == 2),
+                "'{s}' is not a SHA-256 fingerprint (AA:BB:… or 64 hex digits)"
+            );
+            parts.concat()
+        } else {
+            t.to_string()
+        };
+        let bytes = hex::decode(&plain)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .with_context(|| {
+                format!("'{s}' is not a SHA-256 fingerprint (AA:BB:… or 64 hex digits)")
+            })?;
+        Ok(Fingerprint(bytes.try_into().expect("checked: 32 bytes")))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = hex::encode_upper(self.0);
+        let pairs: Vec<&str> = (0..hex.len()).step_by(2).map(|i| &hex[i..i + 2]).collect();
+        f.write_str(&pairs.join(":"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Connects to `host:port` with TLS, accepting exactly the certificate whose SHA-256 is
+/// `sha256_fingerprint` (`AA:BB:…` or plain hex, as the device's console printed it), and
+/// returns the pin of that certificate's key for [`Browser::open`].
+pub fn pin_from_fingerprint(
+    host: &str,
+    port: u16,
+    sha256_fingerprint: &str,
+) -> anyhow::Result<SpkiPin> {
+    let want = Fingerprint::parse(sha256_fingerprint)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let seen = Arc::new(Mutex::new(None));
+    let verifier = Arc::new(FingerprintVerifier {
+        want,
+        seen: seen.clone(),
+        provider: provider.clone(),
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_string())
+        .with_context(|| format!("'{host}' is not a host name or address"))?;
+    let mut sock = connect(host, port)?;
+    let mut conn = ClientConnection::new(Arc::new(config), name)?;
+    let deadline = Instant::now() + TLS_TIMEOUT;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut sock) {
+            if let Some(got) = *seen.lock().unwrap() {
+                if got != want {
+                    bail!(
+                        "{host}:{port} presented a certificate with SHA-256 fingerprint {got}, \
+                         not the expected {want}: it is not the device whose console printed that"
+                    );
+                }
+            }
+            return Err(e).with_context(|| format!("TLS handshake with {host}:{port}"));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "TLS handshake with {host}:{port} took over {TLS_TIMEOUT:?}"
+        );
+    }
+    let cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("the server sent no certificate")?;
+    SpkiPin::of_certificate(cert)
+}
+
+/// TCP to the first address of `host` that answers, with bounded connect and I/O.
+fn connect(host: &str, port: u16) -> anyhow::Result<TcpStream> {
+    let mut last = None;
+    for addr in (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}"))?
+    {
+        match TcpStream::connect_timeout(&addr, TLS_TIMEOUT) {
+            Ok(s) => {
+                s.set_read_timeout(Some(TLS_TIMEOUT))?;
+                s.set_write_timeout(Some(TLS_TIMEOUT))?;
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e).with_context(|| format!("connecting to {host}:{port}")),
+        None => bail!("{host} has no address"),
+    }
+}
+
+/// Trusts one certificate, by its SHA-256, as SSH trusts a known host: no CA, name or dates
+/// (the device makes its own certificate; its console's fingerprint is what vouches for it).
+/// The handshake's signature is still checked, so only the holder of the key gets through.
+#[derive(Debug)]
+struct FingerprintVerifier {
+    want: Fingerprint,
+    seen: Arc<Mutex<Option<Fingerprint>>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for FingerprintVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = Fingerprint::of(end_entity);
+        *self.seen.lock().unwrap() = Some(got);
+        if got == self.want {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "certificate {got} is not the pinned {}",
+                self.want
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The browser window's size in CSS pixels (the device scale factor is 1, so screenshots
+/// are this many pixels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Viewport {
+    /// Width in CSS pixels.
+    pub width: u32,
+    /// Height in CSS pixels.
+    pub height: u32,
+}
+
+impl Viewport {
+    /// A current phone (iPhone 12–14 class), where the UI must work first.
+    pub const PHONE: Viewport = Viewport {
+        width: 390,
+        height: 844,
+    };
+    /// A laptop screen.
+    pub const DESKTOP: Viewport = Viewport {
+        width: 1280,
+        height: 800,
+    };
+}
+
+/// Where [`Browser::wait_for_text`] looks.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    /// The whole page's visible text.
+    Page,
+    /// The first element matching this CSS selector.
+    Css(&'a str),
+}
+
+/// A headless Chromium with a profile of its own (cookies, storage, cache), so two are two
+/// independent browsers; its chromedriver and it are killed on drop.
+pub struct Browser {
+    rt: tokio::runtime::Runtime,
+    client: Option<Client>,
+    // Dropped in this order: the processes, then their files.
+    _driver: Driver,
+    dir: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium with a fresh profile, trusting the key
+    /// `pin` names (and no other untrusted certificate), at `viewport`'s size.
+    pub fn open(pin: &SpkiPin, viewport: Viewport) -> anyhow::Result<Browser> {
+        let dir = tempfile::tempdir()?;
+        let driver = Driver::start(&dir.path().join("chromedriver.log"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let profile = dir.path().join("profile");
+        let args = chromium_args(pin, viewport, &profile);
+        let mut caps = Capabilities::new();
+        caps.insert("browserName".into(), "chrome".into());
+        // Explicit: only the pinned key is trusted, never every certificate.
+        caps.insert("acceptInsecureCerts".into(), false.into());
+        // `--window-size` sizes the window, and headless Chromium still takes its (invisible)
+        // toolbar off the page and keeps desktop windows at least 500 pixels wide: the
+        // viewport itself is set by device emulation, a phone's as a mobile device with touch.
+        let phone = viewport.width < DESKTOP_WIDTH_MIN;
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": args,
+                "mobileEmulation": { "deviceMetrics": {
+                    "width": viewport.width,
+                    "height": viewport.height,
+                    "pixelRatio": 1.0,
+                    "mobile": phone,
+                    "touch": phone,
+                }},
+            }),
+        );
+        let url = format!("http://127.0.0.1:{}", driver.port);
+        let client = rt
+            .block_on(async {
+                tokio::time::timeout(
+                    SESSION_TIMEOUT,
+                    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                        .capabilities(caps)
+                        .connect(&url),
+                )
+                .await
+            })
+            .map_err(|_| anyhow::anyhow!("no browser session within {SESSION_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| {
+                format!(
+                    "starting {CHROMIUM} through chromedriver (run scripts/setup); its log:\n{}",
+                    driver.log_tail()
+                )
+            })?;
+        let mut b = Browser {
+            rt,
+            client: Some(client),
+            _driver: driver,
+            dir,
+        };
+        let timeouts = TimeoutConfiguration::new(
+            Some(COMMAND_TIMEOUT),
+            Some(PAGE_LOAD_TIMEOUT),
+            Some(Duration::ZERO),
+        );
+        b.run("setting timeouts", |c| async move {
+            c.update_timeouts(timeouts).await
+        })?;
+        Ok(b)
+    }
+
+    /// Runs one WebDriver command, bounded by [`COMMAND_TIMEOUT`].
+    fn run<T, F, Fut>(&mut self, what: &str, f: F) -> anyhow::Result<T>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        let client = self.client.clone().context("the browser is closed")?;
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(COMMAND_TIMEOUT, f(client)).await })
+        {
+            Ok(r) => r.with_context(|| what.to_string()),
+            Err(_) => bail!("{what}: no answer from the browser within {COMMAND_TIMEOUT:?}"),
+        }
+    }
+
+    /// Navigates to `url` and waits for the page to load; fails if Chromium shows an error
+    /// page instead, its certificate warning included (naming its `NET::ERR_CERT_…` code).
+    pub fn goto(&mut self, url: &str) -> anyhow::Result<()> {
+        let u = url.to_string();
+        self.run(
+            &format!("loading {url}"),
+            |c| async move { c.goto(&u).await },
+        )?;
+        // chromedriver reports a refused certificate as a loaded page: Chromium's interstitial.
+        let refused = self.run("looking for a certificate error page", |c| async move {
+            c.execute(CERT_ERROR_SCRIPT, vec![]).await
+        })?;
+        if let Some(code) = refused.as_str() {
+            bail!(
+                "Chromium refused the certificate of {url} ({code}) and shows its \"not private\" \
+                 page: is the pin the key of the certificate this server presents?"
+            );
+        }
+        Ok(())
+    }
+
+    /// The page's title.
+    pub fn title(&mut self) -> anyhow::Result<String> {
+        self.run("reading the title", |c| async move { c.title().await })
+    }
+
+    /// The current page's URL.
+    pub fn url(&mut self) -> anyhow::Result<String> {
+        self.run("reading the URL", |c| async move {
+            c.current_url().await.map(|u| u.to_string())
+        })
+    }
+
+    /// The visible text of the first element matching `css`.
+    pub fn text_of(&mut self, css: &str) -> anyhow::Result<String> {
+        let sel = css.to_string();
+        self.run(&format!("reading the text of {css}"), |c| async move {
+            c.find(Locator::Css(&sel)).await?.text().await
+        })
+    }
+
+    /// Waits until `scope`'s visible text contains `text`, polling every [`POLL`]; returns
+    /// the whole text then. An element that does not exist yet is waited for too.
+    pub fn wait_for_text(
+        &mut self,
+        scope: Scope<'_>,
+        text: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let css = match scope {
+            Scope::Page => "body",
+            Scope::Css(css) => css,
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.text_of(css);
+            match &seen {
+                Ok(t) if t.contains(text) => return Ok(t.clone()),
+                _ if Instant::now() >= deadline => {
+                    let seen = match seen {
+                        Ok(t) => format!("its text is {t:?}"),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    bail!("no {text:?} in {scope:?} within {timeout:?}: {seen}");
+                }
+                _ => std::thread::sleep(POLL),
+            }
+        }
+    }
+
+    /// Clicks the first element matching `css`.
+    pub fn click(&mut self, css: &str) -> anyhow::Result<()> {
+        let sel = css.to_string();
+        self.run(&format!("clicking {css}"), |c| async move {
+            c.find(Locator::Css(&sel)).await?.click().await
+        })
+    }
+
+    /// Replaces the value of the field matching `css` with `text`, typed as keys.
+    pub fn fill(&mut self, css: &str, text: &str) -> anyhow::Result<()> {
+        let (sel, t) = (css.to_string(), text.to_string());
+        self.run(&format!("filling {css}"), |c| async move {
+            let field = c.find(Locator::Css(&sel)).await?;
+            field.clear().await?;
+            field.send_keys(&t).await
+        })
+    }
+
+    /// Writes what the viewport shows to `<target>/screens/NAME.png` (see [`target_dir`]);
+    /// returns the path.
+    pub fn screenshot(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        anyhow::ensure!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !name.starts_with('.'),
+            "screenshot name {name:?}: use letters, digits, '-', '_' and '.'"
+        );
+        let png = self.run(
+            "taking a screenshot",
+            |c| async move { c.screenshot().await },
+        )?;
+        let dir = target_dir().join("screens");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// The profile directory: this browser's cookies and storage, nobody else's.
+    pub fn profile_dir(&self) -> PathBuf {
+        self.dir.path().join("profile")
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Ends the session so chromedriver quits the browser; the driver's kill is the
+        // backstop.
+        if let Some(c) = self.client.take() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(CLOSE_TIMEOUT, c.close()).await });
+        }
+    }
+}
+
+/// The error code Chromium's certificate interstitial shows (`NET::ERR_CERT_…`), or null on
+/// any other page.
+const CERT_ERROR_SCRIPT: &str = "const e = document.getElementById('error-code'); \
+     const c = e ? e.textContent.trim().toUpperCase() : ''; \
+     return c.startsWith('NET::ERR_CERT_') ? c : null;";
+
+/// Chromium's command line, each flag with its reason.
+fn chromium_args(pin: &SpkiPin, viewport: Viewport, profile: &Path) -> Vec<String> {
+    let mut args = vec![
+        // The new headless mode is the real browser without a window (the old one was a
+        // separate implementation).
+        "--headless=new".to_string(),
+        // Tests run as root, and Chromium's sandbox refuses to start as root.
+        "--no-sandbox".to_string(),
+        format!("--window-size={},{}", viewport.width, viewport.height),
+        // Screenshots at the viewport's pixels, whatever the host's display settings.
+        "--force-device-scale-factor=1".to_string(),
+        // A fresh profile per browser: separate cookies. Chromium also honours the SPKI list
+        // only with an explicit user data directory.
+        format!("--user-data-dir={}", profile.display()),
+        format!("--ignore-certificate-errors-spki-list={pin}"),
+        // Containers often have a 64 MiB /dev/shm, too small for Chromium's shared memory
+        // (Debian's launcher adds this too; the binary is started directly, without it).
+        "--disable-dev-shm-usage".to_string(),
+        "--no-first-run".to_string(),
+        "--no-default-browser-check".to_string(),
+    ];
+    // Nothing beyond this host: no update checks, sync, metrics or other Google services, and
+    // no name but localhost resolves.
+    args.extend(
+        [
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-default-apps",
+            "--disable-domain-reliability",
+            "--disable-client-side-phishing-detection",
+            "--no-pings",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
+        ]
+        .map(String::from),
+    );
+    args
+}
+
+/// A chromedriver on a free loopback port, in its own process group so that the browser it
+/// starts is killed with it.
+struct Driver {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Driver {
+    fn start(log: &Path) -> anyhow::Result<Driver> {
+        // A port the kernel just handed out and took back: free unless another process takes
+        // it in this instant (chromedriver then exits, and the wait below says so).
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let out = std::fs::File::create(log)?;
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {CHROMEDRIVER} (run scripts/setup)"))?;
+        let mut d = Driver {
+            child,
+            port,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + DRIVER_START_TIMEOUT;
+        loop {
+            let listening = TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if let Some(status) = d.child.try_wait()? {
+                bail!(
+                    "chromedriver exited ({status}) before listening on port {port}:\n{}",
+                    d.log_tail()
+                );
+            }
+            if listening {
+                return Ok(d);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "chromedriver did not listen on port {port} within {DRIVER_START_TIMEOUT:?}:\n{}",
+                    d.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines of chromedriver's log, for error messages.
+    fn log_tail(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(&self.log).and_then(|mut f| f.read_to_string(&mut s));
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Driver {
+    /// Kills chromedriver and everything in its process group (the browser).
+    fn drop(&mut self) {
+        let pgid = self.child.id() as libc::pid_t;
+        // SAFETY: a plain syscall. chromedriver is not reaped yet, so its pid, the group's id,
+        // cannot have been reused.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The workspace's target directory: `$CARGO_TARGET_DIR` (relative to the repository, if
+/// relative) or `<repo>/target`.
+pub fn target_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => root.join(d),
+        _ => root.join("target"),
+    }
+}
+
+/// Narrower viewports are phones: emulated as mobile devices with touch.
+pub const DESKTOP_WIDTH_MIN: u32 = 600;
+
+/// Debian's Chromium binary itself: its launcher `/usr/bin/chromium` adds Google API keys and
+/// flags from /etc/chromium.d that the harness sets, or does not want, itself.
+pub const CHROMIUM: &str = "/usr/lib/chromium/chromium";
+/// Debian's chromedriver (package chromium-driver, the same build as the browser).
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// How often [`Browser::wait_for_text`] looks again.
+pub const POLL: Duration = Duration::from_millis(100);
+// Generous bounds for a loaded 2-core machine.
+/// chromedriver listening.
+pub const DRIVER_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Chromium's first start with a fresh profile.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// One page load.
+pub const PAGE_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Any other WebDriver command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Ending the session.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The TCP connect, each read and write, and the whole handshake of [`pin_from_fingerprint`].
+pub const TLS_TIMEOUT: Duration = Duration::from_secs(10);
