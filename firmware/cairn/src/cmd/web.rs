@@ -44,7 +44,27 @@ pub fn run(args: Args) -> Result<()> {
     let mut config = cairn_web::Config::new(args.data, listeners);
     config.addresses = usable(interface_addresses());
     let device = Arc::new(cairn_web::ControlSocket(args.control));
+    // Held while the web runs; without it the web still serves, by address.
+    let _mdns = mdns(device.clone());
     cairn_web::run(config, device, |_| super::notify_ready())
+}
+
+/// Starts answering on the LAN as `cairn.local` and, once PID 1's `board` names the device,
+/// `NAME.local`; a failure is one log line.
+fn mdns(device: Arc<cairn_web::ControlSocket>) -> Option<cairn_web::mdns::Responder> {
+    use cairn_web::Device;
+    let name = move || Ok(device.board()?.name);
+    match cairn_web::mdns::Responder::start(
+        cairn_web::mdns::Options::device(),
+        name,
+        interface_addresses,
+    ) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("web: mdns: {e:#}; not on the LAN by name");
+            None
+        }
+    }
 }
 
 /// Takes the listening TCP sockets named by `list` (`3` or `3,4`), checking each is one.
@@ -94,7 +114,7 @@ fn check_listening_tcp(fd: RawFd) -> Result<()> {
     }
 }
 
-/// The addresses of the device's interfaces.
+/// The addresses of the device's interfaces (every one, loopback too).
 fn interface_addresses() -> Vec<IpAddr> {
     let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
@@ -173,20 +193,15 @@ mod tests {
 
     #[test]
     fn the_manifest_runs_the_role_with_its_defaults_and_parses() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../services/web/web.toml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../services/web.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(&format!("\"--data\", \"{DEFAULT_DATA}\"")));
         assert!(text.contains(&format!("\"--control\", \"{}\"", crate::sys::paths::SOCKET)));
-        // Today's manifest format, once the two fields PID 1 is being taught are left out.
-        let today: String = text
-            .lines()
-            .filter(|l| !l.starts_with("listen =") && !l.starts_with("control ="))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let m = cairn_supervisor::manifest::parse(&path, &today).unwrap();
+        let m = cairn_supervisor::manifest::parse(&path, &text).unwrap();
         assert_eq!((m.name.as_str(), m.user.as_deref()), ("web", Some("web")));
         assert_eq!(m.limits.memory_bytes, Some(48 << 20));
+        assert_eq!(m.listen, [443]);
+        assert!(m.control.iter().any(|c| c == "board"));
     }
 
     #[test]
