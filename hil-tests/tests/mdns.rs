@@ -144,7 +144,7 @@ fn a_plug_named_attic_is_found_as_attic_local_from_the_other_plug_on_the_cable()
     let mut b_port = FixturePort::plug(&mut boards[1]).unwrap();
     assert_eq!(resolve(&mut b_port, "attic"), a_addr);
 
-    // A's web says what it publishes (its log, through PID 1).
+    // A's web says what it publishes (its log, through PID 1): both names, the address.
     let mut a_port = FixturePort::plug(&mut boards[0]).unwrap();
     let (logs, code) = a_port.ctl("logs web").unwrap();
     assert_eq!(code, 0, "{logs}");
@@ -154,6 +154,12 @@ fn a_plug_named_attic_is_found_as_attic_local_from_the_other_plug_on_the_cable()
         )),
         "{logs}"
     );
+
+    // B, new, is cairn.local alone.
+    let (logs, code) = b_port.ctl("logs web").unwrap();
+    assert_eq!(code, 0, "{logs}");
+    let published = format!("web: mdns: cairn.local (_https._tcp.local. port 443) at {b_addr}");
+    assert!(logs.contains(&published), "{logs}");
 
     // The nodes still find each other by libp2p's mDNS on the same port: both presses pair.
     let starts: Vec<usize> = boards.iter().map(Qemu::line_count).collect();

@@ -287,7 +287,8 @@ impl Publisher {
                 DaemonEvent::Error(e) => self.log.error(&e.to_string()),
                 DaemonEvent::NameChange(c) => self.log.error(&format!(
                     "{} is taken on this network; answering as {} instead",
-                    c.original, c.new_name
+                    c.original.trim_end_matches('.'),
+                    c.new_name.trim_end_matches('.')
                 )),
                 _ => {}
             }

@@ -10,7 +10,7 @@
 use cairn_web::mdns::{resolve_v4, Interfaces, Options, Responder, SERVICE_TYPE};
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Bound for a change to be seen on the LAN (a probe takes ~750 ms; polls every 200 ms here).
@@ -20,11 +20,25 @@ const ASK: Duration = Duration::from_secs(3);
 /// The test's HTTPS port, to tell its announcement from any other.
 const PORT: u16 = 8443;
 
-/// Moves this thread into a new network namespace with its loopback up. `false` when not
-/// permitted (the test then uses the machine's loopback).
-fn private_network() -> bool {
+/// A responder for an unnamed device at `addr`, looking every 200 ms.
+fn unnamed_at(addr: Ipv4Addr) -> Responder {
+    let options = Options {
+        https_port: PORT,
+        poll: Duration::from_millis(200),
+        interfaces: Interfaces::LoopbackV4,
+    };
+    Responder::start(options, || Ok(None), move || vec![IpAddr::V4(addr)]).unwrap()
+}
+
+/// Held by a test on the machine's loopback: there, the tests would hear each other.
+static SHARED_LOOPBACK: Mutex<()> = Mutex::new(());
+
+/// Moves this thread (and the threads it starts) into a new network namespace with its loopback
+/// up; without the privilege, stays on the machine's loopback and holds [`SHARED_LOOPBACK`].
+fn private_network() -> Option<MutexGuard<'static, ()>> {
     if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
-        return false;
+        eprintln!("mdns test on this machine's loopback (no privilege for a network namespace)");
+        return Some(SHARED_LOOPBACK.lock().unwrap_or_else(|e| e.into_inner()));
     }
     use nix::libc;
     // SAFETY: a datagram socket for the interface ioctls, closed below.
@@ -43,7 +57,7 @@ fn private_network() -> bool {
         assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &req), 0);
         libc::close(fd);
     }
-    true
+    None
 }
 
 /// Asks for `name` until it resolves to `want`, at most [`SEEN_MAX`].
@@ -90,15 +104,7 @@ fn wait_event<T>(
 
 #[test]
 fn the_device_answers_as_cairn_local_then_by_its_name_and_follows_its_addresses() {
-    let private = private_network();
-    eprintln!(
-        "mdns test on the loopback of {}",
-        if private {
-            "a network namespace of its own"
-        } else {
-            "this machine (no privilege for a namespace)"
-        }
-    );
+    let _shared = private_network();
     let name: Arc<Mutex<Option<String>>> = Arc::default();
     let addrs = Arc::new(Mutex::new(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]));
     let options = Options {
@@ -159,4 +165,17 @@ fn the_device_answers_as_cairn_local_then_by_its_name_and_follows_its_addresses(
     });
     drop(responder);
     let _ = querier.shutdown();
+}
+
+#[test]
+fn a_device_that_comes_later_finds_cairn_local_taken_and_answers_as_cairn_2_local() {
+    let _shared = private_network();
+    let first = unnamed_at(Ipv4Addr::LOCALHOST);
+    resolves_to("cairn", Ipv4Addr::LOCALHOST);
+    let later = Ipv4Addr::new(127, 0, 0, 3);
+    let second = unnamed_at(later);
+    resolves_to("cairn-2", later);
+    // The first keeps its name.
+    resolves_to("cairn", Ipv4Addr::LOCALHOST);
+    drop((first, second));
 }
