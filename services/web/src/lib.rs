@@ -11,6 +11,7 @@ pub mod claim;
 pub mod device;
 mod files;
 pub mod form;
+pub mod mdns;
 pub mod pages;
 mod server;
 pub mod settings;

@@ -106,10 +106,10 @@ pub(crate) async fn serve(
         settings_write: tokio::sync::Mutex::new(()),
     });
     // Said before ready, so the console shows where to go before `cairn: ready`.
-    eprintln!("web: {announcement}");
+    tracing::info!("{announcement}");
     let said = announcement.clone();
     if let Err(e) = app.call(move |d| d.say(&said)).await {
-        eprintln!("web: cannot tell the console: {e:#}");
+        tracing::warn!("cannot tell the console: {e:#}");
     }
     ready(&Started {
         fingerprint: identity.fingerprint.clone(),
@@ -168,10 +168,10 @@ async fn finish_claim(app: Arc<App>, name: String) {
     match app.call(|d| d.board()).await {
         Ok(b) if b.claimed => {}
         Ok(_) => match app.call(move |d| d.claimed(&name)).await {
-            Ok(()) => eprintln!("web: told PID 1 the device is claimed"),
-            Err(e) => eprintln!("web: telling PID 1 the device is claimed: {e:#}"),
+            Ok(()) => tracing::info!("told PID 1 the device is claimed"),
+            Err(e) => tracing::warn!("telling PID 1 the device is claimed: {e:#}"),
         },
-        Err(e) => eprintln!("web: board: {e:#}"),
+        Err(e) => tracing::warn!("board: {e:#}"),
     }
 }
 
@@ -193,7 +193,7 @@ async fn watch_board(app: Arc<App>) {
             Err(e) => {
                 // Once per outage, not four times a second.
                 if !failing {
-                    eprintln!("web: board: {e:#}");
+                    tracing::warn!("board: {e:#}");
                 }
                 failing = true;
                 continue;
@@ -203,8 +203,8 @@ async fn watch_board(app: Arc<App>) {
         match action {
             Action::Nothing => continue,
             Action::Refused => {
-                eprintln!(
-                    "web: window {}: more than one browser waiting, all refused",
+                tracing::warn!(
+                    "window {}: more than one browser waiting, all refused",
                     board.last_window
                 );
             }
@@ -213,11 +213,11 @@ async fn watch_board(app: Arc<App>) {
                 let mut state = app.state();
                 match claimed {
                     Ok(()) => {
-                        eprintln!("web: window {window}: claimed for the one browser waiting");
+                        tracing::info!("window {window}: claimed for the one browser waiting");
                         state.claims.claimed(&waiter, Instant::now());
                     }
                     Err(e) => {
-                        eprintln!("web: window {window}: claim refused: {e:#}");
+                        tracing::warn!("window {window}: claim refused: {e:#}");
                         state.claims.claim_failed(&waiter, &format!("{e:#}"));
                     }
                 }
@@ -242,7 +242,7 @@ async fn accept(
             Ok(c) => c,
             Err(e) => {
                 // Out of descriptors or the like: wait instead of spinning.
-                eprintln!("web: accept: {e}");
+                tracing::warn!("accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -805,9 +805,9 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
     let name = v.name.clone();
     if let Err(err) = app.call(move |d| d.claimed(&name)).await {
         // The settings are the truth: the next start of the service tells PID 1 again.
-        eprintln!("web: telling PID 1 the device is claimed: {err:#}");
+        tracing::warn!("telling PID 1 the device is claimed: {err:#}");
     }
-    eprintln!("web: set up as {}", v.name);
+    tracing::info!("set up as {}", v.name);
     with_cookie(
         with_cookie(redirect("/admin/"), &app.log_in()),
         &clear_cookie(SETUP_COOKIE, "/setup"),

@@ -55,7 +55,7 @@ pub fn load_or_make(data_dir: &Path, name: Option<&str>, addresses: &[IpAddr]) -
             Ok(identity) => return Ok(identity),
             // Damaged (a bad card sector): a new identity beats a web that never starts; the
             // console announces the new fingerprint.
-            Err(e) => eprintln!("web: {}: {e:#}; making a new one", path.display()),
+            Err(e) => tracing::warn!("{}: {e:#}; making a new one", path.display()),
         },
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -6,6 +6,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
+/// Longest `resolve NAME` waits for an answer.
+const RESOLVE_WAIT: Duration = Duration::from_secs(10);
+
 /// `cairn fixture` arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,7 +22,9 @@ enum Role {
     Sleep,
     /// Take commands, one per line, from TCP 127.0.0.1:PORT or from the virtio-serial port
     /// named NAME (hot-plugged by a QEMU test): `crash` aborts, `exit N` exits with N, `rss`
-    /// answers PID 1's resident memory, `read PATH` a small file's text, `fds PID` what a process has open, `ctl ARGS…` runs `cairn ctl ARGS…` and answers its output.
+    /// answers PID 1's resident memory, `read PATH` a small file's text, `fds PID` what a process has open, `ctl ARGS…` runs `cairn ctl ARGS…` and answers its output,
+    /// `resolve NAME` asks the LAN for `NAME.local`'s A record by mDNS (`resolved NAME ADDR` or
+    /// `unresolved NAME`).
     /// `--inherited`: on the first socket the supervisor handed over (`$CAIRN_LISTEN_FDS`).
     CrashOnCommand {
         #[arg(long, required_unless_present_any = ["virtio", "inherited"])]
@@ -335,6 +340,15 @@ fn command(line: &str, out: &mut impl Write) {
                     let _ = writeln!(out, "ctl-out {e}\nctl-done -1");
                 }
             }
+        }
+        ["resolve", name] => {
+            // The web's own resolver, as another machine on the LAN asks.
+            let lan = cairn_web::mdns::Interfaces::Lan;
+            let _ = match cairn_web::mdns::resolve_v4(name, lan, RESOLVE_WAIT) {
+                Ok(Some(addr)) => writeln!(out, "resolved {name} {addr}"),
+                Ok(None) => writeln!(out, "unresolved {name}"),
+                Err(e) => writeln!(out, "unresolved {name} ({e:#})"),
+            };
         }
         _ => {
             let _ = writeln!(out, "unknown command {:?}", line.trim());

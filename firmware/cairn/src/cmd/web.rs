@@ -44,7 +44,27 @@ pub fn run(args: Args) -> Result<()> {
     let mut config = cairn_web::Config::new(args.data, listeners);
     config.addresses = usable(interface_addresses());
     let device = Arc::new(cairn_web::ControlSocket(args.control));
+    // Held while the web runs; without it the web still serves, by address.
+    let _mdns = mdns(device.clone());
     cairn_web::run(config, device, |_| super::notify_ready())
+}
+
+/// Starts answering on the LAN as `cairn.local` and, once PID 1's `board` names the device,
+/// `NAME.local`; a failure is one log line.
+fn mdns(device: Arc<cairn_web::ControlSocket>) -> Option<cairn_web::mdns::Responder> {
+    use cairn_web::Device;
+    let name = move || Ok(device.board()?.name);
+    match cairn_web::mdns::Responder::start(
+        cairn_web::mdns::Options::device(),
+        name,
+        interface_addresses,
+    ) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("web: mdns: {e:#}; not on the LAN by name");
+            None
+        }
+    }
 }
 
 /// Takes the listening TCP sockets named by `list` (`3` or `3,4`), checking each is one.
@@ -94,7 +114,7 @@ fn check_listening_tcp(fd: RawFd) -> Result<()> {
     }
 }
 
-/// The addresses of the device's interfaces.
+/// The addresses of the device's interfaces (every one, loopback too).
 fn interface_addresses() -> Vec<IpAddr> {
     let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
