@@ -203,10 +203,13 @@ async fn watch_board(app: Arc<App>) {
         match action {
             Action::Nothing => continue,
             Action::Refused => {
-                eprintln!(
-                    "web: window {}: more than one browser waiting, all refused",
-                    board.last_window
-                );
+                let window = board.last_window;
+                eprintln!("web: window {window}: more than one browser waiting, all refused");
+                // Left open, the window would swallow the press the page asks for next
+                // (presses do not stack) until its time ran out.
+                if let Err(e) = app.call(move |d| d.refuse(window)).await {
+                    eprintln!("web: window {window}: closing it: {e:#}");
+                }
             }
             Action::Claim { window, waiter } => {
                 let claimed = app.call(move |d| d.claim(window)).await;

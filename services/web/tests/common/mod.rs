@@ -55,13 +55,23 @@ impl FakeDevice {
         Arc::new(d)
     }
 
-    /// A short press of the button: a new pairing window opens.
+    /// A short press of the button: a new pairing window opens, unless one is open (presses
+    /// do not stack, as on the board); returns the open window.
     #[allow(dead_code)] // claim only
     pub fn press(&self) -> u64 {
         let mut s = self.state.lock().unwrap();
+        if let Some(open) = s.window {
+            return open;
+        }
         s.last_window += 1;
         s.window = Some(s.last_window);
         s.last_window
+    }
+
+    /// The open pairing window's time runs out.
+    #[allow(dead_code)] // claim only
+    pub fn expire(&self) {
+        self.state.lock().unwrap().window = None;
     }
 
     /// Every call but `board` and `status`, in order (`claim 1`, `claimed plug`, `say …`).
@@ -125,6 +135,16 @@ impl Device for FakeDevice {
         // A claim completes the window, as PID 1's does.
         s.window = None;
         s.calls.push(format!("claim {window}"));
+        Ok(())
+    }
+
+    fn refuse(&self, window: u64) -> Result<()> {
+        let mut s = self.state.lock().unwrap();
+        if s.window != Some(window) {
+            bail!("window {window} is not open");
+        }
+        s.window = None;
+        s.calls.push(format!("refuse {window}"));
         Ok(())
     }
 
