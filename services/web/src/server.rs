@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{tokens_equal, LoginLimiter, Sessions};
+use crate::auth::{tokens_equal, Client, KnownBrowsers, LoginLimiter, Sessions};
 use crate::claim::{Action, Claims, Outcome};
 use crate::device::Device;
 use crate::form::{cookie, Form};
@@ -341,6 +341,38 @@ impl App {
         let (id, _) = self.state().sessions.create(Instant::now());
         format!("{SESSION_COOKIE}={id}; {COOKIE_ATTRIBUTES}; Path=/")
     }
+
+    /// The known browsers' signer, once set up.
+    fn known_browsers(&self) -> Option<KnownBrowsers> {
+        let state = self.state();
+        let hash = &state.settings.as_ref()?.passphrase_hash;
+        Some(KnownBrowsers::new(hash))
+    }
+
+    /// Who a login attempt of `req` counts against: the known browser its cookie names, or
+    /// else its address.
+    fn login_client(&self, req: &Request<Incoming>, address: IpAddr) -> Client {
+        request_cookie(req, KNOWN_COOKIE)
+            .and_then(|token| self.known_browsers()?.check(&token))
+            .unwrap_or(Client::from(address))
+    }
+
+    /// The cookie that makes this browser a known one (see [`KnownBrowsers`]).
+    fn known_cookie(&self) -> Option<String> {
+        let token = self.known_browsers()?.issue();
+        Some(format!(
+            "{KNOWN_COOKIE}={token}; {COOKIE_ATTRIBUTES}; Path=/admin; Max-Age={}",
+            KNOWN_COOKIE_LIFETIME.as_secs()
+        ))
+    }
+}
+
+/// `r` with the known-browser cookie, when there is one to give.
+fn known(app: &App, r: Response<Body>) -> Response<Body> {
+    match app.known_cookie() {
+        Some(c) => with_cookie(r, &c),
+        None => r,
+    }
 }
 
 /// Routes one request and adds what every response carries.
@@ -433,6 +465,7 @@ async fn admin(
         return redirect("/admin/login");
     };
     let path = req.uri().path().to_string();
+    let client = app.login_client(&req, client);
     if get {
         return match path.as_str() {
             "/admin/" => dashboard(app, &csrf).await,
@@ -755,18 +788,23 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
         eprintln!("web: telling PID 1 the device is claimed: {err:#}");
     }
     eprintln!("web: set up as {}", v.name);
-    with_cookie(
-        with_cookie(redirect("/admin/"), &app.log_in()),
-        &clear_cookie(SETUP_COOKIE, "/setup"),
+    // The browser that set the device up is the owner's: known from the start.
+    known(
+        app,
+        with_cookie(
+            with_cookie(redirect("/admin/"), &app.log_in()),
+            &clear_cookie(SETUP_COOKIE, "/setup"),
+        ),
     )
 }
 
 async fn login(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Response<Body> {
+    let client = app.login_client(&req, client);
     let form = match read_form(req).await {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    if let Err(limited) = app.state().limiter.attempt(client, Instant::now()) {
+    if let Err(limited) = app.state().limiter.attempt(client.clone(), Instant::now()) {
         return html(
             StatusCode::TOO_MANY_REQUESTS,
             pages::login(Some(&limited.message())),
@@ -775,7 +813,7 @@ async fn login(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
     match app.verify(form.get("passphrase").to_string()).await {
         Ok(true) => {
             app.state().limiter.succeeded(client);
-            with_cookie(redirect("/admin/"), &app.log_in())
+            known(app, with_cookie(redirect("/admin/"), &app.log_in()))
         }
         Ok(false) => {
             app.state().limiter.failed(client, Instant::now());
@@ -795,11 +833,11 @@ async fn change_passphrase(
     app: &Arc<App>,
     form: &Form,
     csrf: &str,
-    client: IpAddr,
+    client: Client,
 ) -> Response<Body> {
     let mut e = PassphraseErrors::default();
     let page = |e: &PassphraseErrors, status| html(status, pages::passphrase(csrf, e));
-    if let Err(limited) = app.state().limiter.attempt(client, Instant::now()) {
+    if let Err(limited) = app.state().limiter.attempt(client.clone(), Instant::now()) {
         e.old = Some(limited.message());
         return page(&e, StatusCode::TOO_MANY_REQUESTS);
     }
@@ -1008,6 +1046,10 @@ pub const SESSION_COOKIE: &str = "cairn_session";
 pub const CLAIM_COOKIE: &str = "cairn_claim";
 /// The browser that won the claim, until setup is done.
 pub const SETUP_COOKIE: &str = "cairn_setup";
+/// A browser that logged in before (its logins are limited apart from its address's).
+pub const KNOWN_COOKIE: &str = "cairn_known";
+/// How long a browser stays known.
+pub const KNOWN_COOKIE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Every cookie's: HTTPS only, never to scripts, never on another site's requests.
 const COOKIE_ATTRIBUTES: &str = "Secure; HttpOnly; SameSite=Strict";
 /// How often the board is asked while someone waits for the button.

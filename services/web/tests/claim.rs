@@ -222,6 +222,8 @@ async fn setup_stores_the_settings_tells_pid1_logs_in_and_then_is_gone() {
         r.body
     );
     assert!(b.cookies.contains_key("cairn_session"));
+    // The browser that set the device up is the owner's: its logins count on their own.
+    assert!(b.cookies.contains_key("cairn_known"));
     assert!(
         !b.cookies.contains_key("cairn_setup"),
         "the setup token is spent"
