@@ -4,6 +4,10 @@
 //!
 //! Shared state sits behind one mutex, never held across an await; PID 1's calls, the passphrase
 //! hash and durable writes run on the blocking pool.
+//!
+//! Asked to stop (PID 1's SIGTERM, see [`crate::run`]), it stops accepting, lets the requests
+//! under way answer (a reboot's page among them: PID 1 stops the services the moment it has
+//! said yes to the reboot) and ends their connections, for at most [`SHUTDOWN_GRACE`].
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +52,8 @@ struct App {
     kdf_gate: Arc<Semaphore>,
     /// Settings are written by one request at a time.
     settings_write: tokio::sync::Mutex<()>,
+    /// True once the service is stopping.
+    stopping: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -62,6 +68,7 @@ pub(crate) async fn serve(
     config: Config,
     device: Arc<dyn Device>,
     ready: impl FnOnce(&Started),
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let settings = Settings::load(&config.data_dir)?;
     let name = settings.as_ref().map(|s| s.name.clone());
@@ -104,6 +111,7 @@ pub(crate) async fn serve(
         waiter_came: Notify::new(),
         kdf_gate: Arc::new(Semaphore::new(1)),
         settings_write: tokio::sync::Mutex::new(()),
+        stopping: watch::channel(false).0,
     });
     // Said before ready, so the console shows where to go before `cairn: ready`.
     eprintln!("web: {announcement}");
@@ -126,8 +134,25 @@ pub(crate) async fn serve(
     for l in listeners {
         tasks.spawn(accept(app.clone(), l, acceptor.clone(), permits.clone()));
     }
-    while let Some(r) = tasks.join_next().await {
-        r?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => match r {
+                Some(r) => r?,
+                None => return Ok(()),
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    // No new connections; the open ones finish the request under way, then close.
+    tasks.abort_all();
+    app.stopping.send_replace(true);
+    let all = u32::try_from(CONNECTIONS_MAX).unwrap_or(u32::MAX);
+    if tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        eprintln!("web: stopping with connections still open after {SHUTDOWN_GRACE:?}");
     }
     Ok(())
 }
@@ -260,17 +285,26 @@ async fn accept(
                 return;
             };
             let client = peer.ip();
+            let mut stopping = app.stopping.subscribe();
             let service = hyper::service::service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(respond(app, req, client).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(CONNECTION_BUF_BYTES)
                 .max_headers(HEADERS_MAX)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stopping) => {
+                    // The request under way is answered, then the connection closes.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
     }
 }
@@ -659,6 +693,12 @@ async fn wait(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Returns once the service is stopping.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await (it is not `Send`).
+    let _ = stopping.wait_for(|s| *s).await.map(|_| ());
+}
+
 /// Holds the poll open until the waiter's outcome or [`App::wait_poll`].
 async fn poll(app: &Arc<App>, id: &str) -> Option<Outcome> {
     /// Marks the poll closed however it ends (answered, or the browser went away).
@@ -669,6 +709,7 @@ async fn poll(app: &Arc<App>, id: &str) -> Option<Outcome> {
         }
     }
     let mut decided = app.decided.subscribe();
+    let mut stopping = app.stopping.subscribe();
     app.state().claims.poll_opened(id);
     let _open = Open(app, id);
     let deadline = tokio::time::Instant::now() + app.wait_poll;
@@ -676,11 +717,15 @@ async fn poll(app: &Arc<App>, id: &str) -> Option<Outcome> {
         if let Some(o) = app.state().claims.take_outcome(id) {
             return Some(o);
         }
-        if tokio::time::timeout_at(deadline, decided.changed())
-            .await
-            .is_err()
-        {
-            return None;
+        tokio::select! {
+            r = decided.changed() => {
+                if r.is_err() {
+                    return None;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return None,
+            // "Still waiting", so that the service can stop; the page polls again.
+            () = stopped(&mut stopping) => return None,
         }
     }
 }
@@ -1068,6 +1113,9 @@ pub const FORM_BYTES_MAX: usize = 16 * 1024;
 pub const CONNECTION_BUF_BYTES: usize = 32 * 1024;
 /// Most headers in one request.
 pub const HEADERS_MAX: usize = 48;
+/// Longest the open connections may take to finish once the service is asked to stop (PID 1
+/// waits `stop_grace_ms`, 3 s for the web, before SIGKILL).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Longest service name a restart asks for.
 pub const SERVICE_NAME_BYTES_MAX: usize = 64;
 

@@ -264,6 +264,28 @@ async fn wrong_passphrases_from_the_owners_address_do_not_lock_the_owners_browse
 }
 
 #[tokio::test]
+async fn the_reboot_page_arrives_though_pid1_stops_the_web_as_it_says_yes() {
+    let server = Server::set_up(true);
+    server.device.stops_on_reboot();
+    let mut b = server.logged_in().await;
+    let csrf = b.get("/admin/").await.csrf();
+    let r = b.form("/admin/reboot", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("The device is rebooting"), "{}", r.body);
+    // Then it stops of itself, well within PID 1's grace, and takes no new connection.
+    let ended = tokio::task::spawn_blocking(move || {
+        let r = server
+            .stopped
+            .recv_timeout(std::time::Duration::from_secs(5));
+        (r, server)
+    })
+    .await
+    .unwrap();
+    assert_eq!(ended.0, Ok(Ok(())));
+    assert!(std::net::TcpStream::connect(ended.1.addr).is_err());
+}
+
+#[tokio::test]
 async fn logout_ends_the_session() {
     let server = Server::set_up(true);
     let mut b = server.logged_in().await;

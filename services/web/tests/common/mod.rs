@@ -33,9 +33,19 @@ pub const POLL: Duration = Duration::from_millis(600);
 pub const PASSPHRASE: &str = "correct horse battery";
 
 /// PID 1 as the tests play it.
-#[derive(Default)]
 pub struct FakeDevice {
     state: Mutex<FakeState>,
+    /// Set: the server stops (as PID 1's SIGTERM stops the role).
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for FakeDevice {
+    fn default() -> FakeDevice {
+        FakeDevice {
+            state: Mutex::default(),
+            stop: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -45,6 +55,7 @@ struct FakeState {
     window: Option<u64>,
     last_window: u64,
     calls: Vec<String>,
+    stops_on_reboot: bool,
 }
 
 impl FakeDevice {
@@ -72,6 +83,13 @@ impl FakeDevice {
     #[allow(dead_code)] // claim only
     pub fn expire(&self) {
         self.state.lock().unwrap().window = None;
+    }
+
+    /// Stops the server right after saying yes to a reboot, as PID 1 does (it stops every
+    /// service at once).
+    #[allow(dead_code)] // admin only
+    pub fn stops_on_reboot(&self) {
+        self.state.lock().unwrap().stops_on_reboot = true;
     }
 
     /// Every call but `board` and `status`, in order (`claim 1`, `claimed plug`, `say …`).
@@ -163,6 +181,9 @@ impl Device for FakeDevice {
 
     fn reboot(&self) -> Result<()> {
         self.record("reboot".into());
+        if self.state.lock().unwrap().stops_on_reboot {
+            self.stop.send_replace(true);
+        }
         Ok(())
     }
 
@@ -177,12 +198,21 @@ impl Device for FakeDevice {
     }
 }
 
-/// A running server.
+/// A running server; it stops when dropped.
 pub struct Server {
     pub addr: SocketAddr,
     pub fingerprint: String,
     pub device: Arc<FakeDevice>,
     pub data: Arc<TempDir>,
+    /// Once it has stopped: how it ended.
+    #[allow(dead_code)] // admin only
+    pub stopped: std::sync::mpsc::Receiver<std::result::Result<(), String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.device.stop.send_replace(true);
+    }
 }
 
 impl Server {
@@ -199,7 +229,8 @@ impl Server {
         Server::start(data, FakeDevice::new(pid1_knows))
     }
 
-    /// Starts the service over `data` the way the role does (its own runtime and thread).
+    /// Starts the service over `data` the way the role does (its own runtime and thread),
+    /// until the device's stop (not SIGTERM: this process's tests must die of it).
     pub fn start(data: Arc<TempDir>, device: Arc<FakeDevice>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut config = Config::new(data.path().to_path_buf(), vec![listener]);
@@ -214,10 +245,24 @@ impl Server {
         .unwrap();
         config.meminfo = meminfo;
         let (tx, rx) = std::sync::mpsc::channel();
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
         let dev: Arc<dyn Device> = device.clone();
+        let mut stop = device.stop.subscribe();
         std::thread::spawn(move || {
-            let result = cairn_web::run(config, dev, |s| tx.send(s.clone()).unwrap());
-            panic!("the server stopped: {result:?}");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(cairn_web::BLOCKING_THREADS_MAX)
+                .build()
+                .unwrap();
+            let result = rt.block_on(cairn_web::serve_until(
+                config,
+                dev,
+                |s| tx.send(s.clone()).unwrap(),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+                },
+            ));
+            let _ = stopped_tx.send(result.map_err(|e| format!("{e:#}")));
         });
         let started = rx.recv_timeout(Duration::from_secs(10)).expect("started");
         Server {
@@ -225,6 +270,7 @@ impl Server {
             fingerprint: started.fingerprint,
             device,
             data,
+            stopped,
         }
     }
 
