@@ -172,6 +172,82 @@ pub(crate) fn pinned_handshake(
     Ok((conn, sock))
 }
 
+/// An HTTP response as [`https_request`] read it.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The header lines, as sent (`Name: value`).
+    pub headers: Vec<String>,
+    /// The body, as text (lossy).
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of the first header named `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Sends one raw HTTP/1.1 request (`head`: request line and headers, without the final empty
+/// line; `Host`, `Content-Length` and `Connection: close` are added) to `host:port` over TLS
+/// pinned to the certificate with SHA-256 `sha256_fingerprint`, as a script would rather than a
+/// browser: no `Origin`, no `Sec-Fetch-*`, only the cookies it is given. Reads the whole answer.
+pub fn https_request(
+    host: &str,
+    port: u16,
+    sha256_fingerprint: &str,
+    head: &str,
+    body: &str,
+) -> anyhow::Result<HttpResponse> {
+    use std::io::Write as _;
+    let (mut conn, mut sock) = pinned_handshake(host, port, sha256_fingerprint)?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    let request = format!(
+        "{}\r\nHost: {host}:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        head.trim_end(),
+        body.len()
+    );
+    tls.write_all(request.as_bytes())
+        .with_context(|| format!("sending to {host}:{port}"))?;
+    let mut answer = Vec::new();
+    let deadline = Instant::now() + TLS_TIMEOUT;
+    loop {
+        let mut chunk = [0u8; 4096];
+        match tls.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            // A server may close without TLS's close_notify once it has said all
+            // (`Connection: close`): the answer is whole.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e).with_context(|| format!("reading from {host}:{port}")),
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{host}:{port} took over {TLS_TIMEOUT:?} to answer"
+        );
+    }
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{host}:{port} answered no HTTP response: {text:?}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{host}:{port} answered no status line: {head:?}"))?;
+    Ok(HttpResponse {
+        status,
+        headers: lines.map(str::to_string).collect(),
+        body: body.to_string(),
+    })
+}
+
 /// TCP to the first address of `host` that answers, with bounded connect and I/O.
 fn connect(host: &str, port: u16) -> anyhow::Result<TcpStream> {
     let mut last = None;
@@ -465,6 +541,37 @@ impl Browser {
         })
     }
 
+    /// Clicks the first element matching `css`, which leads to another page (a form's submit
+    /// button, a link), and waits up to `timeout` until that page has loaded. A plain
+    /// [`click`](Browser::click) may return while the old page still shows: reading it then
+    /// finds the old page's text, and its elements go stale under the reader.
+    pub fn click_to_next_page(&mut self, css: &str, timeout: Duration) -> anyhow::Result<()> {
+        // A mark only this document carries: gone once another document has loaded.
+        self.run("marking the page", |c| async move {
+            c.execute("window.cairnOldPage = true; return null;", vec![])
+                .await
+        })?;
+        self.click(css)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let loaded = self.run("waiting for the next page", |c| async move {
+                c.execute(
+                    "return window.cairnOldPage === undefined \
+                     && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await
+            });
+            match loaded {
+                Ok(serde_json::Value::Bool(true)) => return Ok(()),
+                // Between two pages, scripts may fail to run: look again.
+                Ok(_) | Err(_) if Instant::now() < deadline => std::thread::sleep(POLL),
+                Ok(_) => bail!("clicking {css}: no next page within {timeout:?}"),
+                Err(e) => return Err(e.context(format!("clicking {css}: no next page"))),
+            }
+        }
+    }
+
     /// Replaces the value of the field matching `css` with `text`, typed as keys.
     pub fn fill(&mut self, css: &str, text: &str) -> anyhow::Result<()> {
         let (sel, t) = (css.to_string(), text.to_string());
@@ -473,6 +580,61 @@ impl Browser {
             field.clear().await?;
             field.send_keys(&t).await
         })
+    }
+
+    /// Types `keys` into the element matching `css` without clearing it first (a slider takes
+    /// arrow keys: `"\u{E011}"` is Home, `"\u{E014}"` the right arrow, as WebDriver names them).
+    pub fn type_keys(&mut self, css: &str, keys: &str) -> anyhow::Result<()> {
+        let (sel, k) = (css.to_string(), keys.to_string());
+        self.run(&format!("typing into {css}"), |c| async move {
+            c.find(Locator::Css(&sel)).await?.send_keys(&k).await
+        })
+    }
+
+    /// The current value of the form field matching `css`: what its box shows.
+    pub fn value_of(&mut self, css: &str) -> anyhow::Result<String> {
+        let sel = css.to_string();
+        self.run(&format!("reading the value of {css}"), |c| async move {
+            c.find(Locator::Css(&sel))
+                .await?
+                .prop("value")
+                .await
+                .map(Option::unwrap_or_default)
+        })
+    }
+
+    /// How many elements match `css` on the page.
+    pub fn count(&mut self, css: &str) -> anyhow::Result<usize> {
+        let sel = css.to_string();
+        self.run(&format!("counting {css}"), |c| async move {
+            c.find_all(Locator::Css(&sel)).await.map(|v| v.len())
+        })
+    }
+
+    /// The text of the dialog (`alert`, `confirm`, `prompt`) the page has open, if any.
+    pub fn alert_text(&mut self) -> anyhow::Result<Option<String>> {
+        let client = self.client.clone().context("the browser is closed")?;
+        let r = self.rt.block_on(async {
+            tokio::time::timeout(COMMAND_TIMEOUT, client.get_alert_text()).await
+        });
+        match r {
+            Ok(Ok(text)) => Ok(Some(text)),
+            Ok(Err(e)) if e.is_no_such_alert() => Ok(None),
+            Ok(Err(e)) => Err(e).context("reading the open dialog"),
+            Err(_) => bail!("reading the open dialog: no answer within {COMMAND_TIMEOUT:?}"),
+        }
+    }
+
+    /// The value of the cookie `name` the browser holds for the current page, as WebDriver
+    /// reads it (`HttpOnly` ones too, which the page's scripts cannot see).
+    pub fn cookie(&mut self, name: &str) -> anyhow::Result<Option<String>> {
+        let cookies = self.run("reading the cookies", |c| async move {
+            c.get_all_cookies().await
+        })?;
+        Ok(cookies
+            .iter()
+            .find(|c| c.name() == name)
+            .map(|c| c.value().to_string()))
     }
 
     /// Writes what the viewport shows to `<target>/screens/NAME.png` (see [`target_dir`]);

@@ -2,9 +2,12 @@
 //! device serves its web UI: Debian's headless Chromium trusts it by the pinned key alone,
 //! reads and clicks the page (its script an external file, as the UI's strict
 //! Content-Security-Policy demands), keeps each browser's cookies to itself, refuses a key it
-//! was not pinned to, and writes screenshots.
+//! was not pinned to, and writes screenshots; a script's raw HTTPS request is pinned the same
+//! way.
 
-use cairn_hil::browser::{fingerprint_of, pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport};
+use cairn_hil::browser::{
+    fingerprint_of, https_request, pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -223,8 +226,20 @@ fn a_pinned_browser_loads_reads_and_clicks_the_page_and_screenshots_it() {
     assert_eq!(text, "pressed");
     b.wait_for_text(Scope::Page, "Log in", WAIT).unwrap();
     assert!(server.requests().contains(&"/app.js".to_string()));
+    assert_eq!(b.count("script").unwrap(), 1);
+    assert_eq!(b.count("#nothing-here").unwrap(), 0);
+    assert_eq!(b.alert_text().unwrap(), None);
+    b.fill("#who", "ali").unwrap();
+    b.type_keys("#who", "ce").unwrap();
+    assert_eq!(b.value_of("#who").unwrap(), "alice");
 
     let path = b.screenshot("browser-harness-phone").unwrap();
+    // The form's answer is the next page, read at once: no old page's text in between.
+    b.click_to_next_page("#login", WAIT).unwrap();
+    assert_eq!(b.text_of("#cookie").unwrap(), "who=alice");
+    // WebDriver reads the HttpOnly cookie that the page's scripts cannot.
+    assert_eq!(b.cookie("who").unwrap().as_deref(), Some("alice"));
+    assert_eq!(b.cookie("nobody").unwrap(), None);
     assert!(path.ends_with("screens/browser-harness-phone.png"));
     assert_eq!(
         png_size(&std::fs::read(&path).unwrap()),
@@ -248,6 +263,47 @@ fn a_wrong_fingerprint_is_refused_naming_both() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a SHA-256 fingerprint"), "{err}");
+}
+
+#[test]
+fn a_raw_request_is_pinned_and_reads_the_whole_answer() {
+    let server = Server::start();
+    let fingerprint = fingerprint_of(&server.cert);
+    let r = https_request(
+        "localhost",
+        server.port,
+        &fingerprint,
+        "GET / HTTP/1.1\r\nCookie: who=carol",
+        "",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(
+        r.body.contains("<p id=\"cookie\">who=carol</p>"),
+        "{}",
+        r.body
+    );
+    let r = https_request(
+        "127.0.0.1",
+        server.port,
+        &fingerprint,
+        "POST /login HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded",
+        "who=dave",
+    )
+    .unwrap();
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/"));
+    assert!(r.header("set-cookie").unwrap().starts_with("who=dave;"));
+
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let wrong = fingerprint_of(other.cert.der());
+    let requests = server.requests().len();
+    let err = https_request("localhost", server.port, &wrong, "GET / HTTP/1.1", "")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&wrong) && err.contains(&fingerprint), "{err}");
+    assert_eq!(server.requests().len(), requests, "nothing was sent");
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! A short press opens the window for `duration` (120 s unless the board or the kernel command
 //! line says otherwise). While it is open exactly one claim *or* one peer pairing may complete;
 //! completing closes it. Pressing again while it is open changes nothing (presses do not
-//! stack: the window still closes when the first press said). The setup UI and the network
+//! stack: the window still closes when the first press said). A claim refused because two
+//! browsers waited for the press closes the window too, so that the press the person is asked
+//! for next opens a new one. The setup UI and the network
 //! consume this through `SharedUi`; this type is the plain state machine.
 
 /// What completed in a window.
@@ -65,6 +67,12 @@ pub enum WindowStatus {
 pub enum Closing {
     /// Nothing completed before the timeout.
     Expired {
+        /// The window's number.
+        id: u64,
+    },
+    /// A claim in it was refused (more than one browser waited for the press): closed early,
+    /// nothing completed.
+    Refused {
         /// The window's number.
         id: u64,
     },
@@ -172,6 +180,23 @@ impl PairingWindow {
         }
     }
 
+    /// Closes window `id` without a completion: the claim it was opened for was refused (more
+    /// than one browser waited for the press). Left open, it would swallow the next press
+    /// (presses do not stack) until its time ran out, while the page asks the person to press
+    /// again. Refused, as `complete_window` is, when `id` is not the open window.
+    pub fn refuse_window(&mut self, id: u64, now_ms: u64) -> Result<Closing, PairingError> {
+        self.expire(now_ms);
+        match self.open {
+            Some((open_id, _)) if open_id == id => {
+                self.open = None;
+                Ok(Closing::Refused { id })
+            }
+            _ => Err(PairingError::Closed {
+                window_s: self.duration_ms.div_ceil(1000),
+            }),
+        }
+    }
+
     /// The number of the last window opened since boot (0: none yet).
     pub fn last_id(&self) -> u64 {
         self.last_id
@@ -216,6 +241,19 @@ mod tests {
             w.complete_window(2, Completion::Claim, 2200).is_err(),
             "a window completes once"
         );
+    }
+
+    #[test]
+    fn a_refused_claim_closes_its_window_and_the_next_press_opens_another() {
+        let mut w = PairingWindow::new(120_000);
+        assert!(w.refuse_window(1, 0).is_err(), "no window is open");
+        w.press(0);
+        assert!(w.refuse_window(2, 1000).is_err(), "another window");
+        assert_eq!(w.refuse_window(1, 1000), Ok(Closing::Refused { id: 1 }));
+        assert_eq!(w.status(1000), WindowStatus::Closed);
+        assert!(w.complete_window(1, Completion::Claim, 1000).is_err());
+        assert!(matches!(w.press(2000), Opened::New { id: 2, .. }));
+        assert!(w.complete_window(2, Completion::Claim, 2100).is_ok());
     }
 
     #[test]

@@ -190,6 +190,12 @@ impl Ui {
         Ok(closing)
     }
 
+    /// Closes window `id` for a refused claim, with no confirmation (see
+    /// `PairingWindow::refuse_window`): the LEDs go back to the health.
+    pub fn refuse_window(&mut self, id: u64, now_ms: u64) -> Result<Closing, PairingError> {
+        self.pairing.refuse_window(id, now_ms)
+    }
+
     /// The pairing window's state.
     pub fn pairing_status(&mut self, now_ms: u64) -> WindowStatus {
         self.pairing.status(now_ms)
@@ -294,6 +300,15 @@ impl<C: Clock> SharedUi<C> {
         let now = self.now_ms();
         let mut g = self.lock();
         let r = g.0.complete_window(id, what, now);
+        self.changed(g);
+        r
+    }
+
+    /// Closes window `id` for a refused claim (see `PairingWindow::refuse_window`).
+    pub fn refuse_window(&self, id: u64) -> Result<Closing, PairingError> {
+        let now = self.now_ms();
+        let mut g = self.lock();
+        let r = g.0.refuse_window(id, now);
         self.changed(g);
         r
     }
@@ -407,6 +422,20 @@ mod tests {
         assert_eq!(u.pattern(120_999), Pattern::PairingOpen);
         assert_eq!(u.pattern(121_000), Pattern::SetupNeeded);
         assert_eq!(u.next_deadline_ms(), None);
+    }
+
+    #[test]
+    fn a_refused_claim_ends_the_fast_blink_without_a_confirmation() {
+        let mut u = ui();
+        u.on_button(ButtonEvent::ShortPress, 0);
+        assert_eq!(u.refuse_window(1, 4000), Ok(Closing::Refused { id: 1 }));
+        assert_eq!(u.pattern(4000), Pattern::SetupNeeded);
+        assert_eq!(u.next_deadline_ms(), None);
+        // The press the page asks for next opens a new window at once.
+        assert!(matches!(
+            u.on_button(ButtonEvent::ShortPress, 5000),
+            Some(Action::PairingOpened(Opened::New { id: 2, .. }))
+        ));
     }
 
     #[test]

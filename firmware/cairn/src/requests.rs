@@ -6,6 +6,9 @@
 //! - `board` → `data: {claimed, name, health, window: {id, remaining_ms} | null, last_window}`
 //! - `claim` + `window` → completes that window with a claim (refused once claimed, or when
 //!   that window is not the open one: a claim needs a press)
+//! - `refuse` + `window` → the web refused the claim in that window (more than one browser
+//!   waited for the press): the window closes without a claim, so the press the page asks for
+//!   next opens a new one (refused once claimed: windows are then for friends' plugs)
 //! - `claimed` + `name` → after a granted claim (or to rename a claimed device): writes the
 //!   `CLAIMED` marker holding the name, sets the hostname, and the LED leaves "setup needed"
 //! - `say` + `text` → one console line `cairn: USER: TEXT`
@@ -71,6 +74,24 @@ fn answer(
                     granted.store(true, Ordering::SeqCst);
                     log!("setup: claimed from the setup page (pairing window {id})");
                     Response::ok(&format!("claimed in pairing window {id}"))
+                }
+                Err(e) => Response::error(&e.to_string()),
+            }
+        }
+        "refuse" => {
+            let Some(id) = req.window else {
+                return Some(Response::error("refuse: which pairing window? (window)"));
+            };
+            if claimed_name(data_dir).is_some() {
+                return Some(Response::error("this device already has an owner"));
+            }
+            match board.ui.refuse_window(id) {
+                Ok(_) => {
+                    log!(
+                        "button: pairing window {id} closed: more than one browser was waiting \
+                         to set the device up"
+                    );
+                    Response::ok(&format!("pairing window {id} closed"))
                 }
                 Err(e) => Response::error(&e.to_string()),
             }
@@ -234,6 +255,46 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("already has an owner"));
+    }
+
+    #[test]
+    fn a_refused_claim_closes_its_window_for_the_next_press() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = board(dir.path());
+        let x = extension(b.clone());
+        let r = ask(&x, serde_json::json!({"cmd": "refuse", "window": 1}));
+        assert_eq!(r["ok"], false, "no window is open: {r}");
+        let r = ask(&x, serde_json::json!({"cmd": "refuse"}));
+        assert_eq!(r["ok"], false, "{r}");
+
+        b.ui.on_button(ButtonEvent::ShortPress);
+        let r = ask(&x, serde_json::json!({"cmd": "refuse", "window": 1}));
+        assert_eq!(r["ok"], true, "{r}");
+        let state = ask(&x, serde_json::json!({"cmd": "board"}));
+        assert_eq!(state["data"]["window"], serde_json::Value::Null);
+        assert_eq!(b.ui.pattern().0, cairn_bsp::Pattern::SetupNeeded);
+        let r = ask(&x, serde_json::json!({"cmd": "claim", "window": 1}));
+        assert_eq!(r["ok"], false, "a refused window grants nothing: {r}");
+        let r = ask(&x, serde_json::json!({"cmd": "claimed", "name": "attic"}));
+        assert_eq!(r["ok"], false, "{r}");
+
+        // The next press: a new window, and its claim goes through.
+        b.ui.on_button(ButtonEvent::ShortPress);
+        let state = ask(&x, serde_json::json!({"cmd": "board"}));
+        assert_eq!(state["data"]["window"]["id"], 2);
+        let r = ask(&x, serde_json::json!({"cmd": "claim", "window": 2}));
+        assert_eq!(r["ok"], true, "{r}");
+        let r = ask(&x, serde_json::json!({"cmd": "claimed", "name": "attic"}));
+        assert_eq!(r["ok"], true, "{r}");
+
+        // Once claimed, windows are for friends' plugs: the web cannot close them.
+        b.ui.on_button(ButtonEvent::ShortPress);
+        let r = ask(&x, serde_json::json!({"cmd": "refuse", "window": 3}));
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(matches!(
+            b.ui.pairing_status(),
+            cairn_bsp::WindowStatus::Open { id: 3, .. }
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `cairn web` as a real process, the way PID 1 starts it: its listening socket inherited
 //! (`$CAIRN_LISTEN_FDS`), readiness on `$NOTIFY_FD`, PID 1's control socket played by this test
-//! (answering `board` and `say`). The web itself is tested in `services/web/tests`.
+//! (answering `board` and `say`), and SIGTERM ending it cleanly. The web itself is tested in
+//! `services/web/tests`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -102,7 +103,24 @@ fn the_role_serves_on_the_inherited_socket_and_says_where() {
     let mut b = [0u8; 1];
     s.read_exact(&mut b).unwrap();
     assert_eq!(b[0], 0x15);
-    drop(child);
+
+    // PID 1 stops it with SIGTERM: it finishes what is under way and exits cleanly (a page
+    // being answered is not cut off, and PID 1 sees an exit, not a death by signal).
+    let mut child = child;
+    // SAFETY: a plain syscall on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub const READY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// The control requests a service that is not root may be allowed (`control = [...]`): the
 /// supervisor's read-only and service commands, and the board's (answered by PID 1's extension).
 pub const CONTROL_COMMANDS: &[&str] = &[
-    "status", "start", "stop", "restart", "logs", "poweroff", "reboot", "board", "claim",
+    "status", "start", "stop", "restart", "logs", "poweroff", "reboot", "board", "claim", "refuse",
     "claimed", "say",
 ];
 /// Most listening sockets one service may be handed.

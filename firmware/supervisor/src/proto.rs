@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 pub struct Request {
     /// `status`, `start`, `stop`, `restart`, `logs`, `save-logs`, `poweroff` or `reboot`; or
     /// one of the board's: `board` (claimed?, health, the pairing window), `claim` (complete a
-    /// claim in the open window `window`), `claimed` (setup finished: the device is `name`), `say` (print `text` on the console).
+    /// claim in the open window `window`), `refuse` (close window `window`: its claim was
+    /// refused), `claimed` (setup finished: the device is `name`), `say` (print `text` on the console).
     pub cmd: String,
     /// The service, for commands about one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -22,7 +23,8 @@ pub struct Request {
     /// For `logs`: keep the connection and send new lines as they come.
     #[serde(default)]
     pub follow: bool,
-    /// For `claim`: the pairing window the claim belongs to (a later window refuses it).
+    /// For `claim` and `refuse`: the pairing window the claim belongs to (a later window
+    /// refuses it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<u64>,
     /// For `claimed`: the device's name (its hostname and `NAME.local`).

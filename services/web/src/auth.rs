@@ -2,7 +2,8 @@
 //! the service logs everyone out), at most [`SESSIONS_MAX`], each with its own CSRF token; an
 //! idle session ends after [`SESSION_IDLE`], any session after [`SESSION_LIFETIME`]. Login
 //! attempts are limited per client address (an IPv6 client by its /64, which one home holds)
-//! and for the whole device.
+//! and for the whole device; a browser that logged in before ([`KnownBrowsers`]) is limited on
+//! its own, so that whoever shares the owner's address cannot lock the owner out.
 //!
 //! Time is passed in, so the tables are tested without waiting.
 
@@ -106,11 +107,71 @@ impl Sessions {
     }
 }
 
+/// Who a login attempt counts against.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Client {
+    /// A browser that logged in before, by the id of its known-browser token.
+    Known(String),
+    /// Any other, by its address (an IPv6 one by its /64).
+    Address(IpAddr),
+}
+
+impl From<IpAddr> for Client {
+    fn from(ip: IpAddr) -> Client {
+        Client::Address(key(ip))
+    }
+}
+
+/// Browsers that logged in: each is given a token (its id and the device's signature of it)
+/// that its later logins present. Their failures then count against that token, not their
+/// address: a NAT or a home's IPv6 /64 puts the owner and anyone else there at one address,
+/// and five wrong guesses from any of them would otherwise lock the owner out too.
+///
+/// The signing key is the stored passphrase hash, a secret only the device holds: nothing more
+/// to store, and a new passphrase forgets every known browser as it ends every session.
+pub struct KnownBrowsers {
+    key: ring::hmac::Key,
+}
+
+impl KnownBrowsers {
+    /// Tokens signed with `secret` (the passphrase hash).
+    pub fn new(secret: &str) -> KnownBrowsers {
+        KnownBrowsers {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()),
+        }
+    }
+
+    /// A new browser's token: `ID.SIGNATURE`, hex.
+    pub fn issue(&self) -> String {
+        let id = &random_token()[..KNOWN_ID_CHARS];
+        let tag = ring::hmac::sign(&self.key, &Self::message(id));
+        format!("{id}.{}", hex::encode(tag.as_ref()))
+    }
+
+    /// The browser a token names, if the device signed it (with the current secret).
+    pub fn check(&self, token: &str) -> Option<Client> {
+        let (id, tag) = token.split_once('.')?;
+        if id.len() != KNOWN_ID_CHARS {
+            return None;
+        }
+        let tag = hex::decode(tag).ok()?;
+        ring::hmac::verify(&self.key, &Self::message(id), &tag).ok()?;
+        Some(Client::Known(id.to_string()))
+    }
+
+    /// What is signed: the id, marked as a known browser's (the key signs nothing else).
+    fn message(id: &str) -> Vec<u8> {
+        [b"cairn-web known browser ".as_slice(), id.as_bytes()].concat()
+    }
+}
+
 /// Why a login attempt is not even tried.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Limited {
-    /// This client failed too often lately; it may try again after the duration.
+    /// This address failed too often lately; it may try again after the duration.
     Client(Duration),
+    /// This known browser failed too often lately.
+    Browser(Duration),
     /// Too many attempts on the device lately, from anyone.
     Everyone(Duration),
 }
@@ -121,6 +182,10 @@ impl Limited {
         match self {
             Limited::Client(d) => format!(
                 "too many wrong passphrases from your address: try again in {}",
+                minutes(*d)
+            ),
+            Limited::Browser(d) => format!(
+                "too many wrong passphrases from this browser: try again in {}",
                 minutes(*d)
             ),
             Limited::Everyone(d) => format!(
@@ -141,17 +206,22 @@ fn minutes(d: Duration) -> String {
 /// Recent login failures per client and attempts overall.
 #[derive(Default)]
 pub struct LoginLimiter {
-    failures: HashMap<IpAddr, VecDeque<Instant>>,
+    failures: HashMap<Client, VecDeque<Instant>>,
     attempts: VecDeque<Instant>,
 }
 
 impl LoginLimiter {
     /// Whether `client` may try now; if so, the attempt is counted.
-    pub fn attempt(&mut self, client: IpAddr, now: Instant) -> Result<(), Limited> {
+    pub fn attempt(&mut self, client: impl Into<Client>, now: Instant) -> Result<(), Limited> {
         self.forget(now);
-        if let Some(f) = self.failures.get(&key(client)) {
+        let client = client.into();
+        if let Some(f) = self.failures.get(&client) {
             if f.len() >= CLIENT_FAILURES_MAX {
-                return Err(Limited::Client(CLIENT_WINDOW - now.duration_since(f[0])));
+                let wait = CLIENT_WINDOW - now.duration_since(f[0]);
+                return Err(match client {
+                    Client::Known(_) => Limited::Browser(wait),
+                    Client::Address(_) => Limited::Client(wait),
+                });
             }
         }
         if self.attempts.len() >= ATTEMPTS_MAX {
@@ -164,16 +234,16 @@ impl LoginLimiter {
     }
 
     /// The attempt from `client` failed.
-    pub fn failed(&mut self, client: IpAddr, now: Instant) {
+    pub fn failed(&mut self, client: impl Into<Client>, now: Instant) {
         self.forget(now);
-        let k = key(client);
+        let k = client.into();
         if !self.failures.contains_key(&k) && self.failures.len() >= CLIENTS_MAX {
             // Full of clients: forget the one whose last failure is oldest.
             if let Some(oldest) = self
                 .failures
                 .iter()
                 .min_by_key(|(_, f)| f.back().copied())
-                .map(|(k, _)| *k)
+                .map(|(k, _)| k.clone())
             {
                 self.failures.remove(&oldest);
             }
@@ -186,8 +256,8 @@ impl LoginLimiter {
     }
 
     /// The attempt from `client` succeeded: its failures are forgiven.
-    pub fn succeeded(&mut self, client: IpAddr) {
-        self.failures.remove(&key(client));
+    pub fn succeeded(&mut self, client: impl Into<Client>) {
+        self.failures.remove(&client.into());
     }
 
     fn forget(&mut self, now: Instant) {
@@ -238,6 +308,8 @@ pub const CLIENT_WINDOW: Duration = Duration::from_secs(15 * 60);
 pub const ATTEMPTS_MAX: usize = 30;
 /// How long a login attempt counts against the device's [`ATTEMPTS_MAX`].
 pub const ATTEMPTS_WINDOW: Duration = Duration::from_secs(60);
+/// Hex digits of a known browser's id (64 random bits: ids are told apart, not guessed).
+pub const KNOWN_ID_CHARS: usize = 16;
 /// Most clients whose failures are remembered.
 pub const CLIENTS_MAX: usize = 256;
 
@@ -321,7 +393,9 @@ mod tests {
         }
         let fresh: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
         assert!(l.attempt(fresh, t0).is_err());
-        assert!(l.attempt("2001:db8:1:3::1".parse().unwrap(), t0).is_ok());
+        assert!(l
+            .attempt("2001:db8:1:3::1".parse::<IpAddr>().unwrap(), t0)
+            .is_ok());
     }
 
     #[test]
@@ -332,11 +406,13 @@ mod tests {
             let ip = IpAddr::from([10, 0, (i / 200) as u8, (i % 200) as u8]);
             assert_eq!(l.attempt(ip, t0), Ok(()));
         }
-        let e = l.attempt("10.9.9.9".parse().unwrap(), t0).unwrap_err();
+        let e = l
+            .attempt("10.9.9.9".parse::<IpAddr>().unwrap(), t0)
+            .unwrap_err();
         assert!(matches!(e, Limited::Everyone(_)));
         assert!(e.message().contains("a minute"));
         assert!(l
-            .attempt("10.9.9.9".parse().unwrap(), t0 + ATTEMPTS_WINDOW)
+            .attempt("10.9.9.9".parse::<IpAddr>().unwrap(), t0 + ATTEMPTS_WINDOW)
             .is_ok());
     }
 
@@ -357,6 +433,56 @@ mod tests {
             l.failed(IpAddr::from(i.to_be_bytes()), t0);
         }
         assert!(l.failures.len() <= CLIENTS_MAX);
+    }
+
+    #[test]
+    fn a_known_browser_is_limited_apart_from_its_address() {
+        let t0 = Instant::now();
+        let mut l = LoginLimiter::default();
+        let known = KnownBrowsers::new("$argon2id$the stored hash");
+        let token = known.issue();
+        let owner = known.check(&token).expect("a token the device signed");
+        let nat: IpAddr = "10.0.2.2".parse().unwrap();
+        for _ in 0..CLIENT_FAILURES_MAX {
+            l.attempt(nat, t0).unwrap();
+            l.failed(nat, t0);
+        }
+        assert!(matches!(l.attempt(nat, t0), Err(Limited::Client(_))));
+        // The owner's browser, behind the same address, still may try.
+        assert_eq!(l.attempt(owner.clone(), t0), Ok(()));
+        for _ in 0..CLIENT_FAILURES_MAX {
+            l.failed(owner.clone(), t0);
+        }
+        let e = l.attempt(owner, t0).unwrap_err();
+        assert!(matches!(e, Limited::Browser(_)));
+        assert!(e.message().contains("from this browser"), "{}", e.message());
+    }
+
+    #[test]
+    fn only_tokens_the_device_signed_with_the_current_secret_are_known() {
+        let known = KnownBrowsers::new("$argon2id$the stored hash");
+        let token = known.issue();
+        let (id, tag) = token.split_once('.').unwrap();
+        assert_eq!(id.len(), KNOWN_ID_CHARS);
+        assert_eq!(known.check(&token), Some(Client::Known(id.to_string())));
+        assert_ne!(known.issue(), token);
+        // Another id with this signature, a made-up one, garbage: unknown.
+        let forged = format!("{}.{tag}", "0".repeat(KNOWN_ID_CHARS));
+        for t in [
+            forged.as_str(),
+            "",
+            ".",
+            "abc",
+            &format!("{id}.zz"),
+            &format!("{id}."),
+        ] {
+            assert_eq!(known.check(t), None, "{t:?}");
+        }
+        // A new passphrase: every earlier token is forgotten.
+        assert_eq!(
+            KnownBrowsers::new("$argon2id$another hash").check(&token),
+            None
+        );
     }
 
     #[test]

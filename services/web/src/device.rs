@@ -74,6 +74,9 @@ pub trait Device: Send + Sync {
     fn board(&self) -> Result<Board>;
     /// Completes a claim in the open pairing window `window` (an error if it is not open).
     fn claim(&self, window: u64) -> Result<()>;
+    /// The claim in pairing window `window` was refused (more than one browser waited): PID 1
+    /// closes the window, so that the press the page asks for next opens a new one.
+    fn refuse(&self, window: u64) -> Result<()>;
     /// Setup is finished: the device is `name` (hostname, `NAME.local`, LEDs to ready).
     fn claimed(&self, name: &str) -> Result<()>;
     /// Restarts one service.
@@ -202,6 +205,14 @@ impl Device for ControlSocket {
     fn claim(&self, window: u64) -> Result<()> {
         self.command(Request {
             cmd: "claim",
+            window: Some(window),
+            ..Request::default()
+        })
+    }
+
+    fn refuse(&self, window: u64) -> Result<()> {
+        self.command(Request {
+            cmd: "refuse",
             window: Some(window),
             ..Request::default()
         })

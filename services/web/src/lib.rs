@@ -69,8 +69,9 @@ pub struct Started {
     pub announcement: String,
 }
 
-/// Runs the service on a current-thread runtime of its own until an error; `ready` is called
-/// once it listens.
+/// Runs the service on a current-thread runtime of its own until an error, or until SIGTERM
+/// (how PID 1 stops a service), after which it finishes the requests under way and returns
+/// `Ok`; `ready` is called once it listens.
 pub fn run(config: Config, device: Arc<dyn Device>, ready: impl FnOnce(&Started)) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -79,7 +80,15 @@ pub fn run(config: Config, device: Arc<dyn Device>, ready: impl FnOnce(&Started)
         .thread_stack_size(BLOCKING_STACK_BYTES)
         .build()
         .context("starting the runtime")?
-        .block_on(serve(config, device, ready))
+        .block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("watching for SIGTERM")?;
+            serve_until(config, device, ready, async {
+                term.recv().await;
+            })
+            .await
+        })
 }
 
 /// Serves on the caller's tokio runtime (which must have time and I/O enabled).
@@ -88,7 +97,18 @@ pub async fn serve(
     device: Arc<dyn Device>,
     ready: impl FnOnce(&Started),
 ) -> Result<()> {
-    server::serve(config, device, ready).await
+    serve_until(config, device, ready, std::future::pending()).await
+}
+
+/// [`serve`] until `shutdown` completes; then the requests under way are answered (for at most
+/// 2 s: PID 1 gives the web 3 s before SIGKILL) and it returns `Ok`.
+pub async fn serve_until(
+    config: Config,
+    device: Arc<dyn Device>,
+    ready: impl FnOnce(&Started),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    server::serve(config, device, ready, shutdown).await
 }
 
 /// Longest a claim poll stays open (the page polls again at once).

@@ -4,6 +4,10 @@
 //!
 //! Shared state sits behind one mutex, never held across an await; PID 1's calls, the passphrase
 //! hash and durable writes run on the blocking pool.
+//!
+//! Asked to stop (PID 1's SIGTERM, see [`crate::run`]), it stops accepting, lets the requests
+//! under way answer (a reboot's page among them: PID 1 stops the services the moment it has
+//! said yes to the reboot) and ends their connections, for at most [`SHUTDOWN_GRACE`].
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +26,7 @@ use serde_json::json;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{tokens_equal, LoginLimiter, Sessions};
+use crate::auth::{tokens_equal, Client, KnownBrowsers, LoginLimiter, Sessions};
 use crate::claim::{Action, Claims, Outcome};
 use crate::device::{valid_service_name, Device, SERVICE_NAME_BYTES_MAX};
 use crate::form::{cookie, Form};
@@ -48,6 +52,8 @@ struct App {
     kdf_gate: Arc<Semaphore>,
     /// Settings are written by one request at a time.
     settings_write: tokio::sync::Mutex<()>,
+    /// True once the service is stopping.
+    stopping: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -62,6 +68,7 @@ pub(crate) async fn serve(
     config: Config,
     device: Arc<dyn Device>,
     ready: impl FnOnce(&Started),
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let settings = Settings::load(&config.data_dir)?;
     let name = settings.as_ref().map(|s| s.name.clone());
@@ -104,6 +111,7 @@ pub(crate) async fn serve(
         waiter_came: Notify::new(),
         kdf_gate: Arc::new(Semaphore::new(1)),
         settings_write: tokio::sync::Mutex::new(()),
+        stopping: watch::channel(false).0,
     });
     // Said before ready, so the console shows where to go before `cairn: ready`.
     tracing::info!("{announcement}");
@@ -126,8 +134,25 @@ pub(crate) async fn serve(
     for l in listeners {
         tasks.spawn(accept(app.clone(), l, acceptor.clone(), permits.clone()));
     }
-    while let Some(r) = tasks.join_next().await {
-        r?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => match r {
+                Some(r) => r?,
+                None => return Ok(()),
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    // No new connections; the open ones finish the request under way, then close.
+    tasks.abort_all();
+    app.stopping.send_replace(true);
+    let all = u32::try_from(CONNECTIONS_MAX).unwrap_or(u32::MAX);
+    if tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopping with connections still open after {SHUTDOWN_GRACE:?}");
     }
     Ok(())
 }
@@ -203,10 +228,13 @@ async fn watch_board(app: Arc<App>) {
         match action {
             Action::Nothing => continue,
             Action::Refused => {
-                tracing::warn!(
-                    "window {}: more than one browser waiting, all refused",
-                    board.last_window
-                );
+                let window = board.last_window;
+                tracing::warn!("window {window}: more than one browser waiting, all refused");
+                // Left open, the window would swallow the press the page asks for next
+                // (presses do not stack) until its time ran out.
+                if let Err(e) = app.call(move |d| d.refuse(window)).await {
+                    tracing::warn!("window {window}: closing it: {e:#}");
+                }
             }
             Action::Claim { window, waiter } => {
                 let claimed = app.call(move |d| d.claim(window)).await;
@@ -257,17 +285,26 @@ async fn accept(
                 return;
             };
             let client = peer.ip();
+            let mut stopping = app.stopping.subscribe();
             let service = hyper::service::service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(respond(app, req, client).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(CONNECTION_BUF_BYTES)
                 .max_headers(HEADERS_MAX)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stopping) => {
+                    // The request under way is answered, then the connection closes.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
     }
 }
@@ -337,6 +374,38 @@ impl App {
     fn log_in(&self) -> String {
         let (id, _) = self.state().sessions.create(Instant::now());
         format!("{SESSION_COOKIE}={id}; {COOKIE_ATTRIBUTES}; Path=/")
+    }
+
+    /// The known browsers' signer, once set up.
+    fn known_browsers(&self) -> Option<KnownBrowsers> {
+        let state = self.state();
+        let hash = &state.settings.as_ref()?.passphrase_hash;
+        Some(KnownBrowsers::new(hash))
+    }
+
+    /// Who a login attempt of `req` counts against: the known browser its cookie names, or
+    /// else its address.
+    fn login_client(&self, req: &Request<Incoming>, address: IpAddr) -> Client {
+        request_cookie(req, KNOWN_COOKIE)
+            .and_then(|token| self.known_browsers()?.check(&token))
+            .unwrap_or(Client::from(address))
+    }
+
+    /// The cookie that makes this browser a known one (see [`KnownBrowsers`]).
+    fn known_cookie(&self) -> Option<String> {
+        let token = self.known_browsers()?.issue();
+        Some(format!(
+            "{KNOWN_COOKIE}={token}; {COOKIE_ATTRIBUTES}; Path=/admin; Max-Age={}",
+            KNOWN_COOKIE_LIFETIME.as_secs()
+        ))
+    }
+}
+
+/// `r` with the known-browser cookie, when there is one to give.
+fn known(app: &App, r: Response<Body>) -> Response<Body> {
+    match app.known_cookie() {
+        Some(c) => with_cookie(r, &c),
+        None => r,
     }
 }
 
@@ -430,6 +499,7 @@ async fn admin(
         return redirect("/admin/login");
     };
     let path = req.uri().path().to_string();
+    let client = app.login_client(&req, client);
     if get {
         return match path.as_str() {
             "/admin/" => dashboard(app, &csrf).await,
@@ -679,6 +749,12 @@ async fn wait(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Returns once the service is stopping.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await (it is not `Send`).
+    let _ = stopping.wait_for(|s| *s).await.map(|_| ());
+}
+
 /// Holds the poll open until the waiter's outcome or [`App::wait_poll`].
 async fn poll(app: &Arc<App>, id: &str) -> Option<Outcome> {
     /// Marks the poll closed however it ends (answered, or the browser went away).
@@ -689,6 +765,7 @@ async fn poll(app: &Arc<App>, id: &str) -> Option<Outcome> {
         }
     }
     let mut decided = app.decided.subscribe();
+    let mut stopping = app.stopping.subscribe();
     app.state().claims.poll_opened(id);
     let _open = Open(app, id);
     let deadline = tokio::time::Instant::now() + app.wait_poll;
@@ -696,11 +773,15 @@ async fn poll(app: &Arc<App>, id: &str) -> Option<Outcome> {
         if let Some(o) = app.state().claims.take_outcome(id) {
             return Some(o);
         }
-        if tokio::time::timeout_at(deadline, decided.changed())
-            .await
-            .is_err()
-        {
-            return None;
+        tokio::select! {
+            r = decided.changed() => {
+                if r.is_err() {
+                    return None;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return None,
+            // "Still waiting", so that the service can stop; the page polls again.
+            () = stopped(&mut stopping) => return None,
         }
     }
 }
@@ -808,18 +889,23 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
         tracing::warn!("telling PID 1 the device is claimed: {err:#}");
     }
     tracing::info!("set up as {}", v.name);
-    with_cookie(
-        with_cookie(redirect("/admin/"), &app.log_in()),
-        &clear_cookie(SETUP_COOKIE, "/setup"),
+    // The browser that set the device up is the owner's: known from the start.
+    known(
+        app,
+        with_cookie(
+            with_cookie(redirect("/admin/"), &app.log_in()),
+            &clear_cookie(SETUP_COOKIE, "/setup"),
+        ),
     )
 }
 
 async fn login(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Response<Body> {
+    let client = app.login_client(&req, client);
     let form = match read_form(req).await {
         Ok(f) => f,
         Err(resp) => return resp,
     };
-    if let Err(limited) = app.state().limiter.attempt(client, Instant::now()) {
+    if let Err(limited) = app.state().limiter.attempt(client.clone(), Instant::now()) {
         return html(
             StatusCode::TOO_MANY_REQUESTS,
             pages::login(Some(&limited.message())),
@@ -828,7 +914,7 @@ async fn login(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
     match app.verify(form.get("passphrase").to_string()).await {
         Ok(true) => {
             app.state().limiter.succeeded(client);
-            with_cookie(redirect("/admin/"), &app.log_in())
+            known(app, with_cookie(redirect("/admin/"), &app.log_in()))
         }
         Ok(false) => {
             app.state().limiter.failed(client, Instant::now());
@@ -848,11 +934,11 @@ async fn change_passphrase(
     app: &Arc<App>,
     form: &Form,
     csrf: &str,
-    client: IpAddr,
+    client: Client,
 ) -> Response<Body> {
     let mut e = PassphraseErrors::default();
     let page = |e: &PassphraseErrors, status| html(status, pages::passphrase(csrf, e));
-    if let Err(limited) = app.state().limiter.attempt(client, Instant::now()) {
+    if let Err(limited) = app.state().limiter.attempt(client.clone(), Instant::now()) {
         e.old = Some(limited.message());
         return page(&e, StatusCode::TOO_MANY_REQUESTS);
     }
@@ -1063,6 +1149,10 @@ pub const SESSION_COOKIE: &str = "cairn_session";
 pub const CLAIM_COOKIE: &str = "cairn_claim";
 /// The browser that won the claim, until setup is done.
 pub const SETUP_COOKIE: &str = "cairn_setup";
+/// A browser that logged in before (its logins are limited apart from its address's).
+pub const KNOWN_COOKIE: &str = "cairn_known";
+/// How long a browser stays known.
+pub const KNOWN_COOKIE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Every cookie's: HTTPS only, never to scripts, never on another site's requests.
 const COOKIE_ATTRIBUTES: &str = "Secure; HttpOnly; SameSite=Strict";
 /// How often the board is asked while someone waits for the button.
@@ -1081,6 +1171,9 @@ pub const FORM_BYTES_MAX: usize = 16 * 1024;
 pub const CONNECTION_BUF_BYTES: usize = 32 * 1024;
 /// Most headers in one request.
 pub const HEADERS_MAX: usize = 48;
+/// Longest the open connections may take to finish once the service is asked to stop (PID 1
+/// waits `stop_grace_ms`, 3 s for the web, before SIGKILL).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

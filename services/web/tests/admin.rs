@@ -193,6 +193,99 @@ async fn wrong_passphrases_are_limited_with_429() {
 }
 
 #[tokio::test]
+async fn wrong_passphrases_from_the_owners_address_do_not_lock_the_owners_browser_out() {
+    let server = Server::set_up(true);
+    // The owner logged in once: the browser is known from then on.
+    let mut owner = server.browser();
+    let r = owner
+        .form("/admin/login", &[("passphrase", PASSPHRASE)])
+        .await;
+    assert_eq!(r.status, 303);
+    let known = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("cairn_known="))
+        .expect("a known-browser cookie")
+        .to_string();
+    for attr in [
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/admin",
+        "Max-Age=",
+    ] {
+        assert!(known.contains(attr), "{attr} in {known}");
+    }
+    // Someone else at the same address (every client here is 127.0.0.1) guesses until refused.
+    let mut stranger = server.browser();
+    for _ in 0..5 {
+        let r = stranger
+            .form("/admin/login", &[("passphrase", "wrong passphrase")])
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let r = stranger
+        .form("/admin/login", &[("passphrase", PASSPHRASE)])
+        .await;
+    assert_eq!(r.status, 429);
+    // A made-up known-browser cookie is no way around it.
+    stranger.cookies.insert(
+        "cairn_known".into(),
+        format!("{}.{}", "0".repeat(16), "ab".repeat(32)),
+    );
+    let r = stranger
+        .form("/admin/login", &[("passphrase", PASSPHRASE)])
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(r.body.contains("from your address"), "{}", r.body);
+    // The owner logs out and in again.
+    let csrf = owner.get("/admin/").await.csrf();
+    owner.form("/admin/logout", &[("csrf", &csrf)]).await;
+    let r = owner
+        .form("/admin/login", &[("passphrase", PASSPHRASE)])
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(owner.get("/admin/").await.status, 200);
+    // A known browser that guesses wrong is limited too, on its own.
+    owner.cookies.remove("cairn_session");
+    for _ in 0..5 {
+        let r = owner
+            .form("/admin/login", &[("passphrase", "wrong passphrase")])
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let r = owner
+        .form("/admin/login", &[("passphrase", PASSPHRASE)])
+        .await;
+    assert_eq!(r.status, 429);
+    assert!(r.body.contains("from this browser"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn the_reboot_page_arrives_though_pid1_stops_the_web_as_it_says_yes() {
+    let server = Server::set_up(true);
+    server.device.stops_on_reboot();
+    let mut b = server.logged_in().await;
+    let csrf = b.get("/admin/").await.csrf();
+    let r = b.form("/admin/reboot", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("The device is rebooting"), "{}", r.body);
+    // Then it stops of itself, well within PID 1's grace, and takes no new connection.
+    let ended = tokio::task::spawn_blocking(move || {
+        let r = server
+            .stopped
+            .recv_timeout(std::time::Duration::from_secs(5));
+        (r, server)
+    })
+    .await
+    .unwrap();
+    assert_eq!(ended.0, Ok(Ok(())));
+    assert!(std::net::TcpStream::connect(ended.1.addr).is_err());
+}
+
+#[tokio::test]
 async fn logout_ends_the_session() {
     let server = Server::set_up(true);
     let mut b = server.logged_in().await;

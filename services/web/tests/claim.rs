@@ -93,7 +93,7 @@ async fn two_waiters_and_a_press_are_both_refused() {
         (ra["state"].as_str(), rb["state"].as_str()),
         (Some("waiting"), Some("waiting"))
     );
-    server.device.press();
+    let first = server.device.press();
     let (ra, rb) = tokio::join!(wait_for_outcome(&mut a, 5), wait_for_outcome(&mut b, 5));
     for r in [ra, rb] {
         assert_eq!(r["state"], "refused", "{r}");
@@ -104,9 +104,12 @@ async fn two_waiters_and_a_press_are_both_refused() {
     }
     assert!(!server.device.called("claim"));
     assert_eq!(a.get("/setup").await.status, 303);
+    // The refused window is closed: the press asked for next opens a new one.
+    assert!(server.device.called(&format!("refuse {first}")));
     // The refused browser tries again, alone, and the next press is its.
     assert_eq!(a.wait().await["state"], "waiting");
     let window = server.device.press();
+    assert_ne!(window, first);
     assert_eq!(wait_for_outcome(&mut a, 5).await["state"], "granted");
     assert!(server.device.called(&format!("claim {window}")));
 }
@@ -118,7 +121,8 @@ async fn a_browser_that_comes_after_the_press_is_not_granted_by_it() {
     let mut late = server.browser();
     assert_eq!(wait_for_outcome(&mut late, 3).await["state"], "waiting");
     assert!(!server.device.called("claim"));
-    // Its own press, later, is.
+    // Its own press, once the first window has closed, is.
+    server.device.expire();
     let second = server.device.press();
     assert_eq!(wait_for_outcome(&mut late, 5).await["state"], "granted");
     assert!(!server.device.called(&format!("claim {first}")));
@@ -218,6 +222,8 @@ async fn setup_stores_the_settings_tells_pid1_logs_in_and_then_is_gone() {
         r.body
     );
     assert!(b.cookies.contains_key("cairn_session"));
+    // The browser that set the device up is the owner's: its logins count on their own.
+    assert!(b.cookies.contains_key("cairn_known"));
     assert!(
         !b.cookies.contains_key("cairn_setup"),
         "the setup token is spent"

@@ -203,7 +203,7 @@ mod tests {
         assert_eq!(m.listen, [443]);
         // Every request the web makes of PID 1 is in its list (and nothing the web cannot use).
         for cmd in [
-            "status", "board", "claim", "claimed", "say", "restart", "reboot", "poweroff",
+            "status", "board", "claim", "refuse", "claimed", "say", "restart", "reboot", "poweroff",
         ] {
             assert!(m.control.iter().any(|c| c == cmd), "{cmd}");
         }

@@ -33,9 +33,19 @@ pub const POLL: Duration = Duration::from_millis(600);
 pub const PASSPHRASE: &str = "correct horse battery";
 
 /// PID 1 as the tests play it.
-#[derive(Default)]
 pub struct FakeDevice {
     state: Mutex<FakeState>,
+    /// Set: the server stops (as PID 1's SIGTERM stops the role).
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for FakeDevice {
+    fn default() -> FakeDevice {
+        FakeDevice {
+            state: Mutex::default(),
+            stop: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -49,6 +59,8 @@ struct FakeState {
     asked: usize,
     /// Each service's log, as `logs` answers it (none: empty).
     logs: BTreeMap<String, String>,
+    /// Stop the server right after saying yes to a reboot.
+    stops_on_reboot: bool,
 }
 
 impl FakeDevice {
@@ -59,10 +71,14 @@ impl FakeDevice {
         Arc::new(d)
     }
 
-    /// A short press of the button: a new pairing window opens.
+    /// A short press of the button: a new pairing window opens, unless one is open (presses
+    /// do not stack, as on the board); returns the open window.
     #[allow(dead_code, reason = "claim only")]
     pub fn press(&self) -> u64 {
         let mut s = self.state.lock().unwrap();
+        if let Some(open) = s.window {
+            return open;
+        }
         s.last_window += 1;
         s.window = Some(s.last_window);
         s.last_window
@@ -81,6 +97,19 @@ impl FakeDevice {
     #[allow(dead_code, reason = "system only")]
     pub fn asked(&self) -> usize {
         self.state.lock().unwrap().asked
+    }
+
+    /// The open pairing window's time runs out.
+    #[allow(dead_code, reason = "claim only")]
+    pub fn expire(&self) {
+        self.state.lock().unwrap().window = None;
+    }
+
+    /// Stops the server right after saying yes to a reboot, as PID 1 does (it stops every
+    /// service at once).
+    #[allow(dead_code, reason = "admin only")]
+    pub fn stops_on_reboot(&self) {
+        self.state.lock().unwrap().stops_on_reboot = true;
     }
 
     /// Every call but `board` and `status`, in order (`claim 1`, `claimed plug`, `say …`).
@@ -136,6 +165,16 @@ impl Device for FakeDevice {
         Ok(())
     }
 
+    fn refuse(&self, window: u64) -> Result<()> {
+        let mut s = self.state.lock().unwrap();
+        if s.window != Some(window) {
+            bail!("window {window} is not open");
+        }
+        s.window = None;
+        s.calls.push(format!("refuse {window}"));
+        Ok(())
+    }
+
     fn claimed(&self, name: &str) -> Result<()> {
         let mut s = self.state.lock().unwrap();
         s.asked += 1;
@@ -162,6 +201,9 @@ impl Device for FakeDevice {
 
     fn reboot(&self) -> Result<()> {
         self.record("reboot".into());
+        if self.state.lock().unwrap().stops_on_reboot {
+            self.stop.send_replace(true);
+        }
         Ok(())
     }
 
@@ -200,7 +242,7 @@ fn services() -> Vec<Service> {
     ]
 }
 
-/// A running server.
+/// A running server; it stops when dropped.
 pub struct Server {
     pub addr: SocketAddr,
     pub fingerprint: String,
@@ -208,6 +250,15 @@ pub struct Server {
     /// The data directory, kept while the server runs.
     #[allow(dead_code, reason = "read by claim and admin only")]
     pub data: Arc<TempDir>,
+    /// Once it has stopped: how it ended.
+    #[allow(dead_code, reason = "admin only")]
+    pub stopped: std::sync::mpsc::Receiver<std::result::Result<(), String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.device.stop.send_replace(true);
+    }
 }
 
 impl Server {
@@ -225,7 +276,8 @@ impl Server {
         Server::start(data, FakeDevice::new(pid1_knows))
     }
 
-    /// Starts the service over `data` the way the role does (its own runtime and thread).
+    /// Starts the service over `data` the way the role does (its own runtime and thread),
+    /// until the device's stop (not SIGTERM: this process's tests must die of it).
     pub fn start(data: Arc<TempDir>, device: Arc<FakeDevice>) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut config = Config::new(data.path().to_path_buf(), vec![listener]);
@@ -240,10 +292,24 @@ impl Server {
         .unwrap();
         config.meminfo = meminfo;
         let (tx, rx) = std::sync::mpsc::channel();
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
         let dev: Arc<dyn Device> = device.clone();
+        let mut stop = device.stop.subscribe();
         std::thread::spawn(move || {
-            let result = cairn_web::run(config, dev, |s| tx.send(s.clone()).unwrap());
-            panic!("the server stopped: {result:?}");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(cairn_web::BLOCKING_THREADS_MAX)
+                .build()
+                .unwrap();
+            let result = rt.block_on(cairn_web::serve_until(
+                config,
+                dev,
+                |s| tx.send(s.clone()).unwrap(),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+                },
+            ));
+            let _ = stopped_tx.send(result.map_err(|e| format!("{e:#}")));
         });
         let started = rx.recv_timeout(Duration::from_secs(10)).expect("started");
         Server {
@@ -251,6 +317,7 @@ impl Server {
             fingerprint: started.fingerprint,
             device,
             data,
+            stopped,
         }
     }
 
