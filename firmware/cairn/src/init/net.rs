@@ -185,10 +185,56 @@ pub fn request(xid: u32, mac: &[u8; 6], hostname: &str, kind: RequestKind) -> Ve
     encode(&m)
 }
 
+/// Where a DHCP message's options start: the fixed BOOTP header (236 bytes), then the magic
+/// cookie (4).
+const OPTIONS_OFFSET: usize = 240;
+/// Rapid Commit (RFC 4039), an option that must be empty.
+const OPTION_RAPID_COMMIT: u8 = 80;
+/// The options whose dhcproto 0.14 decoder trusts a fixed length: (code, fewest bytes, most).
+/// It only `debug_assert!`s those lengths, or computes `len - 1` / `len - 3` unchecked (a panic
+/// in a debug build: a LAN neighbour's packet must never do that), and otherwise leaves bytes
+/// unread, misreading every option after them.
+const OPTION_LENGTHS: [(u8, u8, u8); 8] = [
+    (OPTION_RAPID_COMMIT, 0, 0),
+    (81, 3, u8::MAX),  // Client FQDN: flags, two rcodes, then the name
+    (94, 3, 3),        // Client Network Interface
+    (151, 1, u8::MAX), // Bulk Lease Query status code: the code, then the message
+    (152, 4, 4),       // Bulk Lease Query base time
+    (153, 4, 4),       // … start time of state
+    (154, 4, 4),       // … query start time
+    (155, 4, 4),       // … query end time
+];
+
+/// Refuses what dhcproto 0.14 does not: an option of [`OPTION_LENGTHS`] with a length its
+/// decoder cannot take.
+fn check_options(bytes: &[u8]) -> Result<(), String> {
+    let mut at = OPTIONS_OFFSET;
+    while let Some(&code) = bytes.get(at) {
+        match code {
+            0 => at += 1,
+            255 => break,
+            _ => {
+                // A truncated option is dhcproto's to report.
+                let Some(&len) = bytes.get(at + 1) else { break };
+                if let Some(&(_, min, max)) = OPTION_LENGTHS.iter().find(|o| o.0 == code) {
+                    if !(min..=max).contains(&len) {
+                        return Err(format!(
+                            "not DHCP: option {code} has length {len}, not {min}..={max}"
+                        ));
+                    }
+                }
+                at += 2 + usize::from(len);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses a datagram from port 67. `Ok(None)`: well-formed but not an answer to us (another
 /// client's transaction, a request, a message type we do not use). `Err`: not a usable DHCP
 /// reply, with the reason.
 pub fn parse_reply(bytes: &[u8], xid: u32, mac: &[u8; 6]) -> Result<Option<Reply>, String> {
+    check_options(bytes)?;
     let m = v4::Message::decode(&mut Decoder::new(bytes)).map_err(|e| format!("not DHCP: {e}"))?;
     // hlen first: `chaddr()` slices by it and would panic on a hostile value above 16.
     if m.hlen() != 6
@@ -1202,6 +1248,24 @@ mod tests {
             panic!()
         };
         assert_eq!(l.lease_s, LEASE_S_MIN);
+    }
+
+    #[test]
+    fn a_rapid_commit_option_with_a_length_is_refused_not_misread() {
+        let good = reply(&decode(&discover(9, &MAC, "")), MessageType::Ack, 600);
+        assert!(parse_reply(&good, 9, &MAC).unwrap().is_some());
+        // Option 80 with one byte of payload, right after the cookie: what a debug build of
+        // dhcproto panics on.
+        let mut bad = good[..OPTIONS_OFFSET].to_vec();
+        bad.extend_from_slice(&[OPTION_RAPID_COMMIT, 1, 0xff]);
+        bad.extend_from_slice(&good[OPTIONS_OFFSET..]);
+        let e = parse_reply(&bad, 9, &MAC).unwrap_err();
+        assert!(e.contains("option 80 has length 1, not 0..=0"), "{e}");
+        // Empty, as RFC 4039 has it: fine.
+        let mut ok = good[..OPTIONS_OFFSET].to_vec();
+        ok.extend_from_slice(&[OPTION_RAPID_COMMIT, 0]);
+        ok.extend_from_slice(&good[OPTIONS_OFFSET..]);
+        assert!(parse_reply(&ok, 9, &MAC).unwrap().is_some());
     }
 
     #[test]
