@@ -9,7 +9,6 @@
 pub mod auth;
 pub mod claim;
 pub mod device;
-mod files;
 pub mod form;
 pub mod mdns;
 pub mod pages;

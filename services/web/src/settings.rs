@@ -12,7 +12,6 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::{Algorithm, Argon2, Params, Version};
 use serde::{Deserialize, Serialize};
 
-use crate::files::write_durably;
 
 /// The file, in the data directory.
 pub const SETTINGS_FILE: &str = "settings.toml";
@@ -53,7 +52,9 @@ impl Settings {
     /// Writes the settings durably, in one write.
     pub fn save(&self, data_dir: &Path) -> Result<()> {
         let text = toml::to_string(self).context("encoding the settings")?;
-        write_durably(&data_dir.join(SETTINGS_FILE), text.as_bytes(), 0o600)
+        let path = data_dir.join(SETTINGS_FILE);
+        cairn_durable::write_mode(&path, text.as_bytes(), 0o600)
+            .with_context(|| format!("{}: writing", path.display()))
     }
 }
 

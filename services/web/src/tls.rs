@@ -21,7 +21,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
-use crate::files::write_durably;
 
 /// The identity file, under the data directory.
 pub const IDENTITY_FILE: &str = "tls/identity.pem";
@@ -66,7 +65,8 @@ pub fn load_or_make(data_dir: &Path, name: Option<&str>, addresses: &[IpAddr]) -
     std::fs::create_dir_all(dir).with_context(|| format!("{}: creating", dir.display()))?;
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .with_context(|| format!("{}: mode", dir.display()))?;
-    write_durably(&path, pem.as_bytes(), 0o600)?;
+    cairn_durable::write_mode(&path, pem.as_bytes(), 0o600)
+        .with_context(|| format!("{}: writing", path.display()))?;
     parse(pem.as_bytes(), names)
 }
 
