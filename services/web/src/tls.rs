@@ -21,7 +21,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
-
 /// The identity file, under the data directory.
 pub const IDENTITY_FILE: &str = "tls/identity.pem";
 
