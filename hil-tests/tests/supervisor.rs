@@ -88,7 +88,15 @@ fn crashed_service_is_restarted_and_memory_hog_is_killed_alone() {
     let fds = port.expect("fds");
     assert!(fds.split(' ').any(|f| f == "/dev/watchdog"), "{fds}");
 
-    let status = port.status();
+    // "started" comes before the restarted hog says it is ready: wait for that, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = port.status();
+        if service(&status, "hog")["state"] == "ready" || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let hog = service(&status, "hog");
     assert_eq!(hog["state"], "ready");
     assert!(hog["restarts"].as_u64().unwrap() >= 1);
