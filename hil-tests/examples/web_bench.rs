@@ -29,7 +29,7 @@
 //!
 //! Usage: `web_bench [OUT.json]` (default target/bench/web.json).
 
-use cairn_bsp::panel::{PanelLink, ToGuest};
+use cairn_bsp::panel::PanelLink;
 use cairn_hil::https::{form, input_value, Connection, Cookies, Response};
 use cairn_hil::{
     append_cmdline, image, service, Config, FixturePort, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT,
@@ -223,9 +223,7 @@ fn claim(device: &Device, panel: &PanelLink, jar: &mut Cookies) -> anyhow::Resul
         });
         std::thread::sleep(REGISTER_WAIT);
         let seq = panel.cursor();
-        panel.send(ToGuest::ButtonDown)?;
-        std::thread::sleep(Duration::from_millis(300));
-        panel.send(ToGuest::ButtonUp)?;
+        panel.press(Duration::from_millis(300))?;
         let opened = panel.wait_pattern(seq, "pairing-open", REACT);
         let r = waiting
             .join()

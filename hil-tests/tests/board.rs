@@ -149,9 +149,7 @@ impl Board {
     }
 
     fn press(&self, hold: Duration) {
-        self.panel.send(ToGuest::ButtonDown).unwrap();
-        std::thread::sleep(hold);
-        self.panel.send(ToGuest::ButtonUp).unwrap();
+        self.panel.press(hold).unwrap();
     }
 }
 

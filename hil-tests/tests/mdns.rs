@@ -8,7 +8,7 @@
 //! web's side; the two nodes pairing afterwards, which needs them to find each other by libp2p's
 //! mDNS, proves the node's.
 
-use cairn_bsp::panel::{PanelLink, ToGuest};
+use cairn_bsp::panel::PanelLink;
 use cairn_hil::{
     append_cmdline, image, partition, Config, Ethernet, FixturePort, Qemu, BOOT_TIMEOUT,
 };
@@ -103,9 +103,7 @@ fn resolve(port: &mut FixturePort, name: &str) -> String {
 
 /// A short press of the front panel's button.
 fn press(panel: &PanelLink) {
-    panel.send(ToGuest::ButtonDown).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    panel.send(ToGuest::ButtonUp).unwrap();
+    panel.press(Duration::from_millis(300)).unwrap();
 }
 
 #[test]

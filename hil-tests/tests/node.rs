@@ -8,7 +8,7 @@
 //! Pairing: two boards joined by a virtual cable (no DHCP server: link-local addresses), both
 //! buttons pressed, pair, and both front panels show the confirmation.
 
-use cairn_bsp::panel::{PanelLink, ToGuest};
+use cairn_bsp::panel::PanelLink;
 use cairn_hil::{
     append_cmdline, image, service, Config, Ethernet, FixturePort, Qemu, BOOT_TIMEOUT,
 };
@@ -70,9 +70,7 @@ fn image_with_window(dir: &Path, window_s: u64) -> PathBuf {
 
 /// A short press of the front panel's button.
 fn press(panel: &PanelLink) {
-    panel.send(ToGuest::ButtonDown).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    panel.send(ToGuest::ButtonUp).unwrap();
+    panel.press(Duration::from_millis(300)).unwrap();
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! One boot carries every step, in order, as the person's hour goes: each step needs what the
 //! one before left (a claimed device, a session).
 
-use cairn_bsp::panel::{PanelLink, ToGuest};
+use cairn_bsp::panel::PanelLink;
 use cairn_bsp::pattern::{recognize, Pattern};
 use cairn_hil::browser::{https_request, pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport};
 use cairn_hil::{image, Config, Qemu, BOOT_TIMEOUT};
@@ -105,9 +105,7 @@ impl Plug {
 
     /// A short press of the setup button, as a finger does it.
     fn press(&self) {
-        self.panel.send(ToGuest::ButtonDown).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        self.panel.send(ToGuest::ButtonUp).unwrap();
+        self.panel.press(Duration::from_millis(300)).unwrap();
     }
 
     /// Waits for the board to announce `pattern` after panel message `from`; returns the

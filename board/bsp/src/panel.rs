@@ -269,6 +269,13 @@ impl PanelLink {
         w.flush()
     }
 
+    /// Presses the button for `hold`, as a finger does: down, then up `hold` later.
+    pub fn press(&self, hold: Duration) -> std::io::Result<()> {
+        self.send(ToGuest::ButtonDown)?;
+        std::thread::sleep(hold);
+        self.send(ToGuest::ButtonUp)
+    }
+
     /// Sends several messages in one write, so they arrive together: a burst of contact
     /// bounce far shorter than any debounce time.
     pub fn send_burst(&self, msgs: &[ToGuest]) -> std::io::Result<()> {

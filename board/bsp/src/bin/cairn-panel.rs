@@ -36,9 +36,9 @@ fn main() {
         let Ok(line) = line else { break };
         let words: Vec<&str> = line.split_whitespace().collect();
         let result = match words.as_slice() {
-            [] | ["p"] => press(&link, Duration::from_millis(200)),
+            [] | ["p"] => link.press(Duration::from_millis(200)),
             ["h", secs] => match secs.parse::<f64>() {
-                Ok(s) if (0.0..=600.0).contains(&s) => press(&link, Duration::from_secs_f64(s)),
+                Ok(s) if (0.0..=600.0).contains(&s) => link.press(Duration::from_secs_f64(s)),
                 _ => {
                     println!("h takes seconds (0–600), e.g. `h 5`");
                     Ok(())
@@ -73,12 +73,6 @@ fn connect(path: &str) -> UnixStream {
 fn fail(path: &str, e: std::io::Error) -> ! {
     eprintln!("cairn-panel: {path}: {e}");
     std::process::exit(1);
-}
-
-fn press(link: &PanelLink, hold: Duration) -> std::io::Result<()> {
-    link.send(ToGuest::ButtonDown)?;
-    std::thread::sleep(hold);
-    link.send(ToGuest::ButtonUp)
 }
 
 /// Redraws the status line on every report.
