@@ -8,10 +8,9 @@
 use cairn_bsp::panel::{PanelLink, ToGuest};
 use cairn_bsp::pattern::{recognize, Pattern};
 use cairn_hil::{image, partition, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The pairing window the test image asks for on its kernel command line (120 s by default).
 const WINDOW_S: u64 = 5;
@@ -99,15 +98,7 @@ fn boot(reboot: bool, prepare: impl FnOnce(&Path)) -> Board {
     let mut cfg = Config::new(disk);
     cfg.reboot = reboot;
     let q = Qemu::boot(&cfg).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let stream = loop {
-        match UnixStream::connect(q.panel_socket()) {
-            Ok(s) => break s,
-            Err(e) if Instant::now() > deadline => panic!("front panel socket: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
-    let panel = PanelLink::new(stream.try_clone().unwrap(), stream).unwrap();
+    let panel = q.panel().unwrap();
     Board {
         q,
         panel,
