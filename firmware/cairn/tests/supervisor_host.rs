@@ -381,7 +381,8 @@ fn a_service_gets_its_port_from_the_supervisor_and_may_ask_only_what_its_manifes
         "web",
         "crash-on-command --inherited",
         &format!(
-            "user = \"websvc\"\nlisten = [\"tcp:{port}\"]\nready = \"tcp:{port}\"\ncontrol = [\"status\"]"
+            "user = \"websvc\"\ngroups = [\"nodesvc\"]\nlisten = [\"tcp:{port}\"]\nready = \"tcp:{port}\"\n\
+             control = [\"status\"]"
         ),
     )]);
     init.wait_state("web", "ready");
@@ -410,6 +411,19 @@ fn a_service_gets_its_port_from_the_supervisor_and_may_ask_only_what_its_manifes
     // The service runs as its own user, on the socket the supervisor bound for it.
     let fds = ask(&format!("fds {}", init.status("web")["pid"]));
     assert!(fds[0].contains("socket:"), "{fds:?}");
+    // In its own group and the one `groups` names (to reach another service's socket). The
+    // fixture reads its own status (one line: the file's lines joined by spaces).
+    let status = ask("read /proc/self/status").join(" ");
+    let ids = |field: &str| -> Vec<String> {
+        let rest = &status[status.find(field).unwrap() + field.len()..];
+        rest.split_whitespace()
+            .take_while(|w| !w.ends_with(':'))
+            .map(str::to_string)
+            .collect()
+    };
+    let groups = ids("Groups:");
+    assert_eq!(groups.len(), 2, "{status}");
+    assert!(groups.contains(&ids("Gid:")[0]), "{status}");
     let socket = init.socket().display().to_string();
     let allowed = ask(&format!("ctl --socket {socket} status"));
     assert_eq!(allowed.last().unwrap(), "ctl-done 0", "{allowed:?}");

@@ -28,7 +28,8 @@ pub const CLIENTS_MAX: usize = 16;
 /// Longest pairing window a request may open.
 const WINDOW_MAX: Duration = Duration::from_secs(600);
 
-/// Binds the socket (replacing a stale one) with mode 0600.
+/// Binds the socket (replacing a stale one) with mode 0660: the node's group may use it (on a
+/// plug the web joins that group); who may reach it at all is its directory's business.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
@@ -39,7 +40,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
     }
     let l = UnixListener::bind(path).with_context(|| format!("{}: binding", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(l)
 }
 

@@ -26,6 +26,8 @@ pub const CONTROL_COMMANDS: &[&str] = &[
 ];
 /// Most listening sockets one service may be handed.
 pub const LISTEN_MAX: usize = 4;
+/// Most supplementary groups a service may join (`groups`).
+pub const GROUPS_MAX: usize = 8;
 
 /// How the supervisor learns that a service is ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +76,12 @@ pub struct Manifest {
     pub user: Option<String>,
     /// Group to run as (created if missing); defaults to a group named like the user.
     pub group: Option<String>,
+    /// Supplementary groups (created if missing): how one service reaches another's socket
+    /// (the web joins `node` to talk to the storage node).
+    pub groups: Vec<String>,
+    /// Whether `/run/NAME` is made for the service at boot (mode 0750, its user and group):
+    /// where it puts sockets that a group may reach, outside its private workdir.
+    pub runtime_dir: bool,
     /// Working directory; `None` keeps `/`.
     pub workdir: Option<PathBuf>,
     /// Services that must be ready before this one starts.
@@ -132,6 +140,10 @@ struct RawManifest {
     env: BTreeMap<String, String>,
     user: Option<String>,
     group: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    runtime_dir: bool,
     workdir: Option<PathBuf>,
     #[serde(default)]
     depends_on: Vec<String>,
@@ -199,6 +211,30 @@ pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
                 ));
             }
         }
+    }
+    if raw.groups.len() > GROUPS_MAX {
+        return Err(fail("groups", format!("at most {GROUPS_MAX} groups")));
+    }
+    for (i, g) in raw.groups.iter().enumerate() {
+        if !valid_account(g) || raw.groups[..i].contains(g) {
+            return Err(fail(
+                "groups",
+                format!("{g:?} is not a valid group name (each once; lowercase letters, digits, '-', '_')"),
+            ));
+        }
+    }
+    if (!raw.groups.is_empty() || raw.runtime_dir)
+        && raw.user.as_deref().is_none_or(|u| u == "root")
+    {
+        let field = if raw.runtime_dir {
+            "runtime_dir"
+        } else {
+            "groups"
+        };
+        return Err(fail(
+            field,
+            "only a service with its own user needs it (root reaches everything)".into(),
+        ));
     }
     if let Some(w) = &raw.workdir {
         if !w.is_absolute() {
@@ -289,6 +325,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
         env: raw.env,
         user: raw.user,
         group: raw.group,
+        groups: raw.groups,
+        runtime_dir: raw.runtime_dir,
         workdir: raw.workdir,
         depends_on: raw.depends_on,
         ready,
@@ -497,6 +535,42 @@ nofile = 1024
         assert_eq!(m.limits.memory_bytes, Some(64 << 20));
         assert_eq!(m.limits.pids, Some(64));
         assert_eq!(m.limits.nofile, Some(1024));
+    }
+
+    #[test]
+    fn groups_and_runtime_dir_parse_and_are_checked() {
+        let m = p(
+            "web",
+            "name = \"web\"\nexec = [\"x\"]\nuser = \"web\"\ngroups = [\"node\", \"www\"]\nruntime_dir = true\n",
+        )
+        .unwrap();
+        assert_eq!(m.groups, vec!["node", "www"]);
+        assert!(m.runtime_dir);
+        let e = p(
+            "web",
+            "name = \"web\"\nexec = [\"x\"]\nuser = \"web\"\ngroups = [\"node\", \"node\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (4, "groups"), "{e}");
+        let e = p(
+            "web",
+            "name = \"web\"\nexec = [\"x\"]\ngroups = [\"Node\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "groups", "{e}");
+        // Root needs neither: refused rather than silently meaningless.
+        let e = p(
+            "web",
+            "name = \"web\"\nexec = [\"x\"]\ngroups = [\"node\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("own user"), "{e}");
+        let e = p(
+            "web",
+            "name = \"web\"\nexec = [\"x\"]\nruntime_dir = true\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "runtime_dir", "{e}");
     }
 
     #[test]

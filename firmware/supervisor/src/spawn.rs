@@ -106,6 +106,13 @@ impl Spawner for LinuxSpawner {
         } else {
             (None, None)
         };
+        // Primary group first: setgroups(2) replaces the whole list.
+        let mut groups: Vec<libc::gid_t> = gid.into_iter().collect();
+        for g in users::ensure_groups(&self.etc_dir, &m.groups)? {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
         let procs = self.prepare_cgroup(m)?;
         let nofile = m.limits.nofile;
         let notify = match m.ready {
@@ -139,7 +146,9 @@ impl Spawner for LinuxSpawner {
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
         // calls on values prepared before the fork; it allocates nothing.
         unsafe {
-            cmd.pre_exec(move || child_setup(procs.as_ref(), nofile, notify_w, listen, uid, gid));
+            cmd.pre_exec(move || {
+                child_setup(procs.as_ref(), nofile, notify_w, listen, uid, gid, &groups)
+            });
         }
         let mut child = cmd.spawn().map_err(|e| format!("{}: {e}", m.exec[0]))?;
         let pid = child.id();
@@ -246,6 +255,7 @@ fn child_setup(
     listen: ListenFds,
     uid: Option<u32>,
     gid: Option<u32>,
+    groups: &[libc::gid_t],
 ) -> std::io::Result<()> {
     let check = |r: libc::c_int| {
         if r < 0 {
@@ -302,7 +312,7 @@ fn child_setup(
         }
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         if let Some(g) = gid {
-            check(libc::setgroups(1, &g))?;
+            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
             check(libc::setgid(g))?;
         }
         if let Some(u) = uid {

@@ -47,6 +47,17 @@ pub fn ensure_account(
     Ok((uid, gid))
 }
 
+/// The gids of supplementary `groups` in `etc/group`, adding the missing ones (a group made
+/// here is the one its service's account later takes, as that account looks it up by name).
+pub fn ensure_groups(etc: &Path, groups: &[String]) -> Result<Vec<u32>, String> {
+    let group_path = etc.join("group");
+    let mut text = read_or_empty(&group_path)?;
+    groups
+        .iter()
+        .map(|g| ensure_entry(&mut text, &group_path, g, |gid| format!("{g}:x:{gid}:")))
+        .collect()
+}
+
 /// The name of the account with `uid` in `etc/passwd`, if any.
 pub fn user_of(etc: &Path, uid: u32) -> Option<String> {
     let text = std::fs::read_to_string(etc.join("passwd")).ok()?;
@@ -135,6 +146,19 @@ mod tests {
         assert!(passwd.contains("node:x:201:200:"));
         let group = std::fs::read_to_string(etc.path().join("group")).unwrap();
         assert_eq!(group.lines().count(), 2);
+    }
+
+    #[test]
+    fn supplementary_groups_are_found_or_made_and_agree_with_accounts_made_later() {
+        let etc = tempfile::tempdir().unwrap();
+        std::fs::write(etc.path().join("group"), "root:x:0:\nnode:x:205:\n").unwrap();
+        let gids = ensure_groups(etc.path(), &["node".into(), "www".into()]).unwrap();
+        assert_eq!(gids, vec![205, 200]);
+        // An account made after another service joined its group gets that same group.
+        let (_, gid) = ensure_account(etc.path(), Some("www"), None).unwrap();
+        assert_eq!(gid, Some(200));
+        let group = std::fs::read_to_string(etc.path().join("group")).unwrap();
+        assert_eq!(group.lines().count(), 3);
     }
 
     #[test]

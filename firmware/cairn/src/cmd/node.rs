@@ -20,7 +20,7 @@ pub const DEFAULT_SOCKET: &str = crate::sys::paths::NODE_SOCKET;
 /// The storage node: hold friends' shards, place yours on theirs.
 #[derive(Parser, Debug)]
 pub struct Args {
-    /// The running node's control socket (default: $CAIRN_NODE, else /data/node/node.sock).
+    /// The running node's control socket (default: $CAIRN_NODE, else /run/node/node.sock).
     #[arg(long, global = true, value_name = "SOCKET")]
     pub node: Option<PathBuf>,
     /// The command.

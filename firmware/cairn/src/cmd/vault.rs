@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long, short, global = true)]
     pub quiet: bool,
     /// Use the storage node whose control socket is SOCKET for shards, whatever targets the
-    /// vault was created with (on a plug: /data/node/node.sock).
+    /// vault was created with (on a plug: /run/node/node.sock).
     #[arg(long, global = true, value_name = "SOCKET")]
     pub node: Option<PathBuf>,
     /// The command.

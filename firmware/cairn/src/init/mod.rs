@@ -113,9 +113,14 @@ fn device_main(_args: Args) -> ! {
         helpers::show_failures_on(b.ui.clone());
     }
     // Services running as their own user get their state directory on /data (after the board
-    // finished any interrupted factory reset, which wipes /data).
+    // finished any interrupted factory reset, which wipes /data), and /run/NAME if they ask.
     let etc = Path::new("/etc");
-    for line in workdirs::prepare(Path::new(paths::SERVICES), etc, Path::new(paths::DATA)) {
+    for line in workdirs::prepare(
+        Path::new(paths::SERVICES),
+        etc,
+        Path::new(paths::DATA),
+        Path::new(paths::RUN),
+    ) {
         log!("{line}");
     }
     let (notice_tx, notice_rx) = std::sync::mpsc::sync_channel(8);

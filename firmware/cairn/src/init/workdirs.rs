@@ -1,6 +1,7 @@
 //! Service working directories on the data partition, made before the services start: a
 //! service that runs as its own user (the storage node as `node`) keeps its state in its
-//! `workdir` (`/data/node`), which root-owned `/data` would not let it create.
+//! `workdir` (`/data/node`), which root-owned `/data` would not let it create. A service with
+//! `runtime_dir = true` also gets `/run/NAME` (0750: its group may enter, to reach a socket).
 //!
 //! The accounts are created here, in manifest order, with the supervisor's own
 //! `ensure_account`, so the supervisor later finds the same uid. A uid can change between boots
@@ -9,21 +10,29 @@
 
 use cairn_supervisor::{manifest, users};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Deepest directory level walked when handing a tree to a new uid (the chunk store nests two).
 const DEPTH_MAX: usize = 8;
 
 /// Makes the workdirs under `data` of the manifests in `services` that name a user, owned by
-/// that user; returns one line per directory made or handed over, and per problem.
-pub fn prepare(services: &Path, etc: &Path, data: &Path) -> Vec<String> {
+/// that user, and their runtime directories under `run`; returns one line per directory made
+/// or handed over, and per problem.
+pub fn prepare(services: &Path, etc: &Path, data: &Path, run: &Path) -> Vec<String> {
     let (manifests, _) = manifest::load_dir(services); // bad manifests: the supervisor says why
     let mut lines = Vec::new();
     for m in manifests {
-        let (Some(dir), Some(user)) = (&m.workdir, &m.user) else {
+        let Some(user) = m.user.as_deref().filter(|u| *u != "root") else {
             continue;
         };
-        if !dir.starts_with(data) || user == "root" {
+        let dirs: Vec<(PathBuf, u32)> = m
+            .workdir
+            .iter()
+            .filter(|d| d.starts_with(data))
+            .map(|d| (d.clone(), 0o700))
+            .chain(m.runtime_dir.then(|| (run.join(&m.name), 0o750)))
+            .collect();
+        if dirs.is_empty() {
             continue;
         }
         let ids = users::ensure_account(etc, Some(user), m.group.as_deref());
@@ -35,18 +44,20 @@ pub fn prepare(services: &Path, etc: &Path, data: &Path) -> Vec<String> {
                 continue;
             }
         };
-        match ensure_dir(dir, uid, gid) {
-            Ok(Some(what)) => lines.push(format!("{}: {} {what}", m.name, dir.display())),
-            Ok(None) => {}
-            Err(e) => lines.push(format!("error: {}: {}: {e}", m.name, dir.display())),
+        for (dir, mode) in dirs {
+            match ensure_dir(&dir, mode, uid, gid) {
+                Ok(Some(what)) => lines.push(format!("{}: {} {what}", m.name, dir.display())),
+                Ok(None) => {}
+                Err(e) => lines.push(format!("error: {}: {}: {e}", m.name, dir.display())),
+            }
         }
     }
     lines
 }
 
-/// Creates `dir` (mode 0700) owned by `uid:gid`, or hands an existing tree owned by someone
+/// Creates `dir` (with `mode`) owned by `uid:gid`, or hands an existing tree owned by someone
 /// else to them. Returns what was done, if anything.
-fn ensure_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<Option<String>> {
+fn ensure_dir(dir: &Path, mode: u32, uid: u32, gid: u32) -> std::io::Result<Option<String>> {
     let (u, g) = (
         nix::unistd::Uid::from_raw(uid),
         nix::unistd::Gid::from_raw(gid),
@@ -54,7 +65,7 @@ fn ensure_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<Option<String>>
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
             nix::unistd::chown(dir, Some(u), Some(g))?;
             Ok(Some(format!("made for uid {uid}")))
         }
@@ -101,19 +112,21 @@ mod tests {
             return;
         }
         let t = tempfile::tempdir().unwrap();
-        let (services, etc, data) = (
+        let (services, etc, data, run) = (
             t.path().join("s"),
             t.path().join("etc"),
             t.path().join("data"),
+            t.path().join("run"),
         );
-        for d in [&services, &etc, &data] {
+        for d in [&services, &etc, &data, &run] {
             std::fs::create_dir_all(d).unwrap();
         }
         let home = data.join("node");
         std::fs::write(
             services.join("node.toml"),
             format!(
-                "name = \"node\"\nexec = [\"/bin/true\"]\nuser = \"node\"\nworkdir = \"{}\"\n",
+                "name = \"node\"\nexec = [\"/bin/true\"]\nuser = \"node\"\nworkdir = \"{}\"\n\
+                 runtime_dir = true\n",
                 home.display()
             ),
         )
@@ -124,18 +137,28 @@ mod tests {
             "name = \"web\"\nexec = [\"/bin/true\"]\nuser = \"web\"\nworkdir = \"/srv/web\"\n",
         )
         .unwrap();
-        let lines = prepare(&services, &etc, &data);
+        let lines = prepare(&services, &etc, &data, &run);
         assert_eq!(
             lines,
-            vec![format!("node: {} made for uid 200", home.display())]
+            vec![
+                format!("node: {} made for uid 200", home.display()),
+                format!("node: {} made for uid 200", run.join("node").display()),
+            ]
         );
         let meta = std::fs::metadata(&home).unwrap();
         assert_eq!(
             (meta.uid(), meta.gid(), meta.mode() & 0o777),
             (200, 200, 0o700)
         );
+        // Its group may enter the runtime directory (to reach the socket there), others not.
+        let meta = std::fs::metadata(run.join("node")).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (200, 200, 0o750)
+        );
         // Second boot: nothing to do.
-        assert!(prepare(&services, &etc, &data).is_empty());
+        assert!(prepare(&services, &etc, &data, &run).is_empty());
+        std::fs::remove_dir(run.join("node")).unwrap();
         // A boot where another account took uid 200 first: the tree moves to node's new uid.
         std::fs::create_dir_all(home.join("store/seg")).unwrap();
         std::fs::write(home.join("store/seg/1"), b"x").unwrap();
@@ -151,13 +174,17 @@ mod tests {
         )
         .unwrap();
         std::fs::write(etc.join("group"), "root:x:0:\nweb:x:200:\n").unwrap();
-        let lines = prepare(&services, &etc, &data);
+        let lines = prepare(&services, &etc, &data, &run);
         assert_eq!(
             lines,
-            vec![format!(
-                "node: {} handed from uid 200 to uid 201 (4 entries)",
-                home.display()
-            )]
+            vec![
+                format!(
+                    "node: {} handed from uid 200 to uid 201 (4 entries)",
+                    home.display()
+                ),
+                // /run is a tmpfs: remade at each boot.
+                format!("node: {} made for uid 201", run.join("node").display()),
+            ]
         );
         assert_eq!(
             std::fs::metadata(home.join("store/seg/1")).unwrap().uid(),
@@ -168,6 +195,6 @@ mod tests {
     #[test]
     fn a_missing_services_dir_prepares_nothing() {
         let t = tempfile::tempdir().unwrap();
-        assert!(prepare(&t.path().join("none"), t.path(), t.path()).is_empty());
+        assert!(prepare(&t.path().join("none"), t.path(), t.path(), t.path()).is_empty());
     }
 }

@@ -10,10 +10,13 @@ pub mod paths {
     pub const SERVICES: &str = "/etc/cairn/services";
     pub const DATA: &str = "/data";
     pub const STATE: &str = "/data/cairn";
+    /// Where services' runtime directories go (`runtime_dir`: `/run/NAME`), remade each boot.
+    pub const RUN: &str = "/run";
     /// PID 1's control socket: one constant, the supervisor's.
     pub const SOCKET: &str = cairn_supervisor::DEFAULT_SOCKET;
-    /// The storage node's control socket, as `services/node.toml` sets it (`--control`).
-    pub const NODE_SOCKET: &str = "/data/node/node.sock";
+    /// The storage node's control socket, as `services/node.toml` sets it (`--control`): in
+    /// the node's runtime directory, which its group (the web joins it) may reach.
+    pub const NODE_SOCKET: &str = "/run/node/node.sock";
 }
 
 /// Log one of init's own lines on the console (PID 1's stdout), through [`console`] so a failing

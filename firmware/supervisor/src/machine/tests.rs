@@ -55,6 +55,8 @@ fn svc(name: &str) -> Manifest {
         env: BTreeMap::new(),
         user: None,
         group: None,
+        groups: vec![],
+        runtime_dir: false,
         workdir: None,
         depends_on: vec![],
         ready: Readiness::None,
