@@ -50,16 +50,46 @@ pub struct BoardUi {
     data_dir: PathBuf,
     /// Whether naming the device sets the system's hostname (the device; never a test host).
     sets_hostname: bool,
+    /// The storage node's pairing, for the button and for the owner's page alike.
+    pairing: Pairing,
 }
 
 impl BoardUi {
     /// A board UI over `data_dir` that leaves the hostname alone (tests).
     #[cfg(test)]
-    pub fn new(ui: Arc<SharedUi<BootClock>>, data_dir: PathBuf) -> BoardUi {
+    pub fn new(
+        ui: Arc<SharedUi<BootClock>>,
+        data_dir: PathBuf,
+        pairer: Arc<dyn Pairer>,
+    ) -> BoardUi {
         BoardUi {
             ui,
             data_dir,
             sets_hostname: false,
+            pairing: Pairing::new(pairer),
+        }
+    }
+
+    /// The pairing attempts (one at a time) and the last one's outcome.
+    pub fn pairing(&self) -> &Pairing {
+        &self.pairing
+    }
+
+    /// Opens the pairing window as a short press of the button does, and asks the node to
+    /// pair in it; `Err` when a window is already open (with the seconds left).
+    pub fn open_pairing(&self) -> Result<u64, String> {
+        match self.ui.on_button(ButtonEvent::ShortPress) {
+            Some(Action::PairingOpened(Opened::New { closes_at_ms, .. })) => {
+                let left = closes_at_ms.saturating_sub(self.ui.now_ms());
+                self.pairing
+                    .start(self.ui.clone(), Duration::from_millis(left));
+                Ok(left)
+            }
+            Some(Action::PairingOpened(Opened::AlreadyOpen { closes_at_ms, .. })) => Err(format!(
+                "the pairing window is already open, {} s left",
+                closes_at_ms.saturating_sub(self.ui.now_ms()).div_ceil(1000)
+            )),
+            _ => Err("the pairing window did not open".into()),
         }
     }
 
@@ -143,6 +173,7 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
         ui: ui.clone(),
         data_dir: data_dir.to_path_buf(),
         sets_hostname: true,
+        pairing: Pairing::new(Arc::new(NodeSocket(PathBuf::from(NODE_SOCKET)))),
     };
 
     let sim = board.gpio_sim.as_ref().and_then(|_| {
@@ -215,7 +246,7 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
             Ok(pin) => {
                 let button = Button::new(pin, line.active_low, board.button_timing);
                 let (ui, data) = (ui.clone(), data_dir.to_path_buf());
-                let pairing = Pairing::new(Arc::new(NodeSocket(PathBuf::from(NODE_SOCKET))));
+                let pairing = handle.pairing.clone();
                 spawn("button", move || button_loop(&ui, button, &data, &pairing));
             }
             Err(e) => log!("error: setup button: {e}; running without it"),
@@ -390,6 +421,8 @@ impl Pairer for NodeSocket {
 pub struct Pairing {
     pairer: Arc<dyn Pairer>,
     busy: Arc<AtomicBool>,
+    /// The last attempt's outcome (its console line without `pairing: `), for the owner's page.
+    last: Arc<Mutex<Option<String>>>,
 }
 
 impl Pairing {
@@ -398,6 +431,7 @@ impl Pairing {
         Pairing {
             pairer,
             busy: Arc::new(AtomicBool::new(false)),
+            last: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -413,7 +447,10 @@ impl Pairing {
         let me = self.clone();
         let spawned = crate::sys::helpers::spawn("pairing", STACK, move || {
             let outcome = me.pairer.pair(window);
-            log!("{}", settle(&ui, outcome));
+            let line = settle(&ui, outcome);
+            log!("{line}");
+            *me.last.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(line.trim_start_matches("pairing: ").to_string());
             me.busy.store(false, Ordering::Release);
         });
         if let Err(e) = spawned {
@@ -425,9 +462,13 @@ impl Pairing {
     }
 
     /// Whether an attempt is under way.
-    #[cfg(test)]
-    fn busy(&self) -> bool {
+    pub fn busy(&self) -> bool {
         self.busy.load(Ordering::Acquire)
+    }
+
+    /// How the last attempt since boot ended, if one did.
+    pub fn last(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -699,7 +740,11 @@ mod tests {
     fn claimed_devices_boot_healthy_and_new_ones_need_setup() {
         let dir = tempfile::tempdir().unwrap();
         let ui = Arc::new(SharedUi::new(Ui::new(UiConfig::default()), BootClock));
-        let board = BoardUi::new(ui.clone(), dir.path().to_path_buf());
+        let board = BoardUi::new(
+            ui.clone(),
+            dir.path().to_path_buf(),
+            Arc::new(NodeSocket(dir.path().join("none"))),
+        );
         assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Booting);
         board.booted();
         assert_eq!(ui.pattern().0, cairn_bsp::Pattern::SetupNeeded);

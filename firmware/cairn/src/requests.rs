@@ -12,6 +12,9 @@
 //! - `claimed` + `name` → after a granted claim (or to rename a claimed device): writes the
 //!   `CLAIMED` marker holding the name, sets the hostname, and the LED leaves "setup needed"
 //! - `say` + `text` → one console line `cairn: USER: TEXT`
+//! - `pair` → once claimed, opens the pairing window as a short press does and asks the node
+//!   to pair in it (the owner's page instead of a trip to the plug); `board` then carries
+//!   `pairing: {busy, last}`, how the attempt goes and how the last one ended
 //!
 //! Which service may make which request is its manifest's `control` list (the supervisor
 //! checks); everything here runs on the supervisor's loop, so nothing blocks.
@@ -58,6 +61,10 @@ fn answer(
                     "health": health_name(board.ui.health()),
                     "window": window,
                     "last_window": board.ui.last_window(),
+                    "pairing": {
+                        "busy": board.pairing().busy(),
+                        "last": board.pairing().last(),
+                    },
                 })),
                 ..Response::ok("")
             }
@@ -126,6 +133,26 @@ fn answer(
                 log!("setup: done; this device is {name}");
             }
             Response::ok(&format!("this device is {name}"))
+        }
+        "pair" => {
+            if claimed_name(data_dir).is_none() {
+                return Some(Response::error(
+                    "this device is not set up yet: its first pairing window is for the claim",
+                ));
+            }
+            match board.open_pairing() {
+                Ok(left) => {
+                    log!(
+                        "pairing: window open for {} s, from the owner's page",
+                        left.div_ceil(1000)
+                    );
+                    Response::ok(&format!(
+                        "pairing window open for {} s: press the other plug's button",
+                        left.div_ceil(1000)
+                    ))
+                }
+                Err(e) => Response::error(&e),
+            }
         }
         "say" => {
             let text: String = req
@@ -198,10 +225,19 @@ mod tests {
     use cairn_bsp::linux::BootClock;
     use cairn_bsp::{ButtonEvent, SharedUi, Ui, UiConfig};
 
+    /// A node double that finds nobody (answers at once).
+    struct Nobody;
+
+    impl crate::board::Pairer for Nobody {
+        fn pair(&self, _: std::time::Duration) -> Result<cairn_node::control::PairOutcome, String> {
+            Ok(cairn_node::control::PairOutcome::NoneFound)
+        }
+    }
+
     fn board(dir: &Path) -> BoardUi {
         let ui = Arc::new(SharedUi::new(Ui::new(UiConfig::default()), BootClock));
         ui.set_health(Health::SetupNeeded);
-        BoardUi::new(ui, dir.to_path_buf())
+        BoardUi::new(ui, dir.to_path_buf(), Arc::new(Nobody))
     }
 
     fn ask(x: &cairn_supervisor::Extension, req: serde_json::Value) -> serde_json::Value {
@@ -295,6 +331,38 @@ mod tests {
             b.ui.pairing_status(),
             cairn_bsp::WindowStatus::Open { id: 3, .. }
         ));
+    }
+
+    #[test]
+    fn the_owners_page_opens_the_pairing_window_once_claimed_and_hears_how_it_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = board(dir.path());
+        let x = extension(b.clone());
+        let a = ask(&x, serde_json::json!({"cmd": "pair"}));
+        assert_eq!(a["ok"], false);
+        assert!(
+            a["error"].as_str().unwrap().contains("not set up yet"),
+            "{a}"
+        );
+        assert_eq!(b.ui.pairing_status(), WindowStatus::Closed);
+        write_marker(&dir.path().join(CLAIMED), "attic").unwrap();
+        let a = ask(&x, serde_json::json!({"cmd": "pair"}));
+        assert_eq!(a["ok"], true, "{a}");
+        assert!(matches!(b.ui.pairing_status(), WindowStatus::Open { .. }));
+        // A second click while it is open: refused, with the time left.
+        let a = ask(&x, serde_json::json!({"cmd": "pair"}));
+        assert!(a["error"].as_str().unwrap().contains("already open"), "{a}");
+        // The node found nobody: `board` says so once the attempt has ended.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let last = loop {
+            let a = ask(&x, serde_json::json!({"cmd": "board"}));
+            if a["data"]["pairing"]["busy"] == false && !a["data"]["pairing"]["last"].is_null() {
+                break a["data"]["pairing"]["last"].clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "{a}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(last, "no other plug in pairing mode on this network");
     }
 
     #[test]
