@@ -4,12 +4,17 @@
 use std::fs;
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_vault::home::{Config, Target};
 use cairn_vault::manifest::{EntryKind, Extent, Tree};
 use cairn_vault::progress::{NoProgress, Progress};
-use cairn_vault::{AeadKind, FileReader, KdfParams, NoNode, Vault, VaultError};
+use cairn_vault::{
+    AeadKind, DirStore, FileReader, KdfParams, NoNode, ShardError, ShardId, ShardSink, Vault,
+    VaultError,
+};
 use rand::{RngCore, SeedableRng};
 
 const PASS: &[u8] = b"correct horse battery staple";
@@ -628,4 +633,96 @@ fn change_passphrase_refuses_the_old_one_and_opens_with_the_new_one() {
             .all(|n| !n.contains("tmp") && !n.starts_with('.')),
         "{names:?}"
     );
+}
+
+#[test]
+fn a_batch_starts_from_a_snapshot_the_home_did_not_record() {
+    // As after a crash between writing snapshot 2's root and recording it in HOME/head.
+    let s = Setup::new();
+    let mut v = s.init();
+    for (i, text) in [&b"first"[..], b"second"].iter().enumerate() {
+        let mut b = v.batch().unwrap();
+        b.add_file(
+            &format!("f{i}"),
+            *text,
+            0o644,
+            SystemTime::now(),
+            &mut NoProgress,
+        )
+        .unwrap();
+        b.commit().unwrap();
+    }
+    drop(v);
+    fs::write(s.home().join("head"), "seq = 1\n").unwrap();
+    let mut v = Vault::open(&s.home(), PASS, &NoNode).unwrap();
+    let b = v.batch().unwrap();
+    assert_eq!(b.base(), 2);
+    assert_eq!(b.commit().unwrap().seq, 3);
+    assert_eq!(read_back(&v, None, "f1"), b"second");
+    assert_eq!(read_back(&v, None, "f0"), b"first");
+}
+
+/// Stores `left` shards, then fails every put.
+struct Failing {
+    inner: DirStore,
+    left: AtomicI64,
+}
+
+impl ShardSink for Failing {
+    fn put_shard(&self, id: &ShardId, shard: &[u8]) -> Result<(), ShardError> {
+        if self.left.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            return Err(ShardError::Failed {
+                id: *id,
+                place: "stick2".into(),
+                reason: "I/O error".into(),
+            });
+        }
+        self.inner.put_shard(id, shard)
+    }
+}
+
+#[test]
+fn a_failing_store_fails_the_file_and_the_batch_cannot_be_committed() {
+    let s = Setup::new();
+    let mut v = s.init();
+    v.set_workers(2);
+    let mut b = v.batch().unwrap();
+    b.add_file("old", &b"x"[..], 0o644, SystemTime::now(), &mut NoProgress)
+        .unwrap();
+    b.commit().unwrap();
+    let before = v.snapshots().unwrap();
+    let targets: Vec<PathBuf> = (0..4).map(|i| s.target(i)).collect();
+    let store = Arc::new(DirStore::new(targets.clone()));
+    v.set_backend(
+        Arc::new(Failing {
+            inner: DirStore::new(targets),
+            left: 10.into(),
+        }),
+        store,
+    );
+    let data = random(12 << 20, 9);
+    let mut b = v.batch().unwrap();
+    let m = b
+        .add_file("big", &data[..], 0o644, SystemTime::now(), &mut NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("stick2") && m.contains("I/O error"), "{m}");
+    // Its dedup index may now name a chunk that was not stored: nothing more goes in.
+    let m = b
+        .add_file(
+            "small",
+            &b"y"[..],
+            0o644,
+            SystemTime::now(),
+            &mut NoProgress,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        m.contains("earlier failure") && m.contains("\"big\""),
+        "{m}"
+    );
+    let m = b.commit().unwrap_err().to_string();
+    assert!(m.contains("earlier failure"), "{m}");
+    assert_eq!(v.snapshots().unwrap(), before);
 }
