@@ -1,17 +1,21 @@
 //! The vault benchmark: single-core MB/s of each put stage and of the whole pipeline, the
-//! pipeline's ratio to its serial limit, its scaling on all cores, and the peak RSS of a real
-//! 4 GiB `cairn vault put` run in a child process. Writes one JSON object of named figures.
+//! pipeline's ratio to its serial limit, its scaling on all cores, the same bytes as one stream
+//! through `Vault::batch` (a web upload) against `put`, and the peak RSS of a real 4 GiB
+//! `cairn vault put` and of a batch of it, each in a child process. Writes one JSON object of
+//! named figures.
 //!
-//! `bench OUT.json [--size-mib N] [--rss-gib G] [--work DIR]`; `--rss-gib 0` skips the RSS run.
-//! (Internal: `bench --child HOME PASSFILE init DIR…|put FILE` does what `cairn vault --quiet
-//! init|put` does, through the library, and prints its VmHWM.)
+//! `bench OUT.json [--size-mib N] [--rss-gib G] [--work DIR]`; `--rss-gib 0` skips the RSS run;
+//! `CAIRN_BENCH_WORKERS=W` sets the batch RSS run's workers (default: the vault's).
+//! (Internal: `bench --child HOME PASSFILE init DIR…|put FILE|batch FILE` does what
+//! `cairn vault --quiet init|put` does, or a web upload, through the library, and prints its
+//! VmHWM.)
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use cairn_vault::chunker::Chunker;
 use cairn_vault::home::{Config, Target};
@@ -238,8 +242,9 @@ fn main() {
     drop(data);
     let mut run = 0;
     // Each run puts into a new vault (a new key: nothing deduplicates); only the put is timed;
-    // best of five, as the build machine is shared.
-    let mut pipeline = |workers: usize| {
+    // best of five, as the build machine is shared. `batch`: the same bytes as one stream
+    // through `Vault::batch` (what a web upload does) instead of `put`.
+    let mut pipeline = |workers: usize, batch: bool| {
         let mut best = f64::MAX;
         for _ in 0..5 {
             run += 1;
@@ -263,14 +268,23 @@ fn main() {
             );
             v.set_workers(workers);
             let t = Instant::now();
-            let r = v.put(&[&file], &mut NoProgress).unwrap();
+            let r = if batch {
+                let mut b = v.batch().unwrap();
+                let f = fs::File::open(&file).unwrap();
+                b.add_file("data.bin", f, 0o644, SystemTime::now(), &mut NoProgress)
+                    .unwrap();
+                b.commit().unwrap()
+            } else {
+                v.put(&[&file], &mut NoProgress).unwrap()
+            };
             best = best.min(t.elapsed().as_secs_f64());
             assert_eq!(r.bytes as usize, size);
         }
         size as f64 / best / 1e6
     };
-    let one = pipeline(0);
-    let all = pipeline(cores);
+    let one = pipeline(0, false);
+    let all = pipeline(cores, false);
+    let batch_all = pipeline(cores, true);
     let _ = fs::remove_dir_all(&data_dir);
     let aead_rate = if aead == AeadKind::Aes256Gcm {
         aes
@@ -285,9 +299,12 @@ fn main() {
     num("cores", cores as f64);
     num("pipeline_all_cores_mb_s", all);
     num("scaling_all_cores", all / (cores as f64 * one));
+    num("batch_all_cores_mb_s", batch_all);
+    num("batch_vs_put_all_cores", batch_all / all);
 
     if rss_gib > 0 {
-        num("peak_rss_mib_4g", rss_put(&work, rss_gib));
+        num("peak_rss_mib_4g", rss_put(&work, rss_gib, "put"));
+        num("peak_rss_mib_4g_batch", rss_put(&work, rss_gib, "batch"));
     }
 
     figures.insert("aead_chosen".into(), aead.name().into());
@@ -302,11 +319,11 @@ fn main() {
     eprintln!("wrote {}", out.display());
 }
 
-/// `HOME PASSFILE init DIR…` or `HOME PASSFILE put FILE`: what `cairn vault --quiet init` (4-of-8,
+/// `HOME PASSFILE init DIR…`, `HOME PASSFILE put FILE` or `… batch FILE`: what `cairn vault --quiet init` (4-of-8,
 /// the faster AEAD here) and `cairn vault --quiet put` do, in this process.
 fn child(args: &[String]) -> cairn_vault::Result<()> {
     let [home, pass, cmd, rest @ ..] = args else {
-        panic!("usage: bench --child HOME PASSFILE init DIR…|put FILE");
+        panic!("usage: bench --child HOME PASSFILE init DIR…|put FILE|batch FILE");
     };
     let home = Path::new(home);
     let pass = fs::read(pass).unwrap();
@@ -324,13 +341,30 @@ fn child(args: &[String]) -> cairn_vault::Result<()> {
         "put" => Vault::open(home, pass, &NoNode)?
             .put(rest, &mut NoProgress)
             .map(drop),
+        // What a web upload does: the file as one stream through a batch. The peak is reset
+        // once the vault is open, so it is the batch's own (not Argon2's, which a web service
+        // pays at login).
+        "batch" => {
+            let mut v = Vault::open(home, pass, &NoNode)?;
+            if let Some(w) = std::env::var("CAIRN_BENCH_WORKERS")
+                .ok()
+                .and_then(|w| w.parse().ok())
+            {
+                v.set_workers(w);
+            }
+            let _ = fs::write("/proc/self/clear_refs", "5");
+            let mut b = v.batch()?;
+            let f = fs::File::open(&rest[0]).unwrap();
+            b.add_file("big.bin", f, 0o644, SystemTime::now(), &mut NoProgress)?;
+            b.commit().map(drop)
+        }
         c => panic!("bench --child: unknown command {c}"),
     }
 }
 
 /// Puts a `gib` GiB random file in a child process as `cairn vault put` does (4-of-8 over
-/// directories) and returns the child's peak RSS in MiB.
-fn rss_put(work: &Path, gib: u64) -> f64 {
+/// directories; `cmd` "batch": as a web upload does) and returns the child's peak RSS in MiB.
+fn rss_put(work: &Path, gib: u64, cmd: &str) -> f64 {
     let dir = work.join("rss");
     fs::create_dir_all(&dir).unwrap();
     let file = dir.join("big.bin");
@@ -359,11 +393,11 @@ fn rss_put(work: &Path, gib: u64) -> f64 {
         .stderr(std::process::Stdio::null());
     assert!(init.status().unwrap().success(), "vault init failed");
     let t = Instant::now();
-    let out = base(&["put", file.to_str().unwrap()]).output().unwrap();
+    let out = base(&[cmd, file.to_str().unwrap()]).output().unwrap();
     let secs = t.elapsed().as_secs_f64();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "vault put failed: {err}");
-    eprintln!("{} GiB put with shards to disk in {secs:.1} s", gib);
+    assert!(out.status.success(), "vault {cmd} failed: {err}");
+    eprintln!("{} GiB {cmd} with shards to disk in {secs:.1} s", gib);
     let kib: f64 = err
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM_kib "))

@@ -415,6 +415,12 @@ const KEYFILE_LEN: usize = KEYFILE_HEADER + SECRET_LEN + 16;
 /// Largest Argon2 memory a key file may ask for (1 GiB): a damaged file must not exhaust RAM.
 const KDF_MAX_M_KIB: u32 = 1 << 20;
 
+/// Whether a key file with these parameters would be opened ([`open_key_file`] refuses costs
+/// a damaged file could use to exhaust the device).
+fn kdf_in_range(p: KdfParams) -> bool {
+    p.m_kib <= KDF_MAX_M_KIB && p.t <= 100 && p.p <= 64
+}
+
 fn kdf(passphrase: &[u8], salt: &[u8], p: KdfParams, file: &Path) -> Result<[u8; 32]> {
     let params = argon2::Params::new(p.m_kib, p.t, p.p, Some(32))
         .map_err(|e| corrupt(format!("key file {}", file.display()), e.to_string()))?;
@@ -434,6 +440,14 @@ pub fn write_key_file(
     passphrase: &[u8],
     params: KdfParams,
 ) -> Result<()> {
+    // A file written with parameters the reader refuses would lock the owner out.
+    if !kdf_in_range(params) {
+        return Err(VaultError::Usage(format!(
+            "key derivation parameters out of range ({} KiB, {} passes, {} lanes; at most \
+             {KDF_MAX_M_KIB} KiB, 100 passes, 64 lanes)",
+            params.m_kib, params.t, params.p
+        )));
+    }
     let rng = SystemRandom::new();
     let mut salt = [0u8; 16];
     let mut nonce = [0u8; 12];
@@ -482,7 +496,7 @@ pub fn open_key_file(path: &Path, data: &mut [u8], passphrase: &[u8]) -> Result<
         t: u(8),
         p: u(12),
     };
-    if params.m_kib > KDF_MAX_M_KIB || params.t > 100 || params.p > 64 {
+    if !kdf_in_range(params) {
         return Err(corrupt(what(), "key derivation parameters out of range"));
     }
     let salt = data[16..32].to_vec();

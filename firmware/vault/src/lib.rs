@@ -14,7 +14,8 @@
 //! [`seal`], [`shard`] (erasure coding and shard format), [`sink`] (the shard traits and the
 //! directory backend), [`manifest`], [`store`] (chunk write and read paths), [`vault`] (put, get,
 //! snapshots, restore; [`vault::NodeConnector`]: how `node:` targets reach a storage node, given
-//! by the program), [`home`] (state on disk), [`progress`]. The command line, `cairn vault …`,
+//! by the program), [`stream`] (files in from readers as one batch, out as readers: no files on
+//! disk), [`home`] (state on disk), [`progress`]. The command line, `cairn vault …`,
 //! lives in the `cairn` binary.
 
 pub mod chunker;
@@ -27,6 +28,7 @@ pub mod seal;
 pub mod shard;
 pub mod sink;
 pub mod store;
+pub mod stream;
 pub mod vault;
 
 use std::fmt;
@@ -35,6 +37,7 @@ pub use error::{Result, VaultError};
 pub use keys::{KdfParams, OwnerSecret, RootCapability};
 pub use seal::AeadKind;
 pub use sink::{DirStore, ShardError, ShardId, ShardSink, ShardSource};
+pub use stream::{Batch, FileReadError, FileReader};
 pub use vault::{GetReport, NoNode, NodeConnector, PutReport, Vault};
 
 /// A chunk's id: keyed BLAKE3 of its content (or, for root records, of the snapshot number).

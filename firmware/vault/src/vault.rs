@@ -43,19 +43,19 @@ pub const WORKERS_MAX: usize = 4;
 /// Holes shorter than this are read as data (avoids a manifest full of tiny extents).
 const HOLE_BYTES_MIN: u64 = 1024 * 1024;
 /// Files are chunked in segments of this size, in parallel (see `run_pipeline`).
-const SEGMENT: u64 = 32 * 1024 * 1024;
+pub(crate) const SEGMENT: u64 = 32 * 1024 * 1024;
 
 /// An open vault.
 pub struct Vault {
-    home: Home,
-    config: Config,
-    secret: OwnerSecret,
-    keys: Keys,
-    codec: Codec,
-    sink: Arc<dyn ShardSink>,
-    source: Arc<dyn ShardSource>,
+    pub(crate) home: Home,
+    pub(crate) config: Config,
+    pub(crate) secret: OwnerSecret,
+    pub(crate) keys: Keys,
+    pub(crate) codec: Codec,
+    pub(crate) sink: Arc<dyn ShardSink>,
+    pub(crate) source: Arc<dyn ShardSource>,
     /// Worker threads for puts (0 = all work on the calling thread).
-    workers: usize,
+    pub(crate) workers: usize,
     /// Held while the vault is open.
     _lock: File,
 }
@@ -353,6 +353,18 @@ impl Vault {
         &self.config
     }
 
+    /// Re-encrypts the owner secret under `new` (Argon2id with `params`) and replaces the key
+    /// file durably (`cairn_durable`: a temporary file, synced, renamed over the old one, the
+    /// directory synced), so after a crash the file opens with either the old passphrase or
+    /// the new one. Afterwards only the new one opens it. Nothing else changes: the secret, and
+    /// so every key and shard, stays the same. Memory: Argon2's `params.m_kib` while it runs.
+    pub fn change_passphrase(&mut self, new: &[u8], params: KdfParams) -> Result<()> {
+        if new.is_empty() {
+            return Err(VaultError::Usage("the passphrase must not be empty".into()));
+        }
+        keys::write_key_file(&self.home.key(), &self.secret, new, params)
+    }
+
     /// The owner secret (for printing the recovery key).
     pub fn secret(&self) -> &OwnerSecret {
         &self.secret
@@ -371,7 +383,7 @@ impl Vault {
         })
     }
 
-    fn reader(&self) -> ChunkReader<'_> {
+    pub(crate) fn reader(&self) -> ChunkReader<'_> {
         ChunkReader::new(&self.keys, self.source.as_ref(), Some(self.config.n))
             .with_prefetch(self.config.k)
     }
@@ -384,6 +396,11 @@ impl Vault {
                 "there is no snapshot {seq} (snapshots here: 1 to {head})"
             )));
         }
+        self.fetch_root(seq)
+    }
+
+    /// The root record of snapshot `seq`, whether or not this home recorded it.
+    fn fetch_root(&self, seq: u64) -> Result<RootRecord> {
         let f = self
             .reader()
             .fetch(Kind::Root, &self.keys.head_id(seq))
@@ -410,7 +427,17 @@ impl Vault {
         if seq == 0 {
             return Ok(Tree::default());
         }
-        let root = self.root(seq)?;
+        self.root(seq)?;
+        self.tree_at(seq)
+    }
+
+    /// The tree of snapshot `seq` (empty for 0), whether or not this home recorded it: a put
+    /// starts from the newest snapshot on the backend, which may be one past the head.
+    pub(crate) fn tree_at(&self, seq: u64) -> Result<Tree> {
+        if seq == 0 {
+            return Ok(Tree::default());
+        }
+        let root = self.fetch_root(seq)?;
         let what = format!("manifest of snapshot {seq}");
         let reader = self.reader();
         let total: u64 = root.manifest.iter().map(|(_, l)| u64::from(*l)).sum();
@@ -425,7 +452,7 @@ impl Vault {
         Tree::decode(&bytes, &what)
     }
 
-    fn known_chunks(&self) -> Result<HashSet<ChunkId>> {
+    pub(crate) fn known_chunks(&self) -> Result<HashSet<ChunkId>> {
         let path = self.home.index();
         match fs::read(&path) {
             Ok(b) => Ok(b
@@ -444,15 +471,8 @@ impl Vault {
         paths: &[P],
         progress: &mut dyn Progress,
     ) -> Result<PutReport> {
-        // Start from the newest snapshot, even one this home has not recorded (a put that
-        // crashed after writing its root, or another device).
-        let reader = self.reader();
-        let mut latest = self.head()?;
-        while reader.exists(&self.keys.head_id(latest + 1), self.config.n)? {
-            latest += 1;
-        }
-        drop(reader);
-        let mut tree = self.tree(Some(latest))?;
+        let latest = self.latest_seq()?;
+        let mut tree = self.tree_at(latest)?;
 
         // Walk first: the entries (with empty extents) and the total for progress.
         let mut entries = Vec::new();
@@ -509,7 +529,41 @@ impl Vault {
         progress.finish();
         tree.replace(&roots, entries.into_iter().map(|(e, _)| e).collect());
 
-        // The manifest, chunked and stored like data; then the root record.
+        let seq = latest + 1;
+        self.write_snapshot(&writer, &chunker, &tree, seq)?;
+        let s = &writer.stats;
+        Ok(PutReport {
+            seq,
+            files: files.len() as u64,
+            bytes,
+            stored_chunks: s.stored.load(Ordering::Relaxed),
+            dedup_chunks: s.deduplicated.load(Ordering::Relaxed),
+            zero_bytes: bytes_zero(&tree, &roots),
+            shard_bytes: s.shard_bytes.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The newest snapshot on the backend, even one this home has not recorded (a put that
+    /// crashed after writing its root, or another device).
+    pub(crate) fn latest_seq(&self) -> Result<u64> {
+        let reader = self.reader();
+        let mut latest = self.head()?;
+        while reader.exists(&self.keys.head_id(latest + 1), self.config.n)? {
+            latest += 1;
+        }
+        Ok(latest)
+    }
+
+    /// Writes `tree` as snapshot `seq`: its manifest, chunked and stored like data, then the
+    /// root record, then this home's chunk index and head. Everything the root points at is
+    /// durable before the root is written, and the root before this home records it.
+    pub(crate) fn write_snapshot(
+        &self,
+        writer: &ChunkWriter<'_>,
+        chunker: &Chunker,
+        tree: &Tree,
+        seq: u64,
+    ) -> Result<()> {
         let encoded = tree.encode();
         if encoded.len() as u64 > manifest::MANIFEST_BYTES_MAX {
             return Err(VaultError::Usage(format!(
@@ -533,7 +587,6 @@ impl Vault {
             let id = writer.store(Kind::Manifest, &mut buf, &mut scratch)?;
             manifest_chunks.push((id, len));
         }
-        let seq = latest + 1;
         let record = RootRecord {
             seq,
             time: now_secs(),
@@ -543,23 +596,11 @@ impl Vault {
             bytes: tree.total_bytes(),
             manifest: manifest_chunks,
         };
-        // Everything the root points at is durable before the root is written, and the root
-        // before this home records it.
         self.sink.flush()?;
         writer.store_root(seq, &record.encode())?;
         self.sink.flush()?;
         self.append_index(&writer.take_fresh())?;
-        self.home.write_head(seq)?;
-        let s = &writer.stats;
-        Ok(PutReport {
-            seq,
-            files: files.len() as u64,
-            bytes,
-            stored_chunks: s.stored.load(Ordering::Relaxed),
-            dedup_chunks: s.deduplicated.load(Ordering::Relaxed),
-            zero_bytes: bytes_zero(&tree, &roots),
-            shard_bytes: s.shard_bytes.load(Ordering::Relaxed),
-        })
+        self.home.write_head(seq)
     }
 
     fn append_index(&self, ids: &[ChunkId]) -> Result<()> {
@@ -673,14 +714,14 @@ fn bytes_zero(tree: &Tree, roots: &[Vec<u8>]) -> u64 {
         .sum()
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Capacity of a chunk buffer: the largest chunk sealed and padded to a multiple of k.
-fn chunk_capacity(k: usize) -> usize {
+pub(crate) fn chunk_capacity(k: usize) -> usize {
     seal::sealed_len(CHUNK_BYTES_MAX) + k
 }
 
