@@ -297,6 +297,14 @@ fn the_owners_first_hour_in_a_browser() {
     assert_eq!(a.text_of("h1").unwrap(), "attic");
     let dashboard = a.text_of("body").unwrap();
     assert!(dashboard.contains("Health: healthy"), "{dashboard}");
+    // The storage node's own figures, through its socket (the web is in its group): no
+    // partners and nothing stored yet on a new plug.
+    assert!(dashboard.contains("Offered to friends: "), "{dashboard}");
+    assert!(dashboard.contains("Partners: 0."), "{dashboard}");
+    assert!(
+        dashboard.contains("Your data: nothing stored yet."),
+        "{dashboard}"
+    );
     shot(&mut a, "web-5-dashboard");
     plug.q
         .wait_line_from(lines, "cairn: setup: done; this device is attic", REACT)
@@ -322,6 +330,19 @@ fn the_owners_first_hour_in_a_browser() {
         plug.lines_since(lines, "cairn: setup:"),
         Vec::<String>::new()
     );
+
+    // 5b. Storage: no partners yet; an invitation code from the real node, to pass on.
+    a.goto(&plug.url("/admin/storage")).unwrap();
+    assert!(a
+        .text_of("#partners")
+        .unwrap()
+        .starts_with("No partners yet."));
+    a.click_to_next_page("form[action='/admin/storage/invite'] button", REACT)
+        .unwrap();
+    let code = a.value_of("#invitation").unwrap();
+    assert!(code.starts_with("cairn1-") && code.len() > 40, "{code}");
+    shot(&mut a, "web-5b-invitation");
+    a.goto(&plug.url("/admin/")).unwrap();
 
     // 6. A script with A's session but not its form's token: refused, nothing done. With the
     // token (read from A's dashboard), the same client gets past that check.

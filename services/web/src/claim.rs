@@ -226,6 +226,7 @@ mod tests {
                 remaining_ms: 100_000,
             }),
             last_window,
+            pairing: Default::default(),
         }
     }
 

@@ -63,6 +63,20 @@ pub struct Board {
     /// The number of the last window opened since boot (0: none yet).
     #[serde(default)]
     pub last_window: u64,
+    /// The storage node's pairing in the window.
+    #[serde(default)]
+    pub pairing: Pairing,
+}
+
+/// How pairing goes, as `board` tells it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pairing {
+    /// An attempt is under way.
+    #[serde(default)]
+    pub busy: bool,
+    /// How the last attempt since boot ended (`paired with …`, `refused: …`, …).
+    #[serde(default)]
+    pub last: Option<String>,
 }
 
 /// PID 1, as the web sees it. Every call either did what it says or is an error with PID 1's
@@ -90,6 +104,8 @@ pub trait Device: Send + Sync {
     fn poweroff(&self) -> Result<()>;
     /// Prints `cairn: web: TEXT` on the console.
     fn say(&self, text: &str) -> Result<()>;
+    /// Once claimed: opens the pairing window as a press of the button does; PID 1's line.
+    fn pair(&self) -> Result<String>;
 }
 
 /// A request line. Fields match `proto::Request`; `text` is the `say` command's.
@@ -112,6 +128,8 @@ struct Response {
     ok: bool,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
     #[serde(default)]
     services: Option<Vec<Service>>,
     #[serde(default)]
@@ -282,6 +300,14 @@ impl Device for ControlSocket {
             text: Some(text),
             ..Request::default()
         })
+    }
+
+    fn pair(&self) -> Result<String> {
+        let resp = self.call(&Request {
+            cmd: "pair",
+            ..Request::default()
+        })?;
+        Ok(resp.message.unwrap_or_default())
     }
 }
 

@@ -14,6 +14,7 @@ pub mod mdns;
 pub mod pages;
 mod server;
 pub mod settings;
+pub mod storage;
 pub mod sysinfo;
 pub mod tls;
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-pub use device::{Board, ControlSocket, Device, Service, Window};
+pub use device::{Board, ControlSocket, Device, Pairing, Service, Window};
 pub use settings::{Kdf, Settings};
 
 /// What the service needs to run.
@@ -41,6 +42,9 @@ pub struct Config {
     pub kdf: Kdf,
     /// Longest a claim poll stays open before it answers "still waiting".
     pub wait_poll: Duration,
+    /// The storage node (its figures, partners, invitations); none: the pages say it is not
+    /// there.
+    pub node: Option<Arc<dyn storage::Node>>,
 }
 
 impl Config {
@@ -53,6 +57,7 @@ impl Config {
             meminfo: PathBuf::from("/proc/meminfo"),
             kdf: Kdf::default(),
             wait_poll: WAIT_POLL_MAX,
+            node: None,
         }
     }
 }

@@ -8,12 +8,15 @@ use std::borrow::Cow;
 use maud::{html, Markup, DOCTYPE};
 
 use crate::device::{valid_service_name, Board, Service};
+use crate::storage::{Invitation, Status};
 use crate::sysinfo::{human_bytes, human_duration, Disk, Memory};
 
 /// The stylesheet, `/static/style.css`.
 pub const STYLE: &str = include_str!("../assets/style.css");
 /// The script of the claim and setup pages, `/static/setup.js`.
 pub const SCRIPT: &str = include_str!("../assets/setup.js");
+/// The script of the owner's pages (the Storage page follows pairing live), `/static/admin.js`.
+pub const ADMIN_SCRIPT: &str = include_str!("../assets/admin.js");
 
 /// Every page's frame: small, readable on a phone.
 fn layout(title: &str, body: Markup) -> Markup {
@@ -155,6 +158,8 @@ pub struct Dashboard {
     pub memory: Result<Memory, String>,
     /// The data partition.
     pub disk: Result<Disk, String>,
+    /// The storage node's figures.
+    pub storage: Result<Status, String>,
 }
 
 /// The owner's dashboard.
@@ -185,6 +190,9 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
                 },
                 Err(e) => p.error { "The services' state is unknown: " (e) },
             }
+            h2 { "Storage" }
+            (storage_summary(&d.storage))
+            p { a href="/admin/storage" { "Partners and pairing" } }
             h2 { "Resources" }
             p {
                 "Memory: "
@@ -215,6 +223,8 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
 pub enum Section {
     /// `/admin/`: health, services, resources.
     Dashboard,
+    /// `/admin/storage`: partners, pairing, invitations.
+    Storage,
     /// `/admin/system` and each service's log.
     System,
 }
@@ -225,6 +235,7 @@ fn nav(current: Section) -> Markup {
     html! {
         nav aria-label="Admin" {
             a href="/admin/" aria-current=[here(Section::Dashboard)] { "Dashboard" }
+            a href="/admin/storage" aria-current=[here(Section::Storage)] { "Storage" }
             a href="/admin/system" aria-current=[here(Section::System)] { "System" }
         }
     }
@@ -387,6 +398,139 @@ pub fn passphrase(csrf: &str, e: &PassphraseErrors) -> Markup {
                 button type="submit" { "Change" }
             }
             p { a href="/admin/" { "Back" } }
+        },
+    )
+}
+
+/// Offered and used storage and the redundancy of the owner's data, in a few lines.
+fn storage_summary(status: &Result<Status, String>) -> Markup {
+    html! {
+        @match status {
+            Ok(s) => {
+                p #storage-figures {
+                    "Offered to friends: " (human_bytes(s.capacity))
+                    ", used by their shards: " (human_bytes(s.used)) "."
+                    br;
+                    "Partners: " (s.partners.len())
+                    @let live = s.partners.iter().filter(|p| p.connected).count();
+                    @if !s.partners.is_empty() { " (" (live) " connected now)" }
+                    "."
+                }
+                @match (&s.chunks, &s.chunks_error) {
+                    (Some(c), _) if c.chunks == 0 => p #redundancy { "Your data: nothing stored yet." },
+                    (Some(c), _) if c.at_target() => p #redundancy .health-healthy {
+                        "Your data: all " (c.chunks) " chunks at full redundancy."
+                    },
+                    (Some(c), _) => p #redundancy .health-degraded {
+                        "Your data is below its redundancy target: " (c.full) " of " (c.chunks)
+                        " chunks at full redundancy, " (c.degraded) " degraded, "
+                        (c.unreadable) " not readable from partners."
+                    },
+                    (None, Some(e)) => p.error { "The redundancy of your data is unknown: " (e) },
+                    (None, None) => p.error { "The redundancy of your data is unknown." },
+                }
+            },
+            Err(e) => p.error #storage-figures { "The storage node is not answering: " (e) },
+        }
+    }
+}
+
+/// The Storage page: the figures, each partner with its books and audit score (and an
+/// unpair), pairing with a plug nearby (followed live), and invitation codes.
+pub fn storage(
+    status: &Result<Status, String>,
+    board: &Result<Board, String>,
+    csrf: &str,
+) -> Markup {
+    let window = board.as_ref().ok().and_then(|b| b.window);
+    let pairing = board
+        .as_ref()
+        .map(|b| b.pairing.clone())
+        .unwrap_or_default();
+    layout(
+        "Storage",
+        html! {
+            (nav(Section::Storage))
+            h1 { "Storage" }
+            (storage_summary(status))
+            h2 { "Partners" }
+            @match status {
+                Ok(s) if s.partners.is_empty() => p #partners {
+                    "No partners yet. Pair with a friend's plug below: your files are spread over partners' plugs, and yours keeps theirs."
+                },
+                Ok(s) => table #partners {
+                    thead { tr { th { "Partner" } th { "Audits" } th { "Keeps for you" } th { "You keep for it" } th {} } }
+                    tbody {
+                        @for p in &s.partners {
+                            tr {
+                                td.peer {
+                                    code { (p.peer) }
+                                    br;
+                                    small { (p.health) @if p.connected { ", connected" } ", via " (p.via) }
+                                }
+                                td.num { (format!("{:.0} %", p.score * 100.0)) }
+                                td.num { (human_bytes(p.held_for_us)) }
+                                td.num { (human_bytes(p.held_for_them)) }
+                                td {
+                                    details {
+                                        summary { "Unpair…" }
+                                        form method="post" action="/admin/storage/unpair" {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            input type="hidden" name="peer" value=(p.peer);
+                                            button.small type="submit" { "Unpair" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+                Err(_) => p.error { "Unknown while the storage node does not answer." },
+            }
+            h2 { "Pair with a plug nearby" }
+            p { "Click Pair, then press the button on your friend's plug within the time shown. Both plugs must be on this network." }
+            form method="post" action="/admin/storage/pair" {
+                input type="hidden" name="csrf" value=(csrf);
+                button #pair type="submit" { "Pair" }
+            }
+            p #pairing aria-live="polite" data-follow=[(window.is_some() || pairing.busy).then_some("1")] {
+                @if let Some(w) = window {
+                    "The pairing window is open for " (w.remaining_ms.div_ceil(1000)) " s: press the button on the other plug now."
+                } @else if pairing.busy {
+                    "Finishing the pairing…"
+                } @else if let Some(last) = &pairing.last {
+                    "Last pairing: " (last) "."
+                }
+            }
+            h2 { "Invitation codes" }
+            p { "For a friend's plug elsewhere: make a code here and send it; or paste theirs." }
+            form method="post" action="/admin/storage/invite" {
+                input type="hidden" name="csrf" value=(csrf);
+                button type="submit" { "Make an invitation code" }
+            }
+            form method="post" action="/admin/storage/join" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="code" { "A friend's invitation code" }
+                textarea #code name="code" rows="3" required maxlength="4096" spellcheck="false" {}
+                button type="submit" { "Pair with this code" }
+            }
+            script src="/static/admin.js" {}
+        },
+    )
+}
+
+/// A new invitation code, to copy.
+pub fn invitation(inv: &Invitation) -> Markup {
+    layout(
+        "Invitation code",
+        html! {
+            (nav(Section::Storage))
+            h1 { "Invitation code" }
+            p { "Send this code to your friend; they paste it on their plug's Storage page. It works once, for 24 hours." }
+            textarea #invitation readonly rows="5" spellcheck="false" { (inv.code) }
+            button #copy type="button" hidden { "Copy" }
+            p { a href="/admin/storage" { "Back to Storage" } }
+            script src="/static/admin.js" {}
         },
     )
 }

@@ -32,6 +32,7 @@ use crate::device::{valid_service_name, Device, SERVICE_NAME_BYTES_MAX};
 use crate::form::{cookie, Form};
 use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
 use crate::settings::{self, verify_passphrase, Kdf, Settings};
+use crate::storage::{self, Node};
 use crate::{sysinfo, tls, Config, Started};
 
 type Body = Full<Bytes>;
@@ -43,6 +44,7 @@ struct App {
     kdf: Kdf,
     wait_poll: Duration,
     device: Arc<dyn Device>,
+    node: Option<Arc<dyn Node>>,
     state: Mutex<State>,
     /// Bumped whenever a waiter's outcome is decided.
     decided: watch::Sender<u64>,
@@ -103,6 +105,7 @@ pub(crate) async fn serve(
         kdf: config.kdf,
         wait_poll: config.wait_poll,
         device,
+        node: config.node,
         state: Mutex::new(State {
             settings,
             ..State::default()
@@ -326,6 +329,20 @@ impl App {
             .map_err(|e| anyhow!("PID 1's call did not finish: {e}"))?
     }
 
+    /// Calls the storage node on the blocking pool.
+    async fn call_node<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Node) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let node = self
+            .node
+            .clone()
+            .context("this device runs no storage node")?;
+        tokio::task::spawn_blocking(move || f(&*node))
+            .await
+            .map_err(|e| anyhow!("the storage node's call did not finish: {e}"))?
+    }
+
     /// Hashes a passphrase, one hash at a time. The turn goes with the hash onto its thread: a
     /// browser that goes away mid-hash does not let a second 19 MiB hash start beside it.
     async fn hash(&self, passphrase: String) -> Result<String> {
@@ -454,6 +471,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
     match path.as_str() {
         "/static/style.css" if get => return asset(pages::STYLE, "text/css; charset=utf-8"),
         "/static/setup.js" if get => return asset(pages::SCRIPT, "text/javascript; charset=utf-8"),
+        "/static/admin.js" if get => {
+            return asset(pages::ADMIN_SCRIPT, "text/javascript; charset=utf-8")
+        }
         "/api/health" if get => return health(app).await,
         _ => {}
     }
@@ -504,6 +524,8 @@ async fn admin(
         return match path.as_str() {
             "/admin/" => dashboard(app, &csrf).await,
             "/admin/system" => system(app, &csrf).await,
+            "/admin/storage" => storage_page(app, &csrf).await,
+            "/admin/api/storage" => storage_api(app).await,
             "/admin/logs" | "/admin/logs/" => redirect("/admin/system"),
             p if p.starts_with(LOGS_PREFIX) => logs(app, &p[LOGS_PREFIX.len()..], &csrf).await,
             "/admin/passphrase" => html(
@@ -575,8 +597,96 @@ async fn admin(
             Err(e) => device_error("Power off", &e),
         },
         "/admin/passphrase" => change_passphrase(app, &form, &csrf, client).await,
+        "/admin/storage/pair" => match app.call(|d| d.pair()).await {
+            Ok(_) => redirect("/admin/storage"),
+            Err(e) => storage_message("Pairing", &format!("{e:#}"), StatusCode::CONFLICT),
+        },
+        "/admin/storage/invite" => {
+            match app
+                .call_node(|n| storage::invite(n, INVITATION_TTL.as_secs()))
+                .await
+            {
+                Ok(inv) => html(StatusCode::OK, pages::invitation(&inv)),
+                Err(e) => storage_message("Invitation", &format!("{e:#}"), StatusCode::BAD_GATEWAY),
+            }
+        }
+        "/admin/storage/join" => {
+            let code = match storage::clean_code(form.get("code")) {
+                Ok(c) => c,
+                Err(why) => return storage_message("Invitation", why, StatusCode::BAD_REQUEST),
+            };
+            match app.call_node(move |n| storage::join(n, &code)).await {
+                Ok(peer) => storage_message(
+                    "Paired",
+                    &format!(
+                        "This plug and {peer} are partners now: each keeps shards for the other."
+                    ),
+                    StatusCode::OK,
+                ),
+                Err(e) => storage_message("Invitation", &format!("{e:#}"), StatusCode::BAD_GATEWAY),
+            }
+        }
+        "/admin/storage/unpair" => {
+            let peer = form.get("peer").to_string();
+            if !storage::valid_peer(&peer) {
+                return storage_message("Unpair", "Which partner?", StatusCode::BAD_REQUEST);
+            }
+            let p = peer.clone();
+            match app.call_node(move |n| storage::unpair(n, &p)).await {
+                Ok(()) => storage_message(
+                    "Unpaired",
+                    &format!(
+                        "{peer} is no longer a partner. What it kept for this plug is placed \
+                         on other partners at the next repair."
+                    ),
+                    StatusCode::OK,
+                ),
+                Err(e) => storage_message("Unpair", &format!("{e:#}"), StatusCode::BAD_GATEWAY),
+            }
+        }
         _ => not_found(),
     }
+}
+
+/// How long an invitation code works.
+const INVITATION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A storage action's result page, leading back to Storage.
+fn storage_message(title: &str, text: &str, status: StatusCode) -> Response<Body> {
+    html(
+        status,
+        pages::message(title, text, ("/admin/storage", "Back to Storage")),
+    )
+}
+
+/// `GET /admin/storage`: the node's figures and partners, pairing and invitations.
+async fn storage_page(app: &Arc<App>, csrf: &str) -> Response<Body> {
+    let status = app
+        .call_node(|n| storage::status(n))
+        .await
+        .map_err(|e| format!("{e:#}"));
+    let board = app.call(|d| d.board()).await.map_err(|e| format!("{e:#}"));
+    html(StatusCode::OK, pages::storage(&status, &board, csrf))
+}
+
+/// `GET /admin/api/storage`: what the Storage page follows live (the window, the pairing, the
+/// partners), as JSON.
+async fn storage_api(app: &Arc<App>) -> Response<Body> {
+    let status = app.call_node(|n| storage::status(n)).await;
+    let board = app.call(|d| d.board()).await;
+    let mut v = json!({});
+    match board {
+        Ok(b) => {
+            v["window"] = json!(b.window);
+            v["pairing"] = json!(b.pairing);
+        }
+        Err(e) => v["board_error"] = json!(format!("{e:#}")),
+    }
+    match status {
+        Ok(s) => v["storage"] = json!(s),
+        Err(e) => v["storage_error"] = json!(format!("{e:#}")),
+    }
+    json_response(StatusCode::OK, v)
 }
 
 async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
@@ -588,10 +698,15 @@ async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
         .unwrap_or_default();
     let board = app.call(|d| d.board()).await.map_err(|e| format!("{e:#}"));
     let services = app.call(|d| d.status()).await.map_err(|e| format!("{e:#}"));
+    let storage = app
+        .call_node(|n| storage::status(n))
+        .await
+        .map_err(|e| format!("{e:#}"));
     let d = pages::Dashboard {
         name,
         board,
         services,
+        storage,
         memory: sysinfo::memory(&app.meminfo).map_err(|e| format!("{e:#}")),
         disk: sysinfo::disk(&app.data_dir).map_err(|e| format!("{e:#}")),
     };

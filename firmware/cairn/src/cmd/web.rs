@@ -24,6 +24,9 @@ pub struct Args {
     /// PID 1's control socket.
     #[arg(long, value_name = "SOCKET", default_value = crate::sys::paths::SOCKET)]
     pub control: PathBuf,
+    /// The storage node's control socket (its figures, partners, invitations, the vault).
+    #[arg(long, value_name = "SOCKET", default_value = crate::sys::paths::NODE_SOCKET)]
+    pub node: PathBuf,
     /// Address to listen on when PID 1 passes no socket ($CAIRN_LISTEN_FDS), e.g. 0.0.0.0:8443.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -43,10 +46,21 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("{}: creating", args.data.display()))?;
     let mut config = cairn_web::Config::new(args.data, listeners);
     config.addresses = usable(interface_addresses());
+    config.node = Some(Arc::new(NodeSocket(args.node)));
     let device = Arc::new(cairn_web::ControlSocket(args.control));
     // Held while the web runs; without it the web still serves, by address.
     let _mdns = mdns(device.clone());
     cairn_web::run(config, device, |_| super::notify_ready())
+}
+
+/// The storage node through its control socket (`cairn-node`'s client), for the web.
+struct NodeSocket(PathBuf);
+
+impl cairn_web::storage::Node for NodeSocket {
+    fn call(&self, request: serde_json::Value) -> Result<serde_json::Value> {
+        let mut c = cairn_node::control::Client::connect(&self.0)?;
+        Ok(c.op(request)?)
+    }
 }
 
 /// Starts answering on the LAN as `cairn.local` and, once PID 1's `board` names the device,
@@ -197,13 +211,20 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(&format!("\"--data\", \"{DEFAULT_DATA}\"")));
         assert!(text.contains(&format!("\"--control\", \"{}\"", crate::sys::paths::SOCKET)));
+        assert!(text.contains(&format!(
+            "\"--node\", \"{}\"",
+            crate::sys::paths::NODE_SOCKET
+        )));
         let m = cairn_supervisor::manifest::parse(&path, &text).unwrap();
         assert_eq!((m.name.as_str(), m.user.as_deref()), ("web", Some("web")));
         assert_eq!(m.limits.memory_bytes, Some(48 << 20));
         assert_eq!(m.listen, [443]);
+        // In the node's group, to reach its socket in /run/node.
+        assert_eq!(m.groups, ["node"]);
         // Every request the web makes of PID 1 is in its list (and nothing the web cannot use).
         for cmd in [
-            "status", "board", "claim", "refuse", "claimed", "say", "restart", "reboot", "poweroff",
+            "status", "board", "claim", "refuse", "claimed", "say", "pair", "restart", "reboot",
+            "poweroff",
         ] {
             assert!(m.control.iter().any(|c| c == cmd), "{cmd}");
         }

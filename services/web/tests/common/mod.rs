@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use cairn_web::{Board, Config, Device, Kdf, Service, Settings, Window};
+use cairn_web::storage::Node;
+use cairn_web::{Board, Config, Device, Kdf, Pairing, Service, Settings, Window};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -150,6 +151,7 @@ impl Device for FakeDevice {
                 remaining_ms: 60_000,
             }),
             last_window: s.last_window,
+            pairing: Pairing::default(),
         })
     }
 
@@ -216,6 +218,76 @@ impl Device for FakeDevice {
         self.record(format!("say {text}"));
         Ok(())
     }
+
+    fn pair(&self) -> Result<String> {
+        self.record("pair".into());
+        let mut s = self.state.lock().unwrap();
+        if !s.claimed {
+            bail!("this device is not set up yet");
+        }
+        if s.window.is_some() {
+            bail!("the pairing window is already open, 60 s left");
+        }
+        s.last_window += 1;
+        s.window = Some(s.last_window);
+        Ok("pairing window open for 60 s".into())
+    }
+}
+
+/// The storage node as the tests play it: answers `status` from its fields, records every
+/// other request.
+#[derive(Default)]
+pub struct FakeNode {
+    /// What `status` answers (`None`: the node is down).
+    pub status: Mutex<Option<serde_json::Value>>,
+    /// Requests other than `status`, in order.
+    pub requests: Mutex<Vec<serde_json::Value>>,
+}
+
+impl FakeNode {
+    /// A node with two partners and the owner's data below target.
+    pub fn new() -> Arc<FakeNode> {
+        let n = FakeNode::default();
+        *n.status.lock().unwrap() = Some(serde_json::json!({
+            "peer": "12D3KooWme", "capacity": 8u64 << 30, "used": 3u64 << 20,
+            "partners": [
+                {"peer": "12D3KooWfriendA", "via": "button", "since": 1, "connected": true,
+                 "health": "live", "score": 0.97, "held_for_them": 5u64 << 20, "held_for_us": 7u64 << 20},
+                {"peer": "12D3KooWfriendB", "via": "invitation", "since": 2, "connected": false,
+                 "health": "unreachable", "score": 0.5, "held_for_them": 0, "held_for_us": 1u64 << 20},
+            ],
+            "chunks": {"chunks": 10, "full": 8, "degraded": 2, "unreadable": 0},
+        }));
+        Arc::new(n)
+    }
+
+    /// The requests other than `status` made so far.
+    #[allow(dead_code, reason = "storage only")]
+    pub fn asked(&self) -> Vec<serde_json::Value> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Node for FakeNode {
+    fn call(&self, request: serde_json::Value) -> Result<serde_json::Value> {
+        if request["op"] == "status" {
+            return match self.status.lock().unwrap().clone() {
+                Some(v) => Ok(v),
+                None => bail!("node control socket /run/node/node.sock: connection refused"),
+            };
+        }
+        self.requests.lock().unwrap().push(request.clone());
+        match request["op"].as_str() {
+            Some("invite") => Ok(serde_json::json!({"code": "cairn1-abc<def>", "expires": 99})),
+            Some("join") if request["code"] == "expired" => {
+                bail!("the invitation of 12D3KooWx has expired")
+            }
+            Some("join") => Ok(serde_json::json!({"peer": "12D3KooWjoined"})),
+            Some("unpair") if request["peer"] == "12D3KooWfriendA" => Ok(serde_json::json!({})),
+            Some("unpair") => bail!("{} is not a partner", request["peer"]),
+            _ => bail!("unknown operation"),
+        }
+    }
 }
 
 /// The services the fake PID 1 runs.
@@ -247,6 +319,9 @@ pub struct Server {
     pub addr: SocketAddr,
     pub fingerprint: String,
     pub device: Arc<FakeDevice>,
+    /// The storage node it talks to.
+    #[allow(dead_code, reason = "storage only")]
+    pub node: Arc<FakeNode>,
     /// The data directory, kept while the server runs.
     #[allow(dead_code, reason = "read by claim and admin only")]
     pub data: Arc<TempDir>,
@@ -284,6 +359,8 @@ impl Server {
         config.addresses = vec!["127.0.0.1".parse().unwrap()];
         config.kdf = TEST_KDF;
         config.wait_poll = POLL;
+        let node = FakeNode::new();
+        config.node = Some(node.clone());
         let meminfo = data.path().join("meminfo");
         std::fs::write(
             &meminfo,
@@ -316,6 +393,7 @@ impl Server {
             addr: started.local_addrs[0],
             fingerprint: started.fingerprint,
             device,
+            node,
             data,
             stopped,
         }
