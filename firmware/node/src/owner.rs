@@ -6,6 +6,10 @@
 //! for us and their audit score. Each chunk's record (see [`crate::records`]) stays in RAM
 //! while its shards are being placed — at most [`PENDING_CHUNKS_MAX`] chunks — and is then written
 //! to the node's chunk store; audits and repair page through the records 64 at a time.
+//!
+//! A shard no partner can take is kept in the node's own chunk store and its slot names
+//! [`HERE`]: the owner's put succeeds on a plug without (enough) partners, and the repair round
+//! moves such shards out once eligible partners exist.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
