@@ -211,6 +211,13 @@ impl Client {
         }
     }
 
+    /// Forgets partner `peer` (base58): nothing more is placed on it, the next repair round
+    /// places the shards it held for us elsewhere, and its own requests are refused. The answer
+    /// carries the books as they were (`held_for_us`, `held_for_them`).
+    pub fn unpair(&mut self, peer: &str) -> Result<Value, ControlError> {
+        self.op(json!({"op": "unpair", "peer": peer}))
+    }
+
     /// A simple request with no payload; returns the answer's header.
     pub fn op(&mut self, header: Value) -> Result<Value, ControlError> {
         self.call(header, &[]).map(|(h, _)| h)

@@ -6,6 +6,10 @@
 //! for us and their audit score. Each chunk's record (see [`crate::records`]) stays in RAM
 //! while its shards are being placed — at most [`PENDING_CHUNKS_MAX`] chunks — and is then written
 //! to the node's chunk store; audits and repair page through the records 64 at a time.
+//!
+//! A shard no partner can take is kept in the node's own chunk store and its slot names
+//! [`HERE`]: the owner's put succeeds on a plug without (enough) partners, and the repair round
+//! moves such shards out once eligible partners exist.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -17,7 +21,8 @@ use serde::Serialize;
 
 use crate::placement::{place, Candidate};
 use crate::records::{
-    check_vault_shard, hex, record_id, shard_key, unhex32, AuditRec, ChunkRecord, Slot, OWN_RECORDS,
+    check_vault_shard, hex, local_id, record_id, shard_key, unhex32, AuditRec, ChunkRecord, Slot,
+    HERE, OWN_RECORDS, OWN_SHARDS,
 };
 use crate::repair::{plan, ChunkState, Holding, PeerHealth, Policy};
 use crate::state::{now_secs, Shared};
@@ -58,6 +63,70 @@ fn save_record(shared: &Shared, r: &ChunkRecord) -> Result<(), String> {
         .store
         .put(record_id(&chunk), &r.encode(), OWN_RECORDS, Lease::Forever)
         .map_err(|e| format!("writing placement record of chunk {}: {e}", r.chunk))
+}
+
+/// Keeps shard `index` of `chunk` in this plug's own chunk store (blocking): no partner could
+/// take it. A full store is named in the error.
+///
+/// These bytes do not count against the node's `capacity`: that is what the plug offers its
+/// partners (`used` and the free space partners are told count only their shards), while the
+/// owner's shards kept here are bounded by the disk itself, stay only until partners take them,
+/// and are reported apart (`status`: `chunks.held_here`, `chunks.held_here_bytes`).
+fn keep_here(shared: &Shared, chunk: &[u8; 32], index: u8, bytes: &[u8]) -> Result<(), String> {
+    shared
+        .store
+        .put(local_id(chunk, index), bytes, OWN_SHARDS, Lease::Forever)
+        .map_err(|e| {
+            format!(
+                "keeping shard {} on this plug: chunk store {}: {e}",
+                shard_key(chunk, index),
+                shared.cfg.home.join("store").display()
+            )
+        })
+}
+
+/// The bytes of shard `index` of `chunk` kept here, checked against the recorded hash
+/// (blocking); `Ok(None)` when the store has no such copy or a damaged one.
+fn read_here(
+    shared: &Shared,
+    chunk: &[u8; 32],
+    index: u8,
+    hash: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    match shared.store.get(local_id(chunk, index)) {
+        Ok(b) if hex(blake3::hash(&b).as_bytes()) == hash => Ok(Some(b)),
+        Ok(_) => {
+            tracing::error!(
+                "shard {} kept here does not match its record",
+                shard_key(chunk, index)
+            );
+            Ok(None)
+        }
+        Err(cairn_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(format!(
+            "reading shard {} kept here: {e}",
+            shard_key(chunk, index)
+        )),
+    }
+}
+
+/// Deletes the copies kept here of `chunk`'s shards at `indices` (blocking), once a saved
+/// record names their partners; a copy already gone is fine.
+fn drop_here(shared: &Shared, chunk: &[u8; 32], indices: &[u8]) {
+    let ids: Vec<_> = indices.iter().map(|i| local_id(chunk, *i)).collect();
+    match shared.store.delete_many(&ids) {
+        Ok(rs) => {
+            for (i, r) in indices.iter().zip(rs) {
+                if let Err(e) = r.or_else(|e| match e {
+                    cairn_store::Error::NotFound { .. } => Ok(()),
+                    e => Err(e),
+                }) {
+                    tracing::warn!("deleting shard {} kept here: {e}", shard_key(chunk, *i));
+                }
+            }
+        }
+        Err(e) => tracing::warn!("deleting shards kept here: {e}"),
+    }
 }
 
 /// The page of records after `after` (blocking): the last id and the records, damaged ones
@@ -162,6 +231,15 @@ fn candidates(shared: &Shared, exclude: &HashSet<PeerId>, len: u64) -> Vec<Candi
         .collect()
 }
 
+/// Why no partner took a shard.
+struct Unplaced {
+    /// One line for a person.
+    reason: String,
+    /// A partner refused it as beyond the allowance its books give us: the owner must give
+    /// before it gets more, so a new put fails with that reason instead of waiting here.
+    over_quota: bool,
+}
+
 /// Sends `bytes` (shard `index` of `chunk`) to one partner outside `exclude`; retries others
 /// on refusal. Returns the holder and its id in text form (for the record).
 async fn place_one(
@@ -172,10 +250,11 @@ async fn place_one(
     bytes: &[u8],
     exclude: &mut HashSet<PeerId>,
     prefer: Option<PeerId>,
-) -> Result<(PeerId, String), String> {
+) -> Result<(PeerId, String), Unplaced> {
     let len = bytes.len() as u64;
     let lease_secs = shared.cfg.lease.as_secs().min(u64::from(u32::MAX)) as u32;
     let mut refusals: Vec<String> = Vec::new();
+    let mut over_quota = false;
     let mut prefer = prefer;
     for attempt in 0..32u64 {
         let chosen = match prefer.take() {
@@ -187,7 +266,9 @@ async fn place_one(
                     Ok(v) => v[0],
                     Err(_) => {
                         let partners = shared.state().saved.partners.len();
-                        return Err(format!(
+                        return Err(Unplaced {
+                            over_quota,
+                            reason: format!(
                             "no partner can take shard {key} ({len} bytes): {partners} partners, \
                              {} eligible after excluding those holding this chunk's other \
                              shards{}",
@@ -197,7 +278,8 @@ async fn place_one(
                             } else {
                                 format!("; refused by: {}", refusals.join("; "))
                             }
-                        ));
+                        ),
+                        });
                     }
                 }
             }
@@ -223,16 +305,20 @@ async fn place_one(
         // other shard of the chunk can slip onto this peer in between.
         match send_put(shared, peer, key, bytes, lease_secs).await {
             Ok(()) => return Ok((peer, name)),
-            Err(e) => {
+            Err((e, quota)) => {
                 shared.state().reserving.remove(&(chunk, peer));
+                over_quota |= quota;
                 refusals.push(e);
             }
         }
     }
-    Err(format!(
-        "shard {key}: every partner tried refused: {}",
-        refusals.join("; ")
-    ))
+    Err(Unplaced {
+        over_quota,
+        reason: format!(
+            "shard {key}: every partner tried refused: {}",
+            refusals.join("; ")
+        ),
+    })
 }
 
 async fn send_put(
@@ -241,7 +327,7 @@ async fn send_put(
     key: crate::wire::ShardId,
     bytes: &[u8],
     lease_secs: u32,
-) -> Result<(), String> {
+) -> Result<(), (String, bool)> {
     let len = bytes.len() as u64;
     {
         let msg = Msg::Put {
@@ -263,10 +349,13 @@ async fn send_put(
                         m.free_for_us = Some(0);
                     }
                 }
-                Err(format!("{peer}: {reason}"))
+                Err((
+                    format!("{peer}: {reason}"),
+                    code == ErrorCode::QuotaExceeded,
+                ))
             }
-            Ok(other) => Err(format!("{peer}: unexpected answer {other:?}")),
-            Err(e) => Err(e),
+            Ok(other) => Err((format!("{peer}: unexpected answer {other:?}"), false)),
+            Err(e) => Err((e, false)),
         }
     }
 }
@@ -322,34 +411,79 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
         shared: shared.clone(),
         chunk,
     };
-    let (peer, name) = place_one(shared, chunk, index, key, &bytes, &mut exclude, prefer).await?;
-    let slot = Slot {
-        peer: name,
-        hash,
-        len: bytes.len() as u32,
-        audit: AuditRec::prepare(key, &bytes),
-    };
-    let record = {
+    let len = bytes.len() as u32;
+    let (holder, slot) =
+        match place_one(shared, chunk, index, key, &bytes, &mut exclude, prefer).await {
+            Ok((peer, name)) => {
+                let audit = AuditRec::prepare(key, &bytes);
+                (
+                    Some(peer),
+                    Slot {
+                        peer: name,
+                        hash,
+                        len,
+                        audit,
+                    },
+                )
+            }
+            Err(Unplaced {
+                reason,
+                over_quota: true,
+            }) => return Err(reason),
+            Err(Unplaced { reason: why, .. }) => {
+                // No partner can take it now (a new plug, or fewer partners than n): the owner's
+                // put still succeeds, the shard waits here and the repair round moves it out.
+                tracing::debug!("shard {key} kept here: {why}");
+                blocking(shared, move |s| keep_here(s, &chunk, index, &bytes))
+                    .await
+                    .map_err(|e| format!("{e} (no partner took it: {why})"))?;
+                (
+                    None,
+                    Slot {
+                        peer: HERE.to_owned(),
+                        hash,
+                        len,
+                        audit: None,
+                    },
+                )
+            }
+        };
+    let (record, drop_old) = {
         let mut st = shared.state();
-        st.reserving.remove(&(chunk, peer));
+        if let Some(peer) = holder {
+            st.reserving.remove(&(chunk, peer));
+        }
         let Some(rec) = st.pending.get_mut(&chunk) else {
             return Err(format!("chunk {}: record lost while placing", h.chunk));
         };
         let old = rec.slots[usize::from(index)].replace(slot.clone());
         let complete = rec.slots.iter().all(Option::is_some);
+        // A copy kept here that a partner now replaces goes once a saved record says so.
+        let drop_old = holder.is_some() && old.as_ref().is_some_and(Slot::is_here);
         let record = if complete {
             st.pending.remove(&chunk)
+        } else if drop_old {
+            Some(rec.clone())
         } else {
             None
         };
-        if let Some(o) = old.filter(|o| o.peer == slot.peer) {
-            let _ = st.ledger.removed_from_them(&peer, u64::from(o.len));
+        if let Some(peer) = holder {
+            if let Some(o) = old.filter(|o| o.peer == slot.peer) {
+                let _ = st.ledger.removed_from_them(&peer, u64::from(o.len));
+            }
+            let _ = st.ledger.stored_with_them(&peer, u64::from(slot.len));
         }
-        let _ = st.ledger.stored_with_them(&peer, u64::from(slot.len));
-        record
+        (record, drop_old)
     };
     if let Some(r) = record {
-        blocking(shared, move |s| save_record(s, &r)).await?;
+        blocking(shared, move |s| {
+            save_record(s, &r)?;
+            if drop_old {
+                drop_here(s, &chunk, &[index]);
+            }
+            Ok::<_, String>(())
+        })
+        .await?;
     }
     Ok(())
 }
@@ -430,6 +564,20 @@ async fn fetch_shard(
         }
     };
     let slot = rec.and_then(|r| r.slots.get(usize::from(index)).cloned().flatten());
+    if let Some(slot) = slot.as_ref().filter(|s| s.is_here()) {
+        let hash = slot.hash.clone();
+        return match blocking(shared, move |s| read_here(s, &chunk, index, &hash)).await {
+            Ok(Some(data)) => Ok(data),
+            Ok(None) => Err(GetError {
+                missing: true,
+                reason: format!("shard {key} was kept on this plug and its copy is gone"),
+            }),
+            Err(reason) => Err(GetError {
+                missing: false,
+                reason,
+            }),
+        };
+    }
     if let Some(slot) = slot {
         let peer: PeerId = slot.peer.parse().map_err(|_| GetError {
             missing: false,
@@ -590,6 +738,10 @@ async fn audit_chunk(
     let mut all_renewed = true;
     for (index, slot) in rec.slots.iter_mut().enumerate() {
         let Some(slot) = slot.as_mut() else { continue };
+        // Kept here: nothing to challenge, no lease to renew.
+        if slot.is_here() {
+            continue;
+        }
         let Ok(peer) = slot.peer.parse::<PeerId>() else {
             all_renewed = false;
             continue;
@@ -661,17 +813,24 @@ async fn audit_chunk(
 pub struct RepairReport {
     /// Chunks looked at.
     pub chunks: u64,
-    /// Chunks with every shard on a live holder after the round.
+    /// Chunks with every shard on a live partner after the round.
     pub healthy: u64,
     /// Chunks repaired in this round.
     pub repaired: u64,
-    /// Shards rebuilt and placed.
+    /// Shards rebuilt and placed on partners.
     pub shards_placed: u64,
+    /// Shards kept here that went out to partners in this round.
+    pub moved_out: u64,
+    /// Shards rebuilt and kept here, no partner being able to take them.
+    pub kept_here: u64,
+    /// Chunks with shards still kept here after the round, waiting for partners.
+    pub waiting: u64,
     /// Chunks that could not be repaired now, with why.
     pub stuck: Vec<String>,
 }
 
-/// Rebuilds lost shards of every chunk below full redundancy and places them on other partners.
+/// Moves shards kept here out to partners, then rebuilds lost shards of every chunk below full
+/// redundancy and places them on other partners (or here, when none can take them).
 pub async fn repair_round(shared: &Arc<Shared>) -> Result<RepairReport, String> {
     flush(shared).await?;
     let mut report = RepairReport::default();
@@ -681,11 +840,18 @@ pub async fn repair_round(shared: &Arc<Shared>) -> Result<RepairReport, String> 
         for rec in records {
             report.chunks += 1;
             match repair_chunk(shared, rec).await {
-                Ok(0) => report.healthy += 1,
-                Ok(n) => {
-                    report.repaired += 1;
-                    report.healthy += 1;
-                    report.shards_placed += n;
+                Ok(r) => {
+                    report.moved_out += r.moved_out;
+                    report.kept_here += r.kept_here;
+                    report.shards_placed += r.placed;
+                    if r.placed + r.kept_here > 0 {
+                        report.repaired += 1;
+                    }
+                    if r.here_left > 0 {
+                        report.waiting += 1;
+                    } else {
+                        report.healthy += 1;
+                    }
                 }
                 Err(e) => report.stuck.push(e),
             }
@@ -694,9 +860,113 @@ pub async fn repair_round(shared: &Arc<Shared>) -> Result<RepairReport, String> 
     Ok(report)
 }
 
-/// Repairs one chunk; returns the number of shards placed.
-async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64, String> {
+/// Who holds a shard, for repair planning: this plug (one per index, so shards kept here never
+/// count as one holder's several shards) or a partner.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Holder {
+    Here(u8),
+    Peer(PeerId),
+}
+
+/// What repairing one chunk did.
+#[derive(Default)]
+struct ChunkRepair {
+    moved_out: u64,
+    placed: u64,
+    kept_here: u64,
+    here_left: u64,
+}
+
+fn count_here(rec: &ChunkRecord) -> u64 {
+    rec.slots.iter().flatten().filter(|s| s.is_here()).count() as u64
+}
+
+/// Moves the shards of `rec` kept here to eligible partners, one at a time (one shard's bytes in
+/// memory); saves the record, then deletes the copies moved. A copy missing or damaged here
+/// empties its slot, for the rebuild to restore. Returns the number moved.
+async fn move_out(
+    shared: &Arc<Shared>,
+    chunk: [u8; 32],
+    rec: &mut ChunkRecord,
+) -> Result<u64, String> {
+    let here: Vec<u8> = (0..rec.n)
+        .filter(|i| {
+            rec.slots[usize::from(*i)]
+                .as_ref()
+                .is_some_and(Slot::is_here)
+        })
+        .collect();
+    if here.is_empty() {
+        return Ok(0);
+    }
+    let mut exclude: HashSet<PeerId> = rec
+        .slots
+        .iter()
+        .flatten()
+        .filter_map(|s| s.peer.parse().ok())
+        .collect();
+    let mut moved: Vec<u8> = Vec::new();
+    let mut changed = false;
+    for i in here {
+        // Nobody to take it: the usual case on a plug without (enough) partners, so the
+        // shard is not even read.
+        if candidates(shared, &exclude, 1).is_empty() {
+            break;
+        }
+        let Some(slot) = rec.slots[usize::from(i)].clone() else {
+            continue;
+        };
+        let hash = slot.hash.clone();
+        let Some(bytes) = blocking(shared, move |s| read_here(s, &chunk, i, &hash)).await? else {
+            rec.slots[usize::from(i)] = None;
+            changed = true;
+            continue;
+        };
+        let key = shard_key(&chunk, i);
+        match place_one(shared, chunk, i, key, &bytes, &mut exclude, None).await {
+            Ok((peer, name)) => {
+                let mut st = shared.state();
+                st.reserving.remove(&(chunk, peer));
+                let _ = st.ledger.stored_with_them(&peer, u64::from(slot.len));
+                drop(st);
+                rec.slots[usize::from(i)] = Some(Slot {
+                    peer: name,
+                    audit: AuditRec::prepare(key, &bytes),
+                    ..slot
+                });
+                moved.push(i);
+                changed = true;
+            }
+            Err(e) => {
+                tracing::debug!("shard {key} stays here: {}", e.reason);
+                break;
+            }
+        }
+    }
+    if changed {
+        let r = rec.clone();
+        let done = moved.clone();
+        blocking(shared, move |s| {
+            save_record(s, &r)?;
+            drop_here(s, &chunk, &done);
+            Ok::<_, String>(())
+        })
+        .await?;
+    }
+    Ok(moved.len() as u64)
+}
+
+/// Repairs one chunk: shards kept here go out to partners where they can, then lost ones are
+/// rebuilt.
+async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<ChunkRepair, String> {
     let chunk = rec.chunk_id().ok_or("record without chunk id")?;
+    let mut out = ChunkRepair::default();
+    // Shards of it are being put right now: its record in RAM is newer than this one.
+    if shared.state().busy.contains_key(&chunk) {
+        out.here_left = count_here(&rec);
+        return Ok(out);
+    }
+    out.moved_out = move_out(shared, chunk, &mut rec).await?;
     let state = ChunkState {
         k: rec.k,
         n: rec.n,
@@ -705,8 +975,14 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                // A holder whose id does not parse holds nothing usable: its shard is rebuilt.
-                let peer = s.as_ref()?.peer.parse().ok()?;
+                let s = s.as_ref()?;
+                let peer = if s.is_here() {
+                    Holder::Here(i as u8)
+                } else {
+                    // A holder whose id does not parse holds nothing usable: its shard is
+                    // rebuilt.
+                    Holder::Peer(s.peer.parse().ok()?)
+                };
                 Some(Holding {
                     index: i as u8,
                     peer,
@@ -719,30 +995,25 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
         grace_secs: shared.cfg.grace.as_secs(),
         min_score: shared.cfg.min_score,
     };
-    let health = |p: &PeerId| shared.health(p);
+    let health = |h: &Holder| match h {
+        Holder::Here(_) => PeerHealth::Live,
+        Holder::Peer(p) => shared.health(p),
+    };
     let Some(plan) =
         plan(&state, health, &policy).map_err(|e| format!("chunk {}: {e}", rec.chunk))?
     else {
-        return Ok(0);
+        out.here_left = count_here(&rec);
+        return Ok(out);
     };
     // Fetch k sources, each checked against its recorded hash.
     let mut payloads: Vec<Option<Vec<u8>>> = vec![None; usize::from(rec.n)];
     let mut header = None;
     let mut got = 0usize;
-    let mut sources: Vec<Holding<PeerId>> = plan.sources.clone();
+    let mut sources: Vec<Holding<Holder>> = plan.sources.clone();
     // Any other live holding may stand in for a source that fails.
-    for (i, s) in rec.slots.iter().enumerate() {
-        if let Some(s) = s {
-            if !sources.iter().any(|h| usize::from(h.index) == i)
-                && !plan.rebuild.contains(&(i as u8))
-            {
-                if let Ok(peer) = s.peer.parse() {
-                    sources.push(Holding {
-                        index: i as u8,
-                        peer,
-                    });
-                }
-            }
+    for h in &state.holdings {
+        if !sources.iter().any(|s| s.index == h.index) && !plan.rebuild.contains(&h.index) {
+            sources.push(h.clone());
         }
     }
     for src in sources {
@@ -752,19 +1023,34 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
         let Some(slot) = rec.slots[usize::from(src.index)].clone() else {
             continue;
         };
-        let peer = src.peer;
-        let key = shard_key(&chunk, src.index);
-        if let Ok(Msg::ShardData { data, .. }) = shared.request(peer, Msg::Get { shard: key }).await
-        {
-            if hex(blake3::hash(&data).as_bytes()) == slot.hash {
-                if let Ok((h, payload)) = decode_shard(&data) {
-                    payloads[usize::from(src.index)] = Some(payload.to_vec());
-                    header = Some(h);
-                    got += 1;
-                }
-            } else {
-                shared.state().tracker.audit(&src.peer, false);
+        let data = match src.peer {
+            Holder::Here(i) => {
+                let hash = slot.hash.clone();
+                blocking(shared, move |s| read_here(s, &chunk, i, &hash))
+                    .await
+                    .ok()
+                    .flatten()
             }
+            Holder::Peer(peer) => {
+                let key = shard_key(&chunk, src.index);
+                match shared.request(peer, Msg::Get { shard: key }).await {
+                    Ok(Msg::ShardData { data, .. })
+                        if hex(blake3::hash(&data).as_bytes()) == slot.hash =>
+                    {
+                        Some(data)
+                    }
+                    Ok(Msg::ShardData { .. }) => {
+                        shared.state().tracker.audit(&peer, false);
+                        None
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if let Some(Ok((h, payload))) = data.as_deref().map(decode_shard) {
+            payloads[usize::from(src.index)] = Some(payload.to_vec());
+            header = Some(h);
+            got += 1;
         }
     }
     let h =
@@ -803,54 +1089,83 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<u64,
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("chunk {}: rebuilding: {e}", rec.chunk))?;
-    let mut exclude: HashSet<PeerId> = plan.keep.iter().copied().collect();
-    let mut placed = 0;
+    let mut exclude: HashSet<PeerId> = plan
+        .keep
+        .iter()
+        .filter_map(|h| match h {
+            Holder::Peer(p) => Some(*p),
+            Holder::Here(_) => None,
+        })
+        .collect();
     for (i, bytes) in rebuilt {
         let key = shard_key(&chunk, i);
+        let hash = hex(blake3::hash(&bytes).as_bytes());
+        let len = bytes.len() as u32;
         let old = rec.slots[usize::from(i)].take();
-        match place_one(shared, chunk, i, key, &bytes, &mut exclude, None).await {
+        let slot = match place_one(shared, chunk, i, key, &bytes, &mut exclude, None).await {
             Ok((peer, name)) => {
-                let slot = Slot {
-                    peer: name,
-                    hash: hex(blake3::hash(&bytes).as_bytes()),
-                    len: bytes.len() as u32,
-                    audit: AuditRec::prepare(key, &bytes),
-                };
                 let mut st = shared.state();
                 st.reserving.remove(&(chunk, peer));
-                if let Some(o) = &old {
-                    if let Ok(old_peer) = o.peer.parse::<PeerId>() {
-                        let _ = st.ledger.removed_from_them(&old_peer, u64::from(o.len));
-                    }
+                let _ = st.ledger.stored_with_them(&peer, u64::from(len));
+                out.placed += 1;
+                Slot {
+                    peer: name,
+                    hash,
+                    len,
+                    audit: AuditRec::prepare(key, &bytes),
                 }
-                let _ = st.ledger.stored_with_them(&peer, u64::from(slot.len));
-                drop(st);
-                rec.slots[usize::from(i)] = Some(slot);
-                placed += 1;
             }
             Err(e) => {
-                rec.slots[usize::from(i)] = old;
-                let r = rec.clone();
-                blocking(shared, move |s| save_record(s, &r)).await?;
-                return Err(format!("chunk {}: {e}", rec.chunk));
+                // Rebuilt redundancy kept here beats none; it goes out when a partner can take
+                // it.
+                let kept = blocking(shared, move |s| keep_here(s, &chunk, i, &bytes)).await;
+                if let Err(why) = kept {
+                    rec.slots[usize::from(i)] = old;
+                    let r = rec.clone();
+                    blocking(shared, move |s| save_record(s, &r)).await?;
+                    return Err(format!("chunk {}: {}; {why}", rec.chunk, e.reason));
+                }
+                out.kept_here += 1;
+                Slot {
+                    peer: HERE.to_owned(),
+                    hash,
+                    len,
+                    audit: None,
+                }
             }
+        };
+        if let Some(old_peer) = old.as_ref().and_then(|o| o.peer.parse::<PeerId>().ok()) {
+            let _ = shared
+                .state()
+                .ledger
+                .removed_from_them(&old_peer, u64::from(old.as_ref().map_or(0, |o| o.len)));
         }
+        rec.slots[usize::from(i)] = Some(slot);
     }
+    out.here_left = count_here(&rec);
     blocking(shared, move |s| save_record(s, &rec)).await?;
-    Ok(placed)
+    Ok(out)
 }
 
-/// Counts of this plug's own chunks by redundancy (for status).
+/// Counts of this plug's own chunks by redundancy (for status). Only partners protect a chunk:
+/// shards kept here are readable but lost with the plug.
 #[derive(Debug, Default, Serialize)]
 pub struct Redundancy {
     /// Chunks recorded.
     pub chunks: u64,
     /// Chunks with every shard on a live or briefly unreachable partner.
     pub full: u64,
-    /// Chunks below full redundancy but still readable.
+    /// Chunks below full redundancy but readable from partners alone.
     pub degraded: u64,
-    /// Chunks with fewer than k shards on partners that are not gone.
+    /// Chunks readable only with shards kept here (fewer than k on partners): they wait for
+    /// partners.
+    pub unprotected: u64,
+    /// Chunks with fewer than k shards on partners that are not gone and here together.
     pub unreadable: u64,
+    /// Shards kept here, waiting for partners.
+    pub held_here: u64,
+    /// Their bytes.
+    pub held_here_bytes: u64,
 }
 
 /// Walks the records and classifies each chunk.
@@ -874,10 +1189,20 @@ pub async fn redundancy(shared: &Arc<Shared>) -> Result<Redundancy, String> {
                 .map(|sl| sl.peer.as_str())
                 .collect::<HashSet<_>>()
                 .len();
+            let here = rec.slots.iter().flatten().filter(|sl| sl.is_here());
+            let (mut here_n, mut here_bytes) = (0usize, 0u64);
+            for sl in here {
+                here_n += 1;
+                here_bytes += u64::from(sl.len);
+            }
+            r.held_here += here_n as u64;
+            r.held_here_bytes += here_bytes;
             if ok >= usize::from(rec.n) {
                 r.full += 1;
             } else if ok >= usize::from(rec.k) {
                 r.degraded += 1;
+            } else if ok + here_n >= usize::from(rec.k) {
+                r.unprotected += 1;
             } else {
                 r.unreadable += 1;
             }

@@ -45,6 +45,24 @@ pub fn owner_of(peer: &libp2p::PeerId) -> OwnerId {
 /// The chunk-store owner of this node's own placement records.
 pub const OWN_RECORDS: OwnerId = OwnerId([0xfe; 32]);
 
+/// The holder a slot names when this plug keeps the shard in its own chunk store: no partner
+/// could take it (a new plug, or fewer partners than the code's n). Not a peer id, so nothing
+/// that asks a peer for a shard can mistake it for one; the repair round moves such shards out.
+pub const HERE: &str = "here";
+
+/// The chunk-store owner of this plug's own shards kept here (see [`HERE`]).
+pub const OWN_SHARDS: OwnerId = OwnerId([0xfd; 32]);
+
+/// The chunk-store id of shard `index` of `chunk` kept here. Not its network key: a partner may
+/// store a copy of that very shard with us under the network key (it holds a valid one), and
+/// the two must neither collide nor be reachable by a partner's request.
+pub fn local_id(chunk: &[u8; 32], index: u8) -> StoreId {
+    let mut m = [0u8; 33];
+    m[..32].copy_from_slice(chunk);
+    m[32] = index;
+    StoreId(blake3::derive_key("cairn local shard v1", &m))
+}
+
 /// The chunk-store id of `chunk`'s placement record.
 pub fn record_id(chunk: &[u8; 32]) -> StoreId {
     StoreId(blake3::derive_key("cairn placement record v1", chunk))
@@ -100,7 +118,7 @@ impl AuditRec {
 /// Where one shard of a chunk is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
-    /// The holder's peer id.
+    /// The holder's peer id, or [`HERE`].
     pub peer: String,
     /// BLAKE3 of the shard's bytes (hex).
     pub hash: String,
@@ -108,6 +126,13 @@ pub struct Slot {
     pub len: u32,
     /// One unused prepared audit, if any.
     pub audit: Option<AuditRec>,
+}
+
+impl Slot {
+    /// Whether this plug keeps the shard itself (see [`HERE`]).
+    pub fn is_here(&self) -> bool {
+        self.peer == HERE
+    }
 }
 
 /// What the owner remembers of one chunk.

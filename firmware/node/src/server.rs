@@ -181,9 +181,10 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
             Ok(r) => ok(serde_json::to_value(r).unwrap_or_default()),
             Err(e) => fail(e),
         },
+        "unpair" => unpair(shared, h["peer"].as_str().unwrap_or("")),
         other => fail(format!(
             "unknown operation {other:?} (put_shard, get_shard, flush, status, pair, invite, \
-             join, audit, repair)"
+             join, unpair, audit, repair)"
         )),
     }
 }
@@ -311,6 +312,23 @@ async fn join(shared: &Arc<Shared>, code: &str) -> (Value, Vec<u8>) {
         Ok(Msg::Error { reason, .. }) => fail(format!("{} refused: {reason}", inv.peer)),
         Ok(other) => fail(format!("{}: unexpected answer {other:?}", inv.peer)),
         Err(e) => fail(e),
+    }
+}
+
+/// Forgets a partner (see [`Shared::remove_partner`]); the next repair round places the
+/// shards it held for us elsewhere. Answers with the books as they were.
+fn unpair(shared: &Arc<Shared>, text: &str) -> (Value, Vec<u8>) {
+    let Ok(peer) = text.parse::<libp2p::PeerId>() else {
+        return fail(format!("unpair: {text:?} is not a peer id"));
+    };
+    match shared.remove_partner(&peer) {
+        Ok(Some(a)) => ok(json!({
+            "peer": peer.to_base58(),
+            "held_for_us": a.held_for_us,
+            "held_for_them": a.held_for_them,
+        })),
+        Ok(None) => fail(format!("unpair: {peer} is not a partner of this plug")),
+        Err(e) => fail(format!("unpair: {e:#}")),
     }
 }
 

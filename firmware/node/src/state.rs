@@ -337,10 +337,40 @@ impl Shared {
         self.persist()
     }
 
-    /// A partner's health for repair.
+    /// Forgets partner `peer` (the `unpair` operation), saved at once; its books as they were,
+    /// `None` if it was no partner. Its slots in our records count as lost from now on (its
+    /// [`health`](Self::health) is gone) and the repair round places them elsewhere; its
+    /// requests are refused as a stranger's, so what we hold for it stays until its lease runs
+    /// out unrenewed (and is readable to it again if it is paired again before then).
+    pub fn remove_partner(&self, peer: &PeerId) -> Result<Option<crate::ledger::Account>> {
+        let (info, account) = {
+            let mut st = self.state();
+            let Some(info) = st.saved.partners.remove(peer) else {
+                return Ok(None);
+            };
+            let account = st.ledger.remove_partner(peer).unwrap_or_default();
+            (info, account)
+        };
+        if let Err(e) = self.persist() {
+            // Not saved: it stays a partner, so what runs and what is on disk agree.
+            let mut st = self.state();
+            st.saved.partners.insert(*peer, info);
+            st.ledger.add_partner(*peer);
+            st.ledger.set_held_for_them(peer, account.held_for_them);
+            st.ledger.set_held_for_us(peer, account.held_for_us);
+            return Err(e);
+        }
+        tracing::info!("unpaired from {peer}");
+        Ok(Some(account))
+    }
+
+    /// A partner's health for repair; a peer that is no (longer a) partner is gone.
     pub fn health(&self, peer: &PeerId) -> PeerHealth {
         let now = now_secs();
         let mut st = self.state();
+        if !st.is_partner(peer) {
+            return PeerHealth::Gone;
+        }
         let meta = st.peers.get(peer).cloned();
         if meta.as_ref().is_some_and(|m| m.connections > 0) {
             st.tracker.seen(peer, now);

@@ -100,6 +100,12 @@ pub enum Command {
         /// The code (`cairn1-…`).
         code: String,
     },
+    /// Forget a partner: nothing more is placed on it and the next repair round places the
+    /// shards it holds for this plug elsewhere.
+    Unpair {
+        /// Its peer id (`12D3KooW…`).
+        peer: String,
+    },
     /// Challenge every holder of this plug's shards now.
     Audit,
     /// Rebuild and re-place shards of chunks below full redundancy now.
@@ -208,6 +214,11 @@ pub fn run(args: Args) -> Result<()> {
         Command::Join { ref code } => {
             let v = Client::connect(&socket(&args))?.op(json!({"op": "join", "code": code}))?;
             writeln!(out, "paired with {}", v["peer"].as_str().unwrap_or("?"))?;
+            Ok(())
+        }
+        Command::Unpair { ref peer } => {
+            let v = Client::connect(&socket(&args))?.unpair(peer)?;
+            writeln!(out, "unpaired from {}", v["peer"].as_str().unwrap_or(peer))?;
             Ok(())
         }
         Command::Audit => {
