@@ -27,6 +27,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// A granted claim whose setup has not finished yet (the owner still confirms the recovery
+/// key): kept on the data partition, so that a reboot in between does not ask for the press
+/// again. Removed when `claimed` writes the claim marker.
+pub const GRANTED: &str = "cairn/granted";
+
 /// Longest console line a service may print (characters).
 const SAY_CHARS_MAX: usize = 300;
 
@@ -79,6 +84,9 @@ fn answer(
             match board.ui.complete_window(id, Completion::Claim) {
                 Ok(_) => {
                     granted.store(true, Ordering::SeqCst);
+                    if let Err(e) = write_marker(&data_dir.join(GRANTED), "") {
+                        log!("error: {e}; a reboot before setup ends asks for the press again");
+                    }
                     log!("setup: claimed from the setup page (pairing window {id})");
                     Response::ok(&format!("claimed in pairing window {id}"))
                 }
@@ -113,7 +121,8 @@ fn answer(
                 return Some(Response::error(&e));
             }
             let before = claimed_name(data_dir);
-            if before.is_none() && !granted.load(Ordering::SeqCst) {
+            let was_granted = granted.load(Ordering::SeqCst) || data_dir.join(GRANTED).exists();
+            if before.is_none() && !was_granted {
                 return Some(Response::error(
                     "no claim was granted: press the device's button while the setup page waits",
                 ));
@@ -121,6 +130,8 @@ fn answer(
             if let Err(e) = write_marker(&data_dir.join(CLAIMED), name) {
                 return Some(Response::error(&e));
             }
+            // The claim marker stands for it now.
+            let _ = std::fs::remove_file(data_dir.join(GRANTED));
             if board.sets_hostname() {
                 if let Err(e) = nix::unistd::sethostname(name) {
                     log!("error: sethostname {name}: {e}");

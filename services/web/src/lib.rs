@@ -11,6 +11,7 @@ pub mod claim;
 pub mod device;
 pub mod form;
 pub mod mdns;
+pub mod owner_vault;
 pub mod pages;
 mod server;
 pub mod settings;
@@ -45,6 +46,8 @@ pub struct Config {
     /// The storage node (its figures, partners, invitations); none: the pages say it is not
     /// there.
     pub node: Option<Arc<dyn storage::Node>>,
+    /// The owner's vault, made at setup (none: setup makes no vault, as on a test host).
+    pub vault: Option<owner_vault::OwnerVault>,
 }
 
 impl Config {
@@ -58,6 +61,7 @@ impl Config {
             kdf: Kdf::default(),
             wait_poll: WAIT_POLL_MAX,
             node: None,
+            vault: None,
         }
     }
 }

@@ -424,7 +424,11 @@ fn storage_summary(status: &Result<Status, String>) -> Markup {
                     (Some(c), _) => p #redundancy .health-degraded {
                         "Your data is below its redundancy target: " (c.full) " of " (c.chunks)
                         " chunks at full redundancy, " (c.degraded) " degraded, "
-                        (c.unreadable) " not readable from partners."
+                        (c.unprotected) " only on this plug, " (c.unreadable) " unreadable."
+                        @if c.held_here > 0 {
+                            br;
+                            (human_bytes(c.held_here_bytes)) " of shards wait on this plug for partners to take them."
+                        }
                     },
                     (None, Some(e)) => p.error { "The redundancy of your data is unknown: " (e) },
                     (None, None) => p.error { "The redundancy of your data is unknown." },
@@ -531,6 +535,46 @@ pub fn invitation(inv: &Invitation) -> Markup {
             button #copy type="button" hidden { "Copy" }
             p { a href="/admin/storage" { "Back to Storage" } }
             script src="/static/admin.js" {}
+        },
+    )
+}
+
+/// The recovery key, shown until the owner confirms its last group.
+pub fn recovery_key(key: &str, csrf: &str, error: Option<&str>) -> Markup {
+    layout(
+        "Your recovery key",
+        html! {
+            h1 { "Your recovery key" }
+            p { "Write it down on paper and keep it somewhere safe, away from the plug. With it and a new plug, your files come back; without it, nobody can read them — not even you, if this plug is lost." }
+            p.recovery #recovery-key { (key) }
+            p { "It is not shown again once you confirm. To confirm you have it, type its last group (the last four characters)." }
+            form method="post" action="/admin/recovery/confirm" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="last" { "The key's last group" }
+                input #last type="text" name="last" required maxlength="16" autocomplete="off"
+                    autocapitalize="characters" spellcheck="false";
+                @if let Some(e) = error { p.error { (e) } }
+                button type="submit" { "I wrote it down" }
+            }
+        },
+    )
+}
+
+/// Before the recovery key is confirmed, in a session that was not shown it: the passphrase
+/// shows it (again).
+pub fn recovery_show(csrf: &str, error: Option<&str>) -> Markup {
+    layout(
+        "Your recovery key",
+        html! {
+            h1 { "Your recovery key" }
+            p { "Setup ends with writing down your recovery key. Enter your passphrase to see it." }
+            form method="post" action="/admin/recovery/show" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="passphrase" { "Passphrase" }
+                input #passphrase type="password" name="passphrase" required autocomplete="current-password";
+                @if let Some(e) = error { p.error { (e) } }
+                button type="submit" { "Show the recovery key" }
+            }
         },
     )
 }

@@ -30,6 +30,7 @@ use crate::auth::{tokens_equal, Client, KnownBrowsers, LoginLimiter, Sessions};
 use crate::claim::{Action, Claims, Outcome};
 use crate::device::{valid_service_name, Device, SERVICE_NAME_BYTES_MAX};
 use crate::form::{cookie, Form};
+use crate::owner_vault::{self, OwnerVault};
 use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
 use crate::settings::{self, verify_passphrase, Kdf, Settings};
 use crate::storage::{self, Node};
@@ -45,6 +46,7 @@ struct App {
     wait_poll: Duration,
     device: Arc<dyn Device>,
     node: Option<Arc<dyn Node>>,
+    vault: Option<OwnerVault>,
     state: Mutex<State>,
     /// Bumped whenever a waiter's outcome is decided.
     decided: watch::Sender<u64>,
@@ -64,6 +66,9 @@ struct State {
     claims: Claims,
     sessions: Sessions,
     limiter: LoginLimiter,
+    /// The recovery key awaiting confirmation, and the session it was shown to (only in
+    /// memory, only until confirmed).
+    recovery: Option<(String, String)>,
 }
 
 pub(crate) async fn serve(
@@ -106,6 +111,7 @@ pub(crate) async fn serve(
         wait_poll: config.wait_poll,
         device,
         node: config.node,
+        vault: config.vault,
         state: Mutex::new(State {
             settings,
             ..State::default()
@@ -127,7 +133,12 @@ pub(crate) async fn serve(
         local_addrs,
         announcement,
     });
-    if let Some(name) = name {
+    let confirmed = app
+        .state()
+        .settings
+        .as_ref()
+        .is_some_and(|s| s.recovery_confirmed);
+    if let (Some(name), true) = (name, confirmed) {
         tokio::spawn(finish_claim(app.clone(), name));
     }
     tokio::spawn(watch_board(app.clone()));
@@ -329,6 +340,21 @@ impl App {
             .map_err(|e| anyhow!("PID 1's call did not finish: {e}"))?
     }
 
+    /// Works on the owner's vault (each opening derives its key: one at a time, like the
+    /// passphrase hashes, on the blocking pool).
+    async fn vault_op<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&OwnerVault) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let vault = self.vault.clone().context("this device keeps no vault")?;
+        let turn = self.kdf_gate.clone().acquire_owned().await?;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            f(&vault)
+        })
+        .await?
+    }
+
     /// Calls the storage node on the blocking pool.
     async fn call_node<T: Send + 'static>(
         &self,
@@ -389,8 +415,16 @@ impl App {
 
     /// A new session's cookie.
     fn log_in(&self) -> String {
+        self.log_in_session().0
+    }
+
+    /// A new session's cookie and id.
+    fn log_in_session(&self) -> (String, String) {
         let (id, _) = self.state().sessions.create(Instant::now());
-        format!("{SESSION_COOKIE}={id}; {COOKIE_ATTRIBUTES}; Path=/")
+        (
+            format!("{SESSION_COOKIE}={id}; {COOKIE_ATTRIBUTES}; Path=/"),
+            id,
+        )
     }
 
     /// The known browsers' signer, once set up.
@@ -520,8 +554,18 @@ async fn admin(
     };
     let path = req.uri().path().to_string();
     let client = app.login_client(&req, client);
+    let confirmed = app
+        .state()
+        .settings
+        .as_ref()
+        .is_some_and(|s| s.recovery_confirmed);
+    if !confirmed && !RECOVERY_PATHS.contains(&path.as_str()) {
+        // Setup ends with the recovery key written down: nothing else until then.
+        return redirect("/admin/recovery");
+    }
     if get {
         return match path.as_str() {
+            "/admin/recovery" => recovery_page(app, &session, &csrf, None),
             "/admin/" => dashboard(app, &csrf).await,
             "/admin/system" => system(app, &csrf).await,
             "/admin/storage" => storage_page(app, &csrf).await,
@@ -597,6 +641,8 @@ async fn admin(
             Err(e) => device_error("Power off", &e),
         },
         "/admin/passphrase" => change_passphrase(app, &form, &csrf, client).await,
+        "/admin/recovery/show" => show_recovery(app, &session, &form, &csrf, client).await,
+        "/admin/recovery/confirm" => confirm_recovery(app, &session, &form, &csrf).await,
         "/admin/storage/pair" => match app.call(|d| d.pair()).await {
             Ok(_) => redirect("/admin/storage"),
             Err(e) => storage_message("Pairing", &format!("{e:#}"), StatusCode::CONFLICT),
@@ -646,6 +692,119 @@ async fn admin(
         }
         _ => not_found(),
     }
+}
+
+/// The pages open before the recovery key is confirmed.
+const RECOVERY_PATHS: &[&str] = &[
+    "/admin/recovery",
+    "/admin/recovery/show",
+    "/admin/recovery/confirm",
+    "/admin/logout",
+];
+
+/// `GET /admin/recovery`: the key awaiting confirmation if this session was shown it, else a
+/// passphrase to show it (again); once confirmed, the dashboard.
+fn recovery_page(app: &Arc<App>, session: &str, csrf: &str, error: Option<&str>) -> Response<Body> {
+    let state = app.state();
+    if state
+        .settings
+        .as_ref()
+        .is_some_and(|s| s.recovery_confirmed)
+    {
+        return redirect("/admin/");
+    }
+    let page = match &state.recovery {
+        Some((s, key)) if s == session => pages::recovery_key(key, csrf, error),
+        _ => pages::recovery_show(csrf, error),
+    };
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    html(status, page)
+}
+
+/// `POST /admin/recovery/show`: the passphrase opens the vault and shows its recovery key.
+async fn show_recovery(
+    app: &Arc<App>,
+    session: &str,
+    form: &Form,
+    csrf: &str,
+    client: Client,
+) -> Response<Body> {
+    if let Err(limited) = app.state().limiter.attempt(client.clone(), Instant::now()) {
+        return html(
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::recovery_show(csrf, Some(&limited.message())),
+        );
+    }
+    let passphrase = form.get("passphrase").to_string();
+    match app.verify(passphrase.clone()).await {
+        Ok(true) => app.state().limiter.succeeded(client),
+        Ok(false) => {
+            app.state().limiter.failed(client, Instant::now());
+            return html(
+                StatusCode::UNAUTHORIZED,
+                pages::recovery_show(csrf, Some("Wrong passphrase.")),
+            );
+        }
+        Err(e) => return device_error("Recovery key", &e),
+    }
+    match app.vault_op(move |v| v.recovery_key(&passphrase)).await {
+        Ok(key) => {
+            app.state().recovery = Some((session.to_string(), key));
+            recovery_page(app, session, csrf, None)
+        }
+        Err(e) => device_error("Recovery key", &e),
+    }
+}
+
+/// `POST /admin/recovery/confirm`: the last group typed; setup is done, PID 1 is told (the LED
+/// leaves "setup needed").
+async fn confirm_recovery(
+    app: &Arc<App>,
+    session: &str,
+    form: &Form,
+    csrf: &str,
+) -> Response<Body> {
+    let pending = app.state().recovery.clone();
+    let Some((_, key)) = pending.filter(|(s, _)| s == session) else {
+        return recovery_page(app, session, csrf, None);
+    };
+    if !owner_vault::confirms(&key, form.get("last")) {
+        return recovery_page(
+            app,
+            session,
+            csrf,
+            Some("That is not the key's last group: check what you wrote down, then type its last four characters."),
+        );
+    }
+    let name = {
+        let _writing = app.settings_write.lock().await;
+        let Some(mut settings) = app.state().settings.clone() else {
+            return redirect("/");
+        };
+        settings.recovery_confirmed = true;
+        let name = settings.name.clone();
+        if let Err(e) = app.save(settings).await {
+            return device_error("Recovery key", &e);
+        }
+        name
+    };
+    app.state().recovery = None;
+    tell_claimed(app, name).await;
+    redirect("/admin/")
+}
+
+/// Tells PID 1 that setup is done (the device's name, the LED to "ready").
+async fn tell_claimed(app: &Arc<App>, name: String) {
+    let n = name.clone();
+    if let Err(err) = app.call(move |d| d.claimed(&n)).await {
+        // The settings are the truth: the next start of the service tells PID 1 again.
+        tracing::warn!("telling PID 1 the device is claimed: {err:#}");
+    }
+    tracing::info!("set up as {name}");
 }
 
 /// How long an invitation code works.
@@ -986,29 +1145,64 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
         passphrase_hash: hash,
         offer_bytes: offer.unwrap_or(0),
         domain,
+        // Without a vault there is no key to confirm.
+        recovery_confirmed: app.vault.is_none(),
     };
-    {
+    let key = {
         let _writing = app.settings_write.lock().await;
         if app.state().settings.is_some() {
             return redirect("/admin/login");
         }
+        // The vault first, then the settings: a failure of either leaves neither.
+        let key = match app.vault {
+            Some(_) => {
+                let passphrase = v.passphrase.clone();
+                match app.vault_op(move |vault| vault.create(&passphrase)).await {
+                    Ok(k) => Some(k),
+                    Err(err) => {
+                        e.form = Some(format!("nothing was changed: {err:#}"));
+                        return again(&e);
+                    }
+                }
+            }
+            None => None,
+        };
         if let Err(err) = app.save(settings).await {
+            if let Some(vault) = &app.vault {
+                vault.remove();
+            }
             e.form = Some(format!("nothing was changed: {err:#}"));
             return again(&e);
         }
-    }
+        key
+    };
     app.state().claims.finish();
-    let name = v.name.clone();
-    if let Err(err) = app.call(move |d| d.claimed(&name)).await {
-        // The settings are the truth: the next start of the service tells PID 1 again.
-        tracing::warn!("telling PID 1 the device is claimed: {err:#}");
-    }
-    tracing::info!("set up as {}", v.name);
+    let (session_cookie, session) = app.log_in_session();
+    let page = match key {
+        Some(key) => {
+            tracing::info!(
+                "set up as {}; waiting for the recovery key's confirmation",
+                v.name
+            );
+            let csrf = app
+                .state()
+                .sessions
+                .touch(&session, Instant::now())
+                .unwrap_or_default();
+            let page = pages::recovery_key(&key, &csrf, None);
+            app.state().recovery = Some((session, key));
+            html(StatusCode::OK, page)
+        }
+        None => {
+            tell_claimed(app, v.name.clone()).await;
+            redirect("/admin/")
+        }
+    };
     // The browser that set the device up is the owner's: known from the start.
     known(
         app,
         with_cookie(
-            with_cookie(redirect("/admin/"), &app.log_in()),
+            with_cookie(page, &session_cookie),
             &clear_cookie(SETUP_COOKIE, "/setup"),
         ),
     )
@@ -1082,7 +1276,23 @@ async fn change_passphrase(
             return redirect("/");
         };
         settings.passphrase_hash = hash;
+        // The vault's key follows the passphrase; if the settings then fail, it goes back.
+        let (old, new) = (form.get("old").to_string(), form.get("new").to_string());
+        let rekeyed = app.vault.as_ref().is_some_and(OwnerVault::exists);
+        if rekeyed {
+            let (o, n) = (old.clone(), new.clone());
+            if let Err(err) = app.vault_op(move |v| v.change_passphrase(&o, &n)).await {
+                e.new = Some(format!("nothing was changed: {err:#}"));
+                return page(&e, StatusCode::INTERNAL_SERVER_ERROR);
+            }
+        }
         if let Err(err) = app.save(settings).await {
+            if rekeyed {
+                let back = app.vault_op(move |v| v.change_passphrase(&new, &old)).await;
+                if let Err(b) = back {
+                    tracing::warn!("putting the vault's passphrase back: {b:#}");
+                }
+            }
             e.new = Some(format!("nothing was changed: {err:#}"));
             return page(&e, StatusCode::INTERNAL_SERVER_ERROR);
         }

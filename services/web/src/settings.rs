@@ -28,6 +28,11 @@ pub struct Settings {
     /// The public domain name the owner's site answers to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// The owner confirmed the recovery key (typed its last group). Until then the admin pages
+    /// lead to the recovery key and PID 1 is not told that setup is done (the LED stays at
+    /// "setup needed").
+    #[serde(default)]
+    pub recovery_confirmed: bool,
 }
 
 impl Settings {
@@ -282,6 +287,7 @@ mod tests {
             passphrase_hash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA".into(),
             offer_bytes: 5 << 30,
             domain: Some("example.org".into()),
+            recovery_confirmed: true,
         };
         s.save(dir.path()).unwrap();
         assert_eq!(Settings::load(dir.path()).unwrap(), Some(s));

@@ -59,12 +59,21 @@ pub struct Chunks {
     /// With every shard on a partner.
     #[serde(default)]
     pub full: u64,
-    /// Below full redundancy, still readable.
+    /// Below full redundancy, still readable from partners.
     #[serde(default)]
     pub degraded: u64,
-    /// Fewer than k shards left on partners.
+    /// Readable only thanks to shards kept on this plug (too few partners yet).
+    #[serde(default)]
+    pub unprotected: u64,
+    /// Fewer than k shards left, on partners and here together.
     #[serde(default)]
     pub unreadable: u64,
+    /// Shards kept on this plug until partners take them.
+    #[serde(default)]
+    pub held_here: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub held_here_bytes: u64,
 }
 
 impl Chunks {
@@ -163,7 +172,8 @@ mod tests {
             "listen": [], "frame_budget_free": 1,
             "partners": [{"peer": "12D3KooWa", "via": "button", "since": 1, "connected": true,
                           "health": "live", "score": 0.5, "held_for_them": 3, "held_for_us": 4}],
-            "chunks": {"chunks": 3, "full": 2, "degraded": 1, "unreadable": 0},
+            "chunks": {"chunks": 3, "full": 2, "degraded": 1, "unreadable": 0, "unprotected": 0,
+                       "held_here": 0, "held_here_bytes": 0},
         });
         let s: Status = serde_json::from_value(v).unwrap();
         assert_eq!(s.partners[0].held_for_us, 4);

@@ -8,31 +8,8 @@
 
 mod common;
 
-use common::{Browser, Server};
+use common::{claim, wait_for_outcome, Server};
 use std::time::Duration;
-
-/// Polls until the answer is not "waiting" (at most `polls` times).
-async fn wait_for_outcome(b: &mut Browser, polls: usize) -> serde_json::Value {
-    for _ in 0..polls {
-        let a = b.wait().await;
-        if a["state"] != "waiting" {
-            return a;
-        }
-    }
-    serde_json::json!({"state": "waiting"})
-}
-
-/// One browser waits, the button is pressed, the browser wins: returns it with its setup
-/// token, on the setup page.
-async fn claim(server: &Server) -> Browser {
-    let mut b = server.browser();
-    assert_eq!(b.wait().await["state"], "waiting");
-    let window = server.device.press();
-    let a = wait_for_outcome(&mut b, 5).await;
-    assert_eq!(a["state"], "granted", "{a}");
-    assert!(server.device.called(&format!("claim {window}")));
-    b
-}
 
 #[tokio::test]
 async fn without_a_press_nobody_is_granted() {

@@ -17,7 +17,8 @@ async fn the_dashboard_shows_offered_used_partners_and_redundancy_below_target()
         "Offered to friends: 8.0 GiB",
         "used by their shards: 3.0 MiB",
         "Partners: 2 (1 connected now)",
-        "below its redundancy target: 8 of 10 chunks at full redundancy, 2 degraded",
+        "below its redundancy target: 7 of 10 chunks at full redundancy, 2 degraded, 1 only on this plug, 0 unreadable.",
+        "3.0 MiB of shards wait on this plug for partners",
         // Amber, as the LED.
         "health-degraded",
     ] {

@@ -12,6 +12,12 @@ use clap::Parser;
 
 /// The web's state directory on a plug, as `services/web.toml` sets it (its workdir).
 pub const DEFAULT_DATA: &str = "/data/web";
+/// The owner's vault, in the web's state directory.
+pub const VAULT_DIR: &str = "vault";
+/// The owner's vault's erasure code, as `cairn vault init`'s defaults: any 4 of 8 shards read a
+/// chunk, so up to 4 partners may vanish.
+const VAULT_K: usize = 4;
+const VAULT_N: usize = 8;
 /// The environment variable naming the listening sockets PID 1 passes.
 pub const LISTEN_FDS_ENV: &str = "CAIRN_LISTEN_FDS";
 
@@ -44,8 +50,18 @@ pub fn run(args: Args) -> Result<()> {
     };
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("{}: creating", args.data.display()))?;
+    let vault_home = args.data.join(VAULT_DIR);
     let mut config = cairn_web::Config::new(args.data, listeners);
     config.addresses = usable(interface_addresses());
+    config.vault = Some(cairn_web::owner_vault::OwnerVault {
+        home: vault_home,
+        // The node places every shard itself, on partners (or keeps it here until there are).
+        targets: vec![cairn_vault::home::Target::Node(args.node.clone())],
+        nodes: Arc::new(super::vault::NodeSockets),
+        k: VAULT_K,
+        n: VAULT_N,
+        kdf: cairn_vault::keys::KdfParams::default(),
+    });
     config.node = Some(Arc::new(NodeSocket(args.node)));
     let device = Arc::new(cairn_web::ControlSocket(args.control));
     // Held while the web runs; without it the web still serves, by address.

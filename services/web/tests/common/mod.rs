@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use cairn_web::owner_vault::OwnerVault;
 use cairn_web::storage::Node;
 use cairn_web::{Board, Config, Device, Kdf, Pairing, Service, Settings, Window};
 use http_body_util::{BodyExt, Full};
@@ -256,7 +257,7 @@ impl FakeNode {
                 {"peer": "12D3KooWfriendB", "via": "invitation", "since": 2, "connected": false,
                  "health": "unreachable", "score": 0.5, "held_for_them": 0, "held_for_us": 1u64 << 20},
             ],
-            "chunks": {"chunks": 10, "full": 8, "degraded": 2, "unreadable": 0},
+            "chunks": {"chunks": 10, "full": 7, "degraded": 2, "unprotected": 1, "unreadable": 0, "held_here": 3, "held_here_bytes": 3u64 << 20},
         }));
         Arc::new(n)
     }
@@ -314,6 +315,24 @@ fn services() -> Vec<Service> {
     ]
 }
 
+/// The owner's vault of a test server over `data`.
+pub fn test_vault(data: &Path) -> OwnerVault {
+    OwnerVault {
+        home: data.join("vault"),
+        targets: (0..3)
+            .map(|i| cairn_vault::home::Target::Dir(data.join(format!("shards{i}"))))
+            .collect(),
+        nodes: Arc::new(cairn_vault::vault::NoNode),
+        k: 2,
+        n: 3,
+        kdf: cairn_vault::keys::KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        },
+    }
+}
+
 /// A running server; it stops when dropped.
 pub struct Server {
     pub addr: SocketAddr,
@@ -345,6 +364,7 @@ impl Server {
     }
 
     /// A device set up as `plug` with [`PASSPHRASE`] (PID 1 knowing it, or not).
+    #[allow(dead_code, reason = "not recovery")]
     pub fn set_up(pid1_knows: bool) -> Server {
         let data = Arc::new(tempfile::tempdir().unwrap());
         write_settings(data.path(), "plug");
@@ -354,6 +374,24 @@ impl Server {
     /// Starts the service over `data` the way the role does (its own runtime and thread),
     /// until the device's stop (not SIGTERM: this process's tests must die of it).
     pub fn start(data: Arc<TempDir>, device: Arc<FakeDevice>) -> Server {
+        Server::start_with(data, device, None)
+    }
+
+    /// An unclaimed device's web that makes the owner's vault at setup (2-of-3 over three
+    /// directories in its data directory, a cheap key hash).
+    #[allow(dead_code, reason = "recovery only")]
+    pub fn unclaimed_with_vault() -> Server {
+        let data = Arc::new(tempfile::tempdir().unwrap());
+        let vault = test_vault(data.path());
+        Server::start_with(data, FakeDevice::new(false), Some(vault))
+    }
+
+    /// [`Server::start`], with the owner's vault at `vault`.
+    pub fn start_with(
+        data: Arc<TempDir>,
+        device: Arc<FakeDevice>,
+        vault: Option<OwnerVault>,
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut config = Config::new(data.path().to_path_buf(), vec![listener]);
         config.addresses = vec!["127.0.0.1".parse().unwrap()];
@@ -361,6 +399,7 @@ impl Server {
         config.wait_poll = POLL;
         let node = FakeNode::new();
         config.node = Some(node.clone());
+        config.vault = vault;
         let meminfo = data.path().join("meminfo");
         std::fs::write(
             &meminfo,
@@ -420,12 +459,14 @@ impl Server {
 }
 
 /// Writes `settings.toml` for a device named `name` with [`PASSPHRASE`].
+#[allow(dead_code, reason = "not recovery")]
 pub fn write_settings(data: &Path, name: &str) {
     Settings {
         name: name.into(),
         passphrase_hash: TEST_KDF.hash(PASSPHRASE).unwrap(),
         offer_bytes: 1 << 30,
         domain: None,
+        recovery_confirmed: true,
     }
     .save(data)
     .unwrap();
@@ -672,4 +713,29 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Polls until the answer is not "waiting" (at most `polls` times).
+#[allow(dead_code, reason = "claim and recovery only")]
+pub async fn wait_for_outcome(b: &mut Browser, polls: usize) -> serde_json::Value {
+    for _ in 0..polls {
+        let a = b.wait().await;
+        if a["state"] != "waiting" {
+            return a;
+        }
+    }
+    serde_json::json!({"state": "waiting"})
+}
+
+/// One browser waits, the button is pressed, the browser wins: returns it with its setup
+/// token, on the setup page.
+#[allow(dead_code, reason = "claim and recovery only")]
+pub async fn claim(server: &Server) -> Browser {
+    let mut b = server.browser();
+    assert_eq!(b.wait().await["state"], "waiting");
+    let window = server.device.press();
+    let a = wait_for_outcome(&mut b, 5).await;
+    assert_eq!(a["state"], "granted", "{a}");
+    assert!(server.device.called(&format!("claim {window}")));
+    b
 }

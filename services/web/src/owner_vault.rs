@@ -1,0 +1,170 @@
+//! The owner's vault, as setup makes it and the admin pages reach it: made at setup under the
+//! admin passphrase (shards go to the storage node), its recovery key shown until the owner
+//! confirms its last group, and re-keyed when the passphrase changes.
+//!
+//! The web never stores the recovery key: it is derived from the vault's key file (opened with
+//! the passphrase) whenever it is shown, and kept in memory only while a confirmation is
+//! pending. Each call opens the vault (an Argon2id derivation, [`KdfParams::m_kib`] of memory),
+//! so the server makes them one at a time on its blocking pool.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use cairn_vault::home::{Config as VaultConfig, Target};
+use cairn_vault::keys::KdfParams;
+use cairn_vault::seal::AeadKind;
+use cairn_vault::vault::NodeConnector;
+use cairn_vault::Vault;
+
+/// Where the owner's vault lives and where its shards go.
+#[derive(Clone)]
+pub struct OwnerVault {
+    /// Its home (key file, config, head): on a plug `/data/web/vault`.
+    pub home: PathBuf,
+    /// Where shards go: the storage node (`node:SOCKET`), or `n` directories (tests).
+    pub targets: Vec<Target>,
+    /// Opens `node:` targets (the binary links the node's client; this crate does not).
+    pub nodes: Arc<dyn NodeConnector + Send + Sync>,
+    /// Shards needed to read a chunk.
+    pub k: usize,
+    /// Shards written per chunk.
+    pub n: usize,
+    /// The key file's passphrase hash cost.
+    pub kdf: KdfParams,
+}
+
+impl OwnerVault {
+    /// Makes the vault under `passphrase`; returns its recovery key. Whatever a failure left
+    /// half-made is removed, so that setup can be tried again.
+    pub fn create(&self, passphrase: &str) -> Result<String> {
+        if self.exists() {
+            // Never removed here: it holds the owner's key.
+            anyhow::bail!("{}: a vault already exists here", self.home.display());
+        }
+        let config = VaultConfig {
+            k: self.k,
+            n: self.n,
+            // Measured here once (50 ms): a Pi without AES instructions gets ChaCha20.
+            aead: AeadKind::fastest_here(50),
+            targets: self.targets.clone(),
+        };
+        let made = Vault::init(
+            &self.home,
+            config,
+            passphrase.as_bytes(),
+            self.kdf,
+            &*self.nodes,
+        );
+        match made {
+            Ok(v) => Ok(v.secret().recovery_key()),
+            Err(e) => {
+                self.remove();
+                Err(e).context("creating your vault")
+            }
+        }
+    }
+
+    /// Whether the vault was made.
+    pub fn exists(&self) -> bool {
+        cairn_vault::home::Home::new(&self.home).exists()
+    }
+
+    /// The recovery key, read with the passphrase.
+    pub fn recovery_key(&self, passphrase: &str) -> Result<String> {
+        let v = self.open(passphrase)?;
+        Ok(v.secret().recovery_key())
+    }
+
+    /// Re-keys the vault from `old` to `new`.
+    pub fn change_passphrase(&self, old: &str, new: &str) -> Result<()> {
+        let mut v = self.open(old)?;
+        v.change_passphrase(new.as_bytes(), self.kdf)
+            .context("re-keying your vault")
+    }
+
+    /// Removes the vault's home (setup failed after making it).
+    pub fn remove(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.home) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("{}: removing: {e}", self.home.display());
+            }
+        }
+    }
+
+    fn open(&self, passphrase: &str) -> Result<Vault> {
+        Vault::open(&self.home, passphrase.as_bytes(), &*self.nodes).context("opening your vault")
+    }
+}
+
+/// The recovery key's last group (what the owner types to confirm they wrote it all down).
+pub fn last_group(key: &str) -> &str {
+    key.rsplit(['-', ' ']).next().unwrap_or(key)
+}
+
+/// Whether `typed` is `key`'s last group (case and surrounding spaces do not matter).
+pub fn confirms(key: &str, typed: &str) -> bool {
+    let want = last_group(key);
+    let typed = typed.trim();
+    !typed.is_empty() && typed.eq_ignore_ascii_case(want)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault(dir: &std::path::Path) -> OwnerVault {
+        OwnerVault {
+            home: dir.join("vault"),
+            targets: (0..3)
+                .map(|i| Target::Dir(dir.join(format!("t{i}"))))
+                .collect(),
+            nodes: Arc::new(cairn_vault::vault::NoNode),
+            k: 2,
+            n: 3,
+            kdf: KdfParams {
+                m_kib: 64,
+                t: 1,
+                p: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn made_shown_again_with_the_passphrase_and_rekeyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path());
+        let key = v.create("first passphrase").unwrap();
+        assert!(key.starts_with(cairn_vault::keys::RECOVERY_PREFIX), "{key}");
+        assert!(v.exists());
+        assert_eq!(v.recovery_key("first passphrase").unwrap(), key);
+        assert!(v.recovery_key("wrong").is_err());
+        v.change_passphrase("first passphrase", "second passphrase")
+            .unwrap();
+        assert!(v.recovery_key("first passphrase").is_err());
+        assert_eq!(v.recovery_key("second passphrase").unwrap(), key);
+        // A second vault over the first: refused, and the first is untouched.
+        assert!(v.create("x").is_err());
+        assert_eq!(v.recovery_key("second passphrase").unwrap(), key);
+    }
+
+    #[test]
+    fn a_failed_creation_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = vault(dir.path());
+        // A node target where no node can be reached.
+        v.targets = vec![Target::Node(dir.path().join("none.sock"))];
+        let e = v.create("passphrase").unwrap_err();
+        assert!(format!("{e:#}").contains("creating your vault"), "{e:#}");
+        assert!(!v.home.exists());
+    }
+
+    #[test]
+    fn the_last_group_confirms() {
+        let key = "cairn-recovery-1 ABCD-EFGH-JK23";
+        assert_eq!(last_group(key), "JK23");
+        assert!(confirms(key, " jk23 "));
+        assert!(!confirms(key, "EFGH"));
+        assert!(!confirms(key, ""));
+    }
+}
