@@ -377,6 +377,25 @@ mod tests {
     }
 
     #[test]
+    fn a_granted_claim_outlives_a_reboot_until_setup_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = board(dir.path());
+        b.ui.on_button(ButtonEvent::ShortPress);
+        let r = ask(
+            &extension(b),
+            serde_json::json!({"cmd": "claim", "window": 1}),
+        );
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(dir.path().join(GRANTED).exists());
+        // PID 1 anew (a reboot before the owner confirmed the recovery key): no press needed.
+        let x = extension(board(dir.path()));
+        let r = ask(&x, serde_json::json!({"cmd": "claimed", "name": "attic"}));
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(!dir.path().join(GRANTED).exists());
+        assert_eq!(claimed_name(dir.path()).as_deref(), Some("attic"));
+    }
+
+    #[test]
     fn unknown_commands_are_left_to_the_supervisor() {
         let dir = tempfile::tempdir().unwrap();
         let x = extension(board(dir.path()));
