@@ -281,15 +281,15 @@ fn the_owners_first_hour_in_a_browser() {
         home.body
     );
 
-    // Good values: the name, the passphrase twice, 1 GiB offered with the slider, no domain:
+    // Good values: the name, the passphrase twice, 2 GiB offered with the slider, no domain:
     // the owner's vault is made and its recovery key shown; once its last group is typed, the
     // dashboard, the console's word, and the LED goes from "setup needed" to steady.
     a.fill("#name", "attic").unwrap();
     a.fill("#passphrase", PASSPHRASE).unwrap();
     a.fill("#passphrase2", PASSPHRASE).unwrap();
-    // Home, then one step right: the slider's first GiB.
-    a.type_keys("#offer", "\u{E011}\u{E014}").unwrap();
-    assert_eq!(a.text_of("#offer-value").unwrap(), "1 GiB");
+    // Home, then two steps right: 2 GiB (the node's own default is 1).
+    a.type_keys("#offer", "\u{E011}\u{E014}\u{E014}").unwrap();
+    assert_eq!(a.text_of("#offer-value").unwrap(), "2 GiB");
     assert_eq!(a.value_of("#domain").unwrap(), "");
     a.click_to_next_page("button[type=submit]", HASHING)
         .unwrap();
@@ -319,7 +319,10 @@ fn the_owners_first_hour_in_a_browser() {
     assert!(dashboard.contains("Health: healthy"), "{dashboard}");
     // The storage node's own figures, through its socket (the web is in its group): no
     // partners and nothing stored yet on a new plug.
-    assert!(dashboard.contains("Offered to friends: "), "{dashboard}");
+    assert!(
+        dashboard.contains("Offered to friends: 2.0 GiB"),
+        "{dashboard}"
+    );
     assert!(dashboard.contains("Partners: 0."), "{dashboard}");
     assert!(
         dashboard.contains("Your data: nothing stored yet."),

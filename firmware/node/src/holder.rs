@@ -128,12 +128,13 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             let extra = len.saturating_sub(old);
             {
                 let mut st = shared.state();
-                if st.used + extra > shared.cfg.capacity {
+                let capacity = st.capacity(&shared.cfg);
+                if st.used + extra > capacity {
                     return err(
                         ErrorCode::TooLarge,
                         format!(
                             "{} offers {} bytes to partners and {} are in use",
-                            shared.me, shared.cfg.capacity, st.used
+                            shared.me, capacity, st.used
                         ),
                     );
                 }
@@ -217,12 +218,13 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
         },
         Msg::FreeSpaceQuery => {
             let st = shared.state();
-            let free = shared.cfg.capacity.saturating_sub(st.used);
+            let capacity = st.capacity(&shared.cfg);
+            let free = capacity.saturating_sub(st.used);
             let a = st.ledger.account(&peer).unwrap_or_default();
             let quota = (a.held_for_us + st.ledger.allowance).saturating_sub(a.held_for_them);
             Msg::FreeSpace {
                 free: free.min(quota),
-                offered: shared.cfg.capacity,
+                offered: capacity,
             }
         }
         other => err(

@@ -167,6 +167,13 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
             }
         }
         "invite" => invite(shared, h["ttl_secs"].as_u64().unwrap_or(24 * 3600)),
+        "set_capacity" => match h["bytes"].as_u64() {
+            Some(bytes) => match shared.set_capacity(bytes) {
+                Ok(()) => ok(json!({"capacity": bytes})),
+                Err(e) => fail(format!("saving the capacity: {e:#}")),
+            },
+            None => fail("set_capacity needs bytes (a whole number)"),
+        },
         "join" => join(shared, h["code"].as_str().unwrap_or("")).await,
         "audit" => match owner::audit_round(shared, 0).await {
             Ok(r) => {
@@ -184,7 +191,7 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
         "unpair" => unpair(shared, h["peer"].as_str().unwrap_or("")),
         other => fail(format!(
             "unknown operation {other:?} (put_shard, get_shard, flush, status, pair, invite, \
-             join, unpair, audit, repair)"
+             join, unpair, set_capacity, audit, repair)"
         )),
     }
 }
@@ -363,7 +370,7 @@ async fn status(shared: &Arc<Shared>) -> (Value, Vec<u8>) {
     let mut v = json!({
         "peer": shared.me.to_string(),
         "listen": st.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "capacity": shared.cfg.capacity,
+        "capacity": st.capacity(&shared.cfg),
         "used": st.used,
         "allowance": st.ledger.allowance,
         "partners": partners,

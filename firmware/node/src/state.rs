@@ -54,6 +54,10 @@ pub struct Persisted {
     /// text form as the file has them; the running node keeps them in its [`PeerTracker`].
     #[serde(default)]
     pub scores: crate::audit::Scores,
+    /// What the owner offers partners (`set_capacity`, from the web's setup), over the
+    /// command line's `Config::capacity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
 }
 
 /// `partners.json` names partners by their peer ids in text (base58) form, sorted as text;
@@ -232,6 +236,13 @@ pub struct Placing {
     pub failed: usize,
 }
 
+impl State {
+    /// Bytes offered to partners: the owner's choice if made, else the command line's.
+    pub fn capacity(&self, cfg: &Config) -> u64 {
+        self.saved.capacity.unwrap_or(cfg.capacity)
+    }
+}
+
 impl Shared {
     /// The node's state around an opened chunk store and the persisted partner list; the
     /// receiver takes the commands for the swarm task. The books are not counted yet (see
@@ -313,6 +324,20 @@ impl Shared {
         };
         let path = self.partners_path();
         cairn_durable::write(&path, &bytes).with_context(|| format!("{}", path.display()))
+    }
+
+    /// Sets what this plug offers partners, durably (kept across restarts, over the command
+    /// line's). Less than is in use already only stops new shards; nothing held is dropped.
+    pub fn set_capacity(&self, bytes: u64) -> Result<()> {
+        let before = {
+            let mut st = self.state();
+            std::mem::replace(&mut st.saved.capacity, Some(bytes))
+        };
+        if let Err(e) = self.persist() {
+            self.state().saved.capacity = before;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Records `peer` as a partner reached at `addrs`.

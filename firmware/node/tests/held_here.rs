@@ -346,3 +346,22 @@ fn unpairing_a_peer_that_is_no_partner_is_refused_naming_it() {
     let e = node.op(json!({"op": "nope"})).unwrap_err();
     assert!(e.contains("unpair"), "{e}");
 }
+
+#[test]
+fn the_owners_offer_sets_the_capacity_and_is_kept() {
+    let a = Node::start();
+    let before = u(&a.status()["capacity"]);
+    let offer = before * 3 + 7;
+    let r = a.op(json!({"op": "set_capacity", "bytes": offer})).unwrap();
+    assert_eq!(u(&r["capacity"]), offer);
+    assert_eq!(u(&a.status()["capacity"]), offer);
+    // Kept where the partners are, so a restart offers the same.
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(a.home.join("partners.json")).unwrap()).unwrap();
+    assert_eq!(u(&saved["capacity"]), offer);
+    let e = a
+        .op(json!({"op": "set_capacity", "bytes": "lots"}))
+        .unwrap_err();
+    assert!(e.contains("set_capacity needs bytes"), "{e}");
+    assert_eq!(u(&a.status()["capacity"]), offer);
+}

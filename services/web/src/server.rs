@@ -133,13 +133,15 @@ pub(crate) async fn serve(
         local_addrs,
         announcement,
     });
-    let confirmed = app
-        .state()
-        .settings
-        .as_ref()
-        .is_some_and(|s| s.recovery_confirmed);
+    let (confirmed, offer) = app.state().settings.as_ref().map_or((false, None), |s| {
+        (s.recovery_confirmed, Some(s.offer_bytes))
+    });
     if let (Some(name), true) = (name, confirmed) {
         tokio::spawn(finish_claim(app.clone(), name));
+    }
+    if let Some(bytes) = offer {
+        // The node may have been reset or have started with its command line's figure.
+        tokio::spawn(apply_offer(app.clone(), bytes));
     }
     tokio::spawn(watch_board(app.clone()));
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
@@ -211,6 +213,21 @@ async fn finish_claim(app: Arc<App>, name: String) {
             Err(e) => tracing::warn!("telling PID 1 the device is claimed: {e:#}"),
         },
         Err(e) => tracing::warn!("board: {e:#}"),
+    }
+}
+
+/// Tells the storage node what the owner offers friends; a failure is a log line (the next
+/// start tries again; the dashboard shows the node's own figure).
+async fn apply_offer(app: Arc<App>, bytes: u64) {
+    if app.node.is_none() {
+        return;
+    }
+    match app
+        .call_node(move |n| storage::set_capacity(n, bytes))
+        .await
+    {
+        Ok(()) => tracing::info!("offering {bytes} bytes to partners"),
+        Err(e) => tracing::warn!("telling the storage node the offer: {e:#}"),
     }
 }
 
@@ -1177,6 +1194,7 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
         key
     };
     app.state().claims.finish();
+    apply_offer(app.clone(), offer.unwrap_or(0)).await;
     let (session_cookie, session) = app.log_in_session();
     let page = match key {
         Some(key) => {

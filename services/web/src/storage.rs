@@ -136,6 +136,12 @@ pub fn join(node: &dyn Node, code: &str) -> Result<String> {
         .context("the storage node's answer names no peer")
 }
 
+/// Sets what this plug offers partners (the owner's choice at setup).
+pub fn set_capacity(node: &dyn Node, bytes: u64) -> Result<()> {
+    node.call(json!({"op": "set_capacity", "bytes": bytes}))
+        .map(drop)
+}
+
 /// Stops partnering with `peer`.
 pub fn unpair(node: &dyn Node, peer: &str) -> Result<()> {
     node.call(json!({"op": "unpair", "peer": peer})).map(drop)

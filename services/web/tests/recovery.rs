@@ -57,6 +57,8 @@ async fn the_recovery_key_is_shown_once_and_setup_ends_when_its_last_group_is_ty
             entry.display()
         );
     }
+    // The node offers friends what the owner chose (0 GiB here).
+    assert_eq!(*server.node.offered.lock().unwrap(), Some(0));
     // PID 1 has not been told yet: the LED still says "setup needed".
     assert!(!server.device.called("claimed"));
     // Every other admin page leads back to the key until it is confirmed.

@@ -241,8 +241,10 @@ impl Device for FakeDevice {
 pub struct FakeNode {
     /// What `status` answers (`None`: the node is down).
     pub status: Mutex<Option<serde_json::Value>>,
-    /// Requests other than `status`, in order.
+    /// Requests other than `status` and `set_capacity`, in order.
     pub requests: Mutex<Vec<serde_json::Value>>,
+    /// The last `set_capacity`.
+    pub offered: Mutex<Option<u64>>,
 }
 
 impl FakeNode {
@@ -276,6 +278,10 @@ impl Node for FakeNode {
                 Some(v) => Ok(v),
                 None => bail!("node control socket /run/node/node.sock: connection refused"),
             };
+        }
+        if request["op"] == "set_capacity" {
+            *self.offered.lock().unwrap() = request["bytes"].as_u64();
+            return Ok(serde_json::json!({"capacity": request["bytes"]}));
         }
         self.requests.lock().unwrap().push(request.clone());
         match request["op"].as_str() {
