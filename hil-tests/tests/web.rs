@@ -481,4 +481,36 @@ fn the_owners_first_hour_in_a_browser() {
         plug.lines_since(lines, "cairn: setup:"),
         Vec::<String>::new()
     );
+
+    // 10. Factory reset from System: the passphrase, then a press of the button. The plug wipes
+    // itself, reboots, and is new again: "Press the button", the LED asking for setup.
+    d.goto(&plug.url("/admin/system")).unwrap();
+    d.click("details:last-of-type summary").unwrap();
+    d.fill("#reset-passphrase", PASSPHRASE).unwrap();
+    let lines = plug.q.line_count();
+    let seq = plug.panel.cursor();
+    d.click_to_next_page("form[action='/admin/reset'] button", HASHING)
+        .unwrap();
+    assert_eq!(d.text_of("h1").unwrap(), "Press the button now");
+    shot(&mut d, "web-12-reset-press-now");
+    plug.q
+        .wait_line_from(
+            lines,
+            "cairn: factory reset: asked from the owner's page",
+            REACT,
+        )
+        .unwrap();
+    plug.press();
+    plug.q
+        .wait_line_from(lines, "cairn: factory reset: data wiped; rebooting", REACT)
+        .unwrap();
+    drop(d);
+    let (_, fresh) = plug.announcement(lines);
+    assert_eq!(fresh.name, "cairn.local");
+    let booting = plug.wait_pattern(seq, Pattern::Booting, BOOT_TIMEOUT);
+    plug.wait_pattern(booting, Pattern::SetupNeeded, BOOT_TIMEOUT);
+    let pin = pin_from_fingerprint("localhost", plug.port, &fresh.fingerprint).unwrap();
+    let mut e = browser_at(&pin, Viewport::PHONE, &plug.url("/"));
+    assert_eq!(e.text_of("h1").unwrap(), "Press the button on your Cairn");
+    shot(&mut e, "web-13-new-again");
 }

@@ -52,6 +52,9 @@ pub struct BoardUi {
     sets_hostname: bool,
     /// The storage node's pairing, for the button and for the owner's page alike.
     pairing: Pairing,
+    /// Until when (ms since boot) a short press wipes the device: the owner asked for a factory
+    /// reset from the page, with the passphrase.
+    reset_armed: Arc<Mutex<Option<u64>>>,
 }
 
 impl BoardUi {
@@ -67,7 +70,25 @@ impl BoardUi {
             data_dir,
             sets_hostname: false,
             pairing: Pairing::new(pairer),
+            reset_armed: Arc::default(),
         }
+    }
+
+    /// For `for_ms` from now, the next short press wipes the device instead of opening the
+    /// pairing window.
+    pub fn arm_reset(&self, for_ms: u64) {
+        *self.reset_armed.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(self.ui.now_ms() + for_ms);
+    }
+
+    /// Whether a press now is the one an armed reset waits for (disarming it either way).
+    pub fn take_reset(&self) -> bool {
+        let until = self
+            .reset_armed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        until.is_some_and(|t| self.ui.now_ms() <= t)
     }
 
     /// The pairing attempts (one at a time) and the last one's outcome.
@@ -174,6 +195,7 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
         data_dir: data_dir.to_path_buf(),
         sets_hostname: true,
         pairing: Pairing::new(Arc::new(NodeSocket(PathBuf::from(NODE_SOCKET)))),
+        reset_armed: Arc::default(),
     };
 
     let sim = board.gpio_sim.as_ref().and_then(|_| {
@@ -246,8 +268,8 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
             Ok(pin) => {
                 let button = Button::new(pin, line.active_low, board.button_timing);
                 let (ui, data) = (ui.clone(), data_dir.to_path_buf());
-                let pairing = handle.pairing.clone();
-                spawn("button", move || button_loop(&ui, button, &data, &pairing));
+                let board_ui = handle.clone();
+                spawn("button", move || button_loop(&ui, button, &data, &board_ui));
             }
             Err(e) => log!("error: setup button: {e}; running without it"),
         }
@@ -359,13 +381,19 @@ fn button_loop(
     ui: &Arc<SharedUi<BootClock>>,
     mut button: Button<EdgePin>,
     data_dir: &Path,
-    pairing: &Pairing,
+    board: &BoardUi,
 ) {
+    let pairing = board.pairing();
     loop {
         match button.poll(ui.now_ms()) {
             Ok(events) => {
                 for ev in events {
                     describe(ev);
+                    if ev == ButtonEvent::ShortPress && board.take_reset() {
+                        log!("factory reset: confirmed by a press, as the owner's page asked");
+                        factory_reset(data_dir);
+                        continue;
+                    }
                     match ui.on_button(ev) {
                         Some(Action::FactoryReset) => factory_reset(data_dir),
                         Some(Action::PairingOpened(Opened::New { closes_at_ms, .. })) => {

@@ -12,6 +12,8 @@
 //! - `claimed` + `name` → after a granted claim (or to rename a claimed device): writes the
 //!   `CLAIMED` marker holding the name, sets the hostname, and the LED leaves "setup needed"
 //! - `say` + `text` → one console line `cairn: USER: TEXT`
+//! - `reset` → once claimed, the next short press within [`RESET_ARM_MS`] wipes the device
+//!   (the web asks after checking the owner's passphrase: passphrase and press together)
 //! - `pair` → once claimed, opens the pairing window as a short press does and asks the node
 //!   to pair in it (the owner's page instead of a trip to the plug); `board` then carries
 //!   `pairing: {busy, last}`, how the attempt goes and how the last one ended
@@ -31,6 +33,9 @@ use std::sync::Arc;
 /// key): kept on the data partition, so that a reboot in between does not ask for the press
 /// again. Removed when `claimed` writes the claim marker.
 pub const GRANTED: &str = "cairn/granted";
+
+/// How long a factory reset from the page waits for the press.
+pub const RESET_ARM_MS: u64 = 60_000;
 
 /// Longest console line a service may print (characters).
 const SAY_CHARS_MAX: usize = 300;
@@ -144,6 +149,23 @@ fn answer(
                 log!("setup: done; this device is {name}");
             }
             Response::ok(&format!("this device is {name}"))
+        }
+        "reset" => {
+            if claimed_name(data_dir).is_none() {
+                return Some(Response::error(
+                    "this device is not set up: a factory reset is for its owner",
+                ));
+            }
+            board.arm_reset(RESET_ARM_MS);
+            log!(
+                "factory reset: asked from the owner's page; a short press within {} s wipes \
+                 the device",
+                RESET_ARM_MS / 1000
+            );
+            Response::ok(&format!(
+                "press the device's button within {} s to wipe it",
+                RESET_ARM_MS / 1000
+            ))
         }
         "pair" => {
             if claimed_name(data_dir).is_none() {
@@ -393,6 +415,26 @@ mod tests {
         assert_eq!(r["ok"], true, "{r}");
         assert!(!dir.path().join(GRANTED).exists());
         assert_eq!(claimed_name(dir.path()).as_deref(), Some("attic"));
+    }
+
+    #[test]
+    fn a_reset_from_the_page_needs_an_owner_and_waits_for_one_press() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = board(dir.path());
+        let x = extension(b.clone());
+        let r = ask(&x, serde_json::json!({"cmd": "reset"}));
+        assert_eq!(r["ok"], false, "{r}");
+        assert!(!b.take_reset(), "not armed for a device nobody owns");
+        write_marker(&dir.path().join(CLAIMED), "attic").unwrap();
+        let r = ask(&x, serde_json::json!({"cmd": "reset"}));
+        assert_eq!(r["ok"], true, "{r}");
+        // The press takes it; a second press is an ordinary one again.
+        assert!(b.take_reset());
+        assert!(!b.take_reset());
+        // Expired: the press is an ordinary one.
+        b.arm_reset(0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(!b.take_reset());
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub const READY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// supervisor's read-only and service commands, and the board's (answered by PID 1's extension).
 pub const CONTROL_COMMANDS: &[&str] = &[
     "status", "start", "stop", "restart", "logs", "poweroff", "reboot", "board", "claim", "refuse",
-    "claimed", "say", "pair",
+    "claimed", "say", "pair", "reset",
 ];
 /// Most listening sockets one service may be handed.
 pub const LISTEN_MAX: usize = 4;

@@ -106,6 +106,8 @@ pub trait Device: Send + Sync {
     fn say(&self, text: &str) -> Result<()>;
     /// Once claimed: opens the pairing window as a press of the button does; PID 1's line.
     fn pair(&self) -> Result<String>;
+    /// Once claimed: the next press of the button (within a minute) wipes the device.
+    fn reset(&self) -> Result<String>;
 }
 
 /// A request line. Fields match `proto::Request`; `text` is the `say` command's.
@@ -305,6 +307,14 @@ impl Device for ControlSocket {
     fn pair(&self) -> Result<String> {
         let resp = self.call(&Request {
             cmd: "pair",
+            ..Request::default()
+        })?;
+        Ok(resp.message.unwrap_or_default())
+    }
+
+    fn reset(&self) -> Result<String> {
+        let resp = self.call(&Request {
+            cmd: "reset",
             ..Request::default()
         })?;
         Ok(resp.message.unwrap_or_default())

@@ -316,6 +316,28 @@ pub fn system(services: &Result<Vec<Service>, String>, csrf: &str) -> Markup {
             h2 { "Device" }
             (device_controls(csrf, Some("system")))
             p { a href="/admin/passphrase" { "Change the passphrase" } }
+            details {
+                summary { "Factory reset…" }
+                p { "Wipes everything on this plug — your settings, your vault's key, your friends' shards — and it starts again as new. Your files come back only with your recovery key. After your passphrase, the device's button must be pressed." }
+                form method="post" action="/admin/reset" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    label for="reset-passphrase" { "Passphrase" }
+                    input #reset-passphrase type="password" name="passphrase" required autocomplete="current-password";
+                    button type="submit" { "Reset, then press the button" }
+                }
+            }
+        },
+    )
+}
+
+/// After the passphrase: now the press.
+pub fn reset_armed() -> Markup {
+    layout(
+        "Factory reset",
+        html! {
+            h1 { "Press the button now" }
+            p { "Press the button on your Cairn within a minute: it wipes itself and restarts as a new device (\"Press the button on your Cairn\" again). If you do not press it, nothing happens." }
+            p { a href="/admin/system" { "I changed my mind" } }
         },
     )
 }

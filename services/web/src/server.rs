@@ -658,6 +658,7 @@ async fn admin(
             Err(e) => device_error("Power off", &e),
         },
         "/admin/passphrase" => change_passphrase(app, &form, &csrf, client).await,
+        "/admin/reset" => factory_reset(app, &form, client).await,
         "/admin/recovery/show" => show_recovery(app, &session, &form, &csrf, client).await,
         "/admin/recovery/confirm" => confirm_recovery(app, &session, &form, &csrf).await,
         "/admin/storage/pair" => match app.call(|d| d.pair()).await {
@@ -708,6 +709,33 @@ async fn admin(
             }
         }
         _ => not_found(),
+    }
+}
+
+/// `POST /admin/reset`: with the passphrase, PID 1 waits for a press of the button to wipe the
+/// device (both: neither a stolen session nor a passer-by alone can).
+async fn factory_reset(app: &Arc<App>, form: &Form, client: Client) -> Response<Body> {
+    let back = ("/admin/system", "Back to System");
+    if let Err(limited) = app.state().limiter.attempt(client.clone(), Instant::now()) {
+        return html(
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::message("Factory reset", &limited.message(), back),
+        );
+    }
+    match app.verify(form.get("passphrase").to_string()).await {
+        Ok(true) => app.state().limiter.succeeded(client),
+        Ok(false) => {
+            app.state().limiter.failed(client, Instant::now());
+            return html(
+                StatusCode::UNAUTHORIZED,
+                pages::message("Factory reset", "Wrong passphrase: nothing was done.", back),
+            );
+        }
+        Err(e) => return device_error("Factory reset", &e),
+    }
+    match app.call(|d| d.reset()).await {
+        Ok(_) => html(StatusCode::OK, pages::reset_armed()),
+        Err(e) => device_error("Factory reset", &e),
     }
 }
 

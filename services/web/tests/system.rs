@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::Server;
+use common::{Server, PASSPHRASE};
 
 #[tokio::test]
 async fn the_system_page_lists_the_services_with_their_logs_and_buttons() {
@@ -183,4 +183,36 @@ async fn without_a_session_system_and_logs_send_to_login() {
         assert!(!r.body.contains("secret line"));
     }
     assert_eq!(server.device.asked(), before);
+}
+
+#[tokio::test]
+async fn a_factory_reset_needs_the_passphrase_before_pid1_waits_for_the_press() {
+    let server = Server::set_up(true);
+    let mut b = server.logged_in().await;
+    let page = b.get("/admin/system").await;
+    assert!(page.body.contains("Factory reset"), "{}", page.body);
+    let csrf = page.csrf();
+    // A session alone is not enough: the wrong passphrase does nothing.
+    let r = b
+        .form(
+            "/admin/reset",
+            &[("csrf", &csrf), ("passphrase", "not the passphrase")],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("nothing was done"), "{}", r.body);
+    assert!(!server.device.called("reset"));
+    // Without the form's token: refused.
+    let r = b.form("/admin/reset", &[("passphrase", PASSPHRASE)]).await;
+    assert_eq!(r.status, 403);
+    assert!(!server.device.called("reset"));
+    let r = b
+        .form(
+            "/admin/reset",
+            &[("csrf", &csrf), ("passphrase", PASSPHRASE)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Press the button now"), "{}", r.body);
+    assert!(server.device.called("reset"));
 }

@@ -239,8 +239,8 @@ mod tests {
         assert_eq!(m.groups, ["node"]);
         // Every request the web makes of PID 1 is in its list (and nothing the web cannot use).
         for cmd in [
-            "status", "board", "claim", "refuse", "claimed", "say", "pair", "restart", "reboot",
-            "poweroff",
+            "status", "board", "claim", "refuse", "claimed", "say", "pair", "reset", "restart",
+            "reboot", "poweroff",
         ] {
             assert!(m.control.iter().any(|c| c == cmd), "{cmd}");
         }

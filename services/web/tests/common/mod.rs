@@ -233,6 +233,11 @@ impl Device for FakeDevice {
         s.window = Some(s.last_window);
         Ok("pairing window open for 60 s".into())
     }
+
+    fn reset(&self) -> Result<String> {
+        self.record("reset".into());
+        Ok("press the device's button within 60 s to wipe it".into())
+    }
 }
 
 /// The storage node as the tests play it: answers `status` from its fields, records every
