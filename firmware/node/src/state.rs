@@ -331,7 +331,7 @@ impl Shared {
     pub fn set_capacity(&self, bytes: u64) -> Result<()> {
         let before = {
             let mut st = self.state();
-            std::mem::replace(&mut st.saved.capacity, Some(bytes))
+            st.saved.capacity.replace(bytes)
         };
         if let Err(e) = self.persist() {
             self.state().saved.capacity = before;
