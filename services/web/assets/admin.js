@@ -1,7 +1,62 @@
-// The owner's pages: the Storage page follows the pairing window live (no reload), and the
-// invitation page copies its code. No inline script anywhere (the CSP forbids it).
+// The owner's pages: the Files page uploads files and folders (one PUT per file, its body the
+// file, streamed by the browser; a progress bar over all of them); the Storage page follows the
+// pairing window live (no reload), and the invitation page copies its code. No inline script
+// anywhere (the CSP forbids it).
 'use strict';
 (function () {
+  var upload = document.getElementById('upload');
+  if (upload) {
+    var bar = document.getElementById('upload-progress');
+    var status = document.getElementById('upload-status');
+    var dir = upload.dataset.dir;
+    var send = function (list) {
+      var files = Array.prototype.slice.call(list);
+      var total = files.reduce(function (n, f) { return n + f.size; }, 0) || 1;
+      var done = 0;
+      bar.hidden = false;
+      var next = function (i) {
+        if (i === files.length) {
+          status.textContent = 'Stored ' + files.length + ' file(s).';
+          location.reload();
+          return;
+        }
+        var f = files[i];
+        var name = f.webkitRelativePath || f.name;
+        var path = dir ? dir + '/' + name : name;
+        var xhr = new XMLHttpRequest();
+        xhr.open('PUT', '/admin/files/put?path=' + encodeURIComponent(path) +
+          '&mtime=' + f.lastModified);
+        xhr.setRequestHeader('X-CSRF-Token', upload.dataset.csrf);
+        xhr.upload.onprogress = function (e) {
+          bar.value = (done + e.loaded) / total;
+          status.textContent = 'Uploading ' + name + '…';
+        };
+        xhr.onload = function () {
+          var a = {};
+          try { a = JSON.parse(xhr.responseText); } catch (e) { a = { error: xhr.statusText }; }
+          if (xhr.status !== 200 || !a.ok) {
+            status.textContent = a.error || ('The upload failed (' + xhr.status + ').');
+            status.className = 'error';
+            return;
+          }
+          done += f.size;
+          bar.value = done / total;
+          next(i + 1);
+        };
+        xhr.onerror = function () {
+          status.textContent = name + ': the connection broke; nothing of it was stored.';
+          status.className = 'error';
+        };
+        xhr.send(f);
+      };
+      next(0);
+    };
+    ['pick-files', 'pick-folder'].forEach(function (id) {
+      var input = document.getElementById(id);
+      input.addEventListener('change', function () { if (input.files.length) { send(input.files); } });
+    });
+  }
+
   var copy = document.getElementById('copy');
   var code = document.getElementById('invitation');
   if (copy && code && navigator.clipboard) {

@@ -1,6 +1,20 @@
 //! Reading what browsers send: `application/x-www-form-urlencoded` bodies and the `Cookie`
 //! header. Both come in bounded (the server caps bodies and headers first).
 
+/// `text` percent-encoded for a header parameter (RFC 8187's `attr-char` kept as is), as
+/// `filename*=UTF-8''…` needs it.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' => (b as char).to_string(),
+            b'!' | b'#' | b'$' | b'&' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A decoded form: its fields in order (a repeated name keeps its first value).
 #[derive(Debug, Default)]
 pub struct Form(Vec<(String, String)>);

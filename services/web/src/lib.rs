@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod claim;
 pub mod device;
+pub mod files;
 pub mod form;
 pub mod mdns;
 pub mod owner_vault;

@@ -4,11 +4,14 @@
 //!
 //! The web never stores the recovery key: it is derived from the vault's key file (opened with
 //! the passphrase) whenever it is shown, and kept in memory only while a confirmation is
-//! pending. Each call opens the vault (an Argon2id derivation, [`KdfParams::m_kib`] of memory),
-//! so the server makes them one at a time on its blocking pool.
+//! pending. The vault is opened once with the passphrase (an Argon2id derivation,
+//! [`KdfParams::m_kib`] of memory: the server does it one at a time on its blocking pool, at
+//! setup and at login) and stays open, unlocked, while the owner is logged in: one open vault
+//! at a time (its home's lock is the process's), shared by every call. [`OwnerVault::lock`]
+//! forgets it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
 use cairn_vault::home::{Config as VaultConfig, Target};
@@ -32,6 +35,8 @@ pub struct OwnerVault {
     pub n: usize,
     /// The key file's passphrase hash cost.
     pub kdf: KdfParams,
+    /// The vault while the owner is logged in.
+    pub open: Arc<Mutex<Option<Vault>>>,
 }
 
 impl OwnerVault {
@@ -57,7 +62,11 @@ impl OwnerVault {
             &*self.nodes,
         );
         match made {
-            Ok(v) => Ok(v.secret().recovery_key()),
+            Ok(v) => {
+                let key = v.secret().recovery_key();
+                *self.guard() = Some(v);
+                Ok(key)
+            }
             Err(e) => {
                 self.remove();
                 Err(e).context("creating your vault")
@@ -70,30 +79,64 @@ impl OwnerVault {
         cairn_vault::home::Home::new(&self.home).exists()
     }
 
-    /// The recovery key, read with the passphrase.
+    /// The recovery key (opening the vault with the passphrase if it is not open).
     pub fn recovery_key(&self, passphrase: &str) -> Result<String> {
-        let v = self.open(passphrase)?;
-        Ok(v.secret().recovery_key())
+        self.with_open(passphrase, |v| Ok(v.secret().recovery_key()))
     }
 
     /// Re-keys the vault from `old` to `new`.
     pub fn change_passphrase(&self, old: &str, new: &str) -> Result<()> {
-        let mut v = self.open(old)?;
-        v.change_passphrase(new.as_bytes(), self.kdf)
-            .context("re-keying your vault")
+        self.with_open(old, |v| {
+            v.change_passphrase(new.as_bytes(), self.kdf)
+                .context("re-keying your vault")
+        })
+    }
+
+    /// Opens the vault with the passphrase (the owner logged in), if it is not open.
+    pub fn unlock(&self, passphrase: &str) -> Result<()> {
+        self.with_open(passphrase, |_| Ok(()))
+    }
+
+    /// Forgets the open vault (the owner's last session ended).
+    pub fn lock(&self) {
+        *self.guard() = None;
+    }
+
+    /// Runs `f` on the open vault; an error when it is not open (nobody logged in with the
+    /// passphrase since the service started).
+    pub fn with_unlocked<T>(&self, f: impl FnOnce(&mut Vault) -> Result<T>) -> Result<T> {
+        let mut g = self.guard();
+        let v = g
+            .as_mut()
+            .context("your vault is locked: log out and in again to open it")?;
+        f(v)
+    }
+
+    /// Runs `f` on the vault, opening it with `passphrase` first if it is not open. The caller
+    /// has checked the passphrase against the owner's; an open vault is not asked again.
+    fn with_open<T>(&self, passphrase: &str, f: impl FnOnce(&mut Vault) -> Result<T>) -> Result<T> {
+        let mut g = self.guard();
+        if g.is_none() {
+            let v = Vault::open(&self.home, passphrase.as_bytes(), &*self.nodes)
+                .context("opening your vault")?;
+            *g = Some(v);
+        }
+        f(g.as_mut().expect("opened above"))
+    }
+
+    fn guard(&self) -> MutexGuard<'_, Option<Vault>> {
+        // A call that panicked leaves the vault as it was: go on with it.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Removes the vault's home (setup failed after making it).
     pub fn remove(&self) {
+        self.lock();
         if let Err(e) = std::fs::remove_dir_all(&self.home) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!("{}: removing: {e}", self.home.display());
             }
         }
-    }
-
-    fn open(&self, passphrase: &str) -> Result<Vault> {
-        Vault::open(&self.home, passphrase.as_bytes(), &*self.nodes).context("opening your vault")
     }
 }
 
@@ -127,6 +170,7 @@ mod tests {
                 t: 1,
                 p: 1,
             },
+            open: Arc::default(),
         }
     }
 
@@ -137,10 +181,15 @@ mod tests {
         let key = v.create("first passphrase").unwrap();
         assert!(key.starts_with(cairn_vault::keys::RECOVERY_PREFIX), "{key}");
         assert!(v.exists());
+        // Open since it was made.
+        assert!(v.with_unlocked(|_| Ok(())).is_ok());
         assert_eq!(v.recovery_key("first passphrase").unwrap(), key);
+        v.lock();
+        assert!(v.with_unlocked(|_| Ok(())).is_err());
         assert!(v.recovery_key("wrong").is_err());
         v.change_passphrase("first passphrase", "second passphrase")
             .unwrap();
+        v.lock();
         assert!(v.recovery_key("first passphrase").is_err());
         assert_eq!(v.recovery_key("second passphrase").unwrap(), key);
         // A second vault over the first: refused, and the first is untouched.

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use maud::{html, Markup, DOCTYPE};
 
 use crate::device::{valid_service_name, Board, Service};
+use crate::files::Listing;
 use crate::storage::{Invitation, Status};
 use crate::sysinfo::{human_bytes, human_duration, Disk, Memory};
 
@@ -223,6 +224,8 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
 pub enum Section {
     /// `/admin/`: health, services, resources.
     Dashboard,
+    /// `/admin/files`: the vault's snapshots and folders, uploads and downloads.
+    Files,
     /// `/admin/storage`: partners, pairing, invitations.
     Storage,
     /// `/admin/system` and each service's log.
@@ -235,6 +238,7 @@ fn nav(current: Section) -> Markup {
     html! {
         nav aria-label="Admin" {
             a href="/admin/" aria-current=[here(Section::Dashboard)] { "Dashboard" }
+            a href="/admin/files" aria-current=[here(Section::Files)] { "Files" }
             a href="/admin/storage" aria-current=[here(Section::Storage)] { "Storage" }
             a href="/admin/system" aria-current=[here(Section::System)] { "System" }
         }
@@ -541,6 +545,87 @@ pub fn storage(
                 button type="submit" { "Pair with this code" }
             }
             script src="/static/admin.js" {}
+        },
+    )
+}
+
+/// The address of a folder (or a file's download) with its snapshot.
+fn files_href(base: &str, key: &str, path: &str, snapshot: u64) -> String {
+    format!(
+        "{base}?{key}={}&snap={snapshot}",
+        crate::form::percent_encode(path)
+    )
+}
+
+/// The Files page: a folder of a snapshot (folders first), each file a download; the upload
+/// into this folder (files or a whole folder), with a progress bar.
+pub fn files(listing: &Result<Listing, String>, csrf: &str) -> Markup {
+    layout(
+        "Files",
+        html! {
+            (nav(Section::Files))
+            h1 { "Files" }
+            @match listing {
+                Err(e) => p.error #files-error { (e) },
+                Ok(l) => {
+                    @if l.snapshots.is_empty() {
+                        p #files-empty { "Nothing stored yet. Upload files below: they are encrypted here, then spread over your partners' plugs." }
+                    } @else {
+                        form method="get" action="/admin/files" {
+                            input type="hidden" name="dir" value=(l.dir);
+                            label for="snap" { "Snapshot" }
+                            select #snap name="snap" {
+                                @for r in &l.snapshots {
+                                    option value=(r.seq) selected[r.seq == l.snapshot] {
+                                        (r.seq) " — " (cairn_vault::progress::utc_time(r.time)) ", " (r.files) " files, " (human_bytes(r.bytes))
+                                    }
+                                }
+                            }
+                            button.small type="submit" { "Show" }
+                        }
+                        p.crumbs {
+                            a href=(files_href("/admin/files", "dir", "", l.snapshot)) { "Top" }
+                            @let mut at = String::new();
+                            @for part in l.dir.split('/').filter(|p| !p.is_empty()) {
+                                @let _ = { if !at.is_empty() { at.push('/'); } at.push_str(part); };
+                                " / " a href=(files_href("/admin/files", "dir", &at, l.snapshot)) { (part) }
+                            }
+                        }
+                        @if l.items.is_empty() {
+                            p { "This folder is empty." }
+                        } @else {
+                            table #files {
+                                thead { tr { th { "Name" } th { "Size" } th { "Changed (UTC)" } } }
+                                tbody {
+                                    @for i in &l.items {
+                                        tr {
+                                            @if i.dir {
+                                                td { a href=(files_href("/admin/files", "dir", &i.path, l.snapshot)) { (i.name) "/" } }
+                                                td.num { "–" }
+                                            } @else {
+                                                td { a href=(files_href("/admin/files/get", "path", &i.path, l.snapshot)) download=(i.name) { (i.name) } }
+                                                td.num { (human_bytes(i.size)) }
+                                            }
+                                            td.num { (cairn_vault::progress::utc_time(i.mtime)) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    h2 { "Upload" }
+                    p { "Into " @if l.dir.is_empty() { "the top folder" } @else { code { (l.dir) } } ". Each file becomes a new snapshot; earlier snapshots keep what they had." }
+                    div #upload data-dir=(l.dir) data-csrf=(csrf) {
+                        label for="pick-files" { "Files" }
+                        input #pick-files type="file" multiple;
+                        label for="pick-folder" { "Or a whole folder" }
+                        input #pick-folder type="file" webkitdirectory;
+                        progress #upload-progress max="1" value="0" hidden {}
+                        p #upload-status aria-live="polite" {}
+                    }
+                    script src="/static/admin.js" {}
+                }
+            }
         },
     )
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -34,9 +34,10 @@ use crate::owner_vault::{self, OwnerVault};
 use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
 use crate::settings::{self, verify_passphrase, Kdf, Settings};
 use crate::storage::{self, Node};
-use crate::{sysinfo, tls, Config, Started};
+use crate::{files, sysinfo, tls, Config, Started};
 
-type Body = Full<Bytes>;
+/// A page (whole) or a download (streamed from the vault).
+type Body = Either<Full<Bytes>, files::Streamed>;
 
 /// What the handlers share.
 struct App {
@@ -372,6 +373,17 @@ impl App {
         .await?
     }
 
+    /// Works on the open vault on the blocking pool.
+    async fn with_vault<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut cairn_vault::Vault) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let vault = self.vault.clone().context("this device keeps no vault")?;
+        tokio::task::spawn_blocking(move || vault.with_unlocked(f))
+            .await
+            .map_err(|e| anyhow!("the vault's call did not finish: {e}"))?
+    }
+
     /// Calls the storage node on the blocking pool.
     async fn call_node<T: Send + 'static>(
         &self,
@@ -508,8 +520,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
+    let put = method == Method::PUT;
     let path = req.uri().path().to_string();
-    if post && cross_site(&req) {
+    if (post || put) && cross_site(&req) {
         return html(
             StatusCode::FORBIDDEN,
             pages::message(
@@ -553,7 +566,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
             None => html(StatusCode::OK, pages::login(None)),
         },
         ("/admin/login", _, true) => login(app, req, client).await,
-        (p, _, _) if p.starts_with("/admin/") => admin(app, req, client, get, post).await,
+        (p, _, _) if p.starts_with("/admin/") => admin(app, req, client, get, post || put).await,
         _ => not_found(),
     }
 }
@@ -593,11 +606,27 @@ async fn admin(
                 StatusCode::OK,
                 pages::passphrase(&csrf, &PassphraseErrors::default()),
             ),
+            "/admin/files" => files_page(app, &req, &csrf).await,
+            "/admin/files/get" => download(app, &req).await,
             _ => not_found(),
         };
     }
     if !post {
         return not_found();
+    }
+    if req.method() == Method::PUT {
+        let sent = req
+            .headers()
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !tokens_equal(sent, &csrf) {
+            return csrf_refused();
+        }
+        return match path.as_str() {
+            "/admin/files/put" => upload(app, req).await,
+            _ => not_found(),
+        };
     }
     let header_token = req
         .headers()
@@ -615,7 +644,18 @@ async fn admin(
     let back = back_link(&form);
     match path.as_str() {
         "/admin/logout" => {
-            app.state().sessions.end(&session);
+            let last = {
+                let mut st = app.state();
+                st.sessions.end(&session);
+                st.sessions.is_empty()
+            };
+            if last {
+                // Nobody logged in: the vault's key leaves memory.
+                if let Some(v) = &app.vault {
+                    let v = v.clone();
+                    let _ = tokio::task::spawn_blocking(move || v.lock()).await;
+                }
+            }
             with_cookie(redirect("/admin/login"), &clear_cookie(SESSION_COOKIE, "/"))
         }
         "/admin/restart" => {
@@ -737,6 +777,168 @@ async fn factory_reset(app: &Arc<App>, form: &Form, client: Client) -> Response<
         Ok(_) => html(StatusCode::OK, pages::reset_armed()),
         Err(e) => device_error("Factory reset", &e),
     }
+}
+
+/// The query of `req` as a form (fields a browser put in the address).
+fn query(req: &Request<Incoming>) -> Form {
+    Form::parse(req.uri().query().unwrap_or("").as_bytes()).unwrap_or_default()
+}
+
+/// A snapshot number from a query (`snap`): none or not a number is the latest.
+fn snapshot_of(q: &Form) -> Option<u64> {
+    q.get("snap").parse().ok()
+}
+
+/// `GET /admin/files?dir=…&snap=…`: a folder of a snapshot, and the upload.
+async fn files_page(app: &Arc<App>, req: &Request<Incoming>, csrf: &str) -> Response<Body> {
+    let q = query(req);
+    let listing = match files::check_path(q.get("dir"), true) {
+        Ok(dir) => {
+            let snap = snapshot_of(&q);
+            app.with_vault(move |v| files::list(v, snap, &dir))
+                .await
+                .map_err(|e| format!("{e:#}"))
+        }
+        Err(e) => Err(format!("{e:#}")),
+    };
+    let status = if listing.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    html(status, pages::files(&listing, csrf))
+}
+
+/// `GET /admin/files/get?path=…&snap=…`: the file, streamed as it is read from the vault.
+async fn download(app: &Arc<App>, req: &Request<Incoming>) -> Response<Body> {
+    let q = query(req);
+    let path = match files::check_path(q.get("path"), false) {
+        Ok(p) => p,
+        Err(e) => return files_message(&format!("{e:#}"), StatusCode::BAD_REQUEST),
+    };
+    let snap = snapshot_of(&q);
+    let (tx, rx) = tokio::sync::mpsc::channel(files::DOWNLOAD_QUEUE);
+    let (size_tx, size_rx) = tokio::sync::oneshot::channel();
+    let vault = app.vault.clone();
+    let p = path.clone();
+    // The reader lives on a blocking thread for the whole download (the vault is shared: other
+    // file requests wait for it).
+    let reading = tokio::task::spawn_blocking(move || {
+        let Some(vault) = vault else {
+            return Err(anyhow!("this device keeps no vault"));
+        };
+        vault.with_unlocked(|v| {
+            files::send(
+                v,
+                snap,
+                &p,
+                |size| {
+                    let _ = size_tx.send(size);
+                },
+                &tx,
+            )
+        })
+    });
+    let size = match size_rx.await {
+        Ok(size) => size,
+        Err(_) => {
+            let why = match reading.await {
+                Ok(Err(e)) => format!("{e:#}"),
+                _ => "the file could not be read".to_string(),
+            };
+            return files_message(&why, StatusCode::NOT_FOUND);
+        }
+    };
+    let name = path.rsplit('/').next().unwrap_or("file");
+    let mut r = Response::new(Either::Right(files::Streamed(rx)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename*=UTF-8''{}",
+        crate::form::percent_encode(name)
+    )) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
+}
+
+/// `PUT /admin/files/put?path=…&mtime=…` (the body is the file): stored in a new snapshot as it
+/// arrives; a body cut short stores nothing. Answers JSON: `{ok, snapshot, bytes}` or
+/// `{ok: false, error}`.
+async fn upload(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let q = query(&req);
+    let path = match files::check_path(q.get("path"), false) {
+        Ok(p) => p,
+        Err(e) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"ok": false, "error": format!("{e:#}")}),
+            )
+        }
+    };
+    let mtime = files::mtime_from_ms(q.get("mtime").parse().ok());
+    let (tx, rx) = tokio::sync::mpsc::channel(files::UPLOAD_QUEUE);
+    let vault = app.vault.clone();
+    let p = path.clone();
+    let storing = tokio::task::spawn_blocking(move || {
+        let Some(vault) = vault else {
+            return Err(anyhow!("this device keeps no vault"));
+        };
+        vault.with_unlocked(|v| files::store(v, &p, files::ChannelReader::new(rx), mtime))
+    });
+    let mut body = req.into_body();
+    loop {
+        let frame = tokio::time::timeout(UPLOAD_IDLE, body.frame()).await;
+        let piece = match frame {
+            Ok(Some(Ok(f))) => match f.into_data() {
+                Ok(d) => Ok(d),
+                Err(_) => continue,
+            },
+            Ok(None) => break,
+            Ok(Some(Err(e))) => Err(std::io::Error::other(format!("the upload broke off: {e}"))),
+            Err(_) => Err(std::io::Error::other(format!(
+                "the upload stalled for {} s",
+                UPLOAD_IDLE.as_secs()
+            ))),
+        };
+        let failed = piece.is_err();
+        if tx.send(piece).await.is_err() || failed {
+            break;
+        }
+    }
+    drop(tx);
+    match storing.await {
+        Ok(Ok(r)) => {
+            tracing::info!("stored {path} ({} bytes) in snapshot {}", r.bytes, r.seq);
+            json_response(
+                StatusCode::OK,
+                json!({"ok": true, "snapshot": r.seq, "bytes": r.bytes}),
+            )
+        }
+        Ok(Err(e)) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"ok": false, "error": format!("{path}: nothing was stored: {e:#}")}),
+        ),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"ok": false, "error": format!("{path}: nothing was stored: {e}")}),
+        ),
+    }
+}
+
+/// Longest an upload may pause between two pieces of its body.
+const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
+/// A Files action's result page, leading back to Files.
+fn files_message(text: &str, status: StatusCode) -> Response<Body> {
+    html(
+        status,
+        pages::message("Files", text, ("/admin/files", "Back to Files")),
+    )
 }
 
 /// The pages open before the recovery key is confirmed.
@@ -1266,9 +1468,16 @@ async fn login(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
             pages::login(Some(&limited.message())),
         );
     }
-    match app.verify(form.get("passphrase").to_string()).await {
+    let passphrase = form.get("passphrase").to_string();
+    match app.verify(passphrase.clone()).await {
         Ok(true) => {
             app.state().limiter.succeeded(client);
+            // The owner's files open with the passphrase, for as long as someone is logged in.
+            if app.vault.as_ref().is_some_and(OwnerVault::exists) {
+                if let Err(e) = app.vault_op(move |v| v.unlock(&passphrase)).await {
+                    tracing::warn!("opening the vault at login: {e:#}");
+                }
+            }
             known(app, with_cookie(redirect("/admin/"), &app.log_in()))
         }
         Ok(false) => {
@@ -1430,7 +1639,7 @@ fn request_cookie(req: &Request<Incoming>, name: &str) -> Option<String> {
 }
 
 fn html(status: StatusCode, page: Markup) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(page.into_string())));
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(page.into_string()))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -1440,7 +1649,7 @@ fn html(status: StatusCode, page: Markup) -> Response<Body> {
 }
 
 fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from(v.to_string()))));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -1450,7 +1659,7 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
 }
 
 fn asset(text: &'static str, content_type: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(text.as_bytes()))));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
@@ -1458,7 +1667,7 @@ fn asset(text: &'static str, content_type: &'static str) -> Response<Body> {
 
 /// 303 See Other to a path on this server (relative: whatever host the browser used).
 fn redirect(to: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(Either::Left(Full::new(Bytes::new())));
     *r.status_mut() = StatusCode::SEE_OTHER;
     r.headers_mut()
         .insert(header::LOCATION, HeaderValue::from_static(to));

@@ -4,40 +4,7 @@
 
 mod common;
 
-use common::{claim, Server, PASSPHRASE};
-
-/// Claims the device and submits setup with [`PASSPHRASE`]; returns the browser and the page.
-async fn set_up(server: &Server) -> (common::Browser, common::Reply) {
-    let mut b = claim(server).await;
-    let csrf = b.get("/setup").await.csrf();
-    let r = b
-        .form(
-            "/setup",
-            &[
-                ("csrf", &csrf),
-                ("name", "attic"),
-                ("passphrase", PASSPHRASE),
-                ("passphrase2", PASSPHRASE),
-                ("offer", "0"),
-                ("domain", ""),
-            ],
-        )
-        .await;
-    (b, r)
-}
-
-/// The recovery key on a page (`cairn-recovery-1 XXXX-…`).
-fn key_on(page: &str) -> String {
-    let start = page
-        .find("cairn-recovery-1 ")
-        .expect("a recovery key on the page");
-    page[start..]
-        .chars()
-        .take_while(|c| *c != '<')
-        .collect::<String>()
-        .trim()
-        .to_string()
-}
+use common::{key_on, set_up, Server, PASSPHRASE};
 
 #[tokio::test]
 async fn the_recovery_key_is_shown_once_and_setup_ends_when_its_last_group_is_typed() {
@@ -175,6 +142,8 @@ async fn a_passphrase_change_rekeys_the_vault() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // Read as a new start of the service would, once this one has let go of its open vault.
+    server.stop();
     let vault = common::test_vault(server.data.path());
     assert!(vault.recovery_key(PASSPHRASE).is_err());
     assert_eq!(vault.recovery_key(new).unwrap(), key);

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use cairn_vault::home::{Config, Target};
 use cairn_vault::keys::{KdfParams, OwnerSecret, RootCapability};
 use cairn_vault::manifest::EntryKind;
-use cairn_vault::progress::{human_bytes, LinePrinter, NoProgress, Progress};
+use cairn_vault::progress::{human_bytes, utc_time, LinePrinter, NoProgress, Progress};
 use cairn_vault::seal::AeadKind;
 use cairn_vault::vault::{Backend, NodeConnector};
 use cairn_vault::{GetReport, Vault};
@@ -300,7 +300,7 @@ pub fn run_to(args: Args, nodes: &dyn NodeConnector, out: &mut dyn Write) -> any
                     "{t}{} {:>12} {} {}{suffix}",
                     mode_string(e.mode),
                     e.size,
-                    date(e.mtime),
+                    utc_time(e.mtime),
                     String::from_utf8_lossy(&e.path)
                 )?;
             }
@@ -328,7 +328,7 @@ pub fn run_to(args: Args, nodes: &dyn NodeConnector, out: &mut dyn Write) -> any
                     out,
                     "{:>6}  {:<19}  {:>8}  {:>10}",
                     r.seq,
-                    date(r.time),
+                    utc_time(r.time),
                     r.files,
                     human_bytes(r.bytes)
                 )?;
@@ -418,38 +418,13 @@ fn mode_string(mode: u32) -> String {
     s
 }
 
-/// `YYYY-MM-DD HH:MM:SS` (UTC) from seconds since the epoch.
-fn date(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
 
     #[test]
-    fn dates_and_modes_print_like_ls() {
-        assert_eq!(date(0), "1970-01-01 00:00:00");
-        assert_eq!(date(1_764_046_031), "2025-11-25 04:47:11");
-        assert_eq!(date(951_782_400), "2000-02-29 00:00:00");
+    fn modes_print_like_ls() {
         assert_eq!(mode_string(0o754), "rwxr-xr--");
     }
 

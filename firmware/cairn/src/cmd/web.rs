@@ -61,6 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         k: VAULT_K,
         n: VAULT_N,
         kdf: cairn_vault::keys::KdfParams::default(),
+        open: Arc::default(),
     });
     config.node = Some(Arc::new(NodeSocket(args.node)));
     let device = Arc::new(cairn_web::ControlSocket(args.control));

@@ -341,6 +341,7 @@ pub fn test_vault(data: &Path) -> OwnerVault {
             t: 1,
             p: 1,
         },
+        open: Arc::default(),
     }
 }
 
@@ -367,6 +368,14 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// Stops the server and waits until it has (its open vault let go).
+    #[allow(dead_code, reason = "recovery only")]
+    pub fn stop(&self) {
+        self.device.stop.send_replace(true);
+        let r = self.stopped.recv_timeout(Duration::from_secs(10));
+        assert!(matches!(r, Ok(Ok(()))), "{r:?}");
+    }
+
     /// An unclaimed device's web, fresh.
     #[allow(dead_code, reason = "claim and admin only")]
     pub fn unclaimed() -> Server {
@@ -748,5 +757,57 @@ pub async fn claim(server: &Server) -> Browser {
     let a = wait_for_outcome(&mut b, 5).await;
     assert_eq!(a["state"], "granted", "{a}");
     assert!(server.device.called(&format!("claim {window}")));
+    b
+}
+
+/// Claims the device and submits setup with [`PASSPHRASE`]; returns the browser and the page.
+#[allow(dead_code, reason = "recovery and files only")]
+pub async fn set_up(server: &Server) -> (Browser, Reply) {
+    let mut b = claim(server).await;
+    let csrf = b.get("/setup").await.csrf();
+    let r = b
+        .form(
+            "/setup",
+            &[
+                ("csrf", &csrf),
+                ("name", "attic"),
+                ("passphrase", PASSPHRASE),
+                ("passphrase2", PASSPHRASE),
+                ("offer", "0"),
+                ("domain", ""),
+            ],
+        )
+        .await;
+    (b, r)
+}
+
+/// The recovery key on a page (`cairn-recovery-1 XXXX-…`).
+#[allow(dead_code, reason = "recovery and files only")]
+pub fn key_on(page: &str) -> String {
+    let start = page
+        .find("cairn-recovery-1 ")
+        .expect("a recovery key on the page");
+    page[start..]
+        .chars()
+        .take_while(|c| *c != '<')
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// A device set up with its vault (setup, then the recovery key confirmed): the owner's browser.
+#[allow(dead_code, reason = "files only")]
+pub async fn set_up_with_vault(server: &Server) -> Browser {
+    let (mut b, r) = set_up(server).await;
+    let key = key_on(&r.body);
+    let csrf = b.get("/admin/recovery").await.csrf();
+    let last = key.rsplit('-').next().unwrap();
+    let r = b
+        .form(
+            "/admin/recovery/confirm",
+            &[("csrf", &csrf), ("last", last)],
+        )
+        .await;
+    assert_eq!(r.header("location"), Some("/admin/"));
     b
 }
