@@ -549,6 +549,21 @@ pub fn storage(
     )
 }
 
+/// Each part of a folder's path with the path up to it (`a/b` → `a`: `a`, `b`: `a/b`).
+fn crumbs(dir: &str) -> Vec<(&str, String)> {
+    let mut at = String::new();
+    dir.split('/')
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            (part, at.clone())
+        })
+        .collect()
+}
+
 /// The address of a folder (or a file's download) with its snapshot.
 fn files_href(base: &str, key: &str, path: &str, snapshot: u64) -> String {
     format!(
@@ -585,9 +600,7 @@ pub fn files(listing: &Result<Listing, String>, csrf: &str) -> Markup {
                         }
                         p.crumbs {
                             a href=(files_href("/admin/files", "dir", "", l.snapshot)) { "Top" }
-                            @let mut at = String::new();
-                            @for part in l.dir.split('/').filter(|p| !p.is_empty()) {
-                                @let _ = { if !at.is_empty() { at.push('/'); } at.push_str(part); };
+                            @for (part, at) in crumbs(&l.dir) {
                                 " / " a href=(files_href("/admin/files", "dir", &at, l.snapshot)) { (part) }
                             }
                         }
