@@ -25,6 +25,8 @@ const OVERLAP: &str =
 const REACT: Duration = Duration::from_secs(20);
 /// A form whose answer hashes the passphrase (Argon2id, 19 MiB, on an emulated CPU).
 const HASHING: Duration = Duration::from_secs(60);
+/// A small upload through the vault and the storage node on an emulated board.
+const UPLOAD: Duration = Duration::from_secs(90);
 /// How far an LED spell may stray from the pattern's timing on an emulated board (as in
 /// board.rs: patterns differ by at least 75 ms per spell).
 const TOLERANCE_MS: u64 = 60;
@@ -365,7 +367,48 @@ fn the_owners_first_hour_in_a_browser() {
     let code = a.value_of("#invitation").unwrap();
     assert!(code.starts_with("cairn1-") && code.len() > 40, "{code}");
     shot(&mut a, "web-5b-invitation");
+
+    // 5c. Files: a file chosen in the browser is uploaded into the vault (through the storage
+    // node, which keeps the shards on this plug until partners come), listed, and downloaded
+    // whole; the dashboard says the data is below target, held only here.
+    let dir = tempfile::tempdir().unwrap();
+    let letter = dir.path().join("letter.txt");
+    let content: String = (0..300_000u32)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+        .collect();
+    std::fs::write(&letter, &content).unwrap();
+    a.goto(&plug.url("/admin/files")).unwrap();
+    assert!(a
+        .text_of("#files-empty")
+        .unwrap()
+        .starts_with("Nothing stored yet"));
+    a.type_keys("#pick-files", &letter.display().to_string())
+        .unwrap();
+    let listed = a
+        .wait_for_text(Scope::Css("#files"), "letter.txt", UPLOAD)
+        .unwrap();
+    assert!(listed.contains("293 KiB"), "{listed}");
+    shot(&mut a, "web-5c-files");
+    let session = a.cookie("cairn_session").unwrap().unwrap();
+    let got = https_request(
+        "localhost",
+        plug.port,
+        &web.fingerprint,
+        &format!(
+            "GET /admin/files/get?path=letter.txt HTTP/1.1\r\nCookie: cairn_session={session}"
+        ),
+        "",
+    )
+    .unwrap();
+    assert_eq!(got.status, 200);
+    assert!(got.body == content, "the download differs from the upload");
     a.goto(&plug.url("/admin/")).unwrap();
+    let redundancy = a.text_of("#redundancy").unwrap();
+    assert!(
+        redundancy.contains("below its redundancy target")
+            && redundancy.contains("only on this plug"),
+        "{redundancy}"
+    );
 
     // 6. A script with A's session but not its form's token: refused, nothing done. With the
     // token (read from A's dashboard), the same client gets past that check.
