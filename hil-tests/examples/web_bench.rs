@@ -24,8 +24,14 @@
 //!   call: the server's and the forwarding's own cost); `health_ms`: `GET /api/health` (two
 //!   PID 1 calls, no template). Each round asks for all three, in a rotating order, so load on
 //!   the host weighs on each alike. `dashboard_vs_static` = dashboard ÷ floor.
-//! - The upload figures (`web_rss_mib_upload`, `upload_vs_vault`) are `null`, with a `pending`
-//!   note, until the web service takes uploads.
+//! - `web_rss_mib_upload`: the web's `VmHWM` over a 1 GiB upload (`PUT /admin/files/put`, the
+//!   body streamed into the owner's vault and its shards to the storage node, which keeps them
+//!   on this plug: it has no partners), its peak reset just before (`clear_refs`).
+//!   `upload_mb_s` is that upload's speed (bytes ÷ seconds from the request's first byte to the
+//!   answer, which comes once the snapshot is written); `vault_put_mb_s` the speed of `cairn
+//!   vault put` of the same bytes from a file on the same device in the same run (a vault of
+//!   its own, shards to the same node: the `vault-put` fixture); `upload_vs_vault` the ratio
+//!   (target ≥ 0.5). `CAIRN_BENCH_UPLOAD_MIB` changes the size (default 1024).
 //!
 //! Usage: `web_bench [OUT.json]` (default target/bench/web.json).
 
@@ -61,6 +67,14 @@ const REACT: Duration = Duration::from_secs(10);
 const PASSPHRASE: &str = "correct horse battery staple";
 /// The device's name for this run.
 const NAME: &str = "bench";
+/// The upload's size by default (MiB).
+const UPLOAD_MIB: usize = 1024;
+/// The bench's bytes' seed (the fixture makes the same bytes).
+const UPLOAD_SEED: u64 = 7;
+/// Longest the upload, or the vault's put of the same bytes, may take on an emulated CPU.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The disk: the upload's shards (4-of-8: twice its size), the file and the CLI vault's shards.
+const DISK_BYTES: u64 = 8 << 30;
 /// The host name the bench connects to (QEMU forwards the port on the host's loopback).
 const HOST: &str = "127.0.0.1";
 
@@ -75,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::copy(image("cairn-qemu-virt-test.img")?, &disk)?;
     append_cmdline(&disk, &format!("cairn.pairing_window_s={WINDOW_S}"))?;
     let mut cfg = Config::new(disk);
+    cfg.disk_bytes = Some(DISK_BYTES);
     let https_port = free_port()?;
     cfg.https_port = Some(https_port);
     let mut q = Qemu::boot(&cfg)?;
@@ -112,6 +127,27 @@ fn main() -> anyhow::Result<()> {
     let timed = time_requests(&device, &jar)?;
     let end = memory(&mut port)?;
 
+    let upload_mib = std::env::var("CAIRN_BENCH_UPLOAD_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(UPLOAD_MIB);
+    let upload = upload(&device, &mut jar, &mut port, upload_mib)?;
+    eprintln!("web bench: upload: {upload:?}");
+    port.send(&format!("vault-put {upload_mib} {UPLOAD_SEED}"))?;
+    let answer = port.expect_within("vault-put ", UPLOAD_TIMEOUT)?;
+    let (put_s, put_bytes) = answer
+        .split_once(' ')
+        .and_then(|(s, b)| Some((s.parse::<f64>().ok()?, b.parse::<u64>().ok()?)))
+        .ok_or_else(|| anyhow::anyhow!("the fixture's vault-put answered {answer:?}"))?;
+    anyhow::ensure!(
+        put_bytes == upload.bytes,
+        "the vault put {put_bytes} bytes, the upload {}",
+        upload.bytes
+    );
+    let upload_mb_s = upload.bytes as f64 / 1e6 / upload.secs;
+    let vault_put_mb_s = put_bytes as f64 / 1e6 / put_s;
+    eprintln!("web bench: vault put: {vault_put_mb_s:.2} MB/s, upload {upload_mb_s:.2} MB/s");
+
     port.send("ctl poweroff")?;
     q.wait_exit(SHUTDOWN_TIMEOUT)?;
 
@@ -138,15 +174,12 @@ fn main() -> anyhow::Result<()> {
         "dashboard_ms_all": rounded(&timed.dashboard),
         "dashboard_ms_floor_all": rounded(&timed.floor),
         "health_ms_all": rounded(&timed.health),
-        // The issue's upload figures: null rather than left out, so that a reader of this file
-        // sees they are expected and why they are missing.
-        "web_rss_mib_upload": null,
-        "upload_vs_vault": null,
-        "pending": {
-            "web_rss_mib_upload": "awaits the upload feature: the web service takes no uploads yet (peak web RSS during a 1 GiB upload)",
-            "upload_vs_vault": "awaits the upload feature: upload MB/s through HTTPS ÷ `cairn vault put` MB/s of the same bytes, same device, same run",
-        },
-        "targets": {"web_rss_mib_idle": 16, "upload_vs_vault": 0.5},
+        "web_rss_mib_upload": mib(upload.hwm_kib),
+        "upload_mib": upload_mib,
+        "upload_mb_s": round(upload_mb_s),
+        "vault_put_mb_s": round(vault_put_mb_s),
+        "upload_vs_vault": (upload_mb_s / vault_put_mb_s * 100.0).round() / 100.0,
+        "targets": {"web_rss_mib_idle": 16, "web_rss_mib_upload": 32, "upload_vs_vault": 0.5},
         "setup": format!(
             "qemu-virt (TCG, cortex-a53, 1 CPU, 256 MiB), test image; host → QEMU's forwarded \
              port → the web's 443. Memory: VmRSS (VmHWM for the peak; RssAnon; RssFile + \
@@ -258,7 +291,8 @@ fn claim(device: &Device, panel: &PanelLink, jar: &mut Cookies) -> anyhow::Resul
     anyhow::bail!("no claim after {CLAIM_TRIES} presses")
 }
 
-/// Fills the setup form (name, passphrase twice, no storage offered) with its CSRF token.
+/// Fills the setup form (name, passphrase twice, no storage offered) with its CSRF token, and
+/// confirms the recovery key it shows.
 fn setup(device: &Device, jar: &mut Cookies) -> anyhow::Result<()> {
     let page = ask(device, jar, "GET", "/setup", None)?;
     anyhow::ensure!(page.status == 200, "GET /setup: {}", page.status);
@@ -273,9 +307,26 @@ fn setup(device: &Device, jar: &mut Cookies) -> anyhow::Result<()> {
         ("domain", ""),
     ]);
     let r = ask(device, jar, "POST", "/setup", Some(&body))?;
+    let page = r.text();
+    anyhow::ensure!(r.status == 200, "setup answered {}: {page}", r.status);
+    // Setup ends with the recovery key: its last group confirms it.
+    let key = page
+        .split_once("cairn-recovery-1 ")
+        .and_then(|(_, rest)| rest.split('<').next())
+        .ok_or_else(|| anyhow::anyhow!("no recovery key after setup: {page}"))?;
+    let last = key
+        .trim()
+        .rsplit('-')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let csrf = input_value(&page, "csrf")
+        .ok_or_else(|| anyhow::anyhow!("no CSRF token on the recovery key's page"))?;
+    let body = form(&[("csrf", &csrf), ("last", &last)]);
+    let r = ask(device, jar, "POST", "/admin/recovery/confirm", Some(&body))?;
     anyhow::ensure!(
         r.status == 303 && r.header("location") == Some("/admin/"),
-        "setup answered {} {:?}: {}",
+        "confirming the recovery key answered {} {:?}: {}",
         r.status,
         r.header("location"),
         r.text()
@@ -300,6 +351,83 @@ fn log_in(device: &Device, jar: &mut Cookies) -> anyhow::Result<()> {
         "login set no new session"
     );
     Ok(())
+}
+
+/// One upload's figures.
+#[derive(Debug)]
+struct Uploaded {
+    bytes: u64,
+    secs: f64,
+    /// The web's peak resident size over the upload.
+    hwm_kib: u64,
+}
+
+/// Uploads `mib` MiB of the bench's bytes as `bench.bin` through the Files page's PUT, with
+/// the web's peak memory reset just before; reads the peak after.
+fn upload(
+    device: &Device,
+    jar: &mut Cookies,
+    port: &mut FixturePort,
+    mib: usize,
+) -> anyhow::Result<Uploaded> {
+    let page = ask(device, jar, "GET", "/admin/", None)?;
+    let csrf = input_value(&page.text(), "csrf")
+        .ok_or_else(|| anyhow::anyhow!("no CSRF token on the dashboard"))?;
+    let body: Vec<u8> = bench_bytes(mib, UPLOAD_SEED).flatten().collect();
+    let status = port.status()?;
+    let pid = service(&status, "web")?["pid"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no pid for the web"))?;
+    port.send(&format!("clear-hwm {pid}"))?;
+    port.expect("cleared")?;
+    let mut c = device.connect()?;
+    c.set_timeout(UPLOAD_TIMEOUT)?;
+    let cookie = jar.header();
+    let started = Instant::now();
+    let r = c.request(
+        "PUT",
+        "/admin/files/put?path=bench.bin",
+        &[
+            ("Cookie", cookie.as_str()),
+            ("X-CSRF-Token", csrf.as_str()),
+            ("Sec-Fetch-Site", "same-origin"),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        &body,
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        r.status == 200,
+        "the upload answered {}: {}",
+        r.status,
+        r.text()
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&r.body)?;
+    let bytes = answer["bytes"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("the upload's answer names no bytes: {answer}"))?;
+    anyhow::ensure!(
+        bytes == body.len() as u64,
+        "stored {bytes} of {} bytes",
+        body.len()
+    );
+    let after = memory(port)?;
+    Ok(Uploaded {
+        bytes,
+        secs,
+        hwm_kib: after.hwm_kib,
+    })
+}
+
+/// The bench's bytes, as the guest's `vault-put` fixture makes them (xorshift64).
+fn bench_bytes(mib: usize, seed: u64) -> impl Iterator<Item = [u8; 8]> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..mib * (1 << 20) / 8).map(move |_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x.to_le_bytes()
+    })
 }
 
 /// Times to first byte, in milliseconds.

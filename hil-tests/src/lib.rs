@@ -590,6 +590,31 @@ impl FixturePort {
         }
     }
 
+    /// [`expect`](FixturePort::expect) for an answer that takes up to `timeout` (a benchmark's).
+    pub fn expect_within(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+        self.reader.get_ref().set_read_timeout(Some(timeout))?;
+        let deadline = Instant::now() + timeout;
+        let answer = loop {
+            if Instant::now() >= deadline {
+                break Err(anyhow::anyhow!(
+                    "no {prefix:?} from the guest within {timeout:?}"
+                ));
+            }
+            match self.read_line(prefix) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        break Ok(rest.trim().to_string());
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(FIXTURE_TIMEOUT))?;
+        answer
+    }
+
     /// Runs `cairn ctl ARGS` in the guest; returns its output and exit code.
     pub fn ctl(&mut self, args: &str) -> anyhow::Result<(String, i32)> {
         self.send(&format!("ctl {args}"))?;

@@ -20,6 +20,10 @@ use cairn_vault::seal::AeadKind;
 use cairn_vault::vault::NodeConnector;
 use cairn_vault::Vault;
 
+/// Worker threads for an upload: one keeps a large file's batch near 20 MiB (two reached 37 MiB,
+/// over the web's 32 MiB budget for an upload); the reading thread works beside it.
+const WORKERS: usize = 1;
+
 /// Where the owner's vault lives and where its shards go.
 #[derive(Clone)]
 pub struct OwnerVault {
@@ -62,7 +66,8 @@ impl OwnerVault {
             &*self.nodes,
         );
         match made {
-            Ok(v) => {
+            Ok(mut v) => {
+                v.set_workers(WORKERS);
                 let key = v.secret().recovery_key();
                 *self.guard() = Some(v);
                 Ok(key)
@@ -117,8 +122,9 @@ impl OwnerVault {
     fn with_open<T>(&self, passphrase: &str, f: impl FnOnce(&mut Vault) -> Result<T>) -> Result<T> {
         let mut g = self.guard();
         if g.is_none() {
-            let v = Vault::open(&self.home, passphrase.as_bytes(), &*self.nodes)
+            let mut v = Vault::open(&self.home, passphrase.as_bytes(), &*self.nodes)
                 .context("opening your vault")?;
+            v.set_workers(WORKERS);
             *g = Some(v);
         }
         f(g.as_mut().expect("opened above"))

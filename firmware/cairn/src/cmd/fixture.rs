@@ -24,7 +24,8 @@ enum Role {
     /// named NAME (hot-plugged by a QEMU test): `crash` aborts, `exit N` exits with N, `rss`
     /// answers PID 1's resident memory, `read PATH` a small file's text, `fds PID` what a process has open, `ctl ARGS…` runs `cairn ctl ARGS…` and answers its output,
     /// `resolve NAME` asks the LAN for `NAME.local`'s A record by mDNS (`resolved NAME ADDR` or
-    /// `unresolved NAME`).
+    /// `unresolved NAME`), `clear-hwm PID` resets a process's peak memory, `vault-put MIB SEED`
+    /// times `cairn vault put` of the bench's bytes (`vault-put SECONDS BYTES`).
     /// `--inherited`: on the first socket the supervisor handed over (`$CAIRN_LISTEN_FDS`).
     CrashOnCommand {
         #[arg(long, required_unless_present_any = ["virtio", "inherited"])]
@@ -269,6 +270,61 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// The bench's bytes: `mib` MiB from xorshift64 seeded with `seed`, as
+/// `hil-tests/examples/web_bench.rs` uploads them.
+pub fn bench_bytes(mib: usize, seed: u64) -> impl Iterator<Item = [u8; 8]> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..mib * (1 << 20) / 8).map(move |_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x.to_le_bytes()
+    })
+}
+
+/// `cairn vault put`'s speed on this device for the bench: writes the bench's bytes to a file
+/// on the data partition, makes a vault whose shards go to the storage node, and times `put`
+/// of that file (as the CLI does it); everything but the node's shards is removed after.
+/// Returns the seconds and the bytes.
+fn vault_put(mib: usize, seed: u64) -> anyhow::Result<(f64, u64)> {
+    use cairn_vault::home::{Config, Target};
+    let dir = std::path::Path::new("/data/bench");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("upload.bin");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for b in bench_bytes(mib, seed) {
+            w.write_all(&b)?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    let config = Config {
+        k: 4,
+        n: 8,
+        aead: cairn_vault::seal::AeadKind::fastest_here(50),
+        targets: vec![Target::Node(crate::sys::paths::NODE_SOCKET.into())],
+    };
+    let kdf = cairn_vault::keys::KdfParams {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
+    let mut v = cairn_vault::Vault::init(
+        &dir.join("vault"),
+        config,
+        b"bench",
+        kdf,
+        &super::vault::NodeSockets,
+    )?;
+    let started = std::time::Instant::now();
+    let r = v.put(&[&file], &mut cairn_vault::progress::NoProgress)?;
+    let secs = started.elapsed().as_secs_f64();
+    drop(v);
+    std::fs::remove_dir_all(dir)?;
+    Ok((secs, r.bytes))
+}
+
 /// The first listening socket the supervisor handed over.
 fn inherited_listener() -> anyhow::Result<TcpListener> {
     use std::os::fd::FromRawFd;
@@ -308,6 +364,27 @@ fn command(line: &str, out: &mut impl Write) {
         ["read", path] => {
             let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("error {e}"));
             let _ = writeln!(out, "file {}", text.trim().replace('\n', " "));
+        }
+        ["clear-hwm", pid] => {
+            // "5" resets the process's peak resident size (proc(5), clear_refs).
+            match std::fs::write(format!("/proc/{pid}/clear_refs"), "5") {
+                Ok(()) => {
+                    let _ = writeln!(out, "cleared {pid}");
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "error clear-hwm {pid}: {e}");
+                }
+            }
+        }
+        ["vault-put", mib, seed] => {
+            let answer = match (mib.parse(), seed.parse()) {
+                (Ok(mib), Ok(seed)) => match vault_put(mib, seed) {
+                    Ok((secs, bytes)) => format!("vault-put {secs:.3} {bytes}"),
+                    Err(e) => format!("error vault-put: {e:#}"),
+                },
+                _ => "error vault-put: MIB and SEED are numbers".to_string(),
+            };
+            let _ = writeln!(out, "{answer}");
         }
         ["fds", pid] => {
             let links: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
