@@ -14,6 +14,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// Bodies up to this size go out with the head in one write.
+const SMALL_BODY_BYTES: usize = 16 * 1024;
+
 /// One kept-alive HTTPS connection to the device.
 pub struct Connection {
     tls: StreamOwned<ClientConnection, TcpStream>,
@@ -114,8 +117,15 @@ impl Connection {
         head.push_str("\r\n");
         // One write: the request goes out in one TLS record where it fits.
         let mut bytes = head.into_bytes();
-        bytes.extend_from_slice(body);
-        self.tls.conn.writer().write_all(&bytes)?;
+        if body.len() <= SMALL_BODY_BYTES {
+            bytes.extend_from_slice(body);
+            self.tls.conn.writer().write_all(&bytes)?;
+            return Ok(());
+        }
+        // A large body (an upload) goes through the stream, which sends as it goes: rustls
+        // buffers only so much plaintext ahead of the socket.
+        self.tls.write_all(&bytes)?;
+        self.tls.write_all(body)?;
         Ok(())
     }
 
