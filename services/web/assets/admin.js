@@ -66,6 +66,35 @@
     });
   }
 
+  var site = document.getElementById('site-upload');
+  if (site) {
+    var pick = document.getElementById('pick-site');
+    var said = document.getElementById('site-status');
+    pick.addEventListener('change', function () {
+      if (!pick.files.length) { return; }
+      said.textContent = 'Uploading the site…';
+      said.className = '';
+      var xhr = new XMLHttpRequest();
+      xhr.open('PUT', '/admin/site/zip');
+      xhr.setRequestHeader('X-CSRF-Token', site.dataset.csrf);
+      xhr.onload = function () {
+        var a = {};
+        try { a = JSON.parse(xhr.responseText); } catch (e) { a = { error: xhr.statusText }; }
+        if (xhr.status === 200 && a.ok) {
+          said.textContent = 'Your site is served: ' + a.files + ' files.';
+        } else {
+          said.textContent = a.error || ('The upload failed (' + xhr.status + ').');
+          said.className = 'error';
+        }
+      };
+      xhr.onerror = function () {
+        said.textContent = 'The connection broke; the site is as it was.';
+        said.className = 'error';
+      };
+      xhr.send(pick.files[0]);
+    });
+  }
+
   var pairing = document.getElementById('pairing');
   if (!pairing || !pairing.dataset.follow) {
     return;

@@ -46,11 +46,20 @@ impl Form {
 
 /// Percent-decoding with `+` as space; the result must be UTF-8.
 fn decode(s: &[u8]) -> Result<String, String> {
+    decode_with(s, true)
+}
+
+/// An address's path, percent-decoded (`+` stays itself, as in a path it is no space).
+pub fn decode_path(path: &str) -> Result<String, String> {
+    decode_with(path.as_bytes(), false)
+}
+
+fn decode_with(s: &[u8], plus_is_space: bool) -> Result<String, String> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
         match s[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let hex = s
                     .get(i + 1..i + 3)

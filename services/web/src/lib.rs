@@ -16,6 +16,7 @@ pub mod owner_vault;
 pub mod pages;
 mod server;
 pub mod settings;
+pub mod site;
 pub mod storage;
 pub mod sysinfo;
 pub mod tls;

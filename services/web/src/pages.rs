@@ -636,6 +636,13 @@ pub fn files(listing: &Result<Listing, String>, csrf: &str) -> Markup {
                         progress #upload-progress max="1" value="0" hidden {}
                         p #upload-status aria-live="polite" {}
                     }
+                    h2 { "Your web site" }
+                    p { "A zip of your site (its " code { "index.html" } " at the top, or in one folder) is served at this plug's address; the admin stays under " code { "/admin/" } ". It is kept in your vault's " code { "site" } " folder, so it comes back with your recovery key; files uploaded into that folder change it too." }
+                    div #site-upload data-csrf=(csrf) {
+                        label for="pick-site" { "The site's zip" }
+                        input #pick-site type="file" accept=".zip,application/zip";
+                        p #site-status aria-live="polite" {}
+                    }
                     script src="/static/admin.js" {}
                 }
             }

@@ -34,7 +34,7 @@ use crate::owner_vault::{self, OwnerVault};
 use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
 use crate::settings::{self, verify_passphrase, Kdf, Settings};
 use crate::storage::{self, Node};
-use crate::{files, sysinfo, tls, Config, Started};
+use crate::{files, site, sysinfo, tls, Config, Started};
 
 /// A page (whole) or a download (streamed from the vault).
 type Body = Either<Full<Bytes>, files::Streamed>;
@@ -552,13 +552,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
         };
     }
     match (path.as_str(), get, post) {
-        ("/", true, _) => {
-            let name = app.state().settings.as_ref().map(|s| s.name.clone());
-            html(
-                StatusCode::OK,
-                pages::owner_site(name.as_deref().unwrap_or("cairn")),
-            )
-        }
+        (p, true, _) if owners_path(p) => owners_site(app, p).await,
         (p, true, _) if p == "/setup" || p.starts_with("/setup/") => redirect("/admin/login"),
         ("/admin", true, _) => redirect("/admin/"),
         ("/admin/login", true, _) => match app.session(&req) {
@@ -625,6 +619,7 @@ async fn admin(
         }
         return match path.as_str() {
             "/admin/files/put" => upload(app, req).await,
+            "/admin/site/zip" => site_zip(app, req).await,
             _ => not_found(),
         };
     }
@@ -883,12 +878,19 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let mtime = files::mtime_from_ms(q.get("mtime").parse().ok());
     let (tx, rx) = tokio::sync::mpsc::channel(files::UPLOAD_QUEUE);
     let vault = app.vault.clone();
-    let p = path.clone();
+    let (p, data_dir) = (path.clone(), app.data_dir.clone());
     let storing = tokio::task::spawn_blocking(move || {
         let Some(vault) = vault else {
             return Err(anyhow!("this device keeps no vault"));
         };
-        vault.with_unlocked(|v| files::store(v, &p, files::ChannelReader::new(rx), mtime))
+        vault.with_unlocked(|v| {
+            let r = files::store(v, &p, files::ChannelReader::new(rx), mtime)?;
+            // A file of the owner's site: the served copy follows.
+            if p.starts_with(&format!("{}/", site::VAULT_DIR)) {
+                site::export(v, &data_dir)?;
+            }
+            Ok(r)
+        })
     });
     let mut body = req.into_body();
     loop {
@@ -926,6 +928,139 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Err(e) => json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({"ok": false, "error": format!("{path}: nothing was stored: {e}")}),
+        ),
+    }
+}
+
+/// Whether `path` may be the owner's site's (everything but the device's own addresses).
+fn owners_path(path: &str) -> bool {
+    !["/admin", "/setup", "/static/", "/api/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
+/// `GET /…`: a file of the owner's site (streamed from its served copy), or `/` the default
+/// page until there is a site.
+async fn owners_site(app: &Arc<App>, path: &str) -> Response<Body> {
+    let found = match crate::form::decode_path(path) {
+        Ok(p) => site::resolve(&app.data_dir, &p),
+        Err(_) => None,
+    };
+    let Some(file) = found else {
+        if path == "/" {
+            let name = app.state().settings.as_ref().map(|s| s.name.clone());
+            return html(
+                StatusCode::OK,
+                pages::owner_site(name.as_deref().unwrap_or("cairn")),
+            );
+        }
+        return not_found();
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(files::DOWNLOAD_QUEUE);
+    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let content_type = site::content_type(&file);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = site::send_file(&file, &tx) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let mut r = Response::new(Either::Right(files::Streamed(rx)));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    r
+}
+
+/// `PUT /admin/site/zip` (the body is a zip): received into a file (at most
+/// [`site::ZIP_BYTES_MAX`]), checked whole, stored as the vault's `site/` in one snapshot, and
+/// served. Answers JSON like an upload.
+async fn site_zip(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let fail =
+        |status: StatusCode, e: String| json_response(status, json!({"ok": false, "error": e}));
+    if app.vault.is_none() {
+        return fail(StatusCode::NOT_FOUND, "this device keeps no vault".into());
+    }
+    let tmp = app.data_dir.join("site-upload.zip");
+    // The body goes to a file on a blocking thread, through a bounded channel.
+    let (tx, rx) = tokio::sync::mpsc::channel(files::UPLOAD_QUEUE);
+    let to = tmp.clone();
+    let writing = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let mut f = std::fs::File::create(&to)?;
+        let n = std::io::copy(
+            &mut std::io::Read::take(files::ChannelReader::new(rx), site::ZIP_BYTES_MAX + 1),
+            &mut f,
+        )?;
+        f.sync_all()?;
+        Ok(n)
+    });
+    let mut body = req.into_body();
+    let mut broke = None;
+    loop {
+        let piece = match tokio::time::timeout(UPLOAD_IDLE, body.frame()).await {
+            Ok(Some(Ok(f))) => match f.into_data() {
+                Ok(d) => Ok(d),
+                Err(_) => continue,
+            },
+            Ok(None) => break,
+            Ok(Some(Err(e))) => Err(format!("the upload broke off: {e}")),
+            Err(_) => Err("the upload stalled".to_string()),
+        };
+        match piece {
+            Ok(d) => {
+                // The writer stopped (the limit, or an error): nothing more to send.
+                if tx.send(Ok(d)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(e.clone()))).await;
+                broke = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let written = writing.await;
+    let outcome = match (broke, written) {
+        (Some(e), _) => Err((StatusCode::BAD_REQUEST, e)),
+        (None, Ok(Ok(n))) if n > site::ZIP_BYTES_MAX => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a site's zip may be {} MiB at most",
+                site::ZIP_BYTES_MAX >> 20
+            ),
+        )),
+        (None, Ok(Ok(_))) => Ok(()),
+        (None, Ok(Err(e))) => Err((
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("receiving the zip: {e}"),
+        )),
+        (None, Err(e)) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    if let Err((status, e)) = outcome {
+        let _ = std::fs::remove_file(&tmp);
+        return fail(status, format!("{e}: the site is as it was"));
+    }
+    let (data_dir, zip) = (app.data_dir.clone(), tmp.clone());
+    let stored = app
+        .with_vault(move |v| {
+            let r = site::store_zip(v, &zip)?;
+            let n = site::export(v, &data_dir)?;
+            Ok((r, n))
+        })
+        .await;
+    let _ = std::fs::remove_file(&tmp);
+    match stored {
+        Ok((r, n)) => {
+            tracing::info!("the owner's site: {n} files, snapshot {}", r.seq);
+            json_response(
+                StatusCode::OK,
+                json!({"ok": true, "snapshot": r.seq, "files": n}),
+            )
+        }
+        Err(e) => fail(
+            StatusCode::BAD_REQUEST,
+            format!("{e:#}; the site is as it was"),
         ),
     }
 }
@@ -1476,6 +1611,12 @@ async fn login(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
             if app.vault.as_ref().is_some_and(OwnerVault::exists) {
                 if let Err(e) = app.vault_op(move |v| v.unlock(&passphrase)).await {
                     tracing::warn!("opening the vault at login: {e:#}");
+                } else if !app.data_dir.join(site::SERVED_DIR).exists() {
+                    // A plug restored from the recovery key: its site comes back from the vault.
+                    let d = app.data_dir.clone();
+                    if let Err(e) = app.with_vault(move |v| site::export(v, &d)).await {
+                        tracing::warn!("serving the site from the vault: {e:#}");
+                    }
                 }
             }
             known(app, with_cookie(redirect("/admin/"), &app.log_in()))
