@@ -402,6 +402,31 @@ fn the_owners_first_hour_in_a_browser() {
     .unwrap();
     assert_eq!(got.status, 200);
     assert!(got.body == content, "the download differs from the upload");
+    // 5d. The owner's site: a zip chosen on the Files page is served at / to anyone.
+    let site = dir.path().join("site.zip");
+    {
+        use std::io::Write as _;
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&site).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        w.start_file("attic-site/index.html", opts).unwrap();
+        w.write_all(b"<!doctype html><title>Attic</title><h1>The attic's own page</h1>")
+            .unwrap();
+        w.finish().unwrap();
+    }
+    a.type_keys("#pick-site", &site.display().to_string())
+        .unwrap();
+    a.wait_for_text(
+        Scope::Css("#site-status"),
+        "Your site is served: 1 files",
+        UPLOAD,
+    )
+    .unwrap();
+    let mut visitor = browser_at(&pin, Viewport::PHONE, &plug.url("/"));
+    assert_eq!(visitor.text_of("h1").unwrap(), "The attic's own page");
+    shot(&mut visitor, "web-5d-owners-site");
+    drop(visitor);
+
     a.goto(&plug.url("/admin/")).unwrap();
     let redundancy = a.text_of("#redundancy").unwrap();
     assert!(
@@ -511,8 +536,9 @@ fn the_owners_first_hour_in_a_browser() {
     let booting = plug.wait_pattern(seq, Pattern::Booting, BOOT_TIMEOUT);
     let healthy = plug.wait_pattern(booting, Pattern::Healthy, BOOT_TIMEOUT);
     assert!(plug.status_led_steady_on(healthy));
+    // The owner's site is still served (its copy is on the data partition).
     let mut d = browser_at(&pin, Viewport::PHONE, &plug.url("/"));
-    assert_eq!(d.text_of("h1").unwrap(), "attic — a Cairn plug");
+    assert_eq!(d.text_of("h1").unwrap(), "The attic's own page");
     d.goto(&plug.url("/setup")).unwrap();
     assert_eq!(d.text_of("h1").unwrap(), "Log in to your Cairn");
     d.fill("#passphrase", PASSPHRASE).unwrap();
