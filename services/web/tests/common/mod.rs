@@ -445,6 +445,9 @@ impl Server {
                     let _ = stop.wait_for(|s| *s).await.map(|_| ());
                 },
             ));
+            // The runtime goes first, with every task holding the server's state (its open
+            // vault among it): "stopped" means all of it is gone.
+            drop(rt);
             let _ = stopped_tx.send(result.map_err(|e| format!("{e:#}")));
         });
         let started = rx.recv_timeout(Duration::from_secs(10)).expect("started");
