@@ -2,82 +2,50 @@
 //! back from there, counted as unprotected, moved out to partners by the repair round once they
 //! come; and `unpair`, after which repair places the shards the partner held elsewhere.
 //!
-//! Nodes run in this process (`node::run_until`, each on its own thread with its own runtime)
+//! Nodes run in this process (`common::Running`: `node::run_until`, each on its own thread)
 //! on loopback TCP and pair by invitation through their control sockets, as `cairn node invite`
 //! and `join` do. The shards are real vault shards (erasure-coded by the vault's codec), so
 //! repair really rebuilds them. Background audits and repairs are off: each round is asked for.
 
-use std::path::PathBuf;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+mod common;
+
 use cairn_node::control::Client;
-use cairn_node::node::{self, Config};
 use cairn_node::records::{hex, OWN_SHARDS};
 use cairn_vault::seal::AeadKind;
 use cairn_vault::shard::Codec;
 use cairn_vault::ChunkId;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
-/// Longest a node may take to come up.
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A node running on its own thread in this process; stopped on drop.
+/// A node running on its own thread in this process (see `common`); stopped on drop.
 struct Node {
-    _dir: tempfile::TempDir,
-    home: PathBuf,
-    sock: PathBuf,
+    run: common::Running,
     peer: String,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Node {
     fn start() -> Node {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let home = dir.path().join("home");
-        let mut cfg = Config::new(home.clone());
-        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
-        cfg.mdns = false;
-        cfg.control = dir.path().join("node.sock");
-        // Rounds run when the test asks, never on their own in between.
-        cfg.audit_every = Duration::from_secs(24 * 3600);
-        cfg.repair_every = Duration::from_secs(24 * 3600);
-        let sock = cfg.control.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let thread = std::thread::spawn(move || {
-            node::run_until(
-                cfg,
-                move || {
-                    let _ = ready_tx.send(());
-                },
-                Some(stop_rx),
-            )
+        let run = common::Running::start(|cfg| {
+            // Rounds run when the test asks, never on their own in between.
+            cfg.audit_every = Duration::from_secs(24 * 3600);
+            cfg.repair_every = Duration::from_secs(24 * 3600);
         });
-        if ready_rx.recv_timeout(WAIT).is_err() {
-            panic!("node did not start: {:?}", thread.join());
-        }
         let mut n = Node {
-            _dir: dir,
-            home,
-            sock,
+            run,
             peer: String::new(),
-            stop: Some(stop_tx),
-            thread: Some(thread),
         };
         n.peer = n.status()["peer"].as_str().expect("peer").to_owned();
         n
     }
 
     fn client(&self) -> Client {
-        Client::connect(&self.sock).expect("control socket")
+        self.run.client()
     }
 
     /// One control request; the node's one-line reason on refusal.
     fn op(&self, req: Value) -> Result<Value, String> {
-        self.client().op(req).map_err(|e| e.to_string())
+        self.run.op(req)
     }
 
     fn ok(&self, req: Value) -> Value {
@@ -131,19 +99,14 @@ impl Node {
 
     /// Stops the node and checks that it stopped cleanly.
     fn stop(&mut self) {
-        let _ = self.stop.take().expect("running").send(());
-        match self.thread.take().expect("running").join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("node stopped with an error: {e:#}"),
-            Err(_) => panic!("node thread panicked"),
-        }
+        self.run.stop();
     }
 
     /// Ids of the owner's shards kept in this (stopped) node's chunk store.
     fn kept_here(&self) -> usize {
-        assert!(self.thread.is_none(), "stop the node first");
+        assert!(!self.run.is_running(), "stop the node first");
         let store = cairn_store::Store::open_dir_reserve_later(
-            self.home.join("store"),
+            self.run.home().join("store"),
             cairn_store::Config {
                 memory_budget_bytes: 1 << 20,
                 max_shard_bytes: cairn_node::wire::SHARD_BYTES_MAX as u32,
@@ -155,17 +118,6 @@ impl Node {
             .shards_of(OWN_SHARDS, None, 1024)
             .expect("listing")
             .len()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -304,7 +256,7 @@ fn after_unpair_repair_places_the_partners_shards_on_another_partner() {
     assert_eq!(u(&v["held_for_us"]), shard_len, "{v}");
     assert!(owner.partner(&gone.peer).is_none());
     // Saved at once: partners.json no longer names it.
-    let saved = std::fs::read_to_string(owner.home.join("partners.json")).expect("partners");
+    let saved = std::fs::read_to_string(owner.run.home().join("partners.json")).expect("partners");
     assert!(!saved.contains(&gone.peer), "{saved}");
     // Its slot counts as lost until repair.
     let st = owner.status();
@@ -357,7 +309,8 @@ fn the_owners_offer_sets_the_capacity_and_is_kept() {
     assert_eq!(u(&a.status()["capacity"]), offer);
     // Kept where the partners are, so a restart offers the same.
     let saved: Value =
-        serde_json::from_slice(&std::fs::read(a.home.join("partners.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(a.run.home().join("partners.json")).unwrap())
+            .unwrap();
     assert_eq!(u(&saved["capacity"]), offer);
     let e = a
         .op(json!({"op": "set_capacity", "bytes": "lots"}))

@@ -12,15 +12,14 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+mod common;
+
 use cairn_node::audit::{Challenge, RANGE_BYTES_MAX};
-use cairn_node::control::Client;
 use cairn_node::invite::Invitation;
-use cairn_node::node::{self, Config};
+use cairn_node::node::Config;
 use cairn_node::records::shard_key;
 use cairn_node::wire::{
     ErrorCode, Frame, Msg, ShardId, FRAME_BYTES_MAX, HEADER_LEN, PAIR_INVITE, PAIR_WINDOW, VERSION,
@@ -34,7 +33,6 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 /// Longest any single wait in this file may take before the test fails.
 const WAIT: Duration = Duration::from_secs(20);
@@ -48,57 +46,29 @@ const LEASE: u32 = 3600;
 // ---------------------------------------------------------------------------------------------
 // The node under test.
 
-/// A node running on its own thread in this process; stopped on drop.
+/// A node running on its own thread in this process (see `common`); stopped on drop.
 struct Node {
-    _dir: tempfile::TempDir,
-    sock: PathBuf,
+    run: common::Running,
     peer: PeerId,
     addr: Multiaddr,
     /// The frame budget when nothing is being read (what "full" means in `status`).
     budget: usize,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Node {
     /// Starts a node on a loopback TCP port, `tune` adjusting its configuration.
     fn start(tune: impl FnOnce(&mut Config)) -> Node {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let mut cfg = Config::new(dir.path().join("home"));
-        cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
-        cfg.mdns = false;
-        cfg.control = dir.path().join("node.sock");
-        tune(&mut cfg);
-        // The node never budgets less than one largest frame.
-        let budget = cfg.limits.frame_budget.max(FRAME_BYTES_MAX);
-        let sock = cfg.control.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let thread = std::thread::spawn(move || {
-            node::run_until(
-                cfg,
-                move || {
-                    let _ = ready_tx.send(());
-                },
-                Some(stop_rx),
-            )
+        let mut budget = 0;
+        let run = common::Running::start(|cfg| {
+            tune(cfg);
+            // The node never budgets less than one largest frame.
+            budget = cfg.limits.frame_budget.max(FRAME_BYTES_MAX);
         });
-        if ready_rx.recv_timeout(WAIT).is_err() {
-            let why = if thread.is_finished() {
-                format!("{:?}", thread.join())
-            } else {
-                "no listener after 20 s".to_owned()
-            };
-            panic!("node did not start: {why}");
-        }
         let mut node = Node {
-            _dir: dir,
-            sock,
+            run,
             peer: PeerId::random(),
             addr: Multiaddr::empty(),
             budget,
-            stop: Some(stop_tx),
-            thread: Some(thread),
         };
         let st = node.status();
         node.peer = st["peer"]
@@ -117,8 +87,7 @@ impl Node {
 
     /// One control request; the node's one-line reason on refusal.
     fn op(&self, req: Value) -> Result<Value, String> {
-        let mut c = Client::connect(&self.sock).map_err(|e| e.to_string())?;
-        c.op(req).map_err(|e| e.to_string())
+        self.run.op(req)
     }
 
     fn status(&self) -> Value {
@@ -139,8 +108,7 @@ impl Node {
 
     /// The node's thread is still running and its control socket answers.
     fn assert_alive(&self) {
-        let t = self.thread.as_ref().expect("running");
-        assert!(!t.is_finished(), "the node stopped");
+        assert!(self.run.is_running(), "the node stopped");
         assert_eq!(self.status()["ok"], json!(true));
     }
 
@@ -164,24 +132,7 @@ impl Node {
 
     /// Stops the node and checks that it stopped cleanly.
     fn stop(mut self) {
-        let _ = self.stop.take().expect("running").send(());
-        let r = self.thread.take().expect("running").join();
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("node stopped with an error: {e:#}"),
-            Err(_) => panic!("node thread panicked"),
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.run.stop();
     }
 }
 
