@@ -942,11 +942,17 @@ fn owners_path(path: &str) -> bool {
 /// `GET /…`: a file of the owner's site (streamed from its served copy), or `/` the default
 /// page until there is a site.
 async fn owners_site(app: &Arc<App>, path: &str) -> Response<Body> {
-    let found = match crate::form::decode_path(path) {
-        Ok(p) => site::resolve(&app.data_dir, &p),
-        Err(_) => None,
-    };
-    let Some(file) = found else {
+    // Looking the file up touches the disk: on the blocking pool, not the server's thread.
+    let (data_dir, decoded) = (app.data_dir.clone(), crate::form::decode_path(path));
+    let found = tokio::task::spawn_blocking(move || {
+        let file = site::resolve(&data_dir, &decoded.ok()?)?;
+        let size = std::fs::metadata(&file).ok()?.len();
+        Some((file, size))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some((file, size)) = found else {
         if path == "/" {
             let name = app.state().settings.as_ref().map(|s| s.name.clone());
             return html(
@@ -957,7 +963,6 @@ async fn owners_site(app: &Arc<App>, path: &str) -> Response<Body> {
         return not_found();
     };
     let (tx, rx) = tokio::sync::mpsc::channel(files::DOWNLOAD_QUEUE);
-    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     let content_type = site::content_type(&file);
     tokio::task::spawn_blocking(move || {
         if let Err(e) = site::send_file(&file, &tx) {
