@@ -402,6 +402,11 @@ impl Browser {
             serde_json::json!({
                 "binary": CHROMIUM,
                 "args": args,
+                // Downloads land in the browser's own directory, without asking.
+                "prefs": {
+                    "download.default_directory": dir.path().join("downloads"),
+                    "download.prompt_for_download": false,
+                },
                 "mobileEmulation": { "deviceMetrics": {
                     "width": viewport.width,
                     "height": viewport.height,
@@ -657,6 +662,28 @@ impl Browser {
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, png).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
+    }
+
+    /// Waits until the browser has finished downloading a file named `name` (Chromium writes
+    /// `NAME.crdownload` first, and renames it whole), and returns its bytes.
+    pub fn downloaded(&self, name: &str, timeout: Duration) -> anyhow::Result<Vec<u8>> {
+        let dir = self.dir.path().join("downloads");
+        let path = dir.join(name);
+        let deadline = Instant::now() + timeout;
+        while !path.exists() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no download {name} within {timeout:?}; {} holds {:?}",
+                dir.display(),
+                std::fs::read_dir(&dir)
+                    .map(|d| d
+                        .filter_map(|e| e.ok().map(|e| e.file_name()))
+                        .collect::<Vec<_>>())
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
     }
 
     /// The profile directory: this browser's cookies and storage, nobody else's.

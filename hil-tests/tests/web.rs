@@ -1,6 +1,7 @@
 //! The owner's first hour with a new plug, in a real browser against the booted qemu-virt image:
 //! the console's address and fingerprint, the claim with the button (one browser, then two at
-//! once), the setup form with bad and good values, the owner's site and login, a script's POST
+//! once), the setup form with bad and good values, the recovery key, files and a folder up and
+//! a zip down, the owner's site (a zip leaving it refused on the page), a script's POST
 //! without the form's token, the login's rate limit, the health API, and a reboot from the
 //! dashboard. The browser trusts the device only by the fingerprint its console printed; the
 //! button and LEDs are the qemu-virt board's front panel. Each step writes a screenshot
@@ -402,18 +403,75 @@ fn the_owners_first_hour_in_a_browser() {
     .unwrap();
     assert_eq!(got.status, 200);
     assert!(got.body == content, "the download differs from the upload");
-    // 5d. The owner's site: a zip chosen on the Files page is served at / to anyone.
-    let site = dir.path().join("site.zip");
-    {
+    // A whole folder chosen in the browser: one more snapshot, whatever its number of files.
+    let trip = dir.path().join("trip");
+    std::fs::create_dir_all(trip.join("photos")).unwrap();
+    std::fs::write(trip.join("day 1.txt"), "rain, then sun").unwrap();
+    std::fs::write(trip.join("photos").join("sea.txt"), &content[..100_000]).unwrap();
+    a.type_keys("#pick-folder", &trip.display().to_string())
+        .unwrap();
+    a.wait_for_text(Scope::Css("#files"), "trip/", UPLOAD)
+        .unwrap();
+    let snapshots = a.text_of("#snap").unwrap();
+    assert!(
+        snapshots.starts_with("2 — ") && snapshots.contains("3 files"),
+        "the folder is snapshot 2: {snapshots}"
+    );
+    // Everything back as one zip, downloaded by the browser; another reader checks it.
+    a.click("#zip-folder").unwrap();
+    let zipped = a.downloaded("attic.zip", UPLOAD).unwrap();
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(zipped)).unwrap();
+    let mut read = |name: &str| {
+        let mut f = z.by_name(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut f, &mut text).unwrap();
+        text
+    };
+    assert!(
+        read("letter.txt") == content,
+        "letter.txt differs in the zip"
+    );
+    assert_eq!(read("trip/day 1.txt"), "rain, then sun");
+    assert!(
+        read("trip/photos/sea.txt") == content[..100_000],
+        "sea.txt differs"
+    );
+    // 5d. The owner's site: a zip whose names leave the site is refused whole, on the page;
+    // a good one chosen on the Files page is served at / to anyone.
+    let zip_of = |path: &std::path::Path, files: &[(&str, &[u8])]| {
         use std::io::Write as _;
-        let mut w = zip::ZipWriter::new(std::fs::File::create(&site).unwrap());
+        let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored);
-        w.start_file("attic-site/index.html", opts).unwrap();
-        w.write_all(b"<!doctype html><title>Attic</title><h1>The attic's own page</h1>")
-            .unwrap();
+        for (name, bytes) in files {
+            w.start_file(*name, opts).unwrap();
+            w.write_all(bytes).unwrap();
+        }
         w.finish().unwrap();
-    }
+    };
+    let evil = dir.path().join("evil.zip");
+    zip_of(
+        &evil,
+        &[
+            ("index.html", b"<h1>hi</h1>"),
+            ("../../etc/cairn.html", b"<h1>out</h1>"),
+        ],
+    );
+    a.type_keys("#pick-site", &evil.display().to_string())
+        .unwrap();
+    let refused = a
+        .wait_for_text(Scope::Css("#site-status"), "the site is as it was", UPLOAD)
+        .unwrap();
+    assert!(refused.contains("../../etc/cairn.html"), "{refused}");
+    shot(&mut a, "web-5d-zip-refused");
+    let site = dir.path().join("site.zip");
+    zip_of(
+        &site,
+        &[(
+            "attic-site/index.html",
+            b"<!doctype html><title>Attic</title><h1>The attic's own page</h1>",
+        )],
+    );
     a.type_keys("#pick-site", &site.display().to_string())
         .unwrap();
     a.wait_for_text(

@@ -1,5 +1,5 @@
-// The owner's pages: the Files page uploads files and folders (one PUT per file, its body the
-// file, streamed by the browser; a progress bar over all of them); the Storage page follows the
+// The owner's pages: the Files page uploads files and folders (one PUT for all the files picked,
+// streamed by the browser, one snapshot; a progress bar); the Storage page follows the
 // pairing window live (no reload), and the invitation page copies its code. No inline script
 // anywhere (the CSP forbids it).
 'use strict';
@@ -9,47 +9,43 @@
     var bar = document.getElementById('upload-progress');
     var status = document.getElementById('upload-status');
     var dir = upload.dataset.dir;
+    // All the files picked go in one body (each a line of JSON, then its bytes; the Blob refers
+    // to the files, nothing is read into memory here), so they become one snapshot.
     var send = function (list) {
       var files = Array.prototype.slice.call(list);
-      var total = files.reduce(function (n, f) { return n + f.size; }, 0) || 1;
-      var done = 0;
+      var parts = [];
+      files.forEach(function (f) {
+        var name = f.webkitRelativePath || f.name;
+        parts.push(JSON.stringify({ path: name, size: f.size, mtime: f.lastModified }) + '\n', f);
+      });
+      var body = new Blob(parts);
       bar.hidden = false;
-      var next = function (i) {
-        if (i === files.length) {
-          status.textContent = 'Stored ' + files.length + ' file(s).';
-          location.reload();
+      bar.value = 0;
+      status.className = '';
+      status.textContent = 'Uploading ' + files.length + ' file(s)…';
+      var xhr = new XMLHttpRequest();
+      xhr.open('PUT', '/admin/files/folder?dir=' + encodeURIComponent(dir));
+      xhr.setRequestHeader('X-CSRF-Token', upload.dataset.csrf);
+      xhr.setRequestHeader('Content-Type', 'application/x-cairn-files');
+      xhr.upload.onprogress = function (e) {
+        bar.value = e.loaded / (body.size || 1);
+      };
+      xhr.onload = function () {
+        var a = {};
+        try { a = JSON.parse(xhr.responseText); } catch (e) { a = { error: xhr.statusText }; }
+        if (xhr.status !== 200 || !a.ok) {
+          status.textContent = a.error || ('The upload failed (' + xhr.status + ').');
+          status.className = 'error';
           return;
         }
-        var f = files[i];
-        var name = f.webkitRelativePath || f.name;
-        var path = dir ? dir + '/' + name : name;
-        var xhr = new XMLHttpRequest();
-        xhr.open('PUT', '/admin/files/put?path=' + encodeURIComponent(path) +
-          '&mtime=' + f.lastModified);
-        xhr.setRequestHeader('X-CSRF-Token', upload.dataset.csrf);
-        xhr.upload.onprogress = function (e) {
-          bar.value = (done + e.loaded) / total;
-          status.textContent = 'Uploading ' + name + '…';
-        };
-        xhr.onload = function () {
-          var a = {};
-          try { a = JSON.parse(xhr.responseText); } catch (e) { a = { error: xhr.statusText }; }
-          if (xhr.status !== 200 || !a.ok) {
-            status.textContent = a.error || ('The upload failed (' + xhr.status + ').');
-            status.className = 'error';
-            return;
-          }
-          done += f.size;
-          bar.value = done / total;
-          next(i + 1);
-        };
-        xhr.onerror = function () {
-          status.textContent = name + ': the connection broke; nothing of it was stored.';
-          status.className = 'error';
-        };
-        xhr.send(f);
+        status.textContent = 'Stored ' + a.files + ' file(s) in snapshot ' + a.snapshot + '.';
+        location.reload();
       };
-      next(0);
+      xhr.onerror = function () {
+        status.textContent = 'The connection broke; nothing of this upload was stored.';
+        status.className = 'error';
+      };
+      xhr.send(body);
     };
     ['pick-files', 'pick-folder'].forEach(function (id) {
       var input = document.getElementById(id);

@@ -607,6 +607,10 @@ pub fn files(listing: &Result<Listing, String>, csrf: &str) -> Markup {
                         @if l.items.is_empty() {
                             p { "This folder is empty." }
                         } @else {
+                            p { a #zip-folder href=(files_href("/admin/files/zip", "dir", &l.dir, l.snapshot)) download { "Download " @if l.dir.is_empty() { "everything" } @else { "this folder" } " as a zip" } }
+                        }
+                        @if l.items.is_empty() {
+                        } @else {
                             table #files {
                                 thead { tr { th { "Name" } th { "Size" } th { "Changed (UTC)" } } }
                                 tbody {
@@ -614,7 +618,7 @@ pub fn files(listing: &Result<Listing, String>, csrf: &str) -> Markup {
                                         tr {
                                             @if i.dir {
                                                 td { a href=(files_href("/admin/files", "dir", &i.path, l.snapshot)) { (i.name) "/" } }
-                                                td.num { "–" }
+                                                td.num { a.zip href=(files_href("/admin/files/zip", "dir", &i.path, l.snapshot)) download title="Download this folder as a zip" { "zip" } }
                                             } @else {
                                                 td { a href=(files_href("/admin/files/get", "path", &i.path, l.snapshot)) download=(i.name) { (i.name) } }
                                                 td.num { (human_bytes(i.size)) }
@@ -627,7 +631,7 @@ pub fn files(listing: &Result<Listing, String>, csrf: &str) -> Markup {
                         }
                     }
                     h2 { "Upload" }
-                    p { "Into " @if l.dir.is_empty() { "the top folder" } @else { code { (l.dir) } } ". Each file becomes a new snapshot; earlier snapshots keep what they had." }
+                    p { "Into " @if l.dir.is_empty() { "the top folder" } @else { code { (l.dir) } } ". Each upload (one file, many, or a folder) becomes one new snapshot; earlier snapshots keep what they had." }
                     div #upload data-dir=(l.dir) data-csrf=(csrf) {
                         label for="pick-files" { "Files" }
                         input #pick-files type="file" multiple;

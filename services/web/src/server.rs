@@ -602,6 +602,7 @@ async fn admin(
             ),
             "/admin/files" => files_page(app, &req, &csrf).await,
             "/admin/files/get" => download(app, &req).await,
+            "/admin/files/zip" => download_zip(app, &req).await,
             _ => not_found(),
         };
     }
@@ -619,6 +620,7 @@ async fn admin(
         }
         return match path.as_str() {
             "/admin/files/put" => upload(app, req).await,
+            "/admin/files/folder" => upload_folder(app, req).await,
             "/admin/site/zip" => site_zip(app, req).await,
             _ => not_found(),
         };
@@ -892,7 +894,29 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             Ok(r)
         })
     });
-    let mut body = req.into_body();
+    pump(req.into_body(), tx).await;
+    match storing.await {
+        Ok(Ok(r)) => {
+            tracing::info!("stored {path} ({} bytes) in snapshot {}", r.bytes, r.seq);
+            json_response(
+                StatusCode::OK,
+                json!({"ok": true, "snapshot": r.seq, "bytes": r.bytes}),
+            )
+        }
+        Ok(Err(e)) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"ok": false, "error": format!("{path}: nothing was stored: {e:#}")}),
+        ),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"ok": false, "error": format!("{path}: nothing was stored: {e}")}),
+        ),
+    }
+}
+
+/// Passes an upload's body frames to `tx` until the body ends, breaks off or stalls (the
+/// error goes down the channel), or the receiver stops.
+async fn pump(mut body: Incoming, tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
     loop {
         let frame = tokio::time::timeout(UPLOAD_IDLE, body.frame()).await;
         let piece = match frame {
@@ -912,24 +936,121 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             break;
         }
     }
-    drop(tx);
+}
+
+/// `PUT /admin/files/folder?dir=…` (the body: files in [`files::FILES_MEDIA`]): every file
+/// stored under `dir` in one new snapshot; anything wrong stores none of them. Answers JSON:
+/// `{ok, snapshot, files, bytes}` or `{ok: false, error}`.
+async fn upload_folder(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let q = query(&req);
+    let fail = |status: StatusCode, e: String| {
+        json_response(
+            status,
+            json!({"ok": false, "error": format!("{e}: nothing was stored")}),
+        )
+    };
+    let dir = match files::check_path(q.get("dir"), true) {
+        Ok(d) => d,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    };
+    let media = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if media != files::FILES_MEDIA {
+        return fail(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("a folder is sent as {}", files::FILES_MEDIA),
+        );
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(files::UPLOAD_QUEUE);
+    let vault = app.vault.clone();
+    let data_dir = app.data_dir.clone();
+    let storing = tokio::task::spawn_blocking(move || {
+        let Some(vault) = vault else {
+            return Err(anyhow!("this device keeps no vault"));
+        };
+        vault.with_unlocked(|v| {
+            let stored = files::store_many(v, &dir, files::ChannelReader::new(rx))?;
+            if stored.site {
+                site::export(v, &data_dir)?;
+            }
+            Ok(stored)
+        })
+    });
+    pump(req.into_body(), tx).await;
     match storing.await {
-        Ok(Ok(r)) => {
-            tracing::info!("stored {path} ({} bytes) in snapshot {}", r.bytes, r.seq);
+        Ok(Ok(s)) => {
+            tracing::info!(
+                "stored {} files ({} bytes) in snapshot {}",
+                s.files,
+                s.report.bytes,
+                s.report.seq
+            );
             json_response(
                 StatusCode::OK,
-                json!({"ok": true, "snapshot": r.seq, "bytes": r.bytes}),
+                json!({"ok": true, "snapshot": s.report.seq, "files": s.files, "bytes": s.report.bytes}),
             )
         }
-        Ok(Err(e)) => json_response(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"ok": false, "error": format!("{path}: nothing was stored: {e:#}")}),
-        ),
-        Err(e) => json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"ok": false, "error": format!("{path}: nothing was stored: {e}")}),
-        ),
+        Ok(Err(e)) => fail(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// `GET /admin/files/zip?dir=…&snap=…`: the folder (the whole snapshot when `dir` is empty)
+/// as a zip, written as its files are read from the vault.
+async fn download_zip(app: &Arc<App>, req: &Request<Incoming>) -> Response<Body> {
+    let q = query(req);
+    let dir = match files::check_path(q.get("dir"), true) {
+        Ok(d) => d,
+        Err(e) => return files_message(&format!("{e:#}"), StatusCode::BAD_REQUEST),
+    };
+    let snap = snapshot_of(&q);
+    let (tx, rx) = tokio::sync::mpsc::channel(files::DOWNLOAD_QUEUE);
+    let (found_tx, found_rx) = tokio::sync::oneshot::channel();
+    let vault = app.vault.clone();
+    let d = dir.clone();
+    // As a file's download: the vault stays with this blocking thread until the zip ends.
+    let reading = tokio::task::spawn_blocking(move || {
+        let Some(vault) = vault else {
+            return Err(anyhow!("this device keeps no vault"));
+        };
+        vault.with_unlocked(|v| {
+            let entries = files::folder(v, snap, &d)?;
+            let _ = found_tx.send(());
+            files::send_zip(v, &entries, &tx);
+            Ok(())
+        })
+    });
+    if found_rx.await.is_err() {
+        let why = match reading.await {
+            Ok(Err(e)) => format!("{e:#}"),
+            _ => "the folder could not be read".to_string(),
+        };
+        return files_message(&why, StatusCode::NOT_FOUND);
+    }
+    let name = match dir.rsplit('/').next() {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => app
+            .state()
+            .settings
+            .as_ref()
+            .map_or_else(|| "cairn".to_string(), |s| s.name.clone()),
+    };
+    let mut r = Response::new(Either::Right(files::Streamed(rx)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename*=UTF-8''{}.zip",
+        crate::form::percent_encode(&name)
+    )) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
 }
 
 /// Whether `path` may be the owner's site's (everything but the device's own addresses).

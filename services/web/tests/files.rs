@@ -1,6 +1,7 @@
 //! The Files page over real TLS on loopback, with a real vault over directories: uploads stored
-//! as they arrive (one snapshot each), listed by folder and snapshot, downloaded whole; an
-//! upload cut halfway stores nothing; names a browser may not use; the vault locked once nobody
+//! as they arrive (one snapshot each; a folder's files one snapshot together), listed by folder
+//! and snapshot, downloaded whole (a folder as a zip another reader checks); an upload cut
+//! halfway, or a folder with anything wrong, stores nothing; names a browser may not use; the vault locked once nobody
 //! is logged in.
 
 mod common;
@@ -175,4 +176,172 @@ async fn the_vault_locks_when_the_last_session_ends_and_opens_at_login() {
     let mut again = server.logged_in().await;
     let got = again.get("/admin/files/get?path=a.txt").await;
     assert_eq!((got.status, got.body.as_str()), (200, "kept"));
+}
+
+/// A many-file upload's body: each file's header line, then its bytes.
+fn folder_body(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (path, bytes) in files {
+        let header =
+            serde_json::json!({"path": path, "size": bytes.len(), "mtime": 1700000000000u64});
+        body.extend_from_slice(format!("{header}\n").as_bytes());
+        body.extend_from_slice(bytes);
+    }
+    body
+}
+
+async fn put_folder(
+    b: &mut common::Browser,
+    csrf: &str,
+    dir: &str,
+    body: Vec<u8>,
+) -> common::Reply {
+    b.send(
+        "PUT",
+        &format!("/admin/files/folder?dir={dir}"),
+        &[
+            ("x-csrf-token", csrf),
+            ("content-type", "application/x-cairn-files"),
+        ],
+        body,
+    )
+    .await
+}
+
+/// The entries of a zip, read by the zip crate (another implementation than the writer's), as
+/// (name, bytes) in the archive's order.
+fn unzip(raw: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(raw)).expect("a readable zip");
+    (0..z.len())
+        .map(|i| {
+            let mut f = z.by_index(i).unwrap();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut bytes).expect("the entry's CRC checks");
+            (f.name().to_string(), bytes)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_folder_upload_is_one_snapshot_and_comes_back_as_a_zip() {
+    let server = Server::unclaimed_with_vault();
+    let mut b = set_up_with_vault(&server).await;
+    let csrf = b.get("/admin/").await.csrf();
+    let big = text(5 << 20, 11);
+    let body = folder_body(&[
+        ("trip/day 1.txt", b"rain"),
+        ("trip/photos/sea.txt", big.as_bytes()),
+        ("trip/empty.txt", b""),
+    ]);
+    let r = put_folder(&mut b, &csrf, "docs", body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["snapshot"], 1, "one snapshot for the whole folder");
+    assert_eq!(r.json()["files"], 3);
+    let listed = b.get("/admin/files?dir=docs%2Ftrip").await;
+    for name in ["day 1.txt", "photos/", "empty.txt"] {
+        assert!(listed.body.contains(name), "{name}: {}", listed.body);
+    }
+    assert!(
+        listed.body.contains("/admin/files/zip?dir=docs%2Ftrip"),
+        "{}",
+        listed.body
+    );
+
+    let got = b.get("/admin/files/zip?dir=docs%2Ftrip").await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(got.header("content-type"), Some("application/zip"));
+    assert_eq!(
+        got.header("content-disposition"),
+        Some("attachment; filename*=UTF-8''trip.zip")
+    );
+    let mut entries = unzip(&got.raw);
+    entries.sort();
+    let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["day 1.txt", "empty.txt", "photos/", "photos/sea.txt"]
+    );
+    assert_eq!(entries[0].1, b"rain");
+    assert!(entries[1].1.is_empty());
+    assert!(entries[3].1 == big.as_bytes(), "the big file differs");
+    // The whole snapshot, named after the device; its folders as entries too.
+    let all = b.get("/admin/files/zip?dir=&snap=1").await;
+    assert_eq!(all.status, 200);
+    let names: Vec<String> = unzip(&all.raw).into_iter().map(|(n, _)| n).collect();
+    for name in [
+        "docs/",
+        "docs/trip/",
+        "docs/trip/day 1.txt",
+        "docs/trip/photos/sea.txt",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    let missing = b.get("/admin/files/zip?dir=nowhere").await;
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.body.contains("nowhere: no such folder"),
+        "{}",
+        missing.body
+    );
+    let bad = b.get("/admin/files/zip?dir=..%2F..").await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test]
+async fn a_folder_upload_with_anything_wrong_stores_none_of_it() {
+    let server = Server::unclaimed_with_vault();
+    let mut b = set_up_with_vault(&server).await;
+    let csrf = b.get("/admin/").await.csrf();
+    let good: &[u8] = b"fine";
+    let mut cut = folder_body(&[("a.txt", good), ("b.txt", &[7u8; 1000])]);
+    cut.truncate(cut.len() - 10);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a file shorter than its header",
+            cut,
+            "b.txt: the upload was cut after 990 of its 1000 bytes",
+        ),
+        (
+            "a path out of the folder",
+            folder_body(&[("a.txt", good), ("../../etc/passwd", good)]),
+            "no empty, `.` or `..` parts",
+        ),
+        (
+            "a malformed header",
+            [folder_body(&[("a.txt", good)]), b"{\"path\": 3}\n".to_vec()].concat(),
+            "file 2: a malformed header",
+        ),
+        (
+            "a header line without its end",
+            [folder_body(&[("a.txt", good)]), vec![b'x'; 5000]].concat(),
+            "file 2: its header line is cut or longer than",
+        ),
+        ("nothing", Vec::new(), "the upload held no file"),
+    ];
+    for (what, body, says) in cases {
+        let r = put_folder(&mut b, &csrf, "", body).await;
+        assert_eq!(r.status, 422, "{what}: {}", r.body);
+        let error = r.json()["error"].as_str().unwrap().to_string();
+        assert!(
+            error.contains(says) && error.ends_with("nothing was stored"),
+            "{what}: {error}"
+        );
+    }
+    let r = b
+        .send(
+            "PUT",
+            "/admin/files/folder?dir=",
+            &[("x-csrf-token", &csrf)],
+            folder_body(&[("a.txt", good)]),
+        )
+        .await;
+    assert_eq!(r.status, 415, "{}", r.body);
+    assert!(b
+        .get("/admin/files")
+        .await
+        .body
+        .contains("Nothing stored yet"));
+    // And a good one after all that goes through as snapshot 1.
+    let r = put_folder(&mut b, &csrf, "", folder_body(&[("a.txt", good)])).await;
+    assert_eq!(r.json()["snapshot"], 1, "{}", r.body);
 }

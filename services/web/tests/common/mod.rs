@@ -501,6 +501,9 @@ pub struct Reply {
     pub status: u16,
     pub headers: hyper::HeaderMap,
     pub body: String,
+    /// The body's bytes as they came (a zip).
+    #[allow(dead_code, reason = "files only")]
+    pub raw: Bytes,
 }
 
 impl Reply {
@@ -723,6 +726,7 @@ impl Browser {
             status,
             headers,
             body: String::from_utf8_lossy(&bytes).into_owned(),
+            raw: bytes,
         }
     }
 }
