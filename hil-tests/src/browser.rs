@@ -732,7 +732,7 @@ fn chromium_args(pin: &SpkiPin, viewport: Viewport, profile: &Path) -> Vec<Strin
         "--no-default-browser-check".to_string(),
     ];
     // Nothing beyond this host: no update checks, sync, metrics or other Google services, and
-    // no name but localhost resolves.
+    // no name but localhost (and link-local addresses) resolves.
     args.extend(
         [
             "--disable-background-networking",
@@ -742,7 +742,8 @@ fn chromium_args(pin: &SpkiPin, viewport: Viewport, profile: &Path) -> Vec<Strin
             "--disable-domain-reliability",
             "--disable-client-side-phishing-detection",
             "--no-pings",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
+            // Link-local addresses: the boards on a test's own LAN (`PrivateLan`).
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 169.254.*",
         ]
         .map(String::from),
     );

@@ -136,6 +136,65 @@ pub enum Ethernet {
         /// This board's MAC address, distinct per board (`52:54:00:…`).
         mac: String,
     },
+    /// A tap device of a [`PrivateLan`]: a LAN shared by several boards and the host (its
+    /// browser, its scripts), with no DHCP server (link-local addresses).
+    Tap {
+        /// The tap device, made by [`PrivateLan::new`].
+        ifname: String,
+        /// This board's MAC address, distinct per board (`52:54:00:…`).
+        mac: String,
+    },
+}
+
+/// A LAN of its own for one test: the calling thread moves into a new network namespace (so
+/// nothing of the host's network is touched, and nothing outside can reach in), where a bridge
+/// joins `taps` tap devices (one per board, [`Ethernet::Tap`]) and gives the host the address
+/// [`PrivateLan::HOST`]. Every process the thread starts afterwards (QEMU, the browser) is on
+/// it; the namespace goes when they and the thread are gone. Needs root (the tests run as
+/// root) and iproute2.
+pub struct PrivateLan {
+    /// The taps' names, in order.
+    pub taps: Vec<String>,
+}
+
+impl PrivateLan {
+    /// The host's address on the LAN (link-local, like the boards' own).
+    pub const HOST: &'static str = "169.254.0.1";
+
+    /// Makes the LAN with `taps` tap devices; see [`PrivateLan`].
+    pub fn new(taps: usize) -> anyhow::Result<PrivateLan> {
+        // SAFETY: unshare(2) with a flag only changes this thread's namespaces.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!(
+                "a network namespace of its own: {} (the tests need root)",
+                std::io::Error::last_os_error()
+            );
+        }
+        let ip = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .context("running ip (iproute2)")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Ok(())
+        };
+        ip(&["link", "set", "lo", "up"])?;
+        ip(&["link", "add", "lan", "type", "bridge"])?;
+        let taps: Vec<String> = (0..taps).map(|i| format!("tap{i}")).collect();
+        for t in &taps {
+            ip(&["tuntap", "add", "dev", t, "mode", "tap"])?;
+            ip(&["link", "set", t, "master", "lan"])?;
+            ip(&["link", "set", t, "up"])?;
+        }
+        ip(&["addr", "add", &format!("{}/16", Self::HOST), "dev", "lan"])?;
+        ip(&["link", "set", "lan", "up"])?;
+        Ok(PrivateLan { taps })
+    }
 }
 
 /// Console lines seen so far, with when they arrived.
@@ -439,6 +498,13 @@ pub fn command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
             .arg(format!(
                 "dgram,id=lan,local.type=inet,local.host=127.0.0.1,local.port={local_port},\
                  remote.type=inet,remote.host=127.0.0.1,remote.port={remote_port}"
+            ))
+            .arg("-device")
+            .arg(format!("virtio-net-device,netdev=lan,mac={mac}")),
+        Ethernet::Tap { ifname, mac } => cmd
+            .arg("-netdev")
+            .arg(format!(
+                "tap,id=lan,ifname={ifname},script=no,downscript=no"
             ))
             .arg("-device")
             .arg(format!("virtio-net-device,netdev=lan,mac={mac}")),

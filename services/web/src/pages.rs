@@ -482,6 +482,10 @@ pub fn storage(
         html! {
             (nav(Section::Storage))
             h1 { "Storage" }
+            @if let Ok(s) = status {
+                // What a friend sees in its partner list: the two owners can compare.
+                p #this-plug { "This plug's id: " code { (s.peer) } }
+            }
             (storage_summary(status))
             h2 { "Partners" }
             @match status {

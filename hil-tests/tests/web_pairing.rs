@@ -1,0 +1,215 @@
+//! Two owners pair their plugs from the Storage page, in a real browser each: two qemu-virt
+//! boards and the host on one LAN of the test's own (a bridge in a private network namespace; no
+//! DHCP server, so link-local addresses), each plug set up through its page as its owner would.
+//!
+//! First by the button: Pair on A's page opens A's window (the page follows it live), a press
+//! on B's front panel, and each page lists the other plug by the id the other's page shows.
+//! Both unpair from their pages. Then by invitation code: B's page makes one, A's page takes it
+//! pasted, and they are partners again.
+
+use cairn_bsp::panel::PanelLink;
+use cairn_hil::browser::{pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport};
+use cairn_hil::{image, Config, Ethernet, PrivateLan, Qemu, BOOT_TIMEOUT};
+use std::time::Duration;
+
+/// Both owners' passphrase.
+const PASSPHRASE: &str = "correct horse battery staple";
+/// A page's reaction to a click or a press on a loaded 2-core machine.
+const REACT: Duration = Duration::from_secs(20);
+/// A form whose answer hashes the passphrase (Argon2id, 19 MiB, on an emulated CPU) and makes
+/// the owner's vault.
+const HASHING: Duration = Duration::from_secs(90);
+/// Without a DHCP server a plug takes its link-local address after 30 s.
+const ADDRESSED: Duration = Duration::from_secs(120);
+/// From Pair on one page to both nodes agreeing: the window, the other press, libp2p's mDNS
+/// finding the peer, the pairing exchange.
+const PAIRING: Duration = Duration::from_secs(90);
+
+/// A booted plug on the LAN, and its owner's browser.
+struct Plug {
+    q: Qemu,
+    panel: PanelLink,
+    /// `https://ADDRESS`
+    origin: String,
+    pin: SpkiPin,
+}
+
+impl Plug {
+    fn boot(tap: &str, mac: &str) -> Plug {
+        let mut cfg = Config::new(image("cairn-qemu-virt.img").unwrap());
+        cfg.ethernet = Ethernet::Tap {
+            ifname: tap.into(),
+            mac: mac.into(),
+        };
+        let q = Qemu::boot(&cfg).unwrap();
+        let panel = q.panel().unwrap();
+        // The web's line names the certificate; the address comes later, without DHCP
+        // (`cairn: net: eth0 169.254.X.Y/16 link-local`).
+        let web = q.wait_line("cairn: web: https://", BOOT_TIMEOUT).unwrap();
+        let fingerprint = web
+            .split_once("certificate SHA-256 ")
+            .unwrap()
+            .1
+            .to_string();
+        let net = q
+            .wait_line("cairn: net: eth0 169.254.", ADDRESSED)
+            .unwrap_or_else(|e| panic!("{e:#}; console:\n{}", q.console().join("\n")));
+        let address = net
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix("/16"))
+            .unwrap_or_else(|| panic!("no address in {net:?}"))
+            .to_string();
+        let pin = pin_from_fingerprint(&address, 443, &fingerprint).unwrap();
+        Plug {
+            q,
+            panel,
+            origin: format!("https://{address}"),
+            pin,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    /// Claims the plug with a press and sets it up as `name`, as its owner does in a browser:
+    /// the form, then the recovery key's last group. Returns the browser, logged in.
+    fn set_up(&self, name: &str) -> Browser {
+        let mut b = Browser::open(&self.pin, Viewport::DESKTOP).unwrap();
+        b.goto(&self.url("/")).unwrap();
+        assert_eq!(b.text_of("h1").unwrap(), "Press the button on your Cairn");
+        // The page's poll has reached the device by now.
+        std::thread::sleep(Duration::from_secs(2));
+        self.press();
+        b.wait_for_text(Scope::Css("h1"), "Set up your Cairn", REACT)
+            .unwrap();
+        b.fill("#name", name).unwrap();
+        b.fill("#passphrase", PASSPHRASE).unwrap();
+        b.fill("#passphrase2", PASSPHRASE).unwrap();
+        b.click_to_next_page("button[type=submit]", HASHING)
+            .unwrap();
+        let key = b.text_of("#recovery-key").unwrap();
+        b.fill("#last", key.rsplit('-').next().unwrap()).unwrap();
+        b.click_to_next_page("button[type=submit]", REACT).unwrap();
+        assert_eq!(b.text_of("h1").unwrap(), name);
+        b
+    }
+
+    fn press(&self) {
+        self.panel.press(Duration::from_millis(300)).unwrap();
+    }
+}
+
+/// The plug's id, as its Storage page shows it.
+fn own_id(b: &mut Browser, plug: &Plug) -> String {
+    b.goto(&plug.url("/admin/storage")).unwrap();
+    let id = b.text_of("#this-plug code").unwrap();
+    assert!(id.starts_with("12D3KooW"), "{id}");
+    id
+}
+
+/// Waits (reloading the Storage page, at most `timeout`) until its partner list shows `peer`.
+fn wait_partner(b: &mut Browser, plug: &Plug, peer: &str, timeout: Duration) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        b.goto(&plug.url("/admin/storage")).unwrap();
+        let partners = b.text_of("#partners").unwrap();
+        if partners.contains(peer) {
+            return partners;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{peer} not among the partners within {timeout:?}: {partners}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Unpairs `peer` from the Storage page; the page lists no partner after.
+fn unpair(b: &mut Browser, plug: &Plug, peer: &str) {
+    b.goto(&plug.url("/admin/storage")).unwrap();
+    b.click("#partners details summary").unwrap();
+    b.click_to_next_page("form[action='/admin/storage/unpair'] button", REACT)
+        .unwrap();
+    assert_eq!(b.text_of("h1").unwrap(), "Unpaired");
+    assert!(b.text_of("body").unwrap().contains(peer));
+    b.goto(&plug.url("/admin/storage")).unwrap();
+    assert!(b
+        .text_of("#partners")
+        .unwrap()
+        .starts_with("No partners yet."));
+}
+
+#[test]
+fn two_owners_pair_their_plugs_from_the_page_by_button_then_by_code() {
+    let lan = PrivateLan::new(2).unwrap();
+    let a = Plug::boot(&lan.taps[0], "52:54:00:00:00:2a");
+    let b = Plug::boot(&lan.taps[1], "52:54:00:00:00:2b");
+    assert_ne!(a.origin, b.origin);
+    let mut ba = a.set_up("attic");
+    let mut bb = b.set_up("cellar");
+    let (id_a, id_b) = (own_id(&mut ba, &a), own_id(&mut bb, &b));
+    assert_ne!(id_a, id_b);
+
+    // 1. By the button: Pair on A's page, and the page says the window is open and for how
+    // long; B's owner presses B's button; both pages list the other plug.
+    ba.click_to_next_page("#pair", REACT).unwrap();
+    let said = ba
+        .wait_for_text(
+            Scope::Css("#pairing"),
+            "The pairing window is open for",
+            REACT,
+        )
+        .unwrap();
+    assert!(
+        said.ends_with("press the button on the other plug now."),
+        "{said}"
+    );
+    ba.screenshot("web-pair-1-window-open").unwrap();
+    b.press();
+    // The page follows the window by itself and shows how it ended.
+    let ended = ba
+        .wait_for_text(Scope::Css("#pairing"), "Last pairing: ", PAIRING)
+        .unwrap();
+    assert!(ended.contains("paired with"), "{ended}");
+    let partners = wait_partner(&mut ba, &a, &id_b, REACT);
+    assert!(partners.contains("connected"), "{partners}");
+    ba.screenshot("web-pair-2-partners").unwrap();
+    wait_partner(&mut bb, &b, &id_a, REACT);
+    for l in [&a, &b] {
+        assert!(l
+            .q
+            .console()
+            .iter()
+            .any(|line| line.starts_with("cairn: pairing: paired with ")));
+    }
+
+    // 2. Both unpair from their pages.
+    unpair(&mut ba, &a, &id_b);
+    unpair(&mut bb, &b, &id_a);
+
+    // 3. By invitation code: B's page makes one, A's owner pastes it; partners again, both.
+    bb.goto(&b.url("/admin/storage")).unwrap();
+    bb.click_to_next_page("form[action='/admin/storage/invite'] button", REACT)
+        .unwrap();
+    let code = bb.value_of("#invitation").unwrap();
+    assert!(code.starts_with("cairn1-"), "{code}");
+    ba.goto(&a.url("/admin/storage")).unwrap();
+    ba.fill("#code", &code).unwrap();
+    ba.click_to_next_page("form[action='/admin/storage/join'] button", PAIRING)
+        .unwrap();
+    assert_eq!(ba.text_of("h1").unwrap(), "Paired");
+    assert!(
+        ba.text_of("body").unwrap().contains(&id_b),
+        "the page names the new partner"
+    );
+    ba.screenshot("web-pair-3-joined-by-code").unwrap();
+    wait_partner(&mut ba, &a, &id_b, REACT);
+    wait_partner(&mut bb, &b, &id_a, PAIRING);
+    // The code worked once: pasted again, it is refused with the node's reason.
+    ba.goto(&a.url("/admin/storage")).unwrap();
+    ba.fill("#code", &code).unwrap();
+    ba.click_to_next_page("form[action='/admin/storage/join'] button", PAIRING)
+        .unwrap();
+    assert_eq!(ba.text_of("h1").unwrap(), "Invitation");
+}
