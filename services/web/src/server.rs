@@ -574,6 +574,14 @@ async fn admin(
     post: bool,
 ) -> Response<Body> {
     let Some((session, csrf)) = app.session(&req) else {
+        // A page's script (an upload, a poll) cannot follow a redirect to the login: it is
+        // told in its own terms, and the page says so.
+        if req.method() == Method::PUT || req.uri().path().starts_with("/admin/api/") {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"ok": false, "error": "your session has ended: log in again; nothing was stored"}),
+            );
+        }
         return redirect("/admin/login");
     };
     let path = req.uri().path().to_string();

@@ -172,6 +172,13 @@ async fn the_vault_locks_when_the_last_session_ends_and_opens_at_login() {
     assert_eq!(put(&mut b, &csrf, "a.txt", "kept").await.status, 200);
     b.form("/admin/logout", &[("csrf", &csrf)]).await;
     assert!(server.data.path().join("vault").exists());
+    // The page's script with the ended session: told so in JSON, not sent to the login page.
+    let r = put(&mut b, &csrf, "late.txt", "too late").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(
+        r.json()["error"],
+        "your session has ended: log in again; nothing was stored"
+    );
     // Logged in again: opened with the passphrase, the file is there.
     let mut again = server.logged_in().await;
     let got = again.get("/admin/files/get?path=a.txt").await;
@@ -344,4 +351,99 @@ async fn a_folder_upload_with_anything_wrong_stores_none_of_it() {
     // And a good one after all that goes through as snapshot 1.
     let r = put_folder(&mut b, &csrf, "", folder_body(&[("a.txt", good)])).await;
     assert_eq!(r.json()["snapshot"], 1, "{}", r.body);
+}
+
+/// Shards into directories, until a budget of bytes runs out: then every put fails as a full
+/// disk does (the node's store says the same through its socket on a plug).
+struct Card {
+    dirs: cairn_vault::sink::DirStore,
+    left: std::sync::atomic::AtomicU64,
+}
+
+impl cairn_vault::sink::ShardSink for Card {
+    fn put_shard(
+        &self,
+        id: &cairn_vault::sink::ShardId,
+        shard: &[u8],
+    ) -> Result<(), cairn_vault::sink::ShardError> {
+        use std::sync::atomic::Ordering;
+        let n = shard.len() as u64;
+        if self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(n)
+            })
+            .is_err()
+        {
+            return Err(cairn_vault::sink::ShardError::Failed {
+                id: *id,
+                place: "the card".into(),
+                reason: "No space left on device (os error 28)".into(),
+            });
+        }
+        self.dirs.put_shard(id, shard)
+    }
+
+    fn flush(&self) -> Result<(), cairn_vault::sink::ShardError> {
+        self.dirs.flush()
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_stores_nothing_and_says_so() {
+    let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let dirs: Vec<_> = (0..3)
+        .map(|i| data.path().join(format!("shards{i}")))
+        .collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let card = std::sync::Arc::new(Card {
+        dirs: cairn_vault::sink::DirStore::new(dirs.clone()),
+        left: std::sync::atomic::AtomicU64::new(u64::MAX),
+    });
+    let source = std::sync::Arc::new(cairn_vault::sink::DirStore::new(dirs));
+    let c = card.clone();
+    let mut vault = common::test_vault(data.path());
+    vault.targets = vec![cairn_vault::home::Target::Node("card".into())];
+    vault.nodes = std::sync::Arc::new(move |_: &std::path::Path| {
+        let sink: std::sync::Arc<dyn cairn_vault::sink::ShardSink> = c.clone();
+        let source: std::sync::Arc<dyn cairn_vault::sink::ShardSource> = source.clone();
+        Ok((sink, source))
+    });
+    let server = Server::start_with(data, common::FakeDevice::new(false), Some(vault));
+    let mut b = set_up_with_vault(&server).await;
+    let csrf = b.get("/admin/").await.csrf();
+    // 1 MiB left on the card, a 5 MiB file and a folder: refused, saying why, nothing listed.
+    card.left
+        .store(1 << 20, std::sync::atomic::Ordering::SeqCst);
+    let big = text(5 << 20, 5);
+    let r = put(&mut b, &csrf, "big.txt", &big).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let error = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        error.starts_with("big.txt: nothing was stored: ")
+            && error.contains("No space left on device"),
+        "{error}"
+    );
+    let r = put_folder(
+        &mut b,
+        &csrf,
+        "",
+        folder_body(&[("a/big.txt", big.as_bytes())]),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("No space left on device"), "{}", r.body);
+    assert!(b
+        .get("/admin/files")
+        .await
+        .body
+        .contains("Nothing stored yet"));
+    // Room again: the same upload goes through as the first snapshot, whole.
+    card.left
+        .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    let r = put(&mut b, &csrf, "big.txt", &big).await;
+    assert_eq!(r.json()["snapshot"], 1, "{}", r.body);
+    assert!(b.get("/admin/files/get?path=big.txt").await.body == big);
 }

@@ -176,5 +176,7 @@ async fn pair_opens_the_window_through_pid1_and_the_page_follows_it() {
     // The API is the owner's only.
     let mut stranger = server.browser();
     let r = stranger.get("/admin/api/storage").await;
-    assert_eq!(r.status, 303);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["ok"], false);
+    assert!(r.json().get("storage").is_none(), "{}", r.body);
 }
