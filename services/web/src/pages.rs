@@ -163,6 +163,21 @@ pub struct Dashboard {
     pub storage: Result<Status, String>,
 }
 
+/// What the plug's LEDs show now, in the words of the board's README.
+fn led_says(b: &Board) -> &'static str {
+    if b.window.is_some() {
+        return "the green LED blinks fast: the pairing window is open.";
+    }
+    match b.health.as_str() {
+        "booting" => "the green LED blinks evenly, once a second.",
+        "setup-needed" => "the green LED flashes twice every 2 seconds.",
+        "healthy" => "the green LED is on.",
+        "degraded" => "the green LED dips every 3 seconds; a red LED, where there is one, is on.",
+        "error" => "the green LED flashes three times every 2 seconds; a red LED, where there is one, is on.",
+        _ => "the LEDs show it as the board's README says.",
+    }
+}
+
 /// The owner's dashboard.
 pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
     layout(
@@ -171,7 +186,10 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
             (nav(Section::Dashboard))
             h1 { (d.name) }
             @match &d.board {
-                Ok(b) => p { "Health: " strong class=(format!("health-{}", b.health)) { (b.health) } },
+                Ok(b) => p #health {
+                    "Health: " strong class=(format!("health-{}", b.health)) { (b.health) }
+                    " — " (led_says(b))
+                },
                 Err(e) => p.error { "The board's state is unknown: " (e) },
             }
             h2 { "Services" }

@@ -19,6 +19,7 @@ async fn the_dashboard_shows_the_device_and_its_buttons_reach_pid1() {
     for text in [
         "plug",
         "healthy",
+        "the green LED is on.",
         "node",
         "30 MiB",
         "web",

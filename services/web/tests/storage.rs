@@ -168,6 +168,14 @@ async fn pair_opens_the_window_through_pid1_and_the_page_follows_it() {
     );
     let api = b.get("/admin/api/storage").await.json();
     assert_eq!(api["window"]["remaining_ms"], 60_000);
+    // The dashboard says what the LED shows meanwhile.
+    let dash = b.get("/admin/").await;
+    assert!(
+        dash.body
+            .contains("the green LED blinks fast: the pairing window is open."),
+        "{}",
+        dash.body
+    );
     assert_eq!(api["storage"]["partners"].as_array().unwrap().len(), 2);
     // A second click while it is open: PID 1's reason.
     let r = b.form("/admin/storage/pair", &[("csrf", &csrf)]).await;
