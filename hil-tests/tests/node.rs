@@ -166,6 +166,7 @@ fn two_plugs_on_one_cable_pair_when_both_buttons_are_pressed() {
     for p in &panels {
         press(p);
     }
+    let mut codes = Vec::new();
     for (i, (q, p)) in boards.iter().zip(&panels).enumerate() {
         let other = &ids[1 - i];
         let line = q
@@ -176,8 +177,14 @@ fn two_plugs_on_one_cable_pair_when_both_buttons_are_pressed() {
             )
             .unwrap()
             .1;
-        assert_eq!(line, format!("cairn: pairing: paired with {other}"));
+        // Both consoles show the same six digits, for the owners to compare.
+        let code = line
+            .strip_prefix(&format!("cairn: pairing: paired with {other}, code "))
+            .unwrap_or_else(|| panic!("{line}"));
+        codes.push(code.to_string());
         p.wait_pattern(starts[i].0, "confirmed", REACT)
             .unwrap_or_else(|| panic!("board {i}'s LEDs did not confirm"));
     }
+    assert_eq!(codes[0], codes[1]);
+    assert_eq!(codes[0].len(), 7, "{}", codes[0]);
 }

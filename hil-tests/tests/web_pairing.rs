@@ -3,7 +3,8 @@
 //! DHCP server, so link-local addresses), each plug set up through its page as its owner would.
 //!
 //! First by the button: Pair on A's page opens A's window (the page follows it live), a press
-//! on B's front panel, and each page lists the other plug by the id the other's page shows.
+//! on B's front panel; each page lists the other plug by the id the other's page shows, and
+//! both show the same six-digit code.
 //! Both unpair from their pages. Then by invitation code: B's page makes one, A's page takes it
 //! pasted, and they are partners again.
 
@@ -171,7 +172,19 @@ fn two_owners_pair_their_plugs_from_the_page_by_button_then_by_code() {
     let ended = ba
         .wait_for_text(Scope::Css("#pairing"), "Last pairing: ", PAIRING)
         .unwrap();
-    assert!(ended.contains("paired with"), "{ended}");
+    assert!(
+        ended.contains(&format!("paired with {id_b}, code ")),
+        "{ended}"
+    );
+    // The six digits B's page shows are A's: the owners compare them.
+    let code_of = |said: &str| said.split(", code ").nth(1).unwrap()[..7].to_string();
+    bb.goto(&b.url("/admin/storage")).unwrap();
+    let b_said = bb.text_of("#pairing").unwrap();
+    assert!(
+        b_said.contains(&format!("paired with {id_a}, code ")),
+        "{b_said}"
+    );
+    assert_eq!(code_of(&ended), code_of(&b_said));
     let partners = wait_partner(&mut ba, &a, &id_b, REACT);
     assert!(partners.contains("connected"), "{partners}");
     ba.screenshot("web-pair-2-partners").unwrap();

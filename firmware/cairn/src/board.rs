@@ -505,10 +505,15 @@ impl Pairing {
 /// claim from the setup page.
 pub fn settle<C: Clock>(ui: &SharedUi<C>, outcome: Result<PairOutcome, String>) -> String {
     match outcome {
-        Ok(PairOutcome::Paired { peer }) => match ui.complete(Completion::Pairing) {
-            Ok(_) => format!("pairing: paired with {peer}"),
-            Err(e) => format!("pairing: paired with {peer}, after the window closed ({e})"),
+        Ok(PairOutcome::Paired { peer, code }) => match ui.complete(Completion::Pairing) {
+            Ok(_) => format!("pairing: paired with {peer}, code {code}"),
+            Err(e) => format!(
+                "pairing: paired with {peer}, code {code}, after the window closed ({e})"
+            ),
         },
+        Ok(PairOutcome::Unconfirmed { peer }) => format!(
+            "pairing: refused: {peer} was in pairing mode but did not confirm; press again"
+        ),
         Ok(PairOutcome::Overlap { candidates }) => format!(
             "pairing: refused: {} plugs are in pairing mode ({}); press again when only one other is",
             candidates.len(),
@@ -814,9 +819,10 @@ mod tests {
             &ui,
             Ok(PairOutcome::Paired {
                 peer: "12D3KooWpeer".into(),
+                code: "123 456".into(),
             }),
         );
-        assert_eq!(line, "pairing: paired with 12D3KooWpeer");
+        assert_eq!(line, "pairing: paired with 12D3KooWpeer, code 123 456");
         assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Confirmed);
         assert_eq!(ui.pairing_status(), cairn_bsp::WindowStatus::Closed);
     }
@@ -860,7 +866,10 @@ mod tests {
     #[test]
     fn one_attempt_at_a_time_for_the_window_left() {
         let node = Arc::new(FakeNode {
-            outcome: Mutex::new(Some(Ok(PairOutcome::Paired { peer: "p".into() }))),
+            outcome: Mutex::new(Some(Ok(PairOutcome::Paired {
+                peer: "p".into(),
+                code: "123 456".into(),
+            }))),
             delay: Duration::from_millis(300),
             asked: Mutex::new(Vec::new()),
         });

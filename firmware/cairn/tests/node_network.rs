@@ -35,8 +35,27 @@ fn two_plugs_pair_by_their_pairing_windows_and_a_third_makes_it_an_overlap() {
         let hb = s.spawn(|| b.ctl(&["pair", "--window", "20"]));
         (ha.join().unwrap(), hb.join().unwrap())
     });
-    assert_eq!(pa.trim(), format!("paired with {}", b.peer()));
-    assert_eq!(pb.trim(), format!("paired with {}", a.peer()));
+    // Each names the other, and both show the same six digits for their owners to compare.
+    let code = |said: &str, peer: &str| -> String {
+        let rest = said
+            .trim()
+            .strip_prefix(&format!("paired with {peer}, code "))
+            .unwrap_or_else(|| panic!("{said}"));
+        let code = rest
+            .strip_suffix(" (the other plug shows the same)")
+            .unwrap_or_else(|| panic!("{said}"));
+        assert!(
+            code.len() == 7
+                && code.chars().enumerate().all(|(i, c)| if i == 3 {
+                    c == ' '
+                } else {
+                    c.is_ascii_digit()
+                }),
+            "{said}"
+        );
+        code.to_string()
+    };
+    assert_eq!(code(&pa, &b.peer()), code(&pb, &a.peer()));
     assert_eq!(partner(&a.status(), &b.peer())["via"], "button");
     assert_eq!(partner(&b.status(), &a.peer())["via"], "button");
     // The node's log lines (`tracing` events, printed by `cairn node run` on stderr) as a person,

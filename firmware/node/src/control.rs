@@ -116,6 +116,14 @@ pub enum PairOutcome {
     Paired {
         /// Its peer id.
         peer: String,
+        /// The six digits both plugs show (`123 456`), for the owners to compare.
+        code: String,
+    },
+    /// One plug was in pairing mode, but it did not confirm (its reveal did not come, or did
+    /// not match its probe): refused.
+    Unconfirmed {
+        /// Its peer id.
+        peer: String,
     },
     /// More than one plug was in pairing mode: refused, as nobody can tell which one is meant.
     Overlap {
@@ -201,6 +209,10 @@ impl Client {
         };
         match h["outcome"].as_str() {
             Some("paired") => Ok(PairOutcome::Paired {
+                peer: h["peer"].as_str().unwrap_or_default().to_owned(),
+                code: h["code"].as_str().unwrap_or_default().to_owned(),
+            }),
+            Some("unconfirmed") => Ok(PairOutcome::Unconfirmed {
                 peer: h["peer"].as_str().unwrap_or_default().to_owned(),
             }),
             Some("overlap") => Ok(PairOutcome::Overlap {

@@ -148,9 +148,14 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
                 return fail("node is shutting down");
             }
             match rx.await {
-                Ok(Ok(PairOutcome::Paired { peer })) => {
-                    ok(json!({"outcome": "paired", "peer": peer}))
+                Ok(Ok(PairOutcome::Paired { peer, code })) => {
+                    ok(json!({"outcome": "paired", "peer": peer, "code": code}))
                 }
+                Ok(Ok(PairOutcome::Unconfirmed { peer })) => ok(json!({
+                    "outcome": "unconfirmed",
+                    "peer": peer,
+                    "message": format!("{peer} was in pairing mode but did not confirm; refused"),
+                })),
                 Ok(Ok(PairOutcome::Overlap { candidates })) => ok(json!({
                     "outcome": "overlap",
                     "candidates": candidates,

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::codec::Held;
 use crate::holder;
 use crate::net::{self, Behaviour, BehaviourEvent};
-use crate::pairing::{self, PairSession};
+use crate::pairing::{self, PairSession, Step};
 use crate::state::{now_secs, Cmd, PeerMeta, Shared};
 use crate::wire::Msg;
 
@@ -43,6 +43,7 @@ pub struct SwarmTask {
 enum Outstanding {
     Reply(oneshot::Sender<Result<Held, String>>),
     PairProbe(PeerId),
+    PairReveal(PeerId),
 }
 
 impl SwarmTask {
@@ -163,7 +164,7 @@ impl SwarmTask {
                     let _ = reply.send(Err("a pairing window is already open".into()));
                     return;
                 }
-                self.pairing = Some(PairSession::open(window, reply));
+                self.pairing = Some(PairSession::open(self.shared.me, window, reply));
             }
             Cmd::Dial { peer, addrs } => {
                 self.dial_known(peer, addrs);
@@ -185,19 +186,25 @@ impl SwarmTask {
                 .swarm
                 .behaviour_mut()
                 .shard
-                .send_request(&p, Held::new(pairing::probe()));
+                .send_request(&p, Held::new(s.probe()));
             self.outstanding.insert(id, Outstanding::PairProbe(p));
         }
-        if !s.due(Instant::now()) {
-            return;
+        match s.step(Instant::now()) {
+            Step::Wait => {}
+            Step::Reveal(peer, msg) => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .shard
+                    .send_request(&peer, Held::new(msg));
+                self.outstanding.insert(id, Outstanding::PairReveal(peer));
+            }
+            Step::Finish => {
+                let s = self.pairing.take().expect("session");
+                let shared = self.shared.clone();
+                s.finish(&shared, |p| addrs_in(&mut self.swarm, p));
+            }
         }
-        let s = self.pairing.take().expect("session");
-        let shared = self.shared.clone();
-        s.finish(&shared, |p| addrs_in(&mut self.swarm, p));
-    }
-
-    fn pair_candidate(&mut self, peer: PeerId) -> bool {
-        pairing::candidate(&self.shared, self.pairing.as_mut(), peer)
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
@@ -339,7 +346,12 @@ impl SwarmTask {
                 }
                 Some(Outstanding::PairProbe(p)) => {
                     if matches!(response.msg, Msg::Paired) {
-                        self.pair_candidate(p);
+                        pairing::answered(&self.shared, self.pairing.as_mut(), p);
+                    }
+                }
+                Some(Outstanding::PairReveal(p)) => {
+                    if let Msg::Error { reason, .. } = &response.msg {
+                        tracing::warn!("pairing: {p} refused our reveal: {reason}");
                     }
                 }
                 None => {}

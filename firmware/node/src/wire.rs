@@ -141,7 +141,8 @@ pub enum Msg {
     Pair {
         /// [`PAIR_WINDOW`] or [`PAIR_INVITE`].
         mode: u8,
-        /// The invitation's secret, or zero for the pairing window.
+        /// The invitation's secret; for the pairing window the commitment to the session's
+        /// nonce, then the nonce itself ([`PAIR_REVEAL`]).
         secret: [u8; 16],
     },
     /// Reply to `Put`: the shard is durably stored.
@@ -197,6 +198,9 @@ pub enum Msg {
 pub const PAIR_WINDOW: u8 = 1;
 /// [`Msg::Pair`] mode: the secret of an invitation code.
 pub const PAIR_INVITE: u8 = 2;
+/// [`Msg::Pair`] mode: the button session's nonce, revealed to the one candidate (its probe
+/// carried the commitment).
+pub const PAIR_REVEAL: u8 = 3;
 
 /// A message with the request id that pairs a reply with its request.
 #[derive(Clone, Debug, PartialEq, Eq)]

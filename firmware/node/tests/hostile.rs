@@ -22,7 +22,8 @@ use cairn_node::invite::Invitation;
 use cairn_node::node::Config;
 use cairn_node::records::shard_key;
 use cairn_node::wire::{
-    ErrorCode, Frame, Msg, ShardId, FRAME_BYTES_MAX, HEADER_LEN, PAIR_INVITE, PAIR_WINDOW, VERSION,
+    ErrorCode, Frame, Msg, ShardId, FRAME_BYTES_MAX, HEADER_LEN, PAIR_INVITE, PAIR_REVEAL,
+    PAIR_WINDOW, VERSION,
 };
 use cairn_vault::seal::AeadKind;
 use cairn_vault::shard::{encode_shard, ShardHeader};
@@ -1093,4 +1094,45 @@ fn strangers_beyond_their_connection_limit_are_cut_off_and_partners_still_served
         }
         node.assert_alive();
     });
+}
+
+#[test]
+fn a_lan_host_that_only_says_its_window_is_open_is_not_paired_with() {
+    let node = Node::start(|_| {});
+    std::thread::scope(|s| {
+        // The owner presses the button: the window is open for 4 s.
+        let window = s.spawn(|| node.op(json!({"op": "pair", "window_ms": 4000})));
+        run(async {
+            // A host on the LAN (loopback counts as local) that heard the node's probe: it
+            // says its window is open too, but never answers a probe nor reveals a nonce it
+            // committed to.
+            let mut host = Peer::connect(&node).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let heard = host
+                .ask(Msg::Pair {
+                    mode: PAIR_WINDOW,
+                    secret: [7; 16],
+                })
+                .await;
+            assert_eq!(
+                heard,
+                Msg::Paired,
+                "its probe is heard while the window is open"
+            );
+            let reveal = host
+                .ask(Msg::Pair {
+                    mode: PAIR_REVEAL,
+                    secret: [9; 16],
+                })
+                .await;
+            assert_refused(
+                &reveal,
+                ErrorCode::BadRequest,
+                &["is not pairing with", "alone (0 candidates)"],
+            );
+        });
+        let outcome = window.join().unwrap().expect("the window's answer");
+        assert_eq!(outcome["outcome"], json!("none"), "{outcome}");
+    });
+    assert!(node.status()["partners"].as_array().unwrap().is_empty());
 }

@@ -552,6 +552,9 @@ pub fn storage(
                     "Finishing the pairing…"
                 } @else if let Some(last) = &pairing.last {
                     "Last pairing: " (last) "."
+                    @if last.contains(", code ") {
+                        " The other plug's page shows the same code: compare them with its owner."
+                    }
                 }
             }
             h2 { "Invitation codes" }

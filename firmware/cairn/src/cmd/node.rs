@@ -192,7 +192,14 @@ pub fn run(args: Args) -> Result<()> {
         Command::Pair { window } => {
             let outcome = Client::connect(&socket(&args))?.pair(Duration::from_secs(window))?;
             match outcome {
-                PairOutcome::Paired { peer } => writeln!(out, "paired with {peer}")?,
+                PairOutcome::Paired { peer, code } => writeln!(
+                    out,
+                    "paired with {peer}, code {code} (the other plug shows the same)"
+                )?,
+                PairOutcome::Unconfirmed { peer } => bail!(
+                    "refused: {peer} was in pairing mode but did not confirm; press both \
+                     buttons again"
+                ),
                 PairOutcome::Overlap { candidates } => bail!(
                     "refused: {} plugs are in pairing mode ({}); press the buttons again with \
                      only two plugs",
