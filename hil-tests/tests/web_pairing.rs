@@ -6,7 +6,8 @@
 //! on B's front panel; each page lists the other plug by the id the other's page shows, and
 //! both show the same six-digit code.
 //! Both unpair from their pages. Then by invitation code: B's page makes one, A's page takes it
-//! pasted, and they are partners again.
+//! pasted, and they are partners again. Last, A is reset to factory state from its page: B
+//! hears that A's identity is gone and forgets it.
 
 use cairn_bsp::panel::PanelLink;
 use cairn_hil::browser::{pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport};
@@ -225,4 +226,33 @@ fn two_owners_pair_their_plugs_from_the_page_by_button_then_by_code() {
     ba.click_to_next_page("form[action='/admin/storage/join'] button", PAIRING)
         .unwrap();
     assert_eq!(ba.text_of("h1").unwrap(), "Invitation");
+
+    // 4. A's owner resets A to factory state (the passphrase, then a press): before its key
+    // is destroyed, A tells B its identity is gone, and B's page no longer lists it.
+    ba.goto(&a.url("/admin/system")).unwrap();
+    ba.click("details:last-of-type summary").unwrap();
+    ba.fill("#reset-passphrase", PASSPHRASE).unwrap();
+    let lines = a.q.line_count();
+    ba.click_to_next_page("form[action='/admin/reset'] button", HASHING)
+        .unwrap();
+    a.q.wait_line_from(
+        lines,
+        "cairn: factory reset: asked from the owner's page",
+        REACT,
+    )
+    .unwrap();
+    a.press();
+    a.q.wait_line_from(
+        lines,
+        "cairn: factory reset: 1 of 1 partners told this plug's identity is gone",
+        REACT,
+    )
+    .unwrap();
+    a.q.wait_line_from(lines, "cairn: factory reset: data wiped; rebooting", REACT)
+        .unwrap();
+    bb.goto(&b.url("/admin/storage")).unwrap();
+    assert!(bb
+        .text_of("#partners")
+        .unwrap()
+        .starts_with("No partners yet."));
 }

@@ -553,6 +553,7 @@ fn factory_reset(data_dir: &Path) {
         Ok(()) => {}
         Err(e) => log!("error: factory reset: {}: {e}", marker.display()),
     }
+    retire_identity();
     wipe(data_dir, false);
     log!("factory reset: data wiped; rebooting");
     if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), nix::sys::signal::SIGTERM)
@@ -561,9 +562,82 @@ fn factory_reset(data_dir: &Path) {
     }
 }
 
+/// Longest a factory reset waits for the partners to hear that this plug's identity goes.
+const RETIRE_WAIT: Duration = Duration::from_secs(5);
+
+/// Asks the storage node to tell its partners that this plug's identity is going, so that its
+/// key, if read off the card later, opens nothing there. Best effort: a node that is down, or
+/// partners out of reach, do not stop the reset (the console says how many heard).
+fn retire_identity() {
+    let told = cairn_node::control::Client::connect(Path::new(NODE_SOCKET))
+        .and_then(|mut c| c.retire(RETIRE_WAIT));
+    match told {
+        Ok((partners, heard)) => {
+            log!("factory reset: {heard} of {partners} partners told this plug's identity is gone")
+        }
+        Err(e) => log!("factory reset: the partners could not be told: {e}"),
+    }
+}
+
+/// Most bytes a file may have to be overwritten before it is removed: keys, settings and
+/// books are small; shards and segments are sealed for their owners already.
+const SHRED_BYTES_MAX: u64 = 64 * 1024;
+
+/// Overwrites every regular file of at most [`SHRED_BYTES_MAX`] under `dir` with zeros, synced,
+/// so that the plug's keys (identity, TLS, the vault's key file) are gone from the file system
+/// before their names are. An SD card's controller may keep old blocks: the wipe's trim asks it
+/// to drop them too.
+fn shred_small_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let path = entry.path();
+        if kind.is_dir() {
+            shred_small_files(&path);
+        } else if kind.is_file() {
+            let len = entry.metadata().map_or(u64::MAX, |m| m.len());
+            if len == 0 || len > SHRED_BYTES_MAX {
+                continue;
+            }
+            let zeroed = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| {
+                    f.write_all(&vec![0; len as usize])?;
+                    f.sync_all()
+                });
+            if let Err(e) = zeroed {
+                log!("error: factory reset: overwriting {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// Asks the file system to discard its free blocks (FITRIM), so that an SD card may erase what
+/// the wipe freed; best effort (not every card or file system can).
+fn trim(data_dir: &Path) {
+    // struct fstrim_range { u64 start, len, minlen }.
+    let mut range: [u64; 3] = [0, u64::MAX, 0];
+    nix::ioctl_readwrite!(fitrim, b'X', 121, [u64; 3]);
+    match File::open(data_dir) {
+        // SAFETY: FITRIM reads and writes one fstrim_range, which `range` is.
+        Ok(f) => match unsafe { fitrim(std::os::fd::AsRawFd::as_raw_fd(&f), &mut range) } {
+            Ok(_) => log!("factory reset: {} bytes trimmed", range[1]),
+            Err(e) => log!("factory reset: trim not done: {e}"),
+        },
+        Err(e) => log!("factory reset: trim not done: {e}"),
+    }
+}
+
 /// Removes everything on the data partition but `lost+found` (fsck's), and last the marker if
-/// `done` and nothing was left behind.
+/// `done` and nothing was left behind. Small files are overwritten first
+/// ([`shred_small_files`]), and the freed blocks trimmed after.
 fn wipe(data_dir: &Path, done: bool) {
+    shred_small_files(data_dir);
     let entries = match std::fs::read_dir(data_dir) {
         Ok(e) => e,
         Err(e) => {
@@ -589,6 +663,7 @@ fn wipe(data_dir: &Path, done: bool) {
         }
     }
     nix::unistd::sync();
+    trim(data_dir);
     // With something left behind, keep the marker: the next boot tries again.
     if done && !failed {
         let _ = std::fs::remove_file(data_dir.join(RESET_MARKER));
@@ -767,6 +842,28 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(left, vec!["lost+found".to_string()]);
+    }
+
+    #[test]
+    fn keys_are_overwritten_before_their_names_go_and_big_files_are_left_to_the_trim() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        std::fs::create_dir_all(data.join("node")).unwrap();
+        let key = data.join("node/identity.key");
+        std::fs::write(&key, b"the plug's secret key").unwrap();
+        let segment = data.join("node/segment");
+        std::fs::write(&segment, vec![7u8; SHRED_BYTES_MAX as usize + 1]).unwrap();
+        // Opened before the wipe: what the blocks hold after the name is gone.
+        let mut held = File::open(&key).unwrap();
+        let mut big = File::open(&segment).unwrap();
+        wipe(data, true);
+        assert!(!key.exists());
+        let mut after = Vec::new();
+        held.read_to_end(&mut after).unwrap();
+        assert_eq!(after, vec![0u8; 21], "the key's bytes are zeros");
+        let mut after = Vec::new();
+        big.read_to_end(&mut after).unwrap();
+        assert!(after.iter().all(|&b| b == 7), "a big file is only unlinked");
     }
 
     #[test]

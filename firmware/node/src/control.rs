@@ -230,6 +230,21 @@ impl Client {
         self.op(json!({"op": "unpair", "peer": peer}))
     }
 
+    /// Tells every partner this plug's identity is going (before a factory reset destroys
+    /// its key), waiting at most `within`; returns how many partners there were and how many
+    /// heard it.
+    pub fn retire(&mut self, within: Duration) -> Result<(u64, u64), ControlError> {
+        self.stream
+            .set_read_timeout(Some(within + Duration::from_secs(2)))
+            .ok();
+        let h = self.op(json!({"op": "retire", "timeout_ms": within.as_millis() as u64}))?;
+        self.stream.set_read_timeout(None).ok();
+        Ok((
+            h["partners"].as_u64().unwrap_or(0),
+            h["told"].as_u64().unwrap_or(0),
+        ))
+    }
+
     /// A simple request with no payload; returns the answer's header.
     pub fn op(&mut self, header: Value) -> Result<Value, ControlError> {
         self.call(header, &[]).map(|(h, _)| h)

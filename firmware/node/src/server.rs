@@ -194,9 +194,14 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
             Err(e) => fail(e),
         },
         "unpair" => unpair(shared, h["peer"].as_str().unwrap_or("")),
+        "retire" => {
+            let within = Duration::from_millis(h["timeout_ms"].as_u64().unwrap_or(5_000))
+                .min(Duration::from_secs(30));
+            retire(shared, within).await
+        }
         other => fail(format!(
             "unknown operation {other:?} (put_shard, get_shard, flush, status, pair, invite, \
-             join, unpair, set_capacity, audit, repair)"
+             join, unpair, retire, set_capacity, audit, repair)"
         )),
     }
 }
@@ -342,6 +347,27 @@ fn unpair(shared: &Arc<Shared>, text: &str) -> (Value, Vec<u8>) {
         Ok(None) => fail(format!("unpair: {peer} is not a partner of this plug")),
         Err(e) => fail(format!("unpair: {e:#}")),
     }
+}
+
+/// Tells every partner that this plug's identity is going (a factory reset is about to
+/// destroy its key), all at once, each within `within`; answers how many heard.
+async fn retire(shared: &Arc<Shared>, within: Duration) -> (Value, Vec<u8>) {
+    let partners: Vec<libp2p::PeerId> = shared.state().saved.partners.keys().copied().collect();
+    let told = futures::future::join_all(partners.iter().map(|p| {
+        let s = shared.clone();
+        let p = *p;
+        async move {
+            let answer = tokio::time::timeout(within, s.request(p, Msg::Retire)).await;
+            matches!(answer, Ok(Ok(Msg::Retired)))
+        }
+    }))
+    .await;
+    let heard = told.iter().filter(|t| **t).count();
+    tracing::warn!(
+        "retiring this identity: {heard} of {} partners told",
+        partners.len()
+    );
+    ok(json!({"partners": partners.len(), "told": heard}))
 }
 
 async fn status(shared: &Arc<Shared>) -> (Value, Vec<u8>) {

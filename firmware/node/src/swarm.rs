@@ -20,7 +20,7 @@ use crate::holder;
 use crate::net::{self, Behaviour, BehaviourEvent};
 use crate::pairing::{self, PairSession, Step};
 use crate::state::{now_secs, Cmd, PeerMeta, Shared};
-use crate::wire::Msg;
+use crate::wire::{ErrorCode, Msg};
 
 /// The swarm and everything only it touches.
 pub struct SwarmTask {
@@ -390,6 +390,11 @@ impl SwarmTask {
             reply(&mut self.swarm, channel, refusal);
             return;
         }
+        if matches!(request.msg, Msg::Retire) {
+            let answer = retire(&self.shared, peer);
+            reply(&mut self.swarm, channel, answer);
+            return;
+        }
         let shared = self.shared.clone();
         let done = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
@@ -403,6 +408,22 @@ impl SwarmTask {
         let session = self.pairing.as_mut();
         let swarm = &mut self.swarm;
         pairing::answer(&shared, session, peer, mode, secret, |p| addrs_in(swarm, p))
+    }
+}
+
+/// A partner's identity is being destroyed (its factory reset): forgotten as a partner at
+/// once, as an unpair does, so that its key, if found later on its old card, opens nothing
+/// here. What it placed here stays until its leases run out (its owner may come back with
+/// the recovery key).
+fn retire(shared: &Shared, peer: PeerId) -> Msg {
+    match shared.remove_partner(&peer) {
+        Ok(_) => {
+            tracing::warn!(
+                "partner {peer} retired its identity (a factory reset): no longer a partner"
+            );
+            Msg::Retired
+        }
+        Err(e) => crate::holder::err(ErrorCode::Internal, format!("forgetting {peer}: {e:#}")),
     }
 }
 

@@ -192,6 +192,11 @@ pub enum Msg {
     },
     /// Reply to `Pair`: the peer recorded us as a partner.
     Paired,
+    /// The sender's identity is being destroyed (a factory reset): it is no partner of ours
+    /// from now on. Only the holder of the identity's key can send it (Noise authenticates it).
+    Retire,
+    /// Reply to `Retire`: the peer forgot us as a partner.
+    Retired,
 }
 
 /// [`Msg::Pair`] mode: both plugs' pairing windows are open.
@@ -291,6 +296,7 @@ const K_RENEW: u8 = 0x04;
 const K_AUDIT: u8 = 0x05;
 const K_FREE_Q: u8 = 0x06;
 const K_PAIR: u8 = 0x07;
+const K_RETIRE: u8 = 0x0f;
 const K_STORED: u8 = 0x81;
 const K_DATA: u8 = 0x82;
 const K_DELETED: u8 = 0x83;
@@ -299,6 +305,7 @@ const K_PROOF: u8 = 0x85;
 const K_FREE: u8 = 0x86;
 const K_ERROR: u8 = 0x87;
 const K_PAIRED: u8 = 0x88;
+const K_RETIRED: u8 = 0x8f;
 
 fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
     const S: usize = SHARD_ID_LEN;
@@ -317,6 +324,8 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
         K_FREE_Q => ("free-space-query", Shape::Fixed(0)),
         K_PAIR => ("pair", Shape::Fixed(17)),
         K_PAIRED => ("paired", Shape::Fixed(0)),
+        K_RETIRE => ("retire", Shape::Fixed(0)),
+        K_RETIRED => ("retired", Shape::Fixed(0)),
         K_STORED => ("stored", Shape::Fixed(S)),
         K_DATA => (
             "shard-data",
@@ -467,7 +476,7 @@ impl Frame {
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(&len.to_le_bytes());
             }
-            Msg::FreeSpaceQuery | Msg::Paired => {}
+            Msg::FreeSpaceQuery | Msg::Paired | Msg::Retire | Msg::Retired => {}
             Msg::Pair { mode, secret } => {
                 out.push(*mode);
                 out.extend_from_slice(secret);
@@ -525,6 +534,8 @@ impl Msg {
             Msg::Error { .. } => K_ERROR,
             Msg::Pair { .. } => K_PAIR,
             Msg::Paired => K_PAIRED,
+            Msg::Retire => K_RETIRE,
+            Msg::Retired => K_RETIRED,
         }
     }
 
@@ -568,6 +579,8 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
             }
         }
         K_PAIRED => Msg::Paired,
+        K_RETIRE => Msg::Retire,
+        K_RETIRED => Msg::Retired,
         K_STORED => Msg::Stored { shard: r.shard() },
         K_DATA => {
             let shard = r.shard();
@@ -696,6 +709,8 @@ mod tests {
             ),
             Just(Msg::FreeSpaceQuery),
             Just(Msg::Paired),
+            Just(Msg::Retire),
+            Just(Msg::Retired),
             (any::<u8>(), any::<[u8; 16]>()).prop_map(|(mode, secret)| Msg::Pair { mode, secret }),
             arb_shard().prop_map(|shard| Msg::Stored { shard }),
             (arb_shard(), data).prop_map(|(shard, data)| Msg::ShardData { shard, data }),

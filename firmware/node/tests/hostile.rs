@@ -1136,3 +1136,36 @@ fn a_lan_host_that_only_says_its_window_is_open_is_not_paired_with() {
     });
     assert!(node.status()["partners"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_partner_that_retires_its_identity_is_forgotten_and_its_key_opens_nothing() {
+    let node = Node::start(|_| {});
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let chunk = [0x5e; 32];
+        let key = shard_key(&chunk, 0);
+        let s = vault_shard(chunk, 0, 4096, "a");
+        put_and_get_back(&mut a, key, &s).await;
+        // A factory reset: the plug tells its partners its identity is going.
+        assert_eq!(a.ask(Msg::Retire).await, Msg::Retired);
+        assert!(node.status()["partners"].as_array().unwrap().is_empty());
+        // Whoever holds that key later (read off the old card) is a stranger here.
+        let me = a.id().to_string();
+        for msg in [
+            Msg::Get { shard: key },
+            Msg::Delete { shard: key },
+            put(key, &s),
+        ] {
+            let answer = a.ask(msg).await;
+            assert_refused(&answer, ErrorCode::BadRequest, &["is not a partner", &me]);
+        }
+        // What it placed here stays, for its owner's leases to run out or a restore to renew.
+        assert_eq!(node.status()["used"], json!(s.len()));
+        // A stranger cannot retire anybody.
+        let mut stranger = Peer::connect(&node).await;
+        let answer = stranger.ask(Msg::Retire).await;
+        assert_refused(&answer, ErrorCode::BadRequest, &["is not a partner"]);
+    });
+    node.stop();
+}
