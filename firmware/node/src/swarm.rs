@@ -140,7 +140,12 @@ impl SwarmTask {
 
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Request { peer, msg, reply } => {
+            Cmd::Request {
+                peer,
+                auth,
+                msg,
+                reply,
+            } => {
                 let unreachable = self
                     .shared
                     .state()
@@ -151,11 +156,11 @@ impl SwarmTask {
                     let _ = reply.send(Err(format!("partner {peer} is unreachable")));
                     return;
                 }
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .shard
-                    .send_request(&peer, Held::new(msg));
+                let held = match auth {
+                    Some(a) => Held::request(a, msg),
+                    None => Held::new(msg),
+                };
+                let id = self.swarm.behaviour_mut().shard.send_request(&peer, held);
                 self.outstanding.insert(id, Outstanding::Reply(reply));
             }
             Cmd::Pair { window, reply } => {
@@ -374,14 +379,17 @@ impl SwarmTask {
             reply(&mut self.swarm, channel, answer);
             return;
         }
-        if let Err(refusal) = holder::admit(&self.shared, peer) {
-            reply(&mut self.swarm, channel, refusal);
-            return;
-        }
+        let owner = match holder::admit(&self.shared, peer, request.auth.as_ref()) {
+            Ok(owner) => owner,
+            Err(refusal) => {
+                reply(&mut self.swarm, channel, refusal);
+                return;
+            }
+        };
         let shared = self.shared.clone();
         let done = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let msg = holder::serve(&shared, peer, request);
+            let msg = holder::serve(&shared, peer, owner, request);
             let _ = done.blocking_send((channel, msg, peer));
         });
     }

@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 struct Node {
     run: common::Running,
     peer: String,
+    /// The owner key (hex) it puts and gets for.
+    owner: String,
 }
 
 impl Node {
@@ -31,9 +33,11 @@ impl Node {
             cfg.audit_every = Duration::from_secs(24 * 3600);
             cfg.repair_every = Duration::from_secs(24 * 3600);
         });
+        let owner = run.new_owner().1;
         let mut n = Node {
             run,
             peer: String::new(),
+            owner,
         };
         n.peer = n.status()["peer"].as_str().expect("peer").to_owned();
         n
@@ -71,7 +75,8 @@ impl Node {
     fn put_all(&self, shards: &[Vec<u8>]) {
         let mut c = self.client();
         for s in shards {
-            c.call(json!({"op": "put_shard"}), s).expect("put_shard");
+            c.call(json!({"op": "put_shard", "owner": self.owner}), s)
+                .expect("put_shard");
         }
         c.op(json!({"op": "flush"})).expect("flush");
     }
@@ -80,7 +85,7 @@ impl Node {
         let (_, data) = self
             .client()
             .call(
-                json!({"op": "get_shard", "chunk": hex(chunk), "index": index}),
+                json!({"op": "get_shard", "owner": self.owner, "chunk": hex(chunk), "index": index}),
                 &[],
             )
             .unwrap_or_else(|e| panic!("get_shard {index}: {e}"));
