@@ -223,7 +223,7 @@ impl Client {
     /// naming the node's peer id here, in the caller's process, and hands the node only that.
     /// Returns the owner key in hex, as `put_shard` and `get_shard` name it.
     pub fn register_owner(&mut self, owner: &OwnerKey) -> Result<String, ControlError> {
-        let st = self.op(json!({"op": "status"}))?;
+        let st = self.op(json!({"op": "peer"}))?;
         let peer: libp2p::PeerId = st["peer"]
             .as_str()
             .and_then(|p| p.parse().ok())

@@ -752,6 +752,15 @@ fn adopt(shared: &Shared, owner: [u8; 32], found: &[(Vec<u8>, PeerId)]) -> Resul
     Ok(())
 }
 
+/// The partners `rec` names as holders.
+fn holders(rec: &ChunkRecord) -> HashSet<PeerId> {
+    rec.slots
+        .iter()
+        .flatten()
+        .filter_map(|s| s.peer.parse().ok())
+        .collect()
+}
+
 /// Looks for the shards of `rec`'s empty slots on live partners that hold none of the chunk
 /// (a record rebuilt by a restored plug names only the shards it read) and records those found,
 /// so repair rebuilds only what is really lost. Returns whether any was found.
@@ -765,12 +774,7 @@ async fn discover(shared: &Arc<Shared>, rec: &mut ChunkRecord) -> Result<bool, S
     if empty.is_empty() {
         return Ok(false);
     }
-    let mut asked: HashSet<PeerId> = rec
-        .slots
-        .iter()
-        .flatten()
-        .filter_map(|s| s.peer.parse().ok())
-        .collect();
+    let mut asked = holders(rec);
     let partners = shared.state().partner_ids();
     let mut found = false;
     for peer in partners {
@@ -1046,12 +1050,7 @@ async fn move_out(
     if here.is_empty() {
         return Ok(0);
     }
-    let mut exclude: HashSet<PeerId> = rec
-        .slots
-        .iter()
-        .flatten()
-        .filter_map(|s| s.peer.parse().ok())
-        .collect();
+    let mut exclude = holders(rec);
     let mut moved: Vec<u8> = Vec::new();
     let mut changed = false;
     for i in here {

@@ -118,6 +118,8 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
     let op = h["op"].as_str().unwrap_or("");
     let owner_key = h["owner"].as_str().and_then(owner::parse_chunk);
     match op {
+        // Cheap, unlike status (which walks every record): what an owner signs for.
+        "peer" => ok(json!({"peer": shared.me.to_string()})),
         "owner" => register_owner(shared, h),
         "rejoin" => rejoin(shared, h["addr"].as_str().unwrap_or("")).await,
         "put_shard" => match owner_key {
@@ -199,7 +201,7 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
         },
         "unpair" => unpair(shared, h["peer"].as_str().unwrap_or("")),
         other => fail(format!(
-            "unknown operation {other:?} (owner, put_shard, get_shard, flush, status, pair, \
+            "unknown operation {other:?} (peer, owner, put_shard, get_shard, flush, status, pair, \
              invite, join, rejoin, unpair, set_capacity, audit, repair)"
         )),
     }

@@ -476,6 +476,31 @@ async fn put_and_get_back(peer: &mut Peer, key: ShardId, data: &[u8]) {
     );
 }
 
+/// Renews the lease of `key` and checks the answer.
+async fn renews(peer: &mut Peer, key: ShardId) {
+    let answer = peer
+        .ask(Msg::RenewLease {
+            shard: key,
+            lease_secs: LEASE,
+        })
+        .await;
+    assert_eq!(
+        answer,
+        Msg::LeaseRenewed {
+            shard: key,
+            lease_secs: LEASE
+        }
+    );
+}
+
+/// Deletes `key` and checks the answer.
+async fn deletes(peer: &mut Peer, key: ShardId) {
+    assert_eq!(
+        peer.ask(Msg::Delete { shard: key }).await,
+        Msg::Deleted { shard: key }
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The cases.
 
@@ -890,21 +915,8 @@ fn a_partner_cannot_read_audit_renew_or_delete_another_owners_shard() {
         assert_eq!(node.partner(&a.id())["held_for_them"], json!(theirs.len()));
 
         // Its owner still may.
-        assert_eq!(
-            a.ask(Msg::RenewLease {
-                shard: key,
-                lease_secs: LEASE
-            })
-            .await,
-            Msg::LeaseRenewed {
-                shard: key,
-                lease_secs: LEASE
-            }
-        );
-        assert_eq!(
-            a.ask(Msg::Delete { shard: key }).await,
-            Msg::Deleted { shard: key }
-        );
+        renews(&mut a, key).await;
+        deletes(&mut a, key).await;
         assert_eq!(node.partner(&a.id())["held_for_them"], json!(0));
         assert_eq!(node.status()["used"], json!(0));
     });
@@ -917,23 +929,21 @@ fn a_partner_cannot_fetch_the_holders_own_placement_records_nor_shards_kept_here
         c.audit_every = Duration::from_secs(24 * 3600);
         c.repair_every = Duration::from_secs(24 * 3600);
     });
-    // The node's own owner stores a chunk; its only partner below takes no shards (it serves
-    // no requests), so the node keeps them and writes the chunk's record in its own store.
+    // The node's own owner stores a chunk while it has no partner: the node keeps the shards
+    // and writes the chunk's record in its own store.
     let (_, owner) = node.run.new_owner();
     let chunk = [0x6a; 32];
+    let mut c = node.run.client();
+    for i in 0..4 {
+        let s = vault_shard(chunk, i, 8 << 10, "own");
+        c.call(json!({"op": "put_shard", "owner": owner}), &s)
+            .expect("put_shard");
+    }
+    c.op(json!({"op": "flush"})).expect("flush");
+    assert_eq!(node.status()["chunks"]["held_here"], json!(4));
     run(async {
         let mut x = Peer::connect(&node).await;
         x.pair(&node).await;
-        let shards: Vec<Vec<u8>> = (0..4)
-            .map(|i| vault_shard(chunk, i, 8 << 10, "own"))
-            .collect();
-        let mut c = node.run.client();
-        for s in &shards {
-            c.call(json!({"op": "put_shard", "owner": owner}), s)
-                .expect("put_shard");
-        }
-        c.op(json!({"op": "flush"})).expect("flush");
-        assert_eq!(node.status()["chunks"]["held_here"], json!(4));
 
         // X holds (or learned) the chunk id: every id derived from it is refused.
         let record = ShardId(record_id(&chunk).0);
@@ -961,7 +971,11 @@ fn a_partner_cannot_fetch_the_holders_own_placement_records_nor_shards_kept_here
                     code: ErrorCode::NotFound,
                     ..
                 } => {}
-                other => panic!("a partner fetched the owner's record or shard: {other:.120?}"),
+                Msg::ShardData { data, .. } => panic!(
+                    "a partner fetched the owner's record or shard: {:?}",
+                    String::from_utf8_lossy(&data[..data.len().min(120)])
+                ),
+                other => panic!("unexpected answer: {other:.120?}"),
             }
         }
     });
@@ -1088,17 +1102,7 @@ fn a_new_plug_of_the_same_owner_is_admitted_and_reads_what_the_old_one_stored() 
             }
         );
         assert_eq!(node.partner(&new.id())["via"], json!("owner key"));
-        assert_eq!(
-            new.ask(Msg::RenewLease {
-                shard: key,
-                lease_secs: LEASE
-            })
-            .await,
-            Msg::LeaseRenewed {
-                shard: key,
-                lease_secs: LEASE
-            }
-        );
+        renews(&mut new, key).await;
         // A plug with a statement of an owner nobody here acted for is still a stranger, and
         // a statement signed for another plug is refused.
         let mut stranger = Peer::connect(&node).await;
@@ -1114,10 +1118,7 @@ fn a_new_plug_of_the_same_owner_is_admitted_and_reads_what_the_old_one_stored() 
             &["no valid owner's statement"],
         );
         // Deleting through the new plug frees the old plug's books.
-        assert_eq!(
-            new.ask(Msg::Delete { shard: key }).await,
-            Msg::Deleted { shard: key }
-        );
+        deletes(&mut new, key).await;
         assert_eq!(node.partner(&old.id())["held_for_them"], json!(0));
         assert_eq!(node.status()["used"], json!(0));
     });
@@ -1240,10 +1241,7 @@ fn a_partner_replacing_its_shard_with_a_smaller_one_is_booked_at_the_new_size() 
             "books still count the replaced shard's size"
         );
         assert_eq!(node.status()["used"], json!(small.len()));
-        assert_eq!(
-            a.ask(Msg::Delete { shard: key }).await,
-            Msg::Deleted { shard: key }
-        );
+        deletes(&mut a, key).await;
         assert_eq!(node.partner(&a.id())["held_for_them"], json!(0));
         assert_eq!(node.status()["used"], json!(0));
     });
