@@ -15,7 +15,7 @@ use cairn_node::testnet::{random_file, same_file, Node, Transport, Vault};
 use serde_json::Value;
 
 /// Data stored, in MiB, unless `CAIRN_RESTORE_TEST_MIB` says otherwise.
-const MIB_DEFAULT: usize = 24;
+const MIB_DEFAULT: usize = 64;
 
 /// Seconds a partner may be unseen before its shards are rebuilt elsewhere (short for the test).
 const GRACE_SECS: u64 = 3;
