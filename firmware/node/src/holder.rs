@@ -26,11 +26,14 @@ pub(crate) fn admit(
     peer: PeerId,
     auth: Option<&OwnerAuth>,
 ) -> Result<[u8; 32], Msg> {
-    let Some(auth) = auth.filter(|a| shared.verified(&peer, a)) else {
-        return Err(err(
+    let invalid = || {
+        err(
             ErrorCode::BadRequest,
             format!("the request of {peer} carries no valid owner's statement for it"),
-        ));
+        )
+    };
+    let Some(auth) = auth else {
+        return Err(invalid());
     };
     let owner = auth.owner;
     let owner_hex = crate::records::hex(&owner);
@@ -49,13 +52,18 @@ pub(crate) fn admit(
             ),
         }
     };
-    if !partner {
-        let Some(old) = successor_of else {
-            return Err(err(
-                ErrorCode::BadRequest,
-                format!("peer {peer} is not a partner of {}: pair first", shared.me),
-            ));
-        };
+    if !partner && successor_of.is_none() {
+        return Err(err(
+            ErrorCode::BadRequest,
+            format!("peer {peer} is not a partner of {}: pair first", shared.me),
+        ));
+    }
+    // After that cheap refusal: only a partner, or a peer naming an owner a partner acted for,
+    // costs a signature check (once per peer and owner).
+    if !shared.verified(&peer, auth) {
+        return Err(invalid());
+    }
+    if let Some(old) = successor_of {
         // Only the owner's secret signs a statement: this is a new plug of the owner that
         // partner `old` acted for (restored from the recovery key).
         tracing::info!("{peer} acts for owner {owner_hex} as {old} did: accepted as a partner");
