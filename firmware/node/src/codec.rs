@@ -74,13 +74,28 @@ impl Budget {
 pub struct Held {
     /// The message.
     pub msg: Msg,
+    /// The owner a request is made for (every request but `Pair`; see [`wire::OwnerAuth`]).
+    pub auth: Option<wire::OwnerAuth>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Held {
-    /// A message that holds no budget (one we send).
+    /// A message that holds no budget (one we send): a reply, or a pairing request.
     pub fn new(msg: Msg) -> Self {
-        Held { msg, _permit: None }
+        Held {
+            msg,
+            auth: None,
+            _permit: None,
+        }
+    }
+
+    /// A request we send for the owner of `auth`.
+    pub fn request(auth: wire::OwnerAuth, msg: Msg) -> Self {
+        Held {
+            msg,
+            auth: Some(auth),
+            _permit: None,
+        }
     }
 }
 
@@ -120,12 +135,19 @@ impl ShardCodec {
         let frame = Frame::decode_exact(&buf).map_err(invalid)?;
         Ok(Held {
             msg: frame.msg,
+            auth: frame.auth,
             _permit: permit,
         })
     }
 
-    async fn write<T: AsyncWrite + Unpin + Send>(io: &mut T, msg: Msg) -> io::Result<()> {
-        let bytes = Frame { id: 0, msg }.to_bytes().map_err(invalid)?;
+    async fn write<T: AsyncWrite + Unpin + Send>(io: &mut T, held: Held) -> io::Result<()> {
+        let bytes = Frame {
+            id: 0,
+            auth: held.auth,
+            msg: held.msg,
+        }
+        .to_bytes()
+        .map_err(invalid)?;
         io.write_all(&bytes).await?;
         io.close().await
     }
@@ -178,7 +200,7 @@ impl libp2p::request_response::Codec for ShardCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        Self::write(io, req.msg).await
+        Self::write(io, req).await
     }
 
     async fn write_response<T>(
@@ -190,7 +212,7 @@ impl libp2p::request_response::Codec for ShardCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        Self::write(io, res.msg).await
+        Self::write(io, res).await
     }
 }
 
@@ -198,6 +220,11 @@ impl libp2p::request_response::Codec for ShardCodec {
 mod tests {
     use super::*;
     use libp2p::request_response::Codec;
+
+    const AUTH: wire::OwnerAuth = wire::OwnerAuth {
+        owner: [4; 32],
+        sig: [5; 64],
+    };
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
@@ -221,7 +248,7 @@ mod tests {
             c.write_request(
                 &PROTOCOL,
                 &mut futures::io::Cursor::new(&mut small),
-                Held::new(get.clone()),
+                Held::request(AUTH, get.clone()),
             )
             .await
             .unwrap();
@@ -230,6 +257,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(held_get.msg, get);
+            assert_eq!(held_get.auth, Some(AUTH));
             assert_eq!(budget.available(), budget.bytes());
             // A large one holds its bytes until it is dropped.
             let msg = Msg::Put {
@@ -240,7 +268,7 @@ mod tests {
             c.write_request(
                 &PROTOCOL,
                 &mut futures::io::Cursor::new(&mut buf),
-                Held::new(msg.clone()),
+                Held::request(AUTH, msg.clone()),
             )
             .await
             .unwrap();
@@ -280,6 +308,7 @@ mod tests {
             // Truncated: header promises a body that never comes.
             let frame = Frame {
                 id: 0,
+                auth: Some(AUTH),
                 msg: Msg::Get {
                     shard: wire::ShardId([1; 32]),
                 },
@@ -294,6 +323,7 @@ mod tests {
             // A reply sent as a request.
             let reply = Frame {
                 id: 0,
+                auth: None,
                 msg: Msg::Paired,
             }
             .to_bytes()
@@ -374,6 +404,7 @@ mod tests {
                 // … and small frames are read as usual.
                 let get = Frame {
                     id: 0,
+                    auth: Some(AUTH),
                     msg: Msg::Get {
                         shard: wire::ShardId([1; 32]),
                     },

@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use cairn_vault::sink::{ShardError, ShardId, ShardSink, ShardSource};
+use cairn_vault::OwnerKey;
 use serde_json::{json, Value};
 
 use crate::wire::SHARD_BYTES_MAX;
@@ -245,6 +246,27 @@ impl Client {
         ))
     }
 
+    /// Lets the node act for the owner of `owner` (a vault's owner key): signs the statement
+    /// naming the node's peer id here, in the caller's process, and hands the node only that.
+    /// Returns the owner key in hex, as `put_shard` and `get_shard` name it.
+    pub fn register_owner(&mut self, owner: &OwnerKey) -> Result<String, ControlError> {
+        let st = self.op(json!({"op": "peer"}))?;
+        let peer: libp2p::PeerId = st["peer"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| ControlError::Malformed(self.path.clone()))?;
+        let sig = owner.sign(&crate::identity::statement(&peer));
+        let h = self.op(json!({
+            "op": "owner",
+            "owner": hex::encode(owner.public()),
+            "sig": hex::encode(sig),
+        }))?;
+        h["owner"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ControlError::Malformed(self.path.clone()))
+    }
+
     /// A simple request with no payload; returns the answer's header.
     pub fn op(&mut self, header: Value) -> Result<Value, ControlError> {
         self.call(header, &[]).map(|(h, _)| h)
@@ -257,6 +279,8 @@ impl Client {
 /// no buffers between calls each).
 pub struct NodeBackend {
     path: PathBuf,
+    /// The owner key (hex) the shards are put and fetched for.
+    owner: String,
     pool: Mutex<Vec<Client>>,
 }
 
@@ -264,11 +288,14 @@ pub struct NodeBackend {
 const POOL: usize = 8;
 
 impl NodeBackend {
-    /// A backend using the node at `path` (checked by connecting once).
-    pub fn new(path: &Path) -> Result<Self, ControlError> {
-        let c = Client::connect(path)?;
+    /// A backend using the node at `path` for the owner of `owner` (registered with the node:
+    /// see [`Client::register_owner`]). Several vaults may use one node, each for its owner.
+    pub fn new(path: &Path, owner: &OwnerKey) -> Result<Self, ControlError> {
+        let mut c = Client::connect(path)?;
+        let owner = c.register_owner(owner)?;
         Ok(NodeBackend {
             path: path.to_owned(),
+            owner,
             pool: Mutex::new(vec![c]),
         })
     }
@@ -314,7 +341,7 @@ impl ShardSink for NodeBackend {
     fn put_shard(&self, id: &ShardId, shard: &[u8]) -> Result<(), ShardError> {
         self.with(id, |c| {
             c.call(
-                json!({"op": "put_shard", "chunk": chunk_hex(id), "index": id.index}),
+                json!({"op": "put_shard", "owner": self.owner, "chunk": chunk_hex(id), "index": id.index}),
                 shard,
             )
             .map(|_| ())
@@ -334,7 +361,7 @@ impl ShardSource for NodeBackend {
     fn get_shard(&self, id: &ShardId) -> Result<Vec<u8>, ShardError> {
         self.with(id, |c| {
             c.call(
-                json!({"op": "get_shard", "chunk": chunk_hex(id), "index": id.index}),
+                json!({"op": "get_shard", "owner": self.owner, "chunk": chunk_hex(id), "index": id.index}),
                 &[],
             )
             .map(|(_, payload)| payload)

@@ -1,26 +1,94 @@
 //! The holder's side of the shard protocol: which partners' requests are admitted, and
 //! serving them — put, get, delete, lease renewal, audit challenges and free-space queries —
 //! against the chunk store (blocking: [`serve`] runs on tokio's blocking pool).
+//!
+//! Every request names the owner it is made for with the owner's statement for the sender
+//! (`wire::OwnerAuth`). Shards are kept per owner ([`held_id`]): a request reaches only the
+//! shards of the owner it was made for, so only the owner's plugs read, audit, renew or delete
+//! them, and nobody can squat another owner's keys. The books count bytes against the partner
+//! that put them (the store's owner id of an entry).
 
 use cairn_store::Lease;
 use libp2p::PeerId;
 
 use crate::audit::Challenge;
 use crate::codec::Held;
-use crate::records::{check_vault_shard, owner_of};
+use crate::records::{check_vault_shard, held_id, owner_of};
 use crate::state::{now_secs, Shared};
-use crate::wire::{ErrorCode, Msg};
+use crate::wire::{ErrorCode, Msg, OwnerAuth};
 
-/// Admits a shard request of `peer`: partners only, at most `inflight_per_peer` at once
-/// (counted until [`finished`]); the error reply otherwise.
-pub(crate) fn admit(shared: &Shared, peer: PeerId) -> Result<(), Msg> {
-    let mut st = shared.state();
-    if !st.is_partner(&peer) {
+/// Admits a shard request of `peer` made for the owner of `auth`: partners only — or a new
+/// plug of an owner a partner acted for, which becomes a partner — with a valid statement, at
+/// most `inflight_per_peer` at once (counted until [`finished`]). The owner key, or the error
+/// reply.
+pub(crate) fn admit(
+    shared: &Shared,
+    peer: PeerId,
+    auth: Option<&OwnerAuth>,
+) -> Result<[u8; 32], Msg> {
+    let invalid = || {
+        err(
+            ErrorCode::BadRequest,
+            format!("the request of {peer} carries no valid owner's statement for it"),
+        )
+    };
+    let Some(auth) = auth else {
+        return Err(invalid());
+    };
+    let owner = auth.owner;
+    let owner_hex = crate::records::hex(&owner);
+    let (partner, learn, successor_of) = {
+        let st = shared.state();
+        match st.saved.partners.get(&peer) {
+            Some(p) => (true, !p.owners.contains(&owner_hex), None),
+            None => (
+                false,
+                false,
+                st.saved
+                    .partners
+                    .iter()
+                    .find(|(_, p)| p.owners.contains(&owner_hex))
+                    .map(|(id, _)| *id),
+            ),
+        }
+    };
+    if !partner && successor_of.is_none() {
         return Err(err(
             ErrorCode::BadRequest,
             format!("peer {peer} is not a partner of {}: pair first", shared.me),
         ));
     }
+    // After that cheap refusal: only a partner, or a peer naming an owner a partner acted for,
+    // costs a signature check (once per peer and owner).
+    if !shared.verified(&peer, auth) {
+        return Err(invalid());
+    }
+    if let Some(old) = successor_of {
+        // Only the owner's secret signs a statement: this is a new plug of the owner that
+        // partner `old` acted for (restored from the recovery key).
+        tracing::info!("{peer} acts for owner {owner_hex} as {old} did: accepted as a partner");
+        if let Err(e) = shared.add_partner(peer, Vec::new(), "owner key") {
+            tracing::error!("saving partner {peer}: {e:#}");
+        }
+    }
+    if learn || !partner {
+        let mut st = shared.state();
+        if let Some(p) = st.saved.partners.get_mut(&peer) {
+            if p.owners.len() >= crate::state::OWNERS_PER_PARTNER {
+                let n = p.owners.len();
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!("peer {peer} acts for {n} owners here already (the most allowed)"),
+                ));
+            }
+            p.owners.push(owner_hex);
+        }
+        drop(st);
+        if let Err(e) = shared.persist() {
+            tracing::error!("saving partner {peer}: {e:#}");
+        }
+    }
+    let mut st = shared.state();
     let limit = shared.cfg.limits.inflight_per_peer;
     let n = st.inflight.entry(peer).or_default();
     if *n >= limit {
@@ -30,7 +98,7 @@ pub(crate) fn admit(shared: &Shared, peer: PeerId) -> Result<(), Msg> {
         ));
     }
     *n += 1;
-    Ok(())
+    Ok(owner)
 }
 
 /// Ends what [`admit`] counted for `peer`.
@@ -69,9 +137,9 @@ fn not_here(shard: &crate::wire::ShardId) -> Msg {
     err(ErrorCode::NotFound, format!("no shard {shard} here"))
 }
 
-/// The shard's bytes as this holder has them; the error reply otherwise.
-fn held(shared: &Shared, shard: &crate::wire::ShardId) -> Result<Vec<u8>, Msg> {
-    match shared.store.get(cairn_store::ShardId(shard.0)) {
+/// The bytes of `owner`'s shard as this holder has them; the error reply otherwise.
+fn held(shared: &Shared, owner: &[u8; 32], shard: &crate::wire::ShardId) -> Result<Vec<u8>, Msg> {
+    match shared.store.get(held_id(owner, shard)) {
         Ok(mut data) => {
             flip_for_hostile(shared, &mut data);
             Ok(data)
@@ -81,20 +149,13 @@ fn held(shared: &Shared, shard: &crate::wire::ShardId) -> Result<Vec<u8>, Msg> {
     }
 }
 
-/// The shard's entry if `owner` may change it (or it is absent); a refusal if another owner's.
-fn owned(
+/// The entry of `owner`'s shard, if any.
+fn entry(
     shared: &Shared,
+    owner: &[u8; 32],
     shard: &crate::wire::ShardId,
-    owner: cairn_store::OwnerId,
 ) -> Result<Option<cairn_store::ShardInfo>, Msg> {
-    match shared.store.info(cairn_store::ShardId(shard.0)) {
-        Ok(Some(i)) if i.owner != owner => Err(err(
-            ErrorCode::BadRequest,
-            format!("shard {shard} is held for another owner"),
-        )),
-        Ok(i) => Ok(i),
-        Err(e) => Err(store_err(e)),
-    }
+    shared.store.info(held_id(owner, shard)).map_err(store_err)
 }
 
 /// Books `bytes` no longer held for `partner`.
@@ -107,9 +168,23 @@ fn release(shared: &Shared, partner: &PeerId, bytes: u64) {
     st.used = st.used.saturating_sub(bytes);
 }
 
-/// Serves one shard request of partner `peer` (blocking: runs on the blocking pool).
-pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
-    let owner = owner_of(&peer);
+/// Books `bytes` no longer held for whichever partner's books `payer` (a store owner id) names
+/// (another plug of the same owner may have put them); nobody's if no partner's.
+fn release_payer(shared: &Shared, payer: cairn_store::OwnerId, bytes: u64) {
+    let partner = shared
+        .state()
+        .partner_ids()
+        .into_iter()
+        .find(|p| owner_of(p) == payer);
+    if let Some(p) = partner {
+        release(shared, &p, bytes);
+    }
+}
+
+/// Serves one shard request of partner `peer` made for `owner` (blocking: runs on the
+/// blocking pool).
+pub(crate) fn serve(shared: &Shared, peer: PeerId, owner: [u8; 32], request: Held) -> Msg {
+    let payer = owner_of(&peer);
     match request.msg {
         Msg::Put {
             shard,
@@ -120,8 +195,11 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
                 return err(ErrorCode::HashMismatch, e);
             }
             let _key = shared.key_lock(&shard);
-            let old = match owned(shared, &shard, owner) {
-                Ok(i) => i.map_or(0, |i| u64::from(i.len)),
+            // The owner's earlier copy is replaced; it counts against whoever put it.
+            let (old, other) = match entry(shared, &owner, &shard) {
+                Ok(Some(i)) if i.owner == payer => (u64::from(i.len), None),
+                Ok(Some(i)) => (0, Some(i)),
+                Ok(None) => (0, None),
                 Err(m) => return m,
             };
             let len = data.len() as u64;
@@ -146,11 +224,14 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             let lease = Lease::Until(now_secs() + u64::from(lease_secs));
             match shared
                 .store
-                .put(cairn_store::ShardId(shard.0), &data, owner, lease)
+                .put(held_id(&owner, &shard), &data, payer, lease)
             {
                 Ok(()) => {
                     // A smaller replacement frees the difference.
                     release(shared, &peer, old.saturating_sub(len));
+                    if let Some(i) = other {
+                        release_payer(shared, i.owner, u64::from(i.len));
+                    }
                     Msg::Stored { shard }
                 }
                 Err(e) => {
@@ -159,16 +240,16 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
                 }
             }
         }
-        Msg::Get { shard } => match held(shared, &shard) {
+        Msg::Get { shard } => match held(shared, &owner, &shard) {
             Ok(data) => Msg::ShardData { shard, data },
             Err(m) => m,
         },
         Msg::Delete { shard } => {
             let _key = shared.key_lock(&shard);
-            match owned(shared, &shard, owner) {
-                Ok(Some(i)) => match shared.store.delete(cairn_store::ShardId(shard.0)) {
+            match entry(shared, &owner, &shard) {
+                Ok(Some(i)) => match shared.store.delete(held_id(&owner, &shard)) {
                     Ok(()) => {
-                        release(shared, &peer, u64::from(i.len));
+                        release_payer(shared, i.owner, u64::from(i.len));
                         Msg::Deleted { shard }
                     }
                     Err(e) => store_err(e),
@@ -179,14 +260,15 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
         }
         Msg::RenewLease { shard, lease_secs } => {
             let _key = shared.key_lock(&shard);
-            let id = cairn_store::ShardId(shard.0);
-            match owned(shared, &shard, owner) {
-                Ok(Some(_)) => {
+            let id = held_id(&owner, &shard);
+            match entry(shared, &owner, &shard) {
+                // The bytes stay booked to the partner that put them.
+                Ok(Some(i)) => {
                     let until = Lease::Until(now_secs() + u64::from(lease_secs));
                     let r = shared
                         .store
                         .get(id)
-                        .and_then(|data| shared.store.put(id, &data, owner, until));
+                        .and_then(|data| shared.store.put(id, &data, i.owner, until));
                     match r {
                         Ok(()) => Msg::LeaseRenewed { shard, lease_secs },
                         Err(e) => store_err(e),
@@ -201,7 +283,7 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             nonce,
             offset,
             len,
-        } => match held(shared, &shard) {
+        } => match held(shared, &owner, &shard) {
             Ok(data) => {
                 let c = Challenge {
                     shard,

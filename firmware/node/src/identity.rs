@@ -1,7 +1,14 @@
-//! The node's identity: an Ed25519 key on the data partition, created on first start.
+//! The node's identity: an Ed25519 key on the data partition, created on first start; and the
+//! owners' statements that let it act for them.
 //!
 //! The peer id partners know this plug by derives from it, so a damaged key file is an error
 //! that names the file, never a reason to make a new key (that would orphan every pairing).
+//!
+//! An owner (a vault) names itself by its owner key (Ed25519, derived from the owner secret:
+//! `cairn_vault::keys::OwnerKey`) and signs a [`statement`] naming this plug's peer id. The node
+//! keeps those statements — never the owner key — in `owners.json` (mode 0600) and sends one
+//! with each request it makes for that owner; holders check it with [`verify`]. A plug restored
+//! from the recovery key gets a statement for its own new peer id and is the same owner at once.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -9,6 +16,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use libp2p::identity::Keypair;
+
+use crate::wire::OwnerAuth;
 
 /// Loads the key at `path`, or creates it (mode 0600, written aside and renamed) if absent.
 pub fn load_or_create(path: &Path) -> Result<Keypair> {
@@ -47,9 +56,103 @@ pub fn store(path: &Path, key: &Keypair) -> Result<()> {
         .with_context(|| format!("{}: storing the node key", path.display()))
 }
 
+/// The bytes an owner signs to let the plug `peer` act for it.
+pub fn statement(peer: &libp2p::PeerId) -> Vec<u8> {
+    let mut m = b"cairn owner statement v1 ".to_vec();
+    m.extend_from_slice(&peer.to_bytes());
+    m
+}
+
+/// Whether `auth` is its owner's statement for `peer`.
+pub fn verify(auth: &OwnerAuth, peer: &libp2p::PeerId) -> bool {
+    libp2p::identity::ed25519::PublicKey::try_from_bytes(&auth.owner)
+        .is_ok_and(|pk| pk.verify(&statement(peer), &auth.sig))
+}
+
+/// Most owners one node acts for (each vault home using it is one; bounds `owners.json`).
+pub const OWNERS_MAX: usize = 16;
+
+/// One statement as `owners.json` keeps it (hex).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    owner: String,
+    sig: String,
+}
+
+/// The statements in `path` (none if it does not exist); a damaged file is an error naming it.
+pub fn load_owners(path: &Path) -> Result<Vec<OwnerAuth>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow!("{}: {e}", path.display())),
+    };
+    let damaged = |why: String| anyhow!("{}: damaged owner statements: {why}", path.display());
+    let list: Vec<Stored> = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+    list.iter()
+        .take(OWNERS_MAX)
+        .map(|s| {
+            let mut a = OwnerAuth {
+                owner: [0; 32],
+                sig: [0; 64],
+            };
+            hex::decode_to_slice(&s.owner, &mut a.owner)
+                .and_then(|()| hex::decode_to_slice(&s.sig, &mut a.sig))
+                .map_err(|e| damaged(format!("owner {}: {e}", s.owner)))?;
+            Ok(a)
+        })
+        .collect()
+}
+
+/// Stores the statements at `path` (mode 0600, replaced durably: see `cairn_durable`).
+pub fn store_owners(path: &Path, owners: &[OwnerAuth]) -> Result<()> {
+    let list: Vec<Stored> = owners
+        .iter()
+        .map(|a| Stored {
+            owner: hex::encode(a.owner),
+            sig: hex::encode(a.sig),
+        })
+        .collect();
+    let bytes = serde_json::to_vec_pretty(&list)?;
+    cairn_durable::write_mode(path, &bytes, 0o600)
+        .with_context(|| format!("{}: storing the owner statements", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_verify_for_their_peer_only_and_are_kept_private() {
+        let owner = cairn_vault::OwnerSecret::from_bytes([7; 32]).keys();
+        let owner = owner.owner_key();
+        let (me, other) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let auth = OwnerAuth {
+            owner: owner.public(),
+            sig: owner.sign(&statement(&me)),
+        };
+        assert!(verify(&auth, &me));
+        assert!(
+            !verify(&auth, &other),
+            "a statement is only good for its plug"
+        );
+        let mut forged = auth;
+        forged.owner[0] ^= 1;
+        assert!(!verify(&forged, &me));
+
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("owners.json");
+        assert!(load_owners(&p).unwrap().is_empty());
+        store_owners(&p, &[auth]).unwrap();
+        assert_eq!(load_owners(&p).unwrap(), vec![auth]);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        fs::write(&p, b"[{\"owner\": \"zz\", \"sig\": \"00\"}]").unwrap();
+        let e = load_owners(&p).unwrap_err().to_string();
+        assert!(e.contains("owners.json: damaged owner statements"), "{e}");
+    }
 
     #[test]
     fn key_is_created_once_and_kept() {

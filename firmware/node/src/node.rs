@@ -72,6 +72,7 @@ fn open_state(
     .with_context(|| format!("{}: opening the chunk store", dir.display()))?;
     let saved = crate::state::load_persisted(&cfg.home.join("partners.json"))?;
     let (shared, rx) = Shared::new(cfg, me, store, saved, budget);
+    shared.load_owners()?;
     // Books rebuilt from what the store and the records really hold (authoritative after a
     // crash).
     recount_held(&shared)?;

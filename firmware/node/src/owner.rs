@@ -244,13 +244,14 @@ struct Unplaced {
 /// on refusal. Returns the holder and its id in text form (for the record).
 async fn place_one(
     shared: &Arc<Shared>,
+    owner: &[u8; 32],
     chunk: [u8; 32],
     index: u8,
-    key: crate::wire::ShardId,
     bytes: &[u8],
     exclude: &mut HashSet<PeerId>,
     prefer: Option<PeerId>,
 ) -> Result<(PeerId, String), Unplaced> {
+    let key = shard_key(&chunk, index);
     let len = bytes.len() as u64;
     let lease_secs = shared.cfg.lease.as_secs().min(u64::from(u32::MAX)) as u32;
     let mut refusals: Vec<String> = Vec::new();
@@ -303,7 +304,7 @@ async fn place_one(
         }
         // On success the reservation stays until the caller has recorded the holder, so no
         // other shard of the chunk can slip onto this peer in between.
-        match send_put(shared, peer, key, bytes, lease_secs).await {
+        match send_put(shared, owner, peer, key, bytes, lease_secs).await {
             Ok(()) => return Ok((peer, name)),
             Err((e, quota)) => {
                 shared.state().reserving.remove(&(chunk, peer));
@@ -323,6 +324,7 @@ async fn place_one(
 
 async fn send_put(
     shared: &Arc<Shared>,
+    owner: &[u8; 32],
     peer: PeerId,
     key: crate::wire::ShardId,
     bytes: &[u8],
@@ -335,7 +337,7 @@ async fn send_put(
             lease_secs,
             data: bytes.to_vec(),
         };
-        match shared.request(peer, msg).await {
+        match shared.request_as(peer, owner, msg).await {
             Ok(Msg::Stored { shard }) if shard == key => {
                 let mut st = shared.state();
                 if let Some(m) = st.peers.get_mut(&peer) {
@@ -360,8 +362,18 @@ async fn send_put(
     }
 }
 
-/// Stores one shard of this plug's vault on a partner (the vault's `put_shard`).
-pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), String> {
+/// Stores one shard of `owner`'s vault on a partner (the vault's `put_shard`).
+pub async fn put_shard(
+    shared: &Arc<Shared>,
+    owner: [u8; 32],
+    bytes: Vec<u8>,
+) -> Result<(), String> {
+    if shared.auth_for(&owner).is_none() {
+        return Err(format!(
+            "this node does not act for owner {} (the vault registers it first)",
+            hex(&owner)
+        ));
+    }
     let (h, _) = decode_shard(&bytes).map_err(|e| format!("not a vault shard: {e}"))?;
     let chunk = h.chunk.0;
     let index = h.index;
@@ -381,8 +393,14 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
         let mut st = shared.state();
         let lease_until = now_secs() + shared.cfg.lease.as_secs();
         let rec = st.pending.entry(chunk).or_insert_with(|| {
-            stored.unwrap_or_else(|| ChunkRecord::new(&chunk, h.k, h.n, lease_until))
+            stored.unwrap_or_else(|| ChunkRecord::new(&owner, &chunk, h.k, h.n, lease_until))
         });
+        if rec.owner_key() != Some(owner) {
+            return Err(format!(
+                "chunk {} is recorded for another owner ({})",
+                h.chunk, rec.owner
+            ));
+        }
         if rec.k != h.k || rec.n != h.n {
             return Err(format!(
                 "shard {}.{index}: {}-of-{} does not match the chunk's {}-of-{}",
@@ -413,7 +431,7 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
     };
     let len = bytes.len() as u32;
     let (holder, slot) =
-        match place_one(shared, chunk, index, key, &bytes, &mut exclude, prefer).await {
+        match place_one(shared, &owner, chunk, index, &bytes, &mut exclude, prefer).await {
             Ok((peer, name)) => {
                 let audit = AuditRec::prepare(key, &bytes);
                 (
@@ -514,13 +532,15 @@ pub struct GetError {
     pub reason: String,
 }
 
-/// Fetches shard `index` of `chunk` from whoever holds it (the vault's `get_shard`).
+/// Fetches shard `index` of `owner`'s `chunk` from whoever holds it (the vault's
+/// `get_shard`).
 pub async fn get_shard(
     shared: &Arc<Shared>,
+    owner: [u8; 32],
     chunk: [u8; 32],
     index: u8,
 ) -> Result<Vec<u8>, GetError> {
-    let r = fetch_shard(shared, chunk, index).await;
+    let r = fetch_shard(shared, owner, chunk, index).await;
     if r.is_err() {
         // A cached record may predate a repair that moved this shard: read it afresh next time.
         shared.state().recent.retain(|(c, _)| *c != chunk);
@@ -530,10 +550,20 @@ pub async fn get_shard(
 
 async fn fetch_shard(
     shared: &Arc<Shared>,
+    owner: [u8; 32],
     chunk: [u8; 32],
     index: u8,
 ) -> Result<Vec<u8>, GetError> {
     let key = shard_key(&chunk, index);
+    if shared.auth_for(&owner).is_none() {
+        return Err(GetError {
+            missing: false,
+            reason: format!(
+                "this node does not act for owner {} (the vault registers it first)",
+                hex(&owner)
+            ),
+        });
+    }
     // The vault asks for a chunk's shards together: its record is read from the store once.
     let known = {
         let st = shared.state();
@@ -563,7 +593,10 @@ async fn fetch_shard(
             r
         }
     };
-    let slot = rec.and_then(|r| r.slots.get(usize::from(index)).cloned().flatten());
+    // Another owner's record says nothing of this owner's shards.
+    let slot = rec
+        .filter(|r| r.owner_key() == Some(owner))
+        .and_then(|r| r.slots.get(usize::from(index)).cloned().flatten());
     if let Some(slot) = slot.as_ref().filter(|s| s.is_here()) {
         let hash = slot.hash.clone();
         return match blocking(shared, move |s| read_here(s, &chunk, index, &hash)).await {
@@ -586,7 +619,9 @@ async fn fetch_shard(
         // A live holder's transient failure (busy, a stream reset) is retried twice.
         let mut attempt = 0;
         let answer = loop {
-            let r = shared.request(peer, Msg::Get { shard: key }).await;
+            let r = shared
+                .request_as(peer, &owner, Msg::Get { shard: key })
+                .await;
             let transient = match &r {
                 Ok(Msg::Error { code, .. }) => *code == ErrorCode::Busy,
                 Err(e) => !e.ends_with("is unreachable"),
@@ -635,16 +670,24 @@ async fn fetch_shard(
             }),
         };
     }
-    // No record (a new plug restoring from its recovery key): ask the live partners.
+    // No record (a new plug restoring from its recovery key): ask the live partners, and
+    // record the holder found, so the chunk is audited, renewed and repaired from now on.
     let partners = shared.state().partner_ids();
     let mut failures = 0;
     for peer in partners {
         if shared.health(&peer) != PeerHealth::Live {
             continue;
         }
-        match shared.request(peer, Msg::Get { shard: key }).await {
+        match shared
+            .request_as(peer, &owner, Msg::Get { shard: key })
+            .await
+        {
             Ok(Msg::ShardData { data, .. }) if check_vault_shard(&key, &data).is_ok() => {
-                return Ok(data)
+                let found = (data.clone(), peer);
+                if let Err(e) = blocking(shared, move |s| adopt(s, owner, &[found])).await {
+                    tracing::warn!("recording shard {key} of {peer}: {e}");
+                }
+                return Ok(data);
             }
             Ok(Msg::Error {
                 code: ErrorCode::NotFound,
@@ -657,6 +700,109 @@ async fn fetch_shard(
         missing: failures == 0,
         reason: format!("no live partner holds shard {key}"),
     })
+}
+
+/// Records shards a partner holds for `owner` that no record names (blocking): found by a
+/// plug restored from the recovery key, which has no records. Each is a vault shard already
+/// checked against its key; an index a record fills already is left as it is. The lease is
+/// unknown, so the next audit renews it.
+fn adopt(shared: &Shared, owner: [u8; 32], found: &[(Vec<u8>, PeerId)]) -> Result<(), String> {
+    let Some((first, _)) = found.first() else {
+        return Ok(());
+    };
+    let (h, _) = decode_shard(first).map_err(|e| e.to_string())?;
+    let chunk = h.chunk.0;
+    // Concurrent gets of one chunk's shards must not lose each other's slots.
+    let _lock = shared.key_lock(&crate::wire::ShardId(chunk));
+    if shared.state().pending.contains_key(&chunk) {
+        return Ok(()); // Being put right now: the put records it.
+    }
+    let mut rec = load_record(shared, &chunk)?
+        .unwrap_or_else(|| ChunkRecord::new(&owner, &chunk, h.k, h.n, 0));
+    if rec.owner_key() != Some(owner) || rec.k != h.k || rec.n != h.n {
+        return Ok(());
+    }
+    let mut changed = Vec::new();
+    for (bytes, peer) in found {
+        let Ok((sh, _)) = decode_shard(bytes) else {
+            continue;
+        };
+        let name = peer.to_base58();
+        let i = usize::from(sh.index);
+        let taken = rec.slots.iter().flatten().any(|s| s.peer == name);
+        if sh.chunk.0 != chunk || i >= rec.slots.len() || rec.slots[i].is_some() || taken {
+            continue;
+        }
+        rec.slots[i] = Some(Slot {
+            peer: name,
+            hash: hex(blake3::hash(bytes).as_bytes()),
+            len: bytes.len() as u32,
+            audit: AuditRec::prepare(shard_key(&chunk, sh.index), bytes),
+        });
+        changed.push((*peer, bytes.len() as u64));
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    save_record(shared, &rec)?;
+    let mut st = shared.state();
+    for (peer, len) in changed {
+        let _ = st.ledger.stored_with_them(&peer, len);
+    }
+    Ok(())
+}
+
+/// The partners `rec` names as holders.
+fn holders(rec: &ChunkRecord) -> HashSet<PeerId> {
+    rec.slots
+        .iter()
+        .flatten()
+        .filter_map(|s| s.peer.parse().ok())
+        .collect()
+}
+
+/// Looks for the shards of `rec`'s empty slots on live partners that hold none of the chunk
+/// (a record rebuilt by a restored plug names only the shards it read) and records those found,
+/// so repair rebuilds only what is really lost. Returns whether any was found.
+async fn discover(shared: &Arc<Shared>, rec: &mut ChunkRecord) -> Result<bool, String> {
+    let (Some(chunk), Some(owner)) = (rec.chunk_id(), rec.owner_key()) else {
+        return Ok(false);
+    };
+    let empty: Vec<u8> = (0..rec.n)
+        .filter(|i| rec.slots[usize::from(*i)].is_none())
+        .collect();
+    if empty.is_empty() {
+        return Ok(false);
+    }
+    let mut asked = holders(rec);
+    let partners = shared.state().partner_ids();
+    let mut found = false;
+    for peer in partners {
+        if asked.contains(&peer) || shared.health(&peer) != PeerHealth::Live {
+            continue;
+        }
+        asked.insert(peer);
+        for &i in &empty {
+            if rec.slots[usize::from(i)].is_some() {
+                continue;
+            }
+            let key = shard_key(&chunk, i);
+            if let Ok(Msg::ShardData { data, .. }) = shared
+                .request_as(peer, &owner, Msg::Get { shard: key })
+                .await
+            {
+                if check_vault_shard(&key, &data).is_ok() {
+                    blocking(shared, move |s| adopt(s, owner, &[(data, peer)])).await?;
+                    if let Some(r) = blocking(shared, move |s| load_record(s, &chunk)).await? {
+                        *rec = r;
+                    }
+                    found = true;
+                    break; // One shard of a chunk per holder.
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Writes every record still in RAM to the store and syncs it (the vault's `flush`).
@@ -728,7 +874,7 @@ async fn audit_chunk(
     rec: &mut ChunkRecord,
     report: &mut AuditReport,
 ) -> bool {
-    let Some(chunk) = rec.chunk_id() else {
+    let (Some(chunk), Some(owner)) = (rec.chunk_id(), rec.owner_key()) else {
         return false;
     };
     let now = now_secs();
@@ -762,11 +908,14 @@ async fn audit_chunk(
                     offset: c.offset,
                     len: c.len,
                 };
-                matches!(shared.request(peer, msg).await,
+                matches!(shared.request_as(peer, &owner, msg).await,
                     Ok(Msg::AuditResponse { proof, .. }) if e.check(&proof))
             }
             // The prepared challenge was used: fetch the shard, check it whole, prepare anew.
-            None => match shared.request(peer, Msg::Get { shard: key }).await {
+            None => match shared
+                .request_as(peer, &owner, Msg::Get { shard: key })
+                .await
+            {
                 Ok(Msg::ShardData { data, .. })
                     if hex(blake3::hash(&data).as_bytes()) == slot.hash =>
                 {
@@ -787,8 +936,9 @@ async fn audit_chunk(
         }
         if renew {
             match shared
-                .request(
+                .request_as(
                     peer,
+                    &owner,
                     Msg::RenewLease {
                         shard: key,
                         lease_secs,
@@ -889,6 +1039,7 @@ async fn move_out(
     chunk: [u8; 32],
     rec: &mut ChunkRecord,
 ) -> Result<u64, String> {
+    let owner = rec.owner_key().ok_or("record without owner")?;
     let here: Vec<u8> = (0..rec.n)
         .filter(|i| {
             rec.slots[usize::from(*i)]
@@ -899,12 +1050,7 @@ async fn move_out(
     if here.is_empty() {
         return Ok(0);
     }
-    let mut exclude: HashSet<PeerId> = rec
-        .slots
-        .iter()
-        .flatten()
-        .filter_map(|s| s.peer.parse().ok())
-        .collect();
+    let mut exclude = holders(rec);
     let mut moved: Vec<u8> = Vec::new();
     let mut changed = false;
     for i in here {
@@ -923,7 +1069,7 @@ async fn move_out(
             continue;
         };
         let key = shard_key(&chunk, i);
-        match place_one(shared, chunk, i, key, &bytes, &mut exclude, None).await {
+        match place_one(shared, &owner, chunk, i, &bytes, &mut exclude, None).await {
             Ok((peer, name)) => {
                 let mut st = shared.state();
                 st.reserving.remove(&(chunk, peer));
@@ -960,6 +1106,7 @@ async fn move_out(
 /// rebuilt.
 async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<ChunkRepair, String> {
     let chunk = rec.chunk_id().ok_or("record without chunk id")?;
+    let owner = rec.owner_key().ok_or("record without owner")?;
     let mut out = ChunkRepair::default();
     // Shards of it are being put right now: its record in RAM is newer than this one.
     if shared.state().busy.contains_key(&chunk) {
@@ -967,6 +1114,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
         return Ok(out);
     }
     out.moved_out = move_out(shared, chunk, &mut rec).await?;
+    discover(shared, &mut rec).await?;
     let state = ChunkState {
         k: rec.k,
         n: rec.n,
@@ -1033,7 +1181,10 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
             }
             Holder::Peer(peer) => {
                 let key = shard_key(&chunk, src.index);
-                match shared.request(peer, Msg::Get { shard: key }).await {
+                match shared
+                    .request_as(peer, &owner, Msg::Get { shard: key })
+                    .await
+                {
                     Ok(Msg::ShardData { data, .. })
                         if hex(blake3::hash(&data).as_bytes()) == slot.hash =>
                     {
@@ -1102,7 +1253,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
         let hash = hex(blake3::hash(&bytes).as_bytes());
         let len = bytes.len() as u32;
         let old = rec.slots[usize::from(i)].take();
-        let slot = match place_one(shared, chunk, i, key, &bytes, &mut exclude, None).await {
+        let slot = match place_one(shared, &owner, chunk, i, &bytes, &mut exclude, None).await {
             Ok((peer, name)) => {
                 let mut st = shared.state();
                 st.reserving.remove(&(chunk, peer));
@@ -1226,8 +1377,11 @@ pub async fn background(shared: Arc<Shared>) {
                 .filter(|p| st.peers.get(p).is_some_and(|m| m.connections > 0))
                 .collect()
         };
-        for p in connected {
-            if let Ok(Msg::FreeSpace { free, .. }) = shared.request(p, Msg::FreeSpaceQuery).await {
+        // Asked for any owner this node acts for: the room is the plug's, whoever's shards.
+        let owner = shared.state().owners.first().map(|a| a.owner);
+        for (p, owner) in connected.into_iter().filter_map(|p| Some((p, owner?))) {
+            let asked = shared.request_as(p, &owner, Msg::FreeSpaceQuery);
+            if let Ok(Msg::FreeSpace { free, .. }) = asked.await {
                 if let Some(m) = shared.state().peers.get_mut(&p) {
                     m.free_for_us = Some(free);
                 }

@@ -6,9 +6,16 @@
 //! owner also records each shard's content hash, so a partner that returns other bytes (even
 //! well-formed ones) is caught and scored down.
 //!
+//! A holder keeps each owner's shards apart: a shard is stored under [`held_id`] of the owner
+//! the request was made for and its key, so one owner's request can neither read nor block
+//! another owner's shard of the same key (a partner that learned a chunk id cannot squat the
+//! keys of its other shards: its puts land in its own scope).
+//!
 //! Placement records (one per chunk: who holds which index, the content hashes, one prepared
 //! audit per shard) live in the node's own chunk store under [`OWN_RECORDS`]; RAM holds only
-//! chunks whose shards are still being placed.
+//! chunks whose shards are still being placed. No request of a partner reaches them: partners'
+//! requests address [`held_id`]s only. A plug restored from the recovery key has none; it
+//! rebuilds them from what partners hold for its owner (see `owner`).
 
 use cairn_store::{OwnerId, ShardId as StoreId};
 use cairn_vault::shard::{decode_shard, ShardHeader};
@@ -37,7 +44,15 @@ pub fn check_vault_shard(key: &ShardId, data: &[u8]) -> Result<ShardHeader, Stri
     Ok(h)
 }
 
-/// The chunk-store owner id of a partner's shards.
+/// The chunk-store id under which a holder keeps the shard `key` of `owner` (an owner key).
+pub fn held_id(owner: &[u8; 32], key: &ShardId) -> StoreId {
+    let mut m = [0u8; 64];
+    m[..32].copy_from_slice(owner);
+    m[32..].copy_from_slice(&key.0);
+    StoreId(blake3::derive_key("cairn held shard v2", &m))
+}
+
+/// The chunk-store owner id of the shards a partner put (whose books they count in).
 pub fn owner_of(peer: &libp2p::PeerId) -> OwnerId {
     OwnerId(blake3::derive_key("cairn shard owner v1", &peer.to_bytes()))
 }
@@ -138,6 +153,8 @@ impl Slot {
 /// What the owner remembers of one chunk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRecord {
+    /// The owner key (hex) the shards are held for.
+    pub owner: String,
     /// The chunk id (hex).
     pub chunk: String,
     /// Data shards.
@@ -151,9 +168,10 @@ pub struct ChunkRecord {
 }
 
 impl ChunkRecord {
-    /// An empty record for a k-of-n chunk.
-    pub fn new(chunk: &[u8; 32], k: u8, n: u8, lease_until: u64) -> Self {
+    /// An empty record of `owner`'s k-of-n chunk.
+    pub fn new(owner: &[u8; 32], chunk: &[u8; 32], k: u8, n: u8, lease_until: u64) -> Self {
         ChunkRecord {
+            owner: hex(owner),
             chunk: hex(chunk),
             k,
             n,
@@ -167,6 +185,11 @@ impl ChunkRecord {
         unhex32(&self.chunk)
     }
 
+    /// The owner key.
+    pub fn owner_key(&self) -> Option<[u8; 32]> {
+        unhex32(&self.owner)
+    }
+
     /// Serialized form for the store.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("records serialize")
@@ -176,7 +199,12 @@ impl ChunkRecord {
     pub fn decode(bytes: &[u8], id: &StoreId) -> Result<Self, String> {
         let r: ChunkRecord =
             serde_json::from_slice(bytes).map_err(|e| format!("placement record {id}: {e}"))?;
-        if r.slots.len() != usize::from(r.n) || r.k == 0 || r.k >= r.n || r.chunk_id().is_none() {
+        if r.slots.len() != usize::from(r.n)
+            || r.k == 0
+            || r.k >= r.n
+            || r.chunk_id().is_none()
+            || r.owner_key().is_none()
+        {
             return Err(format!("placement record {id}: inconsistent k/n/slots"));
         }
         Ok(r)
@@ -219,8 +247,16 @@ mod tests {
     }
 
     #[test]
+    fn holders_keep_each_owners_shards_apart_and_records_out_of_reach() {
+        let key = shard_key(&[1; 32], 0);
+        assert_ne!(held_id(&[1; 32], &key), held_id(&[2; 32], &key));
+        assert_ne!(held_id(&[1; 32], &key), record_id(&[1; 32]));
+        assert_ne!(held_id(&[1; 32], &key).0, key.0);
+    }
+
+    #[test]
     fn records_round_trip_and_damage_is_reported() {
-        let mut r = ChunkRecord::new(&[3; 32], 4, 8, 99);
+        let mut r = ChunkRecord::new(&[9; 32], &[3; 32], 4, 8, 99);
         let s = shard([3; 32], 0);
         r.slots[0] = Some(Slot {
             peer: "12D3KooW".into(),

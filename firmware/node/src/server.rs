@@ -116,16 +116,27 @@ fn ok(v: Value) -> (Value, Vec<u8>) {
 
 async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Vec<u8>) {
     let op = h["op"].as_str().unwrap_or("");
+    let owner_key = h["owner"].as_str().and_then(owner::parse_chunk);
     match op {
-        "put_shard" => put_shard(shared, payload).await,
+        // Cheap, unlike status (which walks every record): what an owner signs for.
+        "peer" => ok(json!({"peer": shared.me.to_string()})),
+        "owner" => register_owner(shared, h),
+        "rejoin" => rejoin(shared, h["addr"].as_str().unwrap_or("")).await,
+        "put_shard" => match owner_key {
+            Some(o) => put_shard(shared, o, payload).await,
+            None => fail("put_shard needs owner (the owner key, 64 hex digits)"),
+        },
         "get_shard" => {
-            let (Some(chunk), Some(index)) = (
+            let (Some(owner_key), Some(chunk), Some(index)) = (
+                owner_key,
                 h["chunk"].as_str().and_then(owner::parse_chunk),
                 h["index"].as_u64().and_then(|i| u8::try_from(i).ok()),
             ) else {
-                return fail("get_shard needs chunk (64 hex digits) and index (0-255)");
+                return fail(
+                    "get_shard needs owner and chunk (64 hex digits each) and index (0-255)",
+                );
             };
-            match owner::get_shard(shared, chunk, index).await {
+            match owner::get_shard(shared, owner_key, chunk, index).await {
                 Ok(data) => (json!({"ok": true}), data),
                 Err(e) => (
                     json!({"ok": false, "missing": e.missing, "error": e.reason}),
@@ -200,15 +211,68 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
             retire(shared, within).await
         }
         other => fail(format!(
-            "unknown operation {other:?} (put_shard, get_shard, flush, status, pair, invite, \
-             join, unpair, retire, set_capacity, audit, repair)"
+            "unknown operation {other:?} (peer, owner, put_shard, get_shard, flush, status, pair, \
+             invite, join, rejoin, unpair, retire, set_capacity, audit, repair)"
         )),
     }
 }
 
+/// Acts for an owner from now on: `owner` (its key) and `sig` (its statement for this plug),
+/// hex; see [`crate::identity`].
+fn register_owner(shared: &Arc<Shared>, h: &Value) -> (Value, Vec<u8>) {
+    let mut auth = crate::wire::OwnerAuth {
+        owner: [0; 32],
+        sig: [0; 64],
+    };
+    let parsed = h["owner"]
+        .as_str()
+        .and_then(|o| hex::decode_to_slice(o, &mut auth.owner).ok())
+        .and_then(|()| h["sig"].as_str())
+        .and_then(|g| hex::decode_to_slice(g, &mut auth.sig).ok());
+    if parsed.is_none() {
+        return fail("owner needs owner (64 hex digits) and sig (128 hex digits)");
+    }
+    match shared.add_owner(auth) {
+        Ok(owner) => ok(json!({"owner": hex::encode(owner)})),
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+/// Counts the plug at `addr` (…/p2p/PEER) as a partner again, one-sidedly: after a restore onto
+/// a new plug, the owner names the plugs that held its shards. They accept this plug when its
+/// requests carry the statement of an owner they held shards for.
+async fn rejoin(shared: &Arc<Shared>, addr: &str) -> (Value, Vec<u8>) {
+    let Ok(a) = addr.parse::<libp2p::Multiaddr>() else {
+        return fail(format!("rejoin: {addr:?} is not a multiaddr"));
+    };
+    let Some(Protocol::P2p(peer)) = a.iter().last() else {
+        return fail(format!("rejoin: {addr} does not end in /p2p/PEERID"));
+    };
+    if peer == shared.me {
+        return fail("rejoin: this is this plug's own address");
+    }
+    if let Err(e) = shared.add_partner(peer, vec![a.clone()], "rejoin") {
+        return fail(format!("{e:#}"));
+    }
+    let _ = shared
+        .cmd
+        .send(Cmd::Dial {
+            peer,
+            addrs: vec![a],
+        })
+        .await;
+    ok(json!({"peer": peer.to_string()}))
+}
+
 /// Accepts a shard for placement and answers at once; placement goes on in the background
 /// within [`PLACING_BYTES`](crate::state::PLACING_BYTES) (the client waits when it is used up).
-async fn put_shard(shared: &Arc<Shared>, payload: Vec<u8>) -> (Value, Vec<u8>) {
+async fn put_shard(shared: &Arc<Shared>, owner: [u8; 32], payload: Vec<u8>) -> (Value, Vec<u8>) {
+    if shared.auth_for(&owner).is_none() {
+        return fail(format!(
+            "this node does not act for owner {} (register it first: op owner)",
+            hex::encode(owner)
+        ));
+    }
     let len = u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX);
     let Ok(permit) = shared.placing_budget.clone().acquire_many_owned(len).await else {
         return fail("node is shutting down");
@@ -216,7 +280,7 @@ async fn put_shard(shared: &Arc<Shared>, payload: Vec<u8>) -> (Value, Vec<u8>) {
     shared.placing.lock().expect("placing").inflight += 1;
     let s = shared.clone();
     tokio::spawn(async move {
-        let r = owner::put_shard(&s, payload).await;
+        let r = owner::put_shard(&s, owner, payload).await;
         drop(permit);
         {
             let mut p = s.placing.lock().expect("placing");

@@ -38,9 +38,20 @@ pub struct Partner {
     pub addrs: Vec<String>,
     /// Unix seconds when paired.
     pub since: u64,
-    /// How: "button" or "invitation".
+    /// How: "button", "invitation", "rejoin" (named by this plug's owner after a restore) or
+    /// "owner key" (a new plug of an owner a partner acted for).
     pub via: String,
+    /// Owner keys (hex) it made requests for: a new plug with a statement of one of them is
+    /// the same owner's and is admitted as a partner (at most [`OWNERS_PER_PARTNER`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<String>,
 }
+
+/// Most owners one partner may act for here.
+pub const OWNERS_PER_PARTNER: usize = 8;
+
+/// Statements checked lately, remembered so a signature is verified once per peer and owner.
+const VERIFIED_MAX: usize = 4096;
 
 /// The persisted part of the node's state (`partners.json`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -151,6 +162,10 @@ pub struct State {
     pub recent: std::collections::VecDeque<([u8; 32], crate::records::ChunkRecord)>,
     /// Where the next partial audit round starts (the last record id audited).
     pub audit_after: Option<cairn_store::ShardId>,
+    /// The owners' statements this node acts with (`owners.json`).
+    pub owners: Vec<crate::wire::OwnerAuth>,
+    /// (peer, owner) pairs whose statement verified (at most [`VERIFIED_MAX`]).
+    pub verified: HashSet<(PeerId, [u8; 32])>,
 }
 
 impl State {
@@ -171,6 +186,8 @@ pub enum Cmd {
     Request {
         /// To whom.
         peer: PeerId,
+        /// For which owner (every request but `Pair`).
+        auth: Option<crate::wire::OwnerAuth>,
         /// What.
         msg: Msg,
         /// Where the answer goes.
@@ -280,6 +297,8 @@ impl Shared {
                 busy: HashMap::new(),
                 audit_after: None,
                 recent: std::collections::VecDeque::new(),
+                owners: Vec::new(),
+                verified: HashSet::new(),
             }),
             cmd: tx,
             budget,
@@ -348,6 +367,7 @@ impl Shared {
                 addrs: Vec::new(),
                 since: now_secs(),
                 via: via.to_owned(),
+                owners: Vec::new(),
             });
             for a in addrs {
                 let s = a.to_string();
@@ -406,8 +426,104 @@ impl Shared {
         }
     }
 
-    /// Sends a request to `peer` and waits for the answer (bounded by the request timeout).
+    fn owners_path(&self) -> PathBuf {
+        self.cfg.home.join("owners.json")
+    }
+
+    /// Loads the owners' statements kept in the home (at start).
+    pub fn load_owners(&self) -> Result<()> {
+        let owners = crate::identity::load_owners(&self.owners_path())?;
+        self.state().owners = owners;
+        Ok(())
+    }
+
+    /// Acts for the owner of `auth` from now on, kept durably; refused unless it is that
+    /// owner's statement for this plug. Returns the owner key.
+    pub fn add_owner(&self, auth: crate::wire::OwnerAuth) -> Result<[u8; 32]> {
+        if !crate::identity::verify(&auth, &self.me) {
+            anyhow::bail!(
+                "the statement of owner {} is not signed for this plug ({})",
+                hex::encode(auth.owner),
+                self.me
+            );
+        }
+        let _g = self.persist_lock.lock().expect("persist lock");
+        let list = {
+            let mut st = self.state();
+            if let Some(a) = st.owners.iter_mut().find(|a| a.owner == auth.owner) {
+                *a = auth;
+                return Ok(auth.owner);
+            }
+            if st.owners.len() >= crate::identity::OWNERS_MAX {
+                anyhow::bail!(
+                    "this node acts for {} owners already (the most it keeps)",
+                    st.owners.len()
+                );
+            }
+            let mut list = st.owners.clone();
+            list.push(auth);
+            list
+        };
+        crate::identity::store_owners(&self.owners_path(), &list)?;
+        self.state().owners = list;
+        tracing::info!("acting for owner {}", hex::encode(auth.owner));
+        Ok(auth.owner)
+    }
+
+    /// The statement this node sends for `owner`, if it acts for it.
+    pub fn auth_for(&self, owner: &[u8; 32]) -> Option<crate::wire::OwnerAuth> {
+        self.state()
+            .owners
+            .iter()
+            .find(|a| a.owner == *owner)
+            .copied()
+    }
+
+    /// Whether `auth` is its owner's statement for `peer` (verified once, then remembered).
+    pub fn verified(&self, peer: &PeerId, auth: &crate::wire::OwnerAuth) -> bool {
+        if self.state().verified.contains(&(*peer, auth.owner)) {
+            return true;
+        }
+        if !crate::identity::verify(auth, peer) {
+            return false;
+        }
+        let mut st = self.state();
+        if st.verified.len() >= VERIFIED_MAX {
+            st.verified.clear();
+        }
+        st.verified.insert((*peer, auth.owner));
+        true
+    }
+
+    /// Sends a request for `owner` to `peer` and waits for the answer; refused at once if this
+    /// node has no statement of that owner.
+    pub async fn request_as(
+        &self,
+        peer: PeerId,
+        owner: &[u8; 32],
+        msg: Msg,
+    ) -> Result<Msg, String> {
+        let auth = self.auth_for(owner).ok_or_else(|| {
+            format!(
+                "this node does not act for owner {} (the vault registers it)",
+                hex::encode(owner)
+            )
+        })?;
+        self.send(peer, Some(auth), msg).await
+    }
+
+    /// Sends a request that needs no owner (pairing) to `peer` and waits for the answer.
     pub async fn request(&self, peer: PeerId, msg: Msg) -> Result<Msg, String> {
+        self.send(peer, None, msg).await
+    }
+
+    /// Sends a request to `peer` and waits for the answer (bounded by the request timeout).
+    async fn send(
+        &self,
+        peer: PeerId,
+        auth: Option<crate::wire::OwnerAuth>,
+        msg: Msg,
+    ) -> Result<Msg, String> {
         let slots = self
             .peer_slots
             .lock()
@@ -423,6 +539,7 @@ impl Shared {
         self.cmd
             .send(Cmd::Request {
                 peer,
+                auth,
                 msg,
                 reply: tx,
             })

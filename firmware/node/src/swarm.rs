@@ -141,7 +141,12 @@ impl SwarmTask {
 
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Request { peer, msg, reply } => {
+            Cmd::Request {
+                peer,
+                auth,
+                msg,
+                reply,
+            } => {
                 let unreachable = self
                     .shared
                     .state()
@@ -152,11 +157,11 @@ impl SwarmTask {
                     let _ = reply.send(Err(format!("partner {peer} is unreachable")));
                     return;
                 }
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .shard
-                    .send_request(&peer, Held::new(msg));
+                let held = match auth {
+                    Some(a) => Held::request(a, msg),
+                    None => Held::new(msg),
+                };
+                let id = self.swarm.behaviour_mut().shard.send_request(&peer, held);
                 self.outstanding.insert(id, Outstanding::Reply(reply));
             }
             Cmd::Pair { window, reply } => {
@@ -386,19 +391,23 @@ impl SwarmTask {
             reply(&mut self.swarm, channel, answer);
             return;
         }
-        if let Err(refusal) = holder::admit(&self.shared, peer) {
-            reply(&mut self.swarm, channel, refusal);
-            return;
-        }
+        // A retirement is about this peer's identity, not an owner's: no statement.
         if matches!(request.msg, Msg::Retire) {
             let answer = retire(&self.shared, peer);
             reply(&mut self.swarm, channel, answer);
             return;
         }
+        let owner = match holder::admit(&self.shared, peer, request.auth.as_ref()) {
+            Ok(owner) => owner,
+            Err(refusal) => {
+                reply(&mut self.swarm, channel, refusal);
+                return;
+            }
+        };
         let shared = self.shared.clone();
         let done = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let msg = holder::serve(&shared, peer, request);
+            let msg = holder::serve(&shared, peer, owner, request);
             let _ = done.blocking_send((channel, msg, peer));
         });
     }
@@ -417,7 +426,11 @@ impl SwarmTask {
 /// the recovery key).
 fn retire(shared: &Shared, peer: PeerId) -> Msg {
     match shared.remove_partner(&peer) {
-        Ok(_) => {
+        Ok(None) => crate::holder::err(
+            ErrorCode::BadRequest,
+            format!("peer {peer} is not a partner of {}", shared.me),
+        ),
+        Ok(Some(_)) => {
             tracing::warn!(
                 "partner {peer} retired its identity (a factory reset): no longer a partner"
             );

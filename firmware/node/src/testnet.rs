@@ -200,6 +200,14 @@ pub struct Vault {
 }
 
 impl Vault {
+    /// The vault in `home` run by `cairn` (one not made yet, for `restore`).
+    pub fn at(cairn: &Path, home: &Path) -> Vault {
+        Vault {
+            cairn: cairn.to_owned(),
+            home: home.to_owned(),
+        }
+    }
+
     /// `cairn vault init` in `dir/vault`, k-of-n, shards through `node`.
     pub fn init(dir: &Path, node: &Node, k: u32, n: u32) -> Vault {
         let target = format!("node:{}", node.sock().display());

@@ -6,23 +6,48 @@
 //! that kind *before* it allocates a buffer for the body; a hostile peer can therefore make us
 //! allocate at most [`FRAME_BYTES_MAX`] bytes per frame in flight. Shard bytes are the only variable
 //! payload (≤ [`SHARD_BYTES_MAX`]), plus a short error reason (≤ [`REASON_BYTES_MAX`]).
+//!
+//! Every request but `Pair` opens its body with an [`OwnerAuth`] (96 bytes): the owner it is
+//! made for and the owner's signature binding the sender's peer id. Holders keep shards apart by
+//! owner and serve an owner's shards only to requests made for it (see `holder`).
 
 use thiserror::Error;
 
-/// Protocol version spoken by this node; frames with any other version are refused.
-pub const VERSION: u8 = 1;
+/// Protocol version spoken by this node; frames with any other version are refused (version 2:
+/// requests carry the owner's statement).
+pub const VERSION: u8 = 2;
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest shard carried in one frame (6 MiB).
 pub const SHARD_BYTES_MAX: usize = 6 * 1024 * 1024;
 /// Longest error reason, in bytes of UTF-8.
 pub const REASON_BYTES_MAX: usize = 256;
-/// Largest body of any frame: a shard plus its id and lease.
-pub const BODY_BYTES_MAX: usize = SHARD_BYTES_MAX + SHARD_ID_LEN + 4;
+/// Largest body of any frame: a shard plus the owner's statement, its id and lease.
+pub const BODY_BYTES_MAX: usize = OWNER_AUTH_LEN + SHARD_ID_LEN + 4 + SHARD_BYTES_MAX;
 /// Largest complete frame: the most a reader ever buffers for one frame.
 pub const FRAME_BYTES_MAX: usize = HEADER_LEN + BODY_BYTES_MAX;
 /// Length of a shard identifier, in bytes.
 pub const SHARD_ID_LEN: usize = 32;
+/// Length of an [`OwnerAuth`] on the wire.
+pub const OWNER_AUTH_LEN: usize = 32 + 64;
+
+/// The owner a request is made for: its Ed25519 public key (derived from the owner's secret,
+/// see `cairn_vault::keys::OwnerKey`) and its signature over the sender's peer id
+/// (`identity::statement`). Holders check the signature against the connection's peer id
+/// (authenticated by Noise), so a statement is useless to any other peer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OwnerAuth {
+    /// The owner's public key.
+    pub owner: [u8; 32],
+    /// Its signature over the statement naming the sender's peer id.
+    pub sig: [u8; 64],
+}
+
+impl std::fmt::Debug for OwnerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OwnerAuth({})", hex::encode(&self.owner[..8]))
+    }
+}
 
 /// A shard's identifier on the network. The vault's shards are stored under a key derived from
 /// their chunk id and index (`records::shard_key`), checked against the shard's own header
@@ -212,6 +237,8 @@ pub const PAIR_REVEAL: u8 = 3;
 pub struct Frame {
     /// Chosen by the requester; echoed in the reply.
     pub id: u32,
+    /// The owner a request is made for: present on every request but `Pair`, on nothing else.
+    pub auth: Option<OwnerAuth>,
     /// The message.
     pub msg: Msg,
 }
@@ -281,6 +308,12 @@ pub enum WireError {
     /// Bytes left after a complete frame where exactly one was expected.
     #[error("{0} unexpected bytes after the frame")]
     Trailing(usize),
+    /// A request without the owner's statement it needs.
+    #[error("a {0} request needs the owner's statement")]
+    MissingOwner(&'static str),
+    /// An owner's statement on a frame that carries none.
+    #[error("a {0} frame carries no owner's statement")]
+    StrayOwner(&'static str),
 }
 
 /// Body shape per kind: fixed length, or variable with a maximum and a fixed prefix.
@@ -349,8 +382,32 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
     })
 }
 
-fn check_len(kind: u8, len: usize) -> Result<(), WireError> {
+/// Whether frames of `kind` open with an [`OwnerAuth`]: every request but `Pair` and
+/// `Retire` (which concern the peer itself, not an owner).
+fn authed(kind: u8) -> bool {
+    kind < 0x80 && kind != K_PAIR && kind != K_RETIRE
+}
+
+/// The body shape of `kind`, the owner's statement included.
+fn full_shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
     let (name, s) = shape(kind)?;
+    if !authed(kind) {
+        return Ok((name, s));
+    }
+    Ok((
+        name,
+        match s {
+            Shape::Fixed(n) => Shape::Fixed(n + OWNER_AUTH_LEN),
+            Shape::Var { min, max } => Shape::Var {
+                min: min + OWNER_AUTH_LEN,
+                max: max + OWNER_AUTH_LEN,
+            },
+        },
+    ))
+}
+
+fn check_len(kind: u8, len: usize) -> Result<(), WireError> {
+    let (name, s) = full_shape(kind)?;
     match s {
         Shape::Fixed(expected) if len != expected => Err(WireError::BadLength {
             kind: name,
@@ -427,8 +484,15 @@ impl Frame {
                 have: buf.len(),
             });
         }
-        let msg = decode_body(h.kind, &buf[HEADER_LEN..total])?;
-        Ok((Frame { id: h.id, msg }, total))
+        let (auth, msg) = decode_body(h.kind, &buf[HEADER_LEN..total])?;
+        Ok((
+            Frame {
+                id: h.id,
+                auth,
+                msg,
+            },
+            total,
+        ))
     }
 
     /// Decodes exactly one frame; trailing bytes are an error.
@@ -447,6 +511,22 @@ impl Frame {
         out.extend_from_slice(&self.id.to_le_bytes());
         out.extend_from_slice(&[0; 4]);
         let body = out.len();
+        let kind = self.msg.kind();
+        match (authed(kind), &self.auth) {
+            (true, Some(a)) => {
+                out.extend_from_slice(&a.owner);
+                out.extend_from_slice(&a.sig);
+            }
+            (true, None) => {
+                out.truncate(start);
+                return Err(WireError::MissingOwner(shape(kind)?.0));
+            }
+            (false, Some(_)) => {
+                out.truncate(start);
+                return Err(WireError::StrayOwner(shape(kind)?.0));
+            }
+            (false, None) => {}
+        }
         match &self.msg {
             Msg::Put {
                 shard,
@@ -546,9 +626,13 @@ impl Msg {
 }
 
 /// Decodes a body whose length `check_len` already accepted for `kind`.
-fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
+fn decode_body(kind: u8, body: &[u8]) -> Result<(Option<OwnerAuth>, Msg), WireError> {
     let mut r = Reader(body);
-    Ok(match kind {
+    let auth = authed(kind).then(|| OwnerAuth {
+        owner: r.take(),
+        sig: r.take(),
+    });
+    let msg = match kind {
         K_PUT => {
             let shard = r.shard();
             let lease_secs = r.u32();
@@ -611,7 +695,8 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Msg, WireError> {
             Msg::Error { code, reason }
         }
         other => return Err(WireError::UnknownKind(other)),
-    })
+    };
+    Ok((auth, msg))
 }
 
 /// Why reading a frame from a byte stream failed.
@@ -650,9 +735,11 @@ pub fn read_frame<R: std::io::Read>(r: &mut R) -> Result<Option<Frame>, ReadErro
     let h = parse_header(&head)?;
     let mut body = vec![0u8; h.body_len];
     r.read_exact(&mut body)?;
+    let (auth, msg) = decode_body(h.kind, &body)?;
     Ok(Some(Frame {
         id: h.id,
-        msg: decode_body(h.kind, &body)?,
+        auth,
+        msg,
     }))
 }
 
@@ -725,18 +812,31 @@ mod tests {
         ]
     }
 
+    /// The statement requests carry in these tests (its signature is not checked here).
+    const AUTH: OwnerAuth = OwnerAuth {
+        owner: [4; 32],
+        sig: [5; 64],
+    };
+
+    /// A frame as a node sends it: the statement on requests but `Pair`.
+    fn frame(id: u32, msg: Msg) -> Frame {
+        let auth =
+            (msg.is_request() && !matches!(msg, Msg::Pair { .. } | Msg::Retire)).then_some(AUTH);
+        Frame { id, auth, msg }
+    }
+
     proptest! {
         // 256 cases each (proptest default); frames up to ~600 bytes keep this well under a second.
         #[test]
         fn round_trip(id in any::<u32>(), msg in arb_msg()) {
-            let f = Frame { id, msg };
+            let f = frame(id, msg);
             let bytes = f.to_bytes().unwrap();
             prop_assert_eq!(Frame::decode_exact(&bytes).unwrap(), f);
         }
 
         #[test]
         fn every_truncation_is_rejected(id in any::<u32>(), msg in arb_msg()) {
-            let bytes = Frame { id, msg }.to_bytes().unwrap();
+            let bytes = frame(id, msg).to_bytes().unwrap();
             for cut in 0..bytes.len() {
                 let err = Frame::decode(&bytes[..cut]).unwrap_err();
                 let is_truncated = matches!(err, WireError::Truncated { .. });
@@ -799,25 +899,25 @@ mod tests {
     #[test]
     fn largest_shard_is_accepted_and_one_more_byte_is_not() {
         let shard = ShardId([1; 32]);
-        let f = Frame {
-            id: 1,
-            msg: Msg::Put {
+        let f = frame(
+            1,
+            Msg::Put {
                 shard,
                 lease_secs: 60,
                 data: vec![9; SHARD_BYTES_MAX],
             },
-        };
+        );
         let bytes = f.to_bytes().unwrap();
         assert_eq!(bytes.len(), FRAME_BYTES_MAX);
         assert_eq!(Frame::decode_exact(&bytes).unwrap(), f);
-        let big = Frame {
-            id: 1,
-            msg: Msg::Put {
+        let big = frame(
+            1,
+            Msg::Put {
                 shard,
                 lease_secs: 60,
                 data: vec![9; SHARD_BYTES_MAX + 1],
             },
-        };
+        );
         let mut out = vec![0xAA];
         assert!(matches!(
             big.encode(&mut out),
@@ -832,16 +932,11 @@ mod tests {
 
     #[test]
     fn unknown_version_kind_and_code_are_named() {
-        let mut b = Frame {
-            id: 1,
-            msg: Msg::FreeSpaceQuery,
-        }
-        .to_bytes()
-        .unwrap();
-        b[0] = 2;
+        let mut b = frame(1, Msg::FreeSpaceQuery).to_bytes().unwrap();
+        b[0] = 1;
         assert_eq!(
             Frame::decode(&b).unwrap_err().to_string(),
-            "unsupported protocol version 2 (this node speaks 1)"
+            "unsupported protocol version 1 (this node speaks 2)"
         );
         b[0] = VERSION;
         b[1] = 0x42;
@@ -862,8 +957,11 @@ mod tests {
 
     #[test]
     fn fixed_size_bodies_must_match_exactly() {
-        let err = Frame::decode(&header(K_GET, 31)).unwrap_err();
-        assert_eq!(err.to_string(), "get frame body has 31 bytes, expected 32");
+        let err = Frame::decode(&header(K_GET, 127)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "get frame body has 127 bytes, expected 128"
+        );
         let err = Frame::decode(&header(K_FREE_Q, 1)).unwrap_err();
         assert!(matches!(
             err,
@@ -876,20 +974,20 @@ mod tests {
 
     #[test]
     fn stream_reader_checks_the_length_before_reading_the_body() {
-        let a = Frame {
-            id: 3,
-            msg: Msg::FreeSpace {
+        let a = frame(
+            3,
+            Msg::FreeSpace {
                 free: 1,
                 offered: 2,
             },
-        };
-        let b = Frame {
-            id: 4,
-            msg: Msg::ShardData {
+        );
+        let b = frame(
+            4,
+            Msg::ShardData {
                 shard: ShardId::of(b"x"),
                 data: b"x".to_vec(),
             },
-        };
+        );
         let mut buf = a.to_bytes().unwrap();
         b.encode(&mut buf).unwrap();
         let mut cur = std::io::Cursor::new(&buf);
@@ -936,13 +1034,13 @@ mod tests {
 
     #[test]
     fn overlong_reason_is_refused_on_encode() {
-        let f = Frame {
-            id: 0,
-            msg: Msg::Error {
+        let f = frame(
+            0,
+            Msg::Error {
                 code: ErrorCode::Busy,
                 reason: "x".repeat(REASON_BYTES_MAX + 1),
             },
-        };
+        );
         assert!(matches!(
             f.to_bytes(),
             Err(WireError::Oversized { kind: "error", .. })
@@ -951,18 +1049,18 @@ mod tests {
 
     #[test]
     fn frames_decode_back_to_back_and_trailing_bytes_are_flagged() {
-        let a = Frame {
-            id: 1,
-            msg: Msg::Get {
+        let a = frame(
+            1,
+            Msg::Get {
                 shard: ShardId::of(b"a"),
             },
-        };
-        let b = Frame {
-            id: 2,
-            msg: Msg::Stored {
+        );
+        let b = frame(
+            2,
+            Msg::Stored {
                 shard: ShardId::of(b"b"),
             },
-        };
+        );
         let mut buf = a.to_bytes().unwrap();
         b.encode(&mut buf).unwrap();
         assert_eq!(fuzz_decode(&buf), 2);
@@ -974,5 +1072,41 @@ mod tests {
             WireError::Trailing(buf.len() - used)
         );
         assert!(a.msg.is_request() && !b.msg.is_request());
+    }
+
+    #[test]
+    fn requests_carry_the_owners_statement_and_nothing_else_does() {
+        let get = Msg::Get {
+            shard: ShardId([1; 32]),
+        };
+        let bytes = frame(1, get.clone()).to_bytes().unwrap();
+        assert_eq!(&bytes[HEADER_LEN..HEADER_LEN + 32], &AUTH.owner);
+        let bare = Frame {
+            id: 1,
+            auth: None,
+            msg: get,
+        };
+        assert_eq!(
+            bare.to_bytes().unwrap_err().to_string(),
+            "a get request needs the owner's statement"
+        );
+        let stray = Frame {
+            id: 1,
+            auth: Some(AUTH),
+            msg: Msg::Paired,
+        };
+        assert_eq!(
+            stray.to_bytes().unwrap_err(),
+            WireError::StrayOwner("paired")
+        );
+        let pair = frame(
+            1,
+            Msg::Pair {
+                mode: PAIR_WINDOW,
+                secret: [0; 16],
+            },
+        );
+        assert_eq!(pair.auth, None);
+        assert_eq!(pair.to_bytes().unwrap().len(), HEADER_LEN + 17);
     }
 }

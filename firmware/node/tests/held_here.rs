@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 struct Node {
     run: common::Running,
     peer: String,
+    /// The owner key (hex) it puts and gets for.
+    owner: String,
 }
 
 impl Node {
@@ -31,9 +33,11 @@ impl Node {
             cfg.audit_every = Duration::from_secs(24 * 3600);
             cfg.repair_every = Duration::from_secs(24 * 3600);
         });
+        let owner = run.new_owner().1;
         let mut n = Node {
             run,
             peer: String::new(),
+            owner,
         };
         n.peer = n.status()["peer"].as_str().expect("peer").to_owned();
         n
@@ -71,7 +75,8 @@ impl Node {
     fn put_all(&self, shards: &[Vec<u8>]) {
         let mut c = self.client();
         for s in shards {
-            c.call(json!({"op": "put_shard"}), s).expect("put_shard");
+            c.call(json!({"op": "put_shard", "owner": self.owner}), s)
+                .expect("put_shard");
         }
         c.op(json!({"op": "flush"})).expect("flush");
     }
@@ -80,7 +85,7 @@ impl Node {
         let (_, data) = self
             .client()
             .call(
-                json!({"op": "get_shard", "chunk": hex(chunk), "index": index}),
+                json!({"op": "get_shard", "owner": self.owner, "chunk": hex(chunk), "index": index}),
                 &[],
             )
             .unwrap_or_else(|e| panic!("get_shard {index}: {e}"));
@@ -317,4 +322,56 @@ fn the_owners_offer_sets_the_capacity_and_is_kept() {
         .unwrap_err();
     assert!(e.contains("set_capacity needs bytes"), "{e}");
     assert_eq!(u(&a.status()["capacity"]), offer);
+}
+
+#[test]
+fn owner_and_rejoin_requests_with_bad_input_are_refused_with_one_line() {
+    let node = Node::start();
+    let one_line = |e: &str| assert!(!e.contains('\n'), "{e}");
+    // A statement that does not verify for this plug, and malformed ones.
+    let e = node
+        .op(json!({"op": "owner", "owner": "00".repeat(32), "sig": "00".repeat(64)}))
+        .unwrap_err();
+    assert!(e.contains("not signed for this plug"), "{e}");
+    one_line(&e);
+    let e = node.op(json!({"op": "owner", "owner": "xyz"})).unwrap_err();
+    assert!(e.contains("owner needs owner"), "{e}");
+    // Shards of an owner the node does not act for.
+    let stranger = "11".repeat(32);
+    let e = node
+        .client()
+        .call(json!({"op": "put_shard", "owner": stranger}), b"x")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("does not act for owner") && e.contains(&stranger),
+        "{e}"
+    );
+    let e = node
+        .op(json!({"op": "get_shard", "owner": stranger, "chunk": "22".repeat(32), "index": 0}))
+        .unwrap_err();
+    assert!(e.contains("does not act for owner"), "{e}");
+    let e = node.op(json!({"op": "put_shard"})).unwrap_err();
+    assert!(e.contains("put_shard needs owner"), "{e}");
+    // Rejoin names a peer by a full address.
+    let e = node
+        .op(json!({"op": "rejoin", "addr": "/ip4/127.0.0.1/tcp/1"}))
+        .unwrap_err();
+    assert!(e.contains("does not end in /p2p/PEERID"), "{e}");
+    let e = node
+        .op(json!({"op": "rejoin", "addr": "nope"}))
+        .unwrap_err();
+    assert!(e.contains("\"nope\" is not a multiaddr"), "{e}");
+    one_line(&e);
+    let own = format!("/ip4/127.0.0.1/tcp/1/p2p/{}", node.peer);
+    let e = node.op(json!({"op": "rejoin", "addr": own})).unwrap_err();
+    assert!(e.contains("own address"), "{e}");
+    // A good one: a partner from now on, on this side.
+    let other = libp2p::PeerId::random().to_base58();
+    let v = node.ok(json!({"op": "rejoin", "addr": format!("/ip4/127.0.0.1/tcp/1/p2p/{other}")}));
+    assert_eq!(v["peer"], json!(other), "{v}");
+    assert_eq!(
+        node.partner(&other).expect("partner")["via"],
+        json!("rejoin")
+    );
 }

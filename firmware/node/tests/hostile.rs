@@ -1,6 +1,7 @@
 //! Hostile peers against a running storage node: garbage, oversized and truncated frames,
 //! strangers, shards that do not match their key, absurd challenges, floods of requests, quota
-//! abuse, other owners' shards and races for one key. Each is refused (with a reason naming the peer or shard where there is an
+//! abuse, reads and audits of other owners' shards and of the holder's own records, squatted
+//! keys, a new plug of an owner, and races for one key. Each is refused (with a reason naming the peer or shard where there is an
 //! answer at all), the node keeps serving well-behaved partners, and the frame budget — the
 //! bound on the bytes of frames in memory — is whole again afterwards.
 //!
@@ -18,16 +19,18 @@ use async_trait::async_trait;
 mod common;
 
 use cairn_node::audit::{Challenge, RANGE_BYTES_MAX};
+use cairn_node::identity::statement;
 use cairn_node::invite::Invitation;
 use cairn_node::node::Config;
-use cairn_node::records::shard_key;
+use cairn_node::records::{hex, local_id, record_id, shard_key};
 use cairn_node::wire::{
-    ErrorCode, Frame, Msg, ShardId, FRAME_BYTES_MAX, HEADER_LEN, PAIR_INVITE, PAIR_REVEAL,
-    PAIR_WINDOW, VERSION,
+    ErrorCode, Frame, Msg, OwnerAuth, ShardId, FRAME_BYTES_MAX, HEADER_LEN, PAIR_INVITE,
+    PAIR_REVEAL, PAIR_WINDOW, VERSION,
 };
 use cairn_vault::seal::AeadKind;
 use cairn_vault::shard::{encode_shard, ShardHeader};
 use cairn_vault::ChunkId;
+use cairn_vault::{OwnerKey, OwnerSecret};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::DialOpts;
@@ -208,11 +211,27 @@ type Answer = Result<Msg, String>;
 struct Peer {
     swarm: Swarm<request_response::Behaviour<RawCodec>>,
     node: PeerId,
+    /// The statement of the owner its requests are made for, for its own peer id.
+    auth: OwnerAuth,
+}
+
+/// A new owner's key (from a fresh owner secret).
+fn new_owner() -> OwnerKey {
+    OwnerSecret::generate()
+        .expect("random secret")
+        .keys()
+        .owner_key()
+        .clone()
 }
 
 impl Peer {
-    /// A fresh identity, connected to `node`.
+    /// A fresh identity acting for a new owner of its own, connected to `node`.
     async fn connect(node: &Node) -> Peer {
+        Self::connect_as(node, &new_owner()).await
+    }
+
+    /// A fresh identity acting for `owner` (another plug of that owner), connected to `node`.
+    async fn connect_as(node: &Node, owner: &OwnerKey) -> Peer {
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_tcp(
@@ -257,10 +276,23 @@ impl Peer {
         })
         .await;
         assert!(connected.is_ok(), "no connection to the node in {WAIT:?}");
+        let me = *swarm.local_peer_id();
+        let auth = OwnerAuth {
+            owner: owner.public(),
+            sig: owner.sign(&statement(&me)),
+        };
         Peer {
             swarm,
             node: node.peer,
+            auth,
         }
+    }
+
+    /// `msg` framed as this peer sends it: requests but `Pair` carry its owner's statement.
+    fn frame(&self, msg: Msg) -> Vec<u8> {
+        let auth = (msg.is_request() && !matches!(msg, Msg::Pair { .. } | Msg::Retire))
+            .then_some(self.auth);
+        Frame { id: 1, auth, msg }.to_bytes().expect("encodable")
     }
 
     fn id(&self) -> PeerId {
@@ -311,7 +343,7 @@ impl Peer {
     /// Sends well-formed requests at once; the decoded answers (an answer that is not exactly
     /// one valid reply frame fails the test: the node must never send one).
     async fn ask_all(&mut self, msgs: Vec<Msg>) -> Vec<Answer> {
-        let reqs = msgs.into_iter().map(frame).collect();
+        let reqs = msgs.into_iter().map(|m| self.frame(m)).collect();
         self.send_raw(reqs)
             .await
             .into_iter()
@@ -357,8 +389,15 @@ fn invitation(node: &Node) -> Invitation {
     inv
 }
 
+/// `msg` framed with a statement nobody signed on requests (for frames the node must drop
+/// before it looks at a statement).
 fn frame(msg: Msg) -> Vec<u8> {
-    Frame { id: 1, msg }.to_bytes().expect("encodable")
+    let auth =
+        (msg.is_request() && !matches!(msg, Msg::Pair { .. } | Msg::Retire)).then_some(OwnerAuth {
+            owner: [0; 32],
+            sig: [0; 64],
+        });
+    Frame { id: 1, auth, msg }.to_bytes().expect("encodable")
 }
 
 /// A frame header as a hostile peer writes it: any kind, any claimed body length.
@@ -436,6 +475,31 @@ async fn put_and_get_back(peer: &mut Peer, key: ShardId, data: &[u8]) {
             shard: key,
             data: data.to_vec()
         }
+    );
+}
+
+/// Renews the lease of `key` and checks the answer.
+async fn renews(peer: &mut Peer, key: ShardId) {
+    let answer = peer
+        .ask(Msg::RenewLease {
+            shard: key,
+            lease_secs: LEASE,
+        })
+        .await;
+    assert_eq!(
+        answer,
+        Msg::LeaseRenewed {
+            shard: key,
+            lease_secs: LEASE
+        }
+    );
+}
+
+/// Deletes `key` and checks the answer.
+async fn deletes(peer: &mut Peer, key: ShardId) {
+    assert_eq!(
+        peer.ask(Msg::Delete { shard: key }).await,
+        Msg::Deleted { shard: key }
     );
 }
 
@@ -809,7 +873,7 @@ fn a_partner_over_its_allowance_is_refused_with_the_numbers_and_keeps_what_it_st
 }
 
 #[test]
-fn a_partner_cannot_overwrite_renew_or_delete_another_owners_shard() {
+fn a_partner_cannot_read_audit_renew_or_delete_another_owners_shard() {
     let node = Node::start(|_| {});
     run(async {
         let mut a = Peer::connect(&node).await;
@@ -821,12 +885,16 @@ fn a_partner_cannot_overwrite_renew_or_delete_another_owners_shard() {
         let theirs = vault_shard(chunk, 2, 16 << 10, "owner a");
         put_and_get_back(&mut a, key, &theirs).await;
 
-        // B's shard for the same key is well formed but different bytes.
-        let mine = vault_shard(chunk, 2, 16 << 10, "owner b");
-        assert_ne!(mine, theirs);
+        // B knows the chunk id (shard headers carry it) and so the key; it is not A's owner.
         let answers = b
             .ask_all(vec![
-                put(key, &mine),
+                Msg::Get { shard: key },
+                Msg::AuditChallenge {
+                    shard: key,
+                    nonce: [1; 32],
+                    offset: 0,
+                    len: 64,
+                },
                 Msg::Delete { shard: key },
                 Msg::RenewLease {
                     shard: key,
@@ -834,9 +902,9 @@ fn a_partner_cannot_overwrite_renew_or_delete_another_owners_shard() {
                 },
             ])
             .await;
-        let held = format!("shard {key} is held for another owner");
+        let missing = format!("no shard {key} here");
         for answer in answers {
-            assert_refused(&answer.expect("answered"), ErrorCode::BadRequest, &[&held]);
+            assert_refused(&answer.expect("answered"), ErrorCode::NotFound, &[&missing]);
         }
         assert_eq!(
             a.ask(Msg::Get { shard: key }).await,
@@ -849,22 +917,211 @@ fn a_partner_cannot_overwrite_renew_or_delete_another_owners_shard() {
         assert_eq!(node.partner(&a.id())["held_for_them"], json!(theirs.len()));
 
         // Its owner still may.
+        renews(&mut a, key).await;
+        deletes(&mut a, key).await;
+        assert_eq!(node.partner(&a.id())["held_for_them"], json!(0));
+        assert_eq!(node.status()["used"], json!(0));
+    });
+    node.stop();
+}
+
+#[test]
+fn a_partner_cannot_fetch_the_holders_own_placement_records_nor_shards_kept_here() {
+    let node = Node::start(|c| {
+        c.audit_every = Duration::from_secs(24 * 3600);
+        c.repair_every = Duration::from_secs(24 * 3600);
+    });
+    // The node's own owner stores a chunk while it has no partner: the node keeps the shards
+    // and writes the chunk's record in its own store.
+    let (_, owner) = node.run.new_owner();
+    let chunk = [0x6a; 32];
+    let mut c = node.run.client();
+    for i in 0..4 {
+        let s = vault_shard(chunk, i, 8 << 10, "own");
+        c.call(json!({"op": "put_shard", "owner": owner}), &s)
+            .expect("put_shard");
+    }
+    c.op(json!({"op": "flush"})).expect("flush");
+    assert_eq!(node.status()["chunks"]["held_here"], json!(4));
+    run(async {
+        let mut x = Peer::connect(&node).await;
+        x.pair(&node).await;
+
+        // X holds (or learned) the chunk id: every id derived from it is refused.
+        let record = ShardId(record_id(&chunk).0);
+        let kept = ShardId(local_id(&chunk, 0).0);
+        let audit = |shard| Msg::AuditChallenge {
+            shard,
+            nonce: [2; 32],
+            offset: 0,
+            len: 16,
+        };
+        let answers = x
+            .ask_all(vec![
+                Msg::Get { shard: record },
+                audit(record),
+                Msg::Get { shard: kept },
+                audit(kept),
+                Msg::Get {
+                    shard: shard_key(&chunk, 0),
+                },
+            ])
+            .await;
+        for answer in answers {
+            match answer.expect("answered") {
+                Msg::Error {
+                    code: ErrorCode::NotFound,
+                    ..
+                } => {}
+                Msg::ShardData { data, .. } => panic!(
+                    "a partner fetched the owner's record or shard: {:?}",
+                    String::from_utf8_lossy(&data[..data.len().min(120)])
+                ),
+                other => panic!("unexpected answer: {other:.120?}"),
+            }
+        }
+    });
+    // The owner itself still reads them.
+    let (_, data) = node
+        .run
+        .client()
+        .call(
+            json!({"op": "get_shard", "owner": owner, "chunk": hex(&chunk), "index": 0}),
+            &[],
+        )
+        .expect("get_shard");
+    assert_eq!(data, vault_shard(chunk, 0, 8 << 10, "own"));
+    node.stop();
+}
+
+#[test]
+fn a_squatted_key_does_not_block_the_owners_placement_and_forgeries_reach_nobody() {
+    let holder = Node::start(|_| {});
+    let owner_node = Node::start(|c| {
+        c.audit_every = Duration::from_secs(24 * 3600);
+        c.repair_every = Duration::from_secs(24 * 3600);
+    });
+    // The owner's plug and the holder are partners.
+    let code = holder.op(json!({"op": "invite"})).expect("invite")["code"]
+        .as_str()
+        .expect("code")
+        .to_owned();
+    owner_node
+        .op(json!({"op": "join", "code": code}))
+        .expect("join");
+    let (_, owner) = owner_node.run.new_owner();
+    let chunk = [0x6b; 32];
+    // 1-of-2: one shard goes to the holder (the owner's only partner), one stays here.
+    let shard = |i: u8, seed: &str| {
+        let h = ShardHeader {
+            aead: AeadKind::ChaCha20Poly1305,
+            k: 1,
+            n: 2,
+            index: i,
+            sealed_len: 4096,
+            chunk: ChunkId(chunk),
+        };
+        let mut body = vec![0u8; 4096];
+        blake3::Hasher::new()
+            .update(seed.as_bytes())
+            .update(&[i])
+            .finalize_xof()
+            .fill(&mut body);
+        let mut out = Vec::new();
+        encode_shard(&h, &body, &mut out);
+        out
+    };
+    run(async {
+        // A partner of the holder learned the chunk id and squats the keys of both shards.
+        let mut f = Peer::connect(&holder).await;
+        f.pair(&holder).await;
+        for i in 0..2 {
+            let key = shard_key(&chunk, i);
+            assert_eq!(
+                f.ask(put(key, &shard(i, "forged"))).await,
+                Msg::Stored { shard: key }
+            );
+        }
+        let mut c = owner_node.run.client();
+        for i in 0..2 {
+            c.call(
+                json!({"op": "put_shard", "owner": owner}),
+                &shard(i, "real"),
+            )
+            .expect("put_shard");
+        }
+        c.op(json!({"op": "flush"})).expect("flush");
+        // Placed on the holder despite the squatter: only the one shard without a second
+        // partner is kept here.
+        let st = owner_node.status();
+        assert_eq!(st["chunks"]["held_here"], json!(1), "{st}");
         assert_eq!(
-            a.ask(Msg::RenewLease {
+            owner_node.partner(&holder.peer)["held_for_us"],
+            json!(shard(0, "real").len()),
+            "{st}"
+        );
+        for i in 0..2 {
+            let (_, data) = c
+                .call(
+                    json!({"op": "get_shard", "owner": owner, "chunk": hex(&chunk), "index": i}),
+                    &[],
+                )
+                .expect("get_shard");
+            assert_eq!(data, shard(i, "real"), "shard {i}");
+        }
+        // The squatter's forgeries stay in its own scope: it reads its own bytes back.
+        let key = shard_key(&chunk, 0);
+        assert_eq!(
+            f.ask(Msg::Get { shard: key }).await,
+            Msg::ShardData {
                 shard: key,
-                lease_secs: LEASE
-            })
-            .await,
-            Msg::LeaseRenewed {
-                shard: key,
-                lease_secs: LEASE
+                data: shard(0, "forged")
             }
         );
+    });
+    owner_node.stop();
+    holder.stop();
+}
+
+#[test]
+fn a_new_plug_of_the_same_owner_is_admitted_and_reads_what_the_old_one_stored() {
+    let node = Node::start(|_| {});
+    let owner = new_owner();
+    run(async {
+        let mut old = Peer::connect_as(&node, &owner).await;
+        old.pair(&node).await;
+        let chunk = [0x6c; 32];
+        let key = shard_key(&chunk, 1);
+        let s = vault_shard(chunk, 1, 8 << 10, "kept");
+        put_and_get_back(&mut old, key, &s).await;
+        // The new plug never paired: its owner's statement is its introduction.
+        let mut new = Peer::connect_as(&node, &owner).await;
         assert_eq!(
-            a.ask(Msg::Delete { shard: key }).await,
-            Msg::Deleted { shard: key }
+            new.ask(Msg::Get { shard: key }).await,
+            Msg::ShardData {
+                shard: key,
+                data: s.clone()
+            }
         );
-        assert_eq!(node.partner(&a.id())["held_for_them"], json!(0));
+        assert_eq!(node.partner(&new.id())["via"], json!("owner key"));
+        renews(&mut new, key).await;
+        // A plug with a statement of an owner nobody here acted for is still a stranger, and
+        // a statement signed for another plug is refused.
+        let mut stranger = Peer::connect(&node).await;
+        assert_refused(
+            &stranger.ask(Msg::Get { shard: key }).await,
+            ErrorCode::BadRequest,
+            &["is not a partner"],
+        );
+        stranger.auth = old.auth;
+        assert_refused(
+            &stranger.ask(Msg::Get { shard: key }).await,
+            ErrorCode::BadRequest,
+            &["no valid owner's statement"],
+        );
+        // Deleting through the new plug frees the old plug's books.
+        deletes(&mut new, key).await;
+        assert_eq!(node.partner(&old.id())["held_for_them"], json!(0));
         assert_eq!(node.status()["used"], json!(0));
     });
     node.stop();
@@ -986,10 +1243,7 @@ fn a_partner_replacing_its_shard_with_a_smaller_one_is_booked_at_the_new_size() 
             "books still count the replaced shard's size"
         );
         assert_eq!(node.status()["used"], json!(small.len()));
-        assert_eq!(
-            a.ask(Msg::Delete { shard: key }).await,
-            Msg::Deleted { shard: key }
-        );
+        deletes(&mut a, key).await;
         assert_eq!(node.partner(&a.id())["held_for_them"], json!(0));
         assert_eq!(node.status()["used"], json!(0));
     });
@@ -997,7 +1251,7 @@ fn a_partner_replacing_its_shard_with_a_smaller_one_is_booked_at_the_new_size() 
 }
 
 #[test]
-fn partners_racing_for_the_same_new_keys_get_one_owner_each_and_honest_books() {
+fn partners_racing_for_the_same_keys_each_keep_their_own_and_honest_books() {
     let node = Node::start(|_| {});
     run(async {
         let mut a = Peer::connect(&node).await;
@@ -1005,7 +1259,7 @@ fn partners_racing_for_the_same_new_keys_get_one_owner_each_and_honest_books() {
         let mut b = Peer::connect(&node).await;
         b.pair(&node).await;
         let (mut held_a, mut held_b) = (0usize, 0usize);
-        // 20 rounds of 4 keys that A and B put at the same moment.
+        // 20 rounds of 4 keys that A and B put at the same moment: two owners, two shards.
         for round in 0..20u8 {
             let chunk = [round; 32];
             let mine = |seed: &str| -> Vec<Vec<u8>> {
@@ -1021,35 +1275,25 @@ fn partners_racing_for_the_same_new_keys_get_one_owner_each_and_honest_books() {
             let (ra, rb) = tokio::join!(a.ask_all(puts(&sa)), b.ask_all(puts(&sb)));
             for i in 0..4 {
                 let key = keys[i];
-                let (x, y) = (
-                    ra[i].as_ref().expect("A answered"),
-                    rb[i].as_ref().expect("B answered"),
-                );
-                let held = format!("shard {key} is held for another owner");
-                let winner = match (x, y) {
-                    (Msg::Stored { .. }, Msg::Stored { .. }) => panic!(
-                        "round {round}: both partners' puts of shard {key} were stored (the owner \
-                         check and the write are not one step)"
-                    ),
-                    (Msg::Stored { .. }, other) => {
-                        assert_refused(other, ErrorCode::BadRequest, &[&held]);
-                        held_a += sa[i].len();
-                        &sa[i]
-                    }
-                    (other, Msg::Stored { .. }) => {
-                        assert_refused(other, ErrorCode::BadRequest, &[&held]);
-                        held_b += sb[i].len();
-                        &sb[i]
-                    }
-                    (x, y) => panic!("neither put of {key} was stored: {x:.60?} / {y:.60?}"),
-                };
                 assert_eq!(
-                    a.ask(Msg::Get { shard: key }).await,
-                    Msg::ShardData {
-                        shard: key,
-                        data: winner.clone()
-                    }
+                    ra[i].as_ref().expect("A answered"),
+                    &Msg::Stored { shard: key }
                 );
+                assert_eq!(
+                    rb[i].as_ref().expect("B answered"),
+                    &Msg::Stored { shard: key }
+                );
+                held_a += sa[i].len();
+                held_b += sb[i].len();
+                for (p, want) in [(&mut a, &sa[i]), (&mut b, &sb[i])] {
+                    assert_eq!(
+                        p.ask(Msg::Get { shard: key }).await,
+                        Msg::ShardData {
+                            shard: key,
+                            data: want.clone()
+                        }
+                    );
+                }
             }
         }
         assert_eq!(node.partner(&a.id())["held_for_them"], json!(held_a));
@@ -1076,7 +1320,8 @@ fn strangers_beyond_their_connection_limit_are_cut_off_and_partners_still_served
         }
         let mut refused = 0;
         for s in strangers.iter_mut() {
-            let answers = s.send_raw(vec![frame(Msg::FreeSpaceQuery)]).await;
+            let req = s.frame(Msg::FreeSpaceQuery);
+            let answers = s.send_raw(vec![req]).await;
             match &answers[0] {
                 // Kept: answered (as a stranger, with a refusal).
                 Ok(bytes) => {

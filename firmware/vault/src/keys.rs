@@ -7,7 +7,10 @@
 //! - `manifest-id`: the same for manifest chunks, so no data chunk can collide with one;
 //! - `seal`: root of the per-chunk AEAD keys (one key per chunk id and kind);
 //! - `head`: names the root record of snapshot `seq` (found again from the secret alone);
-//! - `chunker`: seeds FastCDC's gear table, so chunk boundaries (and sizes) depend on the key.
+//! - `chunker`: seeds FastCDC's gear table, so chunk boundaries (and sizes) depend on the key;
+//! - `owner`: the seed of the owner key (Ed25519), the owner's identity towards partners: it
+//!   signs the statement that lets a plug act for the owner, so a plug restored from the
+//!   recovery key is the same owner at once.
 
 use std::fmt;
 use std::path::Path;
@@ -65,6 +68,7 @@ impl OwnerSecret {
         };
         let seed = derive(b"chunker");
         Keys {
+            owner: OwnerKey(derive(b"owner")),
             id: derive(b"id"),
             manifest_id: derive(b"manifest-id"),
             seal: derive(b"seal"),
@@ -179,9 +183,53 @@ fn recovery_from_digits(digits: &[u8]) -> Option<OwnerSecret> {
     })
 }
 
+/// The owner key: an Ed25519 key pair (RFC 8032) derived from the owner secret. Only its seed
+/// is kept; whoever holds it acts for the owner towards partners (puts, gets, renewals,
+/// deletes and audits of the owner's shards), so it never leaves the vault's process: the vault
+/// signs, for its storage node, a statement binding the node's peer id (see `cairn-node`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OwnerKey([u8; 32]);
+
+impl fmt::Debug for OwnerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OwnerKey({})", hex32(&self.public()))
+    }
+}
+
+fn hex32(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl OwnerKey {
+    /// The Ed25519 seed (the private key of RFC 8032).
+    pub fn seed(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The Ed25519 public key: the owner's name towards partners.
+    pub fn public(&self) -> [u8; 32] {
+        use ring::signature::KeyPair;
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&self.0)
+            .expect("any 32 bytes are an Ed25519 seed");
+        let mut out = [0u8; 32];
+        out.copy_from_slice(pair.public_key().as_ref());
+        out
+    }
+
+    /// Signs `msg` (Ed25519: 64 bytes).
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&self.0)
+            .expect("any 32 bytes are an Ed25519 seed");
+        let mut out = [0u8; 64];
+        out.copy_from_slice(pair.sign(msg).as_ref());
+        out
+    }
+}
+
 /// The keys derived from an [`OwnerSecret`].
 #[derive(Clone)]
 pub struct Keys {
+    owner: OwnerKey,
     id: [u8; 32],
     manifest_id: [u8; 32],
     seal: [u8; 32],
@@ -202,6 +250,11 @@ pub enum Kind {
 }
 
 impl Keys {
+    /// The owner key (see [`OwnerKey`]).
+    pub fn owner_key(&self) -> &OwnerKey {
+        &self.owner
+    }
+
     /// The keyed BLAKE3 id of a chunk of `kind` (data or manifest).
     pub fn chunk_id(&self, kind: Kind, content: &[u8]) -> ChunkId {
         let key = match kind {
@@ -646,5 +699,15 @@ mod tests {
         );
         assert_ne!(a.head_id(1), a.head_id(2));
         assert_ne!(a.chunker_seed(), b.chunker_seed());
+        // The owner key is the secret's: the same from a restored secret, another's otherwise.
+        let a2 = OwnerSecret::from_bytes([1u8; 32]).keys();
+        assert_eq!(a.owner_key().public(), a2.owner_key().public());
+        assert_ne!(a.owner_key().public(), b.owner_key().public());
+        assert_ne!(a.owner_key().seed(), &a.head_id(0).0);
+        let sig = a.owner_key().sign(b"statement");
+        let public = a.owner_key().public();
+        let pk = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public);
+        assert!(pk.verify(b"statement", &sig).is_ok());
+        assert!(pk.verify(b"statemenT", &sig).is_err());
     }
 }

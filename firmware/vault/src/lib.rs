@@ -34,7 +34,7 @@ pub mod vault;
 use std::fmt;
 
 pub use error::{Result, VaultError};
-pub use keys::{KdfParams, OwnerSecret, RootCapability};
+pub use keys::{KdfParams, OwnerKey, OwnerSecret, RootCapability};
 pub use seal::AeadKind;
 pub use sink::{DirStore, ShardError, ShardId, ShardSink, ShardSource};
 pub use stream::{Batch, FileReadError, FileReader};

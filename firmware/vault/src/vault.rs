@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use crate::chunker::{Chunker, CHUNK_BYTES_MAX, READ_STEP};
 use crate::error::{corrupt, io_err, Result, VaultError};
 use crate::home::{Config, Home, Target};
-use crate::keys::{self, KdfParams, Keys, Kind, OwnerSecret, RootCapability};
+use crate::keys::{self, KdfParams, Keys, Kind, OwnerKey, OwnerSecret, RootCapability};
 use crate::manifest::{self, Entry, EntryKind, Extent, RootRecord, Tree};
 use crate::progress::Progress;
 use crate::seal;
@@ -104,16 +104,18 @@ pub type Backend = (Arc<dyn ShardSink>, Arc<dyn ShardSource>);
 /// Opens the shard backend of a storage node by its control socket: what `node:SOCKET` targets
 /// use. This crate does not link the node (the node depends on it, not the other way round):
 /// the program that does passes a connector to [`Vault::init`], [`Vault::open`] and
-/// [`Vault::restore`]; [`NoNode`] refuses node targets. A closure `Fn(&Path) -> Result<Backend,
-/// String>` is one too.
+/// [`Vault::restore`]; [`NoNode`] refuses node targets. The connector is handed the vault's
+/// owner key so that the node can act for this owner (it gets a statement signed with the key,
+/// never the key). A closure `Fn(&Path, &OwnerKey) -> Result<Backend, String>` is one too.
 pub trait NodeConnector {
-    /// The backend of the node whose control socket is `socket`, or why there is none.
-    fn connect(&self, socket: &Path) -> std::result::Result<Backend, String>;
+    /// The backend of the node whose control socket is `socket`, acting for `owner`, or why
+    /// there is none.
+    fn connect(&self, socket: &Path, owner: &OwnerKey) -> std::result::Result<Backend, String>;
 }
 
-impl<F: Fn(&Path) -> std::result::Result<Backend, String>> NodeConnector for F {
-    fn connect(&self, socket: &Path) -> std::result::Result<Backend, String> {
-        self(socket)
+impl<F: Fn(&Path, &OwnerKey) -> std::result::Result<Backend, String>> NodeConnector for F {
+    fn connect(&self, socket: &Path, owner: &OwnerKey) -> std::result::Result<Backend, String> {
+        self(socket, owner)
     }
 }
 
@@ -122,17 +124,17 @@ impl<F: Fn(&Path) -> std::result::Result<Backend, String>> NodeConnector for F {
 pub struct NoNode;
 
 impl NodeConnector for NoNode {
-    fn connect(&self, _socket: &Path) -> std::result::Result<Backend, String> {
+    fn connect(&self, _socket: &Path, _owner: &OwnerKey) -> std::result::Result<Backend, String> {
         Err("this program cannot use a storage node (node: targets)".into())
     }
 }
 
-/// The backend of the node whose control socket is at `path`, opened by `nodes`.
-pub fn node_backend(nodes: &dyn NodeConnector, path: &Path) -> Result<Backend> {
-    nodes.connect(path).map_err(VaultError::Usage)
+/// The backend of the node whose control socket is at `path`, opened by `nodes` for `owner`.
+pub fn node_backend(nodes: &dyn NodeConnector, path: &Path, owner: &OwnerKey) -> Result<Backend> {
+    nodes.connect(path, owner).map_err(VaultError::Usage)
 }
 
-fn backend(targets: &[Target], nodes: &dyn NodeConnector) -> Result<Backend> {
+fn backend(targets: &[Target], nodes: &dyn NodeConnector, owner: &OwnerKey) -> Result<Backend> {
     if targets.is_empty() {
         return Err(VaultError::Usage(
             "no shard target: give --target dir:PATH or --target node:SOCKET".into(),
@@ -144,7 +146,7 @@ fn backend(targets: &[Target], nodes: &dyn NodeConnector) -> Result<Backend> {
                 "a node target places every shard itself: give it alone".into(),
             ));
         }
-        return node_backend(nodes, p);
+        return node_backend(nodes, p, owner);
     }
     let dirs = targets
         .iter()
@@ -218,7 +220,7 @@ impl Vault {
         fs::create_dir_all(home).map_err(io_err(home))?;
         fs::set_permissions(home, fs::Permissions::from_mode(0o700)).map_err(io_err(home))?;
         let lock = h.lock()?;
-        let (sink, source) = backend(&config.targets, nodes)?;
+        let (sink, source) = backend(&config.targets, nodes, secret.keys().owner_key())?;
         keys::write_key_file(&h.key(), &secret, passphrase, kdf)?;
         cairn_durable::write_mode(&h.config(), config.encode().as_bytes(), 0o644)
             .map_err(io_err(h.config()))?;
@@ -251,7 +253,7 @@ impl Vault {
         let config = Config::decode(&text, &cpath)?;
         let codec = Codec::new(config.k, config.n)?;
         let secret = keys::read_key_file(&h.key(), passphrase)?;
-        let (sink, source) = backend(&config.targets, nodes)?;
+        let (sink, source) = backend(&config.targets, nodes, secret.keys().owner_key())?;
         Ok(Self {
             keys: secret.keys(),
             secret,
@@ -280,8 +282,8 @@ impl Vault {
         kdf: KdfParams,
         nodes: &dyn NodeConnector,
     ) -> Result<Self> {
-        let (_, source) = backend(&targets, nodes)?;
         let keys = secret.keys();
+        let (_, source) = backend(&targets, nodes, keys.owner_key())?;
         let reader = ChunkReader::new(&keys, source.as_ref(), None);
         let n_probe = 255;
         let exists = |s: u64| reader.exists(&keys.head_id(s), n_probe);

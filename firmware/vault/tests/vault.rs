@@ -668,8 +668,12 @@ fn node_targets_go_through_the_connector_the_caller_passes() {
     for d in &dirs {
         fs::create_dir_all(d).unwrap();
     }
-    let nodes = |p: &Path| -> Result<cairn_vault::vault::Backend, String> {
+    let owners = std::sync::Mutex::new(Vec::new());
+    let nodes = |p: &Path,
+                 owner: &cairn_vault::keys::OwnerKey|
+     -> Result<cairn_vault::vault::Backend, String> {
         asked.lock().unwrap().push(p.to_path_buf());
+        owners.lock().unwrap().push(owner.public());
         let store = Arc::new(DirStore::new(dirs.clone()));
         Ok((store.clone(), store))
     };
@@ -684,4 +688,8 @@ fn node_targets_go_through_the_connector_the_caller_passes() {
     v.get(None, "src/a.txt", &out, &mut NoProgress).unwrap();
     assert_eq!(fs::read_to_string(&out).unwrap(), "through the node");
     assert_eq!(*asked.lock().unwrap(), vec![sock.clone(), sock]);
+    // The node is handed the vault's owner key each time: the same key, the vault's.
+    let owners = owners.lock().unwrap();
+    assert_eq!(owners[0], v.secret().keys().owner_key().public());
+    assert_eq!(owners[0], owners[1]);
 }

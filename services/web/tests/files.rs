@@ -406,11 +406,13 @@ async fn a_full_disk_stores_nothing_and_says_so() {
     let c = card.clone();
     let mut vault = common::test_vault(data.path());
     vault.targets = vec![cairn_vault::home::Target::Node("card".into())];
-    vault.nodes = std::sync::Arc::new(move |_: &std::path::Path| {
-        let sink: std::sync::Arc<dyn cairn_vault::sink::ShardSink> = c.clone();
-        let source: std::sync::Arc<dyn cairn_vault::sink::ShardSource> = source.clone();
-        Ok((sink, source))
-    });
+    vault.nodes = std::sync::Arc::new(
+        move |_: &std::path::Path, _: &cairn_vault::keys::OwnerKey| {
+            let sink: std::sync::Arc<dyn cairn_vault::sink::ShardSink> = c.clone();
+            let source: std::sync::Arc<dyn cairn_vault::sink::ShardSource> = source.clone();
+            Ok((sink, source))
+        },
+    );
     let server = Server::start_with(data, common::FakeDevice::new(false), Some(vault));
     let mut b = set_up_with_vault(&server).await;
     let csrf = b.get("/admin/").await.csrf();

@@ -100,6 +100,12 @@ pub enum Command {
         /// The code (`cairn1-…`).
         code: String,
     },
+    /// After a restore onto a new plug: count the plug at this address as a partner again. It
+    /// accepts this plug once the vault has registered the owner key whose shards it holds.
+    Rejoin {
+        /// Its address, ending in /p2p/PEERID (e.g. /ip4/192.0.2.7/tcp/4001/p2p/12D3KooW…).
+        addr: String,
+    },
     /// Forget a partner: nothing more is placed on it and the next repair round places the
     /// shards it holds for this plug elsewhere.
     Unpair {
@@ -221,6 +227,11 @@ pub fn run(args: Args) -> Result<()> {
         Command::Join { ref code } => {
             let v = Client::connect(&socket(&args))?.op(json!({"op": "join", "code": code}))?;
             writeln!(out, "paired with {}", v["peer"].as_str().unwrap_or("?"))?;
+            Ok(())
+        }
+        Command::Rejoin { ref addr } => {
+            let v = Client::connect(&socket(&args))?.op(json!({"op": "rejoin", "addr": addr}))?;
+            writeln!(out, "partner again: {}", v["peer"].as_str().unwrap_or("?"))?;
             Ok(())
         }
         Command::Unpair { ref peer } => {

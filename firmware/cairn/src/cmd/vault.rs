@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use cairn_vault::home::{Config, Target};
-use cairn_vault::keys::{KdfParams, OwnerSecret, RootCapability};
+use cairn_vault::keys::{KdfParams, OwnerKey, OwnerSecret, RootCapability};
 use cairn_vault::manifest::EntryKind;
 use cairn_vault::progress::{human_bytes, utc_time, LinePrinter, NoProgress, Progress};
 use cairn_vault::seal::AeadKind;
@@ -187,9 +187,9 @@ impl Drop for EchoOff {
 pub struct NodeSockets;
 
 impl NodeConnector for NodeSockets {
-    fn connect(&self, socket: &Path) -> Result<Backend, String> {
+    fn connect(&self, socket: &Path, owner: &OwnerKey) -> Result<Backend, String> {
         let b = std::sync::Arc::new(
-            cairn_node::control::NodeBackend::new(socket).map_err(|e| e.to_string())?,
+            cairn_node::control::NodeBackend::new(socket, owner).map_err(|e| e.to_string())?,
         );
         Ok((b.clone(), b))
     }
@@ -204,7 +204,8 @@ fn open_vault(
 ) -> anyhow::Result<Vault> {
     let mut v = Vault::open(home, pass, nodes)?;
     if let Some(sock) = &args.node {
-        let (sink, source) = cairn_vault::vault::node_backend(nodes, sock)?;
+        let owner = v.secret().keys();
+        let (sink, source) = cairn_vault::vault::node_backend(nodes, sock, owner.owner_key())?;
         v.set_backend(sink, source);
     }
     Ok(v)

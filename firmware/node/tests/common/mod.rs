@@ -67,6 +67,19 @@ impl Running {
         self.dir.path().join("home")
     }
 
+    /// Registers a new owner (a fresh owner secret's owner key) with the node, as a vault
+    /// does; the key and its hex form, which `put_shard` and `get_shard` name.
+    #[allow(dead_code, reason = "not every test file puts shards")]
+    pub fn new_owner(&self) -> (cairn_vault::OwnerKey, String) {
+        let secret = cairn_vault::OwnerSecret::generate().expect("random secret");
+        let key = secret.keys().owner_key().clone();
+        let hex = self
+            .client()
+            .register_owner(&key)
+            .expect("registering the owner");
+        (key, hex)
+    }
+
     /// A client of its control socket.
     pub fn client(&self) -> Client {
         Client::connect(&self.sock).expect("control socket")
