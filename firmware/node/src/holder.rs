@@ -52,15 +52,6 @@ pub fn err(code: ErrorCode, mut reason: String) -> Msg {
     Msg::Error { code, reason }
 }
 
-fn flip_for_hostile(shared: &Shared, bytes: &mut [u8]) {
-    // A holder that kept something else than it was given: one byte in every 512 differs.
-    if shared.cfg.hostile.as_deref() == Some("wrong-bytes") {
-        for b in bytes.iter_mut().step_by(512) {
-            *b ^= 0x5a;
-        }
-    }
-}
-
 fn store_err(e: cairn_store::Error) -> Msg {
     err(ErrorCode::Internal, format!("chunk store: {e}"))
 }
@@ -69,16 +60,41 @@ fn not_here(shard: &crate::wire::ShardId) -> Msg {
     err(ErrorCode::NotFound, format!("no shard {shard} here"))
 }
 
-/// The shard's bytes as this holder has them; the error reply otherwise.
-fn held(shared: &Shared, shard: &crate::wire::ShardId) -> Result<Vec<u8>, Msg> {
+/// The shard's bytes as this holder has them; the error reply otherwise. A copy the store
+/// finds damaged (its checksum) is dropped and the asking owner told so: its audit marks the
+/// shard bad and its next repair round places it anew.
+fn held(shared: &Shared, peer: &PeerId, shard: &crate::wire::ShardId) -> Result<Vec<u8>, Msg> {
     match shared.store.get(cairn_store::ShardId(shard.0)) {
-        Ok(mut data) => {
-            flip_for_hostile(shared, &mut data);
+        Err(cairn_store::Error::Corrupt { .. }) => Err(drop_damaged(shared, peer, shard)),
+        Ok(data) => {
+            #[cfg(feature = "test-fixtures")]
+            let data = crate::fixtures::tamper(shared, data);
             Ok(data)
         }
         Err(cairn_store::Error::NotFound { .. }) => Err(not_here(shard)),
         Err(e) => Err(store_err(e)),
     }
+}
+
+/// Deletes a copy the store found damaged; the `NotFound` reply that tells its owner.
+fn drop_damaged(shared: &Shared, peer: &PeerId, shard: &crate::wire::ShardId) -> Msg {
+    let _key = shared.key_lock(shard);
+    let id = cairn_store::ShardId(shard.0);
+    tracing::warn!(
+        "shard {shard} is damaged on this plug's disk: dropped for its owner to re-place"
+    );
+    if let Ok(Some(info)) = shared.store.info(id) {
+        if shared.store.delete(id).is_ok() && info.owner == owner_of(peer) {
+            release(shared, peer, u64::from(info.len));
+        }
+    }
+    err(
+        ErrorCode::NotFound,
+        format!(
+            "shard {shard} was damaged on {}'s disk and is dropped: place it again",
+            shared.me
+        ),
+    )
 }
 
 /// The shard's entry if `owner` may change it (or it is absent); a refusal if another owner's.
@@ -107,6 +123,25 @@ fn release(shared: &Shared, partner: &PeerId, bytes: u64) {
     st.used = st.used.saturating_sub(bytes);
 }
 
+/// The longest lease a holder grants: an owner gone for longer (its plug off, its data given
+/// up) cannot pin our space forever.
+pub const LEASE_SECS_MAX: u32 = 365 * 24 * 3600;
+
+/// The lease `lease_secs` from now; a refusal naming the limit beyond [`LEASE_SECS_MAX`] (refused
+/// rather than clamped: the owner would believe its shard kept longer than it is).
+fn lease_from_now(shard: &crate::wire::ShardId, lease_secs: u32) -> Result<Lease, Msg> {
+    if lease_secs > LEASE_SECS_MAX {
+        return Err(err(
+            ErrorCode::BadRequest,
+            format!(
+                "shard {shard}: a lease of {lease_secs} s is longer than the {LEASE_SECS_MAX} s \
+                 (1 year) a holder grants"
+            ),
+        ));
+    }
+    Ok(Lease::Until(now_secs() + u64::from(lease_secs)))
+}
+
 /// Serves one shard request of partner `peer` (blocking: runs on the blocking pool).
 pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
     let owner = owner_of(&peer);
@@ -119,6 +154,10 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             if let Err(e) = check_vault_shard(&shard, &data) {
                 return err(ErrorCode::HashMismatch, e);
             }
+            let lease = match lease_from_now(&shard, lease_secs) {
+                Ok(l) => l,
+                Err(m) => return m,
+            };
             let _key = shared.key_lock(&shard);
             let old = match owned(shared, &shard, owner) {
                 Ok(i) => i.map_or(0, |i| u64::from(i.len)),
@@ -143,7 +182,6 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
                 }
                 st.used += extra;
             }
-            let lease = Lease::Until(now_secs() + u64::from(lease_secs));
             match shared
                 .store
                 .put(cairn_store::ShardId(shard.0), &data, owner, lease)
@@ -159,10 +197,16 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
                 }
             }
         }
-        Msg::Get { shard } => match held(shared, &shard) {
-            Ok(data) => Msg::ShardData { shard, data },
-            Err(m) => m,
-        },
+        Msg::Get { shard } => {
+            #[cfg(feature = "test-fixtures")]
+            if let Some(forged) = crate::fixtures::forged_get(shared, &peer, &shard) {
+                return forged;
+            }
+            match held(shared, &peer, &shard) {
+                Ok(data) => Msg::ShardData { shard, data },
+                Err(m) => m,
+            }
+        }
         Msg::Delete { shard } => {
             let _key = shared.key_lock(&shard);
             match owned(shared, &shard, owner) {
@@ -178,11 +222,14 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             }
         }
         Msg::RenewLease { shard, lease_secs } => {
+            let until = match lease_from_now(&shard, lease_secs) {
+                Ok(l) => l,
+                Err(m) => return m,
+            };
             let _key = shared.key_lock(&shard);
             let id = cairn_store::ShardId(shard.0);
             match owned(shared, &shard, owner) {
                 Ok(Some(_)) => {
-                    let until = Lease::Until(now_secs() + u64::from(lease_secs));
                     let r = shared
                         .store
                         .get(id)
@@ -201,7 +248,7 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             nonce,
             offset,
             len,
-        } => match held(shared, &shard) {
+        } => match held(shared, &peer, &shard) {
             Ok(data) => {
                 let c = Challenge {
                     shard,

@@ -17,6 +17,8 @@ pub mod audit;
 pub mod codec;
 pub mod config;
 pub mod control;
+#[cfg(feature = "test-fixtures")]
+pub mod fixtures;
 pub mod holder;
 pub mod identity;
 pub mod invite;

@@ -231,6 +231,12 @@ fn candidates(shared: &Shared, exclude: &HashSet<PeerId>, len: u64) -> Vec<Candi
         .collect()
 }
 
+/// The lease we ask holders for: the configured one, at most what holders grant.
+fn lease_secs(shared: &Shared) -> u32 {
+    let max = u64::from(crate::holder::LEASE_SECS_MAX);
+    shared.cfg.lease.as_secs().min(max) as u32
+}
+
 /// Why no partner took a shard.
 struct Unplaced {
     /// One line for a person.
@@ -252,7 +258,7 @@ async fn place_one(
     prefer: Option<PeerId>,
 ) -> Result<(PeerId, String), Unplaced> {
     let len = bytes.len() as u64;
-    let lease_secs = shared.cfg.lease.as_secs().min(u64::from(u32::MAX)) as u32;
+    let lease_secs = lease_secs(shared);
     let mut refusals: Vec<String> = Vec::new();
     let mut over_quota = false;
     let mut prefer = prefer;
@@ -379,7 +385,7 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
     // Reserve this index's slot and learn which partners hold the chunk's other shards.
     let (mut exclude, prefer) = {
         let mut st = shared.state();
-        let lease_until = now_secs() + shared.cfg.lease.as_secs();
+        let lease_until = now_secs() + u64::from(lease_secs(shared));
         let rec = st.pending.entry(chunk).or_insert_with(|| {
             stored.unwrap_or_else(|| ChunkRecord::new(&chunk, h.k, h.n, lease_until))
         });
@@ -390,7 +396,7 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
             ));
         }
         let slot = &rec.slots[usize::from(index)];
-        if slot.as_ref().is_some_and(|s| s.hash == hash) {
+        if slot.as_ref().is_some_and(|s| s.hash == hash && !s.bad) {
             return Ok(()); // Already placed: putting the same bytes again is harmless.
         }
         let prefer = slot
@@ -423,6 +429,7 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
                         hash,
                         len,
                         audit,
+                        bad: false,
                     },
                 )
             }
@@ -444,6 +451,7 @@ pub async fn put_shard(shared: &Arc<Shared>, bytes: Vec<u8>) -> Result<(), Strin
                         hash,
                         len,
                         audit: None,
+                        bad: false,
                     },
                 )
             }
@@ -732,14 +740,16 @@ async fn audit_chunk(
         return false;
     };
     let now = now_secs();
-    let renew = rec.lease_until < now + shared.cfg.lease.as_secs() / 2;
-    let lease_secs = shared.cfg.lease.as_secs().min(u64::from(u32::MAX)) as u32;
+    let lease_secs = lease_secs(shared);
+    let renew = rec.lease_until < now + u64::from(lease_secs) / 2;
     let mut changed = false;
     let mut all_renewed = true;
     for (index, slot) in rec.slots.iter_mut().enumerate() {
         let Some(slot) = slot.as_mut() else { continue };
-        // Kept here: nothing to challenge, no lease to renew.
-        if slot.is_here() {
+        // Kept here: nothing to challenge, no lease to renew. Known bad: the repair round
+        // places it anew.
+        if slot.is_here() || slot.bad {
+            all_renewed &= !slot.bad;
             continue;
         }
         let Ok(peer) = slot.peer.parse::<PeerId>() else {
@@ -752,7 +762,7 @@ async fn audit_chunk(
         }
         let key = shard_key(&chunk, index as u8);
         report.checked += 1;
-        let passed = match slot.audit.take().and_then(|a| a.expected(key)) {
+        let (passed, answer) = match slot.audit.take().and_then(|a| a.expected(key)) {
             Some(e) => {
                 changed = true;
                 let c = e.challenge;
@@ -762,21 +772,30 @@ async fn audit_chunk(
                     offset: c.offset,
                     len: c.len,
                 };
-                matches!(shared.request(peer, msg).await,
-                    Ok(Msg::AuditResponse { proof, .. }) if e.check(&proof))
+                let answer = shared.request(peer, msg).await;
+                let passed = matches!(&answer,
+                    Ok(Msg::AuditResponse { proof, .. }) if e.check(proof));
+                (passed, answer)
             }
             // The prepared challenge was used: fetch the shard, check it whole, prepare anew.
-            None => match shared.request(peer, Msg::Get { shard: key }).await {
-                Ok(Msg::ShardData { data, .. })
-                    if hex(blake3::hash(&data).as_bytes()) == slot.hash =>
-                {
-                    slot.audit = AuditRec::prepare(key, &data);
-                    changed = true;
-                    true
+            None => {
+                let answer = shared.request(peer, Msg::Get { shard: key }).await;
+                match &answer {
+                    Ok(Msg::ShardData { data, .. })
+                        if hex(blake3::hash(data).as_bytes()) == slot.hash =>
+                    {
+                        slot.audit = AuditRec::prepare(key, data);
+                        changed = true;
+                        (true, answer)
+                    }
+                    _ => (false, answer),
                 }
-                _ => false,
-            },
+            }
         };
+        if !passed && shard_is_bad(&answer) {
+            slot.bad = true;
+            changed = true;
+        }
         shared.state().tracker.audit(&peer, passed);
         if passed {
             report.passed += 1;
@@ -806,6 +825,20 @@ async fn audit_chunk(
         changed = true;
     }
     changed
+}
+
+/// Whether a failed audit's answer shows the holder's copy lost or wrong (so it is placed
+/// anew), rather than the holder being busy or unreachable for a moment (retried next round).
+fn shard_is_bad(answer: &Result<Msg, String>) -> bool {
+    matches!(
+        answer,
+        Ok(Msg::AuditResponse { .. })
+            | Ok(Msg::ShardData { .. })
+            | Ok(Msg::Error {
+                code: ErrorCode::NotFound | ErrorCode::HashMismatch,
+                ..
+            })
+    )
 }
 
 /// What a repair round did.
@@ -975,7 +1008,8 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
+                // A bad shard is as good as lost: it is rebuilt.
+                let s = s.as_ref().filter(|s| !s.bad)?;
                 let peer = if s.is_here() {
                     Holder::Here(i as u8)
                 } else {
@@ -1113,6 +1147,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
                     hash,
                     len,
                     audit: AuditRec::prepare(key, &bytes),
+                    bad: false,
                 }
             }
             Err(e) => {
@@ -1131,6 +1166,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
                     hash,
                     len,
                     audit: None,
+                    bad: false,
                 }
             }
         };
@@ -1182,9 +1218,11 @@ pub async fn redundancy(shared: &Arc<Shared>) -> Result<Redundancy, String> {
                 .iter()
                 .flatten()
                 .filter(|sl| {
-                    sl.peer
-                        .parse::<PeerId>()
-                        .is_ok_and(|p| s2.health(&p) != PeerHealth::Gone)
+                    !sl.bad
+                        && sl
+                            .peer
+                            .parse::<PeerId>()
+                            .is_ok_and(|p| s2.health(&p) != PeerHealth::Gone)
                 })
                 .map(|sl| sl.peer.as_str())
                 .collect::<HashSet<_>>()

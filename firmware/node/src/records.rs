@@ -126,6 +126,15 @@ pub struct Slot {
     pub len: u32,
     /// One unused prepared audit, if any.
     pub audit: Option<AuditRec>,
+    /// The holder failed an audit of it (wrong proof, wrong bytes) or said it no longer has
+    /// it (its store found the copy damaged): it counts as lost and the next repair round
+    /// places it anew.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub bad: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Slot {
@@ -227,6 +236,7 @@ mod tests {
             hash: hex(blake3::hash(&s).as_bytes()),
             len: s.len() as u32,
             audit: AuditRec::prepare(shard_key(&[3; 32], 0), &s),
+            bad: false,
         });
         let id = record_id(&[3; 32]);
         assert_eq!(ChunkRecord::decode(&r.encode(), &id).unwrap(), r);

@@ -966,6 +966,69 @@ fn well_formed_but_absurd_requests_are_refused_with_reasons() {
 }
 
 #[test]
+fn a_lease_longer_than_a_year_is_refused_on_put_and_renew() {
+    const YEAR: u32 = 365 * 24 * 3600;
+    let node = Node::start(|_| {});
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let chunk = [0x78; 32];
+        let (key, other) = (shard_key(&chunk, 0), shard_key(&chunk, 1));
+        let s = vault_shard(chunk, 0, 4096, "leased");
+        put_and_get_back(&mut a, key, &s).await;
+        let too_long = format!("lease of {} s is longer than the {YEAR} s", u32::MAX);
+        let answers = a
+            .ask_all(vec![
+                Msg::Put {
+                    shard: other,
+                    lease_secs: u32::MAX,
+                    data: vault_shard(chunk, 1, 4096, "leased"),
+                },
+                Msg::RenewLease {
+                    shard: key,
+                    lease_secs: u32::MAX,
+                },
+                Msg::RenewLease {
+                    shard: key,
+                    lease_secs: YEAR + 1,
+                },
+                Msg::RenewLease {
+                    shard: key,
+                    lease_secs: YEAR,
+                },
+            ])
+            .await;
+        let answers: Vec<Msg> = answers.into_iter().map(|a| a.expect("answered")).collect();
+        assert_refused(
+            &answers[0],
+            ErrorCode::BadRequest,
+            &[&format!("shard {other}"), &too_long],
+        );
+        assert_refused(
+            &answers[1],
+            ErrorCode::BadRequest,
+            &[&format!("shard {key}"), &too_long],
+        );
+        assert_refused(&answers[2], ErrorCode::BadRequest, &["longer than"]);
+        assert_eq!(
+            answers[3],
+            Msg::LeaseRenewed {
+                shard: key,
+                lease_secs: YEAR
+            }
+        );
+        // The refused put stored nothing.
+        assert_refused(
+            &a.ask(Msg::Get { shard: other }).await,
+            ErrorCode::NotFound,
+            &[&format!("no shard {other} here")],
+        );
+        node.assert_budget_returns_to_full();
+    });
+    node.stop();
+}
+
+#[test]
 fn a_partner_replacing_its_shard_with_a_smaller_one_is_booked_at_the_new_size() {
     let node = Node::start(|_| {});
     run(async {
