@@ -219,6 +219,63 @@ fn a_partner_returning_wrong_bytes_fails_audits_is_scored_down_and_reads_still_s
     assert!(same_file(&file, &out));
 }
 
+/// A restore with no placement records (the owner's node lost its chunk store, as a new plug
+/// with the same partners has none) while one partner forges every shard it is asked for: the
+/// right header and checksum around its own payload, the chunk's digests and tag copied. The
+/// vault refuses each forgery by its tag, asks the node again around the forger, restores the
+/// file byte-identical and names the forger. The forger is a test build's fault switch.
+#[cfg(feature = "test-fixtures")]
+#[test]
+fn a_restore_without_records_succeeds_while_a_partner_forges_every_shard_and_names_it() {
+    let t = tempfile::tempdir().unwrap();
+    let mut owner = start(t.path(), "owner", Transport::Tcp, &[]);
+    let honest: Vec<Node> = (0..3)
+        .map(|i| start(t.path(), &format!("h{i}"), Transport::Tcp, &[]))
+        .collect();
+    let forger = start(t.path(), "forger", Transport::Tcp, &["--hostile", "forge"]);
+    for h in honest.iter().chain([&forger]) {
+        owner.invite(h);
+    }
+    let v = Vault::init(t.path(), &owner, 2, 4);
+    let file = t.path().join("f.bin");
+    random_file(&file, 6 << 20, 11);
+    v.ok(&["put", file.to_str().unwrap()]);
+
+    owner.stop();
+    fs::remove_dir_all(owner.home.join("store")).unwrap();
+    owner.spawn();
+    let t0 = std::time::Instant::now();
+    loop {
+        let st = owner.status();
+        assert_eq!(st["chunks"]["chunks"], 0, "records survived: {st}");
+        let partners = st["partners"].as_array().unwrap();
+        if partners.len() == 4 && partners.iter().all(|p| p["connected"] == true) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "partners not back: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = t.path().join("out.bin");
+    let said = v.ok(&["get", "f.bin", out.to_str().unwrap()]);
+    assert!(same_file(&file, &out), "restored bytes differ");
+    assert!(
+        said.contains("forged") && said.contains(&forger.peer()),
+        "the forger {} is not named: {said}\nowner: {}\nforger: {}",
+        forger.peer(),
+        owner.log(),
+        forger.log()
+    );
+    for h in &honest {
+        assert!(
+            !said.contains(&h.peer()),
+            "an honest partner is named: {said}"
+        );
+    }
+}
+
 /// The largest segment of a holder's chunk store (`seg-….log`): mostly shard payloads.
 fn largest_segment(home: &Path) -> std::path::PathBuf {
     fs::read_dir(home.join("store"))

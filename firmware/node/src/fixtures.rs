@@ -64,11 +64,16 @@ pub(crate) fn forged_get(shared: &Shared, peer: &PeerId, key: &ShardId) -> Optio
             let Some(index) = (0..h.n).find(|i| shard_key(&h.chunk.0, *i) == *key) else {
                 continue;
             };
+            // Its own payload under the chunk's digests and tag (copied: they are in clear).
             let forged: Vec<u8> = payload.iter().map(|b| b ^ 0xa5).collect();
+            let Ok(auth) = cairn_vault::shard::shard_auth(&bytes) else {
+                continue;
+            };
             let mut out = Vec::new();
             cairn_vault::shard::encode_shard(
                 &cairn_vault::shard::ShardHeader { index, ..h },
                 &forged,
+                &auth,
                 &mut out,
             );
             return Some(Msg::ShardData {

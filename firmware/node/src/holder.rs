@@ -7,6 +7,7 @@ use libp2p::PeerId;
 
 use crate::audit::Challenge;
 use crate::codec::Held;
+use crate::leases;
 use crate::records::{check_vault_shard, owner_of};
 use crate::state::{now_secs, Shared};
 use crate::wire::{ErrorCode, Msg};
@@ -64,7 +65,17 @@ fn not_here(shard: &crate::wire::ShardId) -> Msg {
 /// finds damaged (its checksum) is dropped and the asking owner told so: its audit marks the
 /// shard bad and its next repair round places it anew.
 fn held(shared: &Shared, peer: &PeerId, shard: &crate::wire::ShardId) -> Result<Vec<u8>, Msg> {
-    match shared.store.get(cairn_store::ShardId(shard.0)) {
+    let id = cairn_store::ShardId(shard.0);
+    match shared.store.info(id) {
+        Ok(Some(info)) => match leases::leased(shared, &info) {
+            Ok(true) => {}
+            Ok(false) => return Err(not_here(shard)),
+            Err(e) => return Err(store_err(e)),
+        },
+        Ok(None) => return Err(not_here(shard)),
+        Err(e) => return Err(store_err(e)),
+    }
+    match shared.store.get(id) {
         Err(cairn_store::Error::Corrupt { .. }) => Err(drop_damaged(shared, peer, shard)),
         Ok(data) => {
             #[cfg(feature = "test-fixtures")]
@@ -84,8 +95,11 @@ fn drop_damaged(shared: &Shared, peer: &PeerId, shard: &crate::wire::ShardId) ->
         "shard {shard} is damaged on this plug's disk: dropped for its owner to re-place"
     );
     if let Ok(Some(info)) = shared.store.info(id) {
-        if shared.store.delete(id).is_ok() && info.owner == owner_of(peer) {
-            release(shared, peer, u64::from(info.len));
+        if shared.store.delete(id).is_ok() {
+            leases::forget(shared, shard);
+            if info.owner == owner_of(peer) {
+                release(shared, peer, u64::from(info.len));
+            }
         }
     }
     err(
@@ -104,6 +118,8 @@ fn owned(
     owner: cairn_store::OwnerId,
 ) -> Result<Option<cairn_store::ShardInfo>, Msg> {
     match shared.store.info(cairn_store::ShardId(shard.0)) {
+        // Its lease ran out: as good as gone (the next sweep deletes it).
+        Ok(Some(i)) if !leases::leased(shared, &i).map_err(store_err)? => Ok(None),
         Ok(Some(i)) if i.owner != owner => Err(err(
             ErrorCode::BadRequest,
             format!("shard {shard} is held for another owner"),
@@ -129,7 +145,7 @@ pub const LEASE_SECS_MAX: u32 = 365 * 24 * 3600;
 
 /// The lease `lease_secs` from now; a refusal naming the limit beyond [`LEASE_SECS_MAX`] (refused
 /// rather than clamped: the owner would believe its shard kept longer than it is).
-fn lease_from_now(shard: &crate::wire::ShardId, lease_secs: u32) -> Result<Lease, Msg> {
+fn lease_from_now(shard: &crate::wire::ShardId, lease_secs: u32) -> Result<u64, Msg> {
     if lease_secs > LEASE_SECS_MAX {
         return Err(err(
             ErrorCode::BadRequest,
@@ -139,7 +155,7 @@ fn lease_from_now(shard: &crate::wire::ShardId, lease_secs: u32) -> Result<Lease
             ),
         ));
     }
-    Ok(Lease::Until(now_secs() + u64::from(lease_secs)))
+    Ok(now_secs() + u64::from(lease_secs))
 }
 
 /// Serves one shard request of partner `peer` (blocking: runs on the blocking pool).
@@ -182,10 +198,7 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
                 }
                 st.used += extra;
             }
-            match shared
-                .store
-                .put(cairn_store::ShardId(shard.0), &data, owner, lease)
-            {
+            match leases::put(shared, &shard, &data, owner, lease) {
                 Ok(()) => {
                     // A smaller replacement frees the difference.
                     release(shared, &peer, old.saturating_sub(len));
@@ -212,6 +225,7 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
             match owned(shared, &shard, owner) {
                 Ok(Some(i)) => match shared.store.delete(cairn_store::ShardId(shard.0)) {
                     Ok(()) => {
+                        leases::forget(shared, &shard);
                         release(shared, &peer, u64::from(i.len));
                         Msg::Deleted { shard }
                     }
@@ -227,13 +241,21 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, request: Held) -> Msg {
                 Err(m) => return m,
             };
             let _key = shared.key_lock(&shard);
-            let id = cairn_store::ShardId(shard.0);
             match owned(shared, &shard, owner) {
-                Ok(Some(_)) => {
+                // Shards stored before leases were kept apart carry their own expiry: stored
+                // once more the new way (the last renewal that rewrites them).
+                Ok(Some(i)) if i.lease != Lease::Forever => {
                     let r = shared
                         .store
-                        .get(id)
-                        .and_then(|data| shared.store.put(id, &data, owner, until));
+                        .get(cairn_store::ShardId(shard.0))
+                        .and_then(|data| leases::put(shared, &shard, &data, owner, until));
+                    match r {
+                        Ok(()) => Msg::LeaseRenewed { shard, lease_secs },
+                        Err(e) => store_err(e),
+                    }
+                }
+                Ok(Some(_)) => {
+                    let r = leases::renew(shared, &shard, until);
                     match r {
                         Ok(()) => Msg::LeaseRenewed { shard, lease_secs },
                         Err(e) => store_err(e),

@@ -22,6 +22,7 @@ pub mod fixtures;
 pub mod holder;
 pub mod identity;
 pub mod invite;
+pub mod leases;
 pub mod ledger;
 pub mod net;
 pub mod node;

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use cairn_store::{Lease, ShardInfo};
-use cairn_vault::shard::{decode_shard, Codec};
+use cairn_vault::shard::{decode_shard, shard_auth, Authority, Codec};
 use libp2p::PeerId;
 use serde::Serialize;
 
@@ -522,13 +522,48 @@ pub struct GetError {
     pub reason: String,
 }
 
-/// Fetches shard `index` of `chunk` from whoever holds it (the vault's `get_shard`).
+/// Partners a `get_shard` may be told to avoid at most (the vault asks again at most 8 times).
+pub const AVOID_MAX: usize = 16;
+
+/// The `avoid` field of a `get_shard`: the partners whose bytes for this shard failed the
+/// vault's check (absent: none); a one-line error otherwise.
+pub fn parse_avoid(v: &serde_json::Value) -> Result<Vec<PeerId>, String> {
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let list = v
+        .as_array()
+        .filter(|a| a.len() <= AVOID_MAX)
+        .ok_or_else(|| {
+            format!("get_shard: avoid must be a list of at most {AVOID_MAX} peer ids")
+        })?;
+    list.iter()
+        .map(|p| {
+            p.as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("get_shard: avoid: {p} is not a peer id"))
+        })
+        .collect()
+}
+
+/// Fetches shard `index` of `chunk` from whoever holds it, but not from the partners in
+/// `avoid` (the vault's `get_shard`); the bytes and the partner that served them. The last
+/// partner in `avoid` has just served bytes the vault refused as not the owner's: it is scored
+/// down as for a failed audit.
 pub async fn get_shard(
     shared: &Arc<Shared>,
     chunk: [u8; 32],
     index: u8,
-) -> Result<Vec<u8>, GetError> {
-    let r = fetch_shard(shared, chunk, index).await;
+    avoid: &[PeerId],
+) -> Result<(Vec<u8>, Option<PeerId>), GetError> {
+    if let Some(p) = avoid.last() {
+        tracing::warn!(
+            "{p} served bytes for shard {} that are not the owner's: asking others",
+            shard_key(&chunk, index)
+        );
+        shared.state().tracker.audit(p, false);
+    }
+    let r = fetch_shard(shared, chunk, index, avoid).await;
     if r.is_err() {
         // A cached record may predate a repair that moved this shard: read it afresh next time.
         shared.state().recent.retain(|(c, _)| *c != chunk);
@@ -540,7 +575,8 @@ async fn fetch_shard(
     shared: &Arc<Shared>,
     chunk: [u8; 32],
     index: u8,
-) -> Result<Vec<u8>, GetError> {
+    avoid: &[PeerId],
+) -> Result<(Vec<u8>, Option<PeerId>), GetError> {
     let key = shard_key(&chunk, index);
     // The vault asks for a chunk's shards together: its record is read from the store once.
     let known = {
@@ -571,11 +607,14 @@ async fn fetch_shard(
             r
         }
     };
-    let slot = rec.and_then(|r| r.slots.get(usize::from(index)).cloned().flatten());
+    // A recorded holder the vault avoids: ask the others as if there were no record.
+    let slot = rec
+        .and_then(|r| r.slots.get(usize::from(index)).cloned().flatten())
+        .filter(|s| !s.peer.parse().is_ok_and(|p: PeerId| avoid.contains(&p)));
     if let Some(slot) = slot.as_ref().filter(|s| s.is_here()) {
         let hash = slot.hash.clone();
         return match blocking(shared, move |s| read_here(s, &chunk, index, &hash)).await {
-            Ok(Some(data)) => Ok(data),
+            Ok(Some(data)) => Ok((data, None)),
             Ok(None) => Err(GetError {
                 missing: true,
                 reason: format!("shard {key} was kept on this plug and its copy is gone"),
@@ -612,7 +651,7 @@ async fn fetch_shard(
         return match answer {
             Ok(Msg::ShardData { data, .. }) => {
                 if hex(blake3::hash(&data).as_bytes()) == slot.hash {
-                    Ok(data)
+                    Ok((data, Some(peer)))
                 } else {
                     shared.state().tracker.audit(&peer, false);
                     tracing::warn!("{peer} returned wrong bytes for shard {key}");
@@ -643,16 +682,18 @@ async fn fetch_shard(
             }),
         };
     }
-    // No record (a new plug restoring from its recovery key): ask the live partners.
+    // No record (a new plug restoring from its recovery key): ask the live partners, but not
+    // those whose bytes the vault refused. Whether bytes are the owner's only the vault can
+    // tell (the shard's tag): it asks again, avoiding the partner that served them.
     let partners = shared.state().partner_ids();
     let mut failures = 0;
     for peer in partners {
-        if shared.health(&peer) != PeerHealth::Live {
+        if shared.health(&peer) != PeerHealth::Live || avoid.contains(&peer) {
             continue;
         }
         match shared.request(peer, Msg::Get { shard: key }).await {
             Ok(Msg::ShardData { data, .. }) if check_vault_shard(&key, &data).is_ok() => {
-                return Ok(data)
+                return Ok((data, Some(peer)))
             }
             Ok(Msg::Error {
                 code: ErrorCode::NotFound,
@@ -1042,6 +1083,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
     // Fetch k sources, each checked against its recorded hash.
     let mut payloads: Vec<Option<Vec<u8>>> = vec![None; usize::from(rec.n)];
     let mut header = None;
+    let mut auth = None;
     let mut got = 0usize;
     let mut sources: Vec<Holding<Holder>> = plan.sources.clone();
     // Any other live holding may stand in for a source that fails.
@@ -1082,6 +1124,11 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
             }
         };
         if let Some(Ok((h, payload))) = data.as_deref().map(decode_shard) {
+            // Every shard of the chunk carries the same digests and tag: the rebuilt ones copy
+            // them (the node has no key to make new ones).
+            if auth.is_none() {
+                auth = data.as_deref().and_then(|d| shard_auth(d).ok());
+            }
             payloads[usize::from(src.index)] = Some(payload.to_vec());
             header = Some(h);
             got += 1;
@@ -1095,6 +1142,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
             rec.chunk, rec.k
         ));
     }
+    let auth = auth.ok_or_else(|| format!("chunk {}: no source shard has digests", rec.chunk))?;
     let rebuild = plan.rebuild.clone();
     let rebuilt: Vec<(u8, Vec<u8>)> = tokio::task::spawn_blocking(move || {
         let codec = Codec::new(usize::from(h.k), usize::from(h.n)).map_err(|e| e.to_string())?;
@@ -1110,6 +1158,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
                 &mut sealed,
                 &mut parity,
                 &mut frame,
+                Authority::Copied(&auth),
                 |i, f| {
                     if rebuild.contains(&i) {
                         out.push((i, f.to_vec()));
@@ -1290,12 +1339,18 @@ pub async fn background(shared: Arc<Shared>) {
             // Reclaim space of deleted shards and of leases that ran out (owners that stopped
             // renewing), then bring the books in line with what is really held.
             let compacted = blocking(&shared, |s| {
-                s.store.compact(cairn_store::CompactOptions::default())
+                let swept = crate::leases::sweep(s).unwrap_or_else(|e| {
+                    tracing::error!("dropping shards whose lease ran out: {e}");
+                    0
+                });
+                s.store
+                    .compact(cairn_store::CompactOptions::default())
+                    .map(|r| (r.expired + swept, r))
             })
             .await;
             match compacted {
-                Ok(r) if r.expired > 0 => {
-                    tracing::info!("{} shards whose lease ran out were dropped", r.expired);
+                Ok((expired, _)) if expired > 0 => {
+                    tracing::info!("{expired} shards whose lease ran out were dropped");
                     if let Err(e) = blocking(&shared, crate::state::recount_held).await {
                         tracing::error!("recounting the books: {e:#}");
                     }

@@ -196,7 +196,7 @@ impl ChunkRecord {
 mod tests {
     use super::*;
     use cairn_vault::seal::AeadKind;
-    use cairn_vault::shard::encode_shard;
+    use cairn_vault::shard::{encode_shard, ShardAuth};
     use cairn_vault::ChunkId;
 
     fn shard(chunk: [u8; 32], index: u8) -> Vec<u8> {
@@ -208,8 +208,9 @@ mod tests {
             sealed_len: 64,
             chunk: ChunkId(chunk),
         };
+        let auth = ShardAuth::new(&[0; 32], &h.chunk, vec![[0; 32]; usize::from(h.n)]);
         let mut out = Vec::new();
-        encode_shard(&h, &[5u8; 32], &mut out);
+        encode_shard(&h, &[5u8; 32], &auth, &mut out);
         out
     }
 
