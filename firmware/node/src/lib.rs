@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 #[cfg(feature = "test-fixtures")]
 pub mod fixtures;
+pub mod gate;
 pub mod holder;
 pub mod identity;
 pub mod invite;

@@ -142,7 +142,10 @@ impl Node {
 /// Writes a request's bytes verbatim and closes its side; reads the answer up to one byte more
 /// than any legal frame (so an oversized answer would show), an empty answer being an error.
 #[derive(Clone, Copy, Default)]
-struct RawCodec;
+struct RawCodec {
+    /// Writes the request's bytes and then nothing more, never closing: a stalled sender.
+    stall: bool,
+}
 
 #[async_trait]
 impl request_response::Codec for RawCodec {
@@ -184,6 +187,10 @@ impl request_response::Codec for RawCodec {
         T: AsyncWrite + Unpin + Send,
     {
         io.write_all(&req).await?;
+        if self.stall {
+            io.flush().await?;
+            futures::future::pending::<()>().await;
+        }
         io.close().await
     }
 
@@ -212,6 +219,11 @@ struct Peer {
 impl Peer {
     /// A fresh identity, connected to `node`.
     async fn connect(node: &Node) -> Peer {
+        Peer::connect_with(node, RawCodec::default()).await
+    }
+
+    /// A fresh identity, connected to `node`, whose requests go out through `codec`.
+    async fn connect_with(node: &Node, codec: RawCodec) -> Peer {
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_tcp(
@@ -222,7 +234,7 @@ impl Peer {
             .expect("tcp transport")
             .with_behaviour(|_| {
                 request_response::Behaviour::with_codec(
-                    RawCodec,
+                    codec,
                     [(SHARD_PROTOCOL, ProtocolSupport::Outbound)],
                     // Room for a whole flood on one connection: the node's limits are tested,
                     // not ours.
@@ -546,7 +558,9 @@ fn a_stranger_is_refused_as_not_a_partner_and_cannot_reuse_an_invitation() {
         let me = stranger.id().to_string();
         let chunk = [0x22; 32];
         let key = shard_key(&chunk, 0);
-        let s = vault_shard(chunk, 0, 4096, "stranger");
+        // Small enough for a frame a stranger may send (pairing's size): large ones are cut
+        // off after their header (see the stalled stranger below).
+        let s = vault_shard(chunk, 0, 1024, "stranger");
         let answers = stranger
             .ask_all(vec![
                 put(key, &s),
@@ -591,6 +605,47 @@ fn a_stranger_is_refused_as_not_a_partner_and_cannot_reuse_an_invitation() {
         put_and_get_back(&mut a, key, &s).await;
         let partners = node.status()["partners"].as_array().unwrap().len();
         assert_eq!(partners, 1);
+    });
+    node.stop();
+}
+
+#[test]
+fn a_strangers_stalled_frames_take_none_of_the_budget_and_a_partner_is_served() {
+    // The budget is one largest frame: one stranger's stalled put could hold all of it.
+    let node = Node::start(|c| c.limits.frame_budget = 0);
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        let mut stranger = Peer::connect_with(&node, RawCodec { stall: true }).await;
+        // Headers of the largest puts; their bodies never come.
+        let largest = (FRAME_BYTES_MAX - HEADER_LEN) as u32;
+        for _ in 0..4 {
+            let head = header(VERSION, 0x01, largest);
+            stranger
+                .swarm
+                .behaviour_mut()
+                .send_request(&node.peer, head);
+        }
+        // The stranger's swarm writes them while it is polled (only here); its streams stay
+        // open until it is dropped.
+        let drive = async {
+            loop {
+                stranger.swarm.select_next_some().await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), drive).await;
+        let st = node.status();
+        assert_eq!(
+            st["frame_budget_free"],
+            json!(node.budget),
+            "a stranger's stalled frames hold budget: {st}"
+        );
+        let chunk = [0x7a; 32];
+        let s = vault_shard(chunk, 0, 256 << 10, "served");
+        put_and_get_back(&mut a, shard_key(&chunk, 0), &s).await;
+        drop(stranger);
+        node.assert_alive();
+        node.assert_budget_returns_to_full();
     });
     node.stop();
 }
