@@ -86,17 +86,20 @@ pub fn sweep(shared: &Shared) -> Result<u64, cairn_store::Error> {
             let page = shared.store.shards_of(owner, after, PAGE)?;
             let Some(last) = page.last() else { break };
             after = Some(last.id);
-            let mut gone = Vec::new();
             for info in &page {
-                if !leased(shared, info)? {
-                    gone.push(info.id);
+                if leased(shared, info)? {
+                    continue;
                 }
-            }
-            for r in shared.store.delete_many(&gone)? {
-                match r {
-                    Ok(()) => dropped += 1,
-                    Err(cairn_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
+                // Checked again under the key's lock: a renewal may have come in between.
+                let shard = ShardId(info.id.0);
+                let _key = shared.key_lock(&shard);
+                let now = shared.store.info(info.id)?;
+                if now.is_some_and(|i| !leased(shared, &i).unwrap_or(true)) {
+                    match shared.store.delete(info.id) {
+                        Ok(()) => dropped += 1,
+                        Err(cairn_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
