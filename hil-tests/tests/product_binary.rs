@@ -84,4 +84,32 @@ fn the_product_binary_has_no_fixture_subcommand() {
         "{}: the fixtures' code is in the product binary",
         exe.display()
     );
+
+    // Nor the storage node's fault switch (`--hostile`, a misbehaving holder). Its home is a
+    // file, so a binary that took the switch fails at once too, for another reason.
+    let home = exe.to_str().unwrap();
+    let o = run(
+        &exe,
+        &[
+            "node",
+            "run",
+            "--home",
+            home,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--hostile",
+            "wrong-bytes",
+        ],
+        Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("unexpected argument '--hostile'"),
+        "`cairn node run --hostile` is accepted by the product binary: {o:?}"
+    );
+    assert!(
+        !bytes.windows(11).any(|w| w == b"wrong-bytes"),
+        "{}: the node's fault switch is in the product binary",
+        exe.display()
+    );
 }

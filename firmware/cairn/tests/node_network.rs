@@ -186,6 +186,8 @@ fn one_gib_on_eight_partners_survives_four_losses_and_repair_restores_full_redun
     assert!(same_file(&file, &out), "restored bytes differ after repair");
 }
 
+/// The liar is a test build's fault switch (`--hostile`, feature `test-fixtures`).
+#[cfg(feature = "test-fixtures")]
 #[test]
 fn a_partner_returning_wrong_bytes_fails_audits_is_scored_down_and_reads_still_succeed() {
     let t = tempfile::tempdir().unwrap();
@@ -231,6 +233,123 @@ fn a_partner_returning_wrong_bytes_fails_audits_is_scored_down_and_reads_still_s
     owner.spawn();
     let st = owner.status();
     assert_eq!(partner(&st, &liar_peer)["health"], "gone", "{st}");
+    let out = t.path().join("out.bin");
+    v.ok(&["get", "f.bin", out.to_str().unwrap()]);
+    assert!(same_file(&file, &out));
+}
+
+/// A restore with no placement records (the owner's node lost its chunk store, as a new plug
+/// with the same partners has none) while one partner forges every shard it is asked for: the
+/// right header and checksum around its own payload, the chunk's digests and tag copied. The
+/// vault refuses each forgery by its tag, asks the node again around the forger, restores the
+/// file byte-identical and names the forger. The forger is a test build's fault switch.
+#[cfg(feature = "test-fixtures")]
+#[test]
+fn a_restore_without_records_succeeds_while_a_partner_forges_every_shard_and_names_it() {
+    let t = tempfile::tempdir().unwrap();
+    let mut owner = start(t.path(), "owner", Transport::Tcp, &[]);
+    let honest: Vec<Node> = (0..3)
+        .map(|i| start(t.path(), &format!("h{i}"), Transport::Tcp, &[]))
+        .collect();
+    let forger = start(t.path(), "forger", Transport::Tcp, &["--hostile", "forge"]);
+    for h in honest.iter().chain([&forger]) {
+        owner.invite(h);
+    }
+    let v = Vault::init(t.path(), &owner, 2, 4);
+    let file = t.path().join("f.bin");
+    random_file(&file, 6 << 20, 11);
+    v.ok(&["put", file.to_str().unwrap()]);
+
+    owner.stop();
+    fs::remove_dir_all(owner.home.join("store")).unwrap();
+    owner.spawn();
+    let t0 = std::time::Instant::now();
+    loop {
+        let st = owner.status();
+        assert_eq!(st["chunks"]["chunks"], 0, "records survived: {st}");
+        let partners = st["partners"].as_array().unwrap();
+        if partners.len() == 4 && partners.iter().all(|p| p["connected"] == true) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "partners not back: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = t.path().join("out.bin");
+    let said = v.ok(&["get", "f.bin", out.to_str().unwrap()]);
+    assert!(same_file(&file, &out), "restored bytes differ");
+    assert!(
+        said.contains("forged") && said.contains(&forger.peer()),
+        "the forger {} is not named: {said}\nowner: {}\nforger: {}",
+        forger.peer(),
+        owner.log(),
+        forger.log()
+    );
+    for h in &honest {
+        assert!(
+            !said.contains(&h.peer()),
+            "an honest partner is named: {said}"
+        );
+    }
+}
+
+/// The largest segment of a holder's chunk store (`seg-….log`): mostly shard payloads.
+fn largest_segment(home: &Path) -> std::path::PathBuf {
+    fs::read_dir(home.join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("seg-") && name.ends_with(".log")
+        })
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .expect("a segment")
+}
+
+#[test]
+fn a_shard_damaged_on_a_holders_disk_fails_its_audit_and_the_next_repair_places_it_again() {
+    let t = tempfile::tempdir().unwrap();
+    let owner = start(t.path(), "owner", Transport::Tcp, &[]);
+    let holders: Vec<Node> = (0..3)
+        .map(|i| start(t.path(), &format!("h{i}"), Transport::Tcp, &[]))
+        .collect();
+    for h in &holders {
+        owner.invite(h);
+    }
+    let v = Vault::init(t.path(), &owner, 2, 3);
+    let file = t.path().join("f.bin");
+    random_file(&file, 3 << 20, 7);
+    v.ok(&["put", file.to_str().unwrap()]);
+    let st = owner.status();
+    let chunks = st["chunks"]["chunks"].as_u64().unwrap();
+    assert_eq!(st["chunks"]["full"].as_u64().unwrap(), chunks, "{st}");
+
+    // One byte flipped in the middle of h0's largest segment, under the running process.
+    let seg = largest_segment(&holders[0].home);
+    let mut bytes = fs::read(&seg).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&seg, &bytes).unwrap();
+
+    let a: Value = serde_json::from_str(&owner.ctl(&["audit"])).unwrap();
+    assert_eq!(a["failed"].as_u64().unwrap(), 1, "{a}");
+    assert_eq!(a["failed_by"][holders[0].peer()].as_u64(), Some(1), "{a}");
+    let st = owner.status();
+    assert_eq!(st["chunks"]["degraded"].as_u64().unwrap(), 1, "{st}");
+
+    let r: Value = serde_json::from_str(&owner.ctl(&["repair"])).unwrap();
+    assert_eq!(r["repaired"].as_u64().unwrap(), 1, "{r}");
+    assert_eq!(r["shards_placed"].as_u64().unwrap(), 1, "{r}");
+    // Twice: the prepared challenges of the new placement, then whole-shard reads.
+    for _ in 0..2 {
+        let a: Value = serde_json::from_str(&owner.ctl(&["audit"])).unwrap();
+        assert_eq!(a["failed"].as_u64().unwrap(), 0, "{a}");
+        assert_eq!(a["passed"], a["checked"], "{a}");
+    }
+    let st = owner.status();
+    assert_eq!(st["chunks"]["full"].as_u64().unwrap(), chunks, "{st}");
     let out = t.path().join("out.bin");
     v.ok(&["get", "f.bin", out.to_str().unwrap()]);
     assert!(same_file(&file, &out));
@@ -344,4 +463,36 @@ fn an_invitation_pairs_once_and_not_after_it_expires() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("cut short"));
     assert_eq!(a.status()["partners"].as_array().unwrap().len(), 1);
     assert_eq!(c.status()["partners"].as_array().unwrap().len(), 0);
+}
+
+/// Without `test-fixtures` the fault switch is not there: `--hostile` is an unknown argument
+/// and no hostile mode's name is in the binary (scripts/test builds with the feature;
+/// `hil-tests/tests/product_binary.rs` checks the product image's build the same way).
+#[cfg(not(feature = "test-fixtures"))]
+#[test]
+fn the_build_without_test_fixtures_has_no_fault_switch() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_cairn"));
+    // A home that cannot be one (a file): a binary that took the switch fails at once too.
+    let o = std::process::Command::new(exe)
+        .args(["node", "run", "--home"])
+        .arg(exe)
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--hostile",
+            "wrong-bytes",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("unexpected argument '--hostile'"),
+        "--hostile is accepted: {o:?}"
+    );
+    let bytes = fs::read(exe).unwrap();
+    assert!(
+        !bytes.windows(11).any(|w| w == b"wrong-bytes"),
+        "{}: the fault switch's code is in the binary",
+        exe.display()
+    );
 }

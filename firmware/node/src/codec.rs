@@ -18,6 +18,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::gate::Gate;
 use crate::wire::{self, Frame, Msg, FRAME_BYTES_MAX, HEADER_LEN};
 
 /// Bodies up to this size are read without drawing on the budget.
@@ -32,11 +33,13 @@ pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60
 /// The protocol name negotiated on each stream.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/cairn/shard/1");
 
-/// Bytes of frames in memory at once, shared by every stream of the node.
+/// Bytes of frames in memory at once, shared by every partner's stream of the node
+/// (strangers get none of it: see [`Gate`]).
 #[derive(Clone, Debug)]
 pub struct Budget {
     sem: Arc<Semaphore>,
     bytes: usize,
+    gate: Arc<Gate>,
 }
 
 impl Budget {
@@ -46,7 +49,13 @@ impl Budget {
         Budget {
             sem: Arc::new(Semaphore::new(bytes)),
             bytes,
+            gate: Arc::default(),
         }
+    }
+
+    /// Who may draw on it (the node sets how partners are told once its state is open).
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
     }
 
     /// The configured size.
@@ -100,15 +109,37 @@ impl Held {
 }
 
 /// Reads and writes shard-protocol frames; cheap to clone (shares the budget).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ShardCodec {
     budget: Budget,
+    /// The peer at the other end, once a connection's handler was made with it (see
+    /// [`crate::gate::ShardBehaviour`]).
+    peer: Option<libp2p::PeerId>,
+}
+
+impl Clone for ShardCodec {
+    /// A connection's handler clones the behaviour's codec while the gate holds its peer: the
+    /// clone keeps it, and every stream of the connection clones that one.
+    fn clone(&self) -> Self {
+        ShardCodec {
+            budget: self.budget.clone(),
+            peer: self.peer.or_else(|| self.budget.gate.stamped()),
+        }
+    }
 }
 
 impl ShardCodec {
     /// A codec drawing on `budget`.
     pub fn new(budget: Budget) -> Self {
-        ShardCodec { budget }
+        ShardCodec { budget, peer: None }
+    }
+
+    /// A codec of a stream with `peer` (tests; the node's come from the behaviour).
+    pub fn for_peer(budget: Budget, peer: libp2p::PeerId) -> Self {
+        ShardCodec {
+            budget,
+            peer: Some(peer),
+        }
     }
 
     async fn read<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Held> {
@@ -117,6 +148,12 @@ impl ShardCodec {
         let h = wire::parse_header(&head).map_err(invalid)?;
         let permit = if h.body_len <= SMALL_BODY {
             None
+        } else if !self.budget.gate.is_partner(self.peer.as_ref()) {
+            // A stranger may only pair (small frames): none of the partners' budget for it.
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "a large frame from a peer that is not a partner",
+            ));
         } else {
             let take = self.budget.take(HEADER_LEN + h.body_len);
             Some(
@@ -219,6 +256,57 @@ impl libp2p::request_response::Codec for ShardCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A partner's get, a small frame (its owner's statement included).
+    fn get_frame() -> Vec<u8> {
+        Frame {
+            id: 0,
+            auth: Some(AUTH),
+            msg: Msg::Get {
+                shard: wire::ShardId([1; 32]),
+            },
+        }
+        .to_bytes()
+        .unwrap()
+    }
+
+    /// A codec of a partner's stream (every peer a partner).
+    fn partners_codec(budget: &Budget) -> ShardCodec {
+        budget.gate().set_partner_check(|_| true);
+        ShardCodec::for_peer(budget.clone(), libp2p::PeerId::random())
+    }
+
+    #[tokio::test]
+    async fn a_strangers_large_frame_is_refused_after_its_header_without_budget() {
+        let budget = Budget::new(0);
+        budget.gate().set_partner_check(|_| false);
+        let mut c = ShardCodec::for_peer(budget.clone(), libp2p::PeerId::random());
+        let put = Frame {
+            id: 1,
+            auth: Some(AUTH),
+            msg: Msg::Put {
+                shard: wire::ShardId([1; 32]),
+                lease_secs: 60,
+                data: vec![7; 64 << 10],
+            },
+        }
+        .to_bytes()
+        .unwrap();
+        let mut io = futures::io::Cursor::new(put);
+        let e = c.read_request(&PROTOCOL, &mut io).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        assert_eq!(io.position(), HEADER_LEN as u64, "read past the header");
+        assert_eq!(budget.available(), budget.bytes());
+        // A small frame (what pairing needs) is still read, the owner's statement a request
+        // carries included: the threshold applies to the whole body.
+        let get = get_frame();
+        assert!(get.len() - HEADER_LEN <= SMALL_BODY);
+        let held = c
+            .read_request(&PROTOCOL, &mut futures::io::Cursor::new(get))
+            .await
+            .unwrap();
+        assert!(matches!(held.msg, Msg::Get { .. }));
+    }
     use libp2p::request_response::Codec;
 
     const AUTH: wire::OwnerAuth = wire::OwnerAuth {
@@ -238,7 +326,7 @@ mod tests {
     fn frames_round_trip_and_hold_budget_until_dropped() {
         run(async {
             let budget = Budget::new(0);
-            let mut c = ShardCodec::new(budget.clone());
+            let mut c = partners_codec(&budget);
             let mut buf = Vec::new();
             // A small frame holds no budget.
             let get = Msg::Get {
@@ -287,7 +375,7 @@ mod tests {
     fn oversized_claims_and_garbage_are_refused_before_allocation() {
         run(async {
             let budget = Budget::new(0);
-            let mut c = ShardCodec::new(budget.clone());
+            let mut c = partners_codec(&budget);
             // A get (fixed 32-byte body) claiming 4 GiB.
             let mut head = vec![wire::VERSION, 0x02, 0, 0, 0, 0];
             head.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -306,15 +394,7 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
             // Truncated: header promises a body that never comes.
-            let frame = Frame {
-                id: 0,
-                auth: Some(AUTH),
-                msg: Msg::Get {
-                    shard: wire::ShardId([1; 32]),
-                },
-            }
-            .to_bytes()
-            .unwrap();
+            let frame = get_frame();
             let e = c
                 .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&frame[..20]))
                 .await
@@ -372,7 +452,7 @@ mod tests {
             .unwrap()
             .block_on(async {
                 let budget = Budget::new(0);
-                let mut c = ShardCodec::new(budget.clone());
+                let mut c = partners_codec(&budget);
                 // A put header claiming 6 MiB, then silence: dropped at the body deadline,
                 // its budget given back.
                 let t = tokio::time::Instant::now();
@@ -402,15 +482,7 @@ mod tests {
                 assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
                 assert!(e.to_string().contains("busy"), "{e}");
                 // … and small frames are read as usual.
-                let get = Frame {
-                    id: 0,
-                    auth: Some(AUTH),
-                    msg: Msg::Get {
-                        shard: wire::ShardId([1; 32]),
-                    },
-                }
-                .to_bytes()
-                .unwrap();
+                let get = get_frame();
                 let held = c
                     .read_request(&PROTOCOL, &mut futures::io::Cursor::new(&get))
                     .await

@@ -40,8 +40,9 @@ pub struct Config {
     pub limits: Limits,
     /// RAM for the chunk store's index.
     pub store_memory: usize,
-    /// Test fixture only: misbehave as a holder (`wrong-bytes`).
-    pub hostile: Option<String>,
+    /// Test builds only: misbehave as a holder.
+    #[cfg(feature = "test-fixtures")]
+    pub hostile: Option<crate::fixtures::Hostile>,
 }
 
 /// The control socket's file name in the node's home, unless configured otherwise.
@@ -66,6 +67,7 @@ impl Config {
             lease: Duration::from_secs(90 * 24 * 3600),
             limits: Limits::default(),
             store_memory: 8 << 20,
+            #[cfg(feature = "test-fixtures")]
             hostile: None,
         }
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cairn_vault::sink::{ShardError, ShardId, ShardSink, ShardSource};
+use cairn_vault::sink::{Served, ShardError, ShardId, ShardSink, ShardSource};
 use cairn_vault::OwnerKey;
 use serde_json::{json, Value};
 
@@ -359,12 +359,20 @@ impl ShardSink for NodeBackend {
 
 impl ShardSource for NodeBackend {
     fn get_shard(&self, id: &ShardId) -> Result<Vec<u8>, ShardError> {
+        self.get_shard_avoiding(id, &[]).map(|s| s.bytes)
+    }
+
+    fn get_shard_avoiding(&self, id: &ShardId, avoid: &[String]) -> Result<Served, ShardError> {
         self.with(id, |c| {
             c.call(
-                json!({"op": "get_shard", "owner": self.owner, "chunk": chunk_hex(id), "index": id.index}),
+                json!({"op": "get_shard", "owner": self.owner, "chunk": chunk_hex(id),
+                       "index": id.index, "avoid": avoid}),
                 &[],
             )
-            .map(|(_, payload)| payload)
+            .map(|(h, bytes)| Served {
+                bytes,
+                place: h["from"].as_str().map(str::to_owned),
+            })
         })
     }
 }

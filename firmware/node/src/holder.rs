@@ -6,13 +6,15 @@
 //! (`wire::OwnerAuth`). Shards are kept per owner ([`held_id`]): a request reaches only the
 //! shards of the owner it was made for, so only the owner's plugs read, audit, renew or delete
 //! them, and nobody can squat another owner's keys. The books count bytes against the partner
-//! that put them (the store's owner id of an entry).
+//! that put them (the store's owner id of an entry). Leases are kept apart ([`leases`]), under
+//! the same per-owner ids.
 
-use cairn_store::Lease;
+use cairn_store::{Lease, ShardId as StoreId};
 use libp2p::PeerId;
 
 use crate::audit::Challenge;
 use crate::codec::Held;
+use crate::leases;
 use crate::records::{check_vault_shard, held_id, owner_of};
 use crate::state::{now_secs, Shared};
 use crate::wire::{ErrorCode, Msg, OwnerAuth};
@@ -120,15 +122,6 @@ pub fn err(code: ErrorCode, mut reason: String) -> Msg {
     Msg::Error { code, reason }
 }
 
-fn flip_for_hostile(shared: &Shared, bytes: &mut [u8]) {
-    // A holder that kept something else than it was given: one byte in every 512 differs.
-    if shared.cfg.hostile.as_deref() == Some("wrong-bytes") {
-        for b in bytes.iter_mut().step_by(512) {
-            *b ^= 0x5a;
-        }
-    }
-}
-
 fn store_err(e: cairn_store::Error) -> Msg {
     err(ErrorCode::Internal, format!("chunk store: {e}"))
 }
@@ -137,11 +130,19 @@ fn not_here(shard: &crate::wire::ShardId) -> Msg {
     err(ErrorCode::NotFound, format!("no shard {shard} here"))
 }
 
-/// The bytes of `owner`'s shard as this holder has them; the error reply otherwise.
+/// The bytes of `owner`'s shard as this holder has them; the error reply otherwise. A copy the
+/// store finds damaged (its checksum) is dropped and the asking owner told so: its audit marks
+/// the shard bad and its next repair round places it anew.
 fn held(shared: &Shared, owner: &[u8; 32], shard: &crate::wire::ShardId) -> Result<Vec<u8>, Msg> {
-    match shared.store.get(held_id(owner, shard)) {
-        Ok(mut data) => {
-            flip_for_hostile(shared, &mut data);
+    let id = held_id(owner, shard);
+    if entry(shared, owner, shard)?.is_none() {
+        return Err(not_here(shard));
+    }
+    match shared.store.get(id) {
+        Err(cairn_store::Error::Corrupt { .. }) => Err(drop_damaged(shared, id, shard)),
+        Ok(data) => {
+            #[cfg(feature = "test-fixtures")]
+            let data = crate::fixtures::tamper(shared, data);
             Ok(data)
         }
         Err(cairn_store::Error::NotFound { .. }) => Err(not_here(shard)),
@@ -149,13 +150,43 @@ fn held(shared: &Shared, owner: &[u8; 32], shard: &crate::wire::ShardId) -> Resu
     }
 }
 
-/// The entry of `owner`'s shard, if any.
+/// Deletes the copy (store id `id`) the store found damaged, booked to whoever put it; the
+/// `NotFound` reply that tells its owner.
+fn drop_damaged(shared: &Shared, id: StoreId, shard: &crate::wire::ShardId) -> Msg {
+    let _key = leases::lock(shared, id);
+    tracing::warn!(
+        "shard {shard} is damaged on this plug's disk: dropped for its owner to re-place"
+    );
+    if let Ok(Some(info)) = shared.store.info(id) {
+        if shared.store.delete(id).is_ok() {
+            leases::forget(shared, id);
+            release_payer(shared, info.owner, u64::from(info.len));
+        }
+    }
+    err(
+        ErrorCode::NotFound,
+        format!(
+            "shard {shard} was damaged on {}'s disk and is dropped: place it again",
+            shared.me
+        ),
+    )
+}
+
+/// The entry of `owner`'s shard if it is held and leased. One whose lease ran out is as good as
+/// gone (the next sweep deletes it).
 fn entry(
     shared: &Shared,
     owner: &[u8; 32],
     shard: &crate::wire::ShardId,
 ) -> Result<Option<cairn_store::ShardInfo>, Msg> {
-    shared.store.info(held_id(owner, shard)).map_err(store_err)
+    let info = shared
+        .store
+        .info(held_id(owner, shard))
+        .map_err(store_err)?;
+    match info {
+        Some(i) if leases::leased(shared, &i).map_err(store_err)? => Ok(Some(i)),
+        _ => Ok(None),
+    }
 }
 
 /// Books `bytes` no longer held for `partner`.
@@ -181,6 +212,25 @@ fn release_payer(shared: &Shared, payer: cairn_store::OwnerId, bytes: u64) {
     }
 }
 
+/// The longest lease a holder grants: an owner gone for longer (its plug off, its data given
+/// up) cannot pin our space forever.
+pub const LEASE_SECS_MAX: u32 = 365 * 24 * 3600;
+
+/// The lease `lease_secs` from now; a refusal naming the limit beyond [`LEASE_SECS_MAX`] (refused
+/// rather than clamped: the owner would believe its shard kept longer than it is).
+fn lease_from_now(shard: &crate::wire::ShardId, lease_secs: u32) -> Result<u64, Msg> {
+    if lease_secs > LEASE_SECS_MAX {
+        return Err(err(
+            ErrorCode::BadRequest,
+            format!(
+                "shard {shard}: a lease of {lease_secs} s is longer than the {LEASE_SECS_MAX} s \
+                 (1 year) a holder grants"
+            ),
+        ));
+    }
+    Ok(now_secs() + u64::from(lease_secs))
+}
+
 /// Serves one shard request of partner `peer` made for `owner` (blocking: runs on the
 /// blocking pool).
 pub(crate) fn serve(shared: &Shared, peer: PeerId, owner: [u8; 32], request: Held) -> Msg {
@@ -194,13 +244,19 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, owner: [u8; 32], request: Hel
             if let Err(e) = check_vault_shard(&shard, &data) {
                 return err(ErrorCode::HashMismatch, e);
             }
-            let _key = shared.key_lock(&shard);
-            // The owner's earlier copy is replaced; it counts against whoever put it.
-            let (old, other) = match entry(shared, &owner, &shard) {
+            let lease = match lease_from_now(&shard, lease_secs) {
+                Ok(l) => l,
+                Err(m) => return m,
+            };
+            let id = held_id(&owner, &shard);
+            let _key = leases::lock(shared, id);
+            // The owner's earlier copy is replaced (leased or not: its bytes are still booked);
+            // it counts against whoever put it.
+            let (old, other) = match shared.store.info(id) {
                 Ok(Some(i)) if i.owner == payer => (u64::from(i.len), None),
                 Ok(Some(i)) => (0, Some(i)),
                 Ok(None) => (0, None),
-                Err(m) => return m,
+                Err(e) => return store_err(e),
             };
             let len = data.len() as u64;
             let extra = len.saturating_sub(old);
@@ -221,11 +277,7 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, owner: [u8; 32], request: Hel
                 }
                 st.used += extra;
             }
-            let lease = Lease::Until(now_secs() + u64::from(lease_secs));
-            match shared
-                .store
-                .put(held_id(&owner, &shard), &data, payer, lease)
-            {
+            match leases::put(shared, id, &data, payer, lease) {
                 Ok(()) => {
                     // A smaller replacement frees the difference.
                     release(shared, &peer, old.saturating_sub(len));
@@ -240,15 +292,23 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, owner: [u8; 32], request: Hel
                 }
             }
         }
-        Msg::Get { shard } => match held(shared, &owner, &shard) {
-            Ok(data) => Msg::ShardData { shard, data },
-            Err(m) => m,
-        },
+        Msg::Get { shard } => {
+            #[cfg(feature = "test-fixtures")]
+            if let Some(forged) = crate::fixtures::forged_get(shared, &owner, &shard) {
+                return forged;
+            }
+            match held(shared, &owner, &shard) {
+                Ok(data) => Msg::ShardData { shard, data },
+                Err(m) => m,
+            }
+        }
         Msg::Delete { shard } => {
-            let _key = shared.key_lock(&shard);
+            let id = held_id(&owner, &shard);
+            let _key = leases::lock(shared, id);
             match entry(shared, &owner, &shard) {
-                Ok(Some(i)) => match shared.store.delete(held_id(&owner, &shard)) {
+                Ok(Some(i)) => match shared.store.delete(id) {
                     Ok(()) => {
+                        leases::forget(shared, id);
                         release_payer(shared, i.owner, u64::from(i.len));
                         Msg::Deleted { shard }
                     }
@@ -259,21 +319,30 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, owner: [u8; 32], request: Hel
             }
         }
         Msg::RenewLease { shard, lease_secs } => {
-            let _key = shared.key_lock(&shard);
+            let until = match lease_from_now(&shard, lease_secs) {
+                Ok(l) => l,
+                Err(m) => return m,
+            };
             let id = held_id(&owner, &shard);
+            let _key = leases::lock(shared, id);
+            // The bytes stay booked to the partner that put them (`i.owner`).
             match entry(shared, &owner, &shard) {
-                // The bytes stay booked to the partner that put them.
-                Ok(Some(i)) => {
-                    let until = Lease::Until(now_secs() + u64::from(lease_secs));
+                // Shards stored before leases were kept apart carry their own expiry: stored
+                // once more the new way (the last renewal that rewrites them).
+                Ok(Some(i)) if i.lease != Lease::Forever => {
                     let r = shared
                         .store
                         .get(id)
-                        .and_then(|data| shared.store.put(id, &data, i.owner, until));
+                        .and_then(|data| leases::put(shared, id, &data, i.owner, until));
                     match r {
                         Ok(()) => Msg::LeaseRenewed { shard, lease_secs },
                         Err(e) => store_err(e),
                     }
                 }
+                Ok(Some(_)) => match leases::renew(shared, id, until) {
+                    Ok(()) => Msg::LeaseRenewed { shard, lease_secs },
+                    Err(e) => store_err(e),
+                },
                 Ok(None) => not_here(&shard),
                 Err(m) => m,
             }

@@ -63,10 +63,13 @@ pub fn statement(peer: &libp2p::PeerId) -> Vec<u8> {
     m
 }
 
-/// Whether `auth` is its owner's statement for `peer`.
+/// Whether `auth` is its owner's statement for `peer`. Checked strictly: a plain Ed25519 check
+/// accepts a small-order key (e.g. all zeros) with a zero signature for about one peer in four,
+/// an owner anyone could speak for.
 pub fn verify(auth: &OwnerAuth, peer: &libp2p::PeerId) -> bool {
-    libp2p::identity::ed25519::PublicKey::try_from_bytes(&auth.owner)
-        .is_ok_and(|pk| pk.verify(&statement(peer), &auth.sig))
+    let sig = ed25519_dalek::Signature::from_bytes(&auth.sig);
+    ed25519_dalek::VerifyingKey::from_bytes(&auth.owner)
+        .is_ok_and(|pk| pk.verify_strict(&statement(peer), &sig).is_ok())
 }
 
 /// Most owners one node acts for (each vault home using it is one; bounds `owners.json`).
@@ -138,6 +141,14 @@ mod tests {
         let mut forged = auth;
         forged.owner[0] ^= 1;
         assert!(!verify(&forged, &me));
+        // A small-order key with a zero signature: a plain check passes it for some peers.
+        let weak = OwnerAuth {
+            owner: [0; 32],
+            sig: [0; 64],
+        };
+        for _ in 0..32 {
+            assert!(!verify(&weak, &libp2p::PeerId::random()));
+        }
 
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("owners.json");

@@ -17,9 +17,13 @@ pub mod audit;
 pub mod codec;
 pub mod config;
 pub mod control;
+#[cfg(feature = "test-fixtures")]
+pub mod fixtures;
+pub mod gate;
 pub mod holder;
 pub mod identity;
 pub mod invite;
+pub mod leases;
 pub mod ledger;
 pub mod net;
 pub mod node;

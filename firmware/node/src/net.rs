@@ -75,8 +75,8 @@ mod behaviour {
     pub struct Behaviour {
         /// Caps connections before any other behaviour sees them.
         pub limits: connection_limits::Behaviour,
-        /// The shard protocol.
-        pub shard: request_response::Behaviour<ShardCodec>,
+        /// The shard protocol (its codec knows each connection's peer).
+        pub shard: crate::gate::ShardBehaviour,
         /// Learns peers' listen addresses and protocols.
         pub identify: identify::Behaviour,
         /// Keeps connections alive and tells us who is reachable.
@@ -115,12 +115,16 @@ pub fn build(
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(|key, relay_client| {
             let me = key.public().to_peer_id();
-            let shard = request_response::Behaviour::with_codec(
-                ShardCodec::new(budget),
-                [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(l.request_timeout)
-                    .with_max_concurrent_streams(l.max_streams),
+            let gate = budget.gate().clone();
+            let shard = crate::gate::ShardBehaviour::new(
+                request_response::Behaviour::with_codec(
+                    ShardCodec::new(budget),
+                    [(PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(l.request_timeout)
+                        .with_max_concurrent_streams(l.max_streams),
+                ),
+                gate,
             );
             let mut kcfg = kad::Config::new(StreamProtocol::new("/cairn/kad/1.0.0"));
             kcfg.set_query_timeout(Duration::from_secs(30));

@@ -156,6 +156,11 @@ pub fn run_until(
             saved.await.context("storing the node key")??;
         }
         let (shared, rx) = opened.await.context("opening the node")??;
+        let weak = Arc::downgrade(&shared);
+        shared
+            .budget
+            .gate()
+            .set_partner_check(move |p| weak.upgrade().is_some_and(|s| s.state().is_partner(p)));
         let listener = crate::server::bind(&shared.cfg.control)?;
         let mut task = SwarmTask::new(shared.clone(), swarm, rx);
         task.start()?;

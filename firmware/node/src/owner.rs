@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use cairn_store::{Lease, ShardInfo};
-use cairn_vault::shard::{decode_shard, Codec};
+use cairn_vault::shard::{decode_shard, shard_auth, Authority, Codec};
 use libp2p::PeerId;
 use serde::Serialize;
 
@@ -231,6 +231,12 @@ fn candidates(shared: &Shared, exclude: &HashSet<PeerId>, len: u64) -> Vec<Candi
         .collect()
 }
 
+/// The lease we ask holders for: the configured one, at most what holders grant.
+fn lease_secs(shared: &Shared) -> u32 {
+    let max = u64::from(crate::holder::LEASE_SECS_MAX);
+    shared.cfg.lease.as_secs().min(max) as u32
+}
+
 /// Why no partner took a shard.
 struct Unplaced {
     /// One line for a person.
@@ -253,7 +259,7 @@ async fn place_one(
 ) -> Result<(PeerId, String), Unplaced> {
     let key = shard_key(&chunk, index);
     let len = bytes.len() as u64;
-    let lease_secs = shared.cfg.lease.as_secs().min(u64::from(u32::MAX)) as u32;
+    let lease_secs = lease_secs(shared);
     let mut refusals: Vec<String> = Vec::new();
     let mut over_quota = false;
     let mut prefer = prefer;
@@ -391,7 +397,7 @@ pub async fn put_shard(
     // Reserve this index's slot and learn which partners hold the chunk's other shards.
     let (mut exclude, prefer) = {
         let mut st = shared.state();
-        let lease_until = now_secs() + shared.cfg.lease.as_secs();
+        let lease_until = now_secs() + u64::from(lease_secs(shared));
         let rec = st.pending.entry(chunk).or_insert_with(|| {
             stored.unwrap_or_else(|| ChunkRecord::new(&owner, &chunk, h.k, h.n, lease_until))
         });
@@ -408,7 +414,7 @@ pub async fn put_shard(
             ));
         }
         let slot = &rec.slots[usize::from(index)];
-        if slot.as_ref().is_some_and(|s| s.hash == hash) {
+        if slot.as_ref().is_some_and(|s| s.hash == hash && !s.bad) {
             return Ok(()); // Already placed: putting the same bytes again is harmless.
         }
         let prefer = slot
@@ -441,6 +447,7 @@ pub async fn put_shard(
                         hash,
                         len,
                         audit,
+                        bad: false,
                     },
                 )
             }
@@ -462,6 +469,7 @@ pub async fn put_shard(
                         hash,
                         len,
                         audit: None,
+                        bad: false,
                     },
                 )
             }
@@ -532,15 +540,55 @@ pub struct GetError {
     pub reason: String,
 }
 
-/// Fetches shard `index` of `owner`'s `chunk` from whoever holds it (the vault's
-/// `get_shard`).
+/// Partners a `get_shard` may be told to avoid at most (the vault asks again at most 8 times).
+pub const AVOID_MAX: usize = 16;
+
+/// The `avoid` field of a `get_shard`: the partners whose bytes for this shard failed the
+/// vault's check (absent: none); a one-line error otherwise.
+pub fn parse_avoid(v: &serde_json::Value) -> Result<Vec<PeerId>, String> {
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let list = v
+        .as_array()
+        .filter(|a| a.len() <= AVOID_MAX)
+        .ok_or_else(|| {
+            format!("get_shard: avoid must be a list of at most {AVOID_MAX} peer ids")
+        })?;
+    list.iter()
+        .map(|p| {
+            p.as_str()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("get_shard: avoid: {p} is not a peer id"))
+        })
+        .collect()
+}
+
+/// Fetches shard `index` of `owner`'s `chunk` from whoever holds it, but not from the partners
+/// in `avoid` (the vault's `get_shard`); the bytes and the partner that served them. The last
+/// partner in `avoid` has just served bytes the vault refused as not the owner's: it is scored
+/// down as for a failed audit, and a record naming it for this shard marks the slot bad.
 pub async fn get_shard(
     shared: &Arc<Shared>,
     owner: [u8; 32],
     chunk: [u8; 32],
     index: u8,
-) -> Result<Vec<u8>, GetError> {
-    let r = fetch_shard(shared, owner, chunk, index).await;
+    avoid: &[PeerId],
+) -> Result<(Vec<u8>, Option<PeerId>), GetError> {
+    if let Some(&p) = avoid.last() {
+        tracing::warn!(
+            "{p} served bytes for shard {} that are not the owner's: asking others",
+            shard_key(&chunk, index)
+        );
+        shared.state().tracker.audit(&p, false);
+        // A restore records the holders it finds before the vault checks the bytes: a forger
+        // found that way must not stay the shard's holder.
+        let r = blocking(shared, move |s| mark_refused(s, owner, chunk, index, p)).await;
+        if let Err(e) = r {
+            tracing::warn!("marking shard {} of {p} bad: {e}", shard_key(&chunk, index));
+        }
+    }
+    let r = fetch_shard(shared, owner, chunk, index, avoid).await;
     if r.is_err() {
         // A cached record may predate a repair that moved this shard: read it afresh next time.
         shared.state().recent.retain(|(c, _)| *c != chunk);
@@ -553,7 +601,8 @@ async fn fetch_shard(
     owner: [u8; 32],
     chunk: [u8; 32],
     index: u8,
-) -> Result<Vec<u8>, GetError> {
+    avoid: &[PeerId],
+) -> Result<(Vec<u8>, Option<PeerId>), GetError> {
     let key = shard_key(&chunk, index);
     if shared.auth_for(&owner).is_none() {
         return Err(GetError {
@@ -593,14 +642,16 @@ async fn fetch_shard(
             r
         }
     };
-    // Another owner's record says nothing of this owner's shards.
+    // Another owner's record says nothing of this owner's shards. A recorded holder the vault
+    // avoids: ask the others as if there were no record.
     let slot = rec
         .filter(|r| r.owner_key() == Some(owner))
-        .and_then(|r| r.slots.get(usize::from(index)).cloned().flatten());
+        .and_then(|r| r.slots.get(usize::from(index)).cloned().flatten())
+        .filter(|s| !s.peer.parse().is_ok_and(|p: PeerId| avoid.contains(&p)));
     if let Some(slot) = slot.as_ref().filter(|s| s.is_here()) {
         let hash = slot.hash.clone();
         return match blocking(shared, move |s| read_here(s, &chunk, index, &hash)).await {
-            Ok(Some(data)) => Ok(data),
+            Ok(Some(data)) => Ok((data, None)),
             Ok(None) => Err(GetError {
                 missing: true,
                 reason: format!("shard {key} was kept on this plug and its copy is gone"),
@@ -639,7 +690,7 @@ async fn fetch_shard(
         return match answer {
             Ok(Msg::ShardData { data, .. }) => {
                 if hex(blake3::hash(&data).as_bytes()) == slot.hash {
-                    Ok(data)
+                    Ok((data, Some(peer)))
                 } else {
                     shared.state().tracker.audit(&peer, false);
                     tracing::warn!("{peer} returned wrong bytes for shard {key}");
@@ -670,12 +721,14 @@ async fn fetch_shard(
             }),
         };
     }
-    // No record (a new plug restoring from its recovery key): ask the live partners, and
-    // record the holder found, so the chunk is audited, renewed and repaired from now on.
+    // No record (a new plug restoring from its recovery key): ask the live partners, but not
+    // those whose bytes the vault refused, and record the holder found, so the chunk is
+    // audited, renewed and repaired from now on. Whether bytes are the owner's only the vault
+    // can tell (the shard's tag): it asks again, avoiding the partner that served them.
     let partners = shared.state().partner_ids();
     let mut failures = 0;
     for peer in partners {
-        if shared.health(&peer) != PeerHealth::Live {
+        if shared.health(&peer) != PeerHealth::Live || avoid.contains(&peer) {
             continue;
         }
         match shared
@@ -687,7 +740,7 @@ async fn fetch_shard(
                 if let Err(e) = blocking(shared, move |s| adopt(s, owner, &[found])).await {
                     tracing::warn!("recording shard {key} of {peer}: {e}");
                 }
-                return Ok(data);
+                return Ok((data, Some(peer)));
             }
             Ok(Msg::Error {
                 code: ErrorCode::NotFound,
@@ -704,7 +757,8 @@ async fn fetch_shard(
 
 /// Records shards a partner holds for `owner` that no record names (blocking): found by a
 /// plug restored from the recovery key, which has no records. Each is a vault shard already
-/// checked against its key; an index a record fills already is left as it is. The lease is
+/// checked against its key; an index a record fills already is left as it is, unless its slot
+/// is bad (a forger's, found the same way before the vault refused its bytes). The lease is
 /// unknown, so the next audit renews it.
 fn adopt(shared: &Shared, owner: [u8; 32], found: &[(Vec<u8>, PeerId)]) -> Result<(), String> {
     let Some((first, _)) = found.first() else {
@@ -723,6 +777,7 @@ fn adopt(shared: &Shared, owner: [u8; 32], found: &[(Vec<u8>, PeerId)]) -> Resul
         return Ok(());
     }
     let mut changed = Vec::new();
+    let mut replaced = Vec::new();
     for (bytes, peer) in found {
         let Ok((sh, _)) = decode_shard(bytes) else {
             continue;
@@ -730,14 +785,23 @@ fn adopt(shared: &Shared, owner: [u8; 32], found: &[(Vec<u8>, PeerId)]) -> Resul
         let name = peer.to_base58();
         let i = usize::from(sh.index);
         let taken = rec.slots.iter().flatten().any(|s| s.peer == name);
-        if sh.chunk.0 != chunk || i >= rec.slots.len() || rec.slots[i].is_some() || taken {
+        if sh.chunk.0 != chunk || i >= rec.slots.len() || taken {
             continue;
+        }
+        match rec.slots[i].take() {
+            Some(old) if old.bad => replaced.push(old),
+            Some(old) => {
+                rec.slots[i] = Some(old);
+                continue;
+            }
+            None => {}
         }
         rec.slots[i] = Some(Slot {
             peer: name,
             hash: hex(blake3::hash(bytes).as_bytes()),
             len: bytes.len() as u32,
             audit: AuditRec::prepare(shard_key(&chunk, sh.index), bytes),
+            bad: false,
         });
         changed.push((*peer, bytes.len() as u64));
     }
@@ -749,7 +813,43 @@ fn adopt(shared: &Shared, owner: [u8; 32], found: &[(Vec<u8>, PeerId)]) -> Resul
     for (peer, len) in changed {
         let _ = st.ledger.stored_with_them(&peer, len);
     }
+    for old in replaced {
+        if let Ok(peer) = old.peer.parse::<PeerId>() {
+            let _ = st.ledger.removed_from_them(&peer, u64::from(old.len));
+        }
+    }
     Ok(())
+}
+
+/// Marks slot `index` of `owner`'s `chunk` bad if its record names `peer`, whose bytes for it
+/// the vault refused (blocking): the next repair round places the shard anew.
+fn mark_refused(
+    shared: &Shared,
+    owner: [u8; 32],
+    chunk: [u8; 32],
+    index: u8,
+    peer: PeerId,
+) -> Result<(), String> {
+    let _lock = shared.key_lock(&crate::wire::ShardId(chunk));
+    if shared.state().pending.contains_key(&chunk) {
+        return Ok(()); // Being put right now: its holders have not been read back.
+    }
+    let Some(mut rec) = load_record(shared, &chunk)? else {
+        return Ok(());
+    };
+    if rec.owner_key() != Some(owner) {
+        return Ok(());
+    }
+    let name = peer.to_base58();
+    let slot = rec
+        .slots
+        .get_mut(usize::from(index))
+        .and_then(Option::as_mut);
+    match slot {
+        Some(s) if s.peer == name && !s.bad => s.bad = true,
+        _ => return Ok(()),
+    }
+    save_record(shared, &rec)
 }
 
 /// The partners `rec` names as holders.
@@ -878,14 +978,16 @@ async fn audit_chunk(
         return false;
     };
     let now = now_secs();
-    let renew = rec.lease_until < now + shared.cfg.lease.as_secs() / 2;
-    let lease_secs = shared.cfg.lease.as_secs().min(u64::from(u32::MAX)) as u32;
+    let lease_secs = lease_secs(shared);
+    let renew = rec.lease_until < now + u64::from(lease_secs) / 2;
     let mut changed = false;
     let mut all_renewed = true;
     for (index, slot) in rec.slots.iter_mut().enumerate() {
         let Some(slot) = slot.as_mut() else { continue };
-        // Kept here: nothing to challenge, no lease to renew.
-        if slot.is_here() {
+        // Kept here: nothing to challenge, no lease to renew. Known bad: the repair round
+        // places it anew.
+        if slot.is_here() || slot.bad {
+            all_renewed &= !slot.bad;
             continue;
         }
         let Ok(peer) = slot.peer.parse::<PeerId>() else {
@@ -898,7 +1000,7 @@ async fn audit_chunk(
         }
         let key = shard_key(&chunk, index as u8);
         report.checked += 1;
-        let passed = match slot.audit.take().and_then(|a| a.expected(key)) {
+        let (passed, answer) = match slot.audit.take().and_then(|a| a.expected(key)) {
             Some(e) => {
                 changed = true;
                 let c = e.challenge;
@@ -908,24 +1010,32 @@ async fn audit_chunk(
                     offset: c.offset,
                     len: c.len,
                 };
-                matches!(shared.request_as(peer, &owner, msg).await,
-                    Ok(Msg::AuditResponse { proof, .. }) if e.check(&proof))
+                let answer = shared.request_as(peer, &owner, msg).await;
+                let passed = matches!(&answer,
+                    Ok(Msg::AuditResponse { proof, .. }) if e.check(proof));
+                (passed, answer)
             }
             // The prepared challenge was used: fetch the shard, check it whole, prepare anew.
-            None => match shared
-                .request_as(peer, &owner, Msg::Get { shard: key })
-                .await
-            {
-                Ok(Msg::ShardData { data, .. })
-                    if hex(blake3::hash(&data).as_bytes()) == slot.hash =>
-                {
-                    slot.audit = AuditRec::prepare(key, &data);
-                    changed = true;
-                    true
+            None => {
+                let answer = shared
+                    .request_as(peer, &owner, Msg::Get { shard: key })
+                    .await;
+                match &answer {
+                    Ok(Msg::ShardData { data, .. })
+                        if hex(blake3::hash(data).as_bytes()) == slot.hash =>
+                    {
+                        slot.audit = AuditRec::prepare(key, data);
+                        changed = true;
+                        (true, answer)
+                    }
+                    _ => (false, answer),
                 }
-                _ => false,
-            },
+            }
         };
+        if !passed && shard_is_bad(&answer) {
+            slot.bad = true;
+            changed = true;
+        }
         shared.state().tracker.audit(&peer, passed);
         if passed {
             report.passed += 1;
@@ -956,6 +1066,20 @@ async fn audit_chunk(
         changed = true;
     }
     changed
+}
+
+/// Whether a failed audit's answer shows the holder's copy lost or wrong (so it is placed
+/// anew), rather than the holder being busy or unreachable for a moment (retried next round).
+fn shard_is_bad(answer: &Result<Msg, String>) -> bool {
+    matches!(
+        answer,
+        Ok(Msg::AuditResponse { .. })
+            | Ok(Msg::ShardData { .. })
+            | Ok(Msg::Error {
+                code: ErrorCode::NotFound | ErrorCode::HashMismatch,
+                ..
+            })
+    )
 }
 
 /// What a repair round did.
@@ -1123,7 +1247,8 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
+                // A bad shard is as good as lost: it is rebuilt.
+                let s = s.as_ref().filter(|s| !s.bad)?;
                 let peer = if s.is_here() {
                     Holder::Here(i as u8)
                 } else {
@@ -1156,6 +1281,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
     // Fetch k sources, each checked against its recorded hash.
     let mut payloads: Vec<Option<Vec<u8>>> = vec![None; usize::from(rec.n)];
     let mut header = None;
+    let mut auth = None;
     let mut got = 0usize;
     let mut sources: Vec<Holding<Holder>> = plan.sources.clone();
     // Any other live holding may stand in for a source that fails.
@@ -1199,6 +1325,11 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
             }
         };
         if let Some(Ok((h, payload))) = data.as_deref().map(decode_shard) {
+            // Every shard of the chunk carries the same digests and tag: the rebuilt ones copy
+            // them (the node has no key to make new ones).
+            if auth.is_none() {
+                auth = data.as_deref().and_then(|d| shard_auth(d).ok());
+            }
             payloads[usize::from(src.index)] = Some(payload.to_vec());
             header = Some(h);
             got += 1;
@@ -1212,6 +1343,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
             rec.chunk, rec.k
         ));
     }
+    let auth = auth.ok_or_else(|| format!("chunk {}: no source shard has digests", rec.chunk))?;
     let rebuild = plan.rebuild.clone();
     let rebuilt: Vec<(u8, Vec<u8>)> = tokio::task::spawn_blocking(move || {
         let codec = Codec::new(usize::from(h.k), usize::from(h.n)).map_err(|e| e.to_string())?;
@@ -1227,6 +1359,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
                 &mut sealed,
                 &mut parity,
                 &mut frame,
+                Authority::Copied(&auth),
                 |i, f| {
                     if rebuild.contains(&i) {
                         out.push((i, f.to_vec()));
@@ -1264,6 +1397,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
                     hash,
                     len,
                     audit: AuditRec::prepare(key, &bytes),
+                    bad: false,
                 }
             }
             Err(e) => {
@@ -1282,6 +1416,7 @@ async fn repair_chunk(shared: &Arc<Shared>, mut rec: ChunkRecord) -> Result<Chun
                     hash,
                     len,
                     audit: None,
+                    bad: false,
                 }
             }
         };
@@ -1333,9 +1468,11 @@ pub async fn redundancy(shared: &Arc<Shared>) -> Result<Redundancy, String> {
                 .iter()
                 .flatten()
                 .filter(|sl| {
-                    sl.peer
-                        .parse::<PeerId>()
-                        .is_ok_and(|p| s2.health(&p) != PeerHealth::Gone)
+                    !sl.bad
+                        && sl
+                            .peer
+                            .parse::<PeerId>()
+                            .is_ok_and(|p| s2.health(&p) != PeerHealth::Gone)
                 })
                 .map(|sl| sl.peer.as_str())
                 .collect::<HashSet<_>>()
@@ -1406,12 +1543,18 @@ pub async fn background(shared: Arc<Shared>) {
             // Reclaim space of deleted shards and of leases that ran out (owners that stopped
             // renewing), then bring the books in line with what is really held.
             let compacted = blocking(&shared, |s| {
-                s.store.compact(cairn_store::CompactOptions::default())
+                let swept = crate::leases::sweep(s).unwrap_or_else(|e| {
+                    tracing::error!("dropping shards whose lease ran out: {e}");
+                    0
+                });
+                s.store
+                    .compact(cairn_store::CompactOptions::default())
+                    .map(|r| (r.expired + swept, r))
             })
             .await;
             match compacted {
-                Ok(r) if r.expired > 0 => {
-                    tracing::info!("{} shards whose lease ran out were dropped", r.expired);
+                Ok((expired, _)) if expired > 0 => {
+                    tracing::info!("{expired} shards whose lease ran out were dropped");
                     if let Err(e) = blocking(&shared, crate::state::recount_held).await {
                         tracing::error!("recounting the books: {e:#}");
                     }

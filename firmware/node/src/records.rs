@@ -141,6 +141,15 @@ pub struct Slot {
     pub len: u32,
     /// One unused prepared audit, if any.
     pub audit: Option<AuditRec>,
+    /// The holder failed an audit of it (wrong proof, wrong bytes) or said it no longer has
+    /// it (its store found the copy damaged): it counts as lost and the next repair round
+    /// places it anew.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub bad: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Slot {
@@ -215,7 +224,7 @@ impl ChunkRecord {
 mod tests {
     use super::*;
     use cairn_vault::seal::AeadKind;
-    use cairn_vault::shard::encode_shard;
+    use cairn_vault::shard::{encode_shard, ShardAuth};
     use cairn_vault::ChunkId;
 
     fn shard(chunk: [u8; 32], index: u8) -> Vec<u8> {
@@ -227,8 +236,9 @@ mod tests {
             sealed_len: 64,
             chunk: ChunkId(chunk),
         };
+        let auth = ShardAuth::new(&[0; 32], &h.chunk, vec![[0; 32]; usize::from(h.n)]);
         let mut out = Vec::new();
-        encode_shard(&h, &[5u8; 32], &mut out);
+        encode_shard(&h, &[5u8; 32], &auth, &mut out);
         out
     }
 
@@ -263,6 +273,7 @@ mod tests {
             hash: hex(blake3::hash(&s).as_bytes()),
             len: s.len() as u32,
             audit: AuditRec::prepare(shard_key(&[3; 32], 0), &s),
+            bad: false,
         });
         let id = record_id(&[3; 32]);
         assert_eq!(ChunkRecord::decode(&r.encode(), &id).unwrap(), r);

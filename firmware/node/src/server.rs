@@ -136,8 +136,15 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
                     "get_shard needs owner and chunk (64 hex digits each) and index (0-255)",
                 );
             };
-            match owner::get_shard(shared, owner_key, chunk, index).await {
-                Ok(data) => (json!({"ok": true}), data),
+            let avoid = match owner::parse_avoid(&h["avoid"]) {
+                Ok(a) => a,
+                Err(e) => return fail(&e),
+            };
+            match owner::get_shard(shared, owner_key, chunk, index, &avoid).await {
+                Ok((data, from)) => (
+                    json!({"ok": true, "from": from.map(|p| p.to_base58())}),
+                    data,
+                ),
                 Err(e) => (
                     json!({"ok": false, "missing": e.missing, "error": e.reason}),
                     Vec::new(),
@@ -472,6 +479,14 @@ async fn status(shared: &Arc<Shared>) -> (Value, Vec<u8>) {
         "frame_budget_free": shared.budget.available(),
     });
     drop(st);
+    // The chunk store's own counters: what it holds and what it has written (segments).
+    let store = shared.store.stats();
+    v["store"] = json!({
+        "shards": store.shards,
+        "live_bytes": store.live_bytes,
+        "dead_bytes": store.dead_bytes,
+        "batches": store.batches,
+    });
     match red {
         Ok(r) => v["chunks"] = serde_json::to_value(r).unwrap_or_default(),
         Err(e) => v["chunks_error"] = json!(e),

@@ -14,7 +14,7 @@ mod common;
 use cairn_node::control::Client;
 use cairn_node::records::{hex, OWN_SHARDS};
 use cairn_vault::seal::AeadKind;
-use cairn_vault::shard::Codec;
+use cairn_vault::shard::{Authority, Codec};
 use cairn_vault::ChunkId;
 use serde_json::{json, Value};
 
@@ -145,6 +145,8 @@ fn chunk_shards(chunk: [u8; 32], k: usize, n: usize, sealed: usize, seed: &str) 
             &mut bytes,
             &mut parity,
             &mut frame,
+            // The owner's key is the vault's business: any key makes well-formed shards.
+            Authority::Owner(&[0x0a; 32]),
             |i, f| {
                 assert_eq!(usize::from(i), out.len());
                 out.push(f.to_vec());

@@ -218,6 +218,7 @@ fn main() {
                     b,
                     &mut parity,
                     &mut frame,
+                    cairn_vault::shard::Authority::Owner(&[2; 32]),
                     |_, s| {
                         std::hint::black_box(s);
                         Ok(())

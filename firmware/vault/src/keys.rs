@@ -73,6 +73,7 @@ impl OwnerSecret {
             manifest_id: derive(b"manifest-id"),
             seal: derive(b"seal"),
             head: derive(b"head"),
+            shard_mac: derive(b"shard-mac"),
             chunker_seed: u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")),
         }
     }
@@ -234,6 +235,7 @@ pub struct Keys {
     manifest_id: [u8; 32],
     seal: [u8; 32],
     head: [u8; 32],
+    shard_mac: [u8; 32],
     chunker_seed: u64,
 }
 
@@ -288,6 +290,12 @@ impl Keys {
         let mut n = [0u8; 12];
         n.copy_from_slice(&h.as_bytes()[..12]);
         n
+    }
+
+    /// The key of the tag every shard carries (see [`crate::shard`]): only the owner can make
+    /// a shard the vault accepts, so a partner's forgery is refused before decoding.
+    pub fn shard_mac_key(&self) -> &[u8; 32] {
+        &self.shard_mac
     }
 
     /// Seed for FastCDC's gear table.

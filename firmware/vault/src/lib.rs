@@ -74,8 +74,9 @@ pub fn fuzz_manifest(data: &[u8]) {
 /// same bytes and a set of accepted shards never decodes to a wrong length.
 pub fn fuzz_shard(data: &[u8]) {
     if let Ok((h, payload)) = shard::decode_shard(data) {
+        let auth = shard::shard_auth(data).expect("a decoded shard has its digests");
         let mut out = Vec::new();
-        shard::encode_shard(&h, payload, &mut out);
+        shard::encode_shard(&h, payload, &auth, &mut out);
         assert_eq!(out, data, "shard decode/encode not canonical");
         if let Ok(codec) = shard::Codec::new(usize::from(h.k), usize::from(h.n)) {
             let mut payloads = vec![None; usize::from(h.n)];

@@ -84,6 +84,29 @@ pub trait ShardSink: Send + Sync {
 pub trait ShardSource: Send + Sync {
     /// Fetches one shard.
     fn get_shard(&self, id: &ShardId) -> Result<Vec<u8>, ShardError>;
+
+    /// Fetches one shard from any place but those in `avoid` (places whose bytes for it failed
+    /// the vault's check), saying where it came from when the source knows (a partner). The
+    /// default knows one place only: nothing else to offer once it is avoided.
+    fn get_shard_avoiding(&self, id: &ShardId, avoid: &[String]) -> Result<Served, ShardError> {
+        if !avoid.is_empty() {
+            return Err(ShardError::Missing {
+                id: *id,
+                place: format!("any place but {}", avoid.join(", ")),
+            });
+        }
+        self.get_shard(id)
+            .map(|bytes| Served { bytes, place: None })
+    }
+}
+
+/// A shard's bytes and, where the source knows it, the place (a partner) that served them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// Who served them.
+    pub place: Option<String>,
 }
 
 /// The local-directory backend: n directories (say n USB sticks) as one redundant store.

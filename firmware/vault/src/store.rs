@@ -9,8 +9,8 @@ use crate::error::{Result, VaultError};
 use crate::keys::{Keys, Kind};
 use crate::manifest::Extent;
 use crate::seal::{self, AeadKind};
-use crate::shard::{decode_shard, Codec, ShardHeader};
-use crate::sink::{ShardError, ShardId, ShardSink, ShardSource};
+use crate::shard::{verify_shard, Authority, Codec, ShardHeader};
+use crate::sink::{Served, ShardError, ShardId, ShardSink, ShardSource};
 use crate::ChunkId;
 
 /// Per-thread buffers reused from chunk to chunk (parity and one framed shard).
@@ -122,6 +122,7 @@ impl<'a> ChunkWriter<'a> {
             buf,
             &mut scratch.parity,
             &mut scratch.frame,
+            Authority::Owner(self.keys.shard_mac_key()),
             |index, shard| {
                 self.stats
                     .shard_bytes
@@ -167,6 +168,37 @@ pub struct ReadStats {
     pub missing: AtomicU64,
     /// Shards that failed their checks or could not be read.
     pub corrupt: AtomicU64,
+    /// Places (partners) that served bytes failing the owner's check, at most
+    /// [`BAD_PLACES_MAX`] named (shared with other readers of the same vault).
+    pub bad_places: BadPlaces,
+}
+
+/// A set of places that served bad bytes, shared by a vault's readers.
+pub type BadPlaces = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
+/// Places named in [`ReadStats::bad_places`] at most.
+pub const BAD_PLACES_MAX: usize = 16;
+
+/// Times one shard is asked for again after a place served bytes failing the check.
+const RETRIES_MAX: usize = 8;
+
+impl ReadStats {
+    fn bad_place(&self, place: &str) {
+        let mut b = self.bad_places.lock().expect("stats lock");
+        if b.len() < BAD_PLACES_MAX {
+            b.insert(place.to_owned());
+        }
+    }
+
+    /// The places that served bad bytes, sorted.
+    pub fn bad_places(&self) -> Vec<String> {
+        self.bad_places
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 /// Fetches and opens chunks.
@@ -204,6 +236,12 @@ impl<'a> ChunkReader<'a> {
         }
     }
 
+    /// Records the places that serve bad bytes in `places` (the vault's, shared by its readers).
+    pub fn with_bad_places(mut self, places: BadPlaces) -> Self {
+        self.stats.bad_places = places;
+        self
+    }
+
     /// Asks for the first `count` shards of a chunk concurrently (normally k).
     pub fn with_prefetch(mut self, count: usize) -> Self {
         self.prefetch = count.clamp(1, 32);
@@ -218,17 +256,18 @@ impl<'a> ChunkReader<'a> {
         let mut detail = String::new();
         let mut i = 0usize;
         // Memory: at most `prefetch` shards held at once before decoding, as without it k are.
-        let mut early: Vec<Option<std::result::Result<Vec<u8>, ShardError>>> = Vec::new();
+        let mut early: Vec<Option<std::result::Result<Served, ShardError>>> = Vec::new();
         if self.prefetch > 1 {
             let count = self.prefetch.min(self.n_hint.unwrap_or(255));
             early = std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..count)
                     .map(|j| {
                         scope.spawn(move || {
-                            self.source.get_shard(&ShardId {
+                            let sid = ShardId {
                                 chunk: *id,
                                 index: j as u8,
-                            })
+                            };
+                            self.source.get_shard_avoiding(&sid, &[])
                         })
                     })
                     .collect();
@@ -248,13 +287,29 @@ impl<'a> ChunkReader<'a> {
                 chunk: *id,
                 index: i as u8,
             };
-            let got = match early.get_mut(i).and_then(Option::take) {
+            let mut got = match early.get_mut(i).and_then(Option::take) {
                 Some(r) => r,
-                None => self.source.get_shard(&sid),
+                None => self.source.get_shard_avoiding(&sid, &[]),
             };
-            match got {
-                Ok(bytes) => match decode_shard(&bytes) {
-                    Ok((h, payload)) => {
+            // Places whose bytes for this shard failed the check: asked around them.
+            let mut avoid: Vec<String> = Vec::new();
+            loop {
+                let served = match got {
+                    Ok(s) => s,
+                    Err(ShardError::Missing { .. }) => {
+                        missing += 1;
+                        tracing::debug!(shard = %sid, "shard is missing");
+                        break;
+                    }
+                    Err(e) => {
+                        corrupt += 1;
+                        tracing::debug!(shard = %sid, error = %e, "shard cannot be read");
+                        detail = format!(", last failure: {e}");
+                        break;
+                    }
+                };
+                let why = match verify_shard(&served.bytes, self.keys.shard_mac_key()) {
+                    Ok(Ok((h, payload))) => {
                         let consistent = h.chunk == *id
                             && usize::from(h.index) == i
                             && header.is_none_or(|f| {
@@ -267,26 +322,32 @@ impl<'a> ChunkReader<'a> {
                             }
                             payloads[i] = Some(payload.to_vec());
                             found += 1;
-                        } else {
-                            corrupt += 1;
-                            tracing::debug!(shard = %sid, "shard's header does not match");
-                            detail = format!(", last failure: shard {sid}: header does not match");
+                            break;
                         }
+                        "its header does not match".to_owned()
                     }
-                    Err(e) => {
-                        corrupt += 1;
-                        tracing::debug!(shard = %sid, error = %e, "shard is damaged");
-                        detail = format!(", last failure: shard {sid}: {e}");
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => format!("damaged: {e}"),
+                };
+                corrupt += 1;
+                let from = served
+                    .place
+                    .as_deref()
+                    .map_or(String::new(), |p| format!(" from {p}"));
+                tracing::warn!(shard = %sid, "shard{from} refused: {why}");
+                detail = format!(", last failure: shard {sid}{from}: {why}");
+                // Where the source said who served them, ask it again around that place.
+                match served.place {
+                    Some(p) if avoid.len() < RETRIES_MAX => {
+                        self.stats.bad_place(&p);
+                        avoid.push(p);
+                        got = self.source.get_shard_avoiding(&sid, &avoid);
                     }
-                },
-                Err(ShardError::Missing { .. }) => {
-                    missing += 1;
-                    tracing::debug!(shard = %sid, "shard is missing");
-                }
-                Err(e) => {
-                    corrupt += 1;
-                    tracing::debug!(shard = %sid, error = %e, "shard cannot be read");
-                    detail = format!(", last failure: {e}");
+                    Some(p) => {
+                        self.stats.bad_place(&p);
+                        break;
+                    }
+                    None => break,
                 }
             }
             i += 1;
@@ -299,6 +360,10 @@ impl<'a> ChunkReader<'a> {
             .fetch_add(corrupt as u64, Ordering::Relaxed);
         let Some(h) = header.filter(|h| found >= usize::from(h.k)) else {
             let k = header.map_or(0, |h| usize::from(h.k));
+            let bad = self.stats.bad_places();
+            if !bad.is_empty() {
+                detail.push_str(&format!("; refused bytes served by {}", bad.join(", ")));
+            }
             return Err(VaultError::NotEnoughShards {
                 chunk: *id,
                 found,
@@ -334,7 +399,9 @@ impl<'a> ChunkReader<'a> {
                 chunk: *id,
                 index: i as u8,
             }) {
-                Ok(b) if decode_shard(&b).is_ok() => return Ok(true),
+                Ok(b) if verify_shard(&b, self.keys.shard_mac_key()).is_ok_and(|r| r.is_ok()) => {
+                    return Ok(true)
+                }
                 Ok(_) | Err(ShardError::Missing { .. }) => {}
                 Err(e) => return Err(e.into()),
             }

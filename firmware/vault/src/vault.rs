@@ -56,6 +56,9 @@ pub struct Vault {
     pub(crate) source: Arc<dyn ShardSource>,
     /// Worker threads for puts (0 = all work on the calling thread).
     pub(crate) workers: usize,
+    /// Places (partners) that served shards failing the owner's check since it was opened,
+    /// shared by all its readers (trees, files, restores).
+    pub(crate) bad_places: crate::store::BadPlaces,
     /// Held while the vault is open.
     _lock: File,
 }
@@ -90,6 +93,8 @@ pub struct GetReport {
     pub shards_missing: u64,
     /// Shards found corrupt or unreadable on the way.
     pub shards_corrupt: u64,
+    /// Places (partners) that served shards failing the owner's check: forged or altered.
+    pub bad_places: Vec<String>,
 }
 
 fn default_workers() -> usize {
@@ -234,6 +239,7 @@ impl Vault {
             sink,
             source,
             workers: default_workers(),
+            bad_places: Default::default(),
             _lock: lock,
         })
     }
@@ -263,6 +269,7 @@ impl Vault {
             sink,
             source,
             workers: default_workers(),
+            bad_places: Default::default(),
             _lock: lock,
         })
     }
@@ -388,6 +395,7 @@ impl Vault {
     pub(crate) fn reader(&self) -> ChunkReader<'_> {
         ChunkReader::new(&self.keys, self.source.as_ref(), Some(self.config.n))
             .with_prefetch(self.config.k)
+            .with_bad_places(self.bad_places.clone())
     }
 
     /// The root record of snapshot `seq`.
@@ -695,6 +703,8 @@ impl Vault {
         progress.finish();
         report.shards_missing = reader.stats.missing.load(Ordering::Relaxed);
         report.shards_corrupt = reader.stats.corrupt.load(Ordering::Relaxed);
+        // Shared with the tree's reader: its forgeries are named too.
+        report.bad_places = reader.stats.bad_places();
         Ok(report)
     }
 }

@@ -1,7 +1,7 @@
 //! Property tests of the shard codec and decoder: the bodies of the fuzz targets run here on
 //! seeded random and mutated inputs (CI runs the fuzzers only briefly).
 
-use cairn_vault::shard::{decode_shard, Codec, ShardFormatError};
+use cairn_vault::shard::{decode_shard, Authority, Codec, ShardFormatError};
 use cairn_vault::{AeadKind, ChunkId};
 use proptest::prelude::*;
 
@@ -16,6 +16,7 @@ fn shards(k: usize, n: usize, sealed: &[u8]) -> Vec<Vec<u8>> {
             &mut s,
             &mut p,
             &mut f,
+            Authority::Owner(&[4; 32]),
             |_, b| {
                 out.push(b.to_vec());
                 Ok(())

@@ -29,6 +29,20 @@ pub struct Args {
 }
 
 /// The node's commands.
+/// Test builds only (feature `test-fixtures`): a holder that misbehaves on purpose.
+#[cfg(feature = "test-fixtures")]
+#[derive(clap::Args, Debug)]
+pub struct HostileArgs {
+    /// Misbehave as a holder, for tests of audits and restores (`wrong-bytes`, `forge`).
+    #[arg(long, hide = true)]
+    hostile: Option<String>,
+}
+
+/// The product has no fault switch: nothing to parse.
+#[cfg(not(feature = "test-fixtures"))]
+#[derive(clap::Args, Debug)]
+pub struct HostileArgs {}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node (on a plug, the `node` service does this).
@@ -72,9 +86,8 @@ pub enum Command {
         /// RAM for frames in flight (the largest part of the node's memory).
         #[arg(long, default_value = "24M", value_parser = parse_size)]
         frame_budget: u64,
-        /// Misbehave as a holder, for tests of audits (`wrong-bytes`).
-        #[arg(long, hide = true)]
-        hostile: Option<String>,
+        #[command(flatten)]
+        hostile: HostileArgs,
     },
     /// Show the node's peer id, partners, books and redundancy.
     Status {
@@ -180,10 +193,15 @@ pub fn run(args: Args) -> Result<()> {
             cfg.grace = Duration::from_secs(grace);
             cfg.lease = Duration::from_secs(lease_days.max(1) * 24 * 3600);
             cfg.limits.frame_budget = usize::try_from(frame_budget).unwrap_or(usize::MAX);
-            if hostile.as_deref().is_some_and(|h| h != "wrong-bytes") {
-                bail!("--hostile: only `wrong-bytes` is known");
+            #[cfg(feature = "test-fixtures")]
+            {
+                cfg.hostile = hostile
+                    .hostile
+                    .map(|h| h.parse().map_err(|e| anyhow::anyhow!("--hostile: {e}")))
+                    .transpose()?;
             }
-            cfg.hostile = hostile;
+            #[cfg(not(feature = "test-fixtures"))]
+            let HostileArgs {} = hostile;
             cairn_node::node::run(cfg, super::notify_ready)
         }
         Command::Status { json } => {

@@ -405,6 +405,14 @@ fn report_get(out: &mut dyn Write, r: &GetReport, dest: &Path) -> anyhow::Result
             r.shards_missing, r.shards_corrupt
         )?;
     }
+    if !r.bad_places.is_empty() {
+        writeln!(
+            out,
+            "warning: forged or altered shards were served by {}: the vault refused them and \
+             read the others",
+            r.bad_places.join(", ")
+        )?;
+    }
     Ok(())
 }
 

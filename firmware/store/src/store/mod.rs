@@ -584,6 +584,12 @@ impl Store {
         self.merge_runs(false)
     }
 
+    /// Every owner the store has known (some may hold nothing any more), in the order first
+    /// seen: what a sweep over all owners' shards walks.
+    pub fn owners(&self) -> Vec<OwnerId> {
+        self.read_index().owners.clone()
+    }
+
     /// Current counters.
     pub fn stats(&self) -> Stats {
         let idx = self.read_index();
