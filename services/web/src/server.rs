@@ -814,6 +814,45 @@ async fn files_page(app: &Arc<App>, req: &Request<Incoming>, csrf: &str) -> Resp
     html(status, pages::files(&listing, csrf))
 }
 
+/// What a download's reader says once it has found what was asked (a file's size).
+type Found<T> = Box<dyn FnOnce(T) + Send>;
+
+/// A download from the vault: `send` runs on a blocking thread that keeps the vault for the
+/// whole download (other file requests wait for it); it first finds what was asked and says so
+/// through its `Found` (before anything is sent, so that a missing file is a page, not a broken
+/// body), then writes the bytes into the channel ([`files::DOWNLOAD_QUEUE`] pieces). Returns
+/// what was found and the response body, or why nothing was.
+async fn stream_from_vault<T: Send + 'static>(
+    app: &Arc<App>,
+    send: impl FnOnce(
+            &mut cairn_vault::Vault,
+            Found<T>,
+            &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+        ) -> Result<()>
+        + Send
+        + 'static,
+) -> std::result::Result<(T, files::Streamed), String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(files::DOWNLOAD_QUEUE);
+    let (found_tx, found_rx) = tokio::sync::oneshot::channel();
+    let vault = app.vault.clone();
+    let reading = tokio::task::spawn_blocking(move || {
+        let Some(vault) = vault else {
+            return Err(anyhow!("this device keeps no vault"));
+        };
+        let found: Found<T> = Box::new(move |t| {
+            let _ = found_tx.send(t);
+        });
+        vault.with_unlocked(|v| send(v, found, &tx))
+    });
+    match found_rx.await {
+        Ok(t) => Ok((t, files::Streamed(rx))),
+        Err(_) => Err(match reading.await {
+            Ok(Err(e)) => format!("{e:#}"),
+            _ => "it could not be read".to_string(),
+        }),
+    }
+}
+
 /// `GET /admin/files/get?path=…&snap=…`: the file, streamed as it is read from the vault.
 async fn download(app: &Arc<App>, req: &Request<Incoming>) -> Response<Body> {
     let q = query(req);
@@ -822,40 +861,15 @@ async fn download(app: &Arc<App>, req: &Request<Incoming>) -> Response<Body> {
         Err(e) => return files_message(&format!("{e:#}"), StatusCode::BAD_REQUEST),
     };
     let snap = snapshot_of(&q);
-    let (tx, rx) = tokio::sync::mpsc::channel(files::DOWNLOAD_QUEUE);
-    let (size_tx, size_rx) = tokio::sync::oneshot::channel();
-    let vault = app.vault.clone();
     let p = path.clone();
-    // The reader lives on a blocking thread for the whole download (the vault is shared: other
-    // file requests wait for it).
-    let reading = tokio::task::spawn_blocking(move || {
-        let Some(vault) = vault else {
-            return Err(anyhow!("this device keeps no vault"));
+    let (size, body) =
+        match stream_from_vault(app, move |v, found, tx| files::send(v, snap, &p, found, tx)).await
+        {
+            Ok(found) => found,
+            Err(why) => return files_message(&why, StatusCode::NOT_FOUND),
         };
-        vault.with_unlocked(|v| {
-            files::send(
-                v,
-                snap,
-                &p,
-                |size| {
-                    let _ = size_tx.send(size);
-                },
-                &tx,
-            )
-        })
-    });
-    let size = match size_rx.await {
-        Ok(size) => size,
-        Err(_) => {
-            let why = match reading.await {
-                Ok(Err(e)) => format!("{e:#}"),
-                _ => "the file could not be read".to_string(),
-            };
-            return files_message(&why, StatusCode::NOT_FOUND);
-        }
-    };
     let name = path.rsplit('/').next().unwrap_or("file");
-    let mut r = Response::new(Either::Right(files::Streamed(rx)));
+    let mut r = Response::new(Either::Right(body));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -1015,29 +1029,18 @@ async fn download_zip(app: &Arc<App>, req: &Request<Incoming>) -> Response<Body>
         Err(e) => return files_message(&format!("{e:#}"), StatusCode::BAD_REQUEST),
     };
     let snap = snapshot_of(&q);
-    let (tx, rx) = tokio::sync::mpsc::channel(files::DOWNLOAD_QUEUE);
-    let (found_tx, found_rx) = tokio::sync::oneshot::channel();
-    let vault = app.vault.clone();
     let d = dir.clone();
-    // As a file's download: the vault stays with this blocking thread until the zip ends.
-    let reading = tokio::task::spawn_blocking(move || {
-        let Some(vault) = vault else {
-            return Err(anyhow!("this device keeps no vault"));
-        };
-        vault.with_unlocked(|v| {
-            let entries = files::folder(v, snap, &d)?;
-            let _ = found_tx.send(());
-            files::send_zip(v, &entries, &tx);
-            Ok(())
-        })
-    });
-    if found_rx.await.is_err() {
-        let why = match reading.await {
-            Ok(Err(e)) => format!("{e:#}"),
-            _ => "the folder could not be read".to_string(),
-        };
-        return files_message(&why, StatusCode::NOT_FOUND);
-    }
+    let ((), body) = match stream_from_vault(app, move |v, found, tx| {
+        let entries = files::folder(v, snap, &d)?;
+        found(());
+        files::send_zip(v, &entries, tx);
+        Ok(())
+    })
+    .await
+    {
+        Ok(found) => found,
+        Err(why) => return files_message(&why, StatusCode::NOT_FOUND),
+    };
     let name = match dir.rsplit('/').next() {
         Some(n) if !n.is_empty() => n.to_string(),
         _ => app
@@ -1046,7 +1049,7 @@ async fn download_zip(app: &Arc<App>, req: &Request<Incoming>) -> Response<Body>
             .as_ref()
             .map_or_else(|| "cairn".to_string(), |s| s.name.clone()),
     };
-    let mut r = Response::new(Either::Right(files::Streamed(rx)));
+    let mut r = Response::new(Either::Right(body));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
