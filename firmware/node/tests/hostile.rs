@@ -518,6 +518,14 @@ async fn deletes(peer: &mut Peer, key: ShardId) {
     );
 }
 
+/// `peer` deletes the node's last shard, `key`: the books of `payer` (who put it) and the
+/// node's use are empty again.
+async fn deletes_the_last(node: &Node, payer: PeerId, peer: &mut Peer, key: ShardId) {
+    deletes(peer, key).await;
+    assert_eq!(node.partner(&payer)["held_for_them"], json!(0));
+    assert_eq!(node.status()["used"], json!(0));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The cases.
 
@@ -976,9 +984,7 @@ fn a_partner_cannot_read_audit_renew_or_delete_another_owners_shard() {
 
         // Its owner still may.
         renews(&mut a, key).await;
-        deletes(&mut a, key).await;
-        assert_eq!(node.partner(&a.id())["held_for_them"], json!(0));
-        assert_eq!(node.status()["used"], json!(0));
+        deletes_the_last(&node, a.id(), &mut a, key).await;
     });
     node.stop();
 }
@@ -1180,9 +1186,7 @@ fn a_new_plug_of_the_same_owner_is_admitted_and_reads_what_the_old_one_stored() 
             &["no valid owner's statement"],
         );
         // Deleting through the new plug frees the old plug's books.
-        deletes(&mut new, key).await;
-        assert_eq!(node.partner(&old.id())["held_for_them"], json!(0));
-        assert_eq!(node.status()["used"], json!(0));
+        deletes_the_last(&node, old.id(), &mut new, key).await;
     });
     node.stop();
 }
@@ -1417,9 +1421,7 @@ fn a_partner_replacing_its_shard_with_a_smaller_one_is_booked_at_the_new_size() 
             "books still count the replaced shard's size"
         );
         assert_eq!(node.status()["used"], json!(small.len()));
-        deletes(&mut a, key).await;
-        assert_eq!(node.partner(&a.id())["held_for_them"], json!(0));
-        assert_eq!(node.status()["used"], json!(0));
+        deletes_the_last(&node, a.id(), &mut a, key).await;
     });
     node.stop();
 }
