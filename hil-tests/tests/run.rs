@@ -32,15 +32,19 @@ impl Drop for Group {
 fn scripts_run_boots_online_to_ready_and_powers_off_cleanly() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, xmpp) = (free(), free());
     let mut child = Command::new(root.join("scripts/run"))
         .current_dir(&root)
         .env("CAIRN_RUN_DIR", dir.path())
         .env("CAIRN_HTTPS_PORT", port.to_string())
+        .env("CAIRN_XMPP_PORT", xmpp.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -83,6 +87,28 @@ fn scripts_run_boots_online_to_ready_and_powers_off_cleanly() {
         "no DHCP lease: {lease}"
     );
     wait_for("cairn: ready");
+    // A Jabber client on this host reaches the device's Prosody through the forward.
+    let mut xmpp_stream = std::net::TcpStream::connect(("127.0.0.1", xmpp)).unwrap();
+    xmpp_stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut xmpp_stream,
+        b"<?xml version='1.0'?><stream:stream to='cairn.local' version='1.0' \
+          xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    )
+    .unwrap();
+    let mut opening = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&opening).contains("</stream:features>") && opening.len() < 8192
+    {
+        match std::io::Read::read(&mut xmpp_stream, &mut buf).unwrap() {
+            0 => break,
+            n => opening.extend_from_slice(&buf[..n]),
+        }
+    }
+    let opening = String::from_utf8_lossy(&opening);
+    assert!(opening.contains("from='cairn.local'"), "{opening}");
     // The QMP socket sits beside the disk; the power button powers the device off.
     assert!(dir.path().join("disk.img").is_file());
     assert!(dir.path().join("panel.sock").exists());

@@ -9,6 +9,7 @@
 
 pub mod cpio;
 pub mod kernel;
+pub mod system;
 pub mod uboot_env;
 
 use cairn_bsp::mbr::{self, SECTOR};
@@ -38,6 +39,8 @@ pub struct Inputs {
     pub kernel: PathBuf,
     /// Directories whose `*.toml` service manifests are bundled (later ones may add fixtures).
     pub services: Vec<PathBuf>,
+    /// The system layer (squashfs of pinned Debian packages), if the image carries one.
+    pub system: Option<PathBuf>,
     /// Extra kernel command-line words (test images use this).
     pub append: String,
     /// Size of the boot partition, in MiB.
@@ -64,6 +67,8 @@ pub struct Plan {
     pub boot_files: Vec<(String, Source)>,
     /// The initramfs (files given by source, resolved at execution).
     pub initramfs: Vec<(Entry, Option<PathBuf>)>,
+    /// The system layer, written raw to partition 3 (between boot and data on the disk).
+    pub system: Option<PathBuf>,
 }
 
 impl Plan {
@@ -87,8 +92,20 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
     );
     let boot_start = MIB / SECTOR;
     let boot_sectors = inputs.boot_mib * MIB / SECTOR;
-    let data_start = boot_start + boot_sectors;
-    let partitions = vec![
+    // The system layer sits between boot and data on the disk but is entry 3 in the MBR, so
+    // the data partition keeps its number and stays last on the disk, where it can grow.
+    let system_sectors = match &inputs.system {
+        Some(f) => {
+            let len = std::fs::metadata(f)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
+                .len();
+            len.div_ceil(MIB) * MIB / SECTOR
+        }
+        None => 0,
+    };
+    let system_start = boot_start + boot_sectors;
+    let data_start = system_start + system_sectors;
+    let mut partitions = vec![
         mbr::Partition {
             start: boot_start,
             sectors: boot_sectors,
@@ -102,6 +119,14 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
             bootable: false,
         },
     ];
+    if inputs.system.is_some() {
+        partitions.push(mbr::Partition {
+            start: system_start,
+            sectors: system_sectors,
+            kind: 0x83,
+            bootable: false,
+        });
+    }
     anyhow::ensure!(
         board.storage.data_partition == 2,
         "board {}: this layout puts the data partition at 2",
@@ -192,6 +217,15 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
             },
             None,
         ),
+        dir("/usr"),
+        (
+            // The system layer's libraries and dynamic loader, once it is mounted on /usr.
+            Entry::Symlink {
+                path: "/lib".into(),
+                target: "usr/lib".into(),
+            },
+            None,
+        ),
         text("/etc/passwd", "root:x:0:0:root:/data:/bin/false\n".into()),
         text("/etc/group", "root:x:0:\n".into()),
         text("/etc/hostname", format!("{}\n", board.hostname)),
@@ -204,6 +238,8 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            // The system layer's pins live beside the manifests but are not one.
+            .filter(|p| !p.ends_with(system::PINS))
             .collect();
         files.sort();
         for f in files {
@@ -227,6 +263,7 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
         partitions,
         boot_files,
         initramfs,
+        system: inputs.system.clone(),
     })
 }
 
@@ -350,7 +387,8 @@ fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
         let mut disk = std::fs::File::create(&tmp)?;
         disk.set_len(plan.total_bytes())?;
         disk.write_all(&mbr::encode(&plan.partitions, DISK_ID)?)?;
-        for (p, file) in plan.partitions.iter().zip([&fat, &ext4]) {
+        let files = [Some(&fat), Some(&ext4), plan.system.as_ref()];
+        for (p, file) in plan.partitions.iter().zip(files.into_iter().flatten()) {
             let bytes = read(file)?;
             anyhow::ensure!(
                 bytes.len() as u64 <= p.sectors * SECTOR,

@@ -48,6 +48,9 @@ enum Cmd {
         /// Directories of service manifests to bundle (repeatable).
         #[arg(long)]
         services: Vec<PathBuf>,
+        /// The system layer (a squashfs from `cairn-image system`), written to partition 3.
+        #[arg(long)]
+        system: Option<PathBuf>,
         /// Extra kernel command-line words.
         #[arg(long, default_value = "")]
         append: String,
@@ -60,6 +63,17 @@ enum Cmd {
         no_artifacts: bool,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Build (or find in the cache) the board's system layer; prints its path, and what each
+    /// package costs on stderr.
+    System {
+        board: String,
+        /// Cache directory (package lists, .debs, layers keyed by the hash of their pins).
+        #[arg(long)]
+        cache: PathBuf,
+        /// The pin file.
+        #[arg(long, default_value = "services/packages.toml")]
+        pins: PathBuf,
     },
     /// Write a u-boot environment flash bank for QEMU that boots without a countdown.
     UbootEnv {
@@ -102,6 +116,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cairn,
             kernel,
             services,
+            system,
             append,
             boot_mib,
             data_mib,
@@ -115,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cairn,
                 kernel,
                 services,
+                system,
                 append,
                 boot_mib,
                 data_mib,
@@ -131,6 +147,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out.display(),
                 plan.total_bytes() >> 20
             );
+        }
+        Cmd::System { board, cache, pins } => {
+            let (b, _) = load_board(&cli.boards, &board)?;
+            let pins = cairn_image::system::Pins::load(&pins)?;
+            let (layer, costs) =
+                cairn_image::system::build(&pins, cairn_image::system::debian_arch(&b)?, &cache)?;
+            let size = std::fs::metadata(&layer)?.len();
+            let unpacked: u64 = costs.iter().map(|c| c.bytes).sum();
+            for c in &costs {
+                eprintln!(
+                    "cairn-image: system layer: {:>8} KiB  {} {}",
+                    c.bytes >> 10,
+                    c.name,
+                    c.version
+                );
+            }
+            eprintln!(
+                "cairn-image: system layer: {} KiB unpacked, {} KiB as squashfs (xz)",
+                unpacked >> 10,
+                size >> 10
+            );
+            println!("{}", layer.display());
         }
         Cmd::UbootEnv { uboot, out } => {
             let bin = std::fs::read(&uboot).with_context(|| format!("{}", uboot.display()))?;

@@ -15,6 +15,7 @@ fn inputs(dir: &Path) -> Inputs {
         cairn: dir.join("cairn"),
         kernel: dir.join("Image"),
         services: vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../hil-tests/fixtures/services")],
+        system: None,
         append: "quiet".into(),
         boot_mib: 16,
         data_mib: 32,
@@ -41,6 +42,42 @@ fn same_inputs_same_bytes_and_the_expected_layout() {
     // extlinux.conf carries the board's command line plus the extra words.
     let text = String::from_utf8_lossy(&a);
     assert!(text.contains("append console=ttyAMA0 panic=-1 quiet"));
+}
+
+#[test]
+fn the_system_layer_lies_between_boot_and_data_as_partition_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = dir.path().join("layer.sqfs");
+    // 1.5 MiB of layer: its partition is rounded up to 2 MiB.
+    let mut bytes = b"hsqs".to_vec();
+    bytes.resize(3 << 19, 0x5a);
+    std::fs::write(&layer, &bytes).unwrap();
+    let mut i = inputs(dir.path());
+    i.system = Some(layer);
+    let p = plan(&i).unwrap();
+    let img = dir.path().join("s.img");
+    execute(&p, &img).unwrap();
+    let a = std::fs::read(img).unwrap();
+    assert_eq!(a.len() as u64, (1 + 16 + 2 + 32) << 20);
+    let entry = |n: usize| {
+        let e = &a[446 + 16 * (n - 1)..446 + 16 * n];
+        let start = u32::from_le_bytes(e[8..12].try_into().unwrap()) as usize * 512;
+        let len = u32::from_le_bytes(e[12..16].try_into().unwrap()) as usize * 512;
+        (start, len)
+    };
+    assert_eq!(
+        entry(3),
+        (17 << 20, 2 << 20),
+        "system: after boot, whole MiBs"
+    );
+    assert_eq!(
+        entry(2),
+        (19 << 20, 32 << 20),
+        "data: entry 2, last on the disk"
+    );
+    assert_eq!(&a[17 << 20..(17 << 20) + bytes.len()], &bytes[..]);
+    let sb = (19 << 20) + 1024;
+    assert_eq!(&a[sb + 56..sb + 58], &0xEF53u16.to_le_bytes());
 }
 
 #[test]

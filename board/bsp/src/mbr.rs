@@ -12,6 +12,9 @@ pub const SECTOR: u64 = 512;
 
 /// Primary partition entries in the table.
 pub const ENTRIES: u32 = 4;
+/// The system layer's entry (a squashfs of Debian packages) in images that carry one: placed
+/// between boot and data on the disk so that the data partition stays last and can grow.
+pub const SYSTEM_PARTITION: u32 = 3;
 
 /// Offset of entry 1 in sector 0; each entry is 16 bytes.
 const TABLE: usize = 446;

@@ -41,6 +41,8 @@ enum Command {
     Node(cmd::node::Args),
     /// The web service: the claim with the button, setup and the owner's dashboard, over HTTPS.
     Web(cmd::web::Args),
+    /// The Jabber service: writes Prosody's configuration, then runs Prosody.
+    Prosody(cmd::prosody::Args),
 }
 
 fn main() {
@@ -82,6 +84,7 @@ fn main() {
         Command::Vault(args) => cmd::vault::run(args),
         Command::Node(args) => cmd::node::run(args),
         Command::Web(args) => cmd::web::run(args),
+        Command::Prosody(args) => cmd::prosody::run(args),
     };
     exit_on_error(result);
 }

@@ -82,6 +82,9 @@ pub struct Manifest {
     /// Whether `/run/NAME` is made for the service at boot (mode 0750, its user and group):
     /// where it puts sockets that a group may reach, outside its private workdir.
     pub runtime_dir: bool,
+    /// Files the service cannot run without that only some images carry (the system layer's
+    /// programs): when one is missing the service is not started, and the log says why.
+    pub requires: Vec<PathBuf>,
     /// Working directory; `None` keeps `/`.
     pub workdir: Option<PathBuf>,
     /// Services that must be ready before this one starts.
@@ -144,6 +147,8 @@ struct RawManifest {
     groups: Vec<String>,
     #[serde(default)]
     runtime_dir: bool,
+    #[serde(default)]
+    requires: Vec<PathBuf>,
     workdir: Option<PathBuf>,
     #[serde(default)]
     depends_on: Vec<String>,
@@ -234,6 +239,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
         return Err(fail(
             field,
             "only a service with its own user needs it (root reaches everything)".into(),
+        ));
+    }
+    if let Some(r) = raw.requires.iter().find(|r| !r.is_absolute()) {
+        return Err(fail(
+            "requires",
+            format!("{} is not an absolute path", r.display()),
         ));
     }
     if let Some(w) = &raw.workdir {
@@ -327,6 +338,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
         group: raw.group,
         groups: raw.groups,
         runtime_dir: raw.runtime_dir,
+        requires: raw.requires,
         workdir: raw.workdir,
         depends_on: raw.depends_on,
         ready,
@@ -337,6 +349,16 @@ pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
         listen,
         control: raw.control,
     })
+}
+
+impl Manifest {
+    /// The first file in `requires` that is not there: the service cannot run in this image.
+    pub fn missing_requirement(&self) -> Option<&Path> {
+        self.requires
+            .iter()
+            .find(|p| !p.exists())
+            .map(PathBuf::as_path)
+    }
 }
 
 /// Loads every `*.toml` in `dir`, in name order; bad files become errors, the rest still load.
@@ -684,6 +706,38 @@ nofile = 1024
             errs[0].to_string().contains("bad.toml:3: field `foo`"),
             "{}",
             errs[0]
+        );
+    }
+
+    #[test]
+    fn a_service_whose_required_file_is_missing_says_which() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("lua5.4");
+        std::fs::write(&there, "").unwrap();
+        let text = format!(
+            "name = \"chat\"\nexec = [\"x\"]\nrequires = [{:?}, \"/usr/bin/nowhere\"]\n",
+            there.display().to_string()
+        );
+        let m = parse(Path::new("chat.toml"), &text).unwrap();
+        assert_eq!(m.missing_requirement(), Some(Path::new("/usr/bin/nowhere")));
+        let m = parse(
+            Path::new("chat.toml"),
+            &format!(
+                "name = \"chat\"\nexec = [\"x\"]\nrequires = [{:?}]\n",
+                there.display().to_string()
+            ),
+        )
+        .unwrap();
+        assert_eq!(m.missing_requirement(), None);
+        let e = parse(
+            Path::new("chat.toml"),
+            "name = \"chat\"\nexec = [\"x\"]\nrequires = [\"usr/bin/lua\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("requires") && e.contains("not an absolute path"),
+            "{e}"
         );
     }
 

@@ -193,10 +193,21 @@ pub fn run(cfg: RunConfig) -> Shutdown {
             }
         }
     };
-    let (manifests, errors) = manifest::load_dir(&cfg.services_dir);
+    let (mut manifests, errors) = manifest::load_dir(&cfg.services_dir);
     for e in &errors {
         tracing::error!("{e}");
     }
+    manifests.retain(|m| match m.missing_requirement() {
+        Some(p) => {
+            tracing::info!(
+                "{}: not started: this image has no {} (the system layer)",
+                m.name,
+                p.display()
+            );
+            false
+        }
+        None => true,
+    });
     for dir in [
         cfg.state_dir.join("logs"),
         cfg.socket_path

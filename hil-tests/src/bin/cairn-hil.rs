@@ -5,7 +5,8 @@
 //!
 //! The disk (`target/run/disk.img`, 2 GiB) is kept between runs like a real card; it is made
 //! anew from the image when the image is newer, or with `--fresh`. `CAIRN_RUN_DIR` and
-//! `CAIRN_HTTPS_PORT` move the run directory and the HTTPS port (tests use both).
+//! `CAIRN_HTTPS_PORT` move the run directory and the HTTPS port (tests use both);
+//! `CAIRN_XMPP_PORT` the host port forwarded to the device's Jabber (5222).
 
 use anyhow::Context;
 use cairn_hil::{command, image, Config, Console, Files};
@@ -38,6 +39,13 @@ fn run() -> anyhow::Result<()> {
             .with_context(|| format!("CAIRN_HTTPS_PORT={p} is not a port"))?,
         Err(_) => 8443,
     };
+    // Jabber clients on this host reach the device's Prosody here (its port 5222).
+    let xmpp: u16 = match std::env::var("CAIRN_XMPP_PORT") {
+        Ok(p) => p
+            .parse()
+            .with_context(|| format!("CAIRN_XMPP_PORT={p} is not a port"))?,
+        Err(_) => 5222,
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
     let img = image("cairn-qemu-virt.img")?;
     let files = Files::in_dir(&dir, dir.join("disk.img"));
@@ -58,12 +66,13 @@ fn run() -> anyhow::Result<()> {
     }
     let mut cfg = Config::new(img);
     cfg.https_port = Some(port);
+    cfg.tcp_forwards.push((xmpp, 5222));
     cfg.reboot = true;
     cfg.console = Console::Terminal;
     cfg.internet = true;
     let mut cmd = command(&cfg, &files)?;
     eprintln!(
-        "run: booting {} (quit: Ctrl-A X; front panel: scripts/panel {}; https://localhost:{port})",
+        "run: booting {} (quit: Ctrl-A X; front panel: scripts/panel {}; https://localhost:{port}; Jabber: localhost:{xmpp})",
         files.disk.display(),
         files.panel.display()
     );

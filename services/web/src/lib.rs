@@ -7,6 +7,7 @@
 //! [`Config`]; the command line is the `cairn web` role's. Memory: see the crate's README.
 
 pub mod auth;
+pub mod chat;
 pub mod claim;
 pub mod device;
 pub mod files;
@@ -14,8 +15,10 @@ pub mod form;
 pub mod mdns;
 pub mod owner_vault;
 pub mod pages;
+pub mod proxy;
 mod server;
 pub mod settings;
+pub mod share;
 pub mod site;
 pub mod storage;
 pub mod sysinfo;
@@ -50,6 +53,12 @@ pub struct Config {
     pub node: Option<Arc<dyn storage::Node>>,
     /// The owner's vault, made at setup (none: setup makes no vault, as on a test host).
     pub vault: Option<owner_vault::OwnerVault>,
+    /// Where the certificate and names for the bundled services go ([`share`]); none: nowhere.
+    pub share: Option<PathBuf>,
+    /// Jabber's admin socket (Prosody's); none: this device has no Jabber.
+    pub chat: Option<chat::Prosody>,
+    /// Services behind the HTTPS (Prosody's file sharing at `/file_share/`).
+    pub upstreams: Vec<proxy::Upstream>,
 }
 
 impl Config {
@@ -63,6 +72,9 @@ impl Config {
             kdf: Kdf::default(),
             wait_poll: WAIT_POLL_MAX,
             node: None,
+            share: None,
+            chat: None,
+            upstreams: Vec::new(),
             vault: None,
         }
     }

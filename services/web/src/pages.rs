@@ -246,6 +246,8 @@ pub enum Section {
     Files,
     /// `/admin/storage`: partners, pairing, invitations.
     Storage,
+    /// `/admin/chat`: the household's Jabber accounts.
+    Chat,
     /// `/admin/system` and each service's log.
     System,
 }
@@ -258,9 +260,77 @@ fn nav(current: Section) -> Markup {
             a href="/admin/" aria-current=[here(Section::Dashboard)] { "Dashboard" }
             a href="/admin/files" aria-current=[here(Section::Files)] { "Files" }
             a href="/admin/storage" aria-current=[here(Section::Storage)] { "Storage" }
+            a href="/admin/chat" aria-current=[here(Section::Chat)] { "Chat" }
             a href="/admin/system" aria-current=[here(Section::System)] { "System" }
         }
     }
+}
+
+/// The Chat page: each account's address and `xmpp:` link, a new password for it, its removal;
+/// a form for a new one. `note`: what the last change did.
+pub fn chat(
+    domain: &str,
+    accounts: &Result<Vec<String>, String>,
+    csrf: &str,
+    note: Option<&str>,
+) -> Markup {
+    layout(
+        "Chat",
+        html! {
+            (nav(Section::Chat))
+            h1 { "Chat" }
+            p {
+                "Jabber (XMPP) accounts for your household at " code { (domain) }
+                ". Sign in from any Jabber app (Conversations, Monal, Gajim, Dino) with the address and password."
+            }
+            @if let Some(n) = note { p #chat-note role="status" { (n) } }
+            @if accounts.as_ref().is_ok_and(|l| l.iter().any(|j| j.starts_with("owner@"))) {
+                p {
+                    code { "owner@" (domain) } " is yours, made at setup: give it a password below to sign in with it (your passphrase stays for this page only)."
+                }
+            }
+            @match accounts {
+                Ok(list) if list.is_empty() => p #accounts { "No accounts yet." },
+                Ok(list) => table #accounts {
+                    thead { tr { th { "Address" } th { "New password" } th {} } }
+                    tbody {
+                        @for jid in list {
+                            @let name = jid.split('@').next().unwrap_or("");
+                            tr {
+                                td { a href=(format!("xmpp:{jid}")) { (jid) } }
+                                td {
+                                    form method="post" action="/admin/chat/password" {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        input type="hidden" name="name" value=(name);
+                                        input type="password" name="password" autocomplete="new-password" aria-label=(format!("New password for {jid}"));
+                                        button.small type="submit" { "Set" }
+                                    }
+                                }
+                                td {
+                                    details {
+                                        summary { "Remove…" }
+                                        form method="post" action="/admin/chat/remove" {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            input type="hidden" name="name" value=(name);
+                                            button.small type="submit" { "Remove, with its messages" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+                Err(e) => p.error #accounts { (e) },
+            }
+            h2 { "New account" }
+            form #new-account method="post" action="/admin/chat/add" {
+                input type="hidden" name="csrf" value=(csrf);
+                label { "Name " input type="text" name="name" autocomplete="off" placeholder="alex"; }
+                label { "Password " input type="password" name="password" autocomplete="new-password"; }
+                button type="submit" { "Add" }
+            }
+        },
+    )
 }
 
 /// A service's restart button. `back`: the page the result leads back to (the server knows

@@ -34,6 +34,7 @@ use crate::owner_vault::{self, OwnerVault};
 use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
 use crate::settings::{self, verify_passphrase, Kdf, Settings};
 use crate::storage::{self, Node};
+use crate::{chat, proxy, share};
 use crate::{files, site, sysinfo, tls, Config, Started};
 
 /// A page (whole) or a download (streamed from the vault).
@@ -48,6 +49,12 @@ struct App {
     device: Arc<dyn Device>,
     node: Option<Arc<dyn Node>>,
     vault: Option<OwnerVault>,
+    /// Where the bundled services find the certificate and names.
+    share: Option<PathBuf>,
+    /// Jabber's admin socket.
+    chat: Option<chat::Prosody>,
+    /// Services behind the HTTPS, by path prefix.
+    upstreams: Vec<proxy::Upstream>,
     state: Mutex<State>,
     /// Bumped whenever a waiter's outcome is decided.
     decided: watch::Sender<u64>,
@@ -113,6 +120,9 @@ pub(crate) async fn serve(
         device,
         node: config.node,
         vault: config.vault,
+        share: config.share,
+        chat: config.chat,
+        upstreams: config.upstreams,
         state: Mutex::new(State {
             settings,
             ..State::default()
@@ -123,6 +133,12 @@ pub(crate) async fn serve(
         settings_write: tokio::sync::Mutex::new(()),
         stopping: watch::channel(false).0,
     });
+    if let Some(dir) = &app.share {
+        let settings = app.state().settings.clone();
+        if let Err(e) = share::publish(dir, &app.data_dir, settings.as_ref()) {
+            tracing::warn!("the bundled services get no certificate: {e:#}");
+        }
+    }
     // Said before ready, so the console shows where to go before `cairn: ready`.
     tracing::info!("{announcement}");
     let said = announcement.clone();
@@ -431,7 +447,25 @@ impl App {
         let dir = self.data_dir.clone();
         let s = settings.clone();
         tokio::task::spawn_blocking(move || s.save(&dir)).await??;
-        self.state().settings = Some(settings);
+        self.state().settings = Some(settings.clone());
+        if let Some(share) = self.share.clone() {
+            // The services' domain may have changed: they read it when they start.
+            let data_dir = self.data_dir.clone();
+            let published = tokio::task::spawn_blocking(move || {
+                share::publish(&share, &data_dir, Some(&settings))
+            })
+            .await?;
+            match published {
+                Ok(()) => {
+                    for service in share::SERVICES {
+                        if let Err(e) = self.call(move |d| d.restart(service)).await {
+                            tracing::info!("{service} not restarted: {e:#}");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("the bundled services keep their old names: {e:#}"),
+            }
+        }
         Ok(())
     }
 
@@ -522,6 +556,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
     let post = method == Method::POST;
     let put = method == Method::PUT;
     let path = req.uri().path().to_string();
+    // A bundled service's own URLs (an upload slot is its own capability; no session).
+    if let Some(up) = app.upstreams.iter().find(|u| path.starts_with(u.prefix)) {
+        return proxied(up, req).await;
+    }
     if (post || put) && cross_site(&req) {
         return html(
             StatusCode::FORBIDDEN,
@@ -565,6 +603,32 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
     }
 }
 
+/// A request for a bundled service, passed on; a refusal or an unreachable service in one line.
+async fn proxied(up: &proxy::Upstream, req: Request<Incoming>) -> Response<Body> {
+    let refusal = |status: StatusCode, text: String| {
+        let mut r = Response::new(Either::Right(proxy::body_of(&text)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if let Some((status, why)) = proxy::precheck(up, &req) {
+        return refusal(status, why);
+    }
+    match proxy::forward(up, req).await {
+        Ok(resp) => resp.map(Either::Right),
+        Err(e) => {
+            tracing::warn!("{}: {e:#}", up.prefix);
+            refusal(
+                StatusCode::BAD_GATEWAY,
+                format!("the service behind {} is not answering", up.prefix),
+            )
+        }
+    }
+}
+
 /// The owner's pages, behind a session (and its CSRF token for every change).
 async fn admin(
     app: &Arc<App>,
@@ -601,6 +665,7 @@ async fn admin(
             "/admin/" => dashboard(app, &csrf).await,
             "/admin/system" => system(app, &csrf).await,
             "/admin/storage" => storage_page(app, &csrf).await,
+            "/admin/chat" => chat_page(app, &csrf, None).await,
             "/admin/api/storage" => storage_api(app).await,
             "/admin/logs" | "/admin/logs/" => redirect("/admin/system"),
             p if p.starts_with(LOGS_PREFIX) => logs(app, &p[LOGS_PREFIX.len()..], &csrf).await,
@@ -706,6 +771,9 @@ async fn admin(
         "/admin/reset" => factory_reset(app, &form, client).await,
         "/admin/recovery/show" => show_recovery(app, &session, &form, &csrf, client).await,
         "/admin/recovery/confirm" => confirm_recovery(app, &session, &form, &csrf).await,
+        "/admin/chat/add" | "/admin/chat/password" | "/admin/chat/remove" => {
+            chat_change(app, &path, &form, &csrf).await
+        }
         "/admin/storage/pair" => match app.call(|d| d.pair()).await {
             Ok(_) => redirect("/admin/storage"),
             Err(e) => storage_message("Pairing", &format!("{e:#}"), StatusCode::CONFLICT),
@@ -1338,6 +1406,118 @@ fn storage_message(title: &str, text: &str, status: StatusCode) -> Response<Body
 }
 
 /// `GET /admin/storage`: the node's figures and partners, pairing and invitations.
+/// The domain Jabber accounts are in (as the services read it from [`share`]).
+fn chat_domain(app: &App) -> String {
+    let st = app.state();
+    share::Site {
+        name: st.settings.as_ref().map(|s| s.name.clone()),
+        domain: st.settings.as_ref().and_then(|s| s.domain.clone()),
+    }
+    .service_domain()
+}
+
+/// After setup: `owner@DOMAIN`, with a random password nobody knows until the owner sets one
+/// on the Chat page (the passphrase guards the vault: it never goes to a phone). Jabber is
+/// restarting for the new name meanwhile, so this waits for it (two minutes at most).
+fn make_owner_account(app: Arc<App>) {
+    let Some(prosody) = app.chat.clone() else {
+        return;
+    };
+    let domain = chat_domain(&app);
+    tokio::task::spawn_blocking(move || {
+        let mut secret = [0u8; 24];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).is_err() {
+            return;
+        }
+        let password = hex::encode(secret);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            // A restart may still be stopping the old Prosody: ask the one that answers last.
+            std::thread::sleep(Duration::from_secs(2));
+            match prosody.create(chat::OWNER, &domain, &password) {
+                Ok(()) => {
+                    tracing::info!("Jabber: made {}@{domain}", chat::OWNER);
+                    return;
+                }
+                Err(e) if e.to_string().contains("exists already") => return,
+                Err(e) => last = format!("{e:#}"),
+            }
+        }
+        tracing::warn!("Jabber: {}@{domain} not made: {last}", chat::OWNER);
+    });
+}
+
+/// `GET /admin/chat`: the household's Jabber accounts.
+async fn chat_page(app: &Arc<App>, csrf: &str, note: Option<(&str, bool)>) -> Response<Body> {
+    let domain = chat_domain(app);
+    let accounts = match app.chat.clone() {
+        None => Err("This device has no Jabber (its image carries no Prosody).".to_string()),
+        Some(p) => {
+            let d = domain.clone();
+            tokio::task::spawn_blocking(move || p.accounts(&d))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| format!("{e:#}")))
+        }
+    };
+    let status = if note.is_some_and(|(_, ok)| !ok) {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    html(
+        status,
+        pages::chat(&domain, &accounts, csrf, note.map(|(t, _)| t)),
+    )
+}
+
+/// `POST /admin/chat/{add,password,remove}`: one change, then the page again with what happened.
+async fn chat_change(app: &Arc<App>, path: &str, form: &Form, csrf: &str) -> Response<Body> {
+    let Some(prosody) = app.chat.clone() else {
+        return chat_page(app, csrf, Some(("This device has no Jabber.", false))).await;
+    };
+    let name = match chat::clean_name(form.get("name")) {
+        Ok(n) => n,
+        Err(why) => {
+            return chat_page(app, csrf, Some((&format!("Account name: {why}."), false))).await
+        }
+    };
+    let password = form.get("password").to_string();
+    if path != "/admin/chat/remove" {
+        if let Err(why) = chat::check_password(&password) {
+            return chat_page(app, csrf, Some((&format!("Password: {why}."), false))).await;
+        }
+    }
+    let domain = chat_domain(app);
+    let (p, n, d, action) = (
+        path.to_string(),
+        name.clone(),
+        domain.clone(),
+        path.to_string(),
+    );
+    let done = tokio::task::spawn_blocking(move || match p.as_str() {
+        "/admin/chat/add" => prosody.create(&n, &d, &password),
+        "/admin/chat/password" => prosody.set_password(&n, &d, &password),
+        _ => prosody.delete(&n, &d),
+    })
+    .await
+    .map_err(|e| anyhow!("{e}"))
+    .and_then(|r| r);
+    let jid = format!("{name}@{domain}");
+    match done {
+        Ok(()) => {
+            let text = match action.as_str() {
+                "/admin/chat/add" => format!("{jid} is ready: sign in to it from any Jabber app."),
+                "/admin/chat/password" => format!("{jid} has a new password."),
+                _ => format!("{jid} is removed, with its contacts and messages."),
+            };
+            chat_page(app, csrf, Some((&text, true))).await
+        }
+        Err(e) => chat_page(app, csrf, Some((&format!("{jid}: {e:#}"), false))).await,
+    }
+}
+
 async fn storage_page(app: &Arc<App>, csrf: &str) -> Response<Body> {
     let status = app
         .call_node(|n| storage::status(n))
@@ -1697,6 +1877,7 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
     };
     app.state().claims.finish();
     apply_offer(app.clone(), offer.unwrap_or(0)).await;
+    make_owner_account(app.clone());
     let (session_cookie, session) = app.log_in_session();
     let page = match key {
         Some(key) => {

@@ -33,6 +33,17 @@ pub struct Args {
     /// The storage node's control socket (its figures, partners, invitations, the vault).
     #[arg(long, value_name = "SOCKET", default_value = crate::sys::paths::NODE_SOCKET)]
     pub node: PathBuf,
+    /// Where to leave the device's certificate and names for the bundled services (Prosody),
+    /// readable by the group `web`; on a plug its runtime directory.
+    #[arg(long, value_name = "DIR")]
+    pub share: Option<PathBuf>,
+    /// Jabber's admin socket (Prosody's, group prosody): the Chat page's accounts.
+    #[arg(long, value_name = "SOCKET")]
+    pub chat: Option<PathBuf>,
+    /// Where Prosody serves its HTTP file sharing (XEP-0363) on loopback: passed on at
+    /// `/file_share/`, so files travel over this HTTPS.
+    #[arg(long, value_name = "ADDR")]
+    pub file_share: Option<SocketAddr>,
     /// Address to listen on when PID 1 passes no socket ($CAIRN_LISTEN_FDS), e.g. 0.0.0.0:8443.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -64,6 +75,17 @@ pub fn run(args: Args) -> Result<()> {
         open: Arc::default(),
     });
     config.node = Some(Arc::new(NodeSocket(args.node)));
+    config.share = args.share;
+    config.chat = args.chat.map(|socket| cairn_web::chat::Prosody { socket });
+    config.upstreams = args
+        .file_share
+        .map(|addr| cairn_web::proxy::Upstream {
+            addr,
+            prefix: "/file_share/",
+            body_bytes_max: super::prosody::FILE_SHARE_BYTES_MAX,
+        })
+        .into_iter()
+        .collect();
     let device = Arc::new(cairn_web::ControlSocket(args.control));
     // Held while the web runs; without it the web still serves, by address.
     let _mdns = mdns(device.clone());
@@ -236,8 +258,19 @@ mod tests {
         assert_eq!((m.name.as_str(), m.user.as_deref()), ("web", Some("web")));
         assert_eq!(m.limits.memory_bytes, Some(48 << 20));
         assert_eq!(m.listen, [443]);
-        // In the node's group, to reach its socket in /run/node.
-        assert_eq!(m.groups, ["node"]);
+        // In the node's group, to reach its socket in /run/node, and in Prosody's, to reach
+        // its admin socket; the certificate for Prosody goes to its own runtime directory.
+        assert_eq!(m.groups, ["node", "prosody"]);
+        assert!(m.runtime_dir);
+        assert!(text.contains("\"--share\", \"/run/web\""));
+        assert!(text.contains(&format!(
+            "\"--file-share\", \"127.0.0.1:{}\"",
+            super::super::prosody::HTTP_PORT
+        )));
+        assert!(text.contains(&format!(
+            "\"--chat\", \"/run/prosody/{}\"",
+            super::super::prosody::ADMIN_SOCKET
+        )));
         // Every request the web makes of PID 1 is in its list (and nothing the web cannot use).
         for cmd in [
             "status", "board", "claim", "refuse", "claimed", "say", "pair", "reset", "restart",

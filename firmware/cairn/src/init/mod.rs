@@ -14,6 +14,7 @@ mod mounts;
 mod net;
 mod power_button;
 mod stage2;
+mod system;
 mod workdirs;
 
 use cairn_bsp::ui::Health;
@@ -231,6 +232,11 @@ fn stage1(board: Option<&Board>) {
                 }
             }
             Err(e) => log!("error: data partition: {e:#}; running without persistent state"),
+        }
+        // Before the services start: some run programs from it.
+        match system::mount_layer(&board.storage, Path::new("/usr")) {
+            Ok(report) => log!("{report}"),
+            Err(e) => log!("error: system layer: {e:#}; its services will not start"),
         }
         if let Some(line) = &board.power_button {
             power_button::watch(line.clone());

@@ -57,6 +57,7 @@ fn svc(name: &str) -> Manifest {
         group: None,
         groups: vec![],
         runtime_dir: false,
+        requires: Vec::new(),
         workdir: None,
         depends_on: vec![],
         ready: Readiness::None,
