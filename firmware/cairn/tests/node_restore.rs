@@ -15,8 +15,13 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use cairn_node::control::Client;
+use cairn_node::records::hex;
 use cairn_node::testnet::{random_file, same_file, Node, Transport, Vault};
-use serde_json::Value;
+use cairn_vault::seal::AeadKind;
+use cairn_vault::shard::{encode_shard, ShardAuth, ShardHeader};
+use cairn_vault::ChunkId;
+use serde_json::{json, Value};
 
 /// Data stored, in MiB, unless `CAIRN_RESTORE_TEST_MIB` says otherwise.
 const MIB_DEFAULT: usize = 256;
@@ -250,6 +255,53 @@ fn restore(forger: bool) {
     }
     // (Each refusal halves the copy's view of a partner's score: it stops asking partners it
     // then counts as gone, so not every shard is challenged.)
+    // A read of the snapshot's root record and a put of one of its shards (as the fresh plug
+    // reads it) through the copy: refused by the holders, the reason passed on.
+    let keys = cairn_vault::OwnerSecret::from_recovery_key(&key)
+        .unwrap()
+        .keys();
+    let owner = hex(&keys.owner_key().public());
+    let get = json!({"op": "get_shard", "owner": owner, "chunk": hex(&keys.head_id(1).0),
+        "index": 0});
+    let (got, _) = Client::connect(&fresh.sock())
+        .unwrap()
+        .call(get.clone(), &[])
+        .unwrap();
+    assert_eq!(got["ok"], true, "{got}");
+    let refused = Client::connect(&copy.sock()).unwrap().call(get, &[]);
+    let e = refused.expect_err("the copy read a shard").to_string();
+    assert!(
+        e.contains("is superseded by epoch") && e.contains(&fresh.peer()),
+        "{e}"
+    );
+    // A put of a new chunk's shard through the copy: no holder takes it (the copy keeps it,
+    // unprotected) and none books anything to the old plug.
+    let h = ShardHeader {
+        aead: AeadKind::ChaCha20Poly1305,
+        k: 2,
+        n: 4,
+        index: 0,
+        sealed_len: 8192,
+        chunk: ChunkId([0x7a; 32]),
+    };
+    let auth = ShardAuth::new(&[0; 32], &h.chunk, vec![[0; 32]; 4]);
+    let mut new_shard = Vec::new();
+    encode_shard(&h, &[0x42; 4096], &auth, &mut new_shard);
+    let mut c = Client::connect(&copy.sock()).unwrap();
+    let (put, _) = c
+        .call(json!({"op": "put_shard", "owner": owner}), &new_shard)
+        .unwrap();
+    assert_eq!(put["accepted"], true, "{put}");
+    c.call(json!({"op": "flush"}), &[]).unwrap();
+    assert_eq!(
+        n(&copy.status()["chunks"]["held_here"]),
+        1,
+        "{}",
+        copy.status()
+    );
+    for h in &holders {
+        assert_eq!(held_for(h, &old_peer), 0, "{}", h.status());
+    }
     let a = json(&copy.ctl(&["audit"]));
     assert!(n(&a["checked"]) >= 6, "{a}");
     assert_eq!(n(&a["passed"]), 0, "{a}");

@@ -560,11 +560,11 @@ impl Shared {
                 }
                 Some(c) => {
                     return Err(format!(
-                        "{peer}'s statement of owner {} (epoch {}) is superseded: the owner's                          current plug is {} (epoch {})",
+                        "{peer}'s statement of owner {} (epoch {}) is superseded by epoch {} for plug {}",
                         &owner[..16],
                         auth.epoch,
-                        c.peer,
-                        c.epoch
+                        c.epoch,
+                        c.peer
                     ))
                 }
                 None => {

@@ -1246,9 +1246,8 @@ fn a_newer_statement_supersedes_the_old_plugs_copy_and_takes_over_its_books() {
         };
         let s1 = vault_shard(chunk, 1, 8 << 10, "by the copy");
         let superseded = [
-            "superseded",
-            "epoch 10",
-            "current plug is",
+            "superseded by epoch 11",
+            "(epoch 10)",
             &new.id().to_string(),
         ];
         for msg in [
@@ -1267,10 +1266,18 @@ fn a_newer_statement_supersedes_the_old_plugs_copy_and_takes_over_its_books() {
         // epoch for another plug (the owner signs one plug per epoch).
         let mut stale = Peer::connect_at(&node, &owner, 10).await;
         let answer = stale.ask(Msg::Get { shard: kept }).await;
-        assert_refused(&answer, ErrorCode::BadRequest, &["superseded", "epoch 10"]);
+        assert_refused(
+            &answer,
+            ErrorCode::BadRequest,
+            &["(epoch 10) is superseded"],
+        );
         let mut twin = Peer::connect_at(&node, &owner, 11).await;
         let answer = twin.ask(Msg::Get { shard: kept }).await;
-        assert_refused(&answer, ErrorCode::BadRequest, &["superseded", "epoch 11"]);
+        assert_refused(
+            &answer,
+            ErrorCode::BadRequest,
+            &["(epoch 11) is superseded"],
+        );
 
         // The new plug works: it reads, audits and stores.
         assert_eq!(
