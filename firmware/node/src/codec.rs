@@ -311,6 +311,7 @@ mod tests {
 
     const AUTH: wire::OwnerAuth = wire::OwnerAuth {
         owner: [4; 32],
+        epoch: 6,
         sig: [5; 64],
     };
 

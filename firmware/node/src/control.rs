@@ -248,17 +248,22 @@ impl Client {
 
     /// Lets the node act for the owner of `owner` (a vault's owner key): signs the statement
     /// naming the node's peer id here, in the caller's process, and hands the node only that.
+    /// Its epoch is later than any the node had for the owner (see `identity::next_epoch`), so
+    /// holders take this plug as the owner's current one from its first request on.
     /// Returns the owner key in hex, as `put_shard` and `get_shard` name it.
     pub fn register_owner(&mut self, owner: &OwnerKey) -> Result<String, ControlError> {
-        let st = self.op(json!({"op": "peer"}))?;
+        let st = self.op(json!({"op": "peer", "owner": hex::encode(owner.public())}))?;
         let peer: libp2p::PeerId = st["peer"]
             .as_str()
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| ControlError::Malformed(self.path.clone()))?;
-        let sig = owner.sign(&crate::identity::statement(&peer));
+        // Each statement a later epoch: the newest names the owner's current plug.
+        let epoch = crate::identity::next_epoch(st["epoch"].as_u64().unwrap_or(0));
+        let sig = owner.sign(&crate::identity::statement(epoch, &peer));
         let h = self.op(json!({
             "op": "owner",
             "owner": hex::encode(owner.public()),
+            "epoch": epoch,
             "sig": hex::encode(sig),
         }))?;
         h["owner"]

@@ -61,10 +61,15 @@ pub(crate) fn admit(
         ));
     }
     // After that cheap refusal: only a partner, or a peer naming an owner a partner acted for,
-    // costs a signature check (once per peer and owner).
+    // costs a signature check (once per peer, owner and epoch).
     if !shared.verified(&peer, auth) {
         return Err(invalid());
     }
+    // Only the owner's current plug: a copy of an earlier plug's key and statement (a stolen
+    // or pre-reset card) is refused once a newer statement was seen here.
+    let replaced = shared
+        .current_plug(&peer, auth)
+        .map_err(|why| err(ErrorCode::BadRequest, why))?;
     if let Some(old) = successor_of {
         // Only the owner's secret signs a statement: this is a new plug of the owner that
         // partner `old` acted for (restored from the recovery key).
@@ -89,6 +94,9 @@ pub(crate) fn admit(
         if let Err(e) = shared.persist() {
             tracing::error!("saving partner {peer}: {e:#}");
         }
+    }
+    if let Some(old) = replaced.filter(|old| *old != peer) {
+        shared.take_over(&old, &peer);
     }
     let mut st = shared.state();
     let limit = shared.cfg.limits.inflight_per_peer;
@@ -199,14 +207,10 @@ fn release(shared: &Shared, partner: &PeerId, bytes: u64) {
     st.used = st.used.saturating_sub(bytes);
 }
 
-/// Books `bytes` no longer held for whichever partner's books `payer` (a store owner id) names
-/// (another plug of the same owner may have put them); nobody's if no partner's.
+/// Books `bytes` no longer held for whichever partner's books `payer` (a store owner id) is on
+/// (the plug that put them or the one that took over from it); nobody's if no partner's.
 fn release_payer(shared: &Shared, payer: cairn_store::OwnerId, bytes: u64) {
-    let partner = shared
-        .state()
-        .partner_ids()
-        .into_iter()
-        .find(|p| owner_of(p) == payer);
+    let partner = shared.state().booked_to(payer);
     if let Some(p) = partner {
         release(shared, &p, bytes);
     }

@@ -5,7 +5,8 @@
 //! that names the file, never a reason to make a new key (that would orphan every pairing).
 //!
 //! An owner (a vault) names itself by its owner key (Ed25519, derived from the owner secret:
-//! `cairn_vault::keys::OwnerKey`) and signs a [`statement`] naming this plug's peer id. The node
+//! `cairn_vault::keys::OwnerKey`) and signs a [`statement`] naming an epoch and this plug's peer
+//! id (the epoch grows with each statement, so a holder knows the owner's current plug). The node
 //! keeps those statements — never the owner key — in `owners.json` (mode 0600) and sends one
 //! with each request it makes for that owner; holders check it with [`verify`]. A plug restored
 //! from the recovery key gets a statement for its own new peer id and is the same owner at once.
@@ -56,11 +57,31 @@ pub fn store(path: &Path, key: &Keypair) -> Result<()> {
         .with_context(|| format!("{}: storing the node key", path.display()))
 }
 
-/// The bytes an owner signs to let the plug `peer` act for it.
-pub fn statement(peer: &libp2p::PeerId) -> Vec<u8> {
-    let mut m = b"cairn owner statement v1 ".to_vec();
+/// The bytes an owner signs to let the plug `peer` act for it from `epoch` on. Epoch 0 is the
+/// statement before epochs (v1, what `owners.json` of older nodes keeps): still valid, and
+/// superseded by any later one.
+pub fn statement(epoch: u64, peer: &libp2p::PeerId) -> Vec<u8> {
+    let mut m = if epoch == 0 {
+        b"cairn owner statement v1 ".to_vec()
+    } else {
+        let mut m = b"cairn owner statement v2 ".to_vec();
+        m.extend_from_slice(&epoch.to_le_bytes());
+        m
+    };
     m.extend_from_slice(&peer.to_bytes());
     m
+}
+
+/// The epoch of a new statement: the signer's clock in Unix microseconds (fine enough that a
+/// plug's statements signed in one burst stay close to it), above `current` (the epoch of the
+/// statement the node has now) so a plug's own statements only grow. A plug restored later
+/// than the old one last signed supersedes it; a signer whose clock is far behind is refused
+/// by the holders with the epoch that superseded it.
+pub fn next_epoch(current: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    now.max(current.saturating_add(1))
 }
 
 /// Whether `auth` is its owner's statement for `peer`. Checked strictly: a plain Ed25519 check
@@ -69,7 +90,7 @@ pub fn statement(peer: &libp2p::PeerId) -> Vec<u8> {
 pub fn verify(auth: &OwnerAuth, peer: &libp2p::PeerId) -> bool {
     let sig = ed25519_dalek::Signature::from_bytes(&auth.sig);
     ed25519_dalek::VerifyingKey::from_bytes(&auth.owner)
-        .is_ok_and(|pk| pk.verify_strict(&statement(peer), &sig).is_ok())
+        .is_ok_and(|pk| pk.verify_strict(&statement(auth.epoch, peer), &sig).is_ok())
 }
 
 /// Most owners one node acts for (each vault home using it is one; bounds `owners.json`).
@@ -79,6 +100,9 @@ pub const OWNERS_MAX: usize = 16;
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
     owner: String,
+    /// Absent in files of nodes before epochs: their v1 statements are epoch 0.
+    #[serde(default)]
+    epoch: u64,
     sig: String,
 }
 
@@ -96,6 +120,7 @@ pub fn load_owners(path: &Path) -> Result<Vec<OwnerAuth>> {
         .map(|s| {
             let mut a = OwnerAuth {
                 owner: [0; 32],
+                epoch: s.epoch,
                 sig: [0; 64],
             };
             hex::decode_to_slice(&s.owner, &mut a.owner)
@@ -112,6 +137,7 @@ pub fn store_owners(path: &Path, owners: &[OwnerAuth]) -> Result<()> {
         .iter()
         .map(|a| Stored {
             owner: hex::encode(a.owner),
+            epoch: a.epoch,
             sig: hex::encode(a.sig),
         })
         .collect();
@@ -131,7 +157,8 @@ mod tests {
         let (me, other) = (libp2p::PeerId::random(), libp2p::PeerId::random());
         let auth = OwnerAuth {
             owner: owner.public(),
-            sig: owner.sign(&statement(&me)),
+            epoch: 7,
+            sig: owner.sign(&statement(7, &me)),
         };
         assert!(verify(&auth, &me));
         assert!(
@@ -141,9 +168,19 @@ mod tests {
         let mut forged = auth;
         forged.owner[0] ^= 1;
         assert!(!verify(&forged, &me));
+        let mut later = auth;
+        later.epoch += 1;
+        assert!(!verify(&later, &me), "the epoch is signed too");
+        let v1 = OwnerAuth {
+            epoch: 0,
+            sig: owner.sign(&[&b"cairn owner statement v1 "[..], &me.to_bytes()].concat()),
+            ..auth
+        };
+        assert!(verify(&v1, &me), "statements before epochs are epoch 0");
         // A small-order key with a zero signature: a plain check passes it for some peers.
         let weak = OwnerAuth {
             owner: [0; 32],
+            epoch: 0,
             sig: [0; 64],
         };
         for _ in 0..32 {
@@ -155,6 +192,13 @@ mod tests {
         assert!(load_owners(&p).unwrap().is_empty());
         store_owners(&p, &[auth]).unwrap();
         assert_eq!(load_owners(&p).unwrap(), vec![auth]);
+        let old = format!(
+            "[{{\"owner\": \"{}\", \"sig\": \"{}\"}}]",
+            hex::encode(v1.owner),
+            hex::encode(v1.sig)
+        );
+        fs::write(&p, old).unwrap();
+        assert_eq!(load_owners(&p).unwrap(), vec![v1], "an older node's file");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,

@@ -142,6 +142,18 @@ impl<P: Ord + Clone> Ledger<P> {
         Ok(())
     }
 
+    /// Books what we hold for `from` to `to` (a new plug of the same owner took over): `to`'s
+    /// account gets `from`'s bytes, `from` keeps none.
+    pub fn transfer_held_for_them(&mut self, from: &P, to: &P) -> u64 {
+        let bytes = self
+            .partners
+            .get_mut(from)
+            .map_or(0, |a| std::mem::take(&mut a.held_for_them));
+        let a = self.partners.entry(to.clone()).or_default();
+        a.held_for_them = a.held_for_them.saturating_add(bytes);
+        bytes
+    }
+
     /// Books `bytes` of ours that `partner` confirmed it stores.
     pub fn stored_with_them(&mut self, partner: &P, bytes: u64) -> Result<(), QuotaError<P>> {
         let a = self.get_mut(partner)?;

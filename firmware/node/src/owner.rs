@@ -1042,7 +1042,13 @@ async fn audit_chunk(
         } else {
             report.failed += 1;
             *report.failed_by.entry(slot.peer.clone()).or_default() += 1;
-            tracing::warn!("audit of shard {key} on {peer} failed");
+            // The holder's reason, if it gave one (e.g. this plug's statement superseded).
+            let why = match &answer {
+                Ok(Msg::Error { reason, .. }) => reason.as_str(),
+                Err(e) => e.as_str(),
+                Ok(_) => "wrong proof or bytes",
+            };
+            tracing::warn!("audit of shard {key} on {peer} failed: {why}");
         }
         if renew {
             match shared

@@ -119,7 +119,12 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
     let owner_key = h["owner"].as_str().and_then(owner::parse_chunk);
     match op {
         // Cheap, unlike status (which walks every record): what an owner signs for.
-        "peer" => ok(json!({"peer": shared.me.to_string()})),
+        // With `owner`: the epoch of this node's statement of it (0: none), which a new
+        // statement must exceed.
+        "peer" => ok(json!({
+            "peer": shared.me.to_string(),
+            "epoch": owner_key.and_then(|o| shared.auth_for(&o)).map_or(0, |a| a.epoch),
+        })),
         "owner" => register_owner(shared, h),
         "rejoin" => rejoin(shared, h["addr"].as_str().unwrap_or("")).await,
         "put_shard" => match owner_key {
@@ -224,11 +229,12 @@ async fn handle(shared: &Arc<Shared>, h: &Value, payload: Vec<u8>) -> (Value, Ve
     }
 }
 
-/// Acts for an owner from now on: `owner` (its key) and `sig` (its statement for this plug),
-/// hex; see [`crate::identity`].
+/// Acts for an owner from now on: `owner` (its key), `epoch` and `sig` (its statement for this
+/// plug), hex; see [`crate::identity`].
 fn register_owner(shared: &Arc<Shared>, h: &Value) -> (Value, Vec<u8>) {
     let mut auth = crate::wire::OwnerAuth {
         owner: [0; 32],
+        epoch: h["epoch"].as_u64().unwrap_or(0),
         sig: [0; 64],
     };
     let parsed = h["owner"]

@@ -3,8 +3,10 @@
 //!
 //! Nodes come and go in sessions (exponential on and off times; each node's long-run availability
 //! is drawn from a configured range whose floor defaults to 17 %, Wuala's minimum), some leave for
-//! good (exponential lifetimes) while newcomers join at the matching rate, and a few are dishonest:
-//! they acknowledge shards and throw them away. Owners store chunks as `k`-of-`n` shards and run
+//! good (exponential lifetimes) while newcomers join at the matching rate, and a few cheat, each
+//! following a [`Strategy`]: acknowledge shards and drop them (then guess at challenges), keep
+//! them but serve forged bytes, or drop them and try to answer challenges by fetching the shard
+//! from its other holders (who serve an owner's shards only to that owner). Owners store chunks as `k`-of-`n` shards and run
 //! the same logic the real node runs — [`placement::place`] to choose holders, [`PeerTracker`] to
 //! judge peers from pings and audits, [`repair::plan`] to decide what to rebuild — over messages
 //! that go through a bounded queue with latency and are lost when their target is offline.
@@ -20,8 +22,17 @@
 //! puts then run over the network within the tick. Nodes go on- and offline at any millisecond,
 //! so a repair can lose a source or a target midway, as in life.
 //!
-//! Simplifications, on purpose: shards are counted, not stored (a holder keeps the set of shard
-//! keys it holds); an audit's answer is right exactly when the holder has the shard; a shard the
+//! Audits work as the real node's (`owner::audit`): the owner prepares one challenge per holding
+//! while it has the shard (a nonce; the proof is keyed by it over the shard's bytes), spends it on
+//! the next audit, and audits a holding without one by fetching the shard whole and checking it
+//! against the hash it recorded, preparing a new challenge if it passes. A wrong proof, wrong
+//! bytes or "not found" halve the holder's score and mark the holding bad: the owner drops it from
+//! its books and repair places the shard anew; a repair source serving wrong bytes is treated the
+//! same. Silence (offline) is only retried.
+//!
+//! Simplifications, on purpose: shards are not stored, only their contents' tags (a 64-bit value
+//! per shard key, what a hash of its bytes would be) and proofs are a keyed mix of nonce and tag;
+//! a shard the
 //! owner dropped from its books is deleted by a message sent when the holder is next seen (the
 //! real node also has leases for that).
 //!
@@ -83,7 +94,8 @@ pub struct SimConfig {
     /// Mean time before a node (not an owner) leaves for good; newcomers arrive at the rate
     /// that keeps the population steady. `f64::INFINITY` for no departures.
     pub mean_lifetime_weeks: f64,
-    /// Nodes at the start that acknowledge shards and drop them (never owners).
+    /// Nodes at the start that cheat (never owners), following the cheating [`Strategy`]s in
+    /// turn ([`Strategy::CHEATS`]).
     pub dishonest: usize,
     /// Pairs of nodes at the start that share one public address (one household).
     pub shared_ip_pairs: usize,
@@ -106,7 +118,7 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// A small network that runs in about a second in release builds: 40 nodes (6 owners,
-    /// 2 dishonest), 4 weeks, 300 chunks of 4-of-8, nodes online 17–100 % of the time, a mean
+    /// 3 cheaters, one of each strategy), 4 weeks, 300 chunks of 4-of-8, nodes online 17–100 % of the time, a mean
     /// lifetime of 6 weeks (about half the nodes leave within the run).
     pub fn quick(seed: u64) -> Self {
         SimConfig {
@@ -125,7 +137,7 @@ impl SimConfig {
             owner_availability: (0.9, 1.0),
             mean_session_hours: 8.0,
             mean_lifetime_weeks: 6.0,
-            dishonest: 2,
+            dishonest: 3,
             shared_ip_pairs: 3,
             repair: true,
             policy: Policy::for_code(4, 8),
@@ -137,7 +149,7 @@ impl SimConfig {
         }
     }
 
-    /// The long run of the benchmark: 200 nodes (20 owners, 6 dishonest), 26 weeks, 5000 chunks
+    /// The long run of the benchmark: 200 nodes (20 owners, 6 cheaters), 26 weeks, 5000 chunks
     /// written over the first week, a mean lifetime of 26 weeks, audits every two hours (half
     /// the messages of hourly ones; about a minute in release builds).
     pub fn long(seed: u64) -> Self {
@@ -223,6 +235,54 @@ pub enum SimError {
     Config(String),
 }
 
+/// How a simulated holder behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Strategy {
+    /// Keeps what it acknowledges, serves it to its owner, proves it.
+    Honest,
+    /// Acknowledges shards and drops them; answers challenges with a guess (it has no bytes).
+    DropsShards,
+    /// Keeps the shards (so it passes challenges) but serves forged bytes when asked for one.
+    ForgesOnGet,
+    /// Drops shards; answers a challenge by fetching the shard from another of its holders,
+    /// which serves an owner's shards only to that owner, then guesses.
+    FetchesFromOthers,
+}
+
+impl Strategy {
+    /// The cheating strategies, in the order cheaters are given them.
+    pub const CHEATS: [Strategy; 3] = [
+        Strategy::DropsShards,
+        Strategy::ForgesOnGet,
+        Strategy::FetchesFromOthers,
+    ];
+
+    /// Whether it keeps the bytes of what it acknowledges.
+    fn stores(self) -> bool {
+        matches!(self, Strategy::Honest | Strategy::ForgesOnGet)
+    }
+}
+
+/// What the owners' audits found of the holders following one strategy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StrategyReport {
+    /// Nodes following it (at the start or joined).
+    pub nodes: usize,
+    /// Audits (challenges and whole fetches) and repair fetches they passed.
+    pub passed: u64,
+    /// Those they failed.
+    pub failed: u64,
+    /// Nodes that failed at least one.
+    pub caught: usize,
+    /// The lowest score an owner that judged one of them gives it at the end (1.0: none judged).
+    pub score_min: f64,
+    /// The highest score an owner that caught one of them gives it at the end (0.0: none
+    /// caught): what cheating costs it.
+    pub score_max_caught: f64,
+    /// Shards on them by the owners' books at the end.
+    pub shards_end: usize,
+}
+
 /// What a run measured. Identical for identical configurations.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SimReport {
@@ -266,6 +326,8 @@ pub struct SimReport {
     pub shards_on_dishonest_peak: usize,
     /// Shards held by dishonest nodes at the end, by the owners' books.
     pub shards_on_dishonest_end: usize,
+    /// Per strategy (honest holders included), what the audits found.
+    pub by_strategy: BTreeMap<String, StrategyReport>,
     /// Shards a placement could not find a holder for at the time.
     pub placement_shortfalls: u64,
     /// Messages sent.
@@ -298,11 +360,13 @@ struct Node {
     capacity: u64,
     /// Shards it holds (honest nodes); looked up, never iterated, so its order cannot matter.
     store: HashSet<ShardKey>,
-    /// Shards it acknowledged (what a dishonest node counts its "use" by).
+    /// Shards it acknowledged (what a node that drops them counts its "use" by).
     accepted: u64,
     online: bool,
     left: bool,
-    dishonest: bool,
+    strategy: Strategy,
+    /// Whether an owner's audit caught it.
+    caught: bool,
     /// Mean online and offline times; an offline mean of 0 means always online.
     on_mean_ms: f64,
     off_mean_ms: f64,
@@ -312,10 +376,10 @@ struct Node {
 
 impl Node {
     fn used(&self) -> u64 {
-        if self.dishonest {
-            self.accepted
-        } else {
+        if self.strategy.stores() {
             self.store.len() as u64
+        } else {
+            self.accepted
         }
     }
     fn free(&self) -> u64 {
@@ -324,6 +388,38 @@ impl Node {
     fn holds(&self, key: &ShardKey) -> bool {
         !self.left && self.store.contains(key)
     }
+    /// Whether its copy of `key` helps its owner restore (a forger's does not: it serves
+    /// forged bytes).
+    fn serves(&self, key: &ShardKey) -> bool {
+        self.holds(key) && self.strategy != Strategy::ForgesOnGet
+    }
+}
+
+/// The tag of a shard's bytes (what its hash would be), from the run's seed and its key.
+fn tag(seed: u64, key: ShardKey) -> u64 {
+    mix(seed ^ (u64::from(key.0) << 8 | u64::from(key.1)))
+}
+
+/// The proof of holding bytes tagged `tag` for challenge `nonce`.
+fn prove(nonce: u64, tag: u64) -> u64 {
+    mix(nonce.rotate_left(17) ^ tag)
+}
+
+/// A 64-bit mixer (SplitMix64's finaliser): stands in for a hash.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// What an owner waits for from an audit it sent.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// The proof for a prepared challenge.
+    Proof(u64),
+    /// The whole shard, checked against its recorded tag.
+    Bytes,
 }
 
 /// A repair between planning and sending out the new shards.
@@ -350,6 +446,10 @@ struct Owner {
     deletes: BTreeMap<usize, Vec<ShardKey>>,
     /// When its node went offline, to pause the tracker's clock meanwhile.
     offline_since_ms: Option<u64>,
+    /// The prepared challenge (its nonce) of each holding that has one, by holder and shard.
+    prepared: BTreeMap<(usize, ShardKey), u64>,
+    /// Audits sent and not answered yet (one per holding at most).
+    auditing: BTreeMap<(usize, ShardKey), Expect>,
 }
 
 /// One chunk, in its owner's books.
@@ -368,9 +468,14 @@ enum Msg {
     Pong {
         free: u64,
     },
-    Challenge(ShardKey),
+    Challenge {
+        key: ShardKey,
+        nonce: u64,
+    },
+    /// A proof, or `None`: "not found".
     Answer {
-        ok: bool,
+        key: ShardKey,
+        proof: Option<u64>,
     },
     Put {
         key: ShardKey,
@@ -381,12 +486,31 @@ enum Msg {
         repair: bool,
         ok: bool,
     },
-    Get(ShardKey),
+    /// A shard asked for as a repair source or, `audit`, to check it whole.
+    Get {
+        key: ShardKey,
+        audit: bool,
+    },
+    /// Its bytes' tag, or `None`: "not found".
     Shard {
         key: ShardKey,
-        ok: bool,
+        audit: bool,
+        bytes: Option<u64>,
     },
     Delete(ShardKey),
+    /// A cheater asking another holder for a shard to answer `owner`'s challenge with.
+    RelayGet {
+        key: ShardKey,
+        nonce: u64,
+        owner: usize,
+    },
+    /// That holder's answer: the shard's bytes if it served them to the asker.
+    RelayShard {
+        key: ShardKey,
+        nonce: u64,
+        owner: usize,
+        bytes: Option<u64>,
+    },
 }
 
 /// A message in flight, ordered by delivery time then send order.
@@ -437,6 +561,10 @@ struct Counters {
     audits_passed: u64,
     audits_failed: u64,
     shards_on_dishonest_peak: usize,
+    /// Audits passed and failed, per strategy of the holder.
+    judged: BTreeMap<Strategy, (u64, u64)>,
+    /// (owner, holder) pairs where the owner judged the holder, and whether it caught it.
+    judges: BTreeMap<(usize, usize), bool>,
     placement_shortfalls: u64,
     messages: u64,
     undelivered: u64,
@@ -490,7 +618,11 @@ impl<'a> Sim<'a> {
         };
         for i in 0..cfg.nodes {
             let owner = (i < cfg.owners).then_some(i);
-            let dishonest = i >= cfg.owners && i < cfg.owners + cfg.dishonest;
+            let strategy = if i >= cfg.owners && i < cfg.owners + cfg.dishonest {
+                Strategy::CHEATS[(i - cfg.owners) % Strategy::CHEATS.len()]
+            } else {
+                Strategy::Honest
+            };
             // Households: the last `shared_ip_pairs` odd nodes share the address of the node
             // before them.
             let ip_slot = if i % 2 == 1 && i >= cfg.nodes - 2 * cfg.shared_ip_pairs {
@@ -498,7 +630,7 @@ impl<'a> Sim<'a> {
             } else {
                 i
             };
-            sim.add_node(owner, dishonest, ip_slot, false);
+            sim.add_node(owner, strategy, ip_slot, false);
         }
         let ticks_total = cfg.weeks as u64 * WEEK_MS / cfg.tick_ms;
         let ingest_ticks = (cfg.ingest_hours * HOUR_MS / cfg.tick_ms).clamp(1, ticks_total.max(1));
@@ -517,6 +649,8 @@ impl<'a> Sim<'a> {
                 pending: BTreeMap::new(),
                 deletes: BTreeMap::new(),
                 offline_since_ms: None,
+                prepared: BTreeMap::new(),
+                auditing: BTreeMap::new(),
             });
         }
         for c in 0..cfg.chunks {
@@ -544,7 +678,13 @@ impl<'a> Sim<'a> {
     }
 
     /// Adds a node with drawn capacity and availability, schedules its churn.
-    fn add_node(&mut self, owner: Option<usize>, dishonest: bool, ip_slot: usize, newcomer: bool) {
+    fn add_node(
+        &mut self,
+        owner: Option<usize>,
+        strategy: Strategy,
+        ip_slot: usize,
+        newcomer: bool,
+    ) {
         let cfg = self.cfg;
         let i = self.nodes.len();
         let rng = &mut self.rng;
@@ -574,7 +714,8 @@ impl<'a> Sim<'a> {
             accepted: 0,
             online,
             left: false,
-            dishonest,
+            strategy,
+            caught: false,
             on_mean_ms,
             off_mean_ms,
             owner,
@@ -684,7 +825,7 @@ impl<'a> Sim<'a> {
             }
             ChurnEvent::Arrive => {
                 let slot = self.nodes.len();
-                self.add_node(None, false, slot, true);
+                self.add_node(None, Strategy::Honest, slot, true);
                 self.c.joined += 1;
                 let i = self.nodes.len() - 1;
                 self.hello(i);
@@ -727,6 +868,25 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// The owner node of the chunk of `key` (chunks are dealt to owners in turn).
+    fn owner_node(&self, key: &ShardKey) -> usize {
+        self.owners[key.0 as usize % self.owners.len()].node
+    }
+
+    /// The tag of the bytes node `at` serves `from` for `key` (`None`: "not found"). Holders
+    /// keep each owner's shards in that owner's space: nobody else is served them.
+    fn served(&self, at: usize, from: usize, key: &ShardKey) -> Option<u64> {
+        let node = &self.nodes[at];
+        if !node.holds(key) || self.owner_node(key) != from {
+            return None;
+        }
+        let t = tag(self.cfg.seed, *key);
+        Some(match node.strategy {
+            Strategy::ForgesOnGet => t ^ 0x5eed_f00d,
+            _ => t,
+        })
+    }
+
     fn deliver(&mut self, q: Queued) {
         let (from, to) = (q.from, q.to);
         if !self.nodes[to].online {
@@ -739,24 +899,83 @@ impl<'a> Sim<'a> {
                 let free = self.nodes[to].free();
                 self.send(to, from, Msg::Pong { free });
             }
-            Msg::Challenge(key) => {
-                let ok = self.nodes[to].holds(&key);
-                self.send(to, from, Msg::Answer { ok });
+            Msg::Challenge { key, nonce } => {
+                let proof = match self.nodes[to].strategy {
+                    // Without the bytes: a guess.
+                    Strategy::DropsShards => Some(self.rng.gen()),
+                    Strategy::FetchesFromOthers => {
+                        let me = self.nodes[to].id.clone();
+                        let other = self.chunks[key.0 as usize]
+                            .state
+                            .holdings
+                            .iter()
+                            .find(|h| h.index == key.1 && h.peer != me)
+                            .map(|h| self.index[&h.peer]);
+                        match other {
+                            Some(h) => {
+                                let owner = from;
+                                self.send(to, h, Msg::RelayGet { key, nonce, owner });
+                                return;
+                            }
+                            None => Some(self.rng.gen()),
+                        }
+                    }
+                    // The honest holder's and the forger's: from the bytes they keep.
+                    Strategy::Honest | Strategy::ForgesOnGet => {
+                        let node = &self.nodes[to];
+                        (node.holds(&key) && self.owner_node(&key) == from)
+                            .then(|| prove(nonce, tag(self.cfg.seed, key)))
+                    }
+                };
+                self.send(to, from, Msg::Answer { key, proof });
+            }
+            Msg::RelayGet { key, nonce, owner } => {
+                // Asked by a peer that is not the shard's owner: served nothing.
+                let bytes = self.served(to, from, &key);
+                self.send(
+                    to,
+                    from,
+                    Msg::RelayShard {
+                        key,
+                        nonce,
+                        owner,
+                        bytes,
+                    },
+                );
+            }
+            Msg::RelayShard {
+                key,
+                nonce,
+                owner,
+                bytes,
+            } => {
+                let proof = match bytes {
+                    Some(t) => prove(nonce, t),
+                    None => self.rng.gen(),
+                };
+                self.send(
+                    to,
+                    owner,
+                    Msg::Answer {
+                        key,
+                        proof: Some(proof),
+                    },
+                );
             }
             Msg::Put { key, repair } => {
                 let node = &mut self.nodes[to];
                 let ok = node.free() > 0 || node.store.contains(&key);
                 if ok {
                     node.accepted += 1;
-                    if !node.dishonest {
+                    if node.strategy.stores() {
                         node.store.insert(key);
                     }
                 }
                 self.send(to, from, Msg::PutAck { key, repair, ok });
             }
-            Msg::Get(key) => {
-                let ok = self.nodes[to].holds(&key);
-                self.send(to, from, Msg::Shard { key, ok });
+            Msg::Get { key, audit } => {
+                let bytes = self.served(to, from, &key);
+                self.send(to, from, Msg::Shard { key, audit, bytes });
             }
             Msg::Delete(key) => {
                 if self.nodes[to].store.remove(&key) {
@@ -783,19 +1002,95 @@ impl<'a> Sim<'a> {
                             }
                         }
                     }
-                    Msg::Answer { ok } => {
-                        self.owners[o].tracker.audit(&peer, ok);
-                        if ok {
-                            self.c.audits_passed += 1;
-                        } else {
-                            self.c.audits_failed += 1;
-                        }
+                    Msg::Answer { key, proof } => {
+                        let passed = match self.owners[o].auditing.get(&(from, key)) {
+                            Some(Expect::Proof(p)) => proof == Some(*p),
+                            Some(Expect::Bytes) => false,
+                            None => return,
+                        };
+                        self.audited(o, from, key, passed);
+                    }
+                    Msg::Shard {
+                        key,
+                        audit: true,
+                        bytes,
+                    } => {
+                        let passed = match self.owners[o].auditing.get(&(from, key)) {
+                            Some(Expect::Bytes) => bytes == Some(tag(self.cfg.seed, key)),
+                            Some(Expect::Proof(_)) => false,
+                            None => return,
+                        };
+                        self.audited(o, from, key, passed);
                     }
                     Msg::PutAck { key, repair, ok } => self.put_acked(o, from, key, repair, ok),
-                    Msg::Shard { key, ok } => self.shard_fetched(o, from, key, ok),
+                    Msg::Shard {
+                        key,
+                        audit: false,
+                        bytes,
+                    } => {
+                        let ok = bytes == Some(tag(self.cfg.seed, key));
+                        self.shard_fetched(o, from, key, ok);
+                    }
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// Owner `o`'s audit of `key` on `from` was answered: scored, and a holding found wanting
+    /// dropped from the books (repair places it anew); one that passed a whole check gets a new
+    /// prepared challenge, as the real owner prepares one from the bytes it just checked.
+    fn audited(&mut self, o: usize, from: usize, key: ShardKey, passed: bool) {
+        let Some(expect) = self.owners[o].auditing.remove(&(from, key)) else {
+            return;
+        };
+        let peer = self.nodes[from].id.clone();
+        let still_held = self.chunks[key.0 as usize]
+            .state
+            .holdings
+            .iter()
+            .any(|h| h.index == key.1 && h.peer == peer);
+        if !still_held {
+            return;
+        }
+        self.judged(o, from, passed);
+        if !passed {
+            self.drop_holding(o, from, key);
+        } else if matches!(expect, Expect::Bytes) {
+            let nonce = self.rng.gen();
+            self.owners[o].prepared.insert((from, key), nonce);
+        }
+    }
+
+    /// Books an audit result of holder `from` by owner `o`.
+    fn judged(&mut self, o: usize, from: usize, passed: bool) {
+        let peer = self.nodes[from].id.clone();
+        self.owners[o].tracker.audit(&peer, passed);
+        *self.c.judges.entry((o, from)).or_default() |= !passed;
+        let n = self.c.judged.entry(self.nodes[from].strategy).or_default();
+        if passed {
+            n.0 += 1;
+            self.c.audits_passed += 1;
+        } else {
+            n.1 += 1;
+            self.c.audits_failed += 1;
+            self.nodes[from].caught = true;
+        }
+    }
+
+    /// Owner `o` drops `from`'s holding of `key` from its books (a bad slot): the shard counts
+    /// as lost there and is deleted when the holder is next seen.
+    fn drop_holding(&mut self, o: usize, from: usize, key: ShardKey) {
+        let peer = self.nodes[from].id.clone();
+        self.chunks[key.0 as usize]
+            .state
+            .holdings
+            .retain(|h| !(h.index == key.1 && h.peer == peer));
+        let owner = &mut self.owners[o];
+        owner.prepared.remove(&(from, key));
+        let list = owner.deletes.entry(from).or_default();
+        if !list.contains(&key) {
+            list.push(key);
         }
     }
 
@@ -834,11 +1129,15 @@ impl<'a> Sim<'a> {
         if repair {
             self.c.shards_moved += 1;
         }
+        // Prepared while the owner had the bytes, as the real owner does at put time.
+        let nonce = self.rng.gen();
+        self.owners[o].prepared.insert((from, key), nonce);
         for p in dropped {
             let p = self.index[&p];
             if self.nodes[p].holds(&key) {
                 self.c.replaced_while_held += 1;
             }
+            self.owners[o].prepared.remove(&(p, key));
             let list = self.owners[o].deletes.entry(p).or_default();
             if !list.contains(&key) {
                 list.push(key);
@@ -848,19 +1147,22 @@ impl<'a> Sim<'a> {
 
     fn shard_fetched(&mut self, o: usize, from: usize, key: ShardKey, ok: bool) {
         let (c, _) = key;
-        let owner = &mut self.owners[o];
-        let Some(p) = owner.pending.get_mut(&c) else {
+        if !self.owners[o].pending.contains_key(&c) {
             return; // abandoned meanwhile
-        };
+        }
         if !ok {
-            // A holder that cannot return a shard it acknowledged fails like a wrong audit.
-            let peer = self.nodes[from].id.clone();
-            owner.tracker.audit(&peer, false);
-            self.c.audits_failed += 1;
-            owner.pending.remove(&c);
+            // A holder that cannot return a shard it acknowledged, or returns other bytes,
+            // fails like a wrong audit, and its holding is bad.
+            self.judged(o, from, false);
+            self.drop_holding(o, from, key);
+            self.owners[o].pending.remove(&c);
             self.c.repairs_abandoned += 1;
             return;
         }
+        let owner = &mut self.owners[o];
+        let Some(p) = owner.pending.get_mut(&c) else {
+            return;
+        };
         self.c.shards_fetched += 1;
         p.fetched += 1;
         if p.fetched < self.cfg.k {
@@ -982,9 +1284,24 @@ impl<'a> Sim<'a> {
             }
         }
         if t.is_multiple_of(self.cfg.audit_every_ticks) {
+            // Answers come within the tick (latency is under a minute): older ones are moot.
+            self.owners[o].auditing.clear();
             for (&p, keys) in &held {
                 let key = keys[self.rng.gen_range(0..keys.len())];
-                self.send(me, p, Msg::Challenge(key));
+                // The prepared challenge if there is one, else the whole shard, checked.
+                let owner = &mut self.owners[o];
+                let msg = match owner.prepared.remove(&(p, key)) {
+                    Some(nonce) => {
+                        let proof = prove(nonce, tag(self.cfg.seed, key));
+                        owner.auditing.insert((p, key), Expect::Proof(proof));
+                        Msg::Challenge { key, nonce }
+                    }
+                    None => {
+                        owner.auditing.insert((p, key), Expect::Bytes);
+                        Msg::Get { key, audit: true }
+                    }
+                };
+                self.send(me, p, msg);
             }
         }
         let now_s = self.now_secs();
@@ -1075,7 +1392,8 @@ impl<'a> Sim<'a> {
             );
             for s in &plan.sources {
                 let p = self.index[&s.peer];
-                self.send(me, p, Msg::Get((c, s.index)));
+                let key = (c, s.index);
+                self.send(me, p, Msg::Get { key, audit: false });
             }
         }
     }
@@ -1086,7 +1404,7 @@ impl<'a> Sim<'a> {
         let mut on_dishonest = 0;
         for (c, ch) in self.chunks.iter_mut().enumerate() {
             for h in &ch.state.holdings {
-                if self.nodes[self.index[&h.peer]].dishonest {
+                if self.nodes[self.index[&h.peer]].strategy != Strategy::Honest {
                     on_dishonest += 1;
                 }
             }
@@ -1095,7 +1413,7 @@ impl<'a> Sim<'a> {
             }
             let mut present = [false; 256];
             for h in &ch.state.holdings {
-                if self.nodes[self.index[&h.peer]].holds(&(c as u32, h.index)) {
+                if self.nodes[self.index[&h.peer]].serves(&(c as u32, h.index)) {
                     present[h.index as usize] = true;
                 }
             }
@@ -1121,8 +1439,37 @@ impl<'a> Sim<'a> {
             .chunks
             .iter()
             .flat_map(|c| &c.state.holdings)
-            .filter(|h| self.nodes[self.index[&h.peer]].dishonest)
+            .filter(|h| self.nodes[self.index[&h.peer]].strategy != Strategy::Honest)
             .count();
+        let mut by_strategy: BTreeMap<Strategy, StrategyReport> = BTreeMap::new();
+        for n in &self.nodes {
+            let r = by_strategy
+                .entry(n.strategy)
+                .or_insert_with(|| StrategyReport {
+                    score_min: 1.0,
+                    ..StrategyReport::default()
+                });
+            r.nodes += 1;
+            r.caught += usize::from(n.caught);
+        }
+        for (&(o, p), &caught) in &self.c.judges {
+            let node = &self.nodes[p];
+            let r = by_strategy
+                .get_mut(&node.strategy)
+                .expect("every node counted");
+            let score = self.owners[o].tracker.score(&node.id);
+            r.score_min = r.score_min.min(score);
+            if caught {
+                r.score_max_caught = r.score_max_caught.max(score);
+            }
+        }
+        for (strategy, r) in &mut by_strategy {
+            (r.passed, r.failed) = self.c.judged.get(strategy).copied().unwrap_or_default();
+        }
+        for h in self.chunks.iter().flat_map(|c| &c.state.holdings) {
+            let strategy = self.nodes[self.index[&h.peer]].strategy;
+            by_strategy.get_mut(&strategy).expect("counted").shards_end += 1;
+        }
         SimReport {
             sim_weeks: self.cfg.weeks,
             nodes: self.cfg.nodes,
@@ -1147,6 +1494,10 @@ impl<'a> Sim<'a> {
             audits_failed: self.c.audits_failed,
             shards_on_dishonest_peak: self.c.shards_on_dishonest_peak,
             shards_on_dishonest_end: on_dishonest_end,
+            by_strategy: by_strategy
+                .into_iter()
+                .map(|(s, r)| (format!("{s:?}"), r))
+                .collect(),
             placement_shortfalls: self.c.placement_shortfalls,
             messages: self.c.messages,
             messages_undelivered: self.c.undelivered,

@@ -45,12 +45,32 @@ pub struct Partner {
     /// the same owner's and is admitted as a partner (at most [`OWNERS_PER_PARTNER`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<String>,
+    /// Earlier plugs of its owner (peer ids, base58) it took over from: the bytes they put here
+    /// are booked to it (at most [`PREDECESSORS_MAX`], newest last).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub predecessors: Vec<String>,
 }
 
 /// Most owners one partner may act for here.
 pub const OWNERS_PER_PARTNER: usize = 8;
 
-/// Statements checked lately, remembered so a signature is verified once per peer and owner.
+/// Most earlier plugs a partner's books take over (older ones' bytes are booked to nobody).
+pub const PREDECESSORS_MAX: usize = 8;
+
+/// Most owners whose current plug a holder remembers.
+pub const CURRENT_MAX: usize = 1024;
+
+/// An owner's current plug as this holder knows it: the newest statement it saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Current {
+    /// The statement's epoch.
+    pub epoch: u64,
+    /// The plug it names (base58).
+    pub peer: String,
+}
+
+/// Statements checked lately, remembered so a signature is verified once per peer, owner and
+/// epoch.
 const VERIFIED_MAX: usize = 4096;
 
 /// The persisted part of the node's state (`partners.json`).
@@ -69,6 +89,10 @@ pub struct Persisted {
     /// command line's `Config::capacity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u64>,
+    /// Per owner (hex) whose plugs made requests here, its current plug: only that one is
+    /// admitted for it (at most [`CURRENT_MAX`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub current: BTreeMap<String, Current>,
 }
 
 /// `partners.json` names partners by their peer ids in text (base58) form, sorted as text;
@@ -164,8 +188,8 @@ pub struct State {
     pub audit_after: Option<cairn_store::ShardId>,
     /// The owners' statements this node acts with (`owners.json`).
     pub owners: Vec<crate::wire::OwnerAuth>,
-    /// (peer, owner) pairs whose statement verified (at most [`VERIFIED_MAX`]).
-    pub verified: HashSet<(PeerId, [u8; 32])>,
+    /// (peer, owner, epoch) whose statement verified (at most [`VERIFIED_MAX`]).
+    pub verified: HashSet<(PeerId, [u8; 32], u64)>,
 }
 
 impl State {
@@ -368,6 +392,7 @@ impl Shared {
                 since: now_secs(),
                 via: via.to_owned(),
                 owners: Vec::new(),
+                predecessors: Vec::new(),
             });
             for a in addrs {
                 let s = a.to_string();
@@ -449,19 +474,20 @@ impl Shared {
         }
         let _g = self.persist_lock.lock().expect("persist lock");
         let list = {
-            let mut st = self.state();
-            if let Some(a) = st.owners.iter_mut().find(|a| a.owner == auth.owner) {
+            let st = self.state();
+            let mut list = st.owners.clone();
+            if let Some(a) = list.iter_mut().find(|a| a.owner == auth.owner) {
+                // A new statement (a later epoch) replaces the one kept, on disk too: after a
+                // restart the node must not send one its holders saw superseded.
                 *a = auth;
-                return Ok(auth.owner);
-            }
-            if st.owners.len() >= crate::identity::OWNERS_MAX {
+            } else if list.len() >= crate::identity::OWNERS_MAX {
                 anyhow::bail!(
                     "this node acts for {} owners already (the most it keeps)",
                     st.owners.len()
                 );
+            } else {
+                list.push(auth);
             }
-            let mut list = st.owners.clone();
-            list.push(auth);
             list
         };
         crate::identity::store_owners(&self.owners_path(), &list)?;
@@ -481,7 +507,11 @@ impl Shared {
 
     /// Whether `auth` is its owner's statement for `peer` (verified once, then remembered).
     pub fn verified(&self, peer: &PeerId, auth: &crate::wire::OwnerAuth) -> bool {
-        if self.state().verified.contains(&(*peer, auth.owner)) {
+        if self
+            .state()
+            .verified
+            .contains(&(*peer, auth.owner, auth.epoch))
+        {
             return true;
         }
         if !crate::identity::verify(auth, peer) {
@@ -491,8 +521,119 @@ impl Shared {
         if st.verified.len() >= VERIFIED_MAX {
             st.verified.clear();
         }
-        st.verified.insert((*peer, auth.owner));
+        st.verified.insert((*peer, auth.owner, auth.epoch));
         true
+    }
+
+    /// Checks `auth` (verified) against the owner's current plug here and keeps the newest:
+    /// `peer` is admitted if it is the plug the newest statement seen names, or if `auth` is
+    /// newer still (it becomes the current plug: the plug it replaces is returned). A statement
+    /// an owner's newer one superseded is refused with the reason.
+    pub fn current_plug(
+        &self,
+        peer: &PeerId,
+        auth: &crate::wire::OwnerAuth,
+    ) -> std::result::Result<Option<PeerId>, String> {
+        let owner = crate::records::hex(&auth.owner);
+        let me = peer.to_base58();
+        let replaced = {
+            let mut st = self.state();
+            let current = &mut st.saved.current;
+            match current.get_mut(&owner) {
+                // Its own older statements too: requests signed before its latest are in flight.
+                Some(c) if c.peer == me => {
+                    if auth.epoch <= c.epoch {
+                        return Ok(None);
+                    }
+                    c.epoch = auth.epoch;
+                    None
+                }
+                Some(c) if auth.epoch > c.epoch => {
+                    let old = std::mem::replace(
+                        c,
+                        Current {
+                            epoch: auth.epoch,
+                            peer: me,
+                        },
+                    );
+                    old.peer.parse().ok()
+                }
+                Some(c) => {
+                    return Err(format!(
+                        "{peer}'s statement of owner {} (epoch {}) is superseded by epoch {} for plug {}",
+                        &owner[..16],
+                        auth.epoch,
+                        c.epoch,
+                        c.peer
+                    ))
+                }
+                None => {
+                    if current.len() >= CURRENT_MAX {
+                        // Owners no partner acts for any more are forgotten first.
+                        let acting: HashSet<String> = st
+                            .saved
+                            .partners
+                            .values()
+                            .flat_map(|p| p.owners.iter().cloned())
+                            .collect();
+                        st.saved.current.retain(|o, _| acting.contains(o));
+                    }
+                    if st.saved.current.len() >= CURRENT_MAX {
+                        return Err(format!(
+                            "{} knows the plugs of {CURRENT_MAX} owners already (the most it keeps)",
+                            self.me
+                        ));
+                    }
+                    st.saved.current.insert(
+                        owner,
+                        Current {
+                            epoch: auth.epoch,
+                            peer: me,
+                        },
+                    );
+                    None
+                }
+            }
+        };
+        if let Err(e) = self.persist() {
+            tracing::error!("saving the current plug of an owner: {e:#}");
+        }
+        Ok(replaced)
+    }
+
+    /// Books what we hold for `old` (and the plugs it took over from) to `new`, a later plug
+    /// of the same owner, durably: the new plug renews, reads and deletes those shards, and its
+    /// give-to-get account is what they cost. All of `old`'s bytes move: a holder cannot tell
+    /// one owner's shards of a plug from another's (an owner has one plug at a time).
+    pub fn take_over(&self, old: &PeerId, new: &PeerId) {
+        {
+            let mut st = self.state();
+            let mut earlier = st
+                .saved
+                .partners
+                .get(old)
+                .map(|p| p.predecessors.clone())
+                .unwrap_or_default();
+            earlier.push(old.to_base58());
+            let Some(p) = st.saved.partners.get_mut(new) else {
+                return;
+            };
+            for e in earlier {
+                if e != new.to_base58() && !p.predecessors.contains(&e) {
+                    p.predecessors.push(e);
+                }
+            }
+            let n = p.predecessors.len();
+            p.predecessors.drain(..n.saturating_sub(PREDECESSORS_MAX));
+            if let Some(o) = st.saved.partners.get_mut(old) {
+                o.predecessors.clear();
+            }
+            let moved = st.ledger.transfer_held_for_them(old, new);
+            tracing::info!("{new} took over from {old}: {moved} bytes held here booked to it");
+        }
+        if let Err(e) = self.persist() {
+            tracing::error!("saving partner {new}: {e:#}");
+        }
     }
 
     /// Sends a request for `owner` to `peer` and waits for the answer; refused at once if this
@@ -570,13 +711,48 @@ pub(crate) fn load_persisted(path: &Path) -> Result<Persisted> {
     }
 }
 
-/// Recomputes what we hold for each partner from the store (at start, after leases ran out).
+impl State {
+    /// The partner whose books the bytes of store owner `payer` are on: the plug that put them,
+    /// or the later plug of its owner that took over from it.
+    pub fn booked_to(&self, payer: cairn_store::OwnerId) -> Option<PeerId> {
+        let by = |p: &str| p.parse::<PeerId>().is_ok_and(|p| owner_of(&p) == payer);
+        let parts = &self.saved.partners;
+        parts
+            .iter()
+            .find(|(_, v)| v.predecessors.iter().any(|p| by(p)))
+            .or_else(|| parts.iter().find(|(p, _)| owner_of(p) == payer))
+            .map(|(p, _)| *p)
+    }
+}
+
+/// Recomputes what we hold for each partner from the store (at start, after leases ran out),
+/// the bytes of earlier plugs on the books of the partner that took over from them.
 pub fn recount_held(shared: &Shared) -> Result<()> {
-    let partners = shared.state().partner_ids();
+    let booked: Vec<(PeerId, Vec<PeerId>)> = {
+        let st = shared.state();
+        let taken: HashSet<&String> = st
+            .saved
+            .partners
+            .values()
+            .flat_map(|p| p.predecessors.iter())
+            .collect();
+        st.saved
+            .partners
+            .iter()
+            .map(|(p, v)| {
+                let own = (!taken.contains(&p.to_base58())).then_some(*p);
+                let earlier = v.predecessors.iter().filter_map(|e| e.parse().ok());
+                (*p, own.into_iter().chain(earlier).collect())
+            })
+            .collect()
+    };
     let mut total = 0;
-    let mut held = Vec::with_capacity(partners.len());
-    for p in partners {
-        let h = held_for(&shared.store, &p)?;
+    let mut held = Vec::with_capacity(booked.len());
+    for (p, payers) in booked {
+        let mut h = 0;
+        for payer in payers {
+            h += held_for(&shared.store, &payer)?;
+        }
         total += h;
         held.push((p, h));
     }

@@ -7,15 +7,15 @@
 //! allocate at most [`FRAME_BYTES_MAX`] bytes per frame in flight. Shard bytes are the only variable
 //! payload (≤ [`SHARD_BYTES_MAX`]), plus a short error reason (≤ [`REASON_BYTES_MAX`]).
 //!
-//! Every request but `Pair` opens its body with an [`OwnerAuth`] (96 bytes): the owner it is
-//! made for and the owner's signature binding the sender's peer id. Holders keep shards apart by
+//! Every request but `Pair` opens its body with an [`OwnerAuth`] (104 bytes): the owner it is
+//! made for, the statement's epoch and the owner's signature binding both to the sender's peer id. Holders keep shards apart by
 //! owner and serve an owner's shards only to requests made for it (see `holder`).
 
 use thiserror::Error;
 
 /// Protocol version spoken by this node; frames with any other version are refused (version 2:
-/// requests carry the owner's statement).
-pub const VERSION: u8 = 2;
+/// requests carry the owner's statement; 3: the statement carries an epoch).
+pub const VERSION: u8 = 3;
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 10;
 /// Largest shard carried in one frame (6 MiB).
@@ -29,23 +29,31 @@ pub const FRAME_BYTES_MAX: usize = HEADER_LEN + BODY_BYTES_MAX;
 /// Length of a shard identifier, in bytes.
 pub const SHARD_ID_LEN: usize = 32;
 /// Length of an [`OwnerAuth`] on the wire.
-pub const OWNER_AUTH_LEN: usize = 32 + 64;
+pub const OWNER_AUTH_LEN: usize = 32 + 8 + 64;
 
 /// The owner a request is made for: its Ed25519 public key (derived from the owner's secret,
-/// see `cairn_vault::keys::OwnerKey`) and its signature over the sender's peer id
+/// see `cairn_vault::keys::OwnerKey`) and its signature over the epoch and the sender's peer id
 /// (`identity::statement`). Holders check the signature against the connection's peer id
-/// (authenticated by Noise), so a statement is useless to any other peer.
+/// (authenticated by Noise), so a statement is useless to any other peer; a statement of a
+/// higher epoch for another plug supersedes it (`holder::admit`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OwnerAuth {
     /// The owner's public key.
     pub owner: [u8; 32],
+    /// The statement's epoch: the owner's newest statement names its current plug.
+    pub epoch: u64,
     /// Its signature over the statement naming the sender's peer id.
     pub sig: [u8; 64],
 }
 
 impl std::fmt::Debug for OwnerAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "OwnerAuth({})", hex::encode(&self.owner[..8]))
+        write!(
+            f,
+            "OwnerAuth({}, epoch {})",
+            hex::encode(&self.owner[..8]),
+            self.epoch
+        )
     }
 }
 
@@ -515,6 +523,7 @@ impl Frame {
         match (authed(kind), &self.auth) {
             (true, Some(a)) => {
                 out.extend_from_slice(&a.owner);
+                out.extend_from_slice(&a.epoch.to_le_bytes());
                 out.extend_from_slice(&a.sig);
             }
             (true, None) => {
@@ -630,6 +639,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<(Option<OwnerAuth>, Msg), WireEr
     let mut r = Reader(body);
     let auth = authed(kind).then(|| OwnerAuth {
         owner: r.take(),
+        epoch: r.u64(),
         sig: r.take(),
     });
     let msg = match kind {
@@ -815,6 +825,7 @@ mod tests {
     /// The statement requests carry in these tests (its signature is not checked here).
     const AUTH: OwnerAuth = OwnerAuth {
         owner: [4; 32],
+        epoch: 6,
         sig: [5; 64],
     };
 
@@ -936,7 +947,7 @@ mod tests {
         b[0] = 1;
         assert_eq!(
             Frame::decode(&b).unwrap_err().to_string(),
-            "unsupported protocol version 1 (this node speaks 2)"
+            "unsupported protocol version 1 (this node speaks 3)"
         );
         b[0] = VERSION;
         b[1] = 0x42;
@@ -957,10 +968,10 @@ mod tests {
 
     #[test]
     fn fixed_size_bodies_must_match_exactly() {
-        let err = Frame::decode(&header(K_GET, 127)).unwrap_err();
+        let err = Frame::decode(&header(K_GET, 135)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "get frame body has 127 bytes, expected 128"
+            "get frame body has 135 bytes, expected 136"
         );
         let err = Frame::decode(&header(K_FREE_Q, 1)).unwrap_err();
         assert!(matches!(

@@ -242,6 +242,18 @@ impl Peer {
         Self::connect_with(node, owner, RawCodec::default()).await
     }
 
+    /// A fresh identity acting for `owner` with a statement of `epoch` (a later one supersedes
+    /// the plugs of earlier ones), connected to `node`.
+    async fn connect_at(node: &Node, owner: &OwnerKey, epoch: u64) -> Peer {
+        let mut p = Self::connect_as(node, owner).await;
+        p.auth = OwnerAuth {
+            owner: owner.public(),
+            epoch,
+            sig: owner.sign(&statement(epoch, &p.id())),
+        };
+        p
+    }
+
     /// A fresh identity acting for `owner`, connected to `node`, whose requests go out through
     /// `codec`.
     async fn connect_with(node: &Node, owner: &OwnerKey, codec: RawCodec) -> Peer {
@@ -292,7 +304,8 @@ impl Peer {
         let me = *swarm.local_peer_id();
         let auth = OwnerAuth {
             owner: owner.public(),
-            sig: owner.sign(&statement(&me)),
+            epoch: 1,
+            sig: owner.sign(&statement(1, &me)),
         };
         Peer {
             swarm,
@@ -408,6 +421,7 @@ fn frame(msg: Msg) -> Vec<u8> {
     let auth =
         (msg.is_request() && !matches!(msg, Msg::Pair { .. } | Msg::Retire)).then_some(OwnerAuth {
             owner: [0; 32],
+            epoch: 0,
             sig: [0; 64],
         });
     Frame { id: 1, auth, msg }.to_bytes().expect("encodable")
@@ -1160,8 +1174,8 @@ fn a_new_plug_of_the_same_owner_is_admitted_and_reads_what_the_old_one_stored() 
         let key = shard_key(&chunk, 1);
         let s = vault_shard(chunk, 1, 8 << 10, "kept");
         put_and_get_back(&mut old, key, &s).await;
-        // The new plug never paired: its owner's statement is its introduction.
-        let mut new = Peer::connect_as(&node, &owner).await;
+        // The new plug never paired: its owner's statement (a later epoch) is its introduction.
+        let mut new = Peer::connect_at(&node, &owner, 2).await;
         assert_eq!(
             new.ask(Msg::Get { shard: key }).await,
             Msg::ShardData {
@@ -1185,8 +1199,115 @@ fn a_new_plug_of_the_same_owner_is_admitted_and_reads_what_the_old_one_stored() 
             ErrorCode::BadRequest,
             &["no valid owner's statement"],
         );
-        // Deleting through the new plug frees the old plug's books.
-        deletes_the_last(&node, old.id(), &mut new, key).await;
+        // The new plug took over the old one's books; deleting through it frees them.
+        deletes_the_last(&node, new.id(), &mut new, key).await;
+    });
+    node.stop();
+}
+
+#[test]
+fn a_newer_statement_supersedes_the_old_plugs_copy_and_takes_over_its_books() {
+    let node = Node::start(|_| {});
+    let owner = new_owner();
+    run(async {
+        let mut old = Peer::connect_at(&node, &owner, 10).await;
+        old.pair(&node).await;
+        let chunk = [0x5e; 32];
+        let (kept, other) = (shard_key(&chunk, 0), shard_key(&chunk, 1));
+        let s = vault_shard(chunk, 0, 8 << 10, "before the reset");
+        put_and_get_back(&mut old, kept, &s).await;
+        let booked = node.partner(&old.id())["held_for_them"].clone();
+        assert_eq!(booked, json!(s.len()), "{}", node.status());
+        // An earlier statement of the same plug (a request signed before its latest) still
+        // passes: it is the owner's current plug.
+        let latest = old.auth;
+        old.auth = OwnerAuth {
+            epoch: 9,
+            sig: owner.sign(&statement(9, &old.id())),
+            ..latest
+        };
+        renews(&mut old, kept).await;
+        old.auth = latest;
+
+        // The owner restores onto a new plug: its statement is of a later epoch. Its first
+        // request makes it the owner's current plug here, and the old plug's bytes its own.
+        let mut new = Peer::connect_at(&node, &owner, 11).await;
+        renews(&mut new, kept).await;
+        assert_eq!(node.partner(&new.id())["held_for_them"], booked);
+        assert_eq!(node.partner(&old.id())["held_for_them"], json!(0));
+
+        // The old plug's key and statement (a copy of the card made before the reset) are
+        // refused whatever they ask, with the reason.
+        let audit = Msg::AuditChallenge {
+            shard: kept,
+            nonce: [3; 32],
+            offset: 0,
+            len: 64,
+        };
+        let s1 = vault_shard(chunk, 1, 8 << 10, "by the copy");
+        let superseded = [
+            "superseded by epoch 11",
+            "(epoch 10)",
+            &new.id().to_string(),
+        ];
+        for msg in [
+            put(other, &s1),
+            Msg::Get { shard: kept },
+            audit.clone(),
+            Msg::RenewLease {
+                shard: kept,
+                lease_secs: LEASE,
+            },
+            Msg::Delete { shard: kept },
+        ] {
+            assert_refused(&old.ask(msg).await, ErrorCode::BadRequest, &superseded);
+        }
+        // So is another plug with a statement of the superseded epoch, or of the current
+        // epoch for another plug (the owner signs one plug per epoch).
+        let mut stale = Peer::connect_at(&node, &owner, 10).await;
+        let answer = stale.ask(Msg::Get { shard: kept }).await;
+        assert_refused(
+            &answer,
+            ErrorCode::BadRequest,
+            &["(epoch 10) is superseded"],
+        );
+        let mut twin = Peer::connect_at(&node, &owner, 11).await;
+        let answer = twin.ask(Msg::Get { shard: kept }).await;
+        assert_refused(
+            &answer,
+            ErrorCode::BadRequest,
+            &["(epoch 11) is superseded"],
+        );
+
+        // The new plug works: it reads, audits and stores.
+        assert_eq!(
+            new.ask(Msg::Get { shard: kept }).await,
+            Msg::ShardData {
+                shard: kept,
+                data: s.clone()
+            }
+        );
+        assert!(matches!(
+            new.ask(audit).await,
+            Msg::AuditResponse { shard, .. } if shard == kept
+        ));
+        put_and_get_back(&mut new, other, &s1).await;
+        assert_eq!(
+            node.partner(&new.id())["held_for_them"],
+            json!(s.len() + s1.len())
+        );
+        // The holder keeps the owner's current plug durably.
+        let saved: Value = serde_json::from_slice(
+            &std::fs::read(node.run.home().join("partners.json")).expect("partners.json"),
+        )
+        .expect("json");
+        assert_eq!(
+            saved["current"][hex(&owner.public())],
+            json!({"epoch": 11, "peer": new.id().to_string()}),
+            "{saved}"
+        );
+        deletes(&mut new, other).await;
+        deletes_the_last(&node, new.id(), &mut new, kept).await;
     });
     node.stop();
 }

@@ -393,17 +393,32 @@ impl<'a> ChunkReader<'a> {
     }
 
     /// Whether any shard of `id` exists (one probe per index until one answers).
+    /// Refused bytes are asked for again around the place that served them, as reads do: a
+    /// partner forging every index of the chunk must not hide a snapshot from a restore.
     pub fn exists(&self, id: &ChunkId, n: usize) -> Result<bool> {
         for i in 0..n {
-            match self.source.get_shard(&ShardId {
+            let sid = ShardId {
                 chunk: *id,
                 index: i as u8,
-            }) {
-                Ok(b) if verify_shard(&b, self.keys.shard_mac_key()).is_ok_and(|r| r.is_ok()) => {
-                    return Ok(true)
+            };
+            let mut avoid: Vec<String> = Vec::new();
+            let mut got = self.source.get_shard_avoiding(&sid, &avoid);
+            loop {
+                match got {
+                    Ok(s)
+                        if verify_shard(&s.bytes, self.keys.shard_mac_key())
+                            .is_ok_and(|r| r.is_ok()) =>
+                    {
+                        return Ok(true)
+                    }
+                    Ok(Served { place: Some(p), .. }) if avoid.len() < RETRIES_MAX => {
+                        self.stats.bad_place(&p);
+                        avoid.push(p);
+                        got = self.source.get_shard_avoiding(&sid, &avoid);
+                    }
+                    Ok(_) | Err(ShardError::Missing { .. }) => break,
+                    Err(e) => return Err(e.into()),
                 }
-                Ok(_) | Err(ShardError::Missing { .. }) => {}
-                Err(e) => return Err(e.into()),
             }
         }
         Ok(false)

@@ -291,7 +291,11 @@ impl Vault {
     ) -> Result<Self> {
         let keys = secret.keys();
         let (_, source) = backend(&targets, nodes, keys.owner_key())?;
-        let reader = ChunkReader::new(&keys, source.as_ref(), None);
+        // Partners found serving forged bytes while the snapshot is looked for are named by
+        // the restore's report too.
+        let bad_places = crate::store::BadPlaces::default();
+        let reader =
+            ChunkReader::new(&keys, source.as_ref(), None).with_bad_places(bad_places.clone());
         let n_probe = 255;
         let exists = |s: u64| reader.exists(&keys.head_id(s), n_probe);
         let seq = match seq {
@@ -342,7 +346,9 @@ impl Vault {
             targets,
         };
         // Restoring with some targets lost is the point: any k of them may do.
-        Self::create(home, config, secret, passphrase, kdf, (seq, false), nodes)
+        let mut vault = Self::create(home, config, secret, passphrase, kdf, (seq, false), nodes)?;
+        vault.bad_places = bad_places;
+        Ok(vault)
     }
 
     /// Replaces the shard backend (the network node; failing stores in tests).

@@ -62,7 +62,7 @@ impl Running {
     }
 
     /// Its home directory.
-    #[allow(dead_code, reason = "held_here only")]
+    #[allow(dead_code, reason = "not every test file reads the home")]
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
