@@ -25,6 +25,7 @@ pub mod identity;
 pub mod invite;
 pub mod leases;
 pub mod ledger;
+pub mod mux;
 pub mod net;
 pub mod node;
 pub mod owner;
