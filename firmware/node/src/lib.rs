@@ -33,6 +33,7 @@ pub mod pairing;
 pub mod placement;
 pub mod records;
 pub mod repair;
+pub mod scrub;
 pub mod server;
 pub mod sim;
 pub mod state;

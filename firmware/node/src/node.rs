@@ -168,6 +168,7 @@ pub fn run_until(
         task.start()?;
         let server = tokio::spawn(crate::server::serve(shared.clone(), listener));
         let background = tokio::spawn(crate::owner::background(shared.clone()));
+        let scrub = tokio::spawn(crate::scrub::run(shared.clone()));
         tracing::info!(
             "{} starting, control {}",
             shared.me,
@@ -202,6 +203,7 @@ pub fn run_until(
         tracing::info!("stopping");
         server.abort();
         background.abort();
+        scrub.abort();
         crate::owner::flush(&shared).await.ok();
         shared.persist()?;
         let _ = std::fs::remove_file(&shared.cfg.control);

@@ -45,7 +45,14 @@ pub struct Partner {
     /// the same owner's and is admitted as a partner (at most [`OWNERS_PER_PARTNER`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub owners: Vec<String>,
+    /// Ids (`records::held_id`, hex) of shards it put that our scrub found damaged and dropped,
+    /// until it asks (`LostQuery`); at most [`LOST_PER_PARTNER`], the oldest forgotten first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<String>,
 }
+
+/// Most lost shards remembered per partner (its audits find any beyond).
+pub const LOST_PER_PARTNER: usize = crate::wire::LOST_MAX;
 
 /// Most owners one partner may act for here.
 pub const OWNERS_PER_PARTNER: usize = 8;
@@ -166,6 +173,8 @@ pub struct State {
     pub owners: Vec<crate::wire::OwnerAuth>,
     /// (peer, owner) pairs whose statement verified (at most [`VERIFIED_MAX`]).
     pub verified: HashSet<(PeerId, [u8; 32])>,
+    /// What the scrub has done since start.
+    pub scrub: crate::scrub::ScrubStats,
 }
 
 impl State {
@@ -299,6 +308,7 @@ impl Shared {
                 recent: std::collections::VecDeque::new(),
                 owners: Vec::new(),
                 verified: HashSet::new(),
+                scrub: Default::default(),
             }),
             cmd: tx,
             budget,
@@ -368,6 +378,7 @@ impl Shared {
                 since: now_secs(),
                 via: via.to_owned(),
                 owners: Vec::new(),
+                lost: Vec::new(),
             });
             for a in addrs {
                 let s = a.to_string();

@@ -161,6 +161,9 @@ pub enum Msg {
     },
     /// Ask how much space the peer has free and offers.
     FreeSpaceQuery,
+    /// Ask which of the shards we put the peer has lost since we last asked (its scrub found
+    /// them damaged and dropped them).
+    LostQuery,
     /// Ask to become partners: during both plugs' pairing windows (`mode` [`PAIR_WINDOW`],
     /// `secret` zero) or with an invitation's one-time secret (`mode` [`PAIR_INVITE`]).
     Pair {
@@ -214,6 +217,12 @@ pub enum Msg {
         code: ErrorCode,
         /// Why, for people (at most [`REASON_BYTES_MAX`] bytes).
         reason: String,
+    },
+    /// Reply to `LostQuery`: the chunk-store ids (`records::held_id`, per owner) of the shards
+    /// dropped since, at most [`LOST_MAX`]; the holder forgets them once told.
+    Lost {
+        /// The ids of the shards lost.
+        ids: Vec<ShardId>,
     },
     /// Reply to `Pair`: the peer recorded us as a partner.
     Paired,
@@ -329,6 +338,7 @@ const K_RENEW: u8 = 0x04;
 const K_AUDIT: u8 = 0x05;
 const K_FREE_Q: u8 = 0x06;
 const K_PAIR: u8 = 0x07;
+const K_LOST_Q: u8 = 0x08;
 const K_RETIRE: u8 = 0x0f;
 const K_STORED: u8 = 0x81;
 const K_DATA: u8 = 0x82;
@@ -338,7 +348,11 @@ const K_PROOF: u8 = 0x85;
 const K_FREE: u8 = 0x86;
 const K_ERROR: u8 = 0x87;
 const K_PAIRED: u8 = 0x88;
+const K_LOST: u8 = 0x89;
 const K_RETIRED: u8 = 0x8f;
+
+/// Most shard ids one [`Msg::Lost`] reply carries.
+pub const LOST_MAX: usize = 64;
 
 fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
     const S: usize = SHARD_ID_LEN;
@@ -355,6 +369,14 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
         K_RENEW => ("renew-lease", Shape::Fixed(S + 4)),
         K_AUDIT => ("audit-challenge", Shape::Fixed(S + 32 + 8 + 4)),
         K_FREE_Q => ("free-space-query", Shape::Fixed(0)),
+        K_LOST_Q => ("lost-query", Shape::Fixed(0)),
+        K_LOST => (
+            "lost",
+            Shape::Var {
+                min: 0,
+                max: LOST_MAX * S,
+            },
+        ),
         K_PAIR => ("pair", Shape::Fixed(17)),
         K_PAIRED => ("paired", Shape::Fixed(0)),
         K_RETIRE => ("retire", Shape::Fixed(0)),
@@ -556,7 +578,12 @@ impl Frame {
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(&len.to_le_bytes());
             }
-            Msg::FreeSpaceQuery | Msg::Paired | Msg::Retire | Msg::Retired => {}
+            Msg::FreeSpaceQuery | Msg::LostQuery | Msg::Paired | Msg::Retire | Msg::Retired => {}
+            Msg::Lost { ids } => {
+                for id in ids {
+                    out.extend_from_slice(&id.0);
+                }
+            }
             Msg::Pair { mode, secret } => {
                 out.push(*mode);
                 out.extend_from_slice(secret);
@@ -605,6 +632,8 @@ impl Msg {
             Msg::RenewLease { .. } => K_RENEW,
             Msg::AuditChallenge { .. } => K_AUDIT,
             Msg::FreeSpaceQuery => K_FREE_Q,
+            Msg::LostQuery => K_LOST_Q,
+            Msg::Lost { .. } => K_LOST,
             Msg::Stored { .. } => K_STORED,
             Msg::ShardData { .. } => K_DATA,
             Msg::Deleted { .. } => K_DELETED,
@@ -655,6 +684,23 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<(Option<OwnerAuth>, Msg), WireEr
             len: r.u32(),
         },
         K_FREE_Q => Msg::FreeSpaceQuery,
+        K_LOST_Q => Msg::LostQuery,
+        K_LOST => {
+            let rest = r.rest();
+            if rest.len() % SHARD_ID_LEN != 0 {
+                return Err(WireError::BadLength {
+                    kind: "lost",
+                    len: rest.len(),
+                    expected: rest.len() / SHARD_ID_LEN * SHARD_ID_LEN,
+                });
+            }
+            Msg::Lost {
+                ids: rest
+                    .chunks_exact(SHARD_ID_LEN)
+                    .map(|c| ShardId(c.try_into().expect("32 bytes")))
+                    .collect(),
+            }
+        }
         K_PAIR => {
             let [mode] = r.take::<1>();
             Msg::Pair {
@@ -795,6 +841,8 @@ mod tests {
                 }
             ),
             Just(Msg::FreeSpaceQuery),
+            Just(Msg::LostQuery),
+            proptest::collection::vec(arb_shard(), 0..=LOST_MAX).prop_map(|ids| Msg::Lost { ids }),
             Just(Msg::Paired),
             Just(Msg::Retire),
             Just(Msg::Retired),
