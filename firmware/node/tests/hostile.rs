@@ -817,6 +817,68 @@ fn a_strangers_stalled_frames_take_none_of_the_budget_and_a_partner_is_served() 
 }
 
 #[test]
+fn strangers_streams_beyond_their_pool_are_dropped_and_a_partner_is_served() {
+    let node = Node::start(|_| {});
+    let pool = Limits::default().stranger_stream_pool;
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        // Two strangers, each with fewer stalled pairing requests than one connection may
+        // carry (its muxer and shard-stream caps), together more than the strangers' pool.
+        let per = pool / 2 + 2;
+        let mut strangers = Vec::new();
+        for _ in 0..2 {
+            let mut s = Peer::connect_with(&node, &new_owner(), RawCodec { stall: true }).await;
+            for _ in 0..per {
+                let head = header(VERSION, 0x07, 17);
+                s.swarm.behaviour_mut().send_request(&node.peer, head);
+            }
+            strangers.push(s);
+        }
+        // The streams beyond the pool fail at once; the others stay open, stalled (until the
+        // node's request timeout, longer than this wait).
+        let beyond = 2 * per - pool;
+        let mut failed = 0;
+        let (s0, s1) = strangers.split_at_mut(1);
+        let (s0, s1) = (&mut s0[0], &mut s1[0]);
+        let drive = async {
+            while failed < beyond {
+                let e = tokio::select! {
+                    e = s0.swarm.select_next_some() => e,
+                    e = s1.swarm.select_next_some() => e,
+                };
+                if let SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error,
+                    ..
+                }) = e
+                {
+                    assert!(
+                        !matches!(error, request_response::OutboundFailure::Timeout),
+                        "a stalled stream timed out before the pool's were dropped"
+                    );
+                    failed += 1;
+                }
+            }
+        };
+        let waited = tokio::time::timeout(Duration::from_secs(10), drive).await;
+        assert!(
+            waited.is_ok(),
+            "{failed} of {} strangers' streams were dropped, {beyond} expected",
+            2 * per
+        );
+        assert!(s0.connected() && s1.connected(), "a stranger was cut off");
+        // With the strangers' pool full, the partner is served from its own.
+        let chunk = [0x7b; 32];
+        let shard = vault_shard(chunk, 0, 64 << 10, "pool");
+        put_and_get_back(&mut a, shard_key(&chunk, 0), &shard).await;
+        drop(strangers);
+        node.assert_alive();
+        node.assert_budget_returns_to_full();
+    });
+    node.stop();
+}
+
+#[test]
 fn shards_that_do_not_match_their_key_are_refused_and_a_valid_one_is_stored_intact() {
     let node = Node::start(|_| {});
     run(async {
