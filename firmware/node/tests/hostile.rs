@@ -1,5 +1,6 @@
 //! Hostile peers against a running storage node: garbage, oversized and truncated frames,
-//! strangers, shards that do not match their key, absurd challenges, floods of requests, quota
+//! strangers, shards that do not match their key, absurd challenges, floods of requests and of
+//! muxer streams (beyond a connection's cap, beyond the strangers' pool), quota
 //! abuse, reads and audits of other owners' shards and of the holder's own records, squatted
 //! keys, a new plug of an owner, and races for one key. Each is refused (with a reason naming the peer or shard where there is an
 //! answer at all), the node keeps serving well-behaved partners, and the frame budget — the
