@@ -177,3 +177,49 @@ fn remember(shared: &Shared, partner: &libp2p::PeerId, id: StoreId) {
         tracing::error!("saving the shards lost for {partner}: {e:#}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_vault::seal::AeadKind;
+    use cairn_vault::shard::{encode_shard, ShardAuth, ShardHeader};
+    use cairn_vault::ChunkId;
+
+    use super::*;
+
+    fn shard(chunk: [u8; 32], index: u8) -> Vec<u8> {
+        let h = ShardHeader {
+            aead: AeadKind::ChaCha20Poly1305,
+            k: 2,
+            n: 3,
+            index,
+            sealed_len: 128,
+            chunk: ChunkId(chunk),
+        };
+        let auth = ShardAuth::new(&[0; 32], &h.chunk, vec![[0; 32]; usize::from(h.n)]);
+        let mut out = Vec::new();
+        encode_shard(&h, &[index; 64], &auth, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_shard_is_damaged_unless_its_key_gives_the_id_it_is_stored_under() {
+        let (owner, other) = ([1u8; 32], [2u8; 32]);
+        let chunk = [9u8; 32];
+        let data = shard(chunk, 1);
+        let id = held_id(&owner, &shard_key(&chunk, 1));
+        let owners = vec![hex(&other), hex(&owner)];
+        assert_eq!(mismatch(id, &data, &owners), None);
+        // Owners not known (a payer no longer a partner): the store's CRC is the check.
+        assert_eq!(mismatch(id, &data, &[]), None);
+        // Another index's bytes under this id.
+        let wrong = shard(chunk, 2);
+        let why = mismatch(id, &wrong, &owners).expect("caught");
+        assert!(why.contains(&shard_key(&chunk, 2).to_string()), "{why}");
+        // Not a shard at all.
+        let mut cut = data.clone();
+        cut.truncate(20);
+        assert!(mismatch(id, &cut, &owners)
+            .unwrap()
+            .contains("not a valid shard"));
+    }
+}

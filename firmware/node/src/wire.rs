@@ -979,6 +979,26 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_reply_carries_whole_ids_up_to_its_bound() {
+        let ids: Vec<ShardId> = (0..LOST_MAX as u8).map(|i| ShardId([i; 32])).collect();
+        let f = frame(3, Msg::Lost { ids: ids.clone() });
+        assert_eq!(Frame::decode_exact(&f.to_bytes().unwrap()).unwrap(), f);
+        let mut more = ids;
+        more.push(ShardId([0xff; 32]));
+        assert!(matches!(
+            frame(3, Msg::Lost { ids: more }).to_bytes(),
+            Err(WireError::Oversized { .. })
+        ));
+        // A body that is not a whole number of ids.
+        let mut b = header(K_LOST, 33);
+        b.extend_from_slice(&[7; 33]);
+        assert!(matches!(
+            Frame::decode(&b),
+            Err(WireError::BadLength { kind: "lost", .. })
+        ));
+    }
+
+    #[test]
     fn unknown_version_kind_and_code_are_named() {
         let mut b = frame(1, Msg::FreeSpaceQuery).to_bytes().unwrap();
         b[0] = 1;
