@@ -355,6 +355,84 @@ fn a_shard_damaged_on_a_holders_disk_fails_its_audit_and_the_next_repair_places_
     assert!(same_file(&file, &out));
 }
 
+/// Flips one bit in the middle of the largest segment of `home`'s chunk store, in place (the
+/// node may be reading the file: no moment without it).
+fn flip_a_bit(home: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let seg = largest_segment(home);
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg)
+        .unwrap();
+    let mid = f.metadata().unwrap().len() / 2;
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(mid)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(mid)).unwrap();
+    f.write_all(&[b[0] ^ 0x01]).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn a_shard_damaged_on_a_holders_disk_is_found_by_its_scrub_and_the_owner_places_it_again() {
+    let t = tempfile::tempdir().unwrap();
+    let owner = start(t.path(), "owner", Transport::Tcp, &[]);
+    // h0 scrubs every second, as fast as it can read; the others once a day.
+    let scrubbing = ["--scrub-every", "1", "--scrub-rate", "1G"];
+    let holders: Vec<Node> = (0..3)
+        .map(|i| {
+            let extra: &[&str] = if i == 0 { &scrubbing } else { &[] };
+            start(t.path(), &format!("h{i}"), Transport::Tcp, extra)
+        })
+        .collect();
+    for h in &holders {
+        owner.invite(h);
+    }
+    let v = Vault::init(t.path(), &owner, 2, 3);
+    let file = t.path().join("f.bin");
+    random_file(&file, 3 << 20, 11);
+    v.ok(&["put", file.to_str().unwrap()]);
+    let st = owner.status();
+    let chunks = st["chunks"]["chunks"].as_u64().unwrap();
+    assert_eq!(st["chunks"]["full"].as_u64().unwrap(), chunks, "{st}");
+
+    // A bit flipped under the running h0; nobody reads or audits that shard: h0's scrub finds
+    // it (bounded wait: a pass every second).
+    flip_a_bit(&holders[0].home);
+    let mut found = Value::Null;
+    for _ in 0..300 {
+        found = holders[0].status()["scrub"].clone();
+        if found["damaged"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(found["damaged"].as_u64(), Some(1), "h0's scrub: {found}");
+    assert!(found["checked"].as_u64().unwrap() > 1, "{found}");
+
+    // The owner's next repair round hears of it from h0 and places the shard again.
+    let r: Value = serde_json::from_str(&owner.ctl(&["repair"])).unwrap();
+    assert_eq!(r["lost"].as_u64().unwrap(), 1, "{r}");
+    assert_eq!(r["repaired"].as_u64().unwrap(), 1, "{r}");
+    assert_eq!(r["shards_placed"].as_u64().unwrap(), 1, "{r}");
+    // Told once: the next round hears nothing more and has nothing to do.
+    let r: Value = serde_json::from_str(&owner.ctl(&["repair"])).unwrap();
+    assert_eq!(r["lost"].as_u64().unwrap(), 0, "{r}");
+    assert_eq!(r["repaired"].as_u64().unwrap(), 0, "{r}");
+    // Every shard, the new one included, passes its audit (prepared challenges, then reads).
+    for _ in 0..2 {
+        let a: Value = serde_json::from_str(&owner.ctl(&["audit"])).unwrap();
+        assert_eq!(a["failed"].as_u64().unwrap(), 0, "{a}");
+        assert_eq!(a["passed"], a["checked"], "{a}");
+    }
+    let st = owner.status();
+    assert_eq!(st["chunks"]["full"].as_u64().unwrap(), chunks, "{st}");
+    let out = t.path().join("out.bin");
+    v.ok(&["get", "f.bin", out.to_str().unwrap()]);
+    assert!(same_file(&file, &out));
+}
+
 #[test]
 fn a_freeloader_is_refused_beyond_its_allowance_with_a_clear_error() {
     let t = tempfile::tempdir().unwrap();

@@ -36,6 +36,10 @@ pub struct Config {
     pub min_score: f64,
     /// Lease given with each put (renewed by audits).
     pub lease: Duration,
+    /// Time from the start of one scrub pass over partners' shards to the next.
+    pub scrub_every: Duration,
+    /// Bytes per second the scrub reads (the card's time for partners' requests).
+    pub scrub_rate: u64,
     /// Resource limits.
     pub limits: Limits,
     /// RAM for the chunk store's index.
@@ -65,6 +69,10 @@ impl Config {
             grace: Duration::from_secs(24 * 3600),
             min_score: 0.2,
             lease: Duration::from_secs(90 * 24 * 3600),
+            // A day's pass at 128 KiB/s reads 10 GiB: a plug's share for partners, without
+            // keeping an SD card busy.
+            scrub_every: Duration::from_secs(24 * 3600),
+            scrub_rate: 128 << 10,
             limits: Limits::default(),
             store_memory: 8 << 20,
             #[cfg(feature = "test-fixtures")]

@@ -165,12 +165,7 @@ fn drop_damaged(shared: &Shared, id: StoreId, shard: &crate::wire::ShardId) -> M
     tracing::warn!(
         "shard {shard} is damaged on this plug's disk: dropped for its owner to re-place"
     );
-    if let Ok(Some(info)) = shared.store.info(id) {
-        if shared.store.delete(id).is_ok() {
-            leases::forget(shared, id);
-            release_payer(shared, info.owner, u64::from(info.len));
-        }
-    }
+    drop_copy(shared, id);
     err(
         ErrorCode::NotFound,
         format!(
@@ -178,6 +173,40 @@ fn drop_damaged(shared: &Shared, id: StoreId, shard: &crate::wire::ShardId) -> M
             shared.me
         ),
     )
+}
+
+/// Deletes the partner's shard stored under `id` and its lease, released from its payer's
+/// books (the caller holds the shard's lock); what it was, if it was there.
+pub(crate) fn drop_copy(shared: &Shared, id: StoreId) -> Option<cairn_store::ShardInfo> {
+    let info = shared.store.info(id).ok()??;
+    shared.store.delete(id).ok()?;
+    leases::forget(shared, id);
+    release_payer(shared, info.owner, u64::from(info.len));
+    Some(info)
+}
+
+/// The shards `peer` put that the scrub found damaged since it last asked (at most
+/// [`crate::wire::LOST_MAX`]); forgotten once told.
+fn lost_for(shared: &Shared, peer: &PeerId) -> Msg {
+    let ids = {
+        let mut st = shared.state();
+        let Some(p) = st.saved.partners.get_mut(peer) else {
+            return Msg::Lost { ids: Vec::new() };
+        };
+        let n = p.lost.len().min(crate::wire::LOST_MAX);
+        p.lost.drain(..n).collect::<Vec<_>>()
+    };
+    if !ids.is_empty() {
+        if let Err(e) = shared.persist() {
+            tracing::error!("saving the shards lost for {peer}: {e:#}");
+        }
+    }
+    Msg::Lost {
+        ids: ids
+            .iter()
+            .filter_map(|h| crate::records::unhex32(h).map(crate::wire::ShardId))
+            .collect(),
+    }
 }
 
 /// The entry of `owner`'s shard if it is held and leased. One whose lease ran out is as good as
@@ -371,6 +400,7 @@ pub(crate) fn serve(shared: &Shared, peer: PeerId, owner: [u8; 32], request: Hel
             }
             Err(m) => m,
         },
+        Msg::LostQuery => lost_for(shared, &peer),
         Msg::FreeSpaceQuery => {
             let st = shared.state();
             let capacity = st.capacity(&shared.cfg);
@@ -397,6 +427,7 @@ fn kind_name(m: &Msg) -> &'static str {
         Msg::LeaseRenewed { .. } => "lease-renewed",
         Msg::AuditResponse { .. } => "audit-response",
         Msg::FreeSpace { .. } => "free-space",
+        Msg::Lost { .. } => "lost",
         Msg::Error { .. } => "error",
         Msg::Paired => "paired",
         _ => "this message",

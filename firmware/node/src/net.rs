@@ -5,22 +5,30 @@
 //! peers beyond it; AutoNAT, relay v2 (client, and a small server a plug with a public address
 //! offers its friends) and DCUtR for hole punching; the shard protocol over request-response.
 //!
-//! Memory bounds: connections (total and per peer), shard streams per connection, and the
-//! byte budget of frames being read ([`Budget`]) are all limited here; relay reservations and
-//! circuits have small caps.
+//! Memory bounds: connections (total and per peer), muxer streams per connection and the
+//! node-wide pools of streams peers open ([`crate::mux`]), QUIC's windows, shard streams per
+//! connection, and the byte budget of frames being read ([`Budget`]) are all limited here;
+//! relay reservations and circuits have small caps. The worst case is in the README's Bounds.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use libp2p::core::multiaddr::Protocol;
+use libp2p::core::upgrade::Version;
+use libp2p::core::Transport;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     autonat, connection_limits, dcutr, identify, identity::Keypair, kad, mdns, noise, ping, relay,
-    request_response, tcp, yamux, Multiaddr, StreamProtocol, Swarm,
+    request_response, tcp, Multiaddr, StreamProtocol, Swarm,
 };
 
 use crate::codec::{Budget, ShardCodec, PROTOCOL};
+use crate::mux::{PooledYamux, Pools, STREAM_WINDOW};
+
+/// Bytes a QUIC connection may have unread, all its streams together: what a Yamux connection
+/// holds outside the pools (the frame being read and our own ping stream).
+pub const QUIC_CONNECTION_WINDOW: usize = 2 * STREAM_WINDOW;
 
 /// Limits on what peers may make this node hold.
 #[derive(Clone, Debug)]
@@ -36,6 +44,13 @@ pub struct Limits {
     pub max_pending_incoming: u32,
     /// Concurrent shard streams per connection.
     pub max_streams: usize,
+    /// Muxer streams per connection, both ways and all protocols (Yamux closes a connection
+    /// whose peer opens more; QUIC does not let it).
+    pub muxer_streams: usize,
+    /// Streams partners may have open towards us, node-wide (more are dropped at once).
+    pub partner_stream_pool: usize,
+    /// Streams other peers (and relayed connections) may have open towards us, node-wide.
+    pub stranger_stream_pool: usize,
     /// Requests of one peer being served at once; more get a "busy" answer.
     pub inflight_per_peer: usize,
     /// Bytes of shard frames in memory at once, all peers together.
@@ -47,11 +62,15 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 160,
-            max_stranger_connections: 48,
+            max_connections: 32,
+            max_stranger_connections: 8,
             max_per_peer: 2,
             max_pending_incoming: 16,
             max_streams: 16,
+            // The shard streams, plus identify, ping both ways, Kademlia, AutoNAT, DCUtR, relay.
+            muxer_streams: 24,
+            partner_stream_pool: 48,
+            stranger_stream_pool: 16,
             inflight_per_peer: 8,
             frame_budget: 24 << 20,
             request_timeout: Duration::from_secs(60),
@@ -104,15 +123,36 @@ pub fn build(
     use_mdns: bool,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let l = limits.clone();
+    let pools = Pools::new(
+        l.partner_stream_pool,
+        l.stranger_stream_pool,
+        budget.gate().clone(),
+    );
+    let relay_pools = pools.clone();
+    let streams = l.muxer_streams;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
+        .with_quic_config(|mut c| {
+            c.max_concurrent_stream_limit = u32::try_from(streams).unwrap_or(u32::MAX);
+            c.max_stream_data = STREAM_WINDOW as u32;
+            c.max_connection_data = QUIC_CONNECTION_WINDOW as u32;
+            c
+        })
+        // TCP as `with_tcp` builds it, but the muxer learns the peer (for its pool).
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(PooledYamux::new(streams, pools))
+                        .map(|(peer, muxer), _| (peer, muxer.with_peer(peer))),
+                )
+            },
         )?
-        .with_quic()
-        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_relay_client(noise::Config::new, move || {
+            PooledYamux::new(streams, relay_pools)
+        })?
         .with_behaviour(|key, relay_client| {
             let me = key.public().to_peer_id();
             let gate = budget.gate().clone();

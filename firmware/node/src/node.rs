@@ -12,8 +12,10 @@
 //! Memory (the node's RSS budget is 64 MiB): frames in flight ≤ `frame_budget` (24 MiB), the
 //! chunk store's index ≤ `store_memory` (8 MiB), partners and peers a few hundred bytes each,
 //! chunks being placed ≤ [`crate::owner::PENDING_CHUNKS_MAX`] records, libp2p connections ≤
-//! `max_connections` (strangers ≤ `max_stranger_connections`) with at most `max_streams`
-//! streams each.
+//! `max_connections` (strangers ≤ `max_stranger_connections`) with at most `muxer_streams`
+//! streams each (`max_streams` of them shard streams), the streams peers open drawn from
+//! node-wide pools, each stream's unread bytes ≤ 256 KiB ([`crate::mux`]); the README's Bounds
+//! adds it up.
 
 use std::sync::Arc;
 
@@ -166,6 +168,7 @@ pub fn run_until(
         task.start()?;
         let server = tokio::spawn(crate::server::serve(shared.clone(), listener));
         let background = tokio::spawn(crate::owner::background(shared.clone()));
+        let scrub = tokio::spawn(crate::scrub::run(shared.clone()));
         tracing::info!(
             "{} starting, control {}",
             shared.me,
@@ -200,6 +203,7 @@ pub fn run_until(
         tracing::info!("stopping");
         server.abort();
         background.abort();
+        scrub.abort();
         crate::owner::flush(&shared).await.ok();
         shared.persist()?;
         let _ = std::fs::remove_file(&shared.cfg.control);

@@ -11,7 +11,7 @@
 //! [`HERE`]: the owner's put succeeds on a plug without (enough) partners, and the repair round
 //! moves such shards out once eligible partners exist.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use cairn_store::{Lease, ShardInfo};
@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::placement::{place, Candidate};
 use crate::records::{
-    check_vault_shard, hex, local_id, record_id, shard_key, unhex32, AuditRec, ChunkRecord, Slot,
-    HERE, OWN_RECORDS, OWN_SHARDS,
+    check_vault_shard, held_id, hex, local_id, record_id, shard_key, unhex32, AuditRec,
+    ChunkRecord, Slot, HERE, OWN_RECORDS, OWN_SHARDS,
 };
 use crate::repair::{plan, ChunkState, Holding, PeerHealth, Policy};
 use crate::state::{now_secs, Shared};
@@ -1105,6 +1105,9 @@ pub struct RepairReport {
     pub kept_here: u64,
     /// Chunks with shards still kept here after the round, waiting for partners.
     pub waiting: u64,
+    /// Shards their holders reported lost (their scrub found them damaged), marked bad and
+    /// so rebuilt in this round.
+    pub lost: u64,
     /// Chunks that could not be repaired now, with why.
     pub stuck: Vec<String>,
 }
@@ -1114,11 +1117,18 @@ pub struct RepairReport {
 pub async fn repair_round(shared: &Arc<Shared>) -> Result<RepairReport, String> {
     flush(shared).await?;
     let mut report = RepairReport::default();
+    let lost = Arc::new(ask_lost(shared).await);
     let mut after: Option<cairn_store::ShardId> = None;
     while let Some((last, records)) = blocking(shared, move |s| load_page(s, after)).await? {
         after = Some(last);
-        for rec in records {
+        for mut rec in records {
             report.chunks += 1;
+            if !lost.is_empty() {
+                let lost = lost.clone();
+                let (now, marked) = blocking(shared, move |s| mark_lost(s, rec, &lost)).await?;
+                rec = now;
+                report.lost += marked;
+            }
             match repair_chunk(shared, rec).await {
                 Ok(r) => {
                     report.moved_out += r.moved_out;
@@ -1138,6 +1148,76 @@ pub async fn repair_round(shared: &Arc<Shared>) -> Result<RepairReport, String> 
         }
     }
     Ok(report)
+}
+
+/// Asks every connected partner which of the shards we put it lost since we last asked (its
+/// scrub found them damaged): their chunk-store ids, with who reported each.
+async fn ask_lost(shared: &Arc<Shared>) -> HashMap<[u8; 32], PeerId> {
+    let (connected, owner) = {
+        let st = shared.state();
+        let connected: Vec<PeerId> = st
+            .partner_ids()
+            .into_iter()
+            .filter(|p| st.peers.get(p).is_some_and(|m| m.connections > 0))
+            .collect();
+        (connected, st.owners.first().map(|a| a.owner))
+    };
+    let mut lost = HashMap::new();
+    let Some(owner) = owner else { return lost };
+    for p in connected {
+        // A holder that does not know the question (an older node) answers with an error:
+        // its audits find what it lost.
+        if let Ok(Msg::Lost { ids }) = shared.request_as(p, &owner, Msg::LostQuery).await {
+            if !ids.is_empty() {
+                tracing::warn!("{p} reports {} of our shards lost on its disk", ids.len());
+            }
+            lost.extend(ids.into_iter().map(|id| (id.0, p)));
+        }
+    }
+    lost
+}
+
+/// Marks bad the slots of `rec` whose holder reported them `lost` (blocking), saving the
+/// record; the record as it is now and how many were marked.
+fn mark_lost(
+    shared: &Shared,
+    rec: ChunkRecord,
+    lost: &HashMap<[u8; 32], PeerId>,
+) -> Result<(ChunkRecord, u64), String> {
+    let (Some(chunk), Some(owner)) = (rec.chunk_id(), rec.owner_key()) else {
+        return Ok((rec, 0));
+    };
+    let reported = |rec: &ChunkRecord| -> Vec<usize> {
+        rec.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s.as_ref().filter(|s| !s.bad)?;
+                let id = held_id(&owner, &shard_key(&chunk, i as u8));
+                (lost.get(&id.0)?.to_base58() == s.peer).then_some(i)
+            })
+            .collect()
+    };
+    if reported(&rec).is_empty() {
+        return Ok((rec, 0));
+    }
+    let _lock = shared.key_lock(&crate::wire::ShardId(chunk));
+    if shared.state().pending.contains_key(&chunk) {
+        return Ok((rec, 0)); // Being put right now: its slots are being written anew.
+    }
+    let Some(mut now) = load_record(shared, &chunk)? else {
+        return Ok((rec, 0));
+    };
+    let marked = reported(&now);
+    for &i in &marked {
+        if let Some(s) = now.slots[i].as_mut() {
+            s.bad = true;
+        }
+    }
+    if !marked.is_empty() {
+        save_record(shared, &now)?;
+    }
+    Ok((now, marked.len() as u64))
 }
 
 /// Who holds a shard, for repair planning: this plug (one per index, so shards kept here never

@@ -483,6 +483,7 @@ async fn status(shared: &Arc<Shared>) -> (Value, Vec<u8>) {
         "allowance": st.ledger.allowance,
         "partners": partners,
         "frame_budget_free": shared.budget.available(),
+        "scrub": serde_json::to_value(&st.scrub).unwrap_or_default(),
     });
     drop(st);
     // The chunk store's own counters: what it holds and what it has written (segments).

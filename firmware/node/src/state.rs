@@ -49,7 +49,14 @@ pub struct Partner {
     /// are booked to it (at most [`PREDECESSORS_MAX`], newest last).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub predecessors: Vec<String>,
+    /// Ids (`records::held_id`, hex) of shards it put that our scrub found damaged and dropped,
+    /// until it asks (`LostQuery`); at most [`LOST_PER_PARTNER`], the oldest forgotten first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<String>,
 }
+
+/// Most lost shards remembered per partner (its audits find any beyond).
+pub const LOST_PER_PARTNER: usize = crate::wire::LOST_MAX;
 
 /// Most owners one partner may act for here.
 pub const OWNERS_PER_PARTNER: usize = 8;
@@ -190,6 +197,8 @@ pub struct State {
     pub owners: Vec<crate::wire::OwnerAuth>,
     /// (peer, owner, epoch) whose statement verified (at most [`VERIFIED_MAX`]).
     pub verified: HashSet<(PeerId, [u8; 32], u64)>,
+    /// What the scrub has done since start.
+    pub scrub: crate::scrub::ScrubStats,
 }
 
 impl State {
@@ -323,6 +332,7 @@ impl Shared {
                 recent: std::collections::VecDeque::new(),
                 owners: Vec::new(),
                 verified: HashSet::new(),
+                scrub: Default::default(),
             }),
             cmd: tx,
             budget,
@@ -393,6 +403,7 @@ impl Shared {
                 via: via.to_owned(),
                 owners: Vec::new(),
                 predecessors: Vec::new(),
+                lost: Vec::new(),
             });
             for a in addrs {
                 let s = a.to_string();

@@ -14,7 +14,8 @@
 use thiserror::Error;
 
 /// Protocol version spoken by this node; frames with any other version are refused (version 2:
-/// requests carry the owner's statement; 3: the statement carries an epoch).
+/// requests carry the owner's statement; 3: the statement carries an epoch, and a holder
+/// reports the shards its scrub dropped, `LostQuery`/`Lost`).
 pub const VERSION: u8 = 3;
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 10;
@@ -169,6 +170,9 @@ pub enum Msg {
     },
     /// Ask how much space the peer has free and offers.
     FreeSpaceQuery,
+    /// Ask which of the shards we put the peer has lost since we last asked (its scrub found
+    /// them damaged and dropped them).
+    LostQuery,
     /// Ask to become partners: during both plugs' pairing windows (`mode` [`PAIR_WINDOW`],
     /// `secret` zero) or with an invitation's one-time secret (`mode` [`PAIR_INVITE`]).
     Pair {
@@ -222,6 +226,12 @@ pub enum Msg {
         code: ErrorCode,
         /// Why, for people (at most [`REASON_BYTES_MAX`] bytes).
         reason: String,
+    },
+    /// Reply to `LostQuery`: the chunk-store ids (`records::held_id`, per owner) of the shards
+    /// dropped since, at most [`LOST_MAX`]; the holder forgets them once told.
+    Lost {
+        /// The ids of the shards lost.
+        ids: Vec<ShardId>,
     },
     /// Reply to `Pair`: the peer recorded us as a partner.
     Paired,
@@ -337,6 +347,7 @@ const K_RENEW: u8 = 0x04;
 const K_AUDIT: u8 = 0x05;
 const K_FREE_Q: u8 = 0x06;
 const K_PAIR: u8 = 0x07;
+const K_LOST_Q: u8 = 0x08;
 const K_RETIRE: u8 = 0x0f;
 const K_STORED: u8 = 0x81;
 const K_DATA: u8 = 0x82;
@@ -346,7 +357,11 @@ const K_PROOF: u8 = 0x85;
 const K_FREE: u8 = 0x86;
 const K_ERROR: u8 = 0x87;
 const K_PAIRED: u8 = 0x88;
+const K_LOST: u8 = 0x89;
 const K_RETIRED: u8 = 0x8f;
+
+/// Most shard ids one [`Msg::Lost`] reply carries.
+pub const LOST_MAX: usize = 64;
 
 fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
     const S: usize = SHARD_ID_LEN;
@@ -363,6 +378,14 @@ fn shape(kind: u8) -> Result<(&'static str, Shape), WireError> {
         K_RENEW => ("renew-lease", Shape::Fixed(S + 4)),
         K_AUDIT => ("audit-challenge", Shape::Fixed(S + 32 + 8 + 4)),
         K_FREE_Q => ("free-space-query", Shape::Fixed(0)),
+        K_LOST_Q => ("lost-query", Shape::Fixed(0)),
+        K_LOST => (
+            "lost",
+            Shape::Var {
+                min: 0,
+                max: LOST_MAX * S,
+            },
+        ),
         K_PAIR => ("pair", Shape::Fixed(17)),
         K_PAIRED => ("paired", Shape::Fixed(0)),
         K_RETIRE => ("retire", Shape::Fixed(0)),
@@ -565,7 +588,12 @@ impl Frame {
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(&len.to_le_bytes());
             }
-            Msg::FreeSpaceQuery | Msg::Paired | Msg::Retire | Msg::Retired => {}
+            Msg::FreeSpaceQuery | Msg::LostQuery | Msg::Paired | Msg::Retire | Msg::Retired => {}
+            Msg::Lost { ids } => {
+                for id in ids {
+                    out.extend_from_slice(&id.0);
+                }
+            }
             Msg::Pair { mode, secret } => {
                 out.push(*mode);
                 out.extend_from_slice(secret);
@@ -614,6 +642,8 @@ impl Msg {
             Msg::RenewLease { .. } => K_RENEW,
             Msg::AuditChallenge { .. } => K_AUDIT,
             Msg::FreeSpaceQuery => K_FREE_Q,
+            Msg::LostQuery => K_LOST_Q,
+            Msg::Lost { .. } => K_LOST,
             Msg::Stored { .. } => K_STORED,
             Msg::ShardData { .. } => K_DATA,
             Msg::Deleted { .. } => K_DELETED,
@@ -665,6 +695,23 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<(Option<OwnerAuth>, Msg), WireEr
             len: r.u32(),
         },
         K_FREE_Q => Msg::FreeSpaceQuery,
+        K_LOST_Q => Msg::LostQuery,
+        K_LOST => {
+            let rest = r.rest();
+            if rest.len() % SHARD_ID_LEN != 0 {
+                return Err(WireError::BadLength {
+                    kind: "lost",
+                    len: rest.len(),
+                    expected: rest.len() / SHARD_ID_LEN * SHARD_ID_LEN,
+                });
+            }
+            Msg::Lost {
+                ids: rest
+                    .chunks_exact(SHARD_ID_LEN)
+                    .map(|c| ShardId(c.try_into().expect("32 bytes")))
+                    .collect(),
+            }
+        }
         K_PAIR => {
             let [mode] = r.take::<1>();
             Msg::Pair {
@@ -805,6 +852,8 @@ mod tests {
                 }
             ),
             Just(Msg::FreeSpaceQuery),
+            Just(Msg::LostQuery),
+            proptest::collection::vec(arb_shard(), 0..=LOST_MAX).prop_map(|ids| Msg::Lost { ids }),
             Just(Msg::Paired),
             Just(Msg::Retire),
             Just(Msg::Retired),
@@ -939,6 +988,26 @@ mod tests {
             vec![0xAA],
             "a refused encode leaves the buffer as it was"
         );
+    }
+
+    #[test]
+    fn a_lost_reply_carries_whole_ids_up_to_its_bound() {
+        let ids: Vec<ShardId> = (0..LOST_MAX as u8).map(|i| ShardId([i; 32])).collect();
+        let f = frame(3, Msg::Lost { ids: ids.clone() });
+        assert_eq!(Frame::decode_exact(&f.to_bytes().unwrap()).unwrap(), f);
+        let mut more = ids;
+        more.push(ShardId([0xff; 32]));
+        assert!(matches!(
+            frame(3, Msg::Lost { ids: more }).to_bytes(),
+            Err(WireError::Oversized { .. })
+        ));
+        // A body that is not a whole number of ids.
+        let mut b = header(K_LOST, 33);
+        b.extend_from_slice(&[7; 33]);
+        assert!(matches!(
+            Frame::decode(&b),
+            Err(WireError::BadLength { kind: "lost", .. })
+        ));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Hostile peers against a running storage node: garbage, oversized and truncated frames,
-//! strangers, shards that do not match their key, absurd challenges, floods of requests, quota
+//! strangers, shards that do not match their key, absurd challenges, floods of requests and of
+//! muxer streams (beyond a connection's cap, beyond the strangers' pool), quota
 //! abuse, reads and audits of other owners' shards and of the holder's own records, squatted
 //! keys, a new plug of an owner, and races for one key. Each is refused (with a reason naming the peer or shard where there is an
 //! answer at all), the node keeps serving well-behaved partners, and the frame budget — the
@@ -13,6 +14,8 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,6 +24,7 @@ mod common;
 use cairn_node::audit::{Challenge, RANGE_BYTES_MAX};
 use cairn_node::identity::statement;
 use cairn_node::invite::Invitation;
+use cairn_node::net::Limits;
 use cairn_node::node::Config;
 use cairn_node::records::{hex, local_id, record_id, shard_key};
 use cairn_node::wire::{
@@ -32,6 +36,11 @@ use cairn_vault::shard::{encode_shard, ShardAuth, ShardHeader};
 use cairn_vault::ChunkId;
 use cairn_vault::{OwnerKey, OwnerSecret};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::core::muxing::StreamMuxerExt;
+use libp2p::core::transport::{DialOpts as TransportDialOpts, PortUse};
+use libp2p::core::upgrade::Version;
+use libp2p::core::{Endpoint, Transport};
+use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
@@ -217,9 +226,90 @@ type Answer = Result<Msg, String>;
 /// A libp2p peer with one connection to the node.
 struct Peer {
     swarm: Swarm<request_response::Behaviour<RawCodec>>,
+    /// Its identity (for connections of its own beside the swarm's).
+    key: Keypair,
     node: PeerId,
     /// The statement of the owner its requests are made for, for its own peer id.
     auth: OwnerAuth,
+}
+
+/// Dials `node` and waits for the connection (bounded by [`WAIT`]).
+async fn dial(swarm: &mut Swarm<request_response::Behaviour<RawCodec>>, node: &Node) {
+    swarm
+        .dial(
+            DialOpts::peer_id(node.peer)
+                .addresses(vec![node.addr.clone()])
+                .build(),
+        )
+        .expect("dial");
+    let connected = tokio::time::timeout(WAIT, async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node.peer => {
+                    return;
+                }
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    panic!("connecting to the node: {error}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(connected.is_ok(), "no connection to the node in {WAIT:?}");
+}
+
+/// Opens `n` streams to `node` as `key`, on a connection of its own, each sending the first
+/// byte of a protocol header and nothing more (the node waits for the rest). Whether the node
+/// closed that connection (bounded by [`WAIT`]).
+async fn open_silent_streams(node: &Node, key: &Keypair, n: usize) -> bool {
+    let mut transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(key).expect("noise"))
+        .multiplex(yamux::Config::default());
+    let opts = TransportDialOpts {
+        role: Endpoint::Dialer,
+        port_use: PortUse::New,
+    };
+    let (peer, mut muxer) = transport
+        .dial(node.addr.clone(), opts)
+        .expect("dial")
+        .await
+        .expect("a connection to the node");
+    assert_eq!(peer, node.peer);
+    // Each stream and whether its byte went out.
+    let mut streams = Vec::new();
+    let closed = futures::future::poll_fn(|cx| {
+        loop {
+            match muxer.poll_unpin(cx) {
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
+        }
+        // The node's own streams (identify, ping): not answered.
+        while let Poll::Ready(r) = muxer.poll_inbound_unpin(cx) {
+            if r.is_err() {
+                return Poll::Ready(());
+            }
+        }
+        while streams.len() < n {
+            match muxer.poll_outbound_unpin(cx) {
+                Poll::Ready(Ok(s)) => streams.push((s, false)),
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
+        }
+        for (s, sent) in streams.iter_mut().filter(|(_, sent)| !*sent) {
+            match Pin::new(s).poll_write(cx, b"\x13") {
+                Poll::Ready(Ok(_)) => *sent = true,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    });
+    tokio::time::timeout(WAIT, closed).await.is_ok()
 }
 
 /// A new owner's key (from a fresh owner secret).
@@ -257,7 +347,8 @@ impl Peer {
     /// A fresh identity acting for `owner`, connected to `node`, whose requests go out through
     /// `codec`.
     async fn connect_with(node: &Node, owner: &OwnerKey, codec: RawCodec) -> Peer {
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        let key = Keypair::generate_ed25519();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
@@ -279,28 +370,7 @@ impl Peer {
             .expect("behaviour")
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
-        swarm
-            .dial(
-                DialOpts::peer_id(node.peer)
-                    .addresses(vec![node.addr.clone()])
-                    .build(),
-            )
-            .expect("dial");
-        let connected = tokio::time::timeout(WAIT, async {
-            loop {
-                match swarm.select_next_some().await {
-                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == node.peer => {
-                        return;
-                    }
-                    SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        panic!("connecting to the node: {error}")
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .await;
-        assert!(connected.is_ok(), "no connection to the node in {WAIT:?}");
+        dial(&mut swarm, node).await;
         let me = *swarm.local_peer_id();
         let auth = OwnerAuth {
             owner: owner.public(),
@@ -309,9 +379,32 @@ impl Peer {
         };
         Peer {
             swarm,
+            key,
             node: node.peer,
             auth,
         }
+    }
+
+    /// Whether this peer has a connection to the node.
+    fn connected(&self) -> bool {
+        self.swarm.is_connected(&self.node)
+    }
+
+    /// Closes its connection to the node (bounded by [`WAIT`]).
+    async fn disconnect(&mut self) {
+        let _ = self.swarm.disconnect_peer_id(self.node);
+        let closed = tokio::time::timeout(WAIT, async {
+            while self.swarm.is_connected(&self.node) {
+                self.swarm.select_next_some().await;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the connection to the node did not close");
+    }
+
+    /// Connects to the node again (after it closed the connection).
+    async fn reconnect(&mut self, node: &Node) {
+        dial(&mut self.swarm, node).await;
     }
 
     /// `msg` framed as this peer sends it: requests but `Pair` carry its owner's statement.
@@ -739,6 +832,68 @@ fn a_strangers_stalled_frames_take_none_of_the_budget_and_a_partner_is_served() 
 }
 
 #[test]
+fn strangers_streams_beyond_their_pool_are_dropped_and_a_partner_is_served() {
+    let node = Node::start(|_| {});
+    let pool = Limits::default().stranger_stream_pool;
+    run(async {
+        let mut a = Peer::connect(&node).await;
+        a.pair(&node).await;
+        // Two strangers, each with fewer stalled pairing requests than one connection may
+        // carry (its muxer and shard-stream caps), together more than the strangers' pool.
+        let per = pool / 2 + 2;
+        let mut strangers = Vec::new();
+        for _ in 0..2 {
+            let mut s = Peer::connect_with(&node, &new_owner(), RawCodec { stall: true }).await;
+            for _ in 0..per {
+                let head = header(VERSION, 0x07, 17);
+                s.swarm.behaviour_mut().send_request(&node.peer, head);
+            }
+            strangers.push(s);
+        }
+        // The streams beyond the pool fail at once; the others stay open, stalled (until the
+        // node's request timeout, longer than this wait).
+        let beyond = 2 * per - pool;
+        let mut failed = 0;
+        let (s0, s1) = strangers.split_at_mut(1);
+        let (s0, s1) = (&mut s0[0], &mut s1[0]);
+        let drive = async {
+            while failed < beyond {
+                let e = tokio::select! {
+                    e = s0.swarm.select_next_some() => e,
+                    e = s1.swarm.select_next_some() => e,
+                };
+                if let SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error,
+                    ..
+                }) = e
+                {
+                    assert!(
+                        !matches!(error, request_response::OutboundFailure::Timeout),
+                        "a stalled stream timed out before the pool's were dropped"
+                    );
+                    failed += 1;
+                }
+            }
+        };
+        let waited = tokio::time::timeout(Duration::from_secs(10), drive).await;
+        assert!(
+            waited.is_ok(),
+            "{failed} of {} strangers' streams were dropped, {beyond} expected",
+            2 * per
+        );
+        assert!(s0.connected() && s1.connected(), "a stranger was cut off");
+        // With the strangers' pool full, the partner is served from its own.
+        let chunk = [0x7b; 32];
+        let shard = vault_shard(chunk, 0, 64 << 10, "pool");
+        put_and_get_back(&mut a, shard_key(&chunk, 0), &shard).await;
+        drop(strangers);
+        node.assert_alive();
+        node.assert_budget_returns_to_full();
+    });
+    node.stop();
+}
+
+#[test]
 fn shards_that_do_not_match_their_key_are_refused_and_a_valid_one_is_stored_intact() {
     let node = Node::start(|_| {});
     run(async {
@@ -807,33 +962,52 @@ fn shards_that_do_not_match_their_key_are_refused_and_a_valid_one_is_stored_inta
     node.stop();
 }
 
+/// A partner's shard: its key and bytes.
+type Held = (ShardId, Vec<u8>);
+
+/// Two partners of `node` with a shard each, put and read back.
+async fn two_partners_with_a_shard(node: &Node) -> (Peer, Peer, Held, Held) {
+    let mut a = Peer::connect(node).await;
+    a.pair(node).await;
+    let mut b = Peer::connect(node).await;
+    b.pair(node).await;
+    let chunk = [0x44; 32];
+    let (ka, kb) = (shard_key(&chunk, 0), shard_key(&chunk, 1));
+    let sa = vault_shard(chunk, 0, 32 << 10, "a");
+    let sb = vault_shard(chunk, 1, 32 << 10, "b");
+    put_and_get_back(&mut a, ka, &sa).await;
+    put_and_get_back(&mut b, kb, &sb).await;
+    (a, b, (ka, sa), (kb, sb))
+}
+
+/// B's gets in rounds of 8 (its own in-flight limit), all of which must be served.
+async fn served_in_rounds(b: &mut Peer, kb: ShardId, sb: &[u8]) {
+    for _ in 0..4 {
+        for answer in b.ask_all(vec![Msg::Get { shard: kb }; 8]).await {
+            assert_eq!(
+                answer.expect("B's get answered"),
+                Msg::ShardData {
+                    shard: kb,
+                    data: sb.to_vec()
+                }
+            );
+        }
+    }
+}
+
 #[test]
 fn a_flood_from_one_partner_is_limited_while_another_partner_is_served() {
     let node = Node::start(|_| {});
+    let streams = Limits::default().muxer_streams;
     run(async {
-        let mut a = Peer::connect(&node).await;
-        a.pair(&node).await;
-        let mut b = Peer::connect(&node).await;
-        b.pair(&node).await;
-        let chunk = [0x44; 32];
-        let (ka, kb) = (shard_key(&chunk, 0), shard_key(&chunk, 1));
-        let sa = vault_shard(chunk, 0, 32 << 10, "a");
-        let sb = vault_shard(chunk, 1, 32 << 10, "b");
-        put_and_get_back(&mut a, ka, &sa).await;
-        put_and_get_back(&mut b, kb, &sb).await;
+        let (mut a, mut b, (ka, sa), (kb, sb)) = two_partners_with_a_shard(&node).await;
 
-        // 200 gets at once from A on its one connection; meanwhile B asks for its shard in
-        // rounds of 8 (its own in-flight limit).
-        const FLOOD: usize = 200;
-        let flood = a.ask_all(vec![Msg::Get { shard: ka }; FLOOD]);
-        let steady = async {
-            let mut all = Vec::new();
-            for _ in 0..4 {
-                all.extend(b.ask_all(vec![Msg::Get { shard: kb }; 8]).await);
-            }
-            all
-        };
-        let (flooded, steady) = tokio::join!(flood, steady);
+        // As many gets at once from A on its one connection as its muxer allows (less the
+        // node's own streams to it, identify and ping): more than it serves at once.
+        let flood_n = streams - 4;
+        assert!(flood_n > Limits::default().inflight_per_peer);
+        let flood = a.ask_all(vec![Msg::Get { shard: ka }; flood_n]);
+        let (flooded, ()) = tokio::join!(flood, served_in_rounds(&mut b, kb, &sb));
 
         let (mut served, mut busy, mut dropped) = (0, 0, 0);
         for answer in flooded {
@@ -860,23 +1034,54 @@ fn a_flood_from_one_partner_is_limited_while_another_partner_is_served() {
         assert!(served > 0, "no get of the flood was served");
         assert!(
             busy + dropped > 0,
-            "all {FLOOD} concurrent gets were served: no limit held"
+            "all {flood_n} concurrent gets were served: no limit held"
         );
-        assert_eq!(served + busy + dropped, FLOOD);
-        assert_eq!(steady.len(), 32);
-        for answer in steady {
-            assert_eq!(
-                answer.expect("B's get answered"),
-                Msg::ShardData {
-                    shard: kb,
-                    data: sb.clone()
-                }
-            );
-        }
+        assert_eq!(served + busy + dropped, flood_n);
+        assert!(
+            a.connected(),
+            "a flood within the stream cap closed the connection"
+        );
 
         node.assert_alive();
         node.assert_budget_returns_to_full();
         // The flood is over: A is served normally again.
+        assert_eq!(
+            a.ask(Msg::Get { shard: ka }).await,
+            Msg::ShardData {
+                shard: ka,
+                data: sa.clone()
+            }
+        );
+    });
+    node.stop();
+}
+
+#[test]
+fn a_stream_flood_beyond_the_cap_closes_that_connection_while_another_partner_is_served() {
+    let node = Node::start(|_| {});
+    let streams = Limits::default().muxer_streams;
+    run(async {
+        let (mut a, mut b, (ka, sa), (kb, sb)) = two_partners_with_a_shard(&node).await;
+
+        // A, on a connection of its own, opens 200 streams and leaves each waiting for the
+        // rest of its first frame: far beyond the muxer's cap. Meanwhile B is served.
+        a.disconnect().await;
+        const FLOOD: usize = 200;
+        assert!(FLOOD > 2 * streams);
+        let (closed, ()) = tokio::join!(
+            open_silent_streams(&node, &a.key, FLOOD),
+            served_in_rounds(&mut b, kb, &sb)
+        );
+        assert!(
+            closed,
+            "the node kept a connection with {FLOOD} streams open"
+        );
+
+        node.assert_alive();
+        node.assert_budget_returns_to_full();
+        // B is still served, and A, connected again, is served like any partner.
+        served_in_rounds(&mut b, kb, &sb).await;
+        a.reconnect(&node).await;
         assert_eq!(
             a.ask(Msg::Get { shard: ka }).await,
             Msg::ShardData {

@@ -83,6 +83,12 @@ pub enum Command {
         /// Lease on each stored shard, in days (audits renew it).
         #[arg(long, default_value_t = 90)]
         lease_days: u64,
+        /// Seconds from the start of one scrub pass over partners' shards to the next.
+        #[arg(long, default_value_t = 24 * 3600)]
+        scrub_every: u64,
+        /// Bytes per second the scrub reads (K, M, G suffixes).
+        #[arg(long, default_value = "128K", value_parser = parse_size)]
+        scrub_rate: u64,
         /// RAM for frames in flight (the largest part of the node's memory).
         #[arg(long, default_value = "24M", value_parser = parse_size)]
         frame_budget: u64,
@@ -177,6 +183,8 @@ pub fn run(args: Args) -> Result<()> {
             repair_every,
             grace,
             lease_days,
+            scrub_every,
+            scrub_rate,
             frame_budget,
             hostile,
         } => {
@@ -192,6 +200,8 @@ pub fn run(args: Args) -> Result<()> {
             cfg.repair_every = Duration::from_secs(repair_every.max(1));
             cfg.grace = Duration::from_secs(grace);
             cfg.lease = Duration::from_secs(lease_days.max(1) * 24 * 3600);
+            cfg.scrub_every = Duration::from_secs(scrub_every.max(1));
+            cfg.scrub_rate = scrub_rate.max(1);
             cfg.limits.frame_budget = usize::try_from(frame_budget).unwrap_or(usize::MAX);
             #[cfg(feature = "test-fixtures")]
             {
