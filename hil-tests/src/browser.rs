@@ -820,6 +820,45 @@ impl Drop for Driver {
     }
 }
 
+/// A page's reaction to a click or a press on a loaded 2-core machine.
+pub const SETUP_REACT: Duration = Duration::from_secs(20);
+/// Setup's answer: it hashes the passphrase (Argon2id, 19 MiB, on an emulated CPU) and makes
+/// the owner's vault.
+pub const SETUP_HASHING: Duration = Duration::from_secs(90);
+
+/// Claims a new plug at `origin` (`https://HOST[:PORT]`) with a press of its button (`press`)
+/// and sets it up as `name`, as its owner does in a browser: the form, then the recovery key's
+/// last group. The browser is logged in afterwards.
+pub fn claim_and_set_up(
+    b: &mut Browser,
+    origin: &str,
+    press: impl FnOnce(),
+    name: &str,
+    passphrase: &str,
+) -> anyhow::Result<()> {
+    b.goto(&format!("{origin}/"))?;
+    let h1 = b.text_of("h1")?;
+    anyhow::ensure!(
+        h1 == "Press the button on your Cairn",
+        "a new plug's page says {h1:?}"
+    );
+    // The page's poll has reached the device by now.
+    std::thread::sleep(Duration::from_secs(2));
+    press();
+    b.wait_for_text(Scope::Css("h1"), "Set up your Cairn", SETUP_REACT)?;
+    b.fill("#name", name)?;
+    b.fill("#passphrase", passphrase)?;
+    b.fill("#passphrase2", passphrase)?;
+    b.click_to_next_page("button[type=submit]", SETUP_HASHING)?;
+    let key = b.text_of("#recovery-key")?;
+    let last = key.rsplit('-').next().unwrap_or_default().to_string();
+    b.fill("#last", &last)?;
+    b.click_to_next_page("button[type=submit]", SETUP_REACT)?;
+    let h1 = b.text_of("h1")?;
+    anyhow::ensure!(h1 == name, "after setup the page says {h1:?}, not {name:?}");
+    Ok(())
+}
+
 /// The workspace's target directory: `$CARGO_TARGET_DIR` (relative to the repository, if
 /// relative) or `<repo>/target`.
 pub fn target_dir() -> PathBuf {

@@ -28,6 +28,15 @@ pub fn images_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images"))
 }
 
+/// A TCP port free on the host's loopback right now (the kernel just handed it out: free
+/// unless another process takes it before it is used).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
 /// An image by file name in [`images_dir`], with a clear error if it was not built.
 pub fn image(name: &str) -> anyhow::Result<PathBuf> {
     let p = images_dir().join(name);

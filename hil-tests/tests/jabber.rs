@@ -9,10 +9,10 @@
 //! One boot carries every step, in the order a household meets them.
 
 use cairn_bsp::panel::PanelLink;
-use cairn_hil::browser::{pin_from_fingerprint, Browser, Scope, Viewport};
-use cairn_hil::{image, Config, Qemu, BOOT_TIMEOUT};
+use cairn_hil::browser::{claim_and_set_up, pin_from_fingerprint, Browser, Viewport};
+use cairn_hil::{free_port, image, Config, Qemu, BOOT_TIMEOUT};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,22 +21,12 @@ use std::time::{Duration, Instant};
 const PASSPHRASE: &str = "correct horse battery staple";
 /// A stream's opening and features from Prosody on an emulated CPU.
 const ANSWER: Duration = Duration::from_secs(30);
-/// A page's reaction to a click or a press on a loaded 2-core machine.
-const REACT: Duration = Duration::from_secs(20);
-/// Setup hashes the passphrase (Argon2id, 19 MiB, on an emulated CPU) and makes the vault.
-const HASHING: Duration = Duration::from_secs(90);
+/// A page's reaction to a click on a loaded 2-core machine.
+const REACT: Duration = cairn_hil::browser::SETUP_REACT;
 /// After setup Prosody restarts for the device's new name, then the owner's account is made.
 const OWNER_ACCOUNT: Duration = Duration::from_secs(150);
 /// The whole client session (each of its steps is bounded by 60 s inside).
 const CLIENTS: Duration = Duration::from_secs(540);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Opens a client stream to `domain` and reads until the server's features are complete (or
 /// the server closes the stream).
@@ -118,20 +108,8 @@ fn a_household_chats_through_prosody_on_the_plug() {
     let pin = pin_from_fingerprint("localhost", https, fingerprint).unwrap();
     let url = |p: &str| format!("https://localhost:{https}{p}");
     let mut b = Browser::open(&pin, Viewport::DESKTOP).unwrap();
-    b.goto(&url("/")).unwrap();
-    assert_eq!(b.text_of("h1").unwrap(), "Press the button on your Cairn");
-    std::thread::sleep(Duration::from_secs(2)); // the page's poll reaches the device
-    panel.press(Duration::from_millis(300)).unwrap();
-    b.wait_for_text(Scope::Css("h1"), "Set up your Cairn", REACT)
-        .unwrap();
-    b.fill("#name", "hearth").unwrap();
-    b.fill("#passphrase", PASSPHRASE).unwrap();
-    b.fill("#passphrase2", PASSPHRASE).unwrap();
-    b.click_to_next_page("button[type=submit]", HASHING)
-        .unwrap();
-    let key = b.text_of("#recovery-key").unwrap();
-    b.fill("#last", key.rsplit('-').next().unwrap()).unwrap();
-    b.click_to_next_page("button[type=submit]", REACT).unwrap();
+    let press = || panel.press(Duration::from_millis(300)).unwrap();
+    claim_and_set_up(&mut b, &url(""), press, "hearth", PASSPHRASE).unwrap();
     let start = Instant::now();
     loop {
         b.goto(&url("/admin/chat")).unwrap();

@@ -10,24 +10,15 @@
 
 use cairn_bsp::panel::PanelLink;
 use cairn_hil::{
-    append_cmdline, image, service, Config, Ethernet, FixturePort, Qemu, BOOT_TIMEOUT,
+    append_cmdline, free_port, image, service, Config, Ethernet, FixturePort, Qemu, BOOT_TIMEOUT,
 };
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Bound for the LEDs to follow something the board did (generous for a loaded CI machine).
 const REACT: Duration = Duration::from_secs(15);
-
-/// A TCP port free on the host's loopback right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// libp2p's first words on a new connection (multistream-select 1.0: a varint length, then
 /// the protocol line).

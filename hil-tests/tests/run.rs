@@ -4,7 +4,6 @@
 
 use cairn_hil::Qmp;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -32,14 +31,7 @@ impl Drop for Group {
 fn scripts_run_boots_online_to_ready_and_powers_off_cleanly() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
-    let free = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (port, xmpp) = (free(), free());
+    let (port, xmpp) = (cairn_hil::free_port(), cairn_hil::free_port());
     let mut child = Command::new(root.join("scripts/run"))
         .current_dir(&root)
         .env("CAIRN_RUN_DIR", dir.path())

@@ -14,7 +14,6 @@ use cairn_bsp::panel::PanelLink;
 use cairn_bsp::pattern::{recognize, Pattern};
 use cairn_hil::browser::{https_request, pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport};
 use cairn_hil::{image, Config, Qemu, BOOT_TIMEOUT};
-use std::net::TcpListener;
 use std::time::Duration;
 
 /// The owner's passphrase.
@@ -64,12 +63,7 @@ impl Plug {
         cfg.disk_bytes = Some(DISK_BYTES);
         // A real plug comes back after a reboot: QEMU resets instead of exiting.
         cfg.reboot = true;
-        // A port the kernel just handed out: free unless another process takes it now.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = cairn_hil::free_port();
         cfg.https_port = Some(port);
         let q = Qemu::boot(&cfg).unwrap();
         let panel = q.panel().unwrap();

@@ -10,7 +10,9 @@
 //! hears that A's identity is gone and forgets it.
 
 use cairn_bsp::panel::PanelLink;
-use cairn_hil::browser::{pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport};
+use cairn_hil::browser::{
+    claim_and_set_up, pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport,
+};
 use cairn_hil::{image, Config, Ethernet, PrivateLan, Qemu, BOOT_TIMEOUT};
 use std::time::Duration;
 
@@ -74,26 +76,10 @@ impl Plug {
         format!("{}{path}", self.origin)
     }
 
-    /// Claims the plug with a press and sets it up as `name`, as its owner does in a browser:
-    /// the form, then the recovery key's last group. Returns the browser, logged in.
+    /// Claims the plug with a press and sets it up as `name`; the browser, logged in.
     fn set_up(&self, name: &str) -> Browser {
         let mut b = Browser::open(&self.pin, Viewport::DESKTOP).unwrap();
-        b.goto(&self.url("/")).unwrap();
-        assert_eq!(b.text_of("h1").unwrap(), "Press the button on your Cairn");
-        // The page's poll has reached the device by now.
-        std::thread::sleep(Duration::from_secs(2));
-        self.press();
-        b.wait_for_text(Scope::Css("h1"), "Set up your Cairn", REACT)
-            .unwrap();
-        b.fill("#name", name).unwrap();
-        b.fill("#passphrase", PASSPHRASE).unwrap();
-        b.fill("#passphrase2", PASSPHRASE).unwrap();
-        b.click_to_next_page("button[type=submit]", HASHING)
-            .unwrap();
-        let key = b.text_of("#recovery-key").unwrap();
-        b.fill("#last", key.rsplit('-').next().unwrap()).unwrap();
-        b.click_to_next_page("button[type=submit]", REACT).unwrap();
-        assert_eq!(b.text_of("h1").unwrap(), name);
+        claim_and_set_up(&mut b, &self.origin, || self.press(), name, PASSPHRASE).unwrap();
         b
     }
 

@@ -469,7 +469,8 @@ pub fn remove_artifacts(img: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+/// Runs `cmd`; its stderr in the error when it fails.
+pub(crate) fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let out = cmd.output().map_err(|e| {
         anyhow::anyhow!(
             "{what}: cannot run {:?} ({e}): run scripts/setup",

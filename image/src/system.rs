@@ -4,6 +4,7 @@
 //! architectures are untouched; apt checks the archive's signatures), unpacked, merged into
 //! `/usr`, pruned and packed reproducibly. Cached by the hash of everything that goes in.
 
+use crate::run;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -554,21 +555,6 @@ fn read_costs(file: &Path) -> anyhow::Result<Vec<Cost>> {
             }
         })
         .collect()
-}
-
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let out = cmd.output().map_err(|e| {
-        anyhow::anyhow!(
-            "{what}: cannot run {:?} ({e}): run scripts/setup",
-            cmd.get_program()
-        )
-    })?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 #[cfg(test)]

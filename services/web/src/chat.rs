@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -72,7 +72,7 @@ pub fn check_password(password: &str) -> Result<(), &'static str> {
 impl Prosody {
     /// The accounts of `domain`, as full addresses, sorted.
     pub fn accounts(&self, domain: &str) -> Result<Vec<String>> {
-        let (lines, _) = self.run(&format!("user:list({})", lua(domain)))?;
+        let (lines, _) = self.run(&format!("user:list({})", lua_string(domain)))?;
         let mut all: Vec<String> = lines
             .into_iter()
             .filter(|l| l.ends_with(&format!("@{domain}")))
@@ -87,22 +87,30 @@ impl Prosody {
         if self.accounts(domain)?.contains(&jid) {
             bail!("exists already");
         }
-        self.run(&format!("user:create({}, {})", lua(&jid), lua(password)))
-            .map(|_| ())
+        self.run(&format!(
+            "user:create({}, {})",
+            lua_string(&jid),
+            lua_string(password)
+        ))
+        .map(|_| ())
     }
 
     /// Gives `name@domain` a new password.
     pub fn set_password(&self, name: &str, domain: &str, password: &str) -> Result<()> {
         let jid = format!("{name}@{domain}");
-        self.run(&format!("user:password({}, {})", lua(&jid), lua(password)))
-            .map(|_| ())
+        self.run(&format!(
+            "user:password({}, {})",
+            lua_string(&jid),
+            lua_string(password)
+        ))
+        .map(|_| ())
     }
 
     /// Removes `name@domain` with everything Prosody keeps for it.
     pub fn delete(&self, name: &str, domain: &str) -> Result<()> {
         self.run(&format!(
             "user:delete({})",
-            lua(&format!("{name}@{domain}"))
+            lua_string(&format!("{name}@{domain}"))
         ))
         .map(|_| ())
     }
@@ -182,8 +190,9 @@ fn parse(answer: &str) -> Result<(Vec<String>, String)> {
     bail!("Jabber's answer is malformed")
 }
 
-/// A Lua string literal that keeps any text inside it.
-fn lua(s: &str) -> String {
+/// A Lua string literal that keeps any text inside it (for Prosody's admin commands and its
+/// configuration file).
+pub fn lua_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -199,25 +208,26 @@ fn lua(s: &str) -> String {
     out
 }
 
+/// XML's five entities; `&` first when escaping, last when unescaping.
+const ENTITIES: [(&str, &str); 5] = [
+    ("&", "&amp;"),
+    ("<", "&lt;"),
+    (">", "&gt;"),
+    ("'", "&apos;"),
+    ("\"", "&quot;"),
+];
+
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
+    ENTITIES
+        .iter()
+        .fold(s.to_string(), |t, (c, e)| t.replace(c, e))
 }
 
 fn xml_unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&apos;", "'")
-        .replace("&quot;", "\"")
-        .replace("&amp;", "&")
-}
-
-/// Whether `socket` is there to be asked (the service may be restarting).
-pub fn reachable(socket: &Path) -> bool {
-    UnixStream::connect(socket).is_ok()
+    ENTITIES
+        .iter()
+        .rev()
+        .fold(s.to_string(), |t, (c, e)| t.replace(e, c))
 }
 
 #[cfg(test)]
@@ -267,8 +277,8 @@ mod tests {
     fn a_password_cannot_leave_its_lua_string_nor_its_xml() {
         let code = format!(
             "user:create({}, {})",
-            lua("a@b"),
-            lua("p\"); os.exit(1) --<&>")
+            lua_string("a@b"),
+            lua_string("p\"); os.exit(1) --<&>")
         );
         assert_eq!(code, r#"user:create("a@b", "p\"); os.exit(1) --<&>")"#);
         let x = xml_escape(&code);

@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use cairn_web::chat::lua_string;
 use clap::Parser;
 
 /// The Jabber (XMPP) service on a plug.
@@ -100,25 +101,8 @@ fn write_config(file: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, file).with_context(|| format!("{}: writing", file.display()))
 }
 
-/// A Lua string literal; the names are validated already, this keeps any byte harmless.
-fn lua(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c.is_control() => out.push_str(&format!("\\{}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn path(p: &Path) -> Result<String> {
-    Ok(lua(p.to_str().with_context(|| {
+    Ok(lua_string(p.to_str().with_context(|| {
         format!("{} is not UTF-8", p.display())
     })?))
 }
@@ -131,9 +115,9 @@ pub fn config(setup: &Setup) -> Result<String> {
         "no usable domain for Jabber: {:?}",
         setup.domain
     );
-    let domain = lua(&setup.domain);
-    let muc = lua(&format!("conference.{}", setup.domain));
-    let external = lua(&format!("https://{}/", setup.domain));
+    let domain = lua_string(&setup.domain);
+    let muc = lua_string(&format!("conference.{}", setup.domain));
+    let external = lua_string(&format!("https://{}/", setup.domain));
     let (http_port, share_max, share_daily) =
         (HTTP_PORT, FILE_SHARE_BYTES_MAX, 8 * FILE_SHARE_BYTES_MAX);
     let (tls, cafile, data, run, socket) = (
