@@ -447,9 +447,17 @@ impl App {
         let dir = self.data_dir.clone();
         let s = settings.clone();
         tokio::task::spawn_blocking(move || s.save(&dir)).await??;
-        self.state().settings = Some(settings.clone());
-        if let Some(share) = self.share.clone() {
-            // The services' domain may have changed: they read it when they start.
+        let renamed = {
+            let mut st = self.state();
+            let before = st
+                .settings
+                .as_ref()
+                .map(|s| (s.name.clone(), s.domain.clone()));
+            st.settings = Some(settings.clone());
+            before != Some((settings.name.clone(), settings.domain.clone()))
+        };
+        if let Some(share) = self.share.clone().filter(|_| renamed) {
+            // The services read the names when they start: a new name restarts them.
             let data_dir = self.data_dir.clone();
             let published = tokio::task::spawn_blocking(move || {
                 share::publish(&share, &data_dir, Some(&settings))
@@ -1405,7 +1413,6 @@ fn storage_message(title: &str, text: &str, status: StatusCode) -> Response<Body
     )
 }
 
-/// `GET /admin/storage`: the node's figures and partners, pairing and invitations.
 /// The domain Jabber accounts are in (as the services read it from [`share`]).
 fn chat_domain(app: &App) -> String {
     let st = app.state();
@@ -1518,6 +1525,7 @@ async fn chat_change(app: &Arc<App>, path: &str, form: &Form, csrf: &str) -> Res
     }
 }
 
+/// `GET /admin/storage`: the node's figures and partners, pairing and invitations.
 async fn storage_page(app: &Arc<App>, csrf: &str) -> Response<Body> {
     let status = app
         .call_node(|n| storage::status(n))

@@ -412,6 +412,17 @@ impl Server {
         device: Arc<FakeDevice>,
         vault: Option<OwnerVault>,
     ) -> Server {
+        Server::start_sharing(data, device, vault, None)
+    }
+
+    /// [`Server::start_with`], leaving the certificate and names for the bundled services in
+    /// `share`.
+    pub fn start_sharing(
+        data: Arc<TempDir>,
+        device: Arc<FakeDevice>,
+        vault: Option<OwnerVault>,
+        share: Option<std::path::PathBuf>,
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut config = Config::new(data.path().to_path_buf(), vec![listener]);
         config.addresses = vec!["127.0.0.1".parse().unwrap()];
@@ -420,6 +431,7 @@ impl Server {
         let node = FakeNode::new();
         config.node = Some(node.clone());
         config.vault = vault;
+        config.share = share;
         let meminfo = data.path().join("meminfo");
         std::fs::write(
             &meminfo,
