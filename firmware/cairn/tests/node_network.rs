@@ -342,7 +342,15 @@ fn a_shard_damaged_on_a_holders_disk_fails_its_audit_and_the_next_repair_places_
     let r: Value = serde_json::from_str(&owner.ctl(&["repair"])).unwrap();
     assert_eq!(r["repaired"].as_u64().unwrap(), 1, "{r}");
     assert_eq!(r["shards_placed"].as_u64().unwrap(), 1, "{r}");
-    // Twice: the prepared challenges of the new placement, then whole-shard reads.
+    whole_again(&owner, &v, t.path(), &file, chunks);
+}
+
+/// Flips one bit in the middle of the largest segment of `home`'s chunk store, in place (the
+/// node may be reading the file: no moment without it).
+/// After a damaged shard was placed again: every shard, the new one included, passes its audit
+/// twice (the prepared challenges of a new placement, then whole-shard reads), all `chunks`
+/// are fully redundant, and `f.bin` reads back the same as `file`.
+fn whole_again(owner: &Node, v: &Vault, dir: &Path, file: &Path, chunks: u64) {
     for _ in 0..2 {
         let a: Value = serde_json::from_str(&owner.ctl(&["audit"])).unwrap();
         assert_eq!(a["failed"].as_u64().unwrap(), 0, "{a}");
@@ -350,13 +358,11 @@ fn a_shard_damaged_on_a_holders_disk_fails_its_audit_and_the_next_repair_places_
     }
     let st = owner.status();
     assert_eq!(st["chunks"]["full"].as_u64().unwrap(), chunks, "{st}");
-    let out = t.path().join("out.bin");
+    let out = dir.join("out.bin");
     v.ok(&["get", "f.bin", out.to_str().unwrap()]);
-    assert!(same_file(&file, &out));
+    assert!(same_file(file, &out));
 }
 
-/// Flips one bit in the middle of the largest segment of `home`'s chunk store, in place (the
-/// node may be reading the file: no moment without it).
 fn flip_a_bit(home: &Path) {
     use std::io::{Read, Seek, SeekFrom, Write};
     let seg = largest_segment(home);
@@ -420,17 +426,7 @@ fn a_shard_damaged_on_a_holders_disk_is_found_by_its_scrub_and_the_owner_places_
     let r: Value = serde_json::from_str(&owner.ctl(&["repair"])).unwrap();
     assert_eq!(r["lost"].as_u64().unwrap(), 0, "{r}");
     assert_eq!(r["repaired"].as_u64().unwrap(), 0, "{r}");
-    // Every shard, the new one included, passes its audit (prepared challenges, then reads).
-    for _ in 0..2 {
-        let a: Value = serde_json::from_str(&owner.ctl(&["audit"])).unwrap();
-        assert_eq!(a["failed"].as_u64().unwrap(), 0, "{a}");
-        assert_eq!(a["passed"], a["checked"], "{a}");
-    }
-    let st = owner.status();
-    assert_eq!(st["chunks"]["full"].as_u64().unwrap(), chunks, "{st}");
-    let out = t.path().join("out.bin");
-    v.ok(&["get", "f.bin", out.to_str().unwrap()]);
-    assert!(same_file(&file, &out));
+    whole_again(&owner, &v, t.path(), &file, chunks);
 }
 
 #[test]

@@ -220,26 +220,32 @@ impl ChunkRecord {
     }
 }
 
+/// A well-formed vault shard for unit tests: shard `index` of 2-of-`n` chunk `chunk`, its body
+/// 32 bytes of `fill`.
+#[cfg(test)]
+pub(crate) fn test_shard(chunk: [u8; 32], index: u8, n: u8, fill: u8) -> Vec<u8> {
+    use cairn_vault::seal::AeadKind;
+    use cairn_vault::shard::{encode_shard, ShardAuth};
+    let h = ShardHeader {
+        aead: AeadKind::ChaCha20Poly1305,
+        k: 2,
+        n,
+        index,
+        sealed_len: 64,
+        chunk: cairn_vault::ChunkId(chunk),
+    };
+    let auth = ShardAuth::new(&[0; 32], &h.chunk, vec![[0; 32]; usize::from(h.n)]);
+    let mut out = Vec::new();
+    encode_shard(&h, &[fill; 32], &auth, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_vault::seal::AeadKind;
-    use cairn_vault::shard::{encode_shard, ShardAuth};
-    use cairn_vault::ChunkId;
 
     fn shard(chunk: [u8; 32], index: u8) -> Vec<u8> {
-        let h = ShardHeader {
-            aead: AeadKind::ChaCha20Poly1305,
-            k: 2,
-            n: 4,
-            index,
-            sealed_len: 64,
-            chunk: ChunkId(chunk),
-        };
-        let auth = ShardAuth::new(&[0; 32], &h.chunk, vec![[0; 32]; usize::from(h.n)]);
-        let mut out = Vec::new();
-        encode_shard(&h, &[5u8; 32], &auth, &mut out);
-        out
+        test_shard(chunk, index, 4, 5)
     }
 
     #[test]

@@ -180,25 +180,10 @@ fn remember(shared: &Shared, partner: &libp2p::PeerId, id: StoreId) {
 
 #[cfg(test)]
 mod tests {
-    use cairn_vault::seal::AeadKind;
-    use cairn_vault::shard::{encode_shard, ShardAuth, ShardHeader};
-    use cairn_vault::ChunkId;
-
     use super::*;
 
     fn shard(chunk: [u8; 32], index: u8) -> Vec<u8> {
-        let h = ShardHeader {
-            aead: AeadKind::ChaCha20Poly1305,
-            k: 2,
-            n: 3,
-            index,
-            sealed_len: 128,
-            chunk: ChunkId(chunk),
-        };
-        let auth = ShardAuth::new(&[0; 32], &h.chunk, vec![[0; 32]; usize::from(h.n)]);
-        let mut out = Vec::new();
-        encode_shard(&h, &[index; 64], &auth, &mut out);
-        out
+        crate::records::test_shard(chunk, index, 3, index)
     }
 
     #[test]
