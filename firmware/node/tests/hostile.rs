@@ -591,6 +591,11 @@ fn assert_refused(answer: &Msg, code: ErrorCode, parts: &[&str]) {
 /// Puts `data` under `key` and checks it is stored and reads back identical.
 async fn put_and_get_back(peer: &mut Peer, key: ShardId, data: &[u8]) {
     assert_eq!(peer.ask(put(key, data)).await, Msg::Stored { shard: key });
+    gets_back(peer, key, data).await;
+}
+
+/// Asks for `key` and checks the answer is `data`.
+async fn gets_back(peer: &mut Peer, key: ShardId, data: &[u8]) {
     assert_eq!(
         peer.ask(Msg::Get { shard: key }).await,
         Msg::ShardData {
@@ -950,13 +955,7 @@ fn shards_that_do_not_match_their_key_are_refused_and_a_valid_one_is_stored_inta
             ErrorCode::HashMismatch,
             &[&name],
         );
-        assert_eq!(
-            a.ask(Msg::Get { shard: key }).await,
-            Msg::ShardData {
-                shard: key,
-                data: good.clone()
-            }
-        );
+        gets_back(&mut a, key, &good).await;
         node.assert_budget_returns_to_full();
     });
     node.stop();
@@ -1045,13 +1044,7 @@ fn a_flood_from_one_partner_is_limited_while_another_partner_is_served() {
         node.assert_alive();
         node.assert_budget_returns_to_full();
         // The flood is over: A is served normally again.
-        assert_eq!(
-            a.ask(Msg::Get { shard: ka }).await,
-            Msg::ShardData {
-                shard: ka,
-                data: sa.clone()
-            }
-        );
+        gets_back(&mut a, ka, &sa).await;
     });
     node.stop();
 }
@@ -1082,13 +1075,7 @@ fn a_stream_flood_beyond_the_cap_closes_that_connection_while_another_partner_is
         // B is still served, and A, connected again, is served like any partner.
         served_in_rounds(&mut b, kb, &sb).await;
         a.reconnect(&node).await;
-        assert_eq!(
-            a.ask(Msg::Get { shard: ka }).await,
-            Msg::ShardData {
-                shard: ka,
-                data: sa.clone()
-            }
-        );
+        gets_back(&mut a, ka, &sa).await;
     });
     node.stop();
 }
@@ -1131,13 +1118,7 @@ fn a_partner_over_its_allowance_is_refused_with_the_numbers_and_keeps_what_it_st
         // What it stored is still served to it; the refused shard is not there.
         for (i, s) in shards.iter().take(3).enumerate() {
             let key = shard_key(&chunk, i as u8);
-            assert_eq!(
-                a.ask(Msg::Get { shard: key }).await,
-                Msg::ShardData {
-                    shard: key,
-                    data: s.clone()
-                }
-            );
+            gets_back(&mut a, key, s).await;
         }
         assert_refused(
             &a.ask(Msg::Get { shard: k3 }).await,
@@ -1191,13 +1172,7 @@ fn a_partner_cannot_read_audit_renew_or_delete_another_owners_shard() {
         for answer in answers {
             assert_refused(&answer.expect("answered"), ErrorCode::NotFound, &[&missing]);
         }
-        assert_eq!(
-            a.ask(Msg::Get { shard: key }).await,
-            Msg::ShardData {
-                shard: key,
-                data: theirs.clone()
-            }
-        );
+        gets_back(&mut a, key, &theirs).await;
         assert_eq!(node.partner(&b.id())["held_for_them"], json!(0));
         assert_eq!(node.partner(&a.id())["held_for_them"], json!(theirs.len()));
 
@@ -1381,13 +1356,7 @@ fn a_new_plug_of_the_same_owner_is_admitted_and_reads_what_the_old_one_stored() 
         put_and_get_back(&mut old, key, &s).await;
         // The new plug never paired: its owner's statement (a later epoch) is its introduction.
         let mut new = Peer::connect_at(&node, &owner, 2).await;
-        assert_eq!(
-            new.ask(Msg::Get { shard: key }).await,
-            Msg::ShardData {
-                shard: key,
-                data: s.clone()
-            }
-        );
+        gets_back(&mut new, key, &s).await;
         assert_eq!(node.partner(&new.id())["via"], json!("owner key"));
         renews(&mut new, key).await;
         // A plug with a statement of an owner nobody here acted for is still a stranger, and
@@ -1485,13 +1454,7 @@ fn a_newer_statement_supersedes_the_old_plugs_copy_and_takes_over_its_books() {
         );
 
         // The new plug works: it reads, audits and stores.
-        assert_eq!(
-            new.ask(Msg::Get { shard: kept }).await,
-            Msg::ShardData {
-                shard: kept,
-                data: s.clone()
-            }
-        );
+        gets_back(&mut new, kept, &s).await;
         assert!(matches!(
             new.ask(audit).await,
             Msg::AuditResponse { shard, .. } if shard == kept
@@ -1716,13 +1679,7 @@ fn renewing_a_lease_writes_a_small_record_not_the_shard_again() {
             "one renewal of a {} byte shard wrote {per_renewal} bytes",
             s.len()
         );
-        assert_eq!(
-            a.ask(Msg::Get { shard: key }).await,
-            Msg::ShardData {
-                shard: key,
-                data: s.clone()
-            }
-        );
+        gets_back(&mut a, key, &s).await;
     });
     node.stop();
 }
@@ -1788,13 +1745,7 @@ fn partners_racing_for_the_same_keys_each_keep_their_own_and_honest_books() {
                 held_a += sa[i].len();
                 held_b += sb[i].len();
                 for (p, want) in [(&mut a, &sa[i]), (&mut b, &sb[i])] {
-                    assert_eq!(
-                        p.ask(Msg::Get { shard: key }).await,
-                        Msg::ShardData {
-                            shard: key,
-                            data: want.clone()
-                        }
-                    );
+                    gets_back(p, key, want).await;
                 }
             }
         }
