@@ -25,6 +25,8 @@ const ANSWER: Duration = Duration::from_secs(30);
 const REACT: Duration = cairn_hil::browser::SETUP_REACT;
 /// After setup Prosody restarts for the device's new name, then the owner's account is made.
 const OWNER_ACCOUNT: Duration = Duration::from_secs(150);
+/// A backup of Prosody's data through the node, on an emulated CPU.
+const BACKUP: Duration = Duration::from_secs(120);
 /// The whole client session (each of its steps is bounded by 60 s inside).
 const CLIENTS: Duration = Duration::from_secs(540);
 
@@ -212,4 +214,25 @@ fn a_household_chats_through_prosody_on_the_plug() {
     let log = b.text_of("pre.log").unwrap();
     assert!(log.contains("Prosody version 0.12"), "{log}");
     assert!(log.contains("Jabber for hearth.local"), "{log}");
+
+    // 7. Jabber's data goes into the services' own vault through the plug's storage node: the
+    // dashboard says so, and "Back up now" stores the accounts, archives and the shared file.
+    b.goto(&url("/admin/")).unwrap();
+    let said = b.text_of("#backups").unwrap();
+    assert!(said.contains("(prosody)"), "{said}");
+    b.click_to_next_page("form[action='/admin/backup'] button", BACKUP)
+        .unwrap();
+    let done = b.text_of("main p").unwrap();
+    let files: u64 = done
+        .split_once(" files")
+        .and_then(|(head, _)| head.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no backup: {done}"));
+    // Three accounts, their rosters and archives, the group chat and the shared picture.
+    assert!(
+        done.starts_with("Backed up: snapshot") && files >= 5,
+        "{done}"
+    );
+    b.goto(&url("/admin/")).unwrap();
+    let said = b.text_of("#backups").unwrap();
+    assert!(said.contains(&format!("{files} files")), "{said}");
 }

@@ -4,7 +4,8 @@
 //! repairs the old data as the same owner — the partners never paired with it — and takes over
 //! the old plug's books on every partner, while a copy of the old plug's card made before the
 //! reset is refused by all of them. The same again with one of the six partners forging every
-//! shard it is asked for (a test build's fault switch).
+//! shard it is asked for (a test build's fault switch). The services' backups (Jabber's data,
+//! under their own key derived from the owner's) come back too, through `cairn backup restore`.
 //!
 //! Real `cairn` processes on loopback TCP (see `cairn_node::testnet`). The data size is
 //! `CAIRN_RESTORE_TEST_MIB` MiB (default [`MIB_DEFAULT`]; see the README's tests list for how
@@ -80,6 +81,27 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The services' backups of `source`, kept in `web` and placed through the node at `socket`
+/// (3-of-6, as the owner's vault here).
+fn services_backups(web: &Path, socket: &Path, source: &Path) -> cairn_web::backup::Backups {
+    let nodes = |sock: &Path, owner: &cairn_vault::keys::OwnerKey| {
+        let b = std::sync::Arc::new(
+            cairn_node::control::NodeBackend::new(sock, owner).map_err(|e| e.to_string())?,
+        );
+        Ok::<cairn_vault::vault::Backend, String>((b.clone(), b))
+    };
+    cairn_web::backup::Backups {
+        dir: web.join("backup"),
+        sources: vec![source.to_path_buf()],
+        targets: vec![cairn_vault::home::Target::Node(socket.to_path_buf())],
+        nodes: std::sync::Arc::new(nodes),
+        k: 3,
+        n: 6,
+        every: Duration::from_secs(86_400),
+        status: Default::default(),
+    }
+}
+
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
 }
@@ -143,6 +165,26 @@ fn restore(forger: bool) {
         .to_owned();
 
     // What each partner holds for the old plug, on its books.
+    // The services' backups, as the web makes them, through the same node: another owner key.
+    let prosody = t.path().join("prosody");
+    fs::create_dir_all(prosody.join("hearth%2elocal/accounts")).unwrap();
+    fs::write(
+        prosody.join("hearth%2elocal/accounts/ada.dat"),
+        "return { };",
+    )
+    .unwrap();
+    random_file(&prosody.join("hearth%2elocal/archive.list"), 200_000, 12);
+    let services = services_backups(&t.path().join("web-old"), &old.sock(), &prosody);
+    let owner = cairn_vault::OwnerSecret::from_recovery_key(&key).unwrap();
+    services.prepare(&owner).unwrap();
+    assert!(matches!(
+        services.run_once().unwrap(),
+        cairn_web::backup::Done::Stored { files: 2, .. }
+    ));
+    copy_dir(&prosody, &t.path().join("prosody-before"));
+    // The plug's records: the owner's chunks and the backups' (both owners act through it).
+    let chunks = n(&old.status()["chunks"]["full"]);
+
     let old_peer = old.peer();
     let booked: Vec<u64> = holders.iter().map(|h| held_for(h, &old_peer)).collect();
     assert!(booked.iter().all(|b| *b > 0), "{booked:?}");
@@ -188,6 +230,33 @@ fn restore(forger: bool) {
             "the forger {f} is not named: {out}"
         );
     }
+    // The services' backups: their folder moved away, then back from the partners.
+    fs::remove_dir_all(&prosody).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["backup", "restore", "--recovery-key", &key, "--data"])
+        .arg(t.path().join("web-fresh"))
+        .arg("--node")
+        .arg(fresh.sock())
+        .arg("--source")
+        .arg(&prosody)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("backup snapshot 1 restored"), "{said}");
+    for f in ["accounts/ada.dat", "archive.list"] {
+        let f = Path::new("hearth%2elocal").join(f);
+        assert!(
+            same_file(&t.path().join("prosody-before").join(&f), &prosody.join(&f)),
+            "{} differs",
+            f.display()
+        );
+    }
+
     // The partners took the fresh plug as the same owner's, without pairing.
     for h in &holders {
         let st = h.status();

@@ -87,6 +87,9 @@ pub struct Manifest {
     pub requires: Vec<PathBuf>,
     /// Working directory; `None` keeps `/`.
     pub workdir: Option<PathBuf>,
+    /// Whether the service's group may read its workdir (`cairn init` makes it 0750, not
+    /// 0700): services in that group read its data (the web backs Prosody's up).
+    pub workdir_group_read: bool,
     /// Services that must be ready before this one starts.
     pub depends_on: Vec<String>,
     /// How readiness is signalled.
@@ -150,6 +153,8 @@ struct RawManifest {
     #[serde(default)]
     requires: Vec<PathBuf>,
     workdir: Option<PathBuf>,
+    #[serde(default)]
+    workdir_group_read: bool,
     #[serde(default)]
     depends_on: Vec<String>,
     ready: Option<String>,
@@ -247,6 +252,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
             format!("{} is not an absolute path", r.display()),
         ));
     }
+    if raw.workdir_group_read && raw.workdir.is_none() {
+        return Err(fail(
+            "workdir_group_read",
+            "there is no workdir to share".into(),
+        ));
+    }
     if let Some(w) = &raw.workdir {
         if !w.is_absolute() {
             return Err(fail(
@@ -340,6 +351,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
         runtime_dir: raw.runtime_dir,
         requires: raw.requires,
         workdir: raw.workdir,
+        workdir_group_read: raw.workdir_group_read,
         depends_on: raw.depends_on,
         ready,
         restart: raw.restart.unwrap_or(RestartPolicy::Always),
@@ -646,6 +658,7 @@ nofile = 1024
             ("restart = \"sometimes\"", "restart", 3),
             ("user = \"Root!\"", "user", 3),
             ("workdir = \"data\"", "workdir", 3),
+            ("workdir_group_read = true", "workdir_group_read", 3),
             ("depends_on = [\"a\"]", "depends_on", 3),
             ("[limits]\nmemory = \"lots\"", "memory", 4),
             ("[limits]\npids = 0", "pids", 4),

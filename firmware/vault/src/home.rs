@@ -144,9 +144,9 @@ impl Home {
         self.dir.join("chunks.idx")
     }
 
-    /// Whether a vault exists here.
+    /// Whether a vault exists here (a vault whose secret the caller holds has no key file).
     pub fn exists(&self) -> bool {
-        self.key().exists()
+        self.key().exists() || self.config().exists()
     }
 
     /// Takes the home's lock for as long as the returned file lives.

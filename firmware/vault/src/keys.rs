@@ -11,6 +11,11 @@
 //! - `owner`: the seed of the owner key (Ed25519), the owner's identity towards partners: it
 //!   signs the statement that lets a plug act for the owner, so a plug restored from the
 //!   recovery key is the same owner at once.
+//!
+//! [`OwnerSecret::services`] derives a second secret (salt "cairn services v1"): the key of the
+//! device's own backups (its services' data), which the device keeps unlocked so that backups
+//! run while nobody is logged in. It is one-way: holding it opens those backups and nothing of
+//! the owner's vault, and the recovery key brings it back with everything else.
 
 use std::fmt;
 use std::path::Path;
@@ -76,6 +81,17 @@ impl OwnerSecret {
             shard_mac: derive(b"shard-mac"),
             chunker_seed: u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")),
         }
+    }
+
+    /// The secret of the device's service backups (see the module's notes): another vault,
+    /// another owner key towards partners, found again from this secret alone.
+    pub fn services(&self) -> OwnerSecret {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"cairn services v1").extract(&self.0);
+        let mut out = [0u8; SECRET_LEN];
+        prk.expand(&[b"secret"], Len32)
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("HKDF-SHA256 yields 32 bytes");
+        OwnerSecret(out)
     }
 
     /// The recovery key: the secret plus a 24-bit checksum in Crockford base32, 14 groups of 4,
@@ -580,6 +596,25 @@ pub fn open_key_file(path: &Path, data: &mut [u8], passphrase: &[u8]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_services_secret_is_stable_and_opens_nothing_of_the_owners_vault() {
+        let a = OwnerSecret::from_bytes([7; SECRET_LEN]);
+        assert_eq!(a.services(), a.services());
+        assert_ne!(a.services(), a);
+        assert_ne!(
+            a.services().keys().owner_key().public(),
+            a.keys().owner_key().public()
+        );
+        assert_ne!(
+            a.services().keys().chunk_id(Kind::Data, b"x"),
+            a.keys().chunk_id(Kind::Data, b"x")
+        );
+        assert_ne!(
+            OwnerSecret::from_bytes([8; SECRET_LEN]).services(),
+            a.services()
+        );
+    }
 
     #[test]
     fn base32_round_trips() {

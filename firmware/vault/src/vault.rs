@@ -178,21 +178,32 @@ impl Vault {
             home,
             config,
             OwnerSecret::generate()?,
-            passphrase,
-            kdf,
+            Some((passphrase, kdf)),
             (0, true),
             nodes,
         )
     }
 
-    /// `(head, one_target_per_shard)`: the snapshot recorded as the head, and whether n targets
-    /// (one per shard) are required.
+    /// Creates a vault in `home` whose secret the caller holds: no key file is written, and
+    /// [`Vault::open_held`] opens it with the same secret. For the device's own backups, whose
+    /// key must be at hand while nobody is logged in (see [`OwnerSecret::services`]).
+    pub fn init_held(
+        home: &Path,
+        config: Config,
+        secret: OwnerSecret,
+        nodes: &dyn NodeConnector,
+    ) -> Result<Self> {
+        Self::create(home, config, secret, None, (0, true), nodes)
+    }
+
+    /// `key_file`: the passphrase and its hash cost to keep the secret under, or `None` when
+    /// the caller holds it. `(head, one_target_per_shard)`: the snapshot recorded as the head,
+    /// and whether n targets (one per shard) are required.
     fn create(
         home: &Path,
         config: Config,
         secret: OwnerSecret,
-        passphrase: &[u8],
-        kdf: KdfParams,
+        key_file: Option<(&[u8], KdfParams)>,
         (head, one_target_per_shard): (u64, bool),
         nodes: &dyn NodeConnector,
     ) -> Result<Self> {
@@ -214,7 +225,7 @@ impl Vault {
                 config.targets.len()
             )));
         }
-        if passphrase.is_empty() {
+        if key_file.is_some_and(|(p, _)| p.is_empty()) {
             return Err(VaultError::Usage("the passphrase must not be empty".into()));
         }
         for t in &config.targets {
@@ -226,7 +237,9 @@ impl Vault {
         fs::set_permissions(home, fs::Permissions::from_mode(0o700)).map_err(io_err(home))?;
         let lock = h.lock()?;
         let (sink, source) = backend(&config.targets, nodes, secret.keys().owner_key())?;
-        keys::write_key_file(&h.key(), &secret, passphrase, kdf)?;
+        if let Some((passphrase, kdf)) = key_file {
+            keys::write_key_file(&h.key(), &secret, passphrase, kdf)?;
+        }
         cairn_durable::write_mode(&h.config(), config.encode().as_bytes(), 0o644)
             .map_err(io_err(h.config()))?;
         h.write_head(head)?;
@@ -246,6 +259,20 @@ impl Vault {
 
     /// Opens the vault in `home` with the passphrase; `nodes` opens a `node:SOCKET` target.
     pub fn open(home: &Path, passphrase: &[u8], nodes: &dyn NodeConnector) -> Result<Self> {
+        Self::open_with(home, nodes, |h| keys::read_key_file(&h.key(), passphrase))
+    }
+
+    /// Opens a vault made by [`Vault::init_held`] (or [`Vault::restore_held`]) with its secret.
+    /// A wrong secret opens it but finds none of its snapshots.
+    pub fn open_held(home: &Path, secret: OwnerSecret, nodes: &dyn NodeConnector) -> Result<Self> {
+        Self::open_with(home, nodes, |_| Ok(secret))
+    }
+
+    fn open_with(
+        home: &Path,
+        nodes: &dyn NodeConnector,
+        secret: impl FnOnce(&Home) -> Result<OwnerSecret>,
+    ) -> Result<Self> {
         let h = Home::new(home);
         if !h.exists() {
             return Err(VaultError::Usage(format!(
@@ -258,7 +285,7 @@ impl Vault {
         let text = fs::read_to_string(&cpath).map_err(io_err(&cpath))?;
         let config = Config::decode(&text, &cpath)?;
         let codec = Codec::new(config.k, config.n)?;
-        let secret = keys::read_key_file(&h.key(), passphrase)?;
+        let secret = secret(&h)?;
         let (sink, source) = backend(&config.targets, nodes, secret.keys().owner_key())?;
         Ok(Self {
             keys: secret.keys(),
@@ -287,6 +314,28 @@ impl Vault {
         targets: Vec<Target>,
         passphrase: &[u8],
         kdf: KdfParams,
+        nodes: &dyn NodeConnector,
+    ) -> Result<Self> {
+        Self::restore_with(home, secret, seq, targets, Some((passphrase, kdf)), nodes)
+    }
+
+    /// [`Vault::restore`] of a vault whose secret the caller holds (no key file; see
+    /// [`Vault::init_held`]): the latest snapshot.
+    pub fn restore_held(
+        home: &Path,
+        secret: OwnerSecret,
+        targets: Vec<Target>,
+        nodes: &dyn NodeConnector,
+    ) -> Result<Self> {
+        Self::restore_with(home, secret, None, targets, None, nodes)
+    }
+
+    fn restore_with(
+        home: &Path,
+        secret: OwnerSecret,
+        seq: Option<u64>,
+        targets: Vec<Target>,
+        key_file: Option<(&[u8], KdfParams)>,
         nodes: &dyn NodeConnector,
     ) -> Result<Self> {
         let keys = secret.keys();
@@ -346,7 +395,7 @@ impl Vault {
             targets,
         };
         // Restoring with some targets lost is the point: any k of them may do.
-        let mut vault = Self::create(home, config, secret, passphrase, kdf, (seq, false), nodes)?;
+        let mut vault = Self::create(home, config, secret, key_file, (seq, false), nodes)?;
         vault.bad_places = bad_places;
         Ok(vault)
     }

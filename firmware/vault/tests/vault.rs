@@ -489,6 +489,58 @@ fn a_new_device_restores_everything_from_the_recovery_key_and_the_shards() {
 }
 
 #[test]
+fn a_vault_whose_secret_the_device_holds_opens_without_a_passphrase_and_comes_back_from_the_recovery_key(
+) {
+    let s = Setup::new(4);
+    let src = s.p("src");
+    random_tree(&src, 21);
+    let owner = OwnerSecret::generate().unwrap();
+    let held = owner.services();
+    let mut v = Vault::init_held(
+        &s.p("home"),
+        s.config(2, AeadKind::Aes256Gcm),
+        held.clone(),
+        &NoNode,
+    )
+    .unwrap();
+    v.put(&[&src], &mut NoProgress).unwrap();
+    drop(v);
+    // No key file: nothing on the device holds the owner's secret for it.
+    assert!(!s.p("home").join("key").exists());
+    let mut v = Vault::open_held(&s.p("home"), held.clone(), &NoNode).unwrap();
+    fs::write(src.join("counter"), "2").unwrap();
+    assert_eq!(v.put(&[&src], &mut NoProgress).unwrap().seq, 2);
+    drop(v);
+    assert!(
+        Vault::init_held(
+            &s.p("home"),
+            s.config(2, AeadKind::Aes256Gcm),
+            held,
+            &NoNode
+        )
+        .is_err(),
+        "made a second vault over the first"
+    );
+
+    // A new device: the recovery key gives the owner's secret, which gives the held one.
+    fs::remove_dir_all(s.p("home")).unwrap();
+    let again = OwnerSecret::from_recovery_key(&owner.recovery_key()).unwrap();
+    let targets: Vec<Target> = s.targets.iter().map(|p| Target::Dir(p.clone())).collect();
+    let v = Vault::restore_held(&s.p("home2"), again.services(), targets.clone(), &NoNode).unwrap();
+    assert_eq!(v.head().unwrap(), 2);
+    let dest = s.p("restored");
+    v.get(None, "/", &dest, &mut NoProgress).unwrap();
+    assert_eq!(snapshot_of(&dest.join("src")), snapshot_of(&src));
+    drop(v);
+    // The owner's own secret finds none of it.
+    let e = match Vault::restore_held(&s.p("home3"), again, targets, &NoNode) {
+        Ok(_) => panic!("the owner's secret restored the device's backups"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("no snapshot"), "{e}");
+}
+
+#[test]
 fn puts_keep_earlier_snapshots() {
     let s = Setup::new(3);
     let (a, b) = (s.p("a"), s.p("b"));

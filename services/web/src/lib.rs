@@ -7,6 +7,7 @@
 //! [`Config`]; the command line is the `cairn web` role's. Memory: see the crate's README.
 
 pub mod auth;
+pub mod backup;
 pub mod chat;
 pub mod claim;
 pub mod device;
@@ -59,6 +60,8 @@ pub struct Config {
     pub chat: Option<chat::Prosody>,
     /// Services behind the HTTPS (Prosody's file sharing at `/file_share/`).
     pub upstreams: Vec<proxy::Upstream>,
+    /// The services' own backups ([`backup`]); none: nothing is backed up.
+    pub backups: Option<backup::Backups>,
 }
 
 impl Config {
@@ -76,6 +79,7 @@ impl Config {
             chat: None,
             upstreams: Vec::new(),
             vault: None,
+            backups: None,
         }
     }
 }

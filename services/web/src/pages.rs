@@ -161,6 +161,67 @@ pub struct Dashboard {
     pub disk: Result<Disk, String>,
     /// The storage node's figures.
     pub storage: Result<Status, String>,
+    /// The services' backups, if this device makes any.
+    pub backups: Option<BackupView>,
+}
+
+/// The services' backups as the dashboard shows them.
+pub struct BackupView {
+    /// Whether they have their secret (after setup, or the first login on an older plug).
+    pub ready: bool,
+    /// The folders backed up (`prosody`).
+    pub folders: Vec<String>,
+    /// Time between backups.
+    pub every: std::time::Duration,
+    /// The last one since the service started.
+    pub last: Option<crate::backup::Outcome>,
+}
+
+/// One backup's result in words.
+pub fn backup_done(d: &crate::backup::Done) -> String {
+    match d {
+        crate::backup::Done::Stored {
+            snapshot,
+            files,
+            bytes,
+        } => format!(
+            "Backed up: snapshot {snapshot}, {files} files, {}.",
+            human_bytes(*bytes)
+        ),
+        crate::backup::Done::Unchanged => "Nothing changed since the last backup.".into(),
+    }
+}
+
+fn backups(b: &BackupView, csrf: &str) -> Markup {
+    let hours = b.every.as_secs() / 3600;
+    html! {
+        h2 { "Backups" }
+        p #backups {
+            "Your services' data (" (b.folders.join(", ")) ") goes into a vault of its own every "
+            @if hours == 24 { "day" } @else { (hours) " hours" }
+            ", encrypted and spread over your partners like your files; the recovery key brings it back. "
+            @if !b.ready {
+                "It starts once you have logged in."
+            } @else {
+                @match &b.last {
+                    None => "No backup since the device started.",
+                    Some(o) => {
+                        @let ago = o.at.elapsed().unwrap_or_default().as_secs();
+                        @match &o.result {
+                            Ok(d) => { "Last, " (ago / 60) " min ago: " (backup_done(d)) }
+                            Err(e) => span.error { "The last backup, " (ago / 60) " min ago, failed: " (e) }
+                        }
+                    }
+                }
+            }
+        }
+        @if b.ready {
+            form method="post" action="/admin/backup" {
+                input type="hidden" name="csrf" value=(csrf);
+                button.secondary type="submit" { "Back up now" }
+            }
+        }
+    }
 }
 
 /// What the plug's LEDs show now, in the words of the board's README.
@@ -226,6 +287,7 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
                     Err(e) => span.error { (e) },
                 }
             }
+            @if let Some(b) = &d.backups { (backups(b, csrf)) }
             h2 { "Device" }
             (device_controls(csrf, None))
             p { a href="/admin/passphrase" { "Change the passphrase" } }

@@ -34,7 +34,7 @@ use crate::owner_vault::{self, OwnerVault};
 use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
 use crate::settings::{self, verify_passphrase, Kdf, Settings};
 use crate::storage::{self, Node};
-use crate::{chat, proxy, share};
+use crate::{backup, chat, proxy, share};
 use crate::{files, site, sysinfo, tls, Config, Started};
 
 /// A page (whole) or a download (streamed from the vault).
@@ -55,6 +55,10 @@ struct App {
     chat: Option<chat::Prosody>,
     /// Services behind the HTTPS, by path prefix.
     upstreams: Vec<proxy::Upstream>,
+    /// The services' own backups.
+    backups: Option<backup::Backups>,
+    /// One backup at a time (the schedule's or the owner's "Back up now").
+    backup_turn: tokio::sync::Mutex<()>,
     state: Mutex<State>,
     /// Bumped whenever a waiter's outcome is decided.
     decided: watch::Sender<u64>,
@@ -123,6 +127,8 @@ pub(crate) async fn serve(
         share: config.share,
         chat: config.chat,
         upstreams: config.upstreams,
+        backups: config.backups,
+        backup_turn: tokio::sync::Mutex::new(()),
         state: Mutex::new(State {
             settings,
             ..State::default()
@@ -161,6 +167,9 @@ pub(crate) async fn serve(
         tokio::spawn(apply_offer(app.clone(), bytes));
     }
     tokio::spawn(watch_board(app.clone()));
+    if app.backups.is_some() {
+        tokio::spawn(back_up_on_schedule(app.clone(), Instant::now()));
+    }
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let acceptor = TlsAcceptor::from(identity.config);
     let mut tasks = tokio::task::JoinSet::new();
@@ -398,6 +407,30 @@ impl App {
         tokio::task::spawn_blocking(move || vault.with_unlocked(f))
             .await
             .map_err(|e| anyhow!("the vault's call did not finish: {e}"))?
+    }
+
+    /// Hands the backups their secret from the open owner's vault (setup, a login); a failure
+    /// is logged and tried again at the next login.
+    async fn prepare_backups(&self) {
+        let Some(b) = self.backups.clone() else {
+            return;
+        };
+        match self.with_vault(move |v| b.prepare(v.secret())).await {
+            Ok(true) => tracing::info!("backups: set up"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("backups: cannot set up: {e:#}"),
+        }
+    }
+
+    /// One backup, now, after any running one.
+    async fn back_up(&self) -> Option<std::result::Result<backup::Done, String>> {
+        let b = self.backups.clone()?;
+        let _turn = self.backup_turn.lock().await;
+        Some(
+            tokio::task::spawn_blocking(move || b.run_and_record())
+                .await
+                .unwrap_or_else(|e| Err(format!("the backup did not finish: {e}"))),
+        )
     }
 
     /// Calls the storage node on the blocking pool.
@@ -753,6 +786,20 @@ async fn admin(
                 Err(e) => device_error("Restart", &e),
             }
         }
+        "/admin/backup" => match app.back_up().await {
+            Some(Ok(done)) => html(
+                StatusCode::OK,
+                pages::message("Backup", &pages::backup_done(&done), back),
+            ),
+            Some(Err(e)) => html(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                pages::message("Backup", &format!("The backup failed: {e}"), back),
+            ),
+            None => html(
+                StatusCode::NOT_FOUND,
+                pages::message("Backup", "This device backs up no services.", back),
+            ),
+        },
         "/admin/reboot" => match app.call(|d| d.reboot()).await {
             Ok(()) => html(
                 StatusCode::OK,
@@ -1555,6 +1602,32 @@ async fn storage_api(app: &Arc<App>) -> Response<Body> {
     json_response(StatusCode::OK, v)
 }
 
+/// Backs the services up every [`backup::Backups::every`], the first time
+/// [`backup::FIRST_DELAY`] after the start at the earliest; waits while backups are not set up
+/// yet (before setup, or until the owner logs in on a plug set up before they existed).
+async fn back_up_on_schedule(app: Arc<App>, started: Instant) {
+    /// How often an unset backup looks again.
+    const NOT_READY_POLL: Duration = Duration::from_secs(60);
+    let Some(b) = app.backups.clone() else {
+        return;
+    };
+    let mut stopping = app.stopping.subscribe();
+    loop {
+        let wait = if b.ready() {
+            b.next_due(started.elapsed())
+        } else {
+            NOT_READY_POLL
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        if b.ready() && b.next_due(started.elapsed()).is_zero() {
+            app.back_up().await;
+        }
+    }
+}
+
 async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
     let name = app
         .state()
@@ -1575,6 +1648,17 @@ async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
         storage,
         memory: sysinfo::memory(&app.meminfo).map_err(|e| format!("{e:#}")),
         disk: sysinfo::disk(&app.data_dir).map_err(|e| format!("{e:#}")),
+        backups: app.backups.as_ref().map(|b| pages::BackupView {
+            ready: b.ready(),
+            folders: b
+                .sources
+                .iter()
+                .filter_map(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect(),
+            every: b.every,
+            last: b.status.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }),
     };
     html(StatusCode::OK, pages::dashboard(&d, csrf))
 }
@@ -1886,6 +1970,7 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
     app.state().claims.finish();
     apply_offer(app.clone(), offer.unwrap_or(0)).await;
     make_owner_account(app.clone());
+    app.prepare_backups().await;
     let (session_cookie, session) = app.log_in_session();
     let page = match key {
         Some(key) => {
@@ -1937,6 +2022,9 @@ async fn login(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
             if app.vault.as_ref().is_some_and(OwnerVault::exists) {
                 if let Err(e) = app.vault_op(move |v| v.unlock(&passphrase)).await {
                     tracing::warn!("opening the vault at login: {e:#}");
+                } else if app.backups.as_ref().is_some_and(|b| !b.ready()) {
+                    // Set up before backups existed, or restored: their secret comes now.
+                    app.prepare_backups().await;
                 } else if !app.data_dir.join(site::SERVED_DIR).exists() {
                     // A plug restored from the recovery key: its site comes back from the vault.
                     let d = app.data_dir.clone();

@@ -74,6 +74,14 @@ pub fn run(args: Args) -> Result<()> {
         data: args.data,
         run: args.run.clone(),
     };
+    match carry_over(&setup.data, &setup.domain) {
+        Ok(Some(old)) => eprintln!(
+            "cairn-prosody: the accounts of {old} now belong to {} (the device's domain changed)",
+            setup.domain
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!("cairn-prosody: the accounts stay under the old domain: {e:#}"),
+    }
     let file = args.run.join("prosody.cfg.lua");
     write_config(&file, &config(&setup)?)?;
     eprintln!(
@@ -93,6 +101,55 @@ pub fn run(args: Args) -> Result<()> {
         .arg(&file)
         .exec();
     Err(err).with_context(|| format!("cannot run {}", args.lua.display()))
+}
+
+/// Prosody's name for a host's folder in its data: every byte but letters and digits as
+/// `%xx` (`hearth.local` → `hearth%2elocal`).
+fn host_folder(domain: &str) -> String {
+    domain
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect()
+}
+
+/// When the device's domain changed (a new name, or a public domain given later), moves the
+/// one earlier domain's data — accounts, passwords, contacts, archives — and its group chats'
+/// to the new domain's folders, so that the household keeps them under the new addresses.
+/// Nothing moves when the new domain has data already or there is not exactly one earlier
+/// domain with accounts. Returns the earlier domain's folder name if it moved.
+fn carry_over(data: &Path, domain: &str) -> Result<Option<String>> {
+    let new = data.join(host_folder(domain));
+    if new.exists() {
+        return Ok(None);
+    }
+    let Ok(entries) = std::fs::read_dir(data) else {
+        return Ok(None);
+    };
+    let earlier: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("accounts").is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let [old] = earlier.as_slice() else {
+        return Ok(None);
+    };
+    std::fs::rename(data.join(old), &new)
+        .with_context(|| format!("{}: moving to {}", data.join(old).display(), new.display()))?;
+    let (old_muc, new_muc) = (
+        data.join(format!("conference{}{old}", host_folder("."))),
+        data.join(host_folder(&format!("conference.{domain}"))),
+    );
+    if old_muc.exists() && !new_muc.exists() {
+        std::fs::rename(&old_muc, &new_muc)
+            .with_context(|| format!("{}: moving", old_muc.display()))?;
+    }
+    Ok(Some(old.clone()))
 }
 
 fn write_config(file: &Path, text: &str) -> Result<()> {
@@ -190,6 +247,36 @@ Component {muc} "muc"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_domain_takes_the_earlier_ones_accounts_and_group_chats_once() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        assert_eq!(host_folder("hearth.local"), "hearth%2elocal");
+        assert_eq!(carry_over(d, "hearth.local").unwrap(), None);
+        std::fs::create_dir_all(d.join("cairn%2elocal/accounts")).unwrap();
+        std::fs::write(d.join("cairn%2elocal/accounts/owner.dat"), "x").unwrap();
+        std::fs::create_dir_all(d.join("conference%2ecairn%2elocal/config")).unwrap();
+        std::fs::create_dir_all(d.join("http_file_share")).unwrap();
+        assert_eq!(
+            carry_over(d, "hearth.example.org").unwrap().as_deref(),
+            Some("cairn%2elocal")
+        );
+        assert!(d
+            .join("hearth%2eexample%2eorg/accounts/owner.dat")
+            .is_file());
+        assert!(d
+            .join("conference%2ehearth%2eexample%2eorg/config")
+            .is_dir());
+        assert!(!d.join("cairn%2elocal").exists());
+        assert!(d.join("http_file_share").is_dir());
+        // Its own data now: nothing more moves.
+        assert_eq!(carry_over(d, "hearth.example.org").unwrap(), None);
+        // Two earlier domains with accounts: which one is meant is not guessed.
+        std::fs::create_dir_all(d.join("a%2elocal/accounts")).unwrap();
+        assert_eq!(carry_over(d, "c.local").unwrap(), None);
+        assert!(d.join("a%2elocal").exists() && !d.join("c%2elocal").exists());
+    }
 
     fn setup(domain: &str) -> Setup {
         Setup {

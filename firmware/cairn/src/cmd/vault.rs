@@ -136,7 +136,7 @@ fn passphrase(args: &Args, confirm: bool) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Reads one line from the terminal (echo off when `secret`) or from standard input.
-fn prompt(text: &str, secret: bool) -> anyhow::Result<String> {
+pub(crate) fn prompt(text: &str, secret: bool) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     let tty = stdin.is_terminal();
     if tty {

@@ -44,6 +44,12 @@ pub struct Args {
     /// `/file_share/`, so files travel over this HTTPS.
     #[arg(long, value_name = "ADDR")]
     pub file_share: Option<SocketAddr>,
+    /// A folder of a service's data to back up into the services' own vault (repeatable).
+    #[arg(long = "backup", value_name = "DIR")]
+    pub backups: Vec<PathBuf>,
+    /// Hours between backups.
+    #[arg(long, value_name = "HOURS", default_value_t = 24)]
+    pub backup_every: u64,
     /// Address to listen on when PID 1 passes no socket ($CAIRN_LISTEN_FDS), e.g. 0.0.0.0:8443.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -62,6 +68,14 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("{}: creating", args.data.display()))?;
     let vault_home = args.data.join(VAULT_DIR);
+    let backups = (!args.backups.is_empty()).then(|| {
+        super::backup::backups(
+            &args.data,
+            &args.node,
+            args.backups,
+            std::time::Duration::from_secs(args.backup_every.max(1) * 3600),
+        )
+    });
     let mut config = cairn_web::Config::new(args.data, listeners);
     config.addresses = usable(interface_addresses());
     config.vault = Some(cairn_web::owner_vault::OwnerVault {
@@ -74,6 +88,7 @@ pub fn run(args: Args) -> Result<()> {
         kdf: cairn_vault::keys::KdfParams::default(),
         open: Arc::default(),
     });
+    config.backups = backups;
     config.node = Some(Arc::new(NodeSocket(args.node)));
     config.share = args.share;
     config.chat = args.chat.map(|socket| cairn_web::chat::Prosody { socket });
@@ -271,6 +286,9 @@ mod tests {
             "\"--chat\", \"/run/prosody/{}\"",
             super::super::prosody::ADMIN_SOCKET
         )));
+        for dir in super::super::backup::DEFAULT_SOURCES {
+            assert!(text.contains(&format!("\"--backup\", \"{dir}\"")), "{dir}");
+        }
         // Every request the web makes of PID 1 is in its list (and nothing the web cannot use).
         for cmd in [
             "status", "board", "claim", "refuse", "claimed", "say", "pair", "reset", "restart",

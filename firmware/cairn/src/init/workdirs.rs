@@ -29,7 +29,7 @@ pub fn prepare(services: &Path, etc: &Path, data: &Path, run: &Path) -> Vec<Stri
             .workdir
             .iter()
             .filter(|d| d.starts_with(data))
-            .map(|d| (d.clone(), 0o700))
+            .map(|d| (d.clone(), if m.workdir_group_read { 0o750 } else { 0o700 }))
             .chain(m.runtime_dir.then(|| (run.join(&m.name), 0o750)))
             .collect();
         if dirs.is_empty() {
@@ -56,7 +56,8 @@ pub fn prepare(services: &Path, etc: &Path, data: &Path, run: &Path) -> Vec<Stri
 }
 
 /// Creates `dir` (with `mode`) owned by `uid:gid`, or hands an existing tree owned by someone
-/// else to them. Returns what was done, if anything.
+/// else to them; an existing `dir` gets `mode` (a manifest that starts or stops sharing it).
+/// Returns what was done, if anything.
 fn ensure_dir(dir: &Path, mode: u32, uid: u32, gid: u32) -> std::io::Result<Option<String>> {
     let (u, g) = (
         nix::unistd::Uid::from_raw(uid),
@@ -70,13 +71,21 @@ fn ensure_dir(dir: &Path, mode: u32, uid: u32, gid: u32) -> std::io::Result<Opti
             Ok(Some(format!("made for uid {uid}")))
         }
         Err(e) => Err(e),
-        Ok(meta) if meta.uid() == uid && meta.gid() == gid => Ok(None),
         Ok(meta) => {
-            let n = chown_tree(dir, u, g, 0)?;
-            Ok(Some(format!(
-                "handed from uid {} to uid {uid} ({n} entries)",
-                meta.uid()
-            )))
+            let mut done = None;
+            if meta.uid() != uid || meta.gid() != gid {
+                let n = chown_tree(dir, u, g, 0)?;
+                done = Some(format!(
+                    "handed from uid {} to uid {uid} ({n} entries)",
+                    meta.uid()
+                ));
+            }
+            if meta.mode() & 0o777 != mode {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+                let was = format!("mode {:o} (was {:o})", mode, meta.mode() & 0o777);
+                done = Some(done.map_or(was.clone(), |d| format!("{d}, {was}")));
+            }
+            Ok(done)
         }
     }
 }
@@ -190,6 +199,20 @@ mod tests {
             std::fs::metadata(home.join("store/seg/1")).unwrap().uid(),
             201
         );
+
+        // A manifest that lets its group read the workdir: the existing one opens to it.
+        let text = std::fs::read_to_string(services.join("node.toml")).unwrap();
+        std::fs::write(
+            services.join("node.toml"),
+            format!("{text}workdir_group_read = true\n"),
+        )
+        .unwrap();
+        let lines = prepare(&services, &etc, &data, &run);
+        assert!(
+            lines.contains(&format!("node: {} mode 750 (was 700)", home.display())),
+            "{lines:?}"
+        );
+        assert_eq!(std::fs::metadata(&home).unwrap().mode() & 0o777, 0o750);
     }
 
     #[test]

@@ -59,6 +59,7 @@ fn svc(name: &str) -> Manifest {
         runtime_dir: false,
         requires: Vec::new(),
         workdir: None,
+        workdir_group_read: false,
         depends_on: vec![],
         ready: Readiness::None,
         restart: RestartPolicy::Always,
