@@ -10,11 +10,9 @@
 
 use cairn_bsp::panel::PanelLink;
 use cairn_hil::browser::{claim_and_set_up, pin_from_fingerprint, Browser, Viewport};
-use cairn_hil::{free_port, image, Config, Qemu, BOOT_TIMEOUT};
+use cairn_hil::{free_port, image, run_client, Config, Qemu, BOOT_TIMEOUT};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The owner's passphrase.
@@ -142,34 +140,22 @@ fn a_household_chats_through_prosody_on_the_plug() {
     shot(&mut b, "jabber-2-accounts");
 
     // 5. They chat, with a client library nobody here wrote.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/xmpp_household.py");
-    let mut child = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .args(["127.0.0.1", &xmpp.to_string(), "hearth.local"])
-        .args(["alex", "alex's long password", "sam", "sam's long password"])
-        .arg("not the password")
-        .arg(format!("https://127.0.0.1:{https}"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with slixmpp (scripts/setup installs python3-slixmpp)");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > CLIENTS {
-            let _ = child.kill();
-            panic!("the clients took over {CLIENTS:?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let seen: serde_json::Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("the clients' report is not JSON ({e}): {out}"));
-    assert!(seen.get("error").is_none(), "{seen:#}");
+    let (xmpp_port, base) = (xmpp.to_string(), format!("https://127.0.0.1:{https}"));
+    let seen = run_client(
+        "xmpp_household.py",
+        &[
+            "127.0.0.1",
+            &xmpp_port,
+            "hearth.local",
+            "alex",
+            "alex's long password",
+            "sam",
+            "sam's long password",
+            "not the password",
+            &base,
+        ],
+        CLIENTS,
+    );
     assert_eq!(seen["tls"], true, "{seen:#}");
     assert_eq!(
         seen["logged_in"],

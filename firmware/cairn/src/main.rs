@@ -43,6 +43,8 @@ enum Command {
     Web(cmd::web::Args),
     /// The Jabber service: writes Prosody's configuration, then runs Prosody.
     Prosody(cmd::prosody::Args),
+    /// The fediverse service: readies snac2's data and configuration, then runs snac2.
+    Snac(cmd::snac::Args),
     /// The services' own backups: restore them on a new plug from the recovery key.
     Backup(cmd::backup::Args),
 }
@@ -87,6 +89,7 @@ fn main() {
         Command::Node(args) => cmd::node::run(args),
         Command::Web(args) => cmd::web::run(args),
         Command::Prosody(args) => cmd::prosody::run(args),
+        Command::Snac(args) => cmd::snac::run(args),
         Command::Backup(args) => cmd::backup::run(args),
     };
     exit_on_error(result);

@@ -21,6 +21,7 @@ mod server;
 pub mod settings;
 pub mod share;
 pub mod site;
+pub mod social;
 pub mod storage;
 pub mod sysinfo;
 pub mod tls;
@@ -62,6 +63,8 @@ pub struct Config {
     pub upstreams: Vec<proxy::Upstream>,
     /// The services' own backups ([`backup`]); none: nothing is backed up.
     pub backups: Option<backup::Backups>,
+    /// snac's data folder (the fediverse; [`social`]); none: this device has none.
+    pub social: Option<PathBuf>,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             upstreams: Vec::new(),
             vault: None,
             backups: None,
+            social: None,
         }
     }
 }

@@ -310,6 +310,8 @@ pub enum Section {
     Storage,
     /// `/admin/chat`: the household's Jabber accounts.
     Chat,
+    /// `/admin/social`: the owner's fediverse account.
+    Social,
     /// `/admin/system` and each service's log.
     System,
 }
@@ -323,6 +325,7 @@ fn nav(current: Section) -> Markup {
             a href="/admin/files" aria-current=[here(Section::Files)] { "Files" }
             a href="/admin/storage" aria-current=[here(Section::Storage)] { "Storage" }
             a href="/admin/chat" aria-current=[here(Section::Chat)] { "Chat" }
+            a href="/admin/social" aria-current=[here(Section::Social)] { "Social" }
             a href="/admin/system" aria-current=[here(Section::System)] { "System" }
         }
     }
@@ -390,6 +393,39 @@ pub fn chat(
                 label { "Name " input type="text" name="name" autocomplete="off" placeholder="alex"; }
                 label { "Password " input type="password" name="password" autocomplete="new-password"; }
                 button type="submit" { "Add" }
+            }
+        },
+    )
+}
+
+/// The owner's fediverse account as the Social page shows it.
+pub struct SocialView {
+    /// `@owner@DOMAIN`.
+    pub handle: String,
+    /// Its profile and snac's own pages.
+    pub url: String,
+    /// Its first password (snac made it), or why it is not there yet.
+    pub first_password: Result<String, String>,
+}
+
+/// The Social page: the owner's handle, its first password, what to sign in with.
+pub fn social(v: &SocialView) -> Markup {
+    layout(
+        "Social",
+        html! {
+            (nav(Section::Social))
+            h1 { "Social" }
+            p {
+                "Your own place in the fediverse (ActivityPub: Mastodon and the servers that talk with it), run by snac on this plug. Your address: "
+                strong #social-handle { (v.handle) }
+            }
+            p { "Profile and snac's own pages: " a href=(v.url) { (v.url) } }
+            @match &v.first_password {
+                Ok(p) => p {
+                    "Its first password: " code #social-password { (p) }
+                    " — sign in with " code { "owner" } " and it from a Mastodon app (Tusky, Ice Cubes, Elk, Mastodon's own; the server is this plug's address) or at " code { (v.url) } ", and change it there."
+                },
+                Err(e) => p.error #social-password { (e) },
             }
         },
     )

@@ -1,6 +1,7 @@
 //! The reverse proxy to a bundled service listening on loopback (Prosody's HTTP file sharing,
-//! XEP-0363, at `/file_share/`), so its files travel over Cairn's HTTPS with the device's
-//! certificate. The request body goes upstream as it arrives, bounded by a size limit; the
+//! XEP-0363, at `/file_share/`; snac2's ActivityPub, WebFinger and Mastodon API paths), so it
+//! is reached over Cairn's HTTPS with the device's certificate. Headers go through unchanged
+//! but for the hop-by-hop ones (HTTP signatures need Host, Date, Digest and Signature as sent). The request body goes upstream as it arrives, bounded by a size limit; the
 //! answer comes back through a bounded channel, a few frames in memory at a time.
 
 use std::net::SocketAddr;
@@ -29,10 +30,23 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Upstream {
     /// Where it listens (loopback).
     pub addr: SocketAddr,
-    /// The path prefix routed to it (`/file_share/`).
+    /// The paths routed to it: a prefix ending in `/` (`/file_share/`) takes everything
+    /// below; another (`/owner`) takes itself and everything below it (`/owner/inbox`), not
+    /// `/owners.html`.
     pub prefix: &'static str,
     /// Largest request body passed on; a bigger one is refused with 413 before it is read.
     pub body_bytes_max: u64,
+}
+
+impl Upstream {
+    /// Whether `path` is this service's.
+    pub fn routes(&self, path: &str) -> bool {
+        if self.prefix.ends_with('/') {
+            return path.starts_with(self.prefix);
+        }
+        path.strip_prefix(self.prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110, 7.6.1): they concern one connection and are not forwarded.
@@ -94,6 +108,13 @@ pub async fn forward(up: &Upstream, req: Request<Incoming>) -> Result<Response<S
         .uri(path)
         .body(Limited::new(body, up.body_bytes_max as usize))?;
     *upstream.headers_mut() = end_to_end(&parts.headers);
+    // HTTP/2 browsers name the host in the URI only; the service needs it in Host (its URLs,
+    // and the signatures other servers check, name it).
+    if !upstream.headers().contains_key(header::HOST) {
+        if let Some(host) = parts.uri.authority().and_then(|a| a.as_str().parse().ok()) {
+            upstream.headers_mut().insert(header::HOST, host);
+        }
+    }
     let answer = tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(upstream))
         .await
         .map_err(|_| anyhow!("no answer from {} in {ANSWER_TIMEOUT:?}", up.addr))??;
@@ -127,4 +148,25 @@ pub fn body_of(text: &str) -> Streamed {
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.try_send(Ok(Bytes::from(text.to_string())));
     Streamed(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_takes_its_own_paths_only() {
+        let up = |prefix| Upstream {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            prefix,
+            body_bytes_max: 1,
+        };
+        let owner = up("/owner");
+        assert!(owner.routes("/owner") && owner.routes("/owner/inbox"));
+        assert!(!owner.routes("/owners.html") && !owner.routes("/own"));
+        let share = up("/file_share/");
+        assert!(share.routes("/file_share/a/b") && !share.routes("/file_share"));
+        let wf = up("/.well-known/webfinger");
+        assert!(wf.routes("/.well-known/webfinger") && !wf.routes("/.well-known/webfingers"));
+    }
 }

@@ -34,7 +34,7 @@ use crate::owner_vault::{self, OwnerVault};
 use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
 use crate::settings::{self, verify_passphrase, Kdf, Settings};
 use crate::storage::{self, Node};
-use crate::{backup, chat, proxy, share};
+use crate::{backup, chat, proxy, share, social};
 use crate::{files, site, sysinfo, tls, Config, Started};
 
 /// A page (whole) or a download (streamed from the vault).
@@ -57,6 +57,8 @@ struct App {
     upstreams: Vec<proxy::Upstream>,
     /// The services' own backups.
     backups: Option<backup::Backups>,
+    /// snac's data folder (the owner's first password is there).
+    social: Option<PathBuf>,
     /// One backup at a time (the schedule's or the owner's "Back up now").
     backup_turn: tokio::sync::Mutex<()>,
     state: Mutex<State>,
@@ -128,6 +130,7 @@ pub(crate) async fn serve(
         chat: config.chat,
         upstreams: config.upstreams,
         backups: config.backups,
+        social: config.social,
         backup_turn: tokio::sync::Mutex::new(()),
         state: Mutex::new(State {
             settings,
@@ -598,7 +601,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
     let put = method == Method::PUT;
     let path = req.uri().path().to_string();
     // A bundled service's own URLs (an upload slot is its own capability; no session).
-    if let Some(up) = app.upstreams.iter().find(|u| path.starts_with(u.prefix)) {
+    if let Some(up) = app.upstreams.iter().find(|u| u.routes(&path)) {
         return proxied(up, req).await;
     }
     if (post || put) && cross_site(&req) {
@@ -707,6 +710,7 @@ async fn admin(
             "/admin/system" => system(app, &csrf).await,
             "/admin/storage" => storage_page(app, &csrf).await,
             "/admin/chat" => chat_page(app, &csrf, None).await,
+            "/admin/social" => social_page(app).await,
             "/admin/api/storage" => storage_api(app).await,
             "/admin/logs" | "/admin/logs/" => redirect("/admin/system"),
             p if p.starts_with(LOGS_PREFIX) => logs(app, &p[LOGS_PREFIX.len()..], &csrf).await,
@@ -1524,6 +1528,31 @@ async fn chat_page(app: &Arc<App>, csrf: &str, note: Option<(&str, bool)>) -> Re
         status,
         pages::chat(&domain, &accounts, csrf, note.map(|(t, _)| t)),
     )
+}
+
+/// `GET /admin/social`: the owner's fediverse handle and first password.
+async fn social_page(app: &Arc<App>) -> Response<Body> {
+    let domain = chat_domain(app);
+    let first_password = match app.social.clone() {
+        None => Err("This device has no fediverse service (its image carries no snac).".into()),
+        Some(dir) => tokio::task::spawn_blocking(move || {
+            std::fs::read_to_string(dir.join(social::OWNER_PASSWORD_FILE))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| {
+            r.map(|p| p.trim().to_string()).map_err(|_| {
+                "Your account is being made (snac makes its key after setup): look again in a minute."
+                    .to_string()
+            })
+        }),
+    };
+    let v = pages::SocialView {
+        handle: format!("@{}@{domain}", social::OWNER),
+        url: format!("https://{domain}/{}", social::OWNER),
+        first_password,
+    };
+    html(StatusCode::OK, pages::social(&v))
 }
 
 /// `POST /admin/chat/{add,password,remove}`: one change, then the page again with what happened.

@@ -17,7 +17,7 @@ pub const TLS_FILE: &str = "tls.pem";
 pub const SITE_FILE: &str = "site.json";
 
 /// The services that read these files when they start (restarted when the names change).
-pub const SERVICES: [&str; 1] = ["prosody"];
+pub const SERVICES: [&str; 2] = ["prosody", "snac"];
 
 /// The names services are configured for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,6 +18,21 @@ pub const VAULT_DIR: &str = "vault";
 /// chunk, so up to 4 partners may vanish.
 const VAULT_K: usize = 4;
 const VAULT_N: usize = 8;
+/// The paths snac2 answers: discovery, its NodeInfo document, the Mastodon client API and
+/// its OAuth, and the owner's actor (its inbox, outbox, posts and files are below it). The
+/// site keeps `/` and the admin `/admin/`.
+const SOCIAL_PATHS: [&str; 9] = [
+    "/.well-known/webfinger",
+    "/.well-known/nodeinfo",
+    "/.well-known/host-meta",
+    "/nodeinfo_2_0",
+    "/api/v1/",
+    "/api/v2/",
+    "/oauth/",
+    "/shared-inbox",
+    "/owner",
+];
+
 /// The environment variable naming the listening sockets PID 1 passes.
 pub const LISTEN_FDS_ENV: &str = "CAIRN_LISTEN_FDS";
 
@@ -44,6 +59,13 @@ pub struct Args {
     /// `/file_share/`, so files travel over this HTTPS.
     #[arg(long, value_name = "ADDR")]
     pub file_share: Option<SocketAddr>,
+    /// Where snac2 (the fediverse) listens on loopback: WebFinger, NodeInfo, its actors and
+    /// the Mastodon client API are passed on to it.
+    #[arg(long, value_name = "ADDR")]
+    pub social: Option<SocketAddr>,
+    /// snac's data folder (group snac): the owner's fediverse account's first password.
+    #[arg(long, value_name = "DIR")]
+    pub social_data: Option<PathBuf>,
     /// A folder of a service's data to back up into the services' own vault (repeatable).
     #[arg(long = "backup", value_name = "DIR")]
     pub backups: Vec<PathBuf>,
@@ -89,6 +111,7 @@ pub fn run(args: Args) -> Result<()> {
         open: Arc::default(),
     });
     config.backups = backups;
+    config.social = args.social_data;
     config.node = Some(Arc::new(NodeSocket(args.node)));
     config.share = args.share;
     config.chat = args.chat.map(|socket| cairn_web::chat::Prosody { socket });
@@ -100,6 +123,15 @@ pub fn run(args: Args) -> Result<()> {
             body_bytes_max: super::prosody::FILE_SHARE_BYTES_MAX,
         })
         .into_iter()
+        .chain(args.social.into_iter().flat_map(|addr| {
+            SOCIAL_PATHS
+                .iter()
+                .map(move |prefix| cairn_web::proxy::Upstream {
+                    addr,
+                    prefix,
+                    body_bytes_max: super::snac::BODY_BYTES_MAX,
+                })
+        }))
         .collect();
     let device = Arc::new(cairn_web::ControlSocket(args.control));
     // Held while the web runs; without it the web still serves, by address.
@@ -275,7 +307,12 @@ mod tests {
         assert_eq!(m.listen, [443]);
         // In the node's group, to reach its socket in /run/node, and in Prosody's, to reach
         // its admin socket; the certificate for Prosody goes to its own runtime directory.
-        assert_eq!(m.groups, ["node", "prosody"]);
+        assert_eq!(m.groups, ["node", "prosody", "snac"]);
+        assert!(text.contains(&format!(
+            "\"--social\", \"127.0.0.1:{}\"",
+            super::super::snac::HTTP_PORT
+        )));
+        assert!(SOCIAL_PATHS.contains(&format!("/{}", super::super::snac::OWNER).as_str()));
         assert!(m.runtime_dir);
         assert!(text.contains("\"--share\", \"/run/web\""));
         assert!(text.contains(&format!(

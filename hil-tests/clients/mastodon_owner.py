@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""The owner uses the plug's fediverse account from a Mastodon client library nobody here
+wrote (Mastodon.py, Debian's python3-mastodon): registers an app, logs in through OAuth as a
+person would (the plug's login page, then the code), posts a status with a picture, reads the
+home timeline, favourites the post, and checks WebFinger and the actor document.
+
+Usage: mastodon_owner.py BASE_URL DOMAIN USER PASSWORD
+Prints one JSON object of what it saw (or {"error": ...}).
+"""
+
+import json
+import re
+import struct
+import sys
+import zlib
+
+import requests
+import urllib3
+from mastodon import Mastodon
+
+OOB = "urn:ietf:wg:oauth:2.0:oob"
+SCOPES = ["read", "write", "follow"]
+
+
+def png(width, height):
+    """A small, valid PNG picture (an uploaded image must be one)."""
+
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + bytes([x % 256, 80, 160]) * width for x in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def main():
+    base, domain, user, password = sys.argv[1:5]
+    seen = {}
+    urllib3.disable_warnings()
+    s = requests.Session()
+    # The plug's certificate is its own, self-signed: the test pins nothing here, it checks
+    # what the plug answers.
+    s.verify = False
+    # requests lets $REQUESTS_CA_BUNDLE override `verify` unless the environment is ignored.
+    s.trust_env = False
+
+    # Discovery, as other servers do it.
+    wf = s.get(
+        f"{base}/.well-known/webfinger",
+        params={"resource": f"acct:{user}@{domain}"},
+        timeout=60,
+    )
+    seen["webfinger_status"] = wf.status_code
+    links = wf.json().get("links", []) if wf.ok else []
+    actor_url = next(
+        (l.get("href") for l in links if l.get("type") == "application/activity+json"), None
+    )
+    seen["actor_url"] = actor_url
+    if actor_url:
+        path = re.sub(r"^https://[^/]+", "", actor_url)
+        actor = s.get(
+            base + path, headers={"Accept": "application/activity+json"}, timeout=60
+        ).json()
+        seen["actor_type"] = actor.get("type")
+        seen["actor_inbox"] = actor.get("inbox")
+        key = actor.get("publicKey", {})
+        seen["actor_key_owner"] = key.get("owner")
+        seen["actor_key_pem"] = key.get("publicKeyPem", "").startswith(
+            "-----BEGIN PUBLIC KEY-----"
+        )
+
+    # An app, then the owner's login on the plug's own page, then the code for a token.
+    client_id, client_secret = Mastodon.create_app(
+        "cairn-test", scopes=SCOPES, redirect_uris=OOB, api_base_url=base, session=s
+    )
+    m = Mastodon(
+        client_id=client_id,
+        client_secret=client_secret,
+        api_base_url=base,
+        session=s,
+        version_check_mode="none",
+    )
+    page = s.get(m.auth_request_url(redirect_uris=OOB, scopes=SCOPES), timeout=60)
+    form = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page.text))
+    action = re.search(r'<form[^>]*action="([^"]+)"', page.text)
+    if not action:
+        raise RuntimeError(f"no login form: {page.status_code} {page.text[:300]}")
+    form.update({"login": user, "passwd": password})
+    target = re.sub(r"^https://[^/]+", "", action.group(1))
+    answer = s.post(base + target, data=form, timeout=60, allow_redirects=False)
+    text = answer.text + answer.headers.get("Location", "")
+    # Redirected with ?code=…, or (out of band) the code shown for the person to copy.
+    code = re.search(r"code=([0-9a-f]+)", text) or re.search(r"\b([0-9a-f]{16,})\b", text)
+    if not code:
+        raise RuntimeError(f"no code after login: {answer.status_code} {text[:300]}")
+    m.log_in(code=code.group(1), redirect_uri=OOB, scopes=SCOPES)
+    me = m.account_verify_credentials()
+    seen["logged_in"] = me["acct"]
+
+    media = m.media_post(png(32, 24), mime_type="image/png", description="a test picture")
+    status = m.status_post("Hello from the plug", media_ids=[media])
+    seen["posted_media"] = len(status["media_attachments"])
+    home = m.timeline_home()
+    seen["home_has_post"] = any(p["id"] == status["id"] for p in home)
+    m.status_favourite(status["id"])
+    again = m.status(status["id"])
+    seen["favourited"] = bool(again.get("favourited"))
+    picture = again["media_attachments"][0]["url"]
+    got = s.get(base + re.sub(r"^https://[^/]+", "", picture), timeout=60)
+    seen["picture_same"] = got.ok and got.content == png(32, 24)
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # the test prints whatever went wrong
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
