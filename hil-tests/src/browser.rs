@@ -826,6 +826,34 @@ pub const SETUP_REACT: Duration = Duration::from_secs(20);
 /// the owner's vault.
 pub const SETUP_HASHING: Duration = Duration::from_secs(90);
 
+/// Opens a browser on a plug booted with its HTTPS forwarded to `https_port` on the host,
+/// trusting the certificate the console named (`web_line`: the `cairn: web: https://…`
+/// line), then claims it with a press of its button through `panel` and sets it up as `name`
+/// ([`claim_and_set_up`]). Returns the logged-in browser.
+pub fn set_up_through_forward(
+    web_line: &str,
+    https_port: u16,
+    panel: &cairn_bsp::panel::PanelLink,
+    name: &str,
+    passphrase: &str,
+) -> anyhow::Result<Browser> {
+    let fingerprint = web_line
+        .split_once("certificate SHA-256 ")
+        .map(|(_, f)| f)
+        .ok_or_else(|| anyhow::anyhow!("no fingerprint in {web_line:?}"))?;
+    let pin = pin_from_fingerprint("localhost", https_port, fingerprint)?;
+    let mut b = Browser::open(&pin, Viewport::DESKTOP)?;
+    let press = || panel.press(Duration::from_millis(300)).unwrap();
+    claim_and_set_up(
+        &mut b,
+        &format!("https://localhost:{https_port}"),
+        press,
+        name,
+        passphrase,
+    )?;
+    Ok(b)
+}
+
 /// Claims a new plug at `origin` (`https://HOST[:PORT]`) with a press of its button (`press`)
 /// and sets it up as `name`, as its owner does in a browser: the form, then the recovery key's
 /// last group. The browser is logged in afterwards.

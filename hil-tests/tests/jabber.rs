@@ -9,7 +9,7 @@
 //! One boot carries every step, in the order a household meets them.
 
 use cairn_bsp::panel::PanelLink;
-use cairn_hil::browser::{claim_and_set_up, pin_from_fingerprint, Browser, Viewport};
+use cairn_hil::browser::{set_up_through_forward, Browser};
 use cairn_hil::{free_port, image, run_client, Config, Qemu, BOOT_TIMEOUT};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -104,12 +104,8 @@ fn a_household_chats_through_prosody_on_the_plug() {
 
     // 3. The owner sets the plug up as "hearth" in a browser; Jabber follows the new name and
     // the owner's own account appears on the Chat page.
-    let fingerprint = web.split_once("certificate SHA-256 ").unwrap().1;
-    let pin = pin_from_fingerprint("localhost", https, fingerprint).unwrap();
     let url = |p: &str| format!("https://localhost:{https}{p}");
-    let mut b = Browser::open(&pin, Viewport::DESKTOP).unwrap();
-    let press = || panel.press(Duration::from_millis(300)).unwrap();
-    claim_and_set_up(&mut b, &url(""), press, "hearth", PASSPHRASE).unwrap();
+    let mut b = set_up_through_forward(&web, https, &panel, "hearth", PASSPHRASE).unwrap();
     let start = Instant::now();
     loop {
         b.goto(&url("/admin/chat")).unwrap();

@@ -5,7 +5,7 @@
 //! status with a picture, reads it back from the home timeline and favourites it.
 
 use cairn_bsp::panel::PanelLink;
-use cairn_hil::browser::{claim_and_set_up, pin_from_fingerprint, Browser, Viewport};
+use cairn_hil::browser::set_up_through_forward;
 use cairn_hil::{free_port, image, run_client, Config, Qemu, BOOT_TIMEOUT};
 use std::time::{Duration, Instant};
 
@@ -27,12 +27,8 @@ fn the_owner_posts_to_the_fediverse_from_a_mastodon_client() {
     q.wait_line("cairn: ready", BOOT_TIMEOUT).unwrap();
 
     // 1. The owner sets the plug up as "hearth" in a browser.
-    let fingerprint = web.split_once("certificate SHA-256 ").unwrap().1;
-    let pin = pin_from_fingerprint("localhost", https, fingerprint).unwrap();
     let url = |p: &str| format!("https://localhost:{https}{p}");
-    let mut b = Browser::open(&pin, Viewport::DESKTOP).unwrap();
-    let press = || panel.press(Duration::from_millis(300)).unwrap();
-    claim_and_set_up(&mut b, &url(""), press, "hearth", PASSPHRASE).unwrap();
+    let mut b = set_up_through_forward(&web, https, &panel, "hearth", PASSPHRASE).unwrap();
 
     // 2. The Social page shows the owner's handle and, once snac made it, its first password.
     let start = Instant::now();
