@@ -2,16 +2,20 @@
 """The owner uses the plug's fediverse account from a Mastodon client library nobody here
 wrote (Mastodon.py, Debian's python3-mastodon): registers an app, logs in through OAuth as a
 person would (the plug's login page, then the code), posts a status with a picture, reads the
-home timeline, favourites the post, and checks WebFinger and the actor document.
+home timeline, favourites the post, and checks WebFinger and the actor document; then sends
+what a hostile server would (inbox deliveries unsigned, badly signed, oversized).
 
 Usage: mastodon_owner.py BASE_URL DOMAIN USER PASSWORD
 Prints one JSON object of what it saw (or {"error": ...}).
 """
 
+import http.client
 import json
 import re
+import ssl
 import struct
 import sys
+import time
 import zlib
 
 import requests
@@ -113,6 +117,59 @@ def main():
     picture = again["media_attachments"][0]["url"]
     got = s.get(base + re.sub(r"^https://[^/]+", "", picture), timeout=60)
     seen["picture_same"] = got.ok and got.content == png(32, 24)
+
+    # Hostile input: an inbox delivery without a signature, one signed with a key nobody
+    # published, and a body over the proxy's limit. snac keeps answering afterwards.
+    # A mention of the owner: accepted, it would be in the notifications and the timeline.
+    me_url = f"https://{domain}/{user}"
+    activity = {
+        "@context": "https://www.w3.org/ns/activitystreams",
+        "id": "https://intruder.example/users/x/create/1",
+        "type": "Create",
+        "actor": "https://intruder.example/users/x",
+        "to": [me_url],
+        "object": {
+            "id": "https://intruder.example/users/x/note/1",
+            "type": "Note",
+            "attributedTo": "https://intruder.example/users/x",
+            "to": [me_url],
+            "content": f"@{user} forged",
+            "tag": [{"type": "Mention", "href": me_url, "name": f"@{user}@{domain}"}],
+        },
+    }
+    hdrs = {"Content-Type": "application/activity+json"}
+    r = s.post(f"{base}/{user}/inbox", data=json.dumps(activity), headers=hdrs, timeout=60)
+    seen["unsigned_inbox"] = r.status_code
+    hdrs["Signature"] = (
+        'keyId="https://intruder.example/users/x#main-key",headers="(request-target) host date",'
+        'signature="AAAA"'
+    )
+    hdrs["Date"] = "Sat, 05 Dec 2026 12:00:00 GMT"
+    r = s.post(f"{base}/{user}/inbox", data=json.dumps(activity), headers=hdrs, timeout=60)
+    seen["badly_signed_inbox"] = r.status_code
+    # The size is declared and the body not sent: the proxy answers from the header.
+    host, port = re.match(r"https://([^:/]+):(\d+)", base).groups()
+    c = http.client.HTTPSConnection(
+        host, int(port), timeout=60, context=ssl._create_unverified_context()
+    )
+    c.putrequest("POST", f"/{user}/inbox")
+    c.putheader("Content-Type", "application/activity+json")
+    c.putheader("Content-Length", str(16 * 1024 * 1024 + 1))
+    c.endheaders()
+    seen["oversized_inbox"] = c.getresponse().status
+    c.close()
+    # snac takes deliveries into a queue and checks them there: give it time to.
+    time.sleep(5)
+    after = m.timeline_home()
+    seen["forged_in_timeline"] = any("forged" in p["content"] for p in after)
+    seen["forged_notified"] = any(
+        "forged" in ((n.get("status") or {}).get("content") or "") for n in m.notifications()
+    )
+    seen["still_answers"] = s.get(
+        f"{base}/.well-known/webfinger",
+        params={"resource": f"acct:{user}@{domain}"},
+        timeout=60,
+    ).status_code
     print(json.dumps(seen))
 
 

@@ -2,7 +2,8 @@
 //! Debian's snac2 from its system layer behind Cairn's HTTPS, setup makes `@owner@NAME.local`,
 //! the Social page shows its first password, and a Mastodon client library nobody here wrote
 //! (Mastodon.py) finds the account by WebFinger, logs in through the plug's OAuth page, posts a
-//! status with a picture, reads it back from the home timeline and favourites it.
+//! status with a picture, reads it back from the home timeline and favourites it; inbox
+//! deliveries a hostile server would send (unsigned, badly signed, oversized) are refused.
 
 use cairn_bsp::panel::PanelLink;
 use cairn_hil::browser::set_up_through_forward;
@@ -76,6 +77,18 @@ fn the_owner_posts_to_the_fediverse_from_a_mastodon_client() {
     assert_eq!(seen["home_has_post"], true, "{seen:#}");
     assert_eq!(seen["favourited"], true, "{seen:#}");
     assert_eq!(seen["picture_same"], true, "{seen:#}");
+
+    // Hostile deliveries: the oversized one is refused by the proxy from its header; snac
+    // queues the others (202) and drops them when their signatures fail: the forged mention
+    // of the owner shows nowhere, and snac goes on answering.
+    eprintln!(
+        "inbox answers: unsigned {}, badly signed {}",
+        seen["unsigned_inbox"], seen["badly_signed_inbox"]
+    );
+    assert_eq!(seen["oversized_inbox"], 413, "{seen:#}");
+    assert_eq!(seen["forged_in_timeline"], false, "{seen:#}");
+    assert_eq!(seen["forged_notified"], false, "{seen:#}");
+    assert_eq!(seen["still_answers"], 200, "{seen:#}");
 
     // 4. snac's log is the owner's to read, like every service's.
     b.goto(&url("/admin/logs/snac")).unwrap();

@@ -3,10 +3,10 @@
 use nix::mount::{mount, MsFlags};
 use std::path::Path;
 
-/// Mounts proc, sys, devtmpfs, run, tmp and cgroup2; returns the failures (none is fatal).
+/// Mounts proc, sys, devtmpfs, /dev/shm, run, tmp and cgroup2; returns the failures (none is fatal).
 pub fn mount_kernel_filesystems() -> Vec<anyhow::Error> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-    let table: [(&str, &str, &str, MsFlags, Option<&str>); 6] = [
+    let table: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
         ("proc", "/proc", "proc", nosuid, None),
         ("sysfs", "/sys", "sysfs", nosuid, None),
         (
@@ -15,6 +15,14 @@ pub fn mount_kernel_filesystems() -> Vec<anyhow::Error> {
             "devtmpfs",
             MsFlags::MS_NOSUID,
             Some("mode=0755"),
+        ),
+        // POSIX shared memory (shm_open): snac keeps its job counters there.
+        (
+            "tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=4m"),
         ),
         (
             "tmpfs",
