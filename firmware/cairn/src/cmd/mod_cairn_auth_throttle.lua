@@ -1,7 +1,8 @@
 -- Cairn's throttle of wrong passwords (Prosody 0.12 has none). Written next to the
 -- configuration by `cairn prosody` at every start; edits here are lost.
 --
--- Two token buckets per failure: one for the client's address and the account it names (so a
+-- Two token buckets per failure: one for the client's address (an IPv6 client by its /64)
+-- and the account it names (so a
 -- guesser at one account is slowed while the rest of a household behind the same address
 -- signs in), one for the address alone (so guessing many account names is slowed too). A
 -- failure takes a token; tokens come back one per REFILL seconds up to the burst. While a
@@ -12,6 +13,8 @@
 local st = require "util.stanza";
 local base64 = require "util.encodings".base64;
 local now = require "util.time".now;
+local new_ip = require "util.ip".new_ip;
+local hex = require "util.hex";
 
 local xmlns_sasl = "urn:ietf:params:xml:ns:xmpp-sasl";
 
@@ -75,13 +78,20 @@ local function wait_for(ip, account, t)
 	return math.ceil(wait);
 end
 
+-- A client's key: its IPv4 address, or its IPv6 /64 (one home's prefix holds many addresses).
+local function client_of(addr)
+	local ip = new_ip(addr);
+	if not ip or ip.proto ~= "IPv6" then return addr; end
+	return hex.encode(ip.packed:sub(1, 8)) .. "::/64";
+end
+
 -- Before mod_saslauth (priority 0) looks at the attempt.
 module:hook("stanza/" .. xmlns_sasl .. ":auth", function(event)
 	local session = event.origin;
 	if session.type ~= "c2s_unauthed" or not session.ip then return; end
 	local account = account_of(event.stanza);
-	session.cairn_account = account;
-	local wait = wait_for(session.ip, account, now());
+	session.cairn_account, session.cairn_client = account, client_of(session.ip);
+	local wait = wait_for(session.cairn_client, account, now());
 	if wait > 0 then
 		module:log("info", "refused a login from %s for %q: too many wrong passwords, %d s to wait",
 			session.ip, account, wait);
@@ -93,14 +103,14 @@ module:hook("stanza/" .. xmlns_sasl .. ":auth", function(event)
 end, 10);
 
 module:hook("authentication-failure", function(event)
-	local session = event.session;
-	if not session.ip then return; end
+	local client = event.session.cairn_client;
+	if not client then return; end
 	local t = now();
-	take(session.ip .. " " .. (session.cairn_account or ""), ACCOUNT_BURST, ACCOUNT_REFILL, t);
-	take(session.ip, ADDRESS_BURST, ADDRESS_REFILL, t);
+	take(client .. " " .. event.session.cairn_account, ACCOUNT_BURST, ACCOUNT_REFILL, t);
+	take(client, ADDRESS_BURST, ADDRESS_REFILL, t);
 end);
 
 module:hook("authentication-success", function(event)
-	local session = event.session;
-	if session.ip then forget(session.ip .. " " .. (session.cairn_account or "")); end
+	local client = event.session.cairn_client;
+	if client then forget(client .. " " .. event.session.cairn_account); end
 end);
