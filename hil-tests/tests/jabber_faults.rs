@@ -23,6 +23,8 @@ const PASSPHRASE: &str = "correct horse battery staple";
 const STEP: Duration = Duration::from_secs(180);
 /// Prosody back after a kill: Lua starting on an emulated CPU.
 const RESTART: Duration = Duration::from_secs(120);
+/// A page's reaction to a click on a loaded 2-core machine.
+const REACT: Duration = cairn_hil::browser::SETUP_REACT;
 /// The dashboard catching up with what PID 1 and Prosody say.
 const DASHBOARD: Duration = Duration::from_secs(60);
 
@@ -241,6 +243,20 @@ fn prosody_weathers_wrong_passwords_a_kill_and_a_full_disk() {
     );
     let path = b.screenshot("jabber-faults-full").unwrap();
     eprintln!("screenshot: {}", path.display());
+    // A new account cannot be kept: the Chat page says so, and lists no half-made one.
+    b.goto(&format!("{origin}/admin/chat")).unwrap();
+    b.fill("#new-account input[name=name]", "kim").unwrap();
+    b.fill("#new-account input[name=password]", "kim's long password")
+        .unwrap();
+    b.click_to_next_page("#new-account button[type=submit]", REACT)
+        .unwrap();
+    let said = b.text_of("#chat-note").unwrap();
+    eprintln!("a new account on a full disk: {said}");
+    assert!(
+        said.starts_with("kim@cairn.local: ") && said.contains("The data partition is full"),
+        "{said}"
+    );
+    assert!(!b.text_of("#accounts").unwrap().contains("kim@"));
     port.send("unfill /data").unwrap();
     assert_eq!(answer(&mut port), "unfilled /data");
     let dash = dashboard_says(&mut b, &origin, "Jabber: running");

@@ -1522,7 +1522,17 @@ async fn chat_change(app: &Arc<App>, path: &str, form: &Form, csrf: &str) -> Res
             };
             chat_page(app, csrf, Some((&text, true))).await
         }
-        Err(e) => chat_page(app, csrf, Some((&format!("{jid}: {e:#}"), false))).await,
+        Err(e) => {
+            // Prosody says only that it could not save: the reason is most often this.
+            let full =
+                sysinfo::disk(&app.data_dir).is_ok_and(|d| d.available < pages::DISK_FULL_BYTES);
+            let why = if full {
+                " The data partition is full: make room on it, then try again."
+            } else {
+                ""
+            };
+            chat_page(app, csrf, Some((&format!("{jid}: {e:#}.{why}"), false))).await
+        }
     }
 }
 
