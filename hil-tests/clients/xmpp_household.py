@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-import slixmpp
+from plug_client import PlugClient
 
 STEP = 60  # seconds any one step may take on an emulated plug
 
@@ -26,21 +26,15 @@ bad, origin = sys.argv[8], sys.argv[9]
 seen = {}
 
 
-class Client(slixmpp.ClientXMPP):
+class Client(PlugClient):
     def __init__(self, jid, password):
         super().__init__(jid, password)
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        self.ssl_context = ctx
         for p in ["xep_0030", "xep_0045", "xep_0059", "xep_0115", "xep_0163", "xep_0198",
                   "xep_0199", "xep_0280", "xep_0313", "xep_0352", "xep_0191", "xep_0054",
                   "xep_0363"]:
             self.register_plugin(p)
         self.inbox = asyncio.Queue(maxsize=100)
-        self.started = asyncio.get_event_loop().create_future()
         self.failed = asyncio.get_event_loop().create_future()
-        self.add_event_handler("session_start", self._start)
         self.add_event_handler("message", self._message)
         self.add_event_handler("groupchat_message", self._message)
         self.add_event_handler("failed_auth", lambda _e: self.failed.done() or self.failed.set_result(True))
@@ -50,12 +44,6 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("sm_enabled", lambda _e: self.sm.done() or self.sm.set_result(True))
         self.add_event_handler("session_resumed",
                                lambda _e: self.resumed.done() or self.resumed.set_result(True))
-
-    async def _start(self, _event):
-        self.send_presence()
-        await self.get_roster()
-        if not self.started.done():
-            self.started.set_result(True)
 
     def _message(self, msg):
         if msg["body"]:

@@ -192,12 +192,7 @@ fn main() -> anyhow::Result<()> {
         ),
         "wall_s": started.elapsed().as_secs(),
     });
-    if let Some(parent) = std::path::Path::new(&out).parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&figures)? + "\n")?;
-    println!("{}", serde_json::to_string_pretty(&figures)?);
-    Ok(())
+    cairn_hil::write_bench(&out, &figures)
 }
 
 /// Where the device's web answers on the host.

@@ -28,6 +28,17 @@ pub fn images_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images"))
 }
 
+/// Writes a benchmark's figures to `out` as pretty JSON (making its folder) and prints them.
+pub fn write_bench(out: &str, figures: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(figures)?;
+    if let Some(parent) = Path::new(out).parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, format!("{text}\n"))?;
+    println!("{text}");
+    Ok(())
+}
+
 /// A TCP port free on the host's loopback right now (the kernel just handed it out: free
 /// unless another process takes it before it is used).
 pub fn free_port() -> u16 {

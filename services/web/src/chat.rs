@@ -15,6 +15,8 @@ use anyhow::{bail, Context, Result};
 /// Longest an admin command may take (Prosody hashes a new password: SCRAM, 10 000 rounds on
 /// an emulated CPU).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest the dashboard waits for the number of accounts.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most bytes read of one answer: thousands of accounts fit.
 const ANSWER_BYTES_MAX: usize = 256 << 10;
 /// The owner's own account, made at setup: `owner@DOMAIN`.
@@ -72,7 +74,16 @@ pub fn check_password(password: &str) -> Result<(), &'static str> {
 impl Prosody {
     /// The accounts of `domain`, as full addresses, sorted.
     pub fn accounts(&self, domain: &str) -> Result<Vec<String>> {
-        let (lines, _) = self.run(&format!("user:list({})", lua_string(domain)))?;
+        self.accounts_within(domain, ANSWER_TIMEOUT)
+    }
+
+    /// How many accounts `domain` has, for the dashboard (a short wait).
+    pub fn count(&self, domain: &str) -> Result<usize> {
+        Ok(self.accounts_within(domain, COUNT_TIMEOUT)?.len())
+    }
+
+    fn accounts_within(&self, domain: &str, timeout: Duration) -> Result<Vec<String>> {
+        let (lines, _) = self.run_within(&format!("user:list({})", lua_string(domain)), timeout)?;
         let mut all: Vec<String> = lines
             .into_iter()
             .filter(|l| l.ends_with(&format!("@{domain}")))
@@ -117,14 +128,18 @@ impl Prosody {
 
     /// Sends one command; its output lines and its result's text, or the error it answered.
     fn run(&self, code: &str) -> Result<(Vec<String>, String)> {
+        self.run_within(code, ANSWER_TIMEOUT)
+    }
+
+    fn run_within(&self, code: &str, timeout: Duration) -> Result<(Vec<String>, String)> {
         let mut s = UnixStream::connect(&self.socket).with_context(|| {
             format!(
                 "Jabber is not running (no answer on {})",
                 self.socket.display()
             )
         })?;
-        s.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-        s.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
         write!(
             s,
             "<stream:stream xmlns='xmpp:prosody.im/admin' \

@@ -163,6 +163,56 @@ pub struct Dashboard {
     pub storage: Result<Status, String>,
     /// The services' backups, if this device makes any.
     pub backups: Option<BackupView>,
+    /// How many Jabber accounts Prosody has, when it was asked (it runs and the web has its
+    /// admin socket).
+    pub jabber_accounts: Option<Result<usize, String>>,
+}
+
+/// Below this much room on the data partition for the services (they are not root), Jabber's
+/// line says the disk is full: Prosody cannot keep messages, archives or accounts.
+pub const DISK_FULL_BYTES: u64 = 1 << 20;
+
+/// The dashboard's Jabber line: Prosody's state from PID 1 (running, restarting, not in this
+/// image), its accounts, and a full data partition, which it cannot work without.
+fn jabber_line(d: &Dashboard) -> Markup {
+    let Ok(services) = &d.services else {
+        return html! {};
+    };
+    let full = d.disk.as_ref().is_ok_and(|s| s.available < DISK_FULL_BYTES);
+    html! {
+        @match services.iter().find(|s| s.name == "prosody") {
+            None => p #jabber { "Jabber: not in this image (it carries no system layer)." },
+            Some(s) => p #jabber {
+                "Jabber: "
+                @match s.state.as_str() {
+                    "ready" => {
+                        strong { "running" }
+                        @match &d.jabber_accounts {
+                            Some(Ok(1)) => ", 1 account",
+                            Some(Ok(n)) => { ", " (n) " accounts" },
+                            Some(Err(e)) => { ", its accounts unknown: " (e) },
+                            None => "",
+                        }
+                        " — " a href="/admin/chat" { "Chat" }
+                    },
+                    "down" | "stopping" => strong { "stopped" },
+                    "waiting" | "starting" | "backoff" | "exited" if s.restarts == 0 => strong { "starting" },
+                    "waiting" | "starting" | "backoff" | "exited" => {
+                        strong { "restarting" } " (restarted " (s.restarts) " times since boot)"
+                    },
+                    "failed" => strong { "failed" },
+                    other => strong { (other) },
+                }
+                @if let Some(r) = &s.reason { br; small { (r) } }
+            },
+        }
+        @if full {
+            p #jabber-disk .error {
+                "The data partition is full: Jabber cannot keep new messages, archives or accounts "
+                "until room is made on it (Files, or less storage offered to friends)."
+            }
+        }
+    }
 }
 
 /// The services' backups as the dashboard shows them.
@@ -270,6 +320,8 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
                 },
                 Err(e) => p.error { "The services' state is unknown: " (e) },
             }
+            h2 { "Chat" }
+            (jabber_line(d))
             h2 { "Storage" }
             (storage_summary(&d.storage))
             p { a href="/admin/storage" { "Partners and pairing" } }
@@ -955,6 +1007,57 @@ mod tests {
             state: "ready".into(),
             ..Service::default()
         }
+    }
+
+    fn dashboard_with(services: Vec<Service>, accounts: Option<usize>, free: u64) -> String {
+        let d = Dashboard {
+            name: "hearth".into(),
+            board: Err("test".into()),
+            services: Ok(services),
+            memory: Err("test".into()),
+            disk: Ok(Disk {
+                total: 1 << 30,
+                available: free,
+            }),
+            storage: Err("test".into()),
+            jabber_accounts: accounts.map(Ok),
+            backups: None,
+        };
+        jabber_line(&d).into_string()
+    }
+
+    #[test]
+    fn the_dashboard_says_how_jabber_is_and_why() {
+        let none = dashboard_with(vec![service("web")], None, 1 << 30);
+        assert!(none.contains("Jabber: not in this image"), "{none}");
+        let up = dashboard_with(vec![service("prosody")], Some(3), 1 << 30);
+        assert!(up.contains("<strong>running</strong>, 3 accounts"), "{up}");
+        assert!(!up.contains("full"), "{up}");
+        let one = dashboard_with(vec![service("prosody")], Some(1), 1 << 30);
+        assert!(one.contains(", 1 account "), "{one}");
+        let back = Service {
+            state: "backoff".into(),
+            restarts: 2,
+            reason: Some("killed by signal 9".into()),
+            ..service("prosody")
+        };
+        let back = dashboard_with(vec![back], None, 1 << 30);
+        assert!(
+            back.contains("<strong>restarting</strong> (restarted 2 times"),
+            "{back}"
+        );
+        assert!(back.contains("killed by signal 9"), "{back}");
+        let boot = Service {
+            state: "waiting".into(),
+            ..service("prosody")
+        };
+        let boot = dashboard_with(vec![boot], None, 1 << 30);
+        assert!(boot.contains("<strong>starting</strong>"), "{boot}");
+        let full = dashboard_with(vec![service("prosody")], Some(2), 4096);
+        assert!(
+            full.contains("The data partition is full: Jabber cannot"),
+            "{full}"
+        );
     }
 
     #[test]

@@ -1557,9 +1557,7 @@ async fn social_page(app: &Arc<App>) -> Response<Body> {
 
 /// `POST /admin/chat/{add,password,remove}`: one change, then the page again with what happened.
 async fn chat_change(app: &Arc<App>, path: &str, form: &Form, csrf: &str) -> Response<Body> {
-    let Some(prosody) = app.chat.clone() else {
-        return chat_page(app, csrf, Some(("This device has no Jabber.", false))).await;
-    };
+    // The values are judged first: a bad one gets its reason whatever the device carries.
     let name = match chat::clean_name(form.get("name")) {
         Ok(n) => n,
         Err(why) => {
@@ -1572,6 +1570,9 @@ async fn chat_change(app: &Arc<App>, path: &str, form: &Form, csrf: &str) -> Res
             return chat_page(app, csrf, Some((&format!("Password: {why}."), false))).await;
         }
     }
+    let Some(prosody) = app.chat.clone() else {
+        return chat_page(app, csrf, Some(("This device has no Jabber.", false))).await;
+    };
     let domain = chat_domain(app);
     let (p, n, d, action) = (
         path.to_string(),
@@ -1597,7 +1598,17 @@ async fn chat_change(app: &Arc<App>, path: &str, form: &Form, csrf: &str) -> Res
             };
             chat_page(app, csrf, Some((&text, true))).await
         }
-        Err(e) => chat_page(app, csrf, Some((&format!("{jid}: {e:#}"), false))).await,
+        Err(e) => {
+            // Prosody says only that it could not save: the reason is most often this.
+            let full =
+                sysinfo::disk(&app.data_dir).is_ok_and(|d| d.available < pages::DISK_FULL_BYTES);
+            let why = if full {
+                " The data partition is full: make room on it, then try again."
+            } else {
+                ""
+            };
+            chat_page(app, csrf, Some((&format!("{jid}: {e:#}.{why}"), false))).await
+        }
     }
 }
 
@@ -1670,6 +1681,22 @@ async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
         .call_node(|n| storage::status(n))
         .await
         .map_err(|e| format!("{e:#}"));
+    // Prosody is asked only while PID 1 says it runs, and briefly: the page never waits on it.
+    let prosody_ready = services
+        .as_ref()
+        .is_ok_and(|l| l.iter().any(|s| s.name == "prosody" && s.state == "ready"));
+    let jabber_accounts = match app.chat.clone() {
+        Some(p) if prosody_ready => {
+            let domain = chat_domain(app);
+            Some(
+                tokio::task::spawn_blocking(move || p.count(&domain))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| format!("{e:#}"))),
+            )
+        }
+        _ => None,
+    };
     let d = pages::Dashboard {
         name,
         board,
@@ -1688,6 +1715,7 @@ async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
             every: b.every,
             last: b.status.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }),
+        jabber_accounts,
     };
     html(StatusCode::OK, pages::dashboard(&d, csrf))
 }

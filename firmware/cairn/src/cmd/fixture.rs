@@ -25,7 +25,10 @@ enum Role {
     /// answers PID 1's resident memory, `read PATH` a small file's text, `fds PID` what a process has open, `ctl ARGS…` runs `cairn ctl ARGS…` and answers its output,
     /// `resolve NAME` asks the LAN for `NAME.local`'s A record by mDNS (`resolved NAME ADDR` or
     /// `unresolved NAME`), `clear-hwm PID` resets a process's peak memory, `vault-put MIB SEED`
-    /// times `cairn vault put` of the bench's bytes (`vault-put SECONDS BYTES`).
+    /// times `cairn vault put` of the bench's bytes (`vault-put SECONDS BYTES`), `kill PID`
+    /// sends SIGKILL (`killed PID`), `fill DIR` takes every free block of DIR's filesystem with
+    /// `DIR/fill` (`filled BYTES`), `unfill DIR` gives them back, `xmpp-account NAME DOMAIN
+    /// PASSWORD` makes a Jabber account through Prosody's admin socket (`account NAME@DOMAIN`).
     /// `--inherited`: on the first socket the supervisor handed over (`$CAIRN_LISTEN_FDS`).
     CrashOnCommand {
         #[arg(long, required_unless_present_any = ["virtio", "inherited"])]
@@ -418,6 +421,47 @@ fn command(line: &str, out: &mut impl Write) {
                 }
             }
         }
+        ["kill", pid] => {
+            let answer = match pid.parse::<i32>() {
+                Ok(p) if p > 1 => {
+                    match nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    ) {
+                        Ok(()) => format!("killed {p}"),
+                        Err(e) => format!("error kill {p}: {e}"),
+                    }
+                }
+                _ => format!("error kill: {pid:?} is not a process to kill"),
+            };
+            let _ = writeln!(out, "{answer}");
+        }
+        ["fill", dir] => {
+            let answer = match fill(std::path::Path::new(dir)) {
+                Ok(bytes) => format!("filled {bytes}"),
+                Err(e) => format!("error fill {dir}: {e:#}"),
+            };
+            let _ = writeln!(out, "{answer}");
+        }
+        ["unfill", dir] => {
+            let answer = match std::fs::remove_file(std::path::Path::new(dir).join("fill")) {
+                Ok(()) => format!("unfilled {dir}"),
+                Err(e) => format!("error unfill {dir}: {e}"),
+            };
+            let _ = writeln!(out, "{answer}");
+        }
+        ["xmpp-account", name, domain, password @ ..] if !password.is_empty() => {
+            // The password is the rest of the line, spaces included.
+            let password = password.join(" ");
+            let prosody = cairn_web::chat::Prosody {
+                socket: "/run/prosody/admin.sock".into(),
+            };
+            let answer = match prosody.create(name, domain, &password) {
+                Ok(()) => format!("account {name}@{domain}"),
+                Err(e) => format!("error xmpp-account {name}@{domain}: {e:#}"),
+            };
+            let _ = writeln!(out, "{answer}");
+        }
         ["resolve", name] => {
             // The web's own resolver, as another machine on the LAN asks.
             let lan = cairn_web::mdns::Interfaces::Lan;
@@ -432,6 +476,29 @@ fn command(line: &str, out: &mut impl Write) {
         }
     }
     let _ = out.flush();
+}
+
+/// Takes every block of `dir`'s filesystem that root may still use (the reserve for root
+/// included, so every service's writes fail) with one file, `dir/fill`, allocated in pieces
+/// that halve when the disk says no space (the file's own extent tree needs blocks too), down
+/// to one block. Returns its size.
+fn fill(dir: &std::path::Path) -> anyhow::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::create(dir.join("fill"))?;
+    let (mut end, mut piece): (i64, i64) = (0, 64 << 20);
+    while piece >= 4096 {
+        // SAFETY: fallocate(2) on a file this function opened; no memory involved.
+        if unsafe { libc::fallocate(f.as_raw_fd(), 0, end, piece) } == 0 {
+            end += piece;
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        anyhow::ensure!(e.raw_os_error() == Some(libc::ENOSPC), "fallocate: {e}");
+        piece /= 2;
+    }
+    // What is allocated stays allocated: the file is the point.
+    f.sync_all()?;
+    Ok(end as u64)
 }
 
 /// `/dev/vportNpM` of the virtio-serial port called `name`, once it exists.

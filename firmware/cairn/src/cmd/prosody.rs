@@ -46,6 +46,12 @@ pub const FILE_SHARE_BYTES_MAX: u64 = 16 << 20;
 /// Prosody's HTTP port, on loopback only: the web passes `/file_share/` on to it.
 pub const HTTP_PORT: u16 = 5280;
 
+/// Cairn's Prosody module that throttles wrong passwords (Prosody 0.12 has none), written
+/// beside the configuration at every start.
+const THROTTLE: &str = include_str!("mod_cairn_auth_throttle.lua");
+/// Its file name in the runtime directory (`plugin_paths`).
+const THROTTLE_FILE: &str = "mod_cairn_auth_throttle.lua";
+
 /// Prosody's CPU priority (nice): below PID 1's threads and the other services.
 const NICE: libc::c_int = 5;
 
@@ -83,6 +89,7 @@ pub fn run(args: Args) -> Result<()> {
         Err(e) => eprintln!("cairn-prosody: the accounts stay under the old domain: {e:#}"),
     }
     let file = args.run.join("prosody.cfg.lua");
+    write_config(&args.run.join(THROTTLE_FILE), THROTTLE)?;
     write_config(&file, &config(&setup)?)?;
     eprintln!(
         "cairn-prosody: Jabber for {} ({})",
@@ -201,7 +208,10 @@ modules_enabled = {{
   "roster"; "saslauth"; "tls"; "dialback"; "disco"; "carbons"; "pep"; "private";
   "blocklist"; "vcard4"; "vcard_legacy"; "bookmarks"; "mam"; "csi_simple"; "smacks";
   "version"; "uptime"; "time"; "ping"; "admin_shell"; "http_file_share";
+  "cairn_auth_throttle";
 }}
+-- Wrong passwords are throttled by Cairn's module, written beside this file.
+plugin_paths = {{ {run} }}
 -- Accounts are made by the owner (the web's Chat page), never by strangers.
 allow_registration = false
 
@@ -296,7 +306,9 @@ mod tests {
         assert!(c.contains("certificate = \"/run/web/tls.pem\""));
         assert!(c.contains("data_path = \"/data/prosody\""));
         assert!(c.contains("admin_socket = \"/run/prosody/admin.sock\""));
+        assert!(c.contains("plugin_paths = { \"/run/prosody\" }"), "{c}");
         for module in [
+            "\"cairn_auth_throttle\"",
             "\"mam\"",
             "\"smacks\"",
             "\"carbons\"",
