@@ -3,9 +3,10 @@
 wrote (Mastodon.py, Debian's python3-mastodon): registers an app, logs in through OAuth as a
 person would (the plug's login page, then the code), posts a status with a picture, reads the
 home timeline, favourites the post, and checks WebFinger and the actor document; then sends
-what a hostile server would (inbox deliveries unsigned, badly signed, oversized).
+what a hostile server would (inbox deliveries unsigned, badly signed, oversized); then a
+household member logs in from their own app, follows the owner and unfollows.
 
-Usage: mastodon_owner.py BASE_URL DOMAIN USER PASSWORD
+Usage: mastodon_owner.py BASE_URL DOMAIN USER PASSWORD MEMBER MEMBER_PASSWORD
 Prints one JSON object of what it saw (or {"error": ...}).
 """
 
@@ -42,8 +43,37 @@ def png(width, height):
     )
 
 
+def log_in(s, base, user, password):
+    """An app, then the person's login on the plug's own page, then the code for a token."""
+    client_id, client_secret = Mastodon.create_app(
+        "cairn-test", scopes=SCOPES, redirect_uris=OOB, api_base_url=base, session=s
+    )
+    m = Mastodon(
+        client_id=client_id,
+        client_secret=client_secret,
+        api_base_url=base,
+        session=s,
+        version_check_mode="none",
+    )
+    page = s.get(m.auth_request_url(redirect_uris=OOB, scopes=SCOPES), timeout=60)
+    form = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page.text))
+    action = re.search(r'<form[^>]*action="([^"]+)"', page.text)
+    if not action:
+        raise RuntimeError(f"no login form: {page.status_code} {page.text[:300]}")
+    form.update({"login": user, "passwd": password})
+    target = re.sub(r"^https://[^/]+", "", action.group(1))
+    answer = s.post(base + target, data=form, timeout=60, allow_redirects=False)
+    text = answer.text + answer.headers.get("Location", "")
+    # Redirected with ?code=…, or (out of band) the code shown for the person to copy.
+    code = re.search(r"code=([0-9a-f]+)", text) or re.search(r"\b([0-9a-f]{16,})\b", text)
+    if not code:
+        raise RuntimeError(f"no code after login: {answer.status_code} {text[:300]}")
+    m.log_in(code=code.group(1), redirect_uri=OOB, scopes=SCOPES)
+    return m
+
+
 def main():
-    base, domain, user, password = sys.argv[1:5]
+    base, domain, user, password, member, member_password = sys.argv[1:7]
     seen = {}
     urllib3.disable_warnings()
     s = requests.Session()
@@ -78,31 +108,7 @@ def main():
             "-----BEGIN PUBLIC KEY-----"
         )
 
-    # An app, then the owner's login on the plug's own page, then the code for a token.
-    client_id, client_secret = Mastodon.create_app(
-        "cairn-test", scopes=SCOPES, redirect_uris=OOB, api_base_url=base, session=s
-    )
-    m = Mastodon(
-        client_id=client_id,
-        client_secret=client_secret,
-        api_base_url=base,
-        session=s,
-        version_check_mode="none",
-    )
-    page = s.get(m.auth_request_url(redirect_uris=OOB, scopes=SCOPES), timeout=60)
-    form = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page.text))
-    action = re.search(r'<form[^>]*action="([^"]+)"', page.text)
-    if not action:
-        raise RuntimeError(f"no login form: {page.status_code} {page.text[:300]}")
-    form.update({"login": user, "passwd": password})
-    target = re.sub(r"^https://[^/]+", "", action.group(1))
-    answer = s.post(base + target, data=form, timeout=60, allow_redirects=False)
-    text = answer.text + answer.headers.get("Location", "")
-    # Redirected with ?code=…, or (out of band) the code shown for the person to copy.
-    code = re.search(r"code=([0-9a-f]+)", text) or re.search(r"\b([0-9a-f]{16,})\b", text)
-    if not code:
-        raise RuntimeError(f"no code after login: {answer.status_code} {text[:300]}")
-    m.log_in(code=code.group(1), redirect_uri=OOB, scopes=SCOPES)
+    m = log_in(s, base, user, password)
     me = m.account_verify_credentials()
     seen["logged_in"] = me["acct"]
 
@@ -170,6 +176,18 @@ def main():
         params={"resource": f"acct:{user}@{domain}"},
         timeout=60,
     ).status_code
+
+    # A household member follows the owner from their own app, then unfollows.
+    a = log_in(s, base, member, member_password)
+    seen["member_logged_in"] = a.account_verify_credentials()["acct"]
+    # The owner's account as the owner's own app named it (an id is the same for everyone).
+    owner = a.account(me["id"])
+    a.account_follow(owner["id"])
+    seen["member_follows"] = bool(a.account_relationships(owner["id"])[0]["following"])
+    followers = m.account_followers(me["id"])
+    seen["owner_followed_by"] = [f["username"] for f in followers]
+    a.account_unfollow(owner["id"])
+    seen["member_unfollowed"] = not a.account_relationships(owner["id"])[0]["following"]
     print(json.dumps(seen))
 
 

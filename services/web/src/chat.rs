@@ -37,6 +37,24 @@ pub struct Prosody {
 
 /// An account name the way Cairn allows it, or why not (for the page).
 pub fn clean_name(name: &str) -> Result<String, &'static str> {
+    let n = lowercase_name(
+        name,
+        |c| matches!(c, '.' | '-' | '_'),
+        "letters a–z, digits, '.', '-' and '_' only",
+    )?;
+    if !n.starts_with(|c: char| c.is_ascii_alphanumeric()) || n.ends_with('.') {
+        return Err("it must begin with a letter or digit and not end with '.'");
+    }
+    Ok(n)
+}
+
+/// A household account's name, trimmed and lower-cased: 1 to 32 characters, each a letter
+/// a–z, a digit or one `other` allows (`why` says which when one is not), or why not.
+pub(crate) fn lowercase_name(
+    name: &str,
+    other: fn(char) -> bool,
+    why: &'static str,
+) -> Result<String, &'static str> {
     let n = name.trim().to_ascii_lowercase();
     if n.is_empty() {
         return Err("a name, like alex");
@@ -46,12 +64,9 @@ pub fn clean_name(name: &str) -> Result<String, &'static str> {
     }
     if !n
         .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || other(c))
     {
-        return Err("letters a–z, digits, '.', '-' and '_' only");
-    }
-    if !n.starts_with(|c: char| c.is_ascii_alphanumeric()) || n.ends_with('.') {
-        return Err("it must begin with a letter or digit and not end with '.'");
+        return Err(why);
     }
     Ok(n)
 }

@@ -450,34 +450,47 @@ pub fn chat(
     )
 }
 
-/// The owner's fediverse account as the Social page shows it.
+/// The household's fediverse accounts as the Social page shows them.
 pub struct SocialView {
-    /// `@owner@DOMAIN`.
-    pub handle: String,
-    /// Its profile and snac's own pages.
-    pub url: String,
-    /// Its first password (snac made it), or why it is not there yet.
-    pub first_password: Result<String, String>,
+    /// Their domain.
+    pub domain: String,
+    /// Each account (the owner's first) and its first password, or why it is not there yet.
+    pub accounts: Vec<(String, Result<String, String>)>,
+    /// What the last change did.
+    pub note: Option<String>,
 }
 
-/// The Social page: the owner's handle, its first password, what to sign in with.
-pub fn social(v: &SocialView) -> Markup {
+/// The Social page: each handle with its first password, what to sign in with, a new account.
+pub fn social(v: &SocialView, csrf: &str) -> Markup {
     layout(
         "Social",
         html! {
             (nav(Section::Social))
             h1 { "Social" }
             p {
-                "Your own place in the fediverse (ActivityPub: Mastodon and the servers that talk with it), run by snac on this plug. Your address: "
-                strong #social-handle { (v.handle) }
+                "Your household's own place in the fediverse (ActivityPub: Mastodon and the servers that talk with it), run by snac on this plug. "
+                "Sign in from a Mastodon app (Tusky, Ice Cubes, Elk, Mastodon's own; the server is this plug's address) with the name and the password below, and change the password on the account's own page."
             }
-            p { "Profile and snac's own pages: " a href=(v.url) { (v.url) } }
-            @match &v.first_password {
-                Ok(p) => p {
-                    "Its first password: " code #social-password { (p) }
-                    " — sign in with " code { "owner" } " and it from a Mastodon app (Tusky, Ice Cubes, Elk, Mastodon's own; the server is this plug's address) or at " code { (v.url) } ", and change it there."
-                },
-                Err(e) => p.error #social-password { (e) },
+            @if let Some(n) = &v.note { p #social-note role="status" { (n) } }
+            table #social-accounts {
+                thead { tr { th { "Address" } th { "First password" } } }
+                tbody {
+                    @for (name, password) in &v.accounts {
+                        tr data-name=(name) {
+                            td { a href=(format!("https://{}/{name}", v.domain)) { "@" (name) "@" (v.domain) } }
+                            @match password {
+                                Ok(p) => td { code.password { (p) } },
+                                Err(e) => td.pending { (e) },
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "New account" }
+            form #new-social method="post" action="/admin/social/add" {
+                input type="hidden" name="csrf" value=(csrf);
+                label { "Name " input type="text" name="name" autocomplete="off" placeholder="alex"; }
+                button type="submit" { "Add" }
             }
         },
     )

@@ -483,16 +483,21 @@ impl App {
         let dir = self.data_dir.clone();
         let s = settings.clone();
         tokio::task::spawn_blocking(move || s.save(&dir)).await??;
-        let renamed = {
+        let (renamed, accounts_changed) = {
             let mut st = self.state();
             let before = st
                 .settings
                 .as_ref()
-                .map(|s| (s.name.clone(), s.domain.clone()));
+                .map(|s| (s.name.clone(), s.domain.clone(), s.social_accounts.clone()));
             st.settings = Some(settings.clone());
-            before != Some((settings.name.clone(), settings.domain.clone()))
+            let renamed =
+                before.as_ref().map(|b| (&b.0, &b.1)) != Some((&settings.name, &settings.domain));
+            let accounts = before.as_ref().map(|b| &b.2) != Some(&settings.social_accounts);
+            (renamed, accounts)
         };
-        if let Some(share) = self.share.clone().filter(|_| renamed) {
+        // A new household account concerns snac only: Jabber's clients stay connected.
+        let restart: &[&str] = if renamed { &share::SERVICES } else { &["snac"] };
+        if let Some(share) = self.share.clone().filter(|_| renamed || accounts_changed) {
             // The services read the names when they start: a new name restarts them.
             let data_dir = self.data_dir.clone();
             let published = tokio::task::spawn_blocking(move || {
@@ -501,7 +506,7 @@ impl App {
             .await?;
             match published {
                 Ok(()) => {
-                    for service in share::SERVICES {
+                    for &service in restart {
                         if let Err(e) = self.call(move |d| d.restart(service)).await {
                             tracing::info!("{service} not restarted: {e:#}");
                         }
@@ -603,6 +608,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
     // A bundled service's own URLs (an upload slot is its own capability; no session).
     if let Some(up) = app.upstreams.iter().find(|u| u.routes(&path)) {
         return proxied(up, req).await;
+    }
+    // A household member's actor (`/NAME`, its inbox, posts and files): snac's, like the
+    // owner's.
+    if let Some(up) = household_actor(app, &path) {
+        return proxied(&up, req).await;
     }
     if (post || put) && cross_site(&req) {
         return html(
@@ -710,7 +720,7 @@ async fn admin(
             "/admin/system" => system(app, &csrf).await,
             "/admin/storage" => storage_page(app, &csrf).await,
             "/admin/chat" => chat_page(app, &csrf, None).await,
-            "/admin/social" => social_page(app).await,
+            "/admin/social" => social_page(app, &csrf, None).await,
             "/admin/api/storage" => storage_api(app).await,
             "/admin/logs" | "/admin/logs/" => redirect("/admin/system"),
             p if p.starts_with(LOGS_PREFIX) => logs(app, &p[LOGS_PREFIX.len()..], &csrf).await,
@@ -790,6 +800,7 @@ async fn admin(
                 Err(e) => device_error("Restart", &e),
             }
         }
+        "/admin/social/add" => social_add(app, &form, &csrf).await,
         "/admin/backup" => match app.back_up().await {
             Some(Ok(done)) => html(
                 StatusCode::OK,
@@ -1470,6 +1481,7 @@ fn chat_domain(app: &App) -> String {
     share::Site {
         name: st.settings.as_ref().map(|s| s.name.clone()),
         domain: st.settings.as_ref().and_then(|s| s.domain.clone()),
+        social_accounts: Vec::new(),
     }
     .service_domain()
 }
@@ -1530,29 +1542,106 @@ async fn chat_page(app: &Arc<App>, csrf: &str, note: Option<(&str, bool)>) -> Re
     )
 }
 
-/// `GET /admin/social`: the owner's fediverse handle and first password.
-async fn social_page(app: &Arc<App>) -> Response<Body> {
+/// The upstream serving `path` when it is a household fediverse account's actor or below it.
+fn household_actor(app: &App, path: &str) -> Option<proxy::Upstream> {
+    let owner = app
+        .upstreams
+        .iter()
+        .find(|u| u.prefix.strip_prefix('/') == Some(social::OWNER))?;
+    let first = path.strip_prefix('/')?.split('/').next()?;
+    let st = app.state();
+    let ours = st
+        .settings
+        .as_ref()
+        .is_some_and(|s| s.social_accounts.iter().any(|a| a == first));
+    ours.then(|| owner.clone())
+}
+
+/// `GET /admin/social`: the household's fediverse handles, each with its first password.
+async fn social_page(app: &Arc<App>, csrf: &str, note: Option<(&str, bool)>) -> Response<Body> {
     let domain = chat_domain(app);
-    let first_password = match app.social.clone() {
-        None => Err("This device has no fediverse service (its image carries no snac).".into()),
-        Some(dir) => tokio::task::spawn_blocking(move || {
-            std::fs::read_to_string(dir.join(social::OWNER_PASSWORD_FILE))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| {
-            r.map(|p| p.trim().to_string()).map_err(|_| {
-                "Your account is being made (snac makes its key after setup): look again in a minute."
-                    .to_string()
+    let mut names = vec![social::OWNER.to_string()];
+    if let Some(s) = app.state().settings.as_ref() {
+        names.extend(s.social_accounts.iter().cloned());
+    }
+    let data = app.social.clone();
+    let accounts = tokio::task::spawn_blocking(move || {
+        names
+            .into_iter()
+            .map(|name| {
+                let password = match &data {
+                    None => Err("This device has no fediverse service (its image carries no snac).".into()),
+                    Some(d) => std::fs::read_to_string(social::first_password_file(d, &name))
+                        .map(|p| p.trim().to_string())
+                        .map_err(|_| "being made (snac makes its key at its next start): look again in a minute.".to_string()),
+                };
+                (name, password)
             })
-        }),
-    };
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
     let v = pages::SocialView {
-        handle: format!("@{}@{domain}", social::OWNER),
-        url: format!("https://{domain}/{}", social::OWNER),
-        first_password,
+        domain,
+        accounts,
+        note: note.map(|(t, _)| t.to_string()),
     };
-    html(StatusCode::OK, pages::social(&v))
+    let status = if note.is_some_and(|(_, ok)| !ok) {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    html(status, pages::social(&v, csrf))
+}
+
+/// `POST /admin/social/add`: a household account, made by snac at its restart.
+async fn social_add(app: &Arc<App>, form: &Form, csrf: &str) -> Response<Body> {
+    if app.social.is_none() {
+        return social_page(
+            app,
+            csrf,
+            Some(("This device has no fediverse service.", false)),
+        )
+        .await;
+    }
+    let name = match social::clean_name(form.get("name")) {
+        Ok(n) => n,
+        Err(why) => {
+            return social_page(app, csrf, Some((&format!("Account name: {why}."), false))).await
+        }
+    };
+    let saved = {
+        let _writing = app.settings_write.lock().await;
+        let Some(mut s) = app.state().settings.clone() else {
+            return redirect("/admin/login");
+        };
+        if s.social_accounts.contains(&name) {
+            return social_page(app, csrf, Some((&format!("{name} exists already."), false))).await;
+        }
+        if s.social_accounts.len() >= social::ACCOUNTS_MAX {
+            let why = format!("at most {} household accounts.", social::ACCOUNTS_MAX);
+            return social_page(app, csrf, Some((&why, false))).await;
+        }
+        s.social_accounts.push(name.clone());
+        app.save(s).await
+    };
+    match saved {
+        Ok(()) => {
+            let said = format!(
+                "@{name}@{} is being made: its first password appears here in a minute.",
+                chat_domain(app)
+            );
+            social_page(app, csrf, Some((&said, true))).await
+        }
+        Err(e) => {
+            social_page(
+                app,
+                csrf,
+                Some((&format!("nothing was changed: {e:#}"), false)),
+            )
+            .await
+        }
+    }
 }
 
 /// `POST /admin/chat/{add,password,remove}`: one change, then the page again with what happened.
@@ -1995,6 +2084,7 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
         domain,
         // Without a vault there is no key to confirm.
         recovery_confirmed: app.vault.is_none(),
+        social_accounts: Vec::new(),
     };
     let key = {
         let _writing = app.settings_write.lock().await;

@@ -33,6 +33,9 @@ pub struct Settings {
     /// "setup needed").
     #[serde(default)]
     pub recovery_confirmed: bool,
+    /// The household's fediverse accounts besides the owner's (the Social page adds them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub social_accounts: Vec<String>,
 }
 
 impl Settings {
@@ -288,6 +291,7 @@ mod tests {
             offer_bytes: 5 << 30,
             domain: Some("example.org".into()),
             recovery_confirmed: true,
+            social_accounts: Vec::new(),
         };
         s.save(dir.path()).unwrap();
         assert_eq!(Settings::load(dir.path()).unwrap(), Some(s));

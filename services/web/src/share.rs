@@ -26,6 +26,9 @@ pub struct Site {
     pub name: Option<String>,
     /// The public domain from setup, if the owner gave one.
     pub domain: Option<String>,
+    /// The household's fediverse accounts besides the owner's.
+    #[serde(default)]
+    pub social_accounts: Vec<String>,
 }
 
 impl Site {
@@ -47,6 +50,7 @@ pub fn publish(dir: &Path, data_dir: &Path, settings: Option<&Settings>) -> Resu
     let site = Site {
         name: settings.map(|s| s.name.clone()),
         domain: settings.and_then(|s| s.domain.clone()),
+        social_accounts: settings.map_or(Vec::new(), |s| s.social_accounts.clone()),
     };
     write(dir, SITE_FILE, &serde_json::to_vec_pretty(&site)?, 0o644)
 }
@@ -75,6 +79,7 @@ mod tests {
         let mut site = Site {
             name: None,
             domain: None,
+            social_accounts: Vec::new(),
         };
         assert_eq!(site.service_domain(), DEFAULT_HOST);
         site.name = Some("hearth".into());
@@ -100,7 +105,8 @@ mod tests {
             read_site(&share).unwrap(),
             Site {
                 name: None,
-                domain: None
+                domain: None,
+                social_accounts: Vec::new(),
             }
         );
         std::fs::write(share.join(SITE_FILE), b"{\"name\":").unwrap();

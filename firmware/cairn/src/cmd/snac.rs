@@ -2,8 +2,8 @@
 //! `DATA/base`; this role makes it on the first start (`snac init`, its questions answered),
 //! sets its `server.json` from the names the web publishes at every start (the public domain
 //! from setup, else `NAME.local`; loopback only), makes the owner's account `owner` once the
-//! device is set up (`snac adduser`; its first password is left for the web's Social page in
-//! `DATA/owner-password`, group-readable), then becomes `snac httpd` (exec), so the supervisor
+//! device is set up, and each household account the Social page added (`snac adduser`; each
+//! first password is left for that page in `DATA/first-passwords/NAME`, group-readable), then becomes `snac httpd` (exec), so the supervisor
 //! watches snac itself. Cairn's HTTPS fronts it (the web's proxy).
 
 use std::io::Write;
@@ -31,7 +31,7 @@ pub struct Args {
 
 /// snac's HTTP port, on loopback only: the web passes the fediverse's paths on to it.
 pub const HTTP_PORT: u16 = 8001;
-pub use cairn_web::social::{OWNER, OWNER_PASSWORD_FILE};
+pub use cairn_web::social::{first_password_file, OWNER};
 /// Largest request body passed on to snac (a post's picture or video through the Mastodon
 /// API; an inbox delivery is a few KiB).
 pub const BODY_BYTES_MAX: u64 = 16 << 20;
@@ -55,14 +55,27 @@ pub fn run(args: Args) -> Result<()> {
     }
     configure(&base.join("server.json"), &domain)?;
     eprintln!("cairn-snac: the fediverse for {domain} on 127.0.0.1:{HTTP_PORT}");
-    if site.name.is_some() && !base.join("user").join(OWNER).exists() {
-        let said = ask(&args.snac, &["adduser", path(&base)?, OWNER], "\n")
-            .context("snac adduser owner")?;
-        let password = first_password(&said)?;
-        let file = args.data.join(OWNER_PASSWORD_FILE);
-        cairn_durable::write_mode(&file, password.as_bytes(), 0o640)
-            .with_context(|| format!("{}: writing", file.display()))?;
-        eprintln!("cairn-snac: made @{OWNER}@{domain}");
+    if site.name.is_some() {
+        // The owner's, then the household's the Social page added (each name checked again:
+        // site.json is the web's, and a name becomes a path).
+        let names = std::iter::once(OWNER.to_string()).chain(
+            site.social_accounts
+                .iter()
+                .filter_map(|n| cairn_web::social::clean_name(n).ok()),
+        );
+        for name in names {
+            if base.join("user").join(&name).exists() {
+                continue;
+            }
+            let said = ask(&args.snac, &["adduser", path(&base)?, &name], "\n")
+                .with_context(|| format!("snac adduser {name}"))?;
+            let password = first_password(&said)?;
+            let file = first_password_file(&args.data, &name);
+            std::fs::create_dir_all(file.parent().expect("in a folder"))?;
+            cairn_durable::write_mode(&file, password.as_bytes(), 0o640)
+                .with_context(|| format!("{}: writing", file.display()))?;
+            eprintln!("cairn-snac: made @{name}@{domain}");
+        }
     }
     let err = Command::new(&args.snac).arg("httpd").arg(&base).exec();
     Err(err).with_context(|| format!("cannot run {}", args.snac.display()))

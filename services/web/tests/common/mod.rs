@@ -502,6 +502,7 @@ pub fn write_settings(data: &Path, name: &str) {
         offer_bytes: 1 << 30,
         domain: None,
         recovery_confirmed: true,
+        social_accounts: Vec::new(),
     }
     .save(data)
     .unwrap();
