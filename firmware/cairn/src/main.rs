@@ -43,6 +43,8 @@ enum Command {
     Web(cmd::web::Args),
     /// The Jabber service: writes Prosody's configuration, then runs Prosody.
     Prosody(cmd::prosody::Args),
+    /// The device's name server for its services: NAME.local by mDNS, the rest upstream.
+    Names(cmd::names::Args),
 }
 
 fn main() {
@@ -85,6 +87,7 @@ fn main() {
         Command::Node(args) => cmd::node::run(args),
         Command::Web(args) => cmd::web::run(args),
         Command::Prosody(args) => cmd::prosody::run(args),
+        Command::Names(args) => cmd::names::run(args),
     };
     exit_on_error(result);
 }

@@ -1,11 +1,12 @@
 //! The command lines of the `cairn` subcommands, one module each, over the libraries: `cairn ctl`
-//! (the supervisor's control socket), `cairn vault`, `cairn node`, `cairn web`, `cairn prosody` and, in test builds
+//! (the supervisor's control socket), `cairn vault`, `cairn node`, `cairn web`, `cairn prosody`, `cairn names` and, in test builds
 //! only (feature `test-fixtures`), `cairn fixture`. `cairn init` is [`crate::init`]. What the
 //! service roles share (telling the supervisor they are ready) is here.
 
 pub mod ctl;
 #[cfg(feature = "test-fixtures")]
 pub mod fixture;
+pub mod names;
 pub mod node;
 pub mod prosody;
 pub mod vault;
