@@ -580,6 +580,42 @@ impl Qmp {
     }
 }
 
+/// Runs `hil-tests/clients/SCRIPT` (Python with slixmpp, a client library nobody here wrote)
+/// with `args`, at most `bound`, and returns the one JSON object it prints of what it saw.
+pub fn xmpp_client(
+    script: &str,
+    args: &[&str],
+    bound: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    use std::io::Read;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(script);
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(&path)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("python3 with slixmpp (scripts/setup installs python3-slixmpp)")?;
+    let start = Instant::now();
+    while child.try_wait()?.is_none() {
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{script} took over {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .context("no stdout")?
+        .read_to_string(&mut out)?;
+    serde_json::from_str(out.trim())
+        .with_context(|| format!("{script}'s report is not JSON: {out}"))
+}
+
 /// Partition `n` (1-based) of an MBR disk image.
 pub fn partition(disk: &Path, n: u32) -> anyhow::Result<cairn_bsp::mbr::Partition> {
     use std::os::unix::fs::FileExt;

@@ -9,20 +9,18 @@
 //! One boot carries every step, in the order a household meets them.
 
 use cairn_bsp::panel::PanelLink;
-use cairn_hil::browser::{claim_and_set_up, pin_from_fingerprint, Browser, Viewport};
-use cairn_hil::{free_port, image, Config, Qemu, BOOT_TIMEOUT};
+use cairn_hil::browser::{
+    add_chat_account, claim_and_set_up, pin_from_fingerprint, wait_chat_account, Browser, Viewport,
+};
+use cairn_hil::{free_port, image, xmpp_client, Config, Qemu, BOOT_TIMEOUT};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The owner's passphrase.
 const PASSPHRASE: &str = "correct horse battery staple";
 /// A stream's opening and features from Prosody on an emulated CPU.
 const ANSWER: Duration = Duration::from_secs(30);
-/// A page's reaction to a click on a loaded 2-core machine.
-const REACT: Duration = cairn_hil::browser::SETUP_REACT;
 /// After setup Prosody restarts for the device's new name, then the owner's account is made.
 const OWNER_ACCOUNT: Duration = Duration::from_secs(150);
 /// The whole client session (each of its steps is bounded by 60 s inside).
@@ -61,14 +59,8 @@ fn shot(b: &mut Browser, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
-/// Adds an account on the Chat page; returns what the page said.
 fn add_account(b: &mut Browser, name: &str, password: &str) -> String {
-    b.fill("#new-account input[name=name]", name).unwrap();
-    b.fill("#new-account input[name=password]", password)
-        .unwrap();
-    b.click_to_next_page("#new-account button[type=submit]", REACT)
-        .unwrap();
-    b.text_of("#chat-note").unwrap()
+    add_chat_account(b, name, password).unwrap()
 }
 
 #[test]
@@ -110,19 +102,13 @@ fn a_household_chats_through_prosody_on_the_plug() {
     let mut b = Browser::open(&pin, Viewport::DESKTOP).unwrap();
     let press = || panel.press(Duration::from_millis(300)).unwrap();
     claim_and_set_up(&mut b, &url(""), press, "hearth", PASSPHRASE).unwrap();
-    let start = Instant::now();
-    loop {
-        b.goto(&url("/admin/chat")).unwrap();
-        let list = b.text_of("#accounts").unwrap();
-        if list.contains("owner@hearth.local") {
-            break;
-        }
-        assert!(
-            start.elapsed() < OWNER_ACCOUNT,
-            "no owner@hearth.local on the Chat page: {list}"
-        );
-        std::thread::sleep(Duration::from_secs(3));
-    }
+    wait_chat_account(
+        &mut b,
+        &url("/admin/chat"),
+        "owner@hearth.local",
+        OWNER_ACCOUNT,
+    )
+    .unwrap();
     shot(&mut b, "jabber-1-owner");
 
     // 4. Two household accounts; a name with a space and a short password are refused.
@@ -140,33 +126,22 @@ fn a_household_chats_through_prosody_on_the_plug() {
     shot(&mut b, "jabber-2-accounts");
 
     // 5. They chat, with a client library nobody here wrote.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/xmpp_household.py");
-    let mut child = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .args(["127.0.0.1", &xmpp.to_string(), "hearth.local"])
-        .args(["alex", "alex's long password", "sam", "sam's long password"])
-        .arg("not the password")
-        .arg(format!("https://127.0.0.1:{https}"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with slixmpp (scripts/setup installs python3-slixmpp)");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > CLIENTS {
-            let _ = child.kill();
-            panic!("the clients took over {CLIENTS:?}");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let seen: serde_json::Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("the clients' report is not JSON ({e}): {out}"));
+    let seen = xmpp_client(
+        "xmpp_household.py",
+        &[
+            "127.0.0.1",
+            &xmpp.to_string(),
+            "hearth.local",
+            "alex",
+            "alex's long password",
+            "sam",
+            "sam's long password",
+            "not the password",
+            &format!("https://127.0.0.1:{https}"),
+        ],
+        CLIENTS,
+    )
+    .unwrap();
     assert!(seen.get("error").is_none(), "{seen:#}");
     assert_eq!(seen["tls"], true, "{seen:#}");
     assert_eq!(
