@@ -887,6 +887,110 @@ pub fn claim_and_set_up(
     Ok(())
 }
 
+/// Adds a Jabber account on the Chat page (open in `b`); returns what the page said.
+pub fn add_chat_account(b: &mut Browser, name: &str, password: &str) -> anyhow::Result<String> {
+    b.fill("#new-account input[name=name]", name)?;
+    b.fill("#new-account input[name=password]", password)?;
+    b.click_to_next_page("#new-account button[type=submit]", SETUP_REACT)?;
+    b.text_of("#chat-note")
+}
+
+/// Reloads the Chat page at `chat` until its account list shows `jid`, at most `timeout`:
+/// after setup Prosody restarts for the device's new name, then the owner's account is made.
+pub fn wait_chat_account(
+    b: &mut Browser,
+    chat: &str,
+    jid: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        b.goto(chat)?;
+        let list = b.text_of("#accounts")?;
+        if list.contains(jid) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "no {jid} on the Chat page within {timeout:?}: {list}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// Without a DHCP server a plug takes its link-local address after 30 s.
+pub const ADDRESSED: Duration = Duration::from_secs(120);
+
+/// A product image booted on a [`crate::PrivateLan`], reached by its link-local address, and
+/// how its owner's browser trusts it.
+pub struct LanPlug {
+    /// The board.
+    pub q: crate::Qemu,
+    /// Its front panel.
+    pub panel: cairn_bsp::panel::PanelLink,
+    /// Its link-local address.
+    pub address: String,
+    /// `https://ADDRESS`
+    pub origin: String,
+    /// Its certificate's pin, from its console.
+    pub pin: SpkiPin,
+}
+
+impl LanPlug {
+    /// Boots the product image on `tap` with `mac`; returns once it has its address.
+    pub fn boot(tap: &str, mac: &str) -> anyhow::Result<LanPlug> {
+        let mut cfg = crate::Config::new(crate::image("cairn-qemu-virt.img")?);
+        cfg.ethernet = crate::Ethernet::Tap {
+            ifname: tap.into(),
+            mac: mac.into(),
+        };
+        let q = crate::Qemu::boot(&cfg)?;
+        let panel = q.panel()?;
+        // The web's line names the certificate; the address comes later, without DHCP
+        // (`cairn: net: eth0 169.254.X.Y/16 link-local`).
+        let web = q.wait_line("cairn: web: https://", crate::BOOT_TIMEOUT)?;
+        let fingerprint = web
+            .split_once("certificate SHA-256 ")
+            .context("no fingerprint on the web's line")?
+            .1
+            .to_string();
+        let net = q
+            .wait_line("cairn: net: eth0 169.254.", ADDRESSED)
+            .with_context(|| format!("console:\n{}", q.console().join("\n")))?;
+        let address = net
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix("/16"))
+            .with_context(|| format!("no address in {net:?}"))?
+            .to_string();
+        let pin = pin_from_fingerprint(&address, 443, &fingerprint)?;
+        Ok(LanPlug {
+            q,
+            panel,
+            origin: format!("https://{address}"),
+            address,
+            pin,
+        })
+    }
+
+    /// `https://ADDRESS/PATH`
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    /// Claims the plug with a press and sets it up as `name`; the browser, logged in.
+    pub fn set_up(&self, name: &str, passphrase: &str) -> anyhow::Result<Browser> {
+        let mut b = Browser::open(&self.pin, Viewport::DESKTOP)?;
+        claim_and_set_up(&mut b, &self.origin, || self.press(), name, passphrase)?;
+        Ok(b)
+    }
+
+    /// A short press of its button.
+    pub fn press(&self) {
+        // A panel gone means the board is gone: the next wait says so.
+        let _ = self.panel.press(Duration::from_millis(300));
+    }
+}
+
 /// The workspace's target directory: `$CARGO_TARGET_DIR` (relative to the repository, if
 /// relative) or `<repo>/target`.
 pub fn target_dir() -> PathBuf {

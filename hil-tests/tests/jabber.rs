@@ -9,7 +9,7 @@
 //! One boot carries every step, in the order a household meets them.
 
 use cairn_bsp::panel::PanelLink;
-use cairn_hil::browser::{set_up_through_forward, Browser};
+use cairn_hil::browser::{add_chat_account, set_up_through_forward, wait_chat_account, Browser};
 use cairn_hil::{free_port, image, run_client, Config, Qemu, BOOT_TIMEOUT};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 const PASSPHRASE: &str = "correct horse battery staple";
 /// A stream's opening and features from Prosody on an emulated CPU.
 const ANSWER: Duration = Duration::from_secs(30);
-/// A page's reaction to a click on a loaded 2-core machine.
-const REACT: Duration = cairn_hil::browser::SETUP_REACT;
 /// After setup Prosody restarts for the device's new name, then the owner's account is made.
 const OWNER_ACCOUNT: Duration = Duration::from_secs(150);
 /// A backup of Prosody's data through the node, on an emulated CPU.
@@ -61,14 +59,8 @@ fn shot(b: &mut Browser, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
-/// Adds an account on the Chat page; returns what the page said.
 fn add_account(b: &mut Browser, name: &str, password: &str) -> String {
-    b.fill("#new-account input[name=name]", name).unwrap();
-    b.fill("#new-account input[name=password]", password)
-        .unwrap();
-    b.click_to_next_page("#new-account button[type=submit]", REACT)
-        .unwrap();
-    b.text_of("#chat-note").unwrap()
+    add_chat_account(b, name, password).unwrap()
 }
 
 #[test]
@@ -106,19 +98,13 @@ fn a_household_chats_through_prosody_on_the_plug() {
     // the owner's own account appears on the Chat page.
     let url = |p: &str| format!("https://localhost:{https}{p}");
     let mut b = set_up_through_forward(&web, https, &panel, "hearth", PASSPHRASE).unwrap();
-    let start = Instant::now();
-    loop {
-        b.goto(&url("/admin/chat")).unwrap();
-        let list = b.text_of("#accounts").unwrap();
-        if list.contains("owner@hearth.local") {
-            break;
-        }
-        assert!(
-            start.elapsed() < OWNER_ACCOUNT,
-            "no owner@hearth.local on the Chat page: {list}"
-        );
-        std::thread::sleep(Duration::from_secs(3));
-    }
+    wait_chat_account(
+        &mut b,
+        &url("/admin/chat"),
+        "owner@hearth.local",
+        OWNER_ACCOUNT,
+    )
+    .unwrap();
     shot(&mut b, "jabber-1-owner");
 
     // 4. Two household accounts; a name with a space and a short password are refused.
@@ -136,22 +122,23 @@ fn a_household_chats_through_prosody_on_the_plug() {
     shot(&mut b, "jabber-2-accounts");
 
     // 5. They chat, with a client library nobody here wrote.
-    let (xmpp_port, base) = (xmpp.to_string(), format!("https://127.0.0.1:{https}"));
     let seen = run_client(
         "xmpp_household.py",
         &[
             "127.0.0.1",
-            &xmpp_port,
+            &xmpp.to_string(),
             "hearth.local",
             "alex",
             "alex's long password",
             "sam",
             "sam's long password",
             "not the password",
-            &base,
+            &format!("https://127.0.0.1:{https}"),
         ],
         CLIENTS,
-    );
+    )
+    .unwrap();
+    assert!(seen.get("error").is_none(), "{seen:#}");
     assert_eq!(seen["tls"], true, "{seen:#}");
     assert_eq!(
         seen["logged_in"],

@@ -58,7 +58,9 @@ fn the_owner_posts_to_the_fediverse_from_a_mastodon_client() {
         "mastodon_owner.py",
         &[&base, "hearth.local", "owner", &owner, "alex", &alex],
         CLIENT,
-    );
+    )
+    .unwrap();
+    assert!(seen.get("error").is_none(), "{seen:#}");
     // WebFinger names the actor; the actor and its key are well-formed.
     assert_eq!(seen["webfinger_status"], 200, "{seen:#}");
     assert_eq!(seen["actor_url"], "https://hearth.local/owner", "{seen:#}");

@@ -9,11 +9,8 @@
 //! pasted, and they are partners again. Last, A is reset to factory state from its page: B
 //! hears that A's identity is gone and forgets it.
 
-use cairn_bsp::panel::PanelLink;
-use cairn_hil::browser::{
-    claim_and_set_up, pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport,
-};
-use cairn_hil::{image, Config, Ethernet, PrivateLan, Qemu, BOOT_TIMEOUT};
+use cairn_hil::browser::{Browser, LanPlug as Plug, Scope};
+use cairn_hil::PrivateLan;
 use std::time::Duration;
 
 /// Both owners' passphrase.
@@ -23,70 +20,9 @@ const REACT: Duration = Duration::from_secs(20);
 /// A form whose answer hashes the passphrase (Argon2id, 19 MiB, on an emulated CPU) and makes
 /// the owner's vault.
 const HASHING: Duration = Duration::from_secs(90);
-/// Without a DHCP server a plug takes its link-local address after 30 s.
-const ADDRESSED: Duration = Duration::from_secs(120);
 /// From Pair on one page to both nodes agreeing: the window, the other press, libp2p's mDNS
 /// finding the peer, the pairing exchange.
 const PAIRING: Duration = Duration::from_secs(90);
-
-/// A booted plug on the LAN, and its owner's browser.
-struct Plug {
-    q: Qemu,
-    panel: PanelLink,
-    /// `https://ADDRESS`
-    origin: String,
-    pin: SpkiPin,
-}
-
-impl Plug {
-    fn boot(tap: &str, mac: &str) -> Plug {
-        let mut cfg = Config::new(image("cairn-qemu-virt.img").unwrap());
-        cfg.ethernet = Ethernet::Tap {
-            ifname: tap.into(),
-            mac: mac.into(),
-        };
-        let q = Qemu::boot(&cfg).unwrap();
-        let panel = q.panel().unwrap();
-        // The web's line names the certificate; the address comes later, without DHCP
-        // (`cairn: net: eth0 169.254.X.Y/16 link-local`).
-        let web = q.wait_line("cairn: web: https://", BOOT_TIMEOUT).unwrap();
-        let fingerprint = web
-            .split_once("certificate SHA-256 ")
-            .unwrap()
-            .1
-            .to_string();
-        let net = q
-            .wait_line("cairn: net: eth0 169.254.", ADDRESSED)
-            .unwrap_or_else(|e| panic!("{e:#}; console:\n{}", q.console().join("\n")));
-        let address = net
-            .split_whitespace()
-            .find_map(|w| w.strip_suffix("/16"))
-            .unwrap_or_else(|| panic!("no address in {net:?}"))
-            .to_string();
-        let pin = pin_from_fingerprint(&address, 443, &fingerprint).unwrap();
-        Plug {
-            q,
-            panel,
-            origin: format!("https://{address}"),
-            pin,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.origin)
-    }
-
-    /// Claims the plug with a press and sets it up as `name`; the browser, logged in.
-    fn set_up(&self, name: &str) -> Browser {
-        let mut b = Browser::open(&self.pin, Viewport::DESKTOP).unwrap();
-        claim_and_set_up(&mut b, &self.origin, || self.press(), name, PASSPHRASE).unwrap();
-        b
-    }
-
-    fn press(&self) {
-        self.panel.press(Duration::from_millis(300)).unwrap();
-    }
-}
 
 /// The plug's id, as its Storage page shows it.
 fn own_id(b: &mut Browser, plug: &Plug) -> String {
@@ -131,11 +67,11 @@ fn unpair(b: &mut Browser, plug: &Plug, peer: &str) {
 #[test]
 fn two_owners_pair_their_plugs_from_the_page_by_button_then_by_code() {
     let lan = PrivateLan::new(2).unwrap();
-    let a = Plug::boot(&lan.taps[0], "52:54:00:00:00:2a");
-    let b = Plug::boot(&lan.taps[1], "52:54:00:00:00:2b");
+    let a = Plug::boot(&lan.taps[0], "52:54:00:00:00:2a").unwrap();
+    let b = Plug::boot(&lan.taps[1], "52:54:00:00:00:2b").unwrap();
     assert_ne!(a.origin, b.origin);
-    let mut ba = a.set_up("attic");
-    let mut bb = b.set_up("cellar");
+    let mut ba = a.set_up("attic", PASSPHRASE).unwrap();
+    let mut bb = b.set_up("cellar", PASSPHRASE).unwrap();
     let (id_a, id_b) = (own_id(&mut ba, &a), own_id(&mut bb, &b));
     assert_ne!(id_a, id_b);
 

@@ -47,6 +47,8 @@ enum Command {
     Snac(cmd::snac::Args),
     /// The services' own backups: restore them on a new plug from the recovery key.
     Backup(cmd::backup::Args),
+    /// The device's name server for its services: NAME.local by mDNS, the rest upstream.
+    Names(cmd::names::Args),
 }
 
 fn main() {
@@ -91,6 +93,7 @@ fn main() {
         Command::Prosody(args) => cmd::prosody::run(args),
         Command::Snac(args) => cmd::snac::run(args),
         Command::Backup(args) => cmd::backup::run(args),
+        Command::Names(args) => cmd::names::run(args),
     };
     exit_on_error(result);
 }

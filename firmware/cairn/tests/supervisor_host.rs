@@ -476,3 +476,32 @@ fn a_manifest_asking_for_unknown_requests_or_a_bad_port_is_refused_with_its_fiel
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_service_with_few_files_gets_its_loopback_udp_port_and_the_name_server_answers_on_it() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The real role: `cairn names`, with no upstream name server to ask.
+    let text = format!(
+        "name = \"names\"\nexec = [\"{CAIRN}\", \"names\", \"--resolv-conf\", \"/nonexistent\"]\n\
+         user = \"namesvc\"\nlisten = [\"udp:127.0.0.1:{port}\"]\nready = \"notify\"\n\
+         [limits]\nnofile = 16\n"
+    );
+    let mut init = Init::start(&[("names".to_string(), text)]);
+    init.wait_state("names", "ready");
+    // A question for a name not on the LAN, with nobody upstream: "server failure", same id.
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut q = vec![0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    q.extend_from_slice(b"\x07example\x03org\x00\x00\x01\x00\x01");
+    s.send_to(&q, ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf).unwrap();
+    assert!(n >= 12, "{:?}", &buf[..n]);
+    assert_eq!(&buf[..2], &[0x12, 0x34]);
+    assert_eq!((buf[2] & 0x80, buf[3] & 0x0F), (0x80, 2), "{:?}", &buf[..n]);
+    init.poweroff();
+}

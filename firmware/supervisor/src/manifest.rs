@@ -102,11 +102,35 @@ pub struct Manifest {
     pub ready_timeout_ms: u64,
     /// Resource limits.
     pub limits: Limits,
-    /// TCP ports the supervisor listens on for the service (`listen = ["tcp:443"]`) and hands it
-    /// as inherited sockets, so it needs no privilege to serve a low port.
-    pub listen: Vec<u16>,
+    /// Sockets the supervisor binds for the service (`listen = ["tcp:443", "udp:127.0.0.1:53"]`)
+    /// and hands it as inherited descriptors, in this order, so it needs no privilege to serve a
+    /// low port.
+    pub listen: Vec<Listen>,
     /// Control requests the service's user may make over the control socket (`control`).
     pub control: Vec<String>,
+}
+
+/// A socket the supervisor binds for a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// `tcp:PORT`: a TCP listener on every address.
+    Tcp(u16),
+    /// `udp:127.0.0.1:PORT`: a UDP socket on loopback only (a service for this device alone,
+    /// such as its name resolver).
+    LoopbackUdp(u16),
+}
+
+impl Listen {
+    fn parse(s: &str) -> Option<Listen> {
+        let port = |p: &str| p.parse::<u16>().ok().filter(|&p| p != 0);
+        if let Some(p) = s.strip_prefix("tcp:") {
+            port(p).map(Listen::Tcp)
+        } else {
+            s.strip_prefix("udp:127.0.0.1:")
+                .and_then(port)
+                .map(Listen::LoopbackUdp)
+        }
+    }
 }
 
 /// A manifest that cannot be used, with the place at fault; displays as one line.
@@ -298,12 +322,14 @@ pub fn parse(file: &Path, text: &str) -> Result<Manifest, ManifestError> {
     }
     let mut listen = Vec::with_capacity(raw.listen.len());
     for l in &raw.listen {
-        match l.strip_prefix("tcp:").map(str::parse::<u16>) {
-            Some(Ok(port)) if port != 0 && !listen.contains(&port) => listen.push(port),
+        match Listen::parse(l) {
+            Some(socket) if !listen.contains(&socket) => listen.push(socket),
             _ => {
                 return Err(fail(
                     "listen",
-                    format!("{l:?} is not \"tcp:PORT\" (each port once)"),
+                    format!(
+                        "{l:?} is not \"tcp:PORT\" or \"udp:127.0.0.1:PORT\" (each socket once)"
+                    ),
                 ))
             }
         }
@@ -662,12 +688,25 @@ nofile = 1024
             ("depends_on = [\"a\"]", "depends_on", 3),
             ("[limits]\nmemory = \"lots\"", "memory", 4),
             ("[limits]\npids = 0", "pids", 4),
+            ("listen = [\"udp:53\"]", "listen", 3),
+            ("listen = [\"udp:0.0.0.0:53\"]", "listen", 3),
+            ("listen = [\"tcp:443\", \"tcp:443\"]", "listen", 3),
         ];
         for (extra, field, line) in cases {
             let text = format!("name = \"a\"\nexec = [\"x\"]\n{extra}\n");
             let e = p("a", &text).unwrap_err();
             assert_eq!((e.field.as_str(), e.line), (field, line), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn listening_sockets_keep_their_order_and_udp_stays_on_loopback() {
+        let m = p(
+            "a",
+            "name = \"a\"\nexec = [\"x\"]\nlisten = [\"udp:127.0.0.1:53\", \"tcp:443\"]\n",
+        )
+        .unwrap();
+        assert_eq!(m.listen, [Listen::LoopbackUdp(53), Listen::Tcp(443)]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! pipes for the log ring and an inherited readiness fd.
 
 use crate::machine::{Spawner, StopSignal};
-use crate::manifest::{Manifest, LISTEN_MAX};
+use crate::manifest::{Listen, Manifest, LISTEN_MAX};
 use crate::users;
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -211,8 +211,14 @@ impl LinuxSpawner {
     fn listeners_for(&mut self, m: &Manifest) -> Result<ListenFds, String> {
         if !self.listeners.contains_key(&m.name) {
             let mut socks = Vec::with_capacity(m.listen.len());
-            for &port in &m.listen {
-                socks.push(OwnedFd::from(bind_tcp(port)?));
+            for &l in &m.listen {
+                socks.push(match l {
+                    Listen::Tcp(port) => OwnedFd::from(bind_tcp(port)?),
+                    Listen::LoopbackUdp(port) => OwnedFd::from(
+                        std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port))
+                            .map_err(|e| format!("cannot bind UDP 127.0.0.1:{port}: {e}"))?,
+                    ),
+                });
             }
             self.listeners.insert(m.name.clone(), socks);
         }
@@ -285,13 +291,6 @@ fn child_setup(
                 return Err(std::io::Error::last_os_error());
             }
         }
-        if let Some(n) = nofile {
-            let lim = libc::rlimit {
-                rlim_cur: n as libc::rlim_t,
-                rlim_max: n as libc::rlim_t,
-            };
-            check(libc::setrlimit(libc::RLIMIT_NOFILE, &lim))?;
-        }
         // The sockets move out of the way first: one of them may sit on fd 3 or 4, where the
         // notify pipe or another socket goes.
         let mut parked = [-1; LISTEN_MAX];
@@ -309,6 +308,15 @@ fn child_setup(
         // dup2 leaves the new fd without close-on-exec: exactly these survive the exec.
         for (i, &fd) in parked.iter().enumerate().take(listen.count) {
             check(libc::dup2(fd, LISTEN_FD_FIRST + i as i32))?;
+        }
+        // After the parking: F_DUPFD refuses a place at or above the limit (EINVAL), and a
+        // service with a small `nofile` still gets its sockets.
+        if let Some(n) = nofile {
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            check(libc::setrlimit(libc::RLIMIT_NOFILE, &lim))?;
         }
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         if let Some(g) = gid {

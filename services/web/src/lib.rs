@@ -14,6 +14,7 @@ pub mod device;
 pub mod files;
 pub mod form;
 pub mod mdns;
+pub mod names;
 pub mod owner_vault;
 pub mod pages;
 pub mod proxy;

@@ -1,5 +1,5 @@
 //! The command lines of the `cairn` subcommands, one module each, over the libraries: `cairn ctl`
-//! (the supervisor's control socket), `cairn vault`, `cairn node`, `cairn web`, `cairn prosody`, `cairn snac`, `cairn backup` and, in test builds
+//! (the supervisor's control socket), `cairn vault`, `cairn node`, `cairn web`, `cairn prosody`, `cairn snac`, `cairn names`, `cairn backup` and, in test builds
 //! only (feature `test-fixtures`), `cairn fixture`. `cairn init` is [`crate::init`]. What the
 //! service roles share (telling the supervisor they are ready) is here.
 
@@ -7,6 +7,7 @@ pub mod backup;
 pub mod ctl;
 #[cfg(feature = "test-fixtures")]
 pub mod fixture;
+pub mod names;
 pub mod node;
 pub mod prosody;
 pub mod snac;

@@ -304,7 +304,7 @@ mod tests {
         let m = cairn_supervisor::manifest::parse(&path, &text).unwrap();
         assert_eq!((m.name.as_str(), m.user.as_deref()), ("web", Some("web")));
         assert_eq!(m.limits.memory_bytes, Some(48 << 20));
-        assert_eq!(m.listen, [443]);
+        assert_eq!(m.listen, [cairn_supervisor::manifest::Listen::Tcp(443)]);
         // In the node's group, to reach its socket in /run/node, and in Prosody's, to reach
         // its admin socket; the certificate for Prosody goes to its own runtime directory.
         assert_eq!(m.groups, ["node", "prosody", "snac"]);

@@ -11,7 +11,7 @@
 mod data;
 mod modules;
 mod mounts;
-mod net;
+pub(crate) mod net;
 mod power_button;
 mod stage2;
 mod system;

@@ -344,13 +344,16 @@ fn valid_domain(d: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// resolv.conf for a lease.
+/// resolv.conf for a lease: the device's own name server first (`cairn names`, which answers
+/// `NAME.local` by mDNS and asks the lease's servers for the rest: Prosody reads only the first
+/// line), then the lease's, three lines in all (musl's resolver reads three).
 pub fn resolv_conf(lease: &Lease) -> String {
     let mut s = String::from("# Written by cairn init from the DHCP lease\n");
     if let Some(d) = &lease.domain {
         s.push_str(&format!("search {d}\n"));
     }
-    for ns in &lease.dns {
+    s.push_str("nameserver 127.0.0.1\n");
+    for ns in lease.dns.iter().take(NAME_SERVERS_MAX - 1) {
         s.push_str(&format!("nameserver {ns}\n"));
     }
     s
@@ -1198,7 +1201,7 @@ mod tests {
         assert_eq!(
             resolv_conf(&lease),
             "# Written by cairn init from the DHCP lease\nsearch home.arpa\n\
-             nameserver 10.0.2.3\nnameserver 1.1.1.1\nnameserver 8.8.8.8\n"
+             nameserver 127.0.0.1\nnameserver 10.0.2.3\nnameserver 1.1.1.1\n"
         );
     }
 
