@@ -1737,6 +1737,8 @@ async fn storage_api(app: &Arc<App>) -> Response<Body> {
 async fn back_up_on_schedule(app: Arc<App>, started: Instant) {
     /// How often an unset backup looks again.
     const NOT_READY_POLL: Duration = Duration::from_secs(60);
+    /// After a failed backup (the node away, a full disk), the next try waits this long.
+    const RETRY: Duration = Duration::from_secs(15 * 60);
     let Some(b) = app.backups.clone() else {
         return;
     };
@@ -1752,7 +1754,14 @@ async fn back_up_on_schedule(app: Arc<App>, started: Instant) {
             _ = stopping.wait_for(|s| *s) => return,
         }
         if b.ready() && b.next_due(started.elapsed()).is_zero() {
-            app.back_up().await;
+            // A failure leaves the last backup's time as it was: without a pause it would be
+            // due again at once.
+            if let Some(Err(_)) = app.back_up().await {
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+            }
         }
     }
 }
