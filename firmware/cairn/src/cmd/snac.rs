@@ -7,7 +7,6 @@
 //! watches snac itself. Cairn's HTTPS fronts it (the web's proxy).
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -138,9 +137,7 @@ fn configure(file: &Path, domain: &str) -> Result<()> {
         o.insert(k.into(), val);
     }
     let out = serde_json::to_vec_pretty(&v)?;
-    cairn_durable::write_mode(file, &out, 0o660).with_context(|| format!("{}", file.display()))?;
-    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o660))?;
-    Ok(())
+    cairn_durable::write_mode(file, &out, 0o660).with_context(|| format!("{}", file.display()))
 }
 
 #[cfg(test)]
