@@ -9,7 +9,7 @@
 //! from inside. One boot carries every step.
 
 use cairn_bsp::panel::PanelLink;
-use cairn_hil::browser::{claim_and_set_up, pin_from_fingerprint, Browser, Viewport};
+use cairn_hil::browser::{set_up_through_forward, Browser};
 use cairn_hil::{free_port, image, service, Config, FixturePort, Qemu, BOOT_TIMEOUT};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -160,12 +160,8 @@ fn prosody_weathers_wrong_passwords_a_kill_and_a_full_disk() {
     // signs in; alex's right password works once the wait the plug named has passed. Meanwhile
     // the owner sets the plug up as "cairn" (the same Jabber domain: Prosody is not restarted).
     let mut throttle = Lines::spawn(client("throttle", xmpp));
-    let fingerprint = web.split_once("certificate SHA-256 ").unwrap().1;
-    let pin = pin_from_fingerprint("localhost", https, fingerprint).unwrap();
     let origin = format!("https://localhost:{https}");
-    let mut b = Browser::open(&pin, Viewport::DESKTOP).unwrap();
-    let press = || panel.press(Duration::from_millis(300)).unwrap();
-    claim_and_set_up(&mut b, &origin, press, "cairn", PASSPHRASE).unwrap();
+    let mut b = set_up_through_forward(&web, https, &panel, "cairn", PASSPHRASE).unwrap();
     let seen = throttle.next();
     eprintln!("throttle: {seen}");
     assert!(seen.get("wrong_accepted").is_none(), "{seen:#}");

@@ -22,11 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use cairn_vault::home::{Config as VaultConfig, Target};
 use cairn_vault::progress::NoProgress;
-use cairn_vault::seal::AeadKind;
-use cairn_vault::vault::NodeConnector;
 use cairn_vault::{OwnerSecret, Vault};
+
+use crate::owner_vault::Placement;
 
 /// The backups' secret in [`Backups::dir`].
 pub const SECRET_FILE: &str = "secret";
@@ -47,14 +46,8 @@ pub struct Backups {
     /// The folders backed up, each stored under its last component (`/data/prosody` →
     /// `prosody/`).
     pub sources: Vec<PathBuf>,
-    /// Where shards go: the storage node (`node:SOCKET`), or `n` directories (tests).
-    pub targets: Vec<Target>,
-    /// Opens `node:` targets.
-    pub nodes: Arc<dyn NodeConnector + Send + Sync>,
-    /// Shards needed to read a chunk.
-    pub k: usize,
-    /// Shards written per chunk.
-    pub n: usize,
+    /// Where their shards go.
+    pub place: Placement,
     /// Time between backups.
     pub every: Duration,
     /// The last backup's outcome, for the dashboard.
@@ -113,14 +106,13 @@ impl Backups {
         cairn_durable::write_mode(&self.secret_path(), secret.as_bytes(), 0o600)
             .with_context(|| format!("{}: writing", self.secret_path().display()))?;
         if !cairn_vault::home::Home::new(self.home()).exists() {
-            let config = VaultConfig {
-                k: self.k,
-                n: self.n,
-                aead: AeadKind::fastest_here(50),
-                targets: self.targets.clone(),
-            };
-            Vault::init_held(&self.home(), config, secret, &*self.nodes)
-                .context("making the backups' vault")?;
+            Vault::init_held(
+                &self.home(),
+                self.place.config(),
+                secret,
+                &*self.place.nodes,
+            )
+            .context("making the backups' vault")?;
         }
         Ok(true)
     }
@@ -153,7 +145,7 @@ impl Backups {
         if fs::read_to_string(&last).ok().as_deref() == Some(mark.as_str()) {
             return Ok(Done::Unchanged);
         }
-        let mut v = Vault::open_held(&self.home(), secret, &*self.nodes)
+        let mut v = Vault::open_held(&self.home(), secret, &*self.place.nodes)
             .context("opening the backups' vault")?;
         // One worker: the web's memory budget (see owner_vault.rs).
         v.set_workers(1);
@@ -213,7 +205,7 @@ pub struct Restored {
 }
 
 /// Brings the backups back on a new plug from the owner's secret (the recovery key): finds
-/// the latest snapshot on `backups.targets`, makes the backups' vault and secret in
+/// the latest snapshot on `backups.place`'s targets, makes the backups' vault and secret in
 /// `backups.dir`, and writes each source folder back. A source folder that holds anything is
 /// refused before anything is written (stop its service and move it away first), so nothing
 /// is lost; a folder missing from the snapshot is skipped. Run as root, files take the owner
@@ -242,8 +234,8 @@ pub fn restore(backups: &Backups, owner: &OwnerSecret) -> Result<Restored> {
     let v = Vault::restore_held(
         &backups.home(),
         secret.clone(),
-        backups.targets.clone(),
-        &*backups.nodes,
+        backups.place.targets.clone(),
+        &*backups.place.nodes,
     )
     .context("finding the backups")?;
     cairn_durable::write_mode(&backups.secret_path(), secret.as_bytes(), 0o600)
@@ -343,18 +335,21 @@ fn fingerprint(sources: &[&PathBuf]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_vault::home::Target;
     use cairn_vault::NoNode;
 
     fn backups(root: &Path) -> Backups {
         Backups {
             dir: root.join("web/backup"),
             sources: vec![root.join("prosody")],
-            targets: (0..3)
-                .map(|i| Target::Dir(root.join(format!("partner{i}"))))
-                .collect(),
-            nodes: Arc::new(NoNode),
-            k: 2,
-            n: 3,
+            place: Placement {
+                targets: (0..3)
+                    .map(|i| Target::Dir(root.join(format!("partner{i}"))))
+                    .collect(),
+                nodes: Arc::new(NoNode),
+                k: 2,
+                n: 3,
+            },
             every: Duration::from_secs(86_400),
             status: Arc::default(),
         }

@@ -24,11 +24,10 @@ use cairn_vault::Vault;
 /// over the web's 32 MiB budget for an upload); the reading thread works beside it.
 const WORKERS: usize = 1;
 
-/// Where the owner's vault lives and where its shards go.
+/// Where a vault's shards go and how they are coded: what the owner's vault and the services'
+/// backups ([`crate::backup`]) each have.
 #[derive(Clone)]
-pub struct OwnerVault {
-    /// Its home (key file, config, head): on a plug `/data/web/vault`.
-    pub home: PathBuf,
+pub struct Placement {
     /// Where shards go: the storage node (`node:SOCKET`), or `n` directories (tests).
     pub targets: Vec<Target>,
     /// Opens `node:` targets (the binary links the node's client; this crate does not).
@@ -37,6 +36,28 @@ pub struct OwnerVault {
     pub k: usize,
     /// Shards written per chunk.
     pub n: usize,
+}
+
+impl Placement {
+    /// A new vault's configuration.
+    pub fn config(&self) -> VaultConfig {
+        VaultConfig {
+            k: self.k,
+            n: self.n,
+            // Measured here once (50 ms): a Pi without AES instructions gets ChaCha20.
+            aead: AeadKind::fastest_here(50),
+            targets: self.targets.clone(),
+        }
+    }
+}
+
+/// Where the owner's vault lives and where its shards go.
+#[derive(Clone)]
+pub struct OwnerVault {
+    /// Its home (key file, config, head): on a plug `/data/web/vault`.
+    pub home: PathBuf,
+    /// Where its shards go.
+    pub place: Placement,
     /// The key file's passphrase hash cost.
     pub kdf: KdfParams,
     /// The vault while the owner is logged in.
@@ -51,19 +72,12 @@ impl OwnerVault {
             // Never removed here: it holds the owner's key.
             anyhow::bail!("{}: a vault already exists here", self.home.display());
         }
-        let config = VaultConfig {
-            k: self.k,
-            n: self.n,
-            // Measured here once (50 ms): a Pi without AES instructions gets ChaCha20.
-            aead: AeadKind::fastest_here(50),
-            targets: self.targets.clone(),
-        };
         let made = Vault::init(
             &self.home,
-            config,
+            self.place.config(),
             passphrase.as_bytes(),
             self.kdf,
-            &*self.nodes,
+            &*self.place.nodes,
         );
         match made {
             Ok(mut v) => {
@@ -122,7 +136,7 @@ impl OwnerVault {
     fn with_open<T>(&self, passphrase: &str, f: impl FnOnce(&mut Vault) -> Result<T>) -> Result<T> {
         let mut g = self.guard();
         if g.is_none() {
-            let mut v = Vault::open(&self.home, passphrase.as_bytes(), &*self.nodes)
+            let mut v = Vault::open(&self.home, passphrase.as_bytes(), &*self.place.nodes)
                 .context("opening your vault")?;
             v.set_workers(WORKERS);
             *g = Some(v);
@@ -165,12 +179,14 @@ mod tests {
     fn vault(dir: &std::path::Path) -> OwnerVault {
         OwnerVault {
             home: dir.join("vault"),
-            targets: (0..3)
-                .map(|i| Target::Dir(dir.join(format!("t{i}"))))
-                .collect(),
-            nodes: Arc::new(cairn_vault::vault::NoNode),
-            k: 2,
-            n: 3,
+            place: Placement {
+                targets: (0..3)
+                    .map(|i| Target::Dir(dir.join(format!("t{i}"))))
+                    .collect(),
+                nodes: Arc::new(cairn_vault::vault::NoNode),
+                k: 2,
+                n: 3,
+            },
             kdf: KdfParams {
                 m_kib: 64,
                 t: 1,
@@ -208,7 +224,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut v = vault(dir.path());
         // A node target where no node can be reached.
-        v.targets = vec![Target::Node(dir.path().join("none.sock"))];
+        v.place.targets = vec![Target::Node(dir.path().join("none.sock"))];
         let e = v.create("passphrase").unwrap_err();
         assert!(format!("{e:#}").contains("creating your vault"), "{e:#}");
         assert!(!v.home.exists());

@@ -405,8 +405,8 @@ async fn a_full_disk_stores_nothing_and_says_so() {
     let source = std::sync::Arc::new(cairn_vault::sink::DirStore::new(dirs));
     let c = card.clone();
     let mut vault = common::test_vault(data.path());
-    vault.targets = vec![cairn_vault::home::Target::Node("card".into())];
-    vault.nodes = std::sync::Arc::new(
+    vault.place.targets = vec![cairn_vault::home::Target::Node("card".into())];
+    vault.place.nodes = std::sync::Arc::new(
         move |_: &std::path::Path, _: &cairn_vault::keys::OwnerKey| {
             let sink: std::sync::Arc<dyn cairn_vault::sink::ShardSink> = c.clone();
             let source: std::sync::Arc<dyn cairn_vault::sink::ShardSource> = source.clone();

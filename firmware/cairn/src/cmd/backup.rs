@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use cairn_vault::home::Target;
 use cairn_vault::OwnerSecret;
 use clap::{Parser, Subcommand};
 
@@ -15,9 +14,6 @@ use clap::{Parser, Subcommand};
 pub const BACKUP_DIR: &str = "backup";
 /// The folders a plug backs up, as `services/web.toml` lists them.
 pub const DEFAULT_SOURCES: &[&str] = &["/data/prosody"];
-/// The backups' erasure code: the owner vault's (`cairn web`).
-const K: usize = 4;
-const N: usize = 8;
 
 /// The services' backups (Jabber's data), made by the web service every day.
 #[derive(Parser, Debug)]
@@ -57,10 +53,7 @@ pub fn backups(
     cairn_web::backup::Backups {
         dir: data.join(BACKUP_DIR),
         sources,
-        targets: vec![Target::Node(node.to_path_buf())],
-        nodes: Arc::new(super::vault::NodeSockets),
-        k: K,
-        n: N,
+        place: super::web::node_placement(node),
         every,
         status: Arc::default(),
     }

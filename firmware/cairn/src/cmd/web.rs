@@ -102,11 +102,7 @@ pub fn run(args: Args) -> Result<()> {
     config.addresses = usable(interface_addresses());
     config.vault = Some(cairn_web::owner_vault::OwnerVault {
         home: vault_home,
-        // The node places every shard itself, on partners (or keeps it here until there are).
-        targets: vec![cairn_vault::home::Target::Node(args.node.clone())],
-        nodes: Arc::new(super::vault::NodeSockets),
-        k: VAULT_K,
-        n: VAULT_N,
+        place: node_placement(&args.node),
         kdf: cairn_vault::keys::KdfParams::default(),
         open: Arc::default(),
     });
@@ -137,6 +133,18 @@ pub fn run(args: Args) -> Result<()> {
     // Held while the web runs; without it the web still serves, by address.
     let _mdns = mdns(device.clone());
     cairn_web::run(config, device, |_| super::notify_ready())
+}
+
+/// Shards through the storage node at `node`, 4-of-8: the owner's vault and the services'
+/// backups. The node places every shard itself, on partners (or keeps it here until there
+/// are).
+pub(crate) fn node_placement(node: &std::path::Path) -> cairn_web::owner_vault::Placement {
+    cairn_web::owner_vault::Placement {
+        targets: vec![cairn_vault::home::Target::Node(node.to_path_buf())],
+        nodes: Arc::new(super::vault::NodeSockets),
+        k: VAULT_K,
+        n: VAULT_N,
+    }
 }
 
 /// The storage node through its control socket (`cairn-node`'s client), for the web.

@@ -330,12 +330,14 @@ fn services() -> Vec<Service> {
 pub fn test_vault(data: &Path) -> OwnerVault {
     OwnerVault {
         home: data.join("vault"),
-        targets: (0..3)
-            .map(|i| cairn_vault::home::Target::Dir(data.join(format!("shards{i}"))))
-            .collect(),
-        nodes: Arc::new(cairn_vault::vault::NoNode),
-        k: 2,
-        n: 3,
+        place: cairn_web::owner_vault::Placement {
+            targets: (0..3)
+                .map(|i| cairn_vault::home::Target::Dir(data.join(format!("shards{i}"))))
+                .collect(),
+            nodes: Arc::new(cairn_vault::vault::NoNode),
+            k: 2,
+            n: 3,
+        },
         kdf: cairn_vault::keys::KdfParams {
             m_kib: 64,
             t: 1,
