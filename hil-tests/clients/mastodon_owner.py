@@ -54,6 +54,7 @@ def log_in(s, base, user, password):
         api_base_url=base,
         session=s,
         version_check_mode="none",
+        request_timeout=60,
     )
     page = s.get(m.auth_request_url(redirect_uris=OOB, scopes=SCOPES), timeout=60)
     form = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page.text))
@@ -72,9 +73,8 @@ def log_in(s, base, user, password):
     return m
 
 
-def main():
-    base, domain, user, password, member, member_password = sys.argv[1:7]
-    seen = {}
+def plug_session():
+    """An HTTP session for the plug through its forwarded port."""
     urllib3.disable_warnings()
     s = requests.Session()
     # The plug's certificate is its own, self-signed: the test pins nothing here, it checks
@@ -82,13 +82,25 @@ def main():
     s.verify = False
     # requests lets $REQUESTS_CA_BUNDLE override `verify` unless the environment is ignored.
     s.trust_env = False
+    return s
 
-    # Discovery, as other servers do it.
-    wf = s.get(
+
+def webfinger(s, base, user, domain):
+    """WebFinger's answer for `user@domain`, as other servers ask it."""
+    return s.get(
         f"{base}/.well-known/webfinger",
         params={"resource": f"acct:{user}@{domain}"},
         timeout=60,
     )
+
+
+def main():
+    base, domain, user, password, member, member_password = sys.argv[1:7]
+    seen = {}
+    s = plug_session()
+
+    # Discovery, as other servers do it.
+    wf = webfinger(s, base, user, domain)
     seen["webfinger_status"] = wf.status_code
     links = wf.json().get("links", []) if wf.ok else []
     actor_url = next(
@@ -114,6 +126,9 @@ def main():
 
     media = m.media_post(png(32, 24), mime_type="image/png", description="a test picture")
     status = m.status_post("Hello from the plug", media_ids=[media])
+    # For the app's return after snac restarts (mastodon_again.py): the same token, the post.
+    seen["owner_token"] = m.access_token
+    seen["post_id"] = status["id"]
     seen["posted_media"] = len(status["media_attachments"])
     home = m.timeline_home()
     seen["home_has_post"] = any(p["id"] == status["id"] for p in home)
@@ -171,11 +186,7 @@ def main():
     seen["forged_notified"] = any(
         "forged" in ((n.get("status") or {}).get("content") or "") for n in m.notifications()
     )
-    seen["still_answers"] = s.get(
-        f"{base}/.well-known/webfinger",
-        params={"resource": f"acct:{user}@{domain}"},
-        timeout=60,
-    ).status_code
+    seen["still_answers"] = webfinger(s, base, user, domain).status_code
 
     # A household member follows the owner from their own app, then unfollows.
     a = log_in(s, base, member, member_password)
@@ -191,8 +202,13 @@ def main():
     print(json.dumps(seen))
 
 
-if __name__ == "__main__":
+def report(main):
+    """Runs `main`; whatever goes wrong is its one JSON line, for the test to print."""
     try:
         main()
-    except Exception as e:  # the test prints whatever went wrong
-        print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+    except Exception as e:
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
+
+
+if __name__ == "__main__":
+    report(main)

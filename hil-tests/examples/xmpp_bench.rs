@@ -151,18 +151,10 @@ fn main() -> anyhow::Result<()> {
 fn memory(port: &mut FixturePort, pid: u64) -> anyhow::Result<(u64, u64)> {
     let (mut rss, mut hwm) = (0, 0);
     for _ in 0..MEMORY_SAMPLES {
-        port.send(&format!("read /proc/{pid}/status"))?;
-        let status = port.expect("file")?;
-        let field = |name: &str| -> anyhow::Result<u64> {
-            status
-                .split(name)
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| anyhow::anyhow!("no {name} in {status}"))
-        };
-        rss = rss.max(field("VmRSS:")?);
-        hwm = hwm.max(field("VmHWM:")?);
+        let status = format!("/proc/{pid}/status");
+        let v = port.kib_fields(&status, &["VmRSS:", "VmHWM:"])?;
+        rss = rss.max(v[0]);
+        hwm = hwm.max(v[1]);
         std::thread::sleep(Duration::from_millis(500));
     }
     Ok((rss, hwm))

@@ -12,11 +12,10 @@
 
 use anyhow::{bail, Context};
 use base64::Engine as _;
+use cairn_web::trust::HandshakeOnly;
 use fantoccini::{wd::Capabilities, wd::TimeoutConfiguration, Client, ClientBuilder, Locator};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::ClientConnection;
 use std::fmt;
 use std::future::Future;
 use std::io::Read;
@@ -135,18 +134,23 @@ pub(crate) fn pinned_handshake(
     sha256_fingerprint: &str,
 ) -> anyhow::Result<(ClientConnection, TcpStream)> {
     let want = Fingerprint::parse(sha256_fingerprint)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let seen = Arc::new(Mutex::new(None));
-    let verifier = Arc::new(FingerprintVerifier {
-        want,
-        seen: seen.clone(),
-        provider: provider.clone(),
+    let saw = seen.clone();
+    // Trusts one certificate, by its SHA-256, as SSH trusts a known host: no CA, name or
+    // dates (the device makes its own certificate; its console's fingerprint is what vouches
+    // for it). The handshake's signature is still checked, so only the holder of the key gets
+    // through.
+    let config = HandshakeOnly::client_config(move |end: &CertificateDer<'_>, _: &[_]| {
+        let got = Fingerprint::of(end);
+        *saw.lock().unwrap() = Some(got);
+        if got == want {
+            Ok(())
+        } else {
+            Err(rustls::Error::General(format!(
+                "certificate {got} is not the pinned {want}"
+            )))
+        }
     });
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
     let name = ServerName::try_from(host.to_string())
         .with_context(|| format!("'{host}' is not a host name or address"))?;
     let mut sock = connect(host, port)?;
@@ -267,72 +271,6 @@ fn connect(host: &str, port: u16) -> anyhow::Result<TcpStream> {
     match last {
         Some(e) => Err(e).with_context(|| format!("connecting to {host}:{port}")),
         None => bail!("{host} has no address"),
-    }
-}
-
-/// Trusts one certificate, by its SHA-256, as SSH trusts a known host: no CA, name or dates
-/// (the device makes its own certificate; its console's fingerprint is what vouches for it).
-/// The handshake's signature is still checked, so only the holder of the key gets through.
-#[derive(Debug)]
-struct FingerprintVerifier {
-    want: Fingerprint,
-    seen: Arc<Mutex<Option<Fingerprint>>>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for FingerprintVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = Fingerprint::of(end_entity);
-        *self.seen.lock().unwrap() = Some(got);
-        if got == self.want {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "certificate {got} is not the pinned {}",
-                self.want
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -535,6 +473,28 @@ impl Browser {
                 }
                 _ => std::thread::sleep(POLL),
             }
+        }
+    }
+
+    /// Loads `url` again and again (every 2 s, as a person reloads) until its `main` says
+    /// `text` (a dashboard catching up with the device); returns that text then.
+    pub fn reload_until(
+        &mut self,
+        url: &str,
+        text: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.goto(url)?;
+            let body = self.text_of("main")?;
+            if body.contains(text) {
+                return Ok(body);
+            }
+            if Instant::now() >= deadline {
+                bail!("{url} does not say {text:?} within {timeout:?}: {body}");
+            }
+            std::thread::sleep(Duration::from_secs(2));
         }
     }
 
@@ -918,6 +878,53 @@ pub fn wait_chat_account(
     }
 }
 
+/// A backup of the services' data through the plug's storage node, on an emulated CPU.
+pub const BACKUP: Duration = Duration::from_secs(180);
+
+/// "Back up now" on the dashboard at `dashboard` (open in `b`, logged in); returns what the
+/// page said and the number of files it stored, checking the dashboard says the same after.
+pub fn back_up_now(b: &mut Browser, dashboard: &str) -> anyhow::Result<(String, u64)> {
+    b.goto(dashboard)?;
+    b.click_to_next_page("form[action='/admin/backup'] button", BACKUP)?;
+    let done = b.text_of("main p")?;
+    let files: u64 = done
+        .strip_prefix("Backed up: snapshot")
+        .and_then(|rest| rest.split_once(" files"))
+        .and_then(|(head, _)| head.rsplit(' ').next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no backup: {done}"))?;
+    b.goto(dashboard)?;
+    let said = b.text_of("#backups")?;
+    anyhow::ensure!(
+        said.contains(&format!("{files} files")),
+        "the dashboard says {said:?} after {done:?}"
+    );
+    Ok((said, files))
+}
+
+/// Waits on the Social page (`social`: its URL) for `name`'s first password (snac makes the
+/// account at its next start) and returns it, with the row's text (its handle).
+pub fn wait_social_password(
+    b: &mut Browser,
+    social: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<(String, String)> {
+    let start = Instant::now();
+    let row = format!("#social-accounts tr[data-name={name}]");
+    loop {
+        b.goto(social)?;
+        let said = b.text_of(&row).unwrap_or_default();
+        if let Ok(p) = b.text_of(&format!("{row} code.password")) {
+            return Ok((p, said));
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "no first password for {name} within {timeout:?}: {said}"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
 /// Without a DHCP server a plug takes its link-local address after 30 s.
 pub const ADDRESSED: Duration = Duration::from_secs(120);
 
@@ -1025,3 +1032,68 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The TCP connect, each read and write, and the whole handshake of [`pin_from_fingerprint`].
 pub const TLS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits on the Social page at `page` for `name`'s first password (snac makes the account at
+/// its next start, after setup or the page's Add), at most `bound`; `@name@domain` must head
+/// its row.
+pub fn social_first_password(
+    b: &mut Browser,
+    page: &str,
+    name: &str,
+    domain: &str,
+    bound: Duration,
+) -> anyhow::Result<String> {
+    let (password, row) = wait_social_password(b, page, name, bound)?;
+    anyhow::ensure!(row.contains(&format!("@{name}@{domain}")), "{row}");
+    Ok(password)
+}
+
+/// This plug's certificate's fingerprint as its Social page shows it (`page`).
+pub fn social_fingerprint(b: &mut Browser, page: &str) -> anyhow::Result<String> {
+    b.goto(page)?;
+    Ok(b.text_of("#own-fingerprint code")?.trim().to_string())
+}
+
+/// On the Social page at `page`, looks at `server` and trusts it if it shows `fingerprint`
+/// (what its owner read on their side), as an owner comparing the two does.
+pub fn trust_on_social_page(
+    b: &mut Browser,
+    page: &str,
+    server: &str,
+    fingerprint: &str,
+) -> anyhow::Result<()> {
+    b.goto(page)?;
+    b.fill("#look-server input[name=address]", server)?;
+    b.click_to_next_page("#look-server button[type=submit]", SETUP_REACT)?;
+    let shown = b
+        .text_of("#shown-fingerprint")
+        .with_context(|| format!("looking at {server}: {:?}", b.text_of("#servers-note")))?;
+    anyhow::ensure!(
+        shown.trim() == fingerprint,
+        "{server} shows {shown}, its owner sees {fingerprint}"
+    );
+    b.click_to_next_page("#trust-server button[type=submit]", SETUP_REACT)?;
+    let said = b.text_of("#servers-note")?;
+    anyhow::ensure!(said.contains("is trusted"), "trusting {server}: {said}");
+    Ok(())
+}
+
+/// The certificate `host:port` shows, as PEM, if its SHA-256 is `sha256_fingerprint` (what
+/// another server's administrator adds to what it trusts, having compared the fingerprint).
+pub fn certificate_pem(host: &str, port: u16, sha256_fingerprint: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    let (conn, _sock) = pinned_handshake(host, port, sha256_fingerprint)?;
+    let der = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .context("the server sent no certificate")?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = (0..b64.len())
+        .step_by(64)
+        .map(|i| &b64[i..(i + 64).min(b64.len())])
+        .collect();
+    Ok(format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    ))
+}

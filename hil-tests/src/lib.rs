@@ -39,6 +39,30 @@ pub fn write_bench(out: &str, figures: &serde_json::Value) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Writes a benchmark's figures into `out` beside those already there (another example may
+/// fill the same file): `figures`' keys replace theirs, objects (`targets`) merged key by key.
+pub fn merge_bench(out: &str, figures: &serde_json::Value) -> anyhow::Result<()> {
+    fn merge(into: &mut serde_json::Value, from: &serde_json::Value) {
+        match (into, from) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (into, from) => *into = from.clone(),
+        }
+    }
+    let mut all = match std::fs::read(out) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{out}: not JSON: move it away or fix it"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+        Err(e) => return Err(e).with_context(|| format!("{out}: reading")),
+    };
+    anyhow::ensure!(all.is_object(), "{out}: not a JSON object");
+    merge(&mut all, figures);
+    write_bench(out, &all)
+}
+
 /// A TCP port free on the host's loopback right now (the kernel just handed it out: free
 /// unless another process takes it before it is used).
 pub fn free_port() -> u16 {
@@ -81,6 +105,52 @@ pub struct Config {
     /// Let the user-mode network reach beyond this host (a plug at home is online); tests keep
     /// the guest off every network but its forwards.
     pub internet: bool,
+    /// A second disk (the benchmarks' card), after the board's own.
+    pub second_disk: Option<SecondDisk>,
+}
+
+/// A second virtio disk: a raw file on the host that the guest finds by its serial number
+/// (`/sys/block/*/serial`), with QEMU's block throttling standing in for a card's limits. No
+/// host cache (`cache=none`: `O_DIRECT`, and the guest's flushes reach the host's disk), so
+/// the guest's syncs cost what they cost on a disk.
+#[derive(Clone, Debug)]
+pub struct SecondDisk {
+    /// The raw image (its size is the disk's).
+    pub file: PathBuf,
+    /// What the guest reads in `/sys/block/*/serial` (at most 20 bytes).
+    pub serial: String,
+    /// The limits; 0 means none.
+    pub throttle: Throttle,
+}
+
+/// QEMU's block throttling (`throttling.*` of `-drive`): bytes and requests per second, each
+/// 0 for no limit. A request counts as one I/O whatever its size (no `iops-size`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Throttle {
+    /// Bytes read per second.
+    pub bps_read: u64,
+    /// Bytes written per second.
+    pub bps_write: u64,
+    /// Read requests per second.
+    pub iops_read: u64,
+    /// Write requests per second.
+    pub iops_write: u64,
+}
+
+impl Throttle {
+    /// The `-drive` options, each with its leading comma.
+    fn drive_options(&self) -> String {
+        [
+            ("bps-read", self.bps_read),
+            ("bps-write", self.bps_write),
+            ("iops-read", self.iops_read),
+            ("iops-write", self.iops_write),
+        ]
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!(",throttling.{k}={v}"))
+        .collect()
+    }
 }
 
 /// Where the board's serial console is connected.
@@ -132,6 +202,7 @@ impl Config {
             reboot: false,
             console: Console::Piped,
             internet: false,
+            second_disk: None,
         }
     }
 }
@@ -480,8 +551,26 @@ pub fn command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
         .arg(format!(
             "if=none,file={},format=raw,id=hd0",
             files.disk.display()
-        ))
-        .args(["-device", "virtio-blk-device,drive=hd0"])
+        ));
+    // QEMU gives each later virtio-mmio device a lower address, and u-boot and Linux number
+    // disks from the lowest: the second disk's device goes first so the board's own disk stays
+    // `virtio 0` and `/dev/vda`.
+    if let Some(d) = &cfg.second_disk {
+        anyhow::ensure!(
+            d.serial.len() <= 20 && !d.serial.contains(','),
+            "a disk serial of at most 20 bytes without commas: {:?}",
+            d.serial
+        );
+        cmd.arg("-drive")
+            .arg(format!(
+                "if=none,file={},format=raw,id=hd1,cache=none,aio=threads{}",
+                d.file.display(),
+                d.throttle.drive_options()
+            ))
+            .arg("-device")
+            .arg(format!("virtio-blk-device,drive=hd1,serial={}", d.serial));
+    }
+    cmd.args(["-device", "virtio-blk-device,drive=hd0"])
         .args(["-device", "virtio-rng-device"])
         .args(["-device", "i6300esb"])
         .args(["-device", "virtio-serial-device"])
@@ -628,6 +717,37 @@ pub fn run_client(
         .with_context(|| format!("{script}'s report is not JSON: {out}"))
 }
 
+/// A self-signed certificate for `domain` (P-256, valid 30 days: ejabberd sets a timer for the
+/// expiry, which Erlang refuses beyond a few years), made by openssl as a third-party server's
+/// administrator would: `cert.pem` and `key.pem` in `dir`.
+pub fn self_signed(dir: &Path, domain: &str) -> anyhow::Result<()> {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "30", "-subj"])
+        .arg(format!("/CN={domain}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{domain}"))
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .context("openssl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// Partition `n` (1-based) of an MBR disk image.
 pub fn partition(disk: &Path, n: u32) -> anyhow::Result<cairn_bsp::mbr::Partition> {
     use std::os::unix::fs::FileExt;
@@ -738,6 +858,34 @@ impl FixturePort {
         answer
     }
 
+    /// The fixture's next answer within `timeout`, its "started" line (sent when the port is
+    /// plugged in) skipped.
+    pub fn answer(&mut self, timeout: Duration) -> anyhow::Result<String> {
+        loop {
+            let line = self.expect_within("", timeout)?;
+            if line != "started" && !line.starts_with("started ") {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// The `NAME: N kB` fields `names` (each with its colon) of a guest file such as
+    /// `/proc/PID/status` or `/proc/meminfo`, KiB, in the order asked.
+    pub fn kib_fields(&mut self, path: &str, names: &[&str]) -> anyhow::Result<Vec<u64>> {
+        self.send(&format!("read {path}"))?;
+        let text = self.expect("file")?;
+        names
+            .iter()
+            .map(|name| {
+                text.split(name)
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("no {name} in {path}: {text}"))
+            })
+            .collect()
+    }
+
     /// Runs `cairn ctl ARGS` in the guest; returns its output and exit code.
     pub fn ctl(&mut self, args: &str) -> anyhow::Result<(String, i32)> {
         self.send(&format!("ctl {args}"))?;
@@ -751,6 +899,36 @@ impl FixturePort {
                 return Ok((out, code.trim().parse()?));
             }
         }
+    }
+
+    /// Runs `cairn bench ARGS` in the guest (test images); returns its output lines and exit
+    /// code. Waits at most `timeout` in all.
+    pub fn bench(&mut self, args: &str, timeout: Duration) -> anyhow::Result<(Vec<String>, i32)> {
+        self.send(&format!("bench {args}"))?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        let answer = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Err(anyhow::anyhow!(
+                    "cairn bench {args}: no end within {timeout:?}"
+                ));
+            }
+            self.reader.get_ref().set_read_timeout(Some(left))?;
+            let line = match self.read_line("bench-done") {
+                Ok(l) => l,
+                Err(e) => break Err(e),
+            };
+            if let Some(l) = line.strip_prefix("bench-out ") {
+                out.push(l.to_string());
+            } else if let Some(code) = line.strip_prefix("bench-done ") {
+                break code.trim().parse().map_err(anyhow::Error::from);
+            }
+        };
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(FIXTURE_TIMEOUT))?;
+        Ok((out, answer?))
     }
 
     /// `cairn ctl status --json` in the guest: one object per service.
@@ -836,5 +1014,33 @@ mod tests {
         std::fs::write(&disk, [0u8; 512]).unwrap();
         let e = format!("{:#}", partition(&disk, 2).unwrap_err());
         assert_eq!(e, format!("{}: no MBR signature", disk.display()));
+    }
+
+    #[test]
+    fn bench_figures_merge_into_the_file_another_example_wrote() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("social.json");
+        let out = out.to_str().unwrap();
+        let theirs = serde_json::json!({"post_to_remote_timeline_ms": 900, "targets": {"post_to_remote_timeline_ms": 5000}, "image_xz_mib": 1});
+        write_bench(out, &theirs).unwrap();
+        let ours = serde_json::json!({"snac_rss_mib_load": 10.5, "targets": {"snac_rss_mib_load": 24}, "image_xz_mib": 22.8});
+        merge_bench(out, &ours).unwrap();
+        let all: serde_json::Value = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
+        assert_eq!(all["post_to_remote_timeline_ms"], 900);
+        assert_eq!(all["snac_rss_mib_load"], 10.5);
+        assert_eq!(all["image_xz_mib"], 22.8);
+        assert_eq!(all["targets"]["post_to_remote_timeline_ms"], 5000);
+        assert_eq!(all["targets"]["snac_rss_mib_load"], 24);
+        std::fs::write(out, "[1]").unwrap();
+        assert!(merge_bench(out, &ours)
+            .unwrap_err()
+            .to_string()
+            .contains("not a JSON object"));
+        std::fs::write(out, "{").unwrap();
+        assert!(merge_bench(out, &ours)
+            .unwrap_err()
+            .to_string()
+            .contains("not JSON"));
+        assert_eq!(std::fs::read_to_string(out).unwrap(), "{");
     }
 }

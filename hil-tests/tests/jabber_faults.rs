@@ -94,31 +94,15 @@ fn prosody(port: &mut FixturePort) -> serde_json::Value {
     service(&port.status().unwrap(), "prosody").unwrap().clone()
 }
 
-/// The fixture's next answer (its "started" line skipped).
+/// The fixture's next answer.
 fn answer(port: &mut FixturePort) -> String {
-    loop {
-        let line = port.expect_within("", STEP).unwrap();
-        if line != "started" {
-            return line;
-        }
-    }
+    port.answer(STEP).unwrap()
 }
 
 /// Waits until the dashboard's Jabber part (`#jabber` and what follows) says `text`.
 fn dashboard_says(b: &mut Browser, origin: &str, text: &str) -> String {
-    let start = Instant::now();
-    loop {
-        b.goto(&format!("{origin}/admin/")).unwrap();
-        let body = b.text_of("main").unwrap();
-        if body.contains(text) {
-            return body;
-        }
-        assert!(
-            start.elapsed() < DASHBOARD,
-            "the dashboard does not say {text:?}: {body}"
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
+    b.reload_until(&format!("{origin}/admin/"), text, DASHBOARD)
+        .unwrap()
 }
 
 #[test]

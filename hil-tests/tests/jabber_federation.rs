@@ -171,26 +171,8 @@ impl Ejabberd {
         for sub in ["log", "spool"] {
             std::fs::create_dir(d.join(sub)).unwrap();
         }
-        // Self-signed, valid 30 days: ejabberd sets a timer for the expiry, which Erlang
-        // refuses beyond a few years.
         let tls = d.join("tls.pem");
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "30", "-subj"])
-            .arg(format!("/CN={EJABBERD_DOMAIN}"))
-            .arg("-addext")
-            .arg(format!("subjectAltName=DNS:{EJABBERD_DOMAIN}"))
-            .arg("-keyout")
-            .arg(d.join("key.pem"))
-            .arg("-out")
-            .arg(d.join("cert.pem")));
+        cairn_hil::self_signed(d, EJABBERD_DOMAIN).unwrap();
         let pem =
             [d.join("cert.pem"), d.join("key.pem")].map(|f| std::fs::read_to_string(f).unwrap());
         std::fs::write(&tls, pem.concat()).unwrap();

@@ -77,6 +77,14 @@ fn the_product_binary_has_no_fixture_subcommand() {
         "`cairn fixture sleep` is not an error in the product binary: {o:?}"
     );
 
+    // Nor the benchmarks run on the device (`cairn bench`, test images only).
+    let o = run(&exe, &["bench", "card"], Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("unrecognized subcommand 'bench'"),
+        "`cairn bench card` is not an error in the product binary: {o:?}"
+    );
+
     // Nor is the fixtures' code in it (their role names are in the test build's strings).
     let bytes = std::fs::read(&exe).unwrap();
     assert!(

@@ -47,6 +47,10 @@ pub struct Inputs {
     pub boot_mib: u64,
     /// Size of the data partition as built (it grows to fill the card on first boot), in MiB.
     pub data_mib: u64,
+    /// The public keys the image accepts updates from (`/etc/cairn/update-keys`).
+    pub update_keys: cairn_update::keys::TrustedKeys,
+    /// The build number (`/etc/cairn/build`): an update must be newer.
+    pub build: u64,
 }
 
 /// Bytes of a file to place, from disk or made here.
@@ -226,10 +230,24 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
             },
             None,
         ),
+        dir("/etc/ssl"),
+        dir("/etc/ssl/certs"),
+        (
+            // Where Debian's libcurl (snac's deliveries) and OpenSSL look for the certificates
+            // they trust: the web composes them (the layer's roots, the plug's own, the
+            // servers its owner trusts) in its share folder at each start and change.
+            Entry::Symlink {
+                path: "/etc/ssl/certs/ca-certificates.crt".into(),
+                target: "/run/web/ca-certificates.crt".into(),
+            },
+            None,
+        ),
         text("/etc/passwd", "root:x:0:0:root:/data:/bin/false\n".into()),
         text("/etc/group", "root:x:0:\n".into()),
         text("/etc/hostname", format!("{}\n", board.hostname)),
         text("/etc/cairn/board.toml", inputs.board_text.clone()),
+        text("/etc/cairn/update-keys", inputs.update_keys.to_text()),
+        text("/etc/cairn/build", format!("{}\n", inputs.build)),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for dir in &inputs.services {
@@ -297,7 +315,9 @@ fn read(src: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(src).map_err(|e| anyhow::anyhow!("{}: {e}", src.display()))
 }
 
-fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
+/// The boot partition's FAT file system, made in `work`: the initramfs, then the staged files
+/// with fixed times.
+fn boot_fat(plan: &Plan, work: &Path) -> anyhow::Result<PathBuf> {
     // 1. initramfs
     let mut entries = Vec::with_capacity(plan.initramfs.len());
     for (entry, src) in &plan.initramfs {
@@ -353,6 +373,11 @@ fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
         .args(["-s", "-m", "-p", "-Q"]);
     mcopy.args(&names).arg("::");
     run(&mut mcopy, "mcopy")?;
+    Ok(fat)
+}
+
+fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
+    let fat = boot_fat(plan, work)?;
 
     // 3. data partition: empty (init creates what it needs); no `mke2fs -d`, whose inodes
     //    would carry the staging files' ctimes and break reproducibility.
@@ -402,6 +427,39 @@ fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
     }
     std::fs::rename(&tmp, out)?;
     Ok(())
+}
+
+/// Writes the update bundle of `plan` into `out_dir` as `cairn-BOARD-VERSION.cupd`, signed
+/// with `key`; returns its path. Its parts are what the image's partitions hold: `boot` (the
+/// FAT with kernel, initramfs and extlinux.conf) and, where the image has one, `system` (the
+/// layer). The same inputs give the same bytes.
+pub fn bundle(
+    plan: &Plan,
+    board: &str,
+    version: &str,
+    build: u64,
+    key: &cairn_update::keys::SigningKey,
+    out_dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let out = out_dir.join(format!("cairn-{board}-{version}.cupd"));
+    let work = tempfile_dir(&out)?;
+    let result = (|| {
+        let fat = boot_fat(plan, &work)?;
+        let tmp = out.with_extension("cupd.tmp");
+        let mut parts: Vec<(&str, &dyn cairn_update::bundle::PartSource)> = vec![("boot", &fat)];
+        if let Some(system) = &plan.system {
+            parts.push(("system", system));
+        }
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        cairn_update::bundle::write(&mut file, key, board, version, build, &parts)?;
+        file.into_inner()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?
+            .sync_all()?;
+        std::fs::rename(&tmp, &out)?;
+        Ok(out.clone())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
 }
 
 /// Every file and directory under `dir` gets the fixed timestamp.

@@ -4,6 +4,7 @@ use anyhow::Context;
 use cairn_image::{
     artifacts, execute, kernel, load_board, plan, remove_artifacts, uboot_env, Inputs,
 };
+use cairn_update::keys::{SigningKey, TrustedKeys};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -18,6 +19,80 @@ struct Cli {
     boards: PathBuf,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// What an image and its update bundle are built from.
+#[derive(clap::Args)]
+struct ImageArgs {
+    board: String,
+    /// The cairn binary for the board's target.
+    #[arg(long)]
+    cairn: PathBuf,
+    /// The kernel Image.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Directories of service manifests to bundle (repeatable).
+    #[arg(long)]
+    services: Vec<PathBuf>,
+    /// The system layer (a squashfs from `cairn-image system`), written to partition 3.
+    #[arg(long)]
+    system: Option<PathBuf>,
+    /// Extra kernel command-line words.
+    #[arg(long, default_value = "")]
+    append: String,
+    #[arg(long, default_value_t = 32)]
+    boot_mib: u64,
+    #[arg(long, default_value_t = 64)]
+    data_mib: u64,
+    /// The update signing key (PKCS#8): its public half is the key the image trusts, and it
+    /// signs the bundle. Without it the image accepts no update.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+    /// The build number (monotonic; an update must be newer than the running one).
+    #[arg(long, default_value_t = 0)]
+    build: u64,
+}
+
+impl ImageArgs {
+    /// The signing key, if given.
+    fn key(&self) -> anyhow::Result<Option<SigningKey>> {
+        let Some(path) = &self.signing_key else {
+            return Ok(None);
+        };
+        let doc = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+        let key =
+            SigningKey::from_pkcs8(&doc).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Some(key))
+    }
+
+    /// The plan of the image, and the key.
+    fn plan(
+        self,
+        boards: &std::path::Path,
+    ) -> anyhow::Result<(cairn_image::Plan, Option<SigningKey>)> {
+        let key = self.key()?;
+        let mut update_keys = TrustedKeys::default();
+        if let Some(k) = &key {
+            update_keys
+                .add(k.public(), "build")
+                .map_err(anyhow::Error::msg)?;
+        }
+        let (board, board_text) = load_board(boards, &self.board)?;
+        let inputs = Inputs {
+            board,
+            board_text,
+            cairn: self.cairn,
+            kernel: self.kernel,
+            services: self.services,
+            system: self.system,
+            append: self.append,
+            boot_mib: self.boot_mib,
+            data_mib: self.data_mib,
+            update_keys,
+            build: self.build,
+        };
+        Ok((plan(&inputs)?, key))
+    }
 }
 
 #[derive(Subcommand)]
@@ -38,32 +113,25 @@ enum Cmd {
     },
     /// Build the flashable image (+ .img.xz, .bmap, .sha256).
     Build {
-        board: String,
-        /// The cairn binary for the board's target.
-        #[arg(long)]
-        cairn: PathBuf,
-        /// The kernel Image.
-        #[arg(long)]
-        kernel: PathBuf,
-        /// Directories of service manifests to bundle (repeatable).
-        #[arg(long)]
-        services: Vec<PathBuf>,
-        /// The system layer (a squashfs from `cairn-image system`), written to partition 3.
-        #[arg(long)]
-        system: Option<PathBuf>,
-        /// Extra kernel command-line words.
-        #[arg(long, default_value = "")]
-        append: String,
-        #[arg(long, default_value_t = 32)]
-        boot_mib: u64,
-        #[arg(long, default_value_t = 64)]
-        data_mib: u64,
+        #[command(flatten)]
+        image: ImageArgs,
         /// Skip .img.xz/.bmap/.sha256 (test images, scripts/run); removes stale ones.
         #[arg(long)]
         no_artifacts: bool,
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build the signed update bundle `cairn-BOARD-VERSION.cupd` of the same system.
+    Bundle {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// The directory to write it in.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Make an Ed25519 signing key (PKCS#8, mode 0600) at PATH unless one is there; prints
+    /// its public half.
+    UpdateKey { path: PathBuf },
     /// Build (or find in the cache) the board's system layer; prints its path, and what each
     /// package costs on stderr.
     System {
@@ -112,30 +180,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", image.display());
         }
         Cmd::Build {
-            board,
-            cairn,
-            kernel,
-            services,
-            system,
-            append,
-            boot_mib,
-            data_mib,
+            image,
             no_artifacts,
             out,
         } => {
-            let (board, board_text) = load_board(&cli.boards, &board)?;
-            let inputs = Inputs {
-                board,
-                board_text,
-                cairn,
-                kernel,
-                services,
-                system,
-                append,
-                boot_mib,
-                data_mib,
-            };
-            let plan = plan(&inputs)?;
+            let (plan, _) = image.plan(&cli.boards)?;
             execute(&plan, &out).with_context(|| format!("building {}", out.display()))?;
             if no_artifacts {
                 remove_artifacts(&out)?; // stale ones would not match the new image
@@ -147,6 +196,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out.display(),
                 plan.total_bytes() >> 20
             );
+        }
+        Cmd::Bundle { image, out_dir } => {
+            let (board, build) = (image.board.clone(), image.build);
+            let (plan, key) = image.plan(&cli.boards)?;
+            let key = key.ok_or_else(|| anyhow::anyhow!("a bundle needs --signing-key"))?;
+            // The version people read: the release's and the build number.
+            let version = format!("{}-{build}", env!("CARGO_PKG_VERSION"));
+            let out = cairn_image::bundle(&plan, &board, &version, build, &key, &out_dir)?;
+            eprintln!("cairn-image: wrote {}", out.display());
+            println!("{}", out.display());
+        }
+        Cmd::UpdateKey { path } => {
+            if !path.exists() {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let doc = SigningKey::generate_pkcs8().map_err(anyhow::Error::msg)?;
+                let mut f = std::fs::File::options()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("{}", path.display()))?;
+                f.write_all(&doc)?;
+                f.sync_all()?;
+                eprintln!(
+                    "cairn-image: made the update signing key {}",
+                    path.display()
+                );
+            }
+            let doc = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+            let key = SigningKey::from_pkcs8(&doc)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            println!("{}", hex::encode(key.public()));
         }
         Cmd::System { board, cache, pins } => {
             let (b, _) = load_board(&cli.boards, &board)?;

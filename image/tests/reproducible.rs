@@ -1,7 +1,10 @@
 //! The image builder end to end on plain files: same inputs give the same bytes, and the disk
 //! has the layout the bootloader and init expect.
 
-use cairn_image::{execute, load_board, plan, Inputs};
+use cairn_image::{bundle, execute, load_board, plan, Inputs};
+use cairn_update::install::{self, Policy};
+use cairn_update::keys::{SigningKey, TrustedKeys};
+use cairn_update::slot::FileSlot;
 use std::path::Path;
 
 fn inputs(dir: &Path) -> Inputs {
@@ -19,6 +22,8 @@ fn inputs(dir: &Path) -> Inputs {
         append: "quiet".into(),
         boot_mib: 16,
         data_mib: 32,
+        update_keys: TrustedKeys::default(),
+        build: 7,
     }
 }
 
@@ -88,4 +93,57 @@ fn an_unknown_board_names_the_known_ones() {
         e.contains("unknown board 'toaster'") && e.contains("qemu-virt"),
         "{e}"
     );
+}
+
+#[test]
+fn the_bundle_is_reproducible_trusted_by_its_image_and_holds_its_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().unwrap()).unwrap();
+    let mut i = inputs(dir.path());
+    i.update_keys.add(key.public(), "build").unwrap();
+    i.build = 8;
+    let layer = dir.path().join("layer.sqfs");
+    std::fs::write(&layer, b"hsqs and more").unwrap();
+    i.system = Some(layer);
+    let p = plan(&i).unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let fa = bundle(&p, "qemu-virt", "0.1.0-8", 8, &key, &a).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a clock tick must not matter
+    let fb = bundle(&plan(&i).unwrap(), "qemu-virt", "0.1.0-8", 8, &key, &b).unwrap();
+    assert_eq!(fa.file_name().unwrap(), "cairn-qemu-virt-0.1.0-8.cupd");
+    let bytes = std::fs::read(&fa).unwrap();
+    assert!(bytes == std::fs::read(&fb).unwrap(), "two bundles differ");
+
+    // The image trusts the key and knows its build; an image of build 7 takes the bundle.
+    let img = dir.path().join("i.img");
+    execute(&p, &img).unwrap();
+    let disk = std::fs::read(&img).unwrap();
+    let text = String::from_utf8_lossy(&disk);
+    assert!(text.contains(&format!("{} build", hex::encode(key.public()))));
+    let keys = TrustedKeys::parse(&i.update_keys.to_text()).unwrap();
+    let slot_path = dir.path().join("slot");
+    std::fs::File::create(&slot_path)
+        .unwrap()
+        .set_len(20 << 20)
+        .unwrap();
+    let policy = Policy {
+        keys: &keys,
+        board: "qemu-virt",
+        running_build: 7,
+        allow_downgrade: false,
+    };
+    let m = install::apply(
+        &bytes[..],
+        &policy,
+        &mut FileSlot::open(&slot_path).unwrap(),
+    )
+    .unwrap();
+    // Its boot part is the image's boot partition, byte for byte.
+    let boot = &m.parts[0];
+    assert_eq!((boot.name.as_str(), boot.size), ("boot", 16 << 20));
+    let slot = std::fs::read(&slot_path).unwrap();
+    assert!(slot[..16 << 20] == disk[1 << 20..17 << 20]);
+    assert_eq!(m.parts[1].name, "system");
 }

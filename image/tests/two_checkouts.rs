@@ -62,9 +62,19 @@ fn a_second_checkout_at_another_path_builds_the_same_image() {
         .path()
         .join("a/much/longer/path/to/another/clone-of-cairn");
     copy_checkout(&root, &other);
+    // The build number comes from the checkout's history, which a copy of its files has not:
+    // the same number, as a release build would be given it.
+    let count = Command::new("git")
+        .args(["rev-list", "--count", "HEAD"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(count.status.success(), "git rev-list in {}", root.display());
+    let build = String::from_utf8(count.stdout).unwrap();
     let status = Command::new(other.join("scripts/image"))
         .arg("qemu-virt")
         .current_dir(&other)
+        .env("CAIRN_BUILD", build.trim())
         .env("CAIRN_SKIP_SETUP", "1")
         .env("CARGO_TARGET_DIR", root.join("target"))
         .status()

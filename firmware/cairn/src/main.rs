@@ -35,6 +35,10 @@ enum Command {
     #[cfg(feature = "test-fixtures")]
     #[command(hide = true)]
     Fixture(cmd::fixture::Args),
+    /// Benchmarks on the device itself (test builds only).
+    #[cfg(feature = "test-fixtures")]
+    #[command(hide = true)]
+    Bench(cmd::bench::Args),
     /// Your encrypted, erasure-coded vault: init, put, ls, get, snapshots, recovery-key, restore.
     Vault(cmd::vault::Args),
     /// The storage node: run, status, pair, invite, join, audit, repair.
@@ -49,6 +53,8 @@ enum Command {
     Backup(cmd::backup::Args),
     /// The device's name server for its services: NAME.local by mDNS, the rest upstream.
     Names(cmd::names::Args),
+    /// Signed updates: apply a bundle into the inactive slot, show the boot state.
+    Update(cmd::update::Args),
 }
 
 fn main() {
@@ -87,6 +93,8 @@ fn main() {
         Command::Ctl(args) => cmd::ctl::run(args),
         #[cfg(feature = "test-fixtures")]
         Command::Fixture(args) => cmd::fixture::run(args),
+        #[cfg(feature = "test-fixtures")]
+        Command::Bench(args) => cmd::bench::run(args),
         Command::Vault(args) => cmd::vault::run(args),
         Command::Node(args) => cmd::node::run(args),
         Command::Web(args) => cmd::web::run(args),
@@ -94,6 +102,7 @@ fn main() {
         Command::Snac(args) => cmd::snac::run(args),
         Command::Backup(args) => cmd::backup::run(args),
         Command::Names(args) => cmd::names::run(args),
+        Command::Update(args) => cmd::update::run(args),
     };
     exit_on_error(result);
 }

@@ -12,6 +12,7 @@
 //! long the 256 MiB takes on two cores).
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -81,9 +82,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The services' backups of `source`, kept in `web` and placed through the node at `socket`
+/// A post in snac's data, and its name in the owner's timeline (one file, two names).
+const POST: &str = "object/ab/abc.json";
+const SHOWN: &str = "user/owner/private/abc.json";
+
+/// The services' backups of `sources`, kept in `web` and placed through the node at `socket`
 /// (3-of-6, as the owner's vault here).
-fn services_backups(web: &Path, socket: &Path, source: &Path) -> cairn_web::backup::Backups {
+fn services_backups(web: &Path, socket: &Path, sources: &[&Path]) -> cairn_web::backup::Backups {
     let nodes = |sock: &Path, owner: &cairn_vault::keys::OwnerKey| {
         let b = std::sync::Arc::new(
             cairn_node::control::NodeBackend::new(sock, owner).map_err(|e| e.to_string())?,
@@ -92,7 +97,7 @@ fn services_backups(web: &Path, socket: &Path, source: &Path) -> cairn_web::back
     };
     cairn_web::backup::Backups {
         dir: web.join("backup"),
-        sources: vec![source.to_path_buf()],
+        sources: sources.iter().map(|s| s.to_path_buf()).collect(),
         place: cairn_web::owner_vault::Placement {
             targets: vec![cairn_vault::home::Target::Node(socket.to_path_buf())],
             nodes: std::sync::Arc::new(nodes),
@@ -172,6 +177,7 @@ fn restore(forger: bool) {
     // the card's copy for it below) is chance, the known gap that a new statement reaches only
     // the holders the new plug asks.
     let prosody = t.path().join("prosody");
+    let snac = t.path().join("snac");
     if !forger {
         fs::create_dir_all(prosody.join("hearth%2elocal/accounts")).unwrap();
         fs::write(
@@ -180,12 +186,20 @@ fn restore(forger: bool) {
         )
         .unwrap();
         random_file(&prosody.join("hearth%2elocal/archive.list"), 200_000, 12);
-        let services = services_backups(&t.path().join("web-old"), &old.sock(), &prosody);
+        // snac keeps a post once and links it into each timeline that shows it.
+        let (post, shown) = (snac.join(POST), snac.join(SHOWN));
+        for name in [&post, &shown] {
+            fs::create_dir_all(name.parent().unwrap()).unwrap();
+        }
+        fs::write(&post, "{}").unwrap();
+        fs::hard_link(&post, &shown).unwrap();
+        let services = services_backups(&t.path().join("web-old"), &old.sock(), &[&prosody, &snac]);
         let owner = cairn_vault::OwnerSecret::from_recovery_key(&key).unwrap();
-        services.prepare(&owner).unwrap();
+        services.prepare(&owner, true).unwrap();
         assert!(matches!(
             services.run_once().unwrap(),
-            cairn_web::backup::Done::Stored { files: 2, .. }
+            // Two of Prosody's, two names of snac's post, the list of snac's links.
+            cairn_web::backup::Done::Stored { files: 5, .. }
         ));
         copy_dir(&prosody, &t.path().join("prosody-before"));
     }
@@ -238,9 +252,15 @@ fn restore(forger: bool) {
             "the forger {f} is not named: {out}"
         );
     }
-    // The services' backups: their folder moved away, then back from the partners.
+    // The services' backups: the owner logged in on the fresh plug first (the old plug's
+    // backups are found and wait), then their folders moved away and back from the partners.
     if !forger {
+        let owner = cairn_vault::OwnerSecret::from_recovery_key(&key).unwrap();
+        let login = services_backups(&t.path().join("web-fresh"), &fresh.sock(), &[]);
+        assert!(login.prepare(&owner, false).unwrap());
+        assert_eq!(login.waiting(), Some(1));
         fs::remove_dir_all(&prosody).unwrap();
+        fs::remove_dir_all(&snac).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(["backup", "restore", "--recovery-key", &key, "--data"])
             .arg(t.path().join("web-fresh"))
@@ -248,6 +268,8 @@ fn restore(forger: bool) {
             .arg(fresh.sock())
             .arg("--source")
             .arg(&prosody)
+            .arg("--source")
+            .arg(&snac)
             .output()
             .unwrap();
         let said = String::from_utf8_lossy(&out.stdout);
@@ -257,6 +279,10 @@ fn restore(forger: bool) {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(said.contains("backup snapshot 1 restored"), "{said}");
+        assert_eq!(login.waiting(), None);
+        let file = |p: &str| fs::metadata(snac.join(p)).unwrap();
+        assert_eq!(file(POST).nlink(), 2);
+        assert_eq!(file(POST).ino(), file(SHOWN).ino());
         for f in ["accounts/ada.dat", "archive.list"] {
             let f = Path::new("hearth%2elocal").join(f);
             assert!(

@@ -51,6 +51,17 @@ fn make_home(cfg: &Config) -> Result<()> {
         .with_context(|| format!("{}: creating the node's home", cfg.home.display()))
 }
 
+/// The chunk store's configuration as the node opens it, with `store_memory` for its index (the
+/// device bench measures the store with exactly this).
+pub fn store_config(store_memory: usize) -> cairn_store::Config {
+    cairn_store::Config {
+        memory_budget_bytes: store_memory,
+        max_shard_bytes: crate::wire::SHARD_BYTES_MAX as u32,
+        max_batch_bytes: 8 << 20,
+        ..Default::default()
+    }
+}
+
 /// The node's state around its chunk store; with `reserve_now` false a missing space reserve
 /// is left for [`make_reserve`].
 fn open_state(
@@ -59,12 +70,7 @@ fn open_state(
     budget: Budget,
     reserve_now: bool,
 ) -> Result<(Arc<Shared>, mpsc::Receiver<Cmd>)> {
-    let store_cfg = cairn_store::Config {
-        memory_budget_bytes: cfg.store_memory,
-        max_shard_bytes: crate::wire::SHARD_BYTES_MAX as u32,
-        max_batch_bytes: 8 << 20,
-        ..Default::default()
-    };
+    let store_cfg = store_config(cfg.store_memory);
     let dir = cfg.home.join("store");
     let store = if reserve_now {
         Store::open_dir(&dir, store_cfg)

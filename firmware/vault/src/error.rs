@@ -58,6 +58,10 @@ pub enum VaultError {
     /// A user request that cannot be met (unknown path, bad parameters, …).
     #[error("{0}")]
     Usage(String),
+    /// A restore found no snapshot at all: a wrong key, other targets, or nothing stored yet
+    /// (callers that only look for an earlier vault tell this from a failure).
+    #[error("{0}")]
+    NoSnapshot(String),
 }
 
 fn not_enough(found: usize, k: usize, missing: usize, corrupt: usize, detail: &str) -> String {

@@ -351,7 +351,7 @@ impl Vault {
             Some(s) => s,
             None => {
                 if !exists(1)? {
-                    return Err(VaultError::Usage(format!(
+                    return Err(VaultError::NoSnapshot(format!(
                         "no snapshot of this vault on {}: wrong recovery key, or not the targets \
                          that hold its shards",
                         targets

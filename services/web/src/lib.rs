@@ -26,6 +26,7 @@ pub mod social;
 pub mod storage;
 pub mod sysinfo;
 pub mod tls;
+pub mod trust;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ pub struct Config {
     pub backups: Option<backup::Backups>,
     /// snac's data folder (the fediverse; [`social`]); none: this device has none.
     pub social: Option<PathBuf>,
+    /// The system layer's root certificates, first in the bundle the services trust
+    /// ([`trust`]); none, or a file that is not there: the plug and the owner's servers only.
+    pub roots: Option<PathBuf>,
 }
 
 impl Config {
@@ -85,6 +89,7 @@ impl Config {
             vault: None,
             backups: None,
             social: None,
+            roots: None,
         }
     }
 }

@@ -166,6 +166,8 @@ pub struct Dashboard {
     /// How many Jabber accounts Prosody has, when it was asked (it runs and the web has its
     /// admin socket).
     pub jabber_accounts: Option<Result<usize, String>>,
+    /// The household's fediverse handles, the owner's first (`@owner@DOMAIN`).
+    pub social_handles: Vec<String>,
 }
 
 /// Below this much room on the data partition for the services (they are not root), Jabber's
@@ -184,26 +186,15 @@ fn jabber_line(d: &Dashboard) -> Markup {
             None => p #jabber { "Jabber: not in this image (it carries no system layer)." },
             Some(s) => p #jabber {
                 "Jabber: "
-                @match s.state.as_str() {
-                    "ready" => {
-                        strong { "running" }
-                        @match &d.jabber_accounts {
-                            Some(Ok(1)) => ", 1 account",
-                            Some(Ok(n)) => { ", " (n) " accounts" },
-                            Some(Err(e)) => { ", its accounts unknown: " (e) },
-                            None => "",
-                        }
-                        " — " a href="/admin/chat" { "Chat" }
-                    },
-                    "down" | "stopping" => strong { "stopped" },
-                    "waiting" | "starting" | "backoff" | "exited" if s.restarts == 0 => strong { "starting" },
-                    "waiting" | "starting" | "backoff" | "exited" => {
-                        strong { "restarting" } " (restarted " (s.restarts) " times since boot)"
-                    },
-                    "failed" => strong { "failed" },
-                    other => strong { (other) },
-                }
-                @if let Some(r) = &s.reason { br; small { (r) } }
+                (service_state(s, html! {
+                    @match &d.jabber_accounts {
+                        Some(Ok(1)) => ", 1 account",
+                        Some(Ok(n)) => { ", " (n) " accounts" },
+                        Some(Err(e)) => { ", its accounts unknown: " (e) },
+                        None => "",
+                    }
+                    " — " a href="/admin/chat" { "Chat" }
+                }))
             },
         }
         @if full {
@@ -215,10 +206,58 @@ fn jabber_line(d: &Dashboard) -> Markup {
     }
 }
 
+/// A bundled service's state from PID 1 in words (`running` followed by `running_more`,
+/// restarting with how often, stopped, failed), and PID 1's reason if it gave one.
+fn service_state(s: &Service, running_more: Markup) -> Markup {
+    html! {
+        @match s.state.as_str() {
+            "ready" => { strong { "running" } (running_more) },
+            "down" | "stopping" => strong { "stopped" },
+            "waiting" | "starting" | "backoff" | "exited" if s.restarts == 0 => strong { "starting" },
+            "waiting" | "starting" | "backoff" | "exited" => {
+                strong { "restarting" } " (restarted " (s.restarts) " times since boot)"
+            },
+            "failed" => strong { "failed" },
+            other => strong { (other) },
+        }
+        @if let Some(r) = &s.reason { br; small { (r) } }
+    }
+}
+
+/// The dashboard's fediverse line: snac's state from PID 1 and the household's handles, the
+/// addresses people follow.
+fn social_line(d: &Dashboard) -> Markup {
+    let Ok(services) = &d.services else {
+        return html! {};
+    };
+    html! {
+        @match services.iter().find(|s| s.name == "snac") {
+            None => p #social { "Social: not in this image (it carries no system layer)." },
+            Some(s) => {
+                p #social {
+                    "Social: "
+                    (service_state(s, html! { " — " a href="/admin/social" { "Social" } }))
+                }
+                @if !d.social_handles.is_empty() {
+                    p #social-handles {
+                        "Handles: "
+                        @for (i, h) in d.social_handles.iter().enumerate() {
+                            @if i > 0 { ", " }
+                            code { (h) }
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
 /// The services' backups as the dashboard shows them.
 pub struct BackupView {
     /// Whether they have their secret (after setup, or the first login on an older plug).
     pub ready: bool,
+    /// The snapshot of an earlier plug's backups that waits to be restored.
+    pub waiting: Option<u64>,
     /// The folders backed up (`prosody`).
     pub folders: Vec<String>,
     /// Time between backups.
@@ -252,6 +291,10 @@ fn backups(b: &BackupView, csrf: &str) -> Markup {
             ", encrypted and spread over your partners like your files; the recovery key brings it back. "
             @if !b.ready {
                 "It starts once you have logged in."
+            } @else if let Some(snapshot) = b.waiting {
+                "The backups of your earlier plug (snapshot " (snapshot) ") are on your partners and wait to be restored: stop the services, move their folders away and run "
+                code { "cairn backup restore" } " (see the README). Until then none is made here; "
+                "Back up now starts this plug's own instead (the earlier ones stay, older)."
             } @else {
                 @match &b.last {
                     None => "No backup since the device started.",
@@ -322,6 +365,8 @@ pub fn dashboard(d: &Dashboard, csrf: &str) -> Markup {
             }
             h2 { "Chat" }
             (jabber_line(d))
+            h2 { "Social" }
+            (social_line(d))
             h2 { "Storage" }
             (storage_summary(&d.storage))
             p { a href="/admin/storage" { "Partners and pairing" } }
@@ -458,9 +503,18 @@ pub struct SocialView {
     pub accounts: Vec<(String, Result<String, String>)>,
     /// What the last change did.
     pub note: Option<String>,
+    /// This plug's certificate's SHA-256 fingerprint.
+    pub fingerprint: String,
+    /// The other servers trusted.
+    pub trusted: Vec<crate::trust::Trusted>,
+    /// A server looked at, for the owner to trust.
+    pub shown: Option<crate::trust::Shown>,
+    /// What the last look at a server, trust or forget did (the text, whether it went well).
+    pub servers_note: Option<(String, bool)>,
 }
 
-/// The Social page: each handle with its first password, what to sign in with, a new account.
+/// The Social page: each handle with its first password, what to sign in with, a new account;
+/// the other servers trusted.
 pub fn social(v: &SocialView, csrf: &str) -> Markup {
     layout(
         "Social",
@@ -473,7 +527,7 @@ pub fn social(v: &SocialView, csrf: &str) -> Markup {
             }
             @if let Some(n) = &v.note { p #social-note role="status" { (n) } }
             table #social-accounts {
-                thead { tr { th { "Address" } th { "First password" } } }
+                thead { tr { th { "Address" } th { "First password" } th {} } }
                 tbody {
                     @for (name, password) in &v.accounts {
                         tr data-name=(name) {
@@ -482,6 +536,7 @@ pub fn social(v: &SocialView, csrf: &str) -> Markup {
                                 Ok(p) => td { code.password { (p) } },
                                 Err(e) => td.pending { (e) },
                             }
+                            td { (social_remove_form(name, &v.domain, csrf)) }
                         }
                     }
                 }
@@ -492,8 +547,79 @@ pub fn social(v: &SocialView, csrf: &str) -> Markup {
                 label { "Name " input type="text" name="name" autocomplete="off" placeholder="alex"; }
                 button type="submit" { "Add" }
             }
+            (other_servers(v, csrf))
         },
     )
+}
+
+/// A household account's removal, folded away so that it is never one stray tap; none for the
+/// owner's (the plug's own account).
+fn social_remove_form(name: &str, domain: &str, csrf: &str) -> Markup {
+    html! {
+        @if name != crate::social::OWNER {
+            details.remove {
+                summary { "Remove…" }
+                p { "@" (name) "@" (domain) " and everything it posted are deleted from this plug; its followers elsewhere keep what they received." }
+                form method="post" action="/admin/social/remove" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="name" value=(name);
+                    button.small type="submit" { "Remove, with its posts" }
+                }
+            }
+        }
+    }
+}
+
+/// The Social page's servers trusted besides those with a public authority's certificate.
+fn other_servers(v: &SocialView, csrf: &str) -> Markup {
+    html! {
+        h2 { "Other servers" }
+        p {
+            "Your accounts reach other servers over HTTPS and check who they are. A server whose certificate a public authority signed (one with a domain of its own) needs nothing here. "
+            "Another plug, or a server with a certificate of its own making, is trusted here by its certificate's fingerprint: compare it with the one its owner sees (on this section of their plug's Social page, or its console's line)."
+        }
+        p #own-fingerprint { "This plug's certificate (SHA-256): " code.fingerprint { (v.fingerprint) } }
+        @if let Some((text, ok)) = &v.servers_note {
+            p #servers-note role="status" class=[(!ok).then_some("error")] { (text) }
+        }
+        @if let Some(s) = &v.shown {
+            div #shown {
+                p { b { (s.address) } " shows a certificate for " (s.names.join(", ")) " with the fingerprint" }
+                p { code.fingerprint #shown-fingerprint { (s.fingerprint) } }
+                form #trust-server method="post" action="/admin/social/trust" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="address" value=(s.address);
+                    input type="hidden" name="fingerprint" value=(s.fingerprint);
+                    button type="submit" { "Trust " (s.address) }
+                }
+            }
+        }
+        form #look-server method="post" action="/admin/social/look" {
+            input type="hidden" name="csrf" value=(csrf);
+            label { "Server " input type="text" name="address" autocomplete="off" autocapitalize="none" spellcheck="false" placeholder="cellar.local"; }
+            button type="submit" { "Look" }
+        }
+        @if !v.trusted.is_empty() {
+            table #trusted-servers {
+                thead { tr { th { "Server" } th { "Certificate" } th {} } }
+                tbody {
+                    @for t in &v.trusted {
+                        tr data-address=(t.address) {
+                            td { (t.address) br; small { (t.shown.names.join(", ")) } }
+                            td { code.fingerprint { (t.shown.fingerprint) } }
+                            td {
+                                form method="post" action="/admin/social/forget" {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    input type="hidden" name="address" value=(t.address);
+                                    button.small.secondary type="submit" { "Forget" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A service's restart button. `back`: the page the result leads back to (the server knows
@@ -1035,8 +1161,86 @@ mod tests {
             storage: Err("test".into()),
             jabber_accounts: accounts.map(Ok),
             backups: None,
+            social_handles: Vec::new(),
         };
         jabber_line(&d).into_string()
+    }
+
+    fn social_with(services: Vec<Service>, handles: &[&str]) -> String {
+        let d = Dashboard {
+            name: "hearth".into(),
+            board: Err("test".into()),
+            services: Ok(services),
+            memory: Err("test".into()),
+            disk: Err("test".into()),
+            storage: Err("test".into()),
+            jabber_accounts: None,
+            backups: None,
+            social_handles: handles.iter().map(|h| h.to_string()).collect(),
+        };
+        social_line(&d).into_string()
+    }
+
+    #[test]
+    fn the_dashboard_says_how_the_fediverse_is_and_its_handles() {
+        let none = social_with(vec![service("web")], &["@owner@hearth.local"]);
+        assert!(none.contains("Social: not in this image"), "{none}");
+        assert!(!none.contains("@owner@"), "{none}");
+        let up = social_with(
+            vec![service("snac")],
+            &["@owner@hearth.local", "@alex@hearth.local"],
+        );
+        assert!(up.contains("Social: <strong>running</strong> — "), "{up}");
+        assert!(up.contains("href=\"/admin/social\""), "{up}");
+        assert!(
+            up.contains(
+                "Handles: <code>@owner@hearth.local</code>, <code>@alex@hearth.local</code>"
+            ),
+            "{up}"
+        );
+        let back = Service {
+            state: "backoff".into(),
+            restarts: 1,
+            reason: Some("killed by signal 9".into()),
+            ..service("snac")
+        };
+        let back = social_with(vec![back], &["@owner@hearth.local"]);
+        assert!(
+            back.contains("<strong>restarting</strong> (restarted 1 times"),
+            "{back}"
+        );
+        assert!(back.contains("killed by signal 9"), "{back}");
+        assert!(back.contains("<code>@owner@hearth.local</code>"), "{back}");
+        let odd = social_with(vec![service("snac")], &["@<b>x</b>@hearth.local"]);
+        assert!(odd.contains("@&lt;b&gt;x&lt;/b&gt;@hearth.local"), "{odd}");
+    }
+
+    #[test]
+    fn the_social_page_offers_removal_for_household_accounts_only() {
+        let v = SocialView {
+            domain: "hearth.local".into(),
+            accounts: vec![
+                ("owner".into(), Ok("pw1".into())),
+                ("alex".into(), Err("being made".into())),
+            ],
+            note: None,
+            fingerprint: "AA:BB".into(),
+            trusted: Vec::new(),
+            shown: None,
+            servers_note: None,
+        };
+        let html = social(&v, "t").into_string();
+        assert_eq!(
+            html.matches("action=\"/admin/social/remove\"").count(),
+            1,
+            "{html}"
+        );
+        let alex = &html[html.find("data-name=\"alex\"").unwrap()..];
+        assert!(alex.contains("name=\"name\" value=\"alex\""), "{html}");
+        assert!(alex.contains("<summary>Remove…</summary>"), "{html}");
+        let owner = &html
+            [html.find("data-name=\"owner\"").unwrap()..html.find("data-name=\"alex\"").unwrap()];
+        assert!(!owner.contains("remove"), "{owner}");
     }
 
     #[test]
@@ -1071,6 +1275,24 @@ mod tests {
             full.contains("The data partition is full: Jabber cannot"),
             "{full}"
         );
+    }
+
+    #[test]
+    fn the_backups_say_when_an_earlier_plugs_wait() {
+        let view = |waiting| BackupView {
+            ready: true,
+            waiting,
+            folders: vec!["prosody".into(), "snac".into()],
+            every: std::time::Duration::from_secs(86_400),
+            last: None,
+        };
+        let html = backups(&view(Some(4)), "t").into_string();
+        assert!(html.contains("earlier plug (snapshot 4"), "{html}");
+        assert!(html.contains("cairn backup restore"), "{html}");
+        assert!(html.contains("Back up now"), "{html}");
+        let html = backups(&view(None), "t").into_string();
+        assert!(html.contains("(prosody, snac)"), "{html}");
+        assert!(!html.contains("earlier plug"), "{html}");
     }
 
     #[test]

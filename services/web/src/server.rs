@@ -35,7 +35,7 @@ use crate::pages::{self, PassphraseErrors, SetupErrors, SetupValues};
 use crate::settings::{self, verify_passphrase, Kdf, Settings};
 use crate::storage::{self, Node};
 use crate::{backup, chat, proxy, share, social};
-use crate::{files, site, sysinfo, tls, Config, Started};
+use crate::{files, site, sysinfo, tls, trust, Config, Started};
 
 /// A page (whole) or a download (streamed from the vault).
 type Body = Either<Full<Bytes>, files::Streamed>;
@@ -59,6 +59,14 @@ struct App {
     backups: Option<backup::Backups>,
     /// snac's data folder (the owner's first password is there).
     social: Option<PathBuf>,
+    /// The certificate being served (certified anew when the device is renamed).
+    live: Arc<tls::Live>,
+    /// The device's addresses (in a new certificate) and the first address listened on (the
+    /// console's line).
+    addresses: Vec<IpAddr>,
+    local_addr: SocketAddr,
+    /// What the services' bundle of trusted certificates is made of.
+    bundle: trust::Bundle,
     /// One backup at a time (the schedule's or the owner's "Back up now").
     backup_turn: tokio::sync::Mutex<()>,
     state: Mutex<State>,
@@ -118,6 +126,11 @@ pub(crate) async fn serve(
         name.as_deref(),
         &identity.fingerprint,
     );
+    let live = tls::Live::new(&identity);
+    let bundle = trust::Bundle {
+        roots: config.roots,
+        data_dir: config.data_dir.clone(),
+    };
     let app = Arc::new(App {
         data_dir: config.data_dir,
         meminfo: config.meminfo,
@@ -131,6 +144,10 @@ pub(crate) async fn serve(
         upstreams: config.upstreams,
         backups: config.backups,
         social: config.social,
+        live: live.clone(),
+        addresses: config.addresses,
+        local_addr: local_addrs[0],
+        bundle,
         backup_turn: tokio::sync::Mutex::new(()),
         state: Mutex::new(State {
             settings,
@@ -146,6 +163,9 @@ pub(crate) async fn serve(
         let settings = app.state().settings.clone();
         if let Err(e) = share::publish(dir, &app.data_dir, settings.as_ref()) {
             tracing::warn!("the bundled services get no certificate: {e:#}");
+        }
+        if let Err(e) = app.bundle.compose(dir, &identity.certificate) {
+            tracing::warn!("the bundled services trust no server: {e:#}");
         }
     }
     // Said before ready, so the console shows where to go before `cairn: ready`.
@@ -174,7 +194,7 @@ pub(crate) async fn serve(
         tokio::spawn(back_up_on_schedule(app.clone(), Instant::now()));
     }
     let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    let acceptor = TlsAcceptor::from(identity.config);
+    let acceptor = TlsAcceptor::from(tls::server_config(live)?);
     let mut tasks = tokio::task::JoinSet::new();
     for l in listeners {
         tasks.spawn(accept(app.clone(), l, acceptor.clone(), permits.clone()));
@@ -413,26 +433,33 @@ impl App {
     }
 
     /// Hands the backups their secret from the open owner's vault (setup, a login); a failure
-    /// is logged and tried again at the next login.
-    async fn prepare_backups(&self) {
+    /// is logged and tried again at the next login. At setup (`fresh`) there can be no earlier
+    /// backups to look for.
+    async fn prepare_backups(&self, fresh: bool) {
         let Some(b) = self.backups.clone() else {
             return;
         };
-        match self.with_vault(move |v| b.prepare(v.secret())).await {
+        match self.with_vault(move |v| b.prepare(v.secret(), fresh)).await {
             Ok(true) => tracing::info!("backups: set up"),
             Ok(false) => {}
             Err(e) => tracing::warn!("backups: cannot set up: {e:#}"),
         }
     }
 
-    /// One backup, now, after any running one.
-    async fn back_up(&self) -> Option<std::result::Result<backup::Done, String>> {
+    /// One backup, now, after any running one. `own`: the owner asked for it, so an earlier
+    /// plug's backups waiting to be restored are left as older snapshots.
+    async fn back_up(&self, own: bool) -> Option<std::result::Result<backup::Done, String>> {
         let b = self.backups.clone()?;
         let _turn = self.backup_turn.lock().await;
         Some(
-            tokio::task::spawn_blocking(move || b.run_and_record())
-                .await
-                .unwrap_or_else(|e| Err(format!("the backup did not finish: {e}"))),
+            tokio::task::spawn_blocking(move || {
+                if own {
+                    b.start_own().map_err(|e| format!("{e:#}"))?;
+                }
+                b.run_and_record()
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the backup did not finish: {e}"))),
         )
     }
 
@@ -495,13 +522,20 @@ impl App {
             let accounts = before.as_ref().map(|b| &b.2) != Some(&settings.social_accounts);
             (renamed, accounts)
         };
+        if renamed {
+            // Other servers check that the certificate names the device: it is certified
+            // anew (same key) for the new name and served from the next connection on.
+            self.recertify(&settings).await;
+        }
         // A new household account concerns snac only: Jabber's clients stay connected.
         let restart: &[&str] = if renamed { &share::SERVICES } else { &["snac"] };
         if let Some(share) = self.share.clone().filter(|_| renamed || accounts_changed) {
             // The services read the names when they start: a new name restarts them.
             let data_dir = self.data_dir.clone();
+            let (bundle, own) = (self.bundle.clone(), self.live.certificate());
             let published = tokio::task::spawn_blocking(move || {
-                share::publish(&share, &data_dir, Some(&settings))
+                share::publish(&share, &data_dir, Some(&settings))?;
+                bundle.compose(&share, &own)
             })
             .await?;
             match published {
@@ -516,6 +550,45 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// Certifies the key anew for `settings`' names, serves that certificate and says its
+    /// fingerprint on the console; a failure keeps the old one (the next start tries again).
+    async fn recertify(&self, settings: &Settings) {
+        let (dir, addrs, name) = (
+            self.data_dir.clone(),
+            self.addresses.clone(),
+            settings.name.clone(),
+        );
+        let made =
+            tokio::task::spawn_blocking(move || tls::load_or_make(&dir, Some(&name), &addrs)).await;
+        match made {
+            Ok(Ok(identity)) => {
+                self.live.replace(&identity);
+                let line = announcement(
+                    &self.addresses,
+                    self.local_addr,
+                    Some(&settings.name),
+                    &identity.fingerprint,
+                );
+                tracing::info!("{line}");
+                if let Err(e) = self.call(move |d| d.say(&line)).await {
+                    tracing::warn!("cannot tell the console: {e:#}");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("the certificate keeps its old names: {e:#}"),
+            Err(e) => tracing::warn!("the certificate keeps its old names: {e}"),
+        }
+    }
+
+    /// Writes the services' bundle of trusted certificates again (a server trusted or
+    /// forgotten); libcurl reads it at each connection, so snac needs no restart.
+    async fn compose_bundle(&self) -> Result<()> {
+        let Some(share) = self.share.clone() else {
+            return Ok(());
+        };
+        let (bundle, own) = (self.bundle.clone(), self.live.certificate());
+        tokio::task::spawn_blocking(move || bundle.compose(&share, &own)).await?
     }
 
     /// The live session of the request: its id and CSRF token.
@@ -801,7 +874,11 @@ async fn admin(
             }
         }
         "/admin/social/add" => social_add(app, &form, &csrf).await,
-        "/admin/backup" => match app.back_up().await {
+        "/admin/social/remove" => social_remove(app, &form, &csrf).await,
+        "/admin/social/look" | "/admin/social/trust" | "/admin/social/forget" => {
+            social_servers(app, &path, &form, &csrf).await
+        }
+        "/admin/backup" => match app.back_up(true).await {
             Some(Ok(done)) => html(
                 StatusCode::OK,
                 pages::message("Backup", &pages::backup_done(&done), back),
@@ -1482,6 +1559,7 @@ fn chat_domain(app: &App) -> String {
         name: st.settings.as_ref().map(|s| s.name.clone()),
         domain: st.settings.as_ref().and_then(|s| s.domain.clone()),
         social_accounts: Vec::new(),
+        social_removed: Vec::new(),
     }
     .service_domain()
 }
@@ -1557,8 +1635,101 @@ fn household_actor(app: &App, path: &str) -> Option<proxy::Upstream> {
     ours.then(|| owner.clone())
 }
 
+/// The household's fediverse handles as people follow them, the owner's first; none on a
+/// device without snac.
+fn social_handles(app: &App) -> Vec<String> {
+    if app.social.is_none() {
+        return Vec::new();
+    }
+    let domain = chat_domain(app);
+    let mut names = vec![social::OWNER.to_string()];
+    if let Some(s) = app.state().settings.as_ref() {
+        names.extend(s.social_accounts.iter().cloned());
+    }
+    names.iter().map(|n| format!("@{n}@{domain}")).collect()
+}
+
 /// `GET /admin/social`: the household's fediverse handles, each with its first password.
 async fn social_page(app: &Arc<App>, csrf: &str, note: Option<(&str, bool)>) -> Response<Body> {
+    social_page_servers(app, csrf, note, None, None).await
+}
+
+/// `POST /admin/social/{look,trust,forget}`: a server's certificate shown, trusted (only when
+/// it shows again the one the owner saw), or forgotten; the bundle written again.
+async fn social_servers(app: &Arc<App>, path: &str, form: &Form, csrf: &str) -> Response<Body> {
+    let failed = |text: String| (text, false);
+    let address = match trust::Address::parse(form.get("address")) {
+        Ok(a) => a,
+        Err(why) => {
+            let note = failed(format!("Server: {why}."));
+            return social_page_servers(app, csrf, None, None, Some(note)).await;
+        }
+    };
+    let data_dir = app.data_dir.clone();
+    let (shown, note) = match path {
+        "/admin/social/look" => match trust::fetch(&address).await {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(failed(format!("{e}; nothing was stored.")))),
+        },
+        "/admin/social/trust" => {
+            let seen = form.get("fingerprint").trim().to_ascii_uppercase();
+            let stored = match trust::fetch(&address).await {
+                Err(e) => Err(format!("{e}; nothing was stored.")),
+                Ok(s) if s.fingerprint != seen => Err(format!(
+                    "{address} now shows another certificate ({}) than the one you saw: look again and compare; nothing was stored.",
+                    s.fingerprint
+                )),
+                Ok(s) => {
+                    let _writing = app.settings_write.lock().await;
+                    let d = data_dir.clone();
+                    match tokio::task::spawn_blocking(move || trust::add(&d, &s)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(format!("{e}; nothing was stored.")),
+                        Err(e) => Err(format!("{e}; nothing was stored.")),
+                    }
+                }
+            };
+            (
+                None,
+                Some(stored.map_or_else(failed, |()| {
+                    (
+                        format!("{address} is trusted: your accounts reach it now."),
+                        true,
+                    )
+                })),
+            )
+        }
+        _ => {
+            let _writing = app.settings_write.lock().await;
+            let a = address.clone();
+            let gone = tokio::task::spawn_blocking(move || trust::forget(&data_dir, &a)).await;
+            let note = match gone {
+                Ok(Ok(())) => (format!("{address} is no longer trusted."), true),
+                Ok(Err(e)) => failed(e),
+                Err(e) => failed(e.to_string()),
+            };
+            (None, Some(note))
+        }
+    };
+    if note.as_ref().is_some_and(|(_, ok)| *ok) {
+        if let Err(e) = app.compose_bundle().await {
+            let note = failed(format!(
+                "the services' certificates were not written again: {e:#}"
+            ));
+            return social_page_servers(app, csrf, None, None, Some(note)).await;
+        }
+    }
+    social_page_servers(app, csrf, None, shown, note).await
+}
+
+/// The Social page with what the last look at a server showed or did.
+async fn social_page_servers(
+    app: &Arc<App>,
+    csrf: &str,
+    note: Option<(&str, bool)>,
+    shown: Option<trust::Shown>,
+    servers_note: Option<(String, bool)>,
+) -> Response<Body> {
     let domain = chat_domain(app);
     let mut names = vec![social::OWNER.to_string()];
     if let Some(s) = app.state().settings.as_ref() {
@@ -1581,12 +1752,22 @@ async fn social_page(app: &Arc<App>, csrf: &str, note: Option<(&str, bool)>) -> 
     })
     .await
     .unwrap_or_default();
+    let d = app.data_dir.clone();
+    let trusted = tokio::task::spawn_blocking(move || trust::list(&d))
+        .await
+        .unwrap_or_default();
+    let failed =
+        note.is_some_and(|(_, ok)| !ok) || servers_note.as_ref().is_some_and(|(_, ok)| !ok);
     let v = pages::SocialView {
         domain,
         accounts,
         note: note.map(|(t, _)| t.to_string()),
+        fingerprint: tls::fingerprint(&app.live.certificate()),
+        trusted,
+        shown,
+        servers_note,
     };
-    let status = if note.is_some_and(|(_, ok)| !ok) {
+    let status = if failed {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
@@ -1610,38 +1791,93 @@ async fn social_add(app: &Arc<App>, form: &Form, csrf: &str) -> Response<Body> {
             return social_page(app, csrf, Some((&format!("Account name: {why}."), false))).await
         }
     };
+    let done = format!(
+        "@{name}@{} is being made: its first password appears here in a minute.",
+        chat_domain(app)
+    );
+    social_change(app, csrf, &done, |s| {
+        if s.social_accounts.contains(&name) {
+            return Err(format!("{name} exists already."));
+        }
+        if s.social_accounts.len() >= social::ACCOUNTS_MAX {
+            return Err(format!(
+                "at most {} household accounts.",
+                social::ACCOUNTS_MAX
+            ));
+        }
+        s.social_accounts.push(name.clone());
+        // A name removed before is a new account now: snac must not delete it.
+        s.social_removed.retain(|r| *r != name);
+        Ok(())
+    })
+    .await
+}
+
+/// Changes the household's fediverse accounts in the settings (a refusal of `change` saves
+/// nothing and is shown as it is), saves them (snac restarts to follow), then the Social page
+/// with `done` or why nothing changed.
+async fn social_change(
+    app: &Arc<App>,
+    csrf: &str,
+    done: &str,
+    change: impl FnOnce(&mut Settings) -> Result<(), String>,
+) -> Response<Body> {
     let saved = {
         let _writing = app.settings_write.lock().await;
         let Some(mut s) = app.state().settings.clone() else {
             return redirect("/admin/login");
         };
-        if s.social_accounts.contains(&name) {
-            return social_page(app, csrf, Some((&format!("{name} exists already."), false))).await;
-        }
-        if s.social_accounts.len() >= social::ACCOUNTS_MAX {
-            let why = format!("at most {} household accounts.", social::ACCOUNTS_MAX);
+        if let Err(why) = change(&mut s) {
             return social_page(app, csrf, Some((&why, false))).await;
         }
-        s.social_accounts.push(name.clone());
         app.save(s).await
     };
     match saved {
-        Ok(()) => {
-            let said = format!(
-                "@{name}@{} is being made: its first password appears here in a minute.",
-                chat_domain(app)
-            );
-            social_page(app, csrf, Some((&said, true))).await
-        }
+        Ok(()) => social_page(app, csrf, Some((done, true))).await,
         Err(e) => {
-            social_page(
-                app,
-                csrf,
-                Some((&format!("nothing was changed: {e:#}"), false)),
-            )
-            .await
+            let why = format!("nothing was changed: {e:#}");
+            social_page(app, csrf, Some((&why, false))).await
         }
     }
+}
+
+/// `POST /admin/social/remove`: a household account leaves the list at once (its actor is no
+/// longer passed on) and snac deletes it, with its posts, at its restart. The owner's stays.
+async fn social_remove(app: &Arc<App>, form: &Form, csrf: &str) -> Response<Body> {
+    let typed = form.get("name").trim().to_ascii_lowercase();
+    if typed == social::OWNER {
+        let why = "the owner's account stays: it is the plug's own.";
+        return social_page(app, csrf, Some((why, false))).await;
+    }
+    let name = match social::clean_name(&typed) {
+        Ok(n) => n,
+        Err(why) => {
+            return social_page(app, csrf, Some((&format!("Account name: {why}."), false))).await
+        }
+    };
+    if app.social.is_none() {
+        let why = "This device has no fediverse service.";
+        return social_page(app, csrf, Some((why, false))).await;
+    }
+    let done = format!(
+        "@{name}@{} is removed: snac deletes it, with its posts, as it restarts.",
+        chat_domain(app)
+    );
+    social_change(app, csrf, &done, |s| {
+        if !s.social_accounts.contains(&name) {
+            return Err(format!(
+                "there is no household account named {name}: nothing was removed."
+            ));
+        }
+        s.social_accounts.retain(|a| *a != name);
+        s.social_removed.retain(|r| *r != name);
+        s.social_removed.push(name.clone());
+        // Bounded: the oldest were deleted at snac's restart long since.
+        let over = s.social_removed.len().saturating_sub(social::REMOVED_MAX);
+        s.social_removed.drain(..over);
+        Ok(())
+    })
+    .await
 }
 
 /// `POST /admin/chat/{add,password,remove}`: one change, then the page again with what happened.
@@ -1753,10 +1989,11 @@ async fn back_up_on_schedule(app: Arc<App>, started: Instant) {
             _ = tokio::time::sleep(wait) => {}
             _ = stopping.wait_for(|s| *s) => return,
         }
-        if b.ready() && b.next_due(started.elapsed()).is_zero() {
+        // An earlier plug's backups waiting to be restored must stay the latest.
+        if b.ready() && b.waiting().is_none() && b.next_due(started.elapsed()).is_zero() {
             // A failure leaves the last backup's time as it was: without a pause it would be
             // due again at once.
-            if let Some(Err(_)) = app.back_up().await {
+            if let Some(Err(_)) = app.back_up(false).await {
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY) => {}
                     _ = stopping.wait_for(|s| *s) => return,
@@ -1804,6 +2041,7 @@ async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
         disk: sysinfo::disk(&app.data_dir).map_err(|e| format!("{e:#}")),
         backups: app.backups.as_ref().map(|b| pages::BackupView {
             ready: b.ready(),
+            waiting: b.waiting(),
             folders: b
                 .sources
                 .iter()
@@ -1814,6 +2052,7 @@ async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
             last: b.status.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }),
         jabber_accounts,
+        social_handles: social_handles(app),
     };
     html(StatusCode::OK, pages::dashboard(&d, csrf))
 }
@@ -2094,6 +2333,7 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
         // Without a vault there is no key to confirm.
         recovery_confirmed: app.vault.is_none(),
         social_accounts: Vec::new(),
+        social_removed: Vec::new(),
     };
     let key = {
         let _writing = app.settings_write.lock().await;
@@ -2126,7 +2366,7 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
     app.state().claims.finish();
     apply_offer(app.clone(), offer.unwrap_or(0)).await;
     make_owner_account(app.clone());
-    app.prepare_backups().await;
+    app.prepare_backups(true).await;
     let (session_cookie, session) = app.log_in_session();
     let page = match key {
         Some(key) => {
@@ -2180,7 +2420,7 @@ async fn login(app: &Arc<App>, req: Request<Incoming>, client: IpAddr) -> Respon
                     tracing::warn!("opening the vault at login: {e:#}");
                 } else if app.backups.as_ref().is_some_and(|b| !b.ready()) {
                     // Set up before backups existed, or restored: their secret comes now.
-                    app.prepare_backups().await;
+                    app.prepare_backups(false).await;
                 } else if !app.data_dir.join(site::SERVED_DIR).exists() {
                     // A plug restored from the recovery key: its site comes back from the vault.
                     let d = app.data_dir.clone();
@@ -2450,8 +2690,11 @@ const COOKIE_ATTRIBUTES: &str = "Secure; HttpOnly; SameSite=Strict";
 pub const BOARD_POLL: Duration = Duration::from_millis(250);
 /// Most connections open at once (more wait in the listen backlog).
 pub const CONNECTIONS_MAX: usize = 64;
-/// A TLS handshake must finish within this.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS handshake must finish within this. Generous: a peer's libcurl (another plug's snac
+/// delivering) loads its whole CA bundle after our ServerHello, before its Finished; a slow
+/// plug takes seconds, and cut off then it sees TLS 1.3's handshake done and fails its first
+/// write (curl error 55), its delivery left to a retry minutes later.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A request's headers must arrive within this (also how long an idle connection stays).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A form's body must arrive within this.

@@ -36,6 +36,11 @@ pub struct Settings {
     /// The household's fediverse accounts besides the owner's (the Social page adds them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub social_accounts: Vec<String>,
+    /// Household fediverse accounts the Social page removed: snac deletes each at its next
+    /// start. Named, never inferred from what the list lacks: a settings file out of step with
+    /// snac's data (a restored plug) must not delete anyone's posts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub social_removed: Vec<String>,
 }
 
 impl Settings {
@@ -291,7 +296,8 @@ mod tests {
             offer_bytes: 5 << 30,
             domain: Some("example.org".into()),
             recovery_confirmed: true,
-            social_accounts: Vec::new(),
+            social_accounts: vec!["alex".into()],
+            social_removed: vec!["sam".into()],
         };
         s.save(dir.path()).unwrap();
         assert_eq!(Settings::load(dir.path()).unwrap(), Some(s));

@@ -1,5 +1,6 @@
-//! What the web hands the bundled third-party services (Prosody): the device's certificate and
-//! key, and the names the owner gave, in the web's runtime directory (`/run/web`, readable by
+//! What the web hands the bundled third-party services (Prosody, snac): the device's certificate
+//! and key, the names the owner gave, and the certificates they trust ([`crate::trust`]), in the
+//! web's runtime directory (`/run/web`, readable by
 //! the group `web` that those services join). They never see the owner's passphrase or keys.
 
 use std::os::unix::fs::PermissionsExt;
@@ -29,6 +30,9 @@ pub struct Site {
     /// The household's fediverse accounts besides the owner's.
     #[serde(default)]
     pub social_accounts: Vec<String>,
+    /// Household accounts removed on the Social page, for snac to delete.
+    #[serde(default)]
+    pub social_removed: Vec<String>,
 }
 
 impl Site {
@@ -51,6 +55,7 @@ pub fn publish(dir: &Path, data_dir: &Path, settings: Option<&Settings>) -> Resu
         name: settings.map(|s| s.name.clone()),
         domain: settings.and_then(|s| s.domain.clone()),
         social_accounts: settings.map_or(Vec::new(), |s| s.social_accounts.clone()),
+        social_removed: settings.map_or(Vec::new(), |s| s.social_removed.clone()),
     };
     write(dir, SITE_FILE, &serde_json::to_vec_pretty(&site)?, 0o644)
 }
@@ -62,7 +67,8 @@ pub fn read_site(dir: &Path) -> Result<Site> {
     serde_json::from_slice(&bytes).with_context(|| format!("{}: malformed", path.display()))
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
+/// Writes `name` in `dir` whole (a temporary file renamed over it) with `mode`.
+pub(crate) fn write(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, bytes).with_context(|| format!("{}: writing", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
@@ -80,6 +86,7 @@ mod tests {
             name: None,
             domain: None,
             social_accounts: Vec::new(),
+            social_removed: Vec::new(),
         };
         assert_eq!(site.service_domain(), DEFAULT_HOST);
         site.name = Some("hearth".into());
@@ -107,6 +114,7 @@ mod tests {
                 name: None,
                 domain: None,
                 social_accounts: Vec::new(),
+                social_removed: Vec::new(),
             }
         );
         std::fs::write(share.join(SITE_FILE), b"{\"name\":").unwrap();

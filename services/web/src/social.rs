@@ -11,6 +11,9 @@ pub const OWNER: &str = "owner";
 pub const FIRST_PASSWORDS_DIR: &str = "first-passwords";
 /// Household accounts, at most (each is a path the web passes on to snac).
 pub const ACCOUNTS_MAX: usize = 32;
+/// Removed accounts remembered for snac's next start, at most (it deletes them at once; the
+/// oldest are long gone).
+pub const REMOVED_MAX: usize = 64;
 /// Names that would take a path of the web's or snac's own.
 const RESERVED: [&str; 9] = [
     OWNER,

@@ -1,15 +1,18 @@
 //! The web's TLS identity: an ECDSA P-256 key and a self-signed certificate for `cairn.local`,
 //! `NAME.local` once the device is named, and the addresses the caller gives. Made on the first
 //! start, kept in `DATA/tls/identity.pem` (mode 0600, key and certificate in one file so a power
-//! cut never pairs a key with another key's certificate), reused on later starts and made anew
-//! when the name changes. Browsers warn about a self-signed certificate; the console shows its
-//! SHA-256 fingerprint so the person can compare it with the one the browser shows.
+//! cut never pairs a key with another key's certificate), reused on later starts. When the name
+//! changes (setup) the same key is certified anew for the new names and served at once
+//! ([`Live`]): other servers check that a plug's certificate names it, and a pin on the key
+//! (the test harness's browser, a friend's plug) still holds. Browsers warn about a self-signed
+//! certificate; the console shows its SHA-256 fingerprint so the person can compare it with the
+//! one the browser shows.
 //!
 //! TLS 1.2 and 1.3 only, on ring.
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{anyhow, Context, Result};
 use rcgen::{
@@ -19,6 +22,8 @@ use rcgen::{
 use ring::rand::SecureRandom;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 /// The identity file, under the data directory.
@@ -30,8 +35,39 @@ pub struct Identity {
     pub fingerprint: String,
     /// The DNS names the certificate is for.
     pub names: Vec<String>,
-    /// The TLS server configuration serving it.
-    pub config: Arc<ServerConfig>,
+    /// The certificate (DER).
+    pub certificate: CertificateDer<'static>,
+    /// The key and certificate as rustls serves them.
+    pub certified: Arc<CertifiedKey>,
+}
+
+/// The certificate a running server hands out, replaced when the device is renamed (the
+/// connections open keep the one they began with).
+#[derive(Debug)]
+pub struct Live(RwLock<Arc<CertifiedKey>>);
+
+impl Live {
+    /// Serving `identity`'s certificate.
+    pub fn new(identity: &Identity) -> Arc<Live> {
+        Arc::new(Live(RwLock::new(identity.certified.clone())))
+    }
+
+    /// The certificate being served (DER).
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        let k = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        k.cert[0].clone()
+    }
+
+    /// Serves `identity`'s certificate from the next handshake on.
+    pub fn replace(&self, identity: &Identity) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = identity.certified.clone();
+    }
+}
+
+impl ResolvesServerCert for Live {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
 }
 
 /// The DNS names of a device named `name` (none: not yet named).
@@ -43,11 +79,13 @@ pub fn dns_names(name: Option<&str>) -> Vec<String> {
     names
 }
 
-/// The identity in `data_dir`, made first (or anew, when it is for other names than `name`'s).
-/// `addresses` go into a new certificate; a kept one keeps the addresses it has.
+/// The identity in `data_dir`, made first (or certified anew with the same key, when it is for
+/// other names than `name`'s). `addresses` go into a new certificate; a kept one keeps the
+/// addresses it has.
 pub fn load_or_make(data_dir: &Path, name: Option<&str>, addresses: &[IpAddr]) -> Result<Identity> {
     let path = data_dir.join(IDENTITY_FILE);
     let names = dns_names(name);
+    let mut key = None;
     match std::fs::read(&path) {
         Ok(pem) if names_line(&pem) == Some(header(&names)) => match parse(&pem, names.clone()) {
             Ok(identity) => return Ok(identity),
@@ -55,11 +93,21 @@ pub fn load_or_make(data_dir: &Path, name: Option<&str>, addresses: &[IpAddr]) -
             // console announces the new fingerprint.
             Err(e) => tracing::warn!("{}: {e:#}; making a new one", path.display()),
         },
-        Ok(_) => {}
+        // Renamed: the same key (a damaged one is replaced).
+        Ok(pem) => {
+            key = std::str::from_utf8(&pem)
+                .ok()
+                .and_then(|t| KeyPair::from_pem(t).ok())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("{}: reading", path.display())),
     }
-    let pem = make(&names, addresses)?;
+    let key = match key {
+        Some(k) => k,
+        None => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| anyhow!("making the TLS key: {e}"))?,
+    };
+    let pem = make(&key, &names, addresses)?;
     let dir = path.parent().context("identity path")?;
     std::fs::create_dir_all(dir).with_context(|| format!("{}: creating", dir.display()))?;
     std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
@@ -80,10 +128,8 @@ fn names_line(pem: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(line).into_owned())
 }
 
-/// A new key and certificate, as the file's text.
-fn make(names: &[String], addresses: &[IpAddr]) -> Result<String> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| anyhow!("making the TLS key: {e}"))?;
+/// A new certificate for `key`, with the key, as the file's text.
+fn make(key: &KeyPair, names: &[String], addresses: &[IpAddr]) -> Result<String> {
     let mut params =
         CertificateParams::new(names.to_vec()).map_err(|e| anyhow!("certificate names: {e}"))?;
     params
@@ -104,7 +150,7 @@ fn make(names: &[String], addresses: &[IpAddr]) -> Result<String> {
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params
-        .self_signed(&key)
+        .self_signed(key)
         .map_err(|e| anyhow!("signing the certificate: {e}"))?;
     Ok(format!(
         "{}\n{}{}",
@@ -118,28 +164,35 @@ fn parse(pem: &[u8], names: Vec<String>) -> Result<Identity> {
     let key = PrivateKeyDer::from_pem_slice(pem).map_err(|e| anyhow!("the key: {e}"))?;
     let cert = CertificateDer::from_pem_slice(pem).map_err(|e| anyhow!("the certificate: {e}"))?;
     let fingerprint = fingerprint(&cert);
-    let config = server_config(cert, key)?;
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .context("TLS key")?;
+    let certified = Arc::new(CertifiedKey::new(vec![cert.clone()], signer));
     Ok(Identity {
         fingerprint,
         names,
-        config,
+        certificate: cert,
+        certified,
     })
 }
 
-/// The TLS server configuration: TLS 1.3 and 1.2 on ring, HTTP/1.1.
-pub fn server_config(
-    cert: CertificateDer<'static>,
-    key: PrivateKeyDer<'static>,
-) -> Result<Arc<ServerConfig>> {
+/// The TLS server configuration serving what `live` holds: TLS 1.3 and 1.2 on ring, HTTP/1.1.
+pub fn server_config(live: Arc<Live>) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .context("TLS versions")?
         .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .context("TLS key and certificate")?;
+        .with_cert_resolver(live);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A certificate alone, as PEM (what other programs trust it by).
+pub fn certificate_pem(der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)
 }
 
 /// SHA-256 of a certificate, uppercase hex pairs joined by colons.
@@ -177,12 +230,18 @@ mod tests {
         assert_eq!(a.fingerprint, b.fingerprint, "kept");
         let c = load_or_make(dir.path(), Some("plug"), &addrs).unwrap();
         assert_ne!(a.fingerprint, c.fingerprint, "new name, new certificate");
+        assert_eq!(spki(&a.certificate), spki(&c.certificate), "the same key");
         assert_eq!(c.names, ["cairn.local", "plug.local"]);
         let d = load_or_make(dir.path(), Some("plug"), &addrs).unwrap();
         assert_eq!(c.fingerprint, d.fingerprint);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("cairn web identity for: cairn.local plug.local\n"));
         assert!(text.contains("BEGIN PRIVATE KEY") && text.contains("BEGIN CERTIFICATE"));
+    }
+
+    fn spki(der: &[u8]) -> Vec<u8> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        cert.public_key().raw.to_vec()
     }
 
     #[test]

@@ -102,14 +102,13 @@ async fn an_upload_cut_halfway_stores_nothing() {
     let csrf = b.get("/admin/").await.csrf();
     // The browser promises 4 MiB, sends 1 MiB, and goes away.
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut tls =
-        tokio_rustls::TlsConnector::from(common::tls_config(&server.fingerprint, common::ALL))
-            .connect(
-                rustls::pki_types::ServerName::try_from("cairn.local").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(server.tls.clone())
+        .connect(
+            rustls::pki_types::ServerName::try_from("cairn.local").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
     let head = format!(
         "PUT /admin/files/put?path=cut.txt HTTP/1.1\r\nHost: {}\r\nCookie: cairn_session={}\r\n\
          X-CSRF-Token: {csrf}\r\nContent-Length: {}\r\n\r\n",

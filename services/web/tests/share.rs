@@ -6,19 +6,10 @@ mod common;
 
 use common::{set_up, FakeDevice, Server, PASSPHRASE};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_services_get_the_certificate_and_follow_the_devices_name() {
-    let data = Arc::new(tempfile::tempdir().unwrap());
-    let share = data.path().join("share");
-    std::fs::create_dir_all(&share).unwrap();
-    let server = Server::start_sharing(
-        data.clone(),
-        FakeDevice::new(false),
-        None,
-        Some(share.clone()),
-    );
+    let (server, share) = Server::unclaimed_sharing();
 
     // Before setup: the device's certificate and key (not world-readable), no name yet.
     let pem = std::fs::read_to_string(share.join("tls.pem")).unwrap();

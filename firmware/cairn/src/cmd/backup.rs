@@ -13,9 +13,9 @@ use clap::{Parser, Subcommand};
 /// The backups' folder in the web's state directory.
 pub const BACKUP_DIR: &str = "backup";
 /// The folders a plug backs up, as `services/web.toml` lists them.
-pub const DEFAULT_SOURCES: &[&str] = &["/data/prosody"];
+pub const DEFAULT_SOURCES: &[&str] = &["/data/prosody", "/data/snac"];
 
-/// The services' backups (Jabber's data), made by the web service every day.
+/// The services' backups (Jabber's and the fediverse's data), made by the web service every day.
 #[derive(Parser, Debug)]
 pub struct Args {
     #[command(subcommand)]

@@ -26,7 +26,9 @@ enum Role {
     /// `resolve NAME` asks the LAN for `NAME.local`'s A record by mDNS (`resolved NAME ADDR` or
     /// `unresolved NAME`), `clear-hwm PID` resets a process's peak memory, `vault-put MIB SEED`
     /// times `cairn vault put` of the bench's bytes (`vault-put SECONDS BYTES`), `kill PID`
-    /// sends SIGKILL (`killed PID`), `fill DIR` takes every free block of DIR's filesystem with
+    /// sends SIGKILL (`killed PID`), `bench ARGS…` runs `cairn bench ARGS…` (answering each line
+    /// of its output as `bench-out LINE`, then `bench-done CODE`), `fill DIR` takes every free
+    /// block of DIR's filesystem with
     /// `DIR/fill` (`filled BYTES`), `unfill DIR` gives them back, `xmpp-account NAME DOMAIN
     /// PASSWORD` makes a Jabber account through Prosody's admin socket (`account NAME@DOMAIN`).
     /// `--inherited`: on the first socket the supervisor handed over (`$CAIRN_LISTEN_FDS`).
@@ -420,6 +422,32 @@ fn command(line: &str, out: &mut impl Write) {
                     let _ = writeln!(out, "ctl-out {e}\nctl-done -1");
                 }
             }
+        }
+        ["bench", args @ ..] => {
+            // The benchmark's lines as they come (a round takes minutes), then its exit code;
+            // its errors go to the service's log.
+            let exe = std::env::current_exe().unwrap_or_else(|_| "/bin/cairn".into());
+            let code = match std::process::Command::new(exe)
+                .arg("bench")
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+            {
+                Ok(mut child) => {
+                    if let Some(stdout) = child.stdout.take() {
+                        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                            let _ = writeln!(out, "bench-out {l}");
+                            let _ = out.flush();
+                        }
+                    }
+                    child.wait().map_or(-1, |s| s.code().unwrap_or(-1))
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "bench-out {e}");
+                    -1
+                }
+            };
+            let _ = writeln!(out, "bench-done {code}");
         }
         ["kill", pid] => {
             let answer = match pid.parse::<i32>() {

@@ -1,9 +1,11 @@
 //! The command lines of the `cairn` subcommands, one module each, over the libraries: `cairn ctl`
-//! (the supervisor's control socket), `cairn vault`, `cairn node`, `cairn web`, `cairn prosody`, `cairn snac`, `cairn names`, `cairn backup` and, in test builds
-//! only (feature `test-fixtures`), `cairn fixture`. `cairn init` is [`crate::init`]. What the
+//! (the supervisor's control socket), `cairn vault`, `cairn node`, `cairn web`, `cairn prosody`, `cairn snac`, `cairn names`, `cairn backup`, `cairn update` and, in test builds
+//! only (feature `test-fixtures`), `cairn fixture` and `cairn bench`. `cairn init` is [`crate::init`]. What the
 //! service roles share (telling the supervisor they are ready) is here.
 
 pub mod backup;
+#[cfg(feature = "test-fixtures")]
+pub mod bench;
 pub mod ctl;
 #[cfg(feature = "test-fixtures")]
 pub mod fixture;
@@ -11,6 +13,7 @@ pub mod names;
 pub mod node;
 pub mod prosody;
 pub mod snac;
+pub mod update;
 pub mod vault;
 pub mod web;
 

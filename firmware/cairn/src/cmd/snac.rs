@@ -3,8 +3,9 @@
 //! sets its `server.json` from the names the web publishes at every start (the public domain
 //! from setup, else `NAME.local`; loopback only), makes the owner's account `owner` once the
 //! device is set up, and each household account the Social page added (`snac adduser`; each
-//! first password is left for that page in `DATA/first-passwords/NAME`, group-readable), then becomes `snac httpd` (exec), so the supervisor
-//! watches snac itself. Cairn's HTTPS fronts it (the web's proxy).
+//! first password is left for that page in `DATA/first-passwords/NAME`, group-readable), deletes
+//! each one the page removed (`snac deluser`), then becomes `snac httpd` (exec), so the
+//! supervisor watches snac itself. Cairn's HTTPS fronts it (the web's proxy).
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use cairn_web::share::Site;
 use clap::Parser;
 
 /// The fediverse service on a plug.
@@ -55,6 +57,7 @@ pub fn run(args: Args) -> Result<()> {
     configure(&base.join("server.json"), &domain)?;
     eprintln!("cairn-snac: the fediverse for {domain} on 127.0.0.1:{HTTP_PORT}");
     if site.name.is_some() {
+        remove_accounts(&args.snac, &base, &args.data, &site)?;
         // The owner's, then the household's the Social page added (each name checked again:
         // site.json is the web's, and a name becomes a path).
         let names = std::iter::once(OWNER.to_string()).chain(
@@ -78,6 +81,40 @@ pub fn run(args: Args) -> Result<()> {
     }
     let err = Command::new(&args.snac).arg("httpd").arg(&base).exec();
     Err(err).with_context(|| format!("cannot run {}", args.snac.display()))
+}
+
+/// Deletes each household account the Social page removed and the web names in `site.json`
+/// (`snac deluser`: its folder with its posts, keys and follows, its follows undone), then its
+/// first password. Only named ones: an account the list merely lacks (a settings file out of
+/// step with snac's data) is kept. A name listed again is a new account and kept too. A failed
+/// deletion is logged and tried again at the next start; the other accounts still get served.
+fn remove_accounts(snac: &Path, base: &Path, data: &Path, site: &Site) -> Result<()> {
+    let removed = site
+        .social_removed
+        .iter()
+        .filter_map(|n| cairn_web::social::clean_name(n).ok())
+        .filter(|n| !site.social_accounts.contains(n));
+    for name in removed {
+        if base.join("user").join(&name).exists() {
+            match ask(snac, &["deluser", path(base)?, &name], "") {
+                Ok(_) => eprintln!("cairn-snac: removed @{name}, as the Social page asked"),
+                Err(e) => {
+                    eprintln!(
+                        "cairn-snac: @{name} not removed (tried again at the next start): {e:#}"
+                    );
+                    continue;
+                }
+            }
+        }
+        let file = first_password_file(data, &name);
+        match std::fs::remove_file(&file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("{}: removing", file.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn path(p: &Path) -> Result<&str> {
@@ -149,6 +186,46 @@ mod tests {
         let said = "Creating RSA key...\nDone.\n\nUser password is Yd3bAVgM76//XUNN\n\nGo to https://hearth.local/owner\n";
         assert_eq!(first_password(said).unwrap(), "Yd3bAVgM76//XUNN");
         assert!(first_password("Done.\n").is_err());
+    }
+
+    #[test]
+    fn only_the_accounts_the_page_removed_are_deleted() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let (base, data) = (t.path().join("data/base"), t.path().join("data"));
+        for n in ["owner", "alex", "kim", "sam", "jo"] {
+            std::fs::create_dir_all(base.join("user").join(n)).unwrap();
+            let pw = first_password_file(&data, n);
+            std::fs::create_dir_all(pw.parent().unwrap()).unwrap();
+            std::fs::write(pw, "pw").unwrap();
+        }
+        // snac's deluser as far as this role sees it: the folder goes; jo's fails.
+        let snac = t.path().join("snac");
+        std::fs::write(
+            &snac,
+            "#!/bin/sh\n[ \"$1 $3\" = \"deluser jo\" ] && { echo disk error; exit 1; }\n\
+             [ \"$1\" = deluser ] && rm -r \"$2/user/$3\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&snac, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let site = Site {
+            name: Some("hearth".into()),
+            domain: None,
+            // kim was removed, then added again: a new account.
+            social_accounts: vec!["kim".into(), "sam".into()],
+            social_removed: ["alex", "kim", "owner", "../sam", "jo", "gone"]
+                .map(String::from)
+                .to_vec(),
+        };
+        remove_accounts(&snac, &base, &data, &site).unwrap();
+        let there = |n: &str| base.join("user").join(n).exists();
+        let pw = |n: &str| first_password_file(&data, n).exists();
+        assert!(!there("alex") && !pw("alex"));
+        assert!(there("kim") && pw("kim"));
+        assert!(there("owner") && pw("owner"));
+        assert!(there("sam") && pw("sam"));
+        // A failed deletion keeps everything, for the next start.
+        assert!(there("jo") && pw("jo"));
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct Args {
     /// snac's data folder (group snac): the owner's fediverse account's first password.
     #[arg(long, value_name = "DIR")]
     pub social_data: Option<PathBuf>,
+    /// Root certificates (the system layer's bundle), first in the certificates the bundled
+    /// services trust (`ca-certificates.crt` in --share); a file that is not there is skipped.
+    #[arg(long, value_name = "FILE")]
+    pub roots: Option<PathBuf>,
     /// A folder of a service's data to back up into the services' own vault (repeatable).
     #[arg(long = "backup", value_name = "DIR")]
     pub backups: Vec<PathBuf>,
@@ -108,6 +112,7 @@ pub fn run(args: Args) -> Result<()> {
     });
     config.backups = backups;
     config.social = args.social_data;
+    config.roots = args.roots;
     config.node = Some(Arc::new(NodeSocket(args.node)));
     config.share = args.share;
     config.chat = args.chat.map(|socket| cairn_web::chat::Prosody { socket });
@@ -323,6 +328,8 @@ mod tests {
         assert!(SOCIAL_PATHS.contains(&format!("/{}", super::super::snac::OWNER).as_str()));
         assert!(m.runtime_dir);
         assert!(text.contains("\"--share\", \"/run/web\""));
+        // The layer's bundle (cairn-image joins it there).
+        assert!(text.contains("\"--roots\", \"/usr/share/cairn/ca-certificates.crt\""));
         assert!(text.contains(&format!(
             "\"--file-share\", \"127.0.0.1:{}\"",
             super::super::prosody::HTTP_PORT

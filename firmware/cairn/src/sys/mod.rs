@@ -7,6 +7,10 @@ pub mod helpers;
 /// Where things live on the device (the initramfs holds /etc/cairn; /data is the data partition).
 pub mod paths {
     pub const BOARD: &str = "/etc/cairn/board.toml";
+    /// The public keys this image accepts update bundles from (written by cairn-image).
+    pub const UPDATE_KEYS: &str = "/etc/cairn/update-keys";
+    /// This image's build number, decimal (written by cairn-image): updates must be newer.
+    pub const BUILD: &str = "/etc/cairn/build";
     pub const SERVICES: &str = "/etc/cairn/services";
     pub const DATA: &str = "/data";
     pub const STATE: &str = "/data/cairn";

@@ -15,12 +15,11 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use cairn_web::owner_vault::OwnerVault;
 use cairn_web::storage::Node;
+use cairn_web::trust::HandshakeOnly;
 use cairn_web::{Board, Config, Device, Kdf, Pairing, Service, Settings, Window};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 use tempfile::TempDir;
 
 /// A cheap passphrase hash for tests (the real cost is the default `Kdf`).
@@ -351,6 +350,8 @@ pub fn test_vault(data: &Path) -> OwnerVault {
 pub struct Server {
     pub addr: SocketAddr,
     pub fingerprint: String,
+    /// Every browser's TLS: the certificate pinned, then its key.
+    pub tls: Arc<rustls::ClientConfig>,
     pub device: Arc<FakeDevice>,
     /// The storage node it talks to.
     #[allow(dead_code, reason = "storage only")]
@@ -425,6 +426,17 @@ impl Server {
         vault: Option<OwnerVault>,
         share: Option<std::path::PathBuf>,
     ) -> Server {
+        Server::start_configured(data, device, vault, share, |_| {})
+    }
+
+    /// [`Server::start_sharing`], with the rest of its `Config` as `configure` leaves it.
+    pub fn start_configured(
+        data: Arc<TempDir>,
+        device: Arc<FakeDevice>,
+        vault: Option<OwnerVault>,
+        share: Option<std::path::PathBuf>,
+        configure: impl FnOnce(&mut Config),
+    ) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut config = Config::new(data.path().to_path_buf(), vec![listener]);
         config.addresses = vec!["127.0.0.1".parse().unwrap()];
@@ -441,6 +453,7 @@ impl Server {
         )
         .unwrap();
         config.meminfo = meminfo;
+        configure(&mut config);
         let (tx, rx) = std::sync::mpsc::channel();
         let (stopped_tx, stopped) = std::sync::mpsc::channel();
         let dev: Arc<dyn Device> = device.clone();
@@ -467,6 +480,7 @@ impl Server {
         let started = rx.recv_timeout(Duration::from_secs(10)).expect("started");
         Server {
             addr: started.local_addrs[0],
+            tls: tls_config(&started.fingerprint, ALL),
             fingerprint: started.fingerprint,
             device,
             node,
@@ -475,13 +489,20 @@ impl Server {
         }
     }
 
+    /// An unclaimed device's web leaving the certificates and names for the bundled services
+    /// in a share folder of its data directory; that folder.
+    #[allow(dead_code, reason = "share and trust only")]
+    pub fn unclaimed_sharing() -> (Server, std::path::PathBuf) {
+        let data = Arc::new(tempfile::tempdir().unwrap());
+        let share = data.path().join("share");
+        std::fs::create_dir_all(&share).unwrap();
+        let server = Server::start_sharing(data, FakeDevice::new(false), None, Some(share.clone()));
+        (server, share)
+    }
+
     /// A new browser, with no cookies.
     pub fn browser(&self) -> Browser {
-        Browser::new(
-            self.addr,
-            &self.fingerprint,
-            tls_config(&self.fingerprint, ALL),
-        )
+        Browser::new(self.addr, &self.fingerprint, self.tls.clone())
     }
 
     /// A browser logged in with [`PASSPHRASE`].
@@ -505,6 +526,7 @@ pub fn write_settings(data: &Path, name: &str) {
         domain: None,
         recovery_confirmed: true,
         social_accounts: Vec::new(),
+        social_removed: Vec::new(),
     }
     .save(data)
     .unwrap();
@@ -545,82 +567,30 @@ impl Reply {
 pub const ALL: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// A client configuration trusting exactly the certificate with `fingerprint`.
+/// A client configuration trusting the certificate with `fingerprint`, as a person comparing
+/// the console's line does, and then its key (as a browser pinning it does): the device
+/// certifies its key anew for its name at setup.
 pub fn tls_config(
     fingerprint: &str,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(Pinned {
-        fingerprint: fingerprint.to_string(),
-        provider: provider.clone(),
-    });
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth(),
-    )
-}
-
-/// Trusts one certificate by its SHA-256, as a person comparing the console's line does.
-#[derive(Debug)]
-struct Pinned {
-    fingerprint: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if cairn_web::tls::fingerprint(end_entity) == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
+    let fingerprint = fingerprint.to_string();
+    let key = Mutex::new(None::<Vec<u8>>);
+    let accept = move |end: &CertificateDer<'_>, _: &[CertificateDer<'_>]| {
+        let spki = x509_parser::parse_x509_certificate(end)
+            .map(|(_, c)| c.public_key().raw.to_vec())
+            .ok();
+        let mut key = key.lock().unwrap();
+        if cairn_web::tls::fingerprint(end) == fingerprint {
+            *key = spki;
+            Ok(())
+        } else if key.is_some() && *key == spki {
+            Ok(())
         } else {
             Err(rustls::Error::General("not the pinned certificate".into()))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    };
+    Arc::new(HandshakeOnly::client_config_for(accept, versions))
 }
 
 /// A browser: one HTTPS connection per request, a cookie jar, and the headers a browser sends
@@ -696,7 +666,10 @@ impl Browser {
     ) -> Reply {
         let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(ServerName::try_from("cairn.local").unwrap(), tcp)
+            .connect(
+                rustls::pki_types::ServerName::try_from("cairn.local").unwrap(),
+                tcp,
+            )
             .await
             .expect("TLS handshake");
         let (mut sender, conn) =
