@@ -2334,6 +2334,7 @@ async fn setup_submit(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> 
         recovery_confirmed: app.vault.is_none(),
         social_accounts: Vec::new(),
         social_removed: Vec::new(),
+        newer: toml::Table::new(),
     };
     let key = {
         let _writing = app.settings_write.lock().await;

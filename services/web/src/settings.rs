@@ -16,8 +16,11 @@ use serde::{Deserialize, Serialize};
 pub const SETTINGS_FILE: &str = "settings.toml";
 
 /// What setup stores.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// Fields this version does not know are kept, not refused: after an update falls back to the
+/// older system, that system must start on the settings the newer one wrote, and its next save
+/// must not drop what the newer one will need again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     /// The device's name: its hostname and `NAME.local`.
     pub name: String,
@@ -41,6 +44,9 @@ pub struct Settings {
     /// snac's data (a restored plug) must not delete anyone's posts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub social_removed: Vec<String>,
+    /// Fields written by a newer version, kept as they were.
+    #[serde(flatten, default)]
+    pub newer: toml::Table,
 }
 
 impl Settings {
@@ -298,6 +304,7 @@ mod tests {
             recovery_confirmed: true,
             social_accounts: vec!["alex".into()],
             social_removed: vec!["sam".into()],
+            newer: toml::Table::new(),
         };
         s.save(dir.path()).unwrap();
         assert_eq!(Settings::load(dir.path()).unwrap(), Some(s));
@@ -309,5 +316,30 @@ mod tests {
         )
         .unwrap();
         assert!(format!("{:#}", Settings::load(dir.path()).unwrap_err()).contains("name"));
+    }
+
+    #[test]
+    fn fields_of_a_newer_version_load_and_survive_a_save() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(SETTINGS_FILE),
+            "name = \"plug\"\npassphrase_hash = \"x\"\noffer_bytes = 7\n\
+             later_flag = true\n\n[later_table]\nlimit = 3\n",
+        )
+        .unwrap();
+        let mut s = Settings::load(dir.path()).unwrap().unwrap();
+        assert_eq!(s.offer_bytes, 7);
+        assert_eq!(s.newer.get("later_flag"), Some(&toml::Value::Boolean(true)));
+        s.offer_bytes = 8;
+        s.save(dir.path()).unwrap();
+        let again = Settings::load(dir.path()).unwrap().unwrap();
+        assert_eq!(again.offer_bytes, 8);
+        assert_eq!(again.newer, s.newer);
+        assert_eq!(
+            again.newer["later_table"]["limit"],
+            toml::Value::Integer(3),
+            "{:?}",
+            again.newer
+        );
     }
 }

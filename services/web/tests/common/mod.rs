@@ -527,6 +527,7 @@ pub fn write_settings(data: &Path, name: &str) {
         recovery_confirmed: true,
         social_accounts: Vec::new(),
         social_removed: Vec::new(),
+        newer: toml::Table::new(),
     }
     .save(data)
     .unwrap();
