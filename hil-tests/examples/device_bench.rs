@@ -513,6 +513,11 @@ mod link {
 
         // Paired as owners pair them: both buttons pressed.
         let panels = [a.q.panel()?, b.q.panel()?];
+        // The front panel speaks first (the LEDs' state): then the guest reads the button.
+        for p in &panels {
+            p.wait_pattern(0, "setup-needed", BOOT_TIMEOUT)
+                .ok_or_else(|| anyhow::anyhow!("a panel never showed setup-needed"))?;
+        }
         let lines = [a.q.line_count(), b.q.line_count()];
         for p in &panels {
             p.press(Duration::from_millis(300))?;
@@ -534,10 +539,14 @@ mod link {
         let mut puts = Vec::new();
         for r in 0..rounds {
             let link = probe(&mut a, &mut b)?;
-            let put = bench(
+            let b0 = super::cpu(&mut b.port)?;
+            let mut put = bench(
                 &mut a,
                 &format!("put --mib {mib} --seed {} --k {K} --n {N}", r + 1),
             )?;
+            // The partner's CPU over the put: its side of the transfer (Noise, storing).
+            let b1 = super::cpu(&mut b.port)?;
+            put["partner_cpu_busy"] = json!((b1.0 - b0.0) as f64 / (b1.1 - b0.1).max(1) as f64);
             eprintln!("link: round {}/{rounds}: probe {link}, put {put}", r + 1);
             puts.push((link, put));
         }
@@ -559,13 +568,16 @@ mod link {
             let key = put["key"]
                 .as_str()
                 .ok_or_else(|| anyhow::anyhow!("no key in {put}"))?;
-            let got = bench(
+            let b0 = super::cpu(&mut b.port)?;
+            let mut got = bench(
                 &mut c,
                 &format!(
                     "restore --partner {partner} --key {key} --mib {mib} --seed {}",
                     r + 1
                 ),
             )?;
+            let b1 = super::cpu(&mut b.port)?;
+            got["partner_cpu_busy"] = json!((b1.0 - b0.0) as f64 / (b1.1 - b0.1).max(1) as f64);
             eprintln!(
                 "link: round {}/{rounds}: probe {link}, restore {got}",
                 r + 1
@@ -663,6 +675,19 @@ mod link {
             "get_mbit_s",
             each(&gets, &|_, g| Ok(mbit(rate(g, "get_bytes", "get_s")?)))?,
         );
+        for (name, key) in [
+            ("cpu_busy_put", "cpu_busy"),
+            ("cpu_busy_put_partner", "partner_cpu_busy"),
+        ] {
+            put_fig(name, each(&puts, &|_, p| f(p, key))?);
+        }
+        for (name, key) in [
+            ("cpu_busy_restore", "restore_cpu_busy"),
+            ("cpu_busy_get", "get_cpu_busy"),
+            ("cpu_busy_restore_get_partner", "partner_cpu_busy"),
+        ] {
+            put_fig(name, each(&gets, &|_, g| f(g, key))?);
+        }
         figures.insert("link_mib_per_round".into(), mib.into());
         figures.insert("link_rounds".into(), puts.len().into());
         figures.insert(

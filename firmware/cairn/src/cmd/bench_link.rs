@@ -27,6 +27,7 @@ use cairn_vault::progress::NoProgress;
 use cairn_vault::Vault;
 use serde_json::json;
 
+use super::bench::cpu_jiffies;
 use crate::sys::paths::NODE_SOCKET;
 
 /// The uplink's interface (the board's only Ethernet).
@@ -320,6 +321,13 @@ pub fn send(to: SocketAddr, bytes: u64) -> anyhow::Result<()> {
     round(json!({"to": to.to_string(), "bytes": bytes, "s": secs, "tx_bytes": tx1 - tx0}))
 }
 
+/// The guest CPU's busy share since `from` (`/proc/stat`): near 1, the emulated CPU and not
+/// the link was the limit.
+fn busy_since(from: (u64, u64)) -> anyhow::Result<f64> {
+    let (busy, total) = cpu_jiffies()?;
+    Ok((busy - from.0) as f64 / (total - from.1).max(1) as f64)
+}
+
 /// What the node's partners hold for this plug, in all (its books: `held_for_us`).
 fn held_by_partners() -> anyhow::Result<u64> {
     let (st, _) = Client::connect(Path::new(NODE_SOCKET))?.call(json!({"op": "status"}), &[])?;
@@ -366,12 +374,14 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
     let held0 = held_by_partners()?;
     let (rx0, tx0) = net_bytes()?;
     let peak = RamPeak::start();
+    let cpu0 = cpu_jiffies()?;
     let started = Instant::now();
     let r = v.put(&[&file], &mut NoProgress)?;
     let put_s = started.elapsed().as_secs_f64();
     Client::connect(Path::new(NODE_SOCKET))?.call(json!({"op": "flush"}), &[])?;
     let secs = started.elapsed().as_secs_f64();
     let ram_peak = peak.stop();
+    let cpu = busy_since(cpu0)?;
     let (rx1, tx1) = net_bytes()?;
     let held1 = held_by_partners()?;
     drop(v);
@@ -386,6 +396,7 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
         "rx_bytes": rx1 - rx0,
         "ram_mib_before": ram_before,
         "ram_mib_peak": ram_peak,
+        "cpu_busy": cpu,
         "key": key.split_whitespace().last().unwrap_or_default(),
     }))
 }
@@ -405,6 +416,7 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
     let secret = OwnerSecret::from_recovery_key(&format!("{RECOVERY_PREFIX} {key}"))?;
     let targets = vec![Target::Node(NODE_SOCKET.into())];
     let (rx0, _) = net_bytes()?;
+    let cpu0 = cpu_jiffies()?;
     let started = Instant::now();
     let v = Vault::restore(
         &dir.join("vault"),
@@ -419,6 +431,7 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
     let first = dir.join("restored");
     let got = v.get(Some(head), "/", &first, &mut NoProgress)?;
     let restore_s = started.elapsed().as_secs_f64();
+    let restore_cpu = busy_since(cpu0)?;
     let (rx1, _) = net_bytes()?;
     check(&first.join("data.bin"), mib, seed)?;
     std::fs::remove_dir_all(&first)?;
@@ -426,9 +439,11 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
     nix::unistd::sync();
     std::fs::write("/proc/sys/vm/drop_caches", "3")?;
     let again = dir.join("again");
+    let cpu0 = cpu_jiffies()?;
     let started = Instant::now();
     let got2 = v.get(Some(head), "/", &again, &mut NoProgress)?;
     let get_s = started.elapsed().as_secs_f64();
+    let get_cpu = busy_since(cpu0)?;
     let (rx2, _) = net_bytes()?;
     check(&again.join("data.bin"), mib, seed)?;
     drop(v);
@@ -437,6 +452,8 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
         "bytes": got.bytes,
         "restore_s": restore_s,
         "restore_rx_bytes": rx1 - rx0,
+        "restore_cpu_busy": restore_cpu,
+        "get_cpu_busy": get_cpu,
         "shards_missing": got.shards_missing,
         "get_bytes": got2.bytes,
         "get_s": get_s,
