@@ -56,6 +56,11 @@
 //! - `device_ram_mib_peak`: MemTotal − MemAvailable on the putting plug, sampled every 100 ms
 //!   during the put by the bench itself; target ≤ 128.
 //!
+//! After the rounds, one more put (24 MiB: the partner's allowance) with the shape taken off
+//! (`put_unshaped_vs_shaped`, its data rate ÷ the shaped puts' median): if it is no faster,
+//! the link was not what held the put back. Beside the ratios: the absolute rates and the
+//! guest CPU's busy share on each plug (`cpu_busy_*`).
+//!
 //! Usage: `device_bench [OUT.json]` (default target/bench/device.json). `CAIRN_DEVICE_ROUNDS`
 //! (default 3), `CAIRN_DEVICE_MIB` (bytes per write phase, default 64), `CAIRN_DEVICE_LINK_MIB`
 //! (data per put, default 64), `CAIRN_DEVICE_PHASES` (`card,link`, the default, or either).
@@ -389,6 +394,8 @@ mod link {
     /// and a fresh plug restores from that partner alone only if one shard is a whole chunk.
     const K: u32 = 1;
     const N: u32 = 2;
+    /// One more put with the shape taken off, to tell the link's limit from the plug's own.
+    const UNSHAPED_MIB: u64 = 24;
     /// The raw TCP transfer that measures the link, per round.
     const LINK_PROBE_MIB: u64 = 24;
     const PROBE_PORT: u16 = 5201;
@@ -497,7 +504,7 @@ mod link {
         // A partner takes as much as the plug holds for it plus an allowance of 256 MiB (the
         // node's default); every round's shards stay on it.
         anyhow::ensure!(
-            rounds * mib <= 240,
+            rounds * mib + UNSHAPED_MIB <= 240,
             "{rounds} rounds of {mib} MiB would pass the partner's 256 MiB allowance"
         );
         let began = Instant::now();
@@ -550,6 +557,18 @@ mod link {
             eprintln!("link: round {}/{rounds}: probe {link}, put {put}", r + 1);
             puts.push((link, put));
         }
+        // The same plugs without the shape: if the put goes no faster, the link was not what
+        // held it back.
+        bench(&mut a, "shape --rate-kbit 0 --delay-us 0")?;
+        let unshaped_link = probe(&mut a, &mut b)?;
+        let unshaped = bench(
+            &mut a,
+            &format!(
+                "put --mib {UNSHAPED_MIB} --seed {} --k {K} --n {N}",
+                rounds + 1
+            ),
+        )?;
+        eprintln!("link: unshaped: probe {unshaped_link}, put {unshaped}");
         // The plug is lost: a fresh one takes its place on the cable, and only the recovery
         // keys and the partner's address are known.
         a.q.power_button()?;
@@ -688,6 +707,30 @@ mod link {
         ] {
             put_fig(name, each(&gets, &|_, g| f(g, key))?);
         }
+        // One round (the partner's allowance): no spread.
+        let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+        let unshaped_rate = rate(&unshaped, "bytes", "s")?;
+        let mut shaped: Vec<f64> = puts
+            .iter()
+            .map(|(_, p)| rate(p, "bytes", "s"))
+            .collect::<anyhow::Result<_>>()?;
+        shaped.sort_by(f64::total_cmp);
+        figures.insert(
+            "put_unshaped_data_mb_s".into(),
+            r3(unshaped_rate / 1e6).into(),
+        );
+        figures.insert(
+            "put_unshaped_vs_shaped".into(),
+            r3(unshaped_rate / median(&shaped)).into(),
+        );
+        figures.insert(
+            "link_unshaped_mbit_s".into(),
+            r3(mbit(rate(&unshaped_link, "bytes", "s")?)).into(),
+        );
+        figures.insert(
+            "cpu_busy_put_unshaped".into(),
+            r3(f(&unshaped, "cpu_busy")?).into(),
+        );
         figures.insert("link_mib_per_round".into(), mib.into());
         figures.insert("link_rounds".into(), puts.len().into());
         figures.insert(
@@ -710,7 +753,7 @@ mod link {
         );
         figures.insert(
             "link_rounds_raw".into(),
-            json!({"puts": puts, "gets": gets}),
+            json!({"puts": puts, "gets": gets, "unshaped": [unshaped_link, unshaped]}),
         );
         merge_bench(out, &Value::Object(figures))
     }

@@ -161,14 +161,14 @@ pub fn netem_request(ifindex: i32, rate_bytes_s: u32, delay_ns: u64, limit: u32)
     for v in [(delay_ns >> 6) as u32, limit, 0, 0, 0, 0] {
         opts.extend_from_slice(&v.to_ne_bytes());
     }
-    if rate_bytes_s > 0 {
-        // struct tc_netem_rate: rate (bytes/s), packet_overhead, cell_size, cell_overhead.
-        let mut r = Vec::new();
-        for v in [rate_bytes_s, 0, 0, 0] {
-            r.extend_from_slice(&v.to_ne_bytes());
-        }
-        attr(&mut opts, TCA_NETEM_RATE, &r);
+    // struct tc_netem_rate: rate (bytes/s; 0 is none), packet_overhead, cell_size,
+    // cell_overhead. Always sent: replacing a netem qdisc changes it, and netem keeps its old
+    // rate when the attribute is missing.
+    let mut r = Vec::new();
+    for v in [rate_bytes_s, 0, 0, 0] {
+        r.extend_from_slice(&v.to_ne_bytes());
     }
+    attr(&mut opts, TCA_NETEM_RATE, &r);
     attr(
         &mut opts,
         TCA_NETEM_LATENCY64,
@@ -518,7 +518,9 @@ mod tests {
             20_000_000
         );
         assert_eq!(m.len(), 108);
-        // Without a rate: no TCA_NETEM_RATE.
-        assert_eq!(netem_request(2, 0, 1_000_000, 1000).len(), 88);
+        // Without a rate: TCA_NETEM_RATE of 0 all the same (an old rate must not stay).
+        let m = netem_request(2, 0, 1_000_000, 1000);
+        assert_eq!(m.len(), 108);
+        assert_eq!(u32::from_ne_bytes(m[80..84].try_into().unwrap()), 0);
     }
 }
