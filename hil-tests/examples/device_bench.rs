@@ -41,8 +41,29 @@
 //! `read_4k_iops`, …), the guest CPU's busy share in each phase (`cpu_busy_*`: near 1 means the
 //! emulated CPU, not the card, was the limit), shards per fsync and write requests per MiB.
 //!
+//! Phase 2, the node over a home uplink ([`link`]): two test-image plugs (256 MiB) on a virtual
+//! cable, paired by their buttons; the putting plug's eth0 shaped *in the guest* by netem
+//! (`cairn bench shape`, netlink: 25 Mbit/s, 20 ms added on the way out). Each round measures
+//! the link with a raw TCP transfer between the two plugs through the same shape (`send` →
+//! `sink`), then `cairn vault put` of the round's data through the node (1-of-2: with one
+//! partner, the only layout a fresh plug restores from). The putting plug is then switched
+//! off and a fresh third plug takes its place on the cable; the partner's eth0 gets the LAN
+//! shape (100 Mbit/s, 1 ms); each round again measures the link, then restores the round's
+//! vault from its recovery key onto the fresh plug and reads it once more (a get):
+//! - `put_vs_link`: shard bytes the partner took (the node's books) per second of the put,
+//!   until the node's flush, ÷ the raw TCP rate; target ≥ 0.9;
+//! - `restore_vs_link`, `get_vs_link`: data bytes per second ÷ the raw TCP rate of the LAN shape;
+//! - `device_ram_mib_peak`: MemTotal − MemAvailable on the putting plug, sampled every 100 ms
+//!   during the put by the bench itself; target ≤ 128.
+//!
+//! After the rounds, one more put (24 MiB: the partner's allowance) with the shape taken off
+//! (`put_unshaped_vs_shaped`, its data rate ÷ the shaped puts' median): if it is no faster,
+//! the link was not what held the put back. Beside the ratios: the absolute rates and the
+//! guest CPU's busy share on each plug (`cpu_busy_*`).
+//!
 //! Usage: `device_bench [OUT.json]` (default target/bench/device.json). `CAIRN_DEVICE_ROUNDS`
-//! (default 3), `CAIRN_DEVICE_MIB` (bytes per write phase, default 64).
+//! (default 3), `CAIRN_DEVICE_MIB` (bytes per write phase, default 64), `CAIRN_DEVICE_LINK_MIB`
+//! (data per put, default 64), `CAIRN_DEVICE_PHASES` (`card,link`, the default, or either).
 
 use cairn_hil::{
     image, write_bench, Config, FixturePort, Qemu, SecondDisk, Throttle, BOOT_TIMEOUT,
@@ -83,10 +104,22 @@ fn main() -> anyhow::Result<()> {
     };
     let rounds = env("CAIRN_DEVICE_ROUNDS", 3)?.max(1);
     let mib = env("CAIRN_DEVICE_MIB", 64)?.clamp(4, 512);
+    let link_mib = env("CAIRN_DEVICE_LINK_MIB", 64)?.clamp(4, 256);
+    let phases = std::env::var("CAIRN_DEVICE_PHASES").unwrap_or_else(|_| "card,link".into());
+    if phases.split(',').any(|p| p == "card") {
+        card(&out, rounds, mib)?;
+    }
+    if phases.split(',').any(|p| p == "link") {
+        link::run(&out, rounds, link_mib)?;
+    }
+    Ok(())
+}
 
+/// Phase 1: the store on the card (see the module's comment); writes `out` afresh.
+fn card(out: &str, rounds: u64, mib: u64) -> anyhow::Result<()> {
     // The card lives beside the output, on a real disk: `cache=none` needs O_DIRECT, which a
     // tmpfs /tmp refuses.
-    let out_dir = PathBuf::from(&out)
+    let out_dir = PathBuf::from(out)
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| ".".into());
@@ -292,7 +325,7 @@ fn main() -> anyhow::Result<()> {
         }),
     );
     figures.insert("rounds_raw".into(), rounds.clone().into());
-    write_bench(&out, &serde_json::Value::Object(figures))
+    write_bench(out, &serde_json::Value::Object(figures))
 }
 
 /// The guest's (busy, total) jiffies, from `/proc/stat` through the fixture (idle and iowait
@@ -334,5 +367,394 @@ fn median(sorted: &[f64]) -> f64 {
         sorted[m]
     } else {
         (sorted[m - 1] + sorted[m]) / 2.0
+    }
+}
+
+/// Phase 2: plugs on a cable with a home uplink shaped in the guest (see the module's comment).
+mod link {
+    use super::median;
+    use cairn_hil::{
+        append_cmdline, image, merge_bench, Config, Ethernet, FixturePort, Qemu, BOOT_TIMEOUT,
+        SHUTDOWN_TIMEOUT,
+    };
+    use serde_json::{json, Value};
+    use std::net::UdpSocket;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    /// The home uplink a put goes through: the seed author's VDSL line, 25 Mbit/s up, and
+    /// 20 ms of round trip to a partner's home (all of it added on the way out: the
+    /// acknowledgements come back unshaped).
+    const UPLINK_KBIT: u64 = 25_000;
+    const UPLINK_DELAY_US: u64 = 20_000;
+    /// The LAN shape a get and a restore read through: 100 Mbit/s Ethernet, 1 ms.
+    const LAN_KBIT: u64 = 100_000;
+    const LAN_DELAY_US: u64 = 1_000;
+    /// Two plugs, so one partner: the node puts at most one shard of a chunk on a partner,
+    /// and a fresh plug restores from that partner alone only if one shard is a whole chunk.
+    const K: u32 = 1;
+    const N: u32 = 2;
+    /// One more put with the shape taken off, to tell the link's limit from the plug's own.
+    const UNSHAPED_MIB: u64 = 24;
+    /// The raw TCP transfer that measures the link, per round.
+    const LINK_PROBE_MIB: u64 = 24;
+    const PROBE_PORT: u16 = 5201;
+    /// The storage node's libp2p port.
+    const NODE_PORT: u16 = 4001;
+    /// The plugs' disks: room for the rounds' data and shards.
+    const DISK_BYTES: u64 = 2 << 30;
+    const PAIRING_WINDOW_S: u64 = 60;
+    /// One bench command's bound (a put of 256 MiB at 25 Mbit/s takes ~90 s on a fast host).
+    const STEP: Duration = Duration::from_secs(900);
+
+    /// One plug: QEMU, its fixture port, its link-local address.
+    struct Plug {
+        q: Qemu,
+        port: FixturePort,
+        ip: String,
+    }
+
+    fn boot(dir: &Path, name: &str, ends: (u16, u16), mac: &str) -> anyhow::Result<Plug> {
+        let disk = dir.join(format!("{name}.img"));
+        std::fs::copy(image("cairn-qemu-virt-test.img")?, &disk)?;
+        append_cmdline(&disk, &format!("cairn.pairing_window_s={PAIRING_WINDOW_S}"))?;
+        let mut cfg = Config::new(disk);
+        cfg.memory_mib = 256;
+        cfg.disk_bytes = Some(DISK_BYTES);
+        cfg.ethernet = Ethernet::Cable {
+            local_port: ends.0,
+            remote_port: ends.1,
+            mac: mac.into(),
+        };
+        let mut q = Qemu::boot(&cfg)?;
+        q.wait_line("cairn: ready", BOOT_TIMEOUT * 2)?;
+        // "cairn: net: eth0 169.254.X.Y/16 link-local"
+        let line = q.wait_line("cairn: net: eth0", BOOT_TIMEOUT)?;
+        let ip = line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|a| a.split('/').next())
+            .filter(|a| a.starts_with("169.254."))
+            .ok_or_else(|| anyhow::anyhow!("{name}: no link-local address in {line:?}"))?
+            .to_string();
+        let mut port = FixturePort::plug(&mut q)?;
+        port.expect("started")?;
+        eprintln!("link: {name} up at {ip}");
+        Ok(Plug { q, port, ip })
+    }
+
+    /// The node's peer id, from its log (`cairn-node: PEERID starting, …`).
+    fn peer_id(p: &mut Plug) -> anyhow::Result<String> {
+        let (logs, code) = p.port.ctl("logs node")?;
+        anyhow::ensure!(code == 0, "logs node: {logs}");
+        logs.lines()
+            .find_map(|l| {
+                let id = l.strip_prefix("cairn-node: ")?.split(' ').next()?;
+                id.starts_with("12D3KooW").then(|| id.to_string())
+            })
+            .ok_or_else(|| anyhow::anyhow!("no peer id in {logs}"))
+    }
+
+    /// Runs `cairn bench ARGS` on `p` and returns its one `round {…}` object.
+    fn bench(p: &mut Plug, args: &str) -> anyhow::Result<Value> {
+        let (lines, code) = p.port.bench(args, STEP)?;
+        one_round(args, lines, code)
+    }
+
+    fn one_round(args: &str, lines: Vec<String>, code: i32) -> anyhow::Result<Value> {
+        anyhow::ensure!(
+            code == 0,
+            "cairn bench {args} failed ({code}): {}",
+            lines.join("\n")
+        );
+        let line = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("round "))
+            .ok_or_else(|| anyhow::anyhow!("cairn bench {args}: no round in {lines:?}"))?;
+        Ok(serde_json::from_str(line)?)
+    }
+
+    /// A raw TCP transfer from `from` to `to` through the shape: the link's rate as TCP
+    /// delivers it, bytes per second.
+    fn probe(from: &mut Plug, to: &mut Plug) -> anyhow::Result<Value> {
+        let sink = format!("sink --port {PROBE_PORT}");
+        to.port.bench_start(&sink)?;
+        let sent = bench(
+            from,
+            &format!("send --to {}:{PROBE_PORT} --mib {LINK_PROBE_MIB}", to.ip),
+        );
+        let (lines, code) = to.port.bench_finish(&sink, STEP)?;
+        let got = one_round(&sink, lines, code)?;
+        let sent = sent?;
+        anyhow::ensure!(
+            got["bytes"] == sent["bytes"],
+            "the sink got {} of {} bytes",
+            got["bytes"],
+            sent["bytes"]
+        );
+        Ok(sent)
+    }
+
+    fn f(v: &Value, k: &str) -> anyhow::Result<f64> {
+        v[k].as_f64()
+            .ok_or_else(|| anyhow::anyhow!("no number {k} in {v}"))
+    }
+
+    pub fn run(out: &str, rounds: u64, mib: u64) -> anyhow::Result<()> {
+        // A partner takes as much as the plug holds for it plus an allowance of 256 MiB (the
+        // node's default); every round's shards stay on it.
+        anyhow::ensure!(
+            rounds * mib + UNSHAPED_MIB <= 240,
+            "{rounds} rounds of {mib} MiB would pass the partner's 256 MiB allowance"
+        );
+        let began = Instant::now();
+        let dir = tempfile::tempdir()?;
+        let (a_end, b_end) = {
+            let a = UdpSocket::bind("127.0.0.1:0")?;
+            let b = UdpSocket::bind("127.0.0.1:0")?;
+            (a.local_addr()?.port(), b.local_addr()?.port())
+        };
+        let mut a = boot(dir.path(), "a", (a_end, b_end), "52:54:00:00:01:0a")?;
+        let mut b = boot(dir.path(), "b", (b_end, a_end), "52:54:00:00:01:0b")?;
+        let b_peer = peer_id(&mut b)?;
+
+        // Paired as owners pair them: both buttons pressed.
+        let panels = [a.q.panel()?, b.q.panel()?];
+        // The front panel speaks first (the LEDs' state): then the guest reads the button.
+        for p in &panels {
+            p.wait_pattern(0, "setup-needed", BOOT_TIMEOUT)
+                .ok_or_else(|| anyhow::anyhow!("a panel never showed setup-needed"))?;
+        }
+        let lines = [a.q.line_count(), b.q.line_count()];
+        for p in &panels {
+            p.press(Duration::from_millis(300))?;
+        }
+        for (q, from) in [(&a.q, lines[0]), (&b.q, lines[1])] {
+            let (_, line) = q.wait_line_from(
+                from,
+                "cairn: pairing: ",
+                Duration::from_secs(PAIRING_WINDOW_S + 15),
+            )?;
+            anyhow::ensure!(line.contains("paired with"), "{line}");
+        }
+
+        let shaped = bench(
+            &mut a,
+            &format!("shape --rate-kbit {UPLINK_KBIT} --delay-us {UPLINK_DELAY_US}"),
+        )?;
+        eprintln!("link: a's uplink {shaped}");
+        let mut puts = Vec::new();
+        for r in 0..rounds {
+            let link = probe(&mut a, &mut b)?;
+            let b0 = super::cpu(&mut b.port)?;
+            let mut put = bench(
+                &mut a,
+                &format!("put --mib {mib} --seed {} --k {K} --n {N}", r + 1),
+            )?;
+            // The partner's CPU over the put: its side of the transfer (Noise, storing).
+            let b1 = super::cpu(&mut b.port)?;
+            put["partner_cpu_busy"] = json!((b1.0 - b0.0) as f64 / (b1.1 - b0.1).max(1) as f64);
+            eprintln!("link: round {}/{rounds}: probe {link}, put {put}", r + 1);
+            puts.push((link, put));
+        }
+        // The same plugs without the shape: if the put goes no faster, the link was not what
+        // held it back.
+        bench(&mut a, "shape --rate-kbit 0 --delay-us 0")?;
+        let unshaped_link = probe(&mut a, &mut b)?;
+        let unshaped = bench(
+            &mut a,
+            &format!(
+                "put --mib {UNSHAPED_MIB} --seed {} --k {K} --n {N}",
+                rounds + 1
+            ),
+        )?;
+        eprintln!("link: unshaped: probe {unshaped_link}, put {unshaped}");
+        // The plug is lost: a fresh one takes its place on the cable, and only the recovery
+        // keys and the partner's address are known.
+        a.q.power_button()?;
+        a.q.wait_exit(SHUTDOWN_TIMEOUT)?;
+        drop(a);
+        let mut c = boot(dir.path(), "c", (a_end, b_end), "52:54:00:00:01:0c")?;
+        let shaped = bench(
+            &mut b,
+            &format!("shape --rate-kbit {LAN_KBIT} --delay-us {LAN_DELAY_US}"),
+        )?;
+        eprintln!("link: b's LAN {shaped}");
+        let partner = format!("/ip4/{}/tcp/{NODE_PORT}/p2p/{b_peer}", b.ip);
+        let mut gets = Vec::new();
+        for (r, (_, put)) in puts.iter().enumerate() {
+            let link = probe(&mut b, &mut c)?;
+            let key = put["key"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("no key in {put}"))?;
+            let b0 = super::cpu(&mut b.port)?;
+            let mut got = bench(
+                &mut c,
+                &format!(
+                    "restore --partner {partner} --key {key} --mib {mib} --seed {}",
+                    r + 1
+                ),
+            )?;
+            let b1 = super::cpu(&mut b.port)?;
+            got["partner_cpu_busy"] = json!((b1.0 - b0.0) as f64 / (b1.1 - b0.1).max(1) as f64);
+            eprintln!(
+                "link: round {}/{rounds}: probe {link}, restore {got}",
+                r + 1
+            );
+            gets.push((link, got));
+        }
+        for mut p in [b, c] {
+            p.q.power_button()?;
+            p.q.wait_exit(SHUTDOWN_TIMEOUT)?;
+        }
+
+        let mut figures = serde_json::Map::new();
+        let mut put_fig = |name: &str, v: Vec<f64>| {
+            let mut s = v.clone();
+            s.sort_by(f64::total_cmp);
+            let r = |x: f64| (x * 1000.0).round() / 1000.0;
+            figures.insert(name.into(), r(median(&s)).into());
+            figures.insert(format!("{name}_min"), r(s[0]).into());
+            figures.insert(format!("{name}_max"), r(s[s.len() - 1]).into());
+            figures.insert(
+                format!("{name}_all"),
+                v.iter().copied().map(r).collect::<Vec<_>>().into(),
+            );
+        };
+        let rate = |v: &Value, bytes: &str, secs: &str| -> anyhow::Result<f64> {
+            Ok(f(v, bytes)? / f(v, secs)?)
+        };
+        let mbit = |bytes_s: f64| bytes_s * 8.0 / 1e6;
+        let each = |pairs: &[(Value, Value)],
+                    g: &dyn Fn(&Value, &Value) -> anyhow::Result<f64>|
+         -> anyhow::Result<Vec<f64>> {
+            pairs.iter().map(|(l, x)| g(l, x)).collect()
+        };
+        // Shard bytes the partner took per second of the put (until the node's flush) ÷ what
+        // raw TCP delivered through the same shape just before.
+        put_fig(
+            "put_vs_link",
+            each(&puts, &|l, p| {
+                Ok(rate(p, "shard_bytes_out", "s")? / rate(l, "bytes", "s")?)
+            })?,
+        );
+        // Data bytes read per second ÷ raw TCP through the LAN shape (1-of-2: each chunk comes
+        // as one shard, its sealed bytes a little more than the data's).
+        put_fig(
+            "restore_vs_link",
+            each(&gets, &|l, g| {
+                Ok(rate(g, "bytes", "restore_s")? / rate(l, "bytes", "s")?)
+            })?,
+        );
+        put_fig(
+            "get_vs_link",
+            each(&gets, &|l, g| {
+                Ok(rate(g, "get_bytes", "get_s")? / rate(l, "bytes", "s")?)
+            })?,
+        );
+        put_fig(
+            "device_ram_mib_peak",
+            each(&puts, &|_, p| f(p, "ram_mib_peak"))?,
+        );
+        put_fig(
+            "device_ram_mib_before_put",
+            each(&puts, &|_, p| f(p, "ram_mib_before"))?,
+        );
+        // The absolute rates, to read the ratios by.
+        put_fig(
+            "link_up_mbit_s",
+            each(&puts, &|l, _| Ok(mbit(rate(l, "bytes", "s")?)))?,
+        );
+        put_fig(
+            "put_shard_mbit_s",
+            each(&puts, &|_, p| Ok(mbit(rate(p, "shard_bytes_out", "s")?)))?,
+        );
+        put_fig(
+            "put_wire_mbit_s",
+            each(&puts, &|_, p| Ok(mbit(rate(p, "tx_bytes", "s")?)))?,
+        );
+        put_fig(
+            "put_data_mb_s",
+            each(&puts, &|_, p| Ok(rate(p, "bytes", "s")? / 1e6))?,
+        );
+        // How much of the put's time the vault's own put took before the node's flush.
+        put_fig(
+            "put_flush_share",
+            each(&puts, &|_, p| Ok(1.0 - f(p, "put_s")? / f(p, "s")?))?,
+        );
+        put_fig(
+            "link_lan_mbit_s",
+            each(&gets, &|l, _| Ok(mbit(rate(l, "bytes", "s")?)))?,
+        );
+        put_fig(
+            "restore_mbit_s",
+            each(&gets, &|_, g| Ok(mbit(rate(g, "bytes", "restore_s")?)))?,
+        );
+        put_fig(
+            "get_mbit_s",
+            each(&gets, &|_, g| Ok(mbit(rate(g, "get_bytes", "get_s")?)))?,
+        );
+        for (name, key) in [
+            ("cpu_busy_put", "cpu_busy"),
+            ("cpu_busy_put_partner", "partner_cpu_busy"),
+        ] {
+            put_fig(name, each(&puts, &|_, p| f(p, key))?);
+        }
+        for (name, key) in [
+            ("cpu_busy_restore", "restore_cpu_busy"),
+            ("cpu_busy_get", "get_cpu_busy"),
+            ("cpu_busy_restore_get_partner", "partner_cpu_busy"),
+        ] {
+            put_fig(name, each(&gets, &|_, g| f(g, key))?);
+        }
+        // One round (the partner's allowance): no spread.
+        let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
+        let unshaped_rate = rate(&unshaped, "bytes", "s")?;
+        let mut shaped: Vec<f64> = puts
+            .iter()
+            .map(|(_, p)| rate(p, "bytes", "s"))
+            .collect::<anyhow::Result<_>>()?;
+        shaped.sort_by(f64::total_cmp);
+        figures.insert(
+            "put_unshaped_data_mb_s".into(),
+            r3(unshaped_rate / 1e6).into(),
+        );
+        figures.insert(
+            "put_unshaped_vs_shaped".into(),
+            r3(unshaped_rate / median(&shaped)).into(),
+        );
+        figures.insert(
+            "link_unshaped_mbit_s".into(),
+            r3(mbit(rate(&unshaped_link, "bytes", "s")?)).into(),
+        );
+        figures.insert(
+            "cpu_busy_put_unshaped".into(),
+            r3(f(&unshaped, "cpu_busy")?).into(),
+        );
+        figures.insert("link_mib_per_round".into(), mib.into());
+        figures.insert("link_rounds".into(), puts.len().into());
+        figures.insert(
+            "link".into(),
+            json!({
+                "plugs": "two on a QEMU dgram cable (put), then the partner and a fresh third \
+                          (restore, get)",
+                "put_shape": {"netem_rate_kbit": UPLINK_KBIT, "netem_delay_us": UPLINK_DELAY_US,
+                              "on": "the putting plug's eth0"},
+                "get_shape": {"netem_rate_kbit": LAN_KBIT, "netem_delay_us": LAN_DELAY_US,
+                              "on": "the partner's eth0"},
+                "k": K, "n": N,
+                "probe_mib": LINK_PROBE_MIB,
+                "seconds": began.elapsed().as_secs(),
+            }),
+        );
+        figures.insert(
+            "targets".into(),
+            json!({"put_vs_link": 0.9, "device_ram_mib_peak": 128}),
+        );
+        figures.insert(
+            "link_rounds_raw".into(),
+            json!({"puts": puts, "gets": gets, "unshaped": [unshaped_link, unshaped]}),
+        );
+        merge_bench(out, &Value::Object(figures))
     }
 }

@@ -904,7 +904,23 @@ impl FixturePort {
     /// Runs `cairn bench ARGS` in the guest (test images); returns its output lines and exit
     /// code. Waits at most `timeout` in all.
     pub fn bench(&mut self, args: &str, timeout: Duration) -> anyhow::Result<(Vec<String>, i32)> {
-        self.send(&format!("bench {args}"))?;
+        self.bench_start(args)?;
+        self.bench_finish(args, timeout)
+    }
+
+    /// Starts `cairn bench ARGS` in the guest without waiting for it (a TCP sink that another
+    /// plug's bench then sends to); [`FixturePort::bench_finish`] collects it.
+    pub fn bench_start(&mut self, args: &str) -> anyhow::Result<()> {
+        self.send(&format!("bench {args}"))
+    }
+
+    /// The output lines and exit code of the `cairn bench ARGS` started last, waiting at most
+    /// `timeout`.
+    pub fn bench_finish(
+        &mut self,
+        args: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(Vec<String>, i32)> {
         let deadline = Instant::now() + timeout;
         let mut out = Vec::new();
         let answer = loop {

@@ -18,6 +18,9 @@
 //! Each phase reports its seconds, the block device's counters over it (`/sys/block/DEV/stat`:
 //! sectors and requests written, flushes) and the guest CPU's busy share (`/proc/stat`), so a
 //! phase limited by the CPU rather than the card shows as such.
+//!
+//! `cairn bench shape | sink | send | put | restore`: the home uplink and the node over it, see
+//! [`super::bench_link`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -60,6 +63,52 @@ enum What {
         #[arg(long, default_value_t = 200)]
         reads: u64,
     },
+    /// eth0's egress through netem: RATE_KBIT kbit/s (0: unlimited) and DELAY_US added to
+    /// every packet (`bench_link::shape`).
+    Shape {
+        #[arg(long)]
+        rate_kbit: u64,
+        #[arg(long)]
+        delay_us: u64,
+        /// Packets queued at most (tc's default).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Takes one TCP connection on PORT and reads it to its end.
+    Sink {
+        #[arg(long)]
+        port: u16,
+    },
+    /// Sends MIB MiB to a `sink` at TO, timed until the sink has them all.
+    Send {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        #[arg(long)]
+        mib: u64,
+    },
+    /// `cairn vault put` of MIB MiB of the bench's bytes through the node, K-of-N.
+    Put {
+        #[arg(long)]
+        mib: usize,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        k: usize,
+        #[arg(long)]
+        n: usize,
+    },
+    /// Restores the vault of recovery key KEY (its groups) through the node after rejoining
+    /// PARTNER, reads its files, then reads them again; checks them against MIB and SEED.
+    Restore {
+        #[arg(long)]
+        partner: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        mib: usize,
+        #[arg(long)]
+        seed: u64,
+    },
 }
 
 /// Runs a benchmark.
@@ -75,6 +124,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let dev = disk_by_serial(&serial)?;
             card(&dev, &mount, mib.clamp(4, 1024) << 20, rounds, reads.max(1))
         }
+        What::Shape {
+            rate_kbit,
+            delay_us,
+            limit,
+        } => super::bench_link::shape(rate_kbit, delay_us, limit),
+        What::Sink { port } => super::bench_link::sink(port),
+        What::Send { to, mib } => super::bench_link::send(to, mib.clamp(1, 1024) << 20),
+        What::Put { mib, seed, k, n } => super::bench_link::put(mib.clamp(1, 1024), seed, k, n),
+        What::Restore {
+            partner,
+            key,
+            mib,
+            seed,
+        } => super::bench_link::restore(&partner, &key, mib, seed),
     }
 }
 

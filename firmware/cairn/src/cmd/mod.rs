@@ -6,6 +6,8 @@
 pub mod backup;
 #[cfg(feature = "test-fixtures")]
 pub mod bench;
+#[cfg(feature = "test-fixtures")]
+pub mod bench_link;
 pub mod ctl;
 #[cfg(feature = "test-fixtures")]
 pub mod fixture;
