@@ -782,6 +782,8 @@ pub struct FixturePort {
 
 /// How long a fixture answer may take on a loaded CI machine.
 pub const FIXTURE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `cairn update apply` may take in the guest (TCG, a loaded CI machine).
+pub const UPDATE_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl FixturePort {
     /// Hot-plugs the virtio-serial port `cairn.test` and connects to it.
@@ -901,6 +903,41 @@ impl FixturePort {
         }
     }
 
+    /// Runs `cairn update ARGS` in the guest; with `from` = (device, bytes), its standard
+    /// input is that many bytes of the guest's device (a bundle on a disk the test attached).
+    /// Returns its output and exit code.
+    pub fn update(
+        &mut self,
+        args: &str,
+        from: Option<(&str, u64)>,
+    ) -> anyhow::Result<(String, i32)> {
+        match from {
+            Some((dev, n)) => self.send(&format!("update-from {dev} {n} {args}"))?,
+            None => self.send(&format!("update {args}"))?,
+        }
+        // An install writes and reads back the whole slot without a word in between.
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(UPDATE_TIMEOUT))?;
+        let mut out = String::new();
+        let answer = loop {
+            let line = match self.read_line("ctl-done") {
+                Ok(l) => l,
+                Err(e) => break Err(e),
+            };
+            if let Some(l) = line.strip_prefix("ctl-out ") {
+                out.push_str(l);
+                out.push('\n');
+            } else if let Some(code) = line.strip_prefix("ctl-done ") {
+                break code.trim().parse().map_err(anyhow::Error::from);
+            }
+        };
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(FIXTURE_TIMEOUT))?;
+        Ok((out, answer?))
+    }
+
     /// Runs `cairn bench ARGS` in the guest (test images); returns its output lines and exit
     /// code. Waits at most `timeout` in all.
     pub fn bench(&mut self, args: &str, timeout: Duration) -> anyhow::Result<(Vec<String>, i32)> {
@@ -953,10 +990,14 @@ pub fn service<'a>(
         .ok_or_else(|| anyhow::anyhow!("no service {name} in {status:?}"))
 }
 
-/// Appends kernel command-line words in the boot partition's extlinux.conf of a disk image
+/// Appends kernel command-line words in slot A's extlinux.conf of a disk image
 /// (what a person would edit on the card's FAT partition), with mtools.
 pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {
-    let img = format!("{}@@{}", disk.display(), partition(disk, 1)?.offset());
+    let img = format!(
+        "{}@@{}",
+        disk.display(),
+        partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[0])?.offset()
+    );
     let out = Command::new("mtype")
         .env("MTOOLS_SKIP_CHECK", "1")
         .args(["-i", &img, "::/extlinux/extlinux.conf"])

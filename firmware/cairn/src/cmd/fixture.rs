@@ -339,6 +339,46 @@ fn inherited_listener() -> anyhow::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(fd) })
 }
 
+/// Runs `cairn update ARGS` (its standard input: the first `n` bytes of `from`, if given);
+/// answers its output as `ctl-out` lines and its exit code as `ctl-done`, as `ctl` does.
+fn update(args: &[&str], from: Option<(&str, u64)>, out: &mut impl Write) {
+    use std::process::Stdio;
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/bin/cairn".into());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("update").args(args);
+    cmd.stdin(if from.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let result = cmd.spawn().and_then(|mut child| {
+        if let (Some((dev, n)), Some(mut stdin)) = (from, child.stdin.take()) {
+            let copied = std::fs::File::open(dev)
+                .and_then(|f| std::io::copy(&mut std::io::Read::take(f, n), &mut stdin));
+            if let Err(e) = copied {
+                let _ = writeln!(out, "ctl-out update-from {dev}: {e}");
+            }
+        }
+        child.wait_with_output()
+    });
+    match result {
+        Ok(o) => {
+            for l in String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .chain(String::from_utf8_lossy(&o.stderr).lines())
+            {
+                let _ = writeln!(out, "ctl-out {l}");
+            }
+            let _ = writeln!(out, "ctl-done {}", o.status.code().unwrap_or(-1));
+        }
+        Err(e) => {
+            let _ = writeln!(out, "ctl-out {e}\nctl-done -1");
+        }
+    }
+}
+
 /// Carries out one command line of `crash-on-command`, answering on `out`.
 fn command(line: &str, out: &mut impl Write) {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -423,6 +463,18 @@ fn command(line: &str, out: &mut impl Write) {
                 }
             }
         }
+        ["update", args @ ..] => update(args, None, out),
+        ["update-from", dev, bytes, args @ ..] => match bytes.parse() {
+            // The bundle rides on a disk the host attached: exactly its bytes go to
+            // `cairn update apply -`, as a download piped in would.
+            Ok(n) => update(args, Some((dev, n)), out),
+            Err(_) => {
+                let _ = writeln!(
+                    out,
+                    "ctl-out update-from: {bytes:?} is not a byte count\nctl-done -1"
+                );
+            }
+        },
         ["bench", args @ ..] => {
             // The benchmark's lines as they come (a round takes minutes), then its exit code;
             // its errors go to the service's log.
