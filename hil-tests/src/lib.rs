@@ -903,16 +903,16 @@ impl FixturePort {
         }
     }
 
-    /// Runs `cairn update ARGS` in the guest; with `from` = (device, bytes), its standard
-    /// input is that many bytes of the guest's device (a bundle on a disk the test attached).
-    /// Returns its output and exit code.
+    /// Runs `cairn update ARGS` in the guest; with `from` = (device, offset, bytes), its
+    /// standard input is those bytes of the guest's device (a bundle on a disk the test
+    /// attached). Returns its output and exit code.
     pub fn update(
         &mut self,
         args: &str,
-        from: Option<(&str, u64)>,
+        from: Option<(&str, u64, u64)>,
     ) -> anyhow::Result<(String, i32)> {
         match from {
-            Some((dev, n)) => self.send(&format!("update-from {dev} {n} {args}"))?,
+            Some((dev, at, n)) => self.send(&format!("update-from {dev} {at} {n} {args}"))?,
             None => self.send(&format!("update {args}"))?,
         }
         // An install writes and reads back the whole slot without a word in between.

@@ -14,6 +14,7 @@ use cairn_bsp::mbr::SLOT_PARTITIONS;
 use cairn_hil::{image, partition, Config, FixturePort, Qemu, BOOT_TIMEOUT};
 use cairn_update::bootstate::{Last, SlotName, SlotRecord, TRIES};
 use cairn_update::disk::BootDisk;
+use cairn_update::keys::SigningKey;
 
 /// Boots of a bad slot until the fallback, each a reset (panic=-1 or the watchdog's).
 const FALLBACK_TIMEOUT: Duration = Duration::from_secs(420);
@@ -204,4 +205,259 @@ fn a_slot_not_healthy_by_its_deadline_is_reset_by_the_watchdog_and_falls_back() 
         (SlotName::A, None, Last::Fallback)
     );
     eprintln!("update: watchdog fallback took {:?}", t.elapsed());
+}
+
+/// The test bundle `scripts/image qemu-virt --test --bundle` wrote (a higher CAIRN_BUILD than
+/// the test image's, settle time 3 s).
+fn test_bundle() -> std::path::PathBuf {
+    let dir = cairn_hil::images_dir().join("test-bundles");
+    let mut found: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: run scripts/image qemu-virt --test --bundle",
+                dir.display()
+            )
+        })
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cupd"))
+        .collect();
+    assert_eq!(found.len(), 1, "one bundle in {}: {found:?}", dir.display());
+    found.remove(0)
+}
+
+/// A bundle of one small part signed with `key`.
+fn small_bundle(dir: &Path, key: &SigningKey, board: &str, build: u64) -> Vec<u8> {
+    let part = dir.join("part");
+    std::fs::write(&part, vec![0x5a; 4096]).unwrap();
+    let mut out = Vec::new();
+    cairn_update::bundle::write(
+        &mut out,
+        key,
+        board,
+        &format!("0.1.0-{build}"),
+        build,
+        &[("slot", &part)],
+    )
+    .unwrap();
+    out
+}
+
+/// The bundles a test hands the guest, at 1 MiB-aligned offsets of one disk.
+struct Shelf {
+    file: std::path::PathBuf,
+    spans: Vec<(u64, u64)>,
+}
+
+impl Shelf {
+    fn new(dir: &Path, bundles: &[Vec<u8>]) -> Shelf {
+        let file = dir.join("shelf.img");
+        let mut bytes = Vec::new();
+        let mut spans = Vec::new();
+        for b in bundles {
+            spans.push((bytes.len() as u64, b.len() as u64));
+            bytes.extend_from_slice(b);
+            bytes.resize(bytes.len().next_multiple_of(1 << 20), 0);
+        }
+        std::fs::write(&file, bytes).unwrap();
+        Shelf { file, spans }
+    }
+
+    /// `cairn update apply -` with bundle `i` on standard input.
+    fn apply(&self, port: &mut FixturePort, i: usize) -> (String, i32) {
+        let (at, n) = self.spans[i];
+        port.update("apply -", Some(("/dev/vdb", at, n))).unwrap()
+    }
+}
+
+/// Slot A's bytes on a disk image.
+fn slot_a(disk: &Path) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let a = partition(disk, SLOT_PARTITIONS[0]).unwrap();
+    let mut buf = vec![0u8; a.bytes() as usize];
+    std::fs::File::open(disk)
+        .unwrap()
+        .read_exact_at(&mut buf, a.offset())
+        .unwrap();
+    buf
+}
+
+#[test]
+fn an_update_is_refused_or_installed_survives_power_cuts_and_is_committed() {
+    let t = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(test_bundle()).unwrap();
+    // The key scripts/image signed the test image's build with (it trusts that one).
+    let key_file = std::env::var_os("CAIRN_SIGNING_KEY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            // As scripts/image finds the cache.
+            let cache = std::env::var_os("CAIRN_CACHE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::env::var_os("XDG_CACHE_HOME")
+                        .map(std::path::PathBuf::from)
+                        .unwrap_or_else(|| {
+                            std::path::PathBuf::from(std::env::var_os("HOME").unwrap())
+                                .join(".cache")
+                        })
+                        .join("cairn")
+                });
+            cache.join("update-dev-key.pk8")
+        });
+    let dev_key = SigningKey::from_pkcs8(&std::fs::read(&key_file).unwrap()).unwrap();
+    let stranger = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().unwrap()).unwrap();
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    let refusals = [
+        (flipped, "corrupt bundle"),
+        (
+            small_bundle(dir.path(), &stranger, "qemu-virt", 900_100),
+            "signed by an unknown key",
+        ),
+        (
+            small_bundle(dir.path(), &dev_key, "rpi4", 900_100),
+            "bundle is for board rpi4",
+        ),
+        (
+            small_bundle(dir.path(), &dev_key, "qemu-virt", 1),
+            "build 1 is not newer",
+        ),
+        (good[..good.len() / 3].to_vec(), "truncated bundle"),
+    ];
+    let mut bundles: Vec<Vec<u8>> = refusals.iter().map(|(b, _)| b.clone()).collect();
+    bundles.push(good.clone());
+    let shelf = Shelf::new(dir.path(), &bundles);
+    // Slot B's record says something, so that the host sees the install begin (it clears
+    // the record before its first write).
+    let mut cfg = config();
+    let disk = dir.path().join("disk.img");
+    std::fs::copy(&cfg.image, &disk).unwrap();
+    let earlier = SlotRecord {
+        version: "0.1.0-1".into(),
+        build: 1,
+    };
+    BootDisk::new(&disk)
+        .write_record(SlotName::B, Some(&earlier))
+        .unwrap();
+    cfg.image = disk;
+    cfg.second_disk = Some(cairn_hil::SecondDisk {
+        file: shelf.file.clone(),
+        serial: "bundles".into(),
+        throttle: Default::default(),
+    });
+    let good_i = bundles.len() - 1;
+
+    // 1. Refusals: one line each, slot A and the boot state untouched.
+    let mut q = Qemu::boot(&cfg).unwrap();
+    q.wait_line("cairn: ready", BOOT_TIMEOUT).unwrap();
+    let a_before = slot_a(&q.disk());
+    let mut port = FixturePort::plug(&mut q).unwrap();
+    let (out, _) = port.update("status --json", None).unwrap();
+    let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let old_build = s["slots"]["a"]["build"].as_u64().unwrap();
+    for (i, (_, why)) in refusals.iter().enumerate() {
+        let started = Instant::now();
+        let (out, code) = shelf.apply(&mut port, i);
+        assert_ne!(code, 0, "{why}: {out}");
+        assert_eq!(out.trim().lines().count(), 1, "{why}: {out}");
+        assert!(out.contains("update refused: "), "{out}");
+        assert!(out.contains(why), "{why}: {out}");
+        eprintln!("update: refusal '{why}' in {:?}", started.elapsed());
+    }
+    let state = BootDisk::new(&q.disk()).state().unwrap().unwrap();
+    assert_eq!((state.active, state.trying), (SlotName::A, None));
+
+    // 2. A power cut during the install: the device comes back on slot A, B not on trial.
+    port.send(&format!(
+        "update-from /dev/vdb {} {} apply -",
+        shelf.spans[good_i].0, shelf.spans[good_i].1
+    ))
+    .unwrap();
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while BootDisk::new(&q.disk())
+        .record(SlotName::B)
+        .unwrap()
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "the install never began");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    q.pull_power();
+    let state = BootDisk::new(&q.disk()).state().unwrap().unwrap();
+    assert_eq!(
+        (state.active, state.trying),
+        (SlotName::A, None),
+        "the cut came after the install"
+    );
+    let mut q = Qemu::reboot_from(q, &cfg).unwrap();
+    q.wait_line("cairn: boot: slot a (good a, on trial none", BOOT_TIMEOUT)
+        .unwrap();
+    q.wait_line("cairn: ready", BOOT_TIMEOUT).unwrap();
+
+    // 3. The install, whole: B on trial with the bundle's build.
+    let mut port = FixturePort::plug(&mut q).unwrap();
+    let started = Instant::now();
+    let (out, code) = shelf.apply(&mut port, good_i);
+    let apply_s = started.elapsed();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("into slot b (/dev/vda4) and read it back"),
+        "{out}"
+    );
+    eprintln!("update: apply of {} bytes in {apply_s:?}", good.len());
+    let (out, _) = port.update("status --json", None).unwrap();
+    let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (s["trying"].as_str(), s["tries_left"].as_u64()),
+        (Some("b"), Some(u64::from(TRIES))),
+        "{s}"
+    );
+    let new_build = s["slots"]["b"]["build"].as_u64().unwrap();
+    assert!(new_build > old_build, "{s}");
+    assert!(slot_a(&q.disk()) == a_before, "slot a changed");
+
+    // 4. A power cut during B's first boot counts as a failed try; the second try commits.
+    q.pull_power();
+    let q = Qemu::reboot_from(q, &cfg).unwrap();
+    q.wait_line("cairn: update: slot b on trial (try 1 of 3)", BOOT_TIMEOUT)
+        .unwrap();
+    let mut q = q;
+    q.pull_power();
+    let mut q = Qemu::reboot_from(q, &cfg).unwrap();
+    q.wait_line(
+        "cairn: boot: slot b (good a, on trial b, 1 tries left)",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    q.wait_line("cairn: update: slot b on trial (try 2 of 3)", BOOT_TIMEOUT)
+        .unwrap();
+    q.wait_line("cairn: ready", BOOT_TIMEOUT).unwrap();
+    q.wait_line("cairn: update: slot b committed", BOOT_TIMEOUT)
+        .unwrap();
+    let mut port = FixturePort::plug(&mut q).unwrap();
+    port.send("read /etc/cairn/build").unwrap();
+    assert_eq!(port.expect("file").unwrap(), new_build.to_string());
+    let (out, _) = port.update("status --json", None).unwrap();
+    let s: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (
+            s["running"].as_str(),
+            s["active"].as_str(),
+            s["last"].as_str()
+        ),
+        (Some("b"), Some("b"), Some("good")),
+        "{s}"
+    );
+    assert_eq!(
+        s["slots"]["a"]["build"].as_u64(),
+        Some(old_build),
+        "the old slot stays: {s}"
+    );
+    assert!(slot_a(&q.disk()) == a_before, "slot a changed");
+    eprintln!(
+        "update: refusals, cuts, install and commit took {:?}",
+        t.elapsed()
+    );
 }

@@ -339,9 +339,23 @@ fn inherited_listener() -> anyhow::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(fd) })
 }
 
-/// Runs `cairn update ARGS` (its standard input: the first `n` bytes of `from`, if given);
+/// An error but a closed pipe.
+trait FilterBrokenPipe {
+    fn filter_broken_pipe(self) -> std::io::Result<()>;
+}
+
+impl<T> FilterBrokenPipe for std::io::Result<T> {
+    fn filter_broken_pipe(self) -> std::io::Result<()> {
+        match self {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Runs `cairn update ARGS` (its standard input: `n` bytes of `from` at an offset, if given);
 /// answers its output as `ctl-out` lines and its exit code as `ctl-done`, as `ctl` does.
-fn update(args: &[&str], from: Option<(&str, u64)>, out: &mut impl Write) {
+fn update(args: &[&str], from: Option<(&str, u64, u64)>, out: &mut impl Write) {
     use std::process::Stdio;
     let exe = std::env::current_exe().unwrap_or_else(|_| "/bin/cairn".into());
     let mut cmd = std::process::Command::new(exe);
@@ -354,10 +368,14 @@ fn update(args: &[&str], from: Option<(&str, u64)>, out: &mut impl Write) {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let result = cmd.spawn().and_then(|mut child| {
-        if let (Some((dev, n)), Some(mut stdin)) = (from, child.stdin.take()) {
-            let copied = std::fs::File::open(dev)
-                .and_then(|f| std::io::copy(&mut std::io::Read::take(f, n), &mut stdin));
-            if let Err(e) = copied {
+        if let (Some((dev, at, n)), Some(mut stdin)) = (from, child.stdin.take()) {
+            use std::io::{Read, Seek};
+            let copied = std::fs::File::open(dev).and_then(|mut f| {
+                f.seek(std::io::SeekFrom::Start(at))?;
+                std::io::copy(&mut f.take(n), &mut stdin)
+            });
+            // A refusal stops reading early: its answer says why.
+            if let Err(e) = copied.filter_broken_pipe() {
                 let _ = writeln!(out, "ctl-out update-from {dev}: {e}");
             }
         }
@@ -464,11 +482,11 @@ fn command(line: &str, out: &mut impl Write) {
             }
         }
         ["update", args @ ..] => update(args, None, out),
-        ["update-from", dev, bytes, args @ ..] => match bytes.parse() {
+        ["update-from", dev, offset, bytes, args @ ..] => match (offset.parse(), bytes.parse()) {
             // The bundle rides on a disk the host attached: exactly its bytes go to
             // `cairn update apply -`, as a download piped in would.
-            Ok(n) => update(args, Some((dev, n)), out),
-            Err(_) => {
+            (Ok(at), Ok(n)) => update(args, Some((dev, at, n)), out),
+            _ => {
                 let _ = writeln!(
                     out,
                     "ctl-out update-from: {bytes:?} is not a byte count\nctl-done -1"
