@@ -778,6 +778,8 @@ pub fn data_partition_sizes(disk: &Path) -> anyhow::Result<(u64, u64)> {
 pub struct FixturePort {
     _dir: tempfile::TempDir,
     reader: BufReader<UnixStream>,
+    /// The peak RSS (KiB) the guest reported with the last [`FixturePort::update`].
+    pub update_maxrss_kib: Option<u64>,
 }
 
 /// How long a fixture answer may take on a loaded CI machine.
@@ -805,6 +807,7 @@ impl FixturePort {
         Ok(FixturePort {
             _dir: dir,
             reader: BufReader::new(stream),
+            update_maxrss_kib: None,
         })
     }
 
@@ -928,6 +931,8 @@ impl FixturePort {
             if let Some(l) = line.strip_prefix("ctl-out ") {
                 out.push_str(l);
                 out.push('\n');
+            } else if let Some(kib) = line.strip_prefix("ctl-maxrss ") {
+                self.update_maxrss_kib = kib.trim().parse().ok();
             } else if let Some(code) = line.strip_prefix("ctl-done ") {
                 break code.trim().parse().map_err(anyhow::Error::from);
             }
@@ -988,6 +993,69 @@ pub fn service<'a>(
         .iter()
         .find(|s| s["name"] == name)
         .ok_or_else(|| anyhow::anyhow!("no service {name} in {status:?}"))
+}
+
+/// `image` copied into `dir` (`disk.img`) with slot B as an install leaves it: slot A's
+/// bytes, `words` added to its kernel command line, a record of build `build`, and "try once"
+/// in the boot state. Returns the copy's path.
+pub fn slot_b_on_trial(
+    image: &Path,
+    dir: &Path,
+    words: &str,
+    build: u64,
+) -> anyhow::Result<PathBuf> {
+    use cairn_update::bootstate::{SlotName, SlotRecord};
+    use std::os::unix::fs::FileExt;
+    let disk = dir.join("disk.img");
+    std::fs::copy(image, &disk).with_context(|| format!("copying {}", image.display()))?;
+    let [a, b] = cairn_bsp::mbr::SLOT_PARTITIONS.map(|n| partition(&disk, n));
+    let (a, b) = (a?, b?);
+    anyhow::ensure!(a.bytes() == b.bytes(), "slots of different sizes");
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&disk)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for at in (0..a.bytes()).step_by(buf.len()) {
+        f.read_exact_at(&mut buf, a.offset() + at)?;
+        f.write_all_at(&buf, b.offset() + at)?;
+    }
+    drop(f);
+    let img = format!("{}@@{}", disk.display(), b.offset());
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &img, "::/extlinux/extlinux.conf"])
+        .output()
+        .context("mtype (mtools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mtype: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = String::from_utf8(out.stdout)?.replace("  append ", &format!("  append {words} "));
+    let local = dir.join("extlinux.conf");
+    std::fs::write(&local, conf)?;
+    let out = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i", &img])
+        .arg(&local)
+        .arg("::/extlinux/extlinux.conf")
+        .output()
+        .context("mcopy (mtools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mcopy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = cairn_update::disk::BootDisk::new(&disk);
+    let record = SlotRecord {
+        version: format!("0.1.0-{build}"),
+        build,
+    };
+    d.write_record(SlotName::B, Some(&record))?;
+    let state = d.state()?.unwrap_or_default();
+    d.write_state(&state.installing(SlotName::B).try_once(SlotName::B))?;
+    Ok(disk)
 }
 
 /// Appends kernel command-line words in slot A's extlinux.conf of a disk image

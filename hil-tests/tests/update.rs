@@ -7,7 +7,6 @@
 //! costs only its own boots.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_bsp::mbr::SLOT_PARTITIONS;
@@ -29,54 +28,7 @@ fn config() -> Config {
 /// The test image copied into `dir`, slot B made from slot A with `words` added to its kernel
 /// command line, recorded as build `build`, and put on trial as `cairn update apply` does.
 fn disk_with_b_on_trial(dir: &Path, words: &str, build: u64) -> std::path::PathBuf {
-    let disk = dir.join("disk.img");
-    std::fs::copy(config().image, &disk).unwrap();
-    let [a, b] = SLOT_PARTITIONS.map(|n| partition(&disk, n).unwrap());
-    assert_eq!(a.bytes(), b.bytes());
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open(&disk)
-            .unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        for at in (0..a.bytes()).step_by(buf.len()) {
-            f.read_exact_at(&mut buf, a.offset() + at).unwrap();
-            f.write_all_at(&buf, b.offset() + at).unwrap();
-        }
-    }
-    let img = format!("{}@@{}", disk.display(), b.offset());
-    let conf = mtools(Command::new("mtype").args(["-i", &img, "::/extlinux/extlinux.conf"]));
-    let conf = conf.replace("  append ", &format!("  append {words} "));
-    let local = dir.join("extlinux.conf");
-    std::fs::write(&local, conf).unwrap();
-    mtools(
-        Command::new("mcopy")
-            .args(["-o", "-i", &img])
-            .arg(&local)
-            .arg("::/extlinux/extlinux.conf"),
-    );
-    let d = BootDisk::new(&disk);
-    let record = SlotRecord {
-        version: format!("0.1.0-{build}"),
-        build,
-    };
-    d.write_record(SlotName::B, Some(&record)).unwrap();
-    let state = d.state().unwrap().unwrap_or_default();
-    d.write_state(&state.installing(SlotName::B).try_once(SlotName::B))
-        .unwrap();
-    disk
-}
-
-fn mtools(cmd: &mut Command) -> String {
-    let out = cmd.env("MTOOLS_SKIP_CHECK", "1").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cairn_hil::slot_b_on_trial(&config().image, dir, words, build).unwrap()
 }
 
 /// Boots `disk` (already in its own directory) as the tests do.

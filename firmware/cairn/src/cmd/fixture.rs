@@ -389,6 +389,14 @@ fn update(args: &[&str], from: Option<(&str, u64, u64)>, out: &mut impl Write) {
             {
                 let _ = writeln!(out, "ctl-out {l}");
             }
+            // The largest peak RSS of the children waited for (KiB): the installer's, for
+            // scripts/bench update (the fixture's other children are smaller).
+            // SAFETY: rusage is plain integers, for which all zeros is a value.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: getrusage writes the struct it is given, which outlives the call.
+            if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } == 0 {
+                let _ = writeln!(out, "ctl-maxrss {}", ru.ru_maxrss);
+            }
             let _ = writeln!(out, "ctl-done {}", o.status.code().unwrap_or(-1));
         }
         Err(e) => {
