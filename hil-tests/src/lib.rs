@@ -1058,6 +1058,76 @@ pub fn slot_b_on_trial(
     Ok(disk)
 }
 
+/// Adds `files` (path, mode, bytes) to slot B's initramfs on `disk`, as a second cpio archive
+/// after the first (the kernel unpacks both, the later over the earlier): a system that differs
+/// from slot A's by these files. `dir` is for scratch files.
+pub fn add_to_slot_b_initramfs(
+    disk: &Path,
+    dir: &Path,
+    files: &[(&str, u32, &[u8])],
+) -> anyhow::Result<()> {
+    let b = partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[1])?;
+    let img = format!("{}@@{}", disk.display(), b.offset());
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &img, "::/initramfs.cpio"])
+        .output()
+        .context("mtype (mtools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mtype: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cpio = out.stdout;
+    // newc: "070701", thirteen 8-digit hex fields, the name with its NUL, the data; each of
+    // the last two padded to 4 bytes.
+    let mut entry = |name: &str, mode: u32, data: &[u8]| {
+        let fields = [
+            1,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            0,
+        ];
+        cpio.extend_from_slice(b"070701");
+        for f in fields {
+            cpio.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        cpio.extend_from_slice(name.as_bytes());
+        cpio.push(0);
+        cpio.resize(cpio.len().next_multiple_of(4), 0);
+        cpio.extend_from_slice(data);
+        cpio.resize(cpio.len().next_multiple_of(4), 0);
+    };
+    for (path, mode, data) in files {
+        entry(path.trim_start_matches('/'), 0o100000 | mode, data);
+    }
+    entry("TRAILER!!!", 0, &[]);
+    let local = dir.join("initramfs.cpio");
+    std::fs::write(&local, cpio)?;
+    let out = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i", &img])
+        .arg(&local)
+        .arg("::/initramfs.cpio")
+        .output()
+        .context("mcopy (mtools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mcopy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// Appends kernel command-line words in slot A's extlinux.conf of a disk image
 /// (what a person would edit on the card's FAT partition), with mtools.
 pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {

@@ -159,6 +159,53 @@ fn a_slot_not_healthy_by_its_deadline_is_reset_by_the_watchdog_and_falls_back() 
     eprintln!("update: watchdog fallback took {:?}", t.elapsed());
 }
 
+#[test]
+fn a_slot_whose_service_crash_loops_falls_back() {
+    let t = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    // Slot B's system has one more service, which exits a second after each start: ready
+    // comes, then the supervisor sees a crash loop before the settle time (30 s) has passed,
+    // so PID 1 never commits and gives up at the deadline (45 s).
+    let disk = disk_with_b_on_trial(
+        dir.path(),
+        "cairn.update_settle=30 cairn.update_deadline=45",
+        90_004,
+    );
+    let manifest = b"name = \"crashloop\"\nexec = [\"/bin/cairn\", \"fixture\", \"exit\", \"--code\", \"1\", \"--after-ms\", \"1000\"]\n";
+    cairn_hil::add_to_slot_b_initramfs(
+        &disk,
+        dir.path(),
+        &[("/etc/cairn/services/crashloop.toml", 0o644, manifest)],
+    )
+    .unwrap();
+    let q = boot(&disk);
+    q.wait_line("cairn: crashloop: started", BOOT_TIMEOUT)
+        .unwrap();
+    q.wait_line("cairn: update: slot b not healthy", BOOT_TIMEOUT)
+        .unwrap();
+    let (at, _) = q
+        .wait_line_from(
+            0,
+            "cairn: update: fell back to slot a (slot b failed 3 tries)",
+            FALLBACK_TIMEOUT,
+        )
+        .unwrap();
+    q.wait_line_from(at, "cairn: ready", BOOT_TIMEOUT).unwrap();
+    let console = q.console();
+    assert!(
+        !console
+            .iter()
+            .any(|l| l.contains("update: slot b committed")),
+        "{console:#?}"
+    );
+    let state = BootDisk::new(&q.disk()).state().unwrap().unwrap();
+    assert_eq!(
+        (state.active, state.trying, state.last),
+        (SlotName::A, None, Last::Fallback)
+    );
+    eprintln!("update: crash-loop fallback took {:?}", t.elapsed());
+}
+
 /// The test bundle `scripts/image qemu-virt --test --bundle` wrote (a higher CAIRN_BUILD than
 /// the test image's, settle time 3 s).
 fn test_bundle() -> std::path::PathBuf {
