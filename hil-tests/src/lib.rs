@@ -778,10 +778,14 @@ pub fn data_partition_sizes(disk: &Path) -> anyhow::Result<(u64, u64)> {
 pub struct FixturePort {
     _dir: tempfile::TempDir,
     reader: BufReader<UnixStream>,
+    /// The peak RSS (KiB) the guest reported with the last [`FixturePort::update`].
+    pub update_maxrss_kib: Option<u64>,
 }
 
 /// How long a fixture answer may take on a loaded CI machine.
 pub const FIXTURE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `cairn update apply` may take in the guest (TCG, a loaded CI machine).
+pub const UPDATE_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl FixturePort {
     /// Hot-plugs the virtio-serial port `cairn.test` and connects to it.
@@ -803,6 +807,7 @@ impl FixturePort {
         Ok(FixturePort {
             _dir: dir,
             reader: BufReader::new(stream),
+            update_maxrss_kib: None,
         })
     }
 
@@ -901,6 +906,43 @@ impl FixturePort {
         }
     }
 
+    /// Runs `cairn update ARGS` in the guest; with `from` = (device, offset, bytes), its
+    /// standard input is those bytes of the guest's device (a bundle on a disk the test
+    /// attached). Returns its output and exit code.
+    pub fn update(
+        &mut self,
+        args: &str,
+        from: Option<(&str, u64, u64)>,
+    ) -> anyhow::Result<(String, i32)> {
+        match from {
+            Some((dev, at, n)) => self.send(&format!("update-from {dev} {at} {n} {args}"))?,
+            None => self.send(&format!("update {args}"))?,
+        }
+        // An install writes and reads back the whole slot without a word in between.
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(UPDATE_TIMEOUT))?;
+        let mut out = String::new();
+        let answer = loop {
+            let line = match self.read_line("ctl-done") {
+                Ok(l) => l,
+                Err(e) => break Err(e),
+            };
+            if let Some(l) = line.strip_prefix("ctl-out ") {
+                out.push_str(l);
+                out.push('\n');
+            } else if let Some(kib) = line.strip_prefix("ctl-maxrss ") {
+                self.update_maxrss_kib = kib.trim().parse().ok();
+            } else if let Some(code) = line.strip_prefix("ctl-done ") {
+                break code.trim().parse().map_err(anyhow::Error::from);
+            }
+        };
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(FIXTURE_TIMEOUT))?;
+        Ok((out, answer?))
+    }
+
     /// Runs `cairn bench ARGS` in the guest (test images); returns its output lines and exit
     /// code. Waits at most `timeout` in all.
     pub fn bench(&mut self, args: &str, timeout: Duration) -> anyhow::Result<(Vec<String>, i32)> {
@@ -969,10 +1011,147 @@ pub fn service<'a>(
         .ok_or_else(|| anyhow::anyhow!("no service {name} in {status:?}"))
 }
 
-/// Appends kernel command-line words in the boot partition's extlinux.conf of a disk image
+/// `image` copied into `dir` (`disk.img`) with slot B as an install leaves it: slot A's
+/// bytes, `words` added to its kernel command line, a record of build `build`, and "try once"
+/// in the boot state. Returns the copy's path.
+pub fn slot_b_on_trial(
+    image: &Path,
+    dir: &Path,
+    words: &str,
+    build: u64,
+) -> anyhow::Result<PathBuf> {
+    use cairn_update::bootstate::{SlotName, SlotRecord};
+    use std::os::unix::fs::FileExt;
+    let disk = dir.join("disk.img");
+    std::fs::copy(image, &disk).with_context(|| format!("copying {}", image.display()))?;
+    let [a, b] = cairn_bsp::mbr::SLOT_PARTITIONS.map(|n| partition(&disk, n));
+    let (a, b) = (a?, b?);
+    anyhow::ensure!(a.bytes() == b.bytes(), "slots of different sizes");
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&disk)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for at in (0..a.bytes()).step_by(buf.len()) {
+        f.read_exact_at(&mut buf, a.offset() + at)?;
+        f.write_all_at(&buf, b.offset() + at)?;
+    }
+    drop(f);
+    let img = format!("{}@@{}", disk.display(), b.offset());
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &img, "::/extlinux/extlinux.conf"])
+        .output()
+        .context("mtype (mtools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mtype: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = String::from_utf8(out.stdout)?.replace("  append ", &format!("  append {words} "));
+    let local = dir.join("extlinux.conf");
+    std::fs::write(&local, conf)?;
+    let out = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i", &img])
+        .arg(&local)
+        .arg("::/extlinux/extlinux.conf")
+        .output()
+        .context("mcopy (mtools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mcopy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = cairn_update::disk::BootDisk::new(&disk);
+    let record = SlotRecord {
+        version: format!("0.1.0-{build}"),
+        build,
+    };
+    d.write_record(SlotName::B, Some(&record))?;
+    let state = d.state()?.unwrap_or_default();
+    d.write_state(&state.installing(SlotName::B).try_once(SlotName::B))?;
+    Ok(disk)
+}
+
+/// Adds `files` (path, mode, bytes) to slot B's initramfs on `disk`, as a second cpio archive
+/// after the first (the kernel unpacks both, the later over the earlier): a system that differs
+/// from slot A's by these files. `dir` is for scratch files.
+pub fn add_to_slot_b_initramfs(
+    disk: &Path,
+    dir: &Path,
+    files: &[(&str, u32, &[u8])],
+) -> anyhow::Result<()> {
+    let b = partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[1])?;
+    let img = format!("{}@@{}", disk.display(), b.offset());
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &img, "::/initramfs.cpio"])
+        .output()
+        .context("mtype (mtools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mtype: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cpio = out.stdout;
+    // newc: "070701", thirteen 8-digit hex fields, the name with its NUL, the data; each of
+    // the last two padded to 4 bytes.
+    let mut entry = |name: &str, mode: u32, data: &[u8]| {
+        let fields = [
+            1,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name.len() as u32 + 1,
+            0,
+        ];
+        cpio.extend_from_slice(b"070701");
+        for f in fields {
+            cpio.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        cpio.extend_from_slice(name.as_bytes());
+        cpio.push(0);
+        cpio.resize(cpio.len().next_multiple_of(4), 0);
+        cpio.extend_from_slice(data);
+        cpio.resize(cpio.len().next_multiple_of(4), 0);
+    };
+    for (path, mode, data) in files {
+        entry(path.trim_start_matches('/'), 0o100000 | mode, data);
+    }
+    entry("TRAILER!!!", 0, &[]);
+    let local = dir.join("initramfs.cpio");
+    std::fs::write(&local, cpio)?;
+    let out = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i", &img])
+        .arg(&local)
+        .arg("::/initramfs.cpio")
+        .output()
+        .context("mcopy (mtools)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mcopy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Appends kernel command-line words in slot A's extlinux.conf of a disk image
 /// (what a person would edit on the card's FAT partition), with mtools.
 pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {
-    let img = format!("{}@@{}", disk.display(), partition(disk, 1)?.offset());
+    let img = format!(
+        "{}@@{}",
+        disk.display(),
+        partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[0])?.offset()
+    );
     let out = Command::new("mtype")
         .env("MTOOLS_SKIP_CHECK", "1")
         .args(["-i", &img, "::/extlinux/extlinux.conf"])

@@ -37,13 +37,15 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Appends kernel command-line words in the boot partition's extlinux.conf (what a person
+/// Appends kernel command-line words in slot A's extlinux.conf (what a person
 /// would edit on the card's FAT partition).
 fn append_cmdline(disk: &Path, words: &str) {
     let img = format!(
         "{}@@{}",
         disk.display(),
-        partition(disk, 1).unwrap().offset()
+        partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[0])
+            .unwrap()
+            .offset()
     );
     let conf = run(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args([
         "-i",

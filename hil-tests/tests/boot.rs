@@ -12,7 +12,8 @@ fn boots_from_disk_to_ready_without_errors() {
     let q = Qemu::boot(&config()).unwrap();
     q.wait_line("cairn: ready", BOOT_TIMEOUT).unwrap();
     let console = q.console();
-    // The path a real board takes: u-boot reads extlinux.conf from the disk.
+    // The path a real board takes: u-boot runs boot.scr, which picks slot A (as flashed) and
+    // reads its extlinux.conf from the disk.
     assert!(
         console.iter().any(|l| l.contains("U-Boot")),
         "no u-boot banner"
@@ -23,6 +24,12 @@ fn boots_from_disk_to_ready_without_errors() {
             .any(|l| l.contains("Retrieving file: /extlinux/extlinux.conf")
                 || l.contains("extlinux.conf")),
         "u-boot did not read extlinux.conf"
+    );
+    assert!(
+        console
+            .iter()
+            .any(|l| l.starts_with("cairn: boot: slot a ")),
+        "boot.scr did not choose slot a"
     );
     let errors: Vec<_> = console
         .iter()

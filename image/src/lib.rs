@@ -3,17 +3,22 @@
 //! loop mounts (the FAT and ext4 file systems are made in plain files by Debian's dosfstools,
 //! mtools and e2fsprogs), and is reproducible: the same inputs give the same bytes.
 //!
-//! Layout (MBR): 1 MiB gap · boot (FAT: kernel, initramfs, extlinux.conf) · data (ext4, grown
-//! to fill the card on first boot). The firmware itself lives in the initramfs: read-only by
+//! Layout (MBR, firmware/update/DESIGN.md): 1 MiB gap (the boot state, the slots' records) ·
+//! entry 1 boot (FAT, bootable: `boot.scr`, the slot chooser) · entry 3 slot A (FAT: kernel,
+//! initramfs, extlinux.conf, the system layer as `system.squashfs`) · entry 4 slot B (the same
+//! size, an empty FAT until an update fills it) · entry 2 data (ext4, last on the card, grown
+//! to fill it on first boot). The firmware itself lives in the initramfs: read-only by
 //! construction, loaded whole into RAM (≈3 MiB).
 
+pub mod bootscr;
 pub mod cpio;
 pub mod kernel;
 pub mod system;
 pub mod uboot_env;
 
-use cairn_bsp::mbr::{self, SECTOR};
+use cairn_bsp::mbr::{self, SECTOR, SLOT_PARTITIONS};
 use cairn_bsp::{board::Bootloader, Board};
+use cairn_update::bootstate::{BootState, SlotRecord, COPY_SECTORS, RECORD_SECTORS};
 use cpio::Entry;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +28,9 @@ const MIB: u64 = 1 << 20;
 pub const EPOCH: u64 = 1_700_000_000;
 /// Fixed identities for the same reason (volume id, UUID, hash seed, disk signature).
 const FAT_VOLUME_ID: &str = "CA1B0001";
+const BOOT_VOLUME_ID: &str = "CA1B0000";
+/// The boot partition: a boot script (and, on the Pis, their firmware) in a small FAT12.
+const BOOT_MIB: u64 = 4;
 const EXT4_UUID: &str = "ca1b0000-0000-4000-8000-00000000da7a";
 const EXT4_HASH_SEED: &str = "ca1b0000-0000-4000-8000-0000000005ed";
 const DISK_ID: u32 = 0xCA1B_0001;
@@ -43,14 +51,16 @@ pub struct Inputs {
     pub system: Option<PathBuf>,
     /// Extra kernel command-line words (test images use this).
     pub append: String,
-    /// Size of the boot partition, in MiB.
-    pub boot_mib: u64,
+    /// Size of each system slot, in MiB (an update must fit it too: leave room).
+    pub slot_mib: u64,
     /// Size of the data partition as built (it grows to fill the card on first boot), in MiB.
     pub data_mib: u64,
     /// The public keys the image accepts updates from (`/etc/cairn/update-keys`).
     pub update_keys: cairn_update::keys::TrustedKeys,
     /// The build number (`/etc/cairn/build`): an update must be newer.
     pub build: u64,
+    /// The version people read (`0.1.0-123`), recorded for slot A.
+    pub version: String,
 }
 
 /// Bytes of a file to place, from disk or made here.
@@ -69,10 +79,12 @@ pub struct Plan {
     pub partitions: Vec<mbr::Partition>,
     /// Files on the boot partition, by path there.
     pub boot_files: Vec<(String, Source)>,
+    /// Files in a system slot, by path there (the initramfs is made at execution).
+    pub slot_files: Vec<(String, Source)>,
     /// The initramfs (files given by source, resolved at execution).
     pub initramfs: Vec<(Entry, Option<PathBuf>)>,
-    /// The system layer, written raw to partition 3 (between boot and data on the disk).
-    pub system: Option<PathBuf>,
+    /// Slot A's record in the gap before partition 1.
+    pub record: SlotRecord,
 }
 
 impl Plan {
@@ -94,43 +106,32 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
         "board {}: only u-boot extlinux boards can be imaged so far",
         board.name
     );
+    // On the card: boot, slot A, slot B, data (last, so that it can grow); in the MBR data
+    // keeps entry 2 and the slots take 3 and 4.
     let boot_start = MIB / SECTOR;
-    let boot_sectors = inputs.boot_mib * MIB / SECTOR;
-    // The system layer sits between boot and data on the disk but is entry 3 in the MBR, so
-    // the data partition keeps its number and stays last on the disk, where it can grow.
-    let system_sectors = match &inputs.system {
-        Some(f) => {
-            let len = std::fs::metadata(f)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
-                .len();
-            len.div_ceil(MIB) * MIB / SECTOR
-        }
-        None => 0,
+    let boot_sectors = BOOT_MIB * MIB / SECTOR;
+    let slot_sectors = inputs.slot_mib * MIB / SECTOR;
+    let slot_a = boot_start + boot_sectors;
+    let slot_b = slot_a + slot_sectors;
+    let data_start = slot_b + slot_sectors;
+    let fat = |start, sectors, bootable| mbr::Partition {
+        start,
+        sectors,
+        kind: 0x0C,
+        bootable,
     };
-    let system_start = boot_start + boot_sectors;
-    let data_start = system_start + system_sectors;
-    let mut partitions = vec![
-        mbr::Partition {
-            start: boot_start,
-            sectors: boot_sectors,
-            kind: 0x0C,
-            bootable: true,
-        },
+    let partitions = vec![
+        fat(boot_start, boot_sectors, true),
         mbr::Partition {
             start: data_start,
             sectors: inputs.data_mib * MIB / SECTOR,
             kind: 0x83,
             bootable: false,
         },
+        fat(slot_a, slot_sectors, false),
+        fat(slot_b, slot_sectors, false),
     ];
-    if inputs.system.is_some() {
-        partitions.push(mbr::Partition {
-            start: system_start,
-            sectors: system_sectors,
-            kind: 0x83,
-            bootable: false,
-        });
-    }
+    debug_assert_eq!(SLOT_PARTITIONS, [3, 4]);
     anyhow::ensure!(
         board.storage.data_partition == 2,
         "board {}: this layout puts the data partition at 2",
@@ -140,10 +141,11 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
         .join(" ")
         .trim()
         .to_string();
+    // The same bytes in either slot: boot.scr sets cairn_slot, sysboot expands it.
     let extlinux = format!(
-        "# Cairn boot menu, read by the bootloader's distro boot.\ndefault cairn\n\nlabel cairn\n  kernel /Image\n  initrd /initramfs.cpio\n  append {cmdline}\n"
+        "# Cairn boot menu, read by sysboot from boot.scr.\ndefault cairn\n\nlabel cairn\n  kernel /Image\n  initrd /initramfs.cpio\n  append {cmdline} cairn.slot=${{cairn_slot}}\n"
     );
-    let boot_files = vec![
+    let mut slot_files = vec![
         ("Image".to_string(), Source::File(inputs.kernel.clone())),
         ("initramfs.cpio".to_string(), Source::Bytes(Vec::new())), // filled at execution
         (
@@ -151,6 +153,17 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
             Source::Bytes(extlinux.into_bytes()),
         ),
     ];
+    if let Some(layer) = &inputs.system {
+        slot_files.push((SYSTEM_FILE.to_string(), Source::File(layer.clone())));
+    }
+    let boot_files = vec![(
+        "boot.scr".to_string(),
+        Source::Bytes(bootscr::uimage(
+            &bootscr::script(),
+            "cairn slot chooser",
+            EPOCH as u32,
+        )),
+    )];
 
     let dir = |p: &str| {
         (
@@ -280,10 +293,17 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
     Ok(Plan {
         partitions,
         boot_files,
+        slot_files,
         initramfs,
-        system: inputs.system.clone(),
+        record: SlotRecord {
+            version: inputs.version.clone(),
+            build: inputs.build,
+        },
     })
 }
+
+/// The system layer's file in a slot (stage 1 mounts it through a loop device).
+pub const SYSTEM_FILE: &str = "system.squashfs";
 
 /// Loads a board with its file's text (bundled as is, so its comments reach the device).
 pub fn load_board(boards_dir: &Path, name: &str) -> anyhow::Result<(Board, String)> {
@@ -315,10 +335,28 @@ fn read(src: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(src).map_err(|e| anyhow::anyhow!("{}: {e}", src.display()))
 }
 
-/// The boot partition's FAT file system, made in `work`: the initramfs, then the staged files
-/// with fixed times.
-fn boot_fat(plan: &Plan, work: &Path) -> anyhow::Result<PathBuf> {
-    // 1. initramfs
+/// How a FAT is made: its label, FAT size and (fixed) volume id.
+struct FatKind {
+    label: &'static str,
+    bits: &'static str,
+    volume_id: &'static str,
+}
+
+/// The boot partition's: small, so FAT12.
+const BOOT_FAT: FatKind = FatKind {
+    label: "CAIRN-BOOT",
+    bits: "12",
+    volume_id: BOOT_VOLUME_ID,
+};
+/// A system slot's, the same in A and B: a bundle's bytes go into either.
+const SLOT_FAT: FatKind = FatKind {
+    label: "CAIRN-SLOT",
+    bits: "16",
+    volume_id: FAT_VOLUME_ID,
+};
+
+/// The initramfs's bytes.
+fn initramfs(plan: &Plan) -> anyhow::Result<Vec<u8>> {
     let mut entries = Vec::with_capacity(plan.initramfs.len());
     for (entry, src) in &plan.initramfs {
         let mut e = entry.clone();
@@ -327,36 +365,40 @@ fn boot_fat(plan: &Plan, work: &Path) -> anyhow::Result<PathBuf> {
         }
         entries.push(e);
     }
-    let mut initramfs = Vec::new();
-    cpio::write(&mut initramfs, &entries)?;
+    let mut out = Vec::new();
+    cpio::write(&mut out, &entries)?;
+    Ok(out)
+}
 
-    // 2. boot partition: staged files with fixed times, then a FAT made and filled in a file
-    let stage = work.join("boot");
-    for (path, src) in &plan.boot_files {
+/// A FAT file system of `sectors` in `work/NAME.fat` holding `files` (staged with fixed
+/// times); `initramfs` fills the file of that name.
+fn fat(
+    files: &[(String, Source)],
+    initramfs: &[u8],
+    sectors: u64,
+    kind: &FatKind,
+    work: &Path,
+    name: &str,
+) -> anyhow::Result<PathBuf> {
+    let stage = work.join(name);
+    std::fs::create_dir_all(&stage)?;
+    for (path, src) in files {
         let dest = stage.join(path);
         std::fs::create_dir_all(dest.parent().unwrap())?;
         let bytes = match src {
-            _ if path == "initramfs.cpio" => initramfs.clone(),
+            _ if path == "initramfs.cpio" => initramfs.to_vec(),
             Source::File(p) => read(p)?,
             Source::Bytes(b) => b.clone(),
         };
         std::fs::write(&dest, bytes)?;
     }
     set_times(&stage)?;
-    let boot = &plan.partitions[0];
-    let fat = work.join("boot.fat");
-    std::fs::File::create(&fat)?.set_len(boot.sectors * SECTOR)?;
+    let fat = work.join(format!("{name}.fat"));
+    std::fs::File::create(&fat)?.set_len(sectors * SECTOR)?;
     run(
         Command::new("mkfs.vfat")
-            .args([
-                "--invariant",
-                "-i",
-                FAT_VOLUME_ID,
-                "-n",
-                "CAIRN-BOOT",
-                "-F",
-                "16",
-            ])
+            .args(["--invariant", "-i", kind.volume_id, "-n", kind.label])
+            .args(["-F", kind.bits])
             .arg(&fat),
         "mkfs.vfat",
     )?;
@@ -365,22 +407,54 @@ fn boot_fat(plan: &Plan, work: &Path) -> anyhow::Result<PathBuf> {
         .map(|e| e.path())
         .collect();
     names.sort();
-    let mut mcopy = Command::new("mcopy");
-    mcopy
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-i")
-        .arg(&fat)
-        .args(["-s", "-m", "-p", "-Q"]);
-    mcopy.args(&names).arg("::");
-    run(&mut mcopy, "mcopy")?;
+    if !names.is_empty() {
+        let mut mcopy = Command::new("mcopy");
+        mcopy
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&fat)
+            .args(["-s", "-m", "-p", "-Q"]);
+        mcopy.args(&names).arg("::");
+        run(&mut mcopy, "mcopy")?;
+    }
     Ok(fat)
 }
 
-fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
-    let fat = boot_fat(plan, work)?;
+/// A system slot's FAT (what slot A holds as built, and what a bundle installs).
+fn slot_fat(plan: &Plan, work: &Path) -> anyhow::Result<PathBuf> {
+    let sectors = plan.partitions[SLOT_PARTITIONS[0] as usize - 1].sectors;
+    fat(
+        &plan.slot_files,
+        &initramfs(plan)?,
+        sectors,
+        &SLOT_FAT,
+        work,
+        "slot",
+    )
+}
 
-    // 3. data partition: empty (init creates what it needs); no `mke2fs -d`, whose inodes
-    //    would carry the staging files' ctimes and break reproducibility.
+fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
+    let boot = fat(
+        &plan.boot_files,
+        &[],
+        plan.partitions[0].sectors,
+        &BOOT_FAT,
+        work,
+        "boot",
+    )?;
+    let slot_a = slot_fat(plan, work)?;
+    // Slot B: a valid FAT with nothing to boot (boot.scr then boots A) until an update.
+    let slot_b = fat(
+        &[],
+        &[],
+        plan.partitions[SLOT_PARTITIONS[1] as usize - 1].sectors,
+        &SLOT_FAT,
+        work,
+        "empty",
+    )?;
+
+    // data partition: empty (init creates what it needs); no `mke2fs -d`, whose inodes
+    // would carry the staging files' ctimes and break reproducibility.
     let data = &plan.partitions[1];
     let ext4 = work.join("data.ext4");
     run(
@@ -405,23 +479,35 @@ fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
         "mke2fs",
     )?;
 
-    // 4. the disk: MBR, then each partition at its offset (the file stays sparse elsewhere)
+    // the disk: MBR, the boot state (slot A good) and slot A's record in the gap, then each
+    // partition at its offset (the file stays sparse elsewhere)
     let tmp = out.with_extension("img.tmp");
     {
         use std::io::{Seek, SeekFrom, Write};
         let mut disk = std::fs::File::create(&tmp)?;
         disk.set_len(plan.total_bytes())?;
         disk.write_all(&mbr::encode(&plan.partitions, DISK_ID)?)?;
-        let files = [Some(&fat), Some(&ext4), plan.system.as_ref()];
-        for (p, file) in plan.partitions.iter().zip(files.into_iter().flatten()) {
+        // Both copies, so that u-boot finds no bad CRC to complain of on the first boots.
+        for sector in COPY_SECTORS {
+            disk.seek(SeekFrom::Start(sector * SECTOR))?;
+            disk.write_all(&BootState::default().encode())?;
+        }
+        disk.seek(SeekFrom::Start(RECORD_SECTORS[0] * SECTOR))?;
+        disk.write_all(&plan.record.encode().map_err(anyhow::Error::msg)?)?;
+        for (p, file) in plan.partitions.iter().zip([&boot, &ext4, &slot_a, &slot_b]) {
             let bytes = read(file)?;
             anyhow::ensure!(
                 bytes.len() as u64 <= p.sectors * SECTOR,
                 "{} outgrew its partition",
                 file.display()
             );
-            disk.seek(SeekFrom::Start(p.start * SECTOR))?;
-            disk.write_all(&bytes)?;
+            // Zero runs stay holes: an empty slot costs nothing to copy.
+            for (i, chunk) in bytes.chunks(64 << 10).enumerate() {
+                if chunk.iter().any(|&b| b != 0) {
+                    disk.seek(SeekFrom::Start(p.start * SECTOR + (i as u64) * (64 << 10)))?;
+                    disk.write_all(chunk)?;
+                }
+            }
         }
         disk.sync_all()?;
     }
@@ -430,9 +516,9 @@ fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes the update bundle of `plan` into `out_dir` as `cairn-BOARD-VERSION.cupd`, signed
-/// with `key`; returns its path. Its parts are what the image's partitions hold: `boot` (the
-/// FAT with kernel, initramfs and extlinux.conf) and, where the image has one, `system` (the
-/// layer). The same inputs give the same bytes.
+/// with `key`; returns its path. Its one part, `slot`, is the FAT of a system slot (kernel,
+/// initramfs, extlinux.conf, system layer), byte for byte what the image's slot A holds. The
+/// same inputs give the same bytes.
 pub fn bundle(
     plan: &Plan,
     board: &str,
@@ -444,12 +530,10 @@ pub fn bundle(
     let out = out_dir.join(format!("cairn-{board}-{version}.cupd"));
     let work = tempfile_dir(&out)?;
     let result = (|| {
-        let fat = boot_fat(plan, &work)?;
+        let fat = slot_fat(plan, &work)?;
+        trim_zeros(&fat)?;
         let tmp = out.with_extension("cupd.tmp");
-        let mut parts: Vec<(&str, &dyn cairn_update::bundle::PartSource)> = vec![("boot", &fat)];
-        if let Some(system) = &plan.system {
-            parts.push(("system", system));
-        }
+        let parts: Vec<(&str, &dyn cairn_update::bundle::PartSource)> = vec![("slot", &fat)];
         let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         cairn_update::bundle::write(&mut file, key, board, version, build, &parts)?;
         file.into_inner()
@@ -460,6 +544,23 @@ pub fn bundle(
     })();
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// Cuts the zeros off the end of `file` (whole 64 KiB blocks): a FAT's free clusters need no
+/// bytes, so a bundle carries only what the slot's files take.
+fn trim_zeros(file: &Path) -> anyhow::Result<()> {
+    let bytes = read(file)?;
+    const BLOCK: usize = 64 << 10;
+    let keep = bytes
+        .chunks(BLOCK)
+        .rposition(|c| c.iter().any(|&b| b != 0))
+        .map_or(0, |i| (i + 1) * BLOCK)
+        .min(bytes.len());
+    std::fs::File::options()
+        .write(true)
+        .open(file)?
+        .set_len(keep as u64)?;
+    Ok(())
 }
 
 /// Every file and directory under `dir` gets the fixed timestamp.

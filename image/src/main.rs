@@ -34,14 +34,15 @@ struct ImageArgs {
     /// Directories of service manifests to bundle (repeatable).
     #[arg(long)]
     services: Vec<PathBuf>,
-    /// The system layer (a squashfs from `cairn-image system`), written to partition 3.
+    /// The system layer (a squashfs from `cairn-image system`), a file in the system slot.
     #[arg(long)]
     system: Option<PathBuf>,
     /// Extra kernel command-line words.
     #[arg(long, default_value = "")]
     append: String,
-    #[arg(long, default_value_t = 32)]
-    boot_mib: u64,
+    /// Size of each of the two system slots (room for the next versions too).
+    #[arg(long, default_value_t = 64)]
+    slot_mib: u64,
     #[arg(long, default_value_t = 64)]
     data_mib: u64,
     /// The update signing key (PKCS#8): its public half is the key the image trusts, and it
@@ -86,10 +87,11 @@ impl ImageArgs {
             services: self.services,
             system: self.system,
             append: self.append,
-            boot_mib: self.boot_mib,
+            slot_mib: self.slot_mib,
             data_mib: self.data_mib,
             update_keys,
             build: self.build,
+            version: version(self.build),
         };
         Ok((plan(&inputs)?, key))
     }
@@ -152,6 +154,11 @@ enum Cmd {
     },
 }
 
+/// The version people read: the release's and the build number.
+fn version(build: u64) -> String {
+    format!("{}-{build}", env!("CARGO_PKG_VERSION"))
+}
+
 fn main() {
     if let Err(e) = run(Cli::parse()) {
         eprintln!("cairn-image: {e:#}");
@@ -201,8 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (board, build) = (image.board.clone(), image.build);
             let (plan, key) = image.plan(&cli.boards)?;
             let key = key.ok_or_else(|| anyhow::anyhow!("a bundle needs --signing-key"))?;
-            // The version people read: the release's and the build number.
-            let version = format!("{}-{build}", env!("CARGO_PKG_VERSION"));
+            let version = version(build);
             let out = cairn_image::bundle(&plan, &board, &version, build, &key, &out_dir)?;
             eprintln!("cairn-image: wrote {}", out.display());
             println!("{}", out.display());

@@ -2,6 +2,7 @@
 //! has the layout the bootloader and init expect.
 
 use cairn_image::{bundle, execute, load_board, plan, Inputs};
+use cairn_update::bootstate::{BootState, SlotRecord, COPY_SECTORS, RECORD_SECTORS};
 use cairn_update::install::{self, Policy};
 use cairn_update::keys::{SigningKey, TrustedKeys};
 use cairn_update::slot::FileSlot;
@@ -20,10 +21,11 @@ fn inputs(dir: &Path) -> Inputs {
         services: vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../hil-tests/fixtures/services")],
         system: None,
         append: "quiet".into(),
-        boot_mib: 16,
+        slot_mib: 16,
         data_mib: 32,
         update_keys: TrustedKeys::default(),
         build: 7,
+        version: "0.1.0-7".into(),
     }
 }
 
@@ -37,52 +39,62 @@ fn same_inputs_same_bytes_and_the_expected_layout() {
     execute(&plan(&inputs(dir.path())).unwrap(), &b).unwrap();
     let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     assert!(a == b, "two builds differ");
-    assert_eq!(a.len() as u64, (1 + 16 + 32) << 20);
+    // 1 MiB gap, boot 4, slots 16 + 16, data 32.
+    assert_eq!(a.len() as u64, (1 + 4 + 16 + 16 + 32) << 20);
     assert_eq!(&a[510..512], &[0x55, 0xAA]);
-    assert_eq!(a[446], 0x80, "boot partition is bootable");
-    // FAT boot sector at 1 MiB, ext4 superblock magic in the data partition.
-    assert_eq!(&a[(1 << 20) + 510..(1 << 20) + 512], &[0x55, 0xAA]);
-    let sb = (17 << 20) + 1024;
+    let entry = |n: usize| {
+        let e = &a[446 + 16 * (n - 1)..446 + 16 * n];
+        let start = u32::from_le_bytes(e[8..12].try_into().unwrap()) as usize * 512;
+        let len = u32::from_le_bytes(e[12..16].try_into().unwrap()) as usize * 512;
+        (e[0], start, len)
+    };
+    assert_eq!(entry(1), (0x80, 1 << 20, 4 << 20), "boot: bootable, first");
+    assert_eq!(entry(3), (0, 5 << 20, 16 << 20), "slot A after boot");
+    assert_eq!(entry(4), (0, 21 << 20, 16 << 20), "slot B after A");
+    assert_eq!(entry(2), (0, 37 << 20, 32 << 20), "data: entry 2, last");
+    // FAT boot sectors, the ext4 superblock magic in the data partition.
+    for at in [1 << 20, 5 << 20, 21 << 20] {
+        assert_eq!(&a[at + 510..at + 512], &[0x55, 0xAA]);
+    }
+    let sb = (37 << 20) + 1024;
     assert_eq!(&a[sb + 56..sb + 58], &0xEF53u16.to_le_bytes());
-    // extlinux.conf carries the board's command line plus the extra words.
+    // As flashed: slot A good, nothing on trial; A's record names the build.
+    let sector = |n: u64| &a[n as usize * 512..(n as usize + 1) * 512];
+    let state = BootState::newest([sector(COPY_SECTORS[0]), sector(COPY_SECTORS[1])]).unwrap();
+    assert_eq!(state, BootState::default());
+    let record = SlotRecord::decode(sector(RECORD_SECTORS[0])).unwrap();
+    assert_eq!((record.build, record.version.as_str()), (7, "0.1.0-7"));
+    assert_eq!(SlotRecord::decode(sector(RECORD_SECTORS[1])), None);
+    // boot.scr on the boot partition, a uImage script; extlinux.conf (slot A) carries the
+    // board's command line, the extra words and the slot u-boot chose.
     let text = String::from_utf8_lossy(&a);
-    assert!(text.contains("append console=ttyAMA0 panic=-1 quiet"));
+    assert!(text.contains("Cairn's slot chooser"));
+    assert!(text.contains("append console=ttyAMA0 panic=-1 quiet cairn.slot=${cairn_slot}"));
 }
 
 #[test]
-fn the_system_layer_lies_between_boot_and_data_as_partition_3() {
+fn the_system_layer_is_a_file_in_slot_a() {
     let dir = tempfile::tempdir().unwrap();
     let layer = dir.path().join("layer.sqfs");
-    // 1.5 MiB of layer: its partition is rounded up to 2 MiB.
     let mut bytes = b"hsqs".to_vec();
     bytes.resize(3 << 19, 0x5a);
     std::fs::write(&layer, &bytes).unwrap();
     let mut i = inputs(dir.path());
     i.system = Some(layer);
-    let p = plan(&i).unwrap();
     let img = dir.path().join("s.img");
-    execute(&p, &img).unwrap();
-    let a = std::fs::read(img).unwrap();
-    assert_eq!(a.len() as u64, (1 + 16 + 2 + 32) << 20);
-    let entry = |n: usize| {
-        let e = &a[446 + 16 * (n - 1)..446 + 16 * n];
-        let start = u32::from_le_bytes(e[8..12].try_into().unwrap()) as usize * 512;
-        let len = u32::from_le_bytes(e[12..16].try_into().unwrap()) as usize * 512;
-        (start, len)
-    };
-    assert_eq!(
-        entry(3),
-        (17 << 20, 2 << 20),
-        "system: after boot, whole MiBs"
-    );
-    assert_eq!(
-        entry(2),
-        (19 << 20, 32 << 20),
-        "data: entry 2, last on the disk"
-    );
-    assert_eq!(&a[17 << 20..(17 << 20) + bytes.len()], &bytes[..]);
-    let sb = (19 << 20) + 1024;
-    assert_eq!(&a[sb + 56..sb + 58], &0xEF53u16.to_le_bytes());
+    execute(&plan(&i).unwrap(), &img).unwrap();
+    let a = std::fs::read(&img).unwrap();
+    assert_eq!(a.len() as u64, (1 + 4 + 16 + 16 + 32) << 20);
+    let out = std::process::Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i", &format!("{}@@{}", img.display(), 5 << 20), "::"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("system.squashfs"), "{list}");
+    assert!(a[5 << 20..21 << 20]
+        .windows(bytes.len())
+        .any(|w| w == &bytes[..]));
 }
 
 #[test]
@@ -140,10 +152,13 @@ fn the_bundle_is_reproducible_trusted_by_its_image_and_holds_its_partitions() {
         &mut FileSlot::open(&slot_path).unwrap(),
     )
     .unwrap();
-    // Its boot part is the image's boot partition, byte for byte.
-    let boot = &m.parts[0];
-    assert_eq!((boot.name.as_str(), boot.size), ("boot", 16 << 20));
+    // Its one part is slot A as the image holds it, its trailing zeros cut.
+    let part = &m.parts[0];
+    assert_eq!(part.name, "slot");
+    assert!(part.size <= 16 << 20 && part.size.is_multiple_of(64 << 10));
     let slot = std::fs::read(&slot_path).unwrap();
-    assert!(slot[..16 << 20] == disk[1 << 20..17 << 20]);
-    assert_eq!(m.parts[1].name, "system");
+    let n = part.size as usize;
+    assert!(slot[..n] == disk[5 << 20..(5 << 20) + n]);
+    assert!(disk[(5 << 20) + n..21 << 20].iter().all(|&b| b == 0));
+    assert_eq!(m.parts.len(), 1);
 }

@@ -12,9 +12,12 @@ pub const SECTOR: u64 = 512;
 
 /// Primary partition entries in the table.
 pub const ENTRIES: u32 = 4;
-/// The system layer's entry (a squashfs of Debian packages) in images that carry one: placed
-/// between boot and data on the disk so that the data partition stays last and can grow.
-pub const SYSTEM_PARTITION: u32 = 3;
+/// The boot partition's entry (FAT, bootable): the boot script that picks a system slot.
+pub const BOOT_PARTITION: u32 = 1;
+/// The system slots' entries, A then B (FAT: kernel, initramfs, extlinux.conf and the system
+/// layer as a file). They lie between boot and data on the disk, so that the data partition
+/// (entry 2) stays last and can grow.
+pub const SLOT_PARTITIONS: [u32; 2] = [3, 4];
 
 /// Offset of entry 1 in sector 0; each entry is 16 bytes.
 const TABLE: usize = 446;

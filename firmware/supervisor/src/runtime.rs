@@ -58,6 +58,10 @@ pub struct RunConfig {
     pub socket_path: PathBuf,
     /// Hardware watchdog device to ping, if it exists.
     pub watchdog: Option<PathBuf>,
+    /// Once set, the watchdog is no longer pinged and its timeout is cut to
+    /// [`STARVED_TIMEOUT_S`]: the board resets (a system slot on trial that did not become
+    /// healthy in time, so that the bootloader counts the try).
+    pub starve_watchdog: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Running as PID 1 (of the device or of a PID namespace): at shutdown, every remaining
     /// process gets SIGTERM, then SIGKILL.
     pub pid1: bool,
@@ -97,6 +101,7 @@ impl RunConfig {
             state_dir,
             socket_path,
             watchdog: Some(PathBuf::from("/dev/watchdog")),
+            starve_watchdog: None,
             pid1: nix::unistd::getpid().as_raw() == 1,
             etc_dir: PathBuf::from("/etc"),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
@@ -107,6 +112,11 @@ impl RunConfig {
     }
 }
 
+/// The watchdog's timeout once it is starved, seconds: the reset comes soon, not after the
+/// driver's default (i6300esb: 30 s per stage).
+pub const STARVED_TIMEOUT_S: i32 = 5;
+/// `WDIOC_SETTIMEOUT` (linux/watchdog.h: `_IOWR('W', 6, int)`).
+const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
 /// Interval between watchdog pings (drivers' timeouts are tens of seconds).
 const WATCHDOG_PING_MS: u64 = 1000;
 /// Longest the loop sleeps: bounds the watchdog ping interval.
@@ -276,6 +286,7 @@ pub fn run(cfg: RunConfig) -> Shutdown {
     if let Some(w) = watchdog.as_mut() {
         let _ = w.write_all(b"p");
     }
+    let mut starved = false;
     loop {
         rt.sup.tick();
         rt.after_step();
@@ -304,7 +315,26 @@ pub fn run(cfg: RunConfig) -> Shutdown {
                 break;
             }
         }
-        if let Some(w) = watchdog.as_mut() {
+        let starve = rt
+            .cfg
+            .starve_watchdog
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+        if let (Some(w), true, false) = (watchdog.as_ref(), starve, starved) {
+            starved = true;
+            let mut secs: libc::c_int = STARVED_TIMEOUT_S;
+            // SAFETY: the descriptor is open and `secs` outlives the call, which writes it.
+            let rc = unsafe { libc::ioctl(w.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut secs) };
+            tracing::warn!(
+                "watchdog: no longer fed{}",
+                if rc == 0 {
+                    format!("; reset in {secs} s")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if let (Some(w), false) = (watchdog.as_mut(), starved) {
             if last_ping.elapsed() >= Duration::from_millis(WATCHDOG_PING_MS) {
                 if let Err(e) = w.write_all(b"p") {
                     tracing::error!("watchdog: {e}");

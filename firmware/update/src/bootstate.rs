@@ -17,6 +17,9 @@ pub const BLOCK_BYTES: usize = 512;
 /// partition (1 MiB), above the sunxi boards' SPL + u-boot (at 8 KiB, under 620 KiB), each in
 /// its own 4 KiB page.
 pub const COPY_SECTORS: [u64; 2] = [2032, 2040];
+/// Each slot's record ([`SlotRecord`], A then B): in the same gap, each in its own 4 KiB page,
+/// apart from the state's so that a torn record never touches it.
+pub const RECORD_SECTORS: [u64; 2] = [2016, 2024];
 /// Boots a new slot gets before the bootloader falls back to the good one. At most 9: u-boot's
 /// `setexpr` counts in hex, and one digit reads the same in both.
 pub const TRIES: u8 = 3;
@@ -39,11 +42,22 @@ impl SlotName {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// `a` or `b` (as `cairn.slot=` on the kernel command line and in the state).
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "a" => Some(SlotName::A),
             "b" => Some(SlotName::B),
             _ => None,
+        }
+    }
+}
+
+impl SlotName {
+    /// 0 for A, 1 for B: the index into [`RECORD_SECTORS`] and the MBR's slot entries.
+    pub fn index(self) -> usize {
+        match self {
+            SlotName::A => 0,
+            SlotName::B => 1,
         }
     }
 }
@@ -292,6 +306,42 @@ impl BootState {
     }
 }
 
+/// What a slot holds, written by the installer once the slot read back whole (and by the image
+/// builder for slot A), so that `cairn update status` names both slots' versions. Cleared
+/// before an install starts, so a half-written slot never shows its predecessor's version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRecord {
+    /// The version people read (`0.1.0-123`).
+    pub version: String,
+    /// The build number.
+    pub build: u64,
+}
+
+impl SlotRecord {
+    /// The record's block (a u-boot environment block, like the state's; u-boot ignores it).
+    pub fn encode(&self) -> Result<[u8; BLOCK_BYTES], String> {
+        let build = self.build.to_string();
+        let block = env_block(
+            &[
+                ("cairn_build", build.as_str()),
+                ("cairn_version", self.version.as_str()),
+            ],
+            BLOCK_BYTES,
+        )?;
+        Ok(block.try_into().expect("BLOCK_BYTES long"))
+    }
+
+    /// The record in a block; `None` for an empty or damaged one (no slot recorded).
+    pub fn decode(block: &[u8]) -> Option<Self> {
+        let pairs = parse_env_block(block).ok()?;
+        let get = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        Some(SlotRecord {
+            version: get("cairn_version")?.clone(),
+            build: get("cairn_build")?.parse().ok()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,5 +432,20 @@ mod tests {
         assert_eq!((s2.trying, s2.tries), (None, 0));
         assert!(s2.seq > s.seq);
         assert_eq!(s.installing(SlotName::A), s);
+    }
+
+    #[test]
+    fn a_slot_record_round_trips_and_zeros_are_none() {
+        let r = SlotRecord {
+            version: "0.1.0-9".into(),
+            build: 9,
+        };
+        assert_eq!(SlotRecord::decode(&r.encode().unwrap()), Some(r));
+        assert_eq!(SlotRecord::decode(&[0; BLOCK_BYTES]), None);
+        let long = SlotRecord {
+            version: "v".repeat(600),
+            build: 1,
+        };
+        assert!(long.encode().is_err());
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod bootstate;
 pub mod bundle;
+pub mod disk;
 pub mod error;
 pub mod install;
 pub mod keys;

@@ -339,6 +339,72 @@ fn inherited_listener() -> anyhow::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(fd) })
 }
 
+/// An error but a closed pipe.
+trait FilterBrokenPipe {
+    fn filter_broken_pipe(self) -> std::io::Result<()>;
+}
+
+impl<T> FilterBrokenPipe for std::io::Result<T> {
+    fn filter_broken_pipe(self) -> std::io::Result<()> {
+        match self {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Runs `cairn update ARGS` (its standard input: `n` bytes of `from` at an offset, if given);
+/// answers its output as `ctl-out` lines and its exit code as `ctl-done`, as `ctl` does.
+fn update(args: &[&str], from: Option<(&str, u64, u64)>, out: &mut impl Write) {
+    use std::process::Stdio;
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/bin/cairn".into());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("update").args(args);
+    cmd.stdin(if from.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let result = cmd.spawn().and_then(|mut child| {
+        if let (Some((dev, at, n)), Some(mut stdin)) = (from, child.stdin.take()) {
+            use std::io::{Read, Seek};
+            let copied = std::fs::File::open(dev).and_then(|mut f| {
+                f.seek(std::io::SeekFrom::Start(at))?;
+                std::io::copy(&mut f.take(n), &mut stdin)
+            });
+            // A refusal stops reading early: its answer says why.
+            if let Err(e) = copied.filter_broken_pipe() {
+                let _ = writeln!(out, "ctl-out update-from {dev}: {e}");
+            }
+        }
+        child.wait_with_output()
+    });
+    match result {
+        Ok(o) => {
+            for l in String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .chain(String::from_utf8_lossy(&o.stderr).lines())
+            {
+                let _ = writeln!(out, "ctl-out {l}");
+            }
+            // The largest peak RSS of the children waited for (KiB): the installer's, for
+            // scripts/bench update (the fixture's other children are smaller).
+            // SAFETY: rusage is plain integers, for which all zeros is a value.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: getrusage writes the struct it is given, which outlives the call.
+            if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } == 0 {
+                let _ = writeln!(out, "ctl-maxrss {}", ru.ru_maxrss);
+            }
+            let _ = writeln!(out, "ctl-done {}", o.status.code().unwrap_or(-1));
+        }
+        Err(e) => {
+            let _ = writeln!(out, "ctl-out {e}\nctl-done -1");
+        }
+    }
+}
+
 /// Carries out one command line of `crash-on-command`, answering on `out`.
 fn command(line: &str, out: &mut impl Write) {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -423,6 +489,18 @@ fn command(line: &str, out: &mut impl Write) {
                 }
             }
         }
+        ["update", args @ ..] => update(args, None, out),
+        ["update-from", dev, offset, bytes, args @ ..] => match (offset.parse(), bytes.parse()) {
+            // The bundle rides on a disk the host attached: exactly its bytes go to
+            // `cairn update apply -`, as a download piped in would.
+            (Ok(at), Ok(n)) => update(args, Some((dev, at, n)), out),
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "ctl-out update-from: {bytes:?} is not a byte count\nctl-done -1"
+                );
+            }
+        },
         ["bench", args @ ..] => {
             // The benchmark's lines as they come (a round takes minutes), then its exit code;
             // its errors go to the service's log.

@@ -1,21 +1,21 @@
-//! `cairn update`: installs a signed bundle (`apply FILE|-`) and shows the boot state
-//! (`status [--json]`), over `cairn_update`. What this phase wires: `apply` verifies and installs
-//! into the slot device given with `--slot` and reads it back; `status` reads the two copies of
-//! the boot state from the board's disk. Choosing the inactive slot by itself and marking it
-//! "try once" wait for the two-slot layout (firmware/update/DESIGN.md, phase 2), so `apply`
-//! says so instead of pretending the device will boot it.
+//! `cairn update`: installs a signed bundle (`apply FILE|-`) into the slot that is not running
+//! and marks it "try once"; shows both slots and the boot state (`status [--json]`), over
+//! `cairn_update`. The running slot is the one `boot.scr` named on the kernel command line
+//! (`cairn.slot=`); the other slot's partition comes from the MBR. The state and the slots'
+//! records are sectors of the board's disk (`cairn_update::disk`).
 
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use cairn_update::bootstate::{BootState, BLOCK_BYTES, COPY_SECTORS};
+use cairn_update::bootstate::{BootState, SlotName, SlotRecord};
+use cairn_update::disk::BootDisk;
 use cairn_update::install::{self, Policy};
 use cairn_update::keys::TrustedKeys;
-use cairn_update::slot::FileSlot;
+use cairn_update::slot::{FileSlot, Slot};
 use clap::{Parser, Subcommand};
 
+use crate::init::system::{running_slot, slot_device};
 use crate::sys::paths;
 
 /// Signed updates: apply a bundle, show which system runs and which is good.
@@ -27,14 +27,12 @@ pub struct Args {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Verifies a bundle (`-`: standard input) as it streams into the inactive slot, then
-    /// reads the slot back. Refused with a one-line reason; the running slot is never written.
+    /// Verifies a bundle (`-`: standard input) as it streams into the slot that is not
+    /// running, reads the slot back and marks it to be tried at the next boot. Refused with a
+    /// one-line reason; the running slot is never written.
     Apply {
         /// The bundle (`cairn-BOARD-VERSION.cupd`), or `-` for standard input.
         bundle: PathBuf,
-        /// The inactive slot's block device (until the two-slot layout picks it itself).
-        #[arg(long, value_name = "DEVICE")]
-        slot: PathBuf,
         /// Install a build that is not newer than the running one (the owner's choice only).
         #[arg(long)]
         allow_downgrade: bool,
@@ -48,14 +46,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE", default_value = paths::BOARD)]
         board: PathBuf,
     },
-    /// The boot state: the good slot, the slot on trial and its tries left, the last result.
+    /// Both slots' versions, the running one, the good one, the slot on trial and its tries
+    /// left, the last result.
     Status {
         /// As JSON on one line.
         #[arg(long)]
         json: bool,
-        /// The disk whose sectors hold the boot state (default: the board's).
-        #[arg(long, value_name = "DEVICE")]
-        disk: Option<PathBuf>,
         /// The board description.
         #[arg(long, value_name = "FILE", default_value = paths::BOARD)]
         board: PathBuf,
@@ -66,13 +62,12 @@ pub fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Apply {
             bundle,
-            slot,
             allow_downgrade,
             keys,
             build,
             board,
-        } => apply(&bundle, &slot, allow_downgrade, &keys, &build, &board),
-        Command::Status { json, disk, board } => status(json, disk, &board),
+        } => apply(&bundle, allow_downgrade, &keys, &build, &board),
+        Command::Status { json, board } => status(json, &board),
     }
 }
 
@@ -81,9 +76,41 @@ fn load_board(path: &Path) -> Result<cairn_bsp::Board> {
     Ok(cairn_bsp::Board::parse(path, &text)?)
 }
 
+/// The slot this system runs from.
+fn running() -> SlotName {
+    running_slot(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
+}
+
+/// A slot whose first write is preceded by `before` (the state and record that say an install
+/// is under way): a bundle refused before its first byte is written changes nothing.
+struct Guarded<'a, S> {
+    inner: S,
+    before: Option<Box<dyn FnOnce() -> std::io::Result<()> + 'a>>,
+}
+
+impl<S: Slot> Slot for Guarded<'_, S> {
+    fn capacity(&mut self) -> std::io::Result<u64> {
+        self.inner.capacity()
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if let Some(f) = self.before.take() {
+            f()?;
+        }
+        self.inner.write_at(offset, data)
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
 fn apply(
     bundle: &Path,
-    slot: &Path,
     allow_downgrade: bool,
     keys: &Path,
     build: &Path,
@@ -92,73 +119,118 @@ fn apply(
     let board = load_board(board)?;
     let text = std::fs::read_to_string(keys).with_context(|| format!("{}", keys.display()))?;
     let keys = TrustedKeys::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", keys.display()))?;
-    let running = std::fs::read_to_string(build).with_context(|| format!("{}", build.display()))?;
-    let running: u64 = running
+    let running_build =
+        std::fs::read_to_string(build).with_context(|| format!("{}", build.display()))?;
+    let running_build: u64 = running_build
         .trim()
         .parse()
         .map_err(|_| anyhow::anyhow!("{}: not a build number", build.display()))?;
     let policy = Policy {
         keys: &keys,
         board: &board.name,
-        running_build: running,
+        running_build,
         allow_downgrade,
     };
-    let mut target =
-        FileSlot::open(slot).with_context(|| format!("opening the slot {}", slot.display()))?;
+    let disk = BootDisk::new(Path::new(&board.storage.device));
+    let state = disk.state()?.unwrap_or_default();
+    let running = running();
+    let target = running.other();
+    // The other slot is the fallback while this one is on trial: it must stay whole.
+    anyhow::ensure!(
+        state.trying != Some(running),
+        "update refused: slot {running} is on trial and slot {target} is its fallback: wait until it is committed"
+    );
+    let device = slot_device(&board.storage.device, target);
+    let inner = FileSlot::open(Path::new(&device))
+        .with_context(|| format!("opening slot {target} ({device})"))?;
+    let mut slot = Guarded {
+        inner,
+        before: Some(Box::new(|| {
+            disk.write_record(target, None)?;
+            let off = state.installing(target);
+            if off != state {
+                disk.write_state(&off)?;
+            }
+            Ok(())
+        })),
+    };
     let src: Box<dyn Read> = if bundle == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::fs::File::open(bundle).with_context(|| format!("{}", bundle.display()))?)
     };
-    let manifest = install::apply(src, &policy, &mut target)
+    let manifest = install::apply(src, &policy, &mut slot)
         .map_err(|e| anyhow::anyhow!("update refused: {e}"))?;
+    drop(slot);
+    disk.write_record(
+        target,
+        Some(&SlotRecord {
+            version: manifest.version.clone(),
+            build: manifest.build,
+        }),
+    )?;
+    // Read again: the install may have taken the slot off trial.
+    let state = disk.state()?.unwrap_or_default();
+    disk.write_state(&state.try_once(target))?;
     println!(
-        "installed {} build {} into {} and read it back",
-        manifest.version,
-        manifest.build,
-        slot.display()
-    );
-    eprintln!(
-        "cairn: not marked for booting: this image has one system slot (two-slot layout: phase 2)"
+        "installed {} (build {}) into slot {target} ({device}) and read it back; it is tried at the next restart",
+        manifest.version, manifest.build,
     );
     Ok(())
 }
 
-fn status(json: bool, disk: Option<PathBuf>, board: &Path) -> Result<()> {
-    let disk = match disk {
-        Some(d) => d,
-        None => PathBuf::from(load_board(board)?.storage.device),
-    };
-    let f = std::fs::File::open(&disk).with_context(|| format!("{}", disk.display()))?;
-    let mut copies = [[0u8; BLOCK_BYTES]; 2];
-    for (copy, sector) in copies.iter_mut().zip(COPY_SECTORS) {
-        f.read_exact_at(copy, sector * BLOCK_BYTES as u64)
-            .with_context(|| format!("{}: reading sector {sector}", disk.display()))?;
-    }
-    let found = BootState::newest([&copies[0], &copies[1]]);
-    let state = found.unwrap_or_default();
+fn status(json: bool, board: &Path) -> Result<()> {
+    let board = load_board(board)?;
+    let disk = BootDisk::new(Path::new(&board.storage.device));
+    let found = disk.state()?;
+    let state: BootState = found.unwrap_or_default();
+    let records = [disk.record(SlotName::A)?, disk.record(SlotName::B)?];
+    let running = running();
     let trying = state.trying.map(|s| s.to_string());
     if json {
+        let slot = |r: &Option<SlotRecord>| {
+            r.as_ref()
+                .map(|r| serde_json::json!({"version": r.version, "build": r.build}))
+        };
         let v = serde_json::json!({
             "recorded": found.is_some(),
+            "running": running.to_string(),
             "active": state.active.to_string(),
             "trying": trying,
             "tries_left": state.tries,
             "last": state.last.to_string(),
+            "slots": {"a": slot(&records[0]), "b": slot(&records[1])},
         });
         println!("{v}");
     } else {
+        for s in [SlotName::A, SlotName::B] {
+            let what = match &records[s.index()] {
+                Some(r) => format!("{} (build {})", r.version, r.build),
+                None => "nothing recorded".into(),
+            };
+            let mut marks = Vec::new();
+            if s == running {
+                marks.push("running".to_string());
+            }
+            if s == state.active {
+                marks.push("good".to_string());
+            }
+            if state.trying == Some(s) {
+                marks.push(format!("on trial, {} tries left", state.tries));
+            }
+            let marks = if marks.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", marks.join(", "))
+            };
+            println!("slot {s}: {what}{marks}");
+        }
         let origin = if found.is_some() {
             ""
         } else {
             " (no boot state recorded: as flashed)"
         };
-        println!("good slot: {}{origin}", state.active);
-        match trying {
-            Some(t) => println!("on trial: slot {t}, {} tries left", state.tries),
-            None => println!("on trial: none"),
-        }
-        println!("last result: {}", state.last);
+        println!("last result: {}{origin}", state.last);
     }
     Ok(())
 }

@@ -14,7 +14,8 @@ mod mounts;
 pub(crate) mod net;
 mod power_button;
 mod stage2;
-mod system;
+pub(crate) mod system;
+mod trial;
 mod workdirs;
 
 use cairn_bsp::ui::Health;
@@ -24,6 +25,7 @@ use nix::sys::signal::Signal;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub use stage2::Shutdown;
 
@@ -75,6 +77,7 @@ fn host_main(args: Args, pid1: bool) -> anyhow::Result<()> {
         state_dir: state,
         socket_path: socket,
         watchdog: None,
+        starve_watchdog: None,
         pid1,
         notices: None,
         extension: None,
@@ -93,6 +96,7 @@ fn device_main(_args: Args) -> ! {
     }
     #[cfg(feature = "test-fixtures")]
     helpers::arm_fault_switch();
+    let started = std::time::Instant::now();
     log!("stage 1: starting cairn {}", env!("CARGO_PKG_VERSION"));
     let board = match std::fs::read_to_string(paths::BOARD)
         .map_err(|e| anyhow::anyhow!("{}: {e}", paths::BOARD))
@@ -124,12 +128,22 @@ fn device_main(_args: Args) -> ! {
     ) {
         log!("{line}");
     }
-    let (notice_tx, notice_rx) = std::sync::mpsc::sync_channel(8);
+    let (notice_tx, notice_rx) = std::sync::mpsc::sync_channel::<Notice>(8);
     let extension = board_ui.clone().map(crate::requests::extension);
-    if let Some(b) = board_ui {
+    let starve = Arc::new(AtomicBool::new(false));
+    let trial_tx = board
+        .as_ref()
+        .and_then(|b| start_trial(b, started, starve.clone()));
+    if board_ui.is_some() || trial_tx.is_some() {
         let spawned = helpers::spawn("status-led", 64 * 1024, move || {
             let mut led = StatusLed::default();
             for notice in notice_rx {
+                if let Some(tx) = &trial_tx {
+                    // Bounded: the trial thread takes each at once; one lost while it is
+                    // busy committing no longer matters.
+                    let _ = tx.try_send(notice.clone());
+                }
+                let Some(b) = &board_ui else { continue };
                 match led.on(notice, helpers::failed()) {
                     LedChange::Booted => {
                         b.booted();
@@ -152,11 +166,53 @@ fn device_main(_args: Args) -> ! {
         state_dir: PathBuf::from(paths::STATE),
         socket_path: PathBuf::from(paths::SOCKET),
         watchdog: Some(PathBuf::from("/dev/watchdog")),
+        starve_watchdog: Some(starve),
         pid1: true,
         notices: Some(notice_tx),
         extension,
     });
     stage3(how)
+}
+
+/// Announces what the boot state says of this boot and, when the running slot is on trial,
+/// starts the thread that commits it or gives up (`trial`); the sender of its notices.
+fn start_trial(
+    board: &Board,
+    started: std::time::Instant,
+    starve: Arc<AtomicBool>,
+) -> Option<std::sync::mpsc::SyncSender<Notice>> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let running = system::running_slot(&cmdline);
+    let disk = cairn_update::disk::BootDisk::new(Path::new(&board.storage.device));
+    let state = match disk.state() {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => {
+            log!("error: update: reading the boot state: {e}");
+            return None;
+        }
+    };
+    let (line, on_trial) = trial::announce(&state, running);
+    if let Some(line) = line {
+        log!("{line}");
+    }
+    if !on_trial {
+        return None;
+    }
+    let (settle, deadline, problems) = trial::times(&cmdline);
+    for p in problems {
+        log!("error: {p}; keeping the default");
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    let spawned = helpers::spawn("update-trial", 64 * 1024, move || {
+        trial::run(disk, running, settle, deadline, started, rx, starve)
+    });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            log!("error: update trial thread: {e}");
+            None
+        }
+    }
 }
 
 /// What the `status-led` thread does with the supervisor's notices.
@@ -234,7 +290,12 @@ fn stage1(board: Option<&Board>) {
             Err(e) => log!("error: data partition: {e:#}; running without persistent state"),
         }
         // Before the services start: some run programs from it.
-        match system::mount_layer(&board.storage, Path::new("/usr")) {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        match system::mount_layer(
+            &board.storage,
+            system::running_slot(&cmdline),
+            Path::new("/usr"),
+        ) {
             Ok(report) => log!("{report}"),
             Err(e) => log!("error: system layer: {e:#}; its services will not start"),
         }

@@ -9,6 +9,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub socket_path: PathBuf,
     pub watchdog: Option<PathBuf>,
+    /// Set: stop feeding the watchdog (a slot on trial that did not get healthy in time).
+    pub starve_watchdog: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// PID 1 (of the device or of a PID namespace): every orphan is ours to reap.
     pub pid1: bool,
     /// Told when every service is ready and when one fails for good.
@@ -47,6 +49,7 @@ pub fn run(cfg: Config) -> Shutdown {
     };
     let mut rc = cairn_supervisor::RunConfig::new(cfg.services_dir, cfg.state_dir, cfg.socket_path);
     rc.watchdog = cfg.watchdog;
+    rc.starve_watchdog = cfg.starve_watchdog;
     rc.pid1 = cfg.pid1;
     rc.notices = cfg.notices;
     rc.extension = cfg.extension;
