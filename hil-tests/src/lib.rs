@@ -1038,31 +1038,7 @@ pub fn slot_b_on_trial(
     }
     drop(f);
     let img = format!("{}@@{}", disk.display(), b.offset());
-    let out = Command::new("mtype")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-i", &img, "::/extlinux/extlinux.conf"])
-        .output()
-        .context("mtype (mtools)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "mtype: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let conf = String::from_utf8(out.stdout)?.replace("  append ", &format!("  append {words} "));
-    let local = dir.join("extlinux.conf");
-    std::fs::write(&local, conf)?;
-    let out = Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-o", "-i", &img])
-        .arg(&local)
-        .arg("::/extlinux/extlinux.conf")
-        .output()
-        .context("mcopy (mtools)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "mcopy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    append_in_extlinux(&img, &dir.join("extlinux.conf"), words)?;
     let d = cairn_update::disk::BootDisk::new(&disk);
     let record = SlotRecord {
         version: format!("0.1.0-{build}"),
@@ -1084,17 +1060,7 @@ pub fn add_to_slot_b_initramfs(
 ) -> anyhow::Result<()> {
     let b = partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[1])?;
     let img = format!("{}@@{}", disk.display(), b.offset());
-    let out = Command::new("mtype")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-i", &img, "::/initramfs.cpio"])
-        .output()
-        .context("mtype (mtools)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "mtype: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut cpio = out.stdout;
+    let mut cpio = fat_read(&img, "initramfs.cpio")?;
     // newc: "070701", thirteen 8-digit hex fields, the name with its NUL, the data; each of
     // the last two padded to 4 bytes.
     let mut entry = |name: &str, mode: u32, data: &[u8]| {
@@ -1129,19 +1095,7 @@ pub fn add_to_slot_b_initramfs(
     entry("TRAILER!!!", 0, &[]);
     let local = dir.join("initramfs.cpio");
     std::fs::write(&local, cpio)?;
-    let out = Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-o", "-i", &img])
-        .arg(&local)
-        .arg("::/initramfs.cpio")
-        .output()
-        .context("mcopy (mtools)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "mcopy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    fat_write(&img, &local, "initramfs.cpio")
 }
 
 /// Appends kernel command-line words in slot A's extlinux.conf of a disk image
@@ -1152,31 +1106,48 @@ pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {
         disk.display(),
         partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[0])?.offset()
     );
+    append_in_extlinux(&img, &disk.with_file_name("extlinux.conf"), words)
+}
+
+/// Puts `words` first on the `append` line of `extlinux/extlinux.conf` in the FAT at `img`
+/// (mtools' `FILE@@OFFSET`), through the scratch file `local`.
+fn append_in_extlinux(img: &str, local: &Path, words: &str) -> anyhow::Result<()> {
+    let conf = String::from_utf8(fat_read(img, "extlinux/extlinux.conf")?)?;
+    anyhow::ensure!(conf.contains("  append "), "no append line in {conf}");
+    std::fs::write(
+        local,
+        conf.replace("  append ", &format!("  append {words} ")),
+    )?;
+    fat_write(img, local, "extlinux/extlinux.conf")
+}
+
+/// The bytes of `path` in the FAT at `img` (mtools' `FILE@@OFFSET`).
+pub fn fat_read(img: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     let out = Command::new("mtype")
         .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-i", &img, "::/extlinux/extlinux.conf"])
+        .args(["-i", img, &format!("::/{path}")])
         .output()
         .context("mtype (mtools)")?;
     anyhow::ensure!(
         out.status.success(),
-        "mtype: {}",
+        "mtype {path}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let conf = String::from_utf8(out.stdout)?;
-    anyhow::ensure!(conf.contains("  append "), "no append line in {conf}");
-    let conf = conf.replace("  append ", &format!("  append {words} "));
-    let local = disk.with_file_name("extlinux.conf");
-    std::fs::write(&local, conf)?;
+    Ok(out.stdout)
+}
+
+/// Copies `local` over `path` in the FAT at `img` (mtools' `FILE@@OFFSET`).
+pub fn fat_write(img: &str, local: &Path, path: &str) -> anyhow::Result<()> {
     let out = Command::new("mcopy")
         .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-o", "-i", &img])
-        .arg(&local)
-        .arg("::/extlinux/extlinux.conf")
+        .args(["-o", "-i", img])
+        .arg(local)
+        .arg(format!("::/{path}"))
         .output()
         .context("mcopy (mtools)")?;
     anyhow::ensure!(
         out.status.success(),
-        "mcopy: {}",
+        "mcopy {path}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())

@@ -7,7 +7,7 @@
 
 use cairn_bsp::panel::{PanelLink, ToGuest};
 use cairn_bsp::pattern::{recognize, Pattern};
-use cairn_hil::{image, partition, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+use cairn_hil::{append_cmdline, image, partition, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -35,32 +35,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Appends kernel command-line words in slot A's extlinux.conf (what a person
-/// would edit on the card's FAT partition).
-fn append_cmdline(disk: &Path, words: &str) {
-    let img = format!(
-        "{}@@{}",
-        disk.display(),
-        partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[0])
-            .unwrap()
-            .offset()
-    );
-    let conf = run(Command::new("mtype").env("MTOOLS_SKIP_CHECK", "1").args([
-        "-i",
-        &img,
-        "::/extlinux/extlinux.conf",
-    ]));
-    assert!(conf.contains("  append "), "{conf}");
-    let conf = conf.replace("  append ", &format!("  append {words} "));
-    let local = disk.with_file_name("extlinux.conf");
-    std::fs::write(&local, conf).unwrap();
-    run(Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["-o", "-i", &img])
-        .arg(&local)
-        .arg("::/extlinux/extlinux.conf"));
 }
 
 /// The root directory of the data partition (ext4), as `debugfs` lists it.
@@ -95,7 +69,7 @@ fn boot(reboot: bool, prepare: impl FnOnce(&Path)) -> Board {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
     std::fs::copy(image("cairn-qemu-virt.img").unwrap(), &disk).unwrap();
-    append_cmdline(&disk, &format!("cairn.pairing_window_s={WINDOW_S}"));
+    append_cmdline(&disk, &format!("cairn.pairing_window_s={WINDOW_S}")).unwrap();
     prepare(&disk);
     let mut cfg = Config::new(disk);
     cfg.reboot = reboot;
