@@ -101,8 +101,11 @@ fn two_owners_pair_their_plugs_from_the_page_by_button_then_by_code() {
     );
     // The six digits B's page shows are A's: the owners compare them.
     let code_of = |said: &str| said.split(", code ").nth(1).unwrap()[..7].to_string();
+    // Each plug settles its own side: B's may end a moment after A's, and its page follows.
     bb.goto(&b.url("/admin/storage")).unwrap();
-    let b_said = bb.text_of("#pairing").unwrap();
+    let b_said = bb
+        .wait_for_text(Scope::Css("#pairing"), "Last pairing: ", REACT)
+        .unwrap();
     assert!(
         b_said.contains(&format!("paired with {id_a}, code ")),
         "{b_said}"
