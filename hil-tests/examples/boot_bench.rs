@@ -121,7 +121,7 @@ fn main() -> anyhow::Result<()> {
         "floor_uboot_s": round(median(&floor_uboot)),
         "boot_vs_floor": round(boot_to_ready / floor_s),
         "image_xz_mib": mib(images_dir().join("cairn-qemu-virt.img.xz"))?,
-        "binary_mib": mib(root.join("target/aarch64-unknown-linux-musl/firmware/cairn"))?,
+        "binary_mib": mib(root.join("target/aarch64-unknown-linux-musl/firmware/cairn.product"))?,
         "ram_used_after_ready_mib": median(&ram),
     });
     if let Some(dir) = out.parent() {

@@ -1,7 +1,7 @@
 //! The shipped binary has no test fixture: the product firmware build (`scripts/image qemu-virt`,
-//! `target/aarch64-unknown-linux-musl/firmware/cairn`), run under `qemu-aarch64-static`, has no
-//! `cairn fixture` subcommand and none of its code, while the test image's build (feature
-//! `test-fixtures`, in its own target dir) does.
+//! kept as `target/aarch64-unknown-linux-musl/firmware/cairn.product`), run under
+//! `qemu-aarch64-static`, has no `cairn fixture` subcommand and none of its code, while the test
+//! image's build (feature `test-fixtures`, `cairn.test-fixtures` beside it) does.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -16,7 +16,7 @@ fn product_cairn() -> PathBuf {
         .map(PathBuf::from)
         .map(|d| if d.is_absolute() { d } else { root.join(d) })
         .unwrap_or_else(|| root.join("target"));
-    let exe = tdir.join("aarch64-unknown-linux-musl/firmware/cairn");
+    let exe = tdir.join("aarch64-unknown-linux-musl/firmware/cairn.product");
     assert!(
         exe.is_file(),
         "{} is missing: `scripts/image qemu-virt` builds it (scripts/test does)",

@@ -3,9 +3,9 @@
 //! scores, pairing from the page (through PID 1), invitation codes both ways, unpairing, and
 //! what a browser may not send the node.
 
-mod common;
+use crate::common;
 
-use common::Server;
+use crate::common::Server;
 
 #[tokio::test]
 async fn the_dashboard_shows_offered_used_partners_and_redundancy_below_target() {

@@ -2,9 +2,9 @@
 //! share directory from the first start, the names again after setup with the services
 //! restarted to take them, and no restart for a change that keeps the names.
 
-mod common;
+use crate::common;
 
-use common::{set_up, FakeDevice, Server, PASSPHRASE};
+use crate::common::{set_up, FakeDevice, Server, PASSPHRASE};
 use std::os::unix::fs::PermissionsExt;
 
 #[tokio::test(flavor = "current_thread")]

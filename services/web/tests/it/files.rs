@@ -4,9 +4,9 @@
 //! halfway, or a folder with anything wrong, stores nothing; names a browser may not use; the vault locked once nobody
 //! is logged in.
 
-mod common;
+use crate::common;
 
-use common::{set_up_with_vault, Server};
+use crate::common::{set_up_with_vault, Server};
 use tokio::io::AsyncWriteExt;
 
 /// `n` bytes of text that do not repeat in any short period (so chunks differ).

@@ -4,12 +4,12 @@
 //! it shows the same certificate again, listed, and forgotten; every refusal is one line and
 //! leaves the bundle as it was.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
+use crate::common::{set_up, Browser, Server};
 use cairn_web::trust::{Address, BUNDLE_FILE};
-use common::{set_up, Browser, Server};
 
 /// The certificates (DER) in the services' bundle.
 fn bundle(share: &std::path::Path) -> Vec<Vec<u8>> {

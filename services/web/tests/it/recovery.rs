@@ -2,9 +2,9 @@
 //! last group, and only then is PID 1 told that setup is done (the LED leaves "setup needed").
 //! Over real TLS on loopback, with a fake PID 1 and a real vault over directories.
 
-mod common;
+use crate::common;
 
-use common::{key_on, set_up, Server, PASSPHRASE};
+use crate::common::{key_on, set_up, Server, PASSPHRASE};
 
 #[tokio::test]
 async fn the_recovery_key_is_shown_once_and_setup_ends_when_its_last_group_is_typed() {

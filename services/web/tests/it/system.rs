@@ -6,9 +6,9 @@
 //! Each test starts its own server, already set up as `plug` (a fake PID 1 behind `Device`, a
 //! cheap passphrase hash).
 
-mod common;
+use crate::common;
 
-use common::{Server, PASSPHRASE};
+use crate::common::{Server, PASSPHRASE};
 
 #[tokio::test]
 async fn the_system_page_lists_the_services_with_their_logs_and_buttons() {

@@ -7,9 +7,9 @@
 //! snac itself is not here: its data folder is a temporary one, where the test leaves the first
 //! password snac would.
 
-mod common;
+use crate::common;
 
-use common::{FakeDevice, Server};
+use crate::common::{FakeDevice, Server};
 use std::sync::Arc;
 
 #[tokio::test(flavor = "current_thread")]

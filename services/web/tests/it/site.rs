@@ -3,9 +3,9 @@
 //! folder too; a zip with a path leaving the site, a link, or one that is no zip at all is
 //! refused whole and the site stays as it was; files put into `site/` change it.
 
-mod common;
+use crate::common;
 
-use common::{set_up_with_vault, Server};
+use crate::common::{set_up_with_vault, Server};
 use std::io::Write;
 
 /// A zip of `files` (stored, no compression).

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-mod common;
+use crate::common;
 
 use cairn_node::control::Client;
 use cairn_node::records::{hex, OWN_SHARDS};

@@ -5,9 +5,9 @@
 //! Each test starts its own server, already set up as `plug` (a fake PID 1 behind `Device`, a
 //! cheap passphrase hash); the file runs in a few seconds.
 
-mod common;
+use crate::common;
 
-use common::{Server, PASSPHRASE};
+use crate::common::{Server, PASSPHRASE};
 use std::io::{Read, Write};
 
 #[tokio::test]

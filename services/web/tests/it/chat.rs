@@ -5,9 +5,9 @@
 //! The server here has no Prosody (a test host's `Config`): a name that passes gets "This
 //! device has no Jabber", which shows it got past the rules.
 
-mod common;
+use crate::common;
 
-use common::Server;
+use crate::common::Server;
 
 #[tokio::test]
 async fn odd_account_names_are_refused_with_the_reason_and_shown_escaped() {

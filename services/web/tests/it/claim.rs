@@ -6,9 +6,9 @@
 //! Each test starts its own server (a fake PID 1 behind `Device`); claim polls last
 //! [`common::POLL`], the board is looked at every 250 ms, so each test takes a second or two.
 
-mod common;
+use crate::common;
 
-use common::{claim, wait_for_outcome, Server};
+use crate::common::{claim, wait_for_outcome, Server};
 use std::time::Duration;
 
 #[tokio::test]

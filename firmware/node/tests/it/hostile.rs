@@ -18,8 +18,8 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::common;
 use async_trait::async_trait;
-mod common;
 
 use cairn_node::audit::{Challenge, RANGE_BYTES_MAX};
 use cairn_node::identity::statement;

@@ -1,0 +1,7 @@
+//! The storage node's integration tests, in one test binary: each file below was its own, and each linked the whole
+//! crate and its dependencies at opt-level 3 (minutes of CI on two cores).
+
+mod churn;
+mod common;
+mod held_here;
+mod hostile;
