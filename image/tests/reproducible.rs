@@ -20,6 +20,7 @@ fn inputs(dir: &Path) -> Inputs {
         kernel: dir.join("Image"),
         services: vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../hil-tests/fixtures/services")],
         system: None,
+        boot_files: None,
         append: "quiet".into(),
         slot_mib: 16,
         data_mib: 32,
