@@ -107,6 +107,19 @@ pub struct Config {
     pub internet: bool,
     /// A second disk (the benchmarks' card), after the board's own.
     pub second_disk: Option<SecondDisk>,
+    /// The emulated machine.
+    pub machine: Machine,
+}
+
+/// Which machine QEMU emulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    /// `-M virt`: the qemu-virt board (u-boot from Debian's u-boot-qemu as `-bios`).
+    Virt,
+    /// `-M raspi3b`: a Raspberry Pi 3 B, booting the u-boot.bin on the card's own boot
+    /// partition (what its GPU firmware would start; QEMU does not run that firmware) from
+    /// an SD card, with QEMU's usb-net on its USB port as the Ethernet.
+    Raspi3b,
 }
 
 /// A second virtio disk: a raw file on the host that the guest finds by its serial number
@@ -203,6 +216,7 @@ impl Config {
             console: Console::Piped,
             internet: false,
             second_disk: None,
+            machine: Machine::Virt,
         }
     }
 }
@@ -528,6 +542,9 @@ impl Qemu {
 /// `scripts/run` (`cairn-hil run`). Boots from the disk through u-boot, as a plug boots from
 /// its card.
 pub fn command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
+    if cfg.machine == Machine::Raspi3b {
+        return raspi_command(cfg, files);
+    }
     anyhow::ensure!(
         files.uboot_env.is_file(),
         "{} is missing: build it with scripts/image",
@@ -618,6 +635,63 @@ pub fn command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
             .arg("-device")
             .arg(format!("virtio-net-device,netdev=lan,mac={mac}")),
     };
+    if !cfg.reboot {
+        cmd.arg("-no-reboot");
+    }
+    Ok(cmd)
+}
+
+/// The Raspberry Pi 3's MAC address prefix (the Raspberry Pi Foundation's OUI): a globally
+/// administered address, so that Linux names QEMU's usb-net `eth0` as the Pi's own Ethernet
+/// (a locally administered one would make it `usb0`).
+const RPI_MAC: &str = "b8:27:eb:00:00:01";
+
+/// The raspi3b command line: the u-boot.bin of the card's boot partition as `-kernel` (QEMU
+/// starts it as the GPU firmware would), the card on the SD controller, the console on the
+/// mini UART (the second serial port), the network on usb-net. The machine has its fixed
+/// 1 GiB; `memory_mib` does not apply.
+fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
+    anyhow::ensure!(
+        cfg.second_disk.is_none() && cfg.tcp_forwards.is_empty() && cfg.https_port.is_none(),
+        "raspi3b: one SD card, no forwards (not needed so far)"
+    );
+    let size = std::fs::metadata(&files.disk)?.len();
+    anyhow::ensure!(
+        size.is_power_of_two(),
+        "raspi3b: QEMU takes SD cards of a power-of-two size only ({} is {size} bytes): set disk_bytes",
+        files.disk.display()
+    );
+    let boot = partition(&files.disk, 1)?;
+    let uboot = fat_read(
+        &format!("{}@@{}", files.disk.display(), boot.offset()),
+        "u-boot.bin",
+    )?;
+    let uboot_file = files.disk.with_file_name("u-boot.bin");
+    std::fs::write(&uboot_file, uboot)?;
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.args(["-M", "raspi3b", "-display", "none"])
+        .arg("-kernel")
+        .arg(&uboot_file)
+        .args(["-serial", "null"]);
+    match cfg.console {
+        Console::Piped => cmd.args(["-serial", "stdio", "-monitor", "none"]),
+        Console::Terminal => cmd.args(["-serial", "mon:stdio"]),
+    };
+    cmd.arg("-drive")
+        .arg(format!("if=sd,format=raw,file={}", files.disk.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", files.qmp.display()));
+    let restrict = if cfg.internet { "off" } else { "on" };
+    match &cfg.ethernet {
+        Ethernet::None => {}
+        Ethernet::User => {
+            cmd.arg("-netdev")
+                .arg(format!("user,id=lan,restrict={restrict}"))
+                .arg("-device")
+                .arg(format!("usb-net,netdev=lan,mac={RPI_MAC}"));
+        }
+        other => anyhow::bail!("raspi3b: {other:?} is not wired up (not needed so far)"),
+    }
     if !cfg.reboot {
         cmd.arg("-no-reboot");
     }
@@ -1119,6 +1193,31 @@ fn append_in_extlinux(img: &str, local: &Path, words: &str) -> anyhow::Result<()
         conf.replace("  append ", &format!("  append {words} ")),
     )?;
     fat_write(img, local, "extlinux/extlinux.conf")
+}
+
+/// Emulation only: marks the device-tree `nodes` (full paths) disabled in the DTB `dtb` of
+/// slot A on the card copy `disk` (`fdtput`), for devices an emulated SoC models otherwise
+/// than the real one. The image keeps the real DTB.
+pub fn disable_slot_dt_nodes(disk: &Path, dtb: &str, nodes: &[&str]) -> anyhow::Result<()> {
+    let slot_a = partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[0])?;
+    let img = format!("{}@@{}", disk.display(), slot_a.offset());
+    let local = disk.with_file_name(dtb);
+    std::fs::write(&local, fat_read(&img, dtb)?)?;
+    for node in nodes {
+        let out = Command::new("fdtput")
+            .arg("-t")
+            .arg("s")
+            .arg(&local)
+            .args([*node, "status", "disabled"])
+            .output()
+            .context("fdtput (device-tree-compiler)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "fdtput {node}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    fat_write(&img, &local, dtb)
 }
 
 /// The bytes of `path` in the FAT at `img` (mtools' `FILE@@OFFSET`).

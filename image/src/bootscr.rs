@@ -3,6 +3,11 @@
 //! state, keep the newer valid one, count a try down (written before the slot boots) or fall
 //! back, then `sysboot` the chosen slot's extlinux.conf with `cairn_slot` set; if that returns,
 //! the other slot. Wrapped in a legacy uImage script header (made here: no mkimage needed).
+//!
+//! One script for every board: distro boot sets `devtype`/`devnum` (`virtio 0` on qemu-virt,
+//! `mmc 0` on the Pis) and each u-boot build's own environment the load addresses sysboot uses
+//! (`kernel_addr_r`, `fdt_addr_r`, `ramdisk_addr_r`, `pxefile_addr_r`; Debian's `rpi_3` has
+//! `itest`, `setexpr`, `env import/export` and `sysboot` too: hil-tests/tests/rpi.rs boots it).
 
 use cairn_bsp::mbr::SLOT_PARTITIONS;
 use cairn_update::bootstate::{COPY_SECTORS, RECORD_SECTORS};

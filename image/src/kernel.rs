@@ -169,6 +169,12 @@ pub struct KernelInputs {
     pub fragment_text: String,
     /// The `CROSS_COMPILE` prefix for the board's architecture.
     pub cross_compile: String,
+    /// Whether the device trees are built too (`make dtbs`: those of the SoCs the config
+    /// enables), for boards whose bootloader does not bring its own.
+    pub dtbs: bool,
+    /// Names the cache entry: the fragment's directory, so boards sharing a fragment (the
+    /// Raspberry Pis) share one build.
+    pub name: String,
 }
 
 impl KernelInputs {
@@ -186,10 +192,16 @@ impl KernelInputs {
             other => anyhow::bail!("board {}: unsupported kernel arch {other}", board.name),
         }
         .to_string();
+        let name = Path::new(&k.config_fragment)
+            .parent()
+            .and_then(|p| p.file_name())
+            .map_or_else(|| board.name.clone(), |n| n.to_string_lossy().into_owned());
         Ok(KernelInputs {
             fragment,
             fragment_text,
             cross_compile,
+            dtbs: k.dtb.is_some(),
+            name,
         })
     }
 
@@ -206,6 +218,10 @@ impl KernelInputs {
             ctx.update(&(part.len() as u64).to_le_bytes());
             ctx.update(part.as_bytes());
         }
+        // Boards with a DTB build them too; the key of the others stays what it was.
+        if self.dtbs {
+            ctx.update(DTBS.as_bytes());
+        }
         hex::encode(ctx.finish().as_ref())[..16].to_string()
     }
 }
@@ -221,12 +237,12 @@ pub fn build(
     let inputs = KernelInputs::new(board, boards_dir)?;
     let dir = cache.join(format!(
         "kernel-{}-{}",
-        board.name,
+        inputs.name,
         inputs.key(board, source)
     ));
     let image = dir.join("Image");
     if image.is_file() {
-        return Ok(image);
+        return with_dtb(board, image);
     }
     let tarball = source.fetch(cache)?;
     eprintln!(
@@ -243,12 +259,59 @@ pub fn build(
         let tmp = dir.join("Image.tmp");
         std::fs::copy(src.join("arch/arm64/boot/Image"), &tmp)?;
         std::fs::copy(src.join(".config"), dir.join("config"))?;
+        if inputs.dtbs {
+            let _ = std::fs::remove_dir_all(dir.join(DTBS));
+            copy_dtbs(&src.join("arch/arm64/boot/dts"), &dir.join(DTBS))?;
+        }
         std::fs::rename(&tmp, &image)?; // the Image appears only when complete
         Ok(())
     });
     let _ = std::fs::remove_dir_all(&work);
     built?;
+    with_dtb(board, image)
+}
+
+/// The directory beside the Image that holds the built device trees, by their path below
+/// `arch/arm64/boot/dts` (`broadcom/bcm2837-rpi-3-b.dtb`).
+pub const DTBS: &str = "dtbs";
+
+/// The board's DTB as `build` leaves it beside `image`.
+pub fn dtb_path(board: &Board, image: &Path) -> Option<PathBuf> {
+    let dtb = board.kernel.dtb.as_ref()?;
+    Some(
+        image
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(DTBS)
+            .join(dtb),
+    )
+}
+
+/// `image`, once the board's DTB is known to be beside it.
+fn with_dtb(board: &Board, image: PathBuf) -> anyhow::Result<PathBuf> {
+    if let Some(dtb) = dtb_path(board, &image) {
+        anyhow::ensure!(
+            dtb.is_file(),
+            "board {}: the kernel build made no {} (does its config fragment enable the SoC?)",
+            board.name,
+            dtb.display()
+        );
+    }
     Ok(image)
+}
+
+/// Copies every `*.dtb` below `from` to the same place below `to`.
+fn copy_dtbs(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(from)?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dtbs(&path, &to.join(entry.file_name()))?;
+        } else if path.extension().is_some_and(|x| x == "dtb") {
+            std::fs::create_dir_all(to)?;
+            std::fs::copy(&path, to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
 }
 
 fn build_in(
@@ -302,10 +365,12 @@ fn build_in(
         inputs.fragment.display(),
         lost.join(", ")
     );
-    run(
-        &mut make(&["-s", &format!("-j{jobs}"), "Image"]),
-        "building the kernel",
-    )?;
+    let jobs = format!("-j{jobs}");
+    let mut targets = vec!["-s", &jobs, "Image"];
+    if inputs.dtbs {
+        targets.push("dtbs");
+    }
+    run(&mut make(&targets), "building the kernel")?;
     Ok(src)
 }
 

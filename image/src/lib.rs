@@ -29,8 +29,11 @@ pub const EPOCH: u64 = 1_700_000_000;
 /// Fixed identities for the same reason (volume id, UUID, hash seed, disk signature).
 const FAT_VOLUME_ID: &str = "CA1B0001";
 const BOOT_VOLUME_ID: &str = "CA1B0000";
-/// The boot partition: a boot script (and, on the Pis, their firmware) in a small FAT12.
+/// The boot partition: a boot script in a small FAT12.
 const BOOT_MIB: u64 = 4;
+/// The Pis' boot partition also holds their GPU firmware and u-boot (≈4 MiB on the Pi 3),
+/// in a FAT16, which their boot ROM and firmware read (FAT12 they may not).
+const RPI_BOOT_MIB: u64 = 32;
 const EXT4_UUID: &str = "ca1b0000-0000-4000-8000-00000000da7a";
 const EXT4_HASH_SEED: &str = "ca1b0000-0000-4000-8000-0000000005ed";
 const DISK_ID: u32 = 0xCA1B_0001;
@@ -49,6 +52,9 @@ pub struct Inputs {
     pub services: Vec<PathBuf>,
     /// The system layer (squashfs of pinned Debian packages), if the image carries one.
     pub system: Option<PathBuf>,
+    /// The board's card packages unpacked, one directory per package
+    /// ([`system::unpack`]), where its bootloader goes on the card.
+    pub boot_files: Option<PathBuf>,
     /// Extra kernel command-line words (test images use this).
     pub append: String,
     /// Size of each system slot, in MiB (an update must fit it too: leave room).
@@ -79,6 +85,8 @@ pub struct Plan {
     pub partitions: Vec<mbr::Partition>,
     /// Files on the boot partition, by path there.
     pub boot_files: Vec<(String, Source)>,
+    /// The boot partition's FAT size (`12` or `16`).
+    pub boot_fat_bits: &'static str,
     /// Files in a system slot, by path there (the initramfs is made at execution).
     pub slot_files: Vec<(String, Source)>,
     /// The initramfs (files given by source, resolved at execution).
@@ -101,15 +109,11 @@ impl Plan {
 /// Works out the image for `inputs` without writing anything.
 pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
     let board = &inputs.board;
-    anyhow::ensure!(
-        matches!(board.bootloader, Bootloader::UBootExtlinux { .. }),
-        "board {}: only u-boot extlinux boards can be imaged so far",
-        board.name
-    );
+    let rpi = matches!(board.bootloader, Bootloader::RpiFirmware { .. });
     // On the card: boot, slot A, slot B, data (last, so that it can grow); in the MBR data
     // keeps entry 2 and the slots take 3 and 4.
     let boot_start = MIB / SECTOR;
-    let boot_sectors = BOOT_MIB * MIB / SECTOR;
+    let boot_sectors = if rpi { RPI_BOOT_MIB } else { BOOT_MIB } * MIB / SECTOR;
     let slot_sectors = inputs.slot_mib * MIB / SECTOR;
     let slot_a = boot_start + boot_sectors;
     let slot_b = slot_a + slot_sectors;
@@ -141,9 +145,20 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
         .join(" ")
         .trim()
         .to_string();
+    // The board's DTB goes into the slot (an update brings the kernel's own), and on the Pis
+    // onto the boot partition too, for the GPU firmware (config.txt `device_tree=`).
+    let dtb = kernel::dtb_path(board, &inputs.kernel);
+    let dtb_name = dtb
+        .as_ref()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    let fdt = match &dtb_name {
+        Some(name) => format!("  fdt /{name}\n"),
+        None => String::new(), // u-boot hands over its own (QEMU's) device tree
+    };
     // The same bytes in either slot: boot.scr sets cairn_slot, sysboot expands it.
     let extlinux = format!(
-        "# Cairn boot menu, read by sysboot from boot.scr.\ndefault cairn\n\nlabel cairn\n  kernel /Image\n  initrd /initramfs.cpio\n  append {cmdline} cairn.slot=${{cairn_slot}}\n"
+        "# Cairn boot menu, read by sysboot from boot.scr.\ndefault cairn\n\nlabel cairn\n  kernel /Image\n{fdt}  initrd /initramfs.cpio\n  append {cmdline} cairn.slot=${{cairn_slot}}\n"
     );
     let mut slot_files = vec![
         ("Image".to_string(), Source::File(inputs.kernel.clone())),
@@ -153,10 +168,13 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
             Source::Bytes(extlinux.into_bytes()),
         ),
     ];
+    if let (Some(dtb), Some(name)) = (&dtb, &dtb_name) {
+        slot_files.push((name.clone(), Source::File(dtb.clone())));
+    }
     if let Some(layer) = &inputs.system {
         slot_files.push((SYSTEM_FILE.to_string(), Source::File(layer.clone())));
     }
-    let boot_files = vec![(
+    let mut boot_files = vec![(
         "boot.scr".to_string(),
         Source::Bytes(bootscr::uimage(
             &bootscr::script(),
@@ -164,6 +182,33 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
             EPOCH as u32,
         )),
     )];
+    if let Bootloader::RpiFirmware { uboot, firmware } = &board.bootloader {
+        let dir = inputs.boot_files.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "board {}: its bootloader goes on the card: give --boot-files (cairn-image boot-files)",
+                board.name
+            )
+        })?;
+        let (Some(dtb), Some(dtb_name)) = (&dtb, &dtb_name) else {
+            anyhow::bail!(
+                "board {}: a Raspberry Pi board needs [kernel] dtb",
+                board.name
+            );
+        };
+        for spec in firmware {
+            let path = card_file(dir, spec)?;
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            boot_files.push((name, Source::File(path)));
+        }
+        boot_files.push(("u-boot.bin".into(), Source::File(card_file(dir, uboot)?)));
+        boot_files.push((dtb_name.clone(), Source::File(dtb.clone())));
+        let config = format!(
+            "# Raspberry Pi firmware settings (made by cairn-image): start u-boot in 64-bit mode\n\
+             # with the console on the mini UART (header pins 8/10); u-boot runs boot.scr.\n\
+             arm_64bit=1\nenable_uart=1\nkernel=u-boot.bin\ndevice_tree={dtb_name}\n"
+        );
+        boot_files.push(("config.txt".into(), Source::Bytes(config.into_bytes())));
+    }
 
     let dir = |p: &str| {
         (
@@ -293,6 +338,7 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
     Ok(Plan {
         partitions,
         boot_files,
+        boot_fat_bits: if rpi { "16" } else { "12" },
         slot_files,
         initramfs,
         record: SlotRecord {
@@ -300,6 +346,34 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
             build: inputs.build,
         },
     })
+}
+
+/// The packages a board takes files from for the card (`PACKAGE:PATH` in its file).
+pub fn card_packages(board: &Board) -> Vec<String> {
+    let mut names: Vec<String> = match &board.bootloader {
+        Bootloader::RpiFirmware { uboot, firmware } => std::iter::once(uboot)
+            .chain(firmware)
+            .filter_map(|s| s.split_once(':').map(|(p, _)| p.to_string()))
+            .collect(),
+        Bootloader::UBootExtlinux { .. } => Vec::new(),
+    };
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `PACKAGE:PATH` in the unpacked packages `dir`, which must have it.
+fn card_file(dir: &Path, spec: &str) -> anyhow::Result<PathBuf> {
+    let (package, path) = spec
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{spec}: not PACKAGE:PATH"))?;
+    let file = dir.join(package).join(path.trim_start_matches('/'));
+    anyhow::ensure!(
+        file.is_file(),
+        "{spec}: no such file in {package} as pinned ({})",
+        file.display()
+    );
+    Ok(file)
 }
 
 /// The system layer's file in a slot (stage 1 mounts it through a loop device).
@@ -342,7 +416,7 @@ struct FatKind {
     volume_id: &'static str,
 }
 
-/// The boot partition's: small, so FAT12.
+/// The boot partition's (its FAT size is the plan's).
 const BOOT_FAT: FatKind = FatKind {
     label: "CAIRN-BOOT",
     bits: "12",
@@ -438,7 +512,10 @@ fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
         &plan.boot_files,
         &[],
         plan.partitions[0].sectors,
-        &BOOT_FAT,
+        &FatKind {
+            bits: plan.boot_fat_bits,
+            ..BOOT_FAT
+        },
         work,
         "boot",
     )?;

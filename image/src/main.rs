@@ -37,6 +37,10 @@ struct ImageArgs {
     /// The system layer (a squashfs from `cairn-image system`), a file in the system slot.
     #[arg(long)]
     system: Option<PathBuf>,
+    /// The board's boot packages as `cairn-image boot-files` unpacked them (boards whose
+    /// bootloader goes on the card).
+    #[arg(long)]
+    boot_files: Option<PathBuf>,
     /// Extra kernel command-line words.
     #[arg(long, default_value = "")]
     append: String,
@@ -86,6 +90,7 @@ impl ImageArgs {
             kernel: self.kernel,
             services: self.services,
             system: self.system,
+            boot_files: self.boot_files,
             append: self.append,
             slot_mib: self.slot_mib,
             data_mib: self.data_mib,
@@ -143,6 +148,17 @@ enum Cmd {
         cache: PathBuf,
         /// The pin file.
         #[arg(long, default_value = "services/packages.toml")]
+        pins: PathBuf,
+    },
+    /// Fetch and unpack (or find in the cache) the pinned packages of the board's bootloader
+    /// that go on the card; prints their directory, or nothing for a board without any.
+    BootFiles {
+        board: String,
+        /// Cache directory (package lists, .debs, unpacked packages keyed by their pins).
+        #[arg(long)]
+        cache: PathBuf,
+        /// The pin file.
+        #[arg(long, default_value = "board/boot-packages.toml")]
         pins: PathBuf,
     },
     /// Write a u-boot environment flash bank for QEMU that boots without a countdown.
@@ -257,6 +273,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 size >> 10
             );
             println!("{}", layer.display());
+        }
+        Cmd::BootFiles { board, cache, pins } => {
+            let (b, _) = load_board(&cli.boards, &board)?;
+            if cairn_image::card_packages(&b).is_empty() {
+                return Ok(());
+            }
+            let pins = cairn_image::system::Pins::load(&pins)?;
+            let dir =
+                cairn_image::system::unpack(&pins, cairn_image::system::debian_arch(&b)?, &cache)?;
+            println!("{}", dir.display());
         }
         Cmd::UbootEnv { uboot, out } => {
             let bin = std::fs::read(&uboot).with_context(|| format!("{}", uboot.display()))?;

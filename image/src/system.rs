@@ -216,6 +216,49 @@ pub fn build(pins: &Pins, arch: &str, cache: &Path) -> anyhow::Result<(PathBuf, 
     Ok((out, result?))
 }
 
+/// The pinned packages of `arch` in `pins` (`board/boot-packages.toml`), each unpacked into
+/// its own directory `DIR/NAME/` (cached by the pins' hash); returns `DIR`. For files that go
+/// on a card as they are (bootloaders, firmware), not into the layer.
+pub fn unpack(pins: &Pins, arch: &str, cache: &Path) -> anyhow::Result<PathBuf> {
+    let key = pins.key(arch)?;
+    let out = cache.join("boot").join(format!("{arch}-{key}"));
+    if out.is_dir() {
+        return Ok(out);
+    }
+    // Its own APT directory: other sources than the layer's, whose lists stay as they are.
+    let apt = Apt::new(
+        &cache.join("apt").join(format!("{arch}-boot")),
+        &pins.apt,
+        arch,
+    )?;
+    let wanted = pins.for_arch(arch)?;
+    apt.check_closure(wanted, pins)?;
+    let debs = cache.join("debs").join(arch);
+    std::fs::create_dir_all(&debs)?;
+    let work = cache
+        .join("boot")
+        .join(format!("work-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let result = (|| -> anyhow::Result<()> {
+        std::fs::create_dir_all(&work)?;
+        for (name, version) in &wanted.packages {
+            let deb = apt.fetch(name, version, &debs)?;
+            run(
+                Command::new("dpkg-deb")
+                    .arg("-x")
+                    .arg(&deb)
+                    .arg(work.join(name)),
+                &format!("unpacking {name} {version}"),
+            )?;
+        }
+        std::fs::rename(&work, &out)?; // the directory appears only when complete
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result?;
+    Ok(out)
+}
+
 /// A private APT configuration for one architecture under `dir`.
 struct Apt {
     dir: PathBuf,
@@ -290,7 +333,10 @@ impl Apt {
     }
 
     fn update(&self) -> anyhow::Result<()> {
-        eprintln!("cairn-image: reading the Debian archive's package lists for the system layer");
+        eprintln!(
+            "cairn-image: reading the Debian archive's package lists into {}",
+            self.dir.display()
+        );
         run(
             self.command("apt-get").args(["update", "-q"]),
             "apt-get update (the system layer's private configuration)",

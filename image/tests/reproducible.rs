@@ -20,6 +20,7 @@ fn inputs(dir: &Path) -> Inputs {
         kernel: dir.join("Image"),
         services: vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../hil-tests/fixtures/services")],
         system: None,
+        boot_files: None,
         append: "quiet".into(),
         slot_mib: 16,
         data_mib: 32,
@@ -161,4 +162,67 @@ fn the_bundle_is_reproducible_trusted_by_its_image_and_holds_its_partitions() {
     assert!(slot[..n] == disk[5 << 20..(5 << 20) + n]);
     assert!(disk[(5 << 20) + n..21 << 20].iter().all(|&b| b == 0));
     assert_eq!(m.parts.len(), 1);
+}
+
+/// The Pi 3's card: the GPU firmware, u-boot, config.txt and the DTB on a FAT16 boot partition
+/// of 32 MiB, the DTB in the slot too, named by its extlinux.conf.
+#[test]
+fn a_pi_card_carries_its_firmware_uboot_and_dtb() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut inputs = inputs(dir.path());
+    let boards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../board/boards");
+    (inputs.board, inputs.board_text) = load_board(&boards, "rpi3").unwrap();
+    let dtbs = dir.path().join("dtbs/broadcom");
+    std::fs::create_dir_all(&dtbs).unwrap();
+    std::fs::write(dtbs.join("bcm2837-rpi-3-b.dtb"), b"dtb").unwrap();
+    let pkgs = dir.path().join("pkgs");
+    for f in [
+        "raspi-firmware/usr/lib/raspi-firmware/bootcode.bin",
+        "raspi-firmware/usr/lib/raspi-firmware/start.elf",
+        "raspi-firmware/usr/lib/raspi-firmware/fixup.dat",
+        "u-boot-rpi/usr/lib/u-boot/rpi_3/u-boot.bin",
+    ] {
+        std::fs::create_dir_all(pkgs.join(f).parent().unwrap()).unwrap();
+        std::fs::write(pkgs.join(f), f).unwrap();
+    }
+    // Without the packages the plan names what is missing.
+    let e = plan(&inputs).unwrap_err().to_string();
+    assert!(e.contains("--boot-files"), "{e}");
+    inputs.boot_files = Some(pkgs);
+    let p = plan(&inputs).unwrap();
+    let names: Vec<&str> = p.boot_files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "boot.scr",
+            "bootcode.bin",
+            "start.elf",
+            "fixup.dat",
+            "u-boot.bin",
+            "bcm2837-rpi-3-b.dtb",
+            "config.txt"
+        ]
+    );
+    assert_eq!(p.boot_fat_bits, "16");
+    assert_eq!(p.partitions[0].sectors * 512, 32 << 20);
+    let text = |files: &[(String, cairn_image::Source)], name: &str| match &files
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap()
+        .1
+    {
+        cairn_image::Source::Bytes(b) => String::from_utf8(b.clone()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let config = text(&p.boot_files, "config.txt");
+    assert!(config.contains("arm_64bit=1\nenable_uart=1\nkernel=u-boot.bin\n"));
+    assert!(config.contains("device_tree=bcm2837-rpi-3-b.dtb\n"));
+    let extlinux = text(&p.slot_files, "extlinux/extlinux.conf");
+    assert!(
+        extlinux.contains("  fdt /bcm2837-rpi-3-b.dtb\n"),
+        "{extlinux}"
+    );
+    assert!(p.slot_files.iter().any(|(n, _)| n == "bcm2837-rpi-3-b.dtb"));
+    // The card builds (mkfs.vfat, mcopy) with a FAT16 boot partition.
+    execute(&p, &dir.path().join("rpi3.img")).unwrap();
 }

@@ -131,8 +131,17 @@ pub enum Bootloader {
         /// and for QEMU's `-bios`.
         binary: String,
     },
-    /// The Raspberry Pi's GPU firmware (`config.txt` on the boot partition).
-    RpiFirmware,
+    /// The Raspberry Pi's GPU firmware (`config.txt` on the boot partition), which starts
+    /// u-boot from the card; u-boot's distro boot then runs `boot.scr` as on the other boards.
+    /// Files are named `PACKAGE:PATH` (Debian arm64 packages pinned in
+    /// `board/boot-packages.toml`).
+    RpiFirmware {
+        /// The u-boot the firmware starts (`kernel=u-boot.bin` in `config.txt`).
+        uboot: String,
+        /// The GPU firmware files (`bootcode.bin`, `start*.elf`, `fixup*.dat`), copied to the
+        /// boot partition under their own names.
+        firmware: Vec<String>,
+    },
 }
 
 /// The boot medium.

@@ -244,7 +244,15 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
             continue;
         };
         match linux::request_led(line) {
-            Ok(led) => leds.push(Some(led)),
+            Ok(led) => {
+                log!(
+                    "board: {} LED on {} line {}",
+                    role.name(),
+                    line.chip,
+                    line.line
+                );
+                leds.push(Some(led))
+            }
             Err(e) => {
                 log!("error: {} LED: {e}; running without it", role.name());
                 leds.push(None);
@@ -266,6 +274,7 @@ pub fn start(board: &Board, data_dir: &Path) -> BoardUi {
     if let Some(line) = &board.button {
         match linux::request_button(line) {
             Ok(pin) => {
+                log!("board: setup button on {} line {}", line.chip, line.line);
                 let button = Button::new(pin, line.active_low, board.button_timing);
                 let (ui, data) = (ui.clone(), data_dir.to_path_buf());
                 let board_ui = handle.clone();

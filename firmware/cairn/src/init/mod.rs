@@ -260,6 +260,23 @@ impl StatusLed {
     }
 }
 
+/// How long stage 1 waits for the board's disk to appear.
+const DEVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `path` exists, or appears within `limit` (looked for every 20 ms: devices and
+/// interfaces appear once, and nothing here can be woken by them without udev).
+pub(crate) fn wait_for(path: &Path, limit: std::time::Duration) -> bool {
+    let step = std::time::Duration::from_millis(20);
+    let tries = limit.as_millis() / step.as_millis() + 1;
+    for _ in 0..tries {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(step);
+    }
+    path.exists()
+}
+
 /// Stage 1: every step is logged and none is fatal — a device without its data partition still
 /// boots far enough to show an error and accept a reboot.
 fn stage1(board: Option<&Board>) {
@@ -275,6 +292,14 @@ fn stage1(board: Option<&Board>) {
         }
         // lo at once; the board's Ethernet by DHCP on a thread of its own (never waited for).
         net::start(&board.network, &board.hostname);
+        // An SD card is probed while /init already runs; a virtio disk is there at once.
+        if !wait_for(Path::new(&board.storage.device), DEVICE_WAIT) {
+            log!(
+                "error: {} did not appear in {} s",
+                board.storage.device,
+                DEVICE_WAIT.as_secs()
+            );
+        }
         match data::prepare(&board.storage, Path::new(paths::DATA)) {
             Ok(report) => {
                 log!("{report}");

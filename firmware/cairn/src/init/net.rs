@@ -676,20 +676,43 @@ fn lower_priority() {
     }
 }
 
+/// How long the board's Ethernet may take to appear: a USB NIC (the Raspberry Pi 3's, QEMU's
+/// usb-net) enumerates seconds after /init starts.
+const INTERFACE_WAIT: Duration = Duration::from_secs(30);
+
 /// Brings `lo` up at once, and the board's Ethernet up and configured on a thread of its own.
 pub fn start(network: &cairn_bsp::board::Network, hostname: &str) {
     match sys::set_up("lo") {
         Ok(()) => {}
         Err(e) => log!("error: net: lo: {e}"),
     }
-    let iface = network.interface.clone();
-    let class = Path::new("/sys/class/net").join(&iface);
-    if !class.exists() {
-        log!("net: no interface {iface} on this board: loopback only");
+    let network = network.clone();
+    let hostname = hostname.to_string();
+    let spawned = super::helpers::spawn("dhcp", 64 * 1024, move || {
+        // Below the boot's own work: on a one-core board the exchange (and bringing the
+        // interface's queues up) otherwise takes the CPU from stage 1 and the services, while
+        // `cairn: ready` does not wait for an address anyway. A few packets a day need no more.
+        lower_priority();
+        configure(&network, &hostname);
+    });
+    if let Err(e) = spawned {
+        log!("error: net: DHCP thread: {e}");
+    }
+}
+
+/// Waits for the interface, then brings it up and runs its DHCP client (for good).
+fn configure(network: &cairn_bsp::board::Network, hostname: &str) {
+    let iface = &network.interface;
+    let class = Path::new("/sys/class/net").join(iface);
+    if !super::wait_for(&class, INTERFACE_WAIT) {
+        log!(
+            "net: no interface {iface} on this board after {} s: loopback only",
+            INTERFACE_WAIT.as_secs()
+        );
         return;
     }
     if !network.dhcp {
-        match sys::set_up(&iface) {
+        match sys::set_up(iface) {
             Ok(()) => {
                 log!("net: {iface} up without DHCP (the board says so): IPv6 link-local only")
             }
@@ -707,28 +730,18 @@ pub fn start(network: &cairn_bsp::board::Network, hostname: &str) {
             return;
         }
     };
-    let hostname = hostname.to_string();
-    let spawned = super::helpers::spawn("dhcp", 64 * 1024, move || {
-        // Below the boot's own work: on a one-core board the exchange (and bringing the
-        // interface's queues up) otherwise takes the CPU from stage 1 and the services, while
-        // `cairn: ready` does not wait for an address anyway. A few packets a day need no more.
-        lower_priority();
-        if let Err(e) = sys::set_up(&iface) {
+    if let Err(e) = sys::set_up(iface) {
+        log!("error: net: {iface}: {e}");
+        return;
+    }
+    let link = match sys::SysLink::open(iface, PathBuf::from(RESOLV_CONF)) {
+        Ok(l) => l,
+        Err(e) => {
             log!("error: net: {iface}: {e}");
             return;
         }
-        let link = match sys::SysLink::open(&iface, PathBuf::from(RESOLV_CONF)) {
-            Ok(l) => l,
-            Err(e) => {
-                log!("error: net: {iface}: {e}");
-                return;
-            }
-        };
-        Client::new(link, &iface, mac, &hostname, sys::random_u32(&mac)).run(Duration::MAX);
-    });
-    if let Err(e) = spawned {
-        log!("error: net: DHCP thread: {e}");
-    }
+    };
+    Client::new(link, iface, mac, hostname, sys::random_u32(&mac)).run(Duration::MAX);
 }
 
 /// `aa:bb:cc:dd:ee:ff` → bytes.

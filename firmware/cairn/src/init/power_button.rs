@@ -18,6 +18,7 @@ pub fn watch(line: GpioLine) {
             return;
         }
     };
+    super::log!("board: power button on {} line {}", line.chip, line.line);
     let spawned = super::helpers::spawn("power-button", 64 * 1024, move || {
         for event in events {
             if let Err(e) = event {
