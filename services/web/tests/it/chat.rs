@@ -5,8 +5,6 @@
 //! The server here has no Prosody (a test host's `Config`): a name that passes gets "This
 //! device has no Jabber", which shows it got past the rules.
 
-use crate::common;
-
 use crate::common::Server;
 
 #[tokio::test]

@@ -2,8 +2,6 @@
 //! share directory from the first start, the names again after setup with the services
 //! restarted to take them, and no restart for a change that keeps the names.
 
-use crate::common;
-
 use crate::common::{set_up, FakeDevice, Server, PASSPHRASE};
 use std::os::unix::fs::PermissionsExt;
 

@@ -3,8 +3,6 @@
 //! scores, pairing from the page (through PID 1), invitation codes both ways, unpairing, and
 //! what a browser may not send the node.
 
-use crate::common;
-
 use crate::common::Server;
 
 #[tokio::test]

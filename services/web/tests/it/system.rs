@@ -6,8 +6,6 @@
 //! Each test starts its own server, already set up as `plug` (a fake PID 1 behind `Device`, a
 //! cheap passphrase hash).
 
-use crate::common;
-
 use crate::common::{Server, PASSPHRASE};
 
 #[tokio::test]
