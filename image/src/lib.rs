@@ -182,7 +182,10 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
             EPOCH as u32,
         )),
     )];
-    if let Bootloader::RpiFirmware { uboot, firmware } = &board.bootloader {
+    if let Bootloader::RpiFirmware {
+        uboot, firmware, ..
+    } = &board.bootloader
+    {
         let dir = inputs.boot_files.as_ref().ok_or_else(|| {
             anyhow::anyhow!(
                 "board {}: its bootloader goes on the card: give --boot-files (cairn-image boot-files)",
@@ -351,7 +354,9 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
 /// The packages a board takes files from for the card (`PACKAGE:PATH` in its file).
 pub fn card_packages(board: &Board) -> Vec<String> {
     let mut names: Vec<String> = match &board.bootloader {
-        Bootloader::RpiFirmware { uboot, firmware } => std::iter::once(uboot)
+        Bootloader::RpiFirmware {
+            uboot, firmware, ..
+        } => std::iter::once(uboot)
             .chain(firmware)
             .filter_map(|s| s.split_once(':').map(|(p, _)| p.to_string()))
             .collect(),
@@ -688,12 +693,57 @@ pub fn artifacts(img: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a Raspberry Pi Imager entry says besides the image's own sizes and digests.
+pub struct ImagerRelease<'a> {
+    /// Where the `.img.xz` will be downloaded from (a placeholder until it is published).
+    pub url: &'a str,
+    /// `YYYY-MM-DD`.
+    pub release_date: &'a str,
+}
+
+/// For a board the Raspberry Pi Imager knows (`imager_devices`), writes its `os_list` entry
+/// next to `img` as `cairn-BOARD.rpi-imager.json` (after [`artifacts`]: it describes the
+/// `.img.xz`). An owner adds it in Imager as a custom repository; a release publishes it with
+/// the real URL. Returns its path, or `None` for other boards.
+pub fn imager_entry(
+    board: &Board,
+    img: &Path,
+    release: &ImagerRelease<'_>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let Bootloader::RpiFirmware { imager_devices, .. } = &board.bootloader else {
+        return Ok(None);
+    };
+    let xz = PathBuf::from(format!("{}.xz", img.display()));
+    let entry = serde_json::json!({
+        "os_list": [{
+            "name": format!("Cairn ({})", board.description),
+            "description": "Your own plug server: web site, chat, fediverse and a share in your friends' storage network.",
+            "url": release.url,
+            "release_date": release.release_date,
+            "extract_size": std::fs::metadata(img)?.len(),
+            "extract_sha256": kernel::sha256_file(img)?,
+            "image_download_size": std::fs::metadata(&xz)
+                .map_err(|e| anyhow::anyhow!("{}: {e} (artifacts first)", xz.display()))?
+                .len(),
+            "image_download_sha256": kernel::sha256_file(&xz)?,
+            "devices": imager_devices,
+            // Cairn is set up in the browser after the first boot, not by Imager's settings
+            // (which write cloud-init or firstrun.sh files Cairn does not read).
+            "init_format": "none",
+        }]
+    });
+    let out = img.with_extension("rpi-imager.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&entry)? + "\n")?;
+    Ok(Some(out))
+}
+
 /// Removes the artifacts of an earlier build of `img`, so none is left that does not match it.
 pub fn remove_artifacts(img: &Path) -> anyhow::Result<()> {
     for p in [
         PathBuf::from(format!("{}.xz", img.display())),
         img.with_extension("bmap"),
         img.with_extension("img.sha256"),
+        img.with_extension("rpi-imager.json"),
     ] {
         match std::fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

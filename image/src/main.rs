@@ -1,8 +1,10 @@
 //! `cairn-image`: builds a board's kernel and flashable image. Called by `scripts/image`.
 
 use anyhow::Context;
+use cairn_bsp::board::Bootloader;
 use cairn_image::{
-    artifacts, execute, kernel, load_board, plan, remove_artifacts, uboot_env, Inputs,
+    artifacts, execute, imager_entry, kernel, load_board, plan, remove_artifacts, uboot_env,
+    ImagerRelease, Inputs,
 };
 use cairn_update::keys::{SigningKey, TrustedKeys};
 use clap::{Parser, Subcommand};
@@ -127,6 +129,13 @@ enum Cmd {
         no_artifacts: bool,
         #[arg(long)]
         out: PathBuf,
+        /// Where the `.img.xz` will be published, for the Raspberry Pi Imager entry (Pi
+        /// boards); a placeholder until a release names it.
+        #[arg(long)]
+        download_url: Option<String>,
+        /// The release date (`YYYY-MM-DD`) in that entry; needed for the Pi boards' artifacts.
+        #[arg(long)]
+        release_date: Option<String>,
     },
     /// Build the signed update bundle `cairn-BOARD-VERSION.cupd` of the same system.
     Bundle {
@@ -206,13 +215,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             image,
             no_artifacts,
             out,
+            download_url,
+            release_date,
         } => {
+            let (board, _) = load_board(&cli.boards, &image.board)?;
             let (plan, _) = image.plan(&cli.boards)?;
             execute(&plan, &out).with_context(|| format!("building {}", out.display()))?;
             if no_artifacts {
                 remove_artifacts(&out)?; // stale ones would not match the new image
             } else {
                 artifacts(&out)?;
+                let name = out.file_name().unwrap_or_default().to_string_lossy();
+                let url = download_url
+                    .unwrap_or_else(|| format!("https://download.example.invalid/{name}.xz"));
+                let release_date = release_date.unwrap_or_default();
+                let release = ImagerRelease {
+                    url: &url,
+                    release_date: &release_date,
+                };
+                if matches!(board.bootloader, Bootloader::RpiFirmware { .. })
+                    && release.release_date.is_empty()
+                {
+                    anyhow::bail!("the Raspberry Pi Imager entry needs --release-date YYYY-MM-DD");
+                }
+                if let Some(entry) = imager_entry(&board, &out, &release)? {
+                    eprintln!("cairn-image: wrote {}", entry.display());
+                }
             }
             eprintln!(
                 "cairn-image: wrote {} ({} MiB)",

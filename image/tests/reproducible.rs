@@ -226,3 +226,56 @@ fn a_pi_card_carries_its_firmware_uboot_and_dtb() {
     // The card builds (mkfs.vfat, mcopy) with a FAT16 boot partition.
     execute(&p, &dir.path().join("rpi3.img")).unwrap();
 }
+
+/// A Pi card's Raspberry Pi Imager entry describes the `.img.xz` an owner downloads and the
+/// card it expands to, and offers it for that Pi only; other boards get none.
+#[test]
+fn a_pi_card_gets_a_raspberry_pi_imager_entry() {
+    use cairn_image::{artifacts, imager_entry, ImagerRelease};
+    let sha256 = |p: &Path| {
+        hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            &std::fs::read(p).unwrap(),
+        ))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let boards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../board/boards");
+    let img = dir.path().join("cairn-rpi3.img");
+    std::fs::write(
+        &img,
+        (0..1u32 << 18)
+            .flat_map(u32::to_le_bytes)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let release = ImagerRelease {
+        url: "https://example.org/cairn-rpi3.img.xz",
+        release_date: "2026-12-06",
+    };
+    let (rpi3, _) = load_board(&boards, "rpi3").unwrap();
+    // Before the .img.xz exists, the entry says what it needs.
+    let e = imager_entry(&rpi3, &img, &release).unwrap_err().to_string();
+    assert!(
+        e.contains("cairn-rpi3.img.xz") && e.contains("artifacts first"),
+        "{e}"
+    );
+    artifacts(&img).unwrap();
+    let out = imager_entry(&rpi3, &img, &release).unwrap().unwrap();
+    assert_eq!(out, dir.path().join("cairn-rpi3.rpi-imager.json"));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let entry = &doc["os_list"][0];
+    let xz = dir.path().join("cairn-rpi3.img.xz");
+    assert_eq!(entry["extract_size"], 1 << 20);
+    assert_eq!(entry["extract_sha256"], sha256(&img));
+    assert_eq!(
+        entry["image_download_size"],
+        std::fs::metadata(&xz).unwrap().len()
+    );
+    assert_eq!(entry["image_download_sha256"], sha256(&xz));
+    assert_eq!(entry["devices"], serde_json::json!(["pi3-64bit"]));
+    assert_eq!(entry["url"], release.url);
+    assert_eq!(entry["release_date"], "2026-12-06");
+    assert_eq!(entry["name"], "Cairn (Raspberry Pi 3 Model B)");
+    let (virt, _) = load_board(&boards, "qemu-virt").unwrap();
+    assert!(imager_entry(&virt, &img, &release).unwrap().is_none());
+}

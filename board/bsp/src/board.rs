@@ -141,6 +141,9 @@ pub enum Bootloader {
         /// The GPU firmware files (`bootcode.bin`, `start*.elf`, `fixup*.dat`), copied to the
         /// boot partition under their own names.
         firmware: Vec<String>,
+        /// The Raspberry Pi Imager device tags the card is offered for (`devices` in its
+        /// `os_list` entry, e.g. `pi3-64bit`).
+        imager_devices: Vec<String>,
     },
 }
 
