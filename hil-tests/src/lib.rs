@@ -120,6 +120,10 @@ pub enum Machine {
     /// partition (what its GPU firmware would start; QEMU does not run that firmware) from
     /// an SD card, with QEMU's usb-net on its USB port as the Ethernet.
     Raspi3b,
+    /// `-M bpim2u`: a Banana Pi M2 Ultra (Allwinner R40), whose emulated boot ROM loads the
+    /// SPL from 8 KiB into the SD card, as the real one does: no firmware from the host.
+    /// Its Ethernet is QEMU's model of the R40's GMAC.
+    Bpim2u,
 }
 
 /// A second virtio disk: a raw file on the host that the guest finds by its serial number
@@ -357,9 +361,7 @@ impl Qemu {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .context("starting qemu-system-aarch64 (run scripts/setup)")?;
+        let mut child = cmd.spawn().context("starting QEMU (run scripts/setup)")?;
         let out = child.stdout.take().unwrap();
         let console = Arc::new((Mutex::new(ConsoleLines::default()), Condvar::new()));
         let c = console.clone();
@@ -542,8 +544,10 @@ impl Qemu {
 /// `scripts/run` (`cairn-hil run`). Boots from the disk through u-boot, as a plug boots from
 /// its card.
 pub fn command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
-    if cfg.machine == Machine::Raspi3b {
-        return raspi_command(cfg, files);
+    match cfg.machine {
+        Machine::Raspi3b => return raspi_command(cfg, files),
+        Machine::Bpim2u => return bpim2u_command(cfg, files),
+        Machine::Virt => {}
     }
     anyhow::ensure!(
         files.uboot_env.is_file(),
@@ -641,6 +645,34 @@ pub fn command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// What the boards booting from an emulated SD card take: one card of a size QEMU accepts,
+/// no forwards (not needed so far).
+fn check_sd_board(machine: &str, cfg: &Config, files: &Files) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cfg.second_disk.is_none() && cfg.tcp_forwards.is_empty() && cfg.https_port.is_none(),
+        "{machine}: one SD card, no forwards (not needed so far)"
+    );
+    let size = std::fs::metadata(&files.disk)?.len();
+    anyhow::ensure!(
+        size.is_power_of_two(),
+        "{machine}: QEMU takes SD cards of a power-of-two size only ({} is {size} bytes): set disk_bytes",
+        files.disk.display()
+    );
+    Ok(())
+}
+
+/// The console on the (next) serial port, the card on the SD controller, QMP.
+fn sd_board_console_and_card(cmd: &mut Command, cfg: &Config, files: &Files) {
+    match cfg.console {
+        Console::Piped => cmd.args(["-serial", "stdio", "-monitor", "none"]),
+        Console::Terminal => cmd.args(["-serial", "mon:stdio"]),
+    };
+    cmd.arg("-drive")
+        .arg(format!("if=sd,format=raw,file={}", files.disk.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", files.qmp.display()));
+}
+
 /// The Raspberry Pi 3's MAC address prefix (the Raspberry Pi Foundation's OUI): a globally
 /// administered address, so that Linux names QEMU's usb-net `eth0` as the Pi's own Ethernet
 /// (a locally administered one would make it `usb0`).
@@ -651,16 +683,7 @@ const RPI_MAC: &str = "b8:27:eb:00:00:01";
 /// mini UART (the second serial port), the network on usb-net. The machine has its fixed
 /// 1 GiB; `memory_mib` does not apply.
 fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
-    anyhow::ensure!(
-        cfg.second_disk.is_none() && cfg.tcp_forwards.is_empty() && cfg.https_port.is_none(),
-        "raspi3b: one SD card, no forwards (not needed so far)"
-    );
-    let size = std::fs::metadata(&files.disk)?.len();
-    anyhow::ensure!(
-        size.is_power_of_two(),
-        "raspi3b: QEMU takes SD cards of a power-of-two size only ({} is {size} bytes): set disk_bytes",
-        files.disk.display()
-    );
+    check_sd_board("raspi3b", cfg, files)?;
     let boot = partition(&files.disk, 1)?;
     let uboot = fat_read(
         &format!("{}@@{}", files.disk.display(), boot.offset()),
@@ -673,14 +696,7 @@ fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
         .arg("-kernel")
         .arg(&uboot_file)
         .args(["-serial", "null"]);
-    match cfg.console {
-        Console::Piped => cmd.args(["-serial", "stdio", "-monitor", "none"]),
-        Console::Terminal => cmd.args(["-serial", "mon:stdio"]),
-    };
-    cmd.arg("-drive")
-        .arg(format!("if=sd,format=raw,file={}", files.disk.display()))
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", files.qmp.display()));
+    sd_board_console_and_card(&mut cmd, cfg, files);
     let restrict = if cfg.internet { "off" } else { "on" };
     match &cfg.ethernet {
         Ethernet::None => {}
@@ -692,6 +708,28 @@ fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
         }
         other => anyhow::bail!("raspi3b: {other:?} is not wired up (not needed so far)"),
     }
+    if !cfg.reboot {
+        cmd.arg("-no-reboot");
+    }
+    Ok(cmd)
+}
+
+/// The bpim2u command line: the card on the SD controller and nothing else to boot from (the
+/// boot ROM reads the SPL from the card), the console on UART0, the network on the GMAC. The
+/// machine has its fixed 1 GiB and four cores; `memory_mib` does not apply.
+fn bpim2u_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
+    check_sd_board("bpim2u", cfg, files)?;
+    let mut cmd = Command::new("qemu-system-arm");
+    cmd.args(["-M", "bpim2u", "-display", "none"]);
+    sd_board_console_and_card(&mut cmd, cfg, files);
+    let restrict = if cfg.internet { "off" } else { "on" };
+    match &cfg.ethernet {
+        Ethernet::None => cmd.args(["-nic", "none"]),
+        Ethernet::User => cmd
+            .arg("-nic")
+            .arg(format!("user,model=gmac,restrict={restrict}")),
+        other => anyhow::bail!("bpim2u: {other:?} is not wired up (not needed so far)"),
+    };
     if !cfg.reboot {
         cmd.arg("-no-reboot");
     }
@@ -1193,6 +1231,46 @@ fn append_in_extlinux(img: &str, local: &Path, words: &str) -> anyhow::Result<()
         conf.replace("  append ", &format!("  append {words} ")),
     )?;
     fat_write(img, local, "extlinux/extlinux.conf")
+}
+
+/// A card's own boot chain on a first boot's `console`: u-boot, boot.scr choosing slot A, the
+/// slot's extlinux.conf with the board's DTB `dtb` (its file name), the kernel on the device
+/// tree of `model` (its `Machine model:`), and the data partition on the card grown.
+pub fn check_card_boot(console: &[String], dtb: &str, model: &str) -> anyhow::Result<()> {
+    let has = |needle: &str| console.iter().any(|l| l.contains(needle));
+    anyhow::ensure!(has("U-Boot 2023.01"), "no u-boot banner");
+    anyhow::ensure!(
+        console
+            .iter()
+            .any(|l| l.starts_with("cairn: boot: slot a ")),
+        "boot.scr did not choose slot a"
+    );
+    anyhow::ensure!(has(&format!("/{dtb}")), "u-boot did not load {dtb}");
+    anyhow::ensure!(
+        has(&format!("Machine model: {model}")),
+        "not the device tree of {model}"
+    );
+    let grew = console
+        .iter()
+        .find(|l| l.contains("data partition /dev/mmcblk0p2"))
+        .context("no data partition line")?;
+    anyhow::ensure!(grew.contains("grew to"), "{grew}");
+    Ok(())
+}
+
+/// After a first boot on a card of `card_bytes` (a copy of an image whose data partition had
+/// `part_before` bytes): the data partition and its ext4 were grown to the card's end (within
+/// the 4 KiB alignment and ext4's rounding).
+pub fn check_grown_to_card(disk: &Path, card_bytes: u64, part_before: u64) -> anyhow::Result<()> {
+    let (part, fs) = data_partition_sizes(disk)?;
+    anyhow::ensure!(part > part_before, "partition {part} (was {part_before})");
+    let end = card_bytes - partition(disk, 2)?.offset();
+    anyhow::ensure!(
+        part > end - (4 << 20) && part <= end,
+        "partition {part} of {end}"
+    );
+    anyhow::ensure!(fs > part - (4 << 20) && fs <= part, "ext4 {fs} in {part}");
+    Ok(())
 }
 
 /// Emulation only: marks the device-tree `nodes` (full paths) disabled in the DTB `dtb` of

@@ -6,7 +6,10 @@
 //! connected" to it under raspi3b; u-boot enumerates it), and a clean power-off (raspi3b has
 //! no power button QEMU can press).
 
-use cairn_hil::{data_partition_sizes, disable_slot_dt_nodes, image, Config, Machine, Qemu};
+use cairn_hil::{
+    check_card_boot, check_grown_to_card, data_partition_sizes, disable_slot_dt_nodes, image,
+    Config, Machine, Qemu,
+};
 use std::time::Duration;
 
 /// raspi3b emulates four Cortex-A53s in software and enumerates USB slowly: more time than
@@ -42,24 +45,8 @@ fn rpi3_card_boots_through_its_own_uboot_to_ready_and_grows() {
     let console = q.console();
     let has = |needle: &str| console.iter().any(|l| l.contains(needle));
     // The card's own chain: u-boot, boot.scr choosing slot A, the slot's extlinux.conf with
-    // the board's DTB, the kernel on the Pi 3's device tree.
-    assert!(has("U-Boot 2023.01"), "no u-boot banner");
-    assert!(
-        console
-            .iter()
-            .any(|l| l.starts_with("cairn: boot: slot a ")),
-        "boot.scr did not choose slot a"
-    );
-    assert!(has("/bcm2837-rpi-3-b.dtb"), "u-boot did not load the DTB");
-    assert!(
-        has("Machine model: Raspberry Pi 3 Model B"),
-        "not the Pi 3's DT"
-    );
-    let grew = console
-        .iter()
-        .find(|l| l.contains("data partition /dev/mmcblk0p2"))
-        .expect("no data partition line");
-    assert!(grew.contains("grew to"), "{grew}");
+    // the board's DTB, the kernel on the Pi 3's device tree; the data partition grown.
+    check_card_boot(&console, "bcm2837-rpi-3-b.dtb", "Raspberry Pi 3 Model B").unwrap();
     // The lines of the SoC's GPIO controller, which QEMU emulates.
     assert!(has("cairn: board: setup button on pinctrl-bcm2835 line 17"));
     assert!(has("cairn: board: power button on pinctrl-bcm2835 line 3"));
@@ -76,12 +63,5 @@ fn rpi3_card_boots_through_its_own_uboot_to_ready_and_grows() {
 
     // raspi3b has no power button QEMU can press: pull the power, then read the card.
     q.pull_power();
-    let (part, fs) = data_partition_sizes(&q.disk()).unwrap();
-    assert!(part > part_before, "partition {part} (was {part_before})");
-    let end = CARD_BYTES - cairn_hil::partition(&q.disk(), 2).unwrap().offset();
-    assert!(
-        part > end - (4 << 20) && part <= end,
-        "partition {part} of {end}"
-    );
-    assert!(fs > part - (4 << 20) && fs <= part, "ext4 {fs} in {part}");
+    check_grown_to_card(&q.disk(), CARD_BYTES, part_before).unwrap();
 }

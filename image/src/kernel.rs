@@ -257,11 +257,12 @@ pub fn build(
     let built = result.and_then(|src| {
         std::fs::create_dir_all(&dir)?;
         let tmp = dir.join("Image.tmp");
-        std::fs::copy(src.join("arch/arm64/boot/Image"), &tmp)?;
+        let boot = src.join("arch").join(&board.kernel.arch).join("boot");
+        std::fs::copy(boot.join(make_target(&board.kernel.arch)), &tmp)?;
         std::fs::copy(src.join(".config"), dir.join("config"))?;
         if inputs.dtbs {
             let _ = std::fs::remove_dir_all(dir.join(DTBS));
-            copy_dtbs(&src.join("arch/arm64/boot/dts"), &dir.join(DTBS))?;
+            copy_dtbs(&boot.join("dts"), &dir.join(DTBS))?;
         }
         std::fs::rename(&tmp, &image)?; // the Image appears only when complete
         Ok(())
@@ -271,8 +272,20 @@ pub fn build(
     with_dtb(board, image)
 }
 
+/// What `make` builds for the kernel of `arch`, under `arch/ARCH/boot`: the uncompressed
+/// `Image` on arm64 (u-boot's `booti`), the self-decompressing `zImage` on 32-bit arm
+/// (`bootz`). The cache keeps either as `Image`.
+pub fn make_target(arch: &str) -> &'static str {
+    if arch == "arm" {
+        "zImage"
+    } else {
+        "Image"
+    }
+}
+
 /// The directory beside the Image that holds the built device trees, by their path below
-/// `arch/arm64/boot/dts` (`broadcom/bcm2837-rpi-3-b.dtb`).
+/// `arch/ARCH/boot/dts` (`broadcom/bcm2837-rpi-3-b.dtb`; 32-bit arm's are flat in 6.1:
+/// `sun8i-r40-bananapi-m2-ultra.dtb`).
 pub const DTBS: &str = "dtbs";
 
 /// The board's DTB as `build` leaves it beside `image`.
@@ -366,7 +379,7 @@ fn build_in(
         lost.join(", ")
     );
     let jobs = format!("-j{jobs}");
-    let mut targets = vec!["-s", &jobs, "Image"];
+    let mut targets = vec!["-s", &jobs, make_target(&board.kernel.arch)];
     if inputs.dtbs {
         targets.push("dtbs");
     }

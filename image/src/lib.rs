@@ -93,6 +93,9 @@ pub struct Plan {
     pub initramfs: Vec<(Entry, Option<PathBuf>)>,
     /// Slot A's record in the gap before partition 1.
     pub record: SlotRecord,
+    /// The bootloader the SoC's boot ROM loads from the gap before partition 1 (the
+    /// Allwinner boards' SPL and u-boot), and its byte offset on the card.
+    pub loader: Option<(u64, Source)>,
 }
 
 impl Plan {
@@ -152,16 +155,18 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
         .as_ref()
         .and_then(|d| d.file_name())
         .map(|n| n.to_string_lossy().into_owned());
+    // arm64's uncompressed Image (booti), 32-bit arm's zImage (bootz): sysboot picks by format.
+    let kernel_name = kernel::make_target(&board.kernel.arch);
     let fdt = match &dtb_name {
         Some(name) => format!("  fdt /{name}\n"),
         None => String::new(), // u-boot hands over its own (QEMU's) device tree
     };
     // The same bytes in either slot: boot.scr sets cairn_slot, sysboot expands it.
     let extlinux = format!(
-        "# Cairn boot menu, read by sysboot from boot.scr.\ndefault cairn\n\nlabel cairn\n  kernel /Image\n{fdt}  initrd /initramfs.cpio\n  append {cmdline} cairn.slot=${{cairn_slot}}\n"
+        "# Cairn boot menu, read by sysboot from boot.scr.\ndefault cairn\n\nlabel cairn\n  kernel /{kernel_name}\n{fdt}  initrd /initramfs.cpio\n  append {cmdline} cairn.slot=${{cairn_slot}}\n"
     );
     let mut slot_files = vec![
-        ("Image".to_string(), Source::File(inputs.kernel.clone())),
+        (kernel_name.to_string(), Source::File(inputs.kernel.clone())),
         ("initramfs.cpio".to_string(), Source::Bytes(Vec::new())), // filled at execution
         (
             "extlinux/extlinux.conf".to_string(),
@@ -211,6 +216,28 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
              arm_64bit=1\nenable_uart=1\nkernel=u-boot.bin\ndevice_tree={dtb_name}\n"
         );
         boot_files.push(("config.txt".into(), Source::Bytes(config.into_bytes())));
+    }
+
+    let mut loader = None;
+    if let Bootloader::UBootSpl { binary, offset_kib } = &board.bootloader {
+        let dir = inputs.boot_files.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "board {}: its bootloader goes on the card: give --boot-files (cairn-image boot-files)",
+                board.name
+            )
+        })?;
+        let file = card_file(dir, binary)?;
+        let start = offset_kib * 1024;
+        let end = start + std::fs::metadata(&file)?.len();
+        // Between the MBR and the slots' records (which lie below the boot state).
+        let room = RECORD_SECTORS[0] * SECTOR;
+        anyhow::ensure!(
+            start >= SECTOR && end <= room,
+            "board {}: {binary} ({start}..{end} on the card) does not fit between the MBR and \
+             the slot records at {room}",
+            board.name
+        );
+        loader = Some((start, Source::File(file)));
     }
 
     let dir = |p: &str| {
@@ -348,6 +375,7 @@ pub fn plan(inputs: &Inputs) -> anyhow::Result<Plan> {
             version: inputs.version.clone(),
             build: inputs.build,
         },
+        loader,
     })
 }
 
@@ -359,6 +387,11 @@ pub fn card_packages(board: &Board) -> Vec<String> {
         } => std::iter::once(uboot)
             .chain(firmware)
             .filter_map(|s| s.split_once(':').map(|(p, _)| p.to_string()))
+            .collect(),
+        Bootloader::UBootSpl { binary, .. } => binary
+            .split_once(':')
+            .map(|(p, _)| p.to_string())
+            .into_iter()
             .collect(),
         Bootloader::UBootExtlinux { .. } => Vec::new(),
     };
@@ -576,6 +609,13 @@ fn execute_in(plan: &Plan, out: &Path, work: &Path) -> anyhow::Result<()> {
         }
         disk.seek(SeekFrom::Start(RECORD_SECTORS[0] * SECTOR))?;
         disk.write_all(&plan.record.encode().map_err(anyhow::Error::msg)?)?;
+        if let Some((offset, src)) = &plan.loader {
+            disk.seek(SeekFrom::Start(*offset))?;
+            disk.write_all(&match src {
+                Source::File(p) => read(p)?,
+                Source::Bytes(b) => b.clone(),
+            })?;
+        }
         for (p, file) in plan.partitions.iter().zip([&boot, &ext4, &slot_a, &slot_b]) {
             let bytes = read(file)?;
             anyhow::ensure!(

@@ -145,6 +145,16 @@ pub enum Bootloader {
         /// `os_list` entry, e.g. `pi3-64bit`).
         imager_devices: Vec<String>,
     },
+    /// u-boot and its SPL as one file the SoC's boot ROM loads from a fixed offset of the card
+    /// (Allwinner: `u-boot-sunxi-with-spl.bin` at 8 KiB), in the gap before partition 1;
+    /// u-boot's distro boot then runs `boot.scr` as on the other boards. Named `PACKAGE:PATH`
+    /// (Debian armhf packages pinned in `board/boot-packages.toml`).
+    UBootSpl {
+        /// The SPL + u-boot image, written to the card as it is.
+        binary: String,
+        /// Where it starts on the card, in KiB.
+        offset_kib: u64,
+    },
 }
 
 /// The boot medium.
@@ -469,7 +479,7 @@ mod tests {
 
     #[test]
     fn every_hardware_board_has_a_status_led_and_a_button() {
-        for name in ["rpi4", "rpi3", "lime2"] {
+        for name in ["rpi4", "rpi3", "lime2", "bpi-m2u"] {
             let b = Board::load(&boards_dir(), name).unwrap();
             assert!(b.led(Role::Status).is_some(), "{name}");
             let button = b.button.as_ref().unwrap();
@@ -485,6 +495,20 @@ mod tests {
         assert_eq!(lime2.target, "armv7-unknown-linux-musleabihf");
         // PH2 on the A20's single pin controller.
         assert_eq!(lime2.led(Role::Status).unwrap().line, 7 * 32 + 2);
+        // The armv7 boards share one kernel and write their SPL at 8 KiB.
+        let m2u = Board::load(&boards_dir(), "bpi-m2u").unwrap();
+        assert_eq!(m2u.target, lime2.target);
+        assert_eq!(m2u.kernel.config_fragment, lime2.kernel.config_fragment);
+        // PH21 (green) and PH20 (red) on the R40's single pin controller.
+        assert_eq!(m2u.led(Role::Status).unwrap().line, 7 * 32 + 21);
+        assert_eq!(m2u.led(Role::Alert).unwrap().line, 7 * 32 + 20);
+        for b in [&lime2, &m2u] {
+            assert!(
+                matches!(b.bootloader, Bootloader::UBootSpl { offset_kib: 8, .. }),
+                "{}",
+                b.name
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,14 @@ use std::path::Path;
 /// Grow only when at least this much would be gained: avoids rewriting the MBR for slack.
 const GROW_MIN_SECTORS: u64 = 2048;
 
-nix::ioctl_read!(blk_getsize64, 0x12, 114, u64);
+// BLKGETSIZE64 is `_IOR(0x12, 114, size_t)`: its number encodes the size of a `size_t` (4 on
+// armv7, 8 on aarch64), although the kernel always writes a u64. `ioctl_read!(…, u64)` would
+// encode 8 everywhere, a number the armv7 kernel does not know (ENOTTY).
+nix::ioctl_read_bad!(
+    blk_getsize64,
+    nix::request_code_read!(0x12, 114, std::mem::size_of::<libc::size_t>()),
+    u64
+);
 nix::ioctl_write_ptr_bad!(blkpg, nix::request_code_none!(0x12, 105), BlkpgIoctlArg);
 nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
 
