@@ -3,13 +3,14 @@
 //! card's own SPL and u-boot (the emulated boot ROM loads the SPL from 8 KiB into the card; no
 //! firmware comes from the host), through boot.scr's slot choice, to `cairn: ready` — with the
 //! data partition grown and the GPIO lines PID 1 took listed on the console. Not yet: a DHCP
-//! lease on the emulated GMAC (Debian's 6.1.192 dwmac-sun8i oopses in its DMA interrupt at the
-//! first frame sent under QEMU's model: "Unable to handle kernel paging request at virtual
-//! address 2f198000 … Fatal exception in interrupt", so this test disables the GMAC in its copy
-//! of the DTB; unchecked on hardware), a clean power-off (the board's power-off goes through the
-//! AXP221 PMIC, which QEMU models without a power switch; bpim2u has no power button QEMU can
-//! press), the secondary cores (QEMU's R40 does not start them: "CPU1: failed to come
-//! online", 3.5 s of the boot).
+//! lease on the emulated GMAC (the pinned kernel source's stmmac zeroes its per-CPU statistics
+//! pointer in `__stmmac_open`, `memset(&priv->xstats, …)`, so the first DMA interrupt oopses
+//! in `sun8i_dwmac_dma_interrupt`: "Unable to handle kernel paging request … Fatal exception
+//! in interrupt", a bug real boards share; this test disables the GMAC in its copy of the DTB,
+//! the image keeps it); a clean power-off (the board's power-off goes through the AXP221 PMIC,
+//! which QEMU models without a power switch; bpim2u has no power button QEMU can press); the
+//! secondary cores (QEMU's R40 does not start them: "CPU1: failed to come online", 3.5 s of
+//! the boot).
 
 use cairn_hil::{
     check_card_boot, check_grown_to_card, data_partition_sizes, disable_slot_dt_nodes, image,
@@ -26,8 +27,8 @@ const CARD_BYTES: u64 = 512 << 20;
 fn bpim2u_card_boots_through_its_own_spl_to_ready_and_grows() {
     let flashed = image("cairn-bpi-m2u-test.img").unwrap();
     let (part_before, _) = data_partition_sizes(&flashed).unwrap();
-    // The card: the image's bytes on a bigger card, with one emulation-only change: the GMAC
-    // disabled in this copy's DTB (see above); the image keeps it.
+    // The card: the image's bytes on a bigger card, with the GMAC disabled in this copy's DTB
+    // (see above); the image keeps it.
     let card_dir = tempfile::tempdir().unwrap();
     let card = card_dir.path().join("card.img");
     std::fs::copy(&flashed, &card).unwrap();
