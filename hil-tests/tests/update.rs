@@ -2,7 +2,7 @@
 //! boot script picks the good slot, boots a slot on trial a bounded number of times (the try
 //! counted before it boots), PID 1 commits a slot that stays healthy, and a slot that does not
 //! — a kernel that panics, a system not healthy by its deadline (the watchdog resets the
-//! board) — falls back to the good one by itself. Slot B is prepared here on the disk image as
+//! board), a system that never gets ready, a service that crash-loops — falls back to the good one by itself. Slot B is prepared here on the disk image as
 //! an install leaves it (slot A's bytes, its extlinux.conf changed, "try once"), so each case
 //! costs only its own boots.
 
@@ -159,30 +159,21 @@ fn a_slot_not_healthy_by_its_deadline_is_reset_by_the_watchdog_and_falls_back() 
     eprintln!("update: watchdog fallback took {:?}", t.elapsed());
 }
 
-#[test]
-fn a_slot_whose_service_crash_loops_falls_back() {
-    let t = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    // Slot B's system has one more service, which exits a second after each start: ready
-    // comes, then the supervisor sees a crash loop before the settle time (30 s) has passed,
-    // so PID 1 never commits and gives up at the deadline (45 s).
-    let disk = disk_with_b_on_trial(
-        dir.path(),
-        "cairn.update_settle=30 cairn.update_deadline=45",
-        90_004,
-    );
-    let manifest = b"name = \"crashloop\"\nexec = [\"/bin/cairn\", \"fixture\", \"exit\", \"--code\", \"1\", \"--after-ms\", \"1000\"]\n";
-    cairn_hil::add_to_slot_b_initramfs(
-        &disk,
-        dir.path(),
-        &[("/etc/cairn/services/crashloop.toml", 0o644, manifest)],
-    )
-    .unwrap();
+/// Boots a disk whose slot B (on trial, build `build`, `words` on its command line) runs one
+/// more service, `name` with `manifest`, until that service has started.
+fn boot_b_with_service(dir: &Path, words: &str, build: u64, name: &str, manifest: &str) -> Qemu {
+    let disk = disk_with_b_on_trial(dir, words, build);
+    let path = format!("/etc/cairn/services/{name}.toml");
+    cairn_hil::add_to_slot_b_initramfs(&disk, dir, &[(&path, 0o644, manifest.as_bytes())]).unwrap();
     let q = boot(&disk);
-    q.wait_line("cairn: crashloop: started", BOOT_TIMEOUT)
+    q.wait_line(&format!("cairn: {name}: started"), BOOT_TIMEOUT)
         .unwrap();
-    q.wait_line("cairn: update: slot b not healthy", BOOT_TIMEOUT)
-        .unwrap();
+    q
+}
+
+/// Waits for the fallback to slot A after slot B's tries and for slot A's `ready`; checks that
+/// slot B was never committed and the state says so. The console line of the fallback.
+fn falls_back_to_a(q: &Qemu) -> usize {
     let (at, _) = q
         .wait_line_from(
             0,
@@ -203,6 +194,57 @@ fn a_slot_whose_service_crash_loops_falls_back() {
         (state.active, state.trying, state.last),
         (SlotName::A, None, Last::Fallback)
     );
+    at
+}
+
+#[test]
+fn a_slot_that_never_gets_ready_falls_back() {
+    let t = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    // Slot B's extra service runs but never says it is ready (nothing listens on its port):
+    // `cairn: ready` never comes, and PID 1 gives up at the deadline (20 s).
+    let q = boot_b_with_service(
+        dir.path(),
+        "cairn.update_settle=3 cairn.update_deadline=20",
+        90_005,
+        "neverready",
+        "name = \"neverready\"\nexec = [\"/bin/cairn\", \"fixture\", \"sleep\"]\nready = \"tcp:9\"\n",
+    );
+    q.wait_line(
+        "cairn: update: slot b not healthy for 3 s within 20 s",
+        BOOT_TIMEOUT,
+    )
+    .unwrap();
+    let at = falls_back_to_a(&q);
+    // Slot B never got ready in any of its tries: the only `ready` is slot A's.
+    let readies: Vec<usize> = (q.console().iter().enumerate())
+        .filter(|(_, l)| l.contains("cairn: ready"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        readies.len() == 1 && readies[0] > at,
+        "ready at lines {readies:?}, fallback at {at}"
+    );
+    eprintln!("update: never-ready fallback took {:?}", t.elapsed());
+}
+
+#[test]
+fn a_slot_whose_service_crash_loops_falls_back() {
+    let t = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    // Slot B's extra service exits a second after each start: ready comes, then the
+    // supervisor sees a crash loop before the settle time (30 s) has passed, so PID 1 never
+    // commits and gives up at the deadline (45 s).
+    let q = boot_b_with_service(
+        dir.path(),
+        "cairn.update_settle=30 cairn.update_deadline=45",
+        90_004,
+        "crashloop",
+        "name = \"crashloop\"\nexec = [\"/bin/cairn\", \"fixture\", \"exit\", \"--code\", \"1\", \"--after-ms\", \"1000\"]\n",
+    );
+    q.wait_line("cairn: update: slot b not healthy", BOOT_TIMEOUT)
+        .unwrap();
+    falls_back_to_a(&q);
     eprintln!("update: crash-loop fallback took {:?}", t.elapsed());
 }
 

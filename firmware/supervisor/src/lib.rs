@@ -16,7 +16,9 @@ pub mod runtime;
 pub mod spawn;
 pub mod users;
 
-pub use runtime::{block_signals, handled_signals, run, Extension, Notice, RunConfig, Shutdown};
+pub use runtime::{
+    block_signals, handled_signals, run, Extension, Handoff, Notice, RunConfig, Shutdown,
+};
 
 /// Where the control socket lives on the device.
 pub const DEFAULT_SOCKET: &str = "/run/cairn/control.sock";

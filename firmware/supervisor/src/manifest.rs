@@ -19,10 +19,25 @@ pub const STOP_GRACE_MS_DEFAULT: u64 = 5000;
 pub const READY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
 /// The control requests a service that is not root may be allowed (`control = [...]`): the
-/// supervisor's read-only and service commands, and the board's (answered by PID 1's extension).
+/// supervisor's read-only and service commands, the board's (answered by PID 1's extension)
+/// and the update's (answered by the installer PID 1 starts: `Handoff`).
 pub const CONTROL_COMMANDS: &[&str] = &[
-    "status", "start", "stop", "restart", "logs", "poweroff", "reboot", "board", "claim", "refuse",
-    "claimed", "say", "pair", "reset",
+    "status",
+    "start",
+    "stop",
+    "restart",
+    "logs",
+    "poweroff",
+    "reboot",
+    "board",
+    "claim",
+    "refuse",
+    "claimed",
+    "say",
+    "pair",
+    "reset",
+    "update",
+    "update-status",
 ];
 /// Most listening sockets one service may be handed.
 pub const LISTEN_MAX: usize = 4;

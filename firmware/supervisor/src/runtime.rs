@@ -45,6 +45,9 @@ pub enum Notice {
     /// This service crash-looped and waits to be tried again
     /// ([`crate::machine::RETRY_AFTER_FAILED_MS`]); sent again for every try that fails.
     Retrying(String),
+    /// This service ended without being asked to and is started again after its backoff (one
+    /// crash, not yet a loop); `Ready` follows once every service is ready again.
+    Restarting(String),
 }
 
 /// How [`run`] is set up.
@@ -76,6 +79,9 @@ pub struct RunConfig {
     pub notices: Option<std::sync::mpsc::SyncSender<Notice>>,
     /// Answers the control requests the supervisor does not know (PID 1's board commands).
     pub extension: Option<Extension>,
+    /// Takes the connection of a request whose answer cannot be given at once (an update's
+    /// bundle follows the request line); asked before [`RunConfig::extension`].
+    pub handoff: Option<Handoff>,
 }
 
 /// A handler for control requests beyond the supervisor's own, given the request and the asking
@@ -86,6 +92,25 @@ pub struct RunConfig {
 pub struct Extension(
     pub std::sync::Arc<dyn Fn(&Request, Option<&str>) -> Option<Response> + Send + Sync>,
 );
+
+/// A handler that takes over a control connection, given the request, the asking service's
+/// user (`None`: root) and the connection, positioned just after the request line. `None`
+/// back: not its request; `Some(Ok(()))`: it answers on the connection itself (e.g. from a
+/// process it started with a copy of it); `Some(Err(why))`: the supervisor answers with the
+/// error. It runs on the supervisor's loop, so it must return at once.
+#[derive(Clone)]
+#[allow(clippy::type_complexity, reason = "one handler type, named once here")]
+pub struct Handoff(
+    pub  std::sync::Arc<
+        dyn Fn(&Request, Option<&str>, &UnixStream) -> Option<Result<(), String>> + Send + Sync,
+    >,
+);
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handoff")
+    }
+}
 
 impl std::fmt::Debug for Extension {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,6 +133,7 @@ impl RunConfig {
             mount_cgroup: false,
             notices: None,
             extension: None,
+            handoff: None,
         }
     }
 }
@@ -408,6 +434,11 @@ impl Runtime {
                     None => Notice::Failed(service.clone()),
                 });
             }
+            // A slot on trial must not be committed in the middle of a crash.
+            if let Event::Restarting { service, .. } = &e {
+                self.unwell_since_ready = true;
+                self.notify(Notice::Restarting(service.clone()));
+            }
             if let Some(ring) = self.logs.get_mut(e.service()) {
                 ring.push_line(&format!("cairn: {e}"));
             }
@@ -665,6 +696,17 @@ impl Runtime {
                 return;
             }
         };
+        if let Some(taken) = self
+            .cfg
+            .handoff
+            .as_ref()
+            .and_then(|h| (h.0)(&req, asker.as_deref(), &stream))
+        {
+            if let Err(e) = taken {
+                let _ = send(&mut stream, &Response::error(&e));
+            }
+            return;
+        }
         let service = req.service.clone().unwrap_or_default();
         let resp = match req.cmd.as_str() {
             "status" => {
@@ -820,21 +862,24 @@ impl Runtime {
     }
 }
 
+/// Reads the request line a byte at a time: what follows it (an update's bundle) stays in the
+/// socket for whoever the connection is handed to. A line is a few hundred bytes at most.
 fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 512];
-    while !buf.contains(&b'\n') {
-        match stream.read(&mut chunk) {
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
             Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => buf.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("reading the request: {e}")),
         }
         if buf.len() > REQUEST_BYTES_MAX {
             return Err("request too long".into());
         }
     }
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))
+    serde_json::from_slice(&buf).map_err(|e| format!("bad request: {e}"))
 }
 
 fn send(stream: &mut UnixStream, resp: &Response) -> std::io::Result<()> {

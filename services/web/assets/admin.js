@@ -91,6 +91,44 @@
     });
   }
 
+  var update = document.getElementById('update-upload');
+  if (update) {
+    var bundle = document.getElementById('pick-update');
+    var told = document.getElementById('update-status');
+    var bar = document.getElementById('update-progress');
+    bundle.addEventListener('change', function () {
+      if (!bundle.files.length) { return; }
+      told.textContent = 'Sending the update; it is checked as it arrives…';
+      told.className = '';
+      bar.hidden = false;
+      bar.value = 0;
+      var xhr = new XMLHttpRequest();
+      xhr.open('PUT', '/admin/update');
+      xhr.setRequestHeader('X-CSRF-Token', update.dataset.csrf);
+      xhr.upload.onprogress = function (e) {
+        if (e.lengthComputable) { bar.value = e.loaded / e.total; }
+        if (e.loaded === e.total) { told.textContent = 'Reading the written system back…'; }
+      };
+      xhr.onload = function () {
+        bar.hidden = true;
+        var a = {};
+        try { a = JSON.parse(xhr.responseText); } catch (e) { a = { error: xhr.statusText }; }
+        if (xhr.status === 200 && a.ok) {
+          told.textContent = a.message;
+        } else {
+          told.textContent = 'Not installed: ' + (a.error || ('the upload failed (' + xhr.status + ')'));
+          told.className = 'error';
+        }
+      };
+      xhr.onerror = function () {
+        bar.hidden = true;
+        told.textContent = 'The connection broke; nothing was installed.';
+        told.className = 'error';
+      };
+      xhr.send(bundle.files[0]);
+    });
+  }
+
   var pairing = document.getElementById('pairing');
   if (!pairing || !pairing.dataset.follow) {
     return;

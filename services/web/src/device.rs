@@ -4,6 +4,9 @@
 //! one JSON answer line, and for `logs` the log's text after it until PID 1 closes
 //! (`firmware/supervisor/src/proto.rs`).
 //!
+//! `update` streams a bundle after its request line and half-closes; the installer PID 1 starts
+//! for it answers once the bundle is installed (or refused).
+//!
 //! The calls block (a Unix socket, a short answer): the server makes them on its blocking pool.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -79,6 +82,56 @@ pub struct Pairing {
     pub last: Option<String>,
 }
 
+/// The system slots and the boot state, as `cairn update status --json` tells them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    /// The slot this system runs from (`a` or `b`).
+    pub running: String,
+    /// The slot known good: the one booted when a trial fails.
+    pub active: String,
+    /// The slot on trial, if one is.
+    #[serde(default)]
+    pub trying: Option<String>,
+    /// Boots the slot on trial has left.
+    #[serde(default)]
+    pub tries_left: u32,
+    /// How the last update ended (`none`, `committed`, `fallback`, …).
+    pub last: String,
+    /// What each slot holds, when recorded.
+    pub slots: Slots,
+}
+
+/// Both slots' contents.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slots {
+    /// Slot A's.
+    #[serde(default)]
+    pub a: Option<SlotVersion>,
+    /// Slot B's.
+    #[serde(default)]
+    pub b: Option<SlotVersion>,
+}
+
+/// A slot's system.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotVersion {
+    /// Its version (`0.1.0`).
+    pub version: String,
+    /// Its build number (updates go up).
+    pub build: u64,
+}
+
+impl UpdateStatus {
+    /// What slot `name` holds, if recorded.
+    pub fn slot(&self, name: &str) -> Option<&SlotVersion> {
+        match name {
+            "a" => self.slots.a.as_ref(),
+            "b" => self.slots.b.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 /// PID 1, as the web sees it. Every call either did what it says or is an error with PID 1's
 /// reason.
 pub trait Device: Send + Sync {
@@ -108,6 +161,13 @@ pub trait Device: Send + Sync {
     fn pair(&self) -> Result<String>;
     /// Once claimed: the next press of the button (within a minute) wipes the device.
     fn reset(&self) -> Result<String>;
+    /// Both system slots and the boot state.
+    fn update_status(&self) -> Result<UpdateStatus>;
+    /// Streams a signed bundle, as `bundle` gives it, to the installer of `cairn update
+    /// apply`, which writes it into the slot that is not running and marks it to be tried at
+    /// the next restart; its line. An error is the installer's one-line refusal (nothing was
+    /// written to the running slot).
+    fn update(&self, bundle: &mut dyn Read) -> Result<String>;
 }
 
 /// A request line. Fields match `proto::Request`; `text` is the `say` command's.
@@ -319,6 +379,77 @@ impl Device for ControlSocket {
         })?;
         Ok(resp.message.unwrap_or_default())
     }
+
+    fn update_status(&self) -> Result<UpdateStatus> {
+        let resp = self.call(&Request {
+            cmd: "update-status",
+            ..Request::default()
+        })?;
+        let data = resp
+            .data
+            .context("`update-status`: the answer has no data")?;
+        serde_json::from_value(data).context("`update-status`: malformed data")
+    }
+
+    fn update(&self, bundle: &mut dyn Read) -> Result<String> {
+        let path = &self.0;
+        let mut stream = UnixStream::connect(path)
+            .with_context(|| format!("{}: cannot connect to PID 1", path.display()))?;
+        stream.set_write_timeout(Some(UPDATE_IDLE))?;
+        let mut line = serde_json::to_vec(&Request {
+            cmd: "update",
+            ..Request::default()
+        })?;
+        line.push(b'\n');
+        stream
+            .write_all(&line)
+            .with_context(|| format!("{}: sending `update`", path.display()))?;
+        let mut buf = vec![0u8; UPDATE_PIECE_BYTES];
+        let mut broke = None;
+        loop {
+            let n = match bundle.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    broke = Some(e);
+                    break;
+                }
+            };
+            // The installer stops reading once it refuses: its answer says why.
+            if stream.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        drop(buf);
+        if let Some(e) = broke {
+            // Closed without the rest: the installer refuses a truncated bundle and writes
+            // nothing more; its answer is not needed.
+            bail!("the upload broke off ({e}); nothing was installed");
+        }
+        // The end of the bundle: the installer reads to here, reads the slot back, answers.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        stream.set_read_timeout(Some(UPDATE_ANSWER_TIMEOUT))?;
+        let mut head = Vec::new();
+        BufReader::new(stream)
+            .take(ANSWER_BYTES_MAX as u64)
+            .read_until(b'\n', &mut head)
+            .with_context(|| format!("{}: reading the installer's answer", path.display()))?;
+        let resp: Response = serde_json::from_slice(&head).with_context(|| {
+            format!(
+                "{}: the installer ended without an answer: {:?}",
+                path.display(),
+                String::from_utf8_lossy(&head[..head.len().min(200)])
+            )
+        })?;
+        if !resp.ok {
+            bail!(
+                "{}",
+                resp.error.unwrap_or_else(|| "the update failed".into())
+            );
+        }
+        Ok(resp.message.unwrap_or_default())
+    }
 }
 
 /// Reads what PID 1 sends until it closes: at most `max` bytes (and whether there was more),
@@ -372,6 +503,14 @@ const ANSWER_BYTES_MAX: usize = 256 * 1024;
 pub const LOG_BYTES_MAX: usize = 256 * 1024;
 /// A whole log must arrive within this (PID 1 writes it at once).
 pub const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the installer may wait for the next piece of a bundle, or the web for the
+/// installer to take one (it writes a piece to the slot meanwhile).
+pub const UPDATE_IDLE: Duration = Duration::from_secs(60);
+/// From the bundle's end to the installer's answer: it reads the whole written slot back.
+pub const UPDATE_ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+/// The web's piece of a bundle on its way to the installer (all it holds of it besides the
+/// upload's queue).
+pub const UPDATE_PIECE_BYTES: usize = 64 * 1024;
 /// Longest service name (PID 1's manifests allow no longer).
 pub const SERVICE_NAME_BYTES_MAX: usize = 32;
 
@@ -551,5 +690,138 @@ mod tests {
             .board()
             .unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/control.sock"));
+    }
+
+    /// PID 1 and its installer for one `update`: reads the request line a byte at a time (as
+    /// PID 1 does), runs the real installer on the rest of the connection into `slot`, answers
+    /// its line and closes, whatever is left unread.
+    fn installer_once(
+        dir: &std::path::Path,
+        keys: cairn_update::keys::TrustedKeys,
+        slot: std::path::PathBuf,
+    ) -> (ControlSocket, std::thread::JoinHandle<String>) {
+        let path = dir.join("control.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while stream.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+                line.push(byte[0]);
+            }
+            let policy = cairn_update::install::Policy {
+                keys: &keys,
+                board: "qemu-virt",
+                running_build: 10,
+                allow_downgrade: false,
+            };
+            let mut slot = cairn_update::slot::FileSlot::open(&slot).unwrap();
+            let answer = match cairn_update::install::apply(&mut stream, &policy, &mut slot) {
+                Ok(m) => format!("{{\"ok\":true,\"message\":\"installed {}\"}}\n", m.version),
+                Err(e) => {
+                    serde_json::to_string(&serde_json::json!({
+                        "ok": false, "error": format!("update refused: {e}")
+                    }))
+                    .unwrap()
+                        + "\n"
+                }
+            };
+            let _ = stream.write_all(answer.as_bytes());
+            String::from_utf8(line).unwrap()
+        });
+        (ControlSocket(path), handle)
+    }
+
+    /// A bundle of `bytes` bytes of parts (more than the sockets buffer, when large).
+    fn bundle_of(key: &cairn_update::keys::SigningKey, bytes: usize) -> Vec<u8> {
+        use cairn_update::bundle::PartSource;
+        let part: Vec<u8> = (0..bytes).map(|i| (i % 253) as u8).collect();
+        let part: &[u8] = &part;
+        let parts: [(&str, &dyn PartSource); 1] = [("boot", &part)];
+        let mut out = Vec::new();
+        cairn_update::bundle::write(&mut out, key, "qemu-virt", "0.2.0", 11, &parts).unwrap();
+        out
+    }
+
+    fn keys_of(key: &cairn_update::keys::SigningKey) -> cairn_update::keys::TrustedKeys {
+        let mut t = cairn_update::keys::TrustedKeys::default();
+        t.add(key.public(), "test").unwrap();
+        t
+    }
+
+    /// An empty slot file of 8 MiB in `dir`.
+    fn empty_slot(dir: &std::path::Path) -> std::path::PathBuf {
+        let slot = dir.join("b");
+        std::fs::File::create(&slot)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        slot
+    }
+
+    fn new_key() -> cairn_update::keys::SigningKey {
+        use cairn_update::keys::SigningKey;
+        SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_update_streams_after_its_request_and_the_installers_line_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = new_key();
+        let slot = empty_slot(dir.path());
+        let (sock, h) = installer_once(dir.path(), keys_of(&key), slot.clone());
+        let bundle = bundle_of(&key, 3 << 20);
+        let line = sock.update(&mut &bundle[..]).unwrap();
+        assert_eq!(line, "installed 0.2.0");
+        assert_eq!(h.join().unwrap(), "{\"cmd\":\"update\"}");
+        assert_eq!(std::fs::read(&slot).unwrap()[252], 252);
+    }
+
+    #[test]
+    fn a_refusal_before_the_end_of_a_large_bundle_is_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = empty_slot(dir.path());
+        // Refused after the manifest: the installer closes with megabytes unread.
+        let (sock, h) = installer_once(dir.path(), keys_of(&new_key()), slot.clone());
+        let e = sock
+            .update(&mut &bundle_of(&new_key(), 6 << 20)[..])
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("update refused: signed by an unknown key"),
+            "{e:#}"
+        );
+        h.join().unwrap();
+        assert!(std::fs::read(&slot).unwrap().iter().all(|&b| b == 0));
+    }
+
+    /// An upload that breaks off after `left` bytes.
+    struct BreaksOff<'a>(&'a [u8]);
+    impl Read for BreaksOff<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::Error::other("the browser went away"));
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_upload_that_breaks_off_is_a_truncated_bundle_to_the_installer() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = new_key();
+        let slot = empty_slot(dir.path());
+        let (sock, h) = installer_once(dir.path(), keys_of(&key), slot);
+        let bundle = bundle_of(&key, 1 << 20);
+        let e = sock
+            .update(&mut BreaksOff(&bundle[..bundle.len() / 2]))
+            .unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "the upload broke off (the browser went away); nothing was installed"
+        );
+        h.join().unwrap();
     }
 }

@@ -35,7 +35,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-pub use device::{Board, ControlSocket, Device, Pairing, Service, Window};
+pub use device::{
+    Board, ControlSocket, Device, Pairing, Service, SlotVersion, Slots, UpdateStatus, Window,
+};
 pub use settings::{Kdf, Settings};
 
 /// What the service needs to run.

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use maud::{html, Markup, DOCTYPE};
 
-use crate::device::{valid_service_name, Board, Service};
+use crate::device::{valid_service_name, Board, Service, UpdateStatus};
 use crate::files::Listing;
 use crate::storage::{Invitation, Status};
 use crate::sysinfo::{human_bytes, human_duration, Disk, Memory};
@@ -662,9 +662,65 @@ fn log_href(service: &str) -> Option<String> {
     valid_service_name(service).then(|| format!("/admin/logs/{service}"))
 }
 
-/// The System page: each service with its state, its log and a restart; reboot, power off and
-/// the passphrase.
-pub fn system(services: &Result<Vec<Service>, String>, csrf: &str) -> Markup {
+/// The System page's update: which system runs, which is kept as the way back, how the last
+/// update ended, and the upload of a bundle (admin.js sends it; the answer is shown in place).
+fn update_section(update: &Result<UpdateStatus, String>, csrf: &str) -> Markup {
+    html! {
+        h2 { "System update" }
+        @match update {
+            Ok(u) => {
+                table #update-slots {
+                    thead { tr { th { "Slot" } th { "System" } th { "" } } }
+                    tbody {
+                        @for name in ["a", "b"] {
+                            tr {
+                                td { (name) }
+                                td { @match u.slot(name) {
+                                    Some(v) => { (v.version) " (build " (v.build) ")" },
+                                    None => "nothing recorded",
+                                } }
+                                td { (slot_marks(u, name)) }
+                            }
+                        }
+                    }
+                }
+                p #update-last { "Last update: " (u.last) }
+            },
+            Err(e) => p.error { "The slots' state is unknown: " (e) },
+        }
+        p { "A signed update (" code { "cairn-BOARD-VERSION.cupd" } ") is checked as it arrives and written into the slot that is not running; once it is read back whole, the device restarts into it. If the new system does not come up healthy, the device goes back to this one by itself. Your files and settings are not touched." }
+        div #update-upload data-csrf=(csrf) {
+            label for="pick-update" { "Update bundle" }
+            input #pick-update type="file" accept=".cupd";
+            progress #update-progress max="1" value="0" hidden {}
+            p #update-status aria-live="polite" {}
+        }
+        script src="/static/admin.js" {}
+    }
+}
+
+/// What a slot is to the device: running, good, on trial.
+fn slot_marks(u: &UpdateStatus, name: &str) -> String {
+    let mut marks = Vec::new();
+    if u.running == name {
+        marks.push("running".to_string());
+    }
+    if u.active == name {
+        marks.push("good".to_string());
+    }
+    if u.trying.as_deref() == Some(name) {
+        marks.push(format!("on trial, {} tries left", u.tries_left));
+    }
+    marks.join(", ")
+}
+
+/// The System page: each service with its state, its log and a restart; the system update;
+/// reboot, power off and the passphrase.
+pub fn system(
+    services: &Result<Vec<Service>, String>,
+    update: &Result<UpdateStatus, String>,
+    csrf: &str,
+) -> Markup {
     layout(
         "System",
         html! {
@@ -694,6 +750,7 @@ pub fn system(services: &Result<Vec<Service>, String>, csrf: &str) -> Markup {
                 },
                 Err(e) => p.error { "The services' state is unknown: " (e) },
             }
+            (update_section(update, csrf))
             h2 { "Device" }
             (device_controls(csrf, Some("system")))
             p { a href="/admin/passphrase" { "Change the passphrase" } }
@@ -1315,7 +1372,12 @@ mod tests {
 
     #[test]
     fn only_a_name_pid1_could_have_is_linked_to_a_log() {
-        let html = system(&Ok(vec![service("node"), service("../x")]), "t").into_string();
+        let html = system(
+            &Ok(vec![service("node"), service("../x")]),
+            &Err("no".into()),
+            "t",
+        )
+        .into_string();
         assert!(html.contains("href=\"/admin/logs/node\""));
         assert!(!html.contains("/admin/logs/.."));
         assert!(html.contains("name=\"back\" value=\"system\""));
@@ -1327,11 +1389,16 @@ mod tests {
         for html in [
             press().into_string(),
             setup(&SetupValues::default(), &SetupErrors::default(), "t", 1).into_string(),
-            system(&services, "t").into_string(),
+            system(&services, &Err("no".into()), "t").into_string(),
             logs(&service("node"), "x\n", "t").into_string(),
         ] {
             for (i, _) in html.match_indices("<script") {
-                assert!(html[i..].starts_with("<script src=\"/static/setup.js\"></script>"));
+                let src = &html[i..];
+                assert!(
+                    src.starts_with("<script src=\"/static/setup.js\"></script>")
+                        || src.starts_with("<script src=\"/static/admin.js\"></script>"),
+                    "{src}"
+                );
             }
             assert!(html.contains("name=\"viewport\""));
             assert!(!html.contains("style=") && !html.contains("onclick"));

@@ -823,6 +823,7 @@ async fn admin(
             "/admin/files/put" => upload(app, req).await,
             "/admin/files/folder" => upload_folder(app, req).await,
             "/admin/site/zip" => site_zip(app, req).await,
+            "/admin/update" => update(app, req).await,
             _ => not_found(),
         };
     }
@@ -1147,6 +1148,51 @@ async fn upload(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Err(e) => json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({"ok": false, "error": format!("{path}: nothing was stored: {e}")}),
+        ),
+    }
+}
+
+/// `PUT /admin/update` (the body: a signed bundle): streamed to PID 1's installer as it
+/// arrives; once installed, the device restarts into it. Answers JSON: `{ok, message,
+/// restarting}` or `{ok: false, error}` with the installer's one-line reason.
+async fn update(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel(files::UPLOAD_QUEUE);
+    let installing = app.call(move |d| d.update(&mut files::ChannelReader::new(rx)));
+    let (installed, ()) = tokio::join!(installing, pump(req.into_body(), tx));
+    let line = match installed {
+        Ok(line) => line,
+        Err(e) => {
+            tracing::warn!("update: {e:#}");
+            return json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"ok": false, "error": format!("{e:#}")}),
+            );
+        }
+    };
+    tracing::info!("update: {line}");
+    // The slot on trial is the one just written: its version is what the device restarts into.
+    let into = match app.call(|d| d.update_status()).await {
+        Ok(u) => u
+            .trying
+            .as_deref()
+            .and_then(|t| u.slot(t))
+            .map(|v| format!("{} (build {})", v.version, v.build)),
+        Err(_) => None,
+    }
+    .unwrap_or_else(|| "the new system".into());
+    match app.call(|d| d.reboot()).await {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            json!({"ok": true, "restarting": true, "message": format!(
+                "Installed; restarting into version {into}. This page comes back in a minute or two; \
+                 the System page then says whether the new system was kept."
+            )}),
+        ),
+        Err(e) => json_response(
+            StatusCode::OK,
+            json!({"ok": true, "restarting": false, "message": format!(
+                "Installed {into}; reboot to finish (the device could not restart by itself: {e:#})."
+            )}),
         ),
     }
 }
@@ -2060,7 +2106,11 @@ async fn dashboard(app: &Arc<App>, csrf: &str) -> Response<Body> {
 /// `GET /admin/system`.
 async fn system(app: &Arc<App>, csrf: &str) -> Response<Body> {
     let services = app.call(|d| d.status()).await.map_err(|e| format!("{e:#}"));
-    html(StatusCode::OK, pages::system(&services, csrf))
+    let update = app
+        .call(|d| d.update_status())
+        .await
+        .map_err(|e| format!("{e:#}"));
+    html(StatusCode::OK, pages::system(&services, &update, csrf))
 }
 
 /// `GET /admin/logs/SERVICE`: a name PID 1's manifests allow (else 400, and PID 1 is not asked

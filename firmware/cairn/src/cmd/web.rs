@@ -342,10 +342,10 @@ mod tests {
             assert!(text.contains(&format!("\"--backup\", \"{dir}\"")), "{dir}");
         }
         // Every request the web makes of PID 1 is in its list (and nothing the web cannot use).
-        for cmd in [
-            "status", "board", "claim", "refuse", "claimed", "say", "pair", "reset", "restart",
-            "reboot", "poweroff",
-        ] {
+        for cmd in "status board claim refuse claimed say pair reset restart reboot poweroff \
+                    update update-status"
+            .split_whitespace()
+        {
             assert!(m.control.iter().any(|c| c == cmd), "{cmd}");
         }
     }

@@ -81,6 +81,7 @@ fn host_main(args: Args, pid1: bool) -> anyhow::Result<()> {
         pid1,
         notices: None,
         extension: None,
+        handoff: None,
     });
     log!("{} requested: exiting (not the device's init)", how.verb());
     Ok(())
@@ -170,6 +171,8 @@ fn device_main(_args: Args) -> ! {
         pid1: true,
         notices: Some(notice_tx),
         extension,
+        // Only where there is a board: its disk holds the slots.
+        handoff: board.as_ref().map(|_| crate::cmd::update::handoff()),
     });
     stage3(how)
 }
@@ -247,6 +250,8 @@ impl StatusLed {
                 self.failed.insert(name);
                 LedChange::Set(Health::Error)
             }
+            // One crash, restarted at once: not worth a colour; `Ready` follows.
+            Notice::Restarting(_) => LedChange::Keep,
             // Crash-looped and tried again in a while: amber, unless something is worse.
             Notice::Retrying(name) => {
                 self.failed.remove(&name);

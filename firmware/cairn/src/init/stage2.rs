@@ -17,6 +17,8 @@ pub struct Config {
     pub notices: Option<std::sync::mpsc::SyncSender<cairn_supervisor::Notice>>,
     /// Answers the board's control requests (the device's init only).
     pub extension: Option<cairn_supervisor::Extension>,
+    /// Takes the connections of requests answered by another process (an update).
+    pub handoff: Option<cairn_supervisor::Handoff>,
 }
 
 /// How the system is to go down.
@@ -53,6 +55,7 @@ pub fn run(cfg: Config) -> Shutdown {
     rc.pid1 = cfg.pid1;
     rc.notices = cfg.notices;
     rc.extension = cfg.extension;
+    rc.handoff = cfg.handoff;
     rc.etc_dir = etc_dir;
     rc.mount_cgroup = device;
     match cairn_supervisor::run(rc) {

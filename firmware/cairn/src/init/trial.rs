@@ -99,6 +99,16 @@ pub fn step(
     Step::Wait(next)
 }
 
+/// Since when every service has been ready after `notice` at `now`: a crash, even one that is
+/// restarted at once, starts the settle time again, so that a slot is never committed in the
+/// middle of one.
+pub fn heard(notice: &Notice, now: Duration) -> Option<Duration> {
+    match notice {
+        Notice::Ready => Some(now),
+        Notice::Failed(_) | Notice::Retrying(_) | Notice::Restarting(_) => None,
+    }
+}
+
 /// Runs the trial of `running` on the notices `rx` until it is committed or given up.
 pub fn run(
     disk: BootDisk,
@@ -137,8 +147,7 @@ pub fn run(
                 return;
             }
             Step::Wait(d) => match rx.recv_timeout(d) {
-                Ok(Notice::Ready) => ready_since = Some(started.elapsed()),
-                Ok(Notice::Failed(_) | Notice::Retrying(_)) => ready_since = None,
+                Ok(n) => ready_since = heard(&n, started.elapsed()),
                 Err(RecvTimeoutError::Timeout) => {}
                 // Stage 2 has ended (a shutdown): nothing to commit.
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -171,6 +180,60 @@ mod tests {
         // A failure reset the readiness: the deadline wins.
         assert_eq!(step(None, S(60), settle, deadline), Step::GiveUp);
         assert_eq!(step(Some(S(55)), S(60), settle, deadline), Step::GiveUp);
+    }
+
+    /// Plays `notices` (at their times) through [`heard`] and [`step`] as [`run`] does, and
+    /// returns when the slot was committed.
+    fn committed_at(notices: &[(u64, Notice)], settle: Duration, deadline: Duration) -> Step {
+        let mut ready_since = None;
+        let mut now = S(0);
+        let mut next = notices.iter().peekable();
+        loop {
+            match step(ready_since, now, settle, deadline) {
+                Step::Wait(d) => match next.peek() {
+                    Some((at, _)) if S(*at) <= now + d => {
+                        let (at, n) = next.next().unwrap();
+                        now = S(*at);
+                        ready_since = heard(n, now);
+                    }
+                    _ => now += d,
+                },
+                Step::Commit => return Step::Wait(now),
+                Step::GiveUp => return Step::GiveUp,
+            }
+        }
+    }
+
+    #[test]
+    fn a_crash_restarted_at_once_starts_the_settle_time_again() {
+        let (settle, deadline) = (S(10), S(60));
+        let crash = |at| (at, Notice::Restarting("web".into()));
+        // Ready at 2: committed at 12.
+        assert_eq!(
+            committed_at(&[(2, Notice::Ready)], settle, deadline),
+            Step::Wait(S(12))
+        );
+        // One crash at 8 (restarted, ready again at 9): not committed at 12, but at 19.
+        assert_eq!(
+            committed_at(
+                &[(2, Notice::Ready), crash(8), (9, Notice::Ready)],
+                settle,
+                deadline
+            ),
+            Step::Wait(S(19))
+        );
+        // A crash every 8 s, each restarted at once: never 10 s without one, never committed.
+        let mut every_8s = vec![(2, Notice::Ready)];
+        for t in (8..60).step_by(8) {
+            every_8s.push(crash(t));
+            every_8s.push((t + 1, Notice::Ready));
+        }
+        assert_eq!(committed_at(&every_8s, settle, deadline), Step::GiveUp);
+        // Crash loops and failures count the same.
+        for n in [Notice::Retrying("web".into()), Notice::Failed("web".into())] {
+            assert_eq!(heard(&n, S(5)), None);
+        }
+        assert_eq!(heard(&Notice::Ready, S(5)), Some(S(5)));
     }
 
     #[test]

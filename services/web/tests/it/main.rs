@@ -14,3 +14,4 @@ mod social;
 mod storage;
 mod system;
 mod trust;
+mod update;

@@ -16,7 +16,9 @@ use anyhow::{bail, Result};
 use cairn_web::owner_vault::OwnerVault;
 use cairn_web::storage::Node;
 use cairn_web::trust::HandshakeOnly;
-use cairn_web::{Board, Config, Device, Kdf, Pairing, Service, Settings, Window};
+use cairn_web::{
+    Board, Config, Device, Kdf, Pairing, Service, Settings, SlotVersion, UpdateStatus, Window,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls::pki_types::CertificateDer;
@@ -62,6 +64,21 @@ struct FakeState {
     logs: BTreeMap<String, String>,
     /// Stop the server right after saying yes to a reboot.
     stops_on_reboot: bool,
+    /// The system slots, when the test gives the device some.
+    slots: Option<FakeSlots>,
+}
+
+/// The device's system slots as a test gives them: two files, slot a running; bundles go
+/// through the real installer (`cairn_update::install`) into slot b's file.
+pub struct FakeSlots {
+    /// The keys bundles must be signed with.
+    pub keys: cairn_update::keys::TrustedKeys,
+    /// The other slot's file (b).
+    pub inactive: std::path::PathBuf,
+    /// The running build; a bundle must be newer.
+    pub running_build: u64,
+    /// What each slot holds.
+    pub status: UpdateStatus,
 }
 
 impl FakeDevice {
@@ -111,6 +128,12 @@ impl FakeDevice {
     #[allow(dead_code, reason = "admin only")]
     pub fn stops_on_reboot(&self) {
         self.state.lock().unwrap().stops_on_reboot = true;
+    }
+
+    /// Gives the device system slots (for `update` and `update-status`).
+    #[allow(dead_code, reason = "update only")]
+    pub fn set_slots(&self, slots: FakeSlots) {
+        self.state.lock().unwrap().slots = Some(slots);
     }
 
     /// Every call but `board` and `status`, in order (`claim 1`, `claimed plug`, `say …`).
@@ -236,6 +259,53 @@ impl Device for FakeDevice {
     fn reset(&self) -> Result<String> {
         self.record("reset".into());
         Ok("press the device's button within 60 s to wipe it".into())
+    }
+
+    fn update_status(&self) -> Result<UpdateStatus> {
+        self.count();
+        let s = self.state.lock().unwrap();
+        match &s.slots {
+            Some(slots) => Ok(slots.status.clone()),
+            None => bail!("this device has no system slots"),
+        }
+    }
+
+    fn update(&self, bundle: &mut dyn std::io::Read) -> Result<String> {
+        self.record("update".into());
+        let (keys, inactive, running_build) = {
+            let s = self.state.lock().unwrap();
+            let Some(slots) = &s.slots else {
+                bail!("this device has no system slots");
+            };
+            (
+                slots.keys.to_text(),
+                slots.inactive.clone(),
+                slots.running_build,
+            )
+        };
+        let keys = cairn_update::keys::TrustedKeys::parse(&keys).map_err(anyhow::Error::msg)?;
+        let policy = cairn_update::install::Policy {
+            keys: &keys,
+            board: "qemu-virt",
+            running_build,
+            allow_downgrade: false,
+        };
+        let mut slot = cairn_update::slot::FileSlot::open(&inactive)?;
+        // Unlocked while the bundle streams: the page's other calls go on meanwhile.
+        let m = cairn_update::install::apply(bundle, &policy, &mut slot)
+            .map_err(|e| anyhow::anyhow!("update refused: {e}"))?;
+        let mut s = self.state.lock().unwrap();
+        let status = &mut s.slots.as_mut().expect("slots").status;
+        status.slots.b = Some(SlotVersion {
+            version: m.version.clone(),
+            build: m.build,
+        });
+        status.trying = Some("b".into());
+        status.tries_left = 3;
+        Ok(format!(
+            "installed {} (build {}) into slot b and read it back; it is tried at the next restart",
+            m.version, m.build
+        ))
     }
 }
 
