@@ -1258,6 +1258,18 @@ pub fn check_card_boot(console: &[String], dtb: &str, model: &str) -> anyhow::Re
     Ok(())
 }
 
+/// A copy of the flashed image `flashed` in `dir` as a card of `card_bytes`: the image's
+/// bytes, then zeros to the card's end, as `dd` leaves a bigger card.
+pub fn card_copy(flashed: &Path, dir: &Path, card_bytes: u64) -> anyhow::Result<PathBuf> {
+    let card = dir.join("card.img");
+    std::fs::copy(flashed, &card)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&card)?
+        .set_len(card_bytes)?;
+    Ok(card)
+}
+
 /// After a first boot on a card of `card_bytes` (a copy of an image whose data partition had
 /// `part_before` bytes): the data partition and its ext4 were grown to the card's end (within
 /// the 4 KiB alignment and ext4's rounding).

@@ -13,8 +13,8 @@
 //! the boot).
 
 use cairn_hil::{
-    check_card_boot, check_grown_to_card, data_partition_sizes, disable_slot_dt_nodes, image,
-    Config, Machine, Qemu,
+    card_copy, check_card_boot, check_grown_to_card, data_partition_sizes, disable_slot_dt_nodes,
+    image, Config, Machine, Qemu,
 };
 use std::time::Duration;
 
@@ -30,14 +30,7 @@ fn bpim2u_card_boots_through_its_own_spl_to_ready_and_grows() {
     // The card: the image's bytes on a bigger card, with the GMAC disabled in this copy's DTB
     // (see above); the image keeps it.
     let card_dir = tempfile::tempdir().unwrap();
-    let card = card_dir.path().join("card.img");
-    std::fs::copy(&flashed, &card).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&card)
-        .unwrap()
-        .set_len(CARD_BYTES)
-        .unwrap();
+    let card = card_copy(&flashed, card_dir.path(), CARD_BYTES).unwrap();
     disable_slot_dt_nodes(
         &card,
         "sun8i-r40-bananapi-m2-ultra.dtb",

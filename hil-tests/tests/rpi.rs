@@ -7,8 +7,8 @@
 //! no power button QEMU can press).
 
 use cairn_hil::{
-    check_card_boot, check_grown_to_card, data_partition_sizes, disable_slot_dt_nodes, image,
-    Config, Machine, Qemu,
+    card_copy, check_card_boot, check_grown_to_card, data_partition_sizes, disable_slot_dt_nodes,
+    image, Config, Machine, Qemu,
 };
 use std::time::Duration;
 
@@ -26,14 +26,7 @@ fn rpi3_card_boots_through_its_own_uboot_to_ready_and_grows() {
     // power manager resets the machine the moment the watchdog is armed (it has no countdown),
     // so the watchdog node is disabled in this copy's DTB; the image keeps it.
     let card_dir = tempfile::tempdir().unwrap();
-    let card = card_dir.path().join("card.img");
-    std::fs::copy(&flashed, &card).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&card)
-        .unwrap()
-        .set_len(CARD_BYTES)
-        .unwrap();
+    let card = card_copy(&flashed, card_dir.path(), CARD_BYTES).unwrap();
     disable_slot_dt_nodes(&card, "bcm2837-rpi-3-b.dtb", &["/soc/watchdog@7e100000"]).unwrap();
     let mut cfg = Config::new(card);
     cfg.machine = Machine::Raspi3b;
