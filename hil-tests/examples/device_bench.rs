@@ -374,8 +374,8 @@ fn median(sorted: &[f64]) -> f64 {
 mod link {
     use super::median;
     use cairn_hil::{
-        append_cmdline, image, merge_bench, Config, Ethernet, FixturePort, Qemu, BOOT_TIMEOUT,
-        SHUTDOWN_TIMEOUT,
+        append_cmdline, claim_as, image, merge_bench, Config, Ethernet, FixturePort, Qemu,
+        BOOT_TIMEOUT, SHUTDOWN_TIMEOUT,
     };
     use serde_json::{json, Value};
     use std::net::UdpSocket;
@@ -418,6 +418,8 @@ mod link {
         let disk = dir.join(format!("{name}.img"));
         std::fs::copy(image("cairn-qemu-virt-test.img")?, &disk)?;
         append_cmdline(&disk, &format!("cairn.pairing_window_s={PAIRING_WINDOW_S}"))?;
+        // Claimed, as only a claimed plug pairs.
+        claim_as(&disk, name)?;
         let mut cfg = Config::new(disk);
         cfg.memory_mib = 256;
         cfg.disk_bytes = Some(DISK_BYTES);
@@ -522,8 +524,8 @@ mod link {
         let panels = [a.q.panel()?, b.q.panel()?];
         // The front panel speaks first (the LEDs' state): then the guest reads the button.
         for p in &panels {
-            p.wait_pattern(0, "setup-needed", BOOT_TIMEOUT)
-                .ok_or_else(|| anyhow::anyhow!("a panel never showed setup-needed"))?;
+            p.wait_pattern(0, "healthy", BOOT_TIMEOUT)
+                .ok_or_else(|| anyhow::anyhow!("a panel never showed healthy"))?;
         }
         let lines = [a.q.line_count(), b.q.line_count()];
         for p in &panels {

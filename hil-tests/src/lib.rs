@@ -1210,6 +1210,28 @@ pub fn add_to_slot_b_initramfs(
     fat_write(&img, &local, "initramfs.cpio")
 }
 
+/// Writes `cairn/claimed` holding `name` onto the data partition (ext4) of `disk`, with
+/// e2fsprogs' debugfs: the card as setup would have left it (only a claimed plug pairs).
+pub fn claim_as(disk: &Path, name: &str) -> anyhow::Result<()> {
+    let fs = format!("{}?offset={}", disk.display(), partition(disk, 2)?.offset());
+    let local = disk.with_file_name("claimed");
+    std::fs::write(&local, format!("{name}\n"))?;
+    let write = format!("write {} cairn/claimed", local.display());
+    for request in ["mkdir cairn", &write] {
+        let out = Command::new("debugfs")
+            .args(["-w", "-R", request, &fs])
+            .output()
+            .context("debugfs (e2fsprogs)")?;
+        // debugfs says what went wrong on stderr but exits 0 regardless.
+        let said = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(
+            out.status.success() && !said.contains(": "),
+            "debugfs -R {request:?}: {said}"
+        );
+    }
+    Ok(())
+}
+
 /// Appends kernel command-line words in slot A's extlinux.conf of a disk image
 /// (what a person would edit on the card's FAT partition), with mtools.
 pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {

@@ -10,7 +10,8 @@
 
 use cairn_bsp::panel::PanelLink;
 use cairn_hil::{
-    append_cmdline, free_port, image, service, Config, Ethernet, FixturePort, Qemu, BOOT_TIMEOUT,
+    append_cmdline, claim_as, free_port, image, service, Config, Ethernet, FixturePort, Qemu,
+    BOOT_TIMEOUT,
 };
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
@@ -51,11 +52,13 @@ fn ethernet_gets_its_address_by_dhcp_and_the_node_serves_libp2p_on_it() {
     assert_eq!(&back[..], MULTISTREAM);
 }
 
-/// A copy of the test image whose pairing window lasts `window_s` (kernel command line).
-fn image_with_window(dir: &Path, window_s: u64) -> PathBuf {
+/// A copy of the test image whose pairing window lasts `window_s` (kernel command line),
+/// claimed as `name` (only a claimed plug pairs).
+fn image_with_window(dir: &Path, window_s: u64, name: &str) -> PathBuf {
     let disk = dir.join("disk.img");
     std::fs::copy(image("cairn-qemu-virt-test.img").unwrap(), &disk).unwrap();
     append_cmdline(&disk, &format!("cairn.pairing_window_s={window_s}")).unwrap();
+    claim_as(&disk, name).unwrap();
     disk
 }
 
@@ -67,12 +70,12 @@ fn press(panel: &PanelLink) {
 #[test]
 fn a_press_asks_the_node_to_pair_and_alone_on_the_lan_the_window_expires() {
     let dir = tempfile::tempdir().unwrap();
-    let q = Qemu::boot(&Config::new(image_with_window(dir.path(), 5))).unwrap();
+    let q = Qemu::boot(&Config::new(image_with_window(dir.path(), 5, "attic"))).unwrap();
     let panel = q.panel().unwrap();
     q.wait_line("cairn: ready", BOOT_TIMEOUT).unwrap();
     panel
-        .wait_pattern(0, "setup-needed", BOOT_TIMEOUT)
-        .expect("setup-needed");
+        .wait_pattern(0, "healthy", BOOT_TIMEOUT)
+        .expect("healthy");
     let seq = panel.cursor();
     let lines = q.line_count();
     press(&panel);
@@ -86,8 +89,8 @@ fn a_press_asks_the_node_to_pair_and_alone_on_the_lan_the_window_expires() {
     )
     .unwrap();
     panel
-        .wait_pattern(open, "setup-needed", REACT)
-        .expect("back to setup-needed when the window expires");
+        .wait_pattern(open, "healthy", REACT)
+        .expect("back to healthy when the window expires");
     let console = q.console()[lines..].join("\n");
     assert!(!console.contains("confirmed"), "{console}");
 }
@@ -128,8 +131,9 @@ fn two_plugs_on_one_cable_pair_when_both_buttons_are_pressed() {
     let mut boards: Vec<Qemu> = dirs
         .iter()
         .zip(ends)
-        .map(|(dir, (local_port, remote_port, mac))| {
-            let mut cfg = Config::new(image_with_window(dir.path(), WINDOW_S));
+        .zip(["attic", "cellar"])
+        .map(|((dir, (local_port, remote_port, mac)), name)| {
+            let mut cfg = Config::new(image_with_window(dir.path(), WINDOW_S, name));
             cfg.ethernet = Ethernet::Cable {
                 local_port,
                 remote_port,

@@ -49,6 +49,19 @@ fn wait_partner(b: &mut Browser, plug: &Plug, peer: &str, timeout: Duration) -> 
     }
 }
 
+/// What the plugs' consoles said of pairing (for a failure's message).
+fn said_of(plugs: &[&Plug]) -> String {
+    let mut out = String::new();
+    for (i, p) in plugs.iter().enumerate() {
+        for line in p.q.console() {
+            if line.contains("pairing") || line.contains("button:") {
+                out.push_str(&format!("plug {i}: {line}\n"));
+            }
+        }
+    }
+    out
+}
+
 /// Unpairs `peer` from the Storage page; the page lists no partner after.
 fn unpair(b: &mut Browser, plug: &Plug, peer: &str) {
     b.goto(&plug.url("/admin/storage")).unwrap();
@@ -74,6 +87,24 @@ fn two_owners_pair_their_plugs_from_the_page_by_button_then_by_code() {
     let mut bb = b.set_up("cellar", PASSPHRASE).unwrap();
     let (id_a, id_b) = (own_id(&mut ba, &a), own_id(&mut bb, &b));
     assert_ne!(id_a, id_b);
+    // Each claim's press opened a window for the claim alone: no plug tried to pair, so the
+    // two claims, a minute apart, did not pair the plugs behind their owners' backs.
+    for l in [&a, &b] {
+        let console = l.q.console();
+        assert!(
+            console
+                .iter()
+                .any(|line| line
+                    == "cairn: pairing: not before the device is claimed; this window is for the claim"),
+            "{}",
+            said_of(&[l])
+        );
+        assert!(
+            !console.iter().any(|line| line.contains("paired with")),
+            "{}",
+            said_of(&[l])
+        );
+    }
 
     // 1. By the button: Pair on A's page, and the page says the window is open and for how
     // long; B's owner presses B's button; both pages list the other plug.
@@ -94,7 +125,7 @@ fn two_owners_pair_their_plugs_from_the_page_by_button_then_by_code() {
     // The page follows the window by itself and shows how it ended.
     let ended = ba
         .wait_for_text(Scope::Css("#pairing"), "Last pairing: ", PAIRING)
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", said_of(&[&a, &b])));
     assert!(
         ended.contains(&format!("paired with {id_b}, code ")),
         "{ended}"
@@ -105,7 +136,7 @@ fn two_owners_pair_their_plugs_from_the_page_by_button_then_by_code() {
     bb.goto(&b.url("/admin/storage")).unwrap();
     let b_said = bb
         .wait_for_text(Scope::Css("#pairing"), "Last pairing: ", REACT)
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", said_of(&[&a, &b])));
     assert!(
         b_said.contains(&format!("paired with {id_a}, code ")),
         "{b_said}"

@@ -5,9 +5,10 @@
 //! - panel (qemu-virt only): the virtio-serial port `cairn.panel`, which presses the gpio-sim
 //!   button line and reports the LED lines as read back from the simulated chip.
 //!
-//! A short press that opens a pairing window also asks the storage node, through its control
-//! socket, to pair during that window (one attempt at a time, on a fourth short-lived thread);
-//! a pairing completes the window, so the LEDs confirm it.
+//! On a claimed device, a short press that opens a pairing window also asks the storage node,
+//! through its control socket, to pair during that window (one attempt at a time, on a fourth
+//! short-lived thread); a pairing completes the window, so the LEDs confirm it. A press in a
+//! window whose attempt ended unpaired tries again. An unclaimed device's window is for the claim.
 //!
 //! Nothing here is fatal: a missing chip or line is logged and the device runs without it.
 //! Memory: three threads with 64 KiB stacks (four while pairing), one 1 KiB line buffer, a few
@@ -97,7 +98,8 @@ impl BoardUi {
     }
 
     /// Opens the pairing window as a short press of the button does, and asks the node to
-    /// pair in it; `Err` when a window is already open (with the seconds left).
+    /// pair in it; in a window still open after an attempt that ended unpaired, tries again for
+    /// the time left. `Err` while an attempt is under way (with the seconds left).
     pub fn open_pairing(&self) -> Result<u64, String> {
         match self.ui.on_button(ButtonEvent::ShortPress) {
             Some(Action::PairingOpened(Opened::New { closes_at_ms, .. })) => {
@@ -106,12 +108,23 @@ impl BoardUi {
                     .start(self.ui.clone(), Duration::from_millis(left));
                 Ok(left)
             }
-            Some(Action::PairingOpened(Opened::AlreadyOpen { closes_at_ms, .. })) => Err(format!(
-                "the pairing window is already open, {} s left",
-                closes_at_ms.saturating_sub(self.ui.now_ms()).div_ceil(1000)
-            )),
+            Some(Action::PairingOpened(Opened::AlreadyOpen { closes_at_ms, .. })) => {
+                let left = closes_at_ms.saturating_sub(self.ui.now_ms());
+                if self.pairing.again(&self.ui, left) {
+                    return Ok(left);
+                }
+                Err(format!(
+                    "the pairing window is already open, {} s left",
+                    left.div_ceil(1000)
+                ))
+            }
             _ => Err("the pairing window did not open".into()),
         }
+    }
+
+    /// Whether the device has been claimed by its owner (setup's marker is there).
+    pub fn claimed(&self) -> bool {
+        self.data_dir.join(CLAIMED).exists()
     }
 
     /// The data partition's mount point.
@@ -126,8 +139,7 @@ impl BoardUi {
 
     /// The services are up: show whether the device still needs setting up, or is healthy.
     pub fn booted(&self) {
-        let claimed = self.data_dir.join(CLAIMED).exists();
-        self.ui.set_health(if claimed {
+        self.ui.set_health(if self.claimed() {
             Health::Healthy
         } else {
             Health::SetupNeeded
@@ -408,13 +420,24 @@ fn button_loop(
                         Some(Action::PairingOpened(Opened::New { closes_at_ms, .. })) => {
                             let left = closes_at_ms.saturating_sub(ui.now_ms());
                             log!("button: pairing window open for {} s", left.div_ceil(1000));
-                            pairing.start(ui.clone(), Duration::from_millis(left));
+                            // A plug nobody owns yet pairs with nobody: its window is for the
+                            // claim (which closes it early; an attempt would go on without it).
+                            if board.claimed() {
+                                pairing.start(ui.clone(), Duration::from_millis(left));
+                            } else {
+                                log!("pairing: not before the device is claimed; this window is for the claim");
+                            }
                         }
                         Some(Action::PairingOpened(Opened::AlreadyOpen {
                             closes_at_ms, ..
                         })) => {
-                            let s = closes_at_ms.saturating_sub(ui.now_ms()).div_ceil(1000);
-                            log!("button: pairing window already open, {s} s left");
+                            let left = closes_at_ms.saturating_sub(ui.now_ms());
+                            let s = left.div_ceil(1000);
+                            if board.claimed() && pairing.again(ui, left) {
+                                log!("button: pairing again, {s} s left in the window");
+                            } else {
+                                log!("button: pairing window already open, {s} s left");
+                            }
                         }
                         None => {}
                     }
@@ -496,6 +519,17 @@ impl Pairing {
             return false;
         }
         true
+    }
+
+    /// A press in a window still open: if the last attempt ended unpaired (a refusal or
+    /// nobody found, which leave the window open, as the console's "press again" says), a
+    /// new one for the `left_ms` left; false while one is under way or too little is left.
+    pub fn again<C: Clock + 'static>(&self, ui: &Arc<SharedUi<C>>, left_ms: u64) -> bool {
+        // Less than an attempt needs to settle is no attempt.
+        if self.busy() || left_ms < 5_000 {
+            return false;
+        }
+        self.start(ui.clone(), Duration::from_millis(left_ms))
     }
 
     /// Whether an attempt is under way.
@@ -992,6 +1026,46 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(*node.asked.lock().unwrap(), vec![Duration::from_secs(120)]);
+        assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Confirmed);
+    }
+
+    fn wait_idle(pairing: &Pairing) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pairing.busy() {
+            assert!(std::time::Instant::now() < deadline, "attempt never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_press_after_a_refusal_tries_again_in_the_window_left() {
+        let node = Arc::new(FakeNode {
+            outcome: Mutex::new(Some(Ok(PairOutcome::Unconfirmed { peer: "p".into() }))),
+            delay: Duration::from_millis(200),
+            asked: Mutex::new(Vec::new()),
+        });
+        let pairing = Pairing::new(node.clone());
+        let ui = open_window();
+        assert!(pairing.start(ui.clone(), Duration::from_secs(120)));
+        assert!(!pairing.again(&ui, 100_000), "while the first is under way");
+        wait_idle(&pairing);
+        assert!(pairing
+            .last()
+            .unwrap()
+            .starts_with("refused: p was in pairing mode"));
+        assert_eq!(ui.pattern().0, cairn_bsp::Pattern::PairingOpen);
+        assert!(!pairing.again(&ui, 4_000), "too little left");
+        *node.outcome.lock().unwrap() = Some(Ok(PairOutcome::Paired {
+            peer: "p".into(),
+            code: "123 456".into(),
+        }));
+        assert!(pairing.again(&ui, 90_000));
+        wait_idle(&pairing);
+        assert_eq!(
+            *node.asked.lock().unwrap(),
+            vec![Duration::from_secs(120), Duration::from_secs(90)]
+        );
+        assert_eq!(pairing.last().unwrap(), "paired with p, code 123 456");
         assert_eq!(ui.pattern().0, cairn_bsp::Pattern::Confirmed);
     }
 

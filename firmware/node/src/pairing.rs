@@ -12,8 +12,9 @@
 //!   our window was open: evidence of both windows, bound to this session by the commitments
 //! 2.5 s after the first candidate: none → none found; two or more → overlap, refused;
 //!   one → reveal:                   Pair{REVEAL, n}  ──►  checked against the c it probed with
-//! paired only once the other's reveal came and matches (≤ 10 s): both sides show the same
-//!   six-digit code, BLAKE3(tag ‖ ids ‖ nonces, in id order), for the owners to compare
+//! paired only once the other's reveal came and matches (≤ 10 s; one that came before our own
+//!   settling counts): both sides show the same six-digit code,
+//!   BLAKE3(tag ‖ ids ‖ nonces, in id order), for the owners to compare
 //! ```
 //!
 //! A host on the LAN can still answer every probe and so block button pairing (the overlap
@@ -97,8 +98,9 @@ pub(crate) struct PairSession {
     first_at: Option<Instant>,
     /// The one candidate settled on, and until when its reveal may come.
     settled: Option<(PeerId, Instant)>,
-    /// A candidate's reveal, checked against its commitment.
-    revealed: Option<(PeerId, [u8; 16])>,
+    /// Reveals that matched their plug's commitment, kept from before our own settling too
+    /// (one per plug in `probed_us`): on a loaded plug the other side may settle first.
+    revealed: BTreeMap<PeerId, [u8; 16]>,
     reply: oneshot::Sender<Result<PairOutcome, String>>,
 }
 
@@ -119,7 +121,7 @@ impl PairSession {
             probed: HashSet::new(),
             first_at: None,
             settled: None,
-            revealed: None,
+            revealed: BTreeMap::new(),
             reply,
         }
     }
@@ -167,7 +169,7 @@ impl PairSession {
     /// What to do at `now`: wait, reveal to the one candidate, or finish.
     pub(crate) fn step(&mut self, now: Instant) -> Step {
         if let Some((peer, by)) = self.settled {
-            let confirmed = self.revealed.is_some_and(|(p, _)| p == peer);
+            let confirmed = self.revealed.contains_key(&peer);
             return if confirmed || now >= by {
                 Step::Finish
             } else {
@@ -197,10 +199,13 @@ impl PairSession {
     /// `addrs_of` it), or reports none, an overlap, or a candidate that did not confirm.
     pub(crate) fn finish(self, shared: &Shared, addrs_of: impl FnOnce(&PeerId) -> Vec<Multiaddr>) {
         let candidates = self.candidates();
-        let outcome = match (&candidates[..], self.revealed) {
+        let outcome = match (
+            &candidates[..],
+            candidates.first().map(|p| self.revealed.get(p)),
+        ) {
             ([], _) => PairOutcome::NoneFound,
-            ([peer], Some((p, theirs))) if *peer == p => {
-                let peer = *peer;
+            ([peer], Some(Some(theirs))) => {
+                let (peer, theirs) = (*peer, *theirs);
                 let code = confirmation_code((&self.me, &self.nonce), (&peer, &theirs));
                 let addrs = addrs_of(&peer);
                 match shared.add_partner(peer, addrs, "button") {
@@ -295,18 +300,21 @@ pub(crate) fn answer(
                     format!("the pairing window of {} is not open", shared.me),
                 );
             };
-            let candidates = s.candidates();
-            if candidates != [peer] || s.settled.is_some_and(|(p, _)| p != peer) {
+            // Only the plug settled on, once settled; before, any plug that probed us (an
+            // overlap is still refused at the end: we never reveal to two candidates).
+            if s.settled.is_some_and(|(p, _)| p != peer) {
                 return err(
                     ErrorCode::BadRequest,
-                    format!(
-                        "{} is not pairing with {peer} alone ({} candidates)",
-                        shared.me,
-                        candidates.len()
-                    ),
+                    format!("{} has settled its pairing with another plug", shared.me),
                 );
             }
-            if s.probed_us.get(&peer) != Some(&commitment(&peer, &secret)) {
+            let Some(committed) = s.probed_us.get(&peer) else {
+                return err(
+                    ErrorCode::BadRequest,
+                    format!("{peer} did not probe {} in this window", shared.me),
+                );
+            };
+            if *committed != commitment(&peer, &secret) {
                 tracing::warn!(
                     "pairing: {peer} revealed a nonce that is not the one it committed to"
                 );
@@ -315,7 +323,7 @@ pub(crate) fn answer(
                     "the revealed nonce does not match the probe's commitment".into(),
                 );
             }
-            s.revealed = Some((peer, secret));
+            s.revealed.insert(peer, secret);
             Msg::Paired
         }
         PAIR_INVITE => {
@@ -349,6 +357,192 @@ pub(crate) fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::state::{PeerMeta, Persisted};
+    use std::sync::Arc;
+
+    fn peer() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    /// One plug in a test: its node state (knowing `local` on its network), its open session
+    /// and where the session's outcome arrives.
+    struct Plug {
+        shared: Arc<Shared>,
+        session: PairSession,
+        outcome: oneshot::Receiver<Result<PairOutcome, String>>,
+        _home: tempfile::TempDir,
+    }
+
+    impl Plug {
+        fn open(me: PeerId, local: &[PeerId]) -> Plug {
+            let home = tempfile::tempdir().unwrap();
+            let store = cairn_store::Store::open_dir_reserve_later(
+                home.path().join("store"),
+                cairn_store::Config {
+                    memory_budget_bytes: 1 << 20,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let cfg = Config::new(home.path().to_owned());
+            let budget = crate::codec::Budget::new(1 << 20);
+            let (shared, _rx) = Shared::new(cfg, me, store, Persisted::default(), budget);
+            for p in local {
+                shared.state().peers.insert(
+                    *p,
+                    PeerMeta {
+                        local: true,
+                        ..Default::default()
+                    },
+                );
+            }
+            let (tx, outcome) = oneshot::channel();
+            Plug {
+                session: PairSession::open(me, Duration::from_secs(120), tx),
+                shared,
+                outcome,
+                _home: home,
+            }
+        }
+
+        /// `from`'s request `msg` arrives here; our answer.
+        fn hears(&mut self, from: PeerId, msg: &Msg) -> Msg {
+            let Msg::Pair { mode, secret } = msg else {
+                panic!("{msg:?}")
+            };
+            answer(
+                &self.shared,
+                Some(&mut self.session),
+                from,
+                *mode,
+                *secret,
+                |_| vec![],
+            )
+        }
+
+        /// Steps at `later` past now; the reveal it sends, if it settles.
+        fn step(&mut self, later: Duration) -> Step {
+            self.session.step(Instant::now() + later)
+        }
+
+        fn finish(mut self) -> Result<PairOutcome, String> {
+            let shared = self.shared.clone();
+            self.session.finish(&shared, |_| vec![]);
+            self.outcome.try_recv().unwrap()
+        }
+    }
+
+    fn paired_code(o: Result<PairOutcome, String>, with: PeerId) -> String {
+        match o {
+            Ok(PairOutcome::Paired { peer, code }) if peer == with.to_string() => code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reveal_that_comes_before_our_own_settling_is_kept_and_both_plugs_pair() {
+        let (ida, idb) = (peer(), peer());
+        let (mut a, mut b) = (Plug::open(ida, &[idb]), Plug::open(idb, &[ida]));
+        // B's probe reaches A; A's answer to it is slow to reach B (a loaded plug).
+        let b_probe = b.session.probe();
+        assert_eq!(a.hears(idb, &b_probe), Msg::Paired);
+        // A's probe reaches B, and B's answer reaches A: A has its one candidate.
+        let a_probe = a.session.probe();
+        assert_eq!(b.hears(ida, &a_probe), Msg::Paired);
+        assert!(answered(&a.shared, Some(&mut a.session), idb));
+        // A settles and reveals while B has no candidate yet: B keeps the reveal.
+        let Step::Reveal(to, a_reveal) = a.step(PAIR_SETTLE) else {
+            panic!("A settles")
+        };
+        assert_eq!(to, idb);
+        assert_eq!(b.hears(ida, &a_reveal), Msg::Paired);
+        // Now B hears A's answer, settles, reveals; both finish paired, on the same code.
+        assert!(answered(&b.shared, Some(&mut b.session), ida));
+        assert_eq!(b.step(Duration::ZERO), Step::Wait);
+        let Step::Reveal(_, b_reveal) = b.step(PAIR_SETTLE) else {
+            panic!("B settles")
+        };
+        assert_eq!(a.hears(idb, &b_reveal), Msg::Paired);
+        assert_eq!(a.step(PAIR_SETTLE), Step::Finish);
+        assert_eq!(b.step(PAIR_SETTLE), Step::Finish);
+        let code_a = paired_code(a.finish(), idb);
+        assert_eq!(code_a, paired_code(b.finish(), ida));
+    }
+
+    #[test]
+    fn a_reveal_is_refused_from_a_stranger_to_the_window_or_against_its_commitment() {
+        let (ida, idb, idc) = (peer(), peer(), peer());
+        let mut b = Plug::open(idb, &[ida, idc]);
+        let reveal = |nonce: [u8; 16]| Msg::Pair {
+            mode: PAIR_REVEAL,
+            secret: nonce,
+        };
+        // C never probed B in this window.
+        let said = format!("{:?}", b.hears(idc, &reveal([3; 16])));
+        assert!(said.contains("did not probe"), "{said}");
+        // A probed with the commitment to one nonce and reveals another.
+        let probe = Msg::Pair {
+            mode: PAIR_WINDOW,
+            secret: commitment(&ida, &[1; 16]),
+        };
+        assert_eq!(b.hears(ida, &probe), Msg::Paired);
+        let said = format!("{:?}", b.hears(ida, &reveal([2; 16])));
+        assert!(said.contains("does not match"), "{said}");
+        // Settled on A, B takes no reveal from C, even one that matches C's probe.
+        assert!(answered(&b.shared, Some(&mut b.session), ida));
+        assert!(matches!(b.step(PAIR_SETTLE), Step::Reveal(p, _) if p == ida));
+        let c_probe = Msg::Pair {
+            mode: PAIR_WINDOW,
+            secret: commitment(&idc, &[3; 16]),
+        };
+        let said = format!("{:?}", b.hears(idc, &c_probe));
+        assert!(
+            said.contains("settled its pairing with another plug"),
+            "{said}"
+        );
+        let said = format!("{:?}", b.hears(idc, &reveal([3; 16])));
+        assert!(
+            said.contains("settled its pairing with another plug"),
+            "{said}"
+        );
+        // A never revealed the right nonce: B's wait ends unconfirmed.
+        assert_eq!(b.step(PAIR_SETTLE + REVEAL_WAIT * 2), Step::Finish);
+        match b.finish() {
+            Ok(PairOutcome::Unconfirmed { peer }) => assert_eq!(peer, ida.to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn two_plugs_in_pairing_mode_are_refused_even_with_a_reveal_kept() {
+        let (ida, idb, idc) = (peer(), peer(), peer());
+        let mut b = Plug::open(idb, &[ida, idc]);
+        let mut probe_and_answer = |id: PeerId, nonce: [u8; 16]| {
+            let probe = Msg::Pair {
+                mode: PAIR_WINDOW,
+                secret: commitment(&id, &nonce),
+            };
+            assert_eq!(b.hears(id, &probe), Msg::Paired);
+            assert!(answered(&b.shared, Some(&mut b.session), id));
+        };
+        probe_and_answer(ida, [1; 16]);
+        probe_and_answer(idc, [3; 16]);
+        let reveal = Msg::Pair {
+            mode: PAIR_REVEAL,
+            secret: [1; 16],
+        };
+        assert_eq!(b.hears(ida, &reveal), Msg::Paired);
+        assert_eq!(b.step(PAIR_SETTLE), Step::Finish, "no reveal to either");
+        let shared = b.shared.clone();
+        match b.finish() {
+            Ok(PairOutcome::Overlap { candidates }) => assert_eq!(candidates.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(!shared.state().is_partner(&ida));
+    }
 
     #[test]
     fn both_plugs_compute_the_same_code_and_another_nonce_changes_it() {

@@ -137,9 +137,15 @@
     fetch('/admin/api/storage', { credentials: 'same-origin' })
       .then(function (r) { return r.json(); })
       .then(function (a) {
-        if (a.window) {
-          pairing.textContent = 'The pairing window is open for ' +
-            Math.ceil(a.window.remaining_ms / 1000) + ' s: press the button on the other plug now.';
+        var left = a.window && Math.ceil(a.window.remaining_ms / 1000);
+        if (a.window && a.pairing && !a.pairing.busy && a.pairing.last) {
+          // The attempt ended unpaired; the window stays open for another.
+          pairing.textContent = 'Last pairing: ' + a.pairing.last + '. The window is open for ' +
+            left + ' s more: click Pair or press the button to try again.';
+          setTimeout(follow, 1000);
+        } else if (a.window) {
+          pairing.textContent = 'The pairing window is open for ' + left +
+            ' s: press the button on the other plug now.';
           setTimeout(follow, 1000);
         } else if (a.pairing && a.pairing.busy) {
           pairing.textContent = 'Finishing the pairing…';

@@ -962,7 +962,10 @@ pub fn storage(
                 button #pair type="submit" { "Pair" }
             }
             p #pairing aria-live="polite" data-follow=[(window.is_some() || pairing.busy).then_some("1")] {
-                @if let Some(w) = window {
+                @if let (Some(w), false, Some(last)) = (window, pairing.busy, &pairing.last) {
+                    // The attempt ended unpaired; the window stays open for another.
+                    "Last pairing: " (last) ". The window is open for " (w.remaining_ms.div_ceil(1000)) " s more: click Pair or press the button to try again."
+                } @else if let Some(w) = window {
                     "The pairing window is open for " (w.remaining_ms.div_ceil(1000)) " s: press the button on the other plug now."
                 } @else if pairing.busy {
                     "Finishing the pairing…"

@@ -1198,7 +1198,8 @@ async fn update(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// Passes an upload's body frames to `tx` until the body ends, breaks off or stalls (the
-/// error goes down the channel), or the receiver stops.
+/// error goes down the channel), or the receiver stops. A receiver that stopped early (a
+/// refusal) leaves the rest of the body to [`drain`], so that the client hears the reason.
 async fn pump(mut body: Incoming, tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
     loop {
         let frame = tokio::time::timeout(UPLOAD_IDLE, body.frame()).await;
@@ -1215,8 +1216,33 @@ async fn pump(mut body: Incoming, tx: tokio::sync::mpsc::Sender<std::io::Result<
             ))),
         };
         let failed = piece.is_err();
-        if tx.send(piece).await.is_err() || failed {
+        if tx.send(piece).await.is_err() {
+            if !failed {
+                drain(body).await;
+            }
             break;
+        }
+        if failed {
+            break;
+        }
+    }
+}
+
+/// Most of a refused upload's body read and thrown away before the connection is closed.
+const DRAIN_BYTES_MAX: u64 = 256 << 20;
+
+/// Reads what is left of a refused upload (at most [`DRAIN_BYTES_MAX`], each piece within
+/// [`UPLOAD_IDLE`]) and drops it: a server that answers and closes while the client is still
+/// sending resets the connection, and the client (a browser too) then loses the answer with
+/// its reason. Memory: one frame at a time.
+async fn drain(mut body: Incoming) {
+    let mut read = 0u64;
+    while read <= DRAIN_BYTES_MAX {
+        match tokio::time::timeout(UPLOAD_IDLE, body.frame()).await {
+            Ok(Some(Ok(f))) => {
+                read += f.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            _ => return,
         }
     }
 }
@@ -1407,6 +1433,7 @@ async fn site_zip(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             Ok(d) => {
                 // The writer stopped (the limit, or an error): nothing more to send.
                 if tx.send(Ok(d)).await.is_err() {
+                    drain(body).await;
                     break;
                 }
             }

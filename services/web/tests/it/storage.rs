@@ -175,6 +175,20 @@ async fn pair_opens_the_window_through_pid1_and_the_page_follows_it() {
         dash.body
     );
     assert_eq!(api["storage"]["partners"].as_array().unwrap().len(), 2);
+    // The attempt ends unpaired while the window stays open: the page says so, and how to
+    // try again.
+    let refused = "refused: 12D3KooWx was in pairing mode but did not confirm; press again";
+    server.device.pairing_ended(refused);
+    let page = b.get("/admin/storage").await;
+    assert!(
+        page.body.contains(&format!(
+            "Last pairing: {refused}. The window is open for 60 s more: click Pair or press the \
+             button to try again."
+        )),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("data-follow=\"1\""), "{}", page.body);
     // A second click while it is open: PID 1's reason.
     let r = b.form("/admin/storage/pair", &[("csrf", &csrf)]).await;
     assert_eq!(r.status, 409);

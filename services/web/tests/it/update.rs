@@ -30,7 +30,7 @@ async fn with_slots() -> (Server, Device, common::Browser) {
     std::fs::write(&active, ACTIVE).unwrap();
     std::fs::File::create(&inactive)
         .unwrap()
-        .set_len(1 << 20)
+        .set_len(8 << 20)
         .unwrap();
     server.device.set_slots(FakeSlots {
         keys,
@@ -61,10 +61,10 @@ async fn with_slots() -> (Server, Device, common::Browser) {
     (server, d, b)
 }
 
-/// A bundle for the device's board signed with `key`, its parts large enough to take several
-/// of the upload's frames.
+/// A bundle for the device's board signed with `key`, its parts large enough to take many of
+/// the upload's frames: a refusal at the manifest comes while the client is still sending.
 fn bundle_of(key: &SigningKey, build: u64) -> Vec<u8> {
-    let boot: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let boot: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let system: &[u8] = b"a squashfs";
     let boot: &[u8] = &boot;
     let parts: [(&str, &dyn PartSource); 2] = [("boot", &boot), ("system", &system)];

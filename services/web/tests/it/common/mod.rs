@@ -66,6 +66,8 @@ struct FakeState {
     stops_on_reboot: bool,
     /// The system slots, when the test gives the device some.
     slots: Option<FakeSlots>,
+    /// How pairing goes, as `board` says.
+    pairing: Pairing,
 }
 
 /// The device's system slots as a test gives them: two files, slot a running; bundles go
@@ -100,6 +102,16 @@ impl FakeDevice {
         s.last_window += 1;
         s.window = Some(s.last_window);
         s.last_window
+    }
+
+    /// An attempt to pair ended with `last` (the window stays as it is).
+    #[allow(dead_code, reason = "storage only")]
+    pub fn pairing_ended(&self, last: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.pairing = Pairing {
+            busy: false,
+            last: Some(last.into()),
+        };
     }
 
     /// Sets what `logs` answers for `service`.
@@ -174,7 +186,7 @@ impl Device for FakeDevice {
                 remaining_ms: 60_000,
             }),
             last_window: s.last_window,
-            pairing: Pairing::default(),
+            pairing: s.pairing.clone(),
         })
     }
 
