@@ -14,11 +14,17 @@
 //! Cairn and floor boots alternate, so machine load weighs on both alike; every figure is the
 //! median of its boots, `*_all` lists each boot's. `boot_vs_floor` = boot_to_ready ÷ floor.
 //!
+//! The boards QEMU emulates with their own bootloader boot their product cards too, each time a
+//! fresh copy (a user's first boot, partition growth included), power-on → `cairn: ready`:
+//! `boot_to_ready_s_rpi3` (raspi3b, four A53s) and `boot_to_ready_s_bpi_m2u` (bpim2u, one A7
+//! running: QEMU does not start the R40's others), medians of `CAIRN_CARD_BOOTS` (default 3).
+//! `image_xz_mib_BOARD`: each board's compressed card, as a user downloads it.
+//!
 //! Usage: `boot_bench [OUT.json]` (default target/bench/boot.json); `CAIRN_BOOTS=N` boots
 //! each N times (default 5). Beside OUT it writes OUT's stem + `-console.txt`: the console of
 //! the median Cairn boot, each line with its arrival time, to see where the time goes.
 
-use cairn_hil::{image, images_dir, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+use cairn_hil::{emulated_card, image, images_dir, Config, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +34,12 @@ const STAGE2: &str = "cairn: stage 2:";
 const READY: &str = "cairn: ready";
 const MEMORY: &str = "cairn: memory in use:";
 const FLOOR_READY: &str = "floor: ready";
+/// The emulated SoCs run their cores in software and enumerate slowly: the card boots' bound.
+const CARD_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The boards whose product cards boot under QEMU with their own bootloader.
+const CARD_BOARDS: [&str; 2] = ["rpi3", "bpi-m2u"];
+/// Every board with a card image.
+const BOARDS: [&str; 5] = ["qemu-virt", "rpi3", "rpi4", "bpi-m2u", "lime2"];
 
 /// One Cairn boot's figures, in seconds from QEMU's start.
 struct Boot {
@@ -46,13 +58,18 @@ fn main() -> anyhow::Result<()> {
             .nth(1)
             .unwrap_or_else(|| "target/bench/boot.json".into()),
     );
-    let n: usize = match std::env::var("CAIRN_BOOTS") {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| anyhow::anyhow!("CAIRN_BOOTS={v}: not a number"))?,
-        Err(_) => 5,
+    let count = |var: &str, default: usize| -> anyhow::Result<usize> {
+        let n = match std::env::var(var) {
+            Ok(v) => v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{var}={v}: not a number"))?,
+            Err(_) => default,
+        };
+        anyhow::ensure!(n > 0, "{var} must be at least 1");
+        Ok(n)
     };
-    anyhow::ensure!(n > 0, "CAIRN_BOOTS must be at least 1");
+    let n = count("CAIRN_BOOTS", 5)?;
+    let card_boots = count("CAIRN_CARD_BOOTS", 3)?;
     let cairn = Config::new(image("cairn-qemu-virt.img")?);
     let floor_image = images_dir().join("cairn-qemu-virt-floor.img");
     anyhow::ensure!(
@@ -104,7 +121,7 @@ fn main() -> anyhow::Result<()> {
             / (1 << 20) as f64)
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "boots": n,
         "boot_to_ready_s": round(boot_to_ready),
         "boot_to_ready_s_all": rounded(&ready),
@@ -124,6 +141,27 @@ fn main() -> anyhow::Result<()> {
         "binary_mib": mib(root.join("target/aarch64-unknown-linux-musl/firmware/cairn.product"))?,
         "ram_used_after_ready_mib": median(&ram),
     });
+    for board in CARD_BOARDS {
+        let flashed = image(&format!("cairn-{board}.img"))?;
+        let mut ready = Vec::new();
+        for i in 0..card_boots {
+            let dir = tempfile::tempdir()?;
+            let mut q = Qemu::boot(&emulated_card(board, &flashed, dir.path())?)?;
+            q.wait_line(READY, CARD_BOOT_TIMEOUT)?;
+            let t = q.time_of(READY).expect("waited for").as_secs_f64();
+            eprintln!("{board} card boot {}/{card_boots}: ready {t:.2} s", i + 1);
+            ready.push(t);
+            // Neither machine has a power button QEMU can press: the power is pulled.
+            q.pull_power();
+        }
+        let key = format!("boot_to_ready_s_{}", board.replace('-', "_"));
+        report[&key] = round(median(&ready)).into();
+        report[format!("{key}_all")] = rounded(&ready).into();
+    }
+    for board in BOARDS {
+        let xz = images_dir().join(format!("cairn-{board}.img.xz"));
+        report[format!("image_xz_mib_{}", board.replace('-', "_"))] = round(mib(xz)?).into();
+    }
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -1292,6 +1292,72 @@ pub fn card_copy(flashed: &Path, dir: &Path, card_bytes: u64) -> anyhow::Result<
     Ok(card)
 }
 
+/// A card size QEMU's SD models accept (a power of two), bigger than the images.
+pub const CARD_BYTES: u64 = 512 << 20;
+
+/// The card of `flashed` (an image of a board QEMU emulates with its own bootloader: rpi3,
+/// bpi-m2u) as a user's first boot finds it, in `dir`, and the machine that boots it: the
+/// image's bytes on a card of [`CARD_BYTES`], with the emulation-only changes to that copy's
+/// DTB (the image keeps the real one):
+/// - raspi3b: QEMU's BCM2835 power manager resets the machine the moment the watchdog is armed
+///   (it has no countdown), so the watchdog node is disabled;
+/// - bpim2u: the pinned kernel's stmmac oopses on the first DMA interrupt of the emulated GMAC
+///   (hil-tests/tests/bpim2u.rs says why), so the GMAC is disabled.
+pub fn emulated_card(board: &str, flashed: &Path, dir: &Path) -> anyhow::Result<Config> {
+    let (machine, dtb, nodes) = match board {
+        "rpi3" => (
+            Machine::Raspi3b,
+            "bcm2837-rpi-3-b.dtb",
+            "/soc/watchdog@7e100000",
+        ),
+        "bpi-m2u" => (
+            Machine::Bpim2u,
+            "sun8i-r40-bananapi-m2-ultra.dtb",
+            "/soc/ethernet@1c50000",
+        ),
+        other => bail!("no emulated card for board {other}"),
+    };
+    let card = card_copy(flashed, dir, CARD_BYTES)?;
+    disable_slot_dt_nodes(&card, dtb, &[nodes])?;
+    let mut cfg = Config::new(card);
+    cfg.machine = machine;
+    Ok(cfg)
+}
+
+/// An update's first boot on a card QEMU boots with the board's own bootloader: `card` (after
+/// its first boot, as `cfg` booted it) gets slot B made from slot A and put on trial as
+/// `cairn update apply` leaves it, with a settle time of seconds. Boots it once more: the
+/// card's `boot.scr` counts the try down with its u-boot's own `mmc write` before booting B,
+/// PID 1 says B is on trial and commits it once ready; the state read back from the card says
+/// B is the good slot. Neither emulated board can be reset from the guest here (raspi3b's
+/// watchdog is disabled in the card's DTB, bpim2u's PMIC has no switch), so a fallback is
+/// tested on qemu-virt only.
+pub fn check_card_update_trial(cfg: &Config, card: &Path, timeout: Duration) -> anyhow::Result<()> {
+    use cairn_update::bootstate::{Last, SlotName};
+    let dir = tempfile::tempdir()?;
+    let mut cfg = cfg.clone();
+    cfg.image = slot_b_on_trial(card, dir.path(), "cairn.update_settle=3", 90_001)?;
+    let mut q = Qemu::boot(&cfg)?;
+    q.wait_line(
+        "cairn: boot: slot b (good a, on trial b, 2 tries left)",
+        timeout,
+    )?;
+    let kernel = q.wait_line("Kernel command line:", timeout)?;
+    anyhow::ensure!(kernel.contains("cairn.slot=b"), "{kernel}");
+    q.wait_line("cairn: update: slot b on trial (try 1 of 3)", timeout)?;
+    q.wait_line("cairn: ready", timeout)?;
+    q.wait_line("cairn: update: slot b committed", timeout)?;
+    q.pull_power();
+    let state = cairn_update::disk::BootDisk::new(&q.disk())
+        .state()?
+        .context("no boot state on the card")?;
+    anyhow::ensure!(
+        (state.active, state.trying, state.last) == (SlotName::B, None, Last::Good),
+        "the card's boot state after the commit: {state:?}"
+    );
+    Ok(())
+}
+
 /// After a first boot on a card of `card_bytes` (a copy of an image whose data partition had
 /// `part_before` bytes): the data partition and its ext4 were grown to the card's end (within
 /// the 4 KiB alignment and ext4's rounding).

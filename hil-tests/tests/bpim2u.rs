@@ -2,7 +2,9 @@
 //! `cairn-bpi-m2u-test.img` bytes, grown like a bigger card, booted under QEMU's bpim2u by the
 //! card's own SPL and u-boot (the emulated boot ROM loads the SPL from 8 KiB into the card; no
 //! firmware comes from the host), through boot.scr's slot choice, to `cairn: ready` — with the
-//! data partition grown and the GPIO lines PID 1 took listed on the console. Not yet: a DHCP
+//! data partition grown and the GPIO lines PID 1 took listed on the console; then an update's
+//! first boot on that card (slot B on trial, the try counted by the card's u-boot, committed by
+//! PID 1). Not yet: a DHCP
 //! lease on the emulated GMAC (the pinned kernel source's stmmac zeroes its per-CPU statistics
 //! pointer in `__stmmac_open`, `memset(&priv->xstats, …)`, so the first DMA interrupt oopses
 //! in `sun8i_dwmac_dma_interrupt`: "Unable to handle kernel paging request … Fatal exception
@@ -13,15 +15,13 @@
 //! the boot).
 
 use cairn_hil::{
-    card_copy, check_card_boot, check_grown_to_card, data_partition_sizes, disable_slot_dt_nodes,
-    image, Config, Machine, Qemu,
+    check_card_boot, check_card_update_trial, check_grown_to_card, data_partition_sizes,
+    emulated_card, image, Qemu, CARD_BYTES,
 };
 use std::time::Duration;
 
 /// bpim2u emulates four Cortex-A7s in software: more time than the virt board's.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-/// A card size QEMU accepts (a power of two), bigger than the image.
-const CARD_BYTES: u64 = 512 << 20;
 
 #[test]
 fn bpim2u_card_boots_through_its_own_spl_to_ready_and_grows() {
@@ -30,15 +30,7 @@ fn bpim2u_card_boots_through_its_own_spl_to_ready_and_grows() {
     // The card: the image's bytes on a bigger card, with the GMAC disabled in this copy's DTB
     // (see above); the image keeps it.
     let card_dir = tempfile::tempdir().unwrap();
-    let card = card_copy(&flashed, card_dir.path(), CARD_BYTES).unwrap();
-    disable_slot_dt_nodes(
-        &card,
-        "sun8i-r40-bananapi-m2-ultra.dtb",
-        &["/soc/ethernet@1c50000"],
-    )
-    .unwrap();
-    let mut cfg = Config::new(card);
-    cfg.machine = Machine::Bpim2u;
+    let cfg = emulated_card("bpi-m2u", &flashed, card_dir.path()).unwrap();
 
     let mut q = Qemu::boot(&cfg).unwrap();
     q.wait_line("cairn: ready", BOOT_TIMEOUT).unwrap();
@@ -72,4 +64,7 @@ fn bpim2u_card_boots_through_its_own_spl_to_ready_and_grows() {
     // the card.
     q.pull_power();
     check_grown_to_card(&q.disk(), CARD_BYTES, part_before).unwrap();
+
+    // An update's first boot on the same card, through the card's own u-boot and boot.scr.
+    check_card_update_trial(&cfg, &q.disk(), BOOT_TIMEOUT).unwrap();
 }

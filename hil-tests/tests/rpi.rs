@@ -2,34 +2,29 @@
 //! grown like a bigger card, booted under QEMU's raspi3b by the u-boot on its own boot
 //! partition (QEMU starts it in place of the GPU firmware), through boot.scr's slot choice, to
 //! `cairn: ready` — with the data partition grown and the GPIO lines PID 1 took listed on the
-//! console. Not yet: a DHCP lease through QEMU's usb-net (Linux's dwc2 driver answers "Not
+//! console; then an update's first boot on that card (slot B on trial, the try counted by the
+//! card's u-boot, committed by PID 1). Not yet: a DHCP lease through QEMU's usb-net (Linux's dwc2 driver answers "Not
 //! connected" to it under raspi3b; u-boot enumerates it), and a clean power-off (raspi3b has
 //! no power button QEMU can press).
 
 use cairn_hil::{
-    card_copy, check_card_boot, check_grown_to_card, data_partition_sizes, disable_slot_dt_nodes,
-    image, Config, Machine, Qemu,
+    check_card_boot, check_card_update_trial, check_grown_to_card, data_partition_sizes,
+    emulated_card, image, Qemu, CARD_BYTES,
 };
 use std::time::Duration;
 
 /// raspi3b emulates four Cortex-A53s in software and enumerates USB slowly: more time than
 /// the virt board's.
 const RPI_BOOT_TIMEOUT: Duration = Duration::from_secs(240);
-/// A card size QEMU accepts (a power of two), bigger than the image.
-const CARD_BYTES: u64 = 512 << 20;
 
 #[test]
 fn rpi3_card_boots_through_its_own_uboot_to_ready_and_grows() {
     let flashed = image("cairn-rpi3.img").unwrap();
     let (part_before, _) = data_partition_sizes(&flashed).unwrap();
-    // The card: the image's bytes on a bigger card. One emulation-only change: QEMU's BCM2835
-    // power manager resets the machine the moment the watchdog is armed (it has no countdown),
-    // so the watchdog node is disabled in this copy's DTB; the image keeps it.
+    // The card: the image's bytes on a bigger card, the watchdog disabled in this copy's DTB
+    // (emulated_card says why); the image keeps it.
     let card_dir = tempfile::tempdir().unwrap();
-    let card = card_copy(&flashed, card_dir.path(), CARD_BYTES).unwrap();
-    disable_slot_dt_nodes(&card, "bcm2837-rpi-3-b.dtb", &["/soc/watchdog@7e100000"]).unwrap();
-    let mut cfg = Config::new(card);
-    cfg.machine = Machine::Raspi3b;
+    let cfg = emulated_card("rpi3", &flashed, card_dir.path()).unwrap();
 
     let mut q = Qemu::boot(&cfg).unwrap();
     q.wait_line("cairn: ready", RPI_BOOT_TIMEOUT).unwrap();
@@ -57,4 +52,7 @@ fn rpi3_card_boots_through_its_own_uboot_to_ready_and_grows() {
     // raspi3b has no power button QEMU can press: pull the power, then read the card.
     q.pull_power();
     check_grown_to_card(&q.disk(), CARD_BYTES, part_before).unwrap();
+
+    // An update's first boot on the same card, through the card's own u-boot and boot.scr.
+    check_card_update_trial(&cfg, &q.disk(), RPI_BOOT_TIMEOUT).unwrap();
 }
