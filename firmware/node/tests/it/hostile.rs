@@ -1802,7 +1802,7 @@ fn a_lan_host_that_only_says_its_window_is_open_is_not_paired_with() {
         let window = s.spawn(|| node.op(json!({"op": "pair", "window_ms": 4000})));
         run(async {
             // A host on the LAN (loopback counts as local) that heard the node's probe: it
-            // says its window is open too, but never answers a probe nor reveals a nonce it
+            // says its window is open too, but never answers a probe nor reveals the nonce it
             // committed to.
             let mut host = Peer::connect(&node).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1826,7 +1826,7 @@ fn a_lan_host_that_only_says_its_window_is_open_is_not_paired_with() {
             assert_refused(
                 &reveal,
                 ErrorCode::BadRequest,
-                &["is not pairing with", "alone (0 candidates)"],
+                &["the revealed nonce does not match the probe's commitment"],
             );
         });
         let outcome = window.join().unwrap().expect("the window's answer");
