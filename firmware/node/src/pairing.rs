@@ -199,13 +199,10 @@ impl PairSession {
     /// `addrs_of` it), or reports none, an overlap, or a candidate that did not confirm.
     pub(crate) fn finish(self, shared: &Shared, addrs_of: impl FnOnce(&PeerId) -> Vec<Multiaddr>) {
         let candidates = self.candidates();
-        let outcome = match (
-            &candidates[..],
-            candidates.first().map(|p| self.revealed.get(p)),
-        ) {
-            ([], _) => PairOutcome::NoneFound,
-            ([peer], Some(Some(theirs))) => {
-                let (peer, theirs) = (*peer, *theirs);
+        let outcome = match &candidates[..] {
+            [] => PairOutcome::NoneFound,
+            [peer] if self.revealed.contains_key(peer) => {
+                let (peer, theirs) = (*peer, self.revealed[peer]);
                 let code = confirmation_code((&self.me, &self.nonce), (&peer, &theirs));
                 let addrs = addrs_of(&peer);
                 match shared.add_partner(peer, addrs, "button") {
@@ -221,7 +218,7 @@ impl PairSession {
                     }
                 }
             }
-            ([peer], _) => {
+            [peer] => {
                 tracing::warn!("pairing refused: {peer} did not confirm");
                 PairOutcome::Unconfirmed {
                     peer: peer.to_string(),
