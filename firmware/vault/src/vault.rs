@@ -559,7 +559,7 @@ impl Vault {
                     String::from_utf8_lossy(&name)
                 )));
             }
-            walk(p, name.clone(), &mut entries)?;
+            walk(p, name.clone(), true, &mut entries)?;
             roots.push(name);
         }
         let total: u64 = entries.iter().map(|(e, _)| e.size).sum();
@@ -584,22 +584,41 @@ impl Vault {
             .collect();
         let extents = run_pipeline(&writer, &chunker, &files, self.workers, progress)?;
         let mut bytes = 0;
+        let mut stored = 0u64;
+        let mut gone = vec![false; entries.len()];
         for ((i, _), ext) in files.iter().zip(extents) {
+            // A file deleted after the walk (a service's queue in a live folder) is not
+            // part of the snapshot, as if the walk had come after the deletion.
+            let Some(ext) = ext else {
+                if roots.contains(&entries[*i].0.path) {
+                    // What the owner named is not there any more: say so.
+                    let p = &entries[*i].1;
+                    return Err(io_err(p)(std::io::ErrorKind::NotFound.into()));
+                }
+                gone[*i] = true;
+                continue;
+            };
             let e = &mut entries[*i].0;
             // The file may have changed while read: the manifest records what was read.
             e.size = ext.iter().map(Extent::len).sum();
             bytes += e.size;
+            stored += 1;
             e.kind = EntryKind::File { extents: ext };
         }
         progress.finish();
-        tree.replace(&roots, entries.into_iter().map(|(e, _)| e).collect());
+        let kept = entries
+            .into_iter()
+            .zip(gone)
+            .filter(|(_, gone)| !gone)
+            .map(|((e, _), _)| e);
+        tree.replace(&roots, kept.collect());
 
         let seq = latest + 1;
         self.write_snapshot(&writer, &chunker, &tree, seq)?;
         let s = &writer.stats;
         Ok(PutReport {
             seq,
-            files: files.len() as u64,
+            files: stored,
             bytes,
             stored_chunks: s.stored.load(Ordering::Relaxed),
             dedup_chunks: s.deduplicated.load(Ordering::Relaxed),
@@ -793,9 +812,13 @@ pub(crate) fn chunk_capacity(k: usize) -> usize {
 }
 
 /// Lists `p` (stored as `name`) and everything below it, sorted by path. File sizes are those
-/// seen now; the pipeline records what it reads.
-fn walk(p: &Path, name: Vec<u8>, out: &mut Vec<(Entry, PathBuf)>) -> Result<()> {
-    let md = fs::symlink_metadata(p).map_err(io_err(p))?;
+/// seen now; the pipeline records what it reads. Below the `root` the owner named, what was
+/// deleted between its folder's listing and its own look is left out, not an error.
+fn walk(p: &Path, name: Vec<u8>, root: bool, out: &mut Vec<(Entry, PathBuf)>) -> Result<()> {
+    let md = match fs::symlink_metadata(p) {
+        Err(e) if !root && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        r => r.map_err(io_err(p))?,
+    };
     let ft = md.file_type();
     let kind = if ft.is_dir() {
         EntryKind::Dir
@@ -826,17 +849,23 @@ fn walk(p: &Path, name: Vec<u8>, out: &mut Vec<(Entry, PathBuf)>) -> Result<()> 
         p.to_path_buf(),
     ));
     if ft.is_dir() {
-        let mut children: Vec<_> = fs::read_dir(p)
-            .map_err(io_err(p))?
-            .map(|d| d.map(|d| d.file_name()))
-            .collect::<std::io::Result<_>>()
-            .map_err(io_err(p))?;
+        let listed = fs::read_dir(p).and_then(|d| {
+            d.map(|d| d.map(|d| d.file_name()))
+                .collect::<std::io::Result<Vec<_>>>()
+        });
+        let mut children = match listed {
+            Err(e) if !root && e.kind() == std::io::ErrorKind::NotFound => {
+                out.pop();
+                return Ok(());
+            }
+            r => r.map_err(io_err(p))?,
+        };
         children.sort();
         for c in children {
             let mut child = name.clone();
             child.push(b'/');
             child.extend_from_slice(c.as_bytes());
-            walk(&p.join(&c), child, out)?;
+            walk(&p.join(&c), child, false, out)?;
         }
     }
     Ok(())
@@ -977,7 +1006,8 @@ fn process(
 }
 
 /// Splits `files` into holes and data segments of at most [`SEGMENT`] bytes, chunks and stores
-/// the segments on `workers` threads (0: on this one), and returns each file's extents.
+/// the segments on `workers` threads (0: on this one), and returns each file's extents, or
+/// `None` for a file deleted since the walk.
 ///
 /// Segments are cut at fixed file offsets, so chunking is parallel even within one file; the
 /// cost is a forced chunk boundary every [`SEGMENT`] bytes (a few more chunks, and after an
@@ -988,7 +1018,7 @@ fn run_pipeline(
     files: &[(usize, PathBuf)],
     workers: usize,
     progress: &mut dyn Progress,
-) -> Result<Vec<Vec<Extent>>> {
+) -> Result<Vec<Option<Vec<Extent>>>> {
     let k = writer.codec_k();
     // Per file, per slot (hole or segment): the extents once known.
     let mut slots: Vec<Vec<Option<Vec<Extent>>>> = vec![Vec::new(); files.len()];
@@ -999,8 +1029,9 @@ fn run_pipeline(
         progress.advance(now - reported);
         reported = now;
     };
+    let mut gone = vec![false; files.len()];
     let mut inline = (workers == 0).then(|| WorkerState::new(k));
-    std::thread::scope(|scope| -> Result<Vec<Vec<Extent>>> {
+    std::thread::scope(|scope| -> Result<Vec<Option<Vec<Extent>>>> {
         let (job_tx, job_rx) = mpsc::sync_channel::<Unit>(workers.max(1));
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
@@ -1033,7 +1064,13 @@ fn run_pipeline(
         };
         let feed = (|| -> Result<()> {
             for (fi, (_, path)) in files.iter().enumerate() {
-                let f = File::open(path).map_err(io_err(path))?;
+                let f = match File::open(path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        gone[fi] = true;
+                        continue;
+                    }
+                    r => r.map_err(io_err(path))?,
+                };
                 let size = f.metadata().map_err(io_err(path))?.len();
                 let (src, path) = (Arc::new(f), Arc::new(path.clone()));
                 let mut pos = 0u64;
@@ -1093,7 +1130,12 @@ fn run_pipeline(
         if let Some(e) = first_err {
             return Err(e);
         }
-        Ok(finish_extents(slots))
+        let extents = finish_extents(slots);
+        Ok(extents
+            .into_iter()
+            .zip(&gone)
+            .map(|(x, gone)| (!gone).then_some(x))
+            .collect())
     })
 }
 

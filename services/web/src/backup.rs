@@ -486,19 +486,35 @@ fn folder_name(dir: &Path) -> Result<String> {
         .with_context(|| format!("{}: a folder to back up needs a name", dir.display()))
 }
 
-/// Calls `f` on `dir` and everything below it (links are not followed).
+/// Calls `f` on `dir` and everything below it (links are not followed). What a service
+/// deletes below `dir` while it is walked (snac's queue) is skipped, as the vault's put does.
 fn walk(dir: &Path, f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -> Result<()> {
-    let meta = fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
-    f(dir, &meta)?;
+    walk_from(dir, true, f)
+}
+
+fn walk_from(
+    dir: &Path,
+    root: bool,
+    f: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>,
+) -> Result<()> {
+    let gone = |e: &std::io::Error| !root && e.kind() == std::io::ErrorKind::NotFound;
+    let meta = match fs::symlink_metadata(dir) {
+        Err(e) if gone(&e) => return Ok(()),
+        r => r.with_context(|| format!("{}", dir.display()))?,
+    };
     if meta.is_dir() {
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .with_context(|| format!("{}", dir.display()))?
-            .collect::<std::io::Result<_>>()
-            .with_context(|| format!("{}", dir.display()))?;
+        let listed = fs::read_dir(dir).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
+        let mut names = match listed {
+            Err(e) if gone(&e) => return Ok(()),
+            r => r.with_context(|| format!("{}", dir.display()))?,
+        };
+        f(dir, &meta)?;
         names.sort_by_key(|e| e.file_name());
         for e in names {
-            walk(&e.path(), f)?;
+            walk_from(&e.path(), false, f)?;
         }
+    } else {
+        f(dir, &meta)?;
     }
     Ok(())
 }

@@ -563,6 +563,55 @@ fn puts_keep_earlier_snapshots() {
     assert!(v.tree(None).unwrap().find(b"a/one").is_some());
 }
 
+/// Deletes files when the put has listed them and not yet read them: a service emptying its
+/// queue while a backup walks its live folder.
+struct DeletesAfterTheWalk(Vec<PathBuf>);
+
+impl cairn_vault::progress::Progress for DeletesAfterTheWalk {
+    fn start(&mut self, _: &str, _: u64) {
+        for p in self.0.drain(..) {
+            fs::remove_file(&p).unwrap();
+        }
+    }
+    fn advance(&mut self, _: u64) {}
+    fn finish(&mut self) {}
+}
+
+#[test]
+fn a_file_deleted_during_a_put_is_left_out_and_what_was_named_must_be_there() {
+    let s = Setup::new(3);
+    let live = s.p("snac");
+    fs::create_dir_all(live.join("queue")).unwrap();
+    fs::write(live.join("queue/1.json"), b"sent soon").unwrap();
+    fs::write(live.join("queue/2.json"), b"stays").unwrap();
+    fs::write(live.join("user.json"), b"the account").unwrap();
+    let mut v = init(&s, 2, AeadKind::ChaCha20Poly1305);
+    let r = v
+        .put(
+            &[&live],
+            &mut DeletesAfterTheWalk(vec![live.join("queue/1.json")]),
+        )
+        .unwrap();
+    assert_eq!(r.files, 2);
+    let t = v.tree(None).unwrap();
+    assert!(t.find(b"snac/queue/1.json").is_none());
+    assert!(t.find(b"snac/queue/2.json").is_some());
+    let out = s.p("back");
+    v.get(None, "snac/user.json", &out, &mut NoProgress)
+        .unwrap();
+    assert_eq!(fs::read(&out).unwrap(), b"the account");
+
+    // A file the owner named, gone before it was read, is an error naming it, and no snapshot.
+    let named = s.p("notes.txt");
+    fs::write(&named, b"mine").unwrap();
+    let err = v
+        .put(&[&named], &mut DeletesAfterTheWalk(vec![named.clone()]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("notes.txt"), "{err}");
+    assert!(v.tree(Some(2)).is_err());
+}
+
 /// A sink whose one target fails after a number of shards.
 struct Failing {
     inner: DirStore,
