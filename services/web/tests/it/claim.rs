@@ -111,8 +111,8 @@ async fn a_browser_that_stopped_polling_is_not_granted() {
     let server = Server::unclaimed();
     let mut gone = server.browser();
     assert_eq!(gone.wait().await["state"], "waiting");
-    // Longer than the 3 s grace after its last poll.
-    tokio::time::sleep(Duration::from_millis(3300)).await;
+    // Longer than the grace after its last poll.
+    tokio::time::sleep(cairn_web::claim::WAITER_GRACE + Duration::from_millis(300)).await;
     server.device.press();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!server.device.called("claim"));
