@@ -11,7 +11,9 @@
 //!   node's flush), with the shard bytes the partners took (the node's books), eth0's counters
 //!   and the device's RAM in use sampled throughout;
 //! - `restore`: the vault restored from its recovery key onto this (fresh) plug and its files
-//!   read back, then read once more (a `get`), through the node from its partners.
+//!   read back, then read once more (a `get`), through the node from its partners;
+//! - `ceiling`: the same put and get with the shards kept in this plug's memory: what its
+//!   CPU and card allow, the limit below the link's when the emulated CPU is the slower.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,7 +26,7 @@ use cairn_node::control::Client;
 use cairn_vault::home::{Config, Target};
 use cairn_vault::keys::{KdfParams, OwnerSecret, RECOVERY_PREFIX};
 use cairn_vault::progress::NoProgress;
-use cairn_vault::Vault;
+use cairn_vault::{ShardError, ShardId, ShardSink, ShardSource, Vault};
 use serde_json::json;
 
 use super::bench::cpu_jiffies;
@@ -347,13 +349,7 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let file = dir.join("data.bin");
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
-        for b in super::fixture::bench_bytes(mib, seed) {
-            w.write_all(&b)?;
-        }
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
+    write_bench_file(&file, mib, seed)?;
     let config = Config {
         k,
         n,
@@ -398,6 +394,94 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
         "ram_mib_peak": ram_peak,
         "cpu_busy": cpu,
         "key": key.split_whitespace().last().unwrap_or_default(),
+    }))
+}
+
+/// The shards a vault needs to read its chunks back (indices below k), kept in memory; the
+/// parity shards are counted and dropped (a 1-of-2 put makes twice its bytes in shards, which
+/// a 256 MiB plug cannot hold).
+struct Memory {
+    k: u8,
+    kept: std::sync::Mutex<std::collections::HashMap<ShardId, Vec<u8>>>,
+}
+
+impl ShardSink for Memory {
+    fn put_shard(&self, id: &ShardId, shard: &[u8]) -> Result<(), ShardError> {
+        if id.index < self.k {
+            let mut kept = self.kept.lock().expect("shards");
+            kept.insert(*id, shard.to_vec());
+        }
+        Ok(())
+    }
+}
+
+impl ShardSource for Memory {
+    fn get_shard(&self, id: &ShardId) -> Result<Vec<u8>, ShardError> {
+        let kept = self.kept.lock().expect("shards");
+        kept.get(id).cloned().ok_or_else(|| ShardError::Missing {
+            id: *id,
+            place: "memory".into(),
+        })
+    }
+}
+
+/// `cairn bench ceiling`: `put` and `restore`'s get of `mib` MiB, k-of-n, as they run through
+/// the node, but with the shards kept in memory ([`Memory`]): the file read from the card and
+/// chunked, hashed, sealed and coded, then read back, opened and written to the card, all on
+/// this plug's CPU with no network. Prints each half's seconds and CPU share.
+pub fn ceiling(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
+    let dir = Path::new(WORK);
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("data.bin");
+    write_bench_file(&file, mib, seed)?;
+    let config = Config {
+        k,
+        n,
+        aead: cairn_vault::seal::AeadKind::fastest_here(50),
+        targets: (0..n)
+            .map(|i| Target::Dir(dir.join(format!("unused{i}"))))
+            .collect(),
+    };
+    let mut v = Vault::init(
+        &dir.join("vault"),
+        config,
+        b"bench",
+        KDF,
+        &super::vault::NodeSockets,
+    )?;
+    let memory = Arc::new(Memory {
+        k: u8::try_from(k)?,
+        kept: Default::default(),
+    });
+    v.set_backend(memory.clone(), memory);
+    // Both halves start from the card, as the node's put and get do.
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3")?;
+    let cpu0 = cpu_jiffies()?;
+    let started = Instant::now();
+    let r = v.put(&[&file], &mut NoProgress)?;
+    let put_s = started.elapsed().as_secs_f64();
+    let put_cpu = busy_since(cpu0)?;
+    std::fs::remove_file(&file)?;
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3")?;
+    let out = dir.join("got");
+    let cpu0 = cpu_jiffies()?;
+    let started = Instant::now();
+    let got = v.get(None, "/", &out, &mut NoProgress)?;
+    let get_s = started.elapsed().as_secs_f64();
+    let get_cpu = busy_since(cpu0)?;
+    check(&out.join("data.bin"), mib, seed)?;
+    drop(v);
+    std::fs::remove_dir_all(dir)?;
+    round(json!({
+        "bytes": r.bytes,
+        "put_s": put_s,
+        "put_cpu_busy": put_cpu,
+        "get_bytes": got.bytes,
+        "get_s": get_s,
+        "get_cpu_busy": get_cpu,
     }))
 }
 
@@ -460,6 +544,16 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
         "get_rx_bytes": rx2 - rx1,
         "get_shards_missing": got2.shards_missing,
     }))
+}
+
+/// Writes the bench's bytes of `mib` and `seed` to `file`, synced.
+fn write_bench_file(file: &Path, mib: usize, seed: u64) -> anyhow::Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(file)?);
+    for b in super::fixture::bench_bytes(mib, seed) {
+        w.write_all(&b)?;
+    }
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
 }
 
 /// `file` holds the bench's bytes of `mib` and `seed`, read in bounded pieces.
