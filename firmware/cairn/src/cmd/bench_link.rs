@@ -330,6 +330,73 @@ fn busy_since(from: (u64, u64)) -> anyhow::Result<f64> {
     Ok((busy - from.0) as f64 / (total - from.1).max(1) as f64)
 }
 
+/// CPU time (user + system, in clock ticks) of every thread on the plug, keyed by its
+/// process's first two arguments and the thread's name (`cairn node/tokio-runtime-w`).
+fn thread_ticks() -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let path = p.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let cmd: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .take(2)
+            .map(|a| {
+                let a = String::from_utf8_lossy(a);
+                a.rsplit('/').next().unwrap_or_default().to_owned()
+            })
+            .collect();
+        let Ok(tasks) = std::fs::read_dir(path.join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state … utime stime: fields 14 and 15, counted after the ")".
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let comm = head.split_once('(').map_or("", |(_, c)| c);
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            if f.len() == 2 {
+                *out.entry(format!("{}/{comm}", cmd.join(" "))).or_default() += f[0] + f[1];
+            }
+        }
+    }
+    out
+}
+
+/// The threads that took the most CPU between two [`thread_ticks`], in seconds.
+fn busiest(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> serde_json::Value {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let mut used: Vec<(&String, u64)> = after
+        .iter()
+        .map(|(k, v)| (k, v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    used.sort_by_key(|u| std::cmp::Reverse(u.1));
+    used.truncate(8);
+    used.into_iter()
+        .map(|(k, v)| json!([k, (v as f64 / hz * 100.0).round() / 100.0]))
+        .collect()
+}
+
 /// What the node's partners hold for this plug, in all (its books: `held_for_us`).
 fn held_by_partners() -> anyhow::Result<u64> {
     let (st, _) = Client::connect(Path::new(NODE_SOCKET))?.call(json!({"op": "status"}), &[])?;
@@ -371,6 +438,7 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
     let (rx0, tx0) = net_bytes()?;
     let peak = RamPeak::start();
     let cpu0 = cpu_jiffies()?;
+    let threads0 = thread_ticks();
     let started = Instant::now();
     let r = v.put(&[&file], &mut NoProgress)?;
     let put_s = started.elapsed().as_secs_f64();
@@ -378,6 +446,7 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let ram_peak = peak.stop();
     let cpu = busy_since(cpu0)?;
+    let threads = busiest(&threads0, &thread_ticks());
     let (rx1, tx1) = net_bytes()?;
     let held1 = held_by_partners()?;
     drop(v);
@@ -393,6 +462,7 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
         "ram_mib_before": ram_before,
         "ram_mib_peak": ram_peak,
         "cpu_busy": cpu,
+        "cpu_s_by_thread": threads,
         "key": key.split_whitespace().last().unwrap_or_default(),
     }))
 }
@@ -524,10 +594,12 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
     std::fs::write("/proc/sys/vm/drop_caches", "3")?;
     let again = dir.join("again");
     let cpu0 = cpu_jiffies()?;
+    let threads0 = thread_ticks();
     let started = Instant::now();
     let got2 = v.get(Some(head), "/", &again, &mut NoProgress)?;
     let get_s = started.elapsed().as_secs_f64();
     let get_cpu = busy_since(cpu0)?;
+    let get_threads = busiest(&threads0, &thread_ticks());
     let (rx2, _) = net_bytes()?;
     check(&again.join("data.bin"), mib, seed)?;
     drop(v);
@@ -538,6 +610,7 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
         "restore_rx_bytes": rx1 - rx0,
         "restore_cpu_busy": restore_cpu,
         "get_cpu_busy": get_cpu,
+        "get_cpu_s_by_thread": get_threads,
         "shards_missing": got.shards_missing,
         "get_bytes": got2.bytes,
         "get_s": get_s,
