@@ -330,9 +330,9 @@ fn busy_since(from: (u64, u64)) -> anyhow::Result<f64> {
     Ok((busy - from.0) as f64 / (total - from.1).max(1) as f64)
 }
 
-/// CPU time (user + system, in clock ticks) of every thread on the plug, keyed by its
-/// process's first two arguments and the thread's name (`cairn node/tokio-runtime-w`).
-fn thread_ticks() -> std::collections::BTreeMap<String, u64> {
+/// CPU time of every thread on the plug, as [user, system] clock ticks and minor page faults,
+/// keyed by its process's first two arguments and the thread's name (`cairn node/tokio-rt-worker`).
+fn thread_ticks() -> std::collections::BTreeMap<String, [u64; 3]> {
     let mut out = std::collections::BTreeMap::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;
@@ -357,19 +357,22 @@ fn thread_ticks() -> std::collections::BTreeMap<String, u64> {
             let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
                 continue;
             };
-            // pid (comm) state … utime stime: fields 14 and 15, counted after the ")".
+            // pid (comm) state … minflt (10) … utime stime (14, 15), counted after the ")".
             let Some((head, rest)) = stat.rsplit_once(')') else {
                 continue;
             };
             let comm = head.split_once('(').map_or("", |(_, c)| c);
             let f: Vec<u64> = rest
                 .split_whitespace()
-                .skip(11)
-                .take(2)
+                .skip(7)
+                .take(6)
                 .filter_map(|w| w.parse().ok())
                 .collect();
-            if f.len() == 2 {
-                *out.entry(format!("{}/{comm}", cmd.join(" "))).or_default() += f[0] + f[1];
+            if f.len() == 6 {
+                let e: &mut [u64; 3] = out.entry(format!("{}/{comm}", cmd.join(" "))).or_default();
+                e[0] += f[4];
+                e[1] += f[5];
+                e[2] += f[0];
             }
         }
     }
@@ -377,23 +380,28 @@ fn thread_ticks() -> std::collections::BTreeMap<String, u64> {
 }
 
 /// The threads that took the most CPU between two [`thread_ticks`], in seconds.
+/// Each as `[thread, user s, system s, minor faults]`.
 fn busiest(
-    before: &std::collections::BTreeMap<String, u64>,
-    after: &std::collections::BTreeMap<String, u64>,
+    before: &std::collections::BTreeMap<String, [u64; 3]>,
+    after: &std::collections::BTreeMap<String, [u64; 3]>,
 ) -> serde_json::Value {
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
-    let mut used: Vec<(&String, u64)> = after
+    let mut used: Vec<(&String, [u64; 3])> = after
         .iter()
-        .map(|(k, v)| (k, v.saturating_sub(before.get(k).copied().unwrap_or(0))))
-        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| {
+            let b = before.get(k).copied().unwrap_or_default();
+            (k, std::array::from_fn(|i| v[i].saturating_sub(b[i])))
+        })
+        .filter(|(_, v)| v[0] + v[1] > 0)
         .collect();
-    used.sort_by_key(|u| std::cmp::Reverse(u.1));
+    used.sort_by_key(|u| std::cmp::Reverse(u.1[0] + u.1[1]));
     used.truncate(8);
+    let s = |t: u64| (t as f64 / hz * 100.0).round() / 100.0;
     used.into_iter()
-        .map(|(k, v)| json!([k, (v as f64 / hz * 100.0).round() / 100.0]))
+        .map(|(k, v)| json!([k, s(v[0]), s(v[1]), v[2]]))
         .collect()
 }
 
