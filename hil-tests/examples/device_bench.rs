@@ -54,7 +54,12 @@
 //!   until the node's flush, ÷ the raw TCP rate; target ≥ 0.9;
 //! - `restore_vs_link`, `get_vs_link`: data bytes per second ÷ the raw TCP rate of the LAN shape;
 //! - `device_ram_mib_peak`: MemTotal − MemAvailable on the putting plug, sampled every 100 ms
-//!   during the put by the bench itself; target ≤ 128.
+//!   during the put by the bench itself; target ≤ 128;
+//! - `put_vs_ceiling`, `restore_vs_ceiling`, `get_vs_ceiling`: data bytes per second ÷ what
+//!   the plug allows with no network (each round, the putting plug's `cairn bench ceiling`:
+//!   the same put and a get with the shards kept in its memory); `*_vs_limit`: ÷ the tighter
+//!   of the link and that ceiling. When the emulated CPU is slower than the link, these say
+//!   how much of what the plug can do the node delivers.
 //!
 //! After the rounds, one more put (24 MiB: the partner's allowance) with the shape taken off
 //! (`put_unshaped_vs_shaped`, its data rate ÷ the shaped puts' median): if it is no faster,
@@ -398,6 +403,10 @@ mod link {
     const UNSHAPED_MIB: u64 = 24;
     /// The raw TCP transfer that measures the link, per round.
     const LINK_PROBE_MIB: u64 = 24;
+    /// The put and get with the shards in the putting plug's memory, per round: what its CPU
+    /// and card allow (`cairn bench ceiling`); small enough to hold in 256 MiB beside the
+    /// services.
+    const CEILING_MIB: u64 = 24;
     const PROBE_PORT: u16 = 5201;
     /// The storage node's libp2p port.
     const NODE_PORT: u16 = 4001;
@@ -546,6 +555,7 @@ mod link {
         )?;
         eprintln!("link: a's uplink {shaped}");
         let mut puts = Vec::new();
+        let mut ceilings = Vec::new();
         for r in 0..rounds {
             let link = probe(&mut a, &mut b)?;
             let b0 = super::cpu(&mut b.port)?;
@@ -557,7 +567,16 @@ mod link {
             let b1 = super::cpu(&mut b.port)?;
             put["partner_cpu_busy"] = json!((b1.0 - b0.0) as f64 / (b1.1 - b0.1).max(1) as f64);
             eprintln!("link: round {}/{rounds}: probe {link}, put {put}", r + 1);
+            let ceiling = bench(
+                &mut a,
+                &format!(
+                    "ceiling --mib {CEILING_MIB} --seed {} --k {K} --n {N}",
+                    100 + r
+                ),
+            )?;
+            eprintln!("link: round {}/{rounds}: ceiling {ceiling}", r + 1);
             puts.push((link, put));
+            ceilings.push(ceiling);
         }
         // The same plugs without the shape: if the put goes no faster, the link was not what
         // held it back.
@@ -654,6 +673,73 @@ mod link {
                 Ok(rate(g, "get_bytes", "get_s")? / rate(l, "bytes", "s")?)
             })?,
         );
+        // The same against what the plug itself allows: the put and the get with the shards
+        // in its memory (round r's ceiling beside round r's put and restore). Near 1, the
+        // node and the network cost nothing beyond the plug's CPU and card; `_vs_limit` is the
+        // rate ÷ the tighter of the link and that ceiling.
+        let ceiling = |r: usize, bytes: &str, secs: &str| rate(&ceilings[r], bytes, secs);
+        let vs =
+            |pairs: &[(Value, Value)], bytes: &str, secs: &str, c: (&str, &str), link: bool| {
+                pairs
+                    .iter()
+                    .enumerate()
+                    .map(|(r, (l, x))| {
+                        let limit = ceiling(r, c.0, c.1)?;
+                        let limit = if link {
+                            limit.min(rate(l, "bytes", "s")?)
+                        } else {
+                            limit
+                        };
+                        Ok(rate(x, bytes, secs)? / limit)
+                    })
+                    .collect::<anyhow::Result<Vec<f64>>>()
+            };
+        for (name, pairs, bytes, secs, c) in [
+            ("put", &puts, "bytes", "s", ("bytes", "put_s")),
+            (
+                "restore",
+                &gets,
+                "bytes",
+                "restore_s",
+                ("get_bytes", "get_s"),
+            ),
+            ("get", &gets, "get_bytes", "get_s", ("get_bytes", "get_s")),
+        ] {
+            put_fig(
+                &format!("{name}_vs_ceiling"),
+                vs(pairs, bytes, secs, c, false)?,
+            );
+            put_fig(
+                &format!("{name}_vs_limit"),
+                vs(pairs, bytes, secs, c, true)?,
+            );
+        }
+        put_fig(
+            "ceiling_put_data_mb_s",
+            ceilings
+                .iter()
+                .map(|c| Ok(rate(c, "bytes", "put_s")? / 1e6))
+                .collect::<anyhow::Result<_>>()?,
+        );
+        put_fig(
+            "ceiling_get_data_mb_s",
+            ceilings
+                .iter()
+                .map(|c| Ok(rate(c, "get_bytes", "get_s")? / 1e6))
+                .collect::<anyhow::Result<_>>()?,
+        );
+        for (name, key) in [
+            ("cpu_busy_ceiling_put", "put_cpu_busy"),
+            ("cpu_busy_ceiling_get", "get_cpu_busy"),
+        ] {
+            put_fig(
+                name,
+                ceilings
+                    .iter()
+                    .map(|c| f(c, key))
+                    .collect::<anyhow::Result<_>>()?,
+            );
+        }
         put_fig(
             "device_ram_mib_peak",
             each(&puts, &|_, p| f(p, "ram_mib_peak"))?,
@@ -746,6 +832,7 @@ mod link {
                               "on": "the partner's eth0"},
                 "k": K, "n": N,
                 "probe_mib": LINK_PROBE_MIB,
+                "ceiling_mib": CEILING_MIB,
                 "seconds": began.elapsed().as_secs(),
             }),
         );
@@ -755,7 +842,8 @@ mod link {
         );
         figures.insert(
             "link_rounds_raw".into(),
-            json!({"puts": puts, "gets": gets, "unshaped": [unshaped_link, unshaped]}),
+            json!({"puts": puts, "gets": gets, "ceilings": ceilings,
+                   "unshaped": [unshaped_link, unshaped]}),
         );
         merge_bench(out, &Value::Object(figures))
     }

@@ -97,6 +97,18 @@ enum What {
         #[arg(long)]
         n: usize,
     },
+    /// The same put and get of MIB MiB, K-of-N, with the shards kept in memory instead of
+    /// sent: what this plug's CPU and card allow with no network.
+    Ceiling {
+        #[arg(long)]
+        mib: usize,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        k: usize,
+        #[arg(long)]
+        n: usize,
+    },
     /// Restores the vault of recovery key KEY (its groups) through the node after rejoining
     /// PARTNER, reads its files, then reads them again; checks them against MIB and SEED.
     Restore {
@@ -132,6 +144,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         What::Sink { port } => super::bench_link::sink(port),
         What::Send { to, mib } => super::bench_link::send(to, mib.clamp(1, 1024) << 20),
         What::Put { mib, seed, k, n } => super::bench_link::put(mib.clamp(1, 1024), seed, k, n),
+        What::Ceiling { mib, seed, k, n } => {
+            super::bench_link::ceiling(mib.clamp(1, 64), seed, k, n)
+        }
         What::Restore {
             partner,
             key,

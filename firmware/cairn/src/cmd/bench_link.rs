@@ -11,7 +11,9 @@
 //!   node's flush), with the shard bytes the partners took (the node's books), eth0's counters
 //!   and the device's RAM in use sampled throughout;
 //! - `restore`: the vault restored from its recovery key onto this (fresh) plug and its files
-//!   read back, then read once more (a `get`), through the node from its partners.
+//!   read back, then read once more (a `get`), through the node from its partners;
+//! - `ceiling`: the same put and get with the shards kept in this plug's memory: what its
+//!   CPU and card allow, the limit below the link's when the emulated CPU is the slower.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,7 +26,7 @@ use cairn_node::control::Client;
 use cairn_vault::home::{Config, Target};
 use cairn_vault::keys::{KdfParams, OwnerSecret, RECOVERY_PREFIX};
 use cairn_vault::progress::NoProgress;
-use cairn_vault::Vault;
+use cairn_vault::{ShardError, ShardId, ShardSink, ShardSource, Vault};
 use serde_json::json;
 
 use super::bench::cpu_jiffies;
@@ -328,6 +330,81 @@ fn busy_since(from: (u64, u64)) -> anyhow::Result<f64> {
     Ok((busy - from.0) as f64 / (total - from.1).max(1) as f64)
 }
 
+/// CPU time of every thread on the plug, as [user, system] clock ticks and minor page faults,
+/// keyed by its process's first two arguments and the thread's name (`cairn node/tokio-rt-worker`).
+fn thread_ticks() -> std::collections::BTreeMap<String, [u64; 3]> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let path = p.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let cmd: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .take(2)
+            .map(|a| {
+                let a = String::from_utf8_lossy(a);
+                a.rsplit('/').next().unwrap_or_default().to_owned()
+            })
+            .collect();
+        let Ok(tasks) = std::fs::read_dir(path.join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state … minflt (10) … utime stime (14, 15), counted after the ")".
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let comm = head.split_once('(').map_or("", |(_, c)| c);
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(7)
+                .take(6)
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            if f.len() == 6 {
+                let e: &mut [u64; 3] = out.entry(format!("{}/{comm}", cmd.join(" "))).or_default();
+                e[0] += f[4];
+                e[1] += f[5];
+                e[2] += f[0];
+            }
+        }
+    }
+    out
+}
+
+/// The threads that took the most CPU between two [`thread_ticks`], in seconds.
+/// Each as `[thread, user s, system s, minor faults]`.
+fn busiest(
+    before: &std::collections::BTreeMap<String, [u64; 3]>,
+    after: &std::collections::BTreeMap<String, [u64; 3]>,
+) -> serde_json::Value {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let mut used: Vec<(&String, [u64; 3])> = after
+        .iter()
+        .map(|(k, v)| {
+            let b = before.get(k).copied().unwrap_or_default();
+            (k, std::array::from_fn(|i| v[i].saturating_sub(b[i])))
+        })
+        .filter(|(_, v)| v[0] + v[1] > 0)
+        .collect();
+    used.sort_by_key(|u| std::cmp::Reverse(u.1[0] + u.1[1]));
+    used.truncate(8);
+    let s = |t: u64| (t as f64 / hz * 100.0).round() / 100.0;
+    used.into_iter()
+        .map(|(k, v)| json!([k, s(v[0]), s(v[1]), v[2]]))
+        .collect()
+}
+
 /// What the node's partners hold for this plug, in all (its books: `held_for_us`).
 fn held_by_partners() -> anyhow::Result<u64> {
     let (st, _) = Client::connect(Path::new(NODE_SOCKET))?.call(json!({"op": "status"}), &[])?;
@@ -347,13 +424,7 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let file = dir.join("data.bin");
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
-        for b in super::fixture::bench_bytes(mib, seed) {
-            w.write_all(&b)?;
-        }
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
+    write_bench_file(&file, mib, seed)?;
     let config = Config {
         k,
         n,
@@ -375,6 +446,7 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
     let (rx0, tx0) = net_bytes()?;
     let peak = RamPeak::start();
     let cpu0 = cpu_jiffies()?;
+    let threads0 = thread_ticks();
     let started = Instant::now();
     let r = v.put(&[&file], &mut NoProgress)?;
     let put_s = started.elapsed().as_secs_f64();
@@ -382,6 +454,7 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let ram_peak = peak.stop();
     let cpu = busy_since(cpu0)?;
+    let threads = busiest(&threads0, &thread_ticks());
     let (rx1, tx1) = net_bytes()?;
     let held1 = held_by_partners()?;
     drop(v);
@@ -397,7 +470,101 @@ pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
         "ram_mib_before": ram_before,
         "ram_mib_peak": ram_peak,
         "cpu_busy": cpu,
+        "cpu_s_by_thread": threads,
         "key": key.split_whitespace().last().unwrap_or_default(),
+    }))
+}
+
+/// The shards a vault needs to read its chunks back (indices below k), kept in memory; the
+/// parity shards are counted and dropped (a 1-of-2 put makes twice its bytes in shards, which
+/// a 256 MiB plug cannot hold).
+struct Memory {
+    k: u8,
+    kept: std::sync::Mutex<std::collections::HashMap<ShardId, Vec<u8>>>,
+}
+
+impl ShardSink for Memory {
+    fn put_shard(&self, id: &ShardId, shard: &[u8]) -> Result<(), ShardError> {
+        if id.index < self.k {
+            let mut kept = self.kept.lock().expect("shards");
+            kept.insert(*id, shard.to_vec());
+        }
+        Ok(())
+    }
+}
+
+impl ShardSource for Memory {
+    fn get_shard(&self, id: &ShardId) -> Result<Vec<u8>, ShardError> {
+        let kept = self.kept.lock().expect("shards");
+        kept.get(id).cloned().ok_or_else(|| ShardError::Missing {
+            id: *id,
+            place: "memory".into(),
+        })
+    }
+}
+
+/// `cairn bench ceiling`: `put` and `restore`'s get of `mib` MiB, k-of-n, as they run through
+/// the node, but with the shards kept in memory ([`Memory`]): the file read from the card and
+/// chunked, hashed, sealed and coded, then read back, opened and written to the card, all on
+/// this plug's CPU with no network. Prints each half's seconds and CPU share.
+pub fn ceiling(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
+    let dir = Path::new(WORK);
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("data.bin");
+    write_bench_file(&file, mib, seed)?;
+    let config = Config {
+        k,
+        n,
+        aead: cairn_vault::seal::AeadKind::fastest_here(50),
+        targets: (0..n)
+            .map(|i| Target::Dir(dir.join(format!("unused{i}"))))
+            .collect(),
+    };
+    let mut v = Vault::init(
+        &dir.join("vault"),
+        config,
+        b"bench",
+        KDF,
+        &super::vault::NodeSockets,
+    )?;
+    let memory = Arc::new(Memory {
+        k: u8::try_from(k)?,
+        kept: Default::default(),
+    });
+    v.set_backend(memory.clone(), memory);
+    // Both halves start from the card, as the node's put and get do.
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3")?;
+    let cpu0 = cpu_jiffies()?;
+    let started = Instant::now();
+    let r = v.put(&[&file], &mut NoProgress)?;
+    let put_s = started.elapsed().as_secs_f64();
+    let put_cpu = busy_since(cpu0)?;
+    std::fs::remove_file(&file)?;
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3")?;
+    let out = dir.join("got");
+    let cpu0 = cpu_jiffies()?;
+    let started = Instant::now();
+    let got = v.get(None, "/", &out, &mut NoProgress)?;
+    let get_s = started.elapsed().as_secs_f64();
+    let get_cpu = busy_since(cpu0)?;
+    check(&out.join("data.bin"), mib, seed)?;
+    drop(v);
+    std::fs::remove_dir_all(dir)?;
+    // What the node's own transfers cost here: libp2p's Noise seals with ChaCha20-Poly1305
+    // (ring), the vault with the faster of the two.
+    let mb_s = |a: cairn_vault::seal::AeadKind| (a.rate_here(300) / 1e4).round() / 100.0;
+    round(json!({
+        "chacha20poly1305_mb_s": mb_s(cairn_vault::seal::AeadKind::ChaCha20Poly1305),
+        "aes256gcm_mb_s": mb_s(cairn_vault::seal::AeadKind::Aes256Gcm),
+        "bytes": r.bytes,
+        "put_s": put_s,
+        "put_cpu_busy": put_cpu,
+        "get_bytes": got.bytes,
+        "get_s": get_s,
+        "get_cpu_busy": get_cpu,
     }))
 }
 
@@ -440,10 +607,12 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
     std::fs::write("/proc/sys/vm/drop_caches", "3")?;
     let again = dir.join("again");
     let cpu0 = cpu_jiffies()?;
+    let threads0 = thread_ticks();
     let started = Instant::now();
     let got2 = v.get(Some(head), "/", &again, &mut NoProgress)?;
     let get_s = started.elapsed().as_secs_f64();
     let get_cpu = busy_since(cpu0)?;
+    let get_threads = busiest(&threads0, &thread_ticks());
     let (rx2, _) = net_bytes()?;
     check(&again.join("data.bin"), mib, seed)?;
     drop(v);
@@ -454,12 +623,23 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
         "restore_rx_bytes": rx1 - rx0,
         "restore_cpu_busy": restore_cpu,
         "get_cpu_busy": get_cpu,
+        "get_cpu_s_by_thread": get_threads,
         "shards_missing": got.shards_missing,
         "get_bytes": got2.bytes,
         "get_s": get_s,
         "get_rx_bytes": rx2 - rx1,
         "get_shards_missing": got2.shards_missing,
     }))
+}
+
+/// Writes the bench's bytes of `mib` and `seed` to `file`, synced.
+fn write_bench_file(file: &Path, mib: usize, seed: u64) -> anyhow::Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(file)?);
+    for b in super::fixture::bench_bytes(mib, seed) {
+        w.write_all(&b)?;
+    }
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
 }
 
 /// `file` holds the bench's bytes of `mib` and `seed`, read in bounded pieces.
