@@ -87,28 +87,10 @@ enum What {
         mib: u64,
     },
     /// `cairn vault put` of MIB MiB of the bench's bytes through the node, K-of-N.
-    Put {
-        #[arg(long)]
-        mib: usize,
-        #[arg(long)]
-        seed: u64,
-        #[arg(long)]
-        k: usize,
-        #[arg(long)]
-        n: usize,
-    },
+    Put(Load),
     /// The same put and get of MIB MiB, K-of-N, with the shards kept in memory instead of
     /// sent: what this plug's CPU and card allow with no network.
-    Ceiling {
-        #[arg(long)]
-        mib: usize,
-        #[arg(long)]
-        seed: u64,
-        #[arg(long)]
-        k: usize,
-        #[arg(long)]
-        n: usize,
-    },
+    Ceiling(Load),
     /// Restores the vault of recovery key KEY (its groups) through the node after rejoining
     /// PARTNER, reads its files, then reads them again; checks them against MIB and SEED.
     Restore {
@@ -121,6 +103,19 @@ enum What {
         #[arg(long)]
         seed: u64,
     },
+}
+
+/// What `put` and `ceiling` store: MIB MiB of the bench's bytes (SEED), K-of-N.
+#[derive(clap::Args, Debug)]
+struct Load {
+    #[arg(long)]
+    mib: usize,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    k: usize,
+    #[arg(long)]
+    n: usize,
 }
 
 /// Runs a benchmark.
@@ -143,8 +138,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } => super::bench_link::shape(rate_kbit, delay_us, limit),
         What::Sink { port } => super::bench_link::sink(port),
         What::Send { to, mib } => super::bench_link::send(to, mib.clamp(1, 1024) << 20),
-        What::Put { mib, seed, k, n } => super::bench_link::put(mib.clamp(1, 1024), seed, k, n),
-        What::Ceiling { mib, seed, k, n } => {
+        What::Put(Load { mib, seed, k, n }) => {
+            super::bench_link::put(mib.clamp(1, 1024), seed, k, n)
+        }
+        What::Ceiling(Load { mib, seed, k, n }) => {
             super::bench_link::ceiling(mib.clamp(1, 64), seed, k, n)
         }
         What::Restore {

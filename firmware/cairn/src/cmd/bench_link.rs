@@ -421,23 +421,7 @@ fn held_by_partners() -> anyhow::Result<u64> {
 /// `cairn vault recovery-key`'s: the restore's).
 pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
     let dir = Path::new(WORK);
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)?;
-    let file = dir.join("data.bin");
-    write_bench_file(&file, mib, seed)?;
-    let config = Config {
-        k,
-        n,
-        aead: cairn_vault::seal::AeadKind::fastest_here(50),
-        targets: vec![Target::Node(NODE_SOCKET.into())],
-    };
-    let mut v = Vault::init(
-        &dir.join("vault"),
-        config,
-        b"bench",
-        KDF,
-        &super::vault::NodeSockets,
-    )?;
+    let (file, mut v) = bench_vault(mib, seed, k, n, vec![Target::Node(NODE_SOCKET.into())])?;
     let key = v.secret().recovery_key();
     // Written and synced: the put starts with a clean page cache's worth of dirty data.
     nix::unistd::sync();
@@ -509,25 +493,11 @@ impl ShardSource for Memory {
 /// this plug's CPU with no network. Prints each half's seconds and CPU share.
 pub fn ceiling(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
     let dir = Path::new(WORK);
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)?;
-    let file = dir.join("data.bin");
-    write_bench_file(&file, mib, seed)?;
-    let config = Config {
-        k,
-        n,
-        aead: cairn_vault::seal::AeadKind::fastest_here(50),
-        targets: (0..n)
-            .map(|i| Target::Dir(dir.join(format!("unused{i}"))))
-            .collect(),
-    };
-    let mut v = Vault::init(
-        &dir.join("vault"),
-        config,
-        b"bench",
-        KDF,
-        &super::vault::NodeSockets,
-    )?;
+    // Placeholders: the backend is replaced before anything is stored.
+    let unused = (0..n)
+        .map(|i| Target::Dir(dir.join(format!("unused{i}"))))
+        .collect();
+    let (file, mut v) = bench_vault(mib, seed, k, n, unused)?;
     let memory = Arc::new(Memory {
         k: u8::try_from(k)?,
         kept: Default::default(),
@@ -630,6 +600,36 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
         "get_rx_bytes": rx2 - rx1,
         "get_shards_missing": got2.shards_missing,
     }))
+}
+
+/// A fresh [`WORK`] with the bench's bytes of `mib` and `seed` in `data.bin`, and a new
+/// k-of-n vault on `targets` in `vault`: what `put` and `ceiling` both start from.
+fn bench_vault(
+    mib: usize,
+    seed: u64,
+    k: usize,
+    n: usize,
+    targets: Vec<Target>,
+) -> anyhow::Result<(std::path::PathBuf, Vault)> {
+    let dir = Path::new(WORK);
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("data.bin");
+    write_bench_file(&file, mib, seed)?;
+    let config = Config {
+        k,
+        n,
+        aead: cairn_vault::seal::AeadKind::fastest_here(50),
+        targets,
+    };
+    let v = Vault::init(
+        &dir.join("vault"),
+        config,
+        b"bench",
+        KDF,
+        &super::vault::NodeSockets,
+    )?;
+    Ok((file, v))
 }
 
 /// Writes the bench's bytes of `mib` and `seed` to `file`, synced.
