@@ -34,7 +34,8 @@
 //! - `write_amplification`: bytes the card was asked to write during the 256 KiB ingest ÷ the
 //!   shard bytes (`write_amplification_64k` for the 64 KiB one);
 //! - `device_cpu_idle_pct`: the guest's idle share over 30 s with nothing happening, from
-//!   `/proc/stat` (idle + iowait over all); target ≥ 99;
+//!   `/proc/stat` (idle + iowait over all; `cairn bench idle`, which also names the busiest
+//!   threads: `idle_cpu_s_by_thread`); target ≥ 99;
 //! - `device_ram_mib_after_ready`: MemTotal − MemAvailable after ready and the idle spell.
 //!
 //! Beside them: the absolute rates (`dd_mb_s`, `store_mb_s_*`, `files_mb_s_256k`,
@@ -71,7 +72,7 @@
 //! (data per put, default 64), `CAIRN_DEVICE_PHASES` (`card,link`, the default, or either).
 
 use cairn_hil::{
-    image, write_bench, Config, FixturePort, Qemu, SecondDisk, Throttle, BOOT_TIMEOUT,
+    claim_as, image, write_bench, Config, FixturePort, Qemu, SecondDisk, Throttle, BOOT_TIMEOUT,
     SHUTDOWN_TIMEOUT,
 };
 use std::path::PathBuf;
@@ -143,7 +144,11 @@ fn card(out: &str, rounds: u64, mib: u64) -> anyhow::Result<()> {
         String::from_utf8_lossy(&made.stderr)
     );
 
-    let mut cfg = Config::new(image("cairn-qemu-virt-test.img")?);
+    // Claimed, as an owner's plug at rest is: its LED steady, not the setup blink.
+    let disk = work.path().join("plug.img");
+    std::fs::copy(image("cairn-qemu-virt-test.img")?, &disk)?;
+    claim_as(&disk, "card")?;
+    let mut cfg = Config::new(disk);
     cfg.memory_mib = 256;
     cfg.second_disk = Some(SecondDisk {
         file: card,
@@ -159,18 +164,22 @@ fn card(out: &str, rounds: u64, mib: u64) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(5));
     let mut idle = Vec::new();
     let mut ram = Vec::new();
+    // What kept the plug busy in each spell: its busiest threads (`cairn bench idle`).
+    let mut idle_threads = Vec::new();
     for i in 0..rounds {
-        let a = cpu(&mut port)?;
-        std::thread::sleep(IDLE);
-        let b = cpu(&mut port)?;
-        let pct = 100.0 * (1.0 - (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64);
+        let args = format!("idle --seconds {}", IDLE.as_secs());
+        let (lines, code) = port.bench(&args, IDLE * 2)?;
+        let spell = link::one_round(&args, lines, code)?;
+        let pct = 100.0 * (1.0 - link::f(&spell, "cpu_busy")?);
         ram.push(ram_mib(&mut port)?);
         eprintln!(
-            "idle {}/{rounds}: {pct:.2} % idle, {:.1} MiB in use",
+            "idle {}/{rounds}: {pct:.2} % idle, {:.1} MiB in use, threads {}",
             i + 1,
-            ram[ram.len() - 1]
+            ram[ram.len() - 1],
+            spell["cpu_s_by_thread"]
         );
         idle.push(pct);
+        idle_threads.push(spell["cpu_s_by_thread"].clone());
     }
 
     let (lines, code) = port.bench(
@@ -330,6 +339,7 @@ fn card(out: &str, rounds: u64, mib: u64) -> anyhow::Result<()> {
         }),
     );
     figures.insert("rounds_raw".into(), rounds.clone().into());
+    figures.insert("idle_cpu_s_by_thread".into(), idle_threads.into());
     write_bench(out, &serde_json::Value::Object(figures))
 }
 
@@ -472,7 +482,7 @@ mod link {
         one_round(args, lines, code)
     }
 
-    fn one_round(args: &str, lines: Vec<String>, code: i32) -> anyhow::Result<Value> {
+    pub fn one_round(args: &str, lines: Vec<String>, code: i32) -> anyhow::Result<Value> {
         anyhow::ensure!(
             code == 0,
             "cairn bench {args} failed ({code}): {}",
@@ -506,7 +516,7 @@ mod link {
         Ok(sent)
     }
 
-    fn f(v: &Value, k: &str) -> anyhow::Result<f64> {
+    pub fn f(v: &Value, k: &str) -> anyhow::Result<f64> {
         v[k].as_f64()
             .ok_or_else(|| anyhow::anyhow!("no number {k} in {v}"))
     }

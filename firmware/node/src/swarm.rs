@@ -22,6 +22,19 @@ use crate::pairing::{self, PairSession, Step};
 use crate::state::{now_secs, Cmd, PeerMeta, Shared};
 use crate::wire::{ErrorCode, Msg};
 
+/// How often an open pairing window probes and steps.
+const PAIRING_TICK: Duration = Duration::from_millis(250);
+/// How often saved partners that are not connected are dialled again.
+const REDIAL_EVERY: Duration = Duration::from_secs(15);
+
+/// An interval whose first tick is one period away and which skips the ticks it missed while
+/// not polled (a pairing window opened after an hour gets no burst of stale ticks).
+fn quiet_interval(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    i
+}
+
 /// The swarm and everything only it touches.
 pub struct SwarmTask {
     shared: Arc<Shared>,
@@ -32,8 +45,10 @@ pub struct SwarmTask {
     done_rx: mpsc::Receiver<(ResponseChannel<Held>, Msg, PeerId)>,
     outstanding: HashMap<OutboundRequestId, Outstanding>,
     pairing: Option<PairSession>,
+    /// Steps an open pairing window (polled only while one is open).
     tick: tokio::time::Interval,
-    redial: Instant,
+    /// Dials saved partners that are not connected.
+    redial: tokio::time::Interval,
     /// True once at least one listener is up.
     pub listening: bool,
     /// Strangers' connections closed at once for being over their limit (not counted).
@@ -62,8 +77,8 @@ impl SwarmTask {
             done_rx,
             outstanding: HashMap::new(),
             pairing: None,
-            tick: tokio::time::interval(Duration::from_millis(250)),
-            redial: Instant::now(),
+            tick: quiet_interval(PAIRING_TICK),
+            redial: quiet_interval(REDIAL_EVERY),
             listening: false,
             uncounted: HashSet::new(),
         }
@@ -135,7 +150,9 @@ impl SwarmTask {
                 holder::finished(&self.shared, &peer);
                 let _ = self.swarm.behaviour_mut().shard.send_response(chan, Held::new(msg));
             }
-            _ = self.tick.tick() => self.on_tick(),
+            // Only while a pairing window is open: an idle node wakes for nothing else.
+            _ = self.tick.tick(), if self.pairing.is_some() => self.on_tick(),
+            _ = self.redial.tick() => self.redial_partners(),
         }
     }
 
@@ -178,10 +195,6 @@ impl SwarmTask {
     }
 
     fn on_tick(&mut self) {
-        if self.redial.elapsed() > Duration::from_secs(15) {
-            self.redial = Instant::now();
-            self.redial_partners();
-        }
         let Some(s) = self.pairing.as_mut() else {
             return;
         };

@@ -86,6 +86,11 @@ enum What {
         #[arg(long)]
         mib: u64,
     },
+    /// Nothing happening for SECONDS: the guest's busy share and its busiest threads.
+    Idle {
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// `cairn vault put` of MIB MiB of the bench's bytes through the node, K-of-N.
     Put(Load),
     /// The same put and get of MIB MiB, K-of-N, with the shards kept in memory instead of
@@ -138,6 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } => super::bench_link::shape(rate_kbit, delay_us, limit),
         What::Sink { port } => super::bench_link::sink(port),
         What::Send { to, mib } => super::bench_link::send(to, mib.clamp(1, 1024) << 20),
+        What::Idle { seconds } => super::bench_link::idle(seconds.clamp(1, 600)),
         What::Put(Load { mib, seed, k, n }) => {
             super::bench_link::put(mib.clamp(1, 1024), seed, k, n)
         }

@@ -405,6 +405,19 @@ fn busiest(
         .collect()
 }
 
+/// `cairn bench idle`: sleeps `seconds` while the plug runs as it is, then prints the share of
+/// CPU time that was busy and the threads that used it (what keeps an idle plug awake).
+pub fn idle(seconds: u64) -> anyhow::Result<()> {
+    let cpu0 = cpu_jiffies()?;
+    let threads0 = thread_ticks();
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    round(json!({
+        "s": seconds,
+        "cpu_busy": busy_since(cpu0)?,
+        "cpu_s_by_thread": busiest(&threads0, &thread_ticks()),
+    }))
+}
+
 /// What the node's partners hold for this plug, in all (its books: `held_for_us`).
 fn held_by_partners() -> anyhow::Result<u64> {
     let (st, _) = Client::connect(Path::new(NODE_SOCKET))?.call(json!({"op": "status"}), &[])?;
