@@ -145,10 +145,7 @@ fn card(out: &str, rounds: u64, mib: u64) -> anyhow::Result<()> {
     );
 
     // Claimed, as an owner's plug at rest is: its LED steady, not the setup blink.
-    let disk = work.path().join("plug.img");
-    std::fs::copy(image("cairn-qemu-virt-test.img")?, &disk)?;
-    claim_as(&disk, "card")?;
-    let mut cfg = Config::new(disk);
+    let mut cfg = Config::new(claimed_plug(work.path(), "card")?);
     cfg.memory_mib = 256;
     cfg.second_disk = Some(SecondDisk {
         file: card,
@@ -343,6 +340,14 @@ fn card(out: &str, rounds: u64, mib: u64) -> anyhow::Result<()> {
     write_bench(out, &serde_json::Value::Object(figures))
 }
 
+/// A fresh copy of the test image in `dir`, claimed by `name` as an owner's plug is.
+fn claimed_plug(dir: &std::path::Path, name: &str) -> anyhow::Result<PathBuf> {
+    let disk = dir.join(format!("{name}.img"));
+    std::fs::copy(image("cairn-qemu-virt-test.img")?, &disk)?;
+    claim_as(&disk, name)?;
+    Ok(disk)
+}
+
 /// The guest's (busy, total) jiffies, from `/proc/stat` through the fixture (idle and iowait
 /// are not busy).
 fn cpu(port: &mut FixturePort) -> anyhow::Result<(u64, u64)> {
@@ -389,8 +394,8 @@ fn median(sorted: &[f64]) -> f64 {
 mod link {
     use super::median;
     use cairn_hil::{
-        append_cmdline, claim_as, image, merge_bench, Config, Ethernet, FixturePort, Qemu,
-        BOOT_TIMEOUT, SHUTDOWN_TIMEOUT,
+        append_cmdline, merge_bench, Config, Ethernet, FixturePort, Qemu, BOOT_TIMEOUT,
+        SHUTDOWN_TIMEOUT,
     };
     use serde_json::{json, Value};
     use std::net::UdpSocket;
@@ -434,11 +439,9 @@ mod link {
     }
 
     fn boot(dir: &Path, name: &str, ends: (u16, u16), mac: &str) -> anyhow::Result<Plug> {
-        let disk = dir.join(format!("{name}.img"));
-        std::fs::copy(image("cairn-qemu-virt-test.img")?, &disk)?;
-        append_cmdline(&disk, &format!("cairn.pairing_window_s={PAIRING_WINDOW_S}"))?;
         // Claimed, as only a claimed plug pairs.
-        claim_as(&disk, name)?;
+        let disk = super::claimed_plug(dir, name)?;
+        append_cmdline(&disk, &format!("cairn.pairing_window_s={PAIRING_WINDOW_S}"))?;
         let mut cfg = Config::new(disk);
         cfg.memory_mib = 256;
         cfg.disk_bytes = Some(DISK_BYTES);
