@@ -434,7 +434,7 @@ fn held_by_partners() -> anyhow::Result<u64> {
 /// `cairn vault recovery-key`'s: the restore's).
 pub fn put(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> {
     let dir = Path::new(WORK);
-    let (file, mut v) = bench_vault(mib, seed, k, n, vec![Target::Node(NODE_SOCKET.into())])?;
+    let (file, mut v) = bench_vault(dir, mib, seed, k, n, vec![Target::Node(NODE_SOCKET.into())])?;
     let key = v.secret().recovery_key();
     // Written and synced: the put starts with a clean page cache's worth of dirty data.
     nix::unistd::sync();
@@ -510,7 +510,7 @@ pub fn ceiling(mib: usize, seed: u64, k: usize, n: usize) -> anyhow::Result<()> 
     let unused = (0..n)
         .map(|i| Target::Dir(dir.join(format!("unused{i}"))))
         .collect();
-    let (file, mut v) = bench_vault(mib, seed, k, n, unused)?;
+    let (file, mut v) = bench_vault(dir, mib, seed, k, n, unused)?;
     let memory = Arc::new(Memory {
         k: u8::try_from(k)?,
         kept: Default::default(),
@@ -615,16 +615,17 @@ pub fn restore(partner: &str, key: &str, mib: usize, seed: u64) -> anyhow::Resul
     }))
 }
 
-/// A fresh [`WORK`] with the bench's bytes of `mib` and `seed` in `data.bin`, and a new
-/// k-of-n vault on `targets` in `vault`: what `put` and `ceiling` both start from.
-fn bench_vault(
+/// A fresh folder `dir` with the bench's bytes of `mib` and `seed` in `data.bin`, and a new
+/// k-of-n vault on `targets` in `vault`: what `put`, `ceiling` and `cairn fixture vault-put`
+/// start from.
+pub fn bench_vault(
+    dir: &Path,
     mib: usize,
     seed: u64,
     k: usize,
     n: usize,
     targets: Vec<Target>,
 ) -> anyhow::Result<(std::path::PathBuf, Vault)> {
-    let dir = Path::new(WORK);
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     let file = dir.join("data.bin");

@@ -292,35 +292,16 @@ pub fn bench_bytes(mib: usize, seed: u64) -> impl Iterator<Item = [u8; 8]> {
 /// of that file (as the CLI does it); everything but the node's shards is removed after.
 /// Returns the seconds and the bytes.
 fn vault_put(mib: usize, seed: u64) -> anyhow::Result<(f64, u64)> {
-    use cairn_vault::home::{Config, Target};
     let dir = std::path::Path::new("/data/bench");
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)?;
-    let file = dir.join("upload.bin");
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
-        for b in bench_bytes(mib, seed) {
-            w.write_all(&b)?;
-        }
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
-    let config = Config {
-        k: 4,
-        n: 8,
-        aead: cairn_vault::seal::AeadKind::fastest_here(50),
-        targets: vec![Target::Node(crate::sys::paths::NODE_SOCKET.into())],
-    };
-    let kdf = cairn_vault::keys::KdfParams {
-        m_kib: 64,
-        t: 1,
-        p: 1,
-    };
-    let mut v = cairn_vault::Vault::init(
-        &dir.join("vault"),
-        config,
-        b"bench",
-        kdf,
-        &super::vault::NodeSockets,
+    let (file, mut v) = super::bench_link::bench_vault(
+        dir,
+        mib,
+        seed,
+        4,
+        8,
+        vec![cairn_vault::home::Target::Node(
+            crate::sys::paths::NODE_SOCKET.into(),
+        )],
     )?;
     let started = std::time::Instant::now();
     let r = v.put(&[&file], &mut cairn_vault::progress::NoProgress)?;
