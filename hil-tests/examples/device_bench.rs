@@ -131,7 +131,8 @@ fn card(out: &str, rounds: u64, mib: u64) -> anyhow::Result<()> {
         .unwrap_or_else(|| ".".into());
     std::fs::create_dir_all(&out_dir)?;
     let work = tempfile::tempdir_in(&out_dir)?;
-    let card = work.path().join("card.img");
+    // Not `card.img`: that is the plug's own disk (`claimed_plug` below, the plug named card).
+    let card = work.path().join("sd-card.img");
     std::fs::File::create(&card)?.set_len(CARD_BYTES)?;
     let made = Command::new("mke2fs")
         .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "cairn-card"])
@@ -158,6 +159,9 @@ fn card(out: &str, rounds: u64, mib: u64) -> anyhow::Result<()> {
     port.expect("started")?;
 
     // Nothing happening: the services have settled, no test command runs during a spell.
+    // The front panel (test images only) is watched, as the tests watch it: unwatched, its
+    // thread looks for a watcher each second, which a product image has no thread for.
+    let _panel = q.panel()?;
     std::thread::sleep(Duration::from_secs(5));
     let mut idle = Vec::new();
     let mut ram = Vec::new();
@@ -170,10 +174,11 @@ fn card(out: &str, rounds: u64, mib: u64) -> anyhow::Result<()> {
         let pct = 100.0 * (1.0 - link::f(&spell, "cpu_busy")?);
         ram.push(ram_mib(&mut port)?);
         eprintln!(
-            "idle {}/{rounds}: {pct:.2} % idle, {:.1} MiB in use, threads {}",
+            "idle {}/{rounds}: {pct:.2} % idle, {:.1} MiB in use, threads {}, writes {}",
             i + 1,
             ram[ram.len() - 1],
-            spell["cpu_s_by_thread"]
+            spell["cpu_s_by_thread"],
+            spell["writes_ios_kib_by_disk"]
         );
         idle.push(pct);
         idle_threads.push(spell["cpu_s_by_thread"].clone());

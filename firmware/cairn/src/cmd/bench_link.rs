@@ -410,12 +410,36 @@ fn busiest(
 pub fn idle(seconds: u64) -> anyhow::Result<()> {
     let cpu0 = cpu_jiffies()?;
     let threads0 = thread_ticks();
+    let disks0 = disk_writes()?;
     std::thread::sleep(std::time::Duration::from_secs(seconds));
+    let disks1 = disk_writes()?;
+    // Writes wake the flush workers and, on a card, wear it: an idle plug should make none.
+    let written: Vec<serde_json::Value> = disks1
+        .iter()
+        .filter_map(|(dev, [ios, sectors])| {
+            let [ios0, sectors0] = disks0.get(dev).copied().unwrap_or_default();
+            (*ios > ios0).then(|| json!([dev, ios - ios0, (sectors - sectors0) / 2]))
+        })
+        .collect();
     round(json!({
         "s": seconds,
         "cpu_busy": busy_since(cpu0)?,
         "cpu_s_by_thread": busiest(&threads0, &thread_ticks()),
+        "writes_ios_kib_by_disk": written,
     }))
+}
+
+/// Each block device's (write requests, sectors written) from `/proc/diskstats`.
+fn disk_writes() -> anyhow::Result<std::collections::BTreeMap<String, [u64; 2]>> {
+    let text = std::fs::read_to_string("/proc/diskstats")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let n = |i: usize| f.get(i).and_then(|v| v.parse().ok());
+            Some((f.get(2)?.to_string(), [n(7)?, n(9)?]))
+        })
+        .collect())
 }
 
 /// What the node's partners hold for this plug, in all (its books: `held_for_us`).
