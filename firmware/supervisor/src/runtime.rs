@@ -143,10 +143,17 @@ impl RunConfig {
 pub const STARVED_TIMEOUT_S: i32 = 5;
 /// `WDIOC_SETTIMEOUT` (linux/watchdog.h: `_IOWR('W', 6, int)`).
 const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
-/// Interval between watchdog pings (drivers' timeouts are tens of seconds).
-const WATCHDOG_PING_MS: u64 = 1000;
-/// Longest the loop sleeps: bounds the watchdog ping interval.
-const LOOP_WAIT_MS_MAX: u64 = 1000;
+/// `WDIOC_GETTIMEOUT` (linux/watchdog.h: `_IOR('W', 7, int)`).
+const WDIOC_GETTIMEOUT: libc::c_ulong = 0x8004_5707;
+/// Bounds of the interval between watchdog pings: a third of the driver's timeout (i6300esb:
+/// 30 s, so 10 s), so that an idle PID 1 wakes rarely and two pings may be late before a reset.
+const WATCHDOG_PING_MS_MIN: u64 = 1000;
+const WATCHDOG_PING_MS_MAX: u64 = 10_000;
+/// Longest the loop sleeps with no watchdog to feed and nothing due: only a lost wake-up
+/// would wait this long (everything the loop serves wakes its poll).
+const LOOP_WAIT_MS_IDLE: u64 = 60_000;
+/// Longest the loop sleeps during a shutdown: its overall limit is checked as it goes.
+const LOOP_WAIT_MS_SHUTDOWN: u64 = 1000;
 /// Bytes read from one pipe per loop turn, so one chatty service cannot starve the loop.
 const READ_BYTES_PER_TURN: usize = 64 * 1024;
 /// Longest control request line.
@@ -313,6 +320,10 @@ pub fn run(cfg: RunConfig) -> Shutdown {
         let _ = w.write_all(b"p");
     }
     let mut starved = false;
+    let ping_every = watchdog.as_ref().map(ping_interval);
+    if let Some(every) = ping_every {
+        tracing::info!("watchdog: fed every {} s", every.as_secs());
+    }
     loop {
         rt.sup.tick();
         rt.after_step();
@@ -361,14 +372,22 @@ pub fn run(cfg: RunConfig) -> Shutdown {
             );
         }
         if let (Some(w), false) = (watchdog.as_mut(), starved) {
-            if last_ping.elapsed() >= Duration::from_millis(WATCHDOG_PING_MS) {
+            if ping_every.is_some_and(|every| last_ping.elapsed() >= every) {
                 if let Err(e) = w.write_all(b"p") {
                     tracing::error!("watchdog: {e}");
                 }
                 last_ping = Instant::now();
             }
         }
-        rt.wait_and_handle(&sfd, listener.as_ref());
+        let wait_max = if rt.sup.shutting_down() {
+            Duration::from_millis(LOOP_WAIT_MS_SHUTDOWN)
+        } else {
+            match (ping_every, starved) {
+                (Some(every), false) => every.saturating_sub(last_ping.elapsed()),
+                _ => Duration::from_millis(LOOP_WAIT_MS_IDLE),
+            }
+        };
+        rt.wait_and_handle(&sfd, listener.as_ref(), wait_max);
     }
     let shutdown = rt.requested.unwrap_or(Shutdown::Reboot);
     rt.save_logs();
@@ -383,6 +402,20 @@ pub fn run(cfg: RunConfig) -> Shutdown {
     // hang, the hardware resets the device.
     drop(watchdog);
     shutdown
+}
+
+/// How often to feed the watchdog `w`: a third of its driver's timeout, within
+/// [`WATCHDOG_PING_MS_MIN`]..=[`WATCHDOG_PING_MS_MAX`] (the minimum when the driver does not say).
+fn ping_interval(w: &std::fs::File) -> Duration {
+    let mut secs: libc::c_int = 0;
+    // SAFETY: the descriptor is open and `secs` outlives the call, which writes it.
+    let rc = unsafe { libc::ioctl(w.as_raw_fd(), WDIOC_GETTIMEOUT as _, &mut secs) };
+    let ms = if rc == 0 && secs > 0 {
+        secs as u64 * 1000 / 3
+    } else {
+        WATCHDOG_PING_MS_MIN
+    };
+    Duration::from_millis(ms.clamp(WATCHDOG_PING_MS_MIN, WATCHDOG_PING_MS_MAX))
 }
 
 fn bind_control(path: &std::path::Path, open_to_services: bool) -> Option<UnixListener> {
@@ -472,13 +505,21 @@ impl Runtime {
         self.feed_followers();
     }
 
-    fn wait_and_handle(&mut self, sfd: &SignalFd, listener: Option<&UnixListener>) {
+    /// Sleeps until a child, a signal or a client needs the loop, the machine's next deadline,
+    /// or `wait_max`; then serves what woke it.
+    fn wait_and_handle(
+        &mut self,
+        sfd: &SignalFd,
+        listener: Option<&UnixListener>,
+        wait_max: Duration,
+    ) {
         let now = self.sup.now_ms();
+        let wait_max = wait_max.as_millis() as u64;
         let wait_ms = self
             .sup
             .next_deadline()
-            .map_or(LOOP_WAIT_MS_MAX, |d| d.saturating_sub(now))
-            .min(LOOP_WAIT_MS_MAX);
+            .map_or(wait_max, |d| d.saturating_sub(now))
+            .min(wait_max);
         // Poll set: [signalfd, listener?, then per child: stdout, stderr, notify].
         let mut targets: Vec<(u32, usize)> = Vec::new();
         let mut raw: Vec<i32> = vec![sfd.as_fd().as_raw_fd()];
