@@ -2,10 +2,14 @@
 //! port 443 whose host is `cairn.local.`, and once the device has a name, a second one, instance
 //! NAME on host `NAME.local.`, both with the device's addresses (A and AAAA records).
 //!
-//! A [`Responder`] runs on a thread of its own beside the web's runtime. Every [`POLL`] it asks
-//! for the device's name (PID 1's `board` answer, given as a closure) and the interfaces'
-//! addresses, and registers again when either changed: a name given at setup, a DHCP lease that
-//! came after the web started. Nothing is published while the device has no address.
+//! A [`Responder`] runs on a thread of its own beside the web's runtime. It asks for the
+//! device's name (PID 1's `board` answer, given as a closure) and the interfaces' addresses, and
+//! registers again when either changed: a name given at setup, a DHCP lease that came after the
+//! web started. Nothing is published while the device has no address. It looks when the kernel
+//! says something changed — an address came or went (rtnetlink), the host name was set (PID 1
+//! names the device at setup: `/proc/sys/kernel/hostname` wakes poll(2)) — and at the latest
+//! every [`POLL`]; an idle plug's responder sleeps. Where the kernel cannot tell it (no
+//! rtnetlink), it looks every [`POLL_UNWATCHED`].
 //!
 //! UDP port 5353 is shared with the storage node's libp2p mDNS on the same plug (another user):
 //! both set `SO_REUSEADDR` and `SO_REUSEPORT`; Linux lets sockets of different users share a UDP
@@ -16,8 +20,9 @@
 //! mDNS failing never stops the web: errors are logged (`web: mdns: …`, each distinct one once,
 //! at most [`ERRORS_LOGGED_MAX`]) and the responder goes on.
 
+use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::os::fd::{AsFd, OwnedFd};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,8 +33,12 @@ use mdns_sd::{DaemonEvent, HostnameResolutionEvent, IfKind, ServiceDaemon, Servi
 pub const SERVICE_TYPE: &str = "_https._tcp.local.";
 /// The device's host name before it has one of its own: `cairn.local`.
 pub const UNNAMED: &str = "cairn";
-/// Between two looks at the name and the addresses.
-pub const POLL: Duration = Duration::from_secs(5);
+/// Longest between two looks at the name and the addresses (changes wake the responder first).
+pub const POLL: Duration = Duration::from_secs(600);
+/// Between two looks where the kernel cannot say that addresses changed.
+pub const POLL_UNWATCHED: Duration = Duration::from_secs(5);
+/// Bytes read from rtnetlink at a time: its messages are only a wake-up here, never parsed.
+const NETLINK_READ_BYTES: usize = 8192;
 /// Most addresses published (an interface may carry many IPv6 addresses).
 pub const ADDRESSES_MAX: usize = 16;
 /// Most distinct error lines logged over the responder's life.
@@ -79,14 +88,14 @@ impl Interfaces {
 pub struct Options {
     /// The HTTPS port announced.
     pub https_port: u16,
-    /// Between two looks at the name and the addresses.
+    /// Longest between two looks at the name and the addresses.
     pub poll: Duration,
     /// Where it answers.
     pub interfaces: Interfaces,
 }
 
 impl Options {
-    /// The device's: port 443, every [`POLL`], on the LAN.
+    /// The device's: port 443, looking on changes and every [`POLL`], on the LAN.
     pub fn device() -> Options {
         Options {
             https_port: 443,
@@ -137,7 +146,7 @@ fn fullname(host: &str) -> String {
 
 /// The mDNS responder; dropping it says goodbye on the LAN and stops it.
 pub struct Responder {
-    stop: Option<mpsc::Sender<()>>,
+    stop: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -151,7 +160,10 @@ impl Responder {
     ) -> Result<Responder> {
         let daemon = ServiceDaemon::new().map_err(|e| anyhow!("starting mdns-sd: {e}"))?;
         let mut publisher = Publisher::new(daemon, &options)?;
-        let (stop, stopped) = mpsc::channel::<()>();
+        // Dropping the write end (the Responder's) wakes the thread to say goodbye.
+        let (stopped, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .context("a pipe for the mDNS thread")?;
+        let changes = Changes::watch(&mut publisher.log);
         let thread = std::thread::Builder::new()
             .name("web-mdns".into())
             .stack_size(STACK_BYTES)
@@ -165,10 +177,8 @@ impl Responder {
                     let addrs = publishable(options.interfaces, addresses());
                     publisher.update(known.as_deref(), addrs);
                     publisher.drain_events();
-                    match stopped.recv_timeout(options.poll) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        // Dropped (or told): goodbye.
-                        _ => break,
+                    if changes.wait(&stopped, options.poll) == Woken::Stop {
+                        break;
                     }
                 }
                 publisher.close();
@@ -306,6 +316,96 @@ impl Publisher {
             let _ = done.recv_timeout(CONFIRM_MAX);
         }
     }
+}
+
+/// What woke the responder.
+#[derive(Debug, PartialEq, Eq)]
+enum Woken {
+    /// The responder was dropped: say goodbye.
+    Stop,
+    /// Something may have changed, or it is time to look anyway.
+    Look,
+}
+
+/// The kernel's word that the name or the addresses may have changed.
+struct Changes {
+    /// rtnetlink, subscribed to IPv4 and IPv6 address changes; `None`: look every
+    /// [`POLL_UNWATCHED`].
+    netlink: Option<OwnedFd>,
+    /// `/proc/sys/kernel/hostname`: poll(2) reports POLLPRI once it was set.
+    hostname: Option<File>,
+}
+
+impl Changes {
+    fn watch(log: &mut ErrorLog) -> Changes {
+        let netlink = address_changes()
+            .map_err(|e| {
+                log.error(&format!(
+                    "watching address changes: {e:#}; looking every {} s",
+                    POLL_UNWATCHED.as_secs()
+                ))
+            })
+            .ok();
+        Changes {
+            netlink,
+            hostname: File::open("/proc/sys/kernel/hostname").ok(),
+        }
+    }
+
+    /// Sleeps until a change, the stop pipe `stopped` closes, or `poll` passes.
+    fn wait(&self, stopped: &OwnedFd, poll: Duration) -> Woken {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let poll = match self.netlink {
+            Some(_) => poll,
+            None => poll.min(POLL_UNWATCHED),
+        };
+        let mut fds = vec![PollFd::new(stopped.as_fd(), PollFlags::POLLIN)];
+        if let Some(n) = &self.netlink {
+            fds.push(PollFd::new(n.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(h) = &self.hostname {
+            // Only POLLPRI: a sysctl file always reads as ready.
+            fds.push(PollFd::new(h.as_fd(), PollFlags::POLLPRI));
+        }
+        let timeout = PollTimeout::try_from(poll).unwrap_or(PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) if fds[0].revents().is_some_and(|r| !r.is_empty()) => return Woken::Stop,
+            Ok(_) => {}
+            // EINTR, or a failure poll(2) would repeat: look, then wait again (not a busy loop
+            // either way: a look takes a name request and an address listing).
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+        drop(fds);
+        if let Some(n) = &self.netlink {
+            // Drained: a burst of messages (an interface going down) is one look.
+            let mut buf = vec![0u8; NETLINK_READ_BYTES];
+            while let Ok(1..) = nix::sys::socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(n),
+                &mut buf,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {}
+        }
+        Woken::Look
+    }
+}
+
+/// A rtnetlink socket that receives a message whenever an IPv4 or IPv6 address is added or
+/// removed on this machine.
+fn address_changes() -> Result<OwnedFd> {
+    use nix::sys::socket::SockType;
+    use nix::sys::socket::{bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol};
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        SockProtocol::NetlinkRoute,
+    )?;
+    let groups = (nix::libc::RTMGRP_IPV4_IFADDR | nix::libc::RTMGRP_IPV6_IFADDR) as u32;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &NetlinkAddr::new(0, groups),
+    )?;
+    Ok(fd)
 }
 
 /// Error lines, each distinct one once, at most [`ERRORS_LOGGED_MAX`] in all: a LAN or a daemon

@@ -167,6 +167,66 @@ fn the_device_answers_as_cairn_local_then_by_its_name_and_follows_its_addresses(
     let _ = querier.shutdown();
 }
 
+/// `lo`'s IPv4 address, or (given `set`) sets it: SIOCGIFADDR / SIOCSIFADDR.
+fn loopback_v4(set: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    use nix::libc;
+    // SAFETY: a datagram socket for the interface ioctls, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: ifreq and sockaddr_in are plain data; all zeroes is a valid value of each.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFADDR and SIOCSIFADDR read or write `req`, which outlives the calls, as a
+    // sockaddr_in in its ifru_addr member (AF_INET).
+    unsafe {
+        let sin = &mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr as *mut libc::sockaddr_in;
+        let rc = match set {
+            Some(a) => {
+                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*sin).sin_addr.s_addr = u32::from(a).to_be();
+                libc::ioctl(fd, libc::SIOCSIFADDR, &req)
+            }
+            None => libc::ioctl(fd, libc::SIOCGIFADDR, &mut req),
+        };
+        let got = Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr));
+        libc::close(fd);
+        (rc == 0).then_some(got)
+    }
+}
+
+#[test]
+fn a_new_address_is_published_when_the_kernel_reports_it_not_at_the_next_poll() {
+    // Changing an address needs a network namespace of the test's own (root).
+    assert!(
+        private_network().is_none(),
+        "this test changes loopback's address: it needs a network namespace (run it as root)"
+    );
+    let options = Options {
+        https_port: PORT,
+        // Longer than the test: only the kernel's word can make it look again.
+        poll: Duration::from_secs(3600),
+        interfaces: Interfaces::LoopbackV4,
+    };
+    let responder = Responder::start(
+        options,
+        || Ok(None),
+        || loopback_v4(None).map(IpAddr::V4).into_iter().collect(),
+    )
+    .unwrap();
+    resolves_to("cairn", Ipv4Addr::LOCALHOST);
+    // Loopback's address replaced, as a new DHCP lease replaces eth0's.
+    let moved = Ipv4Addr::new(127, 0, 0, 6);
+    assert_eq!(
+        loopback_v4(Some(moved)),
+        Some(moved),
+        "setting lo's address"
+    );
+    resolves_to("cairn", moved);
+    drop(responder);
+}
+
 #[test]
 fn a_device_that_comes_later_finds_cairn_local_taken_and_answers_as_cairn_2_local() {
     let _shared = private_network();
