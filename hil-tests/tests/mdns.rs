@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 /// The pairing window (kernel command line), long enough for both presses on a loaded machine.
 const WINDOW_S: u64 = 60;
 /// Without a DHCP server a plug takes its link-local address after 30 s; the web looks at its
-/// addresses every 5 s and then probes its names (~1 s): generous for two emulated boards.
+/// addresses when the kernel reports it and then probes its names (~1 s): generous for two
+/// emulated boards.
 const NAMED_MAX: Duration = Duration::from_secs(90);
 /// Bound for the LEDs and the console to follow a press.
 const REACT: Duration = Duration::from_secs(15);

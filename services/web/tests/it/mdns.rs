@@ -228,6 +228,36 @@ fn a_new_address_is_published_when_the_kernel_reports_it_not_at_the_next_poll() 
 }
 
 #[test]
+fn a_name_given_at_setup_is_published_when_the_host_name_is_set_not_at_the_next_poll() {
+    // PID 1 sets the host name when the device is named; the test sets its own, in a UTS
+    // namespace of its own (root), as the wake-up.
+    assert!(
+        private_network().is_none()
+            && nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS).is_ok(),
+        "this test sets the host name: it needs namespaces of its own (run it as root)"
+    );
+    let options = Options {
+        https_port: PORT,
+        // Longer than the test: only the kernel's word can make it look again.
+        poll: Duration::from_secs(3600),
+        interfaces: Interfaces::LoopbackV4,
+    };
+    let name: Arc<Mutex<Option<String>>> = Arc::default();
+    let n = name.clone();
+    let responder = Responder::start(
+        options,
+        move || Ok(n.lock().unwrap().clone()),
+        || vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+    )
+    .unwrap();
+    resolves_to("cairn", Ipv4Addr::LOCALHOST);
+    *name.lock().unwrap() = Some("hostnamedplug".into());
+    nix::unistd::sethostname("hostnamedplug").unwrap();
+    resolves_to("hostnamedplug", Ipv4Addr::LOCALHOST);
+    drop(responder);
+}
+
+#[test]
 fn a_device_that_comes_later_finds_cairn_local_taken_and_answers_as_cairn_2_local() {
     let _shared = private_network();
     let first = unnamed_at(Ipv4Addr::LOCALHOST);
