@@ -40,23 +40,16 @@ fn private_network() -> Option<MutexGuard<'static, ()>> {
         eprintln!("mdns test on this machine's loopback (no privilege for a network namespace)");
         return Some(SHARED_LOOPBACK.lock().unwrap_or_else(|e| e.into_inner()));
     }
-    use nix::libc;
-    // SAFETY: a datagram socket for the interface ioctls, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: ifreq is plain data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write `req`, which outlives the calls;
-    // ifru_flags is the union member these requests use.
-    unsafe {
-        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &req), 0);
-        libc::close(fd);
-    }
+    with_loopback(|fd, req| {
+        use nix::libc;
+        // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write `req`, which outlives the calls;
+        // ifru_flags is the union member these requests use.
+        unsafe {
+            assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut *req), 0);
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &*req), 0);
+        }
+    });
     None
 }
 
@@ -169,31 +162,41 @@ fn the_device_answers_as_cairn_local_then_by_its_name_and_follows_its_addresses(
 
 /// `lo`'s IPv4 address, or (given `set`) sets it: SIOCGIFADDR / SIOCSIFADDR.
 fn loopback_v4(set: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    with_loopback(|fd, req| {
+        use nix::libc;
+        // SAFETY: SIOCGIFADDR and SIOCSIFADDR read or write `req`, which outlives the calls, as
+        // a sockaddr_in in its ifru_addr member (AF_INET); all zeroes is a valid sockaddr_in.
+        unsafe {
+            let sin = &mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr as *mut libc::sockaddr_in;
+            let rc = match set {
+                Some(a) => {
+                    (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                    (*sin).sin_addr.s_addr = u32::from(a).to_be();
+                    libc::ioctl(fd, libc::SIOCSIFADDR, &*req)
+                }
+                None => libc::ioctl(fd, libc::SIOCGIFADDR, &mut *req),
+            };
+            let got = Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr));
+            (rc == 0).then_some(got)
+        }
+    })
+}
+
+/// Runs `f` with a datagram socket for interface ioctls and an `ifreq` naming `lo`.
+fn with_loopback<T>(f: impl FnOnce(i32, &mut nix::libc::ifreq) -> T) -> T {
     use nix::libc;
     // SAFETY: a datagram socket for the interface ioctls, closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
     assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-    // SAFETY: ifreq and sockaddr_in are plain data; all zeroes is a valid value of each.
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *d = *s as libc::c_char;
     }
-    // SAFETY: SIOCGIFADDR and SIOCSIFADDR read or write `req`, which outlives the calls, as a
-    // sockaddr_in in its ifru_addr member (AF_INET).
-    unsafe {
-        let sin = &mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr as *mut libc::sockaddr_in;
-        let rc = match set {
-            Some(a) => {
-                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
-                (*sin).sin_addr.s_addr = u32::from(a).to_be();
-                libc::ioctl(fd, libc::SIOCSIFADDR, &req)
-            }
-            None => libc::ioctl(fd, libc::SIOCGIFADDR, &mut req),
-        };
-        let got = Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr));
-        libc::close(fd);
-        (rc == 0).then_some(got)
-    }
+    let out = f(fd, &mut req);
+    // SAFETY: `fd` is the socket opened above, closed once.
+    unsafe { libc::close(fd) };
+    out
 }
 
 #[test]
