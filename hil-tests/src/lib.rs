@@ -393,7 +393,25 @@ impl Qemu {
             started,
         };
         q.qmp = Some(Qmp::connect(&qmp)?);
+        if cfg.machine == Machine::Raspi3b && matches!(cfg.ethernet, Ethernet::User) {
+            q.plug_usb_net_at_handover()?;
+        }
         Ok(q)
+    }
+
+    /// Plugs raspi3b's usb-net in once u-boot hands over to Linux. The card's u-boot enumerates
+    /// USB before it boots (its `preboot` runs `usb start`) and acknowledges the connection;
+    /// the real controller reports the device to Linux again after the core soft reset Linux's
+    /// dwc2 driver does, but QEMU's DWC2 model does not implement that reset, so a device
+    /// present from power-on stays "Not connected" to Linux. Plugged in later, it is seen.
+    fn plug_usb_net_at_handover(&mut self) -> anyhow::Result<()> {
+        self.wait_line("Starting kernel", UBOOT_HANDOVER_TIMEOUT)
+            .context("waiting for u-boot to start the kernel, to plug usb-net in")?;
+        self.qmp(
+            "device_add",
+            serde_json::json!({"driver": "usb-net", "id": "lan", "netdev": "lan", "mac": RPI_MAC}),
+        )?;
+        Ok(())
     }
 
     /// Runs a QMP command and returns its `return` value.
@@ -673,6 +691,9 @@ fn sd_board_console_and_card(cmd: &mut Command, cfg: &Config, files: &Files) {
         .arg(format!("unix:{},server=on,wait=off", files.qmp.display()));
 }
 
+/// From power-on to u-boot's "Starting kernel" on raspi3b (u-boot enumerates USB first).
+const UBOOT_HANDOVER_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The Raspberry Pi 3's MAC address prefix (the Raspberry Pi Foundation's OUI): a globally
 /// administered address, so that Linux names QEMU's usb-net `eth0` as the Pi's own Ethernet
 /// (a locally administered one would make it `usb0`).
@@ -680,8 +701,8 @@ const RPI_MAC: &str = "b8:27:eb:00:00:01";
 
 /// The raspi3b command line: the u-boot.bin of the card's boot partition as `-kernel` (QEMU
 /// starts it as the GPU firmware would), the card on the SD controller, the console on the
-/// mini UART (the second serial port), the network on usb-net. The machine has its fixed
-/// 1 GiB; `memory_mib` does not apply.
+/// mini UART (the second serial port), the network on usb-net (plugged in at u-boot's
+/// handover). The machine has its fixed 1 GiB; `memory_mib` does not apply.
 fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
     check_sd_board("raspi3b", cfg, files)?;
     let boot = partition(&files.disk, 1)?;
@@ -702,9 +723,9 @@ fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
         Ethernet::None => {}
         Ethernet::User => {
             cmd.arg("-netdev")
-                .arg(format!("user,id=lan,restrict={restrict}"))
-                .arg("-device")
-                .arg(format!("usb-net,netdev=lan,mac={RPI_MAC}"));
+                .arg(format!("user,id=lan,restrict={restrict}"));
+            // The usb-net device itself is plugged in at u-boot's handover
+            // (`Qemu::plug_usb_net_at_handover` says why).
         }
         other => anyhow::bail!("raspi3b: {other:?} is not wired up (not needed so far)"),
     }
@@ -1301,24 +1322,17 @@ pub const CARD_BYTES: u64 = 512 << 20;
 /// DTB (the image keeps the real one):
 /// - raspi3b: QEMU's BCM2835 power manager resets the machine the moment the watchdog is armed
 ///   (it has no countdown), so the watchdog node is disabled;
-/// - bpim2u: the pinned kernel's stmmac oopses on the first DMA interrupt of the emulated GMAC
-///   (hil-tests/tests/bpim2u.rs says why), so the GMAC is disabled.
+/// - bpim2u: none; the card is the image's.
 pub fn emulated_card(board: &str, flashed: &Path, dir: &Path) -> anyhow::Result<Config> {
-    let (machine, dtb, nodes) = match board {
-        "rpi3" => (
-            Machine::Raspi3b,
-            "bcm2837-rpi-3-b.dtb",
-            "/soc/watchdog@7e100000",
-        ),
-        "bpi-m2u" => (
-            Machine::Bpim2u,
-            "sun8i-r40-bananapi-m2-ultra.dtb",
-            "/soc/ethernet@1c50000",
-        ),
+    let card = card_copy(flashed, dir, CARD_BYTES)?;
+    let machine = match board {
+        "rpi3" => {
+            disable_slot_dt_nodes(&card, "bcm2837-rpi-3-b.dtb", &["/soc/watchdog@7e100000"])?;
+            Machine::Raspi3b
+        }
+        "bpi-m2u" => Machine::Bpim2u,
         other => bail!("no emulated card for board {other}"),
     };
-    let card = card_copy(flashed, dir, CARD_BYTES)?;
-    disable_slot_dt_nodes(&card, dtb, &[nodes])?;
     let mut cfg = Config::new(card);
     cfg.machine = machine;
     Ok(cfg)

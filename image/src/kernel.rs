@@ -175,6 +175,9 @@ pub struct KernelInputs {
     /// Names the cache entry: the fragment's directory, so boards sharing a fragment (the
     /// Raspberry Pis) share one build.
     pub name: String,
+    /// The `*.patch` files beside the fragment, in name order, each with its text (part of the
+    /// cache key): fixes the pinned source lacks, applied with `patch -p1` after unpacking.
+    pub patches: Vec<(PathBuf, String)>,
 }
 
 impl KernelInputs {
@@ -196,12 +199,14 @@ impl KernelInputs {
             .parent()
             .and_then(|p| p.file_name())
             .map_or_else(|| board.name.clone(), |n| n.to_string_lossy().into_owned());
+        let patches = patches_beside(&fragment)?;
         Ok(KernelInputs {
             fragment,
             fragment_text,
             cross_compile,
             dtbs: k.dtb.is_some(),
             name,
+            patches,
         })
     }
 
@@ -222,8 +227,36 @@ impl KernelInputs {
         if self.dtbs {
             ctx.update(DTBS.as_bytes());
         }
+        // Likewise the patches: a fragment without any keeps its key.
+        for (path, text) in &self.patches {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            for part in [name.as_ref(), text.as_str()] {
+                ctx.update(&(part.len() as u64).to_le_bytes());
+                ctx.update(part.as_bytes());
+            }
+        }
         hex::encode(ctx.finish().as_ref())[..16].to_string()
     }
+}
+
+/// The `*.patch` files in the fragment's directory, sorted by name, with their text.
+fn patches_beside(fragment: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let dir = fragment.parent().unwrap_or(Path::new("."));
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "patch"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            Ok((p, text))
+        })
+        .collect()
 }
 
 /// Returns the path of the board's kernel Image, building it if the cache has none.
@@ -347,6 +380,18 @@ fn build_in(
         .map(|e| e.path())
         .find(|p| p.is_dir())
         .ok_or_else(|| anyhow::anyhow!("kernel tarball had no directory"))?;
+    for (patch, _) in &inputs.patches {
+        run(
+            Command::new("patch")
+                .current_dir(&src)
+                .args(["-p1", "--batch", "--forward", "--quiet", "-i"])
+                .arg(patch),
+            &format!(
+                "applying {} (does it still fit the pinned source?)",
+                patch.display()
+            ),
+        )?;
+    }
     let make = |args: &[&str]| {
         let mut c = Command::new("make");
         // A fixed build identity: otherwise the build's time, user and host are in the Image.
@@ -435,5 +480,30 @@ mod tests {
         let frag = "# comment\nCONFIG_A=y\nCONFIG_B=y\nCONFIG_C=n\n";
         let cfg = "CONFIG_A=y\n# CONFIG_B is not set\n";
         assert_eq!(lost_options(frag, cfg), vec!["CONFIG_B".to_string()]);
+    }
+
+    #[test]
+    fn a_patch_beside_the_fragment_changes_the_cache_key() {
+        let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../board/boards");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sunxi")).unwrap();
+        for f in ["sunxi/kernel.config", "bpi-m2u.toml"] {
+            std::fs::copy(real.join(f), dir.path().join(f)).unwrap();
+        }
+        let board = Board::load(dir.path(), "bpi-m2u").unwrap();
+        let source = Source::for_boards(&real).unwrap();
+        let bare = KernelInputs::new(&board, dir.path()).unwrap();
+        assert!(bare.patches.is_empty());
+        std::fs::write(dir.path().join("sunxi/fix.patch"), "--- a/x\n+++ b/x\n").unwrap();
+        let patched = KernelInputs::new(&board, dir.path()).unwrap();
+        assert_eq!(patched.patches.len(), 1);
+        assert_ne!(bare.key(&board, &source), patched.key(&board, &source));
+        // The real sunxi kernel carries the stmmac fix.
+        let real_inputs =
+            KernelInputs::new(&Board::load(&real, "bpi-m2u").unwrap(), &real).unwrap();
+        assert!(real_inputs
+            .patches
+            .iter()
+            .any(|(p, _)| p.ends_with("stmmac-keep-statistics.patch")));
     }
 }

@@ -682,7 +682,7 @@ const INTERFACE_WAIT: Duration = Duration::from_secs(30);
 
 /// Brings `lo` up at once, and the board's Ethernet up and configured on a thread of its own.
 pub fn start(network: &cairn_bsp::board::Network, hostname: &str) {
-    match sys::set_up("lo") {
+    match sys::set_up("lo", Duration::ZERO) {
         Ok(()) => {}
         Err(e) => log!("error: net: lo: {e}"),
     }
@@ -712,7 +712,7 @@ fn configure(network: &cairn_bsp::board::Network, hostname: &str) {
         return;
     }
     if !network.dhcp {
-        match sys::set_up(iface) {
+        match sys::set_up(iface, INTERFACE_WAIT) {
             Ok(()) => {
                 log!("net: {iface} up without DHCP (the board says so): IPv6 link-local only")
             }
@@ -730,7 +730,7 @@ fn configure(network: &cairn_bsp::board::Network, hostname: &str) {
             return;
         }
     };
-    if let Err(e) = sys::set_up(iface) {
+    if let Err(e) = sys::set_up(iface, INTERFACE_WAIT) {
         log!("error: net: {iface}: {e}");
         return;
     }
@@ -811,23 +811,41 @@ mod sys {
     }
 
     fn ioctl<T>(fd: &OwnedFd, req: libc::c_ulong, arg: &mut T, what: &str) -> io::Result<()> {
+        ioctl_raw(fd, req, arg).map_err(|e| context(e, what))
+    }
+
+    /// The ioctl, its failure the bare OS error (for the callers that look at the errno).
+    fn ioctl_raw<T>(fd: &OwnedFd, req: libc::c_ulong, arg: &mut T) -> io::Result<()> {
         // SAFETY: `arg` is the structure `req` expects (ifreq or rtentry), valid for the call.
         let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) };
         if r < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+            return Err(io::Error::last_os_error());
         }
         Ok(())
     }
 
-    /// Sets IFF_UP on `name`.
-    pub fn set_up(name: &str) -> io::Result<()> {
+    fn context(e: io::Error, what: &str) -> io::Error {
+        io::Error::new(e.kind(), format!("{what}: {e}"))
+    }
+
+    /// Sets IFF_UP on `name`. A USB adapter's interface (the Pi 3's LAN9514, QEMU's usb-net)
+    /// is in sysfs a moment before its driver marks it present, and until then the kernel
+    /// refuses to open it with ENODEV: that answer is retried for up to `present_wait`.
+    pub fn set_up(name: &str, present_wait: Duration) -> io::Result<()> {
         let fd = udp_socket()?;
-        let mut r = ifreq(name)?;
-        ioctl(&fd, libc::SIOCGIFFLAGS, &mut r, "SIOCGIFFLAGS")?;
-        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-        unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-        ioctl(&fd, libc::SIOCSIFFLAGS, &mut r, "SIOCSIFFLAGS")
+        let deadline = Instant::now() + present_wait;
+        loop {
+            let mut r = ifreq(name)?;
+            ioctl(&fd, libc::SIOCGIFFLAGS, &mut r, "SIOCGIFFLAGS")?;
+            // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+            unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+            match ioctl_raw(&fd, libc::SIOCSIFFLAGS, &mut r) {
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => return r.map_err(|e| context(e, "SIOCSIFFLAGS")),
+            }
+        }
     }
 
     fn set_addr(fd: &OwnedFd, name: &str, addr: Ipv4Addr) -> io::Result<()> {
