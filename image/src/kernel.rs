@@ -220,8 +220,7 @@ impl KernelInputs {
             &self.fragment_text,
             RECIPE,
         ] {
-            ctx.update(&(part.len() as u64).to_le_bytes());
-            ctx.update(part.as_bytes());
+            hash_part(&mut ctx, part);
         }
         // Boards with a DTB build them too; the key of the others stays what it was.
         if self.dtbs {
@@ -230,13 +229,17 @@ impl KernelInputs {
         // Likewise the patches: a fragment without any keeps its key.
         for (path, text) in &self.patches {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            for part in [name.as_ref(), text.as_str()] {
-                ctx.update(&(part.len() as u64).to_le_bytes());
-                ctx.update(part.as_bytes());
-            }
+            hash_part(&mut ctx, &name);
+            hash_part(&mut ctx, text);
         }
         hex::encode(ctx.finish().as_ref())[..16].to_string()
     }
+}
+
+/// One input of a cache key, with its length first, so inputs cannot run into each other.
+fn hash_part(ctx: &mut ring::digest::Context, part: &str) {
+    ctx.update(&(part.len() as u64).to_le_bytes());
+    ctx.update(part.as_bytes());
 }
 
 /// The `*.patch` files in the fragment's directory, sorted by name, with their text.
