@@ -393,25 +393,7 @@ impl Qemu {
             started,
         };
         q.qmp = Some(Qmp::connect(&qmp)?);
-        if cfg.machine == Machine::Raspi3b && matches!(cfg.ethernet, Ethernet::User) {
-            q.plug_usb_net_at_handover()?;
-        }
         Ok(q)
-    }
-
-    /// Plugs raspi3b's usb-net in once u-boot hands over to Linux. The card's u-boot enumerates
-    /// USB before it boots (its `preboot` runs `usb start`) and acknowledges the connection;
-    /// the real controller reports the device to Linux again after the core soft reset Linux's
-    /// dwc2 driver does, but QEMU's DWC2 model does not implement that reset, so a device
-    /// present from power-on stays "Not connected" to Linux. Plugged in later, it is seen.
-    fn plug_usb_net_at_handover(&mut self) -> anyhow::Result<()> {
-        self.wait_line("Starting kernel", UBOOT_HANDOVER_TIMEOUT)
-            .context("waiting for u-boot to start the kernel, to plug usb-net in")?;
-        self.qmp(
-            "device_add",
-            serde_json::json!({"driver": "usb-net", "id": "lan", "netdev": "lan", "mac": RPI_MAC}),
-        )?;
-        Ok(())
     }
 
     /// Runs a QMP command and returns its `return` value.
@@ -691,9 +673,6 @@ fn sd_board_console_and_card(cmd: &mut Command, cfg: &Config, files: &Files) {
         .arg(format!("unix:{},server=on,wait=off", files.qmp.display()));
 }
 
-/// From power-on to u-boot's "Starting kernel" on raspi3b (u-boot enumerates USB first).
-const UBOOT_HANDOVER_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// The Raspberry Pi 3's MAC address prefix (the Raspberry Pi Foundation's OUI): a globally
 /// administered address, so that Linux names QEMU's usb-net `eth0` as the Pi's own Ethernet
 /// (a locally administered one would make it `usb0`).
@@ -701,8 +680,8 @@ const RPI_MAC: &str = "b8:27:eb:00:00:01";
 
 /// The raspi3b command line: the u-boot.bin of the card's boot partition as `-kernel` (QEMU
 /// starts it as the GPU firmware would), the card on the SD controller, the console on the
-/// mini UART (the second serial port), the network on usb-net (plugged in at u-boot's
-/// handover). The machine has its fixed 1 GiB; `memory_mib` does not apply.
+/// mini UART (the second serial port), the network on usb-net. The machine has its fixed
+/// 1 GiB; `memory_mib` does not apply.
 fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
     check_sd_board("raspi3b", cfg, files)?;
     let boot = partition(&files.disk, 1)?;
@@ -723,9 +702,9 @@ fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
         Ethernet::None => {}
         Ethernet::User => {
             cmd.arg("-netdev")
-                .arg(format!("user,id=lan,restrict={restrict}"));
-            // The usb-net device itself is plugged in at u-boot's handover
-            // (`Qemu::plug_usb_net_at_handover` says why).
+                .arg(format!("user,id=lan,restrict={restrict}"))
+                .arg("-device")
+                .arg(format!("usb-net,netdev=lan,mac={RPI_MAC}"));
         }
         other => anyhow::bail!("raspi3b: {other:?} is not wired up (not needed so far)"),
     }
