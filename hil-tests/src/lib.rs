@@ -1303,15 +1303,15 @@ pub const CARD_BYTES: u64 = 512 << 20;
 ///   (it has no countdown), so the watchdog node is disabled;
 /// - bpim2u: none; the card is the image's.
 pub fn emulated_card(board: &str, flashed: &Path, dir: &Path) -> anyhow::Result<Config> {
-    let card = card_copy(flashed, dir, CARD_BYTES)?;
     let machine = match board {
-        "rpi3" => {
-            disable_slot_dt_nodes(&card, "bcm2837-rpi-3-b.dtb", &["/soc/watchdog@7e100000"])?;
-            Machine::Raspi3b
-        }
+        "rpi3" => Machine::Raspi3b,
         "bpi-m2u" => Machine::Bpim2u,
         other => bail!("no emulated card for board {other}"),
     };
+    let card = card_copy(flashed, dir, CARD_BYTES)?;
+    if machine == Machine::Raspi3b {
+        disable_slot_dt_nodes(&card, "bcm2837-rpi-3-b.dtb", &["/soc/watchdog@7e100000"])?;
+    }
     let mut cfg = Config::new(card);
     cfg.machine = machine;
     Ok(cfg)
