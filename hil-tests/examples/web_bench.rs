@@ -3,8 +3,8 @@
 //! time to first byte of the owner's dashboard against a static file of the same server in the
 //! same run.
 //!
-//! The bench is a browser without a browser: it waits on `POST /setup/api/wait` while pressing
-//! the board's button on the front panel, fills the setup form with the CSRF token the form
+//! The bench is a browser without a browser: it registers on `POST /setup/api/wait`, presses
+//! the board's button on the front panel, polls again until it is granted the setup, fills the setup form with the CSRF token the form
 //! page carries, logs in, and then times requests over one kept-alive HTTPS connection through
 //! QEMU's forwarded port, trusting the device by the fingerprint its console printed. The TLS
 //! handshake is done before the first timed request and counted in none.
@@ -37,9 +37,7 @@
 
 use cairn_bsp::panel::PanelLink;
 use cairn_hil::https::{form, input_value, Connection, Cookies, Response};
-use cairn_hil::{
-    append_cmdline, image, service, Config, FixturePort, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT,
-};
+use cairn_hil::{image, service, Config, FixturePort, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -51,14 +49,8 @@ const WARMUP_ROUNDS: usize = 10;
 const MEMORY_SAMPLES: usize = 5;
 /// Left alone this long before memory is read.
 const SETTLE: Duration = Duration::from_secs(3);
-/// The pairing window, shortened on the kernel command line (120 s by default) so that a press
-/// the waiting browser missed costs little.
-const WINDOW_S: u64 = 8;
-/// From sending the wait request to pressing: the server registers the waiter first (a press
-/// before that opens a window the waiter may not take).
-const REGISTER_WAIT: Duration = Duration::from_millis(1500);
-/// Presses before giving up on the claim.
-const CLAIM_TRIES: usize = 3;
+/// Long polls after the press before giving up on the claim.
+const POLLS: usize = 3;
 /// The long poll answers within 25 s; a little more for a loaded host.
 const WAIT_POLL_TIMEOUT: Duration = Duration::from_secs(40);
 /// Bound for the pairing pattern to follow a press.
@@ -87,7 +79,6 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let disk = dir.path().join("disk.img");
     std::fs::copy(image("cairn-qemu-virt-test.img")?, &disk)?;
-    append_cmdline(&disk, &format!("cairn.pairing_window_s={WINDOW_S}"))?;
     let mut cfg = Config::new(disk);
     cfg.disk_bytes = Some(DISK_BYTES);
     let https_port = free_port()?;
@@ -95,12 +86,7 @@ fn main() -> anyhow::Result<()> {
     let mut q = Qemu::boot(&cfg)?;
     let panel = q.panel()?;
     let line = q.wait_line("cairn: web: https://", BOOT_TIMEOUT)?;
-    let fingerprint = line
-        .split("certificate SHA-256 ")
-        .nth(1)
-        .map(str::trim)
-        .ok_or_else(|| anyhow::anyhow!("no fingerprint in the web's console line: {line}"))?
-        .to_string();
+    let fingerprint = fingerprint_in(&line)?;
     q.wait_line("cairn: ready", BOOT_TIMEOUT)?;
     let mut port = FixturePort::plug(&mut q)?;
     port.expect("started")?;
@@ -110,13 +96,13 @@ fn main() -> anyhow::Result<()> {
     let unclaimed = memory(&mut port)?;
     eprintln!("web bench: unclaimed, idle: {unclaimed:?}");
 
-    let device = Device {
+    let mut device = Device {
         port: https_port,
         fingerprint,
     };
     let mut jar = Cookies::default();
     claim(&device, &panel, &mut jar)?;
-    setup(&device, &mut jar)?;
+    setup(&mut device, &q, &mut jar)?;
     log_in(&device, &mut jar)?;
     eprintln!("web bench: claimed, set up and logged in");
 
@@ -230,65 +216,60 @@ fn ask(
     Ok(r)
 }
 
-/// Waits on the claim page's long poll while the button is pressed, as a browser on the claim
-/// page does, until the device grants this browser the setup (its `cairn_setup` cookie).
+/// Claims the device as a browser on the claim page does: its first poll registers it (the
+/// answer comes at once), the button is pressed, and its next polls wait for the grant (its
+/// `cairn_setup` cookie).
 fn claim(device: &Device, panel: &PanelLink, jar: &mut Cookies) -> anyhow::Result<()> {
-    for attempt in 1..=CLAIM_TRIES {
-        let mut c = device.connect()?;
-        c.set_timeout(WAIT_POLL_TIMEOUT)?;
-        let cookie = jar.header();
-        let waiting = std::thread::spawn(move || {
-            c.request(
-                "POST",
-                "/setup/api/wait",
-                &[
-                    ("Cookie", cookie.as_str()),
-                    ("Content-Type", "application/json"),
-                    ("Sec-Fetch-Site", "same-origin"),
-                ],
-                b"{}",
-            )
-        });
-        std::thread::sleep(REGISTER_WAIT);
-        let seq = panel.cursor();
-        panel.press(Duration::from_millis(300))?;
-        let opened = panel.wait_pattern(seq, "pairing-open", REACT);
-        let r = waiting
-            .join()
-            .map_err(|_| anyhow::anyhow!("the waiting request's thread panicked"))??;
-        jar.take(&r);
-        let answer: serde_json::Value = serde_json::from_slice(&r.body)
-            .map_err(|e| anyhow::anyhow!("wait answered {} {:?}: {e}", r.status, r.text()))?;
+    let first = wait_poll(device, jar)?;
+    anyhow::ensure!(
+        first["state"] == "waiting" && jar.get("cairn_claim").is_some(),
+        "the first poll did not register this browser: {first}"
+    );
+    let seq = panel.cursor();
+    panel.press(Duration::from_millis(300))?;
+    panel
+        .wait_pattern(seq, "pairing-open", REACT)
+        .ok_or_else(|| anyhow::anyhow!("no pairing window after the press"))?;
+    for _ in 0..POLLS {
+        let answer = wait_poll(device, jar)?;
         if answer["state"] == "granted" {
             anyhow::ensure!(
                 jar.get("cairn_setup").is_some(),
-                "granted without a setup cookie: {:?}",
-                r.headers
+                "granted without a setup cookie: {answer}"
             );
             return Ok(());
         }
-        eprintln!(
-            "web bench: claim attempt {attempt}: {answer} (window opened: {})",
-            opened.is_some()
-        );
         anyhow::ensure!(
             answer["state"] == "waiting",
             "the device refused the claim: {answer}"
         );
-        // The press came before the server registered this browser: that window is not its.
-        // The next press needs the window closed.
-        if let Some((_, seq)) = opened {
-            panel
-                .wait_pattern(seq, "setup-needed", Duration::from_secs(WINDOW_S) + REACT)
-                .ok_or_else(|| anyhow::anyhow!("the pairing window did not close"))?;
-        }
     }
-    anyhow::bail!("no claim after {CLAIM_TRIES} presses")
+    anyhow::bail!("no claim after {POLLS} polls")
+}
+
+/// One poll of the claim page, with the jar's cookies; the jar takes the ones it sets.
+fn wait_poll(device: &Device, jar: &mut Cookies) -> anyhow::Result<serde_json::Value> {
+    let mut c = device.connect()?;
+    c.set_timeout(WAIT_POLL_TIMEOUT)?;
+    let cookie = jar.header();
+    let r = c.request(
+        "POST",
+        "/setup/api/wait",
+        &[
+            ("Cookie", cookie.as_str()),
+            ("Content-Type", "application/json"),
+            ("Sec-Fetch-Site", "same-origin"),
+        ],
+        b"{}",
+    )?;
+    jar.take(&r);
+    serde_json::from_slice(&r.body)
+        .map_err(|e| anyhow::anyhow!("wait answered {} {:?}: {e}", r.status, r.text()))
 }
 
 /// Fills the setup form (name, passphrase twice, no storage offered) with its CSRF token, and
 /// confirms the recovery key it shows.
-fn setup(device: &Device, jar: &mut Cookies) -> anyhow::Result<()> {
+fn setup(device: &mut Device, q: &Qemu, jar: &mut Cookies) -> anyhow::Result<()> {
     let page = ask(device, jar, "GET", "/setup", None)?;
     anyhow::ensure!(page.status == 200, "GET /setup: {}", page.status);
     let csrf = input_value(&page.text(), "csrf")
@@ -301,9 +282,13 @@ fn setup(device: &Device, jar: &mut Cookies) -> anyhow::Result<()> {
         ("offer", "0"),
         ("domain", ""),
     ]);
+    let lines = q.line_count();
     let r = ask(device, jar, "POST", "/setup", Some(&body))?;
     let page = r.text();
     anyhow::ensure!(r.status == 200, "setup answered {}: {page}", r.status);
+    // The new name is certified anew (same key): the console says the new fingerprint.
+    let (_, line) = q.wait_line_from(lines, "cairn: web: https://", REACT)?;
+    device.fingerprint = fingerprint_in(&line)?;
     // Setup ends with the recovery key: its last group confirms it.
     let key = page
         .split_once("cairn-recovery-1 ")
@@ -327,6 +312,14 @@ fn setup(device: &Device, jar: &mut Cookies) -> anyhow::Result<()> {
         r.text()
     );
     Ok(())
+}
+
+/// The certificate fingerprint in the web's console line.
+fn fingerprint_in(line: &str) -> anyhow::Result<String> {
+    line.split("certificate SHA-256 ")
+        .nth(1)
+        .map(|f| f.trim().to_string())
+        .ok_or_else(|| anyhow::anyhow!("no fingerprint in the web's console line: {line}"))
 }
 
 /// Logs in with the passphrase: a session of its own, as the owner's next visit gets.

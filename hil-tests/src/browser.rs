@@ -782,6 +782,9 @@ impl Drop for Driver {
 
 /// A page's reaction to a click or a press on a loaded 2-core machine.
 pub const SETUP_REACT: Duration = Duration::from_secs(20);
+
+/// The claim page's status once the device knows the page (a press from then on is its).
+pub const WAITING: &str = "Waiting for the button…";
 /// Setup's answer: it hashes the passphrase (Argon2id, 19 MiB, on an emulated CPU) and makes
 /// the owner's vault.
 pub const SETUP_HASHING: Duration = Duration::from_secs(90);
@@ -830,8 +833,8 @@ pub fn claim_and_set_up(
         h1 == "Press the button on your Cairn",
         "a new plug's page says {h1:?}"
     );
-    // The page's poll has reached the device by now.
-    std::thread::sleep(Duration::from_secs(2));
+    // The page says so once a press would count for it.
+    b.wait_for_text(Scope::Css("#status"), WAITING, SETUP_REACT)?;
     press();
     b.wait_for_text(Scope::Css("h1"), "Set up your Cairn", SETUP_REACT)?;
     b.fill("#name", name)?;

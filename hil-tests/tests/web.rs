@@ -12,7 +12,9 @@
 
 use cairn_bsp::panel::PanelLink;
 use cairn_bsp::pattern::{recognize, Pattern};
-use cairn_hil::browser::{https_request, pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport};
+use cairn_hil::browser::{
+    https_request, pin_from_fingerprint, Browser, Scope, SpkiPin, Viewport, WAITING,
+};
 use cairn_hil::{image, Config, Qemu, BOOT_TIMEOUT};
 use std::time::Duration;
 
@@ -187,8 +189,10 @@ fn the_owners_first_hour_in_a_browser() {
     // 2. Browser A, a phone: "Press the button". Nobody presses for 3 s: it still waits.
     let mut a = browser_at(&pin, Viewport::PHONE, &plug.url("/"));
     assert_eq!(a.text_of("h1").unwrap(), "Press the button on your Cairn");
+    a.wait_for_text(Scope::Css("#status"), WAITING, REACT)
+        .unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(a.text_of("#status").unwrap(), "Waiting for the button…");
+    assert_eq!(a.text_of("#status").unwrap(), WAITING);
     assert_eq!(a.url().unwrap(), plug.url("/"));
     shot(&mut a, "web-1-press-the-button");
 
@@ -197,8 +201,8 @@ fn the_owners_first_hour_in_a_browser() {
     // asked for next opens a new one.
     let mut b = browser_at(&pin, Viewport::DESKTOP, &plug.url("/"));
     assert_eq!(b.text_of("h1").unwrap(), "Press the button on your Cairn");
-    // B's script has registered it by now (its poll goes out as the page loads).
-    std::thread::sleep(Duration::from_secs(2));
+    b.wait_for_text(Scope::Css("#status"), WAITING, REACT)
+        .unwrap();
     let seq = plug.panel.cursor();
     plug.press();
     let opened = plug.wait_pattern(seq, Pattern::PairingOpen, REACT);
@@ -223,10 +227,8 @@ fn the_owners_first_hour_in_a_browser() {
     // 4. B closes; A tries again and the next press is A's alone: the setup form.
     drop(b);
     a.click("#again").unwrap();
-    a.wait_for_text(Scope::Css("#status"), "Waiting for the button…", REACT)
+    a.wait_for_text(Scope::Css("#status"), WAITING, REACT)
         .unwrap();
-    // A's new poll has reached the device (and a person takes a moment to reach the plug).
-    std::thread::sleep(Duration::from_secs(1));
     plug.press();
     a.wait_for_text(Scope::Css("h1"), "Set up your Cairn", REACT)
         .unwrap();

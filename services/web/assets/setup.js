@@ -42,9 +42,11 @@
         setTimeout(poll, 2000);
       });
   }
+  // "Waiting for the button" only once the device has answered: a press before that is not
+  // this page's.
   again.addEventListener('click', function () {
     again.hidden = true;
-    status.textContent = 'Waiting for the button…';
+    status.textContent = 'Reaching the device…';
     poll();
   });
   poll();

@@ -43,7 +43,7 @@ pub fn press() -> Markup {
             h1 { "Press the button on your Cairn" }
             p { "A short press on the plug's button lets this browser set the device up. \
                  Keep this page open: it goes on by itself once you have pressed." }
-            p #status role="status" { "Waiting for the button…" }
+            p #status role="status" { "Reaching the device…" }
             button #again type="button" hidden { "Try again" }
             noscript { p.error { "This page needs JavaScript to notice the button press." } }
             script src="/static/setup.js" {}

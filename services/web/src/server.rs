@@ -2229,8 +2229,8 @@ async fn wait(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
     let known = request_cookie(&req, CLAIM_COOKIE)
         .filter(|id| app.state().claims.knows(id, Instant::now()));
-    let (id, new_cookie) = match known {
-        Some(id) => (id, None),
+    let id = match known {
+        Some(id) => id,
         None => {
             let board = match app.call(|d| d.board()).await {
                 Ok(b) => b,
@@ -2253,12 +2253,16 @@ async fn wait(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             };
             app.waiter_came.notify_one();
             let cookie = format!("{CLAIM_COOKIE}={id}; {COOKIE_ATTRIBUTES}; Path=/setup");
-            (id, Some(cookie))
+            // Answered at once, not held: the page says "waiting for the button" only once
+            // a press would count for it, so nobody presses before the device knows the page.
+            return with_cookie(
+                json_response(StatusCode::OK, json!({"state": "waiting"})),
+                &cookie,
+            );
         }
     };
     let outcome = poll(app, &id).await;
-    let waiting = outcome.is_none();
-    let resp = match outcome {
+    match outcome {
         None => json_response(StatusCode::OK, json!({"state": "waiting"})),
         Some(Outcome::Granted(token)) => with_cookie(
             with_cookie(
@@ -2277,11 +2281,6 @@ async fn wait(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             ),
             &clear_cookie(CLAIM_COOKIE, "/setup"),
         ),
-    };
-    // A decided waiter is done: its cookie is cleared above, not set.
-    match new_cookie {
-        Some(c) if waiting => with_cookie(resp, &c),
-        _ => resp,
     }
 }
 

@@ -3,8 +3,10 @@
 //! never without a press; the setup form refuses bad fields without storing anything, and once
 //! the device is set up its setup pages are gone.
 //!
-//! Each test starts its own server (a fake PID 1 behind `Device`); claim polls last
-//! [`common::POLL`], the board is looked at every 250 ms, so each test takes a second or two.
+//! Each test starts its own server (a fake PID 1 behind `Device`); a browser's first poll
+//! registers it and is answered at once (so a press right after it is the browser's: `claim`
+//! presses without a pause), later polls last [`common::POLL`], the board is looked at every
+//! 250 ms, so each test takes a second or two.
 
 use crate::common;
 
