@@ -393,7 +393,27 @@ impl Qemu {
             started,
         };
         q.qmp = Some(Qmp::connect(&qmp)?);
+        if cfg.machine == Machine::Raspi3b && matches!(cfg.ethernet, Ethernet::User) {
+            q.plug_usb_net_into_linux()?;
+        }
         Ok(q)
+    }
+
+    /// Plugs raspi3b's usb-net in once Linux's USB host runs. The card's u-boot enumerates USB
+    /// before it boots (its `preboot` runs `usb start`) and acknowledges the connection; the
+    /// real controller reports the device to Linux again after the core soft reset Linux's
+    /// dwc2 driver does, but QEMU's DWC2 model does not implement that reset, so a device
+    /// present from power-on stays "Not connected" to Linux. Plugged in while Linux's root hub
+    /// watches its port, it is seen as a person plugging a cable in would be (earlier, at
+    /// u-boot's "Starting kernel", it raced u-boot's own USB teardown).
+    fn plug_usb_net_into_linux(&mut self) -> anyhow::Result<()> {
+        self.wait_line(RPI_ROOT_HUB, LINUX_USB_TIMEOUT)
+            .context("waiting for Linux's USB root hub, to plug usb-net in")?;
+        self.qmp(
+            "device_add",
+            serde_json::json!({"driver": "usb-net", "id": "lan", "netdev": "lan", "mac": RPI_MAC}),
+        )?;
+        Ok(())
     }
 
     /// Runs a QMP command and returns its `return` value.
@@ -673,6 +693,12 @@ fn sd_board_console_and_card(cmd: &mut Command, cfg: &Config, files: &Files) {
         .arg(format!("unix:{},server=on,wait=off", files.qmp.display()));
 }
 
+/// From power-on to Linux's USB root hub on raspi3b (u-boot enumerates USB first).
+const LINUX_USB_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Linux's line once the dwc2 controller's root hub watches its one port.
+const RPI_ROOT_HUB: &str = "hub 1-0:1.0: 1 port detected";
+
 /// The Raspberry Pi 3's MAC address prefix (the Raspberry Pi Foundation's OUI): a globally
 /// administered address, so that Linux names QEMU's usb-net `eth0` as the Pi's own Ethernet
 /// (a locally administered one would make it `usb0`).
@@ -680,8 +706,8 @@ const RPI_MAC: &str = "b8:27:eb:00:00:01";
 
 /// The raspi3b command line: the u-boot.bin of the card's boot partition as `-kernel` (QEMU
 /// starts it as the GPU firmware would), the card on the SD controller, the console on the
-/// mini UART (the second serial port), the network on usb-net. The machine has its fixed
-/// 1 GiB; `memory_mib` does not apply.
+/// mini UART (the second serial port), the network on usb-net (plugged in once Linux's USB
+/// runs). The machine has its fixed 1 GiB; `memory_mib` does not apply.
 fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
     check_sd_board("raspi3b", cfg, files)?;
     let boot = partition(&files.disk, 1)?;
@@ -702,9 +728,9 @@ fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
         Ethernet::None => {}
         Ethernet::User => {
             cmd.arg("-netdev")
-                .arg(format!("user,id=lan,restrict={restrict}"))
-                .arg("-device")
-                .arg(format!("usb-net,netdev=lan,mac={RPI_MAC}"));
+                .arg(format!("user,id=lan,restrict={restrict}"));
+            // The usb-net device itself is plugged in later (`Qemu::plug_usb_net_into_linux`
+            // says why).
         }
         other => anyhow::bail!("raspi3b: {other:?} is not wired up (not needed so far)"),
     }

@@ -2,14 +2,10 @@
 //! grown like a bigger card, booted under QEMU's raspi3b by the u-boot on its own boot
 //! partition (QEMU starts it in place of the GPU firmware), through boot.scr's slot choice, to
 //! `cairn: ready` — with the data partition grown and the GPIO lines PID 1 took listed on the
-//! console; then an update's first boot on that card (slot B on trial, the try counted by the
-//! card's u-boot, committed by PID 1). Not yet: a DHCP lease through QEMU's usb-net. Linux's
-//! dwc2 driver answers "Not connected" to it: the card's u-boot enumerates it first
-//! (`preboot=usb start`), and QEMU's DWC2 model does not implement the core soft reset after
-//! which the real controller reports the device again. Plugged in by QMP `device_add` at
-//! u-boot's "Starting kernel", Linux did take it (`cdc_ether … eth0`) and got a lease in two
-//! quiet runs, but not under CI's load, for a reason not yet found. Also not yet: a clean
-//! power-off (raspi3b has no power button QEMU can press).
+//! console, and a DHCP lease on the Pi's Ethernet (QEMU's usb-net, plugged in once Linux's USB
+//! host runs: `Qemu::plug_usb_net_into_linux` says why not from power-on); then an update's
+//! first boot on that card (slot B on trial, the try counted by the card's u-boot, committed by
+//! PID 1). Not yet: a clean power-off (raspi3b has no power button QEMU can press).
 
 use cairn_hil::{
     check_card_boot, check_card_update_trial, check_grown_to_card, data_partition_sizes,
@@ -20,6 +16,9 @@ use std::time::Duration;
 /// raspi3b emulates four Cortex-A53s in software and enumerates USB slowly: more time than
 /// the virt board's.
 const RPI_BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// From ready to the lease: the USB NIC comes late and DHCP may retry.
+const LEASE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn rpi3_card_boots_through_its_own_uboot_to_ready_and_grows() {
@@ -34,6 +33,13 @@ fn rpi3_card_boots_through_its_own_uboot_to_ready_and_grows() {
     q.wait_line("cairn: ready", RPI_BOOT_TIMEOUT).unwrap();
     let ready = q.time_of("cairn: ready").unwrap();
     eprintln!("rpi3: ready {:.1} s after power-on", ready.as_secs_f64());
+    // The Pi's Ethernet (QEMU's usb-net, plugged in once Linux's USB runs) gets a DHCP lease
+    // from QEMU's restricted user network.
+    q.wait_line(
+        "cairn: net: eth0 10.0.2.15/24 no router (lease 86400 s)",
+        LEASE_TIMEOUT,
+    )
+    .unwrap();
     let console = q.console();
     let has = |needle: &str| console.iter().any(|l| l.contains(needle));
     // The card's own chain: u-boot, boot.scr choosing slot A, the slot's extlinux.conf with

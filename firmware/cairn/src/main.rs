@@ -5,6 +5,14 @@
 //! through `tracing`; `main` installs the one subscriber that prints their events, with each
 //! role's prefix ([`logging`]).
 
+#[cfg_attr(
+    not(target_env = "musl"),
+    allow(
+        dead_code,
+        reason = "only the device (musl) uses it; elsewhere its tests do"
+    )
+)]
+mod alloc;
 mod board;
 mod cmd;
 mod init;
@@ -60,9 +68,11 @@ enum Command {
 /// On the device (musl), every role allocates from dlmalloc: it keeps freed memory for reuse,
 /// where musl's malloc returns each larger block to the kernel and the next one page-faults
 /// afresh (halved the storage node's page faults and its put's system time on the emulated plug).
+/// Huge blocks are mapped on their own, so that they do go back (`alloc` says why).
 #[cfg(target_env = "musl")]
 #[global_allocator]
-static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOC: alloc::HugeMapped<dlmalloc::GlobalDlmalloc> =
+    alloc::HugeMapped(dlmalloc::GlobalDlmalloc);
 
 fn main() {
     // SAFETY: first thing in main, before any other thread starts; it registers fork handlers

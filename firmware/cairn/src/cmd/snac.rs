@@ -152,6 +152,9 @@ fn first_password(said: &str) -> Result<String> {
         .with_context(|| format!("no password in snac's answer: {said:?}"))
 }
 
+/// How long snac waits for another server to take a delivery, in seconds.
+const QUEUE_TIMEOUT_S: u64 = 30;
+
 /// Sets what Cairn decides in snac's `server.json` and keeps the rest: the host, loopback
 /// only, no path prefix, HTTPS in its URLs (Cairn's), the owner as its admin account.
 fn configure(file: &Path, domain: &str) -> Result<()> {
@@ -170,6 +173,11 @@ fn configure(file: &Path, domain: &str) -> Result<()> {
         ("admin_account", serde_json::json!(OWNER)),
         // Few threads: a household's traffic, and each costs a stack on a 256 MiB plug.
         ("num_threads", serde_json::json!(4)),
+        // A delivery waits longer than snac's 6 s (8 s on the retry): the receiving plug may
+        // first fetch the sender's key from it, each side on a slow CPU, and a timed-out post
+        // waits two minutes for its retry.
+        ("queue_timeout", serde_json::json!(QUEUE_TIMEOUT_S)),
+        ("queue_timeout_2", serde_json::json!(2 * QUEUE_TIMEOUT_S)),
     ] {
         o.insert(k.into(), val);
     }
@@ -243,6 +251,7 @@ mod tests {
         assert_eq!(v["address"], "127.0.0.1");
         assert_eq!(v["layout"], 2.7);
         assert_eq!(v["admin_account"], OWNER);
+        assert_eq!(v["queue_timeout"], 30);
         std::fs::write(&f, "[1]").unwrap();
         assert!(configure(&f, "x.local").is_err());
     }

@@ -704,7 +704,9 @@ pub fn start(network: &cairn_bsp::board::Network, hostname: &str) {
 fn configure(network: &cairn_bsp::board::Network, hostname: &str) {
     let iface = &network.interface;
     let class = Path::new("/sys/class/net").join(iface);
-    if !super::wait_for(&class, INTERFACE_WAIT) {
+    // Its attributes, not only its name: the kernel links a new interface into the class
+    // before it adds the attribute files (a late USB NIC was caught in between).
+    if !super::wait_for(&class.join("address"), INTERFACE_WAIT) {
         log!(
             "net: no interface {iface} on this board after {} s: loopback only",
             INTERFACE_WAIT.as_secs()
@@ -829,21 +831,28 @@ mod sys {
     }
 
     /// Sets IFF_UP on `name`. A USB adapter's interface (the Pi 3's LAN9514, QEMU's usb-net)
-    /// is in sysfs a moment before its driver marks it present, and until then the kernel
-    /// refuses to open it with ENODEV: that answer is retried for up to `present_wait`.
+    /// is in sysfs a moment before the kernel finds it by name, and a moment more before its
+    /// driver marks it present; until then either ioctl answers ENODEV, which is retried for up
+    /// to `present_wait`.
     pub fn set_up(name: &str, present_wait: Duration) -> io::Result<()> {
         let fd = udp_socket()?;
         let deadline = Instant::now() + present_wait;
         loop {
             let mut r = ifreq(name)?;
-            ioctl(&fd, libc::SIOCGIFFLAGS, &mut r, "SIOCGIFFLAGS")?;
-            // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-            unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-            match ioctl_raw(&fd, libc::SIOCSIFFLAGS, &mut r) {
-                Err(e) if e.raw_os_error() == Some(libc::ENODEV) && Instant::now() < deadline => {
+            let done = ioctl_raw(&fd, libc::SIOCGIFFLAGS, &mut r)
+                .map_err(|e| (e, "SIOCGIFFLAGS"))
+                .and_then(|()| {
+                    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+                    unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+                    ioctl_raw(&fd, libc::SIOCSIFFLAGS, &mut r).map_err(|e| (e, "SIOCSIFFLAGS"))
+                });
+            match done {
+                Err((e, _))
+                    if e.raw_os_error() == Some(libc::ENODEV) && Instant::now() < deadline =>
+                {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                r => return r.map_err(|e| context(e, "SIOCSIFFLAGS")),
+                r => return r.map_err(|(e, what)| context(e, what)),
             }
         }
     }
