@@ -51,8 +51,8 @@ const MEMORY_SAMPLES: usize = 5;
 const SETTLE: Duration = Duration::from_secs(3);
 /// Long polls after the press before giving up on the claim.
 const POLLS: usize = 3;
-/// The long poll answers within 25 s; a little more for a loaded host.
-const WAIT_POLL_TIMEOUT: Duration = Duration::from_secs(40);
+/// Each answer's bound: the long poll answers within 25 s, a little more for a loaded host.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(40);
 /// Bound for the pairing pattern to follow a press.
 const REACT: Duration = Duration::from_secs(10);
 /// The owner's passphrase for this run.
@@ -202,16 +202,30 @@ fn ask(
     path: &str,
     body: Option<&str>,
 ) -> anyhow::Result<Response> {
+    let form = body.map(|b| ("application/x-www-form-urlencoded", b.as_bytes()));
+    send(device, jar, method, path, form)
+}
+
+/// One request on a fresh connection with the jar's cookies and, if any, a body of its content
+/// type; the jar takes the cookies it sets.
+fn send(
+    device: &Device,
+    jar: &mut Cookies,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+) -> anyhow::Result<Response> {
     let mut c = device.connect()?;
+    c.set_timeout(ANSWER_TIMEOUT)?;
     let cookie = jar.header();
     let mut headers = vec![
         ("Cookie", cookie.as_str()),
         ("Sec-Fetch-Site", "same-origin"),
     ];
-    if body.is_some() {
-        headers.push(("Content-Type", "application/x-www-form-urlencoded"));
+    if let Some((content_type, _)) = body {
+        headers.push(("Content-Type", content_type));
     }
-    let r = c.request(method, path, &headers, body.unwrap_or("").as_bytes())?;
+    let r = c.request(method, path, &headers, body.map_or(&[][..], |(_, b)| b))?;
     jar.take(&r);
     Ok(r)
 }
@@ -249,20 +263,8 @@ fn claim(device: &Device, panel: &PanelLink, jar: &mut Cookies) -> anyhow::Resul
 
 /// One poll of the claim page, with the jar's cookies; the jar takes the ones it sets.
 fn wait_poll(device: &Device, jar: &mut Cookies) -> anyhow::Result<serde_json::Value> {
-    let mut c = device.connect()?;
-    c.set_timeout(WAIT_POLL_TIMEOUT)?;
-    let cookie = jar.header();
-    let r = c.request(
-        "POST",
-        "/setup/api/wait",
-        &[
-            ("Cookie", cookie.as_str()),
-            ("Content-Type", "application/json"),
-            ("Sec-Fetch-Site", "same-origin"),
-        ],
-        b"{}",
-    )?;
-    jar.take(&r);
+    let json = Some(("application/json", &b"{}"[..]));
+    let r = send(device, jar, "POST", "/setup/api/wait", json)?;
     serde_json::from_slice(&r.body)
         .map_err(|e| anyhow::anyhow!("wait answered {} {:?}: {e}", r.status, r.text()))
 }

@@ -94,6 +94,20 @@ fn prosody(port: &mut FixturePort) -> serde_json::Value {
     service(&port.status().unwrap(), "prosody").unwrap().clone()
 }
 
+/// Waits (at most [`RESTART`]) until Prosody is ready as another process than `pid`;
+/// returns its status.
+fn prosody_back(port: &mut FixturePort, pid: Option<u64>) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let p = prosody(port);
+        if p["state"] == "ready" && p["pid"].as_u64() != pid {
+            return p;
+        }
+        assert!(start.elapsed() < RESTART, "Prosody not back: {p}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The fixture's next answer.
 fn answer(port: &mut FixturePort) -> String {
     port.answer(STEP).unwrap()
@@ -146,18 +160,7 @@ fn prosody_weathers_wrong_passwords_a_kill_and_a_full_disk() {
     let unclaimed = prosody(&mut port)["pid"].as_u64();
     let origin = format!("https://localhost:{https}");
     let mut b = set_up_through_forward(&web, https, &panel, "cairn", PASSPHRASE).unwrap();
-    let start = Instant::now();
-    loop {
-        let p = prosody(&mut port);
-        if p["state"] == "ready" && p["pid"].as_u64() != unclaimed {
-            break;
-        }
-        assert!(
-            start.elapsed() < RESTART,
-            "Prosody not back after setup: {p}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    prosody_back(&mut port, unclaimed);
 
     // Wrong passwords for alex: refused, then throttled; sam behind the same address still
     // signs in; alex's right password works once the wait the plug named has passed.
@@ -198,15 +201,7 @@ fn prosody_weathers_wrong_passwords_a_kill_and_a_full_disk() {
     let pid = before["pid"].as_u64().unwrap();
     port.send(&format!("kill {pid}")).unwrap();
     assert_eq!(answer(&mut port), format!("killed {pid}"));
-    let start = Instant::now();
-    let after = loop {
-        let p = prosody(&mut port);
-        if p["state"] == "ready" && p["pid"].as_u64() != Some(pid) {
-            break p;
-        }
-        assert!(start.elapsed() < RESTART, "Prosody not back: {p}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let after = prosody_back(&mut port, Some(pid));
     assert_eq!(
         after["restarts"].as_u64(),
         before["restarts"].as_u64().map(|r| r + 1),
