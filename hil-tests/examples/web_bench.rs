@@ -4,10 +4,11 @@
 //! same run.
 //!
 //! The bench is a browser without a browser: it registers on `POST /setup/api/wait`, presses
-//! the board's button on the front panel, polls again until it is granted the setup, fills the setup form with the CSRF token the form
-//! page carries, logs in, and then times requests over one kept-alive HTTPS connection through
-//! QEMU's forwarded port, trusting the device by the fingerprint its console printed. The TLS
-//! handshake is done before the first timed request and counted in none.
+//! the board's button on the front panel, polls again until it is granted the setup, fills the
+//! setup form with the CSRF token the form page carries, logs in, and then times requests over
+//! one kept-alive HTTPS connection through QEMU's forwarded port, trusting the device by the
+//! fingerprint its console printed (read again after setup, which certifies the new name). The
+//! TLS handshake is done before the first timed request and counted in none.
 //!
 //! - `web_rss_mib_idle`, `web_rss_mib_idle_unclaimed`: the web process's `VmRSS` (its
 //!   `/proc/PID/status`, read in the guest by the `crasher` fixture), the largest of a few
@@ -36,6 +37,7 @@
 //! Usage: `web_bench [OUT.json]` (default target/bench/web.json).
 
 use cairn_bsp::panel::PanelLink;
+use cairn_hil::browser::web_fingerprint;
 use cairn_hil::https::{form, input_value, Connection, Cookies, Response};
 use cairn_hil::{image, service, Config, FixturePort, Qemu, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 use serde_json::json;
@@ -86,7 +88,7 @@ fn main() -> anyhow::Result<()> {
     let mut q = Qemu::boot(&cfg)?;
     let panel = q.panel()?;
     let line = q.wait_line("cairn: web: https://", BOOT_TIMEOUT)?;
-    let fingerprint = fingerprint_in(&line)?;
+    let fingerprint = web_fingerprint(&line)?.to_string();
     q.wait_line("cairn: ready", BOOT_TIMEOUT)?;
     let mut port = FixturePort::plug(&mut q)?;
     port.expect("started")?;
@@ -290,7 +292,7 @@ fn setup(device: &mut Device, q: &Qemu, jar: &mut Cookies) -> anyhow::Result<()>
     anyhow::ensure!(r.status == 200, "setup answered {}: {page}", r.status);
     // The new name is certified anew (same key): the console says the new fingerprint.
     let (_, line) = q.wait_line_from(lines, "cairn: web: https://", REACT)?;
-    device.fingerprint = fingerprint_in(&line)?;
+    device.fingerprint = web_fingerprint(&line)?.to_string();
     // Setup ends with the recovery key: its last group confirms it.
     let key = page
         .split_once("cairn-recovery-1 ")
@@ -314,14 +316,6 @@ fn setup(device: &mut Device, q: &Qemu, jar: &mut Cookies) -> anyhow::Result<()>
         r.text()
     );
     Ok(())
-}
-
-/// The certificate fingerprint in the web's console line.
-fn fingerprint_in(line: &str) -> anyhow::Result<String> {
-    line.split("certificate SHA-256 ")
-        .nth(1)
-        .map(|f| f.trim().to_string())
-        .ok_or_else(|| anyhow::anyhow!("no fingerprint in the web's console line: {line}"))
 }
 
 /// Logs in with the passphrase: a session of its own, as the owner's next visit gets.

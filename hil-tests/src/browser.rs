@@ -783,6 +783,14 @@ impl Drop for Driver {
 /// A page's reaction to a click or a press on a loaded 2-core machine.
 pub const SETUP_REACT: Duration = Duration::from_secs(20);
 
+/// The certificate fingerprint in the web's console line (`cairn: web: https://… certificate
+/// SHA-256 AB:CD:…`).
+pub fn web_fingerprint(line: &str) -> anyhow::Result<&str> {
+    line.split_once("certificate SHA-256 ")
+        .map(|(_, f)| f.trim())
+        .ok_or_else(|| anyhow::anyhow!("no fingerprint in the web's console line: {line:?}"))
+}
+
 /// The claim page's status once the device knows the page (a press from then on is its).
 pub const WAITING: &str = "Waiting for the button…";
 /// Setup's answer: it hashes the passphrase (Argon2id, 19 MiB, on an emulated CPU) and makes
@@ -800,11 +808,7 @@ pub fn set_up_through_forward(
     name: &str,
     passphrase: &str,
 ) -> anyhow::Result<Browser> {
-    let fingerprint = web_line
-        .split_once("certificate SHA-256 ")
-        .map(|(_, f)| f)
-        .ok_or_else(|| anyhow::anyhow!("no fingerprint in {web_line:?}"))?;
-    let pin = pin_from_fingerprint("localhost", https_port, fingerprint)?;
+    let pin = pin_from_fingerprint("localhost", https_port, web_fingerprint(web_line)?)?;
     let mut b = Browser::open(&pin, Viewport::DESKTOP)?;
     let press = || panel.press(Duration::from_millis(300)).unwrap();
     claim_and_set_up(
@@ -959,11 +963,7 @@ impl LanPlug {
         // The web's line names the certificate; the address comes later, without DHCP
         // (`cairn: net: eth0 169.254.X.Y/16 link-local`).
         let web = q.wait_line("cairn: web: https://", crate::BOOT_TIMEOUT)?;
-        let fingerprint = web
-            .split_once("certificate SHA-256 ")
-            .context("no fingerprint on the web's line")?
-            .1
-            .to_string();
+        let fingerprint = web_fingerprint(&web)?.to_string();
         let net = q
             .wait_line("cairn: net: eth0 169.254.", ADDRESSED)
             .with_context(|| format!("console:\n{}", q.console().join("\n")))?;
