@@ -16,8 +16,8 @@
 //!
 //! The boards QEMU emulates with their own bootloader boot their product cards too, each time a
 //! fresh copy (a user's first boot, partition growth included), power-on → `cairn: ready`:
-//! `boot_to_ready_s_rpi3` (raspi3b, four A53s) and `boot_to_ready_s_bpi_m2u` (bpim2u, one A7
-//! running: QEMU does not start the R40's others), medians of `CAIRN_CARD_BOOTS` (default 3).
+//! `boot_to_ready_s_rpi3` (raspi3b, four A53s), `boot_to_ready_s_rpi4` (raspi4b, four A72s)
+//! and `boot_to_ready_s_bpi_m2u` (bpim2u, one A7 running: QEMU does not start the R40's others), medians of `CAIRN_CARD_BOOTS` (default 3).
 //! `image_xz_mib_BOARD`: each board's compressed card, as a user downloads it.
 //!
 //! Usage: `boot_bench [OUT.json]` (default target/bench/boot.json); `CAIRN_BOOTS=N` boots
@@ -37,7 +37,7 @@ const FLOOR_READY: &str = "floor: ready";
 /// The emulated SoCs run their cores in software and enumerate slowly: the card boots' bound.
 const CARD_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The boards whose product cards boot under QEMU with their own bootloader.
-const CARD_BOARDS: [&str; 2] = ["rpi3", "bpi-m2u"];
+const CARD_BOARDS: [&str; 3] = ["rpi3", "rpi4", "bpi-m2u"];
 /// Every board with a card image.
 const BOARDS: [&str; 5] = ["qemu-virt", "rpi3", "rpi4", "bpi-m2u", "lime2"];
 

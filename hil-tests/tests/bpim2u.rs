@@ -1,15 +1,15 @@
-//! The Banana Pi M2 Ultra test image as a user flashes it: a copy of the real
-//! `cairn-bpi-m2u-test.img` bytes, grown like a bigger card, booted under QEMU's bpim2u by the
-//! card's own SPL and u-boot (the emulated boot ROM loads the SPL from 8 KiB into the card; no
-//! firmware comes from the host), through boot.scr's slot choice, to `cairn: ready` — with the
-//! data partition grown and the GPIO lines PID 1 took listed on the console; then an update's
-//! first boot on that card (slot B on trial, the try counted by the card's u-boot, committed by
-//! PID 1), with a DHCP lease on the board's GMAC from QEMU's user-mode network (the card's
-//! kernel carries board/boards/sunxi/stmmac-keep-statistics.patch: without it the first DMA
-//! interrupt oopses). Not yet: a clean power-off (the board's power-off goes through the AXP221 PMIC,
-//! which QEMU models without a power switch; bpim2u has no power button QEMU can press); the
-//! secondary cores (QEMU's R40 does not start them: "CPU1: failed to come online", 3.5 s of
-//! the boot).
+//! The Banana Pi M2 Ultra image as a user flashes it: a copy of the real `cairn-bpi-m2u.img`
+//! bytes, grown like a bigger card, booted under QEMU's bpim2u by the card's own SPL and
+//! u-boot (the emulated boot ROM loads the SPL from 8 KiB into the card; no firmware comes
+//! from the host), through boot.scr's slot choice, to `cairn: ready` — with the data partition
+//! grown, the GPIO lines PID 1 took listed on the console, Prosody from the armv7 system layer
+//! (Debian's armhf packages) ready, and a DHCP lease on the board's GMAC from QEMU's user-mode
+//! network (the card's kernel carries board/boards/sunxi/stmmac-keep-statistics.patch: without
+//! it the first DMA interrupt oopses); then an update's first boot on that card (slot B on
+//! trial, the try counted by the card's u-boot, committed by PID 1).
+//! Not yet: a clean power-off (the board's power-off goes through the AXP221 PMIC, which QEMU
+//! models without a power switch; bpim2u has no power button QEMU can press); the secondary
+//! cores (QEMU's R40 does not start them: "CPU1: failed to come online", 3.5 s of the boot).
 
 use cairn_hil::{
     check_card_boot, check_card_update_trial, check_grown_to_card, data_partition_sizes,
@@ -22,7 +22,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[test]
 fn bpim2u_card_boots_through_its_own_spl_to_ready_and_grows() {
-    let flashed = image("cairn-bpi-m2u-test.img").unwrap();
+    let flashed = image("cairn-bpi-m2u.img").unwrap();
     let (part_before, _) = data_partition_sizes(&flashed).unwrap();
     // The card: the image's bytes on a bigger card.
     let card_dir = tempfile::tempdir().unwrap();
@@ -38,12 +38,20 @@ fn bpim2u_card_boots_through_its_own_spl_to_ready_and_grows() {
     // extlinux.conf with the board's DTB, the kernel on the M2 Ultra's device tree; the data
     // partition grown.
     assert!(has("U-Boot SPL 2023.01"), "no SPL banner");
+    assert!(has("U-Boot 2023.01"), "no u-boot banner");
     check_card_boot(
         &console,
         "sun8i-r40-bananapi-m2-ultra.dtb",
         "Banana Pi BPI-M2-Ultra",
     )
     .unwrap();
+    // The armv7 system layer (Debian's armhf packages), and Prosody from it.
+    let layer = console
+        .iter()
+        .find(|l| l.starts_with("cairn: system layer "))
+        .expect("no system layer line");
+    assert!(layer.contains("mounted read-only on /usr"), "{layer}");
+    q.wait_line("cairn: prosody: ready", BOOT_TIMEOUT).unwrap();
     // The lines of the R40's pin controller (QEMU maps its registers, so Linux drives it).
     assert!(has("cairn: board: status LED on 1c20800.pinctrl line 245"));
     assert!(has("cairn: board: alert LED on 1c20800.pinctrl line 244"));
