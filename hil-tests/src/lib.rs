@@ -405,13 +405,14 @@ impl Qemu {
         Ok(q)
     }
 
-    /// Plugs the Pi's usb-net in once Linux's USB host runs. The card's u-boot enumerates USB
-    /// before it boots (its `preboot` runs `usb start`) and acknowledges the connection; the
+    /// Plugs the Pi's usb-net in once Linux's USB host runs. The Pi 3 card's u-boot enumerates
+    /// USB before it boots (its `preboot` runs `usb start`) and acknowledges the connection; the
     /// real controller reports the device to Linux again after the core soft reset Linux's
     /// dwc2 driver does, but QEMU's DWC2 model does not implement that reset, so a device
     /// present from power-on stays "Not connected" to Linux. Plugged in while Linux's root hub
     /// watches its port, it is seen as a person plugging a cable in would be (earlier, at
-    /// u-boot's "Starting kernel", it raced u-boot's own USB teardown).
+    /// u-boot's "Starting kernel", it raced u-boot's own USB teardown). The Pi 4's u-boot looks
+    /// for USB behind PCIe only, which raspi4b lacks; its usb-net is plugged in the same way.
     fn plug_usb_net_into_linux(&mut self) -> anyhow::Result<()> {
         self.wait_line(RPI_ROOT_HUB, LINUX_USB_TIMEOUT)
             .context("waiting for Linux's USB root hub, to plug usb-net in")?;
