@@ -737,8 +737,7 @@ fn raspi_command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
         _ => "raspi3b",
     };
     check_sd_board(machine, cfg, files)?;
-    let boot = partition(&files.disk, 1)?;
-    let boot_fat = format!("{}@@{}", files.disk.display(), boot.offset());
+    let boot_fat = fat_of(&files.disk, 1)?;
     let uboot_file = files.disk.with_file_name("u-boot.bin");
     std::fs::write(&uboot_file, fat_read(&boot_fat, "u-boot.bin")?)?;
     let mut cmd = Command::new("qemu-system-aarch64");
@@ -1209,7 +1208,7 @@ pub fn slot_b_on_trial(
         f.write_all_at(&buf, b.offset() + at)?;
     }
     drop(f);
-    let img = format!("{}@@{}", disk.display(), b.offset());
+    let img = fat_spec(&disk, &b);
     append_in_extlinux(&img, &dir.join("extlinux.conf"), words)?;
     let d = cairn_update::disk::BootDisk::new(&disk);
     let record = SlotRecord {
@@ -1230,8 +1229,7 @@ pub fn add_to_slot_b_initramfs(
     dir: &Path,
     files: &[(&str, u32, &[u8])],
 ) -> anyhow::Result<()> {
-    let b = partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[1])?;
-    let img = format!("{}@@{}", disk.display(), b.offset());
+    let img = fat_of(disk, cairn_bsp::mbr::SLOT_PARTITIONS[1])?;
     let mut cpio = fat_read(&img, "initramfs.cpio")?;
     // newc: "070701", thirteen 8-digit hex fields, the name with its NUL, the data; each of
     // the last two padded to 4 bytes.
@@ -1295,11 +1293,7 @@ pub fn claim_as(disk: &Path, name: &str) -> anyhow::Result<()> {
 /// Appends kernel command-line words in slot A's extlinux.conf of a disk image
 /// (what a person would edit on the card's FAT partition), with mtools.
 pub fn append_cmdline(disk: &Path, words: &str) -> anyhow::Result<()> {
-    let img = format!(
-        "{}@@{}",
-        disk.display(),
-        partition(disk, cairn_bsp::mbr::SLOT_PARTITIONS[0])?.offset()
-    );
+    let img = fat_of(disk, cairn_bsp::mbr::SLOT_PARTITIONS[0])?;
     append_in_extlinux(&img, &disk.with_file_name("extlinux.conf"), words)
 }
 
@@ -1569,7 +1563,7 @@ pub fn edit_card_dtb(
     dtb: &str,
     edits: &[DtEdit<'_>],
 ) -> anyhow::Result<()> {
-    let img = format!("{}@@{}", disk.display(), partition(disk, part)?.offset());
+    let img = fat_of(disk, part)?;
     let local = disk.with_file_name(format!("p{part}-{dtb}"));
     std::fs::write(&local, fat_read(&img, dtb)?)?;
     for edit in edits {
@@ -1595,6 +1589,16 @@ pub fn edit_card_dtb(
         );
     }
     fat_write(&img, &local, dtb)
+}
+
+/// The FAT of partition `part` of `disk`, as mtools names it (`FILE@@OFFSET`).
+pub fn fat_of(disk: &Path, part: u32) -> anyhow::Result<String> {
+    Ok(fat_spec(disk, &partition(disk, part)?))
+}
+
+/// The FAT of partition `p` of `disk`, as mtools names it (`FILE@@OFFSET`).
+fn fat_spec(disk: &Path, p: &cairn_bsp::mbr::Partition) -> String {
+    format!("{}@@{}", disk.display(), p.offset())
 }
 
 /// The bytes of `path` in the FAT at `img` (mtools' `FILE@@OFFSET`).
