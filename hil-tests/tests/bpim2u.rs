@@ -5,8 +5,9 @@
 //! grown, the GPIO lines PID 1 took listed on the console, Prosody from the armv7 system layer
 //! (Debian's armhf packages) ready, and a DHCP lease on the board's GMAC from QEMU's user-mode
 //! network (the card's kernel carries board/boards/sunxi/stmmac-keep-statistics.patch: without
-//! it the first DMA interrupt oopses); then an update's first boot on that card (slot B on
-//! trial, the try counted by the card's u-boot, committed by PID 1).
+//! it the first DMA interrupt oopses); then an update's first boot on that card as far as the
+//! board's part goes (slot B on trial, the try counted on the card by its u-boot, slot B's
+//! kernel, PID 1 on trial). The card's DTB gets QEMU's timer rate (`emulated_card` says why).
 //! Not yet: a clean power-off (the board's power-off goes through the AXP221 PMIC, which QEMU
 //! models without a power switch; bpim2u has no power button QEMU can press); the secondary
 //! cores (QEMU's R40 does not start them: "CPU1: failed to come online", 3.5 s of the boot).

@@ -4,8 +4,8 @@
 //! `cairn: ready` — with the data partition grown and the GPIO lines PID 1 took listed on the
 //! console, and a DHCP lease on the Pi's Ethernet (QEMU's usb-net, plugged in once Linux's USB
 //! host runs: `Qemu::plug_usb_net_into_linux` says why not from power-on); then an update's
-//! first boot on that card (slot B on trial, the try counted by the card's u-boot, committed by
-//! PID 1). Not yet: a clean power-off (raspi3b has no power button QEMU can press).
+//! first boot on that card as far as the board's part goes (slot B on trial, the try counted on
+//! the card by its u-boot, slot B's kernel, PID 1 on trial). Not yet: a clean power-off (raspi3b has no power button QEMU can press).
 
 use cairn_hil::{check_card_boot, check_card_update_trial, PiCard, PI_BOOT_TIMEOUT};
 
