@@ -590,6 +590,11 @@ pub fn command(cfg: &Config, files: &Files) -> anyhow::Result<Command> {
         files.uboot_env.display()
     );
     let mut cmd = Command::new("qemu-system-aarch64");
+    // Profiling the guest from the host: QEMU names the code it translated by guest address
+    // in /tmp/perf-PID.map, which `perf report` reads (README, "Where the emulated CPU goes").
+    if std::env::var_os("CAIRN_QEMU_PERFMAP").is_some() {
+        cmd.arg("-perfmap");
+    }
     cmd.args(["-M", "virt,acpi=off", "-cpu", "cortex-a53", "-smp", "1"])
         .args(["-m", &cfg.memory_mib.to_string()])
         .args(["-display", "none"]);

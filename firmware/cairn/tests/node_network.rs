@@ -570,3 +570,79 @@ fn the_build_without_test_fixtures_has_no_fault_switch() {
         exe.display()
     );
 }
+
+/// The remote addresses of `peer`'s open connections, as `status` shows them, once there is one.
+fn links_once_connected(node: &Node, peer: &str) -> Vec<String> {
+    let t = std::time::Instant::now();
+    loop {
+        let links: Vec<String> = partner(&node.status(), peer)["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_owned())
+            .collect();
+        if !links.is_empty() {
+            return links;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "never connected to {peer}: {}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Rewrites `peer`'s saved addresses in `node`'s partners.json (the node stopped).
+fn set_partner_addrs(node: &Node, peer: &str, addrs: &[String]) {
+    let path = node.home.join("partners.json");
+    let mut saved: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    saved["partners"][peer]["addrs"] = serde_json::json!(addrs);
+    fs::write(&path, serde_json::to_vec(&saved).unwrap()).unwrap();
+}
+
+#[test]
+fn a_partner_on_tcp_and_quic_is_reached_over_tcp_and_over_quic_when_its_tcp_port_is_silent() {
+    let t = tempfile::tempdir().unwrap();
+    let quic = |_| {
+        format!(
+            "/ip4/127.0.0.1/udp/{}/quic-v1",
+            cairn_node::testnet::free_udp()
+        )
+    };
+    let (a_quic, b_quic) = (quic(0), quic(1));
+    let mut a = start(t.path(), "a", Transport::Tcp, &["--listen", &a_quic]);
+    let mut b = start(t.path(), "b", Transport::Tcp, &["--listen", &b_quic]);
+    // b joins with a's invitation, which names both of a's addresses.
+    a.invite(&b);
+    let (a_peer, b_peer) = (a.peer(), b.peer());
+    // TCP is dialled first, one address at a time: the connection is TCP, on both sides.
+    let on_b = links_once_connected(&b, &a_peer);
+    assert!(on_b.iter().all(|l| l.contains("/tcp/")), "{on_b:?}");
+    let on_a = links_once_connected(&a, &b_peer);
+    assert!(on_a.iter().all(|l| l.contains("/tcp/")), "{on_a:?}");
+
+    // a's TCP port stops answering (accepted, then silence, as behind a NAT that swallows
+    // it): b gives it up after its setup timeout and reaches a over QUIC. a forgets b's
+    // addresses, so that only b dials.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = format!("/ip4/127.0.0.1/tcp/{}", silent.local_addr().unwrap().port());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    a.stop();
+    b.stop();
+    set_partner_addrs(&a, &b_peer, &[]);
+    set_partner_addrs(&b, &a_peer, &[silent_addr, a_quic.clone()]);
+    a.spawn();
+    b.spawn();
+    let on_b = links_once_connected(&b, &a_peer);
+    assert!(
+        on_b.iter().all(|l| l.contains("/quic-v1")),
+        "{on_b:?}: {}",
+        b.log()
+    );
+}

@@ -459,12 +459,18 @@ async fn status(shared: &Arc<Shared>) -> (Value, Vec<u8>) {
         .map(|(id, info)| {
             let a = st.ledger.account(id).unwrap_or_default();
             let connected = st.peers.get(id).is_some_and(|m| m.connections > 0);
+            let links: Vec<String> = st
+                .peers
+                .get(id)
+                .map(|m| m.links.iter().map(|(_, a)| a.to_string()).collect())
+                .unwrap_or_default();
             let p = id.to_base58();
             let v = json!({
                 "peer": p,
                 "via": info.via,
                 "since": info.since,
                 "connected": connected,
+                "links": links,
                 "health": format!("{:?}", st.tracker.health(id, now)).to_lowercase(),
                 "score": st.tracker.score(id),
                 "held_for_them": a.held_for_them,

@@ -143,6 +143,9 @@ mod text_keys {
 pub struct PeerMeta {
     /// Open connections.
     pub connections: u32,
+    /// The remote addresses of open connections (the first [`LINKS_SHOWN`]), which `status`
+    /// shows a partner's: whether it is reached over TCP, QUIC or a relay.
+    pub links: Vec<(libp2p::swarm::ConnectionId, Multiaddr)>,
     /// Its public IP, if it connected from one.
     pub public_ip: Option<std::net::IpAddr>,
     /// Free space it last told us it has for us.
@@ -153,6 +156,9 @@ pub struct PeerMeta {
     /// fast for [`UNREACHABLE_FOR`] instead of each waiting for a dial timeout.
     pub dial_failed_at: Option<Instant>,
 }
+
+/// How many of a peer's open connections [`PeerMeta::links`] keeps.
+pub const LINKS_SHOWN: usize = 4;
 
 /// How long a failed dial marks a peer unreachable for requests (background redials go on).
 pub const UNREACHABLE_FOR: Duration = Duration::from_secs(30);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
@@ -129,15 +129,22 @@ impl SwarmTask {
         }
     }
 
-    /// Remembers `peer`'s addresses and connects to it unless it is connected already.
+    /// Remembers `peer`'s addresses and connects to it unless it is connected or being dialled
+    /// already: one address at a time, in [`net::dial_order`] (TCP first), so the first
+    /// connection that succeeds is the cheaper one whenever TCP reaches the peer.
     fn dial_known(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         for a in &addrs {
             self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
         }
         if !self.swarm.is_connected(&peer) && !addrs.is_empty() {
-            let _ = self
-                .swarm
-                .dial(DialOpts::peer_id(peer).addresses(addrs).build());
+            let one = std::num::NonZeroU8::MIN;
+            let _ = self.swarm.dial(
+                DialOpts::peer_id(peer)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .addresses(net::dial_order(addrs))
+                    .override_dial_concurrency_factor(one)
+                    .build(),
+            );
         }
     }
 
@@ -260,6 +267,9 @@ impl SwarmTask {
                 let mut st = self.shared.state();
                 let m = st.peers.entry(peer_id).or_default();
                 m.connections += 1;
+                if m.links.len() < crate::state::LINKS_SHOWN {
+                    m.links.push((connection_id, addr.clone()));
+                }
                 m.dial_failed_at = None;
                 if net::is_local(&addr) {
                     m.local = true;
@@ -290,13 +300,19 @@ impl SwarmTask {
                 let mut st = self.shared.state();
                 if let Some(m) = st.peers.get_mut(&peer_id) {
                     m.connections = m.connections.saturating_sub(1);
+                    m.links.retain(|(id, _)| *id != connection_id);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Shard(ev)) => self.on_shard(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                // A peer's addresses together, so that one dial orders them.
+                let mut found: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in list {
+                    found.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in found {
                     self.shared.state().peers.entry(peer).or_default().local = true;
-                    self.dial_known(peer, vec![addr]);
+                    self.dial_known(peer, addrs);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
