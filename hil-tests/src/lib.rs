@@ -1188,8 +1188,8 @@ pub fn service<'a>(
 }
 
 /// `image` copied into `dir` (`disk.img`) with slot B as an install leaves it: slot A's
-/// bytes, `words` (if any) added to its kernel command line, a record of build `build`, and "try once"
-/// in the boot state. Returns the copy's path.
+/// bytes, `words` (if any) added to its kernel command line, a record of build `build`, and
+/// "try once" in the boot state. Returns the copy's path.
 pub fn slot_b_on_trial(
     image: &Path,
     dir: &Path,
