@@ -36,12 +36,10 @@ pub const QUIC_CONNECTION_WINDOW: usize = 2 * STREAM_WINDOW;
 pub const TCP_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `addrs` in the order a partner is dialled: TCP addresses first, the rest (QUIC, relayed)
-/// after, each group in its given order. A partner's traffic is bulk (shards), and over TCP it
-/// costs the plug's CPU far less than over QUIC: the kernel cuts TCP's stream into packets,
-/// while QUIC sends and encrypts every ~1.2 KB datagram in user space with a system call of its
-/// own. On the emulated plug a 64 MiB put took the node's thread 18 s of CPU over TCP against
-/// 32 s over QUIC (README, "Where the emulated CPU goes"). QUIC stays for partners whose TCP
-/// port cannot be reached, where hole punching works better with it.
+/// after, each group in its given order. A partner's bulk traffic costs the plug's CPU far less
+/// over TCP than over QUIC, which seals and sends every datagram in user space (the measurement
+/// is in firmware/node/README.md, "Reaching partners"); QUIC stays for partners TCP cannot
+/// reach.
 pub fn dial_order(mut addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     addrs.sort_by_key(|a| !is_tcp(a));
     addrs
